@@ -1,0 +1,46 @@
+# The README's two commands: `make demo` and `make test`. Both build .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+PACKAGES := -e ".[dev,adaptive]" -e lorakit_sd -e lorakit_llm -e lorakit_labelers -e plugins/lorakit-example-labeler
+STAMP := $(VENV)/.lorakit-installed
+SOURCES := pyproject.toml constraints.txt lorakit_sd/pyproject.toml lorakit_llm/pyproject.toml \
+           lorakit_labelers/pyproject.toml plugins/lorakit-example-labeler/pyproject.toml
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export LORAKIT_NO_UPDATE_CHECK := 1
+
+.PHONY: demo test lint typecheck unit docs venv clean
+
+venv: $(STAMP)
+
+# torch goes in first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check "torch==2.13.0"
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt $(PACKAGES)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lorakit demo --output demo-output
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck docs unit
+
+clean:
+	rm -rf $(VENV) site demo-output

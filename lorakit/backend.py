@@ -1,0 +1,123 @@
+"""The contract between the engine and a model backend.
+
+A backend plugin registers a :class:`lorakit.registry.BackendSpec` whose factory returns a
+:class:`Backend`. The engine owns accelerate, precision, the optimizer, the loop,
+checkpoints and trackers; the backend owns the model, the data and the loss. Nothing here
+imports torch at module level.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+
+    from lorakit.config import Config
+    from lorakit.registry import Registries
+
+
+@dataclass
+class LossOutput:
+    """A micro-batch's loss, as a sum, and what it is a sum over.
+
+    The engine divides ``loss_sum`` by the total :meth:`Backend.count` of the whole
+    accumulation window (across processes), so batch 8 × accum 1 and batch 4 × accum 2 give
+    the same update, and token losses weigh every token equally however the tokens fall
+    into micro-batches. ``samples`` and ``tokens`` feed the throughput metrics.
+    """
+
+    loss_sum: torch.Tensor
+    samples: int
+    tokens: int = 0
+
+
+@dataclass
+class TrainContext:
+    """What the engine hands a backend when it sets up a run."""
+
+    config: Config
+    accelerator: Accelerator
+    output_dir: Path
+    cache_dir: Path
+    registries: Registries
+    weight_dtype: torch.dtype
+    log: Any = print
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A model family lorakit can train LoRA adapters for."""
+
+    #: "samples" or "tokens": what the throughput metric counts.
+    throughput_unit: str = "samples"
+    #: Exporters run at the end when the config does not name ``export_formats``.
+    default_export_formats: tuple[str, ...] = ("safetensors",)
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @abstractmethod
+    def setup(self, ctx: TrainContext) -> None:
+        """Load the base model, freeze it, inject LoRA, enable gradient checkpointing."""
+
+    @abstractmethod
+    def trainable_module(self) -> torch.nn.Module:
+        """The module holding the LoRA parameters; the engine passes it to accelerate."""
+
+    @abstractmethod
+    def dataset(self, ctx: TrainContext) -> Any:
+        """The training dataset (a map-style ``torch.utils.data.Dataset``), caches ready."""
+
+    def collate(self, items: list[Any]) -> Any:
+        """Turn dataset items into a batch (default: torch's default collate)."""
+        from torch.utils.data import default_collate
+
+        return default_collate(items)
+
+    def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any | None:
+        """Optional: a batch sampler with ``set_epoch`` (e.g. aspect-ratio buckets)."""
+        return None
+
+    def count(self, batch: Any) -> int:
+        """How many items ``loss(batch).loss_sum`` sums over (default: the batch size).
+
+        Known before the forward pass: samples for images, target tokens for text.
+        """
+        first = batch[next(iter(batch))] if isinstance(batch, dict) else batch[0]
+        return len(first)
+
+    @abstractmethod
+    def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
+        """Forward one micro-batch through ``module`` (the prepared trainable module)."""
+
+    def set_train_module(self, module: torch.nn.Module) -> None:  # noqa: B027
+        """Receive the accelerate-prepared module (wrapped for DDP etc.) before training."""
+
+    def sample(self, ctx: TrainContext, step: int, directory: Path) -> list[Path]:
+        """Render previews for ``config.train.sample_prompts`` into ``directory``."""
+        return []
+
+    def dataset_fingerprint(self) -> str:
+        """A short hash of the training data, recorded in run.json."""
+        return ""
+
+    def export_metadata(self) -> dict[str, str]:
+        """Backend-specific metadata to add to exported files."""
+        return {}
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained LoRA tensors (default: every trainable parameter, by name)."""
+        return trainable_state_dict(self.trainable_module())
+
+    def teardown(self) -> None:  # noqa: B027
+        """Free models and caches."""
+
+
+def trainable_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (the LoRA tensors), by their names in ``module``."""
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}

@@ -1,0 +1,68 @@
+"""Built-in optimizers: adamw, adamw8bit, dadapt_adam, prodigy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lorakit import hookimpl
+from lorakit.errors import UsageError
+from lorakit.registry import OptimizerSpec
+
+
+def adamw(params: Any, lr: float, **args: Any) -> Any:
+    import torch
+
+    return torch.optim.AdamW(params, lr=lr, **args)
+
+
+def adamw8bit(params: Any, lr: float, **args: Any) -> Any:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError("optimizer adamw8bit needs a CUDA GPU (bitsandbytes); use adamw on CPU")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UsageError(
+            "optimizer adamw8bit needs bitsandbytes: pip install 'lorakit[bnb]'"
+        ) from None
+    return bnb.optim.AdamW8bit(params, lr=lr, **args)
+
+
+def _need(module: str, package: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"this optimizer needs {package}: pip install {package}") from None
+
+
+def dadapt_adam(params: Any, lr: float, **args: Any) -> Any:
+    return _need("dadaptation", "dadaptation").DAdaptAdam(params, lr=lr, **args)
+
+
+def prodigy(params: Any, lr: float, **args: Any) -> Any:
+    return _need("prodigyopt", "prodigyopt").Prodigy(params, lr=lr, **args)
+
+
+@hookimpl
+def register_optimizers(register: Callable[[OptimizerSpec], None]) -> None:
+    register(OptimizerSpec("adamw", adamw, "torch AdamW (decoupled weight decay)"))
+    register(OptimizerSpec("adamw8bit", adamw8bit, "bitsandbytes 8-bit AdamW (CUDA only)"))
+    register(
+        OptimizerSpec(
+            "dadapt_adam", dadapt_adam, "D-Adaptation Adam: learns its step size (lr≈1.0)",
+            adaptive=True,
+        )
+    )  # fmt: skip
+    register(
+        OptimizerSpec("prodigy", prodigy, "Prodigy: learns its step size (lr≈1.0)", adaptive=True)
+    )
+
+
+def effective_lr(optimizer: Any) -> float:
+    """The step size an optimizer applies: ``d * lr`` for D-Adaptation/Prodigy, else lr."""
+    group = optimizer.param_groups[0]
+    return float(group.get("d", 1.0)) * float(group["lr"])

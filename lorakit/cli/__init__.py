@@ -1,0 +1,99 @@
+"""The ``lorakit`` command line. Heavy libraries load inside commands, never here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+import typer
+
+from lorakit import __version__
+from lorakit.errors import LorakitError
+
+app = typer.Typer(
+    name="lorakit",
+    help="Train LoRA adapters for Stable Diffusion and causal language models from one YAML file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+
+def debug() -> bool:
+    return os.environ.get("LORAKIT_DEBUG", "").strip() not in {"", "0", "false", "no"}
+
+
+def fail(message: str, code: int) -> None:
+    print(f"lorakit: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _register_builtin_commands() -> None:
+    from lorakit.cli import config_cmd, info_cmds, model_cmds, train_cmd
+
+    for module in (train_cmd, config_cmd, info_cmds, model_cmds):
+        module.register(app)
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """``--resume`` with no value means the newest checkpoint."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("latest")
+    return out
+
+
+def build_command() -> click.Command:
+    _register_builtin_commands()
+    try:
+        from lorakit.plugins import get_plugins
+
+        get_plugins().add_commands(app)
+    except LorakitError:
+        if debug():
+            raise
+    command: click.Command = typer.main.get_command(app)  # type: ignore[assignment]
+    return command
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``lorakit`` console script."""
+    args = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    try:
+        command = build_command()
+        return command.main(args=args, prog_name="lorakit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(2 if isinstance(exc, click.UsageError) else exc.exit_code) from None
+    except LorakitError as exc:
+        if debug():
+            traceback.print_exc()
+        fail(exc.format(), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug():
+            traceback.print_exc()
+        oom = "out of memory" in str(exc).lower()
+        if oom:
+            from lorakit.troubleshooting import OOM_LADDER
+
+            fail(f"out of memory: {OOM_LADDER}", 1)
+        fail(f"{type(exc).__name__}: {exc} (LORAKIT_DEBUG=1 shows the traceback)", 1)
+    return None
+
+
+__all__ = ["app", "main", "__version__"]

@@ -1,0 +1,126 @@
+"""``lorakit config init|validate|migrate``."""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lorakit.errors import UsageError
+
+config_app = typer.Typer(help="Write, check and migrate config files.", no_args_is_help=True)
+
+DISTRIBUTED_SNIPPETS = {
+    "ddp": "distributed:\n  strategy: ddp            # one process per GPU: lorakit train --num-processes N\n",
+    "zero2": "distributed:\n  strategy: deepspeed_zero2  # shards optimizer state and gradients\n  offload: false\n",
+    "zero3": "distributed:\n  strategy: deepspeed_zero3  # also shards the base weights: 70B-class bases\n  offload: false             # true: optimizer state (and weights) in CPU memory\n",
+    "fsdp": "distributed:\n  strategy: fsdp\n  offload: false\n",
+}
+
+
+def template_text(backend: str | None, template: str | None) -> str:
+    from lorakit.plugins import get_registries
+
+    if backend is None:
+        return (
+            resources.files("lorakit").joinpath("templates/base.yaml").read_text(encoding="utf-8")
+        )
+    registries = get_registries()
+    entry = registries.backend_for(None, backend)
+    templates = entry.spec.templates
+    if not templates:
+        raise UsageError(f"backend {backend} ships no config template")
+    name = template or next(iter(templates))
+    if name not in templates:
+        raise UsageError(
+            f"backend {backend} has no template '{name}' (has: {', '.join(templates)})"
+        )
+    package, file = templates[name]
+    return resources.files(package).joinpath(file).read_text(encoding="utf-8")
+
+
+@config_app.command("init")
+def init(
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="sd, llm, ...")] = None,
+    template: Annotated[
+        str | None, typer.Option("--template", "-t", help="e.g. sdxl, qlora")
+    ] = None,
+    distributed: Annotated[
+        str | None, typer.Option("--distributed", help="ddp, zero2, zero3 or fsdp")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented config template."""
+    text = template_text(backend, template)
+    if distributed:
+        if distributed not in DISTRIBUTED_SNIPPETS:
+            raise UsageError(f"--distributed: one of {', '.join(DISTRIBUTED_SNIPPETS)}")
+        text = text.rstrip("\n") + "\n\n" + DISTRIBUTED_SNIPPETS[distributed]
+    if output is None:
+        sys.stdout.write(text)
+        return
+    if output.exists() and not force:
+        raise UsageError(f"{output} exists; pass --force to overwrite it")
+    from lorakit.io import write_text
+
+    write_text(output, text)
+    print(f"wrote {output}")
+
+
+@config_app.command("validate")
+def validate(
+    file: Annotated[Path, typer.Argument(help="Config file to check.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key.")] = None,
+    no_paths: Annotated[
+        bool, typer.Option("--no-paths", help="Don't check that paths exist.")
+    ] = False,
+    show: Annotated[bool, typer.Option("--show", help="Print the resolved config.")] = False,
+) -> None:
+    """Check a config without training: keys, types, paths."""
+    from lorakit.config import load_config
+
+    cfg = load_config(file, overrides=set_ or [], check_paths=not no_paths)
+    for notice in cfg.notices:
+        print(f"{file}: {notice}", file=sys.stderr)
+    if show:
+        sys.stdout.write(cfg.to_yaml())
+    print(f"{file}: ok (backend {cfg.backend}, config hash {cfg.semantic_hash()})")
+
+
+@config_app.command("migrate")
+def migrate_cmd(
+    file: Annotated[Path, typer.Argument(help="Config file to bring to the current layout.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print, don't write.")] = False,
+) -> None:
+    """Rewrite a config in the current layout, listing each change."""
+    import yaml
+
+    from lorakit.config import read_yaml
+    from lorakit.io import write_text
+    from lorakit.migrations import migrate
+
+    data, _ = read_yaml(file)
+    new, notices = migrate(data, file=str(file))
+    for notice in notices:
+        print(f"{file}: {notice}")
+    if not notices:
+        print(f"{file}: already current")
+        return
+    text = yaml.safe_dump(new, sort_keys=False, allow_unicode=True)
+    if dry_run:
+        sys.stdout.write(text)
+        return
+    backup = file.with_name(file.name + ".bak")
+    write_text(backup, file.read_text(encoding="utf-8"))
+    write_text(file, text)
+    print(f"wrote {file} (previous version in {backup})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,139 @@
+"""``lorakit export``, ``merge`` and ``sample``: the core parses, the backend does the work.
+
+Each dispatches to the callable a backend registered under ``BackendSpec.commands``
+(``export``, ``merge``, ``sample``), choosing the backend by ``--backend``, by the config,
+or by asking each backend's ``detect`` whether it recognises the LoRA file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lorakit.errors import UsageError
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """``path[:weight]`` → (path, weight)."""
+    path, sep, weight = text.rpartition(":")
+    if sep and path and not weight.startswith(("\\", "/")):
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def pick_backend(name: str | None, paths: list[str], verb: str) -> Any:
+    from lorakit.plugins import get_plugins
+    from lorakit.registry import KNOWN_BACKEND_PACKAGES
+
+    plugins = get_plugins()
+    plugins.check()
+    registries = plugins.registries
+    spec: Any = None
+    if name:
+        spec = registries.backend_for(None, name).spec
+    else:
+        for entry in registries.backends:
+            detect = entry.spec.detect
+            if detect is not None and paths and all(detect(Path(p)) for p in paths):
+                spec = entry.spec
+                break
+        if spec is None:
+            missing = [p for p in paths if not Path(p).exists()]
+            if missing:
+                raise UsageError(f"file not found: {missing[0]}")
+            hint = ", ".join(f"{k} ({v})" for k, v in KNOWN_BACKEND_PACKAGES.items())
+            raise UsageError(
+                f"{verb}: cannot tell which backend reads {paths[0] if paths else 'this'}; pass --backend ({hint})"
+            )
+    command = spec.commands.get(verb)
+    if command is None:
+        raise UsageError(f"backend {spec.name} does not support '{verb}'")
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def export(
+        source: Annotated[Path, typer.Argument(help="A LoRA file to convert.")],
+        to: Annotated[str, typer.Option("--to", help="Target format, e.g. kohya, diffusers.")],
+        output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file.")] = None,
+        backend: Annotated[str | None, typer.Option("--backend")] = None,
+        base: Annotated[
+            str | None, typer.Option("--base", help="Base model, where a format needs it.")
+        ] = None,
+    ) -> None:
+        """Convert a trained LoRA between formats (kohya/A1111 ⇄ diffusers)."""
+        command = pick_backend(backend, [str(source)], "export")
+        for path in command(source=source, to=to, output=output, base=base):
+            print(f"wrote {path}")
+
+    @app.command()
+    def merge(
+        base: Annotated[str, typer.Option("--base", help="Base model file, folder or hub id.")],
+        lora: Annotated[
+            list[str], typer.Option("--lora", "--adapter", help="LoRA[:weight]; repeatable.")
+        ],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Merged model to write.")],
+        backend: Annotated[str | None, typer.Option("--backend")] = None,
+        dtype: Annotated[
+            str, typer.Option("--dtype", help="float32, float16 or bfloat16.")
+        ] = "float16",
+    ) -> None:
+        """Bake one or more LoRAs (with weights) into a base model and save it."""
+        loras = [parse_lora(item) for item in lora]
+        command = pick_backend(backend, [p for p, _ in loras], "merge")
+        path = command(base=base, loras=loras, output=output, dtype=dtype)
+        print(f"wrote {path}")
+
+    @app.command()
+    def sample(
+        prompt: Annotated[
+            list[str] | None, typer.Option("--prompt", "-p", help="Repeatable.")
+        ] = None,
+        base: Annotated[str | None, typer.Option("--base", help="Base model.")] = None,
+        lora: Annotated[
+            list[str] | None, typer.Option("--lora", "--adapter", help="LoRA[:weight]; repeatable.")
+        ] = None,
+        config: Annotated[
+            Path | None,
+            typer.Option("--config", "-c", help="Take base, prompts and LoRA from a run's config."),
+        ] = None,
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Folder for the results.")
+        ] = Path("samples"),
+        backend: Annotated[str | None, typer.Option("--backend")] = None,
+        seed: Annotated[int, typer.Option("--seed")] = 42,
+        steps: Annotated[
+            int | None, typer.Option("--steps", help="Denoising steps (sd) / new tokens (llm).")
+        ] = None,
+    ) -> None:
+        """Render images (sd) or generate text (llm) with one or several LoRAs."""
+        cfg = None
+        if config is not None:
+            from lorakit.config import load_config
+
+            cfg = load_config(config, check_paths=False)
+            backend = backend or cfg.backend
+            base = base or cfg.train.base_model
+            prompt = prompt or cfg.train.sample_prompts
+        loras = [parse_lora(item) for item in lora or []]
+        if not base:
+            raise UsageError("sample: pass --base (or --config)")
+        if not prompt:
+            raise UsageError("sample: pass --prompt (or a --config with sample_prompts)")
+        command = pick_backend(backend, [p for p, _ in loras], "sample")
+        for path in command(
+            base=base,
+            loras=loras,
+            prompts=prompt,
+            output=output,
+            seed=seed,
+            steps=steps,
+            config=cfg,
+        ):
+            print(f"wrote {path}")

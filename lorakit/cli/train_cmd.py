@@ -1,0 +1,83 @@
+"""``lorakit train``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The run's YAML config.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key: --set lora_rank=16 --set sd.resolution=768."),
+]
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="Backend to use (overrides task_type).")
+]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        config: ConfigOpt,
+        set_: SetOpt = None,
+        backend: BackendOpt = None,
+        resume: Annotated[
+            str | None,
+            typer.Option(
+                "--resume",
+                help="Continue from the newest checkpoint (--resume) or from PATH.",
+                metavar="[PATH]",
+            ),
+        ] = None,
+        num_processes: Annotated[
+            int, typer.Option("--num-processes", help="Processes (GPUs) to launch with accelerate.")
+        ] = 1,
+        num_machines: Annotated[int, typer.Option("--num-machines")] = 1,
+        machine_rank: Annotated[int, typer.Option("--machine-rank")] = 0,
+        main_process_ip: Annotated[str | None, typer.Option("--main-process-ip")] = None,
+        main_process_port: Annotated[int, typer.Option("--main-process-port")] = 29500,
+        no_progress: Annotated[
+            bool, typer.Option("--no-progress", help="No progress bar.")
+        ] = False,
+    ) -> None:
+        """Train a LoRA as the config says."""
+        from lorakit.config import load_config
+        from lorakit.update_check import quiet_notice
+
+        cfg = load_config(config, overrides=set_ or [], backend=backend)
+        for notice in cfg.notices:
+            print(f"lorakit: {config}: {notice}", file=sys.stderr)
+        if num_processes > 1 or num_machines > 1:
+            from lorakit.engine.launch import launch
+
+            raise typer.Exit(
+                launch(
+                    sys.argv[1:], num_processes=num_processes, num_machines=num_machines,
+                    machine_rank=machine_rank, main_process_ip=main_process_ip,
+                    main_process_port=main_process_port, config=cfg,
+                )
+            )  # fmt: skip
+        update = quiet_notice()
+        if update:
+            print(update, file=sys.stderr)
+
+        from lorakit.engine import train as run_training
+
+        result = run_training(cfg, resume=resume, progress=not no_progress)
+        if result.interrupted:
+            raise typer.Exit(130)
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            from rich.console import Console
+
+            console = Console()
+            loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
+            console.print(
+                f"[green]done[/]: {result.steps} steps, final loss {loss}, "
+                f"{result.elapsed_s:.1f} s → {result.output_dir}"
+            )
+            for path in result.outputs:
+                console.print(f"  {path}")

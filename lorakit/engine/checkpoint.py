@@ -1,0 +1,182 @@
+"""Resumable checkpoints: ``output_dir/checkpoints/step-N/``, written atomically.
+
+A checkpoint holds only safetensors and JSON (nothing is unpickled on resume):
+
+    lora.safetensors        the trainable tensors, by parameter name
+    optimizer.safetensors   optimizer state tensors; optimizer.json the rest
+    scheduler.json          the LR scheduler's state
+    rng.safetensors         torch CPU/CUDA generator states; rng.json python + numpy
+    trainer_state.json      step, data position, elapsed time, config hash
+
+It is written to a temporary folder and renamed, so a kill at any moment leaves the
+previous checkpoint whole; the newest ``save_total_limit`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lorakit.engine.state import TrainerState
+from lorakit.errors import UsageError
+from lorakit.io import atomic_dir
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Whole checkpoints, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found) if (p / "trainer_state.json").is_file()]
+
+
+def find_checkpoint(output_dir: Path, resume: str | bool) -> Path:
+    """``resume=True``: the newest checkpoint; a path: that checkpoint."""
+    if resume is True or resume == "latest":
+        found = checkpoint_dirs(output_dir)
+        if not found:
+            raise UsageError(f"--resume: no checkpoint in {Path(output_dir) / 'checkpoints'}")
+        return found[-1]
+    path = Path(str(resume))
+    if not (path / "trainer_state.json").is_file():
+        raise UsageError(f"--resume: {path} is not a lorakit checkpoint (no trainer_state.json)")
+    return path
+
+
+# -- optimizer state without pickle ----------------------------------------------------
+
+
+def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, Any] = {"state": {}, "param_groups": state["param_groups"]}
+    for index, values in state["state"].items():
+        plain = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain[key] = value
+        rest["state"][str(index)] = plain
+    return tensors, rest
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in rest["state"].items()}
+    for name, tensor in tensors.items():
+        index, key = name.split("/", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    np_state: Any = np.random.get_state(legacy=True)
+    kind, keys, pos, has_gauss, gauss = np_state
+    py_version, py_state, py_gauss = random.getstate()
+    plain = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
+    return tensors, plain
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    v, s, g = plain["python"]
+    random.setstate((v, tuple(s), g))
+    kind, keys, pos, has_gauss, gauss = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+# -- save / load -------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    output_dir: Path,
+    state: TrainerState,
+    lora: dict[str, torch.Tensor],
+    optimizer: Any,
+    scheduler: Any,
+    *,
+    keep: int | None,
+    extra: Any = None,
+) -> Path:
+    """Write ``checkpoints/step-N`` atomically; ``extra(folder)`` may add files first."""
+    path = Path(output_dir) / "checkpoints" / f"step-{state.step}"
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
+        tensors, rest = _split_optimizer_state(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(rest, default=_jsonable))
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_jsonable))
+        rng_tensors, rng_plain = _rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        (tmp / "rng.json").write_text(json.dumps(rng_plain))
+        if extra is not None:
+            extra(tmp)
+        # trainer_state.json last: its presence marks a whole checkpoint.
+        (tmp / "trainer_state.json").write_text(json.dumps(state.to_dict(), indent=2))
+    prune_checkpoints(output_dir, keep)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, tuple | set):
+        return list(value)
+    return str(value)
+
+
+def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    for old in checkpoint_dirs(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    path: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any
+) -> TrainerState:
+    """Restore LoRA tensors, optimizer, scheduler and RNG states; return the position."""
+    state = TrainerState.from_dict(json.loads((path / "trainer_state.json").read_text()))
+    lora = load_file(str(path / "lora.safetensors"))
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(lora))
+    unexpected = sorted(set(lora) - set(params))
+    if missing or unexpected:
+        names = ", ".join((missing or unexpected)[:3])
+        raise UsageError(f"checkpoint {path} does not fit this model (tensors differ: {names})")
+    with torch.no_grad():
+        for name, param in params.items():
+            if param.shape != lora[name].shape:
+                raise UsageError(
+                    f"checkpoint {path}: {name} has shape {tuple(lora[name].shape)}, "
+                    f"the model expects {tuple(param.shape)}"
+                )
+            param.copy_(lora[name])
+    rest = json.loads((path / "optimizer.json").read_text())
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    optimizer.load_state_dict(_join_optimizer_state(tensors, rest))
+    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    _set_rng_state(
+        load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text())
+    )
+    return state

@@ -1,0 +1,35 @@
+"""The ``distributed:`` config section mapped onto accelerate's plugins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def accelerator_kwargs(config: Any) -> dict[str, Any]:
+    """Keyword arguments for ``Accelerator`` from ``config.train.distributed``."""
+    dist = config.train.distributed
+    kwargs: dict[str, Any] = {}
+    if dist.strategy == "ddp":
+        if dist.find_unused_parameters:
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    elif dist.strategy.startswith("deepspeed"):
+        from accelerate.utils import DeepSpeedPlugin
+
+        stage = 3 if dist.strategy.endswith("zero3") else 2
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
+            zero_stage=stage,
+            gradient_accumulation_steps=1,
+            gradient_clipping=config.train.max_grad_norm or 0.0,
+            offload_optimizer_device="cpu" if dist.offload else "none",
+            offload_param_device="cpu" if dist.offload and stage == 3 else "none",
+            zero3_init_flag=False,
+        )
+    elif dist.strategy == "fsdp":
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            use_orig_params=True, cpu_offload=dist.offload, sync_module_states=True
+        )
+    return kwargs

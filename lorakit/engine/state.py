@@ -1,0 +1,39 @@
+"""What a run knows about itself: the hook-facing RunInfo and the resumable position."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunInfo:
+    """What lifecycle hooks receive: read it, don't change the run through it."""
+
+    config: Any
+    output_dir: Path
+    backend: Any
+    total_steps: int
+    is_main_process: bool = True
+    num_processes: int = 1
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainerState:
+    """The position of a run: enough, with the RNG states, to continue it exactly."""
+
+    step: int = 0
+    micro_batches: int = 0  # micro-batches consumed (per process), across epochs
+    elapsed_s: float = 0.0
+    config_hash: str = ""
+    lorakit_version: str = ""
+    num_processes: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

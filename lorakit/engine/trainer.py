@@ -1,0 +1,402 @@
+"""The training loop: backend-agnostic, on accelerate.
+
+Read top to bottom: resolve the run, build the backend, the data and the optimizer, maybe
+resume, then loop over optimizer steps. Each step draws ``gradient_accumulation_steps``
+micro-batches from an endless stream over the epochs, normalises the loss by the whole
+window's item count (across processes), clips, steps, logs, and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import signal
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from lorakit import __version__
+from lorakit.backend import Backend, TrainContext, trainable_state_dict
+from lorakit.builtins.optimizers import effective_lr
+from lorakit.builtins.trackers import read_metrics
+from lorakit.config import RESUMABLE_KEYS, Config
+from lorakit.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from lorakit.engine.lossplot import write_loss_plot
+from lorakit.engine.progress import TrainProgress
+from lorakit.engine.sampler import EpochSampler
+from lorakit.engine.state import RunInfo, TrainerState
+from lorakit.errors import RunError, UsageError
+from lorakit.io import write_text
+from lorakit.plugins import Plugins, get_plugins
+from lorakit.provenance import file_metadata, now, run_record
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    steps: int
+    final_loss: float | None
+    outputs: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+
+
+def resolve_precision(value: str) -> str:
+    if value != "auto":
+        if value != "no" and not torch.cuda.is_available() and value == "fp16":
+            raise UsageError("mixed_precision fp16 needs a CUDA GPU; use 'no' (or bf16) on CPU")
+        return value
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def build_accelerator(config: Config) -> Accelerator:
+    from lorakit.engine.distributed import accelerator_kwargs
+
+    return Accelerator(
+        mixed_precision=resolve_precision(config.train.mixed_precision),
+        cpu=not torch.cuda.is_available(),
+        **accelerator_kwargs(config),
+    )
+
+
+class _Interrupt:
+    """SIGINT/SIGTERM → finish the current step, checkpoint, stop."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupt:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _stream(
+    loader: Any, sampler: EpochSampler, accelerator: Accelerator, start: int
+) -> Iterator[Any]:
+    """Micro-batches across epochs, starting after ``start`` consumed ones."""
+    per_epoch = len(loader)
+    epoch, skip = divmod(start, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        it = accelerator.skip_first_batches(loader, skip) if skip else loader
+        yield from it
+        epoch, skip = epoch + 1, 0
+
+
+def check_resume_config(config: Config, checkpoint: Path) -> None:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    saved_path = Path(checkpoint).parent.parent / "config.yaml"
+    if state.get("config_hash") == config.semantic_hash():
+        return
+    changed = "training settings"
+    if saved_path.exists():
+        import yaml
+
+        old = yaml.safe_load(saved_path.read_text())
+        new = config.to_dict()
+        keys = sorted(
+            k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)
+        )
+        if keys:
+            changed = ", ".join(keys)
+    raise UsageError(
+        f"cannot resume from {checkpoint}: the config changed what the run learns ({changed}); "
+        f"start a new run or restore those keys"
+    )
+
+
+def train(
+    config: Config,
+    *,
+    resume: str | bool | None = None,
+    plugins: Plugins | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Run one training job as the config says; return where its outputs are."""
+    plugins = plugins or get_plugins()
+    plugins.check()
+    registries = plugins.registries
+    train_cfg = config.train
+    out = Path(train_cfg.output_dir)
+    created = not out.exists()
+    checkpoint = find_checkpoint(out, resume) if resume else None
+    if checkpoint is not None:
+        check_resume_config(config, checkpoint)
+
+    accelerator = build_accelerator(config)
+    main = accelerator.is_main_process
+    try:
+        opt_spec = registries.optimizers.get(train_cfg.optimizer)
+        sched_spec = registries.schedulers.get(train_cfg.lr_scheduler)
+        tracker_specs = [registries.trackers.get(n) for n in train_cfg.trackers]
+        backend_spec = registries.backends.get(config.backend)
+        formats = train_cfg.export_formats
+        set_seed(train_cfg.seed)
+        backend: Backend = backend_spec.factory(config)
+        formats = list(formats or backend.default_export_formats)
+        exporters = [registries.exporters.get(f) for f in formats]
+        ctx = TrainContext(
+            config=config,
+            accelerator=accelerator,
+            output_dir=out,
+            cache_dir=out / "cache",
+            registries=registries,
+            weight_dtype=DTYPES[accelerator.mixed_precision],
+            log=accelerator.print,
+        )
+        backend.setup(ctx)
+        dataset = backend.dataset(ctx)
+        if len(dataset) == 0:
+            raise UsageError(f"the dataset in {train_cfg.train_data_dir} is empty")
+        module = backend.trainable_module()
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise RunError(f"backend {config.backend} left no trainable parameters")
+        if opt_spec.adaptive and not 0.1 <= train_cfg.learning_rate <= 10:
+            warnings.warn(
+                f"{train_cfg.optimizer} adapts its own step size and expects learning_rate≈1.0; "
+                f"got {train_cfg.learning_rate}",
+                stacklevel=1,
+            )
+        optimizer = opt_spec.factory(params, lr=train_cfg.learning_rate, **train_cfg.optimizer_args)
+    except BaseException:
+        if created and main:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+    # The data: a sampler that is a pure function of (seed, epoch), or the backend's own.
+    sampler = backend.batch_sampler(dataset, train_cfg.batch_size, train_cfg.seed)
+    generator = torch.Generator().manual_seed(train_cfg.seed)
+    if sampler is not None:
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=backend.collate,
+            num_workers=train_cfg.num_workers, generator=generator,
+        )  # fmt: skip
+    else:
+        sampler = EpochSampler(len(dataset), train_cfg.seed)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=train_cfg.batch_size, sampler=sampler, collate_fn=backend.collate,
+            num_workers=train_cfg.num_workers, generator=generator, drop_last=False,
+        )  # fmt: skip
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    backend.set_train_module(module)
+    accum = train_cfg.gradient_accumulation_steps
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise UsageError("the dataset yields no batches (fewer samples than processes?)")
+    total = train_cfg.max_steps or math.ceil(train_cfg.epochs * per_epoch / accum)
+    scheduler = sched_spec.factory(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        warmup_steps=train_cfg.lr_warmup_steps,
+        total_steps=total,
+        **train_cfg.lr_scheduler_args,
+    )
+
+    state = TrainerState(
+        config_hash=config.semantic_hash(),
+        lorakit_version=__version__,
+        num_processes=accelerator.num_processes,
+    )
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, accelerator.unwrap_model(module), optimizer, scheduler)
+        if state.num_processes != accelerator.num_processes:
+            raise UsageError(
+                f"cannot resume a {state.num_processes}-process run with "
+                f"{accelerator.num_processes} processes"
+            )
+        accelerator.print(f"resuming from {checkpoint} at step {state.step}")
+
+    metadata = file_metadata(config, plugins=plugins)
+    metadata.update(backend.export_metadata())
+    started = now()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", config.to_yaml())
+        record = run_record(
+            config, plugins=plugins, status="running", started_at=started,
+            num_processes=accelerator.num_processes, dataset_fingerprint=backend.dataset_fingerprint(),
+            effective_batch=train_cfg.batch_size * accum * accelerator.num_processes,
+            mixed_precision=accelerator.mixed_precision, total_steps=total,
+            resumed_from=str(checkpoint) if checkpoint else None,
+        )  # fmt: skip
+        write_text(out / "run.json", json.dumps(record, indent=2))
+    trackers = [s.factory(out, config, state.step) for s in tracker_specs] if main else []
+    run = RunInfo(config, out, backend, total, main, accelerator.num_processes)
+    plugins.call("on_train_start", run=run)
+
+    def checkpoint_now() -> Path | None:
+        path = None
+        if main:
+            unwrapped = accelerator.unwrap_model(module)
+
+            def add_exports(folder: Path) -> None:
+                for exporter in exporters:
+                    exporter.factory(
+                        backend,
+                        folder,
+                        config.train.name,
+                        {**metadata, "lorakit.step": str(state.step)},
+                    )
+
+            path = save_checkpoint(
+                out, state, trainable_state_dict(unwrapped), optimizer, scheduler,
+                keep=train_cfg.save_total_limit, extra=add_exports,
+            )  # fmt: skip
+            write_loss_plot(read_metrics(out), out / "loss.png", config.train.name) if (
+                out / "metrics.jsonl"
+            ).exists() else None
+        accelerator.wait_for_everyone()
+        if path is not None:
+            plugins.call("on_checkpoint", run=run, step=state.step, path=str(path))
+        return path
+
+    bar = TrainProgress(total, state.step, enabled=progress and main)
+    stream = _stream(loader, sampler, accelerator, state.micro_batches)
+    last_loss: float | None = None
+    t_start = time.perf_counter() - state.elapsed_s
+    interrupted = False
+    module.train()
+    try:
+        with _Interrupt() as interrupt:
+            while state.step < total:
+                t0 = time.perf_counter()
+                window = [next(stream) for _ in range(accum)]
+                state.micro_batches += accum
+                losses = _forward_backward(backend, module, accelerator, window)
+                grad_norm = None
+                if train_cfg.max_grad_norm is not None:
+                    grad_norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
+                optimizer.step()
+                if not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.elapsed_s = time.perf_counter() - t_start
+                last_loss = losses["loss"]
+                dt = time.perf_counter() - t0
+                metrics = {
+                    "loss": last_loss,
+                    "lr": effective_lr(optimizer)
+                    if opt_spec.adaptive
+                    else scheduler.get_last_lr()[0],
+                    "epoch": state.micro_batches / per_epoch,
+                    f"{backend.throughput_unit}_per_s": losses[backend.throughput_unit]
+                    / max(dt, 1e-9),
+                    "elapsed_s": round(state.elapsed_s, 3),
+                }
+                if grad_norm is not None:
+                    metrics["grad_norm"] = float(grad_norm)
+                if not math.isfinite(last_loss):
+                    raise RunError(
+                        f"loss is {last_loss} at step {state.step}: lower learning_rate, "
+                        f"check the data, or use mixed_precision bf16 instead of fp16"
+                    )
+                if main and (state.step % train_cfg.logging_steps == 0 or state.step == total):
+                    for tracker in trackers:
+                        tracker.log(metrics, state.step)
+                bar.update(state.step, metrics)
+                plugins.call("on_step_end", run=run, step=state.step, metrics=metrics)
+                every = train_cfg.sample_every_n_steps
+                if every and state.step % every == 0 and state.step < total and main:
+                    backend.sample(ctx, state.step, out / "samples")
+                if interrupt.signal is not None:
+                    interrupted = True
+                    break
+                if (
+                    train_cfg.save_steps
+                    and state.step % train_cfg.save_steps == 0
+                    and state.step < total
+                ):
+                    checkpoint_now()
+    finally:
+        bar.close()
+        for tracker in trackers:
+            tracker.close()
+
+    outputs: list[Path] = []
+    if interrupted:
+        path = checkpoint_now()
+        accelerator.print(f"interrupted: checkpoint saved at {path}; continue with --resume")
+    else:
+        checkpoint_now()
+        if main:
+            for exporter in exporters:
+                outputs += exporter.factory(
+                    backend, out, config.train.name, {**metadata, "lorakit.step": str(state.step)}
+                )
+            if train_cfg.sample_prompts:
+                outputs += backend.sample(ctx, state.step, out / "samples")
+        accelerator.wait_for_everyone()
+    if main:
+        record = json.loads((out / "run.json").read_text())
+        record.update(
+            status="interrupted" if interrupted else "finished",
+            finished_at=now(), steps=state.step, final_loss=last_loss,
+            outputs=[str(p) for p in outputs],
+        )  # fmt: skip
+        write_text(out / "run.json", json.dumps(record, indent=2))
+    run.outputs = [str(p) for p in outputs]
+    if not interrupted:
+        plugins.call("on_train_end", run=run, outputs=run.outputs)
+    backend.teardown()
+    accelerator.end_training()
+    return RunResult(out, state.step, last_loss, outputs, interrupted, state.elapsed_s)
+
+
+def _forward_backward(
+    backend: Backend, module: Any, accelerator: Accelerator, window: list[Any]
+) -> dict[str, float]:
+    """Forward and backward every micro-batch; the loss is a mean over the window's items.
+
+    Each micro-batch's summed loss is divided by the window's total item count across all
+    processes (times the process count, since DDP averages gradients), so the update is the
+    same however the items fall into micro-batches and processes.
+    """
+    local = torch.tensor(float(sum(backend.count(b) for b in window)), device=accelerator.device)
+    total_count = float(accelerator.reduce(local, reduction="sum"))
+    scale = accelerator.num_processes / max(total_count, 1.0)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    samples = tokens = 0
+    for i, batch in enumerate(window):
+        last = i == len(window) - 1
+        sync = (
+            contextlib.nullcontext()
+            if last or accelerator.num_processes == 1
+            else accelerator.no_sync(module)
+        )
+        with sync:
+            with accelerator.autocast():
+                out = backend.loss(module, batch)
+            accelerator.backward(out.loss_sum * scale)
+        loss_sum += out.loss_sum.detach().float()
+        samples += out.samples
+        tokens += out.tokens
+    global_sum = accelerator.reduce(loss_sum, reduction="sum")
+    return {"loss": float(global_sum) / max(total_count, 1.0), "samples": samples, "tokens": tokens}

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LORAKIT_NO_UPDATE_CHECK", "1")
+
+
+@pytest.fixture
+def toy_plugins():
+    """A plugin manager with the built-ins and the toy backend, no entry points."""
+    import toy_backend
+
+    from lorakit.plugins import build_plugins, set_plugins
+
+    plugins = build_plugins(entry_points=False, extra=[("toy", toy_backend)])
+    set_plugins(plugins)
+    yield plugins
+    set_plugins(None)
+
+
+def toy_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    data = {
+        "task_type": "toy-regression",
+        "base_model": "toy/mlp",
+        "train_data_dir": str(tmp_path),
+        "output_dir": str(tmp_path / "run"),
+        "lora_rank": 4,
+        "batch_size": 8,
+        "epochs": 2,
+        "learning_rate": 1e-2,
+        "seed": 0,
+        "trackers": ["jsonl"],
+    }
+    data.update(overrides)
+    return data

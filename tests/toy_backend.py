@@ -1,0 +1,103 @@
+"""A tiny backend for engine tests: LoRA (through peft) on a frozen random MLP.
+
+It learns to imitate a fixed random "teacher" MLP, so the loss can fall; it needs neither
+diffusers nor transformers, which proves the engine is backend-agnostic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+import lorakit
+from lorakit.backend import Backend, LossOutput
+from lorakit.registry import BackendSpec
+
+LORAKIT_PLUGIN_API = 1
+
+
+class ToySection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples: int = 64
+    dim: int = 16
+    hidden: int = 32
+    slow_ms: float = 0.0  # sleep per step, to give kill tests a window
+
+
+class ToyDataset:
+    def __init__(self, n: int, dim: int, seed: int = 0) -> None:
+        import torch
+
+        g = torch.Generator().manual_seed(1234)
+        self.x = torch.randn(n, dim, generator=g)
+        teacher = torch.nn.Sequential(
+            torch.nn.Linear(dim, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)
+        )
+        torch.manual_seed(99)
+        for p in teacher.parameters():
+            torch.nn.init.normal_(p, std=0.7, generator=g)
+        with torch.no_grad():
+            self.y = teacher(self.x)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+class ToyBackend(Backend):
+    default_export_formats = ("safetensors",)
+
+    def setup(self, ctx: Any) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        section = self.config.section
+        g = torch.Generator().manual_seed(7)
+        base = torch.nn.Sequential(
+            torch.nn.Linear(section.dim, section.hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(section.hidden, 4),
+        )
+        with torch.no_grad():
+            for p in base.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        t = self.config.train
+        lora = LoraConfig(
+            r=t.lora_rank, lora_alpha=t.alpha, lora_dropout=t.lora_dropout,
+            target_modules=t.target_modules or ["0", "2"],
+        )  # fmt: skip
+        self.model = get_peft_model(base, lora)
+        self.slow = section.slow_ms / 1000
+
+    def trainable_module(self) -> Any:
+        return self.model
+
+    def dataset(self, ctx: Any) -> Any:
+        return ToyDataset(self.config.section.samples, self.config.section.dim)
+
+    def loss(self, module: Any, batch: Any) -> LossOutput:
+        import time
+
+        import torch
+
+        if self.slow:
+            time.sleep(self.slow)
+        pred = module(batch["x"])
+        per_sample = torch.nn.functional.mse_loss(pred, batch["y"], reduction="none").mean(dim=1)
+        return LossOutput(per_sample.sum(), samples=len(per_sample))
+
+    def dataset_fingerprint(self) -> str:
+        return "toy"
+
+
+@lorakit.hookimpl
+def register_backends(register: Any) -> None:
+    register(
+        BackendSpec(
+            "toy", ("toy-regression",), ToyBackend, "LoRA on a tiny MLP (tests)",
+            config_model=ToySection,
+        )
+    )  # fmt: skip
