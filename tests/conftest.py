@@ -27,6 +27,8 @@ def toy_plugins():
 
 
 def toy_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    toy = {k: overrides.pop(k) for k in ("samples", "slow_ms") if k in overrides}
     data = {
         "task_type": "toy-regression",
         "base_model": "toy/mlp",
@@ -38,6 +40,23 @@ def toy_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "learning_rate": 1e-2,
         "seed": 0,
         "trackers": ["jsonl"],
+        "toy": toy,
     }
     data.update(overrides)
     return data
+
+
+@pytest.fixture
+def toy_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for subprocesses in which the toy backend is an installed plugin.
+
+    A real distribution (dist-info + entry point) on PYTHONPATH, found through entry points
+    exactly as a third party's package would be.
+    """
+    site = tmp_path_factory.mktemp("site")
+    info = site / "lorakit_toy-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lorakit-toy\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[lorakit]\ntoy = toy_backend\n")
+    path = os.pathsep.join([str(site), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}

@@ -13,6 +13,13 @@ import typer
 from lorakit import __version__
 from lorakit.errors import LorakitError
 
+_typer_click: Any
+try:  # typer >= 0.2x vendors its own click
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click = click.exceptions
+_NO_ARGS: Any = getattr(_typer_click, "NoArgsIsHelpError", click.exceptions.UsageError)
+
 app = typer.Typer(
     name="lorakit",
     help="Train LoRA adapters for Stable Diffusion and causal language models from one YAML file.",
@@ -69,13 +76,19 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         command = build_command()
         return command.main(args=args, prog_name="lorakit", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         fail("aborted", 130)
-    except click.ClickException as exc:
-        exc.show()
-        raise SystemExit(2 if isinstance(exc, click.UsageError) else exc.exit_code) from None
+    except _NO_ARGS:  # help was shown
+        raise SystemExit(2) from None
+    except (click.ClickException, _typer_click.ClickException) as exc:
+        usage = isinstance(exc, click.UsageError | _typer_click.UsageError)
+        where = ""
+        ctx = getattr(exc, "ctx", None)
+        if usage and ctx is not None:
+            where = f" (see: {ctx.command_path} --help)"
+        fail(f"{exc.format_message()}{where}", 2 if usage else exc.exit_code)
     except LorakitError as exc:
         if debug():
             traceback.print_exc()

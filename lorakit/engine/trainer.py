@@ -294,6 +294,11 @@ def train(
                 if train_cfg.max_grad_norm is not None:
                     grad_norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
                 optimizer.step()
+                lr = (
+                    effective_lr(optimizer)
+                    if opt_spec.adaptive
+                    else optimizer.param_groups[0]["lr"]
+                )
                 if not accelerator.optimizer_step_was_skipped:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -303,9 +308,7 @@ def train(
                 dt = time.perf_counter() - t0
                 metrics = {
                     "loss": last_loss,
-                    "lr": effective_lr(optimizer)
-                    if opt_spec.adaptive
-                    else scheduler.get_last_lr()[0],
+                    "lr": lr,
                     "epoch": state.micro_batches / per_epoch,
                     f"{backend.throughput_unit}_per_s": losses[backend.throughput_unit]
                     / max(dt, 1e-9),
