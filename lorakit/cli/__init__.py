@@ -41,9 +41,9 @@ def fail(message: str, code: int) -> None:
 
 
 def _register_builtin_commands() -> None:
-    from lorakit.cli import config_cmd, info_cmds, model_cmds, train_cmd
+    from lorakit.cli import config_cmd, info_cmds, label_cmd, model_cmds, train_cmd
 
-    for module in (train_cmd, config_cmd, info_cmds, model_cmds):
+    for module in (train_cmd, label_cmd, config_cmd, info_cmds, model_cmds):
         module.register(app)
 
 

@@ -1,0 +1,484 @@
+"""Auto-labeling: the :class:`Labeler` interface plugins implement, and the driver behind
+``lorakit label`` that writes ``metadata.csv``.
+
+A labeler turns a batch of images into one caption each. Plugins register it with
+``register(LabelerSpec(name, factory, description, options_model))``; ``factory(**options)``
+must be cheap (check the options, load nothing) and return a :class:`Labeler`, whose
+:meth:`~Labeler.setup` loads models only once there is something to label.
+
+:func:`label_folder` scans a folder for images (recursively, natural sort order), reads them
+(unreadable ones are reported, not fatal), feeds them to the labeler in batches and writes
+``metadata.csv`` (columns ``file_name,text``, the layout the sd backend and the ``datasets``
+imagefolder loader read) atomically. The same inputs give the same bytes.
+
+PIL is imported inside functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from lorakit.errors import DataError, LorakitError, RunError, UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from rich.console import Console
+
+    from lorakit.registry import LabelerSpec, Registries
+
+#: File name of the captions table, next to the images.
+METADATA_NAME = "metadata.csv"
+#: Columns of a new ``metadata.csv``.
+COLUMNS = ("file_name", "text")
+#: Extensions (lower case) of the files :func:`find_images` picks up.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: The default batch size of a labeler that does not say.
+DEFAULT_BATCH_SIZE = 8
+
+Mode = Literal["new", "overwrite", "append"]
+
+
+class Labeler(ABC):
+    """Captions or tags images, a batch at a time.
+
+    Subclasses implement :meth:`label`; :meth:`setup` and :meth:`teardown` are optional.
+    ``batch_size`` is how many images one :meth:`label` call gets (``--batch-size``
+    overrides it). Any object with a ``label(images, paths)`` method works with
+    :func:`label_folder`; subclassing this class gives the defaults.
+    """
+
+    #: Images per :meth:`label` call.
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def setup(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Load models and other heavy state; called once, before the first batch."""
+
+    @abstractmethod
+    def label(self, images: list[Image.Image], paths: list[Path]) -> list[str]:
+        """One caption per image, in order.
+
+        ``images`` are RGB (EXIF rotation applied, transparency flattened onto white);
+        ``paths`` are the files they came from, for labelers that read names or sidecars.
+        """
+
+    def teardown(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Free what :meth:`setup` loaded; called once, even when labeling failed."""
+
+
+@dataclass
+class LabelReport:
+    """What :func:`label_folder` did (or, with ``dry_run``, would do)."""
+
+    metadata_path: Path
+    #: The columns and rows of the table as written (or as it would be written).
+    columns: list[str] = field(default_factory=list)
+    rows: list[dict[str, str]] = field(default_factory=list)
+    #: Images found in the folder.
+    found: int = 0
+    #: Images already listed in the existing table (``append``) and left as they were.
+    kept: int = 0
+    #: File names labeled in this run.
+    labeled: list[str] = field(default_factory=list)
+    #: ``(file_name, reason)`` of each image that could not be read; it is not listed.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    #: File names whose labeler caption was empty.
+    empty: list[str] = field(default_factory=list)
+    #: Whether the table was written to disk.
+    written: bool = False
+    dry_run: bool = False
+    #: The CSV text (written, or what would have been written).
+    csv_text: str = ""
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    """``["k=v", ...]`` (from ``--option``) as a dict; a pair without ``=`` is an error."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option top_k=5")
+        options[key] = value
+    return options
+
+
+def validate_options(spec: LabelerSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``options`` against the labeler's pydantic ``options_model``.
+
+    Returns the validated values (defaults filled in) to pass to ``spec.factory``. An
+    unknown key or a value of the wrong type is a :class:`UsageError` naming the option.
+    """
+    model = spec.options_model
+    if model is None:
+        if options:
+            raise UsageError(f"labeler {spec.name} takes no options (got {', '.join(options)})")
+        return {}
+    fields: dict[str, Any] = getattr(model, "model_fields", {})
+    for key in options:
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UsageError(f"labeler {spec.name} has no option '{key}' (options: {known}){hint}")
+    from pydantic import ValidationError
+
+    try:
+        validated = model.model_validate(dict(options))  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "options"
+        got = f" (got {error['input']!r})" if where in options else ""
+        raise UsageError(f"labeler {spec.name}: option {where}: {error['msg']}{got}") from None
+    values: dict[str, Any] = validated.model_dump()
+    return values
+
+
+def create_labeler(
+    name: str, options: Mapping[str, Any] | None = None, registries: Registries | None = None
+) -> Labeler:
+    """The labeler registered as ``name``, built with validated ``options``.
+
+    An unknown name is a :class:`UsageError` listing the installed labelers.
+    """
+    if registries is None:
+        from lorakit.plugins import get_registries
+
+        registries = get_registries()
+    spec = registries.labelers.get(name)
+    labeler = spec.factory(**validate_options(spec, options or {}))
+    if not callable(getattr(labeler, "label", None)):
+        raise RunError(f"labeler {name}: its factory returned {type(labeler).__name__}, no labeler")
+    return labeler
+
+
+# -- images ----------------------------------------------------------------------------
+
+
+def _natural_key(name: str) -> tuple[list[tuple[int, int | str]], str]:
+    """Sort ``img2`` before ``img10``; ties broken by the plain name."""
+    parts = re.split(r"(\d+)", name.lower())
+    key = [(0, int(p)) if p.isdigit() else (1, p) for p in parts if p]
+    return key, name
+
+
+def find_images(data_dir: str | Path, *, recursive: bool = True) -> list[str]:
+    """Image files under ``data_dir`` as POSIX paths relative to it, in natural order.
+
+    Hidden files and folders (names starting with ``.``) are skipped.
+    """
+    root = Path(data_dir)
+    pattern = "**/*" if recursive else "*"
+    found = []
+    for path in root.glob(pattern):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.append(rel.as_posix())
+    return sorted(found, key=_natural_key)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open, fully decode and normalise an image to RGB.
+
+    EXIF rotation is applied, transparency is flattened onto white and an animation gives
+    its first frame. Raises ``OSError``/``ValueError`` (and PIL's decompression-bomb
+    error) for a file that is not a readable image, including a truncated one.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        opened.load()  # decode now: a truncated file fails here, not later
+        image = ImageOps.exif_transpose(opened)
+        if image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info
+        ):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def _read_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+# -- metadata.csv ----------------------------------------------------------------------
+
+
+def read_metadata(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of a ``metadata.csv``; it must have a ``file_name`` column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason})", where=path) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = list(reader.fieldnames or [])
+    if "file_name" not in columns:
+        found = ", ".join(columns) or "nothing"
+        raise DataError(f"no file_name column in the header (found: {found})", where=path)
+    rows: list[dict[str, str]] = []
+    for row in reader:
+        if None in row:
+            raise DataError(f"line {reader.line_num}: more fields than columns", where=path)
+        rows.append({k: v if v is not None else "" for k, v in row.items()})
+    if "text" not in columns:
+        columns.append("text")
+    return columns, rows
+
+
+def format_metadata(columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> str:
+    """The CSV text of a table: UTF-8, ``\\n`` line ends, quoted only where needed."""
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def make_caption(caption: str, prefix: str | None = None) -> str:
+    """One line of caption: whitespace collapsed, ``prefix`` (a trigger word) in front.
+
+    The prefix is joined with ``", "`` and not repeated when the caption starts with it.
+    """
+    text = " ".join(str(caption).split())
+    head = " ".join((prefix or "").split()).rstrip(",").strip()
+    if not head:
+        return text
+    if not text:
+        return head
+    if text == head or text.startswith((head + ",", head + " ")):
+        return text
+    return f"{head}, {text}"
+
+
+# -- the driver ------------------------------------------------------------------------
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Progress:
+    """A rich bar on a terminal; nothing otherwise."""
+
+    def __init__(self, total: int, enabled: bool, console: Console | None) -> None:
+        self.bar: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        console = console or Console()
+        if not console.is_terminal:
+            return
+        self.bar = Progress(
+            TextColumn("[bold]label"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.bar.add_task("label", total=total)
+        self.bar.start()
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _run_labeler(
+    labeler: Labeler,
+    name: str,
+    data_dir: Path,
+    todo: Sequence[str],
+    batch_size: int,
+    report: LabelReport,
+    captions: dict[str, str],
+    on_batch: Callable[[int], None],
+) -> None:
+    """Caption every readable image of ``todo`` into ``captions``; fills ``report.unreadable``.
+
+    ``captions`` is filled batch by batch, so an interrupted run keeps what it labeled.
+    """
+    from PIL import Image
+
+    setup_done = False
+    try:
+        for batch in _batches(todo, batch_size):
+            images: list[Image.Image] = []
+            names: list[str] = []
+            for file_name in batch:
+                try:
+                    images.append(read_image(data_dir / file_name))
+                    names.append(file_name)
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                    report.unreadable.append((file_name, _read_reason(exc)))
+            if images:
+                if not setup_done:
+                    setup = getattr(labeler, "setup", None)
+                    if setup is not None:
+                        setup()
+                    setup_done = True
+                paths = [data_dir / n for n in names]
+                try:
+                    result = labeler.label(images, paths)
+                except (LorakitError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:
+                    hint = "; try a smaller --batch-size" if "out of memory" in str(exc) else ""
+                    raise RunError(
+                        f"labeler {name} failed on {names[0]}"
+                        f"{f' .. {names[-1]}' if len(names) > 1 else ''}: "
+                        f"{type(exc).__name__}: {_read_reason(exc)}{hint}"
+                    ) from exc
+                finally:
+                    for image in images:
+                        image.close()
+                if not isinstance(result, list | tuple) or len(result) != len(names):
+                    count = len(result) if isinstance(result, list | tuple) else type(result)
+                    raise RunError(
+                        f"labeler {name} returned {count} captions for {len(names)} images"
+                    )
+                for file_name, caption in zip(names, result, strict=True):
+                    if not isinstance(caption, str):
+                        raise RunError(
+                            f"labeler {name} returned a {type(caption).__name__}, not a "
+                            f"caption, for {file_name}"
+                        )
+                    captions[file_name] = caption
+            on_batch(len(batch))
+    finally:
+        if setup_done:
+            teardown = getattr(labeler, "teardown", None)
+            if teardown is not None:
+                teardown()
+
+
+def label_folder(
+    data_dir: str | Path,
+    labeler: Labeler,
+    *,
+    mode: Mode = "new",
+    prefix: str | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    recursive: bool = True,
+    progress: bool = True,
+    console: Console | None = None,
+    name: str | None = None,
+) -> LabelReport:
+    """Label the images of ``data_dir`` and write ``data_dir/metadata.csv``.
+
+    ``mode``: ``new`` refuses to replace an existing table (:class:`UsageError`),
+    ``overwrite`` replaces it, ``append`` keeps its rows and labels only images it does not
+    list yet. ``prefix`` (a trigger word) goes in front of every new caption. ``dry_run``
+    labels but writes nothing (the text is in ``report.csv_text``). Unreadable images are
+    listed in ``report.unreadable`` and left out of the table. The labeler's ``setup`` runs
+    only when there is an image to label. Ctrl-C keeps what was labeled: the table is
+    written with the rows so far (except with ``overwrite``, which leaves the old table),
+    so ``append`` carries on.
+    """
+    data_dir = Path(data_dir)
+    name = name or getattr(labeler, "name", None) or type(labeler).__name__
+    if mode not in ("new", "overwrite", "append"):
+        raise UsageError(f"unknown mode {mode!r} (new, overwrite or append)")
+    if not data_dir.is_dir():
+        what = "is not a folder" if data_dir.exists() else "does not exist"
+        raise DataError(f"{data_dir} {what}")
+    metadata_path = data_dir / METADATA_NAME
+    report = LabelReport(metadata_path=metadata_path, dry_run=dry_run)
+    columns: list[str] = list(COLUMNS)
+    existing: list[dict[str, str]] = []
+    if metadata_path.exists():
+        if mode == "new":
+            raise UsageError(
+                f"{metadata_path} already exists: pass --overwrite to replace it or "
+                "--append to label only the images it does not list"
+            )
+        if mode == "append":
+            columns, existing = read_metadata(metadata_path)
+
+    images = find_images(data_dir, recursive=recursive)
+    report.found = len(images)
+    if not images:
+        raise DataError(f"no images in {data_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    listed = {row.get("file_name", "") for row in existing}
+    todo = [f for f in images if f not in listed]
+    report.kept = len(images) - len(todo)
+    report.columns = columns
+    if not todo:
+        report.rows = existing
+        report.csv_text = format_metadata(columns, existing)
+        return report
+
+    size = batch_size or getattr(labeler, "batch_size", None) or DEFAULT_BATCH_SIZE
+    if size < 1:
+        raise UsageError(f"batch size must be at least 1 (got {size})")
+    bar = _Progress(len(todo), progress, console)
+    captions: dict[str, str] = {}
+    interrupted = False
+    try:
+        _run_labeler(labeler, name, data_dir, todo, size, report, captions, bar.advance)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        bar.close()
+        if interrupted and mode != "overwrite" and not dry_run and captions:
+            _write(report, existing, captions, prefix)
+    if not captions and not existing:
+        shown = "; ".join(f"{f}: {why}" for f, why in report.unreadable[:3])
+        raise DataError(f"none of the {len(todo)} images in {data_dir} could be read ({shown})")
+    _write(report, existing, captions, prefix, write=not dry_run)
+    return report
+
+
+def _write(
+    report: LabelReport,
+    existing: list[dict[str, str]],
+    captions: dict[str, str],
+    prefix: str | None,
+    *,
+    write: bool = True,
+) -> None:
+    from lorakit.io import write_text
+
+    rows = list(existing)
+    for file_name, caption in captions.items():
+        if not caption.strip():
+            report.empty.append(file_name)
+        rows.append({"file_name": file_name, "text": make_caption(caption, prefix)})
+    report.labeled = list(captions)
+    report.rows = rows
+    report.csv_text = format_metadata(report.columns, rows)
+    if write:
+        write_text(report.metadata_path, report.csv_text)
+        report.written = True

@@ -1,0 +1,3 @@
+"""A lorakit labeler plugin (made from lorakit's plugin template)."""
+
+__version__ = "0.1.0"
