@@ -101,3 +101,18 @@ def register_backends(register: Any) -> None:
             config_model=ToySection,
         )
     )  # fmt: skip
+
+
+@lorakit.hookimpl
+def on_train_end(run: Any, outputs: list[str]) -> None:
+    """With LORAKIT_TEST_DUMP_RANKS set, every process saves its LoRA (multi-process tests)."""
+    import os
+
+    if not os.environ.get("LORAKIT_TEST_DUMP_RANKS"):
+        return
+    from safetensors.torch import save_file
+
+    rank = int(os.environ.get("RANK", "0"))
+    weights = {k: v.contiguous() for k, v in run.backend.lora_state_dict().items()}
+    save_file(weights, str(run.output_dir / f"rank{rank}.safetensors"))
+    (run.output_dir / f"rank{rank}.json").write_text(str(run.num_processes))

@@ -27,9 +27,13 @@ def accelerator_kwargs(config: Any) -> dict[str, Any]:
             zero3_init_flag=False,
         )
     elif dist.strategy == "fsdp":
+        import torch
         from accelerate.utils import FullyShardedDataParallelPlugin
 
+        # use_orig_params: LoRA mixes frozen and trainable tensors in one flat parameter.
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            use_orig_params=True, cpu_offload=dist.offload, sync_module_states=True
+            use_orig_params=True,
+            cpu_offload=dist.offload,
+            sync_module_states=torch.cuda.is_available(),
         )
     return kwargs

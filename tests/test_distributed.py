@@ -1,0 +1,102 @@
+"""Two processes on CPU (gloo) through `lorakit train --num-processes 2`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorakit.config import load_config
+from lorakit.engine.distributed import accelerator_kwargs
+from lorakit.engine.launch import launch_command, strip_launch_options
+
+LORAKIT = [sys.executable, "-m", "lorakit.cli"]
+
+
+def config(tmp_path: Path, name: str, **keys) -> Path:
+    data = {
+        "task_type": "toy-regression", "base_model": "toy/mlp", "train_data_dir": str(tmp_path),
+        "output_dir": str(tmp_path / name), "lora_rank": 4, "learning_rate": 1e-2,
+        "trackers": "[jsonl]", "seed": 3, **keys,
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
+    return path
+
+
+def train(path: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*LORAKIT, "train", "--config", str(path), *extra],
+        env={**env, "LORAKIT_TEST_DUMP_RANKS": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_processes_agree_match_one_process_and_resume(tmp_path, toy_env):
+    two = config(tmp_path, "two", batch_size=4, max_steps=8)
+    train(two, toy_env, "--num-processes", "2")
+    assert (tmp_path / "two" / "rank0.json").read_text() == "2"  # really two processes
+    r0 = load_file(str(tmp_path / "two" / "rank0.safetensors"))
+    r1 = load_file(str(tmp_path / "two" / "rank1.safetensors"))
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+
+    one = config(tmp_path, "one", batch_size=8, max_steps=8)
+    train(one, toy_env)
+    single = load_file(str(tmp_path / "one" / "rank0.safetensors"))
+    for key in r0:
+        torch.testing.assert_close(r0[key], single[key], rtol=1e-4, atol=1e-5)
+
+    import json
+
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert record["num_processes"] == 2 and record["effective_batch"] == 8
+
+    half = config(tmp_path, "half", batch_size=4, max_steps=4)
+    train(half, toy_env, "--num-processes", "2")
+    train(half, toy_env, "--num-processes", "2", "--resume", "--set", "max_steps=8")
+    resumed = load_file(str(tmp_path / "half" / "rank0.safetensors"))
+    for key in r0:
+        torch.testing.assert_close(resumed[key], r0[key], rtol=1e-6, atol=1e-7)
+
+
+def test_launch_command_maps_options():
+    args = ["train", "--config", "x.yaml", "--num-processes", "4", "--num-machines=2", "--resume"]
+    assert strip_launch_options(args) == ["train", "--config", "x.yaml", "--resume"]
+    cmd = launch_command(
+        args, num_processes=4, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1", cuda=True
+    )
+    assert cmd[cmd.index("--num_processes") + 1] == "8"
+    assert cmd[cmd.index("--machine_rank") + 1] == "1"
+    assert cmd[cmd.index("--main_process_ip") + 1] == "10.0.0.1"
+    assert "--multi_gpu" in cmd and "--cpu" not in cmd
+    assert cmd[-5:] == ["lorakit.cli", "train", "--config", "x.yaml", "--resume"]
+
+
+@pytest.mark.parametrize(
+    "strategy,key",
+    [
+        ("deepspeed_zero2", "deepspeed_plugin"),
+        ("deepspeed_zero3", "deepspeed_plugin"),
+        ("fsdp", "fsdp_plugin"),
+    ],
+)
+def test_strategy_maps_to_accelerate_plugins(toy_plugins, tmp_path, strategy, key):
+    from conftest import toy_config
+
+    cfg = load_config(
+        data=toy_config(tmp_path, distributed={"strategy": strategy, "offload": True})
+    )
+    kwargs = accelerator_kwargs(cfg)
+    plugin = kwargs[key]
+    if strategy.startswith("deepspeed"):
+        assert plugin.zero_stage == (3 if strategy.endswith("3") else 2)
+        assert plugin.deepspeed_config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    else:
+        assert plugin.cpu_offload.offload_params is True
