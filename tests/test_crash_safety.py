@@ -66,17 +66,27 @@ def run_killed(config: Path, output_dir: Path, env: dict, rng: random.Random, ki
             }  # fmt: skip
     resume = ["--resume"] if checkpoint_dirs(output_dir) else []
     final = subprocess.run(
-        [*LORAKIT, "train", "--config", str(config), *resume], env=env, capture_output=True, text=True
+        [*LORAKIT, "train", "--config", str(config), *resume],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert final.returncode == 0, final.stderr
     return done
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("save_steps", [3, 1], ids=["between-checkpoints", "during-checkpoint-writes"])
+@pytest.mark.parametrize(
+    "save_steps", [3, 1], ids=["between-checkpoints", "during-checkpoint-writes"]
+)
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, toy_env, save_steps):
     whole_cfg = write_config(tmp_path, "whole", save_steps)
-    subprocess.run([*LORAKIT, "train", "--config", str(whole_cfg)], env=toy_env, check=True, capture_output=True)
+    subprocess.run(
+        [*LORAKIT, "train", "--config", str(whole_cfg)],
+        env=toy_env,
+        check=True,
+        capture_output=True,
+    )
     killed_cfg = write_config(tmp_path, "killed", save_steps)
     kills = run_killed(killed_cfg, tmp_path / "killed", toy_env, random.Random(save_steps), kills=3)
     assert kills >= 2
@@ -122,9 +132,8 @@ def test_full_disk_during_text_and_folder_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", fail_replace)
     with pytest.raises(RunError, match="disk full"):
         write_text(tmp_path / "run.json", "new")
-    with pytest.raises(RunError, match="disk full"):
-        with atomic_dir(folder) as tmp:
-            (tmp / "weights").write_text("v2")
+    with pytest.raises(RunError, match="disk full"), atomic_dir(folder) as tmp:
+        (tmp / "weights").write_text("v2")
     monkeypatch.setattr(os, "replace", real_replace)
     assert (tmp_path / "run.json").read_text() == "old"
     assert (folder / "weights").read_text() == "v1"
