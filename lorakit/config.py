@@ -223,7 +223,10 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=file) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'reason', exc)}", file=file) from None
     try:
         node = loader.get_single_node()
         lines: dict[tuple[str, ...], int] = {}
@@ -247,7 +250,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b=value`` → (["a", "b"], value parsed as a YAML scalar)."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value, got '{item}'")
+        raise ConfigError(f"--set expects key=value, got {item!r}")
     try:
         parsed = yaml.load(value, Loader=_Loader) if value.strip() else None  # noqa: S506
     except yaml.YAMLError:

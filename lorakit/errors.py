@@ -22,7 +22,9 @@ class LorakitError(Exception):
         super().__init__(self.format())
 
     def format(self) -> str:
-        return f"{self.where}: {self.message}" if self.where else self.message
+        """The error as the one line the CLI prints."""
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        return " ".join(text.split("\n"))
 
 
 class UsageError(LorakitError):
