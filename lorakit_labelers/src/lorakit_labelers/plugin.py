@@ -2,4 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import lorakit
+from lorakit.plugins import lazy
+from lorakit.registry import LabelerSpec
+from lorakit_labelers.options import BlipOptions, ClipOptions, FilenameOptions, SidecarOptions
+
 LORAKIT_PLUGIN_API = 1
+
+
+@lorakit.hookimpl
+def register_labelers(register: Callable[[LabelerSpec], None]) -> None:
+    register(
+        LabelerSpec(
+            name="clip",
+            factory=lazy("lorakit_labelers.clip:ClipTagger"),
+            description="Tags from a vocabulary, ranked by CLIP image-text similarity",
+            options_model=ClipOptions,
+        )
+    )
+    register(
+        LabelerSpec(
+            name="blip",
+            factory=lazy("lorakit_labelers.blip:BlipCaptioner"),
+            description="One-sentence captions from a BLIP captioning model",
+            options_model=BlipOptions,
+        )
+    )
+    register(
+        LabelerSpec(
+            name="filename",
+            factory=lazy("lorakit_labelers.simple:FilenameLabeler"),
+            description="Caption from the file name (separators to spaces, numbering dropped)",
+            options_model=FilenameOptions,
+        )
+    )
+    register(
+        LabelerSpec(
+            name="sidecar",
+            factory=lazy("lorakit_labelers.simple:SidecarLabeler"),
+            description="Caption from the .txt file next to each image",
+            options_model=SidecarOptions,
+        )
+    )

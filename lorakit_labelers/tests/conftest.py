@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# pytest's importlib mode names this file "lorakit_labelers.tests.conftest" and registers
+# the project folder (no __init__.py) as the package "lorakit_labelers"; put the installed
+# package in its place so that the tests import the real one.
+if getattr(sys.modules.get("lorakit_labelers"), "__file__", None) is None:
+    sys.modules.pop("lorakit_labelers", None)
+    import lorakit_labelers  # noqa: F401
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LORAKIT_NO_UPDATE_CHECK", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    from lorakit_labelers.testing import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_blip(tmp_path_factory) -> Path:
+    from lorakit_labelers.testing import build_tiny_blip
+
+    return build_tiny_blip(tmp_path_factory.mktemp("models") / "blip")
+
+
+@pytest.fixture(autouse=True)
+def labeler_plugins():
+    """lorakit-labelers registered in-process, without other installed plugins."""
+    from lorakit.plugins import build_plugins, set_plugins
+    from lorakit_labelers import plugin
+
+    set_plugins(build_plugins(entry_points=False, extra=[("labelers", plugin)]))
+    yield
+    set_plugins(None)
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """Five small generated images in a fresh folder."""
+    from lorakit_labelers.testing import write_sample_images
+
+    folder = tmp_path / "data"
+    write_sample_images(folder, 5)
+    return folder
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``lorakit ARGS`` in-process: returns (exit code, stdout, stderr)."""
+    from lorakit.cli import app, main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        saved = list(app.registered_commands)  # main() re-adds the built-in commands
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        finally:
+            app.registered_commands[:] = saved
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
