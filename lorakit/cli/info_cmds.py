@@ -1,17 +1,74 @@
-"""``lorakit plugins`` and ``lorakit version``."""
+"""``lorakit plugins``, ``lorakit version``, ``lorakit doctor`` and ``lorakit inspect``.
+
+None of them imports torch at start: ``version`` reads package metadata (and torch's
+``version.py`` as text), ``inspect`` reads safetensors headers, and only ``doctor`` imports
+torch, inside its torch check.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lorakit import PLUGIN_API_VERSION, __version__
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _plain(text: str) -> None:
+    """Print without rich markup or wrapping (changelog lines, file reports)."""
+    Console(soft_wrap=True, highlight=False).print(escape(text))
+
+
+def print_version(report: dict[str, Any], releases: list[Any] | None, skipped: list[str]) -> None:
+    """The text form of ``lorakit version [--check]``."""
+    from lorakit.update_check import upgrade_command
+
+    console = Console(soft_wrap=True, highlight=False)
+    console.print(
+        f"lorakit {report['lorakit']} (plugin API {report['plugin_api']}), "
+        f"Python {report['python']}"
+    )
+    for p in report["plugins"]:
+        state = (
+            "" if p["status"] == "ok" else f"  [red]{p['status']}[/]: {escape(p['error'] or '')}"
+        )
+        console.print(
+            f"  plugin {escape(p['distribution'])} {escape(p['version'])} "
+            f"(entry point {escape(p['name'])}, API {p['plugin_api']}){state}"
+        )
+    for name, v in report["libraries"].items():
+        extra = ""
+        if name == "torch" and v and report.get("accelerator"):
+            extra = f" ({report['accelerator']})"
+        console.print(f"  {name} {v or '[dim]not installed[/]'}{extra}")
+    if releases is None:
+        return
+    for r in releases:
+        if r.error:
+            console.print(f"[yellow]{escape(r.name)}[/]: {escape(r.error)}")
+        elif r.behind:
+            console.print(
+                f"[yellow]{escape(r.name)} {escape(r.latest)} is out[/] (you have {escape(r.installed)})"
+            )
+            for line in r.changes:
+                console.print(f"    {escape(line)}")
+            if not r.changes and r.changelog_url:
+                console.print(f"    changes: {escape(r.changelog_url)}")
+        elif r.latest:
+            console.print(f"[green]{escape(r.name)} {escape(r.installed)} is current[/]")
+    for name in skipped:
+        console.print(f"{escape(name)}: installed from a folder or VCS URL, not looked up")
+    plugin_dists = [p["distribution"] for p in report["plugins"] if p["status"] == "ok"]
+    command = upgrade_command(releases, plugin_dists)
+    if command:
+        console.print(f"upgrade: {command}")
 
 
 def register(app: typer.Typer) -> None:
@@ -37,18 +94,28 @@ def register(app: typer.Typer) -> None:
                 f"{kind}: {', '.join(names)}" for kind, names in info.registered.items()
             )
             status = (
-                "[green]ok[/]" if info.status == "ok" else f"[red]{info.status}[/]: {info.error}"
+                "[green]ok[/]"
+                if info.status == "ok"
+                else f"[red]{info.status}[/]: {escape(info.error or '')}"
             )
-            table.add_row(info.name, info.distribution, info.version, registers, status)
+            table.add_row(
+                escape(info.name), escape(info.distribution), escape(info.version),
+                escape(registers), status,
+            )  # fmt: skip
         Console().print(table)
         for conflict in manager.conflicts:
-            Console(stderr=True).print(f"[red]conflict[/]: {conflict}")
+            Console(stderr=True).print(f"[red]conflict[/]: {escape(conflict)}")
 
     @app.command()
     def version(
         as_json: JsonOpt = False,
         check: Annotated[
-            bool, typer.Option("--check", help="Ask the package index for newer releases.")
+            bool,
+            typer.Option(
+                "--check",
+                help="Ask the package index (LORAKIT_INDEX_URL) for newer releases; "
+                "answers are cached for a day.",
+            ),
         ] = False,
     ) -> None:
         """lorakit, plugin and library versions; --check compares them with the index."""
@@ -56,40 +123,79 @@ def register(app: typer.Typer) -> None:
 
         report = version_report()
         releases = None
+        skipped: list[str] = []
         if check:
-            from lorakit.update_check import check_all
+            from lorakit import update_check
 
-            releases = check_all()
-            report["check"] = [
-                {"name": r.name, "installed": r.installed, "latest": r.latest, "behind": r.behind,
-                 "error": r.error, "changes": r.changes}
-                for r in releases
-            ]  # fmt: skip
+            names, skipped = update_check.distributions()
+            releases = update_check.check(names)
+            report["check"] = [r.as_dict() for r in releases]
+            report["not_checked"] = skipped
         if as_json:
             print(json.dumps(report, indent=2))
             return
-        console = Console()
-        console.print(
-            f"lorakit {report['lorakit']} (plugin API {report['plugin_api']}), Python {report['python']}"
-        )
-        for p in report["plugins"]:
-            state = "" if p["status"] == "ok" else f"  [red]{p['status']}[/]"
-            console.print(
-                f"  plugin {p['distribution']} {p['version']} (API {p['plugin_api']}){state}"
-            )
-        for name, v in report["libraries"].items():
-            console.print(f"  {name} {v or '[dim]not installed[/]'}")
-        if report.get("accelerator"):
-            console.print(f"  accelerator: {report['accelerator']}")
-        if releases is not None:
-            for r in releases:
-                if r.error:
-                    console.print(f"[yellow]{r.name}[/]: {r.error}")
-                elif r.behind:
-                    console.print(
-                        f"[yellow]{r.name} {r.latest} is out[/] (you have {r.installed}): pip install -U {r.name}"
-                    )
-                    for line in r.changes:
-                        console.print(f"    {line}")
-                else:
-                    console.print(f"[green]{r.name} {r.installed} is current[/]")
+        print_version(report, releases, skipped)
+
+    @app.command()
+    def doctor(
+        as_json: JsonOpt = False,
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                "--config", "-c", help="Also check what this config needs (and its output_dir)."
+            ),
+        ] = None,
+        output_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--output-dir", help="Check free space here (default: . or the config's)."
+            ),
+        ] = None,
+    ) -> None:
+        """Check Python, torch and the GPU, versions, plugins, optional packages, disk, HF cache.
+
+        Exits 1 when any check fails (✗).
+        """
+        from lorakit.doctor import Check, render, run_checks
+
+        loaded = None
+        problems: list[Check] = []
+        if config is not None:
+            from lorakit.config import load_config
+            from lorakit.errors import LorakitError
+
+            try:
+                loaded = load_config(config, check_paths=False)
+            except LorakitError as exc:
+                problems.append(
+                    Check("config", "fail", exc.format(), f"lorakit config validate {config}")
+                )
+        checks = problems + run_checks(output_dir=output_dir, config=loaded)
+        if as_json:
+            print(json.dumps([c.as_dict() for c in checks], indent=2))
+        else:
+            for line in render(checks):
+                _plain(line)
+        if any(c.status == "fail" for c in checks):
+            raise typer.Exit(1)
+
+    @app.command("inspect")
+    def inspect_cmd(
+        file: Annotated[
+            Path,
+            typer.Argument(help="A LoRA .safetensors file or a PEFT adapter folder."),
+        ],
+        as_json: JsonOpt = False,
+        metadata: Annotated[
+            bool, typer.Option("--metadata", help="Print long metadata values in full.")
+        ] = False,
+    ) -> None:
+        """Show a LoRA's format, rank, alpha, target modules, metadata and what made it."""
+        from lorakit.inspect import inspect_path, render
+
+        report = inspect_path(file)
+        if as_json:
+            print(json.dumps(report.as_dict(), indent=2, default=str))
+            return
+        for line in render(report, all_metadata=metadata):
+            _plain(line)

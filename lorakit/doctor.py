@@ -1,0 +1,521 @@
+"""``lorakit doctor``: is this install healthy and ready to train?
+
+Each check returns one :class:`Check`: ✓ (fine), ⚠ (works, but worth knowing) or ✗ (will
+fail), with a one-line fix. The command exits 1 when any check is ✗. torch is imported
+inside its check only; every other check reads package metadata and the environment.
+
+The tested set is ``lorakit/tested_versions.txt``: a copy of the repository's
+``constraints.txt`` shipped as package data, so an installed lorakit knows which versions
+its release was tested with (a test keeps the two identical).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from lorakit import __version__
+
+Status = Literal["ok", "warn", "fail"]
+MARKS = {"ok": "✓", "warn": "⚠", "fail": "✗"}
+ASCII_MARKS = {"ok": "OK", "warn": "WARN", "fail": "FAIL"}
+GiB = 1024**3
+#: Free space below which the output folder gets ✗ / ⚠ (checkpoints, caches, exports).
+DISK_FAIL_BYTES = 1 * GiB
+DISK_WARN_BYTES = 10 * GiB
+#: Free space below which the Hugging Face cache gets ⚠ (one SDXL base is ~7 GB).
+HF_CACHE_WARN_BYTES = 20 * GiB
+#: GPU memory below which training needs the low-memory settings.
+SMALL_GPU_BYTES = 8 * GiB
+#: The libraries whose version decides whether training works, compared to the tested set.
+KEY_LIBRARIES = (
+    "torch", "accelerate", "diffusers", "transformers", "peft", "safetensors", "tokenizers",
+    "huggingface_hub", "bitsandbytes", "deepspeed", "gguf", "dadaptation", "prodigyopt",
+    "pydantic", "pluggy", "typer",
+)  # fmt: skip
+#: Version pairs known to break each other: (lib, spec, other, spec, why, fix).
+KNOWN_CONFLICTS = (
+    (
+        "transformers", ">=5.24", "peft", "<0.22",
+        "transformers 5.24+ refuses peft < 0.22: adapters fail with 'The version of PEFT you "
+        "are using is not compatible'",
+        "pip install 'transformers<5.24' (or peft>=0.22)",
+    ),
+)  # fmt: skip
+
+
+@dataclass
+class Check:
+    """One line of ``lorakit doctor``."""
+
+    name: str
+    status: Status
+    message: str
+    fix: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+# -- tested set ----------------------------------------------------------------------
+
+
+def parse_pins(text: str) -> dict[str, str]:
+    """``name==version`` lines of a constraints file → ``{canonical name: version}``."""
+    pins: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        exact = [s.version for s in req.specifier if s.operator in {"==", "==="}]
+        if exact:
+            pins[canonicalize_name(req.name)] = exact[0]
+    return pins
+
+
+def tested_versions() -> dict[str, str]:
+    """The versions this release was tested with (package data, see the module docstring)."""
+    try:
+        text = resources.files("lorakit").joinpath("tested_versions.txt").read_text("utf-8")
+    except (OSError, ModuleNotFoundError):
+        return {}
+    return parse_pins(text)
+
+
+# -- checks --------------------------------------------------------------------------
+
+
+def check_python() -> Check:
+    here = ".".join(str(v) for v in sys.version_info[:3])
+    try:
+        requires = md.metadata("lorakit").get_all("Requires-Python") or [""]
+        spec = SpecifierSet(requires[0])
+    except (md.PackageNotFoundError, InvalidSpecifier):
+        spec = SpecifierSet()
+    if spec and here not in spec:
+        return Check(
+            "python", "fail", f"Python {here}; lorakit needs {spec}", f"use a Python {spec}"
+        )
+    return Check("python", "ok", f"Python {here} ({sys.executable})")
+
+
+def check_torch() -> list[Check]:
+    """torch imports, and which accelerator it can use (CUDA, ROCm, MPS, CPU)."""
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - a broken torch is what this check reports
+        tested = tested_versions().get("torch")
+        fix = f"pip install torch=={tested}" if tested else "pip install torch"
+        return [Check("torch", "fail", f"torch does not import: {type(exc).__name__}: {exc}", fix)]
+    checks = [Check("torch", "ok", f"torch {torch.__version__}")]
+    built_for = torch.version.cuda or getattr(torch.version, "hip", None)
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            total = props.total_memory
+            try:
+                free = torch.cuda.mem_get_info(i)[0]
+                free_text = f", {free / GiB:.1f} GiB free"
+            except Exception:  # noqa: BLE001 - free memory is a nice-to-have
+                free_text = ""
+            kind = (
+                f"ROCm {torch.version.hip}" if torch.version.hip else f"CUDA {torch.version.cuda}"
+            )
+            text = f"GPU {i}: {props.name}, {total / GiB:.1f} GiB{free_text} ({kind})"
+            if total < SMALL_GPU_BYTES:
+                checks.append(
+                    Check(
+                        "gpu", "warn", text + ": small for SD/LLM LoRA",
+                        "set batch_size: 1, gradient_checkpointing: true, mixed_precision: "
+                        "fp16 (and llm.load_in_4bit: true for language models)",
+                    )
+                )  # fmt: skip
+            else:
+                checks.append(Check("gpu", "ok", text))
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        checks.append(Check("gpu", "ok", "Apple MPS (unified memory)"))
+    elif built_for:
+        checks.append(
+            Check(
+                "gpu", "warn",
+                f"torch is built for CUDA/ROCm {built_for}, but no GPU is usable",
+                "check `nvidia-smi` and the driver, and that CUDA_VISIBLE_DEVICES is not empty",
+            )
+        )  # fmt: skip
+    else:
+        checks.append(
+            Check(
+                "gpu", "warn", "no GPU: training runs on the CPU (fine for tiny tests, slow otherwise)",
+                "install a CUDA build of torch: https://pytorch.org/get-started/locally/",
+            )
+        )  # fmt: skip
+    return checks
+
+
+def check_tested_versions(tested: dict[str, str] | None = None) -> list[Check]:
+    """Key libraries against the tested set: ⚠ for each one that differs or was not tested."""
+    tested = tested_versions() if tested is None else tested
+    if not tested:
+        return [Check("versions", "warn", "the tested set (tested_versions.txt) is missing",
+                      "reinstall lorakit: pip install --force-reinstall lorakit")]  # fmt: skip
+    checks: list[Check] = []
+    matching = 0
+    for name in KEY_LIBRARIES:
+        installed = _version(name)
+        if installed is None:
+            continue
+        want = tested.get(canonicalize_name(name))
+        if want is None:
+            checks.append(
+                Check(
+                    "versions", "warn", f"{name} {installed} is not in lorakit {__version__}'s tested set",
+                    f"fine if it works; remove it (pip uninstall {name}) if you see errors",
+                )
+            )  # fmt: skip
+            continue
+        try:
+            same = Version(Version(installed).public) == Version(Version(want).public)
+        except InvalidVersion:
+            same = installed == want
+        if same:
+            matching += 1
+        else:
+            checks.append(
+                Check(
+                    "versions", "warn", f"{name} {installed} is untested (tested: {want})",
+                    f"pip install '{name}=={want}' if something breaks",
+                )
+            )  # fmt: skip
+    for lib, lib_spec, other, other_spec, why, fix in KNOWN_CONFLICTS:
+        a, b = _version(lib), _version(other)
+        if a and b and _in(a, lib_spec) and _in(b, other_spec):
+            checks.append(Check("versions", "fail", f"{lib} {a} with {other} {b}: {why}", fix))
+    if matching:
+        checks.insert(0, Check("versions", "ok", f"{matching} key libraries match the tested set"))
+    return checks
+
+
+def _in(version: str, spec: str) -> bool:
+    try:
+        return Version(version) in SpecifierSet(spec)
+    except (InvalidVersion, InvalidSpecifier):
+        return False
+
+
+def unmet_requirements(distribution: str) -> list[str]:
+    """A distribution's hard requirements that the installed packages do not satisfy."""
+    try:
+        requires = md.requires(distribution) or []
+    except md.PackageNotFoundError:
+        return []
+    unmet: list[str] = []
+    for line in requires:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        have = _version(req.name)
+        if have is None:
+            unmet.append(f"{req} (not installed)")
+        elif req.specifier and not req.specifier.contains(have, prereleases=True):
+            unmet.append(f"{req} (have {have})")
+    return unmet
+
+
+def check_plugins(plugins: Any = None) -> list[Check]:
+    """Every plugin loads, speaks this plugin API, and has what its package requires."""
+    from lorakit.errors import LorakitError
+    from lorakit.plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    checks: list[Check] = []
+    backends: list[str] | None = None
+    try:
+        backends = list(plugins.registries.backends.names())
+    except LorakitError as exc:  # LORAKIT_STRICT_PLUGINS turns a plugin failure into this
+        checks.append(
+            Check("plugins", "fail", exc.format(), "unset LORAKIT_STRICT_PLUGINS to skip it")
+        )
+    seen: set[str] = set()
+    for info in plugins.infos.values():
+        if info.builtin:
+            continue
+        label = f"plugin {info.name} ({info.distribution} {info.version})"
+        if info.status == "disabled":
+            checks.append(Check("plugins", "warn", f"{label}: disabled by LORAKIT_DISABLE_PLUGINS"))
+            continue
+        if info.status != "ok":
+            fix = (
+                f"pip install -U {info.distribution}, or LORAKIT_DISABLE_PLUGINS={info.name} "
+                "to skip it"
+            )
+            checks.append(Check("plugins", "fail", f"{label}: {info.error}", fix))
+            continue
+        unmet = [] if info.distribution in seen else unmet_requirements(info.distribution)
+        seen.add(info.distribution)
+        if unmet:
+            checks.append(
+                Check(
+                    "plugins", "fail", f"{label} needs {'; '.join(unmet)}",
+                    f"pip install -U {info.distribution} lorakit (or the versions it names)",
+                )
+            )  # fmt: skip
+            continue
+        registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registered.items())
+        checks.append(
+            Check(
+                "plugins",
+                "ok",
+                f"{label}, API {info.api}" + (f": {registered}" if registered else ""),
+            )
+        )
+    for conflict in plugins.conflicts:
+        checks.append(
+            Check("plugins", "fail", conflict, "uninstall one of the two, or LORAKIT_DISABLE_PLUGINS=<name>")
+        )  # fmt: skip
+    if backends == []:
+        checks.append(
+            Check("plugins", "warn", "no backend installed: nothing to train",
+                  "pip install lorakit-sd (images) or lorakit-llm (language models)")
+        )  # fmt: skip
+    unmet_core = unmet_requirements("lorakit")
+    if unmet_core:
+        checks.append(
+            Check("plugins", "fail", f"lorakit {__version__} needs {'; '.join(unmet_core)}",
+                  "pip install -U lorakit")
+        )  # fmt: skip
+    return checks
+
+
+@dataclass(frozen=True)
+class OptionalDep:
+    """An optional dependency: what needs it and how to install it."""
+
+    package: str
+    purpose: str
+    install: str
+    backends: tuple[str, ...] = ()
+
+
+OPTIONAL = (
+    OptionalDep("bitsandbytes", "QLoRA (llm.load_in_4bit) and the adamw8bit optimizer",
+              "pip install 'lorakit[bnb]'"),
+    OptionalDep("gguf", "GGUF base models (llm)", "pip install gguf", ("llm",)),
+    OptionalDep("deepspeed", "distributed.strategy deepspeed_zero2/3", "pip install deepspeed"),
+)  # fmt: skip
+
+
+def needed_by_config(config: Any) -> dict[str, str]:
+    """Optional packages a loaded config needs → the key that needs it."""
+    needs: dict[str, str] = {}
+    train = config.train
+    if train.optimizer.endswith("8bit"):
+        needs["bitsandbytes"] = f"optimizer: {train.optimizer}"
+    if train.distributed.strategy.startswith("deepspeed"):
+        needs["deepspeed"] = f"distributed.strategy: {train.distributed.strategy}"
+    if str(train.base_model).lower().endswith(".gguf"):
+        needs["gguf"] = "base_model is a .gguf file"
+    section = config.section.model_dump() if config.section is not None else {}
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if section.get(key):
+            needs["bitsandbytes"] = f"{config.backend}.{key}: true"
+    return needs
+
+
+def check_optional(backends: list[str], config: Any = None) -> list[Check]:
+    """Optional dependencies per backend: ✗ when the config needs a missing one, else ⚠."""
+    needs = needed_by_config(config) if config is not None else {}
+    checks: list[Check] = []
+    for dep in OPTIONAL:
+        if dep.backends and not set(dep.backends) & set(backends):
+            continue
+        installed = _version(dep.package)
+        if installed:
+            checks.append(Check("optional", "ok", f"{dep.package} {installed}: {dep.purpose}"))
+        elif dep.package in needs:
+            checks.append(
+                Check("optional", "fail", f"{dep.package} is missing, and the config needs it "
+                      f"({needs[dep.package]})", dep.install)
+            )  # fmt: skip
+        elif config is None:
+            checks.append(
+                Check("optional", "warn", f"{dep.package} not installed: no {dep.purpose}", dep.install)
+            )  # fmt: skip
+    return checks
+
+
+def _existing(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(output_dir: Path) -> Check:
+    """Free space and write access where the run will write."""
+    where = _existing(output_dir)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as exc:
+        return Check("disk", "warn", f"cannot read free space of {where}: {exc.strerror}")
+    text = f"{free / GiB:.1f} GiB free for {output_dir}"
+    if not os.access(where, os.W_OK):
+        return Check("disk", "fail", f"{where} is not writable", "choose another output_dir")
+    if free < DISK_FAIL_BYTES:
+        return Check("disk", "fail", text, "free some space or choose another output_dir")
+    if free < DISK_WARN_BYTES:
+        return Check(
+            "disk", "warn", text + " (checkpoints and caches may not fit)",
+            "free some space, lower save_total_limit, or choose another output_dir",
+        )  # fmt: skip
+    return Check("disk", "ok", text)
+
+
+def hf_cache_dir() -> Path:
+    """Where huggingface_hub keeps downloads (its environment variables, in its order)."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"])
+    if env.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(env["HUGGINGFACE_HUB_CACHE"])
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]) / "hub"
+    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "huggingface" / "hub"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_hf() -> Check:
+    """The Hugging Face cache (writable, free space) and the offline settings."""
+    cache = hf_cache_dir()
+    where = _existing(cache)
+    offline = _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE")
+    mode = (
+        "offline (HF_HUB_OFFLINE): hub ids load only from this cache"
+        if offline
+        else "online: hub ids download on first use"
+    )
+    token = ", token set" if os.environ.get("HF_TOKEN") else ""
+    if not os.access(where, os.W_OK):
+        if offline:
+            return Check("hf", "ok", f"cache {cache} (read-only), {mode}{token}")
+        return Check(
+            "hf", "warn", f"cache {cache} is not writable: downloads will fail",
+            "set HF_HOME to a writable folder",
+        )  # fmt: skip
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    room = f", {free / GiB:.0f} GiB free" if free is not None else ""
+    if free is not None and free < HF_CACHE_WARN_BYTES and not offline:
+        return Check(
+            "hf", "warn", f"cache {cache}{room}: little room for base models, {mode}",
+            "set HF_HOME to a bigger disk, or clean it with `hf cache delete`",
+        )  # fmt: skip
+    return Check("hf", "ok", f"cache {cache}{room}, {mode}{token}")
+
+
+def check_update() -> list[Check]:
+    """A newer lorakit, from the update-check cache only (no network)."""
+    from lorakit.update_check import quiet_notice
+
+    notice = quiet_notice()
+    if notice is None:
+        return []
+    return [Check("update", "warn", notice.split(":")[0], "pip install -U lorakit")]
+
+
+# -- running -------------------------------------------------------------------------
+
+
+def run_checks(
+    *,
+    output_dir: Path | None = None,
+    config: Any = None,
+    plugins: Any = None,
+    tested: dict[str, str] | None = None,
+) -> list[Check]:
+    """Every check, in order. A check that crashes is reported, never raised."""
+    from lorakit.plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    if output_dir is None:
+        output_dir = Path(config.train.output_dir) if config is not None else Path.cwd()
+
+    def backends() -> list[str]:
+        try:
+            return list(plugins.registries.backends.names())
+        except Exception:  # noqa: BLE001 - reported by check_plugins
+            return []
+
+    steps: list[tuple[str, Callable[[], Check | list[Check]]]] = [
+        ("python", check_python),
+        ("torch", check_torch),
+        ("versions", lambda: check_tested_versions(tested)),
+        ("plugins", lambda: check_plugins(plugins)),
+        ("optional", lambda: check_optional(backends(), config)),
+        ("disk", lambda: check_disk(output_dir)),
+        ("hf", check_hf),
+        ("update", check_update),
+    ]
+    checks: list[Check] = []
+    for name, step in steps:
+        try:
+            result = step()
+        except Exception as exc:  # noqa: BLE001 - doctor must finish
+            result = Check(name, "warn", f"the check itself failed: {type(exc).__name__}: {exc}")
+        checks += result if isinstance(result, list) else [result]
+    return checks
+
+
+def marks() -> dict[str, str]:
+    """✓/⚠/✗, or OK/WARN/FAIL where stdout cannot print them."""
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        "".join(MARKS.values()).encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return ASCII_MARKS
+    return MARKS
+
+
+def render(checks: list[Check]) -> list[str]:
+    """The lines ``lorakit doctor`` prints."""
+    symbols = marks()
+    lines = []
+    for check in checks:
+        lines.append(f"{symbols[check.status]} {check.name}: {check.message}")
+        if check.fix and check.status != "ok":
+            lines.append(f"    fix: {check.fix}")
+    fails = sum(c.status == "fail" for c in checks)
+    warns = sum(c.status == "warn" for c in checks)
+    lines.append(f"{fails} problem(s), {warns} warning(s)")
+    return lines
