@@ -6,7 +6,8 @@ A labeler turns a batch of images into one caption each. Plugins register it wit
 must be cheap (check the options, load nothing) and return a :class:`Labeler`, whose
 :meth:`~Labeler.setup` loads models only once there is something to label.
 
-:func:`label_folder` scans a folder for images (recursively, natural sort order), reads them
+:func:`label_folder` scans a folder for images (natural sort order; subfolders on request,
+listed by their relative path), reads them
 (unreadable ones are reported, not fatal), feeds them to the labeler in batches and writes
 ``metadata.csv`` (columns ``file_name,text``, the layout the sd backend and the ``datasets``
 imagefolder loader read) atomically. The same inputs give the same bytes.
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 METADATA_NAME = "metadata.csv"
 #: Columns of a new ``metadata.csv``.
 COLUMNS = ("file_name", "text")
+#: Caption columns an existing table may use (the first present gets new captions).
+TEXT_COLUMNS = ("text", "caption")
 #: Extensions (lower case) of the files :func:`find_images` picks up.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: The default batch size of a labeler that does not say.
@@ -172,7 +175,7 @@ def _natural_key(name: str) -> tuple[list[tuple[int, int | str]], str]:
     return key, name
 
 
-def find_images(data_dir: str | Path, *, recursive: bool = True) -> list[str]:
+def find_images(data_dir: str | Path, *, recursive: bool = False) -> list[str]:
     """Image files under ``data_dir`` as POSIX paths relative to it, in natural order.
 
     Hidden files and folders (names starting with ``.``) are skipped.
@@ -235,7 +238,7 @@ def read_metadata(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
         if None in row:
             raise DataError(f"line {reader.line_num}: more fields than columns", where=path)
         rows.append({k: v if v is not None else "" for k, v in row.items()})
-    if "text" not in columns:
+    if not any(c in columns for c in TEXT_COLUMNS):
         columns.append("text")
     return columns, rows
 
@@ -390,7 +393,7 @@ def label_folder(
     prefix: str | None = None,
     dry_run: bool = False,
     batch_size: int | None = None,
-    recursive: bool = True,
+    recursive: bool = False,
     progress: bool = True,
     console: Console | None = None,
     name: str | None = None,
@@ -400,7 +403,8 @@ def label_folder(
     ``mode``: ``new`` refuses to replace an existing table (:class:`UsageError`),
     ``overwrite`` replaces it, ``append`` keeps its rows and labels only images it does not
     list yet. ``prefix`` (a trigger word) goes in front of every new caption. ``dry_run``
-    labels but writes nothing (the text is in ``report.csv_text``). Unreadable images are
+    labels but writes nothing (the text is in ``report.csv_text``). ``recursive`` also
+    labels images in subfolders (``file_name`` is then ``sub/name.png``). Unreadable images are
     listed in ``report.unreadable`` and left out of the table. The labeler's ``setup`` runs
     only when there is an image to label. Ctrl-C keeps what was labeled: the table is
     written with the rows so far (except with ``overwrite``, which leaves the old table),
@@ -472,10 +476,11 @@ def _write(
     from lorakit.io import write_text
 
     rows = list(existing)
+    text_column = next(c for c in TEXT_COLUMNS if c in report.columns)
     for file_name, caption in captions.items():
         if not caption.strip():
             report.empty.append(file_name)
-        rows.append({"file_name": file_name, "text": make_caption(caption, prefix)})
+        rows.append({"file_name": file_name, text_column: make_caption(caption, prefix)})
     report.labeled = list(captions)
     report.rows = rows
     report.csv_text = format_metadata(report.columns, rows)

@@ -130,12 +130,17 @@ def rows(path: Path) -> list[dict[str, str]]:
 def test_find_images_natural_order_recursive_skips_hidden(data):
     (data / "notes.txt").write_text("x")
     make_images(data, {".hidden/x.png": "red", ".y.png": "red"})
-    assert labeling.find_images(data) == ["img1.PNG", "img2.png", "img10.png", "sub/a.jpg"]
-    assert labeling.find_images(data, recursive=False) == ["img1.PNG", "img2.png", "img10.png"]
+    assert labeling.find_images(data) == ["img1.PNG", "img2.png", "img10.png"]
+    assert labeling.find_images(data, recursive=True) == [
+        "img1.PNG",
+        "img2.png",
+        "img10.png",
+        "sub/a.jpg",
+    ]
 
 
 def test_label_writes_metadata_csv_deterministically(data, capsys):
-    code, out, err = cli(capsys, "label", data, "--labeler", "stub")
+    code, out, err = cli(capsys, "label", data, "--labeler", "stub", "--recursive")
     assert code == 0, err
     first = (data / "metadata.csv").read_bytes()
     assert first.decode().splitlines()[0] == "file_name,text"
@@ -148,7 +153,7 @@ def test_label_writes_metadata_csv_deterministically(data, capsys):
     assert "4 labeled" in out
     assert StubLabeler.calls == [["img1.PNG", "img2.png"], ["img10.png", "a.jpg"]]
     assert StubLabeler.events == ["setup", "teardown"]
-    code, _, err = cli(capsys, "label", data, "--labeler", "stub", "--overwrite")
+    code, _, err = cli(capsys, "label", data, "--labeler", "stub", "--overwrite", "--recursive")
     assert code == 0, err
     assert (data / "metadata.csv").read_bytes() == first
     assert not list(data.glob(".metadata.csv*")), "temporary file left behind"
@@ -183,15 +188,24 @@ def test_append_labels_only_new_images_and_keeps_rows(data, capsys):
         {"file_name": "gone.png", "text": "old", "extra": "y"},
         {"file_name": "img1.PNG", "text": "mascot_v2, colour blue", "extra": ""},
         {"file_name": "img10.png", "text": "mascot_v2, colour red", "extra": ""},
-        {"file_name": "sub/a.jpg", "text": "mascot_v2, colour red", "extra": ""},
     ]
-    assert "3 labeled, 1 kept" in out
+    assert "2 labeled, 1 kept" in out
     StubLabeler.events.clear()
     before = (data / "metadata.csv").read_bytes()
     code, _, err = cli(capsys, "label", data, "-l", "stub", "--append")
     assert code == 0 and "nothing to label" in err
     assert StubLabeler.events == []  # nothing new: the labeler is not even set up
     assert (data / "metadata.csv").read_bytes() == before
+
+
+def test_append_fills_an_existing_caption_column(data):
+    (data / "metadata.csv").write_text("file_name,caption\nimg2.png,x\n")
+    labeling.label_folder(data, StubLabeler("c", None, None), mode="append", progress=False)
+    assert rows(data / "metadata.csv") == [
+        {"file_name": "img2.png", "caption": "x"},
+        {"file_name": "img1.PNG", "caption": "c blue"},
+        {"file_name": "img10.png", "caption": "c red"},
+    ]
 
 
 def test_prefix_is_joined_once():
@@ -224,7 +238,7 @@ def test_unreadable_images_are_reported_not_fatal(data, capsys):
     code, out, err = cli(capsys, "label", data, "-l", "stub")
     assert code == 0, err
     listed = [r["file_name"] for r in rows(data / "metadata.csv")]
-    assert listed == ["img1.PNG", "img2.png", "img10.png", "sub/a.jpg"]
+    assert listed == ["img1.PNG", "img2.png", "img10.png"]
     for bad in ("truncated.png", "notimage.jpg", "empty.webp"):
         assert f"skipped {data / bad}: cannot read it" in err
     assert "3 unreadable" in out
@@ -270,17 +284,19 @@ def test_validate_options_uses_the_options_model():
 
 def test_labeler_failures_name_the_files_and_tear_down(data, capsys):
     code, _, err = cli(capsys, "label", data, "-l", "stub", "-o", "fail_on=img10.png")
-    assert code == 1 and "labeler stub failed on img10.png .. sub/a.jpg: ValueError: boom" in err
+    assert code == 1 and "labeler stub failed on img10.png: ValueError: boom" in err
     assert StubLabeler.events == ["setup", "teardown"]
     assert not (data / "metadata.csv").exists()
     code, _, err = cli(capsys, "label", data, "-l", "bare")
-    assert code == 1 and "returned 1 captions for 4 images" in err
+    assert code == 1 and "returned 1 captions for 3 images" in err
 
 
 def test_batch_size_option(data, capsys):
     code, _, _ = cli(capsys, "label", data, "-l", "stub", "--batch-size", "3")
     assert code == 0
-    assert [len(c) for c in StubLabeler.calls] == [3, 1]
+    assert [len(c) for c in StubLabeler.calls] == [3]
+    code, _, _ = cli(capsys, "label", data, "-l", "stub", "--batch-size", "1", "--overwrite")
+    assert [len(c) for c in StubLabeler.calls] == [3, 1, 1, 1]
 
 
 def test_interrupt_keeps_what_was_labeled_and_append_resumes(data, capsys):
@@ -290,8 +306,8 @@ def test_interrupt_keeps_what_was_labeled_and_append_resumes(data, capsys):
     assert [r["file_name"] for r in rows(data / "metadata.csv")] == ["img1.PNG", "img2.png"]
     assert StubLabeler.events == ["setup", "teardown"]
     report = labeling.label_folder(data, StubLabeler("c", None, None), mode="append")
-    assert report.labeled == ["img10.png", "sub/a.jpg"] and report.kept == 2
-    assert len(rows(data / "metadata.csv")) == 4
+    assert report.labeled == ["img10.png"] and report.kept == 2
+    assert len(rows(data / "metadata.csv")) == 3
 
 
 def test_interrupted_overwrite_leaves_the_old_table(data):
@@ -305,7 +321,7 @@ def test_progress_bar_only_on_a_terminal(data):
     terminal = io.StringIO()
     console = Console(file=terminal, force_terminal=True, width=80)
     labeling.label_folder(data, StubLabeler("c", None, None), console=console, dry_run=True)
-    assert "4/4" in terminal.getvalue()
+    assert "3/3" in terminal.getvalue()
     plain = io.StringIO()
     console = Console(file=plain, force_terminal=False)
     labeling.label_folder(data, StubLabeler("c", None, None), console=console, dry_run=True)

@@ -44,6 +44,10 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--dry-run", help="Print the table it would write; write nothing."),
         ] = False,
+        recursive: Annotated[
+            bool,
+            typer.Option("--recursive", help="Also label images in subfolders (as sub/name.png)."),
+        ] = False,
         batch_size: Annotated[
             int | None, typer.Option("--batch-size", min=1, help="Images per labeler call.")
         ] = None,
@@ -72,6 +76,7 @@ def register(app: typer.Typer) -> None:
             prefix=prefix,
             dry_run=dry_run,
             batch_size=batch_size,
+            recursive=recursive,
             progress=not no_progress,
             name=labeler,
         )
@@ -79,7 +84,10 @@ def register(app: typer.Typer) -> None:
             _say(f"skipped {data_dir / file_name}: cannot read it ({reason})")
         if report.empty:
             shown = ", ".join(report.empty[:5]) + (", ..." if len(report.empty) > 5 else "")
-            _say(f"{len(report.empty)} image(s) got an empty caption from {labeler}: {shown}")
+            _say(
+                f"{len(report.empty)} image(s) got an empty caption from {labeler}: {shown} "
+                "(training refuses empty captions: pass --prefix or edit the table)"
+            )
         if dry_run:
             sys.stdout.write(report.csv_text)
             _say(
