@@ -142,8 +142,12 @@ class Registry(Generic[S]):
     def get(self, name: str, *, hint: str | None = None) -> S:
         entry = self._entries.get(name)
         if entry is None:
+            import difflib
+
             known = ", ".join(sorted(self._entries)) or "none"
-            message = f"unknown {self.kind} '{name}' (available: {known})"
+            close = difflib.get_close_matches(name, list(self._entries), n=1, cutoff=0.6)
+            guess = f"did you mean '{close[0]}'? " if close else ""
+            message = f"unknown {self.kind} '{name}' ({guess}available: {known})"
             raise UsageError(f"{message}; {hint}" if hint else message)
         return entry.spec
 

@@ -60,3 +60,9 @@ def toy_env(tmp_path_factory) -> dict[str, str]:
     (info / "entry_points.txt").write_text("[lorakit]\ntoy = toy_backend\n")
     path = os.pathsep.join([str(site), str(TESTS), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.fixture(scope="session")
+def tiny_bases() -> dict[str, str]:
+    """Placeholders for tiny base models used by the bad-input corpus (filled as backends land)."""
+    return {}

@@ -57,15 +57,21 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def build_command() -> click.Command:
-    _register_builtin_commands()
-    try:
-        from lorakit.plugins import get_plugins
+_built = False
 
-        get_plugins().add_commands(app)
-    except LorakitError:
-        if debug():
-            raise
+
+def build_command() -> click.Command:
+    global _built
+    if not _built:
+        _built = True
+        _register_builtin_commands()
+        try:
+            from lorakit.plugins import get_plugins
+
+            get_plugins().add_commands(app)
+        except LorakitError:
+            if debug():
+                raise
     command: click.Command = typer.main.get_command(app)  # type: ignore[assignment]
     return command
 

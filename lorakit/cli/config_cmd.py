@@ -122,5 +122,13 @@ def migrate_cmd(
     print(f"wrote {file} (previous version in {backup})")
 
 
+@config_app.command("reference")
+def reference_cmd() -> None:
+    """Print the config reference (every key, type, default) as Markdown."""
+    from lorakit.config_reference import reference
+
+    sys.stdout.write(reference())
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(config_app, name="config")
