@@ -1,0 +1,257 @@
+"""Tiny, offline test assets: a random-weight Llama with a freshly trained tokenizer.
+
+Everything here is built in well under a second and needs no download, so tests, the demo
+and other packages can exercise the real loading paths a user hits:
+
+- :func:`build_tiny_llama` saves a 2-layer Llama (hidden 64) as a transformers folder, with a
+  byte-level BPE tokenizer trained on the fly and a Jinja chat template;
+- :func:`write_gguf` writes the same model as a GGUF file (F32 or F16), the way llama.cpp
+  lays it out (tokenizer metadata, tensor names, q/k head permutation);
+- :func:`write_ggml_stub` writes the first bytes of an old GGML (``ggjt``) file;
+- :func:`qa_pairs` / :func:`write_qa_jsonl` make deterministic synthetic QA data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+#: The tiny model's chat template (Zephyr-like): every turn ends with the eos token.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+#: Special tokens of the tiny tokenizer, in id order (ids 0..5).
+SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>")
+
+CAPITALS = (
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Greece", "Athens"),
+    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Ireland", "Dublin"),
+    ("Japan", "Tokyo"), ("China", "Beijing"), ("India", "New Delhi"), ("Egypt", "Cairo"),
+    ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"), ("Canada", "Ottawa"),
+    ("Cuba", "Havana"), ("Russia", "Moscow"), ("Turkey", "Ankara"), ("Iran", "Tehran"),
+    ("Belgium", "Brussels"), ("Denmark", "Copenhagen"), ("Hungary", "Budapest"),
+    ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Mexico", "Mexico City"),
+)  # fmt: skip
+
+
+def qa_pairs(n: int = 150, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` deterministic question/answer pairs: capital cities, then small sums."""
+    import random
+
+    rng = random.Random(seed)
+    pairs: list[dict[str, str]] = []
+    for country, city in CAPITALS[: min(n, len(CAPITALS))]:
+        pairs.append({"question": f"What is the capital of {country}?", "answer": f"{city}."})
+    while len(pairs) < n:
+        a, b = rng.randint(1, 50), rng.randint(1, 50)
+        op = rng.choice(("plus", "minus", "times"))
+        value = a + b if op == "plus" else a - b if op == "minus" else a * b
+        pairs.append({"question": f"What is {a} {op} {b}?", "answer": f"{a} {op} {b} is {value}."})
+    return pairs
+
+
+def write_qa_jsonl(path: str | Path, n: int = 150, *, seed: int = 0, fmt: str = "qa") -> Path:
+    """Write :func:`qa_pairs` as JSONL in one of the formats the readers understand.
+
+    ``fmt``: ``qa`` (question/answer), ``prompt_completion``, ``alpaca`` or ``chat``.
+    """
+    rows: list[dict[str, Any]] = []
+    for pair in qa_pairs(n, seed):
+        q, a = pair["question"], pair["answer"]
+        if fmt == "qa":
+            rows.append({"question": q, "answer": a})
+        elif fmt == "prompt_completion":
+            rows.append({"prompt": f"Q: {q}\nA:", "completion": f" {a}"})
+        elif fmt == "alpaca":
+            rows.append({"instruction": "Answer the question.", "input": q, "output": a})
+        elif fmt == "chat":
+            rows.append(
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            )
+        else:
+            raise ValueError(f"unknown format {fmt!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def default_corpus() -> list[str]:
+    """Text the tiny tokenizer learns its merges from: the QA data and a few sentences."""
+    lines = [f"{p['question']} {p['answer']}" for p in qa_pairs(150)]
+    lines += [
+        "Answer the question. The answer is short and exact.",
+        "Instruction: Input: Response: Q: A: user assistant system",
+        "The quick brown fox jumps over the lazy dog.",
+    ]
+    return lines
+
+
+def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384) -> Any:
+    """A byte-level BPE (GPT-2 style) trained on ``corpus``, with special tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus or default_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=list(SPECIAL_TOKENS[3:]),
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.model_max_length = 512
+    return tokenizer
+
+
+def build_tiny_llama(
+    directory: str | Path, *, seed: int = 0, corpus: list[str] | None = None
+) -> Path:
+    """Save a random-weight 2-layer Llama and its tokenizer as a transformers folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(corpus)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _permute_heads(weight: Any, n_head: int) -> Any:
+    """llama.cpp's row order for q/k: rotary halves interleaved within each head."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def write_gguf(model_dir: str | Path, path: str | Path, *, dtype: str = "f32") -> Path:
+    """Write the Llama in ``model_dir`` (and its byte-level tokenizer) as a GGUF file.
+
+    ``dtype``: ``f32`` (loads back exactly) or ``f16``. 1-D tensors (norms) stay F32.
+    """
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tensors = load_file(str(model_dir / "model.safetensors"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    head_dim = config.hidden_size // config.num_attention_heads
+    writer.add_name(model_dir.name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_file_type(
+        gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
+    )
+
+    # Tokenizer: "gpt2" (byte-level BPE) vocabulary in id order, merges, special ids.
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = backend["model"]["vocab"]
+    tokens = [""] * len(tokenizer)
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = {t["id"]: t["content"] for t in backend["added_tokens"]}
+    for index, token in special.items():
+        tokens[index] = token
+    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]]
+    token_types = [
+        gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+        for i in range(len(tokens))
+    ]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    for name, array in tensors.items():
+        stem, _, suffix = name.rpartition(".")
+        target = names.get_name(stem)
+        if target is None:
+            raise ValueError(f"no GGUF name for tensor {name}")
+        data = array.astype(np.float32)
+        if stem.endswith("q_proj"):
+            data = _permute_heads(data, config.num_attention_heads)
+        elif stem.endswith("k_proj"):
+            data = _permute_heads(data, config.num_key_value_heads)
+        if dtype == "f16" and data.ndim > 1:
+            data = data.astype(np.float16)
+        writer.add_tensor(f"{target}.{suffix}", data)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_ggml_stub(path: str | Path, magic: str = "ggjt") -> Path:
+    """The first bytes of an old GGML model file (llama.cpp before August 2023).
+
+    The magic is a little-endian uint32, so ``ggjt`` is stored as the bytes ``tjgg``,
+    followed by the format version and a few hyperparameters.
+    """
+    value = int.from_bytes(magic.encode("ascii"), "big")
+    header = struct.pack("<II", value, 3) + struct.pack("<7i", 32000, 4096, 256, 32, 32, 128, 2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + bytes(64))
+    return path
