@@ -317,6 +317,52 @@ class _Progress:
             self.bar.stop()
 
 
+def _read_batch(
+    data_dir: Path, batch: Sequence[str], report: LabelReport
+) -> tuple[list[Image.Image], list[str]]:
+    """The readable images of ``batch`` and their names; the others go to the report."""
+    from PIL import Image
+
+    images: list[Image.Image] = []
+    names: list[str] = []
+    for file_name in batch:
+        try:
+            images.append(read_image(data_dir / file_name))
+            names.append(file_name)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            report.unreadable.append((file_name, _read_reason(exc)))
+    return images, names
+
+
+def _label_batch(
+    labeler: Labeler, name: str, data_dir: Path, images: list[Image.Image], names: list[str]
+) -> list[str]:
+    """``labeler.label`` on one batch, its failures and wrong answers as one-line errors."""
+    try:
+        result = labeler.label(images, [data_dir / n for n in names])
+    except (LorakitError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        files = f"{names[0]} .. {names[-1]}" if len(names) > 1 else names[0]
+        hint = "; try a smaller --batch-size" if "out of memory" in str(exc) else ""
+        raise RunError(
+            f"labeler {name} failed on {files}: {type(exc).__name__}: {_read_reason(exc)}{hint}"
+        ) from exc
+    finally:
+        for image in images:
+            image.close()
+    if not isinstance(result, list | tuple) or len(result) != len(names):
+        count = len(result) if isinstance(result, list | tuple) else type(result).__name__
+        raise RunError(f"labeler {name} returned {count} captions for {len(names)} images")
+    for file_name, caption in zip(names, result, strict=True):
+        if not isinstance(caption, str):
+            raise RunError(
+                f"labeler {name} returned a {type(caption).__name__}, not a caption, "
+                f"for {file_name}"
+            )
+    return list(result)
+
+
 def _run_labeler(
     labeler: Labeler,
     name: str,
@@ -330,59 +376,22 @@ def _run_labeler(
     """Caption every readable image of ``todo`` into ``captions``; fills ``report.unreadable``.
 
     ``captions`` is filled batch by batch, so an interrupted run keeps what it labeled.
+    ``setup`` runs before the first readable image, ``teardown`` whenever ``setup`` ran.
     """
-    from PIL import Image
-
-    setup_done = False
+    set_up = False
     try:
         for batch in _batches(todo, batch_size):
-            images: list[Image.Image] = []
-            names: list[str] = []
-            for file_name in batch:
-                try:
-                    images.append(read_image(data_dir / file_name))
-                    names.append(file_name)
-                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                    report.unreadable.append((file_name, _read_reason(exc)))
+            images, names = _read_batch(data_dir, batch, report)
             if images:
-                if not setup_done:
-                    setup = getattr(labeler, "setup", None)
-                    if setup is not None:
-                        setup()
-                    setup_done = True
-                paths = [data_dir / n for n in names]
-                try:
-                    result = labeler.label(images, paths)
-                except (LorakitError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:
-                    hint = "; try a smaller --batch-size" if "out of memory" in str(exc) else ""
-                    raise RunError(
-                        f"labeler {name} failed on {names[0]}"
-                        f"{f' .. {names[-1]}' if len(names) > 1 else ''}: "
-                        f"{type(exc).__name__}: {_read_reason(exc)}{hint}"
-                    ) from exc
-                finally:
-                    for image in images:
-                        image.close()
-                if not isinstance(result, list | tuple) or len(result) != len(names):
-                    count = len(result) if isinstance(result, list | tuple) else type(result)
-                    raise RunError(
-                        f"labeler {name} returned {count} captions for {len(names)} images"
-                    )
-                for file_name, caption in zip(names, result, strict=True):
-                    if not isinstance(caption, str):
-                        raise RunError(
-                            f"labeler {name} returned a {type(caption).__name__}, not a "
-                            f"caption, for {file_name}"
-                        )
-                    captions[file_name] = caption
+                if not set_up:
+                    set_up = True
+                    getattr(labeler, "setup", lambda: None)()
+                result = _label_batch(labeler, name, data_dir, images, names)
+                captions.update(zip(names, result, strict=True))
             on_batch(len(batch))
     finally:
-        if setup_done:
-            teardown = getattr(labeler, "teardown", None)
-            if teardown is not None:
-                teardown()
+        if set_up:
+            getattr(labeler, "teardown", lambda: None)()
 
 
 def label_folder(

@@ -20,7 +20,7 @@ from rich.console import Console
 
 import lorakit
 from lorakit import labeling
-from lorakit.cli import app, main
+from lorakit.cli import main
 from lorakit.errors import UsageError
 from lorakit.plugins import build_plugins, set_plugins
 from lorakit.registry import LabelerSpec
@@ -108,16 +108,11 @@ def data(tmp_path):
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run ``lorakit ARGS`` in-process: (exit code, stdout, stderr)."""
-    # main() adds the built-in commands to the global app on every call; put the list back
-    # so that many in-process calls do not pile up copies (each copy slows the next call).
-    saved = list(app.registered_commands)
     try:
         main([str(a) for a in args])
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
-    finally:
-        app.registered_commands[:] = saved
     out, err = capsys.readouterr()
     return code, out, err
 

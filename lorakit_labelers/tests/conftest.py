@@ -55,17 +55,14 @@ def images(tmp_path) -> Path:
 @pytest.fixture
 def cli(capsys):
     """Run ``lorakit ARGS`` in-process: returns (exit code, stdout, stderr)."""
-    from lorakit.cli import app, main
+    from lorakit.cli import main
 
     def run(*args: object) -> tuple[int, str, str]:
-        saved = list(app.registered_commands)  # main() re-adds the built-in commands
         try:
             main([str(a) for a in args])
             code = 0
         except SystemExit as exc:
             code = int(exc.code or 0)
-        finally:
-            app.registered_commands[:] = saved
         out, err = capsys.readouterr()
         return code, out, err
 
