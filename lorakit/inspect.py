@@ -19,6 +19,7 @@ JSON, dtypes, shapes, offsets inside the file); a truncated or corrupt file is o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -26,7 +27,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lorakit.errors import UsageError
 from lorakit.safetensors_header import TensorInfo, read_header
@@ -64,12 +65,13 @@ def read_file(path: Path) -> File:
     return File(path, header.tensors, header.metadata, 8 + length, path.stat().st_size)
 
 
-def read_scalar(file: File, name: str) -> float | None:
+def read_scalar(file: File, name: str, handle: BinaryIO | None = None) -> float | None:
     """The value of a 0-dim (or 1-element) tensor, reading only its bytes."""
     info = file.tensors[name]
     if math.prod(info.shape) != 1:
         return None
-    with file.path.open("rb") as f:
+    with contextlib.ExitStack() as stack:
+        f = handle or stack.enter_context(file.path.open("rb"))
         f.seek(file.data_start + info.start)
         raw = f.read(info.end - info.start)
     formats = {"F32": "<f", "F64": "<d", "F16": "<e", "I64": "<q", "I32": "<i"}
@@ -137,6 +139,7 @@ class Report:
     parameters: int = 0
     other_tensors: int = 0
     dora: bool = False
+    rslora: bool = False
     base_model: str | None = None
     made_by: str = "unknown"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -242,8 +245,9 @@ def _alphas(report: Report, header: File, alpha_keys: dict[str, str | None]) -> 
     """Alpha per module from the ``.alpha`` tensors (kohya), else alpha = rank."""
     values: set[float] = set()
     missing = 0
-    for key in alpha_keys.values():
-        value = read_scalar(header, key) if key else None
+    with header.path.open("rb") as handle:
+        read = [read_scalar(header, k, handle) if k else None for k in alpha_keys.values()]
+    for value in read:
         if value is None:
             missing += 1
         else:
@@ -372,6 +376,7 @@ def inspect_adapter(folder: Path) -> Report:
     elif isinstance(targets, str):
         report.targets = [targets]
     report.dora = report.dora or bool(config.get("use_dora"))
+    report.rslora = bool(config.get("use_rslora"))
     report.base_model = config.get("base_model_name_or_path") or report.base_model
     lorakit = config.get("lorakit")
     if isinstance(lorakit, dict) and not report.provenance:
@@ -430,10 +435,17 @@ def render(report: Report, *, all_metadata: bool = False) -> list[str]:
     lines.append(f"  rank:        {_span(report.ranks)}")
     alpha = _span(report.alphas)
     if len(report.alphas) == 1 and len(report.ranks) == 1 and report.ranks[0]:
-        alpha += f" (scale alpha/rank = {report.alphas[0] / report.ranks[0]:g})"
+        if report.rslora:
+            scale = report.alphas[0] / math.sqrt(report.ranks[0])
+            alpha += f" (rsLoRA: scale alpha/sqrt(rank) = {scale:g})"
+        else:
+            alpha += f" (scale alpha/rank = {report.alphas[0] / report.ranks[0]:g})"
     lines.append(f"  alpha:       {alpha}  [{report.alpha_source}]")
     if report.dora:
         lines.append("  DoRA:        yes (magnitude vectors)")
+    if report.other_tensors:
+        lines.append(f"  other:       {report.other_tensors} tensors that are not LoRA pairs "
+                     "(modules_to_save, embeddings...)")  # fmt: skip
     targets = ", ".join(report.targets) or "unknown"
     lines.append(f"  targets:     {targets}")
     if report.base_model:

@@ -363,17 +363,19 @@ def check_all(plugins: Any = None, *, use_cache: bool = True) -> list[Release]:
     return check(names, use_cache=use_cache)
 
 
-def upgrade_command(releases: list[Release], plugins: list[str] | None = None) -> str | None:
+def upgrade_command(releases: list[Release]) -> str | None:
     """One ``pip install -U`` for everything behind.
 
-    When lorakit itself is behind, the installed plugins go into the same command: each
-    pins ``lorakit>=X.Y,<X.(Y+1)``, and pip can only move them together.
+    When lorakit itself is behind, every plugin the index knows goes into the same command:
+    each pins ``lorakit>=X.Y,<X.(Y+1)``, and pip can only move them together. Plugins the
+    index does not know (or that were not looked up) are never named: pip would fetch
+    whatever carries that name there.
     """
     behind = [r.name for r in releases if r.behind]
     if not behind:
         return None
     if "lorakit" in behind:
-        behind += [p for p in plugins or [] if p not in behind]
+        behind += [r.name for r in releases if r.latest and r.name not in behind]
     return "pip install -U " + " ".join(behind)
 
 

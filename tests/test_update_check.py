@@ -205,6 +205,18 @@ def test_plugins_are_checked_and_upgraded_together(index, with_plugin, capsys):
     assert sorted(index.requests) == ["/pypi/lorakit-acme/json", "/pypi/lorakit/json"]
 
 
+def test_upgrade_command_moves_known_plugins_with_lorakit():
+    from lorakit.update_check import Release, upgrade_command
+
+    releases = [
+        Release("lorakit", "0.1.0", "0.2.0"),
+        Release("lorakit-sd", "0.1.0", "0.1.0"),  # current, but pinned to lorakit 0.1.x
+        Release("acme-private", "1.0.0", None, error="not on the index"),
+    ]
+    assert upgrade_command(releases) == "pip install -U lorakit lorakit-sd"
+    assert upgrade_command(releases[1:]) is None
+
+
 def test_plugin_missing_from_index_and_json_output(index, with_plugin, capsys):
     index.publish("lorakit", __version__)
     code, out = run(capsys, "version", "--check", "--json")

@@ -65,8 +65,7 @@ def print_version(report: dict[str, Any], releases: list[Any] | None, skipped: l
             console.print(f"[green]{escape(r.name)} {escape(r.installed)} is current[/]")
     for name in skipped:
         console.print(f"{escape(name)}: installed from a folder or VCS URL, not looked up")
-    plugin_dists = [p["distribution"] for p in report["plugins"] if p["status"] == "ok"]
-    command = upgrade_command(releases, plugin_dists)
+    command = upgrade_command(releases)
     if command:
         console.print(f"upgrade: {command}")
 
