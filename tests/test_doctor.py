@@ -227,3 +227,34 @@ def test_ascii_marks(monkeypatch):
     monkeypatch.setattr(sys, "stdout", types.SimpleNamespace(encoding="ascii"))
     lines = doctor.render([doctor.Check("disk", "fail", "full", "free some space")])
     assert lines[:2] == ["FAIL disk: full", "    fix: free some space"]
+
+
+def fake_torch(total_gib: float, available: bool = True, cuda: str | None = "12.1") -> Any:
+    """Enough of torch for check_torch's GPU branch (no GPU on the test machines)."""
+    props = types.SimpleNamespace(name="NVIDIA Test GPU", total_memory=int(total_gib * GiB))
+    return types.SimpleNamespace(
+        __version__="2.13.0+cu121",
+        version=types.SimpleNamespace(cuda=cuda, hip=None),
+        cuda=types.SimpleNamespace(
+            is_available=lambda: available,
+            device_count=lambda: 1,
+            get_device_properties=lambda i: props,
+            mem_get_info=lambda i: (int(total_gib * GiB * 0.9), int(total_gib * GiB)),
+        ),
+        backends=types.SimpleNamespace(mps=types.SimpleNamespace(is_available=lambda: False)),
+    )
+
+
+def test_gpu_checks(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(80))
+    torch_check, gpu = doctor.check_torch()
+    assert torch_check.message == "torch 2.13.0+cu121"
+    assert (gpu.status, gpu.message) == (
+        "ok", "GPU 0: NVIDIA Test GPU, 80.0 GiB, 72.0 GiB free (CUDA 12.1)"
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(6))
+    gpu = doctor.check_torch()[1]
+    assert gpu.status == "warn" and "small" in gpu.message and "gradient_checkpointing" in gpu.fix
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(80, available=False))
+    gpu = doctor.check_torch()[1]
+    assert gpu.status == "warn" and "built for CUDA/ROCm 12.1, but no GPU is usable" in gpu.message
