@@ -61,6 +61,14 @@ class Backend(ABC):
     def __init__(self, config: Config) -> None:
         self.config = config
 
+    def validate(self, ctx: TrainContext) -> None:  # noqa: B027
+        """Check the data and model files cheaply, before anything heavy loads.
+
+        Raise :class:`lorakit.errors.DataError` / ``UsageError`` naming the file. Called
+        before :meth:`setup`, so a broken dataset fails in a second, not after the model
+        has loaded.
+        """
+
     @abstractmethod
     def setup(self, ctx: TrainContext) -> None:
         """Load the base model, freeze it, inject LoRA, enable gradient checkpointing."""

@@ -171,6 +171,7 @@ def train(
             weight_dtype=DTYPES[accelerator.mixed_precision],
             log=accelerator.print,
         )
+        backend.validate(ctx)
         backend.setup(ctx)
         dataset = backend.dataset(ctx)
         if len(dataset) == 0:
@@ -277,6 +278,12 @@ def train(
             plugins.call("on_checkpoint", run=run, step=state.step, path=str(path))
         return path
 
+    accelerator.print(
+        f"training {config.backend} LoRA: {total} steps, {len(dataset)} samples, effective batch "
+        f"{train_cfg.batch_size * accum * accelerator.num_processes} (batch {train_cfg.batch_size} "
+        f"× accumulation {accum} × {accelerator.num_processes} processes), "
+        f"precision {accelerator.mixed_precision}, {len(params)} LoRA tensors → {out}"
+    )
     bar = TrainProgress(total, state.step, enabled=progress and main)
     stream = _stream(loader, sampler, accelerator, state.micro_batches)
     last_loss: float | None = None
