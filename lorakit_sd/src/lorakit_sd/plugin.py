@@ -1,5 +1,102 @@
-"""Entry point of lorakit-sd: registrations only; nothing heavy is imported here."""
+"""Entry point of lorakit-sd: registrations only; nothing heavy is imported here.
+
+Registers the ``sd`` backend (task type ``image-generation``) with its ``sd:`` config
+section, templates and ``export`` / ``merge`` / ``sample`` commands; the image-folder dataset
+readers; and the ``kohya`` and ``diffusers`` exporters. Every factory imports its module only
+when called, so ``lorakit --help`` never loads torch or diffusers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lorakit
+from lorakit.plugins import lazy
+from lorakit.registry import BackendSpec, DatasetReaderSpec, ExporterSpec
+from lorakit_sd.config import SDSection
+
 LORAKIT_PLUGIN_API = 1
+
+
+def detect(path: Any) -> bool:
+    """Whether ``path`` is an SD LoRA file (kohya or diffusers keys), from its header only."""
+    from lorakit.errors import UsageError
+    from lorakit_sd.lora_format import file_format, read_header
+
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".safetensors":
+        return False
+    try:
+        return file_format(read_header(path)) is not None
+    except (UsageError, OSError):
+        return False
+
+
+@lorakit.hookimpl
+def register_backends(register: Callable[[BackendSpec], None]) -> None:
+    register(
+        BackendSpec(
+            name="sd",
+            task_types=("image-generation",),
+            factory=lazy("lorakit_sd.backend:create"),
+            description="Stable Diffusion 1.x / SDXL LoRA (diffusers + peft)",
+            config_model=SDSection,
+            commands={
+                "export": lazy("lorakit_sd.commands:export"),
+                "merge": lazy("lorakit_sd.commands:merge"),
+                "sample": lazy("lorakit_sd.commands:sample"),
+            },
+            templates={
+                "sd15": ("lorakit_sd", "templates/sd15.yaml"),
+                "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
+            },
+            detect=detect,
+        )
+    )
+
+
+@lorakit.hookimpl
+def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> None:
+    from lorakit_sd import readers as data
+
+    register(
+        DatasetReaderSpec(
+            "metadata_csv", data.read_metadata_csv,
+            "image folder + metadata.csv (file_name,text), as datasets' imagefolder",
+            modality="image", detect=data.detect_csv,
+        )
+    )  # fmt: skip
+    register(
+        DatasetReaderSpec(
+            "metadata_jsonl", data.read_metadata_jsonl,
+            "image folder + metadata.jsonl ({file_name, text} per line)",
+            modality="image", detect=data.detect_jsonl,
+        )
+    )  # fmt: skip
+    register(
+        DatasetReaderSpec(
+            "caption_files", data.read_caption_files,
+            "image folder with a .txt caption beside each image",
+            modality="image", detect=data.detect_caption_files,
+        )
+    )  # fmt: skip
+
+
+@lorakit.hookimpl
+def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
+    register(
+        ExporterSpec(
+            "kohya", lazy("lorakit_sd.exporters:export_kohya"),
+            "<name>.safetensors for A1111 / ComfyUI / sd-scripts (ss_* + modelspec metadata)",
+            backends=("sd",),
+        )
+    )  # fmt: skip
+    register(
+        ExporterSpec(
+            "diffusers", lazy("lorakit_sd.exporters:export_diffusers"),
+            "<name>.diffusers.safetensors for diffusers' load_lora_weights",
+            backends=("sd",),
+        )
+    )  # fmt: skip

@@ -1,0 +1,101 @@
+"""Aspect-ratio buckets: sizes, which bucket an image goes to, and a batch sampler.
+
+Each image keeps its shape: it goes to the bucket (a width × height of about
+``resolution²`` pixels, sides multiples of ``bucket_step``) whose aspect ratio is closest to
+its own, is scaled to cover it and center-cropped. A batch holds images of one bucket. The
+batch order is a pure function of (seed, epoch), so every process computes the same batches
+and a resumed run replays an epoch exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def bucket_sizes(
+    resolution: int, step: int, min_side: int | None = None, max_side: int | None = None
+) -> list[tuple[int, int]]:
+    """(width, height) buckets with sides multiple of ``step`` and area ≤ ``resolution²``."""
+    min_side = min_side or max(step, (resolution // 2) // step * step)
+    max_side = max_side or resolution * 2
+    area = resolution * resolution
+    sizes = {(resolution // step * step,) * 2}
+    width = min_side
+    while width <= max_side:
+        height = min(max_side, (area // width) // step * step)
+        if height >= min_side:
+            sizes.add((width, height))
+            sizes.add((height, width))
+        width += step
+    return sorted(sizes)
+
+
+def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest to ``size``'s (ties: the larger area)."""
+    w, h = size
+    ratio = math.log(w / h)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+def fit(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Resize and crop to fill ``bucket``: ``(resized_w, resized_h, left, top)``."""
+    w, h = size
+    bw, bh = bucket
+    scale = max(bw / w, bh / h)
+    rw, rh = max(bw, round(w * scale)), max(bh, round(h * scale))
+    return rw, rh, (rw - bw) // 2, (rh - bh) // 2
+
+
+def load_pixels(path: str, bucket: tuple[int, int]) -> torch.Tensor:
+    """An image file as a ``[3, h, w]`` tensor in [-1, 1], fitted to ``bucket``."""
+    import numpy as np
+
+    from lorakit_sd.images import open_rgb
+
+    image = open_rgb(path)
+    rw, rh, left, top = fit(image.size, bucket)
+    from PIL import Image
+
+    image = image.resize((rw, rh), Image.Resampling.LANCZOS)
+    image = image.crop((left, top, left + bucket[0], top + bucket[1]))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of dataset indices that share a bucket, shuffled by (seed, epoch)."""
+
+    def __init__(self, buckets: list[Any], batch_size: int, seed: int) -> None:
+        self.buckets = list(buckets)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        groups: dict[Any, list[int]] = {}
+        for index, bucket in enumerate(self.buckets):
+            groups.setdefault(bucket, []).append(index)
+        self.groups = [groups[k] for k in sorted(groups)]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        out: list[list[int]] = []
+        for group in self.groups:
+            order = torch.randperm(len(group), generator=generator).tolist()
+            members = [group[i] for i in order]
+            out += [
+                members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)
+            ]
+        order = torch.randperm(len(out), generator=generator).tolist()
+        return [out[i] for i in order]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return sum(math.ceil(len(g) / self.batch_size) for g in self.groups)

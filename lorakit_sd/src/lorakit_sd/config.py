@@ -1,0 +1,183 @@
+"""The ``sd:`` config section: everything image-specific, validated, with defaults.
+
+Imports nothing heavy: ``lorakit config validate`` and ``lorakit --help`` read this module
+without torch. Seed-style keys (base_model, train_data_dir, lora_rank, batch_size, ...) stay
+top-level; only what the image backend alone understands lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: LoRA target aliases accepted in ``target_modules``.
+TARGET_ALIASES = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "ff": ["ff.net.0.proj", "ff.net.2"],
+    "proj": ["proj_in", "proj_out"],
+}
+DEFAULT_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+DEFAULT_TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class Subset(BaseModel):
+    """One image folder of a multi-folder dataset (``sd.subsets``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_dir: str = Field(description="Folder of images.")
+    metadata_path: str | None = Field(
+        None,
+        description="Captions file (.csv or .jsonl); default image_dir/metadata.csv, then "
+        "metadata.jsonl, then .txt sidecars.",
+    )
+    repeats: int = Field(1, gt=0, description="How many times each image counts per epoch.")
+    caption_extension: str = Field(".txt", description="Extension of caption sidecar files.")
+
+
+class SDSection(BaseModel):
+    """The ``sd:`` section of a lorakit config (Stable Diffusion 1.5 / SDXL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # -- model ---------------------------------------------------------------------------
+    base_config: str | None = Field(
+        None,
+        description="Single-file checkpoints only: a diffusers folder or hub id whose configs "
+        "and tokenizers describe the checkpoint. Default: the standard SD1.5 / SDXL repo, read "
+        "from the local hub cache when HF_HUB_OFFLINE is set.",
+    )
+    model_family: Literal["auto", "sd1", "sdxl"] = Field(
+        "auto", description="auto: detected from the weights (SDXL has a second text encoder)."
+    )
+    allow_unsafe_pickle: bool = Field(
+        False,
+        description="Allow loading a pickled .ckpt/.pt base model (runs code from the file: "
+        "only for files you trust). Prefer .safetensors.",
+    )
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None, description="What the UNet predicts; default: the model scheduler's setting."
+    )
+    # -- data ----------------------------------------------------------------------------
+    resolution: int | None = Field(
+        None, gt=0, description="Training side length in pixels; default 512 (SD1), 1024 (SDXL)."
+    )
+    bucket: bool = Field(
+        True, description="Aspect-ratio bucketing: images keep their shape at about resolution²."
+    )
+    bucket_step: int = Field(64, gt=0, description="Bucket sides are multiples of this.")
+    min_bucket_resolution: int | None = Field(
+        None, gt=0, description="Smallest bucket side; default resolution / 2."
+    )
+    max_bucket_resolution: int | None = Field(
+        None, gt=0, description="Largest bucket side; default resolution * 2."
+    )
+    dataset_format: Literal["auto", "metadata_csv", "metadata_jsonl", "caption_files"] = Field(
+        "auto",
+        description="How captions are stored: auto picks metadata_path, metadata.csv, "
+        "metadata.jsonl, then .txt sidecars.",
+    )
+    caption_extension: str = Field(".txt", description="Extension of caption sidecar files.")
+    repeats: int = Field(1, gt=0, description="How many times each image counts per epoch.")
+    subsets: list[Subset] = Field(
+        default_factory=list,
+        description="More image folders, each with its own captions and repeats "
+        "(train_data_dir is the first unless it is empty).",
+    )
+    skip_bad_images: bool = Field(
+        False,
+        description="Skip unreadable images and images without captions (listed in the log) "
+        "instead of stopping.",
+    )
+    # -- captions ------------------------------------------------------------------------
+    shuffle_tags: bool = Field(
+        False, description="Shuffle comma-separated tags each step (turns off the text cache)."
+    )
+    keep_tokens: int = Field(
+        0, ge=0, description="With shuffle_tags: keep the first N tags in place."
+    )
+    caption_dropout: float = Field(
+        0.0, ge=0.0, le=1.0, description="Probability of training a sample with an empty caption."
+    )
+    flip_aug: bool = Field(False, description="Random horizontal flips (cached both ways).")
+    # -- loss ----------------------------------------------------------------------------
+    noise_offset: float = Field(
+        0.0, ge=0.0, description="Offset noise strength (e.g. 0.05) for darker/brighter images."
+    )
+    min_snr_gamma: float | None = Field(
+        None, gt=0, description="Min-SNR loss weighting gamma (5 is usual); null: off."
+    )
+    # -- caches --------------------------------------------------------------------------
+    cache_latents: bool | None = Field(
+        None, description="Encode images with the VAE once; default on (null: auto)."
+    )
+    cache_text_encoder_outputs: bool | None = Field(
+        None,
+        description="Encode captions once; default on when the text encoder is frozen and "
+        "shuffle_tags is off (null: auto).",
+    )
+    cache_to_disk: bool = Field(
+        False,
+        description="Keep caches under output_dir/cache/, keyed by file content and settings, "
+        "reused by later runs.",
+    )
+    vae_batch_size: int = Field(4, gt=0, description="Images per VAE call while caching.")
+    # -- text encoder --------------------------------------------------------------------
+    train_text_encoder: bool = Field(False, description="Also train LoRA on the text encoder(s).")
+    text_encoder_lr: float | None = Field(
+        None, gt=0, description="Learning rate of the text-encoder LoRA; default learning_rate."
+    )
+    text_encoder_target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEXT_ENCODER_TARGETS),
+        description="Text-encoder modules to adapt when train_text_encoder is on.",
+    )
+    # -- export --------------------------------------------------------------------------
+    save_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of the exported LoRA tensors."
+    )
+    # -- samples -------------------------------------------------------------------------
+    sample_steps: int = Field(20, gt=0, description="Denoising steps per preview image.")
+    sample_guidance_scale: float = Field(7.0, ge=0.0, description="Classifier-free guidance.")
+    sample_negative_prompt: str = Field("", description="Negative prompt for previews.")
+    sample_width: int | None = Field(None, gt=0, description="Preview width; default resolution.")
+    sample_height: int | None = Field(None, gt=0, description="Preview height; default resolution.")
+    sample_seed: int | None = Field(None, description="Seed of every preview; default seed.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SDSection:
+        if self.train_text_encoder and self.cache_text_encoder_outputs:
+            raise ValueError(
+                "cache_text_encoder_outputs cannot be true with train_text_encoder "
+                "(the text encoder's output changes as it trains)"
+            )
+        if self.shuffle_tags and self.cache_text_encoder_outputs:
+            raise ValueError(
+                "cache_text_encoder_outputs cannot be true with shuffle_tags "
+                "(every step sees a different caption)"
+            )
+        if self.keep_tokens and not self.shuffle_tags:
+            raise ValueError("keep_tokens only matters with shuffle_tags: true")
+        return self
+
+    def text_cache_enabled(self) -> bool:
+        """Whether caption embeddings are computed once (the default when allowed)."""
+        if self.cache_text_encoder_outputs is not None:
+            return self.cache_text_encoder_outputs
+        return not (self.train_text_encoder or self.shuffle_tags)
+
+    def latent_cache_enabled(self) -> bool:
+        """Whether VAE latents are computed once (the default)."""
+        return True if self.cache_latents is None else self.cache_latents
+
+
+def expand_targets(names: list[str] | None) -> list[str]:
+    """``target_modules`` with aliases (attn, ff, proj) expanded; default the attention."""
+    if not names:
+        return list(DEFAULT_UNET_TARGETS)
+    out: list[str] = []
+    for name in names:
+        for item in TARGET_ALIASES.get(name, [name]):
+            if item not in out:
+                out.append(item)
+    return out

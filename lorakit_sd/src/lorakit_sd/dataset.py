@@ -1,0 +1,190 @@
+"""The training set: records from the dataset readers, checked, bucketed, maybe cached.
+
+Every folder (``train_data_dir`` and each of ``sd.subsets``) is read by a registered dataset
+reader, every listed image is decoded once, and every problem (missing file, missing caption,
+a path that leaves the folder, an unreadable image) is collected: the run stops with one line
+that names the files, or skips them and says which when ``sd.skip_bad_images`` is on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakit.errors import DataError
+from lorakit_sd.readers import detect_format, format_problems, image_files, unlisted_images
+
+
+@dataclass
+class Item:
+    """One distinct training image and how it is fitted."""
+
+    image: str
+    caption: str
+    folder: str
+    size: tuple[int, int]
+    bucket: tuple[int, int]
+    crop: tuple[int, int]  # (left, top) after resizing
+    resized: tuple[int, int]
+    content_hash: str
+
+
+@dataclass
+class Folder:
+    path: Path
+    metadata_path: str | None
+    repeats: int
+    caption_extension: str
+
+
+def folders(config: Any) -> list[Folder]:
+    """``train_data_dir`` (unless subsets are given and it holds nothing) and the subsets."""
+    train, section = config.train, config.section
+    main = Folder(
+        Path(train.train_data_dir), train.metadata_path, section.repeats, section.caption_extension
+    )
+    out = []
+    main_has_data = main.metadata_path or (
+        main.path.is_dir()
+        and (
+            image_files(main.path)
+            or (main.path / "metadata.csv").is_file()
+            or (main.path / "metadata.jsonl").is_file()
+        )
+    )
+    if main_has_data or not section.subsets:
+        out.append(main)
+    for sub in section.subsets:
+        out.append(
+            Folder(Path(sub.image_dir), sub.metadata_path, sub.repeats, sub.caption_extension)
+        )
+    return out
+
+
+def read_folder(folder: Folder, fmt: str, registries: Any) -> tuple[list[dict[str, Any]], str]:
+    """Records of one folder through the registered reader; returns (records, reader)."""
+    if not folder.path.is_dir():
+        raise DataError(f"image folder not found: {folder.path}")
+    name = detect_format(folder.path, folder.metadata_path) if fmt == "auto" else fmt
+    spec = registries.dataset_readers.get(name)
+    if name == "caption_files":
+        records = spec.factory(folder.path, caption_extension=folder.caption_extension)
+    else:
+        records = spec.factory(folder.path, metadata_path=folder.metadata_path)
+    return records, name
+
+
+def build_items(
+    config: Any,
+    registries: Any,
+    buckets: list[tuple[int, int]] | None,
+    resolution: int,
+    log: Any = print,
+) -> tuple[list[Item], list[int]]:
+    """Checked, bucketed items and the epoch index (item ids, each ``repeats`` times)."""
+    from lorakit_sd.buckets import fit, nearest_bucket
+    from lorakit_sd.images import check_image, file_hash
+
+    section = config.section
+    items: list[Item] = []
+    index: list[int] = []
+    problems: list[str] = []
+    for folder in folders(config):
+        records, reader = read_folder(folder, section.dataset_format, registries)
+        if reader != "caption_files":
+            extra = unlisted_images(folder.path, records)
+            if extra:
+                names = ", ".join(p.name for p in extra[:5])
+                more = f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""
+                log(
+                    f"warning: {len(extra)} image(s) in {folder.path} are not listed in its "
+                    f"captions file and are not trained on: {names}{more}"
+                )
+        for record in records:
+            if record["error"]:
+                problems.append(f"{record['where']}: {record['error']}")
+                continue
+            size, error = check_image(record["image"])
+            if size is None:
+                problems.append(f"{record['image']}: {error}")
+                continue
+            bucket = nearest_bucket(size, buckets) if buckets else (resolution, resolution)
+            rw, rh, left, top = fit(size, bucket)
+            items.append(
+                Item(
+                    image=record["image"], caption=record["caption"], folder=str(folder.path),
+                    size=size, bucket=bucket, crop=(left, top), resized=(rw, rh),
+                    content_hash=file_hash(record["image"]),
+                )
+            )  # fmt: skip
+            index += [len(items) - 1] * folder.repeats
+    if problems:
+        if not section.skip_bad_images:
+            raise DataError(
+                f"{len(problems)} problem(s) in the training data: {format_problems(problems)}; "
+                "fix them, or set sd.skip_bad_images: true to train without those images"
+            )
+        log(f"warning: skipping {len(problems)} image(s): {format_problems(problems, limit=10)}")
+    if not items:
+        raise DataError(f"no usable images in {', '.join(str(f.path) for f in folders(config))}")
+    return items, index
+
+
+def fingerprint(items: list[Item], index: list[int]) -> str:
+    """A short hash of the images' bytes, captions and repeats."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}\n".encode())
+    digest.update(str(len(index)).encode())
+    return digest.hexdigest()[:16]
+
+
+class SDDataset(torch.utils.data.Dataset):
+    """Index → one sample: cached moments or pixels, cached embeddings or the caption."""
+
+    def __init__(
+        self,
+        items: list[Item],
+        index: list[int],
+        family: str,
+        latents: Any = None,
+        text: Any = None,
+        caption_ids: list[int] | None = None,
+    ) -> None:
+        self.items = items
+        self.index = index
+        self.family = family
+        self.latents = latents
+        self.text = text
+        self.caption_ids = caption_ids or []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def buckets(self) -> list[tuple[int, int]]:
+        return [self.items[k].bucket for k in self.index]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from lorakit_sd.buckets import load_pixels
+        from lorakit_sd.conditioning import time_ids
+
+        k = self.index[i]
+        item = self.items[k]
+        out: dict[str, Any] = {}
+        if self.latents is not None:
+            out.update(self.latents.get(k))
+        else:
+            out["pixels"] = load_pixels(item.image, item.bucket)
+        if self.text is not None:
+            out.update(self.text.get(self.caption_ids[k]))
+        else:
+            out["caption"] = item.caption
+        if self.family == "sdxl":
+            out["time_ids"] = torch.tensor(time_ids(item.size, item.crop, item.bucket)).float()
+            mirrored = (item.resized[0] - item.crop[0] - item.bucket[0], item.crop[1])
+            out["time_ids_flip"] = torch.tensor(time_ids(item.size, mirrored, item.bucket)).float()
+        return out

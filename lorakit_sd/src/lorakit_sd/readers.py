@@ -1,0 +1,207 @@
+"""Image-folder dataset readers: ``metadata.csv``, ``metadata.jsonl``, ``.txt`` sidecars.
+
+Each reader turns a folder into records ``{"image", "caption", "where", "error"}``. A record
+whose ``error`` is set names what is wrong (file and line); the backend then fails with one
+line naming the files, or skips them when ``sd.skip_bad_images`` is on. Nothing is dropped
+silently. The readers import only the standard library.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+FILE_COLUMNS = ("file_name", "image", "file")
+TEXT_COLUMNS = ("text", "caption")
+
+Record = dict[str, Any]
+
+
+def _record(image: Path | str, caption: str | None, where: str, error: str | None) -> Record:
+    return {"image": str(image), "caption": caption, "where": where, "error": error}
+
+
+def image_files(root: Path) -> list[Path]:
+    """Images directly in ``root`` (not in subfolders), sorted by name."""
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    return sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def resolve_inside(root: Path, name: str) -> tuple[Path | None, str | None]:
+    """``root / name`` unless ``name`` is empty, absolute, or leaves ``root``."""
+    if not name or not name.strip():
+        return None, "empty file_name"
+    if os.path.isabs(name) or name.startswith(("~", "\\")):
+        return None, f"{name}: absolute path (file_name must be relative to the data folder)"
+    full = Path(os.path.normpath(root / name))
+    try:
+        full.relative_to(Path(os.path.normpath(root)))
+    except ValueError:
+        return None, f"{name}: path leaves the data folder {root}"
+    return full, None
+
+
+def _finish(root: Path, rows: Iterator[tuple[str, str | None, str]], source: Path) -> list[Record]:
+    """Records from ``(file_name, text, where)`` rows: checks names, files and captions."""
+    records: list[Record] = []
+    seen: dict[str, str] = {}
+    for name, text, where in rows:
+        path, error = resolve_inside(root, name)
+        if path is None:
+            records.append(_record(root / (name or "?"), None, where, error))
+            continue
+        key = str(path)
+        if key in seen:
+            records.append(_record(path, None, where, f"{name}: listed twice (also {seen[key]})"))
+            continue
+        seen[key] = where
+        if not path.is_file():
+            records.append(_record(path, None, where, f"{name}: image not found"))
+        elif text is None or not text.strip():
+            records.append(_record(path, None, where, f"{name}: missing caption"))
+        else:
+            records.append(_record(path, text.strip(), where, None))
+    if not records:
+        raise DataError(f"{source}: no images listed")
+    return records
+
+
+def unlisted_images(root: Path, records: list[Record]) -> list[Path]:
+    """Images in ``root`` that no record mentions (reported, not trained on)."""
+    listed = {os.path.normpath(r["image"]) for r in records}
+    return [p for p in image_files(root) if os.path.normpath(p) not in listed]
+
+
+def read_metadata_csv(path: str | Path, metadata_path: str | Path | None = None) -> list[Record]:
+    """``metadata.csv`` with a header ``file_name,text`` (``datasets``' imagefolder layout)."""
+    root = Path(path)
+    meta = Path(metadata_path) if metadata_path else root / "metadata.csv"
+    try:
+        text = meta.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{meta}: captions file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{meta}: not UTF-8 text (byte {exc.start})") from None
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    if not header:
+        raise DataError(f"{meta}: empty file (expected a header file_name,text)")
+    columns = [h.strip() for h in header]
+    file_col = next((c for c in FILE_COLUMNS if c in columns), None)
+    text_col = next((c for c in TEXT_COLUMNS if c in columns), None)
+    if file_col is None or text_col is None:
+        raise DataError(
+            f"{meta}:1: header must name a file_name and a text column (got {','.join(columns)})"
+        )
+    fi, ti = columns.index(file_col), columns.index(text_col)
+
+    def rows() -> Iterator[tuple[str, str | None, str]]:
+        for line, row in enumerate(reader, start=2):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            name = row[fi].strip() if fi < len(row) else ""
+            caption = row[ti] if ti < len(row) else None
+            yield name, caption, f"{meta}:{line}"
+
+    return _finish(root, rows(), meta)
+
+
+def read_metadata_jsonl(path: str | Path, metadata_path: str | Path | None = None) -> list[Record]:
+    """``metadata.jsonl``: one ``{"file_name": ..., "text": ...}`` object per line."""
+    root = Path(path)
+    meta = Path(metadata_path) if metadata_path else root / "metadata.jsonl"
+    try:
+        lines = meta.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{meta}: captions file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{meta}: not UTF-8 text (byte {exc.start})") from None
+
+    def rows() -> Iterator[tuple[str, str | None, str]]:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{meta}:{number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            name = next((obj[c] for c in FILE_COLUMNS if c in obj), None)
+            if not isinstance(name, str):
+                raise DataError(f"{where}: no file_name")
+            caption = next((obj[c] for c in TEXT_COLUMNS if c in obj), None)
+            yield name.strip(), caption if isinstance(caption, str) else None, where
+
+    return _finish(root, rows(), meta)
+
+
+def read_caption_files(path: str | Path, caption_extension: str = ".txt") -> list[Record]:
+    """Every image in the folder with a caption file beside it (``cat.png`` + ``cat.txt``)."""
+    root = Path(path)
+    images = image_files(root)
+    if not images:
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
+    records = []
+    for image in images:
+        sidecar = image.with_suffix(ext)
+        try:
+            caption = sidecar.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            records.append(_record(image, None, str(image), f"{image.name}: no {ext} caption file"))
+            continue
+        except (UnicodeDecodeError, OSError) as exc:
+            records.append(
+                _record(image, None, str(sidecar), f"{sidecar.name}: unreadable ({exc})")
+            )
+            continue
+        caption = " ".join(caption.split())
+        error = None if caption else f"{sidecar.name}: empty caption"
+        records.append(_record(image, caption or None, str(sidecar), error))
+    return records
+
+
+def detect_format(root: Path, metadata_path: str | None) -> str:
+    """Which reader fits a folder: by metadata_path's extension, else by what is there."""
+    if metadata_path:
+        suffix = Path(metadata_path).suffix.lower()
+        if suffix == ".jsonl":
+            return "metadata_jsonl"
+        if suffix == ".csv":
+            return "metadata_csv"
+        raise DataError(f"{metadata_path}: captions file must end in .csv or .jsonl")
+    if (root / "metadata.csv").is_file():
+        return "metadata_csv"
+    if (root / "metadata.jsonl").is_file():
+        return "metadata_jsonl"
+    return "caption_files"
+
+
+def detect_csv(path: Any) -> bool:
+    return (Path(path) / "metadata.csv").is_file()
+
+
+def detect_jsonl(path: Any) -> bool:
+    return (Path(path) / "metadata.jsonl").is_file()
+
+
+def detect_caption_files(path: Any) -> bool:
+    root = Path(path)
+    return root.is_dir() and any(p.with_suffix(".txt").is_file() for p in image_files(root))
+
+
+def format_problems(problems: list[str], limit: int = 3) -> str:
+    """``a; b; c (+N more)``: a one-line list of problems."""
+    shown = "; ".join(problems[:limit])
+    more = len(problems) - limit
+    return f"{shown} (+{more} more)" if more > 0 else shown
