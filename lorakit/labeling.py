@@ -7,10 +7,10 @@ must be cheap (check the options, load nothing) and return a :class:`Labeler`, w
 :meth:`~Labeler.setup` loads models only once there is something to label.
 
 :func:`label_folder` scans a folder for images (natural sort order; subfolders on request,
-listed by their relative path), reads them
-(unreadable ones are reported, not fatal), feeds them to the labeler in batches and writes
-``metadata.csv`` (columns ``file_name,text``, the layout the sd backend and the ``datasets``
-imagefolder loader read) atomically. The same inputs give the same bytes.
+listed by their relative path), reads them (unreadable ones are reported, not fatal), feeds
+them to the labeler in batches and writes ``metadata.csv`` (columns ``file_name,text``, the
+layout the sd backend and the ``datasets`` imagefolder loader read) atomically. The same
+inputs give the same bytes.
 
 PIL is imported inside functions: importing this module costs nothing.
 """
