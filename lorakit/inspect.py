@@ -33,6 +33,7 @@ from lorakit.errors import UsageError
 from lorakit.safetensors_header import TensorInfo, read_header
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+DIFFUSERS_PREFIXES = frozenset({"unet", "text_encoder", "text_encoder_2", "transformer"})
 KOHYA_PREFIXES = {
     "lora_unet_": "unet",
     "lora_te1_": "text_encoder",
@@ -282,13 +283,13 @@ def inspect_safetensors(path: Path) -> Report:
     )
     lycoris = any(_LYCORIS.search(name) for name in header.tensors)
     provenance = _lorakit_provenance(meta)
-    if provenance.get("version") and not kohya:
-        fmt = "lorakit (raw PEFT module names)"
-    elif kohya:
+    diffusers = any(n.split(".", 1)[0] in DIFFUSERS_PREFIXES for n in header.tensors)
+    if kohya:
         fmt = "kohya / A1111 LoRA"
-    elif any(n.split(".", 1)[0] in {"unet", "text_encoder", "text_encoder_2", "transformer"}
-             for n in header.tensors):  # fmt: skip
+    elif diffusers:
         fmt = "diffusers (PEFT keys)"
+    elif provenance.get("version"):
+        fmt = "lorakit (raw PEFT module names)"
     else:
         fmt = "PEFT keys"
     if lycoris:
@@ -299,10 +300,11 @@ def inspect_safetensors(path: Path) -> Report:
         report.notes.append("no LoRA tensors found (lora_down/lora_up or lora_A/lora_B)")
     if kohya or any(alpha_keys.values()):
         _alphas(report, header, alpha_keys)
-    elif isinstance(provenance.get("config"), dict):
-        _alpha_from_config(report, provenance["config"], "lorakit.config metadata")
-    elif "lora_adapter_metadata" in meta:
-        _diffusers_alpha(report, meta["lora_adapter_metadata"])
+    else:
+        if "lora_adapter_metadata" in meta:
+            _diffusers_alpha(report, meta["lora_adapter_metadata"])
+        if not report.alpha_source and isinstance(provenance.get("config"), dict):
+            _alpha_from_config(report, provenance["config"], "lorakit.config metadata")
     if not report.alpha_source:
         report.alpha_source = "not in the file (PEFT keeps it in adapter_config.json)"
     report.base_model = (
@@ -336,6 +338,26 @@ def _diffusers_alpha(report: Report, raw: str) -> None:
     if alphas:
         report.alphas = sorted(alphas)
         report.alpha_source = "diffusers lora_adapter_metadata"
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _from_record(record: dict[str, Any], source: str) -> dict[str, Any]:
+    """Provenance from a ``run.json`` or an adapter's ``lorakit.json``."""
+    return {
+        "version": record["lorakit"],
+        "plugins": record.get("plugins"),
+        "backend": record.get("backend"),
+        "config_hash": record.get("config_hash"),
+        "step": record.get("step", record.get("steps")),
+        "source": source,
+    }
 
 
 def inspect_adapter(folder: Path) -> Report:
@@ -381,21 +403,16 @@ def inspect_adapter(folder: Path) -> Report:
     lorakit = config.get("lorakit")
     if isinstance(lorakit, dict) and not report.provenance:
         report.provenance = lorakit
+    sidecar = folder / "lorakit.json"
+    if not report.provenance.get("version") and sidecar.is_file():
+        record = _json_object(sidecar)
+        if record and record.get("lorakit"):
+            report.provenance = _from_record(record, str(sidecar))
     run = folder.parent / "run.json"
     if not report.provenance.get("version") and run.is_file():
-        try:
-            record = json.loads(run.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            record = None
-        if isinstance(record, dict) and record.get("lorakit"):
-            report.provenance = {
-                "version": record["lorakit"],
-                "plugins": record.get("plugins"),
-                "backend": record.get("backend"),
-                "config_hash": record.get("config_hash"),
-                "step": record.get("steps"),
-                "source": str(run),
-            }
+        record = _json_object(run)
+        if record and record.get("lorakit"):
+            report.provenance = _from_record(record, str(run))
     peft = config.get("peft_version")
     report.made_by = _made_by(report.provenance, report.metadata, str(peft) if peft else None)
     return report

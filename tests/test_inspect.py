@@ -276,3 +276,44 @@ def test_inspect_reads_only_the_header(kohya_file):
     )
     assert "HEAVY []" in done.stderr, done.stderr[-2000:]
     assert "kohya / A1111 LoRA" in done.stdout
+
+
+def test_adapter_sidecar_lorakit_json(peft_folder, tmp_path):
+    """lorakit-llm's adapter folders carry a lorakit.json next to adapter_config.json."""
+    import shutil
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(peft_folder, folder)
+    record = {"lorakit": "0.1.0", "config_hash": "0123456789abcdef", "step": "40",
+              "plugins": {"lorakit-llm": "0.1.0"}}  # fmt: skip
+    (folder / "lorakit.json").write_text(json.dumps(record))
+    report = inspect_path(folder)
+    assert report.made_by == (
+        "lorakit 0.1.0 with lorakit-llm 0.1.0 (config hash 0123456789abcdef, step 40)"
+    )
+    assert report.provenance["source"] == str(folder / "lorakit.json")
+
+
+def test_diffusers_keys_with_lorakit_metadata(tmp_path):
+    """lorakit-sd's <name>.diffusers.safetensors: diffusers keys, lorakit provenance."""
+    import torch
+    from safetensors.torch import save_file
+
+    name = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
+    config = {"lora_rank": 4, "lora_alpha": None, "base_model": "./v1-5.safetensors"}
+    path = tmp_path / "style.diffusers.safetensors"
+    save_file(
+        {f"{name}.lora_A.weight": torch.zeros(4, 8), f"{name}.lora_B.weight": torch.zeros(8, 4)},
+        str(path),
+        metadata={
+            "lorakit.version": "0.1.0",
+            "lorakit.backend": "sd",
+            "lorakit.config": json.dumps(config),
+            "lorakit.plugins": "{}",
+        },  # fmt: skip
+    )
+    report = inspect_path(path)
+    assert report.format == "diffusers (PEFT keys)"
+    assert report.made_by == "lorakit 0.1.0 (backend sd)"
+    assert report.alphas == [4.0] and "alpha = rank" in report.alpha_source
+    assert report.base_model == "./v1-5.safetensors" and report.targets == ["to_v"]
