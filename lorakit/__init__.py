@@ -1,7 +1,8 @@
 """lorakit: train LoRA adapters for image and language models from one YAML file.
 
 The public API for plugins is what this module and :mod:`lorakit.hookspecs`,
-:mod:`lorakit.registry`, :mod:`lorakit.backend` and :mod:`lorakit.errors` export.
+:mod:`lorakit.registry`, :mod:`lorakit.backend`, :mod:`lorakit.labeling`, :mod:`lorakit.io`
+and :mod:`lorakit.errors` export.
 Nothing heavy (torch, diffusers, transformers, peft) is imported here.
 """
 
