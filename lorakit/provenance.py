@@ -88,5 +88,26 @@ def file_metadata(config: Any, *, plugins: Any = None) -> dict[str, str]:
         "lorakit.backend": config.backend,
         "lorakit.plugins": json.dumps(plugin_versions(plugins), sort_keys=True),
         "lorakit.config_hash": config.semantic_hash(),
-        "lorakit.config": json.dumps(config.to_dict(), sort_keys=True, default=str),
+        "lorakit.config": json.dumps(
+            shareable_config(config.to_dict()), sort_keys=True, default=str
+        ),
     }
+
+
+PATH_KEYS = ("base_model", "train_data_dir", "metadata_path", "output_dir")
+
+
+def shareable_config(data: dict[str, Any]) -> dict[str, Any]:
+    """The config as it goes into files people share: local paths cut to their last part.
+
+    Hub ids stay whole; ``/home/me/models/v1-5-pruned.safetensors`` becomes
+    ``v1-5-pruned.safetensors``. run.json, which stays on the user's disk, keeps full paths.
+    """
+    from lorakit.config import HUB_ID
+
+    out = dict(data)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and not (HUB_ID.match(value) and not Path(value).exists()):
+            out[key] = Path(value).name
+    return out

@@ -41,9 +41,10 @@ def fail(message: str, code: int) -> None:
 
 
 def _register_builtin_commands() -> None:
+    from lorakit import demo
     from lorakit.cli import config_cmd, info_cmds, label_cmd, model_cmds, train_cmd
 
-    for module in (train_cmd, label_cmd, config_cmd, info_cmds, model_cmds):
+    for module in (train_cmd, label_cmd, config_cmd, info_cmds, model_cmds, demo):
         module.register(app)
 
 
@@ -81,7 +82,10 @@ def main(argv: list[str] | None = None) -> Any:
     args = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         command = build_command()
-        return command.main(args=args, prog_name="lorakit", standalone_mode=False)
+        code = command.main(args=args, prog_name="lorakit", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value
+            raise SystemExit(code)
+        return code
     except (click.exceptions.Exit, typer.Exit) as exc:
         raise SystemExit(exc.exit_code) from None
     except (click.exceptions.Abort, typer.Abort):

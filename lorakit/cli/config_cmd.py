@@ -99,20 +99,17 @@ def migrate_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print, don't write.")] = False,
 ) -> None:
     """Rewrite a config in the current layout, listing each change."""
-    import yaml
-
     from lorakit.config import read_yaml
     from lorakit.io import write_text
-    from lorakit.migrations import migrate
+    from lorakit.migrations import migrate_text
 
-    data, _ = read_yaml(file)
-    new, notices = migrate(data, file=str(file))
+    read_yaml(file)  # one-line errors for a missing or malformed file
+    text, notices = migrate_text(file.read_text(encoding="utf-8"), file=str(file))
     for notice in notices:
         print(f"{file}: {notice}")
-    if not notices:
+    if text is None:
         print(f"{file}: already current")
         return
-    text = yaml.safe_dump(new, sort_keys=False, allow_unicode=True)
     if dry_run:
         sys.stdout.write(text)
         return

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
                     main_process_port=main_process_port, config=cfg,
                 )
             )  # fmt: skip
-        update = quiet_notice()
+        update = quiet_notice() if os.environ.get("LOCAL_RANK", "0") == "0" else None
         if update:
             print(update, file=sys.stderr)
 
