@@ -1,0 +1,292 @@
+"""The causal-LM backend: a transformers model with PEFT LoRA, trained on token rows.
+
+The engine drives it (see :class:`lorakit.backend.Backend`): ``setup`` loads the base
+(folder, hub id or GGUF; 4-bit for QLoRA) and injects LoRA; ``dataset`` reads, tokenizes
+(once, cached) and packs the data; ``count`` is the number of target tokens of a batch and
+``loss`` their summed cross-entropy, so the engine's normalisation gives every target token
+the same weight however they fall into micro-batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from lorakit.backend import Backend, LossOutput, TrainContext
+from lorakit.config import Config
+from lorakit.errors import DataError, UsageError
+from lorakit_llm.chat_templates import resolve_template
+from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset, pack_rows
+from lorakit_llm.data import target_count as _target_count
+from lorakit_llm.loading import load_model, load_tokenizer, resolve_base, torch_dtype
+from lorakit_llm.section import LLMSection
+from lorakit_llm.tokenize import (
+    IGNORE,
+    cache_key,
+    cache_path,
+    files_fingerprint,
+    load_cached,
+    save_cached,
+    tokenize_records,
+    tokenizer_fingerprint,
+)
+
+#: PEFT's default for LLaMA-style attention.
+DEFAULT_TARGETS = ("q_proj", "v_proj")
+
+
+def lora_config(config: Config, section: LLMSection) -> Any:
+    """The peft LoraConfig for the core LoRA keys and the llm section's options."""
+    from peft import LoraConfig
+
+    train = config.train
+    targets: Any = list(train.target_modules or DEFAULT_TARGETS)
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=train.lora_rank,
+        lora_alpha=cast(Any, train.alpha),  # peft accepts a float alpha
+        lora_dropout=train.lora_dropout,
+        target_modules=targets,
+        use_rslora=section.use_rslora,
+        use_dora=section.use_dora,
+        modules_to_save=section.modules_to_save,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def packing_supported(model: Any) -> bool:
+    """Whether reset position ids keep packed rows apart in this model (a tiny probe).
+
+    Two rows packed as one sequence must give the second row the logits it has alone;
+    "alone" is compared against the same tokens run as one unbroken sequence.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = (torch.arange(7, device=device) * 7 + 3) % max(vocab - 1, 1) + 1
+    packed = ids.unsqueeze(0)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3]], device=device)
+    try:
+        with torch.no_grad():
+            joined = model(input_ids=packed, position_ids=positions, use_cache=False).logits
+            alone = model(input_ids=packed[:, 3:], use_cache=False).logits
+            crossed = model(input_ids=packed, use_cache=False).logits
+    finally:
+        model.train(was_training)
+    error = (joined[:, 3:] - alone).abs().max().float()
+    reference = (crossed[:, 3:] - alone).abs().max().float()
+    return bool(error <= 0.1 * reference + 1e-6)
+
+
+class LLMBackend(Backend):
+    """LoRA for transformers causal LMs (LLaMA, Mistral, Qwen, GPT-2 style)."""
+
+    throughput_unit = "tokens"
+    default_export_formats = ("peft",)
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        section = config.section if isinstance(config.section, LLMSection) else LLMSection()
+        self.section = section
+        # Refuse a GGML file, an adapter folder, a stray file ... before anything loads.
+        self.source = resolve_base(config.train.base_model)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.template = ""
+        self.template_name = ""
+        self.packing = section.packing
+        self.data_hash = ""
+        self.stats: dict[str, Any] = {}
+        self.reader_name = ""
+
+    # -- model --------------------------------------------------------------------------
+    def _dtype(self, ctx: TrainContext) -> torch.dtype:
+        if self.section.torch_dtype != "auto":
+            return torch_dtype(self.section.torch_dtype)
+        if self.section.load_in_4bit:
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if bf16 else torch.float16
+        return ctx.weight_dtype
+
+    def setup(self, ctx: TrainContext) -> None:
+        from peft import get_peft_model
+
+        section, train = self.section, self.config.train
+        self.tokenizer = load_tokenizer(self.source)
+        self.template, self.template_name = resolve_template(section.chat_template, self.tokenizer)
+        self.tokenizer.chat_template = self.template
+        model = load_model(
+            self.source, dtype=self._dtype(ctx), load_in_4bit=section.load_in_4bit,
+            attn_implementation=section.attn_implementation, device=ctx.accelerator.device,
+        )  # fmt: skip
+        model.config.use_cache = False
+        gc_kwargs = {"use_reentrant": False}
+        if section.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=train.gradient_checkpointing,
+                gradient_checkpointing_kwargs=gc_kwargs,
+            )  # fmt: skip
+        elif train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        if self.packing and not packing_supported(model):
+            ctx.log("llm: this model lets packed rows attend to each other; using padded batches")
+            self.packing = False
+        try:
+            self.model = get_peft_model(model, lora_config(self.config, section))
+        except ValueError as exc:
+            text = str(exc).splitlines()[0]
+            raise UsageError(f"target_modules: {text} (try target_modules: all-linear)") from None
+        trainable, total = self.model.get_nb_trainable_parameters()
+        ctx.log(f"llm: {trainable:,} trainable of {total:,} parameters ({self.source.label})")
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.model
+
+    # -- data ---------------------------------------------------------------------------
+    def _reader(self, registries: Any) -> tuple[str, Any]:
+        from lorakit_llm.readers import sniff
+
+        name = self.section.dataset_format
+        readers = registries.dataset_readers
+        path = self.config.train.train_data_dir
+        if name != "auto":
+            spec = readers.get(name)
+            if spec.modality != "text":
+                raise UsageError(f"llm.dataset_format: reader '{name}' does not read text")
+            return name, spec
+        sniff(path)
+        order = ["chat", "alpaca", "qa", "prompt_completion", "text"]
+        others = [e.spec.name for e in readers if e.spec.name not in order]
+        for candidate in [*order, *others]:
+            if candidate not in readers:
+                continue
+            spec = readers.get(candidate)
+            if spec.modality == "text" and spec.detect is not None and spec.detect(path):
+                return candidate, spec
+        raise DataError(
+            "cannot tell the data format (expected JSONL with question/answer, prompt/"
+            "completion, instruction/output, messages or text keys, or .txt files); "
+            "set llm.dataset_format",
+            where=path,
+        )
+
+    def dataset(self, ctx: TrainContext) -> TokenDataset:
+        from lorakit_llm.readers import data_files
+
+        section, train = self.section, self.config.train
+        self.reader_name, reader = self._reader(ctx.registries)
+        files = data_files(train.train_data_dir, (".jsonl", ".txt"))
+        self.data_hash = files_fingerprint(files)
+        key = cache_key(
+            reader=self.reader_name, data=self.data_hash,
+            tokenizer=tokenizer_fingerprint(self.tokenizer, self.template),
+            max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
+            system_prompt=section.system_prompt,
+        )  # fmt: skip
+        path = cache_path(ctx.cache_dir, key)
+        with ctx.accelerator.main_process_first():
+            data = load_cached(path)
+            cached = data is not None
+            if data is None:
+                records = reader.factory(train.train_data_dir, system_prompt=section.system_prompt)
+                if not records:
+                    raise DataError("no rows to train on", where=train.train_data_dir)
+                data = tokenize_records(
+                    records, self.tokenizer, self.template,
+                    max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
+                )  # fmt: skip
+                if ctx.accelerator.is_main_process:
+                    save_cached(data, path)
+        if len(data) == 0:
+            raise DataError(
+                f"none of the {data.records} rows has a token to learn from",
+                where=train.train_data_dir,
+            )
+        groups = pack_rows(data.lengths(), section.max_seq_len) if self.packing else None
+        dataset = TokenDataset(data, groups)
+        self.stats = {
+            "format": self.reader_name, "records": data.records, "rows": len(data),
+            "truncated": data.truncated, "dropped": data.dropped,
+            "target_tokens": data.target_tokens(), "tokens": int(data.offsets[-1]),
+            "sequences": len(dataset), "packed": self.packing, "cached": cached,
+        }  # fmt: skip
+        ctx.log(
+            f"llm: {data.records} rows ({self.reader_name}), {self.stats['tokens']:,} tokens "
+            f"({self.stats['target_tokens']:,} in answers) → {len(dataset)} "
+            f"{'packed sequences' if self.packing else 'sequences'}"
+            f"{' (tokenization cached)' if cached else ''}"
+        )
+        if data.truncated or data.dropped:
+            ctx.log(
+                f"llm: {data.truncated} of {data.records} rows were longer than max_seq_len "
+                f"{section.max_seq_len} and were truncated; {data.dropped} rows had no answer "
+                f"token left and were skipped"
+            )
+        self.collator = Collator(self.tokenizer.pad_token_id or 0, packed=self.packing)
+        return dataset
+
+    def collate(self, items: list[Any]) -> Any:
+        return self.collator(items)
+
+    def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any | None:
+        if dataset.packed:
+            return None
+        return LengthGroupedBatchSampler(dataset.lengths, batch_size, seed)
+
+    # -- loss ---------------------------------------------------------------------------
+    def count(self, batch: Any) -> int:
+        return _target_count(batch)
+
+    def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
+        kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
+        if "position_ids" in batch:
+            kwargs["position_ids"] = batch["position_ids"]  # packed: no mask, no cache
+        else:
+            kwargs["attention_mask"] = batch["attention_mask"]
+        logits = module(**kwargs).logits
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE
+        selected = logits[:, :-1][mask].float()
+        loss_sum = torch.nn.functional.cross_entropy(selected, labels[mask], reduction="sum")
+        return LossOutput(loss_sum, samples=int(batch["num_rows"]), tokens=int(batch["num_tokens"]))
+
+    # -- outputs --------------------------------------------------------------------------
+    def sample(self, ctx: TrainContext, step: int, directory: Path) -> list[Path]:
+        from lorakit_llm.generate import write_samples
+
+        prompts = self.config.train.sample_prompts
+        if not prompts or self.model is None:
+            return []
+        chat = self.reader_name not in ("prompt_completion", "text")
+        return [
+            write_samples(
+                self.model, self.tokenizer, prompts, Path(directory) / f"step-{step}.txt",
+                template=self.template if chat else None,
+                max_new_tokens=self.section.sample_max_new_tokens,
+            )
+        ]  # fmt: skip
+
+    def dataset_fingerprint(self) -> str:
+        return self.data_hash[:16]
+
+    def export_metadata(self) -> dict[str, str]:
+        return {
+            "lorakit.llm.base_model": self.config.train.base_model,
+            "lorakit.llm.chat_template": self.template_name,
+            "lorakit.llm.dataset_format": self.reader_name,
+        }
+
+    def save_adapter(self, directory: Path, metadata: dict[str, str]) -> None:
+        from lorakit_llm.export import save_adapter
+
+        save_adapter(self.model, self.tokenizer, Path(directory), metadata, self.config)
+
+    def teardown(self) -> None:
+        self.model = None

@@ -1,0 +1,183 @@
+"""What a run leaves behind and what the CLI verbs make of it.
+
+- the ``peft`` exporter: ``adapter/`` (``adapter_config.json`` + ``adapter_model.safetensors``
+  + the chat template + ``lorakit.json``), written atomically, with lorakit's provenance in
+  the safetensors header and in ``lorakit.json``; ``PeftModel.from_pretrained`` loads it;
+- ``lorakit merge``: base + weighted adapters baked into a full model folder (safetensors);
+- ``lorakit sample``: greedy generations for prompts, printed and written to a file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lorakit import __version__
+from lorakit.errors import UsageError
+from lorakit.io import atomic_dir, write_text
+
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
+
+
+def _base_reference(base: str) -> str:
+    """The base model as an adapter should name it: an absolute path, or the hub id."""
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.exists() else base
+
+
+def save_adapter(
+    model: Any, tokenizer: Any, directory: Path, metadata: dict[str, str], config: Any
+) -> None:
+    """Write the PEFT adapter of ``model`` into ``directory`` (a fresh temporary folder)."""
+    from peft.tuners.lora import Embedding
+    from safetensors.torch import load_file, save_file
+
+    peft_config = model.peft_config["default"]
+    peft_config.base_model_name_or_path = _base_reference(config.train.base_model)
+    # lorakit never resizes the vocabulary: only a LoRA on an embedding saves embeddings
+    # (peft's "auto" would look for the base's config.json, on the hub if need be).
+    lora_on_embedding = any(isinstance(m, Embedding) for m in model.modules())
+    model.save_pretrained(
+        str(directory), safe_serialization=True, save_embedding_layers=lora_on_embedding
+    )
+    weights = directory / "adapter_model.safetensors"
+    # peft writes {"format": "pt"}; add lorakit's provenance to the same header.
+    save_file(load_file(str(weights)), str(weights), metadata={"format": "pt", **metadata})
+    if getattr(tokenizer, "chat_template", None):
+        (directory / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
+    record = {
+        "lorakit": metadata.get("lorakit.version", __version__),
+        "config_hash": metadata.get("lorakit.config_hash"),
+        "step": metadata.get("lorakit.step"),
+        "base_model": config.train.base_model,
+        "llm": {
+            "dataset_format": metadata.get("lorakit.llm.dataset_format"),
+            "chat_template": metadata.get("lorakit.llm.chat_template"),
+        },
+        "plugins": json.loads(metadata.get("lorakit.plugins", "{}")),
+        "config": json.loads(metadata["lorakit.config"]) if "lorakit.config" in metadata else None,
+    }
+    (directory / "lorakit.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+def export_peft(backend: Any, directory: Path, name: str, metadata: dict[str, str]) -> list[Path]:
+    """Exporter ``peft``: ``directory/adapter/``, replaced as a whole."""
+    if not hasattr(backend, "save_adapter"):
+        raise UsageError("the peft exporter writes adapters of the llm backend only")
+    target = Path(directory) / "adapter"
+    with atomic_dir(target) as tmp:
+        backend.save_adapter(tmp, metadata)
+    return [target]
+
+
+def inference_dtype(name: str | None = None) -> Any:
+    """float32 on CPU, bf16 on a GPU that has it (else fp16), or the dtype named."""
+    import torch
+
+    from lorakit_llm.loading import torch_dtype
+
+    if name and name != "auto":
+        if name not in DTYPE_NAMES:
+            raise UsageError(f"--dtype: one of float32, float16, bfloat16 (got {name!r})")
+        return torch_dtype(DTYPE_NAMES[name])
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_for_inference(
+    base: str, loras: list[tuple[str, float]], dtype: str | None = None
+) -> tuple[Any, Any, list[Any]]:
+    """``(model, tokenizer, adapter refs)``: the base on the best device, adapters loaded."""
+    import torch
+
+    from lorakit_llm.generate import load_adapters, parse_adapters
+    from lorakit_llm.loading import load_base
+
+    refs = parse_adapters(loras)
+    model, tokenizer = load_base(base, dtype=inference_dtype(dtype))
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    if refs:
+        model = load_adapters(model, refs)
+    return model, tokenizer, refs
+
+
+def merge_command(base: str, loras: list[tuple[str, float]], output: Path, dtype: str) -> Path:
+    """``lorakit merge``: bake the weighted adapters into the base; save a model folder."""
+    from lorakit_llm.generate import adapter_template, load_adapters, parse_adapters
+    from lorakit_llm.loading import load_base
+
+    if not loras:
+        raise UsageError("merge: pass at least one --adapter")
+    out_dtype = inference_dtype(dtype or "float16")
+    refs = parse_adapters(loras)
+    import torch
+
+    model, tokenizer = load_base(base, dtype=torch.float32)  # merge in full precision
+    model = load_adapters(model, refs)
+    merged = model.merge_and_unload(adapter_names=[r.name for r in refs])
+    merged = merged.to(out_dtype)
+    template = adapter_template(refs[0].path)
+    if template:
+        tokenizer.chat_template = template
+    adapters = []
+    for ref in refs:
+        info = ref.path / "lorakit.json"
+        record = json.loads(info.read_text()) if info.is_file() else {}
+        adapters.append(
+            {"path": str(ref.path.resolve()), "weight": ref.weight,
+             "config_hash": record.get("config_hash")}
+        )  # fmt: skip
+    output = Path(output)
+    with atomic_dir(output) as tmp:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        provenance = {"lorakit": __version__, "base_model": _base_reference(base),
+                      "adapters": adapters, "dtype": str(out_dtype).replace("torch.", "")}  # fmt: skip
+        (tmp / "lorakit.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+    return output
+
+
+def sample_command(
+    base: str,
+    loras: list[tuple[str, float]],
+    prompts: list[str],
+    output: Path,
+    seed: int = 42,
+    steps: int | None = None,
+    config: Any = None,
+) -> list[Path]:
+    """``lorakit sample``: greedy answers for ``prompts``, printed and written to a file."""
+    import torch
+
+    from lorakit_llm.chat_templates import resolve_template
+    from lorakit_llm.generate import adapter_format, adapter_template, combine_adapters, generate
+    from lorakit_llm.section import LLMSection
+
+    section = (config.sections.get("llm") if config is not None else None) or LLMSection()
+    torch.manual_seed(seed)
+    model, tokenizer, refs = load_for_inference(base, loras)
+    if len(refs) > 1:
+        combine_adapters(model, refs)
+    saved = adapter_template(refs[0].path) if refs else None
+    if section.chat_template is None and saved:
+        template: str | None = saved
+    else:
+        template, _ = resolve_template(section.chat_template, tokenizer)
+    if refs and adapter_format(refs[0].path) in ("prompt_completion", "text"):
+        template = None
+    blocks = []
+    for prompt in prompts:
+        answer = generate(
+            model, tokenizer, [{"role": "user", "content": prompt}], template=template,
+            max_new_tokens=steps or section.sample_max_new_tokens,
+        )  # fmt: skip
+        print(f"### {prompt}\n{answer}\n")
+        blocks.append(f"### {prompt}\n{answer}\n")
+    path = Path(output) / "samples.txt"
+    write_text(path, "\n".join(blocks))
+    return [path]

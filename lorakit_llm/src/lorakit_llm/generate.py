@@ -1,0 +1,211 @@
+"""Text generation and adapter handling shared by sampling, ``lorakit sample`` and ``chat``.
+
+One base model carries several named PEFT adapters: each is loaded once and scaled by its
+weight; :func:`use_adapter` switches between them, :func:`combine_adapters` adds a weighted
+combination (peft ``add_weighted_adapter``, ``cat``: the exact sum of the weighted updates,
+whatever the ranks). Generation is greedy, so the same prompt gives the same answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakit.errors import UsageError
+from lorakit.io import write_text
+from lorakit_llm.chat_templates import end_markers
+from lorakit_llm.tokenize import render
+
+COMBINED = "combined"
+
+
+@dataclass
+class AdapterRef:
+    """An adapter the user named: ``[NAME=]PATH[:WEIGHT]``."""
+
+    name: str
+    path: Path
+    weight: float = 1.0
+
+
+def adapter_dir(path: str | Path) -> Path:
+    """The folder holding ``adapter_config.json``: ``path`` itself or ``path/adapter``."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    if not path.exists():
+        raise UsageError(f"adapter not found: {path}")
+    raise UsageError(f"{path} is not a PEFT adapter (no adapter_config.json in it or in adapter/)")
+
+
+def parse_adapters(items: list[tuple[str, float]]) -> list[AdapterRef]:
+    """``(text, weight)`` pairs (the core's ``path[:weight]`` parse) → named adapters."""
+    refs: list[AdapterRef] = []
+    for text, weight in items:
+        name, sep, rest = text.partition("=")
+        if sep and name and "/" not in name:
+            path = adapter_dir(rest)
+        else:
+            path = adapter_dir(text)
+            name = path.parent.name if path.name == "adapter" else path.name
+        name = re.sub(r"[^\w.-]", "_", name) or "adapter"
+        base, k = name, 2
+        while name in {r.name for r in refs} or name == COMBINED:
+            name, k = f"{base}-{k}", k + 1
+        refs.append(AdapterRef(name, path, weight))
+    return refs
+
+
+def set_weight(model: Any, name: str, weight: float) -> None:
+    """Scale adapter ``name`` by ``weight`` (its update becomes weight × alpha/r × BA)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.set_scale(name, weight)
+
+
+def load_adapters(base_model: Any, refs: list[AdapterRef]) -> Any:
+    """A PeftModel over ``base_model`` with every adapter loaded and weighted."""
+    from peft import PeftModel
+
+    model: Any = None
+    for ref in refs:
+        try:
+            if model is None:
+                model = PeftModel.from_pretrained(base_model, str(ref.path), adapter_name=ref.name)
+            else:
+                model.load_adapter(str(ref.path), adapter_name=ref.name)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            text = str(exc).strip().splitlines()[0]
+            raise UsageError(f"cannot load adapter {ref.path} on this base model: {text}") from None
+        if ref.weight != 1.0:
+            set_weight(model, ref.name, ref.weight)
+    if model is not None:
+        model.set_adapter(refs[0].name)
+        model.eval()
+    return model
+
+
+def use_adapter(model: Any, name: str) -> None:
+    if name not in model.peft_config:
+        known = ", ".join(n for n in model.peft_config)
+        raise UsageError(f"no adapter named {name!r} (loaded: {known})")
+    model.set_adapter(name)
+
+
+def combine_adapters(model: Any, refs: list[AdapterRef]) -> str:
+    """Add (or replace) the adapter ``combined``: the weighted sum of ``refs``; activate it."""
+    if COMBINED in model.peft_config:
+        model.delete_adapter(COMBINED)
+    if any(getattr(model.peft_config[r.name], "use_dora", False) for r in refs):
+        raise UsageError("DoRA adapters cannot be combined; switch between them instead")
+    # The weights are already in each adapter's scale; combine at weight 1.
+    for ref in refs:
+        set_weight(model, ref.name, 1.0)
+    try:
+        model.add_weighted_adapter(
+            adapters=[r.name for r in refs], weights=[r.weight for r in refs],
+            adapter_name=COMBINED, combination_type="cat",
+        )  # fmt: skip
+    except (ValueError, NotImplementedError) as exc:
+        raise UsageError(f"cannot combine these adapters: {str(exc).splitlines()[0]}") from None
+    finally:
+        for ref in refs:
+            set_weight(model, ref.name, ref.weight)
+    # The weighted scales live in the combined A matrices: its own scale must be exactly 1
+    # (peft gives it alpha = rank, which rsLoRA would turn into sqrt(rank)).
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and COMBINED in module.scaling:
+            module.scaling[COMBINED] = 1.0
+    model.set_adapter(COMBINED)
+    return COMBINED
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], template: str | None) -> Any:
+    """Input ids for a conversation (chat template) or a raw prompt (``template`` None)."""
+    if template is None:
+        text = messages[-1]["content"]
+        return tokenizer(text, return_tensors="pt")["input_ids"]
+    text = render(tokenizer, messages, template, prompt=True)
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    *,
+    template: str | None,
+    max_new_tokens: int = 64,
+) -> str:
+    """The greedy continuation of a conversation, cut at the end of the assistant turn."""
+    from transformers import GenerationConfig
+
+    ids = prompt_ids(tokenizer, messages, template)
+    device = next(model.parameters()).device
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                generation_config=config,
+            )  # fmt: skip
+    finally:
+        model.train(was_training)
+    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    for marker in end_markers(template or ""):
+        text = text.split(marker, 1)[0]
+    return text.strip()
+
+
+def write_samples(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    path: Path,
+    *,
+    template: str | None,
+    max_new_tokens: int,
+) -> Path:
+    """Generate for every prompt and write ``### prompt`` / answer blocks to ``path``."""
+    blocks = []
+    for prompt in prompts:
+        answer = generate(
+            model, tokenizer, [{"role": "user", "content": prompt}],
+            template=template, max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        blocks.append(f"### {prompt}\n{answer}\n")
+    write_text(path, "\n".join(blocks))
+    return path
+
+
+def adapter_template(path: Path) -> str | None:
+    """The chat template saved beside an adapter, if any."""
+    file = path / "chat_template.jinja"
+    return file.read_text(encoding="utf-8") if file.is_file() else None
+
+
+def adapter_format(path: Path) -> str | None:
+    """The dataset format an adapter was trained on (from its lorakit.json), if known."""
+    file = path / "lorakit.json"
+    try:
+        return json.loads(file.read_text())["llm"]["dataset_format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,200 @@
+"""Loading a base model and its tokenizer: a folder, a hub id, or a ``.gguf`` file.
+
+- A folder (``config.json`` + weights) or a hub id goes to ``from_pretrained``; a hub id
+  respects ``HF_HUB_OFFLINE`` (only the local cache is read when it is set).
+- A ``.gguf`` file goes through transformers' GGUF loader (needs the ``gguf`` package); its
+  weights are dequantized to the training dtype, and its tokenizer and chat template are
+  read from the file's metadata.
+- An old GGML file (``ggjt``, ``ggml``, ``ggmf``, ``ggla`` magic, e.g.
+  ``llama-2-7b-chat.ggmlv3.q4_0.bin``) is recognised by its first bytes and refused with a
+  message that says how to convert it.
+- ``load_in_4bit`` loads the weights in 4-bit NF4 through bitsandbytes (QLoRA): CUDA only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import UsageError
+
+GGUF_MAGIC = b"GGUF"
+#: Old llama.cpp formats, as the bytes that start the file (a little-endian uint32 magic).
+GGML_MAGICS = {b"tjgg": "ggjt", b"lmgg": "ggml", b"fmgg": "ggmf", b"algg": "ggla"}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def file_magic(path: Path) -> str | None:
+    """``gguf``, a GGML magic name (``ggjt`` ...), or None for anything else."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return None
+    if head == GGUF_MAGIC:
+        return "gguf"
+    if head in GGML_MAGICS:
+        return GGML_MAGICS[head]
+    if head[::-1] in GGML_MAGICS:  # big-endian writers
+        return GGML_MAGICS[head[::-1]]
+    return None
+
+
+def ggml_message(path: Path, magic: str) -> str:
+    stem = path.name.split(".")[0]
+    return (
+        f"{path} is an old GGML model file (magic '{magic}'), not GGUF, and cannot be loaded; "
+        f"convert it with llama.cpp's convert_llama_ggml_to_gguf.py "
+        f"(python convert_llama_ggml_to_gguf.py --input {path.name} --output {stem}.gguf) "
+        f"or use a GGUF, safetensors or hub version of the model"
+    )
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where from_pretrained reads: a folder or hub id, and the GGUF file name in it."""
+
+    location: str
+    gguf_file: str | None = None
+    hub: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.location}/{self.gguf_file}" if self.gguf_file else self.location
+
+
+def resolve_base(base: str) -> BaseSource:
+    """Classify ``base``, refusing GGML files and other things that are not a causal LM."""
+    path = Path(base).expanduser()
+    if path.is_file():
+        magic = file_magic(path)
+        if magic == "gguf":
+            if importlib.util.find_spec("gguf") is None:
+                raise UsageError(
+                    f"{path}: loading a GGUF file needs the gguf package: pip install gguf"
+                )
+            return BaseSource(str(path.resolve().parent), gguf_file=path.name)
+        if magic is not None:
+            raise UsageError(ggml_message(path, magic))
+        if path.suffix == ".gguf":
+            raise UsageError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
+        raise UsageError(
+            f"{path}: a single weights file; lorakit-llm loads a model folder "
+            f"(config.json + weights), a hub id, or a .gguf file"
+        )
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return BaseSource(str(path))
+        if (path / "adapter_config.json").is_file():
+            raise UsageError(f"{path} is a LoRA adapter, not a base model (no config.json)")
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return resolve_base(str(ggufs[0]))
+        raise UsageError(f"{path}: no config.json (and not exactly one .gguf file) in this folder")
+    if "/" in base and not base.startswith((".", "/", "~")):
+        return BaseSource(base, hub=True)
+    raise UsageError(f"base model not found: {base}")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _load_error(source: BaseSource, what: str, exc: Exception) -> UsageError:
+    if source.hub and _offline():
+        return UsageError(
+            f"base model {source.location}: {what} is not in the local Hugging Face cache and "
+            f"HF_HUB_OFFLINE=1 forbids downloading; download it first or give a local folder"
+        )
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UsageError(f"cannot load {what} of {source.label}: {text}")
+
+
+def load_tokenizer(source: BaseSource) -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(source, "the tokenizer", exc) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UsageError(f"{source.label}: lorakit-llm needs a fast (tokenizers) tokenizer")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def quantization_config(compute_dtype: Any) -> Any:
+    """4-bit NF4 with double quantisation (QLoRA); errors that say what is missing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(
+            "llm.load_in_4bit: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this "
+            "machine has none; set llm.load_in_4bit: false"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError("llm.load_in_4bit needs bitsandbytes: pip install 'lorakit[bnb]'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_model(
+    source: BaseSource,
+    *,
+    dtype: Any,
+    load_in_4bit: bool = False,
+    attn_implementation: str | None = None,
+    device: Any = None,
+) -> Any:
+    """The causal LM in ``dtype`` (GGUF weights dequantized to it), or 4-bit for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if load_in_4bit:
+        kwargs["quantization_config"] = quantization_config(dtype)
+        index = getattr(device, "index", None)
+        kwargs["device_map"] = {"": index if index is not None else 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(source, "the model", exc) from None
+    return model
+
+
+def load_base(
+    base: str,
+    *,
+    dtype: Any,
+    load_in_4bit: bool = False,
+    attn_implementation: str | None = None,
+    device: Any = None,
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for a folder, hub id or .gguf file."""
+    source = resolve_base(base)
+    tokenizer = load_tokenizer(source)
+    model = load_model(
+        source, dtype=dtype, load_in_4bit=load_in_4bit,
+        attn_implementation=attn_implementation, device=device,
+    )  # fmt: skip
+    return model, tokenizer

@@ -1,0 +1,67 @@
+"""The ``llm:`` config section: text-specific settings, validated like the core's keys.
+
+This module imports only pydantic, so ``lorakit config validate`` and ``lorakit --help``
+stay fast. Every field is documented in docs/llm.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class LLMSection(BaseModel):
+    """Settings of the causal-LM backend (``llm:`` in the config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_seq_len: int = Field(
+        2048, gt=8, description="Longest sequence in tokens; longer rows are truncated."
+    )
+    packing: bool = Field(
+        True,
+        description="Pack several rows into one sequence of max_seq_len (no attention "
+        "across rows); false: length-grouped padded batches.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="null: the model's own template (chatml if it has none); a name "
+        "(chatml, llama2, alpaca, zephyr), a Jinja template, or a .jinja file.",
+    )
+    train_on_inputs: bool = Field(
+        False, description="false: loss only on the answer tokens; true: on every token."
+    )
+    dataset_format: str = Field(
+        "auto",
+        description="auto, qa, prompt_completion, alpaca, chat or text (or a plugin's reader).",
+    )
+    system_prompt: str | None = Field(
+        None, description="System message added to qa and alpaca rows (not to chat rows)."
+    )
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: load the base in 4-bit NF4 with bitsandbytes (CUDA only)."
+    )
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="dtype of the frozen base weights; auto: the mixed_precision dtype "
+        "(bf16 / fp16), else float32. GGUF weights are dequantized to it.",
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale alpha/sqrt(rank).")
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA.")
+    modules_to_save: list[str] | None = Field(
+        None, description="Modules trained in full and saved with the adapter (e.g. lm_head)."
+    )
+    attn_implementation: str | None = Field(
+        None, description="transformers attention: sdpa, eager, flash_attention_2 (null: auto)."
+    )
+    sample_max_new_tokens: int = Field(
+        64, gt=0, description="Tokens generated per sample prompt (greedy)."
+    )
+
+    @field_validator("modules_to_save", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
