@@ -27,7 +27,7 @@ def test_registrations(llm_plugins: Any) -> None:
     registries = llm_plugins.registries
     spec = registries.backends.get("llm")
     assert spec.task_types == ("text-generation",)
-    assert set(spec.commands) == {"merge", "sample"}
+    assert set(spec.commands) == {"merge", "sample", "demo"}
     assert list(spec.templates) == ["7b", "qlora"]
     readers = {"qa", "prompt_completion", "alpaca", "chat", "text"}
     assert readers <= set(registries.dataset_readers.names())
@@ -136,3 +136,11 @@ def test_chat_command_is_registered(capsys: pytest.CaptureFixture[str]) -> None:
         assert exc.code in (0, None)
     out = capsys.readouterr().out
     assert "--adapter" in out and "--combine" in out and "--prompt" in out
+
+
+def test_demo_builds_a_valid_config(tmp_path: Path) -> None:
+    from lorakit_llm.demo import demo_command
+
+    config = load_config(demo_command(tmp_path))
+    assert config.backend == "llm" and Path(config.train.base_model).is_dir()
+    assert config.section.modules_to_save == ["lm_head"] and config.train.max_steps == 60
