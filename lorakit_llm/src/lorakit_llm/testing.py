@@ -122,20 +122,25 @@ def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384) -> A
 
 
 def build_tiny_llama(
-    directory: str | Path, *, seed: int = 0, corpus: list[str] | None = None
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    corpus: list[str] | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
 ) -> Path:
-    """Save a random-weight 2-layer Llama and its tokenizer as a transformers folder."""
+    """Save a random-weight Llama (default: hidden 64, 2 layers) and its tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(corpus)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(hidden_size // 16, 2),
+        num_key_value_heads=max(hidden_size // 32, 1),
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
