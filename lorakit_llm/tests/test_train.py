@@ -129,6 +129,10 @@ def test_samples_during_training_match_lorakit_sample(
                "-p", "What is the capital of France?", "-o", tmp_path)  # fmt: skip
     assert code == 0
     assert (tmp_path / "samples.txt").read_text() == final  # greedy: the same answer
+    # After training, from the run's resolved config: its prompts and its adapter.
+    code = cli("sample", "--config", trained["output"] / "config.yaml", "-o", tmp_path / "c")
+    assert code == 0
+    assert (tmp_path / "c" / "samples.txt").read_text() == final
 
 
 @pytest.fixture(scope="session")

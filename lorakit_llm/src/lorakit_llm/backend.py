@@ -135,6 +135,13 @@ class LLMBackend(Backend):
             )  # fmt: skip
         elif train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        device = ctx.accelerator.device
+        if (
+            device.type != "cpu"
+            and not section.load_in_4bit
+            and train.distributed.strategy == "ddp"
+        ):
+            model.to(device)  # accelerate would move it anyway; the probe below runs there
         if self.packing and not packing_supported(model):
             ctx.log("llm: this model lets packed rows attend to each other; using padded batches")
             self.packing = False

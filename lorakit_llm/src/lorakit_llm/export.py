@@ -159,6 +159,11 @@ def sample_command(
     from lorakit_llm.section import LLMSection
 
     section = (config.sections.get("llm") if config is not None else None) or LLMSection()
+    if config is not None and not loras:
+        # After training: the run's own adapter, when it has one.
+        trained = Path(config.train.output_dir) / "adapter"
+        if (trained / "adapter_config.json").is_file():
+            loras = [(str(trained), 1.0)]
     torch.manual_seed(seed)
     model, tokenizer, refs = load_for_inference(base, loras)
     if len(refs) > 1:
