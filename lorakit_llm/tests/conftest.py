@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Appended, not prepended: other test folders import their own "conftest" by name.
+sys.path.append(str(Path(__file__).parent))
 
 # pytest's importlib mode imports this file as "lorakit_llm.tests.conftest" and registers the
 # project folder lorakit_llm/ (no __init__.py) as the module "lorakit_llm", hiding the
