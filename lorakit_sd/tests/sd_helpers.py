@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import lorakit
+
 
 class Capture:
     """A test plugin that keeps the trained backend's modules after the run ends."""
@@ -15,6 +17,7 @@ class Capture:
         self.unet: Any = None
         self.text_encoders: list[Any] = []
 
+    @lorakit.hookimpl
     def on_train_end(self, run: Any, outputs: list[str]) -> None:
         self.backend = run.backend
         self.unet = run.backend.unet
@@ -34,7 +37,6 @@ def train_tiny(
     import lorakit_sd.plugin
     from lorakit_sd.testing import tiny_config
 
-    import lorakit
     from lorakit.config import load_config
     from lorakit.engine import train
     from lorakit.plugins import build_plugins, set_plugins
@@ -43,7 +45,6 @@ def train_tiny(
     cap = None
     if capture:
         cap = Capture()
-        cap.on_train_end = lorakit.hookimpl(cap.on_train_end)  # type: ignore[method-assign]
         extra.append(("capture", cap))
     plugins = build_plugins(entry_points=False, extra=extra)
     set_plugins(plugins)
@@ -60,3 +61,69 @@ def train_tiny(
 def first_losses(output_dir: Path) -> list[float]:
     lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines]
+
+
+def _conditioning(pipe: Any, text_encoders: list[Any], family: str, captions: list[str]) -> Any:
+    import torch
+    from lorakit_sd.conditioning import encode_ids, tokenize
+
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+    with torch.no_grad():
+        hidden, pooled = encode_ids(tokenize(tokenizers, captions), text_encoders, family)
+    added = None
+    if family == "sdxl":
+        size = pipe.unet.config.sample_size * 2
+        ids = torch.tensor([[size, size, 0, 0, size, size]] * len(captions)).float()
+        added = {"text_embeds": pooled, "time_ids": ids}
+    return hidden, added
+
+
+def unet_output(pipe: Any, unet: Any, text_encoders: list[Any], family: str) -> Any:
+    """The UNet's prediction on fixed random latents, timesteps and captions."""
+    import torch
+
+    hidden, added = _conditioning(pipe, text_encoders, family, ["a red cat", "a dog, park"])
+    generator = torch.Generator().manual_seed(0)
+    size = pipe.unet.config.sample_size
+    x = torch.randn(2, 4, size, size, generator=generator)
+    with torch.no_grad():
+        out = unet(
+            x, torch.tensor([10, 600]), encoder_hidden_states=hidden, added_cond_kwargs=added
+        )
+    return out.sample, hidden
+
+
+def denoising_loss(
+    pipe: Any, unet: Any, text_encoders: list[Any], family: str, data: Path
+) -> float:
+    """Mean noise-prediction error on the training images at fixed noise and timesteps."""
+    import csv
+
+    import torch
+    from lorakit_sd.buckets import load_pixels
+    from lorakit_sd.cache import encode_moments
+
+    with open(data / "metadata.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    size = pipe.unet.config.sample_size * 2
+    pixels = torch.stack([load_pixels(str(data / r["file_name"]), (size, size)) for r in rows])
+    moments = encode_moments(pipe.vae, pixels)
+    latents = moments[:, :4] * pipe.vae.config.scaling_factor
+    hidden, added = _conditioning(pipe, text_encoders, family, [r["text"] for r in rows])
+    total = 0.0
+    steps = [50, 200, 400, 600, 800, 950]
+    with torch.no_grad():
+        for t in steps:
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(t))
+            timesteps = torch.full((len(rows),), t)
+            noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+            pred = unet(noisy, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added)
+            total += torch.nn.functional.mse_loss(pred.sample, noise).item()
+    return total / len(steps)
+
+
+def lora_keys(path: Path) -> tuple[list[str], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys()), dict(f.metadata() or {})

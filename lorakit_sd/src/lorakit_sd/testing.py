@@ -15,7 +15,9 @@ packages can exercise the loading paths a user hits:
 
 The SDXL-shaped model keeps SDXL's structure: two text encoders of different widths (the
 second with a projection), ``text_time`` added conditioning, linear ``proj_in``, a
-cross-attention up block with an upsampler, and two transformer layers in its attention block.
+cross-attention up block with an upsampler, and two transformer layers in its inner block.
+Both tiny UNets have attention at full latent resolution (as SD1 does; SDXL's outer block has
+none), so a LoRA on the attention can overfit a few images in a few steps.
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0) -> Any:
     unet = UNet2DConditionModel(
         sample_size=TINY_RESOLUTION // TINY_VAE_FACTOR, in_channels=4, out_channels=4,
         block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         transformer_layers_per_block=(1, 2), cross_attention_dim=32 + 64,
         attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
         addition_embed_type="text_time", addition_time_embed_dim=8,

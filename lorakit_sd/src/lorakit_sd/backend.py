@@ -1,0 +1,371 @@
+"""The ``sd`` backend: LoRA on a Stable Diffusion 1.x / SDXL UNet (and text encoders).
+
+The engine owns the loop; this class loads the base model, injects LoRA through peft,
+builds the (cached) dataset and aspect-ratio batches, and computes the noise-prediction
+loss. Every random draw of a step (caption dropout, tag order, flips, the latent sample, the
+noise, the timesteps) comes from torch's global generator, whose state the engine saves in
+each checkpoint: a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakit.backend import Backend, LossOutput, TrainContext
+from lorakit.errors import ConfigError, RunError
+from lorakit_sd.config import SDSection, expand_targets
+
+DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024}
+OOM_LADDER = (
+    "lower batch_size first (raise gradient_accumulation_steps to keep the effective batch), "
+    "then sd.resolution (e.g. 1024 → 768, 512 → 448), then lora_rank; make sure "
+    "gradient_checkpointing is on and mixed_precision is bf16; see docs/sd.md"
+)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class SDBackend(Backend):
+    """Stable Diffusion 1.x / SDXL LoRA training."""
+
+    throughput_unit = "samples"
+    default_export_formats = ("kohya", "diffusers")
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.section: SDSection = config.section or SDSection()
+        self.started_at = time.time()
+        self.items: list[Any] = []
+        self.index: list[int] = []
+        self._module: Any = None
+
+    # -- model ---------------------------------------------------------------------------
+    def validate(self, ctx: TrainContext) -> None:
+        """Read and check every image and caption before the model loads."""
+        from lorakit_sd.models import peek_family
+
+        t, sec = self.config.train, self.section
+        family = peek_family(t.base_model, sec.model_family)
+        if family is not None:
+            self.resolution = sec.resolution or DEFAULT_RESOLUTION[family]
+            self._read_data(ctx)
+
+    def _read_data(self, ctx: TrainContext) -> None:
+        from lorakit_sd.buckets import bucket_sizes
+        from lorakit_sd.dataset import build_items
+
+        sec = self.section
+        buckets = None
+        if sec.bucket:
+            buckets = bucket_sizes(
+                self.resolution,
+                sec.bucket_step,
+                sec.min_bucket_resolution,
+                sec.max_bucket_resolution,
+            )
+        self.items, self.index = build_items(
+            self.config, ctx.registries, buckets, self.resolution, ctx.log
+        )
+
+    def setup(self, ctx: TrainContext) -> None:
+        from diffusers import DDPMScheduler
+
+        from lorakit_sd.models import load_base
+
+        t, sec = self.config.train, self.section
+        self.model = load_base(
+            t.base_model, base_config=sec.base_config, model_family=sec.model_family,
+            allow_unsafe_pickle=sec.allow_unsafe_pickle,
+        )  # fmt: skip
+        self.family = self.model.family
+        pipe = self.model.pipe
+        self.unet = pipe.unet
+        self.resolution = sec.resolution or DEFAULT_RESOLUTION[self.family]
+        self.factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1) * 2 ** (
+            len(self.unet.config.down_block_types) - 1
+        )
+        step = sec.bucket_step if sec.bucket else self.resolution
+        if step % self.factor:
+            key = "sd.bucket_step" if sec.bucket else "sd.resolution"
+            raise ConfigError(f"must be a multiple of {self.factor} for this model", key=key)
+        self.device = ctx.accelerator.device
+        self.weight_dtype = ctx.weight_dtype
+        half = self.weight_dtype == torch.float16
+        self.vae_dtype = torch.float32 if (self.family == "sdxl" and half) else self.weight_dtype
+        overrides = {"prediction_type": sec.prediction_type} if sec.prediction_type else {}
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, **overrides)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(
+                f"the model's scheduler predicts {self.prediction_type!r}; "
+                "set epsilon or v_prediction",
+                key="sd.prediction_type",
+            )
+        self.unet.to(self.weight_dtype)
+        targets = expand_targets(t.target_modules)
+        self.unet_targets = targets
+        self._add_lora(self.unet, targets, "target_modules")
+        self.train_text = sec.train_text_encoder
+        for encoder in self.model.text_encoders:
+            encoder.to(self.weight_dtype)
+            if self.train_text:
+                self._add_lora(
+                    encoder, sec.text_encoder_target_modules, "sd.text_encoder_target_modules"
+                )
+        for module in (self.unet, *self.model.text_encoders):
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        if t.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if self.train_text:
+                for encoder in self.model.text_encoders:
+                    encoder.gradient_checkpointing_enable()
+        self.unet.train()
+        if self.train_text:
+            for encoder in self.model.text_encoders:
+                encoder.train()
+        if sec.text_encoder_lr is not None and sec.text_encoder_lr != t.learning_rate:
+            ctx.log(
+                "warning: sd.text_encoder_lr needs lorakit's parameter-group support; the text "
+                "encoder trains at learning_rate in this version"
+            )
+
+    def _add_lora(self, module: Any, targets: list[str], key: str) -> None:
+        from peft import LoraConfig
+
+        t = self.config.train
+        config = LoraConfig(
+            r=t.lora_rank, lora_alpha=t.alpha, lora_dropout=t.lora_dropout,
+            target_modules=targets, init_lora_weights="gaussian",
+        )  # fmt: skip
+        try:
+            module.add_adapter(config)
+        except ValueError as exc:
+            if "not found" in str(exc) or "Target modules" in str(exc):
+                raise ConfigError(f"no module matches {targets} in the model", key=key) from None
+            raise
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        return self.model.text_encoders
+
+    def trainable_module(self) -> torch.nn.Module:
+        from lorakit_sd.conditioning import SDTrainModule
+
+        if self._module is None:
+            encoders = None if self.text_cached else self.model.text_encoders
+            self._module = SDTrainModule(self.unet, encoders, self.family, self.train_text)
+        return self._module
+
+    # -- data ----------------------------------------------------------------------------
+    def dataset(self, ctx: TrainContext) -> Any:
+        from lorakit_sd.cache import build_latent_cache, build_text_cache
+        from lorakit_sd.dataset import SDDataset
+
+        sec = self.section
+        if not self.items:
+            self._read_data(ctx)
+        self.latents_cached = sec.latent_cache_enabled()
+        self.text_cached = sec.text_cache_enabled()
+        root = ctx.cache_dir if sec.cache_to_disk else None
+        vae = self.model.pipe.vae
+        latents = text = None
+        captions: list[str] = []
+        caption_ids: list[int] = []
+        with ctx.accelerator.main_process_first():
+            vae.to(self.device, self.vae_dtype)
+            if self.latents_cached:
+                latents = build_latent_cache(
+                    self.items, vae, flip=sec.flip_aug, batch_size=sec.vae_batch_size,
+                    directory=root / "latents" if root else None, log=ctx.log,
+                )  # fmt: skip
+                vae.to("cpu")
+            for encoder in self.text_encoders:
+                encoder.to(self.device)
+            if self.text_cached:
+                positions: dict[str, int] = {}
+                for item in self.items:
+                    caption_ids.append(positions.setdefault(item.caption, len(positions)))
+                captions = list(positions) + [""]
+                text = build_text_cache(
+                    captions, self.model.tokenizers, self.text_encoders, self.family,
+                    batch_size=sec.vae_batch_size * 4,
+                    directory=root / "text" if root else None, log=ctx.log,
+                )  # fmt: skip
+                self.empty = {k: v.to(self.device) for k, v in text.get(len(captions) - 1).items()}
+                for encoder in self.text_encoders:
+                    encoder.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return SDDataset(self.items, self.index, self.family, latents, text, caption_ids)
+
+    def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
+        from lorakit_sd.buckets import BucketBatchSampler
+
+        return BucketBatchSampler(dataset.buckets(), batch_size, seed)
+
+    def dataset_fingerprint(self) -> str:
+        from lorakit_sd.dataset import fingerprint
+
+        return fingerprint(self.items, self.index)
+
+    # -- loss ----------------------------------------------------------------------------
+    def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
+        try:
+            return self._loss(module, batch)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            t = self.config.train
+            raise RunError(
+                f"out of memory (batch_size {t.batch_size}, sd.resolution {self.resolution}, "
+                f"lora_rank {t.lora_rank}): {OOM_LADDER}"
+            ) from None
+
+    def _loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        from lorakit_sd.cache import encode_moments
+        from lorakit_sd.conditioning import shuffle_tags, tokenize
+
+        sec, dev, wd = self.section, self.device, self.weight_dtype
+        n = self.count(batch)
+        drop = torch.rand(n) < sec.caption_dropout if sec.caption_dropout > 0 else None
+        kwargs: dict[str, Any] = {}
+        if self.text_cached:
+            hidden = batch["hidden"].to(dev)
+            pooled = batch["pooled"].to(dev) if "pooled" in batch else None
+            if drop is not None and drop.any():
+                mask = drop.to(dev)
+                hidden = torch.where(mask[:, None, None], self.empty["hidden"], hidden)
+                if pooled is not None:
+                    pooled = torch.where(mask[:, None], self.empty["pooled"], pooled)
+            kwargs["hidden"] = hidden.to(wd)
+            kwargs["pooled"] = pooled.to(wd) if pooled is not None else None
+        else:
+            captions = list(batch["caption"])
+            if sec.shuffle_tags:
+                captions = [shuffle_tags(c, sec.keep_tokens) for c in captions]
+            if drop is not None:
+                captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+            kwargs["input_ids"] = tokenize(self.model.tokenizers, captions)
+        flip = torch.rand(n) < 0.5 if sec.flip_aug else None
+        if self.latents_cached:
+            moments = batch["moments"]
+            if flip is not None:
+                moments = torch.where(flip[:, None, None, None], batch["moments_flip"], moments)
+        else:
+            pixels = batch["pixels"]
+            if flip is not None:
+                pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+            moments = encode_moments(self.model.pipe.vae, pixels)
+        # contiguous: randn_like-style draws follow memory order, and the VAE's output may not
+        # be in row-major order; explicit shapes keep cached and uncached runs identical.
+        moments = moments.to(dev, torch.float32).contiguous()
+        latents = DiagonalGaussianDistribution(moments).sample()
+        vae_config = self.model.pipe.vae.config
+        shift = getattr(vae_config, "shift_factor", None) or 0.0
+        latents = (latents - shift) * vae_config.scaling_factor
+        noise = torch.randn(latents.shape, device=dev, dtype=latents.dtype)
+        if sec.noise_offset:
+            noise = noise + sec.noise_offset * torch.randn(
+                latents.shape[0], latents.shape[1], 1, 1, device=dev
+            )
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (n,), device=dev).long()
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        if self.family == "sdxl":
+            ids = batch["time_ids"]
+            if flip is not None:
+                ids = torch.where(flip[:, None], batch["time_ids_flip"], ids)
+            kwargs["time_ids"] = ids.to(dev, wd)
+        pred = module(noisy.to(wd), timesteps, **kwargs)
+        per_sample = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
+        per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+        if sec.min_snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(self.noise_scheduler, timesteps)
+            weight = snr.clamp(max=sec.min_snr_gamma)
+            weight = weight / (snr + 1) if self.prediction_type == "v_prediction" else weight / snr
+            per_sample = per_sample * weight
+        return LossOutput(per_sample.sum(), samples=n)
+
+    # -- previews ------------------------------------------------------------------------
+    def sample(self, ctx: TrainContext, step: int, directory: Path) -> list[Path]:
+        from lorakit_sd.sampling import render_and_save
+
+        prompts = self.config.train.sample_prompts
+        if not prompts:
+            return []
+        sec = self.section
+        parked = [
+            m for m in (self.model.pipe.vae, *self.text_encoders) if _device(m) != self.device
+        ]
+        for module in parked:
+            module.to(self.device)
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            return render_and_save(
+                self.model.pipe, self.family, prompts, Path(directory), f"step-{step:06d}",
+                sec=sec, seed=sec.sample_seed if sec.sample_seed is not None else self.config.train.seed,
+                width=sec.sample_width or self.resolution, height=sec.sample_height or self.resolution,
+                steps=sec.sample_steps, prediction_type=self.prediction_type, dtype=self.weight_dtype,
+            )  # fmt: skip
+        finally:
+            self.unet.train(was_training)
+            for module in parked:
+                module.to("cpu")
+
+    # -- export --------------------------------------------------------------------------
+    @property
+    def save_dtype(self) -> torch.dtype:
+        return getattr(torch, self.section.save_dtype)
+
+    def lora_modules(self) -> list[Any]:
+        """The trained LoRA as :class:`lorakit_sd.lora_format.LoraModule` objects."""
+        from peft.utils import get_peft_model_state_dict
+
+        from lorakit_sd.lora_format import LoraModule
+
+        parts = [("unet", self.unet)]
+        if self.train_text:
+            parts += list(zip(("te1", "te2"), self.text_encoders, strict=False))
+        modules = []
+        for component, model in parts:
+            config = model.peft_config["default"]
+            state = get_peft_model_state_dict(model)
+            paths = sorted({k.rsplit(".lora_", 1)[0] for k in state})
+            for path in paths:
+                down = state[f"{path}.lora_A.weight"].detach()
+                up = state[f"{path}.lora_B.weight"].detach()
+                alpha = float(config.alpha_pattern.get(path, config.lora_alpha))
+                modules.append(LoraModule(component, path, down, up, alpha))
+        return modules
+
+    def teardown(self) -> None:
+        self._module = None
+        self.model = None  # type: ignore[assignment]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _device(module: Any) -> torch.device:
+    return next(module.parameters()).device
+
+
+def create(config: Any) -> SDBackend:
+    """The backend factory registered as ``sd``."""
+    return SDBackend(config)

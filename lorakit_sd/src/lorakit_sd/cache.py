@@ -1,0 +1,171 @@
+"""Latent and text-encoder-output caches: computed once, in memory or on disk.
+
+Latents are cached as the VAE's distribution parameters (mean and log-variance), not as one
+sample: each step still draws a fresh latent from them with torch's global generator, exactly
+as encoding every step would, so a cached run and an uncached run see the same numbers.
+Caption embeddings are cached per distinct caption, plus the empty caption that
+``caption_dropout`` trains with.
+
+On disk (``sd.cache_to_disk``) each entry is a small safetensors file under
+``<cache_dir>/latents/`` or ``<cache_dir>/text/``, named by a hash of the image bytes (or the
+caption), the crop and bucket, and the encoder's weights: a later run with the same settings
+reuses it, a changed image or model misses it. Files are read back lazily, so memory does not
+grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakit.io import save_safetensors
+
+CACHE_VERSION = 1
+
+
+def weights_id(module: torch.nn.Module) -> str:
+    """A short fingerprint of a module's weights (names, shapes and a sample of values)."""
+    digest = hashlib.sha256()
+    state = module.state_dict()
+    names = sorted(state)
+    for name in names:
+        digest.update(f"{name}:{tuple(state[name].shape)};".encode())
+    for name in names[:4] + names[-4:]:
+        digest.update(state[name].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(*parts: Any) -> str:
+    blob = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:40]
+
+
+class EntryStore:
+    """Tensor dicts by index: in memory, or as files under a folder read back on demand."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.memory: dict[int, dict[str, torch.Tensor]] = {}
+        self.files: dict[int, Path] = {}
+        self.hits = 0
+
+    def lookup(self, index: int, key: str) -> bool:
+        """Register an index's on-disk entry if it exists; return whether it does."""
+        if self.directory is None:
+            return False
+        path = self.directory / f"{key}.safetensors"
+        if path.is_file():
+            self.files[index] = path
+            self.hits += 1
+            return True
+        return False
+
+    def put(self, index: int, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+        if self.directory is None:
+            self.memory[index] = tensors
+            return
+        path = self.directory / f"{key}.safetensors"
+        save_safetensors(tensors, path, metadata={"lorakit.cache": str(CACHE_VERSION)})
+        self.files[index] = path
+
+    def get(self, index: int) -> dict[str, torch.Tensor]:
+        if index in self.memory:
+            return self.memory[index]
+        from safetensors.torch import load_file
+
+        return load_file(str(self.files[index]))
+
+
+def encode_moments(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """The VAE posterior's parameters (mean ‖ log-variance) for a pixel batch in [-1, 1]."""
+    param = next(vae.parameters())
+    with torch.no_grad():
+        return (
+            vae.encode(pixels.to(param.device, param.dtype))
+            .latent_dist.parameters.float()
+            .contiguous()
+        )
+
+
+def build_latent_cache(
+    items: list[Any],
+    vae: Any,
+    *,
+    flip: bool,
+    batch_size: int,
+    directory: Path | None,
+    log: Any = print,
+) -> EntryStore:
+    """Moments for every item (and its mirror image when ``flip``)."""
+    from lorakit_sd.buckets import load_pixels
+
+    store = EntryStore(directory)
+    vae_id = weights_id(vae)
+    keys = [cache_key("latent", it.content_hash, it.bucket, it.size, flip, vae_id) for it in items]
+    todo = [i for i in range(len(items)) if not store.lookup(i, keys[i])]
+    if store.hits:
+        log(f"latent cache: {store.hits} of {len(items)} images found in {directory}")
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for i in todo:
+        by_bucket.setdefault(items[i].bucket, []).append(i)
+    done = 0
+    for bucket in sorted(by_bucket):
+        group = by_bucket[bucket]
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            pixels = torch.stack([load_pixels(items[i].image, bucket) for i in chunk])
+            moments = encode_moments(vae, pixels)
+            flipped = encode_moments(vae, pixels.flip(-1)) if flip else None
+            for j, i in enumerate(chunk):
+                entry = {"moments": moments[j]}
+                if flipped is not None:
+                    entry["moments_flip"] = flipped[j]
+                store.put(i, keys[i], entry)
+            done += len(chunk)
+    if done:
+        log(f"latent cache: encoded {done} images")
+    return store
+
+
+def encode_captions(
+    captions: list[str], tokenizers: list[Any], text_encoders: list[Any], family: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states, pooled embedding or None) as the SD1/SDXL pipelines compute them."""
+    from lorakit_sd.conditioning import encode_ids, tokenize
+
+    with torch.no_grad():
+        return encode_ids(tokenize(tokenizers, captions), text_encoders, family)
+
+
+def build_text_cache(
+    captions: list[str],
+    tokenizers: list[Any],
+    text_encoders: list[Any],
+    family: str,
+    *,
+    batch_size: int,
+    directory: Path | None,
+    log: Any = print,
+) -> EntryStore:
+    """Embeddings for each distinct caption (indexed by position in ``captions``)."""
+    store = EntryStore(directory)
+    te_id = "+".join(weights_id(te) for te in text_encoders)
+    keys = [cache_key("text", family, c, te_id) for c in captions]
+    todo = [i for i in range(len(captions)) if not store.lookup(i, keys[i])]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        hidden, pooled = encode_captions(
+            [captions[i] for i in chunk], tokenizers, text_encoders, family
+        )
+        for j, i in enumerate(chunk):
+            entry = {"hidden": hidden[j]}
+            if pooled is not None:
+                entry["pooled"] = pooled[j]
+            store.put(i, keys[i], entry)
+    log(f"text cache: {len(captions)} captions ({store.hits} from disk, {len(todo)} encoded)")
+    return store

@@ -1,0 +1,144 @@
+"""The ``kohya`` and ``diffusers`` exporters and the metadata the files carry.
+
+``<name>.safetensors`` is the kohya/A1111/ComfyUI format, with the ``ss_*`` training
+metadata A1111 shows and the ``modelspec.*`` keys; ``<name>.diffusers.safetensors`` holds the
+same tensors under diffusers/PEFT names, with the LoRA config (rank, alpha) in its header so
+``pipe.load_lora_weights`` restores the exact scale. Both carry lorakit's provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lorakit.io import save_safetensors
+
+BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+ARCHITECTURES = {"sd1": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+IMPLEMENTATIONS = {"sd1": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def format_metadata(
+    family: str, name: str, rank: int, alpha: float, resolution: int | None = None
+) -> dict[str, str]:
+    """What every kohya-format file needs to be read right (A1111 treats no version as SD1)."""
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": _num(alpha),
+        "ss_base_model_version": BASE_MODEL_VERSIONS[family],
+        "ss_v2": "False",
+        "ss_output_name": name,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": ARCHITECTURES[family],
+        "modelspec.implementation": IMPLEMENTATIONS[family],
+        "modelspec.title": name,
+        "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if resolution:
+        meta["modelspec.resolution"] = f"{resolution}x{resolution}"
+    return meta
+
+
+def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
+    """``ss_*`` keys describing the run (what A1111's training-info panel shows)."""
+    t, sec = backend.config.train, backend.section
+    per_epoch = max(1, -(-len(backend.index) // t.batch_size))
+    epoch = (step * t.gradient_accumulation_steps) // per_epoch
+    tags: dict[str, Counter[str]] = {}
+    dirs: dict[str, dict[str, int]] = {}
+    for k, item in enumerate(backend.items):
+        folder = Path(item.folder).name
+        counter = tags.setdefault(folder, Counter())
+        for tag in item.caption.split(","):
+            if tag.strip():
+                counter[tag.strip()] += 1
+        entry = dirs.setdefault(folder, {"n_repeats": 0, "img_count": 0})
+        entry["img_count"] += 1
+        entry["n_repeats"] = (
+            backend.index.count(k) if entry["img_count"] == 1 else entry["n_repeats"]
+        )
+    te_lr = sec.text_encoder_lr or t.learning_rate
+    meta = {
+        "ss_training_started_at": str(int(backend.started_at)),
+        "ss_training_finished_at": str(int(time.time())),
+        "ss_steps": str(step),
+        "ss_epoch": str(epoch),
+        "ss_max_train_steps": str(t.max_steps or ""),
+        "ss_num_train_images": str(len(backend.index)),
+        "ss_batch_size_per_device": str(t.batch_size),
+        "ss_gradient_accumulation_steps": str(t.gradient_accumulation_steps),
+        "ss_learning_rate": _num(t.learning_rate),
+        "ss_unet_lr": _num(t.learning_rate),
+        "ss_text_encoder_lr": _num(te_lr) if sec.train_text_encoder else "0",
+        "ss_lr_scheduler": t.lr_scheduler,
+        "ss_lr_warmup_steps": str(t.lr_warmup_steps),
+        "ss_optimizer": t.optimizer,
+        "ss_seed": str(t.seed),
+        "ss_mixed_precision": t.mixed_precision,
+        "ss_gradient_checkpointing": str(t.gradient_checkpointing),
+        "ss_network_dropout": _num(t.lora_dropout),
+        "ss_resolution": f"({backend.resolution}, {backend.resolution})",
+        "ss_enable_bucket": str(sec.bucket),
+        "ss_noise_offset": _num(sec.noise_offset),
+        "ss_min_snr_gamma": _num(sec.min_snr_gamma) if sec.min_snr_gamma else "None",
+        "ss_caption_dropout_rate": _num(sec.caption_dropout),
+        "ss_shuffle_caption": str(sec.shuffle_tags),
+        "ss_keep_tokens": str(sec.keep_tokens),
+        "ss_flip_aug": str(sec.flip_aug),
+        "ss_cache_latents": str(backend.latents_cached),
+        "ss_sd_model_name": Path(t.base_model).name,
+        "ss_tag_frequency": json.dumps({k: dict(v) for k, v in tags.items()}),
+        "ss_dataset_dirs": json.dumps(dirs),
+        "modelspec.prediction_type": backend.prediction_type,
+    }
+    return meta
+
+
+def _step(metadata: dict[str, str]) -> int:
+    try:
+        return int(metadata.get("lorakit.step", "0"))
+    except ValueError:
+        return 0
+
+
+def export_kohya(backend: Any, directory: Path, name: str, metadata: dict[str, str]) -> list[Path]:
+    """``<name>.safetensors``: kohya/A1111 keys, alpha, ``ss_*`` and ``modelspec.*``."""
+    from lorakit_sd.lora_format import UnetLayout, model_hash, to_kohya
+
+    modules = backend.lora_modules()
+    layout = UnetLayout.from_config(backend.unet.config)
+    tensors = to_kohya(modules, backend.family, layout, backend.save_dtype)
+    t = backend.config.train
+    meta = dict(metadata)
+    meta.update(training_metadata(backend, name, _step(metadata)))
+    meta.update(format_metadata(backend.family, name, t.lora_rank, t.alpha, backend.resolution))
+    meta["sshs_model_hash"] = model_hash(tensors)
+    path = Path(directory) / f"{name}.safetensors"
+    save_safetensors(tensors, path, metadata=meta)
+    return [path]
+
+
+def export_diffusers(
+    backend: Any, directory: Path, name: str, metadata: dict[str, str]
+) -> list[Path]:
+    """``<name>.diffusers.safetensors``: diffusers/PEFT keys with the LoRA config in the header."""
+    from lorakit_sd.lora_format import to_diffusers
+
+    tensors, format_meta = to_diffusers(backend.lora_modules(), backend.save_dtype)
+    t = backend.config.train
+    meta = dict(metadata)
+    meta.update(training_metadata(backend, name, _step(metadata)))
+    meta.update(format_metadata(backend.family, name, t.lora_rank, t.alpha, backend.resolution))
+    meta.update(format_meta)
+    path = Path(directory) / f"{name}.diffusers.safetensors"
+    save_safetensors(tensors, path, metadata=meta)
+    return [path]

@@ -1,0 +1,434 @@
+"""LoRA files: the kohya/A1111 format, the diffusers/PEFT format, and a strict reader.
+
+Both formats describe the same thing, a set of adapted modules each with a ``down`` ([r, in]
+or [r, in, kh, kw]) and an ``up`` ([out, r] or [out, r, 1, 1]) matrix and an ``alpha`` (the
+update is ``up @ down * alpha / r``). Inside lorakit a LoRA is a list of
+:class:`LoraModule`; this module names them for each format and reads either back.
+
+kohya keys are ``lora_unet_<path>`` (SD1: diffusers path; SDXL: original SGM path),
+``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` + the text model path with its ``text_model.``
+level, dots as underscores, each with ``.lora_down.weight``, ``.lora_up.weight``, ``.alpha``.
+diffusers keys are ``unet.<path>.lora_A.weight`` / ``.lora_B.weight`` and
+``text_encoder[_2].text_model.<path>...``, with alpha in the ``lora_adapter_metadata``
+header entry. :func:`resolve` refuses any key that maps to no module of the model, and any
+shape that does not fit: diffusers and the UIs skip such keys without a word.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import UsageError
+from lorakit_sd.ldm import text_model_path, unet_path_to_ldm
+
+KOHYA_PREFIXES = {"sd1": {"te1": "lora_te_"}, "sdxl": {"te1": "lora_te1_", "te2": "lora_te2_"}}
+DIFFUSERS_PREFIXES = {"unet": "unet.", "te1": "text_encoder.", "te2": "text_encoder_2."}
+METADATA_KEY = "lora_adapter_metadata"
+
+
+@dataclass
+class LoraModule:
+    """One adapted module: where it is, and its low-rank update."""
+
+    component: str  # unet | te1 | te2
+    path: str  # the module's path in the loaded model
+    down: Any
+    up: Any
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self, weight: float = 1.0) -> Any:
+        """The full weight update ``up @ down * alpha / r * weight`` (float32)."""
+        up = self.up.float().flatten(1)
+        down = self.down.float().flatten(1)
+        scale = self.alpha / self.rank * weight
+        delta = (up @ down) * scale
+        if self.down.ndim == 4:
+            return delta.reshape(self.up.shape[0], *self.down.shape[1:])
+        return delta
+
+
+@dataclass
+class UnetLayout:
+    """What naming SDXL UNet modules under their original names needs."""
+
+    layers_per_block: int
+    up_has_attention: list[bool]
+
+    @classmethod
+    def from_config(cls, config: Any) -> UnetLayout:
+        from lorakit_sd.ldm import unet_layout
+
+        lpb, ups = unet_layout(config)
+        return cls(lpb, ups)
+
+
+def kohya_name(component: str, path: str, family: str, layout: UnetLayout | None) -> str:
+    """The kohya/A1111 key stem of a module."""
+    if component == "unet":
+        if family == "sdxl":
+            if layout is None:
+                raise ValueError("SDXL UNet names need the UNet layout")
+            path = unet_path_to_ldm(path, layout.layers_per_block, layout.up_has_attention)
+        return "lora_unet_" + path.replace(".", "_")
+    prefix = KOHYA_PREFIXES[family].get(component)
+    if prefix is None:
+        raise ValueError(f"{family} has no text encoder {component}")
+    return prefix + text_model_path(path).replace(".", "_")
+
+
+def diffusers_name(component: str, path: str) -> str:
+    """The diffusers-format key stem of a module (text models with ``text_model.``)."""
+    if component == "unet":
+        return "unet." + path
+    return DIFFUSERS_PREFIXES[component] + text_model_path(path)
+
+
+# -- module tables ---------------------------------------------------------------------------
+
+
+def lora_targets(module: Any) -> Iterable[tuple[str, Any]]:
+    """(path, module) of every Linear / Conv2d a LoRA can adapt (not LoRA's own layers)."""
+    import torch
+
+    for name, sub in module.named_modules():
+        if ".lora_" in name or name.startswith("lora_") or ".base_layer" in name:
+            continue
+        base = getattr(sub, "base_layer", None)
+        if base is not None and isinstance(base, torch.nn.Linear | torch.nn.Conv2d):
+            yield name, base
+        elif isinstance(sub, torch.nn.Linear | torch.nn.Conv2d):
+            yield name, sub
+
+
+def module_table(
+    unet: Any, text_encoders: list[Any], family: str
+) -> dict[str, tuple[str, str, Any]]:
+    """kohya key stem → (component, path, module) for everything a LoRA may adapt."""
+    layout = UnetLayout.from_config(unet.config)
+    table: dict[str, tuple[str, str, Any]] = {}
+    for path, mod in lora_targets(unet):
+        table[kohya_name("unet", path, family, layout)] = ("unet", path, mod)
+    for component, encoder in zip(("te1", "te2"), text_encoders, strict=False):
+        if encoder is None:
+            continue
+        for path, mod in lora_targets(encoder):
+            table[kohya_name(component, path, family, layout)] = (component, path, mod)
+    return table
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def _cast(tensor: Any, dtype: Any) -> Any:
+    return tensor.detach().to("cpu", dtype).contiguous()
+
+
+def to_kohya(
+    modules: list[LoraModule], family: str, layout: UnetLayout, dtype: Any
+) -> dict[str, Any]:
+    """The kohya/A1111 tensors: ``<key>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for m in modules:
+        stem = kohya_name(m.component, m.path, family, layout)
+        out[f"{stem}.lora_down.weight"] = _cast(m.down, dtype)
+        out[f"{stem}.lora_up.weight"] = _cast(m.up, dtype)
+        out[f"{stem}.alpha"] = torch.tensor(float(m.alpha), dtype=dtype)
+    return out
+
+
+def _short_target(component: str, path: str) -> str:
+    if component == "unet":
+        return path
+    full = text_model_path(path)
+    return full.removeprefix("text_model.")
+
+
+def to_diffusers(modules: list[LoraModule], dtype: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The diffusers/PEFT tensors and the header metadata that keeps alpha on reload."""
+    tensors: dict[str, Any] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for m in modules:
+        stem = diffusers_name(m.component, m.path)
+        tensors[f"{stem}.lora_A.weight"] = _cast(m.down, dtype)
+        tensors[f"{stem}.lora_B.weight"] = _cast(m.up, dtype)
+        prefix = DIFFUSERS_PREFIXES[m.component].rstrip(".")
+        cfg = configs.setdefault(prefix, {"targets": [], "ranks": {}, "alphas": {}})
+        target = _short_target(m.component, m.path)
+        cfg["targets"].append(target)
+        cfg["ranks"][target] = m.rank
+        cfg["alphas"][target] = float(m.alpha)
+    packed: dict[str, Any] = {}
+    for prefix, cfg in configs.items():
+        r = max(cfg["ranks"].values(), key=list(cfg["ranks"].values()).count)
+        alpha = max(cfg["alphas"].values(), key=list(cfg["alphas"].values()).count)
+        peft_cfg = {
+            "r": r,
+            "lora_alpha": alpha,
+            "target_modules": sorted(cfg["targets"]),
+            "rank_pattern": {k: v for k, v in cfg["ranks"].items() if v != r},
+            "alpha_pattern": {k: v for k, v in cfg["alphas"].items() if v != alpha},
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "use_dora": False,
+        }
+        packed.update({f"{prefix}.{k}": v for k, v in peft_cfg.items()})
+    metadata = {"format": "pt", METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+    return tensors, metadata
+
+
+def model_hash(tensors: dict[str, Any]) -> str:
+    """``sshs_model_hash``: sha256 of a safetensors file's bytes after the header."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    blob = save({k: v.contiguous() for k, v in tensors.items()})
+    (n,) = struct.unpack("<Q", blob[:8])
+    return hashlib.sha256(blob[8 + n :]).hexdigest()
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """A safetensors file's JSON header (tensor names and ``__metadata__``), without torch."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise UsageError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise UsageError(f"{path}: not a safetensors file")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UsageError(f"{path}: not a safetensors file (bad header)") from None
+    if not isinstance(header, dict):
+        raise UsageError(f"{path}: not a safetensors file (bad header)")
+    return header
+
+
+def file_format(keys: Iterable[str]) -> str | None:
+    """``kohya``, ``diffusers`` or None (not an SD LoRA) from tensor names."""
+    keys = [k for k in keys if k != "__metadata__"]
+    if keys and all(
+        k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys
+    ):
+        return "kohya"
+    if keys and all(k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) for k in keys):
+        return "diffusers"
+    return None
+
+
+def file_family(keys: Iterable[str], metadata: dict[str, str]) -> str:
+    """``sdxl`` or ``sd1``: from ss_base_model_version, else from the key names."""
+    version = metadata.get("ss_base_model_version", "")
+    if version.startswith("sdxl"):
+        return "sdxl"
+    if version.startswith("sd_v1"):
+        return "sd1"
+    arch = metadata.get("modelspec.architecture", "")
+    if arch.startswith("stable-diffusion-xl"):
+        return "sdxl"
+    for k in keys:
+        if k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")):
+            return "sdxl"
+        if k.startswith(("lora_unet_input_blocks", "lora_unet_output_blocks", "lora_unet_middle")):
+            return "sdxl"
+    return "sd1"
+
+
+@dataclass
+class LoraFile:
+    """A LoRA file as read: entries by key stem (kohya naming), metadata, format, family."""
+
+    path: Path
+    format: str
+    family: str
+    entries: dict[str, dict[str, Any]]
+    metadata: dict[str, str]
+
+
+def read_lora(path: str | Path, layout: UnetLayout | None = None) -> LoraFile:
+    """Read a kohya or diffusers LoRA file; entries are named the kohya way.
+
+    ``layout`` is the UNet layout used to name an SDXL diffusers-format file's UNet keys
+    (default: SDXL's own, two layers per block).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"LoRA file not found: {path}")
+    if path.suffix.lower() != ".safetensors":
+        raise UsageError(f"{path}: LoRA files must be .safetensors (pickled files are not read)")
+    header = read_header(path)
+    metadata = dict(header.get("__metadata__") or {})
+    fmt = file_format(header)
+    if fmt is None:
+        sample = next((k for k in header if k != "__metadata__"), "none")
+        raise UsageError(f"{path}: not an SD LoRA file (unexpected key {sample})")
+    family = file_family(header, metadata)
+    tensors = load_file(str(path))
+    if fmt == "kohya":
+        entries = _group_kohya(path, tensors)
+    else:
+        layout = layout or UnetLayout(2, [True, True, False])
+        entries = _group_diffusers(path, tensors, metadata, family, layout)
+    return LoraFile(path, fmt, family, entries, metadata)
+
+
+def _group_kohya(path: Path, tensors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        for suffix, field in (
+            (".lora_down.weight", "down"),
+            (".lora_up.weight", "up"),
+            (".alpha", "alpha"),
+        ):
+            if key.endswith(suffix):
+                entries.setdefault(key[: -len(suffix)], {})[field] = value
+                break
+        else:
+            raise UsageError(
+                f"{path}: unsupported key {key} (only plain LoRA: lora_down, lora_up, alpha)"
+            )
+    for stem, entry in entries.items():
+        if "down" not in entry or "up" not in entry:
+            raise UsageError(f"{path}: {stem} lacks its lora_down or lora_up weight")
+        entry["alpha"] = (
+            float(entry["alpha"]) if "alpha" in entry else float(entry["down"].shape[0])
+        )
+    return entries
+
+
+def _group_diffusers(
+    path: Path, tensors: dict[str, Any], metadata: dict[str, str], family: str, layout: UnetLayout
+) -> dict[str, dict[str, Any]]:
+    raw = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
+    by_component: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, value in tensors.items():
+        component = next(
+            (
+                c
+                for c, p in sorted(DIFFUSERS_PREFIXES.items(), key=lambda kv: -len(kv[1]))
+                if key.startswith(p)
+            ),
+            None,
+        )
+        if component is None:
+            raise UsageError(f"{path}: unexpected key {key}")
+        rest = key[len(DIFFUSERS_PREFIXES[component]) :]
+        for suffix, field in (
+            (".lora_A.weight", "down"),
+            (".lora_B.weight", "up"),
+            (".alpha", "alpha"),
+        ):
+            if rest.endswith(suffix):
+                by_component.setdefault(component, {}).setdefault(rest[: -len(suffix)], {})[
+                    field
+                ] = value
+                break
+        else:
+            raise UsageError(f"{path}: unsupported key {key} (only plain LoRA: lora_A, lora_B)")
+    entries: dict[str, dict[str, Any]] = {}
+    for component, modules in by_component.items():
+        prefix = DIFFUSERS_PREFIXES[component].rstrip(".")
+        alpha_default = raw.get(f"{prefix}.lora_alpha")
+        patterns = raw.get(f"{prefix}.alpha_pattern") or {}
+        for module_path, entry in modules.items():
+            if "down" not in entry or "up" not in entry:
+                raise UsageError(f"{path}: {module_path} lacks its lora_A or lora_B weight")
+            rank = int(entry["down"].shape[0])
+            if "alpha" in entry:
+                alpha = float(entry["alpha"])
+            else:
+                short = _short_target(component, module_path)
+                alpha = next(
+                    (
+                        float(v)
+                        for k, v in patterns.items()
+                        if short == k or short.endswith("." + k)
+                    ),
+                    None,
+                )
+                if alpha is None:
+                    alpha = float(alpha_default) if alpha_default is not None else float(rank)
+            if component == "unet" and family == "sdxl":
+                stem = kohya_name("unet", module_path, family, layout)
+            elif component == "unet":
+                stem = kohya_name("unet", module_path, family, None)
+            else:
+                stem = kohya_name(component, module_path, family, None)
+            entries[stem] = {"down": entry["down"], "up": entry["up"], "alpha": alpha}
+    return entries
+
+
+def resolve(lora: LoraFile, table: dict[str, tuple[str, str, Any]]) -> list[LoraModule]:
+    """Match every entry to a module of the model; refuse unknown keys and wrong shapes."""
+    unknown = sorted(stem for stem in lora.entries if stem not in table)
+    if unknown:
+        more = f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise UsageError(
+            f"{lora.path}: {len(unknown)} key(s) match no module of this {lora.family} model: "
+            f"{', '.join(unknown[:3])}{more}"
+        )
+    modules = []
+    for stem, entry in lora.entries.items():
+        component, path, module = table[stem]
+        check_shapes(lora.path, stem, entry["down"], entry["up"], tuple(module.weight.shape))
+        modules.append(LoraModule(component, path, entry["down"], entry["up"], entry["alpha"]))
+    return modules
+
+
+def check_shapes(source: Any, stem: str, down: Any, up: Any, weight_shape: tuple[int, ...]) -> None:
+    """Raise unless ``down``/``up`` fit a Linear or Conv2d weight of ``weight_shape``."""
+    out_features, in_features = weight_shape[0], weight_shape[1]
+    rank = down.shape[0]
+    ok = (
+        down.ndim in (2, 4)
+        and up.ndim == down.ndim
+        and up.shape[0] == out_features
+        and up.shape[1] == rank
+        and down.shape[1] == in_features
+        and (up.ndim == 2 or tuple(up.shape[2:]) == (1, 1))
+    )
+    if ok and down.ndim == 4 and len(weight_shape) == 4:
+        ok = tuple(down.shape[2:]) == weight_shape[2:]
+    elif ok and down.ndim == 4:
+        ok = tuple(down.shape[2:]) == (1, 1)
+    if not ok:
+        raise UsageError(
+            f"{source}: {stem} has shapes down {tuple(down.shape)} / up {tuple(up.shape)}, "
+            f"which do not fit the model's weight {weight_shape}"
+        )
+
+
+__all__ = [
+    "LoraFile",
+    "LoraModule",
+    "UnetLayout",
+    "check_shapes",
+    "diffusers_name",
+    "file_family",
+    "file_format",
+    "kohya_name",
+    "model_hash",
+    "module_table",
+    "read_header",
+    "read_lora",
+    "resolve",
+    "to_diffusers",
+    "to_kohya",
+]

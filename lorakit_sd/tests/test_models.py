@@ -1,0 +1,71 @@
+"""Loading base models: single file, diffusers folder, hub id; family detection; pickles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lorakit_sd.models import load_base, peek_family
+
+from lorakit.errors import UsageError
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("form", ["single_file", "diffusers"])
+def test_load_detects_family_and_keeps_every_weight(tiny_models, family, form):
+    model = tiny_models[family]
+    if form == "single_file":
+        loaded = load_base(str(model.single_file), base_config=str(model.config_dir))
+    else:
+        loaded = load_base(str(model.diffusers_dir))
+    assert loaded.family == family and loaded.source == form
+    assert peek_family(loaded.path) == family
+    assert len(loaded.text_encoders) == (2 if family == "sdxl" else 1)
+    reference = model.load()
+    for name in ("unet", "vae"):
+        want, got = getattr(reference, name).state_dict(), getattr(loaded.pipe, name).state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want)
+    assert not any(p.requires_grad for p in loaded.pipe.unet.parameters())
+    processors = {type(p).__name__ for p in loaded.pipe.unet.attn_processors.values()}
+    assert processors == {"AttnProcessor2_0"}  # torch SDPA
+
+
+def test_pickled_checkpoints_need_the_opt_in(tiny_models, tmp_path):
+    from safetensors.torch import load_file
+
+    model = tiny_models["sd1"]
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(str(model.single_file))}, ckpt)
+    with pytest.raises(UsageError, match="pickled checkpoint.*allow_unsafe_pickle"):
+        load_base(str(ckpt), base_config=str(model.config_dir))
+    loaded = load_base(str(ckpt), base_config=str(model.config_dir), allow_unsafe_pickle=True)
+    assert loaded.family == "sd1"
+
+
+def test_family_mismatch_and_unknown_files(tiny_models, tmp_path):
+    from safetensors.torch import save_file
+
+    from lorakit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sd.model_family"):
+        peek_family(str(tiny_models["sdxl"].single_file), "sd1")
+    other = tmp_path / "other.safetensors"
+    save_file({"model.layers.0.weight": torch.zeros(2)}, str(other))
+    with pytest.raises(UsageError, match="not an SD1 or SDXL checkpoint"):
+        load_base(str(other))
+    sd2 = tmp_path / "sd2.safetensors"
+    save_file({"cond_stage_model.model.positional_embedding": torch.zeros(2)}, str(sd2))
+    with pytest.raises(UsageError, match="SD 2.x"):
+        load_base(str(sd2))
+    with pytest.raises(UsageError, match="no model_index.json"):
+        load_base(str(tmp_path))
+
+
+def test_offline_single_file_without_configs_says_what_to_do(tiny_models, monkeypatch, tmp_path):
+    from lorakit_sd import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setitem(models.DEFAULT_CONFIG_REPOS, "sd1", "lorakit-tests/never-cached-sd1")
+    with pytest.raises(UsageError, match="sd.base_config"):
+        load_base(str(tiny_models["sd1"].single_file))
+    with pytest.raises(UsageError, match="not found in the local hub cache"):
+        load_base("someone/not-cached-model")
