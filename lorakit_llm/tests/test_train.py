@@ -16,6 +16,16 @@ from lorakit.errors import UsageError
 
 
 def cli(*args: str) -> int:
+    """Run the lorakit CLI in-process; its exit code."""
+    import lorakit.cli
+
+    # The CLI builds its command tree once per process, maybe before lorakit-llm was loaded.
+    if not any(
+        c.callback and c.callback.__name__ == "chat" for c in lorakit.cli.app.registered_commands
+    ):
+        from lorakit_llm.chat import register
+
+        register(lorakit.cli.app)
     try:
         main([str(a) for a in args])
     except SystemExit as exc:
