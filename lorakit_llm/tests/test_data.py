@@ -114,3 +114,33 @@ def test_tokenization_is_cached(
     monkeypatch.undo()
     backend.dataset(ctx)
     assert len(list((tmp_path / "k" / "cache").glob("tokens-*.safetensors"))) == 2
+
+
+class _CumulativeModel(torch.nn.Module):
+    """A 'model' whose every position sees every earlier token, position ids or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embed
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        hidden = self.embed(input_ids).cumsum(dim=1)
+        return type("Out", (), {"logits": hidden})()
+
+
+def test_packing_probe(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lorakit_llm.backend import packing_supported
+
+    backend, _, dataset = make_backend(assets, tmp_path / "probe")
+    assert packing_supported(backend.model) and dataset.packed
+    assert not packing_supported(_CumulativeModel())
+
+    monkeypatch.setattr("lorakit_llm.backend.packing_supported", lambda model: False)
+    fallback, _, plain = make_backend(assets, tmp_path / "fallback")
+    assert not fallback.packing and not plain.packed and len(plain) == 150
+    assert isinstance(fallback.batch_sampler(plain, 4, 0), LengthGroupedBatchSampler)

@@ -144,7 +144,7 @@ def quantization_config(compute_dtype: Any) -> Any:
             "machine has none; set llm.load_in_4bit: false"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UsageError("llm.load_in_4bit needs bitsandbytes: pip install 'lorakit[bnb]'")
+        raise UsageError("llm.load_in_4bit needs bitsandbytes: pip install 'lorakit-llm[qlora]'")
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
