@@ -83,6 +83,18 @@ def packing_supported(model: Any) -> bool:
     return bool(error <= 0.1 * reference + 1e-6)
 
 
+def _data_files(path: Path) -> list[Path]:
+    """Every visible file the data may come from (whatever reader reads it)."""
+    path = path.expanduser()
+    if path.is_file():
+        return [path]
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+
+
 class LLMBackend(Backend):
     """LoRA for transformers causal LMs (LLaMA, Mistral, Qwen, GPT-2 style)."""
 
@@ -185,12 +197,9 @@ class LLMBackend(Backend):
         )
 
     def dataset(self, ctx: TrainContext) -> TokenDataset:
-        from lorakit_llm.readers import data_files
-
         section, train = self.section, self.config.train
         self.reader_name, reader = self._reader(ctx.registries)
-        files = data_files(train.train_data_dir, (".jsonl", ".txt"))
-        self.data_hash = files_fingerprint(files)
+        self.data_hash = files_fingerprint(_data_files(Path(train.train_data_dir)))
         key = cache_key(
             reader=self.reader_name, data=self.data_hash,
             tokenizer=tokenizer_fingerprint(self.tokenizer, self.template),
