@@ -101,12 +101,12 @@ def run_trainer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    model = AutoModelForCausalLM.from_pretrained(
+    base = AutoModelForCausalLM.from_pretrained(
         args.model, dtype=torch.bfloat16 if bf16 else torch.float32
     )
     torch.manual_seed(0)
     model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+        base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                           task_type="CAUSAL_LM")
     )  # fmt: skip
     training = TrainingArguments(
