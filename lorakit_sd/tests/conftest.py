@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).parent))  # for sd_helpers; after the other folders
 # pytest's importlib mode imports this file as "lorakit_sd.tests.conftest" and registers the
 # project folder lorakit_sd/ (no __init__.py) as the module "lorakit_sd", hiding the installed
 # package (src/lorakit_sd): put the real package back.

@@ -1,0 +1,199 @@
+"""``lorakit export``, ``merge`` and ``sample`` for SD LoRA files.
+
+- ``export FILE --to kohya|diffusers [--base MODEL]``: convert between the two formats. With
+  ``--base`` every key is checked against that model; without, against the standard SD1.5 /
+  SDXL structure (built on the meta device: no weights are loaded).
+- ``merge --base CKPT --lora FILE[:w] ... -o OUT.safetensors``: bake LoRAs into a checkpoint.
+- ``sample --base MODEL --lora FILE[:w] ... -p PROMPT``: render with one or several LoRAs
+  applied together, one PNG per prompt plus a contact sheet.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import UsageError
+
+FORMATS = ("kohya", "diffusers")
+
+
+def standard_structure(family: str) -> tuple[Any, list[Any]]:
+    """The standard SD1.5 / SDXL UNet and text encoders on the meta device (no weights)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    text = resources.files("lorakit_sd").joinpath("data/standard_models.json").read_text()
+    spec = json.loads(text)[family]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**spec["unet"])
+        encoders = []
+        for cfg in spec["text_encoders"]:
+            cfg = dict(cfg)
+            cls = CLIPTextModelWithProjection if cfg.pop("with_projection") else CLIPTextModel
+            encoders.append(cls(CLIPTextConfig(**cfg)))
+    return unet, encoders
+
+
+def _section(config: Any) -> Any:
+    from lorakit_sd.config import SDSection
+
+    section = getattr(config, "section", None) if config is not None else None
+    return section if isinstance(section, SDSection) else SDSection()
+
+
+def _load(base: str, section: Any) -> Any:
+    from lorakit_sd.models import load_base
+
+    return load_base(
+        base,
+        base_config=section.base_config,
+        model_family=section.model_family,
+        allow_unsafe_pickle=section.allow_unsafe_pickle,
+    )
+
+
+def _default_output(source: Path, to: str) -> Path:
+    name = source.name
+    stem = (
+        name[: -len(".diffusers.safetensors")]
+        if name.endswith(".diffusers.safetensors")
+        else source.stem
+    )
+    if to == "diffusers":
+        return source.with_name(f"{stem}.diffusers.safetensors")
+    out = source.with_name(f"{stem}.safetensors")
+    return out if out != source else source.with_name(f"{stem}.kohya.safetensors")
+
+
+def export(
+    source: Path, to: str, output: Path | None = None, base: str | None = None, config: Any = None
+) -> list[Path]:
+    """Convert a LoRA file to ``to`` (kohya or diffusers); returns the written path."""
+    from lorakit.io import save_safetensors
+    from lorakit_sd.exporters import format_metadata
+    from lorakit_sd.lora_format import (
+        METADATA_KEY,
+        UnetLayout,
+        model_hash,
+        module_table,
+        read_lora,
+        resolve,
+        to_diffusers,
+        to_kohya,
+    )
+
+    to = to.lower()
+    if to not in FORMATS:
+        raise UsageError(f"--to {to}: one of {', '.join(FORMATS)}")
+    source = Path(source)
+    lora = read_lora(source)
+    if base:
+        model = _load(base, _section(config))
+        unet, encoders, family = model.pipe.unet, model.text_encoders, model.family
+        if lora.family != family:
+            raise UsageError(f"{source}: a {lora.family} LoRA, but --base is a {family} model")
+    else:
+        family = lora.family
+        unet, encoders = standard_structure(family)
+    layout = UnetLayout.from_config(unet.config)
+    lora = read_lora(source, layout)
+    modules = resolve(lora, module_table(unet, encoders, family))
+    dtype = modules[0].down.dtype
+    output = Path(output) if output else _default_output(source, to)
+    if output.resolve() == source.resolve():
+        raise UsageError(f"--output {output}: would overwrite the source file")
+    ranks = [m.rank for m in modules]
+    alphas = [m.alpha for m in modules]
+    rank = max(set(ranks), key=ranks.count)
+    alpha = max(set(alphas), key=alphas.count)
+    name = lora.metadata.get("ss_output_name") or source.name.split(".")[0]
+    metadata = {k: v for k, v in lora.metadata.items() if k not in (METADATA_KEY, "format")}
+    metadata.update(format_metadata(family, name, rank, alpha))
+    if "modelspec.resolution" in lora.metadata:
+        metadata["modelspec.resolution"] = lora.metadata["modelspec.resolution"]
+    if to == "kohya":
+        tensors = to_kohya(modules, family, layout, dtype)
+        metadata["sshs_model_hash"] = model_hash(tensors)
+    else:
+        tensors, extra = to_diffusers(modules, dtype)
+        metadata.pop("sshs_model_hash", None)
+        metadata.update(extra)
+    save_safetensors(tensors, output, metadata=metadata)
+    return [output]
+
+
+def merge(base: str, loras: list[tuple[str, float]], output: Path, dtype: str = "float16") -> Path:
+    """Bake ``loras`` (path, weight) into ``base``; write a single-file checkpoint."""
+    from lorakit_sd.merge import merge_checkpoint
+
+    return merge_checkpoint(base, loras, Path(output), dtype)
+
+
+def apply_to_model(model: Any, loras: list[tuple[str, float]]) -> list[Any]:
+    """Add each LoRA's update (times its weight) into the model's weights; strict keys."""
+    import torch
+
+    from lorakit_sd.lora_format import UnetLayout, module_table, read_lora, resolve
+
+    table = module_table(model.pipe.unet, model.text_encoders, model.family)
+    layout = UnetLayout.from_config(model.pipe.unet.config)
+    applied = []
+    for path, weight in loras:
+        lora = read_lora(path, layout)
+        if lora.family != model.family:
+            raise UsageError(
+                f"{path}: a {lora.family} LoRA cannot be used with a {model.family} model"
+            )
+        modules = resolve(lora, table)
+        with torch.no_grad():
+            for m in modules:
+                target = table_module(table, m).weight
+                target += m.delta(weight).reshape(target.shape).to(target.dtype)
+        applied.append(lora)
+    return applied
+
+
+def table_module(table: dict[str, Any], module: Any) -> Any:
+    for component, path, mod in table.values():
+        if component == module.component and path == module.path:
+            return mod
+    raise KeyError(module.path)  # pragma: no cover - resolve() found it
+
+
+def sample(
+    base: str,
+    loras: list[tuple[str, float]],
+    prompts: list[str],
+    output: Path,
+    seed: int = 42,
+    steps: int | None = None,
+    config: Any = None,
+) -> list[Path]:
+    """Render ``prompts`` with ``loras`` applied; returns the images and the contact sheet."""
+    import torch
+
+    from lorakit_sd.backend import DEFAULT_RESOLUTION
+    from lorakit_sd.sampling import render_and_save
+
+    section = _section(config)
+    model = _load(base, section)
+    apply_to_model(model, loras)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float32
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    model.pipe.to(device, dtype)
+    resolution = section.resolution or DEFAULT_RESOLUTION[model.family]
+    stem = "+".join(Path(p).name.split(".")[0] for p, _ in loras) or "base"
+    prediction = section.prediction_type or model.pipe.scheduler.config.get(
+        "prediction_type", "epsilon"
+    )
+    return render_and_save(
+        model.pipe, model.family, list(prompts), Path(output), stem, sec=section, seed=seed,
+        width=section.sample_width or resolution, height=section.sample_height or resolution,
+        steps=steps or section.sample_steps, prediction_type=prediction,
+    )  # fmt: skip

@@ -1,0 +1,193 @@
+"""Baking LoRAs into a base checkpoint, in the single-file layout users keep.
+
+The base is read as original-layout tensors (a ``.safetensors`` checkpoint as it is, or a
+diffusers folder / hub id converted), every LoRA entry is matched to the weight it changes
+(refusing entries that match none, or whose shapes do not fit), ``up @ down * alpha / r *
+weight`` is added in float32, and the whole checkpoint, with every key it had, is written
+as one new ``.safetensors`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import UsageError
+from lorakit_sd.ldm import (
+    SD1_TE_PREFIX,
+    SDXL_TE1_PREFIX,
+    SDXL_TE2_PREFIX,
+    UNET_PREFIX,
+    layers_per_block_from_keys,
+    unet_ldm_to_path,
+)
+
+_OPEN_CLIP_TO_PATH = {
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+
+Target = tuple[str, int | None, tuple[int, ...]]  # (key, third of fused q/k/v or None, shape)
+
+
+def ldm_table(state: dict[str, Any], family: str) -> dict[str, Target]:
+    """kohya key stem → the original-layout weight it changes."""
+    lpb = layers_per_block_from_keys(state)
+    table: dict[str, Target] = {}
+    te = {"sd1": [(SD1_TE_PREFIX, "lora_te_")], "sdxl": [(SDXL_TE1_PREFIX, "lora_te1_")]}[family]
+    for key, tensor in state.items():
+        shape = tuple(tensor.shape)
+        if key.startswith(SDXL_TE2_PREFIX) and family == "sdxl":
+            m = re.match(r"transformer\.resblocks\.(\d+)\.(.+)$", key[len(SDXL_TE2_PREFIX) :])
+            if not m:
+                continue
+            stem = f"lora_te2_text_model_encoder_layers_{m[1]}_"
+            if m[2] == "attn.in_proj_weight":
+                rows = shape[0] // 3
+                for part, name in enumerate("qkv"):
+                    table[f"{stem}self_attn_{name}_proj"] = (key, part, (rows, shape[1]))
+            elif m[2].endswith(".weight") and m[2][: -len(".weight")] in _OPEN_CLIP_TO_PATH:
+                path = _OPEN_CLIP_TO_PATH[m[2][: -len(".weight")]]
+                table[stem + path.replace(".", "_")] = (key, None, shape)
+            continue
+        if not key.endswith(".weight") or len(shape) not in (2, 4):
+            continue
+        name = key[: -len(".weight")]
+        if name.startswith(UNET_PREFIX):
+            name = name[len(UNET_PREFIX) :]
+            if family == "sd1":
+                try:
+                    name = unet_ldm_to_path(name, lpb)
+                except KeyError:
+                    continue
+            table["lora_unet_" + name.replace(".", "_")] = (key, None, shape)
+            continue
+        for prefix, kohya in te:
+            if name.startswith(prefix):
+                table[kohya + name[len(prefix) :].replace(".", "_")] = (key, None, shape)
+    return table
+
+
+def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, str]]:
+    """(original-layout tensors, family, the file's metadata) of a base model."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from lorakit_sd.models import PICKLE_SUFFIXES, family_of_keys, load_base
+
+    path = Path(base).expanduser()
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        state = load_file(str(path))
+        return state, family_of_keys(path, list(state)), metadata
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UsageError(
+            f"{path}: merge reads .safetensors checkpoints only (a pickled file can run code); "
+            "convert it first"
+        )
+    from lorakit_sd.ldm import pipeline_to_ldm
+
+    model = load_base(
+        base,
+        base_config=getattr(section, "base_config", None),
+        model_family=getattr(section, "model_family", "auto"),
+    )
+    state = {k: v.detach().clone() for k, v in pipeline_to_ldm(model.pipe).items()}
+    return state, model.family, {}
+
+
+def apply_loras(
+    state: dict[str, Any], family: str, loras: list[tuple[str, float]]
+) -> list[dict[str, Any]]:
+    """Add each LoRA (times its weight) into ``state`` in place; returns what was merged."""
+    from lorakit_sd.lora_format import LoraModule, UnetLayout, check_shapes, read_lora
+
+    table = ldm_table(state, family)
+    lpb = layers_per_block_from_keys(state)
+    ups = sorted(
+        {
+            int(m[1])
+            for k in state
+            if (m := re.match(r"model\.diffusion_model\.output_blocks\.(\d+)\.", k))
+        }
+    )
+    up_attn = [
+        f"{UNET_PREFIX}output_blocks.{b * (lpb + 1) + lpb}.2.conv.weight" in state
+        for b in range(len(ups) // (lpb + 1))
+    ]
+    layout = UnetLayout(lpb, up_attn)
+    merged = []
+    for path, weight in loras:
+        lora = read_lora(path, layout)
+        if lora.family != family:
+            raise UsageError(f"{path}: a {lora.family} LoRA cannot be merged into a {family} model")
+        unknown = sorted(stem for stem in lora.entries if stem not in table)
+        if unknown:
+            raise UsageError(
+                f"{path}: {len(unknown)} key(s) match no weight of the base model: "
+                f"{', '.join(unknown[:3])}"
+            )
+        for stem, entry in lora.entries.items():
+            key, part, shape = table[stem]
+            check_shapes(path, stem, entry["down"], entry["up"], shape)
+            module = LoraModule("", stem, entry["down"], entry["up"], entry["alpha"])
+            delta = module.delta(weight)
+            target = state[key].float()
+            if part is None:
+                target += delta.reshape(target.shape)
+            else:
+                rows = shape[0]
+                target[part * rows : (part + 1) * rows] += delta.reshape(shape)
+            state[key] = target
+        merged.append(
+            {
+                "file": Path(path).name,
+                "weight": weight,
+                "hash": lora.metadata.get("sshs_model_hash", ""),
+            }
+        )
+    return merged
+
+
+def merge_checkpoint(
+    base: str, loras: list[tuple[str, float]], output: Path, dtype: str, section: Any = None
+) -> Path:
+    """Write ``base`` + ``loras`` as a single-file ``.safetensors`` checkpoint."""
+    import torch
+
+    from lorakit import __version__
+    from lorakit.io import save_safetensors
+
+    if not loras:
+        raise UsageError("merge: pass at least one --lora FILE[:weight]")
+    if output.suffix.lower() != ".safetensors":
+        raise UsageError(f"--output {output}: the merged checkpoint must be a .safetensors file")
+    target = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+        dtype
+    )
+    if target is None:
+        raise UsageError(f"--dtype {dtype}: one of float32, float16, bfloat16")
+    if Path(base).expanduser().resolve() == output.resolve():
+        raise UsageError("--output must differ from --base")
+    state, family, base_meta = load_ldm(base, section)
+    merged = apply_loras(state, family, loras)
+    state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+    metadata = {k: v for k, v in base_meta.items() if not k.startswith("lorakit.")}
+    metadata.update(
+        {
+            "format": "pt",
+            "lorakit.version": __version__,
+            "lorakit.base_model": str(base),
+            "lorakit.merged_loras": json.dumps(merged),
+            "modelspec.architecture": {
+                "sd1": "stable-diffusion-v1",
+                "sdxl": "stable-diffusion-xl-v1-base",
+            }[family],
+        }
+    )
+    save_safetensors(state, output, metadata=metadata)
+    return output
