@@ -41,6 +41,14 @@ def llm_plugins() -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    from llm_helpers import one_thread
+
+    with one_thread():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _plugins(llm_plugins: Any) -> Any:
     from lorakit.plugins import set_plugins
 
@@ -51,10 +59,12 @@ def _plugins(llm_plugins: Any) -> Any:
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny model as a folder and as a GGUF file, a GGML stub and 150 QA pairs."""
+    from llm_helpers import one_thread
     from lorakit_llm.testing import build_tiny_llama, write_ggml_stub, write_gguf, write_qa_jsonl
 
     root = tmp_path_factory.mktemp("llm-assets")
-    model = build_tiny_llama(root / "tiny-llama")
+    with one_thread():
+        model = build_tiny_llama(root / "tiny-llama")
     return {
         "root": root,
         "model": model,
@@ -68,7 +78,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def trained(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, llm_plugins: Any):
     """One run on the 150 QA pairs; the in-memory model's logits on probe_ids() kept."""
     import torch
-    from llm_helpers import llm_config, probe_ids
+    from llm_helpers import llm_config, one_thread, probe_ids
 
     import lorakit
     from lorakit.config import load_config
@@ -94,7 +104,8 @@ def trained(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, l
                 sample_every_n_steps=20,
             )
         )  # fmt: skip
-        result = train(config, plugins=llm_plugins, progress=False)
+        with one_thread():
+            result = train(config, plugins=llm_plugins, progress=False)
     finally:
         llm_plugins.pm.unregister(name="capture")
         llm_plugins.infos.pop("capture", None)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from llm_helpers import llm_config, probe_ids
+from llm_helpers import llm_config, one_thread, probe_ids
 
 from lorakit.cli import main
 from lorakit.errors import UsageError
@@ -152,7 +152,8 @@ def gguf_run(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     data = llm_config(assets, out, base_model=str(assets["gguf"]), max_steps=3)
     config = out.parent / "gguf.yaml"
     config.write_text(yaml.safe_dump(data))
-    assert cli("train", "--config", config, "--no-progress") == 0
+    with one_thread():
+        assert cli("train", "--config", config, "--no-progress") == 0
     return out
 
 
