@@ -162,6 +162,12 @@ def train(
         backend: Backend = backend_spec.factory(config)
         formats = list(formats or backend.default_export_formats)
         exporters = [registries.exporters.get(f) for f in formats]
+        for exporter in exporters:
+            if exporter.backends and config.backend not in exporter.backends:
+                raise UsageError(
+                    f"export_formats: '{exporter.name}' writes {', '.join(exporter.backends)} "
+                    f"LoRAs, not {config.backend}"
+                )
         ctx = TrainContext(
             config=config,
             accelerator=accelerator,

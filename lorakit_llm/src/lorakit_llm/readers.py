@@ -45,8 +45,14 @@ def data_files(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",)) -> lis
 
 def iter_jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line; a broken line is a DataError."""
-    with open(file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"not UTF-8 text (byte {exc.start})", where=f"{file}:{number}"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -55,8 +61,6 @@ def iter_jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise DataError(
                     f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{file}:{number}"
                 ) from None
-            except UnicodeDecodeError:  # pragma: no cover - decoded by open()
-                raise DataError("not UTF-8 text", where=f"{file}:{number}") from None
             if not isinstance(row, dict):
                 raise DataError(
                     f"expected a JSON object, got {type(row).__name__}", where=f"{file}:{number}"
