@@ -30,9 +30,20 @@ warnings.filterwarnings("ignore", message=".*safety checker.*")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``{"sd1": TinyModel, "sdxl": TinyModel}``, each saved as a folder and a single file."""
     from lorakit_sd.testing import build_tiny_sd
+    from sd_helpers import one_thread
 
     root = tmp_path_factory.mktemp("models")
-    return {family: build_tiny_sd(root / family, family) for family in ("sd1", "sdxl")}
+    with one_thread():
+        return {family: build_tiny_sd(root / family, family) for family in ("sd1", "sdxl")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Any:
+    """Every test module of this package runs torch on one thread (restored after)."""
+    from sd_helpers import one_thread
+
+    with one_thread():
+        yield
 
 
 @pytest.fixture

@@ -54,6 +54,14 @@ def test_train_writes_both_formats(sd1_cli_run):
     assert (out / "config.yaml").is_file() and (out / "run.json").is_file()
 
 
+@pytest.mark.parametrize("template", ["sd15", "sdxl"])
+def test_config_init_writes_a_template_that_validates(tmp_path, template):
+    path = tmp_path / f"{template}.yaml"
+    assert _cli("config", "init", "--backend", "sd", "--template", template, "-o", path) == 0
+    assert "sd:" in path.read_text()
+    assert _cli("config", "validate", path, "--no-paths") == 0
+
+
 def test_export_round_trip_is_exact(sd1_cli_run, capsys):
     from safetensors.torch import load_file
 

@@ -100,3 +100,16 @@ def test_detect_reads_only_the_header(tmp_path):
     junk.write_bytes(b"not a safetensors file at all")
     assert detect(kohya)
     assert not detect(other) and not detect(junk) and not detect(tmp_path / "missing.safetensors")
+
+
+def test_every_section_key_is_documented():
+    from pathlib import Path
+
+    from lorakit_sd.config import SDSection, Subset
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "sd.md"
+    if not doc.is_file():
+        pytest.skip("docs/ is not next to this checkout")
+    text = doc.read_text(encoding="utf-8")
+    for name in [*SDSection.model_fields, *Subset.model_fields]:
+        assert f"`{name}`" in text, name

@@ -205,3 +205,51 @@ def test_cached_and_uncached_runs_give_the_same_first_loss(tiny_models, tmp_path
         )  # fmt: skip
         losses[cached] = first_losses(result.output_dir)[0]
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+
+
+def test_resume_continues_exactly(tiny_models, tmp_path):
+    """A run resumed from its step-2 checkpoint ends with the same LoRA as the whole run."""
+    from safetensors.torch import load_file
+
+    data = write_tiny_images(tmp_path / "data", 4, sizes=[(32, 32), (48, 32)])
+    sd = {"caption_dropout": 0.3, "flip_aug": True, "noise_offset": 0.05}
+    common = {
+        "max_steps": 4,
+        "batch_size": 2,
+        "learning_rate": 1e-2,
+        "export_formats": ["kohya"],
+        "sd": sd,
+    }
+    whole, _ = train_tiny(
+        tmp_path, tiny_models["sd1"], data, output_dir=tmp_path / "whole", save_steps=2, **common
+    )
+    import lorakit_sd.plugin
+    from lorakit_sd.testing import tiny_config
+
+    from lorakit.config import load_config
+    from lorakit.engine import train
+    from lorakit.plugins import build_plugins, set_plugins
+
+    plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
+    set_plugins(plugins)
+    try:
+        config = load_config(
+            data=tiny_config(
+                tiny_models["sd1"], data, tmp_path / "resumed", save_steps=2, **common
+            ),
+            registries=plugins.registries,
+        )
+        resumed = train(
+            config,
+            resume=str(whole.output_dir / "checkpoints" / "step-2"),
+            plugins=plugins,
+            progress=False,
+        )
+    finally:
+        set_plugins(None)
+    assert resumed.steps == 4
+    a = load_file(str(whole.output_dir / "whole.safetensors"))
+    b = load_file(str(resumed.output_dir / "resumed.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]

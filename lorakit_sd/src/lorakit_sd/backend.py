@@ -76,7 +76,7 @@ class SDBackend(Backend):
     def setup(self, ctx: TrainContext) -> None:
         from diffusers import DDPMScheduler
 
-        from lorakit_sd.models import load_base
+        from lorakit_sd.models import load_base, quiet_libraries
 
         t, sec = self.config.train, self.section
         self.model = load_base(
@@ -107,13 +107,15 @@ class SDBackend(Backend):
                 "set epsilon or v_prediction",
                 key="sd.prediction_type",
             )
-        self.unet.to(self.weight_dtype)
+        with quiet_libraries():
+            self.unet.to(self.weight_dtype)
         targets = expand_targets(t.target_modules)
         self.unet_targets = targets
         self._add_lora(self.unet, targets, "target_modules")
         self.train_text = sec.train_text_encoder
         for encoder in self.model.text_encoders:
-            encoder.to(self.weight_dtype)
+            with quiet_libraries():
+                encoder.to(self.weight_dtype)
             if self.train_text:
                 self._add_lora(
                     encoder, sec.text_encoder_target_modules, "sd.text_encoder_target_modules"
@@ -168,6 +170,7 @@ class SDBackend(Backend):
     def dataset(self, ctx: TrainContext) -> Any:
         from lorakit_sd.cache import build_latent_cache, build_text_cache
         from lorakit_sd.dataset import SDDataset
+        from lorakit_sd.models import quiet_libraries
 
         sec = self.section
         if not self.items:
@@ -180,7 +183,8 @@ class SDBackend(Backend):
         captions: list[str] = []
         caption_ids: list[int] = []
         with ctx.accelerator.main_process_first():
-            vae.to(self.device, self.vae_dtype)
+            with quiet_libraries():
+                vae.to(self.device, self.vae_dtype)
             if self.latents_cached:
                 latents = build_latent_cache(
                     self.items, vae, flip=sec.flip_aug, batch_size=sec.vae_batch_size,

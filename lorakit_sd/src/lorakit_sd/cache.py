@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ def build_latent_cache(
     """Moments for every item (and its mirror image when ``flip``)."""
     from lorakit_sd.buckets import load_pixels
 
+    started = time.perf_counter()
     store = EntryStore(directory)
     vae_id = weights_id(vae)
     keys = [cache_key("latent", it.content_hash, it.bucket, it.size, flip, vae_id) for it in items]
@@ -128,7 +130,7 @@ def build_latent_cache(
                 store.put(i, keys[i], entry)
             done += len(chunk)
     if done:
-        log(f"latent cache: encoded {done} images")
+        log(f"latent cache: encoded {done} images in {time.perf_counter() - started:.1f} s")
     return store
 
 
@@ -153,6 +155,7 @@ def build_text_cache(
     log: Any = print,
 ) -> EntryStore:
     """Embeddings for each distinct caption (indexed by position in ``captions``)."""
+    started = time.perf_counter()
     store = EntryStore(directory)
     te_id = "+".join(weights_id(te) for te in text_encoders)
     keys = [cache_key("text", family, c, te_id) for c in captions]
@@ -167,5 +170,8 @@ def build_text_cache(
             if pooled is not None:
                 entry["pooled"] = pooled[j]
             store.put(i, keys[i], entry)
-    log(f"text cache: {len(captions)} captions ({store.hits} from disk, {len(todo)} encoded)")
+    log(
+        f"text cache: {len(captions)} captions ({store.hits} from disk, {len(todo)} encoded) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return store

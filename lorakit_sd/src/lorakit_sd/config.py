@@ -126,7 +126,10 @@ class SDSection(BaseModel):
     # -- text encoder --------------------------------------------------------------------
     train_text_encoder: bool = Field(False, description="Also train LoRA on the text encoder(s).")
     text_encoder_lr: float | None = Field(
-        None, gt=0, description="Learning rate of the text-encoder LoRA; default learning_rate."
+        None,
+        gt=0,
+        description="Learning rate of the text-encoder LoRA. This release trains it at "
+        "learning_rate and warns when they differ (per-group rates need engine support).",
     )
     text_encoder_target_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TEXT_ENCODER_TARGETS),

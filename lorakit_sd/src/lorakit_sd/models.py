@@ -216,7 +216,7 @@ def load_base(
         family = family_of_folder(path)
         _check_family(family, model_family, str(path))
         with quiet_libraries():
-            pipe = pipeline_class(family).from_pretrained(str(path))
+            pipe = pipeline_class(family).from_pretrained(str(path), **_no_checker(family))
         return _finish(BaseModel(pipe, family, "diffusers", str(path)))
     if base_model.lower().endswith(PICKLE_SUFFIXES + (".safetensors",)) or base_model.startswith(
         (".", "/", "~")
@@ -227,10 +227,19 @@ def load_base(
     _check_family(family, model_family, base_model)
     with quiet_libraries():
         try:
-            pipe = pipeline_class(family).from_pretrained(base_model, local_files_only=offline())
+            pipe = pipeline_class(family).from_pretrained(
+                base_model, local_files_only=offline(), **_no_checker(family)
+            )
         except OSError as exc:
             raise UsageError(f"base_model {base_model}: cannot load ({exc})") from None
     return _finish(BaseModel(pipe, family, "hub", base_model))
+
+
+def _no_checker(family: str) -> dict[str, Any]:
+    """SD1 repos ship a safety checker (a CLIP vision model): training never needs it."""
+    if family == "sdxl":
+        return {}
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 def _finish(model: BaseModel) -> BaseModel:
@@ -240,8 +249,9 @@ def _finish(model: BaseModel) -> BaseModel:
 
     pipe = model.pipe
     pipe.unet.set_attn_processor(AttnProcessor2_0())
-    for module in (pipe.unet, pipe.vae, *model.text_encoders):
-        module.requires_grad_(False)
-        module.to(torch.float32)
-        module.eval()
+    with quiet_libraries():
+        for module in (pipe.unet, pipe.vae, *model.text_encoders):
+            module.requires_grad_(False)
+            module.to(torch.float32)
+            module.eval()
     return model

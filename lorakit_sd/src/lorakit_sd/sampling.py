@@ -26,6 +26,8 @@ def sampling_pipeline(pipe: Any, family: str, prediction_type: str) -> Any:
         pipe.scheduler.config, prediction_type=prediction_type
     )
     components = {**pipe.components, "scheduler": scheduler}
+    if family == "sd1":
+        components["requires_safety_checker"] = False
     sampler = pipeline_class(family)(**components)
     sampler.set_progress_bar_config(disable=True)
     return sampler
