@@ -253,3 +253,23 @@ def test_resume_continues_exactly(tiny_models, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]
+
+
+def test_gradient_checkpointing_trains_every_lora(tiny_models, tmp_path):
+    """With checkpointing on, every LoRA (UNet and both SDXL text encoders) gets gradients."""
+    from safetensors.torch import load_file
+
+    data = write_tiny_images(tmp_path / "data", 2)
+    result, _ = train_tiny(
+        tmp_path, tiny_models["sdxl"], data, max_steps=1, export_formats=["kohya"],
+        gradient_checkpointing=True, sd={"train_text_encoder": True},
+    )  # fmt: skip
+    tensors = load_file(str(result.output_dir / "run.safetensors"))
+    ups = {k: v for k, v in tensors.items() if k.endswith("lora_up.weight")}
+    assert {k.split("_text_model")[0] for k in ups if "_text_model" in k} == {
+        "lora_te1",
+        "lora_te2",
+    }
+    assert all(v.abs().sum() > 0 for v in ups.values()), [
+        k for k, v in ups.items() if v.abs().sum() == 0
+    ][:3]

@@ -113,13 +113,16 @@ class SDBackend(Backend):
         self.unet_targets = targets
         self._add_lora(self.unet, targets, "target_modules")
         self.train_text = sec.train_text_encoder
-        for encoder in self.model.text_encoders:
+        for i, encoder in enumerate(self.model.text_encoders):
             with quiet_libraries():
                 encoder.to(self.weight_dtype)
             if self.train_text:
-                self._add_lora(
-                    encoder, sec.text_encoder_target_modules, "sd.text_encoder_target_modules"
+                names = text_encoder_targets(
+                    encoder,
+                    sec.text_encoder_target_modules,
+                    skip_last=self.family == "sdxl" and i == 0,
                 )
+                self._add_lora(encoder, names, "sd.text_encoder_target_modules")
         for module in (self.unet, *self.model.text_encoders):
             for p in module.parameters():
                 if p.requires_grad:
@@ -128,7 +131,9 @@ class SDBackend(Backend):
             self.unet.enable_gradient_checkpointing()
             if self.train_text:
                 for encoder in self.model.text_encoders:
-                    encoder.gradient_checkpointing_enable()
+                    encoder.gradient_checkpointing_enable(
+                        gradient_checkpointing_kwargs={"use_reentrant": False}
+                    )
         self.unet.train()
         if self.train_text:
             for encoder in self.model.text_encoders:
@@ -144,7 +149,8 @@ class SDBackend(Backend):
 
         t = self.config.train
         config = LoraConfig(
-            r=t.lora_rank, lora_alpha=t.alpha, lora_dropout=t.lora_dropout,
+            r=t.lora_rank, lora_alpha=t.alpha,  # type: ignore[arg-type]  # a float works
+            lora_dropout=t.lora_dropout,
             target_modules=targets, init_lora_weights="gaussian",
         )  # fmt: skip
         try:
@@ -364,6 +370,26 @@ class SDBackend(Backend):
         self.model = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def text_encoder_targets(encoder: Any, names: list[str], *, skip_last: bool) -> list[str]:
+    """Full paths of the text-encoder modules to adapt.
+
+    SDXL reads its first text encoder's penultimate layer, so that encoder's last layer never
+    affects the output: with ``skip_last`` it gets no LoRA (it would train nothing).
+    """
+    import re
+
+    layers = encoder.config.num_hidden_layers
+    out = []
+    for path, _ in encoder.named_modules():
+        if not any(path == n or path.endswith("." + n) for n in names):
+            continue
+        m = re.search(r"encoder\.layers\.(\d+)\.", path)
+        if skip_last and m and int(m[1]) == layers - 1:
+            continue
+        out.append(path)
+    return out or names
 
 
 def _device(module: Any) -> torch.device:

@@ -15,8 +15,8 @@ def open_rgb(path: str | Path) -> Any:
     """The image at ``path``, upright (EXIF) and RGB (transparency over white)."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
+    with Image.open(path) as raw:
+        image = ImageOps.exif_transpose(raw)
         image.load()
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")

@@ -344,35 +344,28 @@ def _group_diffusers(
             raise UsageError(f"{path}: unsupported key {key} (only plain LoRA: lora_A, lora_B)")
     entries: dict[str, dict[str, Any]] = {}
     for component, modules in by_component.items():
-        prefix = DIFFUSERS_PREFIXES[component].rstrip(".")
-        alpha_default = raw.get(f"{prefix}.lora_alpha")
-        patterns = raw.get(f"{prefix}.alpha_pattern") or {}
         for module_path, entry in modules.items():
             if "down" not in entry or "up" not in entry:
                 raise UsageError(f"{path}: {module_path} lacks its lora_A or lora_B weight")
-            rank = int(entry["down"].shape[0])
-            if "alpha" in entry:
-                alpha = float(entry["alpha"])
-            else:
-                short = _short_target(component, module_path)
-                alpha = next(
-                    (
-                        float(v)
-                        for k, v in patterns.items()
-                        if short == k or short.endswith("." + k)
-                    ),
-                    None,
-                )
-                if alpha is None:
-                    alpha = float(alpha_default) if alpha_default is not None else float(rank)
-            if component == "unet" and family == "sdxl":
-                stem = kohya_name("unet", module_path, family, layout)
-            elif component == "unet":
-                stem = kohya_name("unet", module_path, family, None)
-            else:
-                stem = kohya_name(component, module_path, family, None)
+            alpha = _diffusers_alpha(entry, raw, component, module_path)
+            stem = kohya_name(component, module_path, family, layout)
             entries[stem] = {"down": entry["down"], "up": entry["up"], "alpha": alpha}
     return entries
+
+
+def _diffusers_alpha(
+    entry: dict[str, Any], raw: dict[str, Any], component: str, module_path: str
+) -> float:
+    """A module's alpha: stored tensor, else the adapter config's pattern or default, else r."""
+    if "alpha" in entry:
+        return float(entry["alpha"])
+    prefix = DIFFUSERS_PREFIXES[component].rstrip(".")
+    short = _short_target(component, module_path)
+    for key, value in (raw.get(f"{prefix}.alpha_pattern") or {}).items():
+        if short == key or short.endswith("." + key):
+            return float(value)
+    default = raw.get(f"{prefix}.lora_alpha")
+    return float(default) if default is not None else float(entry["down"].shape[0])
 
 
 def resolve(lora: LoraFile, table: dict[str, tuple[str, str, Any]]) -> list[LoraModule]:

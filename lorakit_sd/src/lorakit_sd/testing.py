@@ -77,8 +77,8 @@ def clip_bpe_vocab(
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):
         pairs: Counter[tuple[str, str]] = Counter()
-        for word, count in words.items():
-            for pair in zip(word, word[1:], strict=False):
+        for symbols_, count in words.items():
+            for pair in zip(symbols_, symbols_[1:], strict=False):
                 pairs[pair] += count
         if not pairs:
             break
@@ -86,15 +86,15 @@ def clip_bpe_vocab(
         merges.append(best)
         vocab_list.append(best[0] + best[1])
         merged: Counter[tuple[str, ...]] = Counter()
-        for word, count in words.items():
+        for symbols_, count in words.items():
             out: list[str] = []
             i = 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    out.append(word[i] + word[i + 1])
+            while i < len(symbols_):
+                if i + 1 < len(symbols_) and (symbols_[i], symbols_[i + 1]) == best:
+                    out.append(symbols_[i] + symbols_[i + 1])
                     i += 2
                 else:
-                    out.append(word[i])
+                    out.append(symbols_[i])
                     i += 1
             merged[tuple(out)] += count
         words = merged
@@ -110,7 +110,8 @@ def tiny_tokenizer() -> Any:
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_bpe_vocab()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # merges as (a, b) tuples: transformers 5 rejects "a b" strings here
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
 
 
 def _text_encoder(cls: Any, vocab_size: int, hidden: int, seed: int) -> Any:
@@ -154,7 +155,7 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0) -> Any:
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=32, sample_size=TINY_RESOLUTION,
         scaling_factor=0.18215 if family == "sd1" else 0.13025,
-    ).eval()  # fmt: skip
+    )  # fmt: skip
     torch.manual_seed(seed + 2)
     if family == "sd1":
         text_encoder = _text_encoder(CLIPTextModel, vocab_size, 32, seed + 3)
@@ -164,7 +165,7 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0) -> Any:
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32,
-        ).eval()  # fmt: skip
+        )  # fmt: skip
         return StableDiffusionPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
             scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -182,7 +183,7 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0) -> Any:
         attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
         addition_embed_type="text_time", addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=32 + 6 * 8,
-    ).eval()  # fmt: skip
+    )  # fmt: skip
     return StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler,
