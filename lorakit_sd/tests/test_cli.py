@@ -96,15 +96,16 @@ def test_export_round_trip_is_exact(sd1_cli_run, capsys):
     assert "lorakit: error:" in err and "do not fit the model's weight" in err and err[-1] == "\n"
 
 
-def test_merge_bakes_the_lora_into_a_single_file(sd1_cli_run):
+@pytest.mark.parametrize("form", ["single_file", "diffusers"])
+def test_merge_bakes_the_lora_into_a_single_file(sd1_cli_run, form):
     from lorakit_sd.models import pipeline_class
 
     model, tmp, _ = sd1_cli_run
     kohya = tmp / "out" / "mascot.safetensors"
-    merged = tmp / "merged.safetensors"
+    merged = tmp / f"merged-{form}.safetensors"
+    base = model.single_file if form == "single_file" else model.diffusers_dir
     code = _cli(
-        "merge", "--base", model.single_file, "--lora", f"{kohya}:0.5", "-o", merged,
-        "--dtype", "float32",
+        "merge", "--base", base, "--lora", f"{kohya}:0.5", "-o", merged, "--dtype", "float32",
     )  # fmt: skip
     assert code == 0
     pipe = pipeline_class("sd1").from_single_file(

@@ -25,7 +25,8 @@ def sd1_run(tiny_models, tmp_path_factory):
     result, cap = train_tiny(
         tmp, tiny_models["sd1"], data, single_file=True, capture=True, max_steps=STEPS,
         batch_size=4, learning_rate=1e-2, lora_alpha=8, save_steps=10,
-        sample_prompts=["a red cat", "a dog"], sd={"min_snr_gamma": 5.0},
+        sample_prompts=["a red cat", "a dog"], sample_every_n_steps=10,
+        sd={"min_snr_gamma": 5.0},
     )  # fmt: skip
     return tiny_models["sd1"], data, result, cap
 
@@ -36,7 +37,8 @@ def sdxl_run(tiny_models, tmp_path_factory):
     data = write_tiny_images(tmp / "data", 4)
     result, cap = train_tiny(
         tmp, tiny_models["sdxl"], data, capture=True, max_steps=STEPS, batch_size=4,
-        learning_rate=1e-2, lora_alpha=8, sd={"train_text_encoder": True},
+        learning_rate=1e-2, lora_alpha=8, sample_prompts=["a red cat"],
+        sd={"train_text_encoder": True},
     )  # fmt: skip
     return tiny_models["sdxl"], data, result, cap
 
@@ -179,14 +181,20 @@ def test_checkpoints_and_samples(sd1_run):
     samples = result.output_dir / "samples"
     names = sorted(p.name for p in samples.glob("*.png"))
     assert names == [
-        f"step-{STEPS:06d}-00.png",
-        f"step-{STEPS:06d}-01.png",
-        f"step-{STEPS:06d}.png",
+        f"step-{step:06d}{suffix}.png" for step in (10, STEPS) for suffix in ("-00", "-01", "")
     ]
-    image = Image.open(samples / names[0])
+    image = Image.open(samples / names[3])
     assert image.size == (32, 32) and len(set(image.getdata())) > 1
     sheet = Image.open(samples / names[-1])
     assert sheet.width >= 2 * 32 and sheet.height > 32
+
+
+def test_sdxl_previews(sdxl_run):
+    from PIL import Image
+
+    _, _, result, _ = sdxl_run
+    image = Image.open(result.output_dir / "samples" / f"step-{STEPS:06d}-00.png")
+    assert image.size == (32, 32) and len(set(image.getdata())) > 1
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -208,7 +216,10 @@ def test_cached_and_uncached_runs_give_the_same_first_loss(tiny_models, tmp_path
 
 
 def test_resume_continues_exactly(tiny_models, tmp_path):
-    """A run resumed from its step-2 checkpoint ends with the same LoRA as the whole run."""
+    """A run resumed from its step-2 checkpoint ends with the same LoRA as the whole run.
+
+    Only the resumed run renders previews (after every step): they must not change training.
+    """
     from safetensors.torch import load_file
 
     data = write_tiny_images(tmp_path / "data", 4, sizes=[(32, 32), (48, 32)])
@@ -235,8 +246,14 @@ def test_resume_continues_exactly(tiny_models, tmp_path):
     try:
         config = load_config(
             data=tiny_config(
-                tiny_models["sd1"], data, tmp_path / "resumed", save_steps=2, **common
-            ),
+                tiny_models["sd1"],
+                data,
+                tmp_path / "resumed",
+                save_steps=2,
+                sample_prompts=["a cat"],
+                sample_every_n_steps=1,
+                **common,
+            ),  # fmt: skip
             registries=plugins.registries,
         )
         resumed = train(
@@ -248,6 +265,7 @@ def test_resume_continues_exactly(tiny_models, tmp_path):
     finally:
         set_plugins(None)
     assert resumed.steps == 4
+    assert (resumed.output_dir / "samples" / "step-000003.png").is_file()
     a = load_file(str(whole.output_dir / "whole.safetensors"))
     b = load_file(str(resumed.output_dir / "resumed.safetensors"))
     assert a.keys() == b.keys()

@@ -55,17 +55,13 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
     epoch = (step * t.gradient_accumulation_steps) // per_epoch
     tags: dict[str, Counter[str]] = {}
     dirs: dict[str, dict[str, int]] = {}
+    repeats = Counter(backend.index)
     for k, item in enumerate(backend.items):
         folder = Path(item.folder).name
         counter = tags.setdefault(folder, Counter())
-        for tag in item.caption.split(","):
-            if tag.strip():
-                counter[tag.strip()] += 1
-        entry = dirs.setdefault(folder, {"n_repeats": 0, "img_count": 0})
+        counter.update(tag.strip() for tag in item.caption.split(",") if tag.strip())
+        entry = dirs.setdefault(folder, {"n_repeats": repeats[k], "img_count": 0})
         entry["img_count"] += 1
-        entry["n_repeats"] = (
-            backend.index.count(k) if entry["img_count"] == 1 else entry["n_repeats"]
-        )
     te_lr = sec.text_encoder_lr or t.learning_rate
     meta = {
         "ss_training_started_at": str(int(backend.started_at)),

@@ -28,6 +28,10 @@ def sampling_pipeline(pipe: Any, family: str, prediction_type: str) -> Any:
     components = {**pipe.components, "scheduler": scheduler}
     if family == "sd1":
         components["requires_safety_checker"] = False
+    else:
+        components["force_zeros_for_empty_prompt"] = pipe.config.get(
+            "force_zeros_for_empty_prompt", True
+        )
     sampler = pipeline_class(family)(**components)
     sampler.set_progress_bar_config(disable=True)
     return sampler
