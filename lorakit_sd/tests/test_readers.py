@@ -159,3 +159,50 @@ def test_bucket_batches_are_a_pure_function_of_seed_and_epoch():
     again = buckets.BucketBatchSampler(keys, 2, seed=3)
     again.set_epoch(1)
     assert again.batches() == sampler.batches()
+
+
+def test_links_out_of_the_folder_are_refused(tmp_path):
+    data = write_tiny_images(tmp_path / "data", 1)
+    write_tiny_images(tmp_path / "elsewhere", 1)
+    (data / "link.png").symlink_to(tmp_path / "elsewhere" / "img_000.png")
+    (data / "metadata.csv").write_text("file_name,text\nimg_000.png,a\nlink.png,b\n")
+    good, bad = readers.read_metadata_csv(data)
+    assert good["error"] is None
+    assert "link.png: a link that leaves the data folder" in bad["error"]
+    (data / "metadata.csv").unlink()
+    (data / "img_000.txt").write_text("a")
+    (data / "link.txt").write_text("b")
+    records = readers.read_caption_files(data)
+    assert [r["error"] is None for r in records] == [True, False]
+
+
+def test_csv_commas_quotes_and_line_numbers(tmp_path):
+    data = write_tiny_images(tmp_path / "data", 3)
+    (data / "metadata.csv").write_text(
+        'file_name,text\nimg_000.png,red, cat, sitting\nimg_001.png,"two\nlines"\nmissing.png,x\n'
+    )
+    first, second, third = readers.read_metadata_csv(data)
+    assert first["caption"] == "red, cat, sitting"  # unquoted commas in the last column
+    assert second["caption"] == "two\nlines"
+    assert third["where"].endswith("metadata.csv:5") and "image not found" in third["error"]
+    (data / "metadata.csv").write_text("text,file_name\na, b,img_000.png\n")
+    with pytest.raises(DataError, match=r"metadata.csv:2: 3 fields but the header has 2"):
+        readers.read_metadata_csv(data)
+
+
+def test_captions_longer_than_the_text_encoder_reads(tmp_path):
+    from lorakit_sd.dataset import Item, check_caption_lengths
+    from lorakit_sd.testing import tiny_tokenizer
+
+    def item(caption, where):
+        return Item("a.png", caption, "d", (8, 8), (8, 8), (0, 0), (8, 8), "h", where)
+
+    items = [item("a red cat", "m.csv:2"), item(", ".join(f"tag{i}" for i in range(60)), "m.csv:3")]
+    logs: list[str] = []
+    with pytest.raises(DataError) as info:
+        check_caption_lengths(items, tiny_tokenizer(), allow=False, log=logs.append)
+    message = str(info.value)
+    assert "m.csv:3:" in message and "77 tokens" in message and "m.csv:2" not in message
+    assert "sd.truncate_captions" in message
+    check_caption_lengths(items, tiny_tokenizer(), allow=True, log=logs.append)
+    assert len(logs) == 1 and "cut off at 77 tokens" in logs[0]

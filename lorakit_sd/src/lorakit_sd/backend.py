@@ -175,12 +175,15 @@ class SDBackend(Backend):
     # -- data ----------------------------------------------------------------------------
     def dataset(self, ctx: TrainContext) -> Any:
         from lorakit_sd.cache import build_latent_cache, build_text_cache
-        from lorakit_sd.dataset import SDDataset
+        from lorakit_sd.dataset import SDDataset, check_caption_lengths
         from lorakit_sd.models import quiet_libraries
 
         sec = self.section
         if not self.items:
             self._read_data(ctx)
+        check_caption_lengths(
+            self.items, self.model.tokenizers[0], allow=sec.truncate_captions, log=ctx.log
+        )
         self.latents_cached = sec.latent_cache_enabled()
         self.text_cached = sec.text_cache_enabled()
         root = ctx.cache_dir if sec.cache_to_disk else None

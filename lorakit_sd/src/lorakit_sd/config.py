@@ -91,6 +91,11 @@ class SDSection(BaseModel):
         "instead of stopping.",
     )
     # -- captions ------------------------------------------------------------------------
+    truncate_captions: bool = Field(
+        False,
+        description="Train on the first 77 tokens of longer captions (with a warning); "
+        "default: a longer caption is an error naming its file.",
+    )
     shuffle_tags: bool = Field(
         False, description="Shuffle comma-separated tags each step (turns off the text cache)."
     )

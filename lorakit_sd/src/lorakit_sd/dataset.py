@@ -31,6 +31,7 @@ class Item:
     crop: tuple[int, int]  # (left, top) after resizing
     resized: tuple[int, int]
     content_hash: str
+    where: str = ""  # the captions file and line (or the caption file) it came from
 
 
 @dataclass
@@ -118,7 +119,7 @@ def build_items(
                 Item(
                     image=record["image"], caption=record["caption"], folder=str(folder.path),
                     size=size, bucket=bucket, crop=(left, top), resized=(rw, rh),
-                    content_hash=file_hash(record["image"]),
+                    content_hash=file_hash(record["image"]), where=record["where"],
                 )
             )  # fmt: skip
             index += [len(items) - 1] * folder.repeats
@@ -132,6 +133,29 @@ def build_items(
     if not items:
         raise DataError(f"no usable images in {', '.join(str(f.path) for f in folders(config))}")
     return items, index
+
+
+def check_caption_lengths(items: list[Item], tokenizer: Any, *, allow: bool, log: Any) -> None:
+    """Captions longer than the text encoder reads are an error, or a warning if ``allow``."""
+    limit = tokenizer.model_max_length
+    captions = [item.caption for item in items]
+    lengths = [len(ids) for ids in tokenizer(captions, add_special_tokens=True).input_ids]
+    long = [
+        f"{item.where or item.image}: {n} tokens"
+        for item, n in zip(items, lengths, strict=True)
+        if n > limit
+    ]
+    if not long:
+        return
+    if allow:
+        log(
+            f"warning: {len(long)} caption(s) are cut off at {limit} tokens: {format_problems(long)}"
+        )
+        return
+    raise DataError(
+        f"{len(long)} caption(s) are longer than the text encoder's {limit} tokens and would be "
+        f"cut off: {format_problems(long)}; shorten them, or set sd.truncate_captions: true"
+    )
 
 
 def fingerprint(items: list[Item], index: list[int]) -> str:

@@ -9,6 +9,7 @@ silently. The readers import only the standard library.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -46,7 +47,22 @@ def resolve_inside(root: Path, name: str) -> tuple[Path | None, str | None]:
         full.relative_to(Path(os.path.normpath(root)))
     except ValueError:
         return None, f"{name}: path leaves the data folder {root}"
+    escape = leaves_folder(root, full)
+    if escape:
+        return None, f"{name}: {escape}"
     return full, None
+
+
+def leaves_folder(root: Path, path: Path) -> str | None:
+    """Why ``path`` (inside ``root`` by name) really lies outside it, through a link."""
+    try:
+        target = path.resolve()
+        target.relative_to(root.resolve())
+    except ValueError:
+        return f"a link that leaves the data folder {root} (to {target})"
+    except OSError as exc:
+        return f"cannot resolve ({exc.strerror})"
+    return None
 
 
 def _finish(root: Path, rows: Iterator[tuple[str, str | None, str]], source: Path) -> list[Record]:
@@ -90,7 +106,7 @@ def read_metadata_csv(path: str | Path, metadata_path: str | Path | None = None)
         raise DataError(f"{meta}: captions file not found") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{meta}: not UTF-8 text (byte {exc.start})") from None
-    reader = csv.reader(text.splitlines())
+    reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header:
         raise DataError(f"{meta}: empty file (expected a header file_name,text)")
@@ -104,12 +120,21 @@ def read_metadata_csv(path: str | Path, metadata_path: str | Path | None = None)
     fi, ti = columns.index(file_col), columns.index(text_col)
 
     def rows() -> Iterator[tuple[str, str | None, str]]:
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            where = f"{meta}:{reader.line_num}"
             if not row or not any(cell.strip() for cell in row):
                 continue
+            if len(row) > len(columns):
+                if ti != len(columns) - 1:
+                    raise DataError(
+                        f"{where}: {len(row)} fields but the header has {len(columns)}; "
+                        "put captions that contain commas in double quotes"
+                    )
+                # an unquoted caption with commas in the last column: the rest is the caption
+                row = [*row[:ti], ",".join(row[ti:])]
             name = row[fi].strip() if fi < len(row) else ""
             caption = row[ti] if ti < len(row) else None
-            yield name, caption, f"{meta}:{line}"
+            yield name, caption, where
 
     return _finish(root, rows(), meta)
 
@@ -154,6 +179,10 @@ def read_caption_files(path: str | Path, caption_extension: str = ".txt") -> lis
     ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
     records = []
     for image in images:
+        escape = leaves_folder(root, image)
+        if escape:
+            records.append(_record(image, None, str(image), f"{image.name}: {escape}"))
+            continue
         sidecar = image.with_suffix(ext)
         try:
             caption = sidecar.read_text(encoding="utf-8-sig")
