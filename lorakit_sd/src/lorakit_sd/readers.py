@@ -107,6 +107,13 @@ def read_metadata_csv(path: str | Path, metadata_path: str | Path | None = None)
     except UnicodeDecodeError as exc:
         raise DataError(f"{meta}: not UTF-8 text (byte {exc.start})") from None
     reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _read_csv_rows(root, meta, reader)
+    except csv.Error as exc:
+        raise DataError(f"{meta}:{reader.line_num}: not valid CSV ({exc})") from None
+
+
+def _read_csv_rows(root: Path, meta: Path, reader: Any) -> list[Record]:
     header = next(reader, None)
     if not header:
         raise DataError(f"{meta}: empty file (expected a header file_name,text)")
