@@ -63,6 +63,15 @@ def toy_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_bases() -> dict[str, str]:
-    """Placeholders for tiny base models used by the bad-input corpus (filled as backends land)."""
-    return {}
+def tiny_bases(tmp_path_factory) -> dict[str, str]:
+    """Tiny random-weight base models for the bad-input corpus's placeholders."""
+    from lorakit_llm.testing import build_tiny_llama
+    from lorakit_sd.testing import build_tiny_sd
+
+    root = tmp_path_factory.mktemp("bases")
+    sd = build_tiny_sd(root / "sd")
+    return {
+        "sd_single": str(sd.single_file),
+        "sd_config": str(sd.config_dir),
+        "llm_base": str(build_tiny_llama(root / "llm")),
+    }

@@ -41,7 +41,13 @@ def prepare(case: str, tmp_path: Path, bases: dict[str, str]) -> tuple[Path, Pat
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input(case, tmp_path, capsys, toy_plugins, tiny_bases):
+def test_bad_input(case, tmp_path, capsys, tiny_bases, request):
+    if case.startswith(("sd-", "llm-")):
+        from lorakit.plugins import set_plugins
+
+        set_plugins(None)  # the installed backends, found through their entry points
+    else:
+        request.getfixturevalue("toy_plugins")
     config, out = prepare(case, tmp_path, tiny_bases)
     if "{sd_base}" in config.read_text(errors="replace") or "{llm_base}" in config.read_text(
         errors="replace"

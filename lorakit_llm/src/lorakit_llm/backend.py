@@ -115,6 +115,7 @@ class LLMBackend(Backend):
         self.data_hash = ""
         self.stats: dict[str, Any] = {}
         self.reader_name = ""
+        self.records: list[Any] | None = None
 
     # -- model --------------------------------------------------------------------------
     def _dtype(self, ctx: TrainContext) -> torch.dtype:
@@ -124,6 +125,16 @@ class LLMBackend(Backend):
             bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             return torch.bfloat16 if bf16 else torch.float16
         return ctx.weight_dtype
+
+    def validate(self, ctx: TrainContext) -> None:
+        """Read the data before the model loads, so a broken line fails in a second."""
+        train = self.config.train
+        self.reader_name, reader = self._reader(ctx.registries)
+        self.records = reader.factory(
+            train.train_data_dir, system_prompt=self.section.system_prompt
+        )
+        if not self.records:
+            raise DataError("no rows to train on", where=train.train_data_dir)
 
     def setup(self, ctx: TrainContext) -> None:
         from peft import get_peft_model
@@ -198,7 +209,8 @@ class LLMBackend(Backend):
 
     def dataset(self, ctx: TrainContext) -> TokenDataset:
         section, train = self.section, self.config.train
-        self.reader_name, reader = self._reader(ctx.registries)
+        if self.records is None:
+            self.validate(ctx)
         self.data_hash = files_fingerprint(_data_files(Path(train.train_data_dir)))
         key = cache_key(
             reader=self.reader_name, data=self.data_hash,
@@ -211,11 +223,8 @@ class LLMBackend(Backend):
             data = load_cached(path)
             cached = data is not None
             if data is None:
-                records = reader.factory(train.train_data_dir, system_prompt=section.system_prompt)
-                if not records:
-                    raise DataError("no rows to train on", where=train.train_data_dir)
                 data = tokenize_records(
-                    records, self.tokenizer, self.template,
+                    self.records, self.tokenizer, self.template,
                     max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
                 )  # fmt: skip
                 if ctx.accelerator.is_main_process:

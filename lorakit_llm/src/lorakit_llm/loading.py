@@ -165,7 +165,9 @@ def load_model(
 ) -> Any:
     """The causal LM in ``dtype`` (GGUF weights dequantized to it), or 4-bit for QLoRA."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # lorakit shows its own progress; keep stderr for errors
     kwargs: dict[str, Any] = {"dtype": dtype}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
