@@ -91,6 +91,14 @@ class Backend(ABC):
         """Optional: a batch sampler with ``set_epoch`` (e.g. aspect-ratio buckets)."""
         return None
 
+    def optimizer_param_groups(self, learning_rate: float) -> list[dict[str, Any]] | None:
+        """Optional: parameter groups with their own ``lr`` (e.g. a text-encoder LR).
+
+        Every trainable parameter must be in exactly one group. Default (None): one group
+        at ``learning_rate``.
+        """
+        return None
+
     def count(self, batch: Any) -> int:
         """How many items ``loss(batch).loss_sum`` sums over (default: the batch size).
 

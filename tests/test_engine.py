@@ -179,3 +179,12 @@ def test_host_memory_is_flat_across_epochs(toy_plugins, tmp_path):
     toy_plugins.pm.register(Probe())
     run(toy_plugins, tmp_path, epochs=10, samples=256, batch_size=16, num_workers=0)
     assert (rss[10] - rss[2]) / rss[2] < 0.05, rss
+
+
+def test_backend_parameter_groups_get_their_own_learning_rate(toy_plugins, tmp_path):
+    result = run(toy_plugins, tmp_path, max_steps=3, head_lr=1e-4, lr_scheduler="linear")
+    groups = json.loads(
+        (result.output_dir / "checkpoints" / "step-3" / "optimizer.json").read_text()
+    )
+    lrs = [g["initial_lr"] for g in groups["param_groups"]]
+    assert lrs == [pytest.approx(1e-2), pytest.approx(1e-4)]

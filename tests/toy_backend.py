@@ -23,6 +23,7 @@ class ToySection(BaseModel):
     dim: int = 16
     hidden: int = 32
     slow_ms: float = 0.0  # sleep per step, to give kill tests a window
+    head_lr: float | None = None  # the output layer's LoRA in its own parameter group
 
 
 class ToyDataset:
@@ -74,6 +75,15 @@ class ToyBackend(Backend):
 
     def trainable_module(self) -> Any:
         return self.model
+
+    def optimizer_param_groups(self, learning_rate: float) -> Any:
+        head_lr = self.config.section.head_lr
+        if head_lr is None:
+            return None
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        body = [p for n, p in named if ".2." not in n]
+        head = [p for n, p in named if ".2." in n]
+        return [{"params": body, "lr": learning_rate}, {"params": head, "lr": head_lr}]
 
     def dataset(self, ctx: Any) -> Any:
         return ToyDataset(self.config.section.samples, self.config.section.dim)

@@ -38,6 +38,7 @@ from lorakit.errors import RunError, UsageError
 from lorakit.io import write_text
 from lorakit.plugins import Plugins, get_plugins
 from lorakit.provenance import file_metadata, now, run_record
+from lorakit.troubleshooting import OOM_LADDER
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -192,7 +193,16 @@ def train(
                 f"got {train_cfg.learning_rate}",
                 stacklevel=1,
             )
-        optimizer = opt_spec.factory(params, lr=train_cfg.learning_rate, **train_cfg.optimizer_args)
+        groups = backend.optimizer_param_groups(train_cfg.learning_rate)
+        if groups is not None:
+            grouped = [p for g in groups for p in g["params"]]
+            if len(grouped) != len(params) or {id(p) for p in grouped} != {id(p) for p in params}:
+                raise RunError(
+                    f"backend {config.backend}: parameter groups must hold every LoRA tensor once"
+                )
+        optimizer = opt_spec.factory(
+            groups or params, lr=train_cfg.learning_rate, **train_cfg.optimizer_args
+        )
     except BaseException:
         if created and main:
             shutil.rmtree(out, ignore_errors=True)
@@ -302,7 +312,12 @@ def train(
                 t0 = time.perf_counter()
                 window = [next(stream) for _ in range(accum)]
                 state.micro_batches += accum
-                losses = _forward_backward(backend, module, accelerator, window)
+                try:
+                    losses = _forward_backward(backend, module, accelerator, window)
+                except torch.OutOfMemoryError:
+                    raise RunError(
+                        f"out of memory at step {state.step + 1}: {OOM_LADDER}"
+                    ) from None
                 grad_norm = None
                 if train_cfg.max_grad_norm is not None:
                     grad_norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)

@@ -138,11 +138,6 @@ class SDBackend(Backend):
         if self.train_text:
             for encoder in self.model.text_encoders:
                 encoder.train()
-        if sec.text_encoder_lr is not None and sec.text_encoder_lr != t.learning_rate:
-            ctx.log(
-                "warning: sd.text_encoder_lr needs lorakit's parameter-group support; the text "
-                "encoder trains at learning_rate in this version"
-            )
 
     def _add_lora(self, module: Any, targets: list[str], key: str) -> None:
         from peft import LoraConfig
@@ -163,6 +158,15 @@ class SDBackend(Backend):
     @property
     def text_encoders(self) -> list[Any]:
         return self.model.text_encoders
+
+    def optimizer_param_groups(self, learning_rate: float) -> list[dict[str, Any]] | None:
+        """The UNet at learning_rate, the text encoders at sd.text_encoder_lr when set."""
+        te_lr = self.section.text_encoder_lr
+        if not self.train_text or te_lr is None or te_lr == learning_rate:
+            return None
+        unet = [p for p in self.unet.parameters() if p.requires_grad]
+        text = [p for e in self.model.text_encoders for p in e.parameters() if p.requires_grad]
+        return [{"params": unet, "lr": learning_rate}, {"params": text, "lr": te_lr}]
 
     def trainable_module(self) -> torch.nn.Module:
         from lorakit_sd.conditioning import SDTrainModule

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 #: LoRA target aliases accepted in ``target_modules``.
 TARGET_ALIASES = {
@@ -66,7 +67,13 @@ class SDSection(BaseModel):
     bucket: bool = Field(
         True, description="Aspect-ratio bucketing: images keep their shape at about resolution²."
     )
-    bucket_step: int = Field(64, gt=0, description="Bucket sides are multiples of this.")
+    bucket_step: int = Field(
+        64,
+        gt=0,
+        validate_default=True,
+        description="Bucket sides are multiples of this; with bucket on, sd.resolution must be "
+        "a multiple of it.",
+    )
     min_bucket_resolution: int | None = Field(
         None, gt=0, description="Smallest bucket side; default resolution / 2."
     )
@@ -133,8 +140,8 @@ class SDSection(BaseModel):
     text_encoder_lr: float | None = Field(
         None,
         gt=0,
-        description="Learning rate of the text-encoder LoRA. This release trains it at "
-        "learning_rate and warns when they differ (per-group rates need engine support).",
+        description="Learning rate of the text-encoder LoRA (its own optimizer parameter "
+        "group); null: learning_rate.",
     )
     text_encoder_target_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TEXT_ENCODER_TARGETS),
@@ -151,6 +158,21 @@ class SDSection(BaseModel):
     sample_width: int | None = Field(None, gt=0, description="Preview width; default resolution.")
     sample_height: int | None = Field(None, gt=0, description="Preview height; default resolution.")
     sample_seed: int | None = Field(None, description="Seed of every preview; default seed.")
+
+    @field_validator("bucket_step")
+    @classmethod
+    def _resolution_fits_buckets(cls, step: int, info: ValidationInfo) -> int:
+        """With bucketing on, ``resolution`` must be a multiple of ``bucket_step`` (≥ it)."""
+        resolution = info.data.get("resolution")
+        if resolution and info.data.get("bucket", True) and resolution % step:
+            raise PydanticCustomError(
+                "resolution_not_multiple",
+                "sd.resolution {resolution} must be a multiple of sd.bucket_step {step} "
+                "and at least it: set sd.bucket_step to a divisor of it (e.g. {hint}) or "
+                "sd.resolution to a multiple of {step}",
+                {"resolution": resolution, "step": step, "hint": _divisor_hint(resolution)},
+            )
+        return step
 
     @model_validator(mode="after")
     def _check(self) -> SDSection:
@@ -177,6 +199,11 @@ class SDSection(BaseModel):
     def latent_cache_enabled(self) -> bool:
         """Whether VAE latents are computed once (the default)."""
         return True if self.cache_latents is None else self.cache_latents
+
+
+def _divisor_hint(resolution: int) -> int:
+    """The largest of 64, 32, 16, 8, 4 that divides ``resolution`` (else 1)."""
+    return next((d for d in (64, 32, 16, 8, 4) if resolution % d == 0), 1)
 
 
 def expand_targets(names: list[str] | None) -> list[str]:
