@@ -33,7 +33,7 @@ def cli_reference() -> str:
 
     from lorakit.cli import build_command
 
-    root = build_command()
+    root = build_command(fresh=True)
     parts = [CLI_INTRO]
     for path, command in _walk(root, ["lorakit"])[1:]:
         if getattr(command, "hidden", False):

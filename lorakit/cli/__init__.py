@@ -20,15 +20,21 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     _typer_click = click.exceptions
 _NO_ARGS: Any = getattr(_typer_click, "NoArgsIsHelpError", click.exceptions.UsageError)
 
-app = typer.Typer(
-    name="lorakit",
-    help="Train LoRA adapters for Stable Diffusion and causal language models from one YAML file.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode="rich",
-)
+
+def _new_app() -> typer.Typer:
+    return typer.Typer(
+        name="lorakit",
+        help="Train LoRA adapters for Stable Diffusion and causal language models from one YAML file.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        rich_markup_mode="rich",
+    )
+
+
+#: The root command; built-in and plugin commands are added on first use (build_command).
+app = _new_app()
 
 
 def debug() -> bool:
@@ -40,12 +46,20 @@ def fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
-def _register_builtin_commands() -> None:
+def _populate(target: typer.Typer) -> None:
+    """Add the built-in commands and every plugin's (register_commands) to ``target``."""
     from lorakit import demo
     from lorakit.cli import config_cmd, info_cmds, label_cmd, model_cmds, train_cmd
 
     for module in (train_cmd, label_cmd, config_cmd, info_cmds, model_cmds, demo):
-        module.register(app)
+        module.register(target)
+    try:
+        from lorakit.plugins import get_plugins
+
+        get_plugins().add_commands(target)
+    except LorakitError:
+        if debug():
+            raise
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:
@@ -61,19 +75,17 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 _built = False
 
 
-def build_command() -> click.Command:
+def build_command(*, fresh: bool = False) -> click.Command:
+    """The click command tree; ``fresh`` builds a new one with the current plugins."""
     global _built
-    if not _built:
+    target = app
+    if fresh:
+        target = _new_app()
+        _populate(target)
+    elif not _built:
         _built = True
-        _register_builtin_commands()
-        try:
-            from lorakit.plugins import get_plugins
-
-            get_plugins().add_commands(app)
-        except LorakitError:
-            if debug():
-                raise
-    command: click.Command = typer.main.get_command(app)  # type: ignore[assignment]
+        _populate(app)
+    command: click.Command = typer.main.get_command(target)  # type: ignore[assignment]
     return command
 
 
