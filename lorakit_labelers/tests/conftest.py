@@ -1,17 +1,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-# pytest's importlib mode names this file "lorakit_labelers.tests.conftest" and registers
-# the project folder (no __init__.py) as the package "lorakit_labelers"; put the installed
-# package in its place so that the tests import the real one.
-if getattr(sys.modules.get("lorakit_labelers"), "__file__", None) is None:
-    sys.modules.pop("lorakit_labelers", None)
-    import lorakit_labelers  # noqa: F401
+from lorakit.testing import restore_installed
+
+restore_installed("lorakit_labelers")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LORAKIT_NO_UPDATE_CHECK", "1")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import warnings
@@ -11,15 +10,12 @@ from typing import Any
 
 import pytest
 
+from lorakit.testing import one_thread, restore_installed
+
 # Appended, not prepended: other test folders import their own "conftest" by name.
 sys.path.append(str(Path(__file__).parent))
 
-# pytest's importlib mode imports this file as "lorakit_llm.tests.conftest" and registers the
-# project folder lorakit_llm/ (no __init__.py) as the module "lorakit_llm", hiding the
-# installed package (src/lorakit_llm): put the real package back.
-if getattr(sys.modules.get("lorakit_llm"), "__file__", None) is None:
-    sys.modules.pop("lorakit_llm", None)
-    importlib.import_module("lorakit_llm")
+restore_installed("lorakit_llm")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LORAKIT_NO_UPDATE_CHECK", "1")
@@ -42,8 +38,6 @@ def llm_plugins() -> Any:
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Any:
-    from llm_helpers import one_thread
-
     with one_thread():
         yield
 
@@ -59,7 +53,6 @@ def _plugins(llm_plugins: Any) -> Any:
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny model as a folder and as a GGUF file, a GGML stub and 150 QA pairs."""
-    from llm_helpers import one_thread
     from lorakit_llm.testing import build_tiny_llama, write_ggml_stub, write_gguf, write_qa_jsonl
 
     root = tmp_path_factory.mktemp("llm-assets")
@@ -78,7 +71,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def trained(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, llm_plugins: Any):
     """One run on the 150 QA pairs; the in-memory model's logits on probe_ids() kept."""
     import torch
-    from llm_helpers import llm_config, one_thread, probe_ids
+    from llm_helpers import llm_config, probe_ids
 
     import lorakit
     from lorakit.config import load_config

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread, then restore: these models are far too small to share
-    work between threads, and on a busy machine two spinning threads per process are
-    several times slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from lorakit.testing import one_thread  # noqa: F401  (re-exported for the tests)
 
 
 def llm_config(assets: dict[str, Path], output: Path, **overrides: Any) -> dict[str, Any]:

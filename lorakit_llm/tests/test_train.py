@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from llm_helpers import llm_config, one_thread, probe_ids
+from llm_helpers import llm_config, probe_ids
 
 from lorakit.cli import main
 from lorakit.errors import UsageError
+from lorakit.testing import one_thread
 
 
 def cli(*args: str) -> int:

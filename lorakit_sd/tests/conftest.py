@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import warnings
@@ -11,13 +10,10 @@ from typing import Any
 
 import pytest
 
+from lorakit.testing import one_thread, restore_installed
+
 sys.path.append(str(Path(__file__).parent))  # for sd_helpers; after the other folders
-# pytest's importlib mode imports this file as "lorakit_sd.tests.conftest" and registers the
-# project folder lorakit_sd/ (no __init__.py) as the module "lorakit_sd", hiding the installed
-# package (src/lorakit_sd): put the real package back.
-if getattr(sys.modules.get("lorakit_sd"), "__file__", None) is None:
-    sys.modules.pop("lorakit_sd", None)
-    importlib.import_module("lorakit_sd")
+restore_installed("lorakit_sd")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LORAKIT_NO_UPDATE_CHECK", "1")
@@ -30,7 +26,6 @@ warnings.filterwarnings("ignore", message=".*safety checker.*")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``{"sd1": TinyModel, "sdxl": TinyModel}``, each saved as a folder and a single file."""
     from lorakit_sd.testing import build_tiny_sd
-    from sd_helpers import one_thread
 
     root = tmp_path_factory.mktemp("models")
     with one_thread():
@@ -40,8 +35,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Any:
     """Every test module of this package runs torch on one thread (restored after)."""
-    from sd_helpers import one_thread
-
     with one_thread():
         yield
 

@@ -1,0 +1,41 @@
+"""Helpers for testing lorakit plugins (lorakit's own packages use them too).
+
+Nothing here is imported by lorakit at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block (the previous count is restored).
+
+    Tiny test models gain nothing from several threads, and on a busy machine two spinning
+    threads per process are several times slower than one.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def restore_installed(package: str) -> None:
+    """Undo pytest's shadowing of an installed plugin package by its project folder.
+
+    With ``--import-mode=importlib``, pytest imports ``lorakit_sd/tests/conftest.py`` as
+    ``lorakit_sd.tests.conftest`` and registers the project folder ``lorakit_sd/`` (no
+    ``__init__.py``) as the module ``lorakit_sd``, hiding the installed package. Call this
+    at the top of such a conftest to put the real package back.
+    """
+    if getattr(sys.modules.get(package), "__file__", None) is None:
+        sys.modules.pop(package, None)
+        importlib.import_module(package)
