@@ -19,15 +19,32 @@ import torch
 def bucket_sizes(
     resolution: int, step: int, min_side: int | None = None, max_side: int | None = None
 ) -> list[tuple[int, int]]:
-    """(width, height) buckets with sides multiple of ``step`` and area ≤ ``resolution²``."""
-    min_side = min_side or max(step, (resolution // 2) // step * step)
-    max_side = max_side or resolution * 2
+    """(width, height) buckets with sides multiple of ``step`` and area ≤ ``resolution²``.
+
+    Sides lie between ``min_side`` (default ``resolution / 2``) and ``max_side`` (default
+    ``resolution * 2``), both rounded to multiples of ``step`` and never below ``step``; the
+    square bucket of side ``resolution`` (rounded down to a multiple of ``step``) is always
+    there. A ``resolution`` below ``step`` leaves no bucket: a :class:`ConfigError`.
+    """
+    from lorakit.errors import ConfigError
+
+    if step <= 0:
+        raise ConfigError(f"must be positive (got {step})", key="sd.bucket_step")
+    if resolution < step:
+        raise ConfigError(
+            f"sd.resolution {resolution} is smaller than sd.bucket_step {step}: "
+            "no bucket fits; lower sd.bucket_step or raise sd.resolution",
+            key="sd.bucket_step",
+        )
+    square = resolution // step * step
+    low = max(step, -(-(min_side or resolution // 2) // step) * step)  # rounded up
+    high = max(square, (max_side or resolution * 2) // step * step)  # rounded down
     area = resolution * resolution
-    sizes = {(resolution // step * step,) * 2}
-    width = min_side
-    while width <= max_side:
-        height = min(max_side, (area // width) // step * step)
-        if height >= min_side:
+    sizes = {(square, square)}
+    width = low
+    while width <= high:
+        height = min(high, (area // width) // step * step)
+        if height >= low:
             sizes.add((width, height))
             sizes.add((height, width))
         width += step
@@ -37,6 +54,11 @@ def bucket_sizes(
 def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
     """The bucket whose aspect ratio is closest to ``size``'s (ties: the larger area)."""
     w, h = size
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image size must be positive, not {w}x{h}")
+    buckets = [b for b in buckets if b[0] > 0 and b[1] > 0]
+    if not buckets:
+        raise ValueError("no bucket of positive size to choose from")
     ratio = math.log(w / h)
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
 
