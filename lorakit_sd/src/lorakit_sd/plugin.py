@@ -1,9 +1,9 @@
 """Entry point of lorakit-sd: registrations only; nothing heavy is imported here.
 
 Registers the ``sd`` backend (task type ``image-generation``) with its ``sd:`` config
-section, templates and ``export`` / ``merge`` / ``sample`` commands; the image-folder dataset
-readers; and the ``kohya`` and ``diffusers`` exporters. Every factory imports its module only
-when called, so ``lorakit --help`` never loads torch or diffusers.
+section, templates and ``export`` / ``merge`` / ``sample`` / ``demo`` commands; the
+image-folder dataset readers; and the ``kohya`` and ``diffusers`` exporters. Every factory
+imports its module only when called, so ``lorakit --help`` never loads torch or diffusers.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
                 "export": lazy("lorakit_sd.commands:export"),
                 "merge": lazy("lorakit_sd.commands:merge"),
                 "sample": lazy("lorakit_sd.commands:sample"),
+                "demo": lazy("lorakit_sd.demo:demo_command"),
             },
             templates={
                 "sd15": ("lorakit_sd", "templates/sd15.yaml"),
