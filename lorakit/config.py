@@ -299,8 +299,12 @@ def _validate(
             message = "required key is missing"
         else:
             got = err.get("input")
-            shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-            message = f"{err['msg'].lower()} (got {shown[:60]})"
+            text = str(err["msg"])
+            for prefix in ("Value error, ", "Assertion failed, "):
+                text = text.removeprefix(prefix)
+            message = text[0].lower() + text[1:] if text else "invalid value"
+            if not isinstance(got, dict | list):
+                message += f" (got {repr(got)[:60]})"
         raise ConfigError(message, key=key, file=file, line=line) from None
 
 

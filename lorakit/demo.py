@@ -82,8 +82,9 @@ def run_demo(
 
 def summary(runs: list[DemoRun], console: Console) -> None:
     table = Table(title="lorakit demo")
-    for column in ("backend", "steps", "loss first → last", "time", "outputs"):
-        table.add_column(column)
+    for column in ("backend", "steps", "loss first → last", "time"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("outputs", overflow="fold")
     for run in runs:
         loss = (
             f"{run.first_loss:.4f} → {run.final_loss:.4f}"
