@@ -300,8 +300,8 @@ def _validate(
         else:
             got = err.get("input")
             text = str(err["msg"])
-            for prefix in ("Value error, ", "Assertion failed, "):
-                text = text.removeprefix(prefix)
+            for lead in ("Value error, ", "Assertion failed, "):
+                text = text.removelead(lead)
             message = text[0].lower() + text[1:] if text else "invalid value"
             if not isinstance(got, dict | list):
                 message += f" (got {repr(got)[:60]})"
