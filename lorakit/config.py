@@ -301,7 +301,7 @@ def _validate(
             got = err.get("input")
             text = str(err["msg"])
             for lead in ("Value error, ", "Assertion failed, "):
-                text = text.removelead(lead)
+                text = text.removeprefix(lead)
             message = text[0].lower() + text[1:] if text else "invalid value"
             if not isinstance(got, dict | list):
                 message += f" (got {repr(got)[:60]})"
