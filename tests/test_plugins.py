@@ -153,6 +153,15 @@ def test_broken_entry_point_never_breaks_help_or_plugins(broken_dist):
     )  # fmt: skip
     assert strict.returncode == 2 and "lorakit-broken" in strict.stderr
     assert "Traceback" not in strict.stderr
+    version = subprocess.run(
+        [*LORAKIT, "version", "--json"], env=broken_dist, capture_output=True, text=True
+    )
+    assert version.returncode == 0, version.stderr
+    listed = {p["distribution"]: p for p in json.loads(version.stdout)["plugins"]}
+    assert listed["lorakit-broken"]["status"] == "error"
+    doctor = subprocess.run([*LORAKIT, "doctor"], env=broken_dist, capture_output=True, text=True)
+    assert doctor.returncode in (0, 1) and "Traceback" not in doctor.stderr + doctor.stdout
+    assert "lorakit-broken" in doctor.stdout and "missing dependency xyz" in doctor.stdout
 
 
 def test_disabled_plugins(broken_dist):

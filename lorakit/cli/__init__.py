@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import click
@@ -92,6 +93,9 @@ def build_command(*, fresh: bool = False) -> click.Command:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``lorakit`` console script."""
     args = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    # Library deprecation chatter is not for users: stderr is kept for lorakit's own lines.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
         command = build_command()
         code = command.main(args=args, prog_name="lorakit", standalone_mode=False)

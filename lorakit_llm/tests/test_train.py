@@ -285,3 +285,16 @@ def test_chat_repl_switches_adapters(
     assert "adapters: capitals (1), from-gguf (1); active: capitals" in out
     assert "error: no adapter named 'nope' (loaded: capitals, from-gguf)" in out
     assert next(lines, None) is None  # every line was read, up to /quit
+
+
+def test_an_adapter_for_another_base_is_refused_with_the_module_names(
+    trained: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lorakit_llm.testing import build_tiny_llama
+
+    other = build_tiny_llama(tmp_path / "narrow", hidden_size=32)
+    capsys.readouterr()
+    code = cli("chat", "--base", str(other), "--adapter", str(trained["output"]), "--prompt", "hi")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "shapes do not fit" in err and "self_attn.q_proj.lora_A" in err

@@ -71,6 +71,26 @@ def set_weight(model: Any, name: str, weight: float) -> None:
             module.set_scale(name, weight)
 
 
+def mismatch_summary(exc: Exception) -> str:
+    """The first line of a load error, or the modules whose shapes do not fit."""
+    import re
+
+    text = str(exc).strip()
+    found = re.findall(
+        r"size mismatch for (\S+?): copying a param with shape (torch.Size\(\[[\d, ]*\]\)) "
+        r"from checkpoint, the shape in current model is (torch.Size\(\[[\d, ]*\]\))",
+        text,
+    )
+    if not found:
+        return text.splitlines()[0] if text else type(exc).__name__
+    name, got, want = found[0]
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return (
+        f"shapes do not fit: {name} is {got.removeprefix('torch.Size')} in the adapter, "
+        f"{want.removeprefix('torch.Size')} in the model{more}; was it trained on another base?"
+    )
+
+
 def load_adapters(base_model: Any, refs: list[AdapterRef]) -> Any:
     """A PeftModel over ``base_model`` with every adapter loaded and weighted."""
     from peft import PeftModel
@@ -83,8 +103,9 @@ def load_adapters(base_model: Any, refs: list[AdapterRef]) -> Any:
             else:
                 model.load_adapter(str(ref.path), adapter_name=ref.name)
         except (ValueError, KeyError, RuntimeError) as exc:
-            text = str(exc).strip().splitlines()[0]
-            raise UsageError(f"cannot load adapter {ref.path} on this base model: {text}") from None
+            raise UsageError(
+                f"cannot load adapter {ref.path} on this base model: {mismatch_summary(exc)}"
+            ) from None
         if ref.weight != 1.0:
             set_weight(model, ref.name, ref.weight)
     if model is not None:
