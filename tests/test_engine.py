@@ -188,3 +188,13 @@ def test_backend_parameter_groups_get_their_own_learning_rate(toy_plugins, tmp_p
     )
     lrs = [g["initial_lr"] for g in groups["param_groups"]]
     assert lrs == [pytest.approx(1e-2), pytest.approx(1e-4)]
+
+
+def test_dataloader_workers_do_not_outlive_the_run(toy_plugins, tmp_path):
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    result = run(toy_plugins, tmp_path, epochs=3, num_workers=2)
+    assert result.steps == 24
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not left, f"worker processes left behind: {left}"
