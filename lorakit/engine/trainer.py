@@ -111,6 +111,43 @@ def _stream(
         epoch, skip = epoch + 1, 0
 
 
+def _data_loader(backend: Backend, dataset: Any, config: Config) -> tuple[Any, Any]:
+    """The DataLoader and its sampler: the backend's batch sampler (buckets, length groups)
+    or a plain shuffle, both pure functions of (seed, epoch) so a resume finds its place.
+
+    The loader gets its own generator: creating an iterator then draws nothing from the
+    global RNG, whose state the checkpoint restores.
+    """
+    cfg = config.train
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = backend.batch_sampler(dataset, cfg.batch_size, cfg.seed)
+    if sampler is not None:
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=backend.collate,
+            num_workers=cfg.num_workers, generator=generator,
+        )  # fmt: skip
+        return loader, sampler
+    sampler = EpochSampler(len(dataset), cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=backend.collate,
+        num_workers=cfg.num_workers, generator=generator, drop_last=False,
+    )  # fmt: skip
+    return loader, sampler
+
+
+def _export(
+    exporters: list[Any],
+    backend: Backend,
+    folder: Path,
+    config: Config,
+    metadata: dict[str, str],
+    step: int,
+) -> list[Path]:
+    """Run every exporter into ``folder``; the files they wrote."""
+    stamped = {**metadata, "lorakit.step": str(step)}
+    return [p for e in exporters for p in e.factory(backend, folder, config.train.name, stamped)]
+
+
 def check_resume_config(config: Config, checkpoint: Path) -> None:
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved_path = Path(checkpoint).parent.parent / "config.yaml"
@@ -208,20 +245,7 @@ def train(
             shutil.rmtree(out, ignore_errors=True)
         raise
 
-    # The data: a sampler that is a pure function of (seed, epoch), or the backend's own.
-    sampler = backend.batch_sampler(dataset, train_cfg.batch_size, train_cfg.seed)
-    generator = torch.Generator().manual_seed(train_cfg.seed)
-    if sampler is not None:
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=backend.collate,
-            num_workers=train_cfg.num_workers, generator=generator,
-        )  # fmt: skip
-    else:
-        sampler = EpochSampler(len(dataset), train_cfg.seed)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=train_cfg.batch_size, sampler=sampler, collate_fn=backend.collate,
-            num_workers=train_cfg.num_workers, generator=generator, drop_last=False,
-        )  # fmt: skip
+    loader, sampler = _data_loader(backend, dataset, config)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     backend.set_train_module(module)
     accum = train_cfg.gradient_accumulation_steps
@@ -271,24 +295,13 @@ def train(
     def checkpoint_now() -> Path | None:
         path = None
         if main:
-            unwrapped = accelerator.unwrap_model(module)
-
-            def add_exports(folder: Path) -> None:
-                for exporter in exporters:
-                    exporter.factory(
-                        backend,
-                        folder,
-                        config.train.name,
-                        {**metadata, "lorakit.step": str(state.step)},
-                    )
-
             path = save_checkpoint(
-                out, state, trainable_state_dict(unwrapped), optimizer, scheduler,
-                keep=train_cfg.save_total_limit, extra=add_exports,
+                out, state, trainable_state_dict(accelerator.unwrap_model(module)), optimizer,
+                scheduler, keep=train_cfg.save_total_limit,
+                extra=lambda folder: _export(exporters, backend, folder, config, metadata, state.step),
             )  # fmt: skip
-            write_loss_plot(read_metrics(out), out / "loss.png", config.train.name) if (
-                out / "metrics.jsonl"
-            ).exists() else None
+            if (out / "metrics.jsonl").exists():
+                write_loss_plot(read_metrics(out), out / "loss.png", config.train.name)
         accelerator.wait_for_everyone()
         if path is not None:
             plugins.call("on_checkpoint", run=run, step=state.step, path=str(path))
@@ -318,18 +331,14 @@ def train(
                     raise RunError(
                         f"out of memory at step {state.step + 1}: {OOM_LADDER}"
                     ) from None
-                grad_norm = None
-                if train_cfg.max_grad_norm is not None:
-                    grad_norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
-                optimizer.step()
-                lr = (
-                    effective_lr(optimizer)
-                    if opt_spec.adaptive
-                    else optimizer.param_groups[0]["lr"]
+                grad_norm, lr = _optimizer_step(
+                    accelerator,
+                    optimizer,
+                    scheduler,
+                    params,
+                    train_cfg.max_grad_norm,
+                    opt_spec.adaptive,
                 )
-                if not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.elapsed_s = time.perf_counter() - t_start
                 last_loss = losses["loss"]
@@ -343,7 +352,7 @@ def train(
                     "elapsed_s": round(state.elapsed_s, 3),
                 }
                 if grad_norm is not None:
-                    metrics["grad_norm"] = float(grad_norm)
+                    metrics["grad_norm"] = grad_norm
                 if not math.isfinite(last_loss):
                     raise RunError(
                         f"loss is {last_loss} at step {state.step}: lower learning_rate, "
@@ -378,10 +387,7 @@ def train(
     else:
         checkpoint_now()
         if main:
-            for exporter in exporters:
-                outputs += exporter.factory(
-                    backend, out, config.train.name, {**metadata, "lorakit.step": str(state.step)}
-                )
+            outputs += _export(exporters, backend, out, config, metadata, state.step)
             if train_cfg.sample_prompts:
                 outputs += backend.sample(ctx, state.step, out / "samples")
         accelerator.wait_for_everyone()
@@ -399,6 +405,26 @@ def train(
     backend.teardown()
     accelerator.end_training()
     return RunResult(out, state.step, last_loss, outputs, interrupted, state.elapsed_s)
+
+
+def _optimizer_step(
+    accelerator: Accelerator,
+    optimizer: Any,
+    scheduler: Any,
+    params: list[Any],
+    max_norm: float | None,
+    adaptive: bool,
+) -> tuple[float | None, float]:
+    """Clip, step, advance the schedule; the gradient norm and the step size used."""
+    grad_norm = None
+    if max_norm is not None:
+        grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
+    optimizer.step()
+    lr = effective_lr(optimizer) if adaptive else float(optimizer.param_groups[0]["lr"])
+    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step was skipped
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
 
 
 def _forward_backward(
