@@ -87,9 +87,15 @@ def test_launch_command_maps_options():
         ("fsdp", "fsdp_plugin"),
     ],
 )
-def test_strategy_maps_to_accelerate_plugins(toy_plugins, tmp_path, strategy, key):
+def test_strategy_maps_to_accelerate_plugins(toy_plugins, tmp_path, strategy, key, monkeypatch):
+    import importlib.util
+
     from conftest import toy_config
 
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "deepspeed" else real(n, *a)
+    )
     cfg = load_config(
         data=toy_config(tmp_path, distributed={"strategy": strategy, "offload": True})
     )
@@ -100,3 +106,17 @@ def test_strategy_maps_to_accelerate_plugins(toy_plugins, tmp_path, strategy, ke
         assert plugin.deepspeed_config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     else:
         assert plugin.cpu_offload.offload_params is True
+
+
+def test_deepspeed_without_the_package_is_a_usage_error(toy_plugins, tmp_path):
+    import importlib.util
+
+    from conftest import toy_config
+
+    from lorakit.errors import UsageError
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed")
+    cfg = load_config(data=toy_config(tmp_path, distributed={"strategy": "deepspeed_zero3"}))
+    with pytest.raises(UsageError, match="pip install deepspeed"):
+        accelerator_kwargs(cfg)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakit.errors import UsageError
+
 
 def accelerator_kwargs(config: Any) -> dict[str, Any]:
     """Keyword arguments for ``Accelerator`` from ``config.train.distributed``."""
@@ -15,7 +17,14 @@ def accelerator_kwargs(config: Any) -> dict[str, Any]:
 
             kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     elif dist.strategy.startswith("deepspeed"):
+        import importlib.util
+
         from accelerate.utils import DeepSpeedPlugin
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UsageError(
+                f"distributed.strategy {dist.strategy} needs DeepSpeed: pip install deepspeed"
+            )
 
         stage = 3 if dist.strategy.endswith("zero3") else 2
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
