@@ -167,10 +167,29 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
+    def semantic_view(self, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``data`` (default: this config) without the keys a resume may change.
+
+        Core keys in :data:`RESUMABLE_KEYS`; in backend sections, keys starting with
+        ``sample_`` (previews) and those a section model lists in ``resumable_keys``.
+        """
+        data = self.to_dict() if data is None else data
+        view: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in RESUMABLE_KEYS:
+                continue
+            model = self.sections.get(key)
+            if model is not None and isinstance(value, dict):
+                extra: frozenset[str] = getattr(type(model), "resumable_keys", frozenset())
+                value = {
+                    k: v for k, v in value.items() if not k.startswith("sample_") and k not in extra
+                }
+            view[key] = value
+        return view
+
     def semantic_hash(self) -> str:
         """Hash of everything that changes what a run learns (not max_steps, logging, ...)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_KEYS}
-        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        blob = json.dumps(self.semantic_view(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -198,12 +217,20 @@ _Loader.add_implicit_resolver(
 
 def _walk(node: yaml.Node, loader: _Loader, path: tuple[str, ...], lines: dict, file: str) -> Any:
     if isinstance(node, yaml.MappingNode):
+        own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+        loader.flatten_mapping(node)  # YAML merge keys (<<: *defaults) come first
+        merged = len(node.value) - own
         out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
+        written: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             key = str(loader.construct_object(key_node, deep=True))
             line = key_node.start_mark.line + 1
-            if key in out:
-                raise ConfigError("duplicate key", key=".".join((*path, key)), file=file, line=line)
+            if index >= merged:  # a key written here, not merged in: it must be unique
+                if key in written:
+                    raise ConfigError(
+                        "duplicate key", key=".".join((*path, key)), file=file, line=line
+                    )
+                written.add(key)
             lines[(*path, key)] = line
             out[key] = _walk(value_node, loader, (*path, key), lines, file)
         return out
@@ -258,15 +285,21 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[tuple[str, ...], str]:
+    """Apply ``--set`` items to ``data``; returns each overridden key path and its item."""
+    applied: dict[tuple[str, ...], str] = {}
     for item in overrides:
         keys, value = parse_override(item)
         target = data
         for k in keys[:-1]:
-            target = target.setdefault(k, {})
+            if target.get(k) is None:  # a missing or empty section
+                target[k] = {}
+            target = target[k]
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {item}: '{k}' is not a section")
         target[keys[-1]] = value
+        applied[tuple(keys)] = item
+    return applied
 
 
 # -- validation ----------------------------------------------------------------------
@@ -283,7 +316,10 @@ def _validate(
     prefix: tuple[str, ...],
     lines: dict,
     file: str | None,
+    overridden: dict[tuple[str, ...], str] | None = None,
 ) -> BaseModel:
+    """Validate ``data``; the first error as a ConfigError naming key, file and line (or the
+    ``--set`` item it came from)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -292,6 +328,9 @@ def _validate(
         full = (*prefix, *loc)
         key = ".".join(full) or "config"
         line = lines.get(full) or lines.get(full[:-1]) if full else None
+        override = (overridden or {}).get(full)
+        if override is not None:  # the value came from the command line, not the file
+            file, line = f"--set {override}", None
         if err["type"] == "extra_forbidden":
             fields = list(_fields_at(model, loc[:-1]))
             message = "unknown key" + _did_you_mean(loc[-1], fields)
@@ -356,8 +395,9 @@ def load_config(
         data, lines = read_yaml(Path(path))
     data = dict(data)
     data, notices = migrate(data, file=file)
+    overridden: dict[tuple[str, ...], str] = {}
     if overrides:
-        apply_overrides(data, overrides)
+        overridden = apply_overrides(data, overrides)
     if backend:
         data["backend"] = backend
 
@@ -372,7 +412,7 @@ def load_config(
                 f"pip install {KNOWN_BACKEND_PACKAGES[key]}",
                 key=key, file=file, line=lines.get((key,)),
             )  # fmt: skip
-    train = _validate(TrainConfig, data, (), lines, file)
+    train = _validate(TrainConfig, data, (), lines, file, overridden)
     assert isinstance(train, TrainConfig)
     try:
         entry = registries.backend_for(train.task_type, train.backend)
@@ -388,7 +428,7 @@ def load_config(
             raise ConfigError("must be a mapping", key=name, file=file, line=lines.get((name,)))
         model = registries.backends.get(name).config_model
         if model is not None:
-            validated[name] = _validate(model, section_data, (name,), lines, file)
+            validated[name] = _validate(model, section_data, (name,), lines, file, overridden)
     if spec.name not in validated and spec.config_model is not None:
         validated[spec.name] = _validate(spec.config_model, {}, (spec.name,), lines, file)
     if check_paths:

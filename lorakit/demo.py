@@ -9,6 +9,7 @@ prints where everything is.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,9 @@ def run_demo(
         config_path = available[name].commands["demo"](folder)
         console.print(f"config: {config_path}")
         config = load_config(config_path)
+        run_dir = Path(config.train.output_dir)
+        if run_dir.is_relative_to(folder) and run_dir.exists():
+            shutil.rmtree(run_dir)  # an earlier demo's run: the demo starts afresh
         console.rule(f"[bold]{name}: training")
         result = train(config)
         rows = read_metrics(result.output_dir)

@@ -187,3 +187,27 @@ def test_migration_from_v1_layout(toy_plugins, tmp_path, files):
     cfg = load_config(write(tmp_path, "config_version: 1\n" + text, files))
     assert cfg.train.lora_rank == 8 and cfg.train.batch_size == 4
     assert any("'network_dim' is now 'lora_rank'" in n for n in cfg.notices)
+
+
+def test_a_bad_override_names_the_set_item_not_the_file_line(toy_plugins, tmp_path, files):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, SEED, files), overrides=["lora_rank=-1"])
+    assert str(info.value).startswith("--set lora_rank=-1: lora_rank: input should be greater")
+
+
+def test_set_into_an_empty_section(toy_plugins, tmp_path, files):
+    cfg = load_config(write(tmp_path, SEED + "toy:\n", files), overrides=["toy.dim=8"])
+    assert cfg.section.dim == 8
+
+
+def test_yaml_merge_keys(toy_plugins, tmp_path, files):
+    text = SEED + "toy:\n  <<: {{samples: 16, dim: 4}}\n  dim: 8\n"
+    cfg = load_config(write(tmp_path, text, files))
+    assert (cfg.section.samples, cfg.section.dim) == (16, 8)
+
+
+def test_backend_preview_keys_may_change_on_resume(toy_plugins, tmp_path, files):
+    path = write(tmp_path, SEED, files)
+    base = load_config(path)
+    assert load_config(path, overrides=["toy.samples=64"]).semantic_hash() == base.semantic_hash()
+    assert load_config(path, overrides=["toy.samples=65"]).semantic_hash() != base.semantic_hash()

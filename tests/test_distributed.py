@@ -120,3 +120,39 @@ def test_deepspeed_without_the_package_is_a_usage_error(toy_plugins, tmp_path):
     cfg = load_config(data=toy_config(tmp_path, distributed={"strategy": "deepspeed_zero3"}))
     with pytest.raises(UsageError, match="pip install deepspeed"):
         accelerator_kwargs(cfg)
+
+
+@pytest.mark.slow
+def test_a_signal_that_reaches_one_rank_stops_both_cleanly(tmp_path, toy_env):
+    import signal
+    import time
+
+    import psutil
+
+    path = config(tmp_path, "sig", batch_size=4, max_steps=400, save_steps=1000)
+    path.write_text(path.read_text() + "toy:\n  slow_ms: 30\n")
+    proc = subprocess.Popen(
+        [*LORAKIT, "train", "--config", str(path), "--num-processes", "2"],
+        env=toy_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = tmp_path / "sig" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < 3
+    ):
+        time.sleep(0.1)
+    ranks = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "lorakit.cli" in " ".join(p.cmdline())
+    ]
+    rank1 = [p for p in ranks if p.environ().get("RANK") == "1"]
+    assert rank1, [p.cmdline() for p in ranks]
+    rank1[0].send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the ranks hung after a signal reached only one of them")
+    checkpoints = list((tmp_path / "sig" / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").exists()

@@ -198,3 +198,41 @@ def test_dataloader_workers_do_not_outlive_the_run(toy_plugins, tmp_path):
     assert result.steps == 24
     left = {p.pid for p in psutil.Process().children(recursive=True)} - before
     assert not left, f"worker processes left behind: {left}"
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints(toy_plugins, tmp_path):
+    run(toy_plugins, tmp_path, max_steps=4, save_steps=2)
+    with pytest.raises(
+        UsageError, match="holds checkpoints of an earlier run: continue it with --resume"
+    ):
+        run(toy_plugins, tmp_path, max_steps=4, save_steps=2)
+    assert run(toy_plugins, tmp_path, resume=True, max_steps=6).steps == 6
+
+
+@pytest.mark.parametrize(
+    "keys,fragment",
+    [
+        ({"optimizer_args": {"betas_": 1}}, "optimizer_args: adamw: "),
+        (
+            {"lr_scheduler": "cosine_with_restarts", "lr_scheduler_args": {"num_cycle": 2}},
+            "lr_scheduler_args: ",
+        ),
+    ],
+)
+def test_wrong_optimizer_or_scheduler_arguments_are_config_errors(
+    toy_plugins, tmp_path, keys, fragment
+):
+    from lorakit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment):
+        run(toy_plugins, tmp_path, max_steps=2, **keys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_run_says_so_in_run_json(toy_plugins, tmp_path):
+    from lorakit.errors import RunError
+
+    with pytest.raises(RunError, match="loss is"):
+        run(toy_plugins, tmp_path, max_steps=20, learning_rate=1e30, max_grad_norm=None)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "failed" and "loss is" in record["error"]

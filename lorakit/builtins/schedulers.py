@@ -21,7 +21,7 @@ def _lambda(shape: Callable[[float], float], warmup: int, total: int) -> Callabl
 
 
 def _make(shape: Callable[[float], float]) -> Callable[..., Any]:
-    def factory(optimizer: Any, warmup_steps: int, total_steps: int, **_: Any) -> Any:
+    def factory(optimizer: Any, warmup_steps: int, total_steps: int) -> Any:
         import torch
 
         return torch.optim.lr_scheduler.LambdaLR(
@@ -32,7 +32,7 @@ def _make(shape: Callable[[float], float]) -> Callable[..., Any]:
 
 
 def cosine_with_restarts(
-    optimizer: Any, warmup_steps: int, total_steps: int, num_cycles: int = 3, **_: Any
+    optimizer: Any, warmup_steps: int, total_steps: int, num_cycles: int = 3
 ) -> Any:
     import torch
 

@@ -28,13 +28,18 @@ from lorakit import __version__
 from lorakit.backend import Backend, TrainContext, trainable_state_dict
 from lorakit.builtins.optimizers import effective_lr
 from lorakit.builtins.trackers import read_metrics
-from lorakit.config import RESUMABLE_KEYS, Config
-from lorakit.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from lorakit.config import Config
+from lorakit.engine.checkpoint import (
+    checkpoint_dirs,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lorakit.engine.lossplot import write_loss_plot
 from lorakit.engine.progress import TrainProgress
 from lorakit.engine.sampler import EpochSampler
 from lorakit.engine.state import RunInfo, TrainerState
-from lorakit.errors import RunError, UsageError
+from lorakit.errors import ConfigError, RunError, UsageError
 from lorakit.io import write_text
 from lorakit.plugins import Plugins, get_plugins
 from lorakit.provenance import file_metadata, now, run_record
@@ -148,6 +153,17 @@ def _export(
     return [p for e in exporters for p in e.factory(backend, folder, config.train.name, stamped)]
 
 
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in set(old) | set(new):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
 def check_resume_config(config: Config, checkpoint: Path) -> None:
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved_path = Path(checkpoint).parent.parent / "config.yaml"
@@ -157,11 +173,9 @@ def check_resume_config(config: Config, checkpoint: Path) -> None:
     if saved_path.exists():
         import yaml
 
-        old = yaml.safe_load(saved_path.read_text())
-        new = config.to_dict()
-        keys = sorted(
-            k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)
-        )
+        old = config.semantic_view(yaml.safe_load(saved_path.read_text()))
+        new = config.semantic_view()
+        keys = sorted(_changed_keys(old, new))
         if keys:
             changed = ", ".join(keys)
     raise UsageError(
@@ -184,6 +198,11 @@ def train(
     train_cfg = config.train
     out = Path(train_cfg.output_dir)
     created = not out.exists()
+    if not resume and checkpoint_dirs(out):
+        raise UsageError(
+            f"output_dir {out} holds checkpoints of an earlier run: continue it with --resume, "
+            f"or choose a new output_dir (or delete {out / 'checkpoints'})"
+        )
     checkpoint = find_checkpoint(out, resume) if resume else None
     if checkpoint is not None:
         check_resume_config(config, checkpoint)
@@ -237,42 +256,55 @@ def train(
                 raise RunError(
                     f"backend {config.backend}: parameter groups must hold every LoRA tensor once"
                 )
-        optimizer = opt_spec.factory(
-            groups or params, lr=train_cfg.learning_rate, **train_cfg.optimizer_args
+        try:
+            optimizer = opt_spec.factory(
+                groups or params, lr=train_cfg.learning_rate, **train_cfg.optimizer_args
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{train_cfg.optimizer}: {exc}", key="optimizer_args", file=config.path
+            ) from None
+
+        loader, sampler = _data_loader(backend, dataset, config)
+        module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+        backend.set_train_module(module)
+        accum = train_cfg.gradient_accumulation_steps
+        per_epoch = len(loader)
+        if per_epoch == 0:
+            raise UsageError("the dataset yields no batches (fewer samples than processes?)")
+        total = train_cfg.max_steps or math.ceil(train_cfg.epochs * per_epoch / accum)
+        try:
+            scheduler = sched_spec.factory(
+                optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                warmup_steps=train_cfg.lr_warmup_steps,
+                total_steps=total,
+                **train_cfg.lr_scheduler_args,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{train_cfg.lr_scheduler}: {exc}", key="lr_scheduler_args", file=config.path
+            ) from None
+
+        state = TrainerState(
+            config_hash=config.semantic_hash(),
+            lorakit_version=__version__,
+            num_processes=accelerator.num_processes,
         )
+        if checkpoint is not None:
+            state = load_checkpoint(
+                checkpoint, accelerator.unwrap_model(module), optimizer, scheduler
+            )
+            if state.num_processes != accelerator.num_processes:
+                raise UsageError(
+                    f"cannot resume a {state.num_processes}-process run with "
+                    f"{accelerator.num_processes} processes"
+                )
+            accelerator.print(f"resuming from {checkpoint} at step {state.step}")
+
     except BaseException:
         if created and main:
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-    loader, sampler = _data_loader(backend, dataset, config)
-    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
-    backend.set_train_module(module)
-    accum = train_cfg.gradient_accumulation_steps
-    per_epoch = len(loader)
-    if per_epoch == 0:
-        raise UsageError("the dataset yields no batches (fewer samples than processes?)")
-    total = train_cfg.max_steps or math.ceil(train_cfg.epochs * per_epoch / accum)
-    scheduler = sched_spec.factory(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        warmup_steps=train_cfg.lr_warmup_steps,
-        total_steps=total,
-        **train_cfg.lr_scheduler_args,
-    )
-
-    state = TrainerState(
-        config_hash=config.semantic_hash(),
-        lorakit_version=__version__,
-        num_processes=accelerator.num_processes,
-    )
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, accelerator.unwrap_model(module), optimizer, scheduler)
-        if state.num_processes != accelerator.num_processes:
-            raise UsageError(
-                f"cannot resume a {state.num_processes}-process run with "
-                f"{accelerator.num_processes} processes"
-            )
-        accelerator.print(f"resuming from {checkpoint} at step {state.step}")
 
     metadata = file_metadata(config, plugins=plugins)
     metadata.update(backend.export_metadata())
@@ -366,7 +398,7 @@ def train(
                 every = train_cfg.sample_every_n_steps
                 if every and state.step % every == 0 and state.step < total and main:
                     backend.sample(ctx, state.step, out / "samples")
-                if interrupt.signal is not None:
+                if _any_rank(accelerator, interrupt.signal is not None) and state.step < total:
                     interrupted = True
                     break
                 if (
@@ -375,6 +407,11 @@ def train(
                     and state.step < total
                 ):
                     checkpoint_now()
+    except BaseException as exc:
+        if main:
+            _update_record(out, status="failed", finished_at=now(), steps=state.step,
+                           error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        raise
     finally:
         bar.close()
         for tracker in trackers:
@@ -392,19 +429,31 @@ def train(
                 outputs += backend.sample(ctx, state.step, out / "samples")
         accelerator.wait_for_everyone()
     if main:
-        record = json.loads((out / "run.json").read_text())
-        record.update(
-            status="interrupted" if interrupted else "finished",
-            finished_at=now(), steps=state.step, final_loss=last_loss,
-            outputs=[str(p) for p in outputs],
+        _update_record(
+            out, status="interrupted" if interrupted else "finished", finished_at=now(),
+            steps=state.step, final_loss=last_loss, outputs=[str(p) for p in outputs],
         )  # fmt: skip
-        write_text(out / "run.json", json.dumps(record, indent=2))
     run.outputs = [str(p) for p in outputs]
     if not interrupted:
         plugins.call("on_train_end", run=run, outputs=run.outputs)
     backend.teardown()
     accelerator.end_training()
     return RunResult(out, state.step, last_loss, outputs, interrupted, state.elapsed_s)
+
+
+def _update_record(out: Path, **fields: Any) -> None:
+    """Update run.json (status, end time, outputs ...)."""
+    record = json.loads((out / "run.json").read_text())
+    record.update(fields)
+    write_text(out / "run.json", json.dumps(record, indent=2))
+
+
+def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (a signal may reach only one rank)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor(1.0 if flag else 0.0, device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum") > 0)
 
 
 def _optimizer_step(
