@@ -174,13 +174,19 @@ class Plugins:
                     _names: list[str] = names,
                     _registry: Any = registry,
                 ) -> None:
-                    _registry.add(
-                        spec,
-                        plugin=_info.name,
-                        distribution=_info.distribution,
-                        version=_info.version,
-                        builtin=_info.builtin,
-                    )
+                    try:
+                        _registry.add(
+                            spec,
+                            plugin=_info.name,
+                            distribution=_info.distribution,
+                            version=_info.version,
+                            builtin=_info.builtin,
+                        )
+                    except PluginError as exc:  # a name conflict: keep the plugin's other names
+                        self.conflicts.append(exc.message)
+                        if _flag("LORAKIT_STRICT_PLUGINS"):
+                            raise
+                        return
                     _names.append(spec.name)
 
                 try:

@@ -103,6 +103,7 @@ def test_strategy_maps_to_accelerate_plugins(toy_plugins, tmp_path, strategy, ke
     plugin = kwargs[key]
     if strategy.startswith("deepspeed"):
         assert plugin.zero_stage == (3 if strategy.endswith("3") else 2)
+        assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == cfg.train.batch_size
         assert plugin.deepspeed_config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     else:
         assert plugin.cpu_offload.offload_params is True

@@ -236,3 +236,13 @@ def test_a_failed_run_says_so_in_run_json(toy_plugins, tmp_path):
         run(toy_plugins, tmp_path, max_steps=20, learning_rate=1e30, max_grad_norm=None)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "failed" and "loss is" in record["error"]
+
+
+def test_sample_from_a_config_finds_the_runs_lora(toy_plugins, tmp_path):
+    from lorakit.cli.model_cmds import trained_loras
+
+    cfg = load_config(data=toy_config(tmp_path, max_steps=2))
+    with pytest.raises(UsageError, match="no finished run"):
+        trained_loras(cfg)
+    train(cfg, plugins=toy_plugins, progress=False)
+    assert trained_loras(cfg) == [tmp_path / "run" / "run.lorakit.safetensors"]

@@ -56,6 +56,24 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> Any:
     return command
 
 
+def trained_loras(cfg: Any) -> list[Path]:
+    """The LoRA a finished run exported (from its run.json), for ``sample --config``."""
+    import json
+
+    from lorakit.plugins import get_registries
+
+    record_path = Path(cfg.train.output_dir) / "run.json"
+    try:
+        outputs = [Path(p) for p in json.loads(record_path.read_text()).get("outputs", [])]
+    except (OSError, ValueError):
+        raise UsageError(f"no finished run in {cfg.train.output_dir}; pass --lora") from None
+    detect = get_registries().backends.get(cfg.backend).detect
+    found = [p for p in outputs if p.exists() and (detect is None or detect(p))]
+    if not found:
+        raise UsageError(f"the run in {cfg.train.output_dir} exported no LoRA; pass --lora")
+    return found[:1]
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def export(
@@ -122,6 +140,8 @@ def register(app: typer.Typer) -> None:
             base = base or cfg.train.base_model
             prompt = prompt or cfg.train.sample_prompts
         loras = [parse_lora(item) for item in lora or []]
+        if cfg is not None and not loras:
+            loras = [(str(p), 1.0) for p in trained_loras(cfg)]
         if not base:
             raise UsageError("sample: pass --base (or --config)")
         if not prompt:

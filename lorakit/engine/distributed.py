@@ -26,8 +26,15 @@ def accelerator_kwargs(config: Any) -> dict[str, Any]:
                 f"distributed.strategy {dist.strategy} needs DeepSpeed: pip install deepspeed"
             )
 
+        if config.train.gradient_accumulation_steps > 1:
+            # lorakit normalises the loss over the accumulation window itself; DeepSpeed's own
+            # accumulation would step and rescale per micro-batch. Not supported together yet.
+            raise UsageError(
+                f"distributed.strategy {dist.strategy} with gradient_accumulation_steps > 1 is not "
+                "supported yet: raise batch_size or use ddp/fsdp"
+            )
         stage = 3 if dist.strategy.endswith("zero3") else 2
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
+        plugin = DeepSpeedPlugin(
             zero_stage=stage,
             gradient_accumulation_steps=1,
             gradient_clipping=config.train.max_grad_norm or 0.0,
@@ -35,6 +42,10 @@ def accelerator_kwargs(config: Any) -> dict[str, Any]:
             offload_param_device="cpu" if dist.offload and stage == 3 else "none",
             zero3_init_flag=False,
         )
+        # Backends with their own batch sampler (buckets, length groups) leave the
+        # DataLoader's batch_size unset; DeepSpeed needs the micro-batch size stated.
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
+        kwargs["deepspeed_plugin"] = plugin
     elif dist.strategy == "fsdp":
         import torch
         from accelerate.utils import FullyShardedDataParallelPlugin

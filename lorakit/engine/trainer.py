@@ -467,7 +467,8 @@ def _optimizer_step(
     """Clip, step, advance the schedule; the gradient norm and the step size used."""
     grad_norm = None
     if max_norm is not None:
-        grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
+        norm = accelerator.clip_grad_norm_(params, max_norm)  # None under DeepSpeed (it clips)
+        grad_norm = float(norm) if norm is not None else None
     optimizer.step()
     lr = effective_lr(optimizer) if adaptive else float(optimizer.param_groups[0]["lr"])
     if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step was skipped
