@@ -505,5 +505,13 @@ def _forward_backward(
         loss_sum += out.loss_sum.detach().float()
         samples += out.samples
         tokens += out.tokens
-    global_sum = accelerator.reduce(loss_sum, reduction="sum")
-    return {"loss": float(global_sum) / max(total_count, 1.0), "samples": samples, "tokens": tokens}
+    # One reduction for the loss and the throughput counts of every process.
+    local_stats = torch.stack(
+        [loss_sum, loss_sum.new_tensor(float(samples)), loss_sum.new_tensor(float(tokens))]
+    )
+    total_loss, all_samples, all_tokens = accelerator.reduce(local_stats, reduction="sum").tolist()
+    return {
+        "loss": total_loss / max(total_count, 1.0),
+        "samples": all_samples,
+        "tokens": all_tokens,
+    }
