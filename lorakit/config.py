@@ -142,7 +142,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "trackers",
         "sample_prompts", "sample_every_n_steps", "output_dir", "output_name", "num_workers",
-        "export_formats", "config_version",
+        "export_formats", "config_version", "mixed_precision",
     }
 )  # fmt: skip
 

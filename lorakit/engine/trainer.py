@@ -196,6 +196,8 @@ def train(
     plugins.check()
     registries = plugins.registries
     train_cfg = config.train
+    # "auto" becomes what this machine runs, so config.yaml and exported metadata say it.
+    train_cfg.mixed_precision = resolve_precision(train_cfg.mixed_precision)  # type: ignore[assignment]
     out = Path(train_cfg.output_dir)
     created = not out.exists()
     if not resume and checkpoint_dirs(out):
