@@ -177,6 +177,7 @@ def sample(
     import torch
 
     from lorakit_sd.backend import DEFAULT_RESOLUTION
+    from lorakit_sd.models import quiet_libraries
     from lorakit_sd.sampling import render_and_save
 
     section = _section(config)
@@ -186,7 +187,8 @@ def sample(
     dtype = torch.float32
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    model.pipe.to(device, dtype)
+    with quiet_libraries():  # diffusers warns about casting the VAE, which is expected here
+        model.pipe.to(device, dtype)
     resolution = section.resolution or DEFAULT_RESOLUTION[model.family]
     stem = "+".join(Path(p).name.split(".")[0] for p, _ in loras) or "base"
     prediction = section.prediction_type or model.pipe.scheduler.config.get(
