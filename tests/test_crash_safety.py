@@ -138,3 +138,30 @@ def test_full_disk_during_text_and_folder_writes(tmp_path, monkeypatch):
     assert (tmp_path / "run.json").read_text() == "old"
     assert (folder / "weights").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "run.json"]
+
+
+def test_a_kill_while_pruning_leaves_no_partial_checkpoint_visible(tmp_path, monkeypatch):
+    import shutil
+
+    from lorakit.engine import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        folder = root / f"step-{step}"
+        folder.mkdir(parents=True)
+        for name in ("lora.safetensors", "optimizer.json", "trainer_state.json"):
+            (folder / name).write_text("x")
+
+    def killed_midway(path, ignore_errors=False):
+        next(p for p in sorted(Path(path).iterdir()) if p.name != "trainer_state.json").unlink()
+        raise KeyboardInterrupt  # the process dies here, mid-deletion
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.prune_checkpoints(tmp_path, keep=2)
+    monkeypatch.undo()
+    visible = ckpt.checkpoint_dirs(tmp_path)
+    assert [p.name for p in visible] == ["step-2", "step-3"]
+    assert all(len(list(p.iterdir())) == 3 for p in visible)
+    ckpt.prune_checkpoints(tmp_path, keep=2)  # the next save clears the leftover
+    assert sorted(p.name for p in root.iterdir()) == ["step-2", "step-3"]

@@ -15,6 +15,7 @@ previous checkpoint whole; the newest ``save_total_limit`` are kept.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -146,10 +147,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
+    """Delete all but the newest ``keep`` checkpoints.
+
+    Each is first renamed to a hidden name (atomic), then deleted: a kill in the middle of
+    a deletion leaves a hidden leftover, never a visible checkpoint with files missing.
+    """
+    root = Path(output_dir) / "checkpoints"
+    if root.is_dir():  # leftovers of a deletion or a write that a kill interrupted
+        for leftover in root.glob(".step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     if keep is None:
         return
     for old in checkpoint_dirs(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = old.with_name(f".{old.name}.deleting")
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def load_checkpoint(
