@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lorakit.errors import ConfigError
+from lorakit.registry import KNOWN_BACKEND_PACKAGES
 
 CONFIG_VERSION = 2
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -404,8 +405,6 @@ def load_config(
     backend_names = registries.backends.names()
     sections = {k: data.pop(k) for k in list(data) if k in backend_names}
     for key in list(data):
-        from lorakit.registry import KNOWN_BACKEND_PACKAGES
-
         if key in KNOWN_BACKEND_PACKAGES and key not in backend_names:
             raise ConfigError(
                 f"section for backend '{key}', which is not installed: "

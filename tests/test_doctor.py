@@ -15,20 +15,16 @@ from conftest import toy_config
 
 import lorakit
 from lorakit import doctor
-from lorakit.cli import main
 from lorakit.plugins import build_plugins, set_plugins
+from lorakit.testing import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 1024**3
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        code = int(main(list(args)) or 0)  # typer.Exit(n) comes back as the return value
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = run_cli(capsys, *args)
+    return code, out + err
 
 
 @pytest.fixture

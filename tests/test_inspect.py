@@ -16,9 +16,9 @@ import pytest
 from conftest import toy_config
 
 from lorakit import __version__
-from lorakit.cli import main
 from lorakit.errors import UsageError
 from lorakit.inspect import inspect_path, kohya_target, read_file
+from lorakit.testing import run_cli
 
 KOHYA_MODULES = [
     "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
@@ -29,12 +29,7 @@ KOHYA_MODULES = [
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = int(main(list(args)) or 0)  # typer.Exit(n) comes back as the return value
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(capsys, *args)
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from rich.console import Console
 
 import lorakit
 from lorakit import labeling
-from lorakit.cli import main
 from lorakit.errors import UsageError
 from lorakit.plugins import build_plugins, set_plugins
 from lorakit.registry import LabelerSpec
+from lorakit.testing import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -108,13 +108,7 @@ def data(tmp_path):
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run ``lorakit ARGS`` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *args)
 
 
 def rows(path: Path) -> list[dict[str, str]]:

@@ -18,8 +18,8 @@ import yaml
 from conftest import toy_config  # imported here: importing conftest sets LORAKIT_NO_UPDATE_CHECK
 
 from lorakit import __version__, update_check
-from lorakit.cli import main
 from lorakit.plugins import build_plugins, set_plugins
+from lorakit.testing import run_cli
 
 CHANGELOG = """# lorakit
 
@@ -129,12 +129,8 @@ def with_plugin() -> Iterator[None]:
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        code = int(main(list(args)) or 0)  # typer.Exit(n) comes back as the return value
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = run_cli(capsys, *args)
+    return code, out + err
 
 
 def test_outdated_prints_upgrade_and_changelog(index, only_lorakit, capsys):

@@ -13,20 +13,16 @@ import pytest
 
 import lorakit
 from lorakit import PLUGIN_API_VERSION, __version__
-from lorakit.cli import main
 from lorakit.plugins import build_plugins, set_plugins
+from lorakit.testing import run_cli
 from lorakit.versions import _constants, torch_build
 
 PYTHON = str(Path(sys.executable))
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        code = int(main(list(args)) or 0)  # typer.Exit(n) comes back as the return value
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = run_cli(capsys, *args)
+    return code, out + err
 
 
 @pytest.fixture

@@ -51,15 +51,6 @@ def images(tmp_path) -> Path:
 @pytest.fixture
 def cli(capsys):
     """Run ``lorakit ARGS`` in-process: returns (exit code, stdout, stderr)."""
-    from lorakit.cli import main
+    from lorakit.testing import run_cli
 
-    def run(*args: object) -> tuple[int, str, str]:
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return lambda *args: run_cli(capsys, *args)
