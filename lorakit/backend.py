@@ -50,6 +50,19 @@ class TrainContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class RunInfo:
+    """What lifecycle hooks receive: read it, don't change the run through it."""
+
+    config: Any
+    output_dir: Path
+    backend: Any
+    total_steps: int
+    is_main_process: bool = True
+    num_processes: int = 1
+    outputs: list[str] = field(default_factory=list)
+
+
 class Backend(ABC):
     """A model family lorakit can train LoRA adapters for."""
 

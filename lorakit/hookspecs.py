@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from lorakit.engine.state import RunInfo
+    from lorakit.backend import RunInfo
     from lorakit.registry import (
         BackendSpec,
         DatasetReaderSpec,
         ExporterSpec,
         LabelerSpec,
+        ModelLoaderSpec,
         OptimizerSpec,
         SchedulerSpec,
         TrackerSpec,
@@ -36,6 +37,11 @@ hookspec = pluggy.HookspecMarker("lorakit")
 @hookspec
 def register_backends(register: Callable[[BackendSpec], None]) -> None:
     """Register model backends: ``register(BackendSpec(name="sd", task_types=(...), factory=...))``."""
+
+
+@hookspec
+def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
+    """Register readers of base models (a file layout, a folder, a hub id) for a backend."""
 
 
 @hookspec

@@ -106,3 +106,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """``path[:weight]`` → (path, weight)."""
+    path, sep, weight = text.rpartition(":")
+    if sep and path and not weight.startswith(("\\", "/")):
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return text, 1.0

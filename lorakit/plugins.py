@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
 )
 REGISTER_HOOKS = {
     "register_backends": "backends",
+    "register_model_loaders": "model_loaders",
     "register_dataset_readers": "dataset_readers",
     "register_labelers": "labelers",
     "register_optimizers": "optimizers",

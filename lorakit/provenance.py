@@ -103,7 +103,7 @@ def shareable_config(data: dict[str, Any]) -> dict[str, Any]:
     Hub ids stay whole; ``/home/me/models/v1-5-pruned.safetensors`` becomes
     ``v1-5-pruned.safetensors``. run.json, which stays on the user's disk, keeps full paths.
     """
-    from lorakit.config import HUB_ID
+    from lorakit.config.schema import HUB_ID
 
     out = dict(data)
     for key in PATH_KEYS:

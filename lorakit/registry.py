@@ -100,6 +100,30 @@ class ExporterSpec:
 
 
 @dataclass(frozen=True)
+class ModelLoaderSpec:
+    """A way to read a base model for one backend: a file layout, a folder, a hub id.
+
+    ``detect(source)`` answers, cheaply (a suffix, a folder listing, a file's first bytes;
+    never the weights), whether this loader reads ``source`` (a path or hub id, as written
+    in ``base_model``). ``load(source, **options)`` loads it; the options and what it
+    returns are the backend's contract (docs/plugin-hooks.md lists them for ``sd`` and
+    ``llm``). A loader may also refuse: raise :class:`lorakit.errors.UsageError` saying
+    what the file is and how to convert it.
+
+    Loaders of a backend are tried by ``priority`` (higher first), third-party before
+    first-party at equal priority, then by name; ``model_loader:`` in the config picks one
+    by name and skips detection.
+    """
+
+    name: str
+    backend: str
+    detect: Callable[[str], bool]
+    load: Callable[..., Any]
+    description: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
 class TrackerSpec:
     """``factory(output_dir, config)`` returns an object with ``log(metrics, step)`` and ``close()``."""
 
@@ -119,25 +143,53 @@ class Entry(Generic[S]):
     plugin: str
     distribution: str
     version: str
+    first_party: bool = False
+
+
+#: Distributions lorakit ships; a third party's registration of a name they use replaces it.
+FIRST_PARTY = frozenset({"lorakit", "lorakit-sd", "lorakit-llm", "lorakit-labelers"})
+
+
+def is_first_party(distribution: str) -> bool:
+    return distribution.lower().replace("_", "-") in FIRST_PARTY
 
 
 class Registry(Generic[S]):
-    """Name → registration for one kind of thing, remembering who registered what."""
+    """Name → registration for one kind of thing, remembering who registered what.
+
+    A third party registering a name lorakit's own distributions use replaces that
+    registration, whatever the order the plugins load in, and the replacement is recorded
+    in :attr:`overrides`. Two third parties, or two first-party plugins, claiming one name
+    is a :class:`PluginError` naming both.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[S]] = {}
+        self.overrides: list[str] = []
 
-    def add(self, spec: S, *, plugin: str, distribution: str, version: str, builtin: bool) -> None:
+    def add(
+        self, spec: S, *, plugin: str, distribution: str, version: str, builtin: bool = False
+    ) -> None:
         name: str = spec.name  # type: ignore[attr-defined]
+        entry = Entry(spec, plugin, distribution, version, builtin or is_first_party(distribution))
         previous = self._entries.get(name)
-        if previous is not None and not (previous.distribution == "lorakit" and not builtin):
-            raise PluginError(
-                f"{self.kind} '{name}' is registered twice: by {previous.distribution} "
-                f"(plugin {previous.plugin}) and by {distribution} (plugin {plugin})"
+        if previous is None:
+            self._entries[name] = entry
+            return
+        if previous.first_party != entry.first_party:
+            ours, theirs = (previous, entry) if previous.first_party else (entry, previous)
+            self._entries[name] = theirs
+            self.overrides.append(
+                f"{self.kind} '{name}' of {ours.distribution} is replaced by "
+                f"{theirs.distribution} (plugin {theirs.plugin})"
             )
-        # A third-party registration replaces a built-in one of the same name.
-        self._entries[name] = Entry(spec, plugin, distribution, version)
+            return
+        raise PluginError(
+            f"{self.kind} '{name}' is registered twice: by {previous.distribution} "
+            f"(plugin {previous.plugin}) and by {distribution} (plugin {plugin}); uninstall "
+            f"one, or skip it with LORAKIT_DISABLE_PLUGINS={distribution}"
+        )
 
     def get(self, name: str, *, hint: str | None = None) -> S:
         entry = self._entries.get(name)
@@ -180,6 +232,34 @@ class Registries:
     schedulers: Registry[SchedulerSpec] = field(default_factory=lambda: Registry("lr scheduler"))
     exporters: Registry[ExporterSpec] = field(default_factory=lambda: Registry("exporter"))
     trackers: Registry[TrackerSpec] = field(default_factory=lambda: Registry("tracker"))
+    model_loaders: Registry[ModelLoaderSpec] = field(
+        default_factory=lambda: Registry("model loader")
+    )
+
+    def overrides(self) -> list[str]:
+        """Every replacement of a first-party registration by a third party."""
+        return [line for registry in vars(self).values() for line in registry.overrides]
+
+    def model_loader_for(
+        self, backend: str, source: str, name: str | None = None
+    ) -> ModelLoaderSpec:
+        """The loader of ``backend`` that reads ``source`` (or the one called ``name``)."""
+        if name:
+            spec = self.model_loaders.get(name)
+            if spec.backend != backend:
+                raise UsageError(
+                    f"model loader '{name}' loads {spec.backend} models, not {backend} models"
+                )
+            return spec
+        candidates = sorted(
+            (e for e in self.model_loaders._entries.values() if e.spec.backend == backend),
+            key=lambda e: (-e.spec.priority, e.first_party, e.spec.name),
+        )
+        for entry in candidates:
+            if entry.spec.detect(source):
+                return entry.spec
+        known = ", ".join(e.spec.name for e in candidates) or "none"
+        raise UsageError(f"no {backend} model loader reads {source} (installed loaders: {known})")
 
     def backend_for(self, task_type: str | None, backend: str | None) -> Entry[BackendSpec]:
         """The backend named by ``backend``, else the one serving ``task_type``."""

@@ -9,7 +9,7 @@ import pytest
 from lorakit.plugins import set_plugins
 
 DOCS = Path(__file__).parent.parent / "docs"
-REGENERATE = "regenerate with: .venv/bin/python -m lorakit.docs_gen"
+REGENERATE = "regenerate with: .venv/bin/python -m lorakit.cli.docs_gen"
 
 
 @pytest.fixture
@@ -20,13 +20,13 @@ def installed_plugins():
 
 
 def test_configuration_reference_matches_the_schemas(installed_plugins):
-    from lorakit.config_reference import reference
+    from lorakit.config.reference import reference
 
     assert (DOCS / "configuration.md").read_text() == reference(), REGENERATE
 
 
 def test_cli_reference_matches_the_commands(installed_plugins):
-    from lorakit.docs_gen import cli_reference
+    from lorakit.cli.docs_gen import cli_reference
 
     assert (DOCS / "cli.md").read_text() == cli_reference(), REGENERATE
 

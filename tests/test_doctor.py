@@ -14,7 +14,7 @@ import yaml
 from conftest import toy_config
 
 import lorakit
-from lorakit import doctor
+from lorakit.diagnostics import doctor
 from lorakit.plugins import build_plugins, set_plugins
 from lorakit.testing import run_cli
 
@@ -50,7 +50,7 @@ def by_name(checks: list[doctor.Check], name: str) -> list[doctor.Check]:
 def test_tested_versions_is_the_constraints_file():
     shipped = doctor.tested_versions()
     expected = doctor.parse_pins((ROOT / "constraints.txt").read_text())
-    assert shipped == expected, "run: cp constraints.txt lorakit/tested_versions.txt"
+    assert shipped == expected, "run: cp constraints.txt lorakit/diagnostics/tested_versions.txt"
     assert shipped["torch"] and shipped["transformers"]
 
 
@@ -197,7 +197,7 @@ def test_config_option(toy_plugins, roomy_disk, isolated, monkeypatch, tmp_path,
 
 
 def test_update_notice_from_cache(toy_plugins, monkeypatch, tmp_path):
-    from lorakit import update_check
+    from lorakit.diagnostics import update_check
 
     monkeypatch.setenv("LORAKIT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("LORAKIT_NO_UPDATE_CHECK", raising=False)

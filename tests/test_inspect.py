@@ -16,8 +16,8 @@ import pytest
 from conftest import toy_config
 
 from lorakit import __version__
+from lorakit.diagnostics.inspect import inspect_path, kohya_target, read_file
 from lorakit.errors import UsageError
-from lorakit.inspect import inspect_path, kohya_target, read_file
 from lorakit.testing import run_cli
 
 KOHYA_MODULES = [

@@ -11,8 +11,8 @@ from conftest import toy_config
 
 from lorakit.cli import main
 from lorakit.config import CONFIG_VERSION, load_config
+from lorakit.config.migrations import MIGRATIONS, migrate, migrate_text
 from lorakit.errors import ConfigError
-from lorakit.migrations import MIGRATIONS, migrate, migrate_text
 
 OLD = """\
 # mascot run, written for the old layout

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from conftest import toy_config  # imported here: importing conftest sets LORAKIT_NO_UPDATE_CHECK
 
-from lorakit import __version__, update_check
+from lorakit import __version__
+from lorakit.diagnostics import update_check
 from lorakit.plugins import build_plugins, set_plugins
 from lorakit.testing import run_cli
 
@@ -202,7 +203,7 @@ def test_plugins_are_checked_and_upgraded_together(index, with_plugin, capsys):
 
 
 def test_upgrade_command_moves_known_plugins_with_lorakit():
-    from lorakit.update_check import Release, upgrade_command
+    from lorakit.diagnostics.update_check import Release, upgrade_command
 
     releases = [
         Release("lorakit", "0.1.0", "0.2.0"),

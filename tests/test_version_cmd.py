@@ -13,9 +13,9 @@ import pytest
 
 import lorakit
 from lorakit import PLUGIN_API_VERSION, __version__
+from lorakit.diagnostics.versions import _constants, torch_build
 from lorakit.plugins import build_plugins, set_plugins
 from lorakit.testing import run_cli
-from lorakit.versions import _constants, torch_build
 
 PYTHON = str(Path(sys.executable))
 

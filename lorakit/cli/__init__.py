@@ -49,8 +49,7 @@ def fail(message: str, code: int) -> None:
 
 def _populate(target: typer.Typer) -> None:
     """Add the built-in commands and every plugin's (register_commands) to ``target``."""
-    from lorakit import demo
-    from lorakit.cli import config_cmd, info_cmds, label_cmd, model_cmds, train_cmd
+    from lorakit.cli import config_cmd, demo, info_cmds, label_cmd, model_cmds, train_cmd
 
     for module in (train_cmd, label_cmd, config_cmd, info_cmds, model_cmds, demo):
         module.register(target)
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> Any:
             traceback.print_exc()
         oom = "out of memory" in str(exc).lower()
         if oom:
-            from lorakit.troubleshooting import OOM_LADDER
+            from lorakit.diagnostics.troubleshooting import OOM_LADDER
 
             fail(f"out of memory: {OOM_LADDER}", 1)
         fail(f"{type(exc).__name__}: {exc} (LORAKIT_DEBUG=1 shows the traceback)", 1)

@@ -100,8 +100,8 @@ def migrate_cmd(
 ) -> None:
     """Rewrite a config in the current layout, listing each change."""
     from lorakit.config import read_yaml
+    from lorakit.config.migrations import migrate_text
     from lorakit.io import write_text
-    from lorakit.migrations import migrate_text
 
     read_yaml(file)  # one-line errors for a missing or malformed file
     text, notices = migrate_text(file.read_text(encoding="utf-8"), file=str(file))
@@ -122,7 +122,7 @@ def migrate_cmd(
 @config_app.command("reference")
 def reference_cmd() -> None:
     """Print the config reference (every key, type, default) as Markdown."""
-    from lorakit.config_reference import reference
+    from lorakit.config.reference import reference
 
     sys.stdout.write(reference())
 

@@ -28,7 +28,7 @@ def _plain(text: str) -> None:
 
 def print_version(report: dict[str, Any], releases: list[Any] | None, skipped: list[str]) -> None:
     """The text form of ``lorakit version [--check]``."""
-    from lorakit.update_check import upgrade_command
+    from lorakit.diagnostics.update_check import upgrade_command
 
     console = Console(soft_wrap=True, highlight=False)
     console.print(
@@ -118,13 +118,13 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """lorakit, plugin and library versions; --check compares them with the index."""
-        from lorakit.versions import version_report
+        from lorakit.diagnostics.versions import version_report
 
         report = version_report()
         releases = None
         skipped: list[str] = []
         if check:
-            from lorakit import update_check
+            from lorakit.diagnostics import update_check
 
             names, skipped = update_check.distributions()
             releases = update_check.check(names)
@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
 
         Exits 1 when any check fails (✗).
         """
-        from lorakit.doctor import Check, render, run_checks
+        from lorakit.diagnostics.doctor import Check, render, run_checks
 
         loaded = None
         problems: list[Check] = []
@@ -190,7 +190,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Show a LoRA's format, rank, alpha, target modules, metadata and what made it."""
-        from lorakit.inspect import inspect_path, render
+        from lorakit.diagnostics.inspect import inspect_path, render
 
         report = inspect_path(file)
         if as_json:

@@ -13,17 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from lorakit.errors import UsageError
-
-
-def parse_lora(text: str) -> tuple[str, float]:
-    """``path[:weight]`` → (path, weight)."""
-    path, sep, weight = text.rpartition(":")
-    if sep and path and not weight.startswith(("\\", "/")):
-        try:
-            return path, float(weight)
-        except ValueError:
-            pass
-    return text, 1.0
+from lorakit.io import parse_lora
 
 
 def pick_backend(name: str | None, paths: list[str], verb: str) -> Any:

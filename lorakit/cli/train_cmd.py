@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a LoRA as the config says."""
         from lorakit.config import load_config
-        from lorakit.update_check import quiet_notice
+        from lorakit.diagnostics.update_check import quiet_notice
 
         cfg = load_config(config, overrides=set_ or [], backend=backend)
         for notice in cfg.notices:

@@ -1,23 +1,9 @@
-"""What a run knows about itself: the hook-facing RunInfo and the resumable position."""
+"""The resumable position of a run."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
-
-
-@dataclass
-class RunInfo:
-    """What lifecycle hooks receive: read it, don't change the run through it."""
-
-    config: Any
-    output_dir: Path
-    backend: Any
-    total_steps: int
-    is_main_process: bool = True
-    num_processes: int = 1
-    outputs: list[str] = field(default_factory=list)
 
 
 @dataclass

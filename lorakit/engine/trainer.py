@@ -25,10 +25,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from lorakit import __version__
-from lorakit.backend import Backend, TrainContext, trainable_state_dict
+from lorakit.backend import Backend, RunInfo, TrainContext, trainable_state_dict
 from lorakit.builtins.optimizers import effective_lr
 from lorakit.builtins.trackers import read_metrics
 from lorakit.config import Config
+from lorakit.diagnostics.troubleshooting import OOM_LADDER
 from lorakit.engine.checkpoint import (
     checkpoint_dirs,
     find_checkpoint,
@@ -38,12 +39,11 @@ from lorakit.engine.checkpoint import (
 from lorakit.engine.lossplot import write_loss_plot
 from lorakit.engine.progress import TrainProgress
 from lorakit.engine.sampler import EpochSampler
-from lorakit.engine.state import RunInfo, TrainerState
+from lorakit.engine.state import TrainerState
 from lorakit.errors import ConfigError, RunError, UsageError
 from lorakit.io import write_text
 from lorakit.plugins import Plugins, get_plugins
 from lorakit.provenance import file_metadata, now, run_record
-from lorakit.troubleshooting import OOM_LADDER
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -1,6 +1,6 @@
 """``lorakit demo`` for images: the stand-in model, the labeled shapes and the run it trains.
 
-One demo run (sd only, through :func:`lorakit.demo.run_demo`, as ``lorakit demo`` calls it) is
+One demo run (sd only, through :func:`lorakit.cli.demo.run_demo`, as ``lorakit demo`` calls it) is
 shared by the tests: its exported LoRA must load into the stand-in pipeline with diffusers
 and lower the denoising error on the demo's own images, its previews must be images and its
 captions must come from the ``filename`` labeler.
@@ -40,7 +40,7 @@ def _has_labelers() -> bool:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
     from rich.console import Console
 
-    from lorakit.demo import run_demo
+    from lorakit.cli.demo import run_demo
     from lorakit.plugins import set_plugins
 
     out = tmp_path_factory.mktemp("demo")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorakit.labeling import Labeler
+from lorakit.api import Labeler
 from lorakit_labelers import runtime
 
 if TYPE_CHECKING:

@@ -14,8 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorakit.errors import DataError, UsageError
-from lorakit.labeling import Labeler
+from lorakit.api import DataError, Labeler, UsageError
 from lorakit_labelers import runtime
 
 if TYPE_CHECKING:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lorakit
-from lorakit.plugins import lazy
-from lorakit.registry import LabelerSpec
+from lorakit.api import LabelerSpec, hookimpl, lazy
 from lorakit_labelers.options import BlipOptions, ClipOptions, FilenameOptions, SidecarOptions
 
 LORAKIT_PLUGIN_API = 1
 
 
-@lorakit.hookimpl
+@hookimpl
 def register_labelers(register: Callable[[LabelerSpec], None]) -> None:
     register(
         LabelerSpec(

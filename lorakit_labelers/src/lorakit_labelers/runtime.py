@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import UsageError
+from lorakit.api import UsageError
 
 
 def pick_device(labeler: str, device: str) -> str:

@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorakit.errors import DataError
-from lorakit.labeling import Labeler
+from lorakit.api import DataError, Labeler
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -14,9 +14,7 @@ from typing import Any, cast
 
 import torch
 
-from lorakit.backend import Backend, LossOutput, TrainContext
-from lorakit.config import Config
-from lorakit.errors import DataError, UsageError
+from lorakit.api import Backend, Config, DataError, LossOutput, TrainContext, UsageError
 from lorakit_llm.chat_templates import resolve_template
 from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset, pack_rows
 from lorakit_llm.data import target_count as _target_count

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16.")] = "auto",
     ) -> None:
         """Talk to a base model with one or several LoRA adapters (switch or combine)."""
-        from lorakit.cli.model_cmds import parse_lora
+        from lorakit.api import parse_lora
         from lorakit_llm.chat_session import ChatSession
 
         session = ChatSession.open(
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _repl(session: Any) -> None:
-    from lorakit.errors import UsageError
+    from lorakit.api import UsageError
 
     print(f"lorakit chat · {session.describe()} · {HELP}")
     while True:

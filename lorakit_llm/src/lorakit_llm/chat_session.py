@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorakit.errors import UsageError
+from lorakit.api import UsageError
 from lorakit_llm.chat_templates import resolve_template
 from lorakit_llm.generate import (
     COMBINED,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import ConfigError
+from lorakit.api import ConfigError
 
 CHATML = (
     "{% for message in messages %}"

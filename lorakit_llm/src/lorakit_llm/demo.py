@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from lorakit.io import write_text
+from lorakit.api import write_text
 
 
 def demo_command(folder: Path) -> Path:

@@ -13,9 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorakit import __version__
-from lorakit.errors import UsageError
-from lorakit.io import atomic_dir, write_text
+from lorakit.api import UsageError, __version__, atomic_dir, write_text
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip

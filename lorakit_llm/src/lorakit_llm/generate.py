@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from lorakit.errors import UsageError
-from lorakit.io import write_text
+from lorakit.api import UsageError, write_text
 from lorakit_llm.chat_templates import end_markers
 from lorakit_llm.tokenize import render
 

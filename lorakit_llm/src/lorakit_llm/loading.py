@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import UsageError
+from lorakit.api import UsageError
 
 GGUF_MAGIC = b"GGUF"
 #: Old llama.cpp formats, as the bytes that start the file (a little-endian uint32 magic).

@@ -11,9 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorakit import hookimpl
-from lorakit.plugins import lazy
-from lorakit.registry import BackendSpec, DatasetReaderSpec, ExporterSpec
+from lorakit.api import BackendSpec, DatasetReaderSpec, ExporterSpec, hookimpl, lazy
 from lorakit_llm.section import LLMSection
 
 LORAKIT_PLUGIN_API = 1

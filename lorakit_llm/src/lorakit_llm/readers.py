@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import DataError
+from lorakit.api import DataError
 
 Record = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")

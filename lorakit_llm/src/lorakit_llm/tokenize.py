@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from lorakit.errors import DataError
-from lorakit.io import save_safetensors
+from lorakit.api import DataError, save_safetensors
 
 CACHE_VERSION = 1
 IGNORE = -100

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from lorakit.backend import Backend, LossOutput, TrainContext
-from lorakit.errors import ConfigError, RunError
+from lorakit.api import Backend, ConfigError, LossOutput, RunError, TrainContext
 from lorakit_sd.config import SDSection, expand_targets
 
 DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024}

@@ -26,7 +26,7 @@ def bucket_sizes(
     square bucket of side ``resolution`` (rounded down to a multiple of ``step``) is always
     there. A ``resolution`` below ``step`` leaves no bucket: a :class:`ConfigError`.
     """
-    from lorakit.errors import ConfigError
+    from lorakit.api import ConfigError
 
     if step <= 0:
         raise ConfigError(f"must be positive (got {step})", key="sd.bucket_step")

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lorakit.io import save_safetensors
+from lorakit.api import save_safetensors
 
 CACHE_VERSION = 1
 

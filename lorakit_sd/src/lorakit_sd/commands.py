@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import UsageError
+from lorakit.api import UsageError
 
 FORMATS = ("kohya", "diffusers")
 
@@ -73,7 +73,7 @@ def export(
     source: Path, to: str, output: Path | None = None, base: str | None = None, config: Any = None
 ) -> list[Path]:
     """Convert a LoRA file to ``to`` (kohya or diffusers); returns the written path."""
-    from lorakit.io import save_safetensors
+    from lorakit.api import save_safetensors
     from lorakit_sd.exporters import format_metadata
     from lorakit_sd.lora_format import (
         METADATA_KEY,

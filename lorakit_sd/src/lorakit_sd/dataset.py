@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lorakit.errors import DataError
+from lorakit.api import DataError
 from lorakit_sd.readers import detect_format, format_problems, image_files, unlisted_images
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from lorakit.io import write_text
+from lorakit.api import write_text
 
 #: The trigger word every caption starts with (as a user's LoRA would have one).
 TRIGGER = "lorakit_shapes"
@@ -70,28 +70,34 @@ def write_shapes(folder: Path) -> list[Path]:
 def label_images(folder: Path) -> str:
     """Caption ``folder`` into ``metadata.csv``; returns who wrote it (for the config header).
 
-    Uses the ``filename`` labeler through :func:`lorakit.labeling.label_folder` when a
+    Uses the ``filename`` labeler through :func:`lorakit.label_folder` when a
     plugin registers it (lorakit-labelers); otherwise writes the same table directly.
     """
-    from lorakit import labeling
-    from lorakit.plugins import get_registries
+    from lorakit.api import (
+        METADATA_NAME,
+        create_labeler,
+        find_images,
+        get_registries,
+        label_folder,
+        make_caption,
+    )
 
     registries = get_registries()
     if "filename" in registries.labelers:
-        labeler = labeling.create_labeler("filename", {}, registries)
-        labeling.label_folder(
+        labeler = create_labeler("filename", {}, registries)
+        label_folder(
             folder, labeler, mode="overwrite", prefix=TRIGGER, progress=False, name="filename"
         )
         return "lorakit's filename labeler"
     rows = []
-    for name in labeling.find_images(folder):
+    for name in find_images(folder):
         words = [w for w in Path(name).stem.split("_") if not w.isdigit()]
-        rows.append({"file_name": name, "text": labeling.make_caption(" ".join(words), TRIGGER)})
+        rows.append({"file_name": name, "text": make_caption(" ".join(words), TRIGGER)})
     out = io.StringIO(newline="")
     writer = csv.DictWriter(out, fieldnames=["file_name", "text"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(folder / labeling.METADATA_NAME, out.getvalue())
+    write_text(folder / METADATA_NAME, out.getvalue())
     return "the demo (lorakit-labelers is not installed)"
 
 

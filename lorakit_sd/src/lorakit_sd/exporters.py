@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lorakit.io import save_safetensors
+from lorakit.api import save_safetensors
 
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 ARCHITECTURES = {"sd1": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import UsageError
+from lorakit.api import UsageError
 from lorakit_sd.ldm import text_model_path, unet_path_to_ldm
 
 KOHYA_PREFIXES = {"sd1": {"te1": "lora_te_"}, "sdxl": {"te1": "lora_te1_", "te2": "lora_te2_"}}

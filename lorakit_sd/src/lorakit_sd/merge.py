@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import UsageError
+from lorakit.api import UsageError
 from lorakit_sd.ldm import (
     SD1_TE_PREFIX,
     SDXL_TE1_PREFIX,
@@ -159,8 +159,7 @@ def merge_checkpoint(
     """Write ``base`` + ``loras`` as a single-file ``.safetensors`` checkpoint."""
     import torch
 
-    from lorakit import __version__
-    from lorakit.io import save_safetensors
+    from lorakit.api import __version__, save_safetensors
 
     if not loras:
         raise UsageError("merge: pass at least one --lora FILE[:weight]")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import ConfigError, UsageError
+from lorakit.api import ConfigError, UsageError
 
 #: Where single-file checkpoints take their configs and tokenizers by default.
 DEFAULT_CONFIG_REPOS = {

@@ -12,9 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lorakit
-from lorakit.plugins import lazy
-from lorakit.registry import BackendSpec, DatasetReaderSpec, ExporterSpec
+from lorakit.api import BackendSpec, DatasetReaderSpec, ExporterSpec, hookimpl, lazy
 from lorakit_sd.config import SDSection
 
 LORAKIT_PLUGIN_API = 1
@@ -22,7 +20,7 @@ LORAKIT_PLUGIN_API = 1
 
 def detect(path: Any) -> bool:
     """Whether ``path`` is an SD LoRA file (kohya or diffusers keys), from its header only."""
-    from lorakit.errors import UsageError
+    from lorakit.api import UsageError
     from lorakit_sd.lora_format import file_format, read_header
 
     path = Path(path)
@@ -34,7 +32,7 @@ def detect(path: Any) -> bool:
         return False
 
 
-@lorakit.hookimpl
+@hookimpl
 def register_backends(register: Callable[[BackendSpec], None]) -> None:
     register(
         BackendSpec(
@@ -58,7 +56,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
     )
 
 
-@lorakit.hookimpl
+@hookimpl
 def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> None:
     from lorakit_sd import readers as data
 
@@ -85,7 +83,7 @@ def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> N
     )  # fmt: skip
 
 
-@lorakit.hookimpl
+@hookimpl
 def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
     register(
         ExporterSpec(

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lorakit.io import atomic_path
+from lorakit.api import atomic_path
 
 
 def sampling_pipeline(pipe: Any, family: str, prediction_type: str) -> Any:

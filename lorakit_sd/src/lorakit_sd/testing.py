@@ -216,7 +216,7 @@ def build_tiny_sd(directory: str | Path, family: str = "sd1", seed: int = 0) -> 
     a single-file checkpoint in the original layout, and ``directory/config/`` the same
     folder without weights (what ``from_single_file(..., config=...)`` reads offline).
     """
-    from lorakit.io import save_safetensors
+    from lorakit.api import save_safetensors
     from lorakit_sd.ldm import pipeline_to_ldm
 
     directory = Path(directory)

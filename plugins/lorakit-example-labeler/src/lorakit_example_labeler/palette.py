@@ -12,7 +12,7 @@ import colorsys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorakit.labeling import Labeler
+from lorakit.api import Labeler
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,7 +1,7 @@
 """Entry point of lorakit-example-labeler: registers the ``palette`` labeler.
 
 Built from plugins/lorakit-plugin-template; it uses only lorakit's public API
-(``lorakit.hookimpl``, ``lorakit.registry.LabelerSpec``, ``lorakit.labeling``). Nothing
+(``lorakit.api``: ``hookimpl``, ``LabelerSpec``, ``Labeler``). Nothing
 heavy is imported here: the labeler's module loads when ``lorakit label`` asks for it.
 """
 
@@ -12,8 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-import lorakit
-from lorakit.registry import LabelerSpec
+from lorakit.api import LabelerSpec, hookimpl
 
 LORAKIT_PLUGIN_API = 1
 
@@ -36,7 +35,7 @@ def make_palette_labeler(**options: Any) -> Any:
     return PaletteLabeler(**options)
 
 
-@lorakit.hookimpl
+@hookimpl
 def register_labelers(register: Callable[[LabelerSpec], None]) -> None:
     register(
         LabelerSpec(

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-import lorakit
-from lorakit.labeling import Labeler
-from lorakit.registry import LabelerSpec
+from lorakit.api import Labeler, LabelerSpec, hookimpl
 
 #: The lorakit plugin API this package is written for.
 LORAKIT_PLUGIN_API = 1
@@ -65,7 +63,7 @@ class MyLabeler(Labeler):
         """Free what setup() loaded (called even when labeling failed)."""
 
 
-@lorakit.hookimpl
+@hookimpl
 def register_labelers(register: Callable[[LabelerSpec], None]) -> None:
     register(
         LabelerSpec(

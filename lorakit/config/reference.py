@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from lorakit.config import DistributedConfig, TrainConfig
+from lorakit.config.schema import DistributedConfig, TrainConfig
 
 INTRO = """\
 # Configuration reference

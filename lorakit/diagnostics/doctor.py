@@ -4,7 +4,7 @@ Each check returns one :class:`Check`: ✓ (fine), ⚠ (works, but worth knowing
 fail), with a one-line fix. The command exits 1 when any check is ✗. torch is imported
 inside its check only; every other check reads package metadata and the environment.
 
-The tested set is ``lorakit/tested_versions.txt``: a copy of the repository's
+The tested set is ``lorakit/diagnostics/tested_versions.txt``: a copy of the repository's
 ``constraints.txt`` shipped as package data, so an installed lorakit knows which versions
 its release was tested with (a test keeps the two identical).
 """
@@ -99,7 +99,11 @@ def parse_pins(text: str) -> dict[str, str]:
 def tested_versions() -> dict[str, str]:
     """The versions this release was tested with (package data, see the module docstring)."""
     try:
-        text = resources.files("lorakit").joinpath("tested_versions.txt").read_text("utf-8")
+        text = (
+            resources.files("lorakit.diagnostics")
+            .joinpath("tested_versions.txt")
+            .read_text("utf-8")
+        )
     except (OSError, ModuleNotFoundError):
         return {}
     return parse_pins(text)
@@ -446,7 +450,7 @@ def check_hf() -> Check:
 
 def check_update() -> list[Check]:
     """A newer lorakit, from the update-check cache only (no network)."""
-    from lorakit.update_check import quiet_notice
+    from lorakit.diagnostics.update_check import quiet_notice
 
     notice = quiet_notice()
     if notice is None:

@@ -8,7 +8,7 @@ below renames or moves keys and returns one :class:`Change` per key; ``lorakit t
 prints them as notices and ``lorakit config migrate FILE`` writes the result back,
 keeping the file's comments and order (see :func:`migrate_text`).
 
-Adding a layout: bump ``lorakit.config.CONFIG_VERSION`` to N+1 and add ``MIGRATIONS[N]``,
+Adding a layout: bump ``CONFIG_VERSION`` below to N+1 and add ``MIGRATIONS[N]``,
 a function that changes the dict in place and returns its changes.
 """
 
@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorakit.errors import ConfigError
+
+#: The config layout this lorakit writes; older layouts are migrated up to it.
+CONFIG_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,6 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], list[Change]]] = {1: _v1_to_v2}
 
 def detect_version(data: dict[str, Any], *, file: str | None = None) -> tuple[int, str | None]:
     """The layout version of ``data`` and, when it was inferred, a notice saying why."""
-    from lorakit.config import CONFIG_VERSION
-
     if "config_version" not in data:
         old = sorted(V1_KEYS & set(data))
         if old:
@@ -115,8 +116,6 @@ def migrate_changes(
     data: dict[str, Any], *, file: str | None = None
 ) -> tuple[dict[str, Any], list[Change], list[str]]:
     """Bring a copy of ``data`` to the current layout: ``(data, changes, notices)``."""
-    from lorakit.config import CONFIG_VERSION
-
     version, inferred = detect_version(data, file=file)
     data = copy.deepcopy(data)
     changes: list[Change] = []
@@ -245,7 +244,7 @@ def migrate_text(text: str, *, file: str | None = None) -> tuple[str | None, lis
     """
     import yaml
 
-    from lorakit.config import CONFIG_VERSION, _Loader
+    from lorakit.config.yaml_reader import _Loader
 
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader subclass

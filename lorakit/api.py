@@ -1,0 +1,97 @@
+"""The public API for plugins: everything a plugin package may import from lorakit.
+
+A plugin imports from here and nowhere else in lorakit (a test keeps lorakit's own plugin
+packages to it)::
+
+    from lorakit.api import Backend, BackendSpec, LossOutput, hookimpl, lazy
+
+Importing this module imports no torch, diffusers, transformers, peft or accelerate:
+plugin modules stay cheap to load, and ``lorakit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from lorakit import PLUGIN_API_VERSION, __version__, hookimpl
+from lorakit.backend import Backend, LossOutput, RunInfo, TrainContext, trainable_state_dict
+from lorakit.config.schema import Config
+from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
+from lorakit.hookspecs import hookspec
+from lorakit.io import (
+    atomic_dir,
+    atomic_path,
+    parse_lora,
+    save_safetensors,
+    write_bytes,
+    write_text,
+)
+from lorakit.labeling import (
+    METADATA_NAME,
+    Labeler,
+    create_labeler,
+    find_images,
+    format_metadata,
+    label_folder,
+    make_caption,
+    read_image,
+    read_metadata,
+)
+from lorakit.plugins import get_registries, lazy
+from lorakit.provenance import file_metadata, package_version
+from lorakit.registry import (
+    BackendSpec,
+    DatasetReaderSpec,
+    ExporterSpec,
+    LabelerSpec,
+    ModelLoaderSpec,
+    OptimizerSpec,
+    Registries,
+    SchedulerSpec,
+    TrackerSpec,
+)
+
+__all__ = [
+    "METADATA_NAME",
+    "PLUGIN_API_VERSION",
+    "Backend",
+    "BackendSpec",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "DatasetReaderSpec",
+    "ExporterSpec",
+    "Labeler",
+    "LabelerSpec",
+    "LorakitError",
+    "LossOutput",
+    "ModelLoaderSpec",
+    "OptimizerSpec",
+    "PluginError",
+    "Registries",
+    "RunError",
+    "RunInfo",
+    "SchedulerSpec",
+    "TrackerSpec",
+    "TrainContext",
+    "UsageError",
+    "__version__",
+    "atomic_dir",
+    "atomic_path",
+    "create_labeler",
+    "file_metadata",
+    "find_images",
+    "format_metadata",
+    "get_registries",
+    "hookimpl",
+    "hookspec",
+    "label_folder",
+    "lazy",
+    "make_caption",
+    "package_version",
+    "parse_lora",
+    "read_image",
+    "read_metadata",
+    "save_safetensors",
+    "trainable_state_dict",
+    "write_bytes",
+    "write_text",
+]
