@@ -45,6 +45,7 @@ class ConfigError(UsageError):
         line: int | None = None,
     ) -> None:
         self.key = key
+        self.detail = message
         self.file = str(file) if file is not None else None
         self.line = line
         where = None

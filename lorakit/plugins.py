@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ class PluginInfo:
     error: str | None = None
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
+    replaces: list[str] = field(default_factory=list)  # first-party names it overrides
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class PluginInfo:
             "error": self.error,
             "hooks": self.hooks,
             "registered": self.registered,
+            "replaces": self.replaces,
         }
 
 
@@ -110,6 +113,12 @@ class Plugins:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # a malformed hookimpl
             self._fail(info, f"cannot register: {exc}")
+            return info
+        try:
+            self.pm.check_pending()  # a hook name no spec has: ``on_step_ends``
+        except pluggy.PluginValidationError as exc:
+            self._unregister(name)
+            self._fail(info, f"unknown hook: {exc}")
             return info
         info.hooks = sorted(
             hook.name for hook in (self.pm.get_hookcallers(plugin) or []) if hook.name
@@ -161,44 +170,62 @@ class Plugins:
         return self._registries
 
     def _collect(self) -> Registries:
-        registries = Registries()
-        self.conflicts = []
-        for hook_name, attr in REGISTER_HOOKS.items():
-            registry = getattr(registries, attr)
-            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
-                info = self.infos[impl.plugin_name]
-                names: list[str] = []
+        """Call every ``register_*`` hook through pluggy and fill fresh registries.
 
-                def register(
-                    spec: Any,
-                    _info: PluginInfo = info,
-                    _names: list[str] = names,
-                    _registry: Any = registry,
-                ) -> None:
-                    try:
-                        _registry.add(
-                            spec,
-                            plugin=_info.name,
-                            distribution=_info.distribution,
-                            version=_info.version,
-                            builtin=_info.builtin,
-                        )
-                    except PluginError as exc:  # a name conflict: keep the plugin's other names
-                        self.conflicts.append(exc.message)
-                        if _flag("LORAKIT_STRICT_PLUGINS"):
-                            raise
-                        return
-                    _names.append(spec.name)
+        A plugin whose registration hook raises is marked failed and unregistered, and the
+        registries are built again without it: one broken plugin never hides the others.
+        """
+        while True:
+            registries = Registries()
+            self.conflicts = []
+            for info in self.infos.values():
+                info.registered, info.replaces = {}, []
+            try:
+                for hook_name, attr in REGISTER_HOOKS.items():
+                    self._call_register(hook_name, getattr(registries, attr))
+            except _Failed as failed:
+                self._fail(self.infos[failed.plugin], failed.message)
+                self._unregister(failed.plugin)
+                continue
+            for override in registries.overrides():
+                self.infos[override.plugin].replaces.append(str(override))
+            return registries
 
-                try:
-                    impl.function(register=register)
-                except PluginError:  # a conflict, already recorded; raised in strict mode
+    def _call_register(self, hook_name: str, registry: Any) -> None:
+        caller = getattr(self.pm.hook, hook_name)
+        codes = _impl_codes(caller)
+
+        def register(spec: Any) -> None:
+            info = self.infos[_calling_plugin(codes) or "unknown"]
+            try:
+                registry.add(
+                    spec,
+                    plugin=info.name,
+                    distribution=info.distribution,
+                    version=info.version,
+                    builtin=info.builtin,
+                )
+            except PluginError as exc:  # a name conflict: keep the plugin's other names
+                self.conflicts.append(exc.message)
+                if _flag("LORAKIT_STRICT_PLUGINS"):
                     raise
-                except Exception as exc:
-                    self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
-                if names:
-                    info.registered.setdefault(registry.kind, []).extend(names)
-        return registries
+                return
+            info.registered.setdefault(registry.kind, []).append(spec.name)
+
+        try:
+            caller(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            plugin = _raising_plugin(exc, codes)
+            if plugin is None:
+                raise
+            raise _Failed(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}") from exc
+
+    def _unregister(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin, name=name)
 
     def check(self) -> None:
         """Raise the first registration conflict (two plugins claiming one name)."""
@@ -206,25 +233,86 @@ class Plugins:
         if self.conflicts:
             raise PluginError(self.conflicts[0])
 
+    def overrides(self) -> list[str]:
+        """Each first-party registration a third party replaced, as one line."""
+        return [str(o) for o in self.registries.overrides()]
+
     # -- hook calls ------------------------------------------------------------
-    def call(self, hook_name: str, **kwargs: Any) -> None:
-        """Call a lifecycle hook on every plugin, naming the plugin if one raises."""
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except LorakitError:
-                raise
-            except Exception as exc:
-                raise RunError(
-                    f"plugin {impl.plugin_name} failed in {hook_name}: {type(exc).__name__}: {exc}"
-                ) from exc
+    def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Call a hook through pluggy; a plugin that raises is named in a RunError."""
+        caller = getattr(self.pm.hook, hook_name)
+        try:
+            return list(caller(**kwargs) or [])
+        except LorakitError:
+            raise
+        except Exception as exc:
+            plugin = _raising_plugin(exc, _impl_codes(caller)) or "unknown"
+            raise RunError(
+                f"plugin {plugin} failed in {hook_name}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def add_commands(self, app: Any) -> None:
-        for impl in self.pm.hook.register_commands.get_hookimpls():
+        """Let plugins add CLI commands; a plugin that raises is marked failed and skipped."""
+        while True:
+            codes = _impl_codes(self.pm.hook.register_commands)
             try:
-                impl.function(app=app)
+                self.pm.hook.register_commands(app=app)
+                return
             except Exception as exc:
-                self._fail(self.infos[impl.plugin_name], f"register_commands raised {exc}")
+                plugin = _raising_plugin(exc, codes)
+                if plugin is None:
+                    raise
+                self._fail(self.infos[plugin], f"register_commands raised {exc}")
+                self._unregister(plugin)
+
+
+class _Failed(Exception):
+    def __init__(self, plugin: str, message: str) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.message = message
+
+
+_Codes = dict[Any, list[tuple[Any, str]]]
+
+
+def _impl_codes(caller: Any) -> _Codes:
+    """Each hook implementation's code object → (its ``self`` or None, plugin name)."""
+    codes: _Codes = {}
+    for impl in caller.get_hookimpls():
+        code = getattr(impl.function, "__code__", None)
+        if code is not None:
+            owner = getattr(impl.function, "__self__", None)
+            codes.setdefault(code, []).append((owner, impl.plugin_name))
+    return codes
+
+
+def _plugin_of_frame(frame: Any, codes: _Codes) -> str | None:
+    for owner, name in codes.get(frame.f_code, ()):
+        if owner is None or frame.f_locals.get("self") is owner:
+            return name
+    return None
+
+
+def _calling_plugin(codes: _Codes) -> str | None:
+    """The plugin whose hook implementation is on the current call stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = _plugin_of_frame(frame, codes)
+        if name is not None:
+            return name
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _raising_plugin(exc: BaseException, codes: _Codes) -> str | None:
+    """The plugin whose hook implementation is innermost in ``exc``'s traceback."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        found = _plugin_of_frame(tb.tb_frame, codes) or found
+        tb = tb.tb_next
+    return found
 
 
 _current: Plugins | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -95,19 +96,33 @@ def file_metadata(config: Any, *, plugins: Any = None) -> dict[str, str]:
 
 
 PATH_KEYS = ("base_model", "train_data_dir", "metadata_path", "output_dir")
+PATH_SUFFIXES = ("_path", "_dir", "_file", "_model", "_data")
+_WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
 
 
-def shareable_config(data: dict[str, Any]) -> dict[str, Any]:
-    """The config as it goes into files people share: local paths cut to their last part.
-
-    Hub ids stay whole; ``/home/me/models/v1-5-pruned.safetensors`` becomes
-    ``v1-5-pruned.safetensors``. run.json, which stays on the user's disk, keeps full paths.
-    """
+def _is_path(key: str, value: str) -> bool:
     from lorakit.config.schema import HUB_ID
 
-    out = dict(data)
-    for key in PATH_KEYS:
-        value = out.get(key)
-        if isinstance(value, str) and not (HUB_ID.match(value) and not Path(value).exists()):
-            out[key] = Path(value).name
-    return out
+    if HUB_ID.match(value) and not Path(value).expanduser().exists():
+        return False  # a hub id: the same for everyone
+    if key in PATH_KEYS or key.endswith(PATH_SUFFIXES):
+        return True
+    return value.startswith(("/", "~", "./", "../", "\\\\")) or bool(_WINDOWS_ABS.match(value))
+
+
+def shareable_config(data: Any, key: str = "") -> Any:
+    """The config as it goes into files people share: local paths cut to their last part.
+
+    Every depth is scrubbed (backend sections, subsets, lists): a value under a path-like
+    key (``*_dir``, ``*_path``, ``base_model``, ...) or any absolute or ``./`` path becomes
+    its last part, so ``/home/me/models/v1-5-pruned.safetensors`` becomes
+    ``v1-5-pruned.safetensors``. Hub ids stay whole. run.json, which stays on the user's
+    disk, keeps full paths.
+    """
+    if isinstance(data, dict):
+        return {k: shareable_config(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [shareable_config(v, key) for v in data]
+    if isinstance(data, str) and data and _is_path(key, data):
+        return Path(data.replace("\\", "/")).name
+    return data

@@ -146,6 +146,20 @@ class Entry(Generic[S]):
     first_party: bool = False
 
 
+@dataclass(frozen=True)
+class Override:
+    """A first-party registration that a third party's plugin replaced."""
+
+    kind: str
+    name: str
+    replaced: str  # the first-party distribution
+    by: str  # the third party's distribution
+    plugin: str  # the third party's plugin
+
+    def __str__(self) -> str:
+        return f"{self.kind} '{self.name}' of {self.replaced} is replaced by {self.by} (plugin {self.plugin})"
+
+
 #: Distributions lorakit ships; a third party's registration of a name they use replaces it.
 FIRST_PARTY = frozenset({"lorakit", "lorakit-sd", "lorakit-llm", "lorakit-labelers"})
 
@@ -166,7 +180,7 @@ class Registry(Generic[S]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[S]] = {}
-        self.overrides: list[str] = []
+        self.overrides: list[Override] = []
 
     def add(
         self, spec: S, *, plugin: str, distribution: str, version: str, builtin: bool = False
@@ -181,8 +195,7 @@ class Registry(Generic[S]):
             ours, theirs = (previous, entry) if previous.first_party else (entry, previous)
             self._entries[name] = theirs
             self.overrides.append(
-                f"{self.kind} '{name}' of {ours.distribution} is replaced by "
-                f"{theirs.distribution} (plugin {theirs.plugin})"
+                Override(self.kind, name, ours.distribution, theirs.distribution, theirs.plugin)
             )
             return
         raise PluginError(
@@ -236,9 +249,9 @@ class Registries:
         default_factory=lambda: Registry("model loader")
     )
 
-    def overrides(self) -> list[str]:
+    def overrides(self) -> list[Override]:
         """Every replacement of a first-party registration by a third party."""
-        return [line for registry in vars(self).values() for line in registry.overrides]
+        return [o for registry in vars(self).values() for o in registry.overrides]
 
     def model_loader_for(
         self, backend: str, source: str, name: str | None = None

@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -52,3 +53,13 @@ def run_cli(capsys: Any, *args: object) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def write_config(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as a YAML config at ``path`` (keys in the order given) and return it."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from conftest import toy_config
 
 import lorakit
 from lorakit.diagnostics import doctor
 from lorakit.plugins import build_plugins, set_plugins
-from lorakit.testing import run_cli
+from lorakit.testing import run_cli, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 1024**3
@@ -186,8 +185,7 @@ def test_optional_dependencies(monkeypatch, toy_plugins, tmp_path):
 
 def test_config_option(toy_plugins, roomy_disk, isolated, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(doctor, "_version", lambda name: None if name == "bitsandbytes" else "1")
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(toy_config(tmp_path, optimizer="adamw8bit")))
+    config = write_config(tmp_path / "run.yaml", toy_config(tmp_path, optimizer="adamw8bit"))
     code, out = run(capsys, "doctor", "--config", str(config))
     assert code == 1 and "✗ optional: bitsandbytes is missing, and the config needs it" in out
     assert f"for {tmp_path / 'run'}" in out  # the config's output_dir

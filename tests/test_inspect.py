@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ def test_lorakit_file(toy_plugins, tmp_path, capsys):
 
     config = load_config(data=toy_config(tmp_path, lora_rank=3, lora_alpha=6), check_paths=False)
     backend = toy_backend.ToyBackend(config)
-    backend.setup(None)
+    backend.setup(types.SimpleNamespace(registries=toy_plugins.registries))
     metadata = {**file_metadata(config, plugins=toy_plugins), "lorakit.step": "12"}
     [path] = export_safetensors(backend, tmp_path, "toy", metadata)
     assert path.name == "toy.lorakit.safetensors"

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from conftest import toy_config
 
-from lorakit.cli import main
 from lorakit.config import CONFIG_VERSION, load_config
 from lorakit.config.migrations import MIGRATIONS, migrate, migrate_text
 from lorakit.errors import ConfigError
+from lorakit.testing import run_cli, write_config
 
 OLD = """\
 # mascot run, written for the old layout
@@ -135,9 +135,7 @@ def test_load_config_migrates_with_notices(toy_plugins, tmp_path):
     data["network_dim"] = data.pop("lora_rank")
     data["train_batch_size"] = data.pop("batch_size")
     data["config_version"] = 1
-    path = tmp_path / "old.yaml"
-    path.write_text(yaml.safe_dump(data))
-    config = load_config(path)
+    config = load_config(write_config(tmp_path / "old.yaml", data))
     assert config.train.lora_rank == 4 and config.train.batch_size == 8
     assert config.notices == [
         "config_version 1→2: 'network_dim' is now 'lora_rank'",
@@ -151,10 +149,10 @@ def test_config_migrate_command(toy_plugins, tmp_path: Path, capsys):
     path = tmp_path / "old.yaml"
     original = yaml.safe_dump(data)
     path.write_text(original)
-    assert not main(["config", "migrate", str(path)])
-    out = capsys.readouterr().out
+    code, out, _ = run_cli(capsys, "config", "migrate", path)
+    assert code == 0
     assert "'network_dim' is now 'lora_rank'" in out and "wrote" in out
     assert (tmp_path / "old.yaml.bak").read_text() == original
     assert load_config(path).train.lora_rank == 4
-    assert not main(["config", "migrate", str(path)])
-    assert "already current" in capsys.readouterr().out
+    code, out, _ = run_cli(capsys, "config", "migrate", path)
+    assert code == 0 and "already current" in out

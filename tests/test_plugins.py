@@ -185,9 +185,11 @@ def test_installed_plugins_are_listed_with_their_distributions():
 
 
 def test_plugin_modules_are_light():
-    """Every installed plugin entry point imports without torch, diffusers, transformers, peft."""
+    """Every installed plugin entry point, and the public API with its hook types, imports
+    without torch, diffusers, transformers, peft."""
     code = (
         "import sys, importlib.metadata as md\n"
+        "from lorakit.api import Backend, Config, LossOutput, RunInfo, TrainContext\n"
         "for ep in md.entry_points(group='lorakit'): ep.load()\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'peft', 'accelerate') if m in sys.modules]\n"
         "print(','.join(heavy))\n"

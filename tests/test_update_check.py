@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from conftest import toy_config  # imported here: importing conftest sets LORAKIT_NO_UPDATE_CHECK
 
 from lorakit import __version__
 from lorakit.diagnostics import update_check
 from lorakit.plugins import build_plugins, set_plugins
-from lorakit.testing import run_cli
+from lorakit.testing import run_cli, write_config
 
 CHANGELOG = """# lorakit
 
@@ -256,8 +255,7 @@ def test_train_prints_the_notice_without_asking(index, toy_plugins, tmp_path, mo
     index.publish("lorakit", "0.3.0")
     update_check.check({"lorakit": __version__})
     asked = len(index.requests)
-    config = tmp_path / "toy.yaml"
-    config.write_text(yaml.safe_dump(toy_config(tmp_path)))
+    config = write_config(tmp_path / "toy.yaml", toy_config(tmp_path))
     result = types.SimpleNamespace(
         interrupted=False, final_loss=0.5, steps=1, elapsed_s=0.1, output_dir=tmp_path, outputs=[]
     )

@@ -10,9 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-import lorakit
-from lorakit.backend import Backend, LossOutput
-from lorakit.registry import BackendSpec
+from lorakit.api import Backend, BackendSpec, LossOutput, ModelLoaderSpec, hookimpl
 
 LORAKIT_PLUGIN_API = 1
 
@@ -48,24 +46,30 @@ class ToyDataset:
         return {"x": self.x[i], "y": self.y[i]}
 
 
+def random_mlp(source: str, *, dim: int, hidden: int) -> Any:
+    """The toy "base model": a frozen MLP with seeded random weights."""
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    base = torch.nn.Sequential(
+        torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 4)
+    )
+    with torch.no_grad():
+        for p in base.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return base
+
+
 class ToyBackend(Backend):
     default_export_formats = ("safetensors",)
 
     def setup(self, ctx: Any) -> None:
-        import torch
         from peft import LoraConfig, get_peft_model
 
         section = self.config.section
-        g = torch.Generator().manual_seed(7)
-        base = torch.nn.Sequential(
-            torch.nn.Linear(section.dim, section.hidden),
-            torch.nn.ReLU(),
-            torch.nn.Linear(section.hidden, 4),
-        )
-        with torch.no_grad():
-            for p in base.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
         t = self.config.train
+        loader = ctx.registries.model_loader_for("toy", t.base_model, t.model_loader)
+        base = loader.load(t.base_model, dim=section.dim, hidden=section.hidden)
         lora = LoraConfig(
             r=t.lora_rank, lora_alpha=t.alpha, lora_dropout=t.lora_dropout,
             target_modules=t.target_modules or ["0", "2"],
@@ -103,7 +107,7 @@ class ToyBackend(Backend):
         return "toy"
 
 
-@lorakit.hookimpl
+@hookimpl
 def register_backends(register: Any) -> None:
     register(
         BackendSpec(
@@ -113,7 +117,17 @@ def register_backends(register: Any) -> None:
     )  # fmt: skip
 
 
-@lorakit.hookimpl
+@hookimpl
+def register_model_loaders(register: Any) -> None:
+    register(
+        ModelLoaderSpec(
+            "toy-random", "toy", lambda source: source.startswith("toy/"), random_mlp,
+            "a seeded random MLP for toy/<name> (tests)",
+        )
+    )  # fmt: skip
+
+
+@hookimpl
 def on_train_end(run: Any, outputs: list[str]) -> None:
     """With LORAKIT_TEST_DUMP_RANKS set, every process saves its LoRA (multi-process tests)."""
     import os

@@ -82,10 +82,19 @@ def validate(
     ] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the resolved config.")] = False,
 ) -> None:
-    """Check a config without training: keys, types, paths."""
-    from lorakit.config import load_config
+    """Check a config without training: keys, types, paths, and every plugin name it uses.
 
-    cfg = load_config(file, overrides=set_ or [], check_paths=not no_paths)
+    Reports every error of the file, one line each, not only the first.
+    """
+    from lorakit.config import load_config
+    from lorakit.config.loader import ConfigErrors
+
+    try:
+        cfg = load_config(file, overrides=set_ or [], check_paths=not no_paths)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"lorakit: error: {error.format()}", file=sys.stderr)
+        raise SystemExit(2) from None
     for notice in cfg.notices:
         print(f"{file}: {notice}", file=sys.stderr)
     if show:

@@ -102,6 +102,8 @@ def register(app: typer.Typer) -> None:
                 escape(registers), status,
             )  # fmt: skip
         Console().print(table)
+        for line in manager.overrides():
+            Console().print(f"[yellow]override[/]: {escape(line)}")
         for conflict in manager.conflicts:
             Console(stderr=True).print(f"[red]conflict[/]: {escape(conflict)}")
 

@@ -21,6 +21,15 @@ def _did_you_mean(key: str, choices: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+class ConfigErrors(ConfigError):
+    """Several config errors found in one pass; ``str()`` is the first, ``errors`` all."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.detail, key=first.key, file=first.file, line=first.line)
+
+
 def _validate(
     model: type[BaseModel],
     data: dict[str, Any],
@@ -28,34 +37,100 @@ def _validate(
     lines: dict,
     file: str | None,
     overridden: dict[tuple[str, ...], str] | None = None,
-) -> BaseModel:
-    """Validate ``data``; the first error as a ConfigError naming key, file and line (or the
-    ``--set`` item it came from)."""
+    errors: list[ConfigError] | None = None,
+) -> BaseModel | None:
+    """Validate ``data``. Each problem becomes a ConfigError naming key, file and line (or
+    the ``--set`` item it came from): appended to ``errors`` when given (and None
+    returned), else the first one is raised."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(str(p) for p in err["loc"])
-        full = (*prefix, *loc)
-        key = ".".join(full) or "config"
-        line = lines.get(full) or lines.get(full[:-1]) if full else None
-        override = (overridden or {}).get(full)
-        if override is not None:  # the value came from the command line, not the file
-            file, line = f"--set {override}", None
-        if err["type"] == "extra_forbidden":
-            fields = list(_fields_at(model, loc[:-1]))
-            message = "unknown key" + _did_you_mean(loc[-1], fields)
-        elif err["type"] == "missing":
-            message = "required key is missing"
-        else:
-            got = err.get("input")
-            text = str(err["msg"])
-            for lead in ("Value error, ", "Assertion failed, "):
-                text = text.removeprefix(lead)
-            message = text[0].lower() + text[1:] if text else "invalid value"
-            if not isinstance(got, dict | list):
-                message += f" (got {repr(got)[:60]})"
-        raise ConfigError(message, key=key, file=file, line=line) from None
+        found = [_config_error(err, model, prefix, lines, file, overridden) for err in exc.errors()]
+        if errors is None:
+            raise found[0] from None
+        errors.extend(found)
+        return None
+
+
+def _config_error(
+    err: Any,
+    model: type[BaseModel],
+    prefix: tuple[str, ...],
+    lines: dict,
+    file: str | None,
+    overridden: dict[tuple[str, ...], str] | None,
+) -> ConfigError:
+    loc = tuple(str(p) for p in err["loc"])
+    full = (*prefix, *loc)
+    key = ".".join(full) or "config"
+    line = lines.get(full) or lines.get(full[:-1]) if full else None
+    override = (overridden or {}).get(full)
+    if override is not None:  # the value came from the command line, not the file
+        file, line = f"--set {override}", None
+    if err["type"] == "extra_forbidden":
+        fields = list(_fields_at(model, loc[:-1]))
+        message = "unknown key" + _did_you_mean(loc[-1], fields)
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    else:
+        got = err.get("input")
+        text = str(err["msg"])
+        for lead in ("Value error, ", "Assertion failed, "):
+            text = text.removeprefix(lead)
+        message = text[0].lower() + text[1:] if text else "invalid value"
+        if not isinstance(got, dict | list):
+            message += f" (got {repr(got)[:60]})"
+    return ConfigError(message, key=key, file=file, line=line)
+
+
+def _names(value: Any) -> list[Any]:
+    """A list key as written: a list, or the comma-separated string the schema accepts."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value if isinstance(value, list) else []
+
+
+def _check_names(
+    train: TrainConfig,
+    sections: dict[str, BaseModel],
+    registries: Any,
+    lines: dict,
+    file: str | None,
+    overridden: dict[tuple[str, ...], str],
+) -> list[ConfigError]:
+    """Names the run will look up in a registry: unknown ones, with did-you-mean.
+
+    ``train`` may be unvalidated (built from the raw keys when another key is wrong), so
+    every value is checked for its type before it is looked up.
+    """
+    wanted: list[tuple[tuple[str, ...], str, Any]] = [
+        (("optimizer",), train.optimizer, registries.optimizers),
+        (("lr_scheduler",), train.lr_scheduler, registries.schedulers),
+    ]
+    trackers, formats = (_names(v) for v in (train.trackers, train.export_formats))
+    wanted += [(("trackers", str(i)), n, registries.trackers) for i, n in enumerate(trackers)]
+    wanted += [(("export_formats", str(i)), n, registries.exporters) for i, n in enumerate(formats)]
+    if train.model_loader:
+        wanted.append((("model_loader",), train.model_loader, registries.model_loaders))
+    for name, section in sections.items():
+        reader = getattr(section, "dataset_format", None)
+        if isinstance(reader, str) and reader != "auto":
+            wanted.append(((name, "dataset_format"), reader, registries.dataset_readers))
+    errors = []
+    for path, value, registry in wanted:
+        if not isinstance(value, str) or value in registry:
+            continue
+        known = ", ".join(registry.names()) or "none"
+        message = f"unknown {registry.kind} '{value}'{_did_you_mean(value, registry.names())}"
+        key = ".".join(p for p in path if not p.isdigit())
+        where_file, line = file, lines.get(path) or lines.get(path[:1])
+        override = overridden.get(path) or overridden.get(path[:1])
+        if override is not None:
+            where_file, line = f"--set {override}", None
+        errors.append(
+            ConfigError(f"{message}; available: {known}", key=key, file=where_file, line=line)
+        )
+    return errors
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
@@ -68,9 +143,11 @@ def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def _check_paths(train: TrainConfig, lines: dict, file: str | None) -> None:
+def _check_paths(train: TrainConfig, lines: dict, file: str | None) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+
     def fail(key: str, message: str) -> None:
-        raise ConfigError(message, key=key, file=file, line=lines.get((key,)))
+        errors.append(ConfigError(message, key=key, file=file, line=lines.get((key,))))
 
     base = train.base_model
     if not Path(base).expanduser().exists():
@@ -82,6 +159,7 @@ def _check_paths(train: TrainConfig, lines: dict, file: str | None) -> None:
         fail("train_data_dir", f"folder not found: {train.train_data_dir}")
     if train.metadata_path and not Path(train.metadata_path).expanduser().is_file():
         fail("metadata_path", f"file not found: {train.metadata_path}")
+    return errors
 
 
 def load_config(
@@ -113,34 +191,49 @@ def load_config(
 
     backend_names = registries.backends.names()
     sections = {k: data.pop(k) for k in list(data) if k in backend_names}
+    errors: list[ConfigError] = []
     for key in list(data):
         if key in KNOWN_BACKEND_PACKAGES and key not in backend_names:
-            raise ConfigError(
+            errors.append(ConfigError(
                 f"section for backend '{key}', which is not installed: "
                 f"pip install {KNOWN_BACKEND_PACKAGES[key]}",
                 key=key, file=file, line=lines.get((key,)),
-            )  # fmt: skip
-    train = _validate(TrainConfig, data, (), lines, file, overridden)
-    assert isinstance(train, TrainConfig)
-    try:
-        entry = registries.backend_for(train.task_type, train.backend)
-    except Exception as exc:
-        key = "backend" if train.backend else "task_type"
-        raise ConfigError(str(exc), key=key, file=file, line=lines.get((key,))) from None
-    spec = entry.spec
+            ))  # fmt: skip
+            data.pop(key)
+    train = _validate(TrainConfig, data, (), lines, file, overridden, errors)
+    spec = None
+    if isinstance(train, TrainConfig):
+        try:
+            spec = registries.backend_for(train.task_type, train.backend).spec
+        except Exception as exc:
+            key = "backend" if train.backend else "task_type"
+            errors.append(ConfigError(str(exc), key=key, file=file, line=lines.get((key,))))
     validated: dict[str, BaseModel] = {}
     for name, section_data in sections.items():
         if section_data is None:
             section_data = {}
         if not isinstance(section_data, dict):
-            raise ConfigError("must be a mapping", key=name, file=file, line=lines.get((name,)))
+            errors.append(
+                ConfigError("must be a mapping", key=name, file=file, line=lines.get((name,)))
+            )
+            continue
         model = registries.backends.get(name).config_model
         if model is not None:
-            validated[name] = _validate(model, section_data, (name,), lines, file, overridden)
-    if spec.name not in validated and spec.config_model is not None:
-        validated[spec.name] = _validate(spec.config_model, {}, (spec.name,), lines, file)
-    if check_paths:
-        _check_paths(train, lines, file)
+            section = _validate(model, section_data, (name,), lines, file, overridden, errors)
+            if section is not None:
+                validated[name] = section
+    if spec is not None and spec.name not in validated and spec.config_model is not None:
+        section = _validate(spec.config_model, {}, (spec.name,), lines, file, None, errors)
+        if section is not None:
+            validated[spec.name] = section
+    known = {k: v for k, v in data.items() if k in TrainConfig.model_fields}
+    names = train if isinstance(train, TrainConfig) else TrainConfig.model_construct(**known)
+    errors += _check_names(names, validated, registries, lines, file, overridden)
+    if isinstance(train, TrainConfig) and check_paths:
+        errors += _check_paths(train, lines, file)
+    if errors:
+        raise ConfigErrors(errors)
+    assert isinstance(train, TrainConfig) and spec is not None
     return Config(
         train=train,
         backend=spec.name,

@@ -44,9 +44,15 @@ class TrainConfig(BaseModel):
     config_version: int = Field(CONFIG_VERSION, description="Config layout version.")
     task_type: str = Field(
         "image-generation",
-        description="image-generation (backend sd) or text-generation (backend llm).",
+        description="image-generation or image (backend sd); text-generation or text "
+        "(backend llm).",
     )
     backend: str | None = Field(None, description="Backend name; overrides task_type.")
+    model_loader: str | None = Field(
+        None,
+        description="Model loader to read base_model with (lorakit plugins lists them); "
+        "default: the first that recognises it.",
+    )
     base_model: str = Field(
         description="Base model: a local file or folder, a hub id, or (llm) a .gguf file."
     )
@@ -121,6 +127,26 @@ class TrainConfig(BaseModel):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("task_type", mode="before")
+    @classmethod
+    def _task_alias(cls, value: Any) -> Any:
+        return TASK_TYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare ``no`` as false: the user wrote the word, not a boolean.
+        return "no" if value is False else value
+
+    @field_validator("output_name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value.strip() or value in {".", ".."} or any(c in value for c in "/\\\0")
+        ):
+            raise ValueError("must be a file name without a folder (it is written in output_dir)")
+        return value
+
     @field_validator("sample_prompts", mode="before")
     @classmethod
     def _one_prompt(cls, value: Any) -> Any:
@@ -135,12 +161,16 @@ class TrainConfig(BaseModel):
         return self.output_name or Path(self.output_dir).resolve().name
 
 
+#: What the seed's configs write for task_type, and the name lorakit uses for it.
+TASK_TYPE_ALIASES = {"image": "image-generation", "text": "text-generation"}
+
+
 #: Keys that may change between a run and its resume without changing what it learns.
 RESUMABLE_KEYS = frozenset(
     {
         "max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "trackers",
         "sample_prompts", "sample_every_n_steps", "output_dir", "output_name", "num_workers",
-        "export_formats", "config_version", "mixed_precision",
+        "export_formats", "config_version", "mixed_precision", "model_loader",
     }
 )  # fmt: skip
 

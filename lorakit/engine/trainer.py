@@ -347,6 +347,8 @@ def train(
         f"× accumulation {accum} × {accelerator.num_processes} processes), "
         f"precision {accelerator.mixed_precision}, {len(params)} LoRA tensors → {out}"
     )
+    for line in plugins.overrides():
+        accelerator.print(f"plugin override: {line}")
     bar = TrainProgress(total, state.step, enabled=progress and main)
     stream = _stream(loader, sampler, accelerator, state.micro_batches)
     last_loss: float | None = None

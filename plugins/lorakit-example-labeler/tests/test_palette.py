@@ -16,7 +16,7 @@ from lorakit_example_labeler.palette import colour_name, describe
 from PIL import Image, ImageDraw
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "lorakit_example_labeler"
-PUBLIC_API = {"lorakit", "lorakit.registry", "lorakit.labeling"}
+PUBLIC_API = {"lorakit.api"}
 
 
 def lorakit(*args: object) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def test_labeler_is_found_and_writes_metadata(tmp_path):
-    from lorakit.labeling import create_labeler, label_folder
+    from lorakit.api import create_labeler, label_folder
     from lorakit.plugins import build_plugins
 
     registries = build_plugins().registries  # loads installed plugins by entry point
