@@ -189,7 +189,9 @@ def create_app(
         backend = request.query_params.get("backend") or choices[0]["name"]
         info = next((b for b in choices if b["name"] == backend), choices[0])
         backend = info["name"]
-        template = request.query_params.get("template") or (info["templates"] or [None])[0]
+        template = request.query_params.get("template")
+        if template not in info["templates"]:  # e.g. the previous backend's template
+            template = (info["templates"] or [None])[0]
         try:
             values = forms.template_values(backend, template)
         except LorakitError as exc:

@@ -115,7 +115,7 @@ const lk = (() => {
       if (atEnd) log.scrollTop = log.scrollHeight;
       const live = ["running", "starting", "stopping"].includes(data.status);
       clearTimeout(timer);
-      timer = setTimeout(refresh, live ? 1000 : 4000);
+      timer = setTimeout(refresh, live ? 500 : 3000);
     }
     $("#stop").onclick = async () => {
       $("#stop").disabled = true;
