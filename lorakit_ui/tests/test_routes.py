@@ -199,14 +199,17 @@ def test_a_run_page_serves_new_metrics_samples_with_prompts_and_downloads(client
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 3, "eval_loss": 0.95}) + "\n")
     (out / "samples" / "step-000003-01.png").write_bytes(b"\x89PNG fake")
+    (out / "samples" / "step-000003-00.png").write_bytes(b"\x89PNG fake")
+    (out / "samples" / "step-000003.png").write_bytes(b"\x89PNG sheet of both")
     (out / "samples" / "step-3.txt").write_text("### a prompt\nan answer\n")
     (out / "done.safetensors").write_bytes(b"weights")
     data = client.get("/api/runs/done?since=2").json()
     assert [r.get("step") for r in data["metrics"]] == [3, 3]
     assert data["metrics"][-1]["eval_loss"] == 0.95
     images = [s for s in data["samples"] if s["kind"] == "image"]
-    assert images == [
-        {"kind": "image", "path": "samples/step-000003-01.png", "prompt": "a blue square"}
+    assert sorted((s["path"], s["prompt"]) for s in images) == [
+        ("samples/step-000003-00.png", "a red circle"),
+        ("samples/step-000003-01.png", "a blue square"),
     ]
     assert any(s["kind"] == "text" and "an answer" in s["text"] for s in data["samples"])
     assert data["downloads"][0] == "done.safetensors"

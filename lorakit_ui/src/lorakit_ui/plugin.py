@@ -34,7 +34,8 @@ def register_commands(app: Any) -> None:
         host: Annotated[
             str,
             typer.Option(
-                "--host", help="Address to bind; anything but 127.0.0.1 needs the printed token."
+                "--host",
+                help="Address to bind; a non-loopback one prints a warning and needs the printed token.",
             ),
         ] = "127.0.0.1",
         parallel: Annotated[

@@ -246,8 +246,11 @@ class RunManager:
             key=lambda p: (p.stat().st_mtime, p.name),
             reverse=True,
         )
+        names = {p.name for p in files}
         found = []
         for path in files:
+            if f"{path.stem}-00{path.suffix}" in names:
+                continue  # a contact sheet of images listed one by one
             rel = path.relative_to(out).as_posix()
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 match = re.search(r"-(\d+)$", path.stem)
