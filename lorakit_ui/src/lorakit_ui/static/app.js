@@ -106,7 +106,7 @@ const lk = (() => {
       $("#downloads").innerHTML = data.downloads.map((f) => `<li><a href="${file(f)}" download>${esc(f)}</a></li>`).join("")
         || `<li class="muted">nothing exported yet</li>`;
       $("#samples").innerHTML = data.samples.map((s) => s.kind === "image"
-        ? `<figure><img src="${file(s.path)}" alt="${esc(s.prompt)}"><figcaption>${esc(s.prompt || s.path)}</figcaption></figure>`
+        ? `<figure><img src="${file(s.path)}" alt="${esc(s.prompt)}"><figcaption>${esc(s.prompt)} <span class="muted">${esc(s.path.split("/").pop())}</span></figcaption></figure>`
         : `<figure class="text"><pre>${esc(s.text)}</pre><figcaption>${esc(s.path)}</figcaption></figure>`).join("")
         || `<p class="muted">no samples yet</p>`;
       const log = $("#log");
