@@ -41,6 +41,7 @@ def browser():
         instance.close()
 
 
+@pytest.mark.slow
 def test_set_up_run_stop_resume_and_download_in_a_browser(browser, tiny_sd, images, tmp_path):
     from safetensors import safe_open
 

@@ -63,6 +63,11 @@ def test_another_host_prints_a_warning_and_needs_the_token(tmp_path):
         server.stop()
 
 
+def test_a_bad_port_is_one_line_and_exit_2(capsys):
+    code, _, err = run_cli(capsys, "ui", "--port", "70000")
+    assert code == 2 and err.strip() == "lorakit: error: --port: 70000 is not a port number"
+
+
 def test_loopback_serves_without_token(client):
     assert client.get("/").status_code == 200
     assert "lk.runsPage()" in client.get("/").text

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -310,7 +311,9 @@ def create_app(
             command += ["--prefix", str(body["prefix"])]
         if body.get("mode") in ("append", "overwrite"):
             command.append(f"--{body['mode']}")
-        done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        done = await run_in_threadpool(
+            subprocess.run, command, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
         output = (done.stdout + done.stderr).strip()
         error = None
         if done.returncode != 0:
