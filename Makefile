@@ -3,17 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-PACKAGES := -e ".[dev,adaptive]" -e lorakit_sd -e lorakit_llm -e lorakit_labelers -e plugins/lorakit-example-labeler
+PACKAGES := -e ".[dev,adaptive]" -e lorakit_sd -e lorakit_llm -e lorakit_labelers -e plugins/lorakit-example-labeler \
+            -e "lorakit_ui[test]"
 STAMP := $(VENV)/.lorakit-installed
 SOURCES := pyproject.toml constraints.txt lorakit_sd/pyproject.toml lorakit_llm/pyproject.toml \
-           lorakit_labelers/pyproject.toml plugins/lorakit-example-labeler/pyproject.toml
+           lorakit_labelers/pyproject.toml plugins/lorakit-example-labeler/pyproject.toml lorakit_ui/pyproject.toml
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export LORAKIT_NO_UPDATE_CHECK := 1
 
-.PHONY: demo test lint typecheck unit docs venv clean
+.PHONY: demo test lint typecheck unit docs venv clean chromium
 
 venv: $(STAMP)
 
@@ -37,7 +38,15 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
-unit: $(STAMP)
+# lorakit-ui's browser tests drive Debian's chromium (Playwright's own browser download is not
+# reachable offline). Installed when missing and we are root; otherwise those tests skip and say why.
+chromium:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium is not installed and cannot be installed here: the browser tests will skip"
+
+unit: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck docs unit

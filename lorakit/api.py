@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from lorakit import PLUGIN_API_VERSION, __version__, hookimpl
 from lorakit.backend import Backend, LossOutput, RunInfo, TrainContext, trainable_state_dict
-from lorakit.config.schema import Config
+from lorakit.config.loader import load_config
+from lorakit.config.overrides import parse_override
+from lorakit.config.schema import Config, DistributedConfig, TrainConfig
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.hookspecs import hookspec
 from lorakit.io import (
@@ -49,6 +51,14 @@ from lorakit.registry import (
     TrackerSpec,
 )
 
+
+def template_text(backend: str | None = None, template: str | None = None) -> str:
+    """The text ``lorakit config init [--backend B] [--template T]`` writes."""
+    from lorakit.cli.config_cmd import template_text as text
+
+    return text(backend, template)
+
+
 __all__ = [
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
@@ -58,6 +68,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DatasetReaderSpec",
+    "DistributedConfig",
     "ExporterSpec",
     "Labeler",
     "LabelerSpec",
@@ -71,6 +82,7 @@ __all__ = [
     "RunInfo",
     "SchedulerSpec",
     "TrackerSpec",
+    "TrainConfig",
     "TrainContext",
     "UsageError",
     "__version__",
@@ -85,12 +97,15 @@ __all__ = [
     "hookspec",
     "label_folder",
     "lazy",
+    "load_config",
     "make_caption",
     "package_version",
     "parse_lora",
+    "parse_override",
     "read_image",
     "read_metadata",
     "save_safetensors",
+    "template_text",
     "trainable_state_dict",
     "write_bytes",
     "write_text",

@@ -1,0 +1,219 @@
+// lorakit ui: a little vanilla JS over the server's JSON routes (no build step, no CDN).
+"use strict";
+const lk = (() => {
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const esc = (s) => String(s == null ? "" : s).replace(/[&<>"']/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  const fmt = (x, digits) => (x == null || Number.isNaN(x) ? "-" :
+    Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4 ? Number(x).toFixed(digits || 4) : Number(x).toExponential(2));
+
+  async function post(url, body) {
+    const r = await fetch(url, { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify(body || {}) });
+    let data = {};
+    try { data = await r.json(); } catch (e) { data = { ok: false, error: r.status + " " + r.statusText }; }
+    return data;
+  }
+
+  function seconds(s) {
+    if (s == null) return "-";
+    s = Math.round(s);
+    return s < 60 ? s + " s" : s < 3600 ? Math.floor(s / 60) + " min " + (s % 60) + " s"
+      : Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+
+  // -- the runs list -----------------------------------------------------------------------
+  function runsPage() {
+    async function refresh() {
+      try {
+        const data = await (await fetch("/api/runs")).json();
+        $("#runs tbody").innerHTML = data.runs.map((r) => `<tr data-run="${esc(r.name)}">
+          <td><a href="/runs/${encodeURI(r.name)}">${esc(r.name)}</a></td>
+          <td><span class="status ${esc(r.status)}">${esc(r.status)}</span></td>
+          <td>${esc(r.steps)}${r.total_steps ? " / " + esc(r.total_steps) : ""}</td>
+          <td>${fmt(r.loss)}</td><td>${seconds(r.elapsed_s)}</td>
+          <td>${esc((r.started_at || "").replace("T", " ").slice(0, 19))}</td>
+          <td>${r.error ? `<span class="error">${esc(r.error)}</span>` : ""}</td></tr>`).join("")
+          || `<tr><td colspan="7" class="muted">no runs yet: <a href="/new">start one</a></td></tr>`;
+        $("#runs-error").textContent = "";
+      } catch (e) { $("#runs-error").textContent = "the server does not answer"; }
+    }
+    refresh();
+    setInterval(refresh, 2000);
+  }
+
+  // -- charts: inline SVG ------------------------------------------------------------------
+  function chart(svg, series) {
+    const W = +svg.getAttribute("width"), H = +svg.getAttribute("height");
+    const pad = { l: 56, r: 12, t: 10, b: 22 };
+    const all = series.flatMap((s) => s.points);
+    svg.setAttribute("data-points", String(series[0].points.length));
+    if (!all.length) { svg.innerHTML = `<text x="${W / 2}" y="${H / 2}" class="muted" text-anchor="middle">waiting for the first step…</text>`; return; }
+    const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+    let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+    if (x1 === x0) x1 = x0 + 1;
+    if (y1 === y0) { y1 += Math.abs(y1) * 0.05 || 1; y0 -= Math.abs(y0) * 0.05 || 1; }
+    const X = (x) => pad.l + (x - x0) / (x1 - x0) * (W - pad.l - pad.r);
+    const Y = (y) => H - pad.b - (y - y0) / (y1 - y0) * (H - pad.t - pad.b);
+    let out = `<line x1="${pad.l}" y1="${H - pad.b}" x2="${W - pad.r}" y2="${H - pad.b}" class="axis"/>
+      <line x1="${pad.l}" y1="${pad.t}" x2="${pad.l}" y2="${H - pad.b}" class="axis"/>
+      <text x="${pad.l - 4}" y="${pad.t + 8}" text-anchor="end" class="tick">${fmt(y1)}</text>
+      <text x="${pad.l - 4}" y="${H - pad.b}" text-anchor="end" class="tick">${fmt(y0)}</text>
+      <text x="${pad.l}" y="${H - 6}" class="tick">${x0}</text>
+      <text x="${W - pad.r}" y="${H - 6}" text-anchor="end" class="tick">step ${x1}</text>`;
+    series.forEach((s, i) => {
+      if (!s.points.length) return;
+      const d = s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ");
+      out += s.dots
+        ? s.points.map((p) => `<circle cx="${X(p[0]).toFixed(1)}" cy="${Y(p[1]).toFixed(1)}" r="3" class="${s.cls}"/>`).join("")
+        : `<polyline points="${d}" class="${s.cls}" fill="none"/>`;
+      out += `<text x="${W - pad.r - 4}" y="${pad.t + 12 + 14 * i}" text-anchor="end" class="${s.cls} legend">${esc(s.label)}</text>`;
+    });
+    svg.innerHTML = out;
+  }
+
+  // -- one run -----------------------------------------------------------------------------
+  function runPage(name) {
+    const rows = [];
+    let timer = null;
+    const api = "/api/runs/" + encodeURI(name);
+    async function refresh() {
+      let data;
+      try { data = await (await fetch(api + "?since=" + rows.length)).json(); } catch (e) { return; }
+      if (data.ok === false) { $("#run-error").textContent = data.error; return; }
+      if (data.since === rows.length) rows.push(...data.metrics);
+      else if (data.since === 0) rows.splice(0, rows.length, ...data.metrics);
+      const last = rows[rows.length - 1] || {};
+      $("#status").textContent = data.status;
+      $("#status").className = "status " + data.status;
+      $("#steps").textContent = data.steps;
+      $("#total").textContent = data.total_steps || "?";
+      $("#loss").textContent = fmt(data.loss);
+      $("#lr").textContent = fmt(last.lr);
+      const unit = Object.keys(last).find((k) => k.endsWith("_per_s"));
+      $("#throughput").textContent = unit ? fmt(last[unit], 1) + " " + unit.replace("_per_s", "/s") : "-";
+      $("#elapsed").textContent = seconds(data.elapsed_s);
+      $("#run-error").textContent = data.error || "";
+      $("#stop").disabled = !data.can_stop;
+      $("#resume").disabled = !data.can_resume;
+      const loss = rows.filter((r) => r.loss != null).map((r) => [r.step, r.loss]);
+      const evals = rows.filter((r) => r.eval_loss != null).map((r) => [r.step, r.eval_loss]);
+      chart($("#loss-chart"), [{ points: loss, cls: "loss", label: "loss" },
+        { points: evals, cls: "eval", label: evals.length ? "eval loss" : "", dots: true }]);
+      chart($("#lr-chart"), [{ points: rows.filter((r) => r.lr != null).map((r) => [r.step, r.lr]), cls: "lr", label: "lr" }]);
+      const file = (rel) => "/runs/" + encodeURI(name) + "/files/" + encodeURI(rel);
+      $("#downloads").innerHTML = data.downloads.map((f) => `<li><a href="${file(f)}" download>${esc(f)}</a></li>`).join("")
+        || `<li class="muted">nothing exported yet</li>`;
+      $("#samples").innerHTML = data.samples.map((s) => s.kind === "image"
+        ? `<figure><img src="${file(s.path)}" alt="${esc(s.prompt)}"><figcaption>${esc(s.prompt)} <span class="muted">${esc(s.path.split("/").pop())}</span></figcaption></figure>`
+        : `<figure class="text"><pre>${esc(s.text)}</pre><figcaption>${esc(s.path)}</figcaption></figure>`).join("")
+        || `<p class="muted">no samples yet</p>`;
+      const log = $("#log");
+      const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      log.textContent = data.log;
+      if (atEnd) log.scrollTop = log.scrollHeight;
+      const live = ["running", "starting", "stopping"].includes(data.status);
+      clearTimeout(timer);
+      timer = setTimeout(refresh, live ? 500 : 3000);
+    }
+    $("#stop").onclick = async () => {
+      $("#stop").disabled = true;
+      const r = await post(api + "/stop");
+      if (!r.ok) $("#run-error").textContent = r.error;
+      refresh();
+    };
+    $("#resume").onclick = async () => {
+      $("#resume").disabled = true;
+      const r = await post(api + "/resume");
+      if (!r.ok) $("#run-error").textContent = r.error;
+      refresh();
+    };
+    refresh();
+  }
+
+  // -- a new run ---------------------------------------------------------------------------
+  function newPage() {
+    const form = $("#config-form");
+    function values() {
+      const out = {};
+      $$("[data-key]", form).forEach((el) => { out[el.dataset.key] = el.value; });
+      return out;
+    }
+    function show(r) {
+      $$(".err", form).forEach((el) => { el.textContent = ""; });
+      $$(".invalid", form).forEach((el) => el.classList.remove("invalid"));
+      $("#form-error").textContent = "";
+      $("#form-ok").textContent = "";
+      if (r.yaml != null) $("#yaml").textContent = r.yaml;
+      if (r.ok) return true;
+      const slot = r.key && $(`.err[data-for="${CSS.escape(r.key)}"]`, form);
+      if (slot) {
+        slot.textContent = r.error;
+        const input = $(`[data-key="${CSS.escape(r.key)}"]`, form);
+        if (input) { input.classList.add("invalid"); input.focus(); }
+      } else {
+        $("#form-error").textContent = r.error;
+      }
+      return false;
+    }
+    const body = () => ({ backend: form.dataset.backend, template: form.dataset.template, values: values() });
+    $("#validate").onclick = async () => {
+      const r = await post("/api/validate", body());
+      if (show(r)) $("#form-ok").textContent = "valid: backend " + form.dataset.backend + ", output " + r.output_dir;
+    };
+    $("#save").onclick = async () => {
+      const r = await post("/api/save", body());
+      if (show(r)) $("#form-ok").textContent = "saved " + r.path;
+    };
+    $("#start").onclick = async () => {
+      $("#start").disabled = true;
+      const r = await post("/api/start", body());
+      $("#start").disabled = false;
+      if (show(r)) location.href = "/runs/" + encodeURI(r.name);
+    };
+  }
+
+  // -- labeling ----------------------------------------------------------------------------
+  function labelPage() {
+    let columns = [];
+    const folder = () => $("#data_dir").value.trim();
+    async function load() {
+      $("#label-error").textContent = "";
+      const r = await fetch("/api/metadata?data_dir=" + encodeURIComponent(folder()));
+      const data = await r.json();
+      if (data.ok === false) { $("#label-error").textContent = data.error; return; }
+      columns = data.columns;
+      $("#metadata thead").innerHTML = "<tr><th>image</th>" + columns.map((c) => `<th>${esc(c)}</th>`).join("") + "</tr>";
+      $("#metadata tbody").innerHTML = data.rows.map((row) => "<tr><td>" +
+        `<img class="thumb" src="/api/image?data_dir=${encodeURIComponent(folder())}&name=${encodeURIComponent(row.file_name)}" alt=""></td>` +
+        columns.map((c) => c === "file_name" ? `<td data-col="file_name">${esc(row[c])}</td>`
+          : `<td><textarea data-col="${esc(c)}" rows="2" cols="50">${esc(row[c])}</textarea></td>`).join("") + "</tr>").join("");
+      $("#save-metadata").disabled = false;
+    }
+    $("#load").onclick = load;
+    $("#label").onclick = async () => {
+      $("#label-log").textContent = "labeling…";
+      $("#label").disabled = true;
+      const r = await post("/api/label", { data_dir: folder(), labeler: $("#labeler").value,
+        prefix: $("#prefix").value, mode: $("#mode").value });
+      $("#label").disabled = false;
+      $("#label-log").textContent = r.output;
+      if (!r.ok) { $("#label-error").textContent = r.error; return; }
+      load();
+    };
+    $("#save-metadata").onclick = async () => {
+      const rows = $$("#metadata tbody tr").map((tr) => {
+        const row = {};
+        $$("[data-col]", tr).forEach((el) => { row[el.dataset.col] = el.tagName === "TEXTAREA" ? el.value : el.textContent; });
+        return row;
+      });
+      const r = await post("/api/metadata", { data_dir: folder(), columns, rows });
+      $("#metadata-ok").textContent = r.ok ? "saved " + r.path : "";
+      $("#label-error").textContent = r.ok ? "" : r.error;
+    };
+    if (folder()) load();
+  }
+
+  return { runsPage, runPage, newPage, labelPage, chart };
+})();
