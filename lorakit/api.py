@@ -16,6 +16,7 @@ from lorakit.backend import Backend, LossOutput, RunInfo, TrainContext, trainabl
 from lorakit.config.loader import load_config
 from lorakit.config.overrides import parse_override
 from lorakit.config.schema import Config, DistributedConfig, TrainConfig
+from lorakit.config.templates import template_text
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.hookspecs import hookspec
 from lorakit.io import (
@@ -50,14 +51,6 @@ from lorakit.registry import (
     SchedulerSpec,
     TrackerSpec,
 )
-
-
-def template_text(backend: str | None = None, template: str | None = None) -> str:
-    """The text ``lorakit config init [--backend B] [--template T]`` writes."""
-    from lorakit.cli.config_cmd import template_text as text
-
-    return text(backend, template)
-
 
 __all__ = [
     "METADATA_NAME",

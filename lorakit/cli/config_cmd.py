@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from lorakit.config.templates import template_text
 from lorakit.errors import UsageError
 
 config_app = typer.Typer(help="Write, check and migrate config files.", no_args_is_help=True)
@@ -19,27 +19,6 @@ DISTRIBUTED_SNIPPETS = {
     "zero3": "distributed:\n  strategy: deepspeed_zero3  # also shards the base weights: 70B-class bases\n  offload: false             # true: optimizer state (and weights) in CPU memory\n",
     "fsdp": "distributed:\n  strategy: fsdp\n  offload: false\n",
 }
-
-
-def template_text(backend: str | None, template: str | None) -> str:
-    from lorakit.plugins import get_registries
-
-    if backend is None:
-        return (
-            resources.files("lorakit").joinpath("templates/base.yaml").read_text(encoding="utf-8")
-        )
-    registries = get_registries()
-    entry = registries.backend_for(None, backend)
-    templates = entry.spec.templates
-    if not templates:
-        raise UsageError(f"backend {backend} ships no config template")
-    name = template or next(iter(templates))
-    if name not in templates:
-        raise UsageError(
-            f"backend {backend} has no template '{name}' (has: {', '.join(templates)})"
-        )
-    package, file = templates[name]
-    return resources.files(package).joinpath(file).read_text(encoding="utf-8")
 
 
 @config_app.command("init")
