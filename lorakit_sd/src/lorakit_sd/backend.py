@@ -83,6 +83,9 @@ class SDBackend(Backend):
             allow_unsafe_pickle=sec.allow_unsafe_pickle,
         )  # fmt: skip
         self.family = self.model.family
+        self.clip_skip = sec.clip_skip if self.family == "sd1" else 1
+        if sec.clip_skip > 1 and self.family == "sdxl":
+            ctx.log("warning: sd.clip_skip is ignored for SDXL (it reads the penultimate layer)")
         pipe = self.model.pipe
         self.unet = pipe.unet
         self.resolution = sec.resolution or DEFAULT_RESOLUTION[self.family]
@@ -172,21 +175,24 @@ class SDBackend(Backend):
 
         if self._module is None:
             encoders = None if self.text_cached else self.model.text_encoders
-            self._module = SDTrainModule(self.unet, encoders, self.family, self.train_text)
+            self._module = SDTrainModule(
+                self.unet, encoders, self.family, self.train_text, self.clip_skip
+            )
         return self._module
 
     # -- data ----------------------------------------------------------------------------
     def dataset(self, ctx: TrainContext) -> Any:
         from lorakit_sd.cache import build_latent_cache, build_text_cache
-        from lorakit_sd.dataset import SDDataset, check_caption_lengths
+        from lorakit_sd.dataset import SDDataset, choose_max_tokens
         from lorakit_sd.models import quiet_libraries
 
         sec = self.section
         if not self.items:
             self._read_data(ctx)
-        check_caption_lengths(
-            self.items, self.model.tokenizers[0], allow=sec.truncate_captions, log=ctx.log
-        )
+        self.max_tokens = choose_max_tokens(
+            [(item.caption, item.where or item.image) for item in self.items],
+            self.model.tokenizers[0], sec.max_token_length, ctx.log,
+        )  # fmt: skip
         self.latents_cached = sec.latent_cache_enabled()
         self.text_cached = sec.text_cache_enabled()
         root = ctx.cache_dir if sec.cache_to_disk else None
@@ -212,6 +218,7 @@ class SDBackend(Backend):
                 captions = list(positions) + [""]
                 text = build_text_cache(
                     captions, self.model.tokenizers, self.text_encoders, self.family,
+                    max_tokens=self.max_tokens, clip_skip=self.clip_skip,
                     batch_size=sec.vae_batch_size * 4,
                     directory=root / "text" if root else None, log=ctx.log,
                 )  # fmt: skip
@@ -271,7 +278,7 @@ class SDBackend(Backend):
                 captions = [shuffle_tags(c, sec.keep_tokens) for c in captions]
             if drop is not None:
                 captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-            kwargs["input_ids"] = tokenize(self.model.tokenizers, captions)
+            kwargs["input_ids"] = tokenize(self.model.tokenizers, captions, self.max_tokens)
         flip = torch.rand(n) < 0.5 if sec.flip_aug else None
         if self.latents_cached:
             moments = batch["moments"]
@@ -326,9 +333,7 @@ class SDBackend(Backend):
         if not prompts:
             return []
         sec = self.section
-        parked = [
-            m for m in (self.model.pipe.vae, *self.text_encoders) if _device(m) != self.device
-        ]
+        parked = modules_elsewhere((self.model.pipe.vae, *self.text_encoders), self.device)
         for module in parked:
             module.to(self.device)
         was_training = self.unet.training
@@ -339,6 +344,7 @@ class SDBackend(Backend):
                 sec=sec, seed=sec.sample_seed if sec.sample_seed is not None else self.config.train.seed,
                 width=sec.sample_width or self.resolution, height=sec.sample_height or self.resolution,
                 steps=sec.sample_steps, prediction_type=self.prediction_type, dtype=self.weight_dtype,
+                max_tokens=sec.max_token_length, clip_skip=self.clip_skip,
             )  # fmt: skip
         finally:
             self.unet.train(was_training)
@@ -400,6 +406,38 @@ def text_encoder_targets(encoder: Any, names: list[str], *, skip_last: bool) -> 
 
 def _device(module: Any) -> torch.device:
     return next(module.parameters()).device
+
+
+def same_device(a: Any, b: Any) -> bool:
+    """Whether two devices are the same one: ``cuda`` and ``cuda:0`` are, on device 0.
+
+    ``accelerator.device`` says ``cuda`` while parameters report ``cuda:0``: comparing the
+    objects with ``!=`` calls them different. An index-less device means the current one.
+    """
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index == b.index:
+        return True
+    current = _current_index(a.type)
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
+def _current_index(kind: str) -> int:
+    if kind == "cpu":
+        return 0
+    module = getattr(torch, kind, None)
+    try:
+        if module is not None and module.is_available():
+            return int(module.current_device())
+    except (AttributeError, RuntimeError):
+        pass
+    return 0
+
+
+def modules_elsewhere(modules: Any, device: Any, device_of: Any = _device) -> list[Any]:
+    """The modules that are not on ``device`` (moved there for previews, then back)."""
+    return [m for m in modules if not same_device(device_of(m), device)]
 
 
 def create(config: Any) -> SDBackend:

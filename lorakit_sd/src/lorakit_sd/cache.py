@@ -135,13 +135,19 @@ def build_latent_cache(
 
 
 def encode_captions(
-    captions: list[str], tokenizers: list[Any], text_encoders: list[Any], family: str
+    captions: list[str],
+    tokenizers: list[Any],
+    text_encoders: list[Any],
+    family: str,
+    max_tokens: int = 75,
+    clip_skip: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states, pooled embedding or None) as the SD1/SDXL pipelines compute them."""
     from lorakit_sd.conditioning import encode_ids, tokenize
 
     with torch.no_grad():
-        return encode_ids(tokenize(tokenizers, captions), text_encoders, family)
+        ids = tokenize(tokenizers, captions, max_tokens)
+        return encode_ids(ids, text_encoders, family, clip_skip)
 
 
 def build_text_cache(
@@ -152,18 +158,20 @@ def build_text_cache(
     *,
     batch_size: int,
     directory: Path | None,
+    max_tokens: int = 75,
+    clip_skip: int = 1,
     log: Any = print,
 ) -> EntryStore:
     """Embeddings for each distinct caption (indexed by position in ``captions``)."""
     started = time.perf_counter()
     store = EntryStore(directory)
     te_id = "+".join(weights_id(te) for te in text_encoders)
-    keys = [cache_key("text", family, c, te_id) for c in captions]
+    keys = [cache_key("text", family, c, te_id, max_tokens, clip_skip) for c in captions]
     todo = [i for i in range(len(captions)) if not store.lookup(i, keys[i])]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         hidden, pooled = encode_captions(
-            [captions[i] for i in chunk], tokenizers, text_encoders, family
+            [captions[i] for i in chunk], tokenizers, text_encoders, family, max_tokens, clip_skip
         )
         for j, i in enumerate(chunk):
             entry = {"hidden": hidden[j]}

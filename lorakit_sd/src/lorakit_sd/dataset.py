@@ -135,27 +135,35 @@ def build_items(
     return items, index
 
 
-def check_caption_lengths(items: list[Item], tokenizer: Any, *, allow: bool, log: Any) -> None:
-    """Captions longer than the text encoder reads are an error, or a warning if ``allow``."""
-    limit = tokenizer.model_max_length
-    captions = [item.caption for item in items]
-    lengths = [len(ids) for ids in tokenizer(captions, add_special_tokens=True).input_ids]
+def choose_max_tokens(
+    captions: list[tuple[str, str]], tokenizer: Any, configured: int | None, log: Any
+) -> int:
+    """The caption length to encode (75, 150 or 225 tokens); counts and names what is cut.
+
+    ``captions`` are ``(caption, where)`` pairs. ``configured`` None picks the smallest length
+    that holds the longest caption (up to 225, the most kohya and A1111 read).
+    """
+    from lorakit_sd.conditioning import MAX_TOKEN_LENGTHS, token_count
+
+    lengths = [token_count(tokenizer, caption) for caption, _ in captions]
+    longest = max(lengths, default=0)
+    if configured is None:
+        chosen = next((n for n in MAX_TOKEN_LENGTHS if n >= longest), MAX_TOKEN_LENGTHS[-1])
+        if chosen > MAX_TOKEN_LENGTHS[0]:
+            log(f"captions up to {longest} tokens: encoding {chosen} tokens (sd.max_token_length)")
+    else:
+        chosen = configured
     long = [
-        f"{item.where or item.image}: {n} tokens"
-        for item, n in zip(items, lengths, strict=True)
-        if n > limit
+        f"{where}: {n} tokens"
+        for (_, where), n in zip(captions, lengths, strict=True)
+        if n > chosen
     ]
-    if not long:
-        return
-    if allow:
+    if long:
         log(
-            f"warning: {len(long)} caption(s) are cut off at {limit} tokens: {format_problems(long)}"
+            f"warning: {len(long)} caption(s) are longer than {chosen} tokens and are cut "
+            f"(sd.max_token_length): {format_problems(long)}"
         )
-        return
-    raise DataError(
-        f"{len(long)} caption(s) are longer than the text encoder's {limit} tokens and would be "
-        f"cut off: {format_problems(long)}; shorten them, or set sd.truncate_captions: true"
-    )
+    return chosen
 
 
 def fingerprint(items: list[Item], index: list[int]) -> str:

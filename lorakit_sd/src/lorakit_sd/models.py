@@ -158,8 +158,12 @@ def _check_family(found: str, wanted: str, where: str) -> None:
         )
 
 
-def _unpickle_to_safetensors(path: Path) -> Path:
-    """Load a pickled checkpoint (the user opted in) and rewrite it as safetensors."""
+def _unpickle_to_safetensors(path: Path, folder: Path) -> Path:
+    """Load a pickled checkpoint (the user opted in) and rewrite it as safetensors in ``folder``.
+
+    The caller owns ``folder`` (a temporary directory removed once the pipeline is loaded):
+    a converted multi-GB checkpoint is never left behind.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -167,7 +171,7 @@ def _unpickle_to_safetensors(path: Path) -> Path:
     while isinstance(data, dict) and "state_dict" in data:
         data = data["state_dict"]
     tensors = {k: v.contiguous().clone() for k, v in data.items() if isinstance(v, torch.Tensor)}
-    out = Path(tempfile.mkdtemp(prefix="lorakit-sd-")) / (path.stem + ".safetensors")
+    out = folder / (path.stem + ".safetensors")
     save_file(tensors, str(out))
     return out
 
@@ -181,16 +185,20 @@ def load_base(
 ) -> BaseModel:
     """Load a base model as a float32 diffusers pipeline on the CPU."""
     path = Path(base_model).expanduser()
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_unsafe_pickle:
+            raise UsageError(
+                f"{path}: a pickled checkpoint can run code when loaded; convert it to "
+                ".safetensors, or set sd.allow_unsafe_pickle: true if you trust the file"
+            )
+        with tempfile.TemporaryDirectory(prefix="lorakit-sd-") as folder:
+            converted = _unpickle_to_safetensors(path, Path(folder))
+            model = load_base(str(converted), base_config=base_config, model_family=model_family)
+        model.path = str(path)
+        return model
     if path.is_file():
         suffix = path.suffix.lower()
-        if suffix in PICKLE_SUFFIXES:
-            if not allow_unsafe_pickle:
-                raise UsageError(
-                    f"{path}: a pickled checkpoint can run code when loaded; convert it to "
-                    ".safetensors, or set sd.allow_unsafe_pickle: true if you trust the file"
-                )
-            path = _unpickle_to_safetensors(path)
-        elif suffix != ".safetensors":
+        if suffix != ".safetensors":
             raise UsageError(f"{path}: base_model must be a .safetensors file or a folder")
         family = family_of_keys(path, single_file_keys(path))
         _check_family(family, model_family, str(path))
