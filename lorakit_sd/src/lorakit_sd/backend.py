@@ -227,7 +227,10 @@ class SDBackend(Backend):
                     encoder.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        return SDDataset(self.items, self.index, self.family, latents, text, caption_ids)
+        return SDDataset(
+            self.items, self.index, self.family, latents, text, caption_ids,
+            reg_weight=sec.prior_loss_weight,
+        )  # fmt: skip
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
         from lorakit_sd.buckets import BucketBatchSampler
@@ -316,6 +319,8 @@ class SDBackend(Backend):
         pred = module(noisy.to(wd), timesteps, **kwargs)
         per_sample = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
         per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+        if "loss_weight" in batch:  # regularisation images count prior_loss_weight times
+            per_sample = per_sample * batch["loss_weight"].to(dev, per_sample.dtype)
         if sec.min_snr_gamma:
             from diffusers.training_utils import compute_snr
 

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from lorakit.api import DataError
-from lorakit_sd.readers import detect_format, format_problems, image_files, unlisted_images
+from lorakit_sd.readers import (
+    detect_format,
+    format_problems,
+    image_files,
+    kohya_subfolders,
+    unlisted_images,
+)
 
 
 @dataclass
@@ -32,6 +38,7 @@ class Item:
     resized: tuple[int, int]
     content_hash: str
     where: str = ""  # the captions file and line (or the caption file) it came from
+    reg: bool = False  # a regularisation image (sd.reg_data_dir)
 
 
 @dataclass
@@ -40,29 +47,55 @@ class Folder:
     metadata_path: str | None
     repeats: int
     caption_extension: str
+    class_token: str | None = None  # kohya N_name folders: the caption of uncaptioned images
+    reg: bool = False
+
+
+def _has_data(folder: Folder) -> bool:
+    path = folder.path
+    return bool(folder.metadata_path) or (
+        path.is_dir()
+        and bool(
+            image_files(path)
+            or (path / "metadata.csv").is_file()
+            or (path / "metadata.jsonl").is_file()
+        )
+    )
+
+
+def _kohya(folder: Folder) -> list[Folder]:
+    """A parent of kohya ``N_name`` subfolders as those subfolders, else the folder itself."""
+    subs = [] if _has_data(folder) else kohya_subfolders(folder.path)
+    if not subs:
+        return [folder]
+    return [
+        Folder(sub, None, repeats, folder.caption_extension, token, folder.reg)
+        for sub, repeats, token in subs
+    ]
 
 
 def folders(config: Any) -> list[Folder]:
-    """``train_data_dir`` (unless subsets are given and it holds nothing) and the subsets."""
+    """``train_data_dir`` (unless subsets are given and it holds nothing) and the subsets.
+
+    A ``train_data_dir`` (or ``sd.reg_data_dir``) that holds kohya ``N_name`` subfolders
+    stands for those subfolders: ``10_mascot`` is repeated 10 times and its images without a
+    caption file are captioned ``mascot``.
+    """
     train, section = config.train, config.section
     main = Folder(
         Path(train.train_data_dir), train.metadata_path, section.repeats, section.caption_extension
     )
     out = []
-    main_has_data = main.metadata_path or (
-        main.path.is_dir()
-        and (
-            image_files(main.path)
-            or (main.path / "metadata.csv").is_file()
-            or (main.path / "metadata.jsonl").is_file()
-        )
-    )
-    if main_has_data or not section.subsets:
-        out.append(main)
+    main_kohya = _kohya(main)
+    if _has_data(main) or main_kohya != [main] or not section.subsets:
+        out += main_kohya
     for sub in section.subsets:
         out.append(
             Folder(Path(sub.image_dir), sub.metadata_path, sub.repeats, sub.caption_extension)
         )
+    if section.reg_data_dir:
+        reg = Folder(Path(section.reg_data_dir), None, 1, section.caption_extension, reg=True)
+        out += _kohya(reg)
     return out
 
 
@@ -72,7 +105,13 @@ def read_folder(folder: Folder, fmt: str, registries: Any) -> tuple[list[dict[st
         raise DataError(f"image folder not found: {folder.path}")
     name = detect_format(folder.path, folder.metadata_path) if fmt == "auto" else fmt
     spec = registries.dataset_readers.get(name)
-    if name == "caption_files":
+    if name == "caption_files" and folder.class_token:
+        records = spec.factory(
+            folder.path,
+            caption_extension=folder.caption_extension,
+            default_caption=folder.class_token,
+        )
+    elif name == "caption_files":
         records = spec.factory(folder.path, caption_extension=folder.caption_extension)
     else:
         records = spec.factory(folder.path, metadata_path=folder.metadata_path)
@@ -93,6 +132,7 @@ def build_items(
     section = config.section
     items: list[Item] = []
     index: list[int] = []
+    reg_index: list[int] = []
     problems: list[str] = []
     for folder in folders(config):
         records, reader = read_folder(folder, section.dataset_format, registries)
@@ -120,9 +160,10 @@ def build_items(
                     image=record["image"], caption=record["caption"], folder=str(folder.path),
                     size=size, bucket=bucket, crop=(left, top), resized=(rw, rh),
                     content_hash=file_hash(record["image"]), where=record["where"],
+                    reg=folder.reg,
                 )
             )  # fmt: skip
-            index += [len(items) - 1] * folder.repeats
+            (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)
     if problems:
         if not section.skip_bad_images:
             raise DataError(
@@ -130,9 +171,24 @@ def build_items(
                 "fix them, or set sd.skip_bad_images: true to train without those images"
             )
         log(f"warning: skipping {len(problems)} image(s): {format_problems(problems, limit=10)}")
-    if not items:
+    if not index:
         raise DataError(f"no usable images in {', '.join(str(f.path) for f in folders(config))}")
-    return items, index
+    return items, index + balance_reg(reg_index, len(index), log)
+
+
+def balance_reg(reg_index: list[int], train_count: int, log: Any) -> list[int]:
+    """As many regularisation samples per epoch as training samples (kohya's rule).
+
+    Fewer reg samples are cycled; more are cut, with a note that some are not used.
+    """
+    if not reg_index:
+        return []
+    if len(reg_index) > train_count:
+        log(
+            f"note: {len(reg_index)} regularisation samples for {train_count} training samples: "
+            f"each epoch uses the first {train_count}"
+        )
+    return [reg_index[i % len(reg_index)] for i in range(train_count)]
 
 
 def choose_max_tokens(
@@ -170,7 +226,8 @@ def fingerprint(items: list[Item], index: list[int]) -> str:
     """A short hash of the images' bytes, captions and repeats."""
     digest = hashlib.sha256()
     for item in items:
-        digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}\n".encode())
+        reg = "|reg" if item.reg else ""
+        digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}{reg}\n".encode())
     digest.update(str(len(index)).encode())
     return digest.hexdigest()[:16]
 
@@ -186,6 +243,7 @@ class SDDataset(torch.utils.data.Dataset):
         latents: Any = None,
         text: Any = None,
         caption_ids: list[int] | None = None,
+        reg_weight: float | None = None,
     ) -> None:
         self.items = items
         self.index = index
@@ -193,6 +251,8 @@ class SDDataset(torch.utils.data.Dataset):
         self.latents = latents
         self.text = text
         self.caption_ids = caption_ids or []
+        # with regularisation images each sample carries its loss weight
+        self.reg_weight = reg_weight if any(item.reg for item in items) else None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -215,6 +275,8 @@ class SDDataset(torch.utils.data.Dataset):
             out.update(self.text.get(self.caption_ids[k]))
         else:
             out["caption"] = item.caption
+        if self.reg_weight is not None:
+            out["loss_weight"] = torch.tensor(self.reg_weight if item.reg else 1.0)
         if self.family == "sdxl":
             out["time_ids"] = torch.tensor(time_ids(item.size, item.crop, item.bucket)).float()
             mirrored = (item.resized[0] - item.crop[0] - item.bucket[0], item.crop[1])
