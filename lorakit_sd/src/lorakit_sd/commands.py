@@ -53,6 +53,7 @@ def _load(base: str, section: Any) -> Any:
         base_config=section.base_config,
         model_family=section.model_family,
         allow_unsafe_pickle=section.allow_unsafe_pickle,
+        loader=section.model_loader,
     )
 
 

@@ -2,7 +2,8 @@
 
 Registers the ``sd`` backend (task type ``image-generation``) with its ``sd:`` config
 section, templates and ``export`` / ``merge`` / ``sample`` / ``demo`` commands; the
-image-folder dataset readers; and the ``kohya`` and ``diffusers`` exporters. Every factory
+image-folder dataset readers; the ``kohya`` and ``diffusers`` exporters; and the ``sd``
+model loaders (single file, diffusers folder, hub id, opted-in pickle). Every factory
 imports its module only when called, so ``lorakit --help`` never loads torch or diffusers.
 """
 
@@ -12,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import BackendSpec, DatasetReaderSpec, ExporterSpec, hookimpl, lazy
+from lorakit.api import (
+    BackendSpec,
+    DatasetReaderSpec,
+    ExporterSpec,
+    ModelLoaderSpec,
+    hookimpl,
+    lazy,
+)
 from lorakit_sd.config import SDSection
 
 LORAKIT_PLUGIN_API = 1
@@ -97,5 +105,52 @@ def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
             "diffusers", lazy("lorakit_sd.exporters:export_diffusers"),
             "<name>.diffusers.safetensors for diffusers' load_lora_weights",
             backends=("sd",),
+        )
+    )  # fmt: skip
+
+
+def _detect(name: str) -> Callable[[str], bool]:
+    """A cheap detect function from lorakit_sd.models, imported when first called."""
+
+    def detect(source: str) -> bool:
+        from lorakit_sd import models
+
+        return bool(getattr(models, name)(source))
+
+    detect.__name__ = name
+    return detect
+
+
+@hookimpl
+def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
+    """How the ``sd`` backend, ``merge``, ``sample`` and ``export --base`` read base models.
+
+    ``load(source, base_config=None, model_family="auto", allow_unsafe_pickle=False)``
+    returns a ``lorakit_sd.models.BaseModel`` (a float32 diffusers pipeline, frozen, on the CPU).
+    """
+    register(
+        ModelLoaderSpec(
+            "sd-pickle", "sd", _detect("is_pickled_file"), lazy("lorakit_sd.models:load_pickled"),
+            "pickled .ckpt/.pt checkpoint: refused unless sd.allow_unsafe_pickle", priority=30,
+        )
+    )  # fmt: skip
+    register(
+        ModelLoaderSpec(
+            "sd-single-file", "sd", _detect("is_single_file"),
+            lazy("lorakit_sd.models:load_single_file"),
+            "SD1 / SDXL single-file .safetensors in the original (LDM / SGM) layout",
+            priority=20,
+        )
+    )  # fmt: skip
+    register(
+        ModelLoaderSpec(
+            "sd-diffusers", "sd", _detect("is_folder"), lazy("lorakit_sd.models:load_folder"),
+            "diffusers pipeline folder (model_index.json)", priority=10,
+        )
+    )  # fmt: skip
+    register(
+        ModelLoaderSpec(
+            "sd-hub", "sd", _detect("is_hub_id"), lazy("lorakit_sd.models:load_hub"),
+            "hub id (owner/name), from the local cache when HF_HUB_OFFLINE is set",
         )
     )  # fmt: skip
