@@ -195,6 +195,8 @@ class SDBackend(Backend):
             self.model.tokenizers[0], sec.max_token_length, ctx.log,
         )  # fmt: skip
         self.latents_cached = sec.latent_cache_enabled()
+        if sec.random_crop and sec.cache_latents is None:
+            ctx.log("note: sd.random_crop encodes every image each step (no latent cache)")
         self.text_cached = sec.text_cache_enabled()
         root = ctx.cache_dir if sec.cache_to_disk else None
         vae = self.model.pipe.vae
@@ -230,7 +232,7 @@ class SDBackend(Backend):
             torch.cuda.empty_cache()
         return SDDataset(
             self.items, self.index, self.family, latents, text, caption_ids,
-            reg_weight=sec.prior_loss_weight,
+            reg_weight=sec.prior_loss_weight, random_crop=sec.random_crop,
         )  # fmt: skip
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:

@@ -238,6 +238,8 @@ class SDSection(BaseModel):
             )
         if self.conv_alpha is not None and self.conv_rank is None:
             raise ValueError("conv_alpha needs conv_rank (the 3x3 convolution LoRA's rank)")
+        if self.bucket_no_upscale and not self.bucket:
+            raise ValueError("bucket_no_upscale needs bucket: true")
         if self.random_crop and self.cache_latents:
             raise ValueError(
                 "cache_latents cannot be true with random_crop (every step sees a new crop)"

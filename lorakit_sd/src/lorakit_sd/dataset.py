@@ -126,7 +126,7 @@ def build_items(
     log: Any = print,
 ) -> tuple[list[Item], list[int]]:
     """Checked, bucketed items and the epoch index (item ids, each ``repeats`` times)."""
-    from lorakit_sd.buckets import fit, nearest_bucket
+    from lorakit_sd.buckets import fit, nearest_bucket, no_upscale_bucket
     from lorakit_sd.images import check_image, file_hash
 
     section = config.section
@@ -153,7 +153,12 @@ def build_items(
             if size is None:
                 problems.append(f"{record['image']}: {error}")
                 continue
-            bucket = nearest_bucket(size, buckets) if buckets else (resolution, resolution)
+            if buckets and section.bucket_no_upscale:
+                bucket = no_upscale_bucket(size, resolution, section.bucket_step)
+            elif buckets:
+                bucket = nearest_bucket(size, buckets)
+            else:
+                bucket = (resolution, resolution)
             rw, rh, left, top = fit(size, bucket)
             items.append(
                 Item(
@@ -244,6 +249,7 @@ class SDDataset(torch.utils.data.Dataset):
         text: Any = None,
         caption_ids: list[int] | None = None,
         reg_weight: float | None = None,
+        random_crop: bool = False,
     ) -> None:
         self.items = items
         self.index = index
@@ -251,6 +257,7 @@ class SDDataset(torch.utils.data.Dataset):
         self.latents = latents
         self.text = text
         self.caption_ids = caption_ids or []
+        self.random_crop = random_crop
         # with regularisation images each sample carries its loss weight
         self.reg_weight = reg_weight if any(item.reg for item in items) else None
 
@@ -261,16 +268,19 @@ class SDDataset(torch.utils.data.Dataset):
         return [self.items[k].bucket for k in self.index]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from lorakit_sd.buckets import load_pixels
+        from lorakit_sd.buckets import load_pixels, random_crop
         from lorakit_sd.conditioning import time_ids
 
         k = self.index[i]
         item = self.items[k]
         out: dict[str, Any] = {}
+        crop = item.crop
         if self.latents is not None:
             out.update(self.latents.get(k))
         else:
-            out["pixels"] = load_pixels(item.image, item.bucket)
+            if self.random_crop:
+                crop = random_crop(item.resized, item.bucket)
+            out["pixels"] = load_pixels(item.image, item.bucket, crop)
         if self.text is not None:
             out.update(self.text.get(self.caption_ids[k]))
         else:
@@ -278,7 +288,7 @@ class SDDataset(torch.utils.data.Dataset):
         if self.reg_weight is not None:
             out["loss_weight"] = torch.tensor(self.reg_weight if item.reg else 1.0)
         if self.family == "sdxl":
-            out["time_ids"] = torch.tensor(time_ids(item.size, item.crop, item.bucket)).float()
-            mirrored = (item.resized[0] - item.crop[0] - item.bucket[0], item.crop[1])
+            out["time_ids"] = torch.tensor(time_ids(item.size, crop, item.bucket)).float()
+            mirrored = (item.resized[0] - crop[0] - item.bucket[0], crop[1])
             out["time_ids_flip"] = torch.tensor(time_ids(item.size, mirrored, item.bucket)).float()
         return out
