@@ -113,8 +113,14 @@ class SDBackend(Backend):
         with quiet_libraries():
             self.unet.to(self.weight_dtype)
         targets = expand_targets(t.target_modules)
+        conv = conv_targets(self.unet) if sec.conv_rank else []
         self.unet_targets = targets
-        self._add_lora(self.unet, targets, "target_modules")
+        if conv:  # LoCon: full paths, so the 3x3 convolutions get their own rank and alpha
+            targets = [p for p, _ in self.unet.named_modules() if _matches(p, targets)] + conv
+        self._add_lora(self.unet, targets, "target_modules", conv=conv)
+        from lorakit_sd.clients import warn_unsupported
+
+        warn_unsupported(self.unet, ctx.log)
         self.train_text = sec.train_text_encoder
         for i, encoder in enumerate(self.model.text_encoders):
             with quiet_libraries():
@@ -142,14 +148,25 @@ class SDBackend(Backend):
             for encoder in self.model.text_encoders:
                 encoder.train()
 
-    def _add_lora(self, module: Any, targets: list[str], key: str) -> None:
+    def _add_lora(
+        self, module: Any, targets: list[str], key: str, conv: list[str] | None = None
+    ) -> None:
         from peft import LoraConfig
 
-        t = self.config.train
+        t, sec = self.config.train, self.section
+        ranks: dict[str, int] = {}
+        alphas: dict[str, float] = {}
+        if conv and sec.conv_rank:
+            conv_alpha = sec.conv_alpha if sec.conv_alpha is not None else sec.conv_rank
+            ranks = {p: sec.conv_rank for p in conv}
+            alphas = {p: conv_alpha for p in conv}
+        if not targets:
+            raise ConfigError(f"no module matches {t.target_modules} in the model", key=key)
         config = LoraConfig(
             r=t.lora_rank, lora_alpha=t.alpha,  # type: ignore[arg-type]  # a float works
             lora_dropout=t.lora_dropout,
             target_modules=targets, init_lora_weights="gaussian",
+            rank_pattern=ranks, alpha_pattern=alphas,  # type: ignore[arg-type]
         )  # fmt: skip
         try:
             module.add_adapter(config)
@@ -410,6 +427,31 @@ def text_encoder_targets(encoder: Any, names: list[str], *, skip_last: bool) -> 
             continue
         out.append(path)
     return out or names
+
+
+def _matches(path: str, names: list[str]) -> bool:
+    """Whether a module path ends with one of ``names`` (peft's list matching)."""
+    return any(path == n or path.endswith("." + n) for n in names)
+
+
+def conv_targets(unet: Any) -> list[str]:
+    """LoCon's modules: the 3x3 convolutions of the UNet's resnet, down- and upsampler blocks.
+
+    These are what kohya's ``conv_dim`` adapts (its LoRA wraps nothing outside transformer,
+    resnet and sampler blocks, so ``conv_in`` / ``conv_out`` are not among them).
+    """
+    import re
+
+    pattern = re.compile(
+        r"^(down_blocks|up_blocks|mid_block)\..*(resnets\.\d+\.conv[12]|samplers\.\d+\.conv)$"
+    )
+    return [
+        path
+        for path, module in unet.named_modules()
+        if pattern.match(path)
+        and isinstance(module, torch.nn.Conv2d)
+        and tuple(module.kernel_size) == (3, 3)
+    ]
 
 
 def _device(module: Any) -> torch.device:

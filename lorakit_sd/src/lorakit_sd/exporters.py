@@ -109,6 +109,11 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
         "ss_reg_dataset_dirs": json.dumps(reg_dirs),
         "modelspec.prediction_type": backend.prediction_type,
     }
+    if sec.conv_rank:  # LoCon, as kohya records it
+        conv_alpha = sec.conv_alpha if sec.conv_alpha is not None else sec.conv_rank
+        meta["ss_network_args"] = json.dumps(
+            {"conv_dim": str(sec.conv_rank), "conv_alpha": _num(conv_alpha)}
+        )
     return meta
 
 
