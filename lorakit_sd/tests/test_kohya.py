@@ -184,3 +184,20 @@ def test_a_kohya_folder_trains_from_a_config_with_only_the_seed_keys(tiny_models
     assert json.loads(meta["ss_dataset_dirs"]) == {"10_mascot": {"n_repeats": 10, "img_count": 8}}
     assert meta["ss_network_dim"] == "16" and meta["ss_num_train_images"] == "80"
     assert all(k.startswith("lora_unet_") for k in keys)
+
+
+def test_previews_encode_long_prompts_and_use_clip_skip(tiny_models):
+    import numpy as np
+    from lorakit_sd.sampling import prompt_embeds, render, sampling_pipeline
+
+    sampler = sampling_pipeline(tiny_models["sd1"].load(), "sd1", "epsilon")
+    long = ", ".join(["a red cat"] * 30)
+    embeds = prompt_embeds(sampler, long, "", None, 1)
+    assert embeds["prompt_embeds"].shape[1] > 77
+    assert embeds["negative_prompt_embeds"].shape == embeds["prompt_embeds"].shape
+
+    def image(skip):
+        kwargs = {"seed": 0, "steps": 2, "guidance": 3.0, "width": 32, "height": 32}
+        return np.asarray(render(sampler, [long], clip_skip=skip, **kwargs)[0], dtype=int)
+
+    assert np.abs(image(1) - image(2)).max() > 0

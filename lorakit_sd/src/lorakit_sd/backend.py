@@ -166,7 +166,7 @@ class SDBackend(Backend):
             r=t.lora_rank, lora_alpha=t.alpha,  # type: ignore[arg-type]  # a float works
             lora_dropout=t.lora_dropout,
             target_modules=targets, init_lora_weights="gaussian",
-            rank_pattern=ranks, alpha_pattern=alphas,  # type: ignore[arg-type]
+            rank_pattern=ranks, alpha_pattern=alphas,
         )  # fmt: skip
         try:
             module.add_adapter(config)

@@ -199,4 +199,6 @@ def sample(
         model.pipe, model.family, list(prompts), Path(output), stem, sec=section, seed=seed,
         width=section.sample_width or resolution, height=section.sample_height or resolution,
         steps=steps or section.sample_steps, prediction_type=prediction,
+        max_tokens=section.max_token_length,
+        clip_skip=section.clip_skip if model.family == "sd1" else 1,
     )  # fmt: skip

@@ -196,7 +196,7 @@ def load_base(
 
         registries = get_registries()
     spec = registries.model_loader_for("sd", base_model, loader)
-    return spec.load(  # type: ignore[no-any-return]
+    return spec.load(
         base_model,
         base_config=base_config,
         model_family=model_family,
