@@ -248,11 +248,7 @@ def load_pickled(
 
 
 def load_single_file(
-    source: str,
-    *,
-    base_config: str | None = None,
-    model_family: str = "auto",
-    allow_unsafe_pickle: bool = False,
+    source: str, *, base_config: str | None = None, model_family: str = "auto", **_: Any
 ) -> BaseModel:
     """An original-layout (LDM / SGM) ``.safetensors`` checkpoint."""
     path = Path(source).expanduser()
@@ -283,13 +279,7 @@ def load_single_file(
     return _finish(BaseModel(pipe, family, "single_file", str(path)))
 
 
-def load_folder(
-    source: str,
-    *,
-    base_config: str | None = None,
-    model_family: str = "auto",
-    allow_unsafe_pickle: bool = False,
-) -> BaseModel:
+def load_folder(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     """A diffusers pipeline folder (``model_index.json``)."""
     path = Path(source).expanduser()
     family = family_of_folder(path)
@@ -299,13 +289,7 @@ def load_folder(
     return _finish(BaseModel(pipe, family, "diffusers", str(path)))
 
 
-def load_hub(
-    source: str,
-    *,
-    base_config: str | None = None,
-    model_family: str = "auto",
-    allow_unsafe_pickle: bool = False,
-) -> BaseModel:
+def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     """A hub id (``owner/name``), from the local cache when HF_HUB_OFFLINE is set."""
     if source.lower().endswith(PICKLE_SUFFIXES + (".safetensors",)) or source.startswith(
         (".", "/", "~")

@@ -128,29 +128,20 @@ def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
     ``load(source, base_config=None, model_family="auto", allow_unsafe_pickle=False)``
     returns a ``lorakit_sd.models.BaseModel`` (a float32 diffusers pipeline, frozen, on the CPU).
     """
-    register(
-        ModelLoaderSpec(
-            "sd-pickle", "sd", _detect("is_pickled_file"), lazy("lorakit_sd.models:load_pickled"),
-            "pickled .ckpt/.pt checkpoint: refused unless sd.allow_unsafe_pickle", priority=30,
-        )
+    loaders = (
+        ("sd-pickle", "is_pickled_file", "load_pickled", 30,
+         "pickled .ckpt/.pt checkpoint: refused unless sd.allow_unsafe_pickle"),
+        ("sd-single-file", "is_single_file", "load_single_file", 20,
+         "SD1 / SDXL single-file .safetensors in the original (LDM / SGM) layout"),
+        ("sd-diffusers", "is_folder", "load_folder", 10,
+         "diffusers pipeline folder (model_index.json)"),
+        ("sd-hub", "is_hub_id", "load_hub", 0,
+         "hub id (owner/name), from the local cache when HF_HUB_OFFLINE is set"),
     )  # fmt: skip
-    register(
-        ModelLoaderSpec(
-            "sd-single-file", "sd", _detect("is_single_file"),
-            lazy("lorakit_sd.models:load_single_file"),
-            "SD1 / SDXL single-file .safetensors in the original (LDM / SGM) layout",
-            priority=20,
-        )
-    )  # fmt: skip
-    register(
-        ModelLoaderSpec(
-            "sd-diffusers", "sd", _detect("is_folder"), lazy("lorakit_sd.models:load_folder"),
-            "diffusers pipeline folder (model_index.json)", priority=10,
-        )
-    )  # fmt: skip
-    register(
-        ModelLoaderSpec(
-            "sd-hub", "sd", _detect("is_hub_id"), lazy("lorakit_sd.models:load_hub"),
-            "hub id (owner/name), from the local cache when HF_HUB_OFFLINE is set",
-        )
-    )  # fmt: skip
+    for name, detect_name, load_name, priority, description in loaders:
+        register(
+            ModelLoaderSpec(
+                name, "sd", _detect(detect_name), lazy(f"lorakit_sd.models:{load_name}"),
+                description, priority=priority,
+            )
+        )  # fmt: skip
