@@ -145,3 +145,22 @@ def test_sd1_files_without_the_text_model_level_load(tiny_models, tmp_path):
         want, got = getattr(reference, name).state_dict(), getattr(loaded.pipe, name).state_dict()
         assert want.keys() == got.keys()
         assert all(torch.equal(want[k], got[k]) for k in want), name
+    # merge finds the text-encoder weights of such a file under their kohya names
+    from lorakit_sd.merge import merge_checkpoint
+
+    stem = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    g = torch.Generator().manual_seed(0)
+    lora = {
+        f"{stem}.lora_down.weight": torch.randn(2, 32, generator=g),
+        f"{stem}.lora_up.weight": torch.randn(32, 2, generator=g),
+        f"{stem}.alpha": torch.tensor(2.0),
+    }
+    lora_path = tmp_path / "te.safetensors"
+    save_file(lora, str(lora_path), metadata={"ss_base_model_version": "sd_v1"})
+    out = merge_checkpoint(
+        str(path), [(str(lora_path), 1.0)], tmp_path / "m.safetensors", "float32"
+    )
+    key = prefix + "encoder.layers.0.self_attn.q_proj.weight"
+    merged = load_file(str(out))[key]
+    delta = lora[f"{stem}.lora_up.weight"] @ lora[f"{stem}.lora_down.weight"]
+    torch.testing.assert_close(merged, bare[key] + delta)
