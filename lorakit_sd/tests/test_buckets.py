@@ -116,3 +116,65 @@ def test_nearest_bucket_ignores_empty_buckets():
     assert nearest_bucket((64, 32), [(0, 0), (16, 8), (8, 8)]) == (16, 8)
     with pytest.raises(ValueError, match="no bucket"):
         nearest_bucket((64, 32), [(0, 0)])
+
+
+@given(
+    w=st.integers(8, 3000), h=st.integers(8, 3000), step=st.sampled_from([8, 32, 64]),
+    resolution=st.sampled_from([256, 512, 1024]),
+)  # fmt: skip
+@settings(max_examples=200, deadline=None)
+def test_no_upscale_buckets_never_enlarge_and_stay_within_the_area(w, h, step, resolution):
+    from lorakit_sd.buckets import fit, no_upscale_bucket
+
+    bw, bh = no_upscale_bucket((w, h), resolution, step)
+    assert bw % step == 0 and bh % step == 0
+    assert bw * bh <= max(resolution * resolution, step * max(bw, bh))
+    if w >= step and h >= step:
+        rw, rh, _, _ = fit((w, h), (bw, bh))
+        assert rw <= w and rh <= h  # resized into the bucket without enlarging
+
+
+def _items(sd_plugins, tmp_path, sizes, **sd):
+    from lorakit_sd.dataset import build_items
+    from lorakit_sd.testing import write_tiny_images
+
+    from lorakit.config import load_config
+
+    data = write_tiny_images(tmp_path / "data", len(sizes), sizes=sizes)
+    raw = _config(tmp_path, {"resolution": 32, "bucket_step": 8, **sd})
+    raw["train_data_dir"] = str(data)
+    config = load_config(data=raw, registries=sd_plugins.registries)
+    buckets = bucket_sizes(32, 8)
+    return build_items(config, sd_plugins.registries, buckets, 32, print)[0]
+
+
+def test_bucket_no_upscale_keeps_small_images_small(sd_plugins, tmp_path):
+    sizes = [(16, 16), (20, 30), (64, 64)]
+    default = [it.bucket for it in _items(sd_plugins, tmp_path / "a", sizes)]
+    assert default[0] == (32, 32)  # a 16-pixel image enlarged to the 32-pixel bucket
+    items = _items(sd_plugins, tmp_path / "b", sizes, bucket_no_upscale=True)
+    assert [it.bucket for it in items] == [(16, 16), (16, 24), (32, 32)]
+    assert all(it.resized[0] <= it.size[0] and it.resized[1] <= it.size[1] for it in items)
+
+
+def test_random_crop_moves_the_crop_and_sdxl_time_ids_follow_it(sd_plugins, tmp_path):
+    import torch
+    from lorakit_sd.buckets import load_pixels
+    from lorakit_sd.config import SDSection
+    from lorakit_sd.dataset import SDDataset
+
+    items = _items(sd_plugins, tmp_path, [(48, 24)])  # resized to 64x32, bucket 32x32... or wider
+    item = items[0]
+    assert item.resized[0] > item.bucket[0]
+    assert SDSection(random_crop=True).latent_cache_enabled() is False
+    dataset = SDDataset(items, [0], "sdxl", random_crop=True)
+    torch.manual_seed(0)
+    crops = set()
+    for _ in range(12):
+        sample = dataset[0]
+        top, left = int(sample["time_ids"][2]), int(sample["time_ids"][3])
+        crops.add((left, top))
+        assert torch.equal(sample["pixels"], load_pixels(item.image, item.bucket, (left, top)))
+    assert len(crops) > 1
+    centered = SDDataset(items, [0], "sdxl")[0]
+    assert (int(centered["time_ids"][3]), int(centered["time_ids"][2])) == item.crop

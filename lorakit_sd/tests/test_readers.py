@@ -190,19 +190,21 @@ def test_csv_commas_quotes_and_line_numbers(tmp_path):
         readers.read_metadata_csv(data)
 
 
-def test_captions_longer_than_the_text_encoder_reads(tmp_path):
-    from lorakit_sd.dataset import Item, check_caption_lengths
+def test_long_captions_pick_a_length_and_count_what_is_cut():
+    from lorakit_sd.dataset import choose_max_tokens
     from lorakit_sd.testing import tiny_tokenizer
 
-    def item(caption, where):
-        return Item("a.png", caption, "d", (8, 8), (8, 8), (0, 0), (8, 8), "h", where)
-
-    items = [item("a red cat", "m.csv:2"), item(", ".join(f"tag{i}" for i in range(60)), "m.csv:3")]
+    tok = tiny_tokenizer()
+    short = ("a red cat", "m.csv:2")
+    tags = ", ".join(["red cat"] * 30)  # over 75 tokens, under 225
+    long = (tags, "m.csv:3")
     logs: list[str] = []
-    with pytest.raises(DataError) as info:
-        check_caption_lengths(items, tiny_tokenizer(), allow=False, log=logs.append)
-    message = str(info.value)
-    assert "m.csv:3:" in message and "77 tokens" in message and "m.csv:2" not in message
-    assert "sd.truncate_captions" in message
-    check_caption_lengths(items, tiny_tokenizer(), allow=True, log=logs.append)
-    assert len(logs) == 1 and "cut off at 77 tokens" in logs[0]
+    assert choose_max_tokens([short], tok, None, logs.append) == 75 and logs == []
+    n = len(tok(tags, add_special_tokens=False).input_ids)
+    chosen = choose_max_tokens([short, long], tok, None, logs.append)
+    assert 75 < n <= 225 and chosen == next(k for k in (75, 150, 225) if k >= n)
+    assert logs == [f"captions up to {n} tokens: encoding {chosen} tokens (sd.max_token_length)"]
+    logs.clear()
+    assert choose_max_tokens([short, long], tok, 75, logs.append) == 75
+    assert len(logs) == 1 and "1 caption(s) are longer than 75 tokens" in logs[0]
+    assert "m.csv:3" in logs[0] and "m.csv:2" not in logs[0]

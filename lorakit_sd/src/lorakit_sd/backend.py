@@ -80,9 +80,13 @@ class SDBackend(Backend):
         t, sec = self.config.train, self.section
         self.model = load_base(
             t.base_model, base_config=sec.base_config, model_family=sec.model_family,
-            allow_unsafe_pickle=sec.allow_unsafe_pickle,
+            allow_unsafe_pickle=sec.allow_unsafe_pickle, loader=sec.model_loader,
+            registries=ctx.registries,
         )  # fmt: skip
         self.family = self.model.family
+        self.clip_skip = sec.clip_skip if self.family == "sd1" else 1
+        if sec.clip_skip > 1 and self.family == "sdxl":
+            ctx.log("warning: sd.clip_skip is ignored for SDXL (it reads the penultimate layer)")
         pipe = self.model.pipe
         self.unet = pipe.unet
         self.resolution = sec.resolution or DEFAULT_RESOLUTION[self.family]
@@ -109,8 +113,14 @@ class SDBackend(Backend):
         with quiet_libraries():
             self.unet.to(self.weight_dtype)
         targets = expand_targets(t.target_modules)
+        conv = conv_targets(self.unet) if sec.conv_rank else []
         self.unet_targets = targets
-        self._add_lora(self.unet, targets, "target_modules")
+        if conv:  # LoCon: full paths, so the 3x3 convolutions get their own rank and alpha
+            targets = [p for p, _ in self.unet.named_modules() if _matches(p, targets)] + conv
+        self._add_lora(self.unet, targets, "target_modules", conv=conv)
+        from lorakit_sd.clients import warn_unsupported
+
+        warn_unsupported(self.unet, ctx.log)
         self.train_text = sec.train_text_encoder
         for i, encoder in enumerate(self.model.text_encoders):
             with quiet_libraries():
@@ -138,14 +148,25 @@ class SDBackend(Backend):
             for encoder in self.model.text_encoders:
                 encoder.train()
 
-    def _add_lora(self, module: Any, targets: list[str], key: str) -> None:
+    def _add_lora(
+        self, module: Any, targets: list[str], key: str, conv: list[str] | None = None
+    ) -> None:
         from peft import LoraConfig
 
-        t = self.config.train
+        t, sec = self.config.train, self.section
+        ranks: dict[str, int] = {}
+        alphas: dict[str, float] = {}
+        if conv and sec.conv_rank:
+            conv_alpha = sec.conv_alpha if sec.conv_alpha is not None else sec.conv_rank
+            ranks = {p: sec.conv_rank for p in conv}
+            alphas = {p: conv_alpha for p in conv}
+        if not targets:
+            raise ConfigError(f"no module matches {t.target_modules} in the model", key=key)
         config = LoraConfig(
             r=t.lora_rank, lora_alpha=t.alpha,  # type: ignore[arg-type]  # a float works
             lora_dropout=t.lora_dropout,
             target_modules=targets, init_lora_weights="gaussian",
+            rank_pattern=ranks, alpha_pattern=alphas,
         )  # fmt: skip
         try:
             module.add_adapter(config)
@@ -172,22 +193,27 @@ class SDBackend(Backend):
 
         if self._module is None:
             encoders = None if self.text_cached else self.model.text_encoders
-            self._module = SDTrainModule(self.unet, encoders, self.family, self.train_text)
+            self._module = SDTrainModule(
+                self.unet, encoders, self.family, self.train_text, self.clip_skip
+            )
         return self._module
 
     # -- data ----------------------------------------------------------------------------
     def dataset(self, ctx: TrainContext) -> Any:
         from lorakit_sd.cache import build_latent_cache, build_text_cache
-        from lorakit_sd.dataset import SDDataset, check_caption_lengths
+        from lorakit_sd.dataset import SDDataset, choose_max_tokens
         from lorakit_sd.models import quiet_libraries
 
         sec = self.section
         if not self.items:
             self._read_data(ctx)
-        check_caption_lengths(
-            self.items, self.model.tokenizers[0], allow=sec.truncate_captions, log=ctx.log
-        )
+        self.max_tokens = choose_max_tokens(
+            [(item.caption, item.where or item.image) for item in self.items],
+            self.model.tokenizers[0], sec.max_token_length, ctx.log,
+        )  # fmt: skip
         self.latents_cached = sec.latent_cache_enabled()
+        if sec.random_crop and sec.cache_latents is None:
+            ctx.log("note: sd.random_crop encodes every image each step (no latent cache)")
         self.text_cached = sec.text_cache_enabled()
         root = ctx.cache_dir if sec.cache_to_disk else None
         vae = self.model.pipe.vae
@@ -212,6 +238,7 @@ class SDBackend(Backend):
                 captions = list(positions) + [""]
                 text = build_text_cache(
                     captions, self.model.tokenizers, self.text_encoders, self.family,
+                    max_tokens=self.max_tokens, clip_skip=self.clip_skip,
                     batch_size=sec.vae_batch_size * 4,
                     directory=root / "text" if root else None, log=ctx.log,
                 )  # fmt: skip
@@ -220,7 +247,10 @@ class SDBackend(Backend):
                     encoder.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        return SDDataset(self.items, self.index, self.family, latents, text, caption_ids)
+        return SDDataset(
+            self.items, self.index, self.family, latents, text, caption_ids,
+            reg_weight=sec.prior_loss_weight, random_crop=sec.random_crop,
+        )  # fmt: skip
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
         from lorakit_sd.buckets import BucketBatchSampler
@@ -271,7 +301,7 @@ class SDBackend(Backend):
                 captions = [shuffle_tags(c, sec.keep_tokens) for c in captions]
             if drop is not None:
                 captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-            kwargs["input_ids"] = tokenize(self.model.tokenizers, captions)
+            kwargs["input_ids"] = tokenize(self.model.tokenizers, captions, self.max_tokens)
         flip = torch.rand(n) < 0.5 if sec.flip_aug else None
         if self.latents_cached:
             moments = batch["moments"]
@@ -309,6 +339,8 @@ class SDBackend(Backend):
         pred = module(noisy.to(wd), timesteps, **kwargs)
         per_sample = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
         per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+        if "loss_weight" in batch:  # regularisation images count prior_loss_weight times
+            per_sample = per_sample * batch["loss_weight"].to(dev, per_sample.dtype)
         if sec.min_snr_gamma:
             from diffusers.training_utils import compute_snr
 
@@ -326,9 +358,7 @@ class SDBackend(Backend):
         if not prompts:
             return []
         sec = self.section
-        parked = [
-            m for m in (self.model.pipe.vae, *self.text_encoders) if _device(m) != self.device
-        ]
+        parked = modules_elsewhere((self.model.pipe.vae, *self.text_encoders), self.device)
         for module in parked:
             module.to(self.device)
         was_training = self.unet.training
@@ -339,6 +369,7 @@ class SDBackend(Backend):
                 sec=sec, seed=sec.sample_seed if sec.sample_seed is not None else self.config.train.seed,
                 width=sec.sample_width or self.resolution, height=sec.sample_height or self.resolution,
                 steps=sec.sample_steps, prediction_type=self.prediction_type, dtype=self.weight_dtype,
+                max_tokens=sec.max_token_length, clip_skip=self.clip_skip,
             )  # fmt: skip
         finally:
             self.unet.train(was_training)
@@ -398,8 +429,65 @@ def text_encoder_targets(encoder: Any, names: list[str], *, skip_last: bool) -> 
     return out or names
 
 
+def _matches(path: str, names: list[str]) -> bool:
+    """Whether a module path ends with one of ``names`` (peft's list matching)."""
+    return any(path == n or path.endswith("." + n) for n in names)
+
+
+def conv_targets(unet: Any) -> list[str]:
+    """LoCon's modules: the 3x3 convolutions of the UNet's resnet, down- and upsampler blocks.
+
+    These are what kohya's ``conv_dim`` adapts (its LoRA wraps nothing outside transformer,
+    resnet and sampler blocks, so ``conv_in`` / ``conv_out`` are not among them).
+    """
+    import re
+
+    pattern = re.compile(
+        r"^(down_blocks|up_blocks|mid_block)\..*(resnets\.\d+\.conv[12]|samplers\.\d+\.conv)$"
+    )
+    return [
+        path
+        for path, module in unet.named_modules()
+        if pattern.match(path)
+        and isinstance(module, torch.nn.Conv2d)
+        and tuple(module.kernel_size) == (3, 3)
+    ]
+
+
 def _device(module: Any) -> torch.device:
     return next(module.parameters()).device
+
+
+def same_device(a: Any, b: Any) -> bool:
+    """Whether two devices are the same one: ``cuda`` and ``cuda:0`` are, on device 0.
+
+    ``accelerator.device`` says ``cuda`` while parameters report ``cuda:0``: comparing the
+    objects with ``!=`` calls them different. An index-less device means the current one.
+    """
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index == b.index:
+        return True
+    current = _current_index(a.type)
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
+def _current_index(kind: str) -> int:
+    if kind == "cpu":
+        return 0
+    module = getattr(torch, kind, None)
+    try:
+        if module is not None and module.is_available():
+            return int(module.current_device())
+    except (AttributeError, RuntimeError):
+        pass
+    return 0
+
+
+def modules_elsewhere(modules: Any, device: Any, device_of: Any = _device) -> list[Any]:
+    """The modules that are not on ``device`` (moved there for previews, then back)."""
+    return [m for m in modules if not same_device(device_of(m), device)]
 
 
 def create(config: Any) -> SDBackend:

@@ -2,7 +2,9 @@
 
 Each image keeps its shape: it goes to the bucket (a width × height of about
 ``resolution²`` pixels, sides multiples of ``bucket_step``) whose aspect ratio is closest to
-its own, is scaled to cover it and center-cropped. A batch holds images of one bucket. The
+its own, is scaled to cover it and center-cropped (or cropped at a random offset each step
+with ``sd.random_crop``). With ``sd.bucket_no_upscale`` a small image gets a bucket of its own
+size instead of being enlarged. A batch holds images of one bucket. The
 batch order is a pure function of (seed, epoch), so every process computes the same batches
 and a resumed run replays an epoch exactly.
 """
@@ -63,6 +65,18 @@ def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tup
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
 
 
+def no_upscale_bucket(size: tuple[int, int], resolution: int, step: int) -> tuple[int, int]:
+    """The bucket of an image that is never enlarged (kohya's ``bucket_no_upscale``).
+
+    An image larger than ``resolution²`` pixels is scaled down to that area, keeping its
+    aspect; the bucket is then its size rounded down to multiples of ``step`` (at least one
+    step), so resizing into the bucket never enlarges it.
+    """
+    w, h = size
+    scale = min(1.0, math.sqrt(resolution * resolution / (w * h)))
+    return (max(step, int(w * scale) // step * step), max(step, int(h * scale) // step * step))
+
+
 def fit(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int, int, int]:
     """Resize and crop to fill ``bucket``: ``(resized_w, resized_h, left, top)``."""
     w, h = size
@@ -72,14 +86,28 @@ def fit(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int, int, 
     return rw, rh, (rw - bw) // 2, (rh - bh) // 2
 
 
-def load_pixels(path: str, bucket: tuple[int, int]) -> torch.Tensor:
-    """An image file as a ``[3, h, w]`` tensor in [-1, 1], fitted to ``bucket``."""
+def random_crop(resized: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int]:
+    """A crop offset ``(left, top)`` drawn from torch's global generator."""
+    left = int(torch.randint(0, resized[0] - bucket[0] + 1, ()).item())
+    top = int(torch.randint(0, resized[1] - bucket[1] + 1, ()).item())
+    return left, top
+
+
+def load_pixels(
+    path: str, bucket: tuple[int, int], crop: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """An image file as a ``[3, h, w]`` tensor in [-1, 1], fitted to ``bucket``.
+
+    ``crop`` is the ``(left, top)`` offset in the resized image; default the center.
+    """
     import numpy as np
 
     from lorakit_sd.images import open_rgb
 
     image = open_rgb(path)
     rw, rh, left, top = fit(image.size, bucket)
+    if crop is not None:
+        left, top = crop
     from PIL import Image
 
     image = image.resize((rw, rh), Image.Resampling.LANCZOS)

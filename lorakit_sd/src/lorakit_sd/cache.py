@@ -25,19 +25,24 @@ import torch
 
 from lorakit.api import save_safetensors
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keys cover every encoder weight
 
 
 def weights_id(module: torch.nn.Module) -> str:
-    """A short fingerprint of a module's weights (names, shapes and a sample of values)."""
-    digest = hashlib.sha256()
+    """A fingerprint of every weight of a module: names, dtypes, shapes and all the bytes.
+
+    A cache key that hashed only some tensors would reuse stale latents or embeddings for a
+    VAE or text encoder that differs elsewhere (a fine-tuned encoder, a fixed VAE). Only
+    computed for on-disk caches; in-memory caches live for one run.
+    """
+    digest = hashlib.blake2b(digest_size=16)
     state = module.state_dict()
-    names = sorted(state)
-    for name in names:
-        digest.update(f"{name}:{tuple(state[name].shape)};".encode())
-    for name in names[:4] + names[-4:]:
-        digest.update(state[name].detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    for name in sorted(state):
+        tensor = state[name].detach()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        raw = tensor.to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        digest.update(raw.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def cache_key(*parts: Any) -> str:
@@ -107,7 +112,7 @@ def build_latent_cache(
 
     started = time.perf_counter()
     store = EntryStore(directory)
-    vae_id = weights_id(vae)
+    vae_id = weights_id(vae) if directory is not None else ""
     keys = [cache_key("latent", it.content_hash, it.bucket, it.size, flip, vae_id) for it in items]
     todo = [i for i in range(len(items)) if not store.lookup(i, keys[i])]
     if store.hits:
@@ -135,13 +140,19 @@ def build_latent_cache(
 
 
 def encode_captions(
-    captions: list[str], tokenizers: list[Any], text_encoders: list[Any], family: str
+    captions: list[str],
+    tokenizers: list[Any],
+    text_encoders: list[Any],
+    family: str,
+    max_tokens: int = 75,
+    clip_skip: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states, pooled embedding or None) as the SD1/SDXL pipelines compute them."""
     from lorakit_sd.conditioning import encode_ids, tokenize
 
     with torch.no_grad():
-        return encode_ids(tokenize(tokenizers, captions), text_encoders, family)
+        ids = tokenize(tokenizers, captions, max_tokens)
+        return encode_ids(ids, text_encoders, family, clip_skip)
 
 
 def build_text_cache(
@@ -152,18 +163,20 @@ def build_text_cache(
     *,
     batch_size: int,
     directory: Path | None,
+    max_tokens: int = 75,
+    clip_skip: int = 1,
     log: Any = print,
 ) -> EntryStore:
     """Embeddings for each distinct caption (indexed by position in ``captions``)."""
     started = time.perf_counter()
     store = EntryStore(directory)
-    te_id = "+".join(weights_id(te) for te in text_encoders)
-    keys = [cache_key("text", family, c, te_id) for c in captions]
+    te_id = "+".join(weights_id(te) for te in text_encoders) if directory is not None else ""
+    keys = [cache_key("text", family, c, te_id, max_tokens, clip_skip) for c in captions]
     todo = [i for i in range(len(captions)) if not store.lookup(i, keys[i])]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         hidden, pooled = encode_captions(
-            [captions[i] for i in chunk], tokenizers, text_encoders, family
+            [captions[i] for i in chunk], tokenizers, text_encoders, family, max_tokens, clip_skip
         )
         for j, i in enumerate(chunk):
             entry = {"hidden": hidden[j]}

@@ -53,6 +53,7 @@ def _load(base: str, section: Any) -> Any:
         base_config=section.base_config,
         model_family=section.model_family,
         allow_unsafe_pickle=section.allow_unsafe_pickle,
+        loader=section.model_loader,
     )
 
 
@@ -198,4 +199,6 @@ def sample(
         model.pipe, model.family, list(prompts), Path(output), stem, sec=section, seed=seed,
         width=section.sample_width or resolution, height=section.sample_height or resolution,
         steps=steps or section.sample_steps, prediction_type=prediction,
+        max_tokens=section.max_token_length,
+        clip_skip=section.clip_skip if model.family == "sd1" else 1,
     )  # fmt: skip

@@ -57,6 +57,11 @@ class SDSection(BaseModel):
         description="Allow loading a pickled .ckpt/.pt base model (runs code from the file: "
         "only for files you trust). Prefer .safetensors.",
     )
+    model_loader: str | None = Field(
+        None,
+        description="Name of the model loader that reads base_model (see `lorakit plugins`); "
+        "null: the first registered sd loader that recognises it.",
+    )
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="What the UNet predicts; default: the model scheduler's setting."
     )
@@ -92,16 +97,50 @@ class SDSection(BaseModel):
         description="More image folders, each with its own captions and repeats "
         "(train_data_dir is the first unless it is empty).",
     )
+    reg_data_dir: str | None = Field(
+        None,
+        description="Regularisation images, kohya style: subfolders N_class (repeats N, "
+        "caption sidecars or the class token). As many reg samples as training samples per "
+        "epoch.",
+    )
+    prior_loss_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Loss weight of regularisation samples (kohya's prior_loss_weight).",
+    )
+    bucket_no_upscale: bool = Field(
+        False,
+        description="Never enlarge an image to fill a bucket: a small image goes to a smaller "
+        "bucket of its own size (kohya's bucket_no_upscale).",
+    )
+    random_crop: bool = Field(
+        False,
+        description="Crop each step at a random offset instead of the center (turns off the "
+        "latent cache: every step sees a different crop).",
+    )
     skip_bad_images: bool = Field(
         False,
         description="Skip unreadable images and images without captions (listed in the log) "
         "instead of stopping.",
     )
     # -- captions ------------------------------------------------------------------------
+    max_token_length: Literal[75, 150, 225] | None = Field(
+        None,
+        description="Caption tokens the text encoders read, in 75-token windows (kohya's "
+        "max_token_length); null: the smallest of 75/150/225 that holds the longest caption. "
+        "Longer captions are cut, with a warning that counts them.",
+    )
+    clip_skip: int = Field(
+        1,
+        ge=1,
+        le=12,
+        description="SD1: condition on the N-th text-encoder layer from the end (2 for anime "
+        "bases, as A1111's 'CLIP skip'); used in training and previews. SDXL ignores it.",
+    )
     truncate_captions: bool = Field(
         False,
-        description="Train on the first 77 tokens of longer captions (with a warning); "
-        "default: a longer caption is an error naming its file.",
+        description="Kept for old configs: long captions are always cut at max_token_length "
+        "now (with a counted warning).",
     )
     shuffle_tags: bool = Field(
         False, description="Shuffle comma-separated tags each step (turns off the text cache)."
@@ -142,6 +181,17 @@ class SDSection(BaseModel):
         gt=0,
         description="Learning rate of the text-encoder LoRA (its own optimizer parameter "
         "group); null: learning_rate.",
+    )
+    conv_rank: int | None = Field(
+        None,
+        gt=0,
+        description="LoCon: also adapt the UNet's 3x3 convolutions in its resnet, down- and "
+        "upsampler blocks at this rank (kohya's conv_dim); null: off.",
+    )
+    conv_alpha: float | None = Field(
+        None,
+        gt=0,
+        description="Alpha of the 3x3 convolution LoRA (kohya's conv_alpha); null: conv_rank.",
     )
     text_encoder_target_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TEXT_ENCODER_TARGETS),
@@ -186,6 +236,14 @@ class SDSection(BaseModel):
                 "cache_text_encoder_outputs cannot be true with shuffle_tags "
                 "(every step sees a different caption)"
             )
+        if self.conv_alpha is not None and self.conv_rank is None:
+            raise ValueError("conv_alpha needs conv_rank (the 3x3 convolution LoRA's rank)")
+        if self.bucket_no_upscale and not self.bucket:
+            raise ValueError("bucket_no_upscale needs bucket: true")
+        if self.random_crop and self.cache_latents:
+            raise ValueError(
+                "cache_latents cannot be true with random_crop (every step sees a new crop)"
+            )
         if self.keep_tokens and not self.shuffle_tags:
             raise ValueError("keep_tokens only matters with shuffle_tags: true")
         return self
@@ -197,8 +255,10 @@ class SDSection(BaseModel):
         return not (self.train_text_encoder or self.shuffle_tags)
 
     def latent_cache_enabled(self) -> bool:
-        """Whether VAE latents are computed once (the default)."""
-        return True if self.cache_latents is None else self.cache_latents
+        """Whether VAE latents are computed once (the default, unless random_crop)."""
+        if self.cache_latents is None:
+            return not self.random_crop
+        return self.cache_latents
 
 
 def _divisor_hint(resolution: int) -> int:

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from lorakit.api import DataError
-from lorakit_sd.readers import detect_format, format_problems, image_files, unlisted_images
+from lorakit_sd.readers import (
+    detect_format,
+    format_problems,
+    image_files,
+    kohya_subfolders,
+    unlisted_images,
+)
 
 
 @dataclass
@@ -32,6 +38,7 @@ class Item:
     resized: tuple[int, int]
     content_hash: str
     where: str = ""  # the captions file and line (or the caption file) it came from
+    reg: bool = False  # a regularisation image (sd.reg_data_dir)
 
 
 @dataclass
@@ -40,29 +47,55 @@ class Folder:
     metadata_path: str | None
     repeats: int
     caption_extension: str
+    class_token: str | None = None  # kohya N_name folders: the caption of uncaptioned images
+    reg: bool = False
+
+
+def _has_data(folder: Folder) -> bool:
+    path = folder.path
+    return bool(folder.metadata_path) or (
+        path.is_dir()
+        and bool(
+            image_files(path)
+            or (path / "metadata.csv").is_file()
+            or (path / "metadata.jsonl").is_file()
+        )
+    )
+
+
+def _kohya(folder: Folder) -> list[Folder]:
+    """A parent of kohya ``N_name`` subfolders as those subfolders, else the folder itself."""
+    subs = [] if _has_data(folder) else kohya_subfolders(folder.path)
+    if not subs:
+        return [folder]
+    return [
+        Folder(sub, None, repeats, folder.caption_extension, token, folder.reg)
+        for sub, repeats, token in subs
+    ]
 
 
 def folders(config: Any) -> list[Folder]:
-    """``train_data_dir`` (unless subsets are given and it holds nothing) and the subsets."""
+    """``train_data_dir`` (unless subsets are given and it holds nothing) and the subsets.
+
+    A ``train_data_dir`` (or ``sd.reg_data_dir``) that holds kohya ``N_name`` subfolders
+    stands for those subfolders: ``10_mascot`` is repeated 10 times and its images without a
+    caption file are captioned ``mascot``.
+    """
     train, section = config.train, config.section
     main = Folder(
         Path(train.train_data_dir), train.metadata_path, section.repeats, section.caption_extension
     )
     out = []
-    main_has_data = main.metadata_path or (
-        main.path.is_dir()
-        and (
-            image_files(main.path)
-            or (main.path / "metadata.csv").is_file()
-            or (main.path / "metadata.jsonl").is_file()
-        )
-    )
-    if main_has_data or not section.subsets:
-        out.append(main)
+    main_kohya = _kohya(main)
+    if _has_data(main) or main_kohya != [main] or not section.subsets:
+        out += main_kohya
     for sub in section.subsets:
         out.append(
             Folder(Path(sub.image_dir), sub.metadata_path, sub.repeats, sub.caption_extension)
         )
+    if section.reg_data_dir:
+        reg = Folder(Path(section.reg_data_dir), None, 1, section.caption_extension, reg=True)
+        out += _kohya(reg)
     return out
 
 
@@ -72,7 +105,13 @@ def read_folder(folder: Folder, fmt: str, registries: Any) -> tuple[list[dict[st
         raise DataError(f"image folder not found: {folder.path}")
     name = detect_format(folder.path, folder.metadata_path) if fmt == "auto" else fmt
     spec = registries.dataset_readers.get(name)
-    if name == "caption_files":
+    if name == "caption_files" and folder.class_token:
+        records = spec.factory(
+            folder.path,
+            caption_extension=folder.caption_extension,
+            default_caption=folder.class_token,
+        )
+    elif name == "caption_files":
         records = spec.factory(folder.path, caption_extension=folder.caption_extension)
     else:
         records = spec.factory(folder.path, metadata_path=folder.metadata_path)
@@ -87,12 +126,13 @@ def build_items(
     log: Any = print,
 ) -> tuple[list[Item], list[int]]:
     """Checked, bucketed items and the epoch index (item ids, each ``repeats`` times)."""
-    from lorakit_sd.buckets import fit, nearest_bucket
+    from lorakit_sd.buckets import fit, nearest_bucket, no_upscale_bucket
     from lorakit_sd.images import check_image, file_hash
 
     section = config.section
     items: list[Item] = []
     index: list[int] = []
+    reg_index: list[int] = []
     problems: list[str] = []
     for folder in folders(config):
         records, reader = read_folder(folder, section.dataset_format, registries)
@@ -113,16 +153,22 @@ def build_items(
             if size is None:
                 problems.append(f"{record['image']}: {error}")
                 continue
-            bucket = nearest_bucket(size, buckets) if buckets else (resolution, resolution)
+            if buckets and section.bucket_no_upscale:
+                bucket = no_upscale_bucket(size, resolution, section.bucket_step)
+            elif buckets:
+                bucket = nearest_bucket(size, buckets)
+            else:
+                bucket = (resolution, resolution)
             rw, rh, left, top = fit(size, bucket)
             items.append(
                 Item(
                     image=record["image"], caption=record["caption"], folder=str(folder.path),
                     size=size, bucket=bucket, crop=(left, top), resized=(rw, rh),
                     content_hash=file_hash(record["image"]), where=record["where"],
+                    reg=folder.reg,
                 )
             )  # fmt: skip
-            index += [len(items) - 1] * folder.repeats
+            (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)
     if problems:
         if not section.skip_bad_images:
             raise DataError(
@@ -130,39 +176,63 @@ def build_items(
                 "fix them, or set sd.skip_bad_images: true to train without those images"
             )
         log(f"warning: skipping {len(problems)} image(s): {format_problems(problems, limit=10)}")
-    if not items:
+    if not index:
         raise DataError(f"no usable images in {', '.join(str(f.path) for f in folders(config))}")
-    return items, index
+    return items, index + balance_reg(reg_index, len(index), log)
 
 
-def check_caption_lengths(items: list[Item], tokenizer: Any, *, allow: bool, log: Any) -> None:
-    """Captions longer than the text encoder reads are an error, or a warning if ``allow``."""
-    limit = tokenizer.model_max_length
-    captions = [item.caption for item in items]
-    lengths = [len(ids) for ids in tokenizer(captions, add_special_tokens=True).input_ids]
-    long = [
-        f"{item.where or item.image}: {n} tokens"
-        for item, n in zip(items, lengths, strict=True)
-        if n > limit
-    ]
-    if not long:
-        return
-    if allow:
+def balance_reg(reg_index: list[int], train_count: int, log: Any) -> list[int]:
+    """As many regularisation samples per epoch as training samples (kohya's rule).
+
+    Fewer reg samples are cycled; more are cut, with a note that some are not used.
+    """
+    if not reg_index:
+        return []
+    if len(reg_index) > train_count:
         log(
-            f"warning: {len(long)} caption(s) are cut off at {limit} tokens: {format_problems(long)}"
+            f"note: {len(reg_index)} regularisation samples for {train_count} training samples: "
+            f"each epoch uses the first {train_count}"
         )
-        return
-    raise DataError(
-        f"{len(long)} caption(s) are longer than the text encoder's {limit} tokens and would be "
-        f"cut off: {format_problems(long)}; shorten them, or set sd.truncate_captions: true"
-    )
+    return [reg_index[i % len(reg_index)] for i in range(train_count)]
+
+
+def choose_max_tokens(
+    captions: list[tuple[str, str]], tokenizer: Any, configured: int | None, log: Any
+) -> int:
+    """The caption length to encode (75, 150 or 225 tokens); counts and names what is cut.
+
+    ``captions`` are ``(caption, where)`` pairs. ``configured`` None picks the smallest length
+    that holds the longest caption (up to 225, the most kohya and A1111 read).
+    """
+    from lorakit_sd.conditioning import MAX_TOKEN_LENGTHS, token_count
+
+    lengths = [token_count(tokenizer, caption) for caption, _ in captions]
+    longest = max(lengths, default=0)
+    if configured is None:
+        chosen = next((n for n in MAX_TOKEN_LENGTHS if n >= longest), MAX_TOKEN_LENGTHS[-1])
+        if chosen > MAX_TOKEN_LENGTHS[0]:
+            log(f"captions up to {longest} tokens: encoding {chosen} tokens (sd.max_token_length)")
+    else:
+        chosen = configured
+    long = [
+        f"{where}: {n} tokens"
+        for (_, where), n in zip(captions, lengths, strict=True)
+        if n > chosen
+    ]
+    if long:
+        log(
+            f"warning: {len(long)} caption(s) are longer than {chosen} tokens and are cut "
+            f"(sd.max_token_length): {format_problems(long)}"
+        )
+    return chosen
 
 
 def fingerprint(items: list[Item], index: list[int]) -> str:
     """A short hash of the images' bytes, captions and repeats."""
     digest = hashlib.sha256()
     for item in items:
-        digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}\n".encode())
+        reg = "|reg" if item.reg else ""
+        digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}{reg}\n".encode())
     digest.update(str(len(index)).encode())
     return digest.hexdigest()[:16]
 
@@ -178,6 +248,8 @@ class SDDataset(torch.utils.data.Dataset):
         latents: Any = None,
         text: Any = None,
         caption_ids: list[int] | None = None,
+        reg_weight: float | None = None,
+        random_crop: bool = False,
     ) -> None:
         self.items = items
         self.index = index
@@ -185,6 +257,9 @@ class SDDataset(torch.utils.data.Dataset):
         self.latents = latents
         self.text = text
         self.caption_ids = caption_ids or []
+        self.random_crop = random_crop
+        # with regularisation images each sample carries its loss weight
+        self.reg_weight = reg_weight if any(item.reg for item in items) else None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -193,22 +268,27 @@ class SDDataset(torch.utils.data.Dataset):
         return [self.items[k].bucket for k in self.index]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from lorakit_sd.buckets import load_pixels
+        from lorakit_sd.buckets import load_pixels, random_crop
         from lorakit_sd.conditioning import time_ids
 
         k = self.index[i]
         item = self.items[k]
         out: dict[str, Any] = {}
+        crop = item.crop
         if self.latents is not None:
             out.update(self.latents.get(k))
         else:
-            out["pixels"] = load_pixels(item.image, item.bucket)
+            if self.random_crop:
+                crop = random_crop(item.resized, item.bucket)
+            out["pixels"] = load_pixels(item.image, item.bucket, crop)
         if self.text is not None:
             out.update(self.text.get(self.caption_ids[k]))
         else:
             out["caption"] = item.caption
+        if self.reg_weight is not None:
+            out["loss_weight"] = torch.tensor(self.reg_weight if item.reg else 1.0)
         if self.family == "sdxl":
-            out["time_ids"] = torch.tensor(time_ids(item.size, item.crop, item.bucket)).float()
-            mirrored = (item.resized[0] - item.crop[0] - item.bucket[0], item.crop[1])
+            out["time_ids"] = torch.tensor(time_ids(item.size, crop, item.bucket)).float()
+            mirrored = (item.resized[0] - crop[0] - item.bucket[0], crop[1])
             out["time_ids_flip"] = torch.tensor(time_ids(item.size, mirrored, item.bucket)).float()
         return out

@@ -55,13 +55,19 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
     epoch = (step * t.gradient_accumulation_steps) // per_epoch
     tags: dict[str, Counter[str]] = {}
     dirs: dict[str, dict[str, int]] = {}
+    reg_dirs: dict[str, dict[str, int]] = {}
     repeats = Counter(backend.index)
     for k, item in enumerate(backend.items):
         folder = Path(item.folder).name
+        if item.reg:
+            entry = reg_dirs.setdefault(folder, {"n_repeats": repeats[k], "img_count": 0})
+            entry["img_count"] += 1
+            continue
         counter = tags.setdefault(folder, Counter())
         counter.update(tag.strip() for tag in item.caption.split(",") if tag.strip())
         entry = dirs.setdefault(folder, {"n_repeats": repeats[k], "img_count": 0})
         entry["img_count"] += 1
+    n_reg = sum(1 for k in backend.index if backend.items[k].reg)
     te_lr = sec.text_encoder_lr or t.learning_rate
     meta = {
         "ss_training_started_at": str(int(backend.started_at)),
@@ -69,7 +75,13 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
         "ss_max_train_steps": str(t.max_steps or ""),
-        "ss_num_train_images": str(len(backend.index)),
+        "ss_num_train_images": str(len(backend.index) - n_reg),
+        "ss_num_reg_images": str(n_reg),
+        "ss_prior_loss_weight": _num(sec.prior_loss_weight),
+        "ss_clip_skip": str(sec.clip_skip) if backend.family == "sd1" else "None",
+        "ss_max_token_length": str(getattr(backend, "max_tokens", 75)),
+        "ss_bucket_no_upscale": str(sec.bucket_no_upscale),
+        "ss_random_crop": str(sec.random_crop),
         "ss_batch_size_per_device": str(t.batch_size),
         "ss_gradient_accumulation_steps": str(t.gradient_accumulation_steps),
         "ss_learning_rate": _num(t.learning_rate),
@@ -94,8 +106,14 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
         "ss_sd_model_name": Path(t.base_model).name,
         "ss_tag_frequency": json.dumps({k: dict(v) for k, v in tags.items()}),
         "ss_dataset_dirs": json.dumps(dirs),
+        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
         "modelspec.prediction_type": backend.prediction_type,
     }
+    if sec.conv_rank:  # LoCon, as kohya records it
+        conv_alpha = sec.conv_alpha if sec.conv_alpha is not None else sec.conv_rank
+        meta["ss_network_args"] = json.dumps(
+            {"conv_dim": str(sec.conv_rank), "conv_alpha": _num(conv_alpha)}
+        )
     return meta
 
 

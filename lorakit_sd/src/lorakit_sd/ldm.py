@@ -26,6 +26,8 @@ SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
 #: Keys that tell the families apart in a single-file checkpoint.
 SDXL_MARKER = "conditioner.embedders.1.model.positional_embedding"
 SD1_MARKER = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+#: The same key in SD1 files that lack the ``text_model.`` level (NAI-derived merges).
+SD1_BARE_MARKER = "cond_stage_model.transformer.embeddings.position_embedding.weight"
 SD2_MARKER = "cond_stage_model.model.positional_embedding"
 
 _RESNET_TO_LDM = (
@@ -296,7 +298,7 @@ def detect_family(keys: Any) -> str | None:
     keys = set(keys)
     if SDXL_MARKER in keys:
         return "sdxl"
-    if SD1_MARKER in keys:
+    if SD1_MARKER in keys or SD1_BARE_MARKER in keys:
         return "sd1"
     if SD2_MARKER in keys or "cond_stage_model.model.token_embedding.weight" in keys:
         return "sd2"

@@ -231,8 +231,53 @@ def file_format(keys: Iterable[str]) -> str | None:
     return None
 
 
+_RESNET_PARTS = ("time_emb_proj", "conv_shortcut", "conv1", "conv2", "norm1", "norm2")
+
+
+def sgm_unet_stem(stem: str, layout: UnetLayout) -> str:
+    """An SDXL kohya UNet stem under its SGM name, also when written with diffusers names.
+
+    Some trainers write SDXL LoRAs as ``lora_unet_down_blocks_1_attentions_0_...`` (diffusers
+    block names); A1111 and ComfyUI read both. Anything else is returned unchanged.
+    """
+    import re
+
+    from lorakit_sd.ldm import _UNET_TOP
+
+    if not stem.startswith("lora_unet_"):
+        return stem
+    name = stem[len("lora_unet_") :]
+    for new in _UNET_TOP:
+        flat = new.replace(".", "_")
+        if name == flat:
+            return "lora_unet_" + unet_path_to_ldm(new, 2, []).replace(".", "_")
+    m = re.match(
+        r"(down_blocks|up_blocks)_(\d+)_(attentions|resnets|downsamplers|upsamplers)_(\d+)_(.+)$",
+        name,
+    ) or re.match(r"(mid_block)_()(attentions|resnets)_(\d+)_(.+)$", name)
+    if not m:
+        return stem
+    head = f"{m[1]}.{m[2]}." if m[2] else f"{m[1]}."
+    head += f"{m[3]}.{m[4]}"
+    rest = m[5]
+    if m[3] == "resnets":
+        first = next((p for p in _RESNET_PARTS if rest == p or rest.startswith(p + "_")), None)
+        if first is None:
+            return stem
+        head, rest = f"{head}.{first}", rest[len(first) :].lstrip("_")
+    elif m[3] in ("downsamplers", "upsamplers"):
+        if not (rest == "conv" or rest.startswith("conv_")):
+            return stem
+        head, rest = f"{head}.conv", rest[len("conv") :].lstrip("_")
+    try:
+        sgm = unet_path_to_ldm(head, layout.layers_per_block, layout.up_has_attention)
+    except (KeyError, IndexError):
+        return stem
+    return "lora_unet_" + sgm.replace(".", "_") + (f"_{rest}" if rest else "")
+
+
 def file_family(keys: Iterable[str], metadata: dict[str, str]) -> str:
-    """``sdxl`` or ``sd1``: from ss_base_model_version, else from the key names."""
+    """``sdxl`` or ``sd1``: from ss_base_model_version, else from the key names and shapes."""
     version = metadata.get("ss_base_model_version", "")
     if version.startswith("sdxl"):
         return "sdxl"
@@ -245,6 +290,13 @@ def file_family(keys: Iterable[str], metadata: dict[str, str]) -> str:
         if k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")):
             return "sdxl"
         if k.startswith(("lora_unet_input_blocks", "lora_unet_output_blocks", "lora_unet_middle")):
+            return "sdxl"
+        if k.startswith("lora_unet_add_embedding"):  # SDXL's size conditioning
+            return "sdxl"
+        # SDXL cross-attention reads 2048-wide text states (SD1: 768)
+        info = keys[k] if isinstance(keys, dict) else None
+        wide = isinstance(info, dict) and list(info.get("shape", []))[1:2] == [2048]
+        if wide and k.endswith("attn2_to_k.lora_down.weight"):
             return "sdxl"
     return "sd1"
 
@@ -283,6 +335,11 @@ def read_lora(path: str | Path, layout: UnetLayout | None = None) -> LoraFile:
     tensors = load_file(str(path))
     if fmt == "kohya":
         entries = _group_kohya(path, tensors)
+        if family == "sdxl":
+            entries = {
+                sgm_unet_stem(stem, layout or UnetLayout(2, [True, True, False])): entry
+                for stem, entry in entries.items()
+            }
     else:
         layout = layout or UnetLayout(2, [True, True, False])
         entries = _group_diffusers(path, tensors, metadata, family, layout)

@@ -21,6 +21,7 @@ from lorakit_sd.ldm import (
     SDXL_TE2_PREFIX,
     UNET_PREFIX,
     layers_per_block_from_keys,
+    text_model_path,
     unet_ldm_to_path,
 )
 
@@ -66,8 +67,9 @@ def ldm_table(state: dict[str, Any], family: str) -> dict[str, Target]:
             table["lora_unet_" + name.replace(".", "_")] = (key, None, shape)
             continue
         for prefix, kohya in te:
-            if name.startswith(prefix):
-                table[kohya + name[len(prefix) :].replace(".", "_")] = (key, None, shape)
+            if name.startswith(prefix):  # with text_model. even where the file lacks it
+                path = text_model_path(name[len(prefix) :])
+                table[kohya + path.replace(".", "_")] = (key, None, shape)
     return table
 
 
@@ -76,22 +78,25 @@ def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, st
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from lorakit_sd.models import PICKLE_SUFFIXES, family_of_keys, load_base
+    from lorakit.api import get_registries
+    from lorakit_sd.models import PICKLE_SUFFIXES, family_of_keys
 
     path = Path(base).expanduser()
-    if path.is_file() and path.suffix.lower() == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        state = load_file(str(path))
-        return state, family_of_keys(path, list(state)), metadata
     if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
         raise UsageError(
             f"{path}: merge reads .safetensors checkpoints only (a pickled file can run code); "
             "convert it first"
         )
+    loader = get_registries().model_loader_for("sd", base, getattr(section, "model_loader", None))
+    if loader.name == "sd-single-file" and path.suffix.lower() == ".safetensors":
+        # the file's own tensors: the merged checkpoint keeps every key it had
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        state = load_file(str(path))
+        return state, family_of_keys(path, list(state)), metadata
     from lorakit_sd.ldm import pipeline_to_ldm
 
-    model = load_base(
+    model = loader.load(
         base,
         base_config=getattr(section, "base_config", None),
         model_family=getattr(section, "model_family", "auto"),

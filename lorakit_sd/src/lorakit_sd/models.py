@@ -158,8 +158,12 @@ def _check_family(found: str, wanted: str, where: str) -> None:
         )
 
 
-def _unpickle_to_safetensors(path: Path) -> Path:
-    """Load a pickled checkpoint (the user opted in) and rewrite it as safetensors."""
+def _unpickle_to_safetensors(path: Path, folder: Path) -> Path:
+    """Load a pickled checkpoint (the user opted in) and rewrite it as safetensors in ``folder``.
+
+    The caller owns ``folder`` (a temporary directory removed once the pipeline is loaded):
+    a converted multi-GB checkpoint is never left behind.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -167,7 +171,7 @@ def _unpickle_to_safetensors(path: Path) -> Path:
     while isinstance(data, dict) and "state_dict" in data:
         data = data["state_dict"]
     tensors = {k: v.contiguous().clone() for k, v in data.items() if isinstance(v, torch.Tensor)}
-    out = Path(tempfile.mkdtemp(prefix="lorakit-sd-")) / (path.stem + ".safetensors")
+    out = folder / (path.stem + ".safetensors")
     save_file(tensors, str(out))
     return out
 
@@ -178,61 +182,165 @@ def load_base(
     base_config: str | None = None,
     model_family: str = "auto",
     allow_unsafe_pickle: bool = False,
+    loader: str | None = None,
+    registries: Any = None,
 ) -> BaseModel:
-    """Load a base model as a float32 diffusers pipeline on the CPU."""
-    path = Path(base_model).expanduser()
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix in PICKLE_SUFFIXES:
-            if not allow_unsafe_pickle:
+    """Load a base model as a float32 diffusers pipeline on the CPU, through a model loader.
+
+    The loader is the registered ``sd`` model loader that detects ``base_model`` (or the one
+    named ``loader``, ``sd.model_loader`` in a config): lorakit-sd registers a single file, a
+    diffusers folder, a hub id and the opted-in pickled checkpoint; plugins may add more.
+    """
+    if registries is None:
+        from lorakit.api import get_registries
+
+        registries = get_registries()
+    spec = registries.model_loader_for("sd", base_model, loader)
+    return spec.load(
+        base_model,
+        base_config=base_config,
+        model_family=model_family,
+        allow_unsafe_pickle=allow_unsafe_pickle,
+    )
+
+
+# -- the model loaders lorakit-sd registers (detect: cheap; load: the pipeline) ---------------
+
+
+def is_pickled_file(source: str) -> bool:
+    path = Path(source).expanduser()
+    return path.suffix.lower() in PICKLE_SUFFIXES and path.is_file()
+
+
+def is_single_file(source: str) -> bool:
+    path = Path(source).expanduser()
+    return path.is_file() and path.suffix.lower() not in PICKLE_SUFFIXES
+
+
+def is_folder(source: str) -> bool:
+    return Path(source).expanduser().is_dir()
+
+
+def is_hub_id(source: str) -> bool:
+    """Anything that is not a file or folder here (a path that does not exist is refused)."""
+    return not Path(source).expanduser().exists()
+
+
+def load_pickled(
+    source: str,
+    *,
+    base_config: str | None = None,
+    model_family: str = "auto",
+    allow_unsafe_pickle: bool = False,
+) -> BaseModel:
+    """A pickled ``.ckpt``/``.pt``: refused unless opted in; converted in a temporary folder."""
+    path = Path(source).expanduser()
+    if not allow_unsafe_pickle:
+        raise UsageError(
+            f"{path}: a pickled checkpoint can run code when loaded; convert it to "
+            ".safetensors, or set sd.allow_unsafe_pickle: true if you trust the file"
+        )
+    with tempfile.TemporaryDirectory(prefix="lorakit-sd-") as folder:
+        converted = _unpickle_to_safetensors(path, Path(folder))
+        model = load_single_file(str(converted), base_config=base_config, model_family=model_family)
+    model.path = str(path)
+    return model
+
+
+def load_single_file(
+    source: str, *, base_config: str | None = None, model_family: str = "auto", **_: Any
+) -> BaseModel:
+    """An original-layout (LDM / SGM) ``.safetensors`` checkpoint."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() != ".safetensors":
+        raise UsageError(f"{path}: base_model must be a .safetensors file or a folder")
+    keys = single_file_keys(path)
+    family = family_of_keys(path, keys)
+    _check_family(family, model_family, str(path))
+    config = base_config or DEFAULT_CONFIG_REPOS[family]
+    with quiet_libraries():
+        try:
+            parts = _bare_text_encoder(path, keys, config) if family == "sd1" else {}
+            pipe = pipeline_class(family).from_single_file(
+                str(path), config=config, local_files_only=offline() or Path(config).is_dir(),
+                **parts,
+            )  # fmt: skip
+        except (OSError, ValueError, KeyError) as exc:
+            if not base_config:
                 raise UsageError(
-                    f"{path}: a pickled checkpoint can run code when loaded; convert it to "
-                    ".safetensors, or set sd.allow_unsafe_pickle: true if you trust the file"
-                )
-            path = _unpickle_to_safetensors(path)
-        elif suffix != ".safetensors":
-            raise UsageError(f"{path}: base_model must be a .safetensors file or a folder")
-        family = family_of_keys(path, single_file_keys(path))
-        _check_family(family, model_family, str(path))
-        config = base_config or DEFAULT_CONFIG_REPOS[family]
-        with quiet_libraries():
-            try:
-                pipe = pipeline_class(family).from_single_file(
-                    str(path), config=config, local_files_only=offline() or Path(config).is_dir()
-                )
-            except (OSError, ValueError, KeyError) as exc:
-                if not base_config:
-                    raise UsageError(
-                        f"{path}: a single-file checkpoint needs its model's configs and "
-                        f"tokenizer; they come from {config}, which could not be read "
-                        f"({type(exc).__name__}). Set sd.base_config to a diffusers folder of "
-                        f"the same model family{', or run once online' if offline() else ''}"
-                    ) from None
-                raise UsageError(
-                    f"{path}: could not load with sd.base_config {config}: {exc}"
+                    f"{path}: a single-file checkpoint needs its model's configs and "
+                    f"tokenizer; they come from {config}, which could not be read "
+                    f"({type(exc).__name__}). Set sd.base_config to a diffusers folder of "
+                    f"the same model family{', or run once online' if offline() else ''}"
                 ) from None
-        return _finish(BaseModel(pipe, family, "single_file", str(path)))
-    if path.is_dir():
-        family = family_of_folder(path)
-        _check_family(family, model_family, str(path))
-        with quiet_libraries():
-            pipe = pipeline_class(family).from_pretrained(str(path), **_no_checker(family))
-        return _finish(BaseModel(pipe, family, "diffusers", str(path)))
-    if base_model.lower().endswith(PICKLE_SUFFIXES + (".safetensors",)) or base_model.startswith(
+            raise UsageError(
+                f"{path}: could not load with sd.base_config {config}: {exc}"
+            ) from None
+    return _finish(BaseModel(pipe, family, "single_file", str(path)))
+
+
+def load_folder(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
+    """A diffusers pipeline folder (``model_index.json``)."""
+    path = Path(source).expanduser()
+    family = family_of_folder(path)
+    _check_family(family, model_family, str(path))
+    with quiet_libraries():
+        pipe = pipeline_class(family).from_pretrained(str(path), **_no_checker(family))
+    return _finish(BaseModel(pipe, family, "diffusers", str(path)))
+
+
+def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
+    """A hub id (``owner/name``), from the local cache when HF_HUB_OFFLINE is set."""
+    if source.lower().endswith(PICKLE_SUFFIXES + (".safetensors",)) or source.startswith(
         (".", "/", "~")
     ):
-        raise UsageError(f"base_model: file or folder not found: {base_model}")
-    folder = _hub_folder(base_model)
+        raise UsageError(f"base_model: file or folder not found: {source}")
+    folder = _hub_folder(source)
     family = family_of_folder(folder)
-    _check_family(family, model_family, base_model)
+    _check_family(family, model_family, source)
     with quiet_libraries():
         try:
             pipe = pipeline_class(family).from_pretrained(
-                base_model, local_files_only=offline(), **_no_checker(family)
+                source, local_files_only=offline(), **_no_checker(family)
             )
         except OSError as exc:
-            raise UsageError(f"base_model {base_model}: cannot load ({exc})") from None
-    return _finish(BaseModel(pipe, family, "hub", base_model))
+            raise UsageError(f"base_model {source}: cannot load ({exc})") from None
+    return _finish(BaseModel(pipe, family, "hub", source))
+
+
+def _bare_text_encoder(path: Path, keys: list[str], config: str) -> dict[str, Any]:
+    """``{"text_encoder": model}`` for SD1 files whose CLIP keys lack ``text_model.``.
+
+    Some SD1 checkpoints (NAI-derived merges among them) store the text encoder as
+    ``cond_stage_model.transformer.embeddings...``: diffusers' single-file loader calls its
+    weights missing. Those keys are exactly transformers' ``CLIPTextModel`` names, so the
+    encoder is built from the config's ``text_encoder`` and loaded here, then handed over.
+    """
+    from lorakit_sd.ldm import SD1_TE_PREFIX
+
+    bare = [
+        k
+        for k in keys
+        if k.startswith(SD1_TE_PREFIX) and not k.startswith(SD1_TE_PREFIX + "text_model.")
+    ]
+    if not bare:
+        return {}
+    from safetensors import safe_open
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    te_config = CLIPTextConfig.from_pretrained(
+        config, subfolder="text_encoder", local_files_only=offline() or Path(config).is_dir()
+    )
+    encoder = CLIPTextModel(te_config)
+    with safe_open(str(path), framework="pt") as f:
+        state = {k[len(SD1_TE_PREFIX) :]: f.get_tensor(k) for k in bare}
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
+    if missing or unexpected:
+        sample = ", ".join((missing or unexpected)[:2])
+        raise UsageError(f"{path}: the text encoder's weights do not fit its config ({sample})")
+    return {"text_encoder": encoder.eval()}
 
 
 def _no_checker(family: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Registers the ``sd`` backend (task type ``image-generation``) with its ``sd:`` config
 section, templates and ``export`` / ``merge`` / ``sample`` / ``demo`` commands; the
-image-folder dataset readers; and the ``kohya`` and ``diffusers`` exporters. Every factory
+image-folder dataset readers; the ``kohya`` and ``diffusers`` exporters; and the ``sd``
+model loaders (single file, diffusers folder, hub id, opted-in pickle). Every factory
 imports its module only when called, so ``lorakit --help`` never loads torch or diffusers.
 """
 
@@ -12,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import BackendSpec, DatasetReaderSpec, ExporterSpec, hookimpl, lazy
+from lorakit.api import (
+    BackendSpec,
+    DatasetReaderSpec,
+    ExporterSpec,
+    ModelLoaderSpec,
+    hookimpl,
+    lazy,
+)
 from lorakit_sd.config import SDSection
 
 LORAKIT_PLUGIN_API = 1
@@ -99,3 +107,41 @@ def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
             backends=("sd",),
         )
     )  # fmt: skip
+
+
+def _detect(name: str) -> Callable[[str], bool]:
+    """A cheap detect function from lorakit_sd.models, imported when first called."""
+
+    def detect(source: str) -> bool:
+        from lorakit_sd import models
+
+        return bool(getattr(models, name)(source))
+
+    detect.__name__ = name
+    return detect
+
+
+@hookimpl
+def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
+    """How the ``sd`` backend, ``merge``, ``sample`` and ``export --base`` read base models.
+
+    ``load(source, base_config=None, model_family="auto", allow_unsafe_pickle=False)``
+    returns a ``lorakit_sd.models.BaseModel`` (a float32 diffusers pipeline, frozen, on the CPU).
+    """
+    loaders = (
+        ("sd-pickle", "is_pickled_file", "load_pickled", 30,
+         "pickled .ckpt/.pt checkpoint: refused unless sd.allow_unsafe_pickle"),
+        ("sd-single-file", "is_single_file", "load_single_file", 20,
+         "SD1 / SDXL single-file .safetensors in the original (LDM / SGM) layout"),
+        ("sd-diffusers", "is_folder", "load_folder", 10,
+         "diffusers pipeline folder (model_index.json)"),
+        ("sd-hub", "is_hub_id", "load_hub", 0,
+         "hub id (owner/name), from the local cache when HF_HUB_OFFLINE is set"),
+    )  # fmt: skip
+    for name, detect_name, load_name, priority, description in loaders:
+        register(
+            ModelLoaderSpec(
+                name, "sd", _detect(detect_name), lazy(f"lorakit_sd.models:{load_name}"),
+                description, priority=priority,
+            )
+        )  # fmt: skip

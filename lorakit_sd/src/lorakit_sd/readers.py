@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,23 +178,40 @@ def read_metadata_jsonl(path: str | Path, metadata_path: str | Path | None = Non
     return _finish(root, rows(), meta)
 
 
-def read_caption_files(path: str | Path, caption_extension: str = ".txt") -> list[Record]:
-    """Every image in the folder with a caption file beside it (``cat.png`` + ``cat.txt``)."""
+#: Caption sidecar extensions kohya users keep; the configured one is tried first.
+SIDECAR_EXTENSIONS = (".txt", ".caption")
+
+
+def read_caption_files(
+    path: str | Path, caption_extension: str = ".txt", default_caption: str | None = None
+) -> list[Record]:
+    """Every image in the folder with a caption file beside it (``cat.png`` + ``cat.txt``).
+
+    The configured extension is tried first, then the other of ``.txt`` / ``.caption``. An
+    image without one takes ``default_caption`` (a kohya folder's class token) if given.
+    """
     root = Path(path)
     images = image_files(root)
     if not images:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
     ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
+    extensions = [ext] + [e for e in SIDECAR_EXTENSIONS if e != ext]
     records = []
     for image in images:
         escape = leaves_folder(root, image)
         if escape:
             records.append(_record(image, None, str(image), f"{image.name}: {escape}"))
             continue
-        sidecar = image.with_suffix(ext)
+        sidecar = next(
+            (image.with_suffix(e) for e in extensions if image.with_suffix(e).is_file()),
+            image.with_suffix(ext),
+        )
         try:
             caption = sidecar.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
+            if default_caption:
+                records.append(_record(image, default_caption, f"{image} (class token)", None))
+                continue
             records.append(_record(image, None, str(image), f"{image.name}: no {ext} caption file"))
             continue
         except (UnicodeDecodeError, OSError) as exc:
@@ -205,6 +223,21 @@ def read_caption_files(path: str | Path, caption_extension: str = ".txt") -> lis
         error = None if caption else f"{sidecar.name}: empty caption"
         records.append(_record(image, caption or None, str(sidecar), error))
     return records
+
+
+KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
+
+
+def kohya_subfolders(root: Path) -> list[tuple[Path, int, str]]:
+    """``(folder, repeats, class token)`` of each ``N_name`` subfolder (kohya's layout)."""
+    if not root.is_dir():
+        return []
+    out = []
+    for sub in sorted(root.iterdir()):
+        m = KOHYA_FOLDER.match(sub.name)
+        if m and sub.is_dir() and int(m[1]) > 0:
+            out.append((sub, int(m[1]), m[2].strip()))
+    return out
 
 
 def detect_format(root: Path, metadata_path: str | None) -> str:
