@@ -80,7 +80,7 @@ class SDBackend(Backend):
         t, sec = self.config.train, self.section
         self.model = load_base(
             t.base_model, base_config=sec.base_config, model_family=sec.model_family,
-            allow_unsafe_pickle=sec.allow_unsafe_pickle, loader=sec.model_loader,
+            allow_unsafe_pickle=sec.allow_unsafe_pickle, loader=t.model_loader,
             registries=ctx.registries,
         )  # fmt: skip
         self.family = self.model.family

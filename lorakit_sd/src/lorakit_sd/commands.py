@@ -45,7 +45,8 @@ def _section(config: Any) -> Any:
     return section if isinstance(section, SDSection) else SDSection()
 
 
-def _load(base: str, section: Any) -> Any:
+def _load(base: str, section: Any, config: Any = None) -> Any:
+    """The base model, read by the loader the config names (``model_loader``) or detects."""
     from lorakit_sd.models import load_base
 
     return load_base(
@@ -53,7 +54,7 @@ def _load(base: str, section: Any) -> Any:
         base_config=section.base_config,
         model_family=section.model_family,
         allow_unsafe_pickle=section.allow_unsafe_pickle,
-        loader=section.model_loader,
+        loader=getattr(getattr(config, "train", None), "model_loader", None),
     )
 
 
@@ -93,7 +94,7 @@ def export(
     source = Path(source)
     lora = read_lora(source)
     if base:
-        model = _load(base, _section(config))
+        model = _load(base, _section(config), config)
         unet, encoders, family = model.pipe.unet, model.text_encoders, model.family
         if lora.family != family:
             raise UsageError(f"{source}: a {lora.family} LoRA, but --base is a {family} model")
@@ -182,7 +183,7 @@ def sample(
     from lorakit_sd.sampling import render_and_save
 
     section = _section(config)
-    model = _load(base, section)
+    model = _load(base, section, config)
     apply_to_model(model, loras)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float32

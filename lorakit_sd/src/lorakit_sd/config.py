@@ -57,11 +57,6 @@ class SDSection(BaseModel):
         description="Allow loading a pickled .ckpt/.pt base model (runs code from the file: "
         "only for files you trust). Prefer .safetensors.",
     )
-    model_loader: str | None = Field(
-        None,
-        description="Name of the model loader that reads base_model (see `lorakit plugins`); "
-        "null: the first registered sd loader that recognises it.",
-    )
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="What the UNet predicts; default: the model scheduler's setting."
     )

@@ -87,7 +87,7 @@ def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, st
             f"{path}: merge reads .safetensors checkpoints only (a pickled file can run code); "
             "convert it first"
         )
-    loader = get_registries().model_loader_for("sd", base, getattr(section, "model_loader", None))
+    loader = get_registries().model_loader_for("sd", base)
     if loader.name == "sd-single-file" and path.suffix.lower() == ".safetensors":
         # the file's own tensors: the merged checkpoint keeps every key it had
         with safe_open(str(path), framework="pt") as f:

@@ -188,7 +188,7 @@ def load_base(
     """Load a base model as a float32 diffusers pipeline on the CPU, through a model loader.
 
     The loader is the registered ``sd`` model loader that detects ``base_model`` (or the one
-    named ``loader``, ``sd.model_loader`` in a config): lorakit-sd registers a single file, a
+    named ``loader``, ``model_loader`` in a config): lorakit-sd registers a single file, a
     diffusers folder, a hub id and the opted-in pickled checkpoint; plugins may add more.
     """
     if registries is None:
