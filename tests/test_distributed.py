@@ -106,7 +106,9 @@ def test_strategy_maps_to_accelerate_plugins(toy_plugins, tmp_path, strategy, ke
         assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == cfg.train.batch_size
         assert plugin.deepspeed_config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     else:
-        assert plugin.cpu_offload.offload_params is True
+        from torch.distributed.fsdp import CPUOffloadPolicy
+
+        assert plugin.fsdp_version == 2 and isinstance(plugin.cpu_offload, CPUOffloadPolicy)
 
 
 def test_deepspeed_without_the_package_is_a_usage_error(toy_plugins, tmp_path):
