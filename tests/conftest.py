@@ -46,7 +46,7 @@ def toy_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def toy_env(tmp_path_factory) -> dict[str, str]:
     """Environment for subprocesses in which the toy backend is an installed plugin.
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import UsageError
+from lorakit.errors import RunError, UsageError
 
 
 def accelerator_kwargs(config: Any) -> dict[str, Any]:
@@ -61,6 +61,8 @@ def accelerator_kwargs(config: Any) -> dict[str, Any]:
         # DataLoader's batch_size unset; DeepSpeed needs the micro-batch size stated.
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
         kwargs["deepspeed_plugin"] = plugin
+        # The same window size accelerate-side, so it does not warn about a mismatch.
+        kwargs["gradient_accumulation_steps"] = config.train.gradient_accumulation_steps
         if not torch.cuda.is_available():
             # On CPU, DeepSpeed needs gloo named, or every rank believes it is rank 0.
             kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
@@ -97,10 +99,28 @@ class Strategy:
     stage: int = 0
 
     @classmethod
-    def of(cls, accelerator: Any, module: Any) -> Strategy:
+    def of(cls, accelerator: Any, module: Any, wanted: str = "ddp") -> Strategy:
+        """The strategy accelerate actually set up; refused when it is not the one the
+        config asks for, or when the launched processes did not form one group (both
+        would otherwise train unsynchronised copies and exit 0)."""
+        import os
+
         from accelerate.utils import DistributedType
 
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if accelerator.num_processes != launched:
+            raise RunError(
+                f"{launched} processes were launched but each sees {accelerator.num_processes}: "
+                f"they did not form one process group"
+            )
         kind = accelerator.distributed_type
+        if launched > 1 and wanted != "ddp":
+            expected = DistributedType.FSDP if wanted == "fsdp" else DistributedType.DEEPSPEED
+            if kind != expected:
+                hint = " (accelerate runs FSDP on GPUs only)" if wanted == "fsdp" else ""
+                raise UsageError(
+                    f"distributed.strategy {wanted}: accelerate set up {kind.value} instead{hint}"
+                )
         if kind == DistributedType.DEEPSPEED:
             stage = accelerator.state.deepspeed_plugin.zero_stage
             return cls("deepspeed", accelerator, module, stage)

@@ -52,8 +52,10 @@ def launch_command(
     strategy = config.train.distributed.strategy if config is not None else "ddp"
     if strategy.startswith("deepspeed"):
         cmd += ["--use_deepspeed", "--zero_stage", "3" if strategy.endswith("3") else "2"]
+        if num_machines > 1:  # torchrun on every machine, as for DDP (not pdsh over ssh)
+            cmd += ["--deepspeed_multinode_launcher", "standard"]
     elif strategy == "fsdp":
-        cmd += ["--use_fsdp"]
+        cmd += ["--use_fsdp", "--fsdp_version", "2"]
     else:
         cmd += ["--multi_gpu"]
     cmd += [
@@ -74,8 +76,12 @@ def launch(args: list[str], **kwargs: Any) -> int:
     cuda = torch.cuda.is_available()
     cmd = launch_command(args, cuda=cuda, **kwargs)
     env = dict(os.environ)
+    config = kwargs.get("config")
+    ddp = config is None or config.train.distributed.strategy == "ddp"
     if not cuda:
-        env["ACCELERATE_USE_CPU"] = "true"
+        if ddp:  # DeepSpeed and FSDP bring their own CPU set-up (gloo, see distributed.py)
+            env["ACCELERATE_USE_CPU"] = "true"
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it found no GPU
         # accelerate sets OMP_NUM_THREADS=1 without a config; share the cores instead.
         env.setdefault(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // kwargs["num_processes"]))

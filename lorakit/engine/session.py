@@ -255,7 +255,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         scheduler = _scheduler(sched_spec, optimizer, total, config)
         module, optimizer = accelerator.prepare(module, optimizer)
         backend.set_train_module(module)
-        strategy = Strategy.of(accelerator, module)
+        strategy = Strategy.of(accelerator, module, cfg.distributed.strategy)
         state = TrainerState(
             config_hash=config.semantic_hash(), lorakit_version=__version__,
             num_processes=accelerator.num_processes,
