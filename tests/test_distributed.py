@@ -131,40 +131,105 @@ def test_deepspeed_without_the_package_is_a_usage_error(toy_plugins, tmp_path):
         accelerator_kwargs(cfg)
 
 
-@pytest.mark.slow
-def test_a_signal_that_reaches_one_rank_stops_both_cleanly(tmp_path, toy_env):
-    import signal
+def start_slow_run(tmp_path: Path, env: dict, name: str) -> subprocess.Popen:
+    """A two-process run with slow steps, once it has logged three of them."""
     import time
 
-    import psutil
-
-    path = config(tmp_path, "sig", batch_size=4, max_steps=400, save_steps=1000)
+    path = config(tmp_path, name, batch_size=4, max_steps=400, save_steps=1000)
     path.write_text(path.read_text() + "toy:\n  slow_ms: 30\n")
     proc = subprocess.Popen(
         [*LORAKIT, "train", "--config", str(path), "--num-processes", "2"],
-        env=toy_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**env, "LORAKIT_TEST_DUMP_RANKS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    metrics = tmp_path / "sig" / "metrics.jsonl"
+    metrics = tmp_path / name / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (
         not metrics.exists() or len(metrics.read_text().splitlines()) < 3
     ):
         time.sleep(0.1)
-    ranks = [
+    return proc
+
+
+def ranks_of(proc: subprocess.Popen) -> list:
+    import psutil
+
+    return [
         p
         for p in psutil.Process(proc.pid).children(recursive=True)
-        if "lorakit.cli" in " ".join(p.cmdline())
+        if "lorakit.cli" in p.cmdline() and "RANK" in p.environ()
     ]
+
+
+def assert_stopped_cleanly(
+    proc: subprocess.Popen, run: Path, family: list, code: int, agent_signalled: bool = False
+) -> None:
+    """Every rank stopped at the same step with one checkpoint there; nothing left running.
+
+    No traceback, except the one torch's launcher agent prints when it got the signal itself.
+    """
+    import json
+
+    try:
+        _, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the run did not stop after the signal")
+    assert proc.returncode == code, stderr[-3000:]
+    if agent_signalled:
+        assert "lorakit" not in "".join(stderr.partition("Traceback")[2:]), stderr[-3000:]
+    else:
+        assert "Traceback" not in stderr, stderr[-3000:]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted", record
+    steps = [len((run / f"rank{r}.losses").read_text().splitlines()) for r in (0, 1)]
+    assert steps[0] == steps[1] == record["steps"] < 400
+    checkpoints = list((run / "checkpoints").glob("step-*"))
+    assert [c.name for c in checkpoints] == [f"step-{record['steps']}"]
+    assert (checkpoints[0] / "trainer_state.json").exists()
+    assert not [p for p in family if p.is_running() and p.status() != "zombie"], "orphans"
+
+
+@pytest.mark.slow
+def test_a_signal_that_reaches_one_rank_stops_both_cleanly(tmp_path, toy_env):
+    import signal
+
+    proc = start_slow_run(tmp_path, toy_env, "sig")
+    ranks = ranks_of(proc)
     rank1 = [p for p in ranks if p.environ().get("RANK") == "1"]
     assert rank1, [p.cmdline() for p in ranks]
     rank1[0].send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the ranks hung after a signal reached only one of them")
-    checkpoints = list((tmp_path / "sig" / "checkpoints").glob("step-*"))
-    assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").exists()
+    assert_stopped_cleanly(proc, tmp_path / "sig", ranks, 130)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_to_the_launcher_is_forwarded_to_every_rank(tmp_path, toy_env, sig, code):
+    """``docker stop`` / ``kill PID`` (SIGTERM), Ctrl-C (SIGINT): one clean stop, no traceback."""
+    import signal
+
+    import psutil
+
+    proc = start_slow_run(tmp_path, toy_env, "launcher")
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(ranks_of(proc)) == 2
+    proc.send_signal(getattr(signal, sig))
+    assert_stopped_cleanly(proc, tmp_path / "launcher", family, code)
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_stops_once(tmp_path, toy_env):
+    """``scancel`` / ``pkill``: the launcher, accelerate's agent and both ranks get SIGTERM
+    (the ranks more than once): still one clean stop at one step."""
+    import signal
+
+    import psutil
+
+    proc = start_slow_run(tmp_path, toy_env, "all")
+    family = psutil.Process(proc.pid).children(recursive=True)
+    for p in [psutil.Process(proc.pid), *family]:
+        p.send_signal(signal.SIGTERM)
+    assert_stopped_cleanly(proc, tmp_path / "all", family, 143, agent_signalled=True)
 
 
 # -- the strategy matrix: every strategy against one DDP reference run -------------------------

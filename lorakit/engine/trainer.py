@@ -39,6 +39,7 @@ class RunResult:
     outputs: list[Path] = field(default_factory=list)
     interrupted: bool = False
     elapsed_s: float = 0.0
+    signal: int | None = None  # what stopped an interrupted run (on any process)
 
 
 def train(
@@ -57,11 +58,14 @@ def train(
     stream = batches(s.loader, s.sampler, s.accelerator, s.state.micro_batches)
     last_loss: float | None = None
     interrupted = False
+    stop = 0
     every_save, every_sample = config.train.save_steps, config.train.sample_every_n_steps
     t_start = time.perf_counter() - s.state.elapsed_s
     s.module.train()
-    try:
-        with _Interrupt() as interrupt:
+    # Signals are caught until the run has returned: a repeated SIGTERM arriving during the
+    # final checkpoint must not kill one rank while the other waits for it.
+    with _Interrupt() as interrupt:
+        try:
             while s.state.step < s.total:
                 metrics = train_step(s, stream)
                 s.state.elapsed_s = time.perf_counter() - t_start
@@ -72,21 +76,22 @@ def train(
                 step, more = s.state.step, s.state.step < s.total
                 if every_sample and step % every_sample == 0 and more and s.main:
                     s.backend.sample(s.ctx, step, s.out / "samples")
-                if _any_rank(s.accelerator, interrupt.signal is not None) and more:
+                stop = _stop_signal(s.accelerator, interrupt.signal)
+                if stop and more:
                     interrupted = True
                     break
                 if every_save and step % every_save == 0 and more:
                     checkpoint(s)
-    except BaseException as exc:
-        if s.main:
-            _update_record(s.out, status="failed", finished_at=now(), steps=s.state.step,
-                           error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-        raise
-    finally:
-        bar.close()
-        for tracker in s.trackers:
-            tracker.close()
-    return finish(s, interrupted, last_loss)
+        except BaseException as exc:
+            if s.main:
+                _update_record(s.out, status="failed", finished_at=now(), steps=s.state.step,
+                               error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            raise
+        finally:
+            bar.close()
+            for tracker in s.trackers:
+                tracker.close()
+        return finish(s, interrupted, last_loss, stop)
 
 
 def begin(s: Session) -> None:
@@ -143,7 +148,7 @@ def checkpoint(s: Session) -> Path:
     return path
 
 
-def finish(s: Session, interrupted: bool, last_loss: float | None) -> RunResult:
+def finish(s: Session, interrupted: bool, last_loss: float | None, stop: int = 0) -> RunResult:
     """Last checkpoint; when the run completed, the exports and samples too."""
     outputs: list[Path] = []
     path = checkpoint(s)
@@ -160,6 +165,7 @@ def finish(s: Session, interrupted: bool, last_loss: float | None) -> RunResult:
         _update_record(
             s.out, status="interrupted" if interrupted else "finished", finished_at=now(),
             steps=s.state.step, final_loss=last_loss, outputs=[str(p) for p in outputs],
+            signal=signal.Signals(stop).name if interrupted else None,
         )  # fmt: skip
     assert s.run is not None
     s.run.outputs = [str(p) for p in outputs]
@@ -168,7 +174,10 @@ def finish(s: Session, interrupted: bool, last_loss: float | None) -> RunResult:
             s.plugins.call("on_train_end", run=s.run, outputs=s.run.outputs)
     s.backend.teardown()
     s.accelerator.end_training()
-    return RunResult(s.out, s.state.step, last_loss, outputs, interrupted, s.state.elapsed_s)
+    return RunResult(
+        s.out, s.state.step, last_loss, outputs, interrupted, s.state.elapsed_s,
+        stop if interrupted else None,
+    )  # fmt: skip
 
 
 def _export(s: Session, folder: Path) -> list[Path]:
@@ -179,10 +188,17 @@ def _export(s: Session, folder: Path) -> list[Path]:
 
 
 class _Interrupt:
-    """SIGINT/SIGTERM → finish the current step, checkpoint, stop."""
+    """SIGINT/SIGTERM → finish the current step, checkpoint, stop.
+
+    The same signal often arrives more than once (a launcher forwards it, ``pkill`` or
+    ``scancel`` reaches every process, a job scheduler repeats it): repeats are not "stop
+    now". Only a second Ctrl-C a person presses (a SIGINT a second or more after the first)
+    stops at once, without a checkpoint.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._first = 0.0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupt:
@@ -192,9 +208,10 @@ class _Interrupt:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop now
+        if self.signal is None:
+            self.signal, self._first = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._first >= 1.0:
             raise KeyboardInterrupt
-        self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._old.items():
@@ -208,11 +225,11 @@ def _update_record(out: Path, **fields: Any) -> None:
     write_text(out / "run.json", json.dumps(record, indent=2))
 
 
-def _any_rank(accelerator: Any, flag: bool) -> bool:
-    """Whether ``flag`` is set on any process (a signal may reach only one rank)."""
+def _stop_signal(accelerator: Any, signum: int | None) -> int:
+    """The signal any process received (a signal may reach only one rank), or 0."""
     import torch
 
     if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor(1.0 if flag else 0.0, device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="sum") > 0)
+        return signum or 0
+    value = torch.tensor([float(signum or 0)], device=accelerator.device)
+    return int(accelerator.gather(value).max().item())
