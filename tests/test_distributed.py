@@ -72,6 +72,25 @@ def test_two_processes_agree_match_one_process_and_resume(tmp_path, toy_env):
         torch.testing.assert_close(resumed[key], r0[key], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
+def test_ranks_draw_their_own_noise_and_a_resume_restores_each(tmp_path, toy_env):
+    """Per-process randomness (dropout here) that a resume restores on every rank."""
+    keys = dict(batch_size=4, max_steps=8, save_steps=4, lora_dropout=0.3)
+    train(config(tmp_path, "whole", **keys), toy_env, "--num-processes", "2")
+    whole = tmp_path / "whole"
+    noise = [(whole / f"rank{r}.noise").read_text().splitlines() for r in (0, 1)]
+    assert len(noise[0]) == 8 and noise[0] != noise[1]
+
+    resumed = config(tmp_path, "resumed", **keys)
+    train(resumed, toy_env, "--num-processes", "2", "--resume", str(whole / "checkpoints/step-4"))
+    for r in (0, 1):
+        assert (tmp_path / "resumed" / f"rank{r}.noise").read_text().splitlines() == noise[r][4:]
+    a = load_file(str(whole / "rank0.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "rank0.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_launch_command_maps_options():
     args = ["train", "--config", "x.yaml", "--num-processes", "4", "--num-machines=2", "--resume"]
     assert strip_launch_options(args) == ["train", "--config", "x.yaml", "--resume"]

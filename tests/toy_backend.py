@@ -182,3 +182,7 @@ def on_step_end(run: Any, step: int, metrics: dict[str, float]) -> None:
         rank = int(os.environ.get("RANK", "0"))
         with open(run.output_dir / f"rank{rank}.losses", "a") as f:
             f.write(f"{metrics['loss']!r}\n")
+        import torch
+
+        with open(run.output_dir / f"rank{rank}.noise", "a") as f:  # this rank's next draw
+            f.write(f"{step} {torch.rand(()).item()!r}\n")

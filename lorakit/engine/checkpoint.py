@@ -7,6 +7,8 @@ A checkpoint holds only safetensors and JSON (nothing is unpickled on resume):
                             (DeepSpeed: optimizer/, its own per-rank partitions, pickled)
     scheduler.json          the LR scheduler's state
     rng.safetensors         torch CPU/CUDA generator states; rng.json python + numpy
+                            (rng-rankN.*: the same for process N > 0)
+    scaler.json             the fp16 GradScaler's state (loss scale), when there is one
     trainer_state.json      step, data position, elapsed time, config hash
 
 It is written to a temporary folder and renamed, so a kill at any moment leaves the
@@ -141,6 +143,14 @@ def save_checkpoint(
         strategy.save_optimizer(staging)
         accelerator.wait_for_everyone()
     optim = strategy.optimizer_state(optimizer)
+    # Every process's generators (each draws its own noise and dropout), gathered to the main.
+    rngs = _rng_state()
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rngs_all = gather_object([rngs])
+    else:
+        rngs_all = [rngs]
     with strategy.gathered():
         lora = {n: p.detach().clone().cpu() for n, p in strategy.trainable().items()}
         if main:
@@ -157,9 +167,13 @@ def save_checkpoint(
                 (tmp / "scheduler.json").write_text(
                     json.dumps(scheduler.state_dict(), default=_jsonable)
                 )
-                rng_tensors, rng_plain = _rng_state()
-                save_file(rng_tensors, str(tmp / "rng.safetensors"))
-                (tmp / "rng.json").write_text(json.dumps(rng_plain))
+                for rank, (rng_tensors, rng_plain) in enumerate(rngs_all):
+                    suffix = f"-rank{rank}" if rank else ""
+                    save_file(rng_tensors, str(tmp / f"rng{suffix}.safetensors"))
+                    (tmp / f"rng{suffix}.json").write_text(json.dumps(rng_plain))
+                scaler = getattr(accelerator, "scaler", None)
+                if scaler is not None:  # fp16: the loss scale reached, its growth tracker
+                    (tmp / "scaler.json").write_text(json.dumps(scaler.state_dict()))
                 if extra is not None:
                     extra(tmp)
                 # trainer_state.json last: its presence marks a whole checkpoint.
@@ -211,7 +225,13 @@ def load_checkpoint(path: Path, strategy: Any, optimizer: Any, scheduler: Any) -
         tensors = load_file(str(path / "optimizer.safetensors"))
         strategy.load_optimizer_state(optimizer, _join_optimizer_state(tensors, rest))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    scaler = getattr(strategy.accelerator, "scaler", None)
+    if scaler is not None and (path / "scaler.json").is_file():
+        scaler.load_state_dict(json.loads((path / "scaler.json").read_text()))
+    rank = strategy.accelerator.process_index
+    suffix = f"-rank{rank}" if rank else ""
     _set_rng_state(
-        load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text())
+        load_file(str(path / f"rng{suffix}.safetensors")),
+        json.loads((path / f"rng{suffix}.json").read_text()),
     )
     return state

@@ -193,6 +193,40 @@ def _scheduler(sched_spec: Any, optimizer: Any, total: int, config: Config) -> A
         ) from None
 
 
+def _lr_remaps(checkpoint: Path | None, total: int) -> list[list[int]]:
+    """The length changes a resumed run's schedule has seen, this one included."""
+    if checkpoint is None:
+        return []
+    saved = TrainerState.from_dict(json.loads((checkpoint / "trainer_state.json").read_text()))
+    remaps = [list(r) for r in saved.lr_remaps]
+    before = saved.total_steps or total
+    if before != total and saved.step < total:
+        remaps.append([saved.step, before, total])
+    return remaps
+
+
+def continue_schedule(scheduler: Any, remaps: list[list[int]]) -> None:
+    """Keep the LR continuous when a resume changes the run's length (epochs, max_steps).
+
+    The rule: the schedule is built for the original length; when a resume at step ``k``
+    changes the length from ``old`` to ``new``, the rest of it (steps ``k..old``) is
+    stretched or squeezed over the steps ``k..new``. The LR already reached stays, the
+    schedule still ends where it would have (0 for linear and cosine), and warmup done
+    stays done. Rebuilding the schedule for the new length would instead jump (linear
+    decay at half-way: 0.5 → 0.75 after doubling the length).
+    """
+    if not remaps or not hasattr(scheduler, "lr_lambdas"):
+        return
+
+    def remap(step: float) -> float:
+        for k, old, new in reversed(remaps):
+            if step > k:
+                step = k + (step - k) * (old - k) / (new - k)
+        return step
+
+    scheduler.lr_lambdas = [(lambda step, f=f: f(remap(step))) for f in scheduler.lr_lambdas]
+
+
 def total_steps(config: Config, per_epoch: int) -> int:
     cfg = config.train
     return cfg.max_steps or math.ceil(cfg.epochs * per_epoch / cfg.gradient_accumulation_steps)
@@ -252,13 +286,18 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         if len(loader) == 0:
             raise UsageError("the dataset yields no batches (fewer samples than processes?)")
         total = total_steps(config, len(loader))
-        scheduler = _scheduler(sched_spec, optimizer, total, config)
+        remaps = _lr_remaps(checkpoint, total)
+        scheduler = _scheduler(sched_spec, optimizer, remaps[0][1] if remaps else total, config)
+        continue_schedule(scheduler, remaps)
         module, optimizer = accelerator.prepare(module, optimizer)
         backend.set_train_module(module)
+        # The model was built alike on every process; from here each draws its own noise,
+        # timesteps and dropout (seed + process index), which checkpoints keep per process.
+        set_seed(cfg.seed, device_specific=True)
         strategy = Strategy.of(accelerator, module, cfg.distributed.strategy)
         state = TrainerState(
             config_hash=config.semantic_hash(), lorakit_version=__version__,
-            num_processes=accelerator.num_processes,
+            num_processes=accelerator.num_processes, total_steps=total,
         )  # fmt: skip
         session = Session(
             config=config, plugins=plugins, out=out, accelerator=accelerator, strategy=strategy,
@@ -269,6 +308,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         )  # fmt: skip
         if checkpoint is not None:
             resume_from(session, checkpoint)
+            session.state.total_steps, session.state.lr_remaps = total, remaps
     except BaseException:
         if created and accelerator.is_main_process:
             shutil.rmtree(out, ignore_errors=True)
@@ -285,3 +325,8 @@ def resume_from(s: Session, checkpoint: Path) -> None:
             f"{s.accelerator.num_processes} processes"
         )
     s.accelerator.print(f"resuming from {checkpoint} at step {s.state.step}")
+    if s.state.total_steps and s.state.total_steps != s.total:
+        s.accelerator.print(
+            f"the run's length changed from {s.state.total_steps} to {s.total} steps: the "
+            f"learning rate continues from where it was, the rest of the schedule is stretched"
+        )
