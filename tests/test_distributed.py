@@ -330,3 +330,36 @@ def test_strategy_trains_saves_and_resumes_like_ddp(tmp_path, toy_env, ddp_refer
         torch.testing.assert_close(again[key], exported[key], rtol=1e-6, atol=1e-7)
     tail = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
     assert [r["lr"] for r in tail] == [r["lr"] for r in ours[6:]]
+
+
+@pytest.mark.slow
+def test_two_machines_on_localhost_train_like_one_machine(tmp_path, toy_env, ddp_reference):
+    """--num-machines/--machine-rank/--main-process-ip: two "machines" of one process each."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = config(tmp_path, "nodes", batch_size=4, **MATRIX)
+    launch = [
+        "--num-processes", "1", "--num-machines", "2", "--main-process-ip", "127.0.0.1",
+        "--main-process-port", str(port),
+    ]  # fmt: skip
+    machines = [
+        subprocess.Popen(
+            [*LORAKIT, "train", "--config", str(path), *launch, "--machine-rank", str(rank)],
+            env={**toy_env, "LORAKIT_TEST_DUMP_RANKS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    for machine in machines:
+        _, stderr = machine.communicate(timeout=300)
+        assert machine.returncode == 0, stderr[-3000:]
+    run = tmp_path / "nodes"
+    assert (run / "rank0.json").read_text() == (run / "rank1.json").read_text() == "2"
+    ours, ref = lora_of(run), lora_of(ddp_reference)
+    for key in ref:
+        torch.testing.assert_close(ours[key], ref[key], rtol=1e-5, atol=1e-7)
