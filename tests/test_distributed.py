@@ -150,11 +150,12 @@ def test_deepspeed_without_the_package_is_a_usage_error(toy_plugins, tmp_path):
         accelerator_kwargs(cfg)
 
 
-def start_slow_run(tmp_path: Path, env: dict, name: str) -> subprocess.Popen:
+def start_slow_run(tmp_path: Path, env: dict, name: str, **keys) -> subprocess.Popen:
     """A two-process run with slow steps, once it has logged three of them."""
     import time
 
-    path = config(tmp_path, name, batch_size=4, max_steps=400, save_steps=1000)
+    keys = {"batch_size": 4, "max_steps": 400, "save_steps": 1000, **keys}
+    path = config(tmp_path, name, **keys)
     path.write_text(path.read_text() + "toy:\n  slow_ms: 30\n")
     proc = subprocess.Popen(
         [*LORAKIT, "train", "--config", str(path), "--num-processes", "2"],
@@ -234,6 +235,26 @@ def test_a_signal_to_the_launcher_is_forwarded_to_every_rank(tmp_path, toy_env, 
     assert len(ranks_of(proc)) == 2
     proc.send_signal(getattr(signal, sig))
     assert_stopped_cleanly(proc, tmp_path / "launcher", family, code)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["deepspeed_zero3", "fsdp"])
+def test_sharded_strategies_stop_gracefully(tmp_path, toy_env, strategy):
+    """SIGTERM to the launcher of a ZeRO-3 / FSDP run: the gathered checkpoint, exit 143."""
+    import signal
+
+    import psutil
+
+    if strategy.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    env = {**toy_env, "LORAKIT_TEST_FSDP_CPU": "1"} if strategy == "fsdp" else toy_env
+    proc = start_slow_run(tmp_path, env, "stop", distributed=f"{{strategy: {strategy}}}")
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    assert_stopped_cleanly(proc, tmp_path / "stop", family, 143)
+    checkpoint = next((tmp_path / "stop" / "checkpoints").glob("step-*"))
+    whole = load_file(str(checkpoint / "lora.safetensors"))
+    assert all(t.numel() > 0 for t in whole.values())
 
 
 @pytest.mark.slow
