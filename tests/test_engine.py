@@ -293,3 +293,36 @@ def test_the_fp16_loss_scale_is_checkpointed(tmp_path):
     fresh, strategy2, optimizer2, scheduler2 = parts(65536.0)
     load_checkpoint(path, strategy2, optimizer2, scheduler2)
     assert fresh.scaler.get_scale() == 96.0
+
+
+def test_auto_batch_size_halves_the_micro_batch_on_out_of_memory(toy_plugins, tmp_path):
+    """batch 8 runs out of memory (above 4): batch 4 × accumulation 2 from then on trains
+    exactly like a run set to it from the start, and a resume keeps that layout."""
+    keys = dict(max_steps=6, save_steps=3, lr_scheduler="cosine", lr_warmup_steps=2)
+    auto = run(
+        toy_plugins, tmp_path / "auto", batch_size=8, auto_batch_size=True, oom_above=4, **keys
+    )
+    fixed = run(
+        toy_plugins, tmp_path / "fixed", batch_size=4, gradient_accumulation_steps=2, **keys
+    )
+    for key, value in lora(fixed).items():
+        torch.testing.assert_close(lora(auto)[key], value, rtol=1e-6, atol=1e-7)
+    rows = read_metrics(auto.output_dir)
+    assert [r["lr"] for r in rows] == [r["lr"] for r in read_metrics(fixed.output_dir)]
+    record = json.loads((auto.output_dir / "run.json").read_text())
+    assert record["auto_batch_size"] == [
+        {"step": 1, "batch_size": 4, "gradient_accumulation_steps": 2}
+    ]
+    assert record["effective_batch"] == 8
+
+    # Resumed with the config as written (batch 8): the checkpoint's layout is used.
+    resumed = run(
+        toy_plugins, tmp_path / "resumed", resume=str(auto.output_dir / "checkpoints" / "step-3"),
+        batch_size=8, auto_batch_size=True, oom_above=4, train_data_dir=str(tmp_path / "auto"),
+        **keys,
+    )  # fmt: skip
+    for key, value in lora(auto).items():
+        torch.testing.assert_close(lora(resumed)[key], value, rtol=1e-6, atol=1e-7)
+
+    with pytest.raises(lorakit.errors.RunError, match="out of memory"):  # no auto: the error
+        run(toy_plugins, tmp_path / "plain", batch_size=8, oom_above=4, **keys)

@@ -43,6 +43,7 @@ class ToySection(BaseModel):
     hidden: int = 32
     slow_ms: float = 0.0  # sleep per step, to give kill tests a window
     head_lr: float | None = None  # the output layer's LoRA in its own parameter group
+    oom_above: int | None = None  # raise torch.OutOfMemoryError for larger micro-batches
 
 
 class ToyDataset:
@@ -114,6 +115,9 @@ class ToyBackend(Backend):
 
         if self.slow:
             time.sleep(self.slow)
+        limit = self.config.section.oom_above
+        if limit is not None and len(batch["x"]) > limit:
+            raise torch.OutOfMemoryError(f"toy: a micro-batch of {len(batch['x'])} > {limit}")
         pred = module(batch["x"])
         per_sample = torch.nn.functional.mse_loss(pred, batch["y"], reduction="none").mean(dim=1)
         return LossOutput(per_sample.sum(), samples=len(per_sample))

@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from lorakit import __version__
 from lorakit.backend import Backend, RunInfo, TrainContext
 from lorakit.config import Config
+from lorakit.engine import autobatch
 from lorakit.engine.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint
 from lorakit.engine.distributed import Strategy
 from lorakit.engine.sampler import EpochSampler
@@ -248,9 +249,11 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
     checkpoint = find_checkpoint(out, resume) if resume else None
     if checkpoint is not None:
         check_resume_config(config, checkpoint)
+        autobatch.restore_layout(config, checkpoint)
 
     accelerator = build_accelerator(config)
     try:
+        autobatch.check(config, accelerator.num_processes)
         opt_spec = registries.optimizers.get(cfg.optimizer)
         sched_spec = registries.schedulers.get(cfg.lr_scheduler)
         tracker_specs = [registries.trackers.get(n) for n in cfg.trackers]
@@ -298,6 +301,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         state = TrainerState(
             config_hash=config.semantic_hash(), lorakit_version=__version__,
             num_processes=accelerator.num_processes, total_steps=total,
+            batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         )  # fmt: skip
         session = Session(
             config=config, plugins=plugins, out=out, accelerator=accelerator, strategy=strategy,
@@ -309,6 +313,8 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         if checkpoint is not None:
             resume_from(session, checkpoint)
             session.state.total_steps, session.state.lr_remaps = total, remaps
+            session.state.batch_size = cfg.batch_size
+            session.state.gradient_accumulation_steps = cfg.gradient_accumulation_steps
     except BaseException:
         if created and accelerator.is_main_process:
             shutil.rmtree(out, ignore_errors=True)

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from lorakit.backend import Backend
 from lorakit.builtins.optimizers import effective_lr
 from lorakit.diagnostics.troubleshooting import OOM_LADDER
+from lorakit.engine import autobatch
 from lorakit.engine.sampler import EpochSampler
 from lorakit.errors import RunError
 
@@ -42,6 +43,9 @@ def train_step(s: Any, stream: Iterator[Any]) -> dict[str, float]:
     try:
         losses = forward_backward(s.backend, s.module, s.accelerator, window)
     except torch.OutOfMemoryError:
+        s.state.micro_batches -= s.accum  # the window is drawn again (auto_batch_size)
+        if autobatch.can_shrink(s):
+            raise
         raise RunError(f"out of memory at step {s.state.step + 1}: {OOM_LADDER}") from None
     grad_norm, lr = optimizer_step(s)
     s.state.step += 1

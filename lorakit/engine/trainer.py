@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lorakit.backend import RunInfo
 from lorakit.builtins.trackers import read_metrics
 from lorakit.config import Config
+from lorakit.engine import autobatch
 from lorakit.engine.checkpoint import save_checkpoint
 from lorakit.engine.lossplot import write_loss_plot
 from lorakit.engine.progress import TrainProgress
@@ -67,7 +70,11 @@ def train(
     with _Interrupt() as interrupt:
         try:
             while s.state.step < s.total:
-                metrics = train_step(s, stream)
+                try:
+                    metrics = train_step(s, stream)
+                except torch.OutOfMemoryError:  # raised only when auto_batch_size can act
+                    stream = autobatch.shrink(s)
+                    continue
                 s.state.elapsed_s = time.perf_counter() - t_start
                 metrics["elapsed_s"] = round(s.state.elapsed_s, 3)
                 last_loss = metrics["loss"]
@@ -227,8 +234,6 @@ def _update_record(out: Path, **fields: Any) -> None:
 
 def _stop_signal(accelerator: Any, signum: int | None) -> int:
     """The signal any process received (a signal may reach only one rank), or 0."""
-    import torch
-
     if accelerator.num_processes == 1:
         return signum or 0
     value = torch.tensor([float(signum or 0)], device=accelerator.device)
