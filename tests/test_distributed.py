@@ -104,6 +104,24 @@ def test_launch_command_maps_options():
     assert cmd[-5:] == ["lorakit.cli", "train", "--config", "x.yaml", "--resume"]
 
 
+def test_launch_command_per_strategy(toy_plugins, tmp_path):
+    from conftest import toy_config
+
+    def command(strategy, machines):
+        cfg = load_config(data=toy_config(tmp_path, distributed={"strategy": strategy}))
+        return launch_command(
+            ["train"], num_processes=8, num_machines=machines, config=cfg, cuda=True
+        )
+
+    zero3 = command("deepspeed_zero3", 2)
+    assert zero3[zero3.index("--zero_stage") + 1] == "3"
+    # Multi-node DeepSpeed starts each machine's processes with torchrun, not pdsh over ssh.
+    assert zero3[zero3.index("--deepspeed_multinode_launcher") + 1] == "standard"
+    assert "--deepspeed_multinode_launcher" not in command("deepspeed_zero2", 1)
+    fsdp = command("fsdp", 1)
+    assert fsdp[fsdp.index("--fsdp_version") + 1] == "2" and "--multi_gpu" not in fsdp
+
+
 @pytest.mark.parametrize(
     "strategy,key",
     [
