@@ -28,7 +28,11 @@ def toy_plugins():
 
 def toy_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    toy = {k: overrides.pop(k) for k in ("samples", "slow_ms", "head_lr") if k in overrides}
+    toy = {
+        k: overrides.pop(k)
+        for k in ("samples", "slow_ms", "head_lr", "oom_above")
+        if k in overrides
+    }
     data = {
         "task_type": "toy-regression",
         "base_model": "toy/mlp",
@@ -46,7 +50,7 @@ def toy_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def toy_env(tmp_path_factory) -> dict[str, str]:
     """Environment for subprocesses in which the toy backend is an installed plugin.
 

@@ -246,3 +246,83 @@ def test_sample_from_a_config_finds_the_runs_lora(toy_plugins, tmp_path):
         trained_loras(cfg)
     train(cfg, plugins=toy_plugins, progress=False)
     assert trained_loras(cfg) == [tmp_path / "run" / "run.lorakit.safetensors"]
+
+
+def test_a_longer_resume_keeps_the_learning_rate_continuous(toy_plugins, tmp_path):
+    """Doubling max_steps on resume stretches the rest of the schedule instead of jumping."""
+    first = run(toy_plugins, tmp_path / "a", max_steps=8, save_steps=4, lr_scheduler="linear")
+    lrs = [r["lr"] for r in read_metrics(first.output_dir)]
+    longer = run(
+        toy_plugins, tmp_path / "b", resume=str(first.output_dir / "checkpoints" / "step-4"),
+        max_steps=16, lr_scheduler="linear", train_data_dir=str(tmp_path / "a"),
+    )  # fmt: skip
+    tail = [r["lr"] for r in read_metrics(longer.output_dir)]
+    assert len(tail) == 12
+    assert tail[0] == pytest.approx(lrs[4])  # where the first run was: 0.5 of the peak
+    steps = [b - a for a, b in zip(tail, tail[1:], strict=False)]
+    assert all(d < 0 for d in steps) and max(steps) - min(steps) < 1e-9  # even, to 0
+    assert tail[-1] > 0
+    record = json.loads(
+        (longer.output_dir / "checkpoints" / "step-16" / "trainer_state.json").read_text()
+    )
+    assert record["total_steps"] == 16 and record["lr_remaps"] == [[4, 8, 16]]
+
+
+def test_the_fp16_loss_scale_is_checkpointed(tmp_path):
+    """The GradScaler's state (the loss scale reached) is saved and restored."""
+    from accelerate import Accelerator
+
+    from lorakit.engine.checkpoint import load_checkpoint, save_checkpoint
+    from lorakit.engine.distributed import Strategy
+    from lorakit.engine.state import TrainerState
+
+    def parts(scale):
+        accelerator = Accelerator(cpu=True)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        module = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.AdamW(module.parameters())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        return accelerator, Strategy("ddp", accelerator, module), optimizer, scheduler
+
+    accelerator, strategy, optimizer, scheduler = parts(1024.0)
+    accelerator.scaler.scale(torch.ones(()))  # the scale exists from the first use
+    accelerator.scaler.update(new_scale=96.0)
+    path = save_checkpoint(
+        tmp_path, TrainerState(step=3), strategy, optimizer, scheduler, keep=None
+    )
+    fresh, strategy2, optimizer2, scheduler2 = parts(65536.0)
+    load_checkpoint(path, strategy2, optimizer2, scheduler2)
+    assert fresh.scaler.get_scale() == 96.0
+
+
+def test_auto_batch_size_halves_the_micro_batch_on_out_of_memory(toy_plugins, tmp_path):
+    """batch 8 runs out of memory (above 4): batch 4 × accumulation 2 from then on trains
+    exactly like a run set to it from the start, and a resume keeps that layout."""
+    keys = dict(max_steps=6, save_steps=3, lr_scheduler="cosine", lr_warmup_steps=2)
+    auto = run(
+        toy_plugins, tmp_path / "auto", batch_size=8, auto_batch_size=True, oom_above=4, **keys
+    )
+    fixed = run(
+        toy_plugins, tmp_path / "fixed", batch_size=4, gradient_accumulation_steps=2, **keys
+    )
+    for key, value in lora(fixed).items():
+        torch.testing.assert_close(lora(auto)[key], value, rtol=1e-6, atol=1e-7)
+    rows = read_metrics(auto.output_dir)
+    assert [r["lr"] for r in rows] == [r["lr"] for r in read_metrics(fixed.output_dir)]
+    record = json.loads((auto.output_dir / "run.json").read_text())
+    assert record["auto_batch_size"] == [
+        {"step": 1, "batch_size": 4, "gradient_accumulation_steps": 2}
+    ]
+    assert record["effective_batch"] == 8
+
+    # Resumed with the config as written (batch 8): the checkpoint's layout is used.
+    resumed = run(
+        toy_plugins, tmp_path / "resumed", resume=str(auto.output_dir / "checkpoints" / "step-3"),
+        batch_size=8, auto_batch_size=True, oom_above=4, train_data_dir=str(tmp_path / "auto"),
+        **keys,
+    )  # fmt: skip
+    for key, value in lora(auto).items():
+        torch.testing.assert_close(lora(resumed)[key], value, rtol=1e-6, atol=1e-7)
+
+    with pytest.raises(lorakit.errors.RunError, match="out of memory"):  # no auto: the error
+        run(toy_plugins, tmp_path / "plain", batch_size=8, oom_above=4, **keys)

@@ -15,6 +15,25 @@ from lorakit.api import Backend, BackendSpec, LossOutput, ModelLoaderSpec, hooki
 LORAKIT_PLUGIN_API = 1
 
 
+def _fsdp_on_cpu() -> None:
+    """Test-only: accelerate turns FSDP on only when it sees a GPU-type device, and silently
+    trains unsharded, unsynchronised copies on CPU. With LORAKIT_TEST_FSDP_CPU set, its
+    backend set-up answers "gloo, multi-device" so FSDP2 really shards over two CPU processes
+    (the device itself comes from ACCELERATE_TORCH_DEVICE=cpu)."""
+    import os
+
+    if not os.environ.get("LORAKIT_TEST_FSDP_CPU") or os.environ.get("LOCAL_RANK") is None:
+        return
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+    PartialState._prepare_backend = lambda self, *a, **k: ("gloo", DistributedType.MULTI_GPU)
+
+
+_fsdp_on_cpu()
+
+
 class ToySection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     samples: int = 64
@@ -22,6 +41,7 @@ class ToySection(BaseModel):
     hidden: int = 32
     slow_ms: float = 0.0  # sleep per step, to give kill tests a window
     head_lr: float | None = None  # the output layer's LoRA in its own parameter group
+    oom_above: int | None = None  # raise torch.OutOfMemoryError for larger micro-batches
 
 
 class ToyDataset:
@@ -99,6 +119,9 @@ class ToyBackend(Backend):
 
         if self.slow:
             time.sleep(self.slow)
+        limit = self.config.section.oom_above
+        if limit is not None and len(batch["x"]) > limit:
+            raise torch.OutOfMemoryError(f"toy: a micro-batch of {len(batch['x'])} > {limit}")
         pred = module(batch["x"])
         per_sample = torch.nn.functional.mse_loss(pred, batch["y"], reduction="none").mean(dim=1)
         return LossOutput(per_sample.sum(), samples=len(per_sample))
@@ -140,3 +163,44 @@ def on_train_end(run: Any, outputs: list[str]) -> None:
     weights = {k: v.contiguous() for k, v in run.backend.lora_state_dict().items()}
     save_file(weights, str(run.output_dir / f"rank{rank}.safetensors"))
     (run.output_dir / f"rank{rank}.json").write_text(str(run.num_processes))
+
+
+def _local_numel(param: Any) -> int:
+    """Elements this process holds: a ZeRO-3 shard, a DTensor's local part, or all."""
+    if hasattr(param, "ds_tensor"):
+        return int(param.ds_tensor.numel())
+    if hasattr(param, "to_local"):
+        return int(param.to_local().numel())
+    return int(param.numel())
+
+
+@hookimpl
+def on_train_start(run: Any) -> None:
+    """With LORAKIT_TEST_DUMP_RANKS set, every process records how much of the LoRA it holds
+    (sharding tests) and the losses it logs."""
+    import json
+    import os
+
+    if not os.environ.get("LORAKIT_TEST_DUMP_RANKS"):
+        return
+    rank = int(os.environ.get("RANK", "0"))
+    params = [p for p in run.backend.model.parameters() if p.requires_grad]
+    full = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
+    local = sum(_local_numel(p) for p in params)
+    shard = {"local": local, "full": full}
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    (run.output_dir / f"rank{rank}.shard.json").write_text(json.dumps(shard))
+
+
+@hookimpl
+def on_step_end(run: Any, step: int, metrics: dict[str, float]) -> None:
+    import os
+
+    if os.environ.get("LORAKIT_TEST_DUMP_RANKS"):
+        rank = int(os.environ.get("RANK", "0"))
+        with open(run.output_dir / f"rank{rank}.losses", "a") as f:
+            f.write(f"{metrics['loss']!r}\n")
+        import torch
+
+        with open(run.output_dir / f"rank{rank}.noise", "a") as f:  # this rank's next draw
+            f.write(f"{step} {torch.rand(()).item()!r}\n")

@@ -69,7 +69,10 @@ def register(app: typer.Typer) -> None:
 
         result = run_training(cfg, resume=resume, progress=not no_progress)
         if result.interrupted:
-            raise typer.Exit(130)
+            # Under lorakit's launcher a rank that stopped cleanly exits 0 (so accelerate
+            # does not report a failed worker); the launcher then exits 128 + signal.
+            launched = os.environ.get("LORAKIT_LAUNCHED") == "1"
+            raise typer.Exit(0 if launched else 128 + (result.signal or 2))
         if os.environ.get("LOCAL_RANK", "0") == "0":
             from rich.console import Console
 

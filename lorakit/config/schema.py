@@ -76,6 +76,11 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = Field(
         1, gt=0, description="Micro-batches per optimizer step."
     )
+    auto_batch_size: bool = Field(
+        False,
+        description="Out of memory in the first steps: halve batch_size, double "
+        "gradient_accumulation_steps (same effective batch and schedule), retry. One process.",
+    )
     epochs: int = Field(1, gt=0, description="Passes over the data (unless max_steps).")
     max_steps: int | None = Field(
         None, gt=0, description="Optimizer steps to run; overrides epochs."
@@ -170,7 +175,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "trackers",
         "sample_prompts", "sample_every_n_steps", "output_dir", "output_name", "num_workers",
-        "export_formats", "config_version", "mixed_precision", "model_loader",
+        "export_formats", "config_version", "mixed_precision", "model_loader", "auto_batch_size",
     }
 )  # fmt: skip
 

@@ -4,8 +4,11 @@ A checkpoint holds only safetensors and JSON (nothing is unpickled on resume):
 
     lora.safetensors        the trainable tensors, by parameter name
     optimizer.safetensors   optimizer state tensors; optimizer.json the rest
+                            (DeepSpeed: optimizer/, its own per-rank partitions, pickled)
     scheduler.json          the LR scheduler's state
     rng.safetensors         torch CPU/CUDA generator states; rng.json python + numpy
+                            (rng-rankN.*: the same for process N > 0)
+    scaler.json             the fp16 GradScaler's state (loss scale), when there is one
     trainer_state.json      step, data position, elapsed time, config hash
 
 It is written to a temporary folder and renamed, so a kill at any moment leaves the
@@ -73,10 +76,14 @@ def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tenso
 
 
 def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in rest["state"].items()}
+    # Parameters are numbered (torch) or named (a whole FSDP state dict).
+    def key_of(index: str) -> int | str:
+        return int(index) if index.isdigit() else index
+
+    state: dict[Any, dict[str, Any]] = {key_of(k): dict(v) for k, v in rest["state"].items()}
     for name, tensor in tensors.items():
-        index, key = name.split("/", 1)
-        state.setdefault(int(index), {})[key] = tensor
+        index, key = name.rsplit("/", 1)
+        state.setdefault(key_of(index), {})[key] = tensor
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
@@ -112,29 +119,66 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> N
 def save_checkpoint(
     output_dir: Path,
     state: TrainerState,
-    lora: dict[str, torch.Tensor],
+    strategy: Any,
     optimizer: Any,
     scheduler: Any,
     *,
     keep: int | None,
     extra: Any = None,
 ) -> Path:
-    """Write ``checkpoints/step-N`` atomically; ``extra(folder)`` may add files first."""
+    """Write ``checkpoints/step-N`` atomically; ``extra(folder)`` may add files first.
+
+    Called on every process: the LoRA and optimizer state are gathered from all of them
+    (or, under DeepSpeed, each writes its own optimizer partition into a staging folder);
+    the main process writes the rest and renames the whole into place.
+    """
     path = Path(output_dir) / "checkpoints" / f"step-{state.step}"
-    with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
-        tensors, rest = _split_optimizer_state(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(rest, default=_jsonable))
-        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), default=_jsonable))
-        rng_tensors, rng_plain = _rng_state()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        (tmp / "rng.json").write_text(json.dumps(rng_plain))
-        if extra is not None:
-            extra(tmp)
-        # trainer_state.json last: its presence marks a whole checkpoint.
-        (tmp / "trainer_state.json").write_text(json.dumps(state.to_dict(), indent=2))
-    prune_checkpoints(output_dir, keep)
+    accelerator = strategy.accelerator
+    main = accelerator.is_main_process
+    staging = path.with_name(f".{path.name}.zero")
+    if strategy.kind == "deepspeed":
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        strategy.save_optimizer(staging)
+        accelerator.wait_for_everyone()
+    optim = strategy.optimizer_state(optimizer)
+    # Every process's generators (each draws its own noise and dropout), gathered to the main.
+    rngs = _rng_state()
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rngs_all = gather_object([rngs])
+    else:
+        rngs_all = [rngs]
+    with strategy.gathered():
+        lora = {n: p.detach().clone().cpu() for n, p in strategy.trainable().items()}
+        if main:
+            with atomic_dir(path) as tmp:
+                save_file(
+                    {k: v.contiguous() for k, v in lora.items()}, str(tmp / "lora.safetensors")
+                )
+                if optim is not None:
+                    tensors, rest = _split_optimizer_state(optim)
+                    save_file(tensors, str(tmp / "optimizer.safetensors"))
+                    (tmp / "optimizer.json").write_text(json.dumps(rest, default=_jsonable))
+                else:
+                    os.replace(staging, tmp / "optimizer")
+                (tmp / "scheduler.json").write_text(
+                    json.dumps(scheduler.state_dict(), default=_jsonable)
+                )
+                for rank, (rng_tensors, rng_plain) in enumerate(rngs_all):
+                    suffix = f"-rank{rank}" if rank else ""
+                    save_file(rng_tensors, str(tmp / f"rng{suffix}.safetensors"))
+                    (tmp / f"rng{suffix}.json").write_text(json.dumps(rng_plain))
+                scaler = getattr(accelerator, "scaler", None)
+                if scaler is not None:  # fp16: the loss scale reached, its growth tracker
+                    (tmp / "scaler.json").write_text(json.dumps(scaler.state_dict()))
+                if extra is not None:
+                    extra(tmp)
+                # trainer_state.json last: its presence marks a whole checkpoint.
+                (tmp / "trainer_state.json").write_text(json.dumps(state.to_dict(), indent=2))
+            prune_checkpoints(output_dir, keep)
     return path
 
 
@@ -164,31 +208,30 @@ def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
         shutil.rmtree(doomed, ignore_errors=True)
 
 
-def load_checkpoint(
-    path: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any
-) -> TrainerState:
+def load_checkpoint(path: Path, strategy: Any, optimizer: Any, scheduler: Any) -> TrainerState:
     """Restore LoRA tensors, optimizer, scheduler and RNG states; return the position."""
     state = TrainerState.from_dict(json.loads((path / "trainer_state.json").read_text()))
-    lora = load_file(str(path / "lora.safetensors"))
-    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
-    missing = sorted(set(params) - set(lora))
-    unexpected = sorted(set(lora) - set(params))
-    if missing or unexpected:
-        names = ", ".join((missing or unexpected)[:3])
-        raise UsageError(f"checkpoint {path} does not fit this model (tensors differ: {names})")
-    with torch.no_grad():
-        for name, param in params.items():
-            if param.shape != lora[name].shape:
-                raise UsageError(
-                    f"checkpoint {path}: {name} has shape {tuple(lora[name].shape)}, "
-                    f"the model expects {tuple(param.shape)}"
-                )
-            param.copy_(lora[name])
-    rest = json.loads((path / "optimizer.json").read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(_join_optimizer_state(tensors, rest))
+    strategy.load_lora(load_file(str(path / "lora.safetensors")), path)
+    if (path / "optimizer").is_dir():
+        if strategy.kind != "deepspeed":
+            raise UsageError(
+                f"checkpoint {path} was written by DeepSpeed: resume it with DeepSpeed"
+            )
+        strategy.load_optimizer(path / "optimizer")
+    elif strategy.kind == "deepspeed":
+        raise UsageError(f"checkpoint {path} was not written by DeepSpeed: resume it without")
+    else:
+        rest = json.loads((path / "optimizer.json").read_text())
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        strategy.load_optimizer_state(optimizer, _join_optimizer_state(tensors, rest))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    scaler = getattr(strategy.accelerator, "scaler", None)
+    if scaler is not None and (path / "scaler.json").is_file():
+        scaler.load_state_dict(json.loads((path / "scaler.json").read_text()))
+    rank = strategy.accelerator.process_index
+    suffix = f"-rank{rank}" if rank else ""
     _set_rng_state(
-        load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text())
+        load_file(str(path / f"rng{suffix}.safetensors")),
+        json.loads((path / f"rng{suffix}.json").read_text()),
     )
     return state

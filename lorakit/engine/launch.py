@@ -7,9 +7,13 @@ train ...`` or ``torchrun -m lorakit.cli train ...`` by hand works the same way.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 LAUNCH_OPTIONS = {
@@ -52,8 +56,10 @@ def launch_command(
     strategy = config.train.distributed.strategy if config is not None else "ddp"
     if strategy.startswith("deepspeed"):
         cmd += ["--use_deepspeed", "--zero_stage", "3" if strategy.endswith("3") else "2"]
+        if num_machines > 1:  # torchrun on every machine, as for DDP (not pdsh over ssh)
+            cmd += ["--deepspeed_multinode_launcher", "standard"]
     elif strategy == "fsdp":
-        cmd += ["--use_fsdp"]
+        cmd += ["--use_fsdp", "--fsdp_version", "2"]
     else:
         cmd += ["--multi_gpu"]
     cmd += [
@@ -69,15 +75,68 @@ def launch_command(
 
 
 def launch(args: list[str], **kwargs: Any) -> int:
+    """Run the ranks under ``accelerate launch``; forward stop signals to them.
+
+    The launch runs in its own session, so a terminal's Ctrl-C reaches this process only;
+    SIGINT, SIGTERM and SIGHUP (``docker stop``, ``kill``, Kubernetes, a closed terminal) are
+    passed on to every rank, which finish the step, checkpoint and exit cleanly. The exit
+    status is then 128 + the signal, as if the run had been one process.
+    """
     import torch
 
     cuda = torch.cuda.is_available()
     cmd = launch_command(args, cuda=cuda, **kwargs)
-    env = dict(os.environ)
+    env = {**os.environ, "LORAKIT_LAUNCHED": "1"}
+    config = kwargs.get("config")
+    ddp = config is None or config.train.distributed.strategy == "ddp"
     if not cuda:
-        env["ACCELERATE_USE_CPU"] = "true"
+        if ddp:  # DeepSpeed and FSDP bring their own CPU set-up (gloo, see distributed.py)
+            env["ACCELERATE_USE_CPU"] = "true"
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it found no GPU
         # accelerate sets OMP_NUM_THREADS=1 without a config; share the cores instead.
         env.setdefault(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // kwargs["num_processes"]))
         )
-    return subprocess.call(cmd, env=env)
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        sig = signal.SIGTERM if signum == signal.SIGHUP else signum
+        for rank in _ranks(child.pid):
+            with contextlib.suppress(OSError):
+                os.kill(rank, sig)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if child.poll() is None:  # this process is being torn down: leave no orphans
+            os.killpg(child.pid, signal.SIGKILL)
+    # Ranks that stopped on a signal exit 0; accelerate's agent, when it got the signal too
+    # (scancel, pkill), exits 1 after they did.
+    if (code == 0 or received) and config is not None:
+        record = Path(config.train.output_dir) / "run.json"
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(record.read_text())
+            if data.get("status") == "interrupted":
+                return 128 + int(getattr(signal.Signals, data.get("signal") or "SIGINT"))
+    return code
+
+
+def _ranks(launcher: int) -> list[int]:
+    """The rank processes under the accelerate launcher ``launcher`` (not its agent)."""
+    import psutil
+
+    try:
+        children = psutil.Process(launcher).children(recursive=True)
+    except psutil.Error:
+        return []
+    ranks = []
+    for proc in children:
+        with contextlib.suppress(psutil.Error):
+            if "lorakit.cli" in proc.cmdline() and "LOCAL_RANK" in proc.environ():
+                ranks.append(proc.pid)
+    return ranks

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -16,6 +16,11 @@ class TrainerState:
     config_hash: str = ""
     lorakit_version: str = ""
     num_processes: int = 1
+    total_steps: int = 0  # the run's length when this was saved
+    batch_size: int = 0  # the micro-batch layout in use (auto_batch_size may shrink it)
+    gradient_accumulation_steps: int = 0
+    # [step, old total, new total] for each resume that changed the length (see schedule)
+    lr_remaps: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
