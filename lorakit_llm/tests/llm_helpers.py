@@ -61,3 +61,23 @@ def make_backend(assets: dict[str, Path], output: Path, **overrides: Any) -> tup
     backend.setup(ctx)
     dataset = backend.dataset(ctx)
     return backend, ctx, dataset
+
+
+def cli(*args: str) -> int:
+    """Run the lorakit CLI in-process; its exit code."""
+    import lorakit.cli
+
+    # The CLI builds its command tree once per process, maybe before lorakit-llm was loaded.
+    if not any(
+        c.callback and c.callback.__name__ == "chat" for c in lorakit.cli.app.registered_commands
+    ):
+        from lorakit_llm.chat import register
+
+        register(lorakit.cli.app)
+    from lorakit.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

@@ -9,29 +9,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from llm_helpers import llm_config, probe_ids
+from llm_helpers import cli, llm_config, probe_ids
 
-from lorakit.cli import main
 from lorakit.errors import UsageError
 from lorakit.testing import one_thread
-
-
-def cli(*args: str) -> int:
-    """Run the lorakit CLI in-process; its exit code."""
-    import lorakit.cli
-
-    # The CLI builds its command tree once per process, maybe before lorakit-llm was loaded.
-    if not any(
-        c.callback and c.callback.__name__ == "chat" for c in lorakit.cli.app.registered_commands
-    ):
-        from lorakit_llm.chat import register
-
-        register(lorakit.cli.app)
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def logits_of(model: Any, ids: torch.Tensor) -> torch.Tensor:
