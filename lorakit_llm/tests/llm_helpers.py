@@ -40,8 +40,13 @@ def probe_ids(model_dir: Path) -> Any:
     return tokenizer(PROBE, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
 
-def make_backend(assets: dict[str, Path], output: Path, **overrides: Any) -> tuple[Any, Any, Any]:
-    """``(backend, ctx, dataset)`` set up outside the engine, as the engine would."""
+def make_backend(
+    assets: dict[str, Path], output: Path, *, log: list[str] | None = None, **overrides: Any
+) -> tuple[Any, Any, Any]:
+    """``(backend, ctx, dataset)`` set up outside the engine, as the engine would.
+
+    ``log`` collects what the backend prints to the run's header.
+    """
     import torch
     from accelerate import Accelerator
     from lorakit_llm.backend import LLMBackend
@@ -54,7 +59,7 @@ def make_backend(assets: dict[str, Path], output: Path, **overrides: Any) -> tup
     ctx = TrainContext(
         config=config, accelerator=Accelerator(cpu=True), output_dir=output,
         cache_dir=output / "cache", registries=get_registries(), weight_dtype=torch.float32,
-        log=lambda *a: None,
+        log=(lambda *a: log.append(" ".join(map(str, a)))) if log is not None else lambda *a: None,
     )  # fmt: skip
     torch.manual_seed(0)
     backend = LLMBackend(config)

@@ -45,8 +45,9 @@ def test_modules_to_save_lets_it_overfit(assets: dict[str, Path], tmp_path: Path
     from lorakit.config import load_config
     from lorakit.engine import train
 
+    # 30 steps of 16 examples: about three passes over the 150 pairs.
     data = llm_config(assets, tmp_path / "run", target_modules="all-linear", max_steps=30,
-                      learning_rate=1e-2, llm={"modules_to_save": ["lm_head"]})  # fmt: skip
+                      batch_size=16, learning_rate=1e-2, llm={"modules_to_save": ["lm_head"]})  # fmt: skip
     result = train(load_config(data=data), progress=False)
     losses = [json.loads(x)["loss"] for x in (result.output_dir / "metrics.jsonl").open()]
     assert sum(losses[-5:]) / 5 < 3.0 < losses[0], losses

@@ -53,6 +53,7 @@ def save_adapter(
         "llm": {
             "dataset_format": metadata.get("lorakit.llm.dataset_format"),
             "chat_template": metadata.get("lorakit.llm.chat_template"),
+            "system_prompt": metadata.get("lorakit.llm.system_prompt"),
         },
         "plugins": json.loads(metadata.get("lorakit.plugins", "{}")),
         "config": json.loads(metadata["lorakit.config"]) if "lorakit.config" in metadata else None,
@@ -152,8 +153,7 @@ def sample_command(
     """``lorakit sample``: greedy answers for ``prompts``, printed and written to a file."""
     import torch
 
-    from lorakit_llm.chat_templates import resolve_template
-    from lorakit_llm.generate import adapter_format, adapter_template, combine_adapters, generate
+    from lorakit_llm.generate import adapter_style, combine_adapters, generate, with_system
     from lorakit_llm.section import LLMSection
 
     section = (config.sections.get("llm") if config is not None else None) or LLMSection()
@@ -166,17 +166,13 @@ def sample_command(
     model, tokenizer, refs = load_for_inference(base, loras)
     if len(refs) > 1:
         combine_adapters(model, refs)
-    saved = adapter_template(refs[0].path) if refs else None
-    if section.chat_template is None and saved:
-        template: str | None = saved
-    else:
-        template, _ = resolve_template(section.chat_template, tokenizer)
-    if refs and adapter_format(refs[0].path) in ("prompt_completion", "text"):
-        template = None
+    # Prompted as the (first) adapter was trained: its template, format and system prompt.
+    style = adapter_style(refs[0].path if refs else None, tokenizer, section.chat_template,
+                          section.system_prompt)  # fmt: skip
     blocks = []
     for prompt in prompts:
         answer = generate(
-            model, tokenizer, [{"role": "user", "content": prompt}], template=template,
+            model, tokenizer, with_system(style, prompt), template=style.template,
             max_new_tokens=steps or section.sample_max_new_tokens,
         )  # fmt: skip
         print(f"### {prompt}\n{answer}\n")

@@ -240,12 +240,14 @@ def write_samples(
     *,
     template: str | None,
     max_new_tokens: int,
+    system: str | None = None,
 ) -> Path:
     """Generate for every prompt and write ``### prompt`` / answer blocks to ``path``."""
     blocks = []
+    style = PromptStyle(template, system)
     for prompt in prompts:
         answer = generate(
-            model, tokenizer, [{"role": "user", "content": prompt}],
+            model, tokenizer, with_system(style, prompt),
             template=template, max_new_tokens=max_new_tokens,
         )  # fmt: skip
         blocks.append(f"### {prompt}\n{answer}\n")
@@ -259,10 +261,46 @@ def adapter_template(path: Path) -> str | None:
     return file.read_text(encoding="utf-8") if file.is_file() else None
 
 
-def adapter_format(path: Path) -> str | None:
-    """The dataset format an adapter was trained on (from its lorakit.json), if known."""
-    file = path / "lorakit.json"
+def adapter_record(path: Path) -> dict[str, Any]:
+    """The ``llm`` part of an adapter's ``lorakit.json`` (empty when unknown)."""
     try:
-        return json.loads(file.read_text())["llm"]["dataset_format"]
+        record = json.loads((path / "lorakit.json").read_text())["llm"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+@dataclass
+class PromptStyle:
+    """How to prompt a model: a chat template (None: the raw prompt text) and a system message."""
+
+    template: str | None
+    system: str | None = None
+
+
+def adapter_style(
+    path: Path | None, tokenizer: Any, chat_template: str | None = None, system: str | None = None
+) -> PromptStyle:
+    """The prompt an adapter was trained with: its saved template (raw text for
+    ``prompt_completion`` / ``text`` data) and its system prompt. ``chat_template`` and
+    ``system`` given by the user win; ``path`` None is the base model alone."""
+    from lorakit_llm.chat_templates import resolve_template
+
+    saved = adapter_template(path) if path is not None else None
+    template: str | None
+    if chat_template is None and saved:
+        template = saved
+    else:
+        template, _ = resolve_template(chat_template, tokenizer)
+    record = adapter_record(path) if path is not None else {}
+    if record.get("dataset_format") in ("prompt_completion", "text"):
+        template = None  # trained on raw text: prompt it the same way
+    if system is None:
+        system = record.get("system_prompt") or None
+    return PromptStyle(template, system)
+
+
+def with_system(style: PromptStyle, prompt: str) -> list[dict[str, str]]:
+    """The messages for one prompt: the style's system message (chat templates only) first."""
+    system = [{"role": "system", "content": style.system}] if style.system else []
+    return [*(system if style.template is not None else []), {"role": "user", "content": prompt}]

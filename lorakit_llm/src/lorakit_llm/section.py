@@ -21,12 +21,14 @@ class LLMSection(BaseModel):
     )
     packing: bool = Field(
         True,
-        description="Pack several rows into one sequence of max_seq_len (no attention "
-        "across rows); false: length-grouped padded batches.",
+        description="Lay each batch (batch_size examples) out without padding: examples "
+        "packed into rows no longer than the batch's longest (one row on flash attention), "
+        "no attention across examples; false: length-grouped padded batches.",
     )
     chat_template: str | None = Field(
         None,
-        description="null: the model's own template (chatml if it has none); a name "
+        description="null: the model's own template (alpaca with its BOS/EOS if it has "
+        "none; the 'default' one of several); a name "
         "(chatml, llama2, alpaca, zephyr), a Jinja template, or a .jinja file.",
     )
     train_on_inputs: bool = Field(
