@@ -280,3 +280,58 @@ def test_an_adapter_for_another_base_is_refused_with_the_module_names(
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "shapes do not fit" in err and "self_attn.q_proj.lora_A" in err
+
+
+def test_each_adapter_is_prompted_as_it_was_trained(
+    trained: dict[str, Any], assets: dict[str, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Two adapters on one base: the first trained with the model's template, the second with
+    chatml and a system prompt, a third on raw prompt/completion text. chat and sample prompt
+    each one as it was trained, also after /use."""
+    from lorakit_llm.chat_session import ChatSession
+    from lorakit_llm.chat_templates import CHATML
+    from lorakit_llm.generate import AdapterRef, generate, load_adapters
+    from lorakit_llm.testing import write_qa_jsonl
+
+    from lorakit.config import load_config
+    from lorakit.engine import train
+
+    system = "Answer with one word."
+    chatml = train(load_config(data=llm_config(
+        assets, tmp_path / "chatml", max_steps=2, llm={"chat_template": "chatml",
+                                                       "system_prompt": system})),
+        progress=False).output_dir  # fmt: skip
+    raw_data = write_qa_jsonl(tmp_path / "pc" / "train.jsonl", 20, fmt="prompt_completion")
+    raw = train(load_config(data=llm_config(
+        assets, tmp_path / "raw", max_steps=2, train_data_dir=str(raw_data))),
+        progress=False).output_dir  # fmt: skip
+    record = json.loads((chatml / "adapter" / "lorakit.json").read_text())
+    assert record["llm"]["system_prompt"] == system
+
+    session = ChatSession.open(
+        str(assets["model"]),
+        [(f"own={trained['output']}", 1.0), (f"chatml={chatml}", 1.0), (f"raw={raw}", 1.0)],
+        max_new_tokens=6,
+    )
+    own_template = _template(trained["output"])
+    assert session.template == own_template and session.system is None
+    session.use("chatml")
+    assert session.template == CHATML and session.system == system
+    question = "What is the capital of France?"
+    only = load_adapters(base_model(assets["model"]), [AdapterRef("c", chatml / "adapter")])
+    expected = generate(only, _tokenizer(assets), [{"role": "system", "content": system},
+                        {"role": "user", "content": question}], template=CHATML,
+                        max_new_tokens=6)  # fmt: skip
+    assert session.ask(question) == expected
+    session.use("raw")
+    assert session.template is None and session.system is None and session.history == []
+    session.use("own")
+    assert session.template == own_template
+
+    # lorakit sample: the chatml adapter gets its template and its system prompt.
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli("sample", "--base", assets["model"], "--adapter", chatml, "-p", question,
+               "-o", tmp_path / "s", "--steps", "6") == 0  # fmt: skip
+    assert (tmp_path / "s" / "samples.txt").read_text().strip() == f"### {question}\n{expected}"
