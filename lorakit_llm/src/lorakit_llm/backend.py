@@ -18,7 +18,7 @@ from lorakit.api import Backend, Config, DataError, LossOutput, TrainContext, Us
 from lorakit_llm.chat_templates import resolve_template
 from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset
 from lorakit_llm.data import target_count as _target_count
-from lorakit_llm.loading import load_model, load_tokenizer, resolve_base, torch_dtype
+from lorakit_llm.loading import loader_for, torch_dtype
 from lorakit_llm.section import LLMSection
 from lorakit_llm.tokenize import (
     IGNORE,
@@ -193,8 +193,7 @@ class LLMBackend(Backend):
         super().__init__(config)
         section = config.section if isinstance(config.section, LLMSection) else LLMSection()
         self.section = section
-        # Refuse a GGML file, an adapter folder, a stray file ... before anything loads.
-        self.source = resolve_base(config.train.base_model)
+        self.loader: Any = None
         self.model: Any = None
         self.tokenizer: Any = None
         self.template = ""
@@ -215,9 +214,21 @@ class LLMBackend(Backend):
             return torch.bfloat16 if bf16 else torch.float16
         return ctx.weight_dtype
 
+    def _loader(self, registries: Any) -> Any:
+        """The model loader for ``base_model``; it refuses a GGML file, an adapter folder, a
+        stray weights file ... here, before anything loads."""
+        if self.loader is None:
+            base = self.config.train.base_model
+            loader = loader_for(base, self.section.model_loader, registries)
+            loader.load(base, check=True)
+            self.loader = loader
+        return self.loader
+
     def validate(self, ctx: TrainContext) -> None:
-        """Read the data before the model loads, so a broken line fails in a second."""
+        """Check the base and read the data before the model loads: a broken line fails in a
+        second."""
         train = self.config.train
+        self._loader(ctx.registries)
         self.reader_name, reader = self._reader(ctx.registries)
         self.records = reader.factory(
             train.train_data_dir, system_prompt=self.section.system_prompt
@@ -229,13 +240,12 @@ class LLMBackend(Backend):
         from peft import get_peft_model
 
         section, train = self.section, self.config.train
-        self.tokenizer = load_tokenizer(self.source)
-        self.template, self.template_name = resolve_template(section.chat_template, self.tokenizer)
-        self.tokenizer.chat_template = self.template
-        model = load_model(
-            self.source, dtype=self._dtype(ctx), load_in_4bit=section.load_in_4bit,
+        model, self.tokenizer = self._loader(ctx.registries).load(
+            train.base_model, dtype=self._dtype(ctx), load_in_4bit=section.load_in_4bit,
             attn_implementation=section.attn_implementation, device=ctx.accelerator.device,
         )  # fmt: skip
+        self.template, self.template_name = resolve_template(section.chat_template, self.tokenizer)
+        self.tokenizer.chat_template = self.template
         model.config.use_cache = False
         gc_kwargs = {"use_reentrant": False}
         if section.load_in_4bit:
@@ -267,7 +277,10 @@ class LLMBackend(Backend):
             text = str(exc).splitlines()[0]
             raise UsageError(f"target_modules: {text} (try target_modules: all-linear)") from None
         trainable, total = self.model.get_nb_trainable_parameters()
-        ctx.log(f"llm: {trainable:,} trainable of {total:,} parameters ({self.source.label})")
+        ctx.log(
+            f"llm: {trainable:,} trainable of {total:,} parameters ({train.base_model}, "
+            f"loader {self.loader.name})"
+        )
 
     def trainable_module(self) -> torch.nn.Module:
         return self.model

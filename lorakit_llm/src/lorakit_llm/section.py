@@ -16,6 +16,10 @@ class LLMSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model_loader: str | None = Field(
+        None,
+        description="Model loader for base_model (hf, gguf or a plugin's); null: detected.",
+    )
     max_seq_len: int = Field(
         2048, gt=8, description="Longest sequence in tokens; longer rows are truncated."
     )
