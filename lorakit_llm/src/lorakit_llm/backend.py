@@ -307,7 +307,7 @@ class LLMBackend(Backend):
             if spec.modality == "text" and spec.detect is not None and spec.detect(path):
                 return candidate, spec
         raise DataError(
-            "cannot tell the data format (expected JSONL with question/answer, prompt/"
+            "cannot tell the data format (expected JSONL, a JSON array or CSV with question/answer, prompt/"
             "completion, instruction/output, messages or text keys, or .txt files); "
             "set llm.dataset_format",
             where=path,
