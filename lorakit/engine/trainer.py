@@ -392,7 +392,11 @@ def train(
                         f"loss is {last_loss} at step {state.step}: lower learning_rate, "
                         f"check the data, or use mixed_precision bf16 instead of fp16"
                     )
-                if main and (state.step % train_cfg.logging_steps == 0 or state.step == total):
+                extra = backend.step_metrics(state.step, total)
+                metrics.update(extra)
+                if main and (
+                    state.step % train_cfg.logging_steps == 0 or state.step == total or extra
+                ):
                     for tracker in trackers:
                         tracker.log(metrics, state.step)
                 bar.update(state.step, metrics)

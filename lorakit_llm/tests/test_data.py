@@ -283,3 +283,12 @@ def test_packing_probe(
     assert not fallback.packing and not plain.packed and len(plain) == 150
     assert fallback.layout == "padded"
     assert isinstance(fallback.batch_sampler(plain, 4, 0), LengthGroupedBatchSampler)
+
+
+def test_eval_split_holds_rows_out_of_training(assets: dict[str, Path], tmp_path: Path) -> None:
+    backend, _, dataset = make_backend(assets, tmp_path / "e", llm={"eval_split": 0.05})
+    held = backend.eval_set
+    assert held is not None and len(held) == 8 and len(dataset) == 142
+    assert not set(held.rows) & set(dataset.rows)
+    again, _, _ = make_backend(assets, tmp_path / "f", llm={"eval_split": 0.05})
+    assert again.eval_set.rows == held.rows  # chosen by seed

@@ -335,3 +335,57 @@ def test_each_adapter_is_prompted_as_it_was_trained(
     assert cli("sample", "--base", assets["model"], "--adapter", chatml, "-p", question,
                "-o", tmp_path / "s", "--steps", "6") == 0  # fmt: skip
     assert (tmp_path / "s" / "samples.txt").read_text().strip() == f"### {question}\n{expected}"
+
+
+def test_eval_split_and_eval_data_log_an_eval_loss(assets: dict[str, Path], tmp_path: Path) -> None:
+    from lorakit_llm.testing import write_qa_jsonl
+    from lorakit_llm.tokenize import tokenize_records
+    from peft import PeftModel
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoTokenizer
+
+    from lorakit.config import load_config
+    from lorakit.engine import train
+
+    # 5% of the 150 rows held out, chosen by seed; eval every 2 steps and at the end.
+    config = load_config(data=llm_config(assets, tmp_path / "split", max_steps=5,
+                         trackers=["jsonl", "tensorboard"],
+                         llm={"eval_split": 0.05, "eval_steps": 2}))  # fmt: skip
+    result = train(config, progress=False)
+    rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4, 5]
+    events = EventAccumulator(str(result.output_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/eval_loss")] == [2, 4, 5]
+
+    # A separate eval file: the last eval loss is the adapter's loss on those rows.
+    held = write_qa_jsonl(tmp_path / "held" / "eval.jsonl", 12, seed=7)
+    config = load_config(data=llm_config(assets, tmp_path / "data", max_steps=3,
+                         llm={"eval_data": str(held)}))  # fmt: skip
+    result = train(config, progress=False)
+    rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").open()]
+    final = [r["eval_loss"] for r in rows if "eval_loss" in r][-1]
+    assert rows[-1]["step"] == 3 and "eval_loss" in rows[-1]
+    model = PeftModel.from_pretrained(base_model(assets["model"]), result.output_dir / "adapter")
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(assets["model"])
+    from lorakit_llm.readers import read_qa
+
+    data = tokenize_records(read_qa(held), tokenizer, tokenizer.chat_template, max_seq_len=128,
+                            train_on_inputs=False)  # fmt: skip
+    total = count = 0.0
+    for i in range(len(data)):
+        ids, labels = (t.long()[None] for t in data.row(i))
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        target = labels[0, 1:]
+        mask = target != -100
+        total += float(
+            torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
+        )
+        count += int(mask.sum())
+    assert abs(final - total / count) < 1e-4
+    assert (result.output_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(Exception, match="eval_split or eval_data"):
+        load_config(data=llm_config(assets, tmp_path / "x",
+                                    llm={"eval_split": 0.1, "eval_data": str(held)}))  # fmt: skip

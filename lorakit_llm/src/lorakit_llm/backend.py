@@ -16,7 +16,7 @@ import torch
 
 from lorakit.api import Backend, Config, DataError, LossOutput, TrainContext, UsageError
 from lorakit_llm.chat_templates import resolve_template
-from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset
+from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset, split_rows
 from lorakit_llm.data import target_count as _target_count
 from lorakit_llm.loading import loader_for, torch_dtype
 from lorakit_llm.section import LLMSection
@@ -204,6 +204,10 @@ class LLMBackend(Backend):
         self.stats: dict[str, Any] = {}
         self.reader_name = ""
         self.records: list[Any] | None = None
+        self.eval_records: list[Any] | None = None
+        self.eval_set: TokenDataset | None = None
+        self.train_module: Any = None
+        self.accelerator: Any = None
 
     # -- model --------------------------------------------------------------------------
     def _dtype(self, ctx: TrainContext) -> torch.dtype:
@@ -235,6 +239,12 @@ class LLMBackend(Backend):
         )
         if not self.records:
             raise DataError("no rows to train on", where=train.train_data_dir)
+        if self.section.eval_data:
+            self.eval_records = reader.factory(
+                self.section.eval_data, system_prompt=self.section.system_prompt
+            )
+            if not self.eval_records:
+                raise DataError("no eval rows", where=self.section.eval_data)
 
     def setup(self, ctx: TrainContext) -> None:
         from peft import get_peft_model
@@ -325,6 +335,10 @@ class LLMBackend(Backend):
             system_prompt=section.system_prompt,
         )  # fmt: skip
         path = cache_path(ctx.cache_dir, key)
+        if section.eval_data:
+            self.data_hash = files_fingerprint(
+                [*_data_files(Path(train.train_data_dir)), *_data_files(Path(section.eval_data))]
+            )
         with ctx.accelerator.main_process_first():
             data = load_cached(path)
             cached = data is not None
@@ -340,12 +354,25 @@ class LLMBackend(Backend):
                 f"none of the {data.records} rows has a token to learn from",
                 where=train.train_data_dir,
             )
-        dataset = TokenDataset(data, packed=self.packing)
+        train_rows, eval_rows = split_rows(len(data), section.eval_split, train.seed)
+        dataset = TokenDataset(data, packed=self.packing, rows=train_rows)
+        self.accelerator = ctx.accelerator
+        if eval_rows:
+            self.eval_set = TokenDataset(data, packed=self.packing, rows=eval_rows)
+        elif self.eval_records is not None:
+            held = tokenize_records(
+                self.eval_records, self.tokenizer, self.template,
+                max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
+            )  # fmt: skip
+            if len(held) == 0:
+                raise DataError("no eval row has a token to score", where=section.eval_data)
+            self.eval_set = TokenDataset(held, packed=self.packing)
         self.stats = {
             "format": self.reader_name, "records": data.records, "rows": len(data),
             "truncated": data.truncated, "dropped": data.dropped,
             "target_tokens": data.target_tokens(), "tokens": int(data.offsets[-1]),
             "packed": self.packing, "layout": self.layout, "cached": cached,
+            "train_rows": len(dataset), "eval_rows": len(self.eval_set or ()),
         }  # fmt: skip
         ctx.log(
             f"llm: {data.records} rows ({self.reader_name}), {self.stats['tokens']:,} tokens "
@@ -353,6 +380,8 @@ class LLMBackend(Backend):
             f"examples {LAYOUT_WORDS[self.layout]}"
             f"{' (tokenization cached)' if cached else ''}"
         )
+        if self.eval_set is not None:
+            ctx.log(f"llm: eval loss on {len(self.eval_set)} held-out rows")
         if data.truncated or data.dropped:
             ctx.log(
                 f"llm: {data.truncated} of {data.records} rows were longer than max_seq_len "
@@ -369,6 +398,41 @@ class LLMBackend(Backend):
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any | None:
         return LengthGroupedBatchSampler(dataset.lengths, batch_size, seed)
+
+    def set_train_module(self, module: torch.nn.Module) -> None:
+        self.train_module = module
+
+    def step_metrics(self, step: int, total: int) -> dict[str, float]:
+        """``eval_loss`` (mean per answer token) every ``eval_steps`` and at the end."""
+        if self.eval_set is None:
+            return {}
+        every = self.section.eval_steps or max(total // 10, 1)
+        if step % every and step != total:
+            return {}
+        return {"eval_loss": self.eval_loss()}
+
+    def eval_loss(self) -> float:
+        """Mean cross-entropy per target token over the eval rows, without dropout."""
+        import contextlib
+
+        assert self.eval_set is not None
+        module = self.train_module or self.model
+        device = next(self.model.parameters()).device
+        autocast = self.accelerator.autocast() if self.accelerator else contextlib.nullcontext()
+        was_training = module.training
+        module.eval()
+        total = count = 0.0
+        size = self.config.train.batch_size
+        try:
+            with torch.no_grad(), autocast:
+                for a in range(0, len(self.eval_set), size):
+                    items = [self.eval_set[i] for i in range(a, min(a + size, len(self.eval_set)))]
+                    batch = {k: v.to(device) for k, v in self.collate(items).items()}
+                    total += float(self.loss(module, batch).loss_sum)
+                    count += self.count(batch)
+        finally:
+            module.train(was_training)
+        return total / max(count, 1.0)
 
     # -- loss ---------------------------------------------------------------------------
     def count(self, batch: Any) -> int:

@@ -51,18 +51,22 @@ LAYOUTS = ("padded", "packed", "flat")
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """One item per row; ``packed`` says whether batches will be packed."""
+    """One item per row (of ``rows``, default all); ``packed``: batches will be packed."""
 
-    def __init__(self, data: TokenizedData, packed: bool = False) -> None:
+    def __init__(
+        self, data: TokenizedData, packed: bool = False, rows: list[int] | None = None
+    ) -> None:
         self.data = data
         self.packed = packed
-        self.lengths = data.lengths()
+        self.rows = list(range(len(data))) if rows is None else rows
+        lengths = data.lengths()
+        self.lengths = [lengths[i] for i in self.rows]
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        ids, labels = self.data.row(index)
+        ids, labels = self.data.row(self.rows[index])
         return {"input_ids": ids.long(), "labels": labels.long()}
 
 
@@ -155,3 +159,13 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
 def target_count(batch: dict[str, Any]) -> int:
     """Tokens the loss sums over: labels that are not IGNORE after the one-token shift."""
     return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def split_rows(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train rows, eval rows)``: ``fraction`` of ``n`` rows held out (at least one), by seed."""
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    generator = torch.Generator().manual_seed(seed * 104729 + 17)
+    order = torch.randperm(n, generator=generator).tolist()
+    k = min(max(round(n * fraction), 1), n - 1)
+    return sorted(order[k:]), sorted(order[:k])

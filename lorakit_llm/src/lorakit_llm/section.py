@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class LLMSection(BaseModel):
@@ -61,6 +61,18 @@ class LLMSection(BaseModel):
     attn_implementation: str | None = Field(
         None, description="transformers attention: sdpa, eager, flash_attention_2 (null: auto)."
     )
+    eval_split: float = Field(
+        0.0, ge=0.0, lt=0.5,
+        description="Fraction of the rows held out (chosen by seed) to measure eval loss on.",
+    )  # fmt: skip
+    eval_data: str | None = Field(
+        None, description="A separate file or folder of eval rows (same format as the data)."
+    )
+    eval_steps: int | None = Field(
+        None, gt=0,
+        description="Eval loss every this many optimizer steps and at the end (null: ~10 "
+        "times per run).",
+    )  # fmt: skip
     sample_max_new_tokens: int = Field(
         64, gt=0, description="Tokens generated per sample prompt (greedy)."
     )
@@ -71,3 +83,9 @@ class LLMSection(BaseModel):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> LLMSection:
+        if self.eval_split and self.eval_data:
+            raise ValueError("set eval_split or eval_data, not both")
+        return self
