@@ -150,10 +150,20 @@ def test_training_from_a_gguf_file(
     folder = json.loads((trained["output"] / "metrics.jsonl").read_text().splitlines()[0])
     assert abs(first - folder["loss"]) < 1e-4
     adapter = gguf_run / "adapter"
+    # The adapter names its base as standard tools load it: the folder + the GGUF file name.
+    from transformers import AutoModelForCausalLM
+
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"].endswith(".gguf")
+    record = json.loads((adapter / "lorakit.json").read_text())
+    assert config["base_model_name_or_path"] == str(assets["gguf"].parent.resolve())
+    assert record["base_gguf_file"] == assets["gguf"].name
+    base = AutoModelForCausalLM.from_pretrained(
+        config["base_model_name_or_path"], gguf_file=record["base_gguf_file"]
+    )
+    from_gguf = logits_of(PeftModel.from_pretrained(base, adapter), probe_ids(assets["model"]))
     model = PeftModel.from_pretrained(base_model(assets["model"]), adapter)
-    assert torch.isfinite(logits_of(model, probe_ids(assets["model"]))).all()
+    from_folder = logits_of(model, probe_ids(assets["model"]))
+    assert torch.allclose(from_gguf, from_folder, atol=1e-5)  # F32 GGUF: the same weights
 
 
 def test_a_ggml_file_gets_a_clear_message(

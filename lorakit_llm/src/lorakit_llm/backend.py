@@ -158,7 +158,8 @@ def schedule_warnings(config: Config, rows: int, processes: int = 1) -> list[str
     lines = []
     if steps < 50:
         lines.append(
-            f"this run makes only {steps} optimizer steps ({rows} examples, batch_size "
+            f"this run makes only {steps} optimizer step{'s' if steps != 1 else ''} "
+            f"({rows} examples, batch_size "
             f"{train.batch_size} × gradient_accumulation_steps "
             f"{train.gradient_accumulation_steps}, {train.epochs} epochs); LoRA usually wants "
             f"more: raise epochs or lower batch_size / gradient_accumulation_steps"

@@ -20,9 +20,25 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "f
 
 
 def _base_reference(base: str) -> str:
-    """The base model as an adapter should name it: an absolute path, or the hub id."""
+    """The base model as an adapter should name it: an absolute path, or the hub id.
+
+    For a ``.gguf`` base, the folder that holds it: what ``from_pretrained(folder,
+    gguf_file=name)`` takes (the file's name is in ``lorakit.json`` as ``base_gguf_file``).
+    """
     path = Path(base).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.resolve().parent)
     return str(path.resolve()) if path.exists() else base
+
+
+def _base_gguf_file(base: str) -> str | None:
+    path = Path(base).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.name
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        return found[0].name if len(found) == 1 else None
+    return None
 
 
 def save_adapter(
@@ -50,6 +66,7 @@ def save_adapter(
         "config_hash": metadata.get("lorakit.config_hash"),
         "step": metadata.get("lorakit.step"),
         "base_model": config.train.base_model,
+        "base_gguf_file": _base_gguf_file(config.train.base_model),
         "llm": {
             "dataset_format": metadata.get("lorakit.llm.dataset_format"),
             "chat_template": metadata.get("lorakit.llm.chat_template"),

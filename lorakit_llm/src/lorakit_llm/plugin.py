@@ -52,6 +52,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             config_model=LLMSection,
             commands={
                 "merge": lazy("lorakit_llm.export:merge_command"),
+                "export": lazy("lorakit_llm.gguf_export:export_command"),
                 "sample": lazy("lorakit_llm.export:sample_command"),
                 "demo": lazy("lorakit_llm.demo:demo_command"),
             },
