@@ -55,6 +55,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
                 "export": lazy("lorakit_llm.gguf_export:export_command"),
                 "sample": lazy("lorakit_llm.export:sample_command"),
                 "demo": lazy("lorakit_llm.demo:demo_command"),
+                "demo_score": lazy("lorakit_llm.demo:demo_score"),
             },
             templates={
                 "7b": ("lorakit_llm", "templates/7b.yaml"),

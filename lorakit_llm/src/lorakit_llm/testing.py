@@ -134,8 +134,13 @@ def build_tiny_llama(
     corpus: list[str] | None = None,
     hidden_size: int = 64,
     num_layers: int = 2,
+    num_heads: int | None = None,
 ) -> Path:
-    """Save a random-weight Llama (default: hidden 64, 2 layers) and its tokenizer."""
+    """Save a random-weight Llama (default: hidden 64, 2 layers) and its tokenizer.
+
+    ``num_heads`` (default hidden / 16, with half as many key/value heads) gives a model
+    with that many attention heads and as many key/value heads (Llama-2-7B's layout).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -145,8 +150,8 @@ def build_tiny_llama(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=max(hidden_size // 16, 2),
-        num_key_value_heads=max(hidden_size // 32, 1),
+        num_attention_heads=num_heads or max(hidden_size // 16, 2),
+        num_key_value_heads=num_heads or max(hidden_size // 32, 1),
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
