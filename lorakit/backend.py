@@ -131,6 +131,14 @@ class Backend(ABC):
         """Render previews for ``config.train.sample_prompts`` into ``directory``."""
         return []
 
+    def step_metrics(self, step: int, total: int) -> dict[str, float]:
+        """Optional: metrics to log with this step's (an eval loss every few steps ...).
+
+        Called on every process after each optimizer step; a step that returns metrics is
+        logged even between ``logging_steps``.
+        """
+        return {}
+
     def dataset_fingerprint(self) -> str:
         """A short hash of the training data, recorded in run.json."""
         return ""

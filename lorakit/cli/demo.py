@@ -4,7 +4,8 @@ Each backend that registers a ``demo`` command (``BackendSpec.commands["demo"]``
 small stand-in base model (random weights: it shows the machinery, not the quality), a
 small dataset and a config from its shipped template, in a folder it is given, and returns
 the config's path. The core trains each through the same engine ``lorakit train`` uses and
-prints where everything is.
+prints where everything is. A backend that also registers ``demo_score(config_path,
+run_dir_or_None) -> str`` gets a "before → after" column (e.g. answers it gets right).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class DemoRun:
     first_loss: float | None
     seconds: float
     outputs: list[Path]
+    score: str = ""
 
 
 def run_demo(
@@ -71,13 +73,17 @@ def run_demo(
         run_dir = Path(config.train.output_dir)
         if run_dir.is_relative_to(folder) and run_dir.exists():
             shutil.rmtree(run_dir)  # an earlier demo's run: the demo starts afresh
+        score = available[name].commands.get("demo_score")
+        before = score(config_path, None) if score else ""
         console.rule(f"[bold]{name}: training")
         result = train(config)
         rows = read_metrics(result.output_dir)
+        after = score(config_path, result.output_dir) if score else ""
         runs.append(
             DemoRun(
                 name, config_path, result.output_dir, result.steps, result.final_loss,
                 rows[0]["loss"] if rows else None, time.perf_counter() - start, result.outputs,
+                f"{before} → {after}" if score else "",
             )
         )  # fmt: skip
     summary(runs, console)
@@ -86,7 +92,9 @@ def run_demo(
 
 def summary(runs: list[DemoRun], console: Console) -> None:
     table = Table(title="lorakit demo")
-    for column in ("backend", "steps", "loss first → last", "time"):
+    scored = any(run.score for run in runs)
+    columns = ("backend", "steps", "loss first → last", *(("before → after",) if scored else ()))
+    for column in (*columns, "time"):
         table.add_column(column, no_wrap=True)
     table.add_column("outputs", overflow="fold")
     for run in runs:
@@ -96,7 +104,8 @@ def summary(runs: list[DemoRun], console: Console) -> None:
             else "-"
         )
         outputs = "\n".join(str(p) for p in [*run.outputs, run.output_dir / "loss.png"])
-        table.add_row(run.backend, str(run.steps), loss, f"{run.seconds:.0f} s", outputs)
+        score = (run.score or "-",) if scored else ()
+        table.add_row(run.backend, str(run.steps), loss, *score, f"{run.seconds:.0f} s", outputs)
     console.print(table)
     console.print(
         "The base models are random stand-ins built on this machine; with a real base model:"

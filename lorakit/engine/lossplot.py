@@ -27,6 +27,9 @@ def write_loss_plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> 
             for i in range(len(losses))
         ]
         ax.plot(steps, smooth, linewidth=2, label=f"mean of {k}")
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", linewidth=1.5, label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

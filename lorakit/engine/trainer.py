@@ -136,9 +136,12 @@ def begin(s: Session) -> None:
 
 
 def log(s: Session, metrics: dict[str, float]) -> None:
-    """Trackers every ``logging_steps`` (and at the end), then the step hook."""
+    """Trackers every ``logging_steps``, at the end and on a step the backend adds metrics
+    to (an eval loss), then the step hook."""
     step = s.state.step
-    if s.main and (step % s.config.train.logging_steps == 0 or step == s.total):
+    extra = s.backend.step_metrics(step, s.total)
+    metrics.update(extra)
+    if s.main and (step % s.config.train.logging_steps == 0 or step == s.total or extra):
         for tracker in s.trackers:
             tracker.log(metrics, step)
     s.plugins.call("on_step_end", run=s.run, step=step, metrics=metrics)

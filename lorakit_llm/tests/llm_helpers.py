@@ -40,8 +40,13 @@ def probe_ids(model_dir: Path) -> Any:
     return tokenizer(PROBE, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
 
-def make_backend(assets: dict[str, Path], output: Path, **overrides: Any) -> tuple[Any, Any, Any]:
-    """``(backend, ctx, dataset)`` set up outside the engine, as the engine would."""
+def make_backend(
+    assets: dict[str, Path], output: Path, *, log: list[str] | None = None, **overrides: Any
+) -> tuple[Any, Any, Any]:
+    """``(backend, ctx, dataset)`` set up outside the engine, as the engine would.
+
+    ``log`` collects what the backend prints to the run's header.
+    """
     import torch
     from accelerate import Accelerator
     from lorakit_llm.backend import LLMBackend
@@ -54,10 +59,30 @@ def make_backend(assets: dict[str, Path], output: Path, **overrides: Any) -> tup
     ctx = TrainContext(
         config=config, accelerator=Accelerator(cpu=True), output_dir=output,
         cache_dir=output / "cache", registries=get_registries(), weight_dtype=torch.float32,
-        log=lambda *a: None,
+        log=(lambda *a: log.append(" ".join(map(str, a)))) if log is not None else lambda *a: None,
     )  # fmt: skip
     torch.manual_seed(0)
     backend = LLMBackend(config)
     backend.setup(ctx)
     dataset = backend.dataset(ctx)
     return backend, ctx, dataset
+
+
+def cli(*args: str) -> int:
+    """Run the lorakit CLI in-process; its exit code."""
+    import lorakit.cli
+
+    # The CLI builds its command tree once per process, maybe before lorakit-llm was loaded.
+    if not any(
+        c.callback and c.callback.__name__ == "chat" for c in lorakit.cli.app.registered_commands
+    ):
+        from lorakit_llm.chat import register
+
+        register(lorakit.cli.app)
+    from lorakit.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

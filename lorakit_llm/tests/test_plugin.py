@@ -27,7 +27,7 @@ def test_registrations(llm_plugins: Any) -> None:
     registries = llm_plugins.registries
     spec = registries.backends.get("llm")
     assert spec.task_types == ("text-generation",)
-    assert set(spec.commands) == {"merge", "sample", "demo"}
+    assert set(spec.commands) == {"merge", "sample", "demo", "demo_score", "export"}
     assert list(spec.templates) == ["7b", "qlora"]
     readers = {"qa", "prompt_completion", "alpaca", "chat", "text"}
     assert readers <= set(registries.dataset_readers.names())
@@ -137,3 +137,70 @@ def test_chat_command_is_registered(llm_plugins: Any) -> None:
     assert result.exit_code == 0, result.output
     assert "--adapter" in result.output and "--combine" in result.output
     assert "--prompt" in result.output
+
+
+def test_model_loaders_pick_the_format(assets: dict[str, Path], llm_plugins: Any) -> None:
+    registries = llm_plugins.registries
+    loaders = {e.spec.name for e in registries.model_loaders if e.spec.backend == "llm"}
+    assert loaders == {"hf", "gguf", "ggml"}
+
+    def pick(source: Any) -> str:
+        return registries.model_loader_for("llm", str(source)).name
+
+    assert pick(assets["model"]) == "hf" and pick("meta-llama/Llama-2-7b-hf") == "hf"
+    assert pick(assets["gguf"]) == "gguf" and pick(assets["gguf"].parent) == "gguf"
+    assert pick(assets["ggml"]) == "ggml"
+
+
+def test_every_command_loads_the_base_through_the_loader_hook(
+    assets: dict[str, Path], tmp_path: Path, llm_plugins: Any
+) -> None:
+    """A third party's loader for its own source scheme serves train, sample, chat and merge;
+    merge asks it for the dtype it writes (bf16 stays bf16)."""
+    import torch
+    from llm_helpers import cli, llm_config
+    from lorakit_llm.loading import load_any
+    from safetensors import safe_open
+
+    from lorakit.api import ModelLoaderSpec, hookimpl
+    from lorakit.config import load_config
+    from lorakit.engine import train
+
+    calls: list[tuple[str, Any]] = []
+
+    def load(source: str, **options: Any) -> Any:
+        calls.append((source, options.get("dtype")))
+        return load_any(str(assets["model"]), **options)
+
+    class Vault:
+        @hookimpl
+        def register_model_loaders(self, register: Any) -> None:
+            register(ModelLoaderSpec("vault", "llm", detect=lambda s: s.startswith("vault/"),
+                                     load=load, description="models from a vault"))  # fmt: skip
+
+    llm_plugins.add(Vault(), name="vault", distribution="lorakit-vault", version="1.0")
+    try:
+        result = train(load_config(data=llm_config(assets, tmp_path / "run", max_steps=2,
+                                                   base_model="vault/tiny")), progress=False)  # fmt: skip
+        assert [c[0] for c in calls] == ["vault/tiny", "vault/tiny"]  # check, then load
+        adapter = result.output_dir / "adapter"
+        assert cli("sample", "--base", "vault/tiny", "--adapter", adapter, "-p", "Hi",
+                   "-o", tmp_path / "s", "--steps", "2") == 0  # fmt: skip
+        assert cli("chat", "--base", "vault/tiny", "--adapter", adapter, "--prompt", "Hi",
+                   "--max-new-tokens", "2") == 0  # fmt: skip
+        calls.clear()
+        assert cli("merge", "--base", "vault/tiny", "--adapter", adapter, "-o", tmp_path / "m",
+                   "--dtype", "bfloat16") == 0  # fmt: skip
+        assert calls == [("vault/tiny", torch.bfloat16)]
+        with safe_open(str(tmp_path / "m" / "model.safetensors"), framework="pt") as handle:
+            assert {handle.get_tensor(k).dtype for k in handle.keys()}  # noqa: SIM118 == {torch.bfloat16}
+        # A loader named in the config wins over detection.
+        config = load_config(data=llm_config(assets, tmp_path / "r2", max_steps=1,
+                                             model_loader="vault"))  # fmt: skip
+        calls.clear()
+        train(config, progress=False)
+        assert calls and calls[0][0] == str(assets["model"])
+    finally:
+        llm_plugins.pm.unregister(name="vault")
+        llm_plugins.infos.pop("vault", None)
+        llm_plugins._registries = None

@@ -101,5 +101,68 @@ def test_chat_rows_are_checked(tmp_path: Path) -> None:
 
 
 def test_empty_folder(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="no .jsonl files"):
+    with pytest.raises(DataError, match="no .jsonl, .json or .csv files"):
         readers.read_qa(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "fmt"),
+    [
+        ("question,answer", '"What is 2 plus 2?","4, of course."', "qa"),
+        ("instruction,input,output", 'Add.,"2 and 2",4', "alpaca"),
+        ("Prompt , Completion", '"Q: 2+2?\nA:"," 4"', "prompt_completion"),
+    ],
+)
+def test_csv_files_read_like_jsonl(tmp_path: Path, header: str, row: str, fmt: str) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(f"\ufeff{header}\n{row}\n\n{row}\n", encoding="utf-8")  # BOM, blank line
+    assert detected(path) == [fmt]
+    records = getattr(readers, f"read_{fmt}")(path)
+    assert len(records) == 2
+    second = 4 + row.count("\n")  # a quoted newline makes a row two lines long
+    assert [r["source"] for r in records] == [f"{path}:2", f"{path}:{second}"]
+    if fmt == "qa":
+        assert records[0]["messages"][1]["content"] == "4, of course."
+    elif fmt == "alpaca":
+        assert records[0]["messages"][0]["content"] == "Add.\n\n2 and 2"
+    else:
+        assert records[0]["prompt"] == "Q: 2+2?\nA:" and records[0]["completion"] == " 4"
+
+
+def test_csv_errors_name_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("question,answer\nq1,a1\nq2,a2,extra\n")
+    with pytest.raises(DataError, match=rf"{path}:3: 3 cells but the header names 2 columns"):
+        readers.read_qa(path)
+    path.write_text("question,reply\nq1,a1\n")
+    with pytest.raises(DataError, match=rf"{path}:2: missing key 'answer'"):
+        readers.read_qa(path)
+
+
+def test_json_array_like_alpaca_data_json(tmp_path: Path) -> None:
+    path = tmp_path / "alpaca_data.json"
+    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Say hi.", "input": "", "output": "hi"}]  # fmt: skip
+    path.write_text(json.dumps(rows, indent=4))
+    assert detected(path) == ["alpaca"]
+    records = readers.read_alpaca(path)
+    assert [r["messages"][-1]["content"] for r in records] == ["5", "hi"]
+    assert [r["source"] for r in records] == [f"{path}:2", f"{path}:7"]  # where each object starts
+    # A folder mixing JSONL, JSON and CSV reads all of them, by name.
+    write_qa_jsonl(tmp_path / "qa" / "a.jsonl", 2)
+    (tmp_path / "qa" / "b.json").write_text(json.dumps([{"question": "q", "answer": "a"}]))
+    (tmp_path / "qa" / "c.csv").write_text("question,answer\nq,a\n")
+    assert len(readers.read_qa(tmp_path / "qa")) == 4
+
+
+def test_json_array_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.json"
+    path.write_text('[\n  {"question": "q", "answer": "a"},\n  {"question": "q"}\n]\n')
+    with pytest.raises(DataError, match=rf"{path}:3: missing key 'answer'"):
+        readers.read_qa(path)
+    path.write_text('[\n  {"question": "q", "answer": "a"},\n  {"question": "q" "answer": 1}\n]')
+    with pytest.raises(DataError, match=rf"{path}:3: invalid JSON"):
+        readers.read_qa(path)
+    path.write_text('[\n  {"question": "q", "answer": "a"},\n  7\n]')
+    with pytest.raises(DataError, match=rf"{path}:3: expected a JSON object, got int"):
+        readers.read_qa(path)

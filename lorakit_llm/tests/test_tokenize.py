@@ -41,14 +41,14 @@ def test_answer_only_mask_token_by_token(tokenizer: Any) -> None:
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
             start = len(template_ids(tokenizer, messages[:i], prompt=True))
-            end = len(template_ids(tokenizer, messages[: i + 1]))
+            end = len(template_ids(tokenizer, messages[: i + 1])) - 1  # not the "\n" after </s>
             assert ids[:start] == template_ids(tokenizer, messages[:i], prompt=True)
             expected[start:end] = ids[start:end]
     assert labels == expected
     targets = [
         tokenizer.decode([t]) for t, label in zip(ids, labels, strict=True) if label != IGNORE
     ]
-    assert "".join(targets) == "Lima.</s>\nSantiago.</s>\n"
+    assert "".join(targets) == "Lima.</s>Santiago.</s>"
 
 
 def test_train_on_inputs_targets_every_token_but_the_first(tokenizer: Any) -> None:

@@ -9,29 +9,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from llm_helpers import llm_config, probe_ids
+from llm_helpers import cli, llm_config, probe_ids
 
-from lorakit.cli import main
 from lorakit.errors import UsageError
 from lorakit.testing import one_thread
-
-
-def cli(*args: str) -> int:
-    """Run the lorakit CLI in-process; its exit code."""
-    import lorakit.cli
-
-    # The CLI builds its command tree once per process, maybe before lorakit-llm was loaded.
-    if not any(
-        c.callback and c.callback.__name__ == "chat" for c in lorakit.cli.app.registered_commands
-    ):
-        from lorakit_llm.chat import register
-
-        register(lorakit.cli.app)
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def logits_of(model: Any, ids: torch.Tensor) -> torch.Tensor:
@@ -64,8 +45,9 @@ def test_modules_to_save_lets_it_overfit(assets: dict[str, Path], tmp_path: Path
     from lorakit.config import load_config
     from lorakit.engine import train
 
+    # 30 steps of 16 examples: about three passes over the 150 pairs.
     data = llm_config(assets, tmp_path / "run", target_modules="all-linear", max_steps=30,
-                      learning_rate=1e-2, llm={"modules_to_save": ["lm_head"]})  # fmt: skip
+                      batch_size=16, learning_rate=1e-2, llm={"modules_to_save": ["lm_head"]})  # fmt: skip
     result = train(load_config(data=data), progress=False)
     losses = [json.loads(x)["loss"] for x in (result.output_dir / "metrics.jsonl").open()]
     assert sum(losses[-5:]) / 5 < 3.0 < losses[0], losses
@@ -168,10 +150,20 @@ def test_training_from_a_gguf_file(
     folder = json.loads((trained["output"] / "metrics.jsonl").read_text().splitlines()[0])
     assert abs(first - folder["loss"]) < 1e-4
     adapter = gguf_run / "adapter"
+    # The adapter names its base as standard tools load it: the folder + the GGUF file name.
+    from transformers import AutoModelForCausalLM
+
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"].endswith(".gguf")
+    record = json.loads((adapter / "lorakit.json").read_text())
+    assert config["base_model_name_or_path"] == str(assets["gguf"].parent.resolve())
+    assert record["base_gguf_file"] == assets["gguf"].name
+    base = AutoModelForCausalLM.from_pretrained(
+        config["base_model_name_or_path"], gguf_file=record["base_gguf_file"]
+    )
+    from_gguf = logits_of(PeftModel.from_pretrained(base, adapter), probe_ids(assets["model"]))
     model = PeftModel.from_pretrained(base_model(assets["model"]), adapter)
-    assert torch.isfinite(logits_of(model, probe_ids(assets["model"]))).all()
+    from_folder = logits_of(model, probe_ids(assets["model"]))
+    assert torch.allclose(from_gguf, from_folder, atol=1e-5)  # F32 GGUF: the same weights
 
 
 def test_a_ggml_file_gets_a_clear_message(
@@ -298,3 +290,112 @@ def test_an_adapter_for_another_base_is_refused_with_the_module_names(
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "shapes do not fit" in err and "self_attn.q_proj.lora_A" in err
+
+
+def test_each_adapter_is_prompted_as_it_was_trained(
+    trained: dict[str, Any], assets: dict[str, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Two adapters on one base: the first trained with the model's template, the second with
+    chatml and a system prompt, a third on raw prompt/completion text. chat and sample prompt
+    each one as it was trained, also after /use."""
+    from lorakit_llm.chat_session import ChatSession
+    from lorakit_llm.chat_templates import CHATML
+    from lorakit_llm.generate import AdapterRef, generate, load_adapters
+    from lorakit_llm.testing import write_qa_jsonl
+
+    from lorakit.config import load_config
+    from lorakit.engine import train
+
+    system = "Answer with one word."
+    chatml = train(load_config(data=llm_config(
+        assets, tmp_path / "chatml", max_steps=2, llm={"chat_template": "chatml",
+                                                       "system_prompt": system})),
+        progress=False).output_dir  # fmt: skip
+    raw_data = write_qa_jsonl(tmp_path / "pc" / "train.jsonl", 20, fmt="prompt_completion")
+    raw = train(load_config(data=llm_config(
+        assets, tmp_path / "raw", max_steps=2, train_data_dir=str(raw_data))),
+        progress=False).output_dir  # fmt: skip
+    record = json.loads((chatml / "adapter" / "lorakit.json").read_text())
+    assert record["llm"]["system_prompt"] == system
+
+    session = ChatSession.open(
+        str(assets["model"]),
+        [(f"own={trained['output']}", 1.0), (f"chatml={chatml}", 1.0), (f"raw={raw}", 1.0)],
+        max_new_tokens=6,
+    )
+    own_template = _template(trained["output"])
+    assert session.template == own_template and session.system is None
+    session.use("chatml")
+    assert session.template == CHATML and session.system == system
+    question = "What is the capital of France?"
+    only = load_adapters(base_model(assets["model"]), [AdapterRef("c", chatml / "adapter")])
+    expected = generate(only, _tokenizer(assets), [{"role": "system", "content": system},
+                        {"role": "user", "content": question}], template=CHATML,
+                        max_new_tokens=6)  # fmt: skip
+    assert session.ask(question) == expected
+    session.use("raw")
+    assert session.template is None and session.system is None and session.history == []
+    session.use("own")
+    assert session.template == own_template
+
+    # lorakit sample: the chatml adapter gets its template and its system prompt.
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli("sample", "--base", assets["model"], "--adapter", chatml, "-p", question,
+               "-o", tmp_path / "s", "--steps", "6") == 0  # fmt: skip
+    assert (tmp_path / "s" / "samples.txt").read_text().strip() == f"### {question}\n{expected}"
+
+
+def test_eval_split_and_eval_data_log_an_eval_loss(assets: dict[str, Path], tmp_path: Path) -> None:
+    from lorakit_llm.testing import write_qa_jsonl
+    from lorakit_llm.tokenize import tokenize_records
+    from peft import PeftModel
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoTokenizer
+
+    from lorakit.config import load_config
+    from lorakit.engine import train
+
+    # 5% of the 150 rows held out, chosen by seed; eval every 2 steps and at the end.
+    config = load_config(data=llm_config(assets, tmp_path / "split", max_steps=5,
+                         trackers=["jsonl", "tensorboard"],
+                         llm={"eval_split": 0.05, "eval_steps": 2}))  # fmt: skip
+    result = train(config, progress=False)
+    rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4, 5]
+    events = EventAccumulator(str(result.output_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/eval_loss")] == [2, 4, 5]
+
+    # A separate eval file: the last eval loss is the adapter's loss on those rows.
+    held = write_qa_jsonl(tmp_path / "held" / "eval.jsonl", 12, seed=7)
+    config = load_config(data=llm_config(assets, tmp_path / "data", max_steps=3,
+                         llm={"eval_data": str(held)}))  # fmt: skip
+    result = train(config, progress=False)
+    rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").open()]
+    final = [r["eval_loss"] for r in rows if "eval_loss" in r][-1]
+    assert rows[-1]["step"] == 3 and "eval_loss" in rows[-1]
+    model = PeftModel.from_pretrained(base_model(assets["model"]), result.output_dir / "adapter")
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(assets["model"])
+    from lorakit_llm.readers import read_qa
+
+    data = tokenize_records(read_qa(held), tokenizer, tokenizer.chat_template, max_seq_len=128,
+                            train_on_inputs=False)  # fmt: skip
+    total = count = 0.0
+    for i in range(len(data)):
+        ids, labels = (t.long()[None] for t in data.row(i))
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        target = labels[0, 1:]
+        mask = target != -100
+        total += float(
+            torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
+        )
+        count += int(mask.sum())
+    assert abs(final - total / count) < 1e-4
+    assert (result.output_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(Exception, match="eval_split or eval_data"):
+        load_config(data=llm_config(assets, tmp_path / "x",
+                                    llm={"eval_split": 0.1, "eval_data": str(held)}))  # fmt: skip

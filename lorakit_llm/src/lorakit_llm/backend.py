@@ -16,9 +16,9 @@ import torch
 
 from lorakit.api import Backend, Config, DataError, LossOutput, TrainContext, UsageError
 from lorakit_llm.chat_templates import resolve_template
-from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset, pack_rows
+from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset, split_rows
 from lorakit_llm.data import target_count as _target_count
-from lorakit_llm.loading import load_model, load_tokenizer, resolve_base, torch_dtype
+from lorakit_llm.loading import loader_for, torch_dtype
 from lorakit_llm.section import LLMSection
 from lorakit_llm.tokenize import (
     IGNORE,
@@ -56,29 +56,120 @@ def lora_config(config: Config, section: LLMSection) -> Any:
     )
 
 
-def packing_supported(model: Any) -> bool:
-    """Whether reset position ids keep packed rows apart in this model (a tiny probe).
+#: Target tokens whose fp32 log-probabilities exist at one time in the loss.
+CE_CHUNK = 2048
 
-    Two rows packed as one sequence must give the second row the logits it has alone;
-    "alone" is compared against the same tokens run as one unbroken sequence.
+
+def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def chunked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, chunk: int = CE_CHUNK
+) -> torch.Tensor:
+    """Summed cross-entropy in fp32, ``chunk`` rows at a time.
+
+    Each chunk is checkpointed: its fp32 copy and log-softmax are freed after the forward
+    and recomputed in the backward, so at most ``chunk × vocab`` fp32 values live at once
+    (a 150k vocabulary × 8k targets would otherwise hold ~5 GB per micro-batch).
+    """
+    if logits.shape[0] <= chunk:
+        return _ce_sum(logits, labels)
+    from torch.utils.checkpoint import checkpoint
+
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    total = logits.new_zeros((), dtype=torch.float32)
+    for a in range(0, logits.shape[0], chunk):
+        piece, target = logits[a : a + chunk], labels[a : a + chunk]
+        part = (
+            checkpoint(_ce_sum, piece, target, use_reentrant=False)
+            if grad
+            else _ce_sum(piece, target)
+        )
+        total = total + part
+    return total
+
+
+def batch_layout(model: Any, packing: bool) -> str:
+    """``padded``, ``packed`` (rows no longer than the longest example) or ``flat`` (one row
+    per micro-batch: what flash attention and other varlen kernels need)."""
+    if not packing:
+        return "padded"
+    implementation = str(getattr(model.config, "_attn_implementation", None) or "")
+    return "flat" if "flash" in implementation or "varlen" in implementation else "packed"
+
+
+def packing_supported(model: Any, layout: str = "packed") -> bool:
+    """Whether ``layout`` keeps packed examples apart in this model (a tiny probe).
+
+    A real batch shape is run: five examples laid out as the collator lays them out (for
+    ``packed``, three rows, two of them holding two examples), and each example must get the
+    logits it gets alone. "Alone" is compared against the same rows run without position
+    ids (examples attending to each other), so the tolerance scales with the model.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
-    ids = (torch.arange(7, device=device) * 7 + 3) % max(vocab - 1, 1) + 1
-    packed = ids.unsqueeze(0)
-    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3]], device=device)
+    lengths = [6, 3, 3, 4, 2]
+    items, start = [], 3
+    for k in lengths:
+        ids = (torch.arange(start, start + k) * 7 + 3) % max(vocab - 1, 1) + 1
+        items.append({"input_ids": ids, "labels": ids})
+        start += k
+    collator = Collator(0, layout)
+    rows = collator.rows(lengths)
+    batch = collator(items)
+    ids = batch["input_ids"].to(device)
     try:
         with torch.no_grad():
-            joined = model(input_ids=packed, position_ids=positions, use_cache=False).logits
-            alone = model(input_ids=packed[:, 3:], use_cache=False).logits
-            crossed = model(input_ids=packed, use_cache=False).logits
+            joined = model(
+                input_ids=ids, position_ids=batch["position_ids"].to(device), use_cache=False
+            ).logits
+            crossed = model(input_ids=ids, use_cache=False).logits
+            error = reference = torch.zeros((), device=device)
+            for r, row in enumerate(rows):
+                at = 0
+                for i in row:
+                    k = lengths[i]
+                    alone = model(input_ids=items[i]["input_ids"][None].to(device)).logits[0]
+                    got = joined[r, at : at + k]
+                    error = torch.maximum(error, (got - alone).abs().max().float())
+                    leak = (crossed[r, at : at + k] - alone).abs().max().float()
+                    reference = torch.maximum(reference, leak)
+                    at += k
     finally:
         model.train(was_training)
-    error = (joined[:, 3:] - alone).abs().max().float()
-    reference = (crossed[:, 3:] - alone).abs().max().float()
     return bool(error <= 0.1 * reference + 1e-6)
+
+
+LAYOUT_WORDS = {
+    "padded": "padded (no packing)",
+    "packed": "packed without padding into rows no longer than the batch's longest example",
+    "flat": "packed into one row per micro-batch (varlen attention)",
+}
+
+
+def schedule_warnings(config: Config, rows: int, processes: int = 1) -> list[str]:
+    """What the run's header should warn about: too few optimizer steps, too long a warmup."""
+    train = config.train
+    per_epoch = -(-rows // max(train.batch_size * processes, 1))
+    steps = train.max_steps or -(-train.epochs * per_epoch // train.gradient_accumulation_steps)
+    lines = []
+    if steps < 50:
+        lines.append(
+            f"this run makes only {steps} optimizer step{'s' if steps != 1 else ''} "
+            f"({rows} examples, batch_size "
+            f"{train.batch_size} × gradient_accumulation_steps "
+            f"{train.gradient_accumulation_steps}, {train.epochs} epochs); LoRA usually wants "
+            f"more: raise epochs or lower batch_size / gradient_accumulation_steps"
+        )
+    if train.lr_warmup_steps * 5 > steps:
+        lines.append(
+            f"lr_warmup_steps {train.lr_warmup_steps} covers more than a fifth of the "
+            f"{steps} optimizer steps; lower it (e.g. {max(steps // 10, 1)})"
+        )
+    return lines
 
 
 def _data_files(path: Path) -> list[Path]:
@@ -103,17 +194,21 @@ class LLMBackend(Backend):
         super().__init__(config)
         section = config.section if isinstance(config.section, LLMSection) else LLMSection()
         self.section = section
-        # Refuse a GGML file, an adapter folder, a stray file ... before anything loads.
-        self.source = resolve_base(config.train.base_model)
+        self.loader: Any = None
         self.model: Any = None
         self.tokenizer: Any = None
         self.template = ""
         self.template_name = ""
         self.packing = section.packing
+        self.layout = "padded"
         self.data_hash = ""
         self.stats: dict[str, Any] = {}
         self.reader_name = ""
         self.records: list[Any] | None = None
+        self.eval_records: list[Any] | None = None
+        self.eval_set: TokenDataset | None = None
+        self.train_module: Any = None
+        self.accelerator: Any = None
 
     # -- model --------------------------------------------------------------------------
     def _dtype(self, ctx: TrainContext) -> torch.dtype:
@@ -124,27 +219,44 @@ class LLMBackend(Backend):
             return torch.bfloat16 if bf16 else torch.float16
         return ctx.weight_dtype
 
+    def _loader(self, registries: Any) -> Any:
+        """The model loader for ``base_model``; it refuses a GGML file, an adapter folder, a
+        stray weights file ... here, before anything loads."""
+        if self.loader is None:
+            base = self.config.train.base_model
+            loader = loader_for(base, self.config.train.model_loader, registries)
+            loader.load(base, check=True)
+            self.loader = loader
+        return self.loader
+
     def validate(self, ctx: TrainContext) -> None:
-        """Read the data before the model loads, so a broken line fails in a second."""
+        """Check the base and read the data before the model loads: a broken line fails in a
+        second."""
         train = self.config.train
+        self._loader(ctx.registries)
         self.reader_name, reader = self._reader(ctx.registries)
         self.records = reader.factory(
             train.train_data_dir, system_prompt=self.section.system_prompt
         )
         if not self.records:
             raise DataError("no rows to train on", where=train.train_data_dir)
+        if self.section.eval_data:
+            self.eval_records = reader.factory(
+                self.section.eval_data, system_prompt=self.section.system_prompt
+            )
+            if not self.eval_records:
+                raise DataError("no eval rows", where=self.section.eval_data)
 
     def setup(self, ctx: TrainContext) -> None:
         from peft import get_peft_model
 
         section, train = self.section, self.config.train
-        self.tokenizer = load_tokenizer(self.source)
-        self.template, self.template_name = resolve_template(section.chat_template, self.tokenizer)
-        self.tokenizer.chat_template = self.template
-        model = load_model(
-            self.source, dtype=self._dtype(ctx), load_in_4bit=section.load_in_4bit,
+        model, self.tokenizer = self._loader(ctx.registries).load(
+            train.base_model, dtype=self._dtype(ctx), load_in_4bit=section.load_in_4bit,
             attn_implementation=section.attn_implementation, device=ctx.accelerator.device,
         )  # fmt: skip
+        self.template, self.template_name = resolve_template(section.chat_template, self.tokenizer)
+        self.tokenizer.chat_template = self.template
         model.config.use_cache = False
         gc_kwargs = {"use_reentrant": False}
         if section.load_in_4bit:
@@ -163,16 +275,23 @@ class LLMBackend(Backend):
             and train.distributed.strategy == "ddp"
         ):
             model.to(device)  # accelerate would move it anyway; the probe below runs there
-        if self.packing and not packing_supported(model):
-            ctx.log("llm: this model lets packed rows attend to each other; using padded batches")
-            self.packing = False
+        self.layout = batch_layout(model, self.packing)
+        if self.packing and not packing_supported(model, self.layout):
+            ctx.log(
+                f"llm: this model lets {self.layout} examples attend to each other; "
+                f"using padded batches"
+            )
+            self.packing, self.layout = False, "padded"
         try:
             self.model = get_peft_model(model, lora_config(self.config, section))
         except ValueError as exc:
             text = str(exc).splitlines()[0]
             raise UsageError(f"target_modules: {text} (try target_modules: all-linear)") from None
         trainable, total = self.model.get_nb_trainable_parameters()
-        ctx.log(f"llm: {trainable:,} trainable of {total:,} parameters ({self.source.label})")
+        ctx.log(
+            f"llm: {trainable:,} trainable of {total:,} parameters ({train.base_model}, "
+            f"loader {self.loader.name})"
+        )
 
     def trainable_module(self) -> torch.nn.Module:
         return self.model
@@ -199,7 +318,7 @@ class LLMBackend(Backend):
             if spec.modality == "text" and spec.detect is not None and spec.detect(path):
                 return candidate, spec
         raise DataError(
-            "cannot tell the data format (expected JSONL with question/answer, prompt/"
+            "cannot tell the data format (expected JSONL, a JSON array or CSV with question/answer, prompt/"
             "completion, instruction/output, messages or text keys, or .txt files); "
             "set llm.dataset_format",
             where=path,
@@ -217,6 +336,10 @@ class LLMBackend(Backend):
             system_prompt=section.system_prompt,
         )  # fmt: skip
         path = cache_path(ctx.cache_dir, key)
+        if section.eval_data:
+            self.data_hash = files_fingerprint(
+                [*_data_files(Path(train.train_data_dir)), *_data_files(Path(section.eval_data))]
+            )
         with ctx.accelerator.main_process_first():
             data = load_cached(path)
             cached = data is not None
@@ -232,36 +355,85 @@ class LLMBackend(Backend):
                 f"none of the {data.records} rows has a token to learn from",
                 where=train.train_data_dir,
             )
-        groups = pack_rows(data.lengths(), section.max_seq_len) if self.packing else None
-        dataset = TokenDataset(data, groups)
+        train_rows, eval_rows = split_rows(len(data), section.eval_split, train.seed)
+        dataset = TokenDataset(data, packed=self.packing, rows=train_rows)
+        self.accelerator = ctx.accelerator
+        if eval_rows:
+            self.eval_set = TokenDataset(data, packed=self.packing, rows=eval_rows)
+        elif self.eval_records is not None:
+            held = tokenize_records(
+                self.eval_records, self.tokenizer, self.template,
+                max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
+            )  # fmt: skip
+            if len(held) == 0:
+                raise DataError("no eval row has a token to score", where=section.eval_data)
+            self.eval_set = TokenDataset(held, packed=self.packing)
         self.stats = {
             "format": self.reader_name, "records": data.records, "rows": len(data),
             "truncated": data.truncated, "dropped": data.dropped,
             "target_tokens": data.target_tokens(), "tokens": int(data.offsets[-1]),
-            "sequences": len(dataset), "packed": self.packing, "cached": cached,
+            "packed": self.packing, "layout": self.layout, "cached": cached,
+            "train_rows": len(dataset), "eval_rows": len(self.eval_set or ()),
         }  # fmt: skip
         ctx.log(
             f"llm: {data.records} rows ({self.reader_name}), {self.stats['tokens']:,} tokens "
-            f"({self.stats['target_tokens']:,} in answers) → {len(dataset)} "
-            f"{'packed sequences' if self.packing else 'sequences'}"
+            f"({self.stats['target_tokens']:,} in answers), batches of {train.batch_size} "
+            f"examples {LAYOUT_WORDS[self.layout]}"
             f"{' (tokenization cached)' if cached else ''}"
         )
+        if self.eval_set is not None:
+            ctx.log(f"llm: eval loss on {len(self.eval_set)} held-out rows")
         if data.truncated or data.dropped:
             ctx.log(
                 f"llm: {data.truncated} of {data.records} rows were longer than max_seq_len "
                 f"{section.max_seq_len} and were truncated; {data.dropped} rows had no answer "
                 f"token left and were skipped"
             )
-        self.collator = Collator(self.tokenizer.pad_token_id or 0, packed=self.packing)
+        for line in schedule_warnings(self.config, len(dataset), ctx.accelerator.num_processes):
+            ctx.log(f"warning: {line}")
+        self.collator = Collator(self.tokenizer.pad_token_id or 0, self.layout)
         return dataset
 
     def collate(self, items: list[Any]) -> Any:
         return self.collator(items)
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any | None:
-        if dataset.packed:
-            return None
         return LengthGroupedBatchSampler(dataset.lengths, batch_size, seed)
+
+    def set_train_module(self, module: torch.nn.Module) -> None:
+        self.train_module = module
+
+    def step_metrics(self, step: int, total: int) -> dict[str, float]:
+        """``eval_loss`` (mean per answer token) every ``eval_steps`` and at the end."""
+        if self.eval_set is None:
+            return {}
+        every = self.section.eval_steps or max(total // 10, 1)
+        if step % every and step != total:
+            return {}
+        return {"eval_loss": self.eval_loss()}
+
+    def eval_loss(self) -> float:
+        """Mean cross-entropy per target token over the eval rows, without dropout."""
+        import contextlib
+
+        assert self.eval_set is not None
+        module = self.train_module or self.model
+        device = next(self.model.parameters()).device
+        autocast = self.accelerator.autocast() if self.accelerator else contextlib.nullcontext()
+        was_training = module.training
+        module.eval()
+        total = count = 0.0
+        size = self.config.train.batch_size
+        try:
+            with torch.no_grad(), autocast:
+                for a in range(0, len(self.eval_set), size):
+                    items = [self.eval_set[i] for i in range(a, min(a + size, len(self.eval_set)))]
+                    batch = {k: v.to(device) for k, v in self.collate(items).items()}
+                    total += float(self.loss(module, batch).loss_sum)
+                    count += self.count(batch)
+        finally:
+            module.train(was_training)
+        return total / max(count, 1.0)
 
     # -- loss ---------------------------------------------------------------------------
     def count(self, batch: Any) -> int:
@@ -273,11 +445,13 @@ class LLMBackend(Backend):
             kwargs["position_ids"] = batch["position_ids"]  # packed: no mask, no cache
         else:
             kwargs["attention_mask"] = batch["attention_mask"]
-        logits = module(**kwargs).logits
         labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE
-        selected = logits[:, :-1][mask].float()
-        loss_sum = torch.nn.functional.cross_entropy(selected, labels[mask], reduction="sum")
+        # Logits only where some row has a target (answers), never batch × length × vocab.
+        keep = (labels != IGNORE).any(dim=0).nonzero().squeeze(1)
+        logits = module(**kwargs, logits_to_keep=keep).logits
+        kept = labels[:, keep]
+        mask = kept != IGNORE
+        loss_sum = chunked_cross_entropy(logits[mask], kept[mask])
         return LossOutput(loss_sum, samples=int(batch["num_rows"]), tokens=int(batch["num_tokens"]))
 
     # -- outputs --------------------------------------------------------------------------
@@ -292,19 +466,28 @@ class LLMBackend(Backend):
             write_samples(
                 self.model, self.tokenizer, prompts, Path(directory) / f"step-{step}.txt",
                 template=self.template if chat else None,
-                max_new_tokens=self.section.sample_max_new_tokens,
+                max_new_tokens=self.section.sample_max_new_tokens, system=self.system_prompt(),
             )
         ]  # fmt: skip
 
     def dataset_fingerprint(self) -> str:
         return self.data_hash[:16]
 
+    def system_prompt(self) -> str | None:
+        """The system message the training rows carried (qa, alpaca and plugin readers)."""
+        if self.reader_name in ("chat", "prompt_completion", "text"):
+            return None
+        return self.section.system_prompt
+
     def export_metadata(self) -> dict[str, str]:
-        return {
+        metadata = {
             "lorakit.llm.base_model": self.config.train.base_model,
             "lorakit.llm.chat_template": self.template_name,
             "lorakit.llm.dataset_format": self.reader_name,
         }
+        if self.system_prompt():
+            metadata["lorakit.llm.system_prompt"] = str(self.system_prompt())
+        return metadata
 
     def save_adapter(self, directory: Path, metadata: dict[str, str]) -> None:
         from lorakit_llm.export import save_adapter

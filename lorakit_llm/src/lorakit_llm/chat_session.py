@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorakit.api import UsageError
-from lorakit_llm.chat_templates import resolve_template
 from lorakit_llm.generate import (
     COMBINED,
     AdapterRef,
-    adapter_format,
-    adapter_template,
+    PromptStyle,
+    adapter_style,
     combine_adapters,
     generate,
     use_adapter,
@@ -23,11 +22,14 @@ BASE = "base"
 
 @dataclass
 class ChatSession:
+    """Each adapter is prompted as it was trained (template, format, system prompt, read
+    from its ``lorakit.json`` and ``chat_template.jinja``); ``--chat-template`` and
+    ``--system`` override that for all. The combination uses the first adapter's style."""
+
     model: Any
     tokenizer: Any
     refs: list[AdapterRef]
-    template: str | None
-    system: str | None = None
+    styles: dict[str, PromptStyle]
     max_new_tokens: int = 256
     active: str = BASE
     history: list[dict[str, str]] = field(default_factory=list)
@@ -46,18 +48,27 @@ class ChatSession:
         from lorakit_llm.export import load_for_inference
 
         model, tokenizer, refs = load_for_inference(base, loras, dtype)
-        saved = adapter_template(refs[0].path) if refs else None
-        template: str | None
-        if chat_template is None and saved:
-            template = saved
-        else:
-            template, _ = resolve_template(chat_template, tokenizer)
-        if refs and adapter_format(refs[0].path) in ("prompt_completion", "text"):
-            template = None  # trained on raw text: prompt it the same way
-        session = cls(model, tokenizer, refs, template, system, max_new_tokens)
+        styles = {BASE: adapter_style(None, tokenizer, chat_template, system)}
+        for ref in refs:
+            styles[ref.name] = adapter_style(ref.path, tokenizer, chat_template, system)
+        if refs:
+            styles[COMBINED] = styles[refs[0].name]
+        session = cls(model, tokenizer, refs, styles, max_new_tokens)
         if refs:
             session.active = refs[0].name
         return session
+
+    @property
+    def style(self) -> PromptStyle:
+        return self.styles[self.active]
+
+    @property
+    def template(self) -> str | None:
+        return self.style.template
+
+    @property
+    def system(self) -> str | None:
+        return self.style.system
 
     def describe(self) -> str:
         if not self.refs:
@@ -72,32 +83,40 @@ class ChatSession:
         if not self.refs:
             raise UsageError("no adapters loaded")
         use_adapter(self.model, name)
+        self._switch(name)
+
+    def _switch(self, name: str) -> None:
+        if self.styles[name] != self.style:
+            self.history = []  # another prompt format: the old turns would not fit it
         self.active = name
 
     def use_base(self) -> None:
-        self.active = BASE
+        self._switch(BASE)
 
     def combine(self) -> None:
         if len(self.refs) < 1:
             raise UsageError("--combine needs at least one --adapter")
         combine_adapters(self.model, self.refs)
-        self.active = COMBINED
+        self._switch(COMBINED)
 
     def reset(self) -> None:
         self.history = []
 
     def ask(self, prompt: str) -> str:
         """Answer ``prompt`` in the conversation so far, with the active adapter."""
-        messages = [{"role": "system", "content": self.system}] if self.system else []
+        style = self.style
+        messages = [{"role": "system", "content": style.system}] if style.system else []
+        if style.template is None:
+            messages = []  # a raw-text adapter: the prompt alone, no turns, no system
         messages += [*self.history, {"role": "user", "content": prompt}]
         off = self.refs and self.active == BASE
         guard = self.model.disable_adapter() if off else contextlib.nullcontext()
         with guard:
             answer = generate(
-                self.model, self.tokenizer, messages, template=self.template,
+                self.model, self.tokenizer, messages, template=style.template,
                 max_new_tokens=self.max_new_tokens,
             )  # fmt: skip
-        if self.template is not None:
+        if style.template is not None:
             self.history += [{"role": "user", "content": prompt},
                              {"role": "assistant", "content": answer}]  # fmt: skip
         return answer

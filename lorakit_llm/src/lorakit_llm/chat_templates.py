@@ -30,13 +30,13 @@ ZEPHYR = (
 
 LLAMA2 = (
     "{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set system = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' %}"
+    "{% set system = '<<SYS>>\\n' + messages[0]['content'] | trim + '\\n<</SYS>>\\n\\n' %}"
     "{% set turns = messages[1:] %}"
     "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
     "{% for message in turns %}"
     "{% if message['role'] == 'user' %}"
-    "{{ bos_token }}[INST] {{ (system if loop.first else '') + message['content'] }} [/INST]"
-    "{% else %} {{ message['content'] }} {{ eos_token }}{% endif %}"
+    "{{ bos_token }}[INST] {{ (system if loop.first else '') + message['content'] | trim }} [/INST]"
+    "{% else %} {{ message['content'] | trim }} {{ eos_token }}{% endif %}"
     "{% endfor %}"
 )
 
@@ -54,15 +54,29 @@ BUILTIN = {"chatml": CHATML, "zephyr": ZEPHYR, "llama2": LLAMA2, "alpaca": ALPAC
 END_MARKERS = {"chatml": ("<|im_end|>",), "alpaca": ("### Instruction:",)}
 
 
+def model_template(tokenizer: Any) -> str | None:
+    """The tokenizer's own template; of a dict of named templates, the ``default`` one."""
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):
+        own = own.get("default")
+    return own if isinstance(own, str) and own.strip() else None
+
+
 def resolve_template(setting: str | None, tokenizer: Any) -> tuple[str, str]:
-    """``(template, name)`` for ``llm.chat_template``; name is ``model`` for the model's own."""
+    """``(template, name)`` for ``llm.chat_template``; name is ``model`` for the model's own.
+
+    A model without a template (a base model such as Llama-2-7b-hf) gets ``alpaca``: plain
+    text markers that every vocabulary can spell, with the tokenizer's own EOS closing each
+    answer (and its BOS in front where it adds one), so the trained model stops in any
+    runtime; chatml's ``<|im_end|>`` would be several plain-text tokens in such a vocabulary.
+    """
     if setting is None or setting in ("auto", "model"):
-        own = getattr(tokenizer, "chat_template", None)
-        if isinstance(own, str) and own.strip():
+        own = model_template(tokenizer)
+        if own is not None:
             return own, "model"
         if setting == "model":
             raise ConfigError("the model has no chat template; name one", key="llm.chat_template")
-        return CHATML, "chatml"
+        return ALPACA, "alpaca"
     if setting in BUILTIN:
         return BUILTIN[setting], setting
     if "{{" in setting or "{%" in setting:

@@ -1,13 +1,21 @@
-"""Token rows → training items: packed sequences, or single rows in length-grouped batches.
+"""Token rows → batches: ``batch_size`` rows each, padded or packed.
 
-Packing puts several rows into one sequence of at most ``max_seq_len`` tokens (best fit,
-longest first, once, deterministically). Each row's position ids start again at 0, and the
-model is called without an attention mask and without a cache, so transformers builds a
-block-diagonal causal mask from the position ids: rows never attend to each other.
+A batch is always ``batch_size`` examples (rows), drawn by a
+:class:`LengthGroupedBatchSampler` that puts rows of similar length together, so a step
+means the same thing with and without packing. Packing only changes how one batch is laid
+out:
 
-Without packing, each item is one row; a :class:`LengthGroupedBatchSampler` puts rows of
-similar length together so little padding is wasted, and the batch carries an attention
-mask. Both orders are pure functions of ``(seed, epoch)``.
+- ``padded``: one row per example, right-padded, with an attention mask;
+- ``packed`` (sdpa, eager): the examples are packed end to end into rows no longer than the
+  longest example of the batch (best fit), position ids starting at 0 for each example;
+  the model is called without a mask and without a cache, and transformers builds the
+  block-diagonal causal mask from the position ids. No row is longer than the padded batch
+  would be, and there are no more rows, so attention never costs more than padding;
+- ``flat`` (flash attention / varlen kernels): the whole batch is one row without padding.
+  transformers reads packed sequences from position ids only when a batch has one row, so
+  this is the layout that keeps examples apart on those kernels.
+
+Both orders are pure functions of ``(seed, epoch)``.
 """
 
 from __future__ import annotations
@@ -39,82 +47,78 @@ def pack_rows(lengths: list[int], max_len: int) -> list[list[int]]:
     return bins
 
 
+LAYOUTS = ("padded", "packed", "flat")
+
+
 class TokenDataset(torch.utils.data.Dataset):
-    """Items are single rows (``groups`` None) or packed groups of rows."""
+    """One item per row (of ``rows``, default all); ``packed``: batches will be packed."""
 
-    def __init__(self, data: TokenizedData, groups: list[list[int]] | None = None) -> None:
+    def __init__(
+        self, data: TokenizedData, packed: bool = False, rows: list[int] | None = None
+    ) -> None:
         self.data = data
-        self.groups = groups
-        row_lengths = data.lengths()
-        if groups is None:
-            self.lengths = row_lengths
-        else:
-            self.lengths = [sum(row_lengths[i] for i in g) for g in groups]
-
-    @property
-    def packed(self) -> bool:
-        return self.groups is not None
+        self.packed = packed
+        self.rows = list(range(len(data))) if rows is None else rows
+        lengths = data.lengths()
+        self.lengths = [lengths[i] for i in self.rows]
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rows = self.groups[index] if self.groups is not None else [index]
-        ids, labels, positions = [], [], []
-        for r in rows:
-            row_ids, row_labels = self.data.row(r)
-            ids.append(row_ids)
-            labels.append(row_labels)
-            positions.append(torch.arange(len(row_ids)))
-        return {
-            "input_ids": torch.cat(ids).long(),
-            "labels": torch.cat(labels).long(),
-            "position_ids": torch.cat(positions),
-        }
+        ids, labels = self.data.row(self.rows[index])
+        return {"input_ids": ids.long(), "labels": labels.long()}
 
 
 class Collator:
-    """Right-pads a list of items into a batch.
+    """Lays a list of rows out as one batch (see the module's docstring for ``layout``).
 
-    Packed: ``input_ids``, ``labels``, ``position_ids`` (the padding counts as one more
-    sequence, which no real token can see under a causal mask). Unpacked: ``input_ids``,
-    ``labels``, ``attention_mask``.
+    Every layout gives ``input_ids`` and ``labels``; ``padded`` adds ``attention_mask``, the
+    packed layouts ``position_ids`` (padding at the end of a packed row counts as one more
+    sequence, which no real token can see under a causal mask). ``num_tokens`` is the real
+    (unpadded) token count, ``num_rows`` the number of examples.
     """
 
-    def __init__(self, pad_id: int, packed: bool) -> None:
+    def __init__(self, pad_id: int, layout: str = "padded") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: one of {', '.join(LAYOUTS)}")
         self.pad_id = pad_id
-        self.packed = packed
+        self.layout = layout
+
+    def rows(self, lengths: list[int]) -> list[list[int]]:
+        """Which items go into which row."""
+        if self.layout == "padded":
+            return [[i] for i in range(len(lengths))]
+        if self.layout == "flat":
+            return [list(range(len(lengths)))]
+        return [sorted(b) for b in pack_rows(lengths, max(lengths))]
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        width = max(len(item["input_ids"]) for item in items)
-        n = len(items)
+        lengths = [len(item["input_ids"]) for item in items]
+        rows = self.rows(lengths)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        n = len(rows)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         labels = torch.full((n, width), IGNORE, dtype=torch.long)
-        if self.packed:
-            positions = torch.arange(width).repeat(n, 1)
-        else:
-            mask = torch.zeros((n, width), dtype=torch.long)
-        for i, item in enumerate(items):
-            k = len(item["input_ids"])
-            ids[i, :k] = item["input_ids"]
-            labels[i, :k] = item["labels"]
-            if self.packed:
-                positions[i, :k] = item["position_ids"]
-                positions[i, k:] = torch.arange(width - k)
-            else:
-                mask[i, :k] = 1
+        positions = torch.arange(width).repeat(n, 1)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                k = lengths[i]
+                ids[r, at : at + k] = items[i]["input_ids"]
+                labels[r, at : at + k] = items[i]["labels"]
+                positions[r, at : at + k] = torch.arange(k)
+                at += k
+            positions[r, at:] = torch.arange(width - at)
+            mask[r, :at] = 1
         batch = {"input_ids": ids, "labels": labels}
-        # Real (unpadded) tokens, for the throughput metric.
-        batch["num_tokens"] = torch.tensor(sum(len(item["input_ids"]) for item in items))
-        if self.packed:
-            batch["position_ids"] = positions
-            # Rows in the batch (for the samples count), known before the forward pass.
-            batch["num_rows"] = torch.tensor(
-                sum(int((item["position_ids"] == 0).sum()) for item in items)
-            )
-        else:
+        if self.layout == "padded":
             batch["attention_mask"] = mask
-            batch["num_rows"] = torch.tensor(n)
+        else:
+            batch["position_ids"] = positions
+        batch["num_tokens"] = torch.tensor(sum(lengths))
+        batch["num_rows"] = torch.tensor(len(items))
         return batch
 
 
@@ -155,3 +159,13 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
 def target_count(batch: dict[str, Any]) -> int:
     """Tokens the loss sums over: labels that are not IGNORE after the one-token shift."""
     return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def split_rows(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train rows, eval rows)``: ``fraction`` of ``n`` rows held out (at least one), by seed."""
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    generator = torch.Generator().manual_seed(seed * 104729 + 17)
+    order = torch.randperm(n, generator=generator).tolist()
+    k = min(max(round(n * fraction), 1), n - 1)
+    return sorted(order[k:]), sorted(order[:k])

@@ -18,7 +18,7 @@ import torch
 
 from lorakit.api import UsageError, write_text
 from lorakit_llm.chat_templates import end_markers
-from lorakit_llm.tokenize import render
+from lorakit_llm.tokenize import end_of_turn_ids, render, with_bos
 
 COMBINED = "combined"
 
@@ -151,12 +151,42 @@ def combine_adapters(model: Any, refs: list[AdapterRef]) -> str:
 
 
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], template: str | None) -> Any:
-    """Input ids for a conversation (chat template) or a raw prompt (``template`` None)."""
+    """Input ids for a conversation (chat template) or a raw prompt (``template`` None).
+
+    Laid out exactly as training laid out its rows (the BOS where the tokenizer adds one).
+    """
     if template is None:
         text = messages[-1]["content"]
         return tokenizer(text, return_tensors="pt")["input_ids"]
-    text = render(tokenizer, messages, template, prompt=True)
+    text = with_bos(tokenizer, render(tokenizer, messages, template, prompt=True))
     return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+
+def _ids(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, (list, tuple, set)):
+        return {int(v) for v in value if v is not None}
+    return {int(value)}
+
+
+def stop_ids(model: Any, tokenizer: Any, template: str | None) -> list[int]:
+    """Every token that ends an answer: the generation config's EOS (an int or a list), the
+    tokenizer's EOS and the template's end-of-turn token (``<|im_end|>`` for chatml)."""
+    ids = _ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    ids |= _ids(tokenizer.eos_token_id)
+    if template is not None:
+        ids |= set(end_of_turn_ids(tokenizer, template))
+    return sorted(ids)
+
+
+def cut_at_stop(ids: list[int], stops: list[int]) -> list[int]:
+    """``ids`` up to (not including) the first stop token."""
+    wanted = set(stops)
+    for i, token in enumerate(ids):
+        if token in wanted:
+            return ids[:i]
+    return ids
 
 
 def generate(
@@ -167,15 +197,21 @@ def generate(
     template: str | None,
     max_new_tokens: int = 64,
 ) -> str:
-    """The greedy continuation of a conversation, cut at the end of the assistant turn."""
+    """The greedy continuation of a conversation, cut at the end of the assistant turn.
+
+    Generation stops on any token of :func:`stop_ids`; the answer is cut before the first
+    of them *before* decoding (with ``skip_special_tokens`` the end-of-turn token would be
+    invisible and whatever the model invented after it would stay in the answer).
+    """
     from transformers import GenerationConfig
 
     ids = prompt_ids(tokenizer, messages, template)
     device = next(model.parameters()).device
+    stops = stop_ids(model, tokenizer, template)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stops or None,
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
     )
@@ -189,7 +225,8 @@ def generate(
             )  # fmt: skip
     finally:
         model.train(was_training)
-    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    new = cut_at_stop(out[0, ids.shape[1] :].tolist(), stops)
+    text = tokenizer.decode(new, skip_special_tokens=True)
     for marker in end_markers(template or ""):
         text = text.split(marker, 1)[0]
     return text.strip()
@@ -203,12 +240,14 @@ def write_samples(
     *,
     template: str | None,
     max_new_tokens: int,
+    system: str | None = None,
 ) -> Path:
     """Generate for every prompt and write ``### prompt`` / answer blocks to ``path``."""
     blocks = []
+    style = PromptStyle(template, system)
     for prompt in prompts:
         answer = generate(
-            model, tokenizer, [{"role": "user", "content": prompt}],
+            model, tokenizer, with_system(style, prompt),
             template=template, max_new_tokens=max_new_tokens,
         )  # fmt: skip
         blocks.append(f"### {prompt}\n{answer}\n")
@@ -222,10 +261,46 @@ def adapter_template(path: Path) -> str | None:
     return file.read_text(encoding="utf-8") if file.is_file() else None
 
 
-def adapter_format(path: Path) -> str | None:
-    """The dataset format an adapter was trained on (from its lorakit.json), if known."""
-    file = path / "lorakit.json"
+def adapter_record(path: Path) -> dict[str, Any]:
+    """The ``llm`` part of an adapter's ``lorakit.json`` (empty when unknown)."""
     try:
-        return json.loads(file.read_text())["llm"]["dataset_format"]
+        record = json.loads((path / "lorakit.json").read_text())["llm"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+@dataclass
+class PromptStyle:
+    """How to prompt a model: a chat template (None: the raw prompt text) and a system message."""
+
+    template: str | None
+    system: str | None = None
+
+
+def adapter_style(
+    path: Path | None, tokenizer: Any, chat_template: str | None = None, system: str | None = None
+) -> PromptStyle:
+    """The prompt an adapter was trained with: its saved template (raw text for
+    ``prompt_completion`` / ``text`` data) and its system prompt. ``chat_template`` and
+    ``system`` given by the user win; ``path`` None is the base model alone."""
+    from lorakit_llm.chat_templates import resolve_template
+
+    saved = adapter_template(path) if path is not None else None
+    template: str | None
+    if chat_template is None and saved:
+        template = saved
+    else:
+        template, _ = resolve_template(chat_template, tokenizer)
+    record = adapter_record(path) if path is not None else {}
+    if record.get("dataset_format") in ("prompt_completion", "text"):
+        template = None  # trained on raw text: prompt it the same way
+    if system is None:
+        system = record.get("system_prompt") or None
+    return PromptStyle(template, system)
+
+
+def with_system(style: PromptStyle, prompt: str) -> list[dict[str, str]]:
+    """The messages for one prompt: the style's system message (chat templates only) first."""
+    system = [{"role": "system", "content": style.system}] if style.system else []
+    return [*(system if style.template is not None else []), {"role": "user", "content": prompt}]

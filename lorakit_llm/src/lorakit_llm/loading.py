@@ -9,6 +9,14 @@
   ``llama-2-7b-chat.ggmlv3.q4_0.bin``) is recognised by its first bytes and refused with a
   message that says how to convert it.
 - ``load_in_4bit`` loads the weights in 4-bit NF4 through bitsandbytes (QLoRA): CUDA only.
+
+These are registered as model loaders of the ``llm`` backend (``hf``, ``gguf``, ``ggml``; see
+:data:`LOADERS`), and every caller (training, chat, sample, merge) goes through
+``registries.model_loader_for("llm", source, name)``, so a plugin can add a format. The
+contract of an ``llm`` loader: ``load(source, *, dtype, load_in_4bit=False,
+attn_implementation=None, device=None, check=False)`` returns ``(model, tokenizer)``; with
+``check=True`` it only validates ``source`` (cheap: no weights) and returns None, or raises a
+one-line :class:`UsageError`.
 """
 
 from __future__ import annotations
@@ -191,12 +199,77 @@ def load_base(
     load_in_4bit: bool = False,
     attn_implementation: str | None = None,
     device: Any = None,
+    loader: str | None = None,
+    registries: Any = None,
 ) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for a folder, hub id or .gguf file."""
-    source = resolve_base(base)
-    tokenizer = load_tokenizer(source)
+    """``(model, tokenizer)`` through the model loader that reads ``base`` (or ``loader``)."""
+    spec = loader_for(base, loader, registries)
+    result = spec.load(
+        base, dtype=dtype, load_in_4bit=load_in_4bit,
+        attn_implementation=attn_implementation, device=device,
+    )  # fmt: skip
+    model, tokenizer = result
+    return model, tokenizer
+
+
+# -- the loaders registered for the llm backend ----------------------------------------
+
+
+def _file(source: str) -> Path | None:
+    path = Path(source).expanduser()
+    return path if path.is_file() else None
+
+
+def detect_ggml(source: str) -> bool:
+    """An old GGML file (``ggjt``/``ggml``/``ggmf``/``ggla`` magic)."""
+    path = _file(source)
+    return path is not None and (file_magic(path) or "gguf") != "gguf"
+
+
+def load_ggml(source: str, **_: Any) -> Any:
+    """Refuses, saying what the file is and how to convert it."""
+    path = Path(source).expanduser()
+    raise UsageError(ggml_message(path, file_magic(path) or "ggml"))
+
+
+def detect_gguf(source: str) -> bool:
+    """A ``.gguf`` file (by its magic or its name), or a folder holding exactly one."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return file_magic(path) == "gguf" or path.suffix == ".gguf"
+    if path.is_dir() and not (path / "config.json").is_file():
+        return len(list(path.glob("*.gguf"))) == 1
+    return False
+
+
+def detect_hf(source: str) -> bool:
+    """Anything else: a transformers folder or a hub id (its errors say what is wrong)."""
+    return True
+
+
+def load_any(
+    source: str,
+    *,
+    dtype: Any = None,
+    load_in_4bit: bool = False,
+    attn_implementation: str | None = None,
+    device: Any = None,
+    check: bool = False,
+) -> Any:
+    """The ``hf`` and ``gguf`` loaders: ``(model, tokenizer)``, or None with ``check``."""
+    base = resolve_base(source)
+    if check:
+        return None
+    tokenizer = load_tokenizer(base)
     model = load_model(
-        source, dtype=dtype, load_in_4bit=load_in_4bit,
+        base, dtype=dtype, load_in_4bit=load_in_4bit,
         attn_implementation=attn_implementation, device=device,
     )  # fmt: skip
     return model, tokenizer
+
+
+def loader_for(source: str, name: str | None = None, registries: Any = None) -> Any:
+    """The model loader of the llm backend that reads ``source`` (or the one ``name``d)."""
+    from lorakit.api import get_registries
+
+    return (registries or get_registries()).model_loader_for("llm", source, name)

@@ -1,7 +1,8 @@
 """Entry point of lorakit-llm: registrations only; nothing heavy is imported here.
 
-Registers the ``llm`` backend (task ``text-generation``), its dataset readers, the ``peft``
-exporter and the ``lorakit chat`` command. Every factory is lazy: torch, transformers and
+Registers the ``llm`` backend (task ``text-generation``), its model loaders (``hf``,
+``gguf``, ``ggml``), its dataset readers, the ``peft`` exporter and the ``lorakit chat``
+command. Every factory is lazy: torch, transformers and
 peft load only when a command needs them.
 """
 
@@ -11,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import BackendSpec, DatasetReaderSpec, ExporterSpec, hookimpl, lazy
+from lorakit.api import (
+    BackendSpec,
+    DatasetReaderSpec,
+    ExporterSpec,
+    ModelLoaderSpec,
+    hookimpl,
+    lazy,
+)
 from lorakit_llm.section import LLMSection
 
 LORAKIT_PLUGIN_API = 1
@@ -44,8 +52,10 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             config_model=LLMSection,
             commands={
                 "merge": lazy("lorakit_llm.export:merge_command"),
+                "export": lazy("lorakit_llm.gguf_export:export_command"),
                 "sample": lazy("lorakit_llm.export:sample_command"),
                 "demo": lazy("lorakit_llm.demo:demo_command"),
+                "demo_score": lazy("lorakit_llm.demo:demo_score"),
             },
             templates={
                 "7b": ("lorakit_llm", "templates/7b.yaml"),
@@ -54,6 +64,32 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             detect=is_adapter,
         )
     )
+
+
+#: Model loaders of the llm backend: (name, description, priority); code in lorakit_llm.loading.
+MODEL_LOADERS = (
+    ("ggml", "old GGML .bin files (ggjt magic): refused, with the command that converts them",
+     20),
+    ("gguf", "a .gguf file (llama.cpp), through transformers' gguf_file; weights dequantized",
+     10),
+    ("hf", "a transformers model folder or a Hugging Face hub id", -10),
+)  # fmt: skip
+
+
+@hookimpl
+def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
+    loads = {"ggml": "load_ggml", "gguf": "load_any", "hf": "load_any"}
+    for name, description, priority in MODEL_LOADERS:
+        register(
+            ModelLoaderSpec(
+                name=name,
+                backend="llm",
+                detect=lazy(f"lorakit_llm.loading:detect_{name}"),
+                load=lazy(f"lorakit_llm.loading:{loads[name]}"),
+                description=description,
+                priority=priority,
+            )
+        )
 
 
 @hookimpl

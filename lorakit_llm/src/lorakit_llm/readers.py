@@ -1,7 +1,10 @@
 """Dataset readers for text: JSONL rows (or .txt files) into uniform training records.
 
-``train_data_dir`` is a single file or a folder (every ``.jsonl`` in it, sorted by name;
-the ``text`` reader also takes ``.txt`` files). Each reader returns records of one of three
+``train_data_dir`` is a single file or a folder (every ``.jsonl``, ``.json`` and ``.csv``
+in it, sorted by name; the ``text`` reader also takes ``.txt`` files). A ``.json`` file is
+one JSON array of objects (the classic ``alpaca_data.json``) or JSON lines; a ``.csv`` file
+has a header row naming its columns (``question,answer``, ``instruction,input,output``,
+``prompt,completion``, ``text``), so the same readers and the same detection serve it. Each reader returns records of one of three
 kinds, which the tokenizer step understands:
 
 - ``{"kind": "chat", "messages": [{"role", "content"}, ...]}``: rendered with the chat
@@ -9,13 +12,16 @@ kinds, which the tokenizer step understands:
 - ``{"kind": "completion", "prompt": str, "completion": str}``: raw text, no template;
 - ``{"kind": "text", "text": str}``: raw text, every token is a target.
 
-Every record carries ``source`` (``file:line``) so later errors can say where. A line
-that is not valid JSON, or lacks the keys, is a :class:`DataError` naming file and line.
+Every record carries ``source`` (``file:line``; the line where a JSON array's object
+starts, or a CSV row's line) so later errors can say where. A line that is not valid JSON,
+or lacks the keys, is a :class:`DataError` naming file and line.
 This module imports no torch and no transformers.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +35,10 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "system": "system"}  # fmt: skip
 
 
-def data_files(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",)) -> list[Path]:
+ROW_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def data_files(path: str | Path, suffixes: tuple[str, ...] = ROW_SUFFIXES) -> list[Path]:
     """The data files at ``path``: the file itself, or the folder's files with ``suffixes``."""
     path = Path(path).expanduser()
     if path.is_file():
@@ -38,7 +47,9 @@ def data_files(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",)) -> lis
         raise DataError("no such file or folder", where=path)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        kinds = " or ".join(suffixes)
+        kinds = (
+            ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
+        )
         raise DataError(f"no {kinds} files in this folder", where=path)
     return files
 
@@ -68,16 +79,107 @@ def iter_jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, row
 
 
-def first_row(path: str | Path) -> dict[str, Any] | None:
-    """The first JSON object of the first JSONL file (None for text-only folders)."""
+def _read_text(file: Path) -> str:
+    raw = file.read_bytes()
     try:
-        files = data_files(path, (".jsonl", ".txt"))
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"not UTF-8 text (byte {exc.start})", where=f"{file}:{line}") from None
+
+
+def iter_json_array(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every object of a file holding one JSON array."""
+    text = _read_text(file)
+    decoder = json.JSONDecoder()
+    at = len(text) - len(text.lstrip())
+    if not text.startswith("[", at):
+        yield from iter_jsonl(file)  # JSON lines under a .json name
+        return
+
+    def where(offset: int) -> str:
+        return f"{file}:{text.count(chr(10), 0, offset) + 1}"
+
+    at += 1
+    first = True
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if text.startswith("]", at):
+            return
+        if not first:
+            if not text.startswith(",", at):
+                raise DataError("invalid JSON: expected ',' or ']' between items", where=where(at))
+            at += 1
+            while at < len(text) and text[at].isspace():
+                at += 1
+        first = False
+        if at >= len(text):
+            raise DataError("invalid JSON: the array is not closed with ']'", where=where(at))
+        try:
+            row, end = decoder.raw_decode(text, at)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{file}:{exc.lineno}"
+            ) from None
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", where=where(at))
+        yield text.count("\n", 0, at) + 1, row
+        at = end
+
+
+def iter_csv(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for every data row of a CSV file with a header row.
+
+    Column names are matched without case or surrounding spaces; empty cells of optional
+    columns (alpaca's ``input``) read as empty strings.
+    """
+    reader = csv.reader(io.StringIO(_read_text(file), newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise DataError(f"invalid CSV: {exc}", where=f"{file}:1") from None
+    names = [h.strip().lower() for h in header]
+    start = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"invalid CSV: {exc}", where=f"{file}:{start}") from None
+        if any(c.strip() for c in cells):
+            if len(cells) > len(names):
+                raise DataError(
+                    f"{len(cells)} cells but the header names {len(names)} columns",
+                    where=f"{file}:{start}",
+                )
+            yield start, dict(zip(names, cells, strict=False))
+        start = reader.line_num + 1
+
+
+def iter_rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a ``.jsonl``, ``.json`` (array) or ``.csv`` file, with their line numbers."""
+    suffix = file.suffix.lower()
+    if suffix == ".json":
+        return iter_json_array(file)
+    if suffix == ".csv":
+        return iter_csv(file)
+    return iter_jsonl(file)
+
+
+def first_row(path: str | Path) -> dict[str, Any] | None:
+    """The first row of the first data file (None for text-only folders)."""
+    try:
+        files = data_files(path, (*ROW_SUFFIXES, ".txt"))
     except DataError:
         return None
     for file in files:
-        if file.suffix.lower() != ".jsonl":
+        if file.suffix.lower() == ".txt":
             continue
-        for _, row in iter_jsonl(file):
+        for _, row in iter_rows(file):
             return row
     return None
 
@@ -94,7 +196,7 @@ def _text(row: dict[str, Any], key: str, where: str, *, optional: bool = False) 
 
 def _rows(path: str | Path, need: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
     for file in data_files(path):
-        for number, row in iter_jsonl(file):
+        for number, row in iter_rows(file):
             where = f"{file}:{number}"
             missing = [k for k in need if k not in row]
             if missing:
@@ -155,7 +257,7 @@ def read_chat(path: str | Path, **_: Any) -> list[Record]:
     """``{"messages": [{"role", "content"}, ...]}`` rows (or ShareGPT ``conversations``)."""
     out = []
     for file in data_files(path):
-        for number, row in iter_jsonl(file):
+        for number, row in iter_rows(file):
             where = f"{file}:{number}"
             out.append({"kind": "chat", "messages": _messages(row, where), "source": where})
     return out
@@ -191,7 +293,7 @@ def _messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:
 def read_text(path: str | Path, **_: Any) -> list[Record]:
     """Plain text: every ``.txt`` file is one document; JSONL rows need a ``text`` key."""
     out: list[Record] = []
-    for file in data_files(path, (".jsonl", ".txt")):
+    for file in data_files(path, (*ROW_SUFFIXES, ".txt")):
         if file.suffix.lower() == ".txt":
             try:
                 text = file.read_text(encoding="utf-8")
@@ -200,7 +302,7 @@ def read_text(path: str | Path, **_: Any) -> list[Record]:
             if text.strip():
                 out.append({"kind": "text", "text": text, "source": str(file)})
             continue
-        for number, row in iter_jsonl(file):
+        for number, row in iter_rows(file):
             where = f"{file}:{number}"
             out.append({"kind": "text", "text": _text(row, "text", where), "source": where})
     return out
@@ -229,7 +331,7 @@ def detect_chat(path: str | Path) -> bool:
 
 def detect_text(path: str | Path) -> bool:
     try:
-        files = data_files(path, (".jsonl", ".txt"))
+        files = data_files(path, (*ROW_SUFFIXES, ".txt"))
     except DataError:
         return False
     if any(f.suffix.lower() == ".txt" for f in files):

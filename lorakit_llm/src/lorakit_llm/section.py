@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class LLMSection(BaseModel):
@@ -21,12 +21,14 @@ class LLMSection(BaseModel):
     )
     packing: bool = Field(
         True,
-        description="Pack several rows into one sequence of max_seq_len (no attention "
-        "across rows); false: length-grouped padded batches.",
+        description="Lay each batch (batch_size examples) out without padding: examples "
+        "packed into rows no longer than the batch's longest (one row on flash attention), "
+        "no attention across examples; false: length-grouped padded batches.",
     )
     chat_template: str | None = Field(
         None,
-        description="null: the model's own template (chatml if it has none); a name "
+        description="null: the model's own template (alpaca with its BOS/EOS if it has "
+        "none; the 'default' one of several); a name "
         "(chatml, llama2, alpaca, zephyr), a Jinja template, or a .jinja file.",
     )
     train_on_inputs: bool = Field(
@@ -55,6 +57,18 @@ class LLMSection(BaseModel):
     attn_implementation: str | None = Field(
         None, description="transformers attention: sdpa, eager, flash_attention_2 (null: auto)."
     )
+    eval_split: float = Field(
+        0.0, ge=0.0, lt=0.5,
+        description="Fraction of the rows held out (chosen by seed) to measure eval loss on.",
+    )  # fmt: skip
+    eval_data: str | None = Field(
+        None, description="A separate file or folder of eval rows (same format as the data)."
+    )
+    eval_steps: int | None = Field(
+        None, gt=0,
+        description="Eval loss every this many optimizer steps and at the end (null: ~10 "
+        "times per run).",
+    )  # fmt: skip
     sample_max_new_tokens: int = Field(
         64, gt=0, description="Tokens generated per sample prompt (greedy)."
     )
@@ -65,3 +79,9 @@ class LLMSection(BaseModel):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> LLMSection:
+        if self.eval_split and self.eval_data:
+            raise ValueError("set eval_split or eval_data, not both")
+        return self

@@ -8,7 +8,13 @@ and other packages can exercise the real loading paths a user hits:
 - :func:`write_gguf` writes the same model as a GGUF file (F32 or F16), the way llama.cpp
   lays it out (tokenizer metadata, tensor names, q/k head permutation);
 - :func:`write_ggml_stub` writes the first bytes of an old GGML (``ggjt``) file;
-- :func:`qa_pairs` / :func:`write_qa_jsonl` make deterministic synthetic QA data.
+- :func:`qa_pairs` / :func:`write_qa_jsonl` make deterministic synthetic QA data;
+- :func:`build_qwen_like_tokenizer` (EOS ``<|endoftext|>``, turns end with the special
+  ``<|im_end|>``, no BOS: the shape of Qwen2.5's base tokenizer) and
+  :func:`build_llama2_like_tokenizer` (SentencePiece-style, ``<s>`` added in front of every
+  text, no chat template: the shape of Llama-2's base tokenizer);
+- :func:`build_chain_llama` saves a Llama whose next token depends only on the current one
+  along a chosen chain, so a test knows exactly what greedy generation will produce.
 """
 
 from __future__ import annotations
@@ -128,8 +134,13 @@ def build_tiny_llama(
     corpus: list[str] | None = None,
     hidden_size: int = 64,
     num_layers: int = 2,
+    num_heads: int | None = None,
 ) -> Path:
-    """Save a random-weight Llama (default: hidden 64, 2 layers) and its tokenizer."""
+    """Save a random-weight Llama (default: hidden 64, 2 layers) and its tokenizer.
+
+    ``num_heads`` (default hidden / 16, with half as many key/value heads) gives a model
+    with that many attention heads and as many key/value heads (Llama-2-7B's layout).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -139,8 +150,8 @@ def build_tiny_llama(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=max(hidden_size // 16, 2),
-        num_key_value_heads=max(hidden_size // 32, 1),
+        num_attention_heads=num_heads or max(hidden_size // 16, 2),
+        num_key_value_heads=num_heads or max(hidden_size // 32, 1),
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
@@ -259,3 +270,125 @@ def write_ggml_stub(path: str | Path, magic: str = "ggjt") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(header + bytes(64))
     return path
+
+
+#: Qwen2.5's chat template, shortened: chatml with a default system message.
+QWEN_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen_like_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384) -> Any:
+    """A byte-level BPE shaped like Qwen2.5's base tokenizer.
+
+    Special tokens ``<|endoftext|>`` (the EOS and pad), ``<|im_start|>``, ``<|im_end|>``; no
+    BOS; a chatml chat template, so an assistant turn ends with ``<|im_end|>``, not the EOS.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )  # fmt: skip
+    backend.train_from_iterator([*(corpus or default_corpus()), "system user assistant"], trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+    )  # fmt: skip
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.model_max_length = 512
+    return tokenizer
+
+
+def build_llama2_like_tokenizer(corpus: list[str] | None = None, vocab_size: int = 384) -> Any:
+    """A SentencePiece-style BPE shaped like Llama-2's base tokenizer.
+
+    ``<unk>``, ``<s>``, ``</s>`` as ids 0-2, ``▁`` word boundaries, byte fallback; the
+    tokenizer puts ``<s>`` in front of every text it encodes (``add_bos_token``), adds no
+    EOS, and has no chat template (a base model).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+         decoders.Strip(" ", 1, 0)]
+    )  # fmt: skip
+    import string
+
+    text = "".join(corpus or default_corpus()) + string.printable
+    alphabet = sorted({c for c in text.replace(" ", "▁") if c not in "\r\x0b\x0c"})
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=[*alphabet, "▁"], show_progress=False,
+    )  # fmt: skip
+    backend.train_from_iterator(corpus or default_corpus(), trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.model_max_length = 512
+    return tokenizer
+
+
+def build_chain_llama(
+    directory: str | Path, tokenizer: Any, chain: list[int], *, eos_token_id: Any = None
+) -> Path:
+    """A 2-layer Llama that, after token ``chain[i]``, predicts ``chain[i + 1]``.
+
+    Attention and MLP outputs are zero, so the logits depend on the current token only; the
+    head scores ``chain[i + 1]`` highest after ``chain[i]`` (every other token predicts
+    ``chain[0]``). ``eos_token_id`` goes into the generation config (an int or a list, as
+    real checkpoints ship it; default the tokenizer's EOS).
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    if len(set(chain[:-1])) != len(chain) - 1:
+        raise ValueError("a chain token may appear only once (except as the last)")
+    eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = model.model.embed_tokens.weight
+        unit = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        head = torch.zeros_like(emb)
+        head[chain[0]] = unit.sum(0) * 0.5  # a weak default: back to the start
+        for a, b in zip(chain, chain[1:], strict=False):
+            head[b] += unit[a] * 40.0
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.copy_(head / (emb.norm(dim=-1, keepdim=True).mean()))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

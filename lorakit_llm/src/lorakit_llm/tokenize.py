@@ -25,7 +25,7 @@ import torch
 
 from lorakit.api import DataError, save_safetensors
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 IGNORE = -100
 
 
@@ -135,6 +135,98 @@ def render_chat(
     return full, spans
 
 
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special tokens (control tokens, never plain text)."""
+    ids = set(tokenizer.all_special_ids)
+    for index, token in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(token, "special", False):
+            ids.add(int(index))
+    return ids
+
+
+def end_of_turn_ids(tokenizer: Any, template: str) -> list[int]:
+    """The special token(s) a template puts right after an assistant message.
+
+    ``<|im_end|>`` for chatml, the EOS for zephyr/alpaca/llama2-style templates: found by
+    rendering a short exchange and tokenizing what follows the answer up to the next text.
+    """
+    answer = "\u2063PONG\u2063"
+    messages = [{"role": "user", "content": "PING"}, {"role": "assistant", "content": answer}]
+    try:
+        text = render(tokenizer, messages, template, prompt=False)
+    except Exception:
+        return []
+    at = text.rfind(answer)
+    if at < 0:
+        return []
+    tail = text[at + len(answer) :]
+    specials = special_ids(tokenizer)
+    found = []
+    for token in tokenizer(tail, add_special_tokens=False)["input_ids"]:
+        if token in specials:
+            found.append(token)
+        elif found or tokenizer.decode([token]).strip():
+            break
+    return found[:1]
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts its BOS in front of a text it encodes (Llama, Mistral)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def with_bos(tokenizer: Any, text: str) -> str:
+    """``text`` starting with the BOS where the model expects one (and it is missing)."""
+    if adds_bos(tokenizer) and not text.startswith(tokenizer.bos_token):
+        return tokenizer.bos_token + text
+    return text
+
+
+def seal_row(
+    tokenizer: Any, text: str, spans: list[tuple[int, int]], stops: list[str]
+) -> tuple[str, list[tuple[int, int]]]:
+    """A rendered conversation as the model must see it in training.
+
+    It starts with the BOS where the tokenizer adds one, and every assistant turn ends with
+    a token generation stops on (``stops``: the EOS and the template's end-of-turn token);
+    a turn that does not (chatml on a vocabulary without ``<|im_end|>``) gets the EOS after
+    its text, inside the answer span so the model learns to emit it. The span ends with
+    that token: what the template puts after it (a newline) is never generated.
+    """
+    eos = tokenizer.eos_token
+    pieces: list[str] = []
+    sealed: list[tuple[int, int]] = []
+    shift = cursor = 0
+    for a, b in spans:
+        body = text[a:b].rstrip()
+        if not eos or any(body.endswith(s) for s in stops if s):
+            # The stop token is the last target: nothing after it is ever generated.
+            sealed.append((a + shift, a + len(body) + shift))
+            continue
+        end = a + len(body)
+        pieces += [text[cursor:end], eos]
+        cursor = end
+        sealed.append((a + shift, end + shift + len(eos)))
+        shift += len(eos)
+    text = "".join([*pieces, text[cursor:]])
+    bos = with_bos(tokenizer, text)
+    if bos is not text:
+        grow = len(bos) - len(text)
+        sealed = [(a + grow, b + grow) for a, b in sealed]
+    return bos, sealed
+
+
+def stop_strings(tokenizer: Any, template: str) -> list[str]:
+    """The EOS and the template's end-of-turn token, as text."""
+    ids = end_of_turn_ids(tokenizer, template)
+    tokens = [tokenizer.eos_token, *tokenizer.convert_ids_to_tokens(ids)]
+    return [t for t in tokens if t]
+
+
 # -- tokenizing --------------------------------------------------------------------------
 
 
@@ -166,12 +258,14 @@ def tokenize_records(
 ) -> TokenizedData:
     """Tokenize every record (batched, with offsets) into rows with loss labels."""
     eos = tokenizer.eos_token or ""
+    stops = stop_strings(tokenizer, template) if template else []
     templated: list[tuple[str, list[tuple[int, int]] | None]] = []  # no special tokens added
     raw: list[tuple[str, list[tuple[int, int]] | None, bool]] = []  # tokenizer adds bos
     for record in records:
         kind = record["kind"]
         if kind == "chat":
             text, spans = render_chat(tokenizer, record["messages"], template, record["source"])
+            text, spans = seal_row(tokenizer, text, spans, stops)
             templated.append((text, None if train_on_inputs else spans))
         elif kind == "completion":
             text = record["prompt"] + record["completion"] + eos
