@@ -35,6 +35,7 @@ from lorakit.labeling import (
     read_image,
     read_metadata,
 )
+from lorakit.planning.estimate import PlanModel
 from lorakit.plugins import get_registries, lazy
 from lorakit.provenance import file_metadata, package_version
 from lorakit.registry import (
@@ -65,6 +66,7 @@ __all__ = [
     "LossOutput",
     "ModelLoaderSpec",
     "OptimizerSpec",
+    "PlanModel",
     "PluginError",
     "Registries",
     "RunError",

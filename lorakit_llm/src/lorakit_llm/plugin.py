@@ -52,6 +52,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
                 "qlora": ("lorakit_llm", "templates/qlora.yaml"),
             },
             detect=is_adapter,
+            planner=lazy("lorakit_llm.plan:planner"),
         )
     )
 

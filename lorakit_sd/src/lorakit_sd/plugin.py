@@ -52,6 +52,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
                 "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
             },
             detect=detect,
+            planner=lazy("lorakit_sd.plan:planner"),
         )
     )
 
