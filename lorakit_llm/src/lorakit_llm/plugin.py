@@ -46,6 +46,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
                 "merge": lazy("lorakit_llm.export:merge_command"),
                 "sample": lazy("lorakit_llm.export:sample_command"),
                 "demo": lazy("lorakit_llm.demo:demo_command"),
+                "selftest": lazy("lorakit_llm.selftest:verify"),
             },
             templates={
                 "7b": ("lorakit_llm", "templates/7b.yaml"),
