@@ -106,7 +106,7 @@ def _record(report: Report) -> None:
     write_text(path, json.dumps({"when": now(), "versions": report.versions}, indent=2) + "\n")
 
 
-def _tensors(paths: list[str]) -> dict[str, Any]:
+def _tensors(paths: list[str] | list[Path]) -> dict[str, Any]:
     """Every tensor of every .safetensors file under ``paths``, keyed by file and name."""
     from safetensors.torch import load_file
 
