@@ -78,3 +78,87 @@ def real_peak(config: Any, tmp: Path) -> int:
         peak = peak_of(tracker)[0]
     backend.teardown()
     return peak
+
+
+# -- the two cases of docs/will-it-fit.md, from the real models' configs ----------------------
+
+#: meta-llama/Llama-2-7b-hf config.json (the keys that shape the model).
+LLAMA2_7B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+    "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "hidden_act": "silu",
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float16",
+}  # fmt: skip
+
+#: stable-diffusion-v1-5: model_index.json and the configs of unet/, vae/, text_encoder/.
+SD15 = {
+    "model_index.json": {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    },
+    "unet/config.json": {
+        "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False,
+        "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+        "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    },
+    "vae/config.json": {
+        "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4,
+        "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 512,
+        "up_block_types": ["UpDecoderBlock2D"] * 4, "scaling_factor": 0.18215,
+    },
+    "text_encoder/config.json": {
+        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_act": "quick_gelu",
+        "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+        "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408,
+        "projection_dim": 768, "layer_norm_eps": 1e-05, "bos_token_id": 0, "eos_token_id": 2,
+        "pad_token_id": 1,
+    },
+}  # fmt: skip
+
+
+def template(package: str, name: str) -> dict[str, Any]:
+    from importlib import resources
+
+    return yaml.safe_load(resources.files(package).joinpath(name).read_text("utf-8"))
+
+
+def mascot_case(tmp: Path) -> Path:
+    """The designer's mascot: SD1.5, 80 photos, the sd15 template (rank 16, batch 4, 512 px)."""
+    from lorakit_sd.testing import write_tiny_images
+
+    model = tmp / "stable-diffusion-v1-5"
+    for name, data in SD15.items():
+        (model / name).parent.mkdir(parents=True, exist_ok=True)
+        (model / name).write_text(json.dumps(data), encoding="utf-8")
+    images = write_tiny_images(tmp / "mascot", 80, sizes=[(8, 8)])
+    data = template("lorakit_sd", "templates/sd15.yaml")
+    data.update(
+        base_model=str(model), train_data_dir=str(images), output_dir=str(tmp / "out"), epochs=15
+    )
+    return write_config(tmp / "mascot.yaml", data)
+
+
+def medqa_case(tmp: Path, **keys: Any) -> Path:
+    """The startup's medical QA: Llama-2-7B, 150 QA pairs, the 7b template."""
+    from lorakit_llm.testing import write_qa_jsonl
+
+    model = tmp / "Llama-2-7b-hf"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text(json.dumps(LLAMA2_7B), encoding="utf-8")
+    rows = write_qa_jsonl(tmp / "medqa.jsonl", 150)
+    data = template("lorakit_llm", "templates/7b.yaml")
+    data.update(
+        base_model=str(model), train_data_dir=str(rows), output_dir=str(tmp / "out"), **keys
+    )
+    return write_config(tmp / "medqa.yaml", data)

@@ -117,13 +117,16 @@ def _tie(module: Any) -> None:
 
 
 def memory_tracker() -> Any:
-    """torch's MemTracker, made to accept frozen parameters.
+    """torch's MemTracker, made to accept frozen parameters and to scale to 7B models.
 
     torch 2.13's tracker installs a gradient hook on every parameter of a module it meets,
     which raises for a parameter that does not require grad (every frozen base weight of a
     LoRA run); a frozen parameter gets a no-op handle instead, so it is still counted as a
-    parameter and simply never has a gradient.
+    parameter and simply never has a gradient. After every operation the tracker also
+    updates the peak of every module it has seen, which makes a 32-layer model's step take
+    minutes; only the global peak is kept here (the per-module peaks are not used).
     """
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY as _TOTAL
     from torch.distributed._tools.mem_tracker import MemTracker
 
     class _NoHook:
@@ -142,6 +145,13 @@ def memory_tracker() -> Any:
                 module, install_grad_hooks
             )
             return result
+
+        def _update_peak_stats(self, peak_state: Any) -> None:
+            for device, snap in self._curr_mem_snap.items():
+                total = snap[_TOTAL]
+                if self._peak_mem.get(device, 0) < total:
+                    self._peak_mem[device] = total
+                    self._peak_mem_snap[device] = dict(snap)
 
     return FrozenAwareTracker()
 
@@ -172,15 +182,15 @@ def trace_step(model: PlanModel, *, checkpointing: bool) -> Trace:
     with FakeTensorMode(allow_non_fake_inputs=True):
         module.to_empty(device="cpu")
         _tie(module)
-        batch = model.batch()
-        tracker = memory_tracker()
-        tracker.track_external(module)
         autocast = (
             torch.autocast("cpu", dtype=model.autocast_dtype)
             if model.autocast_dtype is not None
             else contextlib.nullcontext()
         )
+        tracker = memory_tracker()
+        tracker.track_external(module)
         with tracker:
+            batch = model.batch()  # the batch is on the device too
             with autocast:
                 loss = model.loss(module, batch)
             loss.backward()
