@@ -212,3 +212,17 @@ def test_llm_plan_from_a_config_file_and_a_gguf(tmp_path, real_plugins, tiny_lla
     config = load_config(write_config(tmp_path / "big.yaml", data))
     plan = make_plan(config, both=False)
     assert 6.7e9 * 2 < plan.estimate.frozen < 6.8e9 * 2
+
+
+def test_the_docs_cases_are_what_plan_prints(tmp_path, real_plugins):
+    """docs/will-it-fit.md's two cases, planned from the real models' configs (no weights)."""
+    from plan_helpers import mascot_case, medqa_case
+
+    from lorakit.planning import make_plan, parse_gpu
+
+    page = (Path(__file__).parent.parent / "docs" / "will-it-fit.md").read_text()
+    for case in (mascot_case(tmp_path / "mascot"), medqa_case(tmp_path / "medqa")):
+        plan = make_plan(load_config(case), parse_gpu("24GB"), both=False)
+        assert plan.fits
+        assert plan.summary() in page, plan.summary()
+    assert "Llama (32 layers × 4096)" in page and plan.estimate.trainable_params == 16_777_216

@@ -35,7 +35,7 @@ def render(plan: Any, console: Any) -> None:
     table.add_column("size", justify="right")
     table.add_row("frozen weights", gib(e.frozen))
     table.add_row(f"LoRA parameters ({e.trainable_params:,})", gib(e.lora))
-    table.add_row("LoRA gradients", gib(e.grads))
+    table.add_row("LoRA gradients (alive at the peak)", gib(e.grads))
     table.add_row(f"optimizer state ({escape(plan.optimizer)})", gib(e.optimizer))
     gc = "on" if e.checkpointing else "off"
     table.add_row(f"activations (gradient checkpointing {gc})", gib(e.activations))
