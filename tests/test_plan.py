@@ -226,3 +226,20 @@ def test_the_docs_cases_are_what_plan_prints(tmp_path, real_plugins):
         assert plan.fits
         assert plan.summary() in page, plan.summary()
     assert "Llama (32 layers × 4096)" in page and plan.estimate.trainable_params == 16_777_216
+
+
+def test_a_backend_without_a_planner(tmp_path, capsys, toy_plugins):
+    """`lorakit plan` says so in one line (exit 2); `lorakit train` says it skipped the
+    check and trains."""
+    from conftest import toy_config
+
+    from lorakit.testing import run_cli
+
+    config = write_config(tmp_path / "toy.yaml", toy_config(tmp_path, max_steps=2))
+    code, out, err = run_cli(capsys, "plan", "--config", str(config), "--gpu", "24GB")
+    assert code == 2 and err.strip() == (
+        "lorakit: error: backend 'toy' cannot plan (it registers no planner)"
+    )
+    code, out, err = run_cli(capsys, "train", "--config", str(config), "--gpu", "24GB")
+    assert code == 0, err
+    assert "plan: skipped (backend 'toy' cannot plan" in err
