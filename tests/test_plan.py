@@ -243,3 +243,65 @@ def test_a_backend_without_a_planner(tmp_path, capsys, toy_plugins):
     code, out, err = run_cli(capsys, "train", "--config", str(config), "--gpu", "24GB")
     assert code == 0, err
     assert "plan: skipped (backend 'toy' cannot plan" in err
+
+
+def _hub_cache(home: Path, repo: str, files: dict[str, Any]) -> None:
+    """A Hugging Face cache holding only ``files`` (configs) of ``repo``, as a download of
+    just the configs leaves it."""
+    root = home / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        path = root / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+
+def test_plan_from_hub_ids_in_the_local_cache(tmp_path, real_plugins, monkeypatch):
+    import huggingface_hub.constants as hub_constants
+    from plan_helpers import LLAMA, SD15, llm_config
+
+    from lorakit.planning import make_plan
+
+    home = tmp_path / "hf"
+    _hub_cache(home, "someone/tiny-llama", {"config.json": LLAMA})
+    sd15 = {
+        **SD15,
+        "unet/config.json": {**SD15["unet/config.json"], "block_out_channels": [32, 64, 64, 64]},
+    }
+    _hub_cache(home, "someone/tiny-sd", sd15)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    config = load_config(
+        write_config(tmp_path / "l.yaml", llm_config(tmp_path, "someone/tiny-llama"))
+    )
+    plan = make_plan(config, both=False)
+    assert plan.model.description.startswith("Llama (3 layers × 128)")
+    images = tmp_path / "images"
+    images.mkdir()
+    data = {"task_type": "image-generation", "base_model": "someone/tiny-sd",
+            "train_data_dir": str(images), "batch_size": 1, "sd": {"resolution": 64}}  # fmt: skip
+    plan = make_plan(load_config(write_config(tmp_path / "s.yaml", data)), both=False)
+    assert plan.model.description.startswith("SD1.x UNet") and plan.estimate.activations > 0
+
+
+def test_optimizer_state_by_optimizer(tmp_path, real_plugins, tiny_llama):
+    """The same step with AdamW, 8-bit AdamW, DAdaptAdam and Prodigy: only the optimizer
+    state differs, by the bytes each keeps per trainable parameter."""
+    from lorakit.planning import Planner
+
+    data = llm_config(tmp_path, str(tiny_llama))
+    planner = Planner(load_config(write_config(tmp_path / "c.yaml", data)))
+    states = {}
+    for name in ("adamw", "adamw8bit", "dadapt_adam", "prodigy"):
+        _, estimate = planner.estimate({"optimizer": name})
+        states[name] = estimate
+    params = states["adamw"].trainable_params
+    assert states["adamw"].optimizer == 8 * params
+    assert states["dadapt_adam"].optimizer == 12 * params
+    assert states["prodigy"].optimizer == 16 * params
+    assert 2 * params <= states["adamw8bit"].optimizer < 2.1 * params
+    others = {e.total - e.optimizer for e in states.values()}
+    assert len(others) == 1  # one trace serves them all

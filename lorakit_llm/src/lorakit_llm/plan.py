@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import Config, PlanModel, UsageError
-from lorakit_llm.loading import BaseSource, file_magic, resolve_base
+from lorakit_llm.loading import BaseSource, _load_error, file_magic, resolve_base
 from lorakit_llm.section import LLMSection
 
 DTYPE_NAMES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16", "auto": "bfloat16"}
@@ -46,8 +46,7 @@ def read_model_config(base: str) -> Any:
     try:
         return AutoConfig.from_pretrained(source.location)
     except (OSError, ValueError, KeyError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"base model {base}: cannot read its config ({text})") from None
+        raise _load_error(source, "the config", exc) from None
 
 
 def gguf_config(path: Path) -> Any:
