@@ -305,3 +305,17 @@ def test_optimizer_state_by_optimizer(tmp_path, real_plugins, tiny_llama):
     assert 2 * params <= states["adamw8bit"].optimizer < 2.1 * params
     others = {e.total - e.optimizer for e in states.values()}
     assert len(others) == 1  # one trace serves them all
+
+
+def test_sharded_runs_are_not_refused(tmp_path, capsys, real_plugins, tiny_llama):
+    """ZeRO-3 / FSDP over several processes shard the weights: the per-process plan is shown,
+    never used to refuse; plain DDP is refused as a single process is."""
+    from lorakit.cli.plan_cmd import train_check
+    from lorakit.errors import UsageError
+
+    data = llm_config(tmp_path, str(tiny_llama), distributed={"strategy": "deepspeed_zero3"})
+    config = load_config(write_config(tmp_path / "c.yaml", data))
+    train_check(config, "0.01GB", processes=2)
+    assert "(per process, before sharding)" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="first config that fits"):
+        train_check(config, "0.01GB", processes=1)

@@ -129,13 +129,14 @@ def register(app: typer.Typer) -> None:
         render(result, Console(highlight=False))
 
 
-def train_check(config: Any, gpu: str | None) -> None:
+def train_check(config: Any, gpu: str | None, processes: int = 1) -> None:
     """``lorakit train``'s plan check: print the plan's line, refuse a run that cannot fit.
 
     The card is ``--gpu`` or this machine's GPU; on a machine without one (and no
     ``--gpu``) there is nothing to check against. A plan that cannot be made (a config
     only the loader understands, a plugin backend without a planner) never stops a run:
-    its reason is printed instead.
+    its reason is printed instead. The plan is per process without sharding: a run that
+    shards its weights over several processes (DeepSpeed ZeRO-3, FSDP) is never refused.
     """
     from lorakit.errors import UsageError
     from lorakit.planning import local_card, make_plan, parse_gpu
@@ -150,8 +151,9 @@ def train_check(config: Any, gpu: str | None) -> None:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"plan: skipped ({text})", file=sys.stderr)
         return
-    print(plan.summary())
-    if plan.fits:
+    sharded = processes > 1 and config.train.distributed.strategy in ("deepspeed_zero3", "fsdp")
+    print(plan.summary() + (" (per process, before sharding)" if sharded else ""))
+    if plan.fits or sharded:
         return
     first = (
         f"first config that fits: {plan.ladder[0].flags()}"

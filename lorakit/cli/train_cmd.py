@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         if not no_plan_check and "LOCAL_RANK" not in os.environ:
             from lorakit.cli.plan_cmd import train_check
 
-            train_check(cfg, gpu)
+            train_check(cfg, gpu, num_processes * num_machines)
         if num_processes > 1 or num_machines > 1:
             from lorakit.engine.launch import launch
 
