@@ -38,6 +38,7 @@ from lorakit.labeling import (
     read_image,
     read_metadata,
 )
+from lorakit.planning.estimate import PlanModel
 from lorakit.plugins import get_registries, lazy
 from lorakit.provenance import file_metadata, package_version
 from lorakit.registry import (
@@ -69,6 +70,7 @@ __all__ = [
     "LossOutput",
     "ModelLoaderSpec",
     "OptimizerSpec",
+    "PlanModel",
     "PluginError",
     "Registries",
     "RunError",

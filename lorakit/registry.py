@@ -26,6 +26,8 @@ class BackendSpec:
     ``templates`` maps template names to ``(package, file)`` of commented config templates
     shipped as package data; the first is the default of ``lorakit config init``.
     ``detect(path)`` (optional) answers whether a LoRA file or folder belongs to this backend.
+    ``planner(config)`` (optional) returns a :class:`lorakit.planning.PlanModel`: the model
+    on the meta device and a fake batch, for ``lorakit plan`` (docs/will-it-fit.md).
     """
 
     name: str
@@ -36,6 +38,7 @@ class BackendSpec:
     commands: dict[str, Callable[..., Any]] = field(default_factory=dict)
     templates: dict[str, tuple[str, str]] = field(default_factory=dict)
     detect: Callable[[Any], bool] | None = None
+    planner: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,20 @@ def fail(message: str, code: int) -> None:
 
 def _populate(target: typer.Typer) -> None:
     """Add the built-in commands and every plugin's (register_commands) to ``target``."""
-    from lorakit.cli import config_cmd, demo, info_cmds, label_cmd, model_cmds, train_cmd
+    from lorakit.cli import (
+        config_cmd,
+        demo,
+        info_cmds,
+        label_cmd,
+        model_cmds,
+        plan_cmd,
+        selftest_cmd,
+        train_cmd,
+    )  # fmt: skip
 
-    for module in (train_cmd, label_cmd, config_cmd, info_cmds, model_cmds, demo):
+    for module in (
+        train_cmd, plan_cmd, label_cmd, config_cmd, info_cmds, model_cmds, demo, selftest_cmd,
+    ):  # fmt: skip
         module.register(target)
     try:
         from lorakit.plugins import get_plugins

@@ -43,6 +43,14 @@ def register(app: typer.Typer) -> None:
         no_progress: Annotated[
             bool, typer.Option("--no-progress", help="No progress bar.")
         ] = False,
+        gpu: Annotated[
+            str | None,
+            typer.Option("--gpu", help="Check the plan against this card (default: this GPU)."),
+        ] = None,
+        no_plan_check: Annotated[
+            bool,
+            typer.Option("--no-plan-check", help="Train even when the plan says it cannot fit."),
+        ] = False,
     ) -> None:
         """Train a LoRA as the config says."""
         from lorakit.config import load_config
@@ -51,6 +59,10 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config, overrides=set_ or [], backend=backend)
         for notice in cfg.notices:
             print(f"lorakit: {config}: {notice}", file=sys.stderr)
+        if not no_plan_check and "LOCAL_RANK" not in os.environ:
+            from lorakit.cli.plan_cmd import train_check
+
+            train_check(cfg, gpu, num_processes * num_machines)
         if num_processes > 1 or num_machines > 1:
             from lorakit.engine.launch import launch
 

@@ -458,6 +458,24 @@ def check_update() -> list[Check]:
     return [Check("update", "warn", notice.split(":")[0], "pip install -U lorakit")]
 
 
+def check_selftest(plugins: Any = None) -> Check:
+    """Whether lorakit, a plugin or a library changed since the last passing selftest."""
+    from lorakit.diagnostics.selftest import changed_since_selftest
+
+    changed = changed_since_selftest(plugins)
+    if changed is None:
+        return Check(
+            "selftest", "ok", "never run here: `lorakit selftest` checks this install end to end"
+        )
+    if not changed:
+        return Check("selftest", "ok", "passed with the versions installed now")
+    shown = ", ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
+    return Check(
+        "selftest", "warn", f"the install changed since the last selftest: {shown}",
+        "run `lorakit selftest` (about a minute, offline)",
+    )  # fmt: skip
+
+
 # -- running -------------------------------------------------------------------------
 
 
@@ -490,6 +508,7 @@ def run_checks(
         ("disk", lambda: check_disk(output_dir)),
         ("hf", check_hf),
         ("update", check_update),
+        ("selftest", lambda: check_selftest(plugins)),
     ]
     checks: list[Check] = []
     for name, step in steps:

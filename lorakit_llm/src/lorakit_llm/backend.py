@@ -64,6 +64,26 @@ def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
 
 
+def causal_lm_loss(module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """The summed next-token loss of a batch (``labels`` IGNORE where nothing is learnt).
+
+    Logits are asked for only where some row has a target (the answers), and the
+    cross-entropy runs in fp32 slices: never batch × length × vocab fp32 logits. The
+    planner traces this same function.
+    """
+    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]  # packed: no mask, no cache
+    else:
+        kwargs["attention_mask"] = batch["attention_mask"]
+    labels = batch["labels"][:, 1:]
+    keep = (labels != IGNORE).any(dim=0).nonzero().squeeze(1)
+    logits = module(**kwargs, logits_to_keep=keep).logits
+    kept = labels[:, keep]
+    mask = kept != IGNORE
+    return chunked_cross_entropy(logits[mask], kept[mask])
+
+
 def chunked_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, chunk: int = CE_CHUNK
 ) -> torch.Tensor:
@@ -440,18 +460,7 @@ class LLMBackend(Backend):
         return _target_count(batch)
 
     def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
-        kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
-        if "position_ids" in batch:
-            kwargs["position_ids"] = batch["position_ids"]  # packed: no mask, no cache
-        else:
-            kwargs["attention_mask"] = batch["attention_mask"]
-        labels = batch["labels"][:, 1:]
-        # Logits only where some row has a target (answers), never batch × length × vocab.
-        keep = (labels != IGNORE).any(dim=0).nonzero().squeeze(1)
-        logits = module(**kwargs, logits_to_keep=keep).logits
-        kept = labels[:, keep]
-        mask = kept != IGNORE
-        loss_sum = chunked_cross_entropy(logits[mask], kept[mask])
+        loss_sum = causal_lm_loss(module, batch)
         return LossOutput(loss_sum, samples=int(batch["num_rows"]), tokens=int(batch["num_tokens"]))
 
     # -- outputs --------------------------------------------------------------------------

@@ -56,12 +56,14 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
                 "sample": lazy("lorakit_llm.export:sample_command"),
                 "demo": lazy("lorakit_llm.demo:demo_command"),
                 "demo_score": lazy("lorakit_llm.demo:demo_score"),
+                "selftest": lazy("lorakit_llm.selftest:verify"),
             },
             templates={
                 "7b": ("lorakit_llm", "templates/7b.yaml"),
                 "qlora": ("lorakit_llm", "templates/qlora.yaml"),
             },
             detect=is_adapter,
+            planner=lazy("lorakit_llm.plan:planner"),
         )
     )
 

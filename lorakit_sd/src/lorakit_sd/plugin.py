@@ -54,12 +54,14 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
                 "merge": lazy("lorakit_sd.commands:merge"),
                 "sample": lazy("lorakit_sd.commands:sample"),
                 "demo": lazy("lorakit_sd.demo:demo_command"),
+                "selftest": lazy("lorakit_sd.selftest:verify"),
             },
             templates={
                 "sd15": ("lorakit_sd", "templates/sd15.yaml"),
                 "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
             },
             detect=detect,
+            planner=lazy("lorakit_sd.plan:planner"),
         )
     )
 

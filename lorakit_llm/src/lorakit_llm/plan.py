@@ -1,0 +1,205 @@
+"""What ``lorakit plan`` needs from the llm backend: the model on the meta device and a
+fake batch, from the model's config alone.
+
+The base's config is read from a folder (``config.json``, weights or not), a ``config.json``
+file, a hub id (the local cache under ``HF_HUB_OFFLINE``), or a ``.gguf`` file's metadata;
+no weight is read. The model is built with transformers on the meta device, LoRA injected
+with the backend's own ``LoraConfig``; the batch is ``batch_size`` rows as long as the
+longest training example (tokenized as the backend does, when the tokenizer and data are
+on disk; else ``max_seq_len``), every token a target (the worst case of answer-only loss);
+the loss traces what :func:`lorakit_llm.backend.causal_lm_loss` does for such a batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lorakit.api import Config, PlanModel, UsageError
+from lorakit_llm.loading import BaseSource, _load_error, file_magic, resolve_base
+from lorakit_llm.section import LLMSection
+
+DTYPE_NAMES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16", "auto": "bfloat16"}
+#: The smallest max_seq_len the ladder proposes.
+MIN_SEQ_LEN = 256
+
+
+def read_model_config(base: str) -> Any:
+    """The transformers config of ``base`` without its weights."""
+    from transformers import AutoConfig
+
+    path = Path(base).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: not a model config ({exc})") from None
+        if "model_type" not in data:
+            raise UsageError(f"{path}: no model_type (not a transformers config.json)")
+        data = dict(data)
+        return AutoConfig.for_model(data.pop("model_type"), **data)
+    if path.is_file() and file_magic(path) == "gguf":
+        return gguf_config(path)
+    source: BaseSource = resolve_base(base)
+    if source.gguf_file:
+        return gguf_config(Path(source.location) / source.gguf_file)
+    try:
+        return AutoConfig.from_pretrained(source.location)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(source, "the config", exc) from None
+
+
+def gguf_config(path: Path) -> Any:
+    """The transformers config a GGUF file's metadata describes (no tensor is read)."""
+    from transformers import AutoConfig
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    try:
+        data = dict(load_gguf_checkpoint(str(path), return_tensors=False)["config"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{path}: cannot read the GGUF metadata ({exc})") from None
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def count_rows(path: str) -> int | None:
+    """Rows of a JSONL file or folder of JSONL files (None for other layouts)."""
+    root = Path(path).expanduser()
+    files = [root] if root.is_file() else sorted(root.glob("*.jsonl")) if root.is_dir() else []
+    if not files or any(f.suffix != ".jsonl" for f in files):
+        return None
+    rows = 0
+    for file in files:
+        with open(file, encoding="utf-8") as handle:
+            rows += sum(1 for line in handle if line.strip())
+    return rows
+
+
+def longest_example(config: Config, section: LLMSection) -> int | None:
+    """Tokens of the longest training example, as the backend tokenizes it (template, BOS,
+    stop token, ``max_seq_len`` cut), or None when the tokenizer or the data cannot be
+    read from disk. Batches are grouped by length and ``batch_size`` counts examples, so
+    the peak micro-batch is ``batch_size`` examples of about this length, not
+    ``max_seq_len`` tokens each."""
+    from lorakit.api import get_registries
+    from lorakit_llm.backend import LLMBackend
+    from lorakit_llm.chat_templates import resolve_template
+    from lorakit_llm.tokenize import tokenize_records
+
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(config.train.base_model, local_files_only=True)
+        _, reader = LLMBackend(config)._reader(get_registries())
+        records = reader.factory(config.train.train_data_dir, system_prompt=section.system_prompt)
+        template, _ = resolve_template(section.chat_template, tokenizer)
+        data = tokenize_records(
+            records, tokenizer, template,
+            max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
+        )  # fmt: skip
+    except Exception:  # a config-only or GGUF plan, a hub id not cached: plan the worst case
+        return None
+    return max(data.lengths(), default=0) or None
+
+
+def planner(config: Config) -> PlanModel:
+    """The :class:`PlanModel` of an llm config (registered as the backend's planner)."""
+    import torch
+
+    section = config.section if isinstance(config.section, LLMSection) else LLMSection()
+    train = config.train
+    model_config = read_model_config(train.base_model)
+    model_config.use_cache = False
+    half = train.mixed_precision != "no"
+    compute = getattr(torch, DTYPE_NAMES[train.mixed_precision])
+    if section.torch_dtype != "auto":
+        weights = getattr(torch, section.torch_dtype)
+    elif section.load_in_4bit:
+        weights = compute if half else torch.bfloat16
+    else:
+        weights = compute
+    batch, seq = train.batch_size, longest_example(config, section) or section.max_seq_len
+    quantized = 0
+
+    def build(checkpointing: bool) -> Any:
+        nonlocal quantized
+        from peft import get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from lorakit_llm.backend import lora_config
+
+        kwargs: dict[str, Any] = {"dtype": weights}
+        if section.attn_implementation:
+            kwargs["attn_implementation"] = section.attn_implementation
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config, **kwargs)
+        if section.load_in_4bit:
+            # bitsandbytes quantizes the Linear layers (not the head); peft's
+            # prepare_model_for_kbit_training then casts every other weight to float32.
+            head = model.get_output_embeddings()
+            linear = [
+                m for m in model.modules()
+                if isinstance(m, torch.nn.Linear) and m is not head
+            ]  # fmt: skip
+            quantized = sum(m.weight.numel() for m in linear)
+            kept = {id(m.weight) for m in linear}
+            for param in model.parameters():
+                if id(param) not in kept:
+                    param.data = param.data.float()
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        with torch.device("meta"):
+            peft_model = get_peft_model(model, lora_config(config, section))
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        return peft_model
+
+    def fake_batch() -> dict[str, Any]:
+        ids = torch.randint(0, int(model_config.vocab_size), (batch, seq))
+        out: dict[str, Any] = {"input_ids": ids, "labels": ids}
+        if section.packing:
+            out["position_ids"] = torch.arange(seq).expand(batch, seq)
+        else:
+            out["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
+        return out
+
+    def loss(module: Any, batch_: dict[str, Any]) -> Any:
+        # causal_lm_loss with every token a target, without its data-dependent indexing
+        # (which fake tensors cannot trace): the same logits and fp32 chunks.
+        from lorakit_llm.backend import chunked_cross_entropy
+
+        kwargs = {k: v for k, v in batch_.items() if k != "labels"}
+        labels = batch_["labels"][:, 1:]
+        keep = torch.arange(labels.shape[1])
+        logits = module(**kwargs, use_cache=False, logits_to_keep=keep).logits
+        return chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+    name = type(model_config).__name__.removesuffix("Config")
+    size = _params(model_config)
+    model = PlanModel(
+        build=build, batch=fake_batch, loss=loss,
+        description=f"{name} ({size}), {'4-bit NF4' if section.load_in_4bit else str(weights).removeprefix('torch.')} weights",
+        per_step=f"{batch * seq:,} tokens ({batch} × {seq})",
+        autocast_dtype=compute if half else None,
+        items=count_rows(train.train_data_dir), resolution_key="llm.max_seq_len",
+        resolution=seq,
+        resolution_steps=tuple(s for s in (seq // 2, seq // 4) if s >= MIN_SEQ_LEN),
+        qlora_key="llm.load_in_4bit", qlora=section.load_in_4bit,
+    )  # fmt: skip
+
+    if section.load_in_4bit:  # the count of 4-bit weights is known once the model is built
+        build(False)
+        model.quantized_params = quantized
+    return model
+
+
+def _params(model_config: Any) -> str:
+    hidden = getattr(model_config, "hidden_size", None)
+    layers = getattr(model_config, "num_hidden_layers", None)
+    if hidden is None or layers is None:
+        return "?"
+    return f"{layers} layers × {hidden}"

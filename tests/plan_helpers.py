@@ -1,0 +1,164 @@
+"""Helpers of tests/test_plan.py: configs for tiny models, and the real step's peak."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LLAMA = {
+    "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "vocab_size": 512, "max_position_embeddings": 1024, "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def llm_config(tmp: Path, base: str, **keys: Any) -> dict[str, Any]:
+    data = tmp / "text"
+    if not data.exists():
+        data.mkdir(parents=True)
+        # Rows of one length: a batch is batch_size examples, each as long as the longest.
+        rows = [" ".join(f"word{(i * 7 + j) % 97}" for j in range(60)) for i in range(300)]
+        (data / "train.jsonl").write_text(
+            "".join(json.dumps({"text": row}) + "\n" for row in rows), encoding="utf-8"
+        )
+    section = {"max_seq_len": 256, "train_on_inputs": True, "dataset_format": "text"}
+    section.update(keys.pop("llm", {}))
+    return {
+        "task_type": "text-generation", "base_model": base,
+        "train_data_dir": str(data / "train.jsonl"), "output_dir": str(tmp / "run"),
+        "lora_rank": 8, "batch_size": 4, "mixed_precision": "no", "trackers": [],
+        "llm": section, **keys,
+    }  # fmt: skip
+
+
+def real_peak(config: Any, tmp: Path) -> int:
+    """Peak bytes of a real optimizer step (the second: Adam's state exists), measured with
+    torch's memory tracker on real tensors: the backend's own setup, data, batch and loss."""
+    import torch
+    from accelerate import Accelerator
+
+    from lorakit.api import TrainContext, get_registries
+    from lorakit.planning.estimate import memory_tracker, peak_of
+
+    registries = get_registries()
+    backend = registries.backends.get(config.backend).factory(config)
+    ctx = TrainContext(
+        config=config, accelerator=Accelerator(cpu=True), output_dir=tmp / "out",
+        cache_dir=tmp / "cache", registries=registries, weight_dtype=torch.float32,
+        log=lambda *a, **k: None,
+    )  # fmt: skip
+    backend.validate(ctx)
+    backend.setup(ctx)
+    dataset = backend.dataset(ctx)
+    module = backend.trainable_module()
+    module.train()  # as the engine does
+    size = config.train.batch_size
+    sampler = backend.batch_sampler(dataset, size, 0)
+    indices = next(iter(sampler)) if sampler is not None else list(range(size))
+    assert len(indices) == size
+    batch = backend.collate([dataset[i] for i in indices])
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    peak = 0
+    for _ in range(2):
+        tracker = memory_tracker()
+        tracker.track_external(module, optimizer)
+        with tracker:
+            backend.loss(module, batch).loss_sum.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        peak = peak_of(tracker)[0]
+    backend.teardown()
+    return peak
+
+
+# -- the two cases of docs/will-it-fit.md, from the real models' configs ----------------------
+
+#: meta-llama/Llama-2-7b-hf config.json (the keys that shape the model).
+LLAMA2_7B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+    "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "hidden_act": "silu",
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float16",
+}  # fmt: skip
+
+#: stable-diffusion-v1-5: model_index.json and the configs of unet/, vae/, text_encoder/.
+SD15 = {
+    "model_index.json": {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    },
+    "unet/config.json": {
+        "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False,
+        "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+        "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    },
+    "vae/config.json": {
+        "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4,
+        "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 512,
+        "up_block_types": ["UpDecoderBlock2D"] * 4, "scaling_factor": 0.18215,
+    },
+    "text_encoder/config.json": {
+        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_act": "quick_gelu",
+        "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+        "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408,
+        "projection_dim": 768, "layer_norm_eps": 1e-05, "bos_token_id": 0, "eos_token_id": 2,
+        "pad_token_id": 1,
+    },
+}  # fmt: skip
+
+
+def template(package: str, name: str) -> dict[str, Any]:
+    from importlib import resources
+
+    return yaml.safe_load(resources.files(package).joinpath(name).read_text("utf-8"))
+
+
+def mascot_case(tmp: Path) -> Path:
+    """The designer's mascot: SD1.5, 80 photos, the sd15 template (rank 16, batch 4, 512 px)."""
+    from lorakit_sd.testing import write_tiny_images
+
+    model = tmp / "stable-diffusion-v1-5"
+    for name, data in SD15.items():
+        (model / name).parent.mkdir(parents=True, exist_ok=True)
+        (model / name).write_text(json.dumps(data), encoding="utf-8")
+    images = write_tiny_images(tmp / "mascot", 80, sizes=[(8, 8)])
+    data = template("lorakit_sd", "templates/sd15.yaml")
+    data.update(
+        base_model=str(model), train_data_dir=str(images), output_dir=str(tmp / "out"), epochs=15
+    )
+    return write_config(tmp / "mascot.yaml", data)
+
+
+def medqa_case(tmp: Path, **keys: Any) -> Path:
+    """The startup's medical QA: Llama-2-7B, 150 QA pairs, the 7b template."""
+    from lorakit_llm.testing import write_qa_jsonl
+
+    model = tmp / "Llama-2-7b-hf"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text(json.dumps(LLAMA2_7B), encoding="utf-8")
+    rows = write_qa_jsonl(tmp / "medqa.jsonl", 150)
+    data = template("lorakit_llm", "templates/7b.yaml")
+    data.update(
+        base_model=str(model), train_data_dir=str(rows), output_dir=str(tmp / "out"), **keys
+    )
+    return write_config(tmp / "medqa.yaml", data)
