@@ -8,16 +8,13 @@ from typing import Any
 
 import yaml
 
+from lorakit.testing import write_config
+
 LLAMA = {
     "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
     "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
     "vocab_size": 512, "max_position_embeddings": 1024, "tie_word_embeddings": False,
 }  # fmt: skip
-
-
-def write_config(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def llm_config(tmp: Path, base: str, **keys: Any) -> dict[str, Any]:

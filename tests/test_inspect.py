@@ -29,10 +29,6 @@ KOHYA_MODULES = [
 ]
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    return run_cli(capsys, *args)
-
-
 @pytest.fixture(scope="module")
 def kohya_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A kohya/A1111 file: rank 4, alpha 2 (one module stores alpha as bf16), ss_* metadata."""
@@ -69,7 +65,7 @@ def test_kohya_file(kohya_file, capsys):
     assert report.targets == ["attn1_to_q", "ff_net_0_proj", "proj_in", "self_attn_q_proj"]
     assert report.base_model == "sd_v1"
     assert report.made_by.startswith("kohya sd-scripts-style trainer")
-    code, out, _ = run(capsys, "inspect", str(kohya_file))
+    code, out, _ = run_cli(capsys, "inspect", str(kohya_file))
     assert code == 0
     assert "rank:        4" in out and "alpha:       2 (scale alpha/rank = 0.5)" in out
     assert "ss_network_dim: 4" in out
@@ -114,7 +110,7 @@ def test_peft_adapter_folder(peft_folder, capsys):
     assert report.made_by.startswith("PEFT ")
     assert any("rank_pattern" in n for n in report.notes)
     assert inspect_path(peft_folder / "adapter_config.json").ranks == [2, 8]
-    code, out, _ = run(capsys, "inspect", str(peft_folder), "--json")
+    code, out, _ = run_cli(capsys, "inspect", str(peft_folder), "--json")
     assert code == 0 and json.loads(out)["adapter_config"]["r"] == 8
 
 
@@ -176,9 +172,9 @@ def test_lorakit_file(toy_plugins, tmp_path, capsys):
     assert report.targets == ["0", "2"]
     assert report.made_by.startswith(f"lorakit {__version__} with toy {__version__}")
     assert f"config hash {config.semantic_hash()}" in report.made_by and "step 12" in report.made_by
-    code, out, _ = run(capsys, "inspect", str(path))
+    code, out, _ = run_cli(capsys, "inspect", str(path))
     assert code == 0 and "--metadata shows all" in out  # the long lorakit.config value
-    code, out, _ = run(capsys, "inspect", str(path), "--metadata")
+    code, out, _ = run_cli(capsys, "inspect", str(path), "--metadata")
     assert '"lora_rank": 3' in out
 
 
@@ -250,13 +246,13 @@ def test_broken_files_are_one_line_errors(kohya_file, tmp_path, capsys):
         with pytest.raises(UsageError) as caught:
             read_file(path) if label != "missing" else inspect_path(path)
         assert message in str(caught.value), label
-        code, out, err = run(capsys, "inspect", str(path))
+        code, out, err = run_cli(capsys, "inspect", str(path))
         assert code == 2, label
         assert err.count("\n") == 1 and message in err and str(path) in err, (label, err)
 
 
 def test_not_an_adapter_folder(tmp_path, capsys):
-    code, _, err = run(capsys, "inspect", str(tmp_path))
+    code, _, err = run_cli(capsys, "inspect", str(tmp_path))
     assert code == 2 and "not a PEFT adapter folder (no adapter_config.json)" in err
 
 

@@ -106,11 +106,6 @@ def data(tmp_path):
     )
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``lorakit ARGS`` in-process: (exit code, stdout, stderr)."""
-    return run_cli(capsys, *args)
-
-
 def rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -129,7 +124,7 @@ def test_find_images_natural_order_recursive_skips_hidden(data):
 
 
 def test_label_writes_metadata_csv_deterministically(data, capsys):
-    code, out, err = cli(capsys, "label", data, "--labeler", "stub", "--recursive")
+    code, out, err = run_cli(capsys, "label", data, "--labeler", "stub", "--recursive")
     assert code == 0, err
     first = (data / "metadata.csv").read_bytes()
     assert first.decode().splitlines()[0] == "file_name,text"
@@ -142,7 +137,7 @@ def test_label_writes_metadata_csv_deterministically(data, capsys):
     assert "4 labeled" in out
     assert StubLabeler.calls == [["img1.PNG", "img2.png"], ["img10.png", "a.jpg"]]
     assert StubLabeler.events == ["setup", "teardown"]
-    code, _, err = cli(capsys, "label", data, "--labeler", "stub", "--overwrite", "--recursive")
+    code, _, err = run_cli(capsys, "label", data, "--labeler", "stub", "--overwrite", "--recursive")
     assert code == 0, err
     assert (data / "metadata.csv").read_bytes() == first
     assert not list(data.glob(".metadata.csv*")), "temporary file left behind"
@@ -150,18 +145,18 @@ def test_label_writes_metadata_csv_deterministically(data, capsys):
 
 def test_existing_metadata_is_kept_without_overwrite(data, capsys):
     (data / "metadata.csv").write_text("file_name,text\nimg1.PNG,mine\n")
-    code, _, err = cli(capsys, "label", data, "--labeler", "stub")
+    code, _, err = run_cli(capsys, "label", data, "--labeler", "stub")
     assert code == 2
     assert err.count("\n") == 1 and "already exists" in err and "--overwrite" in err
     assert (data / "metadata.csv").read_text() == "file_name,text\nimg1.PNG,mine\n"
     assert StubLabeler.events == []  # refused before loading anything
-    code, _, err = cli(capsys, "label", data, "-l", "stub", "--overwrite", "--append")
+    code, _, err = run_cli(capsys, "label", data, "-l", "stub", "--overwrite", "--append")
     assert code == 2 and "exclude each other" in err
 
 
 def test_overwrite_replaces(data, capsys):
     (data / "metadata.csv").write_text("file_name,text\nimg1.PNG,mine\n")
-    code, _, err = cli(capsys, "label", data, "-l", "stub", "--overwrite", "-o", "word=hue")
+    code, _, err = run_cli(capsys, "label", data, "-l", "stub", "--overwrite", "-o", "word=hue")
     assert code == 0, err
     assert [r["text"] for r in rows(data / "metadata.csv")][:2] == ["hue blue", "hue green"]
 
@@ -170,7 +165,9 @@ def test_append_labels_only_new_images_and_keeps_rows(data, capsys):
     (data / "metadata.csv").write_text(
         'file_name,text,extra\nimg2.png,"hand, written",x\ngone.png,old,y\n'
     )
-    code, out, err = cli(capsys, "label", data, "-l", "stub", "--append", "--prefix", "mascot_v2")
+    code, out, err = run_cli(
+        capsys, "label", data, "-l", "stub", "--append", "--prefix", "mascot_v2"
+    )
     assert code == 0, err
     assert rows(data / "metadata.csv") == [
         {"file_name": "img2.png", "text": "hand, written", "extra": "x"},
@@ -181,7 +178,7 @@ def test_append_labels_only_new_images_and_keeps_rows(data, capsys):
     assert "2 labeled, 1 kept" in out
     StubLabeler.events.clear()
     before = (data / "metadata.csv").read_bytes()
-    code, _, err = cli(capsys, "label", data, "-l", "stub", "--append")
+    code, _, err = run_cli(capsys, "label", data, "-l", "stub", "--append")
     assert code == 0 and "nothing to label" in err
     assert StubLabeler.events == []  # nothing new: the labeler is not even set up
     assert (data / "metadata.csv").read_bytes() == before
@@ -205,7 +202,7 @@ def test_prefix_is_joined_once():
 
 
 def test_dry_run_prints_and_writes_nothing(data, capsys):
-    code, out, err = cli(capsys, "label", data, "-l", "stub", "--dry-run", "--prefix", "tw")
+    code, out, err = run_cli(capsys, "label", data, "-l", "stub", "--dry-run", "--prefix", "tw")
     assert code == 0, err
     assert not (data / "metadata.csv").exists()
     assert list(csv.DictReader(io.StringIO(out)))[0] == {
@@ -214,7 +211,7 @@ def test_dry_run_prints_and_writes_nothing(data, capsys):
     }
     assert "nothing written" in err
     (data / "metadata.csv").write_text("file_name,text\n")
-    code, out, _ = cli(capsys, "label", data, "-l", "stub", "--dry-run", "--overwrite")
+    code, out, _ = run_cli(capsys, "label", data, "-l", "stub", "--dry-run", "--overwrite")
     assert code == 0 and "img10.png" in out
     assert (data / "metadata.csv").read_text() == "file_name,text\n"
 
@@ -224,7 +221,7 @@ def test_unreadable_images_are_reported_not_fatal(data, capsys):
     (data / "truncated.png").write_bytes(good[: len(good) // 2])
     (data / "notimage.jpg").write_text("hello")
     (data / "empty.webp").write_bytes(b"")
-    code, out, err = cli(capsys, "label", data, "-l", "stub")
+    code, out, err = run_cli(capsys, "label", data, "-l", "stub")
     assert code == 0, err
     listed = [r["file_name"] for r in rows(data / "metadata.csv")]
     assert listed == ["img1.PNG", "img2.png", "img10.png"]
@@ -235,28 +232,28 @@ def test_unreadable_images_are_reported_not_fatal(data, capsys):
 
 def test_all_unreadable_is_a_data_error(tmp_path, capsys):
     (tmp_path / "a.png").write_text("nope")
-    code, _, err = cli(capsys, "label", tmp_path, "-l", "stub")
+    code, _, err = run_cli(capsys, "label", tmp_path, "-l", "stub")
     assert code == 2 and "none of the 1 images" in err and "a.png" in err
-    code, _, err = cli(capsys, "label", tmp_path / "missing", "-l", "stub")
+    code, _, err = run_cli(capsys, "label", tmp_path / "missing", "-l", "stub")
     assert code == 2 and "does not exist" in err
     (tmp_path / "a.png").unlink()
-    code, _, err = cli(capsys, "label", tmp_path, "-l", "stub")
+    code, _, err = run_cli(capsys, "label", tmp_path, "-l", "stub")
     assert code == 2 and "no images in" in err
 
 
 def test_unknown_labeler_and_bad_options_are_one_line(data, capsys):
-    code, _, err = cli(capsys, "label", data, "--labeler", "nope")
+    code, _, err = run_cli(capsys, "label", data, "--labeler", "nope")
     assert code == 2 and err.count("\n") == 1
     assert "unknown labeler 'nope' (available: bare, stub)" in err
-    code, _, err = cli(capsys, "label", data)
+    code, _, err = run_cli(capsys, "label", data)
     assert code == 2 and "--labeler NAME (available: bare, stub)" in err
-    code, _, err = cli(capsys, "label", data, "-l", "stub", "-o", "wrod=x")
+    code, _, err = run_cli(capsys, "label", data, "-l", "stub", "-o", "wrod=x")
     assert code == 2 and "no option 'wrod'" in err and "did you mean word" in err
-    code, _, err = cli(capsys, "label", data, "-l", "stub", "-o", "word")
+    code, _, err = run_cli(capsys, "label", data, "-l", "stub", "-o", "word")
     assert code == 2 and "expected KEY=VALUE" in err
-    code, _, err = cli(capsys, "label", data, "-l", "bare", "-o", "x=1")
+    code, _, err = run_cli(capsys, "label", data, "-l", "bare", "-o", "x=1")
     assert code == 2 and "takes no options" in err
-    code, _, err = cli(capsys, "label", data, "-l", "stub", "--batch-size", "0")
+    code, _, err = run_cli(capsys, "label", data, "-l", "stub", "--batch-size", "0")
     assert code == 2
 
 
@@ -272,19 +269,19 @@ def test_validate_options_uses_the_options_model():
 
 
 def test_labeler_failures_name_the_files_and_tear_down(data, capsys):
-    code, _, err = cli(capsys, "label", data, "-l", "stub", "-o", "fail_on=img10.png")
+    code, _, err = run_cli(capsys, "label", data, "-l", "stub", "-o", "fail_on=img10.png")
     assert code == 1 and "labeler stub failed on img10.png: ValueError: boom" in err
     assert StubLabeler.events == ["setup", "teardown"]
     assert not (data / "metadata.csv").exists()
-    code, _, err = cli(capsys, "label", data, "-l", "bare")
+    code, _, err = run_cli(capsys, "label", data, "-l", "bare")
     assert code == 1 and "returned 1 captions for 3 images" in err
 
 
 def test_batch_size_option(data, capsys):
-    code, _, _ = cli(capsys, "label", data, "-l", "stub", "--batch-size", "3")
+    code, _, _ = run_cli(capsys, "label", data, "-l", "stub", "--batch-size", "3")
     assert code == 0
     assert [len(c) for c in StubLabeler.calls] == [3]
-    code, _, _ = cli(capsys, "label", data, "-l", "stub", "--batch-size", "1", "--overwrite")
+    code, _, _ = run_cli(capsys, "label", data, "-l", "stub", "--batch-size", "1", "--overwrite")
     assert [len(c) for c in StubLabeler.calls] == [3, 1, 1, 1]
 
 
@@ -352,6 +349,6 @@ def test_plugin_template_works(tmp_path, capsys):
     spec.loader.exec_module(module)
     set_plugins(build_plugins(entry_points=False, extra=[("mylabeler", module)]))
     make_images(tmp_path, {"a.png": "red"})
-    code, _, err = cli(capsys, "label", tmp_path, "-l", "mylabeler")
+    code, _, err = run_cli(capsys, "label", tmp_path, "-l", "mylabeler")
     assert code == 0, err
     assert rows(tmp_path / "metadata.csv")[0]["file_name"] == "a.png"

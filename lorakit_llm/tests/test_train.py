@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 from llm_helpers import cli, llm_config, probe_ids
 
 from lorakit.errors import UsageError
-from lorakit.testing import one_thread
+from lorakit.testing import one_thread, write_config
 
 
 def logits_of(model: Any, ids: torch.Tensor) -> torch.Tensor:
@@ -133,8 +132,7 @@ def gguf_run(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     """A short run from the GGUF file, through `lorakit train --config`."""
     out = tmp_path_factory.mktemp("gguf-run") / "from-gguf"
     data = llm_config(assets, out, base_model=str(assets["gguf"]), max_steps=3)
-    config = out.parent / "gguf.yaml"
-    config.write_text(yaml.safe_dump(data))
+    config = write_config(out.parent / "gguf.yaml", data)
     with one_thread():
         assert cli("train", "--config", config, "--no-progress") == 0
     return out
@@ -173,8 +171,7 @@ def test_a_ggml_file_gets_a_clear_message(
     from lorakit_llm.testing import write_ggml_stub
 
     data = llm_config(assets, tmp_path / "out", base_model=str(assets["ggml"]))
-    config = tmp_path / "ggml.yaml"
-    config.write_text(yaml.safe_dump(data))
+    config = write_config(tmp_path / "ggml.yaml", data)
     assert cli("train", "--config", config) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from lorakit_sd.buckets import bucket_sizes, nearest_bucket
 
 from lorakit.errors import ConfigError
+from lorakit.testing import write_config
 
 
 def _config(tmp_path: Path, sd: dict[str, Any]) -> dict[str, Any]:
@@ -65,12 +66,10 @@ def test_resolutions_that_fit_are_accepted(sd_plugins, tmp_path, sd):
 
 
 def test_config_validate_names_keys_file_and_line(sd_plugins, tmp_path, capsys):
-    import yaml
 
     from lorakit.cli import main
 
-    path = tmp_path / "small.yaml"
-    path.write_text(yaml.safe_dump(_config(tmp_path, {"resolution": 32}), sort_keys=False))
+    path = write_config(tmp_path / "small.yaml", _config(tmp_path, {"resolution": 32}))
     with pytest.raises(SystemExit) as info:
         main(["config", "validate", str(path)])
     assert info.value.code == 2

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 from lorakit_sd.testing import tiny_config, write_tiny_images
 from sd_helpers import lora_keys, unet_output
+
+from lorakit.testing import write_config
 
 
 def _cli(*args):
@@ -24,8 +25,7 @@ def _cli(*args):
 
 
 def _write_config(path, model, data, output, **overrides):
-    path.write_text(yaml.safe_dump(tiny_config(model, data, output, **overrides)))
-    return path
+    return write_config(path, tiny_config(model, data, output, **overrides))
 
 
 def _encoders(pipe, family):

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from lorakit_sd.testing import CORPUS, tiny_image
 from sd_helpers import first_losses, lora_keys, train_tiny
+
+from lorakit.testing import write_config
 
 
 def _kohya_folder(
@@ -146,21 +147,19 @@ def test_a_kohya_folder_trains_from_a_config_with_only_the_seed_keys(tiny_models
 
     folder = tmp_path / "img" / "10_mascot"
     write_tiny_images(folder, 8, layout="txt", sizes=[(32, 32), (40, 32)])
-    config = tmp_path / "mascot.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "task_type": "image-generation",
-                "base_model": str(tiny_models["sd1"].diffusers_dir),
-                "train_data_dir": str(tmp_path / "img"),
-                "output_dir": str(tmp_path / "out"),
-                "lora_rank": 16,
-                "batch_size": 4,
-                "epochs": 1,
-                "learning_rate": "2e-4",
-                "save_steps": 10,
-            }
-        )
+    config = write_config(
+        tmp_path / "mascot.yaml",
+        {
+            "task_type": "image-generation",
+            "base_model": str(tiny_models["sd1"].diffusers_dir),
+            "train_data_dir": str(tmp_path / "img"),
+            "output_dir": str(tmp_path / "out"),
+            "lora_rank": 16,
+            "batch_size": 4,
+            "epochs": 1,
+            "learning_rate": "2e-4",
+            "save_steps": 10,
+        },
     )
     from lorakit.cli import main
 

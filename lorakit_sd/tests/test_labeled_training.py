@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from lorakit.testing import write_config
+
 pytest.importorskip("lorakit_labelers.testing")
 
 TRIGGER = "sks_shape"
@@ -82,10 +84,8 @@ def test_label_then_train(models, tmp_path, labeler):
 
     sd1 = models["sd1"]
     output = tmp_path / "out"
-    config = tmp_path / "train.yaml"
-    config.write_text(
-        yaml.safe_dump(tiny_config(sd1, data, output, max_steps=4, output_name="labeled")),
-        encoding="utf-8",
+    config = write_config(
+        tmp_path / "train.yaml", tiny_config(sd1, data, output, max_steps=4, output_name="labeled")
     )
     assert _cli("train", "--config", config, "--no-progress") == 0
     record = json.loads((output / "run.json").read_text(encoding="utf-8"))
