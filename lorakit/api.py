@@ -39,6 +39,7 @@ from lorakit.labeling import (
     read_metadata,
 )
 from lorakit.planning.estimate import PlanModel
+from lorakit.planning.plan import plan_line
 from lorakit.plugins import get_registries, lazy
 from lorakit.provenance import file_metadata, package_version
 from lorakit.registry import (
@@ -97,6 +98,7 @@ __all__ = [
     "package_version",
     "parse_lora",
     "parse_override",
+    "plan_line",
     "read_image",
     "read_metadata",
     "save_safetensors",

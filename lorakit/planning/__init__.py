@@ -10,7 +10,7 @@ Importing this package imports no torch; tracing does.
 
 from lorakit.planning.estimate import Estimate, PlanModel, optimizer_bytes
 from lorakit.planning.gpus import Card, local_card, parse_gpu
-from lorakit.planning.plan import Plan, Planner, Row, make_plan
+from lorakit.planning.plan import Plan, Planner, Row, make_plan, plan_line
 
 __all__ = [
     "Card",
@@ -23,4 +23,5 @@ __all__ = [
     "make_plan",
     "optimizer_bytes",
     "parse_gpu",
+    "plan_line",
 ]

@@ -229,3 +229,17 @@ def make_plan(
     if card is not None and ladder and not plan.fits:
         plan.ladder = planner.ladder(model, card)
     return plan
+
+
+def plan_line(config: Any, gpu: str | None = None) -> str:
+    """The plan's one line for ``config`` (on ``gpu``, else this machine's GPU, else no
+    verdict), or ``plan: skipped (why)`` when no plan can be made: what ``lorakit train``
+    prints and ``lorakit ui`` shows beside a valid form."""
+    from lorakit.planning.gpus import local_card, parse_gpu
+
+    try:
+        card = parse_gpu(gpu) if gpu else local_card()
+        return make_plan(config, card, both=False, ladder=False).summary()
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice, never a blocker
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"plan: skipped ({text})"

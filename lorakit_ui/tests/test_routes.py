@@ -147,6 +147,18 @@ def test_save_writes_the_exact_file_the_cli_runs_and_only_a_valid_one(
     assert code == 0 and "ok (backend sd" in out
 
 
+def test_a_valid_form_shows_the_plan_line_train_prints(client, runs_dir, tiny_sd, images):
+    from lorakit.api import plan_line
+
+    values = tiny_form(tiny_sd, images, runs_dir)
+    answer = post_form(client, values)
+    assert answer["ok"] is True and answer["plan"].startswith("plan: peak ≈ "), answer
+    saved = post_form(client, values, "/api/save")
+    assert answer["plan"] == plan_line(load_config(Path(saved["path"])))
+    bad = post_form(client, {**values, "batch_size": "many"})
+    assert bad["plan"] is None
+
+
 def test_start_refuses_an_output_dir_outside_the_runs_folder(
     client, runs_dir, tiny_sd, images, tmp_path
 ):

@@ -24,6 +24,7 @@ from lorakit.api import (
     get_registries,
     load_config,
     parse_override,
+    plan_line,
     template_text,
     write_text,
 )
@@ -220,6 +221,7 @@ class Checked:
     error: str | None = None
     key: str | None = None
     output_dir: str | None = None
+    plan: str | None = None  # the `lorakit plan` line, when asked for
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -228,11 +230,15 @@ class Checked:
             "error": self.error,
             "key": self.key,
             "output_dir": self.output_dir,
+            "plan": self.plan,
         }
 
 
-def check(values: dict[str, str], backend: str, path: Path, header: str = "") -> Checked:
-    """Build the YAML the CLI would run from ``path`` and check it with ``load_config``.
+def check(
+    values: dict[str, str], backend: str, path: Path, header: str = "", *, plan: bool = False
+) -> Checked:
+    """Build the YAML the CLI would run from ``path`` and check it with ``load_config``;
+    with ``plan``, a valid config also gets the memory line ``lorakit train`` prints.
 
     The check reads a copy beside ``path``; an error names ``path``, as ``lorakit config
     validate PATH`` would once the file is saved.
@@ -263,7 +269,7 @@ def check(values: dict[str, str], backend: str, path: Path, header: str = "") ->
         return Checked(text, " ".join(message.split("\n")), key)
     except OSError as exc:
         return Checked(text, f"{path}: cannot write here ({exc.strerror})", "config_path")
-    return Checked(text, output_dir=cfg.train.output_dir)
+    return Checked(text, output_dir=cfg.train.output_dir, plan=plan_line(cfg) if plan else None)
 
 
 def save(values: dict[str, str], backend: str, path: Path, header: str = "") -> Checked:

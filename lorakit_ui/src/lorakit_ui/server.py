@@ -237,6 +237,7 @@ def create_app(
 <button id="save" type="button">Save YAML</button>
 <button id="start" type="button">Start training</button>
 <span id="form-ok" class="ok"></span></p>
+<p id="form-plan" class="muted"></p>
 <h2>YAML</h2><pre id="yaml"></pre>
 </form>"""
         return page("New run", body, "<script>lk.newPage()</script>")
@@ -254,7 +255,7 @@ def create_app(
 
     async def api_validate(request: Request) -> JSONResponse:
         values, backend, path, header = await _form(request)
-        return JSONResponse(forms.check(values, backend, path, header).as_dict())
+        return JSONResponse(forms.check(values, backend, path, header, plan=True).as_dict())
 
     async def api_save(request: Request) -> JSONResponse:
         values, backend, path, header = await _form(request)

@@ -160,7 +160,10 @@ const lk = (() => {
     const body = () => ({ backend: form.dataset.backend, template: form.dataset.template, values: values() });
     $("#validate").onclick = async () => {
       const r = await post("/api/validate", body());
-      if (show(r)) $("#form-ok").textContent = "valid: backend " + form.dataset.backend + ", output " + r.output_dir;
+      if (show(r)) {
+        $("#form-ok").textContent = "valid: backend " + form.dataset.backend + ", output " + r.output_dir;
+        $("#form-plan").textContent = r.plan || "";
+      }
     };
     $("#save").onclick = async () => {
       const r = await post("/api/save", body());
