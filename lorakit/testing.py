@@ -44,11 +44,15 @@ def restore_installed(package: str) -> None:
 
 
 def run_cli(capsys: Any, *args: object) -> tuple[int, str, str]:
-    """Run ``lorakit ARGS`` in-process under pytest's ``capsys``: (exit code, stdout, stderr)."""
+    """Run ``lorakit ARGS`` in-process under pytest's ``capsys``: (exit code, stdout, stderr).
+
+    The command tree is built from the plugins current now (``set_plugins``), so a command a
+    test's plugin adds is there, whatever ran before in the process.
+    """
     from lorakit.cli import main
 
     try:
-        code = int(main([str(a) for a in args]) or 0)
+        code = int(main([str(a) for a in args], fresh=True) or 0)
     except SystemExit as exc:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()

@@ -100,14 +100,15 @@ def build_command(*, fresh: bool = False) -> click.Command:
     return command
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Entry point of the ``lorakit`` console script."""
+def main(argv: list[str] | None = None, *, fresh: bool = False) -> Any:
+    """Entry point of the ``lorakit`` console script; ``fresh`` builds the command tree
+    anew from the current plugins (tests that swap plugins in-process use it)."""
     args = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
     # Library deprecation chatter is not for users: stderr is kept for lorakit's own lines.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
-        command = build_command()
+        command = build_command(fresh=fresh)
         code = command.main(args=args, prog_name="lorakit", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value
             raise SystemExit(code)
