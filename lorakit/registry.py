@@ -277,6 +277,21 @@ class Registries:
         known = ", ".join(e.spec.name for e in candidates) or "none"
         raise UsageError(f"no {backend} model loader reads {source} (installed loaders: {known})")
 
+    def backends_with(
+        self, command: str, names: list[str] | None = None, *, what: str = "command"
+    ) -> dict[str, BackendSpec]:
+        """The backends (all, or those ``names``) whose ``commands`` has ``command``, by name;
+        a name without one is a UsageError saying what is missing (``what``)."""
+        available = {e.spec.name: e.spec for e in self.backends if command in e.spec.commands}
+        chosen = names or sorted(available)
+        missing = [n for n in chosen if n not in available]
+        if missing or not chosen:
+            raise UsageError(
+                f"no {what} for backend {', '.join(missing) or '(none installed)'}: "
+                f"pip install {' '.join(sorted(set(KNOWN_BACKEND_PACKAGES.values())))}"
+            )
+        return {n: available[n] for n in chosen}
+
     def backend_for(self, task_type: str | None, backend: str | None) -> Entry[BackendSpec]:
         """The backend named by ``backend``, else the one serving ``task_type``."""
         if backend:

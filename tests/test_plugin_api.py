@@ -385,3 +385,13 @@ def test_the_import_check_catches_a_private_import(tmp_path):
         "from lorakit.plugins import lazy\nfrom lorakit import config\nimport lorakit.io\n"
     )
     assert _lorakit_imports(bad) == ["lorakit.plugins", "lorakit.config", "lorakit.io"]
+
+
+def test_commands_pick_backends_that_provide_them(toy_plugins, tmp_path, capsys):
+    """`lorakit demo` and `lorakit selftest` need a backend's stand-in model."""
+    from lorakit.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"no demo for backend toy: pip install lorakit-llm"):
+        toy_plugins.registries.backends_with("demo", ["toy"], what="demo")
+    code, _, err = run_cli(capsys, "demo", "--output", tmp_path)
+    assert code == 2 and "no demo for backend (none installed)" in err

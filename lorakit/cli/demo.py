@@ -19,8 +19,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lorakit.errors import UsageError
-
 NEXT_STEPS = {
     "sd": "lorakit config init --backend sd -o mine.yaml   # set base_model to e.g. "
     "./models/v1-5-pruned.safetensors, train_data_dir to your images; then lorakit label, lorakit train",
@@ -53,17 +51,9 @@ def run_demo(
     console = console or Console()
     plugins = get_plugins()
     plugins.check()
-    available = {
-        e.spec.name: e.spec for e in plugins.registries.backends if "demo" in e.spec.commands
-    }
-    chosen = backends or sorted(available)
-    missing = [b for b in chosen if b not in available]
-    if missing or not chosen:
-        raise UsageError(
-            f"no demo for backend {', '.join(missing) or '(none installed)'}: pip install lorakit-sd lorakit-llm"
-        )
+    available = plugins.registries.backends_with("demo", backends, what="demo")
     runs = []
-    for name in chosen:
+    for name in available:
         start = time.perf_counter()
         folder = output / name
         console.rule(f"[bold]{name}: building a stand-in base model and data")

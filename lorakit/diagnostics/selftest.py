@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import UsageError
-
 #: Steps of the selftest runs (the resumed run stops halfway).
 STEPS = 4
 STEPS_NAMES = ("build", "train", "export", "reload", "resume")
@@ -209,16 +207,7 @@ def run_selftest(
     from lorakit.plugins import get_plugins
 
     plugins = plugins or get_plugins()
-    available = {
-        e.spec.name: e.spec for e in plugins.registries.backends if "demo" in e.spec.commands
-    }
-    chosen = backends or sorted(available)
-    missing = [b for b in chosen if b not in available]
-    if missing or not chosen:
-        raise UsageError(
-            f"no stand-in model for backend {', '.join(missing) or '(none installed)'}: "
-            "pip install lorakit-sd lorakit-llm"
-        )
+    available = plugins.registries.backends_with("demo", backends, what="stand-in model")
     report = Report(versions=current_versions(plugins))
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="lorakit-selftest-"))
     start = time.perf_counter()
@@ -232,7 +221,7 @@ def run_selftest(
             console.print(f"{mark} {result.backend} {result.check} ({result.seconds:.1f} s)")
 
     try:
-        for name in chosen:
+        for name in available:
             folder = root / name
             if folder.exists():
                 shutil.rmtree(folder)
