@@ -395,3 +395,76 @@ def test_commands_pick_backends_that_provide_them(toy_plugins, tmp_path, capsys)
         toy_plugins.registries.backends_with("demo", ["toy"], what="demo")
     code, _, err = run_cli(capsys, "demo", "--output", tmp_path)
     assert code == 2 and "no demo for backend (none installed)" in err
+
+
+# -- 7. a core without import cycles ---------------------------------------------------------
+
+
+def _core_imports() -> dict[str, set[str]]:
+    """Each lorakit module → the lorakit modules it imports, at any depth of its code
+    (lazy imports in functions count), except ``if TYPE_CHECKING:`` blocks."""
+    root = ROOT / "lorakit"
+    names = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in names:
+                deps.add(node.module)
+                deps |= {f"{node.module}.{a.name}" for a in node.names} & set(names)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names} & set(names)
+        graph[name] = deps - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_core_has_no_import_cycle():
+    assert _cycles(_core_imports()) == []
+
+
+def test_the_cycle_check_finds_one():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lorakit.cli.train_cmd import BackendOpt, ConfigOpt, SetOpt
+from lorakit.cli.options import BackendOpt, ConfigOpt, SetOpt
 
 GpuOpt = Annotated[
     str | None,

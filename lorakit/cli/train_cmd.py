@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The run's YAML config.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a key: --set lora_rank=16 --set sd.resolution=768."),
-]
-BackendOpt = Annotated[
-    str | None, typer.Option("--backend", help="Backend to use (overrides task_type).")
-]
+from lorakit.cli.options import BackendOpt, ConfigOpt, SetOpt
 
 
 def register(app: typer.Typer) -> None:

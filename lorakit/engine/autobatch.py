@@ -10,11 +10,11 @@ every checkpoint, so ``--resume`` continues with it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lorakit.errors import UsageError
+from lorakit.io import write_text
 
 FIRST_STEPS = 3  # an OOM later than this is not a batch-size problem to guess at
 
@@ -45,11 +45,9 @@ def can_shrink(s: Any) -> bool:
     return bool(cfg.auto_batch_size) and s.state.step < FIRST_STEPS and cfg.batch_size % 2 == 0
 
 
-def shrink(s: Any) -> Iterator[Any]:
-    """Halve the micro-batch, double accumulation; a new micro-batch stream at the same place."""
-    from lorakit.engine.session import data_loader
-    from lorakit.engine.step import batches
-
+def halve(s: Any) -> None:
+    """Halve the micro-batch and double accumulation, in the config and the run's state,
+    and record the change; the caller rebuilds the data loader at the same place."""
     cfg = s.config.train
     s.optimizer.zero_grad(set_to_none=True)
     old = cfg.batch_size
@@ -59,8 +57,6 @@ def shrink(s: Any) -> Iterator[Any]:
         cfg.gradient_accumulation_steps,
     )
     s.state.micro_batches *= 2  # each consumed micro-batch is two now
-    loader, s.sampler = data_loader(s.backend, s.dataset, s.config)
-    s.loader = s.accelerator.prepare(loader)
     change = {
         "step": s.state.step + 1,
         "batch_size": cfg.batch_size,
@@ -74,7 +70,4 @@ def shrink(s: Any) -> Iterator[Any]:
         record_path = s.out / "run.json"
         record = json.loads(record_path.read_text())
         record.setdefault("auto_batch_size", []).append(change)
-        from lorakit.io import write_text
-
         write_text(record_path, json.dumps(record, indent=2))
-    return batches(s.loader, s.sampler, s.accelerator, s.state.micro_batches)

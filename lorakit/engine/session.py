@@ -19,10 +19,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+import lorakit.engine.autobatch as autobatch
 from lorakit import __version__
 from lorakit.backend import Backend, RunInfo, TrainContext
 from lorakit.config import Config
-from lorakit.engine import autobatch
 from lorakit.engine.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint
 from lorakit.engine.distributed import Strategy
 from lorakit.engine.sampler import EpochSampler

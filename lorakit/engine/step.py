@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+import lorakit.engine.autobatch as autobatch
 from lorakit.backend import Backend
 from lorakit.builtins.optimizers import effective_lr
 from lorakit.diagnostics.troubleshooting import OOM_LADDER
-from lorakit.engine import autobatch
 from lorakit.engine.sampler import EpochSampler
 from lorakit.errors import RunError
 

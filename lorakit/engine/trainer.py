@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
+import lorakit.engine.autobatch as autobatch
 from lorakit.backend import RunInfo
 from lorakit.builtins.trackers import read_metrics
 from lorakit.config import Config
-from lorakit.engine import autobatch
 from lorakit.engine.checkpoint import save_checkpoint
 from lorakit.engine.lossplot import write_loss_plot
 from lorakit.engine.progress import TrainProgress
-from lorakit.engine.session import Session, set_up
+from lorakit.engine.session import Session, data_loader, set_up
 from lorakit.engine.step import batches, train_step
 from lorakit.io import write_text
 from lorakit.plugins import Plugins, get_plugins
@@ -73,7 +73,10 @@ def train(
                 try:
                     metrics = train_step(s, stream)
                 except torch.OutOfMemoryError:  # raised only when auto_batch_size can act
-                    stream = autobatch.shrink(s)
+                    autobatch.halve(s)
+                    loader, s.sampler = data_loader(s.backend, s.dataset, s.config)
+                    s.loader = s.accelerator.prepare(loader)
+                    stream = batches(s.loader, s.sampler, s.accelerator, s.state.micro_batches)
                     continue
                 s.state.elapsed_s = time.perf_counter() - t_start
                 metrics["elapsed_s"] = round(s.state.elapsed_s, 3)

@@ -1,0 +1,17 @@
+"""Options several commands share (``--config``, ``--set``, ``--backend``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The run's YAML config.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key: --set lora_rank=16 --set sd.resolution=768."),
+]
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="Backend to use (overrides task_type).")
+]
