@@ -83,20 +83,24 @@ def run_demo(
 def summary(runs: list[DemoRun], console: Console) -> None:
     table = Table(title="lorakit demo")
     scored = any(run.score for run in runs)
-    columns = ("backend", "steps", "loss first → last", *(("before → after",) if scored else ()))
-    for column in (*columns, "time"):
+    for column in ("backend", "steps", "loss first → last"):
         table.add_column(column, no_wrap=True)
-    table.add_column("outputs", overflow="fold")
+    if scored:
+        table.add_column("before → after", min_width=14)
+    table.add_column("time", no_wrap=True)
     for run in runs:
         loss = (
             f"{run.first_loss:.4f} → {run.final_loss:.4f}"
             if run.final_loss is not None and run.first_loss is not None
             else "-"
         )
-        outputs = "\n".join(str(p) for p in [*run.outputs, run.output_dir / "loss.png"])
         score = (run.score or "-",) if scored else ()
-        table.add_row(run.backend, str(run.steps), loss, *score, f"{run.seconds:.0f} s", outputs)
+        table.add_row(run.backend, str(run.steps), loss, *score, f"{run.seconds:.0f} s")
     console.print(table)
+    for run in runs:
+        console.print(f"[bold]{run.backend}[/] wrote:")
+        for path in [*run.outputs, run.output_dir / "loss.png"]:
+            console.print(f"  {path}", overflow="fold")
     console.print(
         "The base models are random stand-ins built on this machine; with a real base model:"
     )
