@@ -154,17 +154,21 @@ def test_strategy_maps_to_accelerate_plugins(toy_plugins, tmp_path, strategy, ke
         assert plugin.fsdp_version == 2 and isinstance(plugin.cpu_offload, CPUOffloadPolicy)
 
 
-def test_deepspeed_without_the_package_is_a_usage_error(toy_plugins, tmp_path):
+def test_deepspeed_without_the_package_is_a_usage_error(toy_plugins, tmp_path, monkeypatch):
     import importlib.util
 
     from conftest import toy_config
 
     from lorakit.errors import UsageError
 
-    if importlib.util.find_spec("deepspeed") is not None:
-        pytest.skip("deepspeed is installed")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # an install without deepspeed, whatever this one has
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "deepspeed" else find_spec(name, *a),
+    )
     cfg = load_config(data=toy_config(tmp_path, distributed={"strategy": "deepspeed_zero3"}))
-    with pytest.raises(UsageError, match="pip install deepspeed"):
+    with pytest.raises(UsageError, match=r"needs DeepSpeed: pip install 'lorakit\[deepspeed\]'"):
         accelerator_kwargs(cfg)
 
 
