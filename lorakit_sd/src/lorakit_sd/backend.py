@@ -22,7 +22,8 @@ DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024}
 OOM_LADDER = (
     "lower batch_size first (raise gradient_accumulation_steps to keep the effective batch), "
     "then sd.resolution (e.g. 1024 → 768, 512 → 448), then lora_rank; make sure "
-    "gradient_checkpointing is on and mixed_precision is bf16; see docs/sd.md"
+    "gradient_checkpointing is on and mixed_precision is bf16; `lorakit plan --config FILE "
+    "--gpu <card>` prints the configs that fit"
 )
 
 
