@@ -21,6 +21,17 @@ from lorakit.diagnostics.inspect import inspect_path, kohya_target, read_file
 from lorakit.errors import UsageError
 from lorakit.testing import run_cli
 
+
+@pytest.fixture(autouse=True)
+def _installed_backends() -> Any:
+    """inspect asks the installed backends (sd, llm) to identify each file."""
+    from lorakit.plugins import set_plugins
+
+    set_plugins(None)
+    yield
+    set_plugins(None)
+
+
 KOHYA_MODULES = [
     "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
     "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -74,11 +74,27 @@ def validate(
         for error in exc.errors:
             print(f"lorakit: error: {error.format()}", file=sys.stderr)
         raise SystemExit(2) from None
+    if not no_paths:
+        check_base_model(cfg)
     for notice in cfg.notices:
         print(f"{file}: {notice}", file=sys.stderr)
     if show:
         sys.stdout.write(cfg.to_yaml())
     print(f"{file}: ok (backend {cfg.backend}, config hash {cfg.semantic_hash()})")
+
+
+def check_base_model(cfg: Any) -> None:
+    """The base-model check training runs before it loads anything: the backend's model
+    loader for ``base_model`` (detection, or ``model_loader:``) and its ``check``."""
+    from lorakit.plugins import get_registries
+
+    registries = get_registries()
+    if not any(e.spec.backend == cfg.backend for e in registries.model_loaders):
+        return  # a backend that loads its bases itself
+    base = cfg.train.base_model
+    spec = registries.model_loader_for(cfg.backend, base, cfg.train.model_loader)
+    if spec.check is not None:
+        spec.check(base)
 
 
 @config_app.command("migrate")
