@@ -61,7 +61,8 @@ def validate(
     ] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the resolved config.")] = False,
 ) -> None:
-    """Check a config without training: keys, types, paths, and every plugin name it uses.
+    """Check a config without training: keys, types, paths, every plugin name it uses, and
+    the base model as training's loader checks it (a GGML file is refused here too).
 
     Reports every error of the file, one line each, not only the first.
     """
