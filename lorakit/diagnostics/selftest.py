@@ -149,10 +149,13 @@ def check_backend(name: str, spec: Any, folder: Path, emit: Callable[[Result], N
         start = time.perf_counter()
         printed = io.StringIO()
         try:
-            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    detail = work()
+            with (
+                contextlib.redirect_stdout(printed),
+                contextlib.redirect_stderr(printed),
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore")
+                detail = work()
             ok = True
         except Exception as exc:  # noqa: BLE001 - every failure is a ✗, never a crash
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
