@@ -90,10 +90,13 @@ def check_base_model(cfg: Any) -> None:
     from lorakit.plugins import get_registries
 
     registries = get_registries()
-    if not any(e.spec.backend == cfg.backend for e in registries.model_loaders):
-        return  # a backend that loads its bases itself
-    base = cfg.train.base_model
-    spec = registries.model_loader_for(cfg.backend, base, cfg.train.model_loader)
+    base, name = cfg.train.base_model, cfg.train.model_loader
+    try:
+        spec = registries.model_loader_for(cfg.backend, base, name)
+    except UsageError:
+        if name:
+            raise
+        return  # no loader claims it: the backend reads this base its own way
     if spec.check is not None:
         spec.check(base)
 

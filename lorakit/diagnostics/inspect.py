@@ -1,20 +1,14 @@
 """``lorakit inspect FILE``: what a LoRA file is, how it was trained, and what made it.
 
-Reads only the safetensors header (JSON: names, dtypes, shapes, offsets, metadata) and
-the few bytes of the 0-dim ``alpha`` tensors; it never loads the weights and never
-imports torch. Understands:
-
-- kohya / A1111 / ComfyUI files (``<key>.lora_down.weight``, ``.lora_up.weight``,
-  ``.alpha``; ``ss_*`` and ``modelspec.*`` metadata),
-- diffusers / PEFT keyed files (``unet.….lora_A.weight``; diffusers'
-  ``lora_adapter_metadata``),
-- PEFT adapter folders (``adapter_config.json`` + ``adapter_model.safetensors``),
-- lorakit's own ``<name>.lorakit.safetensors`` (raw PEFT module names, ``lorakit.*``
-  metadata with the config that made it).
-
-The header is checked by :mod:`lorakit.safetensors_header` before it is trusted (its size,
-JSON, dtypes, shapes, offsets inside the file); a truncated or corrupt file is one
-:class:`~lorakit.errors.UsageError` line. Pickles (``.ckpt``, ``.bin``...) are refused.
+Reads only the safetensors header (names, dtypes, shapes, offsets, metadata) and the few
+bytes of the 0-dim ``alpha`` tensors; never the weights, never torch. The installed
+backends say what a file is (``BackendSpec.identify``, :mod:`lorakit.identify`): lorakit-sd
+names kohya / A1111 and diffusers files and their parts, lorakit-llm reads GGUF adapters and
+run folders. Without an answer, the LoRA pairs (``lora_down``/``lora_up``,
+``lora_A``/``lora_B``), PEFT adapter folders and lorakit's own ``lorakit.*`` metadata are
+read as such. The header is checked by :mod:`lorakit.safetensors_header` before it is
+trusted; a truncated or corrupt file is one :class:`~lorakit.errors.UsageError` line.
+Pickles (``.ckpt``, ``.bin``...) are refused.
 """
 
 from __future__ import annotations
