@@ -19,6 +19,7 @@ from lorakit.config.schema import Config, DistributedConfig, TrainConfig
 from lorakit.config.templates import template_text
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.hookspecs import hookspec
+from lorakit.identify import FileKind, FileProbe, LoraSummary
 from lorakit.io import (
     atomic_dir,
     atomic_path,
@@ -65,9 +66,12 @@ __all__ = [
     "DatasetReaderSpec",
     "DistributedConfig",
     "ExporterSpec",
+    "FileKind",
+    "FileProbe",
     "Labeler",
     "LabelerSpec",
     "LorakitError",
+    "LoraSummary",
     "LossOutput",
     "ModelLoaderSpec",
     "OptimizerSpec",

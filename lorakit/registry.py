@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from lorakit.errors import PluginError, UsageError
+from lorakit.identify import FileKind, FileProbe
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class BackendSpec:
     ``detect(path)`` (optional) answers whether a LoRA file or folder belongs to this backend.
     ``planner(config)`` (optional) returns a :class:`lorakit.planning.PlanModel`: the model
     on the meta device and a fake batch, for ``lorakit plan`` (docs/will-it-fit.md).
+    ``identify(probe)`` (optional) tells ``lorakit inspect`` what a file or folder is: a
+    :class:`lorakit.identify.FileKind` for one of the backend's own, else None.
     """
 
     name: str
@@ -39,6 +42,7 @@ class BackendSpec:
     templates: dict[str, tuple[str, str]] = field(default_factory=dict)
     detect: Callable[[Any], bool] | None = None
     planner: Callable[[Any], Any] | None = None
+    identify: Callable[[FileProbe], FileKind | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,11 @@ class ModelLoaderSpec:
     Loaders of a backend are tried by ``priority`` (higher first), third-party before
     first-party at equal priority, then by name; ``model_loader:`` in the config picks one
     by name and skips detection.
+
+    ``check(source)`` (optional) validates ``source`` as cheaply as ``detect`` (no weights)
+    and raises the one-line ``UsageError`` that ``load`` would raise for it (a GGML file, an
+    adapter folder instead of a base): ``lorakit config validate`` runs it, so it refuses
+    what training would refuse.
     """
 
     name: str
@@ -124,6 +133,7 @@ class ModelLoaderSpec:
     load: Callable[..., Any]
     description: str = ""
     priority: int = 0
+    check: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,17 @@ from lorakit.diagnostics.inspect import inspect_path, kohya_target, read_file
 from lorakit.errors import UsageError
 from lorakit.testing import run_cli
 
+
+@pytest.fixture(autouse=True)
+def _installed_backends() -> Any:
+    """inspect asks the installed backends (sd, llm) to identify each file."""
+    from lorakit.plugins import set_plugins
+
+    set_plugins(None)
+    yield
+    set_plugins(None)
+
+
 KOHYA_MODULES = [
     "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
     "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj",
@@ -309,3 +320,40 @@ def test_diffusers_keys_with_lorakit_metadata(tmp_path):
     assert report.made_by == "lorakit 0.1.0 (backend sd)"
     assert report.alphas == [4.0] and "alpha = rank" in report.alpha_source
     assert report.base_model == "./v1-5.safetensors" and report.targets == ["to_v"]
+
+
+def test_inspect_asks_the_installed_backends(kohya_file, tmp_path, capsys):
+    """The core holds no backend's key layout: without lorakit-sd a kohya file is only LoRA
+    pairs; a backend's ``identify`` (here a plugin's, through the public API) names it."""
+    import lorakit.diagnostics.inspect as core
+    from lorakit.api import BackendSpec, FileKind, FileProbe, hookimpl
+    from lorakit.plugins import build_plugins, set_plugins
+
+    source = Path(core.__file__).read_text()
+    for literal in ('"lora_unet_', '"lora_te', '"text_encoder', '"unet'):
+        assert literal not in source, literal  # no backend's prefixes in the core's code
+
+    set_plugins(build_plugins(entry_points=False))
+    bare = inspect_path(kohya_file)
+    assert bare.format == "PEFT keys" and bare.groups == {"model": 4} and bare.ranks == [4]
+
+    seen: list[FileProbe] = []
+
+    def identify(probe: FileProbe) -> FileKind | None:
+        seen.append(probe)
+        if probe.tensor_names and all(n.startswith("lora_") for n in probe.tensor_names):
+            return FileKind("probe layout", groups={"lora_unet_": "u", "lora_te_": "t"},
+                            kohya_names=True, notes=("identified by the probe backend",))  # fmt: skip
+        return None
+
+    class Probe:
+        @hookimpl
+        def register_backends(self, register: Any) -> None:
+            register(BackendSpec("probe", ("probe",), object, identify=identify))
+
+    set_plugins(build_plugins(entry_points=False, extra=[("probe", Probe())]))
+    report = inspect_path(kohya_file)
+    assert seen[0].path == kohya_file and seen[0].metadata["ss_network_dim"] == "4"
+    assert report.format == "probe layout" and report.groups == {"u": 3, "t": 1}
+    assert report.targets == ["attn1_to_q", "ff_net_0_proj", "proj_in", "self_attn_q_proj"]
+    assert "identified by the probe backend" in report.notes

@@ -52,6 +52,13 @@ def test_selftest_is_green_and_doctor_points_to_it_after_an_upgrade(tmp_path, ca
             ), (backend, check, table)
     assert "✗" not in table and "all checks passed" in out
     assert "torch 2." in out and "peft " in out  # the versions it ran with
+    # The llm reload check also merges the adapter into a GGUF base (lorakit merge).
+    assert "merged on" in table and "the GGUF base within" in table
+    # Only the ✓ lines and the table: not the tiny runs' own headers, warnings or bars.
+    assert err.strip() == "", err
+    assert [line for line in out[: out.index("lorakit selftest")].splitlines() if line.strip()] == [
+        line for line in out.splitlines() if line.startswith("✓")
+    ], out
     assert check_selftest(plugins).status == "ok"
     # An upgrade since: doctor says what changed and points to the selftest.
     data = json.loads(state.read_text())

@@ -184,7 +184,10 @@ def register(app: typer.Typer) -> None:
     def inspect_cmd(
         file: Annotated[
             Path,
-            typer.Argument(help="A LoRA .safetensors file or a PEFT adapter folder."),
+            typer.Argument(
+                help="A LoRA .safetensors file, a PEFT adapter folder, or whatever an installed "
+                "backend identifies (llm: a GGUF adapter, a run folder)."
+            ),
         ],
         as_json: JsonOpt = False,
         metadata: Annotated[

@@ -68,14 +68,18 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def export(
         source: Annotated[Path, typer.Argument(help="A LoRA file to convert.")],
-        to: Annotated[str, typer.Option("--to", help="Target format, e.g. kohya, diffusers.")],
+        to: Annotated[
+            str,
+            typer.Option("--to", help="Target format: kohya or diffusers (sd), gguf (llm)."),
+        ],
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file.")] = None,
         backend: Annotated[str | None, typer.Option("--backend")] = None,
         base: Annotated[
             str | None, typer.Option("--base", help="Base model, where a format needs it.")
         ] = None,
     ) -> None:
-        """Convert a trained LoRA between formats (kohya/A1111 ⇄ diffusers)."""
+        """Convert a trained LoRA: kohya/A1111 ⇄ diffusers (sd files), or a PEFT adapter to a
+        llama.cpp GGUF adapter (llm: --to gguf, --base names the base where needed)."""
         command = pick_backend(backend, [str(source)], "export")
         for path in command(source=source, to=to, output=output, base=base):
             print(f"wrote {path}")

@@ -52,6 +52,8 @@ def render(plan: Any, console: Any) -> None:
     per = f"{escape(m.per_step)} per micro-batch × {plan.accumulation} accumulation"
     steps = f"{plan.steps:,} optimizer steps" if plan.steps else "steps unknown (data not found)"
     console.print(f"{steps}; {per}")
+    if m.caveat:
+        console.print(f"[yellow]{escape(m.caveat)}[/]")
     if plan.card is None:
         console.print("[dim]no card to compare with: pass --gpu 24GB (or a card name)[/]")
         return
@@ -85,6 +87,7 @@ def as_dict(plan: Any) -> dict[str, Any]:
         "backend": plan.backend,
         "model": plan.model.description,
         "per_micro_batch": plan.model.per_step,
+        "caveat": plan.model.caveat or None,
         "steps": plan.steps,
         "bytes": {
             "frozen_weights": e.frozen, "lora": e.lora, "gradients": e.grads,
@@ -136,7 +139,8 @@ def train_check(config: Any, gpu: str | None, processes: int = 1) -> None:
     ``--gpu``) there is nothing to check against. A plan that cannot be made (a config
     only the loader understands, a plugin backend without a planner) never stops a run:
     its reason is printed instead. The plan is per process without sharding: a run that
-    shards its weights over several processes (DeepSpeed ZeRO-3, FSDP) is never refused.
+    shards its weights over several processes (DeepSpeed ZeRO-3, FSDP) is never refused,
+    nor is a run whose plan is only a worst case (its line says why: ``PlanModel.caveat``).
     """
     from lorakit.errors import UsageError
     from lorakit.planning import local_card, make_plan, parse_gpu
@@ -145,15 +149,18 @@ def train_check(config: Any, gpu: str | None, processes: int = 1) -> None:
     card = parse_gpu(gpu) if gpu else local_card()
     if card is None:
         return
+    sharded = processes > 1 and config.train.distributed.strategy in ("deepspeed_zero3", "fsdp")
     try:
-        plan = make_plan(config, card, both=False)
+        plan = make_plan(config, card, both=False, ladder=False)
+        refused = not (plan.fits or plan.model.caveat)
+        if refused and not sharded:  # the ladder is traced only for the refusal's advice
+            plan = make_plan(config, card, both=False)
     except Exception as exc:  # noqa: BLE001 - a missing estimate never blocks training
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"plan: skipped ({text})", file=sys.stderr)
         return
-    sharded = processes > 1 and config.train.distributed.strategy in ("deepspeed_zero3", "fsdp")
     print(plan.summary() + (" (per process, before sharding)" if sharded else ""))
-    if plan.fits or sharded:
+    if plan.fits or sharded or plan.model.caveat:
         return
     first = (
         f"first config that fits: {plan.ladder[0].flags()}"

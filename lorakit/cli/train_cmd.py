@@ -84,6 +84,8 @@ def register(app: typer.Typer) -> None:
 
             console = Console()
             loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
+            if result.eval_loss is not None:
+                loss += f", eval loss {result.eval_loss:.4f}"
             console.print(
                 f"[green]done[/]: {result.steps} steps, final loss {loss}, "
                 f"{result.elapsed_s:.1f} s → {result.output_dir}"

@@ -1,20 +1,14 @@
 """``lorakit inspect FILE``: what a LoRA file is, how it was trained, and what made it.
 
-Reads only the safetensors header (JSON: names, dtypes, shapes, offsets, metadata) and
-the few bytes of the 0-dim ``alpha`` tensors; it never loads the weights and never
-imports torch. Understands:
-
-- kohya / A1111 / ComfyUI files (``<key>.lora_down.weight``, ``.lora_up.weight``,
-  ``.alpha``; ``ss_*`` and ``modelspec.*`` metadata),
-- diffusers / PEFT keyed files (``unet.….lora_A.weight``; diffusers'
-  ``lora_adapter_metadata``),
-- PEFT adapter folders (``adapter_config.json`` + ``adapter_model.safetensors``),
-- lorakit's own ``<name>.lorakit.safetensors`` (raw PEFT module names, ``lorakit.*``
-  metadata with the config that made it).
-
-The header is checked by :mod:`lorakit.safetensors_header` before it is trusted (its size,
-JSON, dtypes, shapes, offsets inside the file); a truncated or corrupt file is one
-:class:`~lorakit.errors.UsageError` line. Pickles (``.ckpt``, ``.bin``...) are refused.
+Reads only the safetensors header (names, dtypes, shapes, offsets, metadata) and the few
+bytes of the 0-dim ``alpha`` tensors; never the weights, never torch. The installed
+backends say what a file is (``BackendSpec.identify``, :mod:`lorakit.identify`): lorakit-sd
+names kohya / A1111 and diffusers files and their parts, lorakit-llm reads GGUF adapters and
+run folders. Without an answer, the LoRA pairs (``lora_down``/``lora_up``,
+``lora_A``/``lora_B``), PEFT adapter folders and lorakit's own ``lorakit.*`` metadata are
+read as such. The header is checked by :mod:`lorakit.safetensors_header` before it is
+trusted; a truncated or corrupt file is one :class:`~lorakit.errors.UsageError` line.
+Pickles (``.ckpt``, ``.bin``...) are refused.
 """
 
 from __future__ import annotations
@@ -25,21 +19,17 @@ import math
 import re
 import struct
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from lorakit.errors import UsageError
+from lorakit.identify import FileKind, FileProbe, LoraSummary
 from lorakit.safetensors_header import TensorInfo, read_header
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-DIFFUSERS_PREFIXES = frozenset({"unet", "text_encoder", "text_encoder_2", "transformer"})
-KOHYA_PREFIXES = {
-    "lora_unet_": "unet",
-    "lora_te1_": "text_encoder",
-    "lora_te2_": "text_encoder_2",
-    "lora_te_": "text_encoder",
-}
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -60,9 +50,16 @@ def read_file(path: Path) -> File:
             "a pickle checkpoint; lorakit does not open pickles (it reads .safetensors)",
             where=str(path),
         )
-    header = read_header(path)
     with path.open("rb") as f:
-        length = int.from_bytes(f.read(8), "little")
+        head = f.read(8)
+    if head[:4] == GGUF_MAGIC:
+        raise UsageError(
+            "a GGUF file, and no installed backend reads GGUF here (lorakit-llm does: "
+            "pip install lorakit-llm)",
+            where=str(path),
+        )
+    header = read_header(path)
+    length = int.from_bytes(head, "little")
     return File(path, header.tensors, header.metadata, 8 + length, path.stat().st_size)
 
 
@@ -108,9 +105,9 @@ _CONTAINER = re.compile(
 )
 
 
-def kohya_target(module: str) -> str:
+def kohya_target(module: str, prefixes: Iterable[str] = ()) -> str:
     """``lora_unet_down_blocks_0_attentions_0_proj_in`` → ``proj_in``."""
-    for prefix in KOHYA_PREFIXES:
+    for prefix in prefixes:
         if module.startswith(prefix):
             module = module[len(prefix) :]
             break
@@ -124,35 +121,27 @@ def peft_target(module: str) -> str:
 
 
 @dataclass
-class Report:
-    """What ``lorakit inspect`` prints (``--json`` prints :meth:`as_dict`)."""
+class Report(LoraSummary):
+    """What ``lorakit inspect`` prints (``--json`` prints :meth:`as_dict`): a
+    :class:`~lorakit.identify.LoraSummary` and what only safetensors and PEFT files tell."""
 
-    path: str
-    format: str
-    size_bytes: int
-    modules: int = 0
-    groups: dict[str, int] = field(default_factory=dict)
-    ranks: list[int] = field(default_factory=list)
-    alphas: list[float] = field(default_factory=list)
-    alpha_source: str = ""
-    targets: list[str] = field(default_factory=list)
-    dtypes: list[str] = field(default_factory=list)
-    parameters: int = 0
+    path: str = ""
+    format: str = ""
     other_tensors: int = 0
     dora: bool = False
     rslora: bool = False
-    base_model: str | None = None
-    made_by: str = "unknown"
     provenance: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)
     adapter_config: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def _analyse(header: File, report: Report, *, kohya: bool) -> dict[str, str | None]:
+def _group(module: str, groups: Mapping[str, str], default: str) -> str:
+    return next((g for p, g in groups.items() if module.startswith(p)), default)
+
+
+def _analyse(header: File, report: Report, kind: FileKind | None) -> dict[str, str | None]:
     """Fill modules, ranks, targets from the tensor names and shapes; return module→alpha key."""
     modules: dict[str, dict[str, TensorInfo]] = {}
     alpha_keys: dict[str, str | None] = {}
@@ -179,16 +168,12 @@ def _analyse(header: File, report: Report, *, kohya: bool) -> dict[str, str | No
             ranks[parts["down"].shape[0]] += 1
         elif "up" in parts and len(parts["up"].shape) > 1:
             ranks[parts["up"].shape[1]] += 1
-        if kohya:
-            groups[next((g for p, g in KOHYA_PREFIXES.items() if module.startswith(p)), "?")] += 1
-            targets[kohya_target(module)] = None
+        known = kind.groups if kind is not None else {}
+        if kind is not None and kind.kohya_names:
+            groups[_group(module, known, "?")] += 1
+            targets[kohya_target(module, known)] = None
         else:
-            head = module.split(".", 1)[0]
-            groups[
-                head
-                if head in {"unet", "text_encoder", "text_encoder_2", "transformer"}
-                else "model"
-            ] += 1
+            groups[_group(module, known, "model")] += 1
             targets[peft_target(module)] = None
     report.modules = len(modules)
     report.ranks = sorted(ranks)
@@ -273,29 +258,25 @@ def _alpha_from_config(report: Report, config: dict[str, Any], source: str) -> N
         report.alpha_source = source
 
 
-def inspect_safetensors(path: Path) -> Report:
-    """Report on one safetensors LoRA file."""
-    header = read_file(path)
+def inspect_safetensors(path: Path, header: File | None = None) -> Report:
+    """Report on one safetensors LoRA file (its format as the installed backends name it)."""
+    header = header or read_file(path)
     meta = header.metadata
-    kohya = any(
-        name.startswith(tuple(KOHYA_PREFIXES)) and (".lora_down." in name or ".lora_up." in name)
-        for name in header.tensors
-    )
+    kind = identify(FileProbe(path, tuple(header.tensors), meta))
+    kohya = kind is not None and kind.kohya_names
     lycoris = any(_LYCORIS.search(name) for name in header.tensors)
     provenance = _lorakit_provenance(meta)
-    diffusers = any(n.split(".", 1)[0] in DIFFUSERS_PREFIXES for n in header.tensors)
-    if kohya:
-        fmt = "kohya / A1111 LoRA"
-    elif diffusers:
-        fmt = "diffusers (PEFT keys)"
+    if kind is not None:
+        fmt = kind.format
     elif provenance.get("version"):
         fmt = "lorakit (raw PEFT module names)"
     else:
         fmt = "PEFT keys"
     if lycoris:
         fmt = "LyCORIS (LoHa/LoKr/OFT): not a plain LoRA"
-    report = Report(str(path), fmt, header.size, metadata=meta, provenance=provenance)
-    alpha_keys = _analyse(header, report, kohya=kohya)
+    report = Report(header.size, path=str(path), format=fmt, metadata=meta, provenance=provenance)
+    alpha_keys = _analyse(header, report, kind)
+    report.notes.extend(kind.notes if kind is not None else ())
     if not report.modules and not lycoris:
         report.notes.append("no LoRA tensors found (lora_down/lora_up or lora_A/lora_B)")
     if kohya or any(alpha_keys.values()):
@@ -378,7 +359,7 @@ def inspect_adapter(folder: Path) -> Report:
         report = inspect_safetensors(weights)
         report.path = str(folder)
     else:
-        report = Report(str(folder), "", 0)
+        report = Report(0, path=str(folder))
         if (folder / "adapter_model.bin").is_file():
             report.notes.append("weights are adapter_model.bin (a pickle): not read")
         else:
@@ -418,14 +399,53 @@ def inspect_adapter(folder: Path) -> Report:
     return report
 
 
+def identify(probe: FileProbe) -> FileKind | None:
+    """The first installed backend's answer to what ``probe`` is (None: none knows it)."""
+    from lorakit.plugins import get_registries
+
+    for entry in get_registries().backends:
+        found = entry.spec.identify(probe) if entry.spec.identify is not None else None
+        if found is not None:
+            return found
+    return None
+
+
+def _from_summary(path: Path, kind: FileKind, summary: LoraSummary) -> Report:
+    fields = {k: v for k, v in vars(summary).items() if k != "notes"}
+    report = Report(**fields, path=str(path), format=kind.format)
+    report.notes = [*summary.notes, *kind.notes]
+    if not report.alpha_source:
+        report.alpha_source = "not in the file"
+    return report
+
+
 def inspect_path(path: Path) -> Report:
-    """Inspect a safetensors file, a PEFT adapter folder, or its adapter_config.json."""
-    if path.is_dir():
-        return inspect_adapter(path)
+    """Inspect a LoRA file or folder: what an installed backend identifies it as (a GGUF
+    adapter, a run folder), else a safetensors file, a PEFT adapter folder, or its
+    adapter_config.json."""
     if path.name == "adapter_config.json":
-        return inspect_adapter(path.parent)
+        path = path.parent
     if not path.exists():
         raise UsageError("no such file", where=str(path))
+    if path.is_file():
+        with path.open("rb") as handle:
+            foreign = handle.read(4) == GGUF_MAGIC
+        if not foreign:
+            return inspect_safetensors(path)
+    kind = identify(FileProbe(path))
+    if kind is not None and kind.inspect is not None:
+        same = kind.inspect.resolve() == path.resolve()
+        report = inspect_adapter(path) if same else inspect_path(kind.inspect)
+        report.path = str(path)
+        report.format = (
+            f"{report.format}, {kind.format}" if same else f"{kind.format}: {report.format}"
+        )
+        report.notes.extend(kind.notes)
+        return report
+    if kind is not None and kind.summary is not None:
+        return _from_summary(path, kind, kind.summary)
+    if path.is_dir():
+        return inspect_adapter(path)
     return inspect_safetensors(path)
 
 

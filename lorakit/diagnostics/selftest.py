@@ -12,6 +12,11 @@ the same builder ``lorakit demo`` uses), offline and on the CPU:
 5. resume: the run's mid-run checkpoint, resumed to the end, gives the same LoRA tensors as the
    uninterrupted run.
 
+Each check runs with its own output captured: the runs are deliberately tiny and short, so
+what training prints for a real run (the run header, "only 4 optimizer steps" warnings,
+library progress bars) would be noise here. A failed check shows the last lines it printed
+under its ✗. Everything ``selftest`` prints goes to stdout.
+
 The versions of lorakit, its plugins and the libraries are printed with the ✓/✗ table and
 recorded after a run where everything passed, so ``lorakit doctor`` can say when the
 install changed since the last selftest.
@@ -19,12 +24,15 @@ install changed since the last selftest.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +50,7 @@ class Result:
     ok: bool
     detail: str
     seconds: float = 0.0
+    output: str = ""  # what the check printed (shown when it failed)
 
 
 @dataclass
@@ -138,13 +147,22 @@ def check_backend(name: str, spec: Any, folder: Path, emit: Callable[[Result], N
 
     def step(check: str, work: Callable[[], str]) -> bool:
         start = time.perf_counter()
+        printed = io.StringIO()
         try:
-            detail = work()
+            with (
+                contextlib.redirect_stdout(printed),
+                contextlib.redirect_stderr(printed),
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore")
+                detail = work()
             ok = True
         except Exception as exc:  # noqa: BLE001 - every failure is a ✗, never a crash
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             detail, ok = f"{type(exc).__name__}: {text}", False
-        emit(Result(name, check, ok, detail, time.perf_counter() - start))
+        result = Result(name, check, ok, detail, time.perf_counter() - start)
+        result.output = printed.getvalue()
+        emit(result)
         return ok
 
     state: dict[str, Any] = {}
@@ -219,6 +237,9 @@ def run_selftest(
         if console is not None:
             mark = "[green]✓[/]" if result.ok else "[red]✗[/]"
             console.print(f"{mark} {result.backend} {result.check} ({result.seconds:.1f} s)")
+            if not result.ok and result.output.strip():
+                for line in result.output.strip().splitlines()[-5:]:
+                    console.print(f"    {line}", markup=False, style="dim")
 
     try:
         for name in available:

@@ -43,6 +43,7 @@ class RunResult:
     interrupted: bool = False
     elapsed_s: float = 0.0
     signal: int | None = None  # what stopped an interrupted run (on any process)
+    eval_loss: float | None = None  # the last eval loss, when the backend evaluates
 
 
 def train(
@@ -60,6 +61,7 @@ def train(
     bar = TrainProgress(s.total, s.state.step, enabled=progress and s.main)
     stream = batches(s.loader, s.sampler, s.accelerator, s.state.micro_batches)
     last_loss: float | None = None
+    last_eval: float | None = None
     interrupted = False
     stop = 0
     every_save, every_sample = config.train.save_steps, config.train.sample_every_n_steps
@@ -82,6 +84,7 @@ def train(
                 metrics["elapsed_s"] = round(s.state.elapsed_s, 3)
                 last_loss = metrics["loss"]
                 log(s, metrics)
+                last_eval = metrics.get("eval_loss", last_eval)
                 bar.update(s.state.step, metrics)
                 step, more = s.state.step, s.state.step < s.total
                 if every_sample and step % every_sample == 0 and more and s.main:
@@ -101,7 +104,9 @@ def train(
             bar.close()
             for tracker in s.trackers:
                 tracker.close()
-        return finish(s, interrupted, last_loss, stop)
+        result = finish(s, interrupted, last_loss, stop)
+        result.eval_loss = last_eval
+        return result
 
 
 def begin(s: Session) -> None:

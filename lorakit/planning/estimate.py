@@ -49,7 +49,9 @@ class PlanModel:
     or None when it cannot be read. ``resolution_key`` / ``resolution`` name the key that
     sets the sample size (``sd.resolution``, ``llm.max_seq_len``) and its value, and
     ``resolution_steps`` the smaller values the ladder may try. ``qlora_key`` (text
-    models) is the key that loads the base in 4-bit.
+    models) is the key that loads the base in 4-bit. ``caveat`` says why the plan is only
+    an upper bound (``worst case: every row 2,048 tokens, the data could not be read``): the
+    plan's line says so, and ``lorakit train`` never refuses a run on such a plan.
     """
 
     build: Callable[[bool], Any]
@@ -66,6 +68,7 @@ class PlanModel:
     resolution_steps: tuple[int, ...] = ()
     qlora_key: str | None = None
     qlora: bool = False
+    caveat: str = ""
 
 
 @dataclass

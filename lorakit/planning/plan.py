@@ -81,6 +81,8 @@ class Plan:
         if self.card is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             line += f" on {self.card}: {verdict}"
+        if self.model.caveat:
+            line += f" [{self.model.caveat}]"
         return line
 
 

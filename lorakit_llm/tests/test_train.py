@@ -344,7 +344,9 @@ def test_each_adapter_is_prompted_as_it_was_trained(
     assert (tmp_path / "s" / "samples.txt").read_text().strip() == f"### {question}\n{expected}"
 
 
-def test_eval_split_and_eval_data_log_an_eval_loss(assets: dict[str, Path], tmp_path: Path) -> None:
+def test_eval_split_and_eval_data_log_an_eval_loss(
+    assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from lorakit_llm.testing import write_qa_jsonl
     from lorakit_llm.tokenize import tokenize_records
     from peft import PeftModel
@@ -369,10 +371,15 @@ def test_eval_split_and_eval_data_log_an_eval_loss(assets: dict[str, Path], tmp_
     held = write_qa_jsonl(tmp_path / "held" / "eval.jsonl", 12, seed=7)
     config = load_config(data=llm_config(assets, tmp_path / "data", max_steps=3,
                          llm={"eval_data": str(held)}))  # fmt: skip
-    result = train(config, progress=False)
+    capsys.readouterr()
+    result = train(config, progress=True)  # not a terminal: plain step lines
     rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").open()]
     final = [r["eval_loss"] for r in rows if "eval_loss" in r][-1]
     assert rows[-1]["step"] == 3 and "eval_loss" in rows[-1]
+    # The terminal shows it too: on the step line, and in the run's result (the summary).
+    steps = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step 3/3")]
+    assert steps and f"eval loss {final:.4f}" in steps[0], steps
+    assert result.eval_loss == final
     model = PeftModel.from_pretrained(base_model(assets["model"]), result.output_dir / "adapter")
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(assets["model"])

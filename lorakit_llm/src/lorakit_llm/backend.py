@@ -318,31 +318,12 @@ class LLMBackend(Backend):
 
     # -- data ---------------------------------------------------------------------------
     def _reader(self, registries: Any) -> tuple[str, Any]:
-        from lorakit_llm.readers import sniff
+        from lorakit_llm.formats import choose_reader
 
-        name = self.section.dataset_format
-        readers = registries.dataset_readers
-        path = self.config.train.train_data_dir
-        if name != "auto":
-            spec = readers.get(name)
-            if spec.modality != "text":
-                raise UsageError(f"llm.dataset_format: reader '{name}' does not read text")
-            return name, spec
-        sniff(path)
-        order = ["chat", "alpaca", "qa", "prompt_completion", "text"]
-        others = [e.spec.name for e in readers if e.spec.name not in order]
-        for candidate in [*order, *others]:
-            if candidate not in readers:
-                continue
-            spec = readers.get(candidate)
-            if spec.modality == "text" and spec.detect is not None and spec.detect(path):
-                return candidate, spec
-        raise DataError(
-            "cannot tell the data format (expected JSONL, a JSON array or CSV with question/answer, prompt/"
-            "completion, instruction/output, messages or text keys, or .txt files); "
-            "set llm.dataset_format",
-            where=path,
-        )
+        return choose_reader(
+            self.config.train.train_data_dir, registries.dataset_readers,
+            self.section.dataset_format,
+        )  # fmt: skip
 
     def dataset(self, ctx: TrainContext) -> TokenDataset:
         section, train = self.section, self.config.train

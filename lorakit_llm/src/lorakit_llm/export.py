@@ -123,7 +123,13 @@ def load_for_inference(
 
 
 def merge_command(base: str, loras: list[tuple[str, float]], output: Path, dtype: str) -> Path:
-    """``lorakit merge``: bake the weighted adapters into the base; save a model folder."""
+    """``lorakit merge``: bake the weighted adapters into the base; save a model folder.
+
+    The folder is a plain full-precision transformers model (``config.json``, safetensors
+    weights, the tokenizer) at ``dtype``, also for a ``.gguf`` base: its weights are
+    dequantized on load and the LoRA is merged into them, so ``from_pretrained(folder)``
+    loads it without the ``gguf`` package.
+    """
     from lorakit_llm.generate import adapter_template, load_adapters, parse_adapters
     from lorakit_llm.loading import load_base
 
@@ -153,6 +159,7 @@ def merge_command(base: str, loras: list[tuple[str, float]], output: Path, dtype
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         provenance = {"lorakit": __version__, "base_model": _base_reference(base),
+                      "base_gguf_file": _base_gguf_file(base),
                       "adapters": adapters, "dtype": str(out_dtype).replace("torch.", "")}  # fmt: skip
         (tmp / "lorakit.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     return output

@@ -21,8 +21,12 @@ one-line :class:`UsageError`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +60,21 @@ def file_magic(path: Path) -> str | None:
 
 
 def ggml_message(path: Path, magic: str) -> str:
+    """What the file is and llama.cpp's command that converts it.
+
+    ``convert_llama_ggml_to_gguf.py`` cannot read the RMS-norm epsilon from a GGML file and
+    assumes 5e-6; LLaMA-2 needs ``--eps 1e-5`` (and ``--context-length 4096``), LLaMA-1
+    ``--eps 1e-6``. The name tells LLaMA-2 apart; otherwise both choices are named.
+    """
     stem = path.name.split(".")[0]
+    llama2 = re.search(r"llama[-_ ]?2", path.name, re.IGNORECASE) is not None
+    flags = "--eps 1e-5 --context-length 4096" if llama2 else "--eps 1e-5"
+    which = "" if llama2 else " (--eps 1e-5 is LLaMA-2's; use --eps 1e-6 for LLaMA-1)"
     return (
         f"{path} is an old GGML model file (magic '{magic}'), not GGUF, and cannot be loaded; "
         f"convert it with llama.cpp's convert_llama_ggml_to_gguf.py "
-        f"(python convert_llama_ggml_to_gguf.py --input {path.name} --output {stem}.gguf) "
-        f"or use a GGUF, safetensors or hub version of the model"
+        f"(python convert_llama_ggml_to_gguf.py --input {path.name} --output {stem}.gguf "
+        f"{flags}){which} or use a GGUF, safetensors or hub version of the model"
     )
 
 
@@ -163,6 +176,25 @@ def quantization_config(compute_dtype: Any) -> Any:
     )
 
 
+def gguf_tensor_count(path: Path) -> int | None:
+    """The tensor count of a GGUF file's header (bytes 8-16, after magic and version)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    return int.from_bytes(head[8:16], "little") if len(head) == 16 else None
+
+
+def _reading_gguf(source: BaseSource, dtype: Any) -> None:
+    """One line before the silent seconds of reading and dequantizing a GGUF file."""
+    count = gguf_tensor_count(Path(source.location) / str(source.gguf_file))
+    tensors = f"{count} tensors, " if count is not None else ""
+    dtype_name = str(dtype).removeprefix("torch.")
+    print(f"reading GGUF {source.gguf_file} ({tensors}dequantizing to {dtype_name})",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+
 def load_model(
     source: BaseSource,
     *,
@@ -171,14 +203,27 @@ def load_model(
     attn_implementation: str | None = None,
     device: Any = None,
 ) -> Any:
-    """The causal LM in ``dtype`` (GGUF weights dequantized to it), or 4-bit for QLoRA."""
+    """The causal LM in ``dtype`` (GGUF weights dequantized to it), or 4-bit for QLoRA.
+
+    A GGUF file is loaded with ``GgufConfig(dequantize=True)``: every weight unpacked (by
+    the ``gguf`` package's dequantizers) into a plain dense model, which trains, merges and
+    saves like any other; transformers' packed GGUF layers can do none of these.
+    """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # lorakit shows its own progress; keep stderr for errors
     kwargs: dict[str, Any] = {"dtype": dtype}
+    quiet = contextlib.nullcontext()
     if source.gguf_file:
+        from transformers import GgufConfig
+
         kwargs["gguf_file"] = source.gguf_file
+        if not load_in_4bit:
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        _reading_gguf(source, dtype)
+        # transformers' GGUF reader draws its own tqdm bar, outside its progress-bar switch.
+        quiet = contextlib.redirect_stderr(io.StringIO())  # type: ignore[assignment]
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
@@ -186,7 +231,8 @@ def load_model(
         index = getattr(device, "index", None)
         kwargs["device_map"] = {"": index if index is not None else 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+        with quiet:
+            model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(source, "the model", exc) from None
     return model
@@ -242,6 +288,11 @@ def detect_gguf(source: str) -> bool:
     return False
 
 
+def check_any(source: str) -> None:
+    """The ``hf`` and ``gguf`` loaders' check: what :func:`resolve_base` refuses."""
+    resolve_base(source)
+
+
 def detect_hf(source: str) -> bool:
     """Anything else: a transformers folder or a hub id (its errors say what is wrong)."""
     return True
@@ -257,9 +308,10 @@ def load_any(
     check: bool = False,
 ) -> Any:
     """The ``hf`` and ``gguf`` loaders: ``(model, tokenizer)``, or None with ``check``."""
-    base = resolve_base(source)
     if check:
+        check_any(source)
         return None
+    base = resolve_base(source)
     tokenizer = load_tokenizer(base)
     model = load_model(
         base, dtype=dtype, load_in_4bit=load_in_4bit,

@@ -21,6 +21,8 @@ from lorakit_llm.loading import BaseSource, _load_error, file_magic, resolve_bas
 from lorakit_llm.section import LLMSection
 
 DTYPE_NAMES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16", "auto": "bfloat16"}
+#: Files a transformers tokenizer is read from (one is enough).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 #: The smallest max_seq_len the ladder proposes.
 MIN_SEQ_LEN = 256
 
@@ -75,31 +77,54 @@ def count_rows(path: str) -> int | None:
     return rows
 
 
-def longest_example(config: Config, section: LLMSection) -> int | None:
+def _short(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else type(exc).__name__
+
+
+def plan_tokenizer(base: str) -> Any:
+    """The base's tokenizer without its weights: a folder's or the local hub cache's tokenizer
+    files, or a ``.gguf`` file's tokenizer fields (transformers reads the metadata only)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_base(base)
+    kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    return AutoTokenizer.from_pretrained(source.location, local_files_only=True, **kwargs)
+
+
+def longest_example(config: Config, section: LLMSection) -> tuple[int | None, str]:
     """Tokens of the longest training example, as the backend tokenizes it (template, BOS,
-    stop token, ``max_seq_len`` cut), or None when the tokenizer or the data cannot be
-    read from disk. Batches are grouped by length and ``batch_size`` counts examples, so
-    the peak micro-batch is ``batch_size`` examples of about this length, not
-    ``max_seq_len`` tokens each."""
+    stop token, ``max_seq_len`` cut) and "", or None and why the lengths cannot be read
+    (no tokenizer on disk, unreadable data). Batches are grouped by length and
+    ``batch_size`` counts examples, so the peak micro-batch is ``batch_size`` examples of
+    about this length, not ``max_seq_len`` tokens each."""
     from lorakit.api import get_registries
-    from lorakit_llm.backend import LLMBackend
     from lorakit_llm.chat_templates import resolve_template
+    from lorakit_llm.formats import choose_reader
     from lorakit_llm.tokenize import tokenize_records
 
+    base = Path(config.train.base_model).expanduser()
+    folder = base.parent if base.is_file() and base.suffix == ".json" else base
+    config_only = folder.is_dir() and (folder / "config.json").is_file()
+    if config_only and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None, "no tokenizer files beside config.json"
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(config.train.base_model, local_files_only=True)
-        _, reader = LLMBackend(config)._reader(get_registries())
+        tokenizer = plan_tokenizer(config.train.base_model)
+    except Exception as exc:  # a hub id not cached, a broken tokenizer: plan the worst case
+        return None, f"the tokenizer could not be read ({_short(exc)})"
+    try:
+        readers = get_registries().dataset_readers
+        _, reader = choose_reader(config.train.train_data_dir, readers, section.dataset_format)
         records = reader.factory(config.train.train_data_dir, system_prompt=section.system_prompt)
         template, _ = resolve_template(section.chat_template, tokenizer)
         data = tokenize_records(
             records, tokenizer, template,
             max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
         )  # fmt: skip
-    except Exception:  # a config-only or GGUF plan, a hub id not cached: plan the worst case
-        return None
-    return max(data.lengths(), default=0) or None
+    except Exception as exc:  # noqa: BLE001 - a plan is advice: the data's errors come at train
+        return None, f"the data could not be tokenized ({_short(exc)})"
+    longest = max(data.lengths(), default=0)
+    return (longest, "") if longest else (None, "no tokenized rows")
 
 
 def planner(config: Config) -> PlanModel:
@@ -118,7 +143,9 @@ def planner(config: Config) -> PlanModel:
         weights = compute if half else torch.bfloat16
     else:
         weights = compute
-    batch, seq = train.batch_size, longest_example(config, section) or section.max_seq_len
+    longest, why = longest_example(config, section)
+    batch, seq = train.batch_size, longest or section.max_seq_len
+    caveat = f"worst case: every row {seq:,} tokens (llm.max_seq_len); {why}" if why else ""
     quantized = 0
 
     def build(checkpointing: bool) -> Any:
@@ -188,7 +215,7 @@ def planner(config: Config) -> PlanModel:
         items=count_rows(train.train_data_dir), resolution_key="llm.max_seq_len",
         resolution=seq,
         resolution_steps=tuple(s for s in (seq // 2, seq // 4) if s >= MIN_SEQ_LEN),
-        qlora_key="llm.load_in_4bit", qlora=section.load_in_4bit,
+        qlora_key="llm.load_in_4bit", qlora=section.load_in_4bit, caveat=caveat,
     )  # fmt: skip
 
     if section.load_in_4bit:  # the count of 4-bit weights is known once the model is built

@@ -64,6 +64,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             },
             detect=is_adapter,
             planner=lazy("lorakit_llm.plan:planner"),
+            identify=lazy("lorakit_llm.identify:identify"),
         )
     )
 
@@ -81,6 +82,7 @@ MODEL_LOADERS = (
 @hookimpl
 def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
     loads = {"ggml": "load_ggml", "gguf": "load_any", "hf": "load_any"}
+    checks = {"ggml": "load_ggml", "gguf": "check_any", "hf": "check_any"}
     for name, description, priority in MODEL_LOADERS:
         register(
             ModelLoaderSpec(
@@ -90,6 +92,7 @@ def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
                 load=lazy(f"lorakit_llm.loading:{loads[name]}"),
                 description=description,
                 priority=priority,
+                check=lazy(f"lorakit_llm.loading:{checks[name]}"),
             )
         )
 

@@ -36,21 +36,36 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 
 ROW_SUFFIXES = (".jsonl", ".json", ".csv")
+TEXT_SUFFIX = ".txt"
+
+
+def _kinds(suffixes: tuple[str, ...]) -> str:
+    return ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
 
 
 def data_files(path: str | Path, suffixes: tuple[str, ...] = ROW_SUFFIXES) -> list[Path]:
-    """The data files at ``path``: the file itself, or the folder's files with ``suffixes``."""
+    """The data files at ``path``: the file itself, or the folder's files with ``suffixes``.
+
+    A file whose extension is not one of ``suffixes`` (``.tsv``, ``.parquet``) is refused,
+    naming the supported ones; a file without an extension is read as JSON lines.
+    """
     path = Path(path).expanduser()
     if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix and suffix not in suffixes:
+            raise DataError(
+                f"{suffix} files are not supported; the data must be {_kinds(ROW_SUFFIXES)} "
+                f"(or {TEXT_SUFFIX} for llm.dataset_format: text)",
+                where=path,
+            )
         return [path]
     if not path.is_dir():
         raise DataError("no such file or folder", where=path)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        kinds = (
-            ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
-        )
-        raise DataError(f"no {kinds} files in this folder", where=path)
+        others = sorted({p.suffix.lower() for p in path.iterdir() if p.is_file() and p.suffix})
+        seen = f" (found only {', '.join(others)}, which are not supported)" if others else ""
+        raise DataError(f"no {_kinds(suffixes)} files in this folder{seen}", where=path)
     return files
 
 
@@ -173,11 +188,11 @@ def iter_rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def first_row(path: str | Path) -> dict[str, Any] | None:
     """The first row of the first data file (None for text-only folders)."""
     try:
-        files = data_files(path, (*ROW_SUFFIXES, ".txt"))
+        files = data_files(path, (*ROW_SUFFIXES, TEXT_SUFFIX))
     except DataError:
         return None
     for file in files:
-        if file.suffix.lower() == ".txt":
+        if file.suffix.lower() == TEXT_SUFFIX:
             continue
         for _, row in iter_rows(file):
             return row
@@ -293,8 +308,8 @@ def _messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:
 def read_text(path: str | Path, **_: Any) -> list[Record]:
     """Plain text: every ``.txt`` file is one document; JSONL rows need a ``text`` key."""
     out: list[Record] = []
-    for file in data_files(path, (*ROW_SUFFIXES, ".txt")):
-        if file.suffix.lower() == ".txt":
+    for file in data_files(path, (*ROW_SUFFIXES, TEXT_SUFFIX)):
+        if file.suffix.lower() == TEXT_SUFFIX:
             try:
                 text = file.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
@@ -331,10 +346,10 @@ def detect_chat(path: str | Path) -> bool:
 
 def detect_text(path: str | Path) -> bool:
     try:
-        files = data_files(path, (*ROW_SUFFIXES, ".txt"))
+        files = data_files(path, (*ROW_SUFFIXES, TEXT_SUFFIX))
     except DataError:
         return False
-    if any(f.suffix.lower() == ".txt" for f in files):
+    if any(f.suffix.lower() == TEXT_SUFFIX for f in files):
         return True
     row = first_row(path)
     return row is not None and "text" in row

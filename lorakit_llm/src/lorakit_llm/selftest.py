@@ -3,7 +3,9 @@
 The exported adapter goes through PEFT's ``PeftModel.from_pretrained`` onto a freshly
 loaded base: every tensor of the file must land in the model unchanged, and the adapter
 must change the model's logits. The base is also written as a GGUF file and read back
-through transformers' GGUF loader, which must give the same logits.
+through transformers' GGUF loader, which must give the same logits, and the adapter is
+merged into that GGUF base (``lorakit merge``): plain ``from_pretrained`` on the merged
+folder must give the PEFT model's logits.
 """
 
 from __future__ import annotations
@@ -44,10 +46,34 @@ def verify(output_dir: Path, config: Any) -> str:
     from_gguf, _ = load_base(str(gguf), dtype=torch.float32)
     with torch.no_grad():
         gap = float((from_gguf(ids, use_cache=False).logits - before).abs().max())
-    gguf.unlink()
     if gap > 1e-4:
         raise RuntimeError(f"the GGUF base gives other logits ({gap:.2e})")
+    merged_gap = _merge_gap(gguf, adapter, ids, after)
+    gguf.unlink()
     return (
         f"PeftModel.from_pretrained: {len(saved)} tensors, logits move by {moved:.2e}; "
-        f"GGUF base logits within {gap:.0e}"
+        f"GGUF base logits within {gap:.0e}; merged on the GGUF base within {merged_gap:.0e}"
     )
+
+
+def _merge_gap(gguf: Path, adapter: Path, ids: Any, want: Any) -> float:
+    """``lorakit merge`` on the GGUF base, read back by plain ``from_pretrained``: how far its
+    logits are from the PEFT model's ``want``."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorakit_llm.export import merge_command
+
+    folder = merge_command(str(gguf), [(str(adapter), 1.0)], gguf.parent / "selftest-merged",
+                           "float32")  # fmt: skip
+    try:
+        merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        with torch.no_grad():
+            gap = float((merged(ids, use_cache=False).logits - want).abs().max())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if gap > 1e-4:
+        raise RuntimeError(f"the model merged on a GGUF base gives other logits ({gap:.2e})")
+    return gap

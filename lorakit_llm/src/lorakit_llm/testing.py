@@ -180,7 +180,9 @@ def _permute_heads(weight: Any, n_head: int) -> Any:
 def write_gguf(model_dir: str | Path, path: str | Path, *, dtype: str = "f32") -> Path:
     """Write the Llama in ``model_dir`` (and its byte-level tokenizer) as a GGUF file.
 
-    ``dtype``: ``f32`` (loads back exactly) or ``f16``. 1-D tensors (norms) stay F32.
+    ``dtype``: ``f32`` (loads back exactly), ``f16``, or ``q8_0`` (quantized by the ``gguf``
+    package's own quantizer, as llama.cpp's ``llama-quantize`` lays it out). 1-D tensors
+    (norms) stay F32.
     """
     import gguf
     import numpy as np
@@ -206,9 +208,9 @@ def write_gguf(model_dir: str | Path, path: str | Path, *, dtype: str = "f32") -
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
-    writer.add_file_type(
-        gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
-    )
+    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}  # fmt: skip
+    writer.add_file_type(file_types[dtype])
 
     # Tokenizer: "gpt2" (byte-level BPE) vocabulary in id order, merges, special ids.
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -249,6 +251,11 @@ def write_gguf(model_dir: str | Path, path: str | Path, *, dtype: str = "f32") -
             data = _permute_heads(data, config.num_key_value_heads)
         if dtype == "f16" and data.ndim > 1:
             data = data.astype(np.float16)
+        if dtype == "q8_0" and data.ndim > 1:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            packed = gguf.quants.quantize(data, kind)
+            writer.add_tensor(f"{target}.{suffix}", packed, raw_dtype=kind)
+            continue
         writer.add_tensor(f"{target}.{suffix}", data)
 
     writer.write_header_to_file()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
+from lorakit.api import FileKind, FileProbe, UsageError
 from lorakit_sd.ldm import text_model_path, unet_path_to_ldm
 
 KOHYA_PREFIXES = {"sd1": {"te1": "lora_te_"}, "sdxl": {"te1": "lora_te1_", "te2": "lora_te2_"}}
@@ -228,6 +228,22 @@ def file_format(keys: Iterable[str]) -> str | None:
         return "kohya"
     if keys and all(k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) for k in keys):
         return "diffusers"
+    return None
+
+
+#: Tensor-name prefix → the part of the pipeline it adapts, for ``lorakit inspect``.
+KOHYA_GROUPS = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
+                "lora_te2_": "text_encoder_2"}  # fmt: skip
+
+
+def identify(probe: FileProbe) -> FileKind | None:
+    """What ``lorakit inspect`` says of an SD LoRA file: kohya or diffusers layout."""
+    fmt = file_format(probe.tensor_names) if probe.tensor_names else None
+    if fmt == "kohya":
+        return FileKind("kohya / A1111 LoRA", groups=KOHYA_GROUPS, kohya_names=True)
+    if fmt == "diffusers":
+        groups = {prefix: prefix.rstrip(".") for prefix in DIFFUSERS_PREFIXES.values()}
+        return FileKind("diffusers (PEFT keys)", groups=groups)
     return None
 
 

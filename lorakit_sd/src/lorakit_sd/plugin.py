@@ -62,6 +62,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             },
             detect=detect,
             planner=lazy("lorakit_sd.plan:planner"),
+            identify=lazy("lorakit_sd.lora_format:identify"),
         )
     )
 
