@@ -93,6 +93,11 @@ def longest_example(config: Config, section: LLMSection) -> int | None:
         _, reader = LLMBackend(config)._reader(get_registries())
         records = reader.factory(config.train.train_data_dir, system_prompt=section.system_prompt)
         template, _ = resolve_template(section.chat_template, tokenizer)
+        if section.method != "sft":
+            from lorakit_llm.preference.data import tokenize_pairs
+
+            pairs = tokenize_pairs(records, tokenizer, template, max_seq_len=section.max_seq_len)
+            return max([*pairs.chosen.lengths(), *pairs.rejected.lengths()], default=0) or None
         data = tokenize_records(
             records, tokenizer, template,
             max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
@@ -119,6 +124,10 @@ def planner(config: Config) -> PlanModel:
     else:
         weights = compute
     batch, seq = train.batch_size, longest_example(config, section) or section.max_seq_len
+    pairs = section.method != "sft"
+    reference = section.method == "dpo" and not section.precompute_ref_logps
+    if pairs:  # chosen and rejected of each pair in one forward
+        batch *= 2
     quantized = 0
 
     def build(checkpointing: bool) -> Any:
@@ -175,6 +184,9 @@ def planner(config: Config) -> PlanModel:
         kwargs = {k: v for k, v in batch_.items() if k != "labels"}
         labels = batch_["labels"][:, 1:]
         keep = torch.arange(labels.shape[1])
+        if reference:  # DPO's reference pass: the same rows, adapter disabled, no grad
+            with torch.no_grad(), module.disable_adapter():
+                module(**kwargs, use_cache=False, logits_to_keep=keep)
         logits = module(**kwargs, use_cache=False, logits_to_keep=keep).logits
         return chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
@@ -183,7 +195,8 @@ def planner(config: Config) -> PlanModel:
     model = PlanModel(
         build=build, batch=fake_batch, loss=loss,
         description=f"{name} ({size}), {'4-bit NF4' if section.load_in_4bit else str(weights).removeprefix('torch.')} weights",
-        per_step=f"{batch * seq:,} tokens ({batch} × {seq})",
+        per_step=f"{batch * seq:,} tokens ({batch} × {seq})"
+        + (f", {batch // 2} pairs{' + a reference pass' if reference else ''}" if pairs else ""),
         autocast_dtype=compute if half else None,
         items=count_rows(train.train_data_dir), resolution_key="llm.max_seq_len",
         resolution=seq,
