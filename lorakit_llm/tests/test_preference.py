@@ -17,7 +17,11 @@ from lorakit.api import DataError, UsageError
 
 
 def _run(
-    assets: dict[str, Path], out: Path, data: Path, llm: dict[str, Any], resume: bool = False,
+    assets: dict[str, Path],
+    out: Path,
+    data: Path,
+    llm: dict[str, Any],
+    resume: bool = False,
     **keys: Any,
 ) -> Any:
     from lorakit.config import load_config
@@ -99,7 +103,6 @@ def test_masks_cover_exactly_the_answer_and_its_stop_token(shape: str) -> None:
     prompt, the BOS and what follows the stop token are not."""
     from lorakit_llm.chat_templates import LLAMA2
     from lorakit_llm.preference.data import tokenize_pairs
-    from lorakit_llm.preference.reader import read_preference
     from lorakit_llm.testing import build_llama2_like_tokenizer, build_qwen_like_tokenizer
     from lorakit_llm.tokenize import IGNORE
 
@@ -132,8 +135,9 @@ def test_masks_cover_exactly_the_answer_and_its_stop_token(shape: str) -> None:
         assert [lab for lab in labels if lab != IGNORE] == targets
         first = labels.index(next(lab for lab in labels if lab != IGNORE))
         assert tokenizer.decode(ids[:first]).replace(" ", "") == (
-            tokenizer.decode(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            .replace(" ", "")
+            tokenizer.decode(tokenizer(prompt, add_special_tokens=False)["input_ids"]).replace(
+                " ", ""
+            )
         )  # everything before the answer is the rendered prompt (with its BOS)
         assert all(lab == IGNORE for lab in labels[first + len(targets) :])
         if shape == "llama2":
@@ -231,3 +235,86 @@ def test_resume_is_exact(assets: dict[str, Path], dpo_run: dict[str, Any]) -> No
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=1e-6, atol=1e-7)
     assert _metrics(out)[-1]["loss"] == pytest.approx(_metrics(dpo_run["out"])[-1]["loss"])
+
+
+# -- init_adapter -----------------------------------------------------------------------------
+
+
+def test_sft_continues_from_init_adapter(
+    assets: dict[str, Path], trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """The trained QA adapter as init_adapter: the first step starts at its loss, not at the
+    base's, and the adapter keeps its own rank."""
+    adapter = trained["output"] / "adapter"
+    logged = _metrics(trained["output"])
+    first, last = logged[0]["loss"], logged[-1]["loss"]
+    out = tmp_path / "more"
+    _run(assets, out, assets["qa"], {}, max_steps=1, init_adapter=str(adapter),
+         lora_rank=2)  # fmt: skip
+    assert first - last > 0.3
+    assert _metrics(out)[0]["loss"] < last + 0.25 * (first - last)
+    saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert saved["r"] == json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_dpo_reference_is_the_frozen_init_adapter(
+    assets: dict[str, Path], trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """DPO from an SFT adapter: the reference is that adapter (a second slot), so the first
+    loss is log 2 even though the policy is not the base; only the trained slot is saved."""
+    data = write_jsonl(tmp_path / "p" / "p.jsonl", preference_rows(6))
+    log: list[str] = []
+    backend, _, dataset = make_backend(
+        {**assets, "qa": data}, tmp_path / "probe", log=log, batch_size=3,
+        init_adapter=str(trained["output"]), llm={"method": "dpo"},
+    )  # fmt: skip
+    assert "init_adapter kept frozen in a second adapter slot" in "\n".join(log)
+    assert sorted(backend.model.peft_config) == ["default", "reference"]
+    trainable = [n for n, p in backend.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in n for n in trainable)
+    batch = backend.collate([dataset[i] for i in range(3)])
+    assert float(backend.loss(backend.model, batch).loss_sum / 3) == pytest.approx(
+        math.log(2), abs=1e-6
+    )
+    from lorakit_llm.preference.logps import sequence_logps
+
+    with backend.preference.reference() as model:
+        reference, _ = sequence_logps(model, batch)
+    with torch.no_grad(), backend.model.disable_adapter():
+        base, _ = sequence_logps(backend.model, batch)
+    assert not torch.allclose(base, reference)  # the reference is not the base
+    assert [n for n, p in backend.model.named_parameters() if p.requires_grad] == trainable
+
+    out = tmp_path / "run"
+    _run(assets, out, data, {"method": "dpo"}, max_steps=2, batch_size=3,
+         init_adapter=str(trained["output"]))  # fmt: skip
+    assert _metrics(out)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert not (out / "adapter" / "reference").exists()
+    assert sorted(p.name for p in (out / "adapter").iterdir() if p.is_dir()) == []
+
+
+def test_an_init_adapter_of_another_model_is_one_line(
+    assets: dict[str, Path], trained: dict[str, Any], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    source = trained["output"] / "adapter"
+    tensors = load_file(str(source / "adapter_model.safetensors"))
+
+    def variant(name: str, change: Any) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text((source / "adapter_config.json").read_text())
+        save_file(change(dict(tensors)), str(folder / "adapter_model.safetensors"))
+        return folder
+
+    key = next(k for k in tensors if "layers.0.self_attn.q_proj.lora_A" in k)
+    wide = variant("wide", lambda t: {**t, key: torch.zeros(8, 128)})
+    deep = variant("deep", lambda t: {**t, key.replace("layers.0", "layers.7"): t[key].clone()})
+    for folder, words in ((wide, "takes 64 inputs"), (deep, "model.layers.7.self_attn.q_proj")):
+        with pytest.raises(UsageError) as info:
+            make_backend(assets, tmp_path / f"out-{folder.name}", init_adapter=str(folder))
+        text = str(info.value)
+        assert words in text and str(folder) in text and "\n" not in text
+    with pytest.raises(UsageError, match="not a PEFT adapter folder"):
+        make_backend(assets, tmp_path / "out-none", init_adapter=str(tmp_path))

@@ -26,6 +26,17 @@ METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/
            "logps/chosen", "logps/rejected")  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state() -> Any:
+    """TRL's Trainer sets accelerate's process-wide state its own way; the next run (of
+    lorakit's engine or another trainer) starts from none."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="module")
 def pairs(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("pref-trl")
@@ -33,18 +44,28 @@ def pairs(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     return {"root": root, "rows": rows, "data": write_jsonl(root / "pairs.jsonl", rows)}
 
 
-def _ours(assets: dict[str, Path], pairs: dict[str, Any], name: str, n: int, **llm: Any):
+def _ours(
+    assets: dict[str, Path],
+    pairs: dict[str, Any],
+    name: str,
+    n: int,
+    perturb: bool = True,
+    init_adapter: Any = None,
+    **llm: Any,
+):
     """lorakit's backend on the first ``n`` pairs, LoRA B set to small random values (so the
     policy differs from the reference): ``(backend, mean loss, metrics, gradients)``."""
     data = write_jsonl(pairs["root"] / name / "pairs.jsonl", pairs["rows"][:n])
     backend, _, dataset = make_backend(
         {"model": assets["model"], "qa": data}, pairs["root"] / name / "out", batch_size=n,
-        llm={"chat_template": TEMPLATE, **llm},
+        llm={"chat_template": TEMPLATE, **llm}, init_adapter=init_adapter,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
+        if not perturb:
+            generator = None
         for param_name, param in backend.model.named_parameters():
-            if "lora_B" in param_name:
+            if "lora_B" in param_name and generator is not None:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     twin = copy.deepcopy(backend.model)  # TRL gets the same weights, untouched by our forward
     batch = backend.collate([dataset[i] for i in range(len(dataset))])
@@ -66,7 +87,11 @@ def _trl_args(cls: Any, root: Path, n: int, **kwargs: Any) -> Any:
 
 
 def _grads(model: Any) -> dict[str, torch.Tensor]:
-    return {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+    return {
+        k: p.grad.clone()
+        for k, p in model.named_parameters()
+        if p.requires_grad and ".default." in k
+    }
 
 
 def _same(ours: dict[str, Any], theirs: dict[str, Any], keys: Any) -> None:
@@ -113,6 +138,30 @@ def test_dpo_matches_trl(assets: dict[str, Path], pairs: dict[str, Any]) -> None
     assert loss == pytest.approx(float(theirs), abs=1e-4)
     assert loss != pytest.approx(math.log(2), abs=1e-3)  # policy and reference differ
     _same(metrics, logged, METRICS)
+    _same_grads(grads, _grads(trainer.model))
+
+
+def test_dpo_from_an_init_adapter_matches_trl_retraining_an_adapter(
+    assets: dict[str, Path], pairs: dict[str, Any], trained: dict[str, Any]
+) -> None:
+    """An existing adapter: TRL copies it into a frozen "ref" adapter; lorakit keeps
+    init_adapter frozen in its "reference" slot. Same loss (log 2) and gradient."""
+    from trl import DPOConfig, DPOTrainer
+
+    twin, tokenizer, loss, metrics, grads = _ours(
+        assets, pairs, "dpo-init", 4, perturb=False, init_adapter=str(trained["output"]),
+        method="dpo",
+    )  # fmt: skip
+    twin.delete_adapter("reference")
+    trainer = DPOTrainer(
+        model=twin, args=_trl_args(DPOConfig, pairs["root"] / "trl-dpo-init", 4, beta=0.1),
+        train_dataset=_dataset(twin, tokenizer, pairs["rows"]), processing_class=tokenizer,
+    )  # fmt: skip
+    assert "ref" in trainer.model.peft_config
+    batch = next(iter(trainer.get_train_dataloader()))
+    theirs = trainer.compute_loss(trainer.model, batch)
+    theirs.backward()
+    assert loss == pytest.approx(math.log(2), abs=1e-6) and float(theirs) == pytest.approx(loss)
     _same_grads(grads, _grads(trainer.model))
 
 

@@ -97,10 +97,15 @@ def load_init_adapter(model: Any, path: str | Path, *, reference: bool, log: Any
 
     folder = adapter_folder(path)
     config = check_adapter(model, folder)
-    peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
-    if reference:
-        peft_model.load_adapter(str(folder), adapter_name=REFERENCE, is_trainable=False)
-        peft_model.base_model.set_adapter("default")
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        if reference:
+            peft_model.load_adapter(str(folder), adapter_name=REFERENCE, is_trainable=False)
+            peft_model.base_model.set_adapter("default")
+    except (ValueError, KeyError, RuntimeError) as exc:
+        from lorakit_llm.generate import mismatch_summary
+
+        raise UsageError(f"init_adapter: cannot load {folder}: {mismatch_summary(exc)}") from None
     log(
         f"llm: starting from init_adapter {folder} (rank {config.get('r')}, alpha "
         f"{config.get('lora_alpha')}, {', '.join(sorted(config.get('target_modules') or []))})"
