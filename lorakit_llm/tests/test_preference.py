@@ -318,3 +318,68 @@ def test_an_init_adapter_of_another_model_is_one_line(
         assert words in text and str(folder) in text and "\n" not in text
     with pytest.raises(UsageError, match="not a PEFT adapter folder"):
         make_backend(assets, tmp_path / "out-none", init_adapter=str(tmp_path))
+
+
+# -- reference cache, processes ----------------------------------------------------------------
+
+
+def test_precomputed_reference_trains_as_the_reference_pass(
+    assets: dict[str, Path], dpo_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """precompute_ref_logps: the same losses and metrics as a reference forward every step,
+    the run header says so, and the log-probs are cached."""
+    keys = {"batch_size": 3, "learning_rate": 5e-3, "lora_dropout": 0.0,
+            "target_modules": ["all-linear"], "max_steps": 4}  # fmt: skip
+    llm = {"method": "dpo", "beta": 0.1, "eval_split": 0.25, "eval_steps": 6}
+    out = tmp_path / "pre"
+    _run(assets, out, dpo_run["data"], {**llm, "precompute_ref_logps": True}, **keys)
+    ours, every = _metrics(out), _metrics(dpo_run["out"])[:4]
+    for a, b in zip(ours, every, strict=True):
+        for name in ("loss", "rewards/margins", "rewards/chosen", "logps/rejected"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-5), name
+    assert list((out / "cache").glob("*-ref-*.safetensors")) or list(
+        out.rglob("tokens-*-ref-*.safetensors")
+    )
+    log: list[str] = []
+    make_backend({**assets, "qa": dpo_run["data"]}, tmp_path / "header", log=log,
+                 llm={"method": "dpo", "precompute_ref_logps": True})  # fmt: skip
+    assert "log-probs precomputed once and cached" in "\n".join(log)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_the_same_effective_batch(
+    assets: dict[str, Path], dpo_run: dict[str, Any], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    # One step = every one of the 12 pairs (12 on one process, 6 on each of two), so both runs
+    # see the same pairs in every step whatever order the sampler draws them in.
+    def config(name: str, batch: int) -> Path:
+        data = llm_config(
+            {**assets, "qa": dpo_run["data"]}, tmp_path / name, batch_size=batch, max_steps=3,
+            learning_rate=5e-3, lora_dropout=0.0, llm={"method": "dpo", "max_seq_len": 96},
+        )  # fmt: skip
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    two = subprocess.run(
+        [sys.executable, "-m", "lorakit.cli", "train", "--config", str(config("two", 6)),
+         "--num-processes", "2"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["num_processes"] == 2
+    _run(assets, tmp_path / "one", dpo_run["data"], {"method": "dpo"}, batch_size=12,
+         max_steps=3, learning_rate=5e-3, lora_dropout=0.0)  # fmt: skip
+    a = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    for x, y in zip(_metrics(tmp_path / "two"), _metrics(tmp_path / "one"), strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["rewards/margins"] == pytest.approx(y["rewards/margins"], rel=1e-4, abs=1e-6)
