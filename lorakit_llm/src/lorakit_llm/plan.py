@@ -184,11 +184,18 @@ def planner(config: Config) -> PlanModel:
         kwargs = {k: v for k, v in batch_.items() if k != "labels"}
         labels = batch_["labels"][:, 1:]
         keep = torch.arange(labels.shape[1])
-        if reference:  # DPO's reference pass: the same rows, adapter disabled, no grad
-            with torch.no_grad(), module.disable_adapter():
-                module(**kwargs, use_cache=False, logits_to_keep=keep)
         logits = module(**kwargs, use_cache=False, logits_to_keep=keep).logits
-        return chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        loss = chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        if reference:
+            # DPO's reference pass runs after the policy's, whose activations it sees. Under
+            # no_grad its layers free their activations one by one, so what it adds at the peak
+            # is its logits and their fp32 chunk (torch's tracker cannot follow a module
+            # called twice in a step, so the logits are allocated rather than traced).
+            with torch.no_grad():
+                ref = torch.empty_like(logits)
+                ref_loss = chunked_cross_entropy(ref.reshape(-1, ref.shape[-1]), labels.reshape(-1))
+            loss = loss + ref_loss
+        return loss
 
     name = type(model_config).__name__.removesuffix("Config")
     size = _params(model_config)
