@@ -383,3 +383,16 @@ def test_two_processes_train_as_one_with_the_same_effective_batch(
     for x, y in zip(_metrics(tmp_path / "two"), _metrics(tmp_path / "one"), strict=True):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
         assert x["rewards/margins"] == pytest.approx(y["rewards/margins"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dpo", "orpo"])
+def test_config_init_templates_validate(name: str, tmp_path: Path) -> None:
+    from llm_helpers import cli
+
+    from lorakit.config import load_config
+
+    path = tmp_path / f"{name}.yaml"
+    assert cli("config", "init", "--backend", "llm", "--template", name, "-o", path) == 0
+    config = load_config(path, check_paths=False)
+    assert config.section.method == name and config.section.preference_beta() == 0.1
+    assert config.train.batch_size == 2 and config.train.gradient_accumulation_steps == 4
