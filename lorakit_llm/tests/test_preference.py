@@ -396,3 +396,20 @@ def test_config_init_templates_validate(name: str, tmp_path: Path) -> None:
     config = load_config(path, check_paths=False)
     assert config.section.method == name and config.section.preference_beta() == 0.1
     assert config.train.batch_size == 2 and config.train.gradient_accumulation_steps == 4
+
+
+def test_label_smoothing_is_conservative_dpo() -> None:
+    """cDPO (Mitchell 2023; TRL 1.x no longer applies it to its sigmoid loss): with flip rate
+    ε the loss is the expected DPO loss under flipped labels, written here from the note."""
+    from lorakit_llm.preference.losses import dpo, simpo
+
+    c, r = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
+    rc, rr = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -3.0])
+    beta, eps = 0.5, 0.2
+    h = (c - r) - (rc - rr)
+    sig = torch.sigmoid
+    expected = -(1 - eps) * torch.log(sig(beta * h)) - eps * torch.log(sig(-beta * h))
+    torch.testing.assert_close(dpo(c, r, rc, rr, beta, eps)[0], expected)
+    z = beta * (c - r) - 0.3
+    expected = -(1 - eps) * torch.log(sig(z)) - eps * torch.log(sig(-z))
+    torch.testing.assert_close(simpo(c, r, beta, 0.3, eps)[0], expected)

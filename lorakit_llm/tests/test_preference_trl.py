@@ -114,15 +114,19 @@ def _dataset(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> Any:
     return Dataset.from_list(rows)
 
 
-def test_dpo_matches_trl(assets: dict[str, Path], pairs: dict[str, Any]) -> None:
+@pytest.mark.parametrize("kind", ["sigmoid", "ipo"])
+def test_dpo_matches_trl(assets: dict[str, Path], pairs: dict[str, Any], kind: str) -> None:
     from trl import DPOConfig, DPOTrainer
 
-    twin, tokenizer, loss, metrics, grads = _ours(assets, pairs, "dpo", 4, method="dpo")
+    twin, tokenizer, loss, metrics, grads = _ours(
+        assets, pairs, f"dpo-{kind}", 4, method="dpo", dpo_loss=kind
+    )
     # TRL's reference for a LoRA it adds itself is the base with the adapter disabled (as
     # lorakit's without init_adapter); the adapter then gets lorakit's weights.
     lora = {k: v.detach().clone() for k, v in twin.named_parameters() if "lora_" in k}
     trainer = DPOTrainer(
-        model=twin.unload(), args=_trl_args(DPOConfig, pairs["root"] / "trl-dpo", 4, beta=0.1),
+        model=twin.unload(),
+        args=_trl_args(DPOConfig, pairs["root"] / f"trl-dpo-{kind}", 4, beta=0.1, loss_type=kind),
         train_dataset=_dataset(twin, tokenizer, pairs["rows"]), processing_class=tokenizer,
         peft_config=copy.deepcopy(twin.peft_config["default"]),
     )  # fmt: skip
