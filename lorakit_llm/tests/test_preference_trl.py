@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from llm_helpers import make_backend
 from pref_helpers import preference_rows, write_jsonl
 
 pytest.importorskip("trl")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental
 
 #: A template whose assistant turn ends with the EOS and nothing after it, so TRL's completion
 #: (rendered conversation minus the rendered prompt) is exactly lorakit's answer span.
