@@ -193,7 +193,8 @@ def test_orpo_matches_trl(assets: dict[str, Path], pairs: dict[str, Any]) -> Non
         "rewards/chosen": float(good.mean()), "rewards/rejected": float(bad.mean()),
         "rewards/accuracies": float((good > bad).float().mean()),
         "rewards/margins": float((good - bad).mean()),
-        "logps/chosen": float(chosen.mean()), "logps/rejected": float(rejected.mean()),
+        "logps/chosen": float(chosen.detach().mean()),
+        "logps/rejected": float(rejected.detach().mean()),
     }  # fmt: skip
     assert loss == pytest.approx(float(theirs.detach()), abs=1e-4)
     _same(metrics, logged, METRICS)
