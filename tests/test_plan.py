@@ -338,3 +338,35 @@ def test_sharded_runs_are_not_refused(tmp_path, capsys, real_plugins, tiny_llama
     assert "(per process, before sharding)" in capsys.readouterr().out
     with pytest.raises(UsageError, match="first config that fits"):
         train_check(config, "0.01GB", processes=1)
+
+
+def test_llm_preference_plan_matches_the_real_step(tmp_path, real_plugins, tiny_llama):
+    """Two rows per pair (ORPO: no reference) against the real step's peak, measured."""
+    import json
+
+    from lorakit.planning import make_plan
+
+    words = [f"word{i}" for i in range(97)]
+    rows = [
+        {"prompt": f"q{i}", "chosen": " ".join(words[(i + j) % 97] for j in range(40)),
+         "rejected": " ".join(words[(i * 3 + j) % 97] for j in range(40))}
+        for i in range(40)
+    ]  # fmt: skip
+    path = tmp_path / "pairs" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    configs = {}
+    for method in ("orpo", "dpo"):
+        data = llm_config(tmp_path, str(tiny_llama), train_data_dir=str(path), batch_size=2,
+                          llm={"attn_implementation": "eager", "method": method,
+                               "dataset_format": "auto", "train_on_inputs": False})  # fmt: skip
+        configs[method] = load_config(write_config(tmp_path / f"{method}.yaml", data))
+    from lorakit_llm.plan import planner
+
+    dpo = planner(configs["dpo"])
+    assert dpo.batch()["input_ids"].shape[0] == 4  # chosen and rejected rows of 2 pairs
+    assert "2 pairs + a reference pass" in dpo.per_step
+    plan = make_plan(configs["orpo"])
+    assert "2 pairs" in plan.model.per_step and "reference" not in plan.model.per_step
+    real = real_peak(configs["orpo"], tmp_path)
+    assert within(plan.estimate.total, real), (plan.estimate, real)

@@ -60,6 +60,11 @@ class TrainConfig(BaseModel):
     metadata_path: str | None = Field(
         None, description="Captions file (sd); default train_data_dir/metadata.csv."
     )
+    init_adapter: str | None = Field(
+        None,
+        description="(llm) A PEFT adapter folder to start training from (an SFT LoRA); "
+        "it must belong to base_model.",
+    )
     output_dir: str = Field("./output/lora", description="Where the run writes everything.")
     output_name: str | None = Field(
         None, description="Base name of exported files; default the output_dir's name."

@@ -28,8 +28,8 @@ def test_registrations(llm_plugins: Any) -> None:
     spec = registries.backends.get("llm")
     assert spec.task_types == ("text-generation",)
     assert set(spec.commands) == {"merge", "sample", "demo", "demo_score", "export", "selftest"}
-    assert list(spec.templates) == ["7b", "qlora"]
-    readers = {"qa", "prompt_completion", "alpaca", "chat", "text"}
+    assert list(spec.templates) == ["7b", "qlora", "dpo", "orpo"]
+    readers = {"qa", "prompt_completion", "alpaca", "chat", "text", "preference"}
     assert readers <= set(registries.dataset_readers.names())
     assert registries.exporters.get("peft").backends == ("llm",)
 

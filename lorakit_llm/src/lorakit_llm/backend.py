@@ -19,6 +19,7 @@ from lorakit_llm.chat_templates import resolve_template
 from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset, split_rows
 from lorakit_llm.data import target_count as _target_count
 from lorakit_llm.loading import loader_for, torch_dtype
+from lorakit_llm.preference.method import PreferenceMethod, check_method_data
 from lorakit_llm.section import LLMSection
 from lorakit_llm.tokenize import (
     IGNORE,
@@ -229,6 +230,7 @@ class LLMBackend(Backend):
         self.eval_set: TokenDataset | None = None
         self.train_module: Any = None
         self.accelerator: Any = None
+        self.preference = PreferenceMethod(self) if section.method != "sft" else None
 
     # -- model --------------------------------------------------------------------------
     def _dtype(self, ctx: TrainContext) -> torch.dtype:
@@ -252,9 +254,14 @@ class LLMBackend(Backend):
     def validate(self, ctx: TrainContext) -> None:
         """Check the base and read the data before the model loads: a broken line fails in a
         second."""
-        train = self.config.train
+        train, section = self.config.train, self.section
         self._loader(ctx.registries)
+        if train.init_adapter:
+            from lorakit_llm.init_adapter import adapter_folder
+
+            adapter_folder(train.init_adapter)
         self.reader_name, reader = self._reader(ctx.registries)
+        check_method_data(section.method, self.reader_name)
         self.records = reader.factory(
             train.train_data_dir, system_prompt=self.section.system_prompt
         )
@@ -303,7 +310,15 @@ class LLMBackend(Backend):
             )
             self.packing, self.layout = False, "padded"
         try:
-            self.model = get_peft_model(model, lora_config(self.config, section))
+            if train.init_adapter:
+                from lorakit_llm.init_adapter import load_init_adapter
+
+                reference = self.preference is not None and self.preference.needs_reference
+                self.model = load_init_adapter(
+                    model, train.init_adapter, reference=reference, log=ctx.log
+                )
+            else:
+                self.model = get_peft_model(model, lora_config(self.config, section))
         except ValueError as exc:
             text = str(exc).splitlines()[0]
             raise UsageError(f"target_modules: {text} (try target_modules: all-linear)") from None
@@ -341,6 +356,12 @@ class LLMBackend(Backend):
             self.data_hash = files_fingerprint(
                 [*_data_files(Path(train.train_data_dir)), *_data_files(Path(section.eval_data))]
             )
+        if self.preference is not None:
+            self.accelerator = ctx.accelerator
+            pairs = self.preference.dataset(ctx, key)
+            for line in schedule_warnings(self.config, len(pairs), ctx.accelerator.num_processes):
+                ctx.log(f"warning: {line}")
+            return pairs
         with ctx.accelerator.main_process_first():
             data = load_cached(path)
             cached = data is not None
@@ -396,6 +417,8 @@ class LLMBackend(Backend):
         return dataset
 
     def collate(self, items: list[Any]) -> Any:
+        if self.preference is not None:
+            return self.preference.collate(items)
         return self.collator(items)
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any | None:
@@ -406,6 +429,8 @@ class LLMBackend(Backend):
 
     def step_metrics(self, step: int, total: int) -> dict[str, float]:
         """``eval_loss`` (mean per answer token) every ``eval_steps`` and at the end."""
+        if self.preference is not None:
+            return self.preference.step_metrics(step, total)
         if self.eval_set is None:
             return {}
         every = self.section.eval_steps or max(total // 10, 1)
@@ -438,9 +463,13 @@ class LLMBackend(Backend):
 
     # -- loss ---------------------------------------------------------------------------
     def count(self, batch: Any) -> int:
+        if self.preference is not None:
+            return int(batch["num_rows"])  # pairs
         return _target_count(batch)
 
     def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
+        if self.preference is not None:
+            return self.preference.loss(module, batch)
         loss_sum = causal_lm_loss(module, batch)
         return LossOutput(loss_sum, samples=int(batch["num_rows"]), tokens=int(batch["num_tokens"]))
 
@@ -483,6 +512,8 @@ class LLMBackend(Backend):
         from lorakit_llm.export import save_adapter
 
         save_adapter(self.model, self.tokenizer, Path(directory), metadata, self.config)
+        if self.preference is not None:
+            self.preference.after_save(Path(directory))
 
     def teardown(self) -> None:
         self.model = None

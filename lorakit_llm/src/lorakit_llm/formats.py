@@ -24,9 +24,10 @@ from lorakit.api import DataError, UsageError
 from lorakit_llm.readers import ROW_SUFFIXES, TEXT_SUFFIX, data_files, iter_rows
 
 #: The order ``dataset_format: auto`` tries the readers in (the first that accepts wins).
-DETECTION_ORDER = ["chat", "alpaca", "qa", "prompt_completion", "text"]
+DETECTION_ORDER = ["preference", "chat", "alpaca", "qa", "prompt_completion", "text"]
 #: The keys of each format's rows, as error messages list them.
 FORMAT_KEYS = {
+    "preference": "prompt, chosen, rejected",
     "chat": "messages, or ShareGPT's conversations",
     "alpaca": "instruction, output, optional input",
     "qa": "question, answer",

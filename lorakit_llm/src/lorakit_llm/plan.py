@@ -117,13 +117,21 @@ def longest_example(config: Config, section: LLMSection) -> tuple[int | None, st
         _, reader = choose_reader(config.train.train_data_dir, readers, section.dataset_format)
         records = reader.factory(config.train.train_data_dir, system_prompt=section.system_prompt)
         template, _ = resolve_template(section.chat_template, tokenizer)
-        data = tokenize_records(
-            records, tokenizer, template,
-            max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
-        )  # fmt: skip
+        if section.method != "sft":
+            from lorakit_llm.preference.data import tokenize_pairs
+
+            pairs = tokenize_pairs(records, tokenizer, template, max_seq_len=section.max_seq_len)
+            lengths = [*pairs.chosen.lengths(), *pairs.rejected.lengths()]
+        else:
+            lengths = list(
+                tokenize_records(
+                    records, tokenizer, template,
+                    max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
+                ).lengths()
+            )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - a plan is advice: the data's errors come at train
         return None, f"the data could not be tokenized ({_short(exc)})"
-    longest = max(data.lengths(), default=0)
+    longest = max(lengths, default=0)
     return (longest, "") if longest else (None, "no tokenized rows")
 
 
@@ -146,6 +154,10 @@ def planner(config: Config) -> PlanModel:
     longest, why = longest_example(config, section)
     batch, seq = train.batch_size, longest or section.max_seq_len
     caveat = f"worst case: every row {seq:,} tokens (llm.max_seq_len); {why}" if why else ""
+    pairs = section.method != "sft"
+    reference = section.method == "dpo" and not section.precompute_ref_logps
+    if pairs:  # chosen and rejected of each pair in one forward
+        batch *= 2
     quantized = 0
 
     def build(checkpointing: bool) -> Any:
@@ -203,14 +215,25 @@ def planner(config: Config) -> PlanModel:
         labels = batch_["labels"][:, 1:]
         keep = torch.arange(labels.shape[1])
         logits = module(**kwargs, use_cache=False, logits_to_keep=keep).logits
-        return chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        loss = chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        if reference:
+            # DPO's reference pass runs after the policy's, whose activations it sees. Under
+            # no_grad its layers free their activations one by one, so what it adds at the peak
+            # is its logits and their fp32 chunk (torch's tracker cannot follow a module
+            # called twice in a step, so the logits are allocated rather than traced).
+            with torch.no_grad():
+                ref = torch.empty_like(logits)
+                ref_loss = chunked_cross_entropy(ref.reshape(-1, ref.shape[-1]), labels.reshape(-1))
+            loss = loss + ref_loss
+        return loss
 
     name = type(model_config).__name__.removesuffix("Config")
     size = _params(model_config)
     model = PlanModel(
         build=build, batch=fake_batch, loss=loss,
         description=f"{name} ({size}), {'4-bit NF4' if section.load_in_4bit else str(weights).removeprefix('torch.')} weights",
-        per_step=f"{batch * seq:,} tokens ({batch} × {seq})",
+        per_step=f"{batch * seq:,} tokens ({batch} × {seq})"
+        + (f", {batch // 2} pairs{' + a reference pass' if reference else ''}" if pairs else ""),
         autocast_dtype=compute if half else None,
         items=count_rows(train.train_data_dir), resolution_key="llm.max_seq_len",
         resolution=seq,

@@ -30,7 +30,10 @@ READERS = (
     ("qa", "JSONL QA pairs: question, answer"),
     ("prompt_completion", "JSONL prompt, completion (raw text, loss on the completion)"),
     ("text", "plain text: .txt files or JSONL with a text key"),
+    ("preference", "JSONL preference pairs: prompt, chosen, rejected (llm.method dpo/orpo/simpo)"),
 )
+#: Readers whose code is not in lorakit_llm.readers.
+READER_MODULES = {"preference": "lorakit_llm.preference.reader"}
 
 
 def is_adapter(path: Any) -> bool:
@@ -61,6 +64,8 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             templates={
                 "7b": ("lorakit_llm", "templates/7b.yaml"),
                 "qlora": ("lorakit_llm", "templates/qlora.yaml"),
+                "dpo": ("lorakit_llm", "templates/dpo.yaml"),
+                "orpo": ("lorakit_llm", "templates/orpo.yaml"),
             },
             detect=is_adapter,
             planner=lazy("lorakit_llm.plan:planner"),
@@ -100,13 +105,14 @@ def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
 @hookimpl
 def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> None:
     for name, description in READERS:
+        module = READER_MODULES.get(name, "lorakit_llm.readers")
         register(
             DatasetReaderSpec(
                 name=name,
-                factory=lazy(f"lorakit_llm.readers:read_{name}"),
+                factory=lazy(f"{module}:read_{name}"),
                 description=description,
                 modality="text",
-                detect=lazy(f"lorakit_llm.readers:detect_{name}"),
+                detect=lazy(f"{module}:detect_{name}"),
             )
         )
 

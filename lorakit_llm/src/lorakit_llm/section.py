@@ -72,6 +72,28 @@ class LLMSection(BaseModel):
     sample_max_new_tokens: int = Field(
         64, gt=0, description="Tokens generated per sample prompt (greedy)."
     )
+    method: Literal["sft", "dpo", "orpo", "simpo"] = Field(
+        "sft",
+        description="sft: next-token loss on the answers; dpo, orpo, simpo: preference "
+        "tuning on prompt/chosen/rejected pairs (docs/llm.md, preference tuning).",
+    )
+    beta: float | None = Field(
+        None, gt=0,
+        description="Preference strength: DPO/SimPO beta, ORPO's lambda (null: 0.1 for dpo "
+        "and orpo, 2.0 for simpo).",
+    )  # fmt: skip
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="DPO/SimPO: assumed fraction of flipped labels."
+    )
+    dpo_loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="DPO's loss: sigmoid (the DPO paper) or ipo (IPO's squared loss)."
+    )
+    gamma: float = Field(0.5, ge=0.0, description="SimPO's target reward margin.")
+    precompute_ref_logps: bool = Field(
+        False,
+        description="DPO: compute the reference log-probs once before training and cache "
+        "them, instead of a reference forward every step.",
+    )
 
     @field_validator("modules_to_save", mode="before")
     @classmethod
@@ -85,3 +107,9 @@ class LLMSection(BaseModel):
         if self.eval_split and self.eval_data:
             raise ValueError("set eval_split or eval_data, not both")
         return self
+
+    def preference_beta(self) -> float:
+        """``beta`` or the method's default (TRL's DPO/ORPO default, SimPO's paper)."""
+        if self.beta is not None:
+            return self.beta
+        return 2.0 if self.method == "simpo" else 0.1
