@@ -81,15 +81,17 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(128 + (result.signal or 2))
         if os.environ.get("LOCAL_RANK", "0") == "0":
             from rich.console import Console
+            from rich.markup import escape
 
-            console = Console()
+            console = Console(soft_wrap=True)  # paths are never wrapped mid-name
             loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
             console.print(
                 f"[green]done[/]: {result.steps} steps, final loss {loss}, "
-                f"{result.elapsed_s:.1f} s → {result.output_dir}"
+                f"{result.elapsed_s:.1f} s → {escape(str(result.output_dir))}",
+                highlight=False,
             )
             for path in result.outputs:
-                console.print(f"  {path}")
+                console.print(f"  {escape(str(path))}", highlight=False)
         if launched:
             _rank_exit()
 
