@@ -116,6 +116,10 @@ class ModelLoaderSpec:
     Loaders of a backend are tried by ``priority`` (higher first), third-party before
     first-party at equal priority, then by name; ``model_loader:`` in the config picks one
     by name and skips detection.
+
+    ``check(source, section)``, optional, refuses cheaply (file headers, the local cache;
+    no weights, no heavy imports) what ``load`` would refuse later for lack of something,
+    with the same message. ``config validate`` and the start of ``train`` run it.
     """
 
     name: str
@@ -124,6 +128,7 @@ class ModelLoaderSpec:
     load: Callable[..., Any]
     description: str = ""
     priority: int = 0
+    check: Callable[[str, Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,18 @@ class Registries:
                 return entry.spec
         known = ", ".join(e.spec.name for e in candidates) or "none"
         raise UsageError(f"no {backend} model loader reads {source} (installed loaders: {known})")
+
+    def check_model(
+        self, backend: str, source: str, section: Any = None, name: str | None = None
+    ) -> None:
+        """Run the cheap ``check`` of the loader that would read ``source`` (if it has one)."""
+        if not name and all(
+            e.spec.backend != backend for e in self.model_loaders._entries.values()
+        ):
+            return  # a backend that reads base models without registered loaders
+        spec = self.model_loader_for(backend, source, name)
+        if spec.check is not None:
+            spec.check(source, section)
 
     def backends_with(
         self, command: str, names: list[str] | None = None, *, what: str = "command"

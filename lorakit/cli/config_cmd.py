@@ -76,6 +76,12 @@ def validate(
         raise SystemExit(2) from None
     for notice in cfg.notices:
         print(f"{file}: {notice}", file=sys.stderr)
+    if not no_paths:  # what the loader would refuse, said now rather than at train time
+        from lorakit.plugins import get_registries
+
+        get_registries().check_model(
+            cfg.backend, cfg.train.base_model, cfg.section, cfg.train.model_loader
+        )
     if show:
         sys.stdout.write(cfg.to_yaml())
     print(f"{file}: ok (backend {cfg.backend}, config hash {cfg.semantic_hash()})")
