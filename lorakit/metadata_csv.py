@@ -60,12 +60,15 @@ class MetadataTable:
 
 
 def read_text(path: str | Path) -> tuple[str, str]:
-    """``(text, encoding name)`` of a text file by the rule above; a DataError otherwise."""
+    """``(text, encoding name)`` of a text file by the rule above; a DataError otherwise.
+
+    A missing file raises ``FileNotFoundError`` (callers say what was expected there).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise DataError("file not found", where=path) from None
+        raise
     except OSError as exc:
         raise DataError(f"cannot read ({exc.strerror})", where=path) from None
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
