@@ -286,11 +286,10 @@ class Registries:
         self, backend: str, source: str, section: Any = None, name: str | None = None
     ) -> None:
         """Run the cheap ``check`` of the loader that would read ``source`` (if it has one)."""
-        if not name and all(
-            e.spec.backend != backend for e in self.model_loaders._entries.values()
-        ):
-            return  # a backend that reads base models without registered loaders
-        spec = self.model_loader_for(backend, source, name)
+        try:
+            spec = self.model_loader_for(backend, source, name)
+        except UsageError:
+            return  # no loader reads it: said where the model loads, naming the loaders
         if spec.check is not None:
             spec.check(source, section)
 

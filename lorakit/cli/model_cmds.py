@@ -55,9 +55,14 @@ def command_config(
     return load_config(data=stub, overrides=sets, check_paths=False)
 
 
+#: Arguments newer than the command protocol: left out when not given, so a backend's
+#: command that does not take them still works (and says so when they are given).
+OPTIONAL = ("config", "width", "height")
+
+
 def call(command: Any, verb: str, backend: str, **kwargs: Any) -> Any:
-    """``command(**kwargs)``, leaving out None values a backend's command may not take."""
-    given = {k: v for k, v in kwargs.items() if v is not None}
+    """``command(**kwargs)``, leaving out the :data:`OPTIONAL` arguments that are None."""
+    given = {k: v for k, v in kwargs.items() if v is not None or k not in OPTIONAL}
     try:
         return command(**given)
     except TypeError as exc:
