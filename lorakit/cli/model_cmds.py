@@ -17,20 +17,13 @@ from typing import Annotated, Any
 
 import typer
 
-from lorakit.cli.options import SetOpt
+from lorakit.cli.options import BaseConfigOption, SetOpt
 from lorakit.errors import UsageError
 from lorakit.io import parse_lora
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="A run's config: its base model and backend settings."),
-]
-BaseConfigOption = Annotated[
-    str | None,
-    typer.Option(
-        "--base-config",
-        help="Config folder of a single-file base (diffusers layout); --set sd.base_config.",
-    ),
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lorakit.cli.options import BackendOpt, ConfigOpt, SetOpt
+from lorakit.cli.options import BackendOpt, BaseConfigOption, ConfigOpt, SetOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -43,12 +43,16 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--no-plan-check", help="Train even when the plan says it cannot fit."),
         ] = False,
+        base_config: BaseConfigOption = None,
     ) -> None:
         """Train a LoRA as the config says."""
         from lorakit.config import load_config
         from lorakit.diagnostics.update_check import quiet_notice
 
         cfg = load_config(config, overrides=set_ or [], backend=backend)
+        if base_config:  # short for --set <backend>.base_config=DIR, as on export/merge/sample
+            sets = [*(set_ or []), f"{cfg.backend}.base_config={base_config}"]
+            cfg = load_config(config, overrides=sets, backend=backend)
         for notice in cfg.notices:
             print(f"lorakit: {config}: {notice}", file=sys.stderr)
         if not no_plan_check and "LOCAL_RANK" not in os.environ:

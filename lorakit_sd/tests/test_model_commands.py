@@ -173,6 +173,9 @@ def test_validate_and_train_refuse_a_single_file_without_configs_at_once(
     code, _, err = _cli(capsys, "train", "-c", config, "--no-progress")
     assert code == 2 and "not in the local hub cache" in err
     assert not (tmp_path / "out").exists()
+    nowhere = tmp_path / "nowhere"
+    code, _, err = _cli(capsys, "train", "-c", config, "--base-config", nowhere, "--no-progress")
+    assert code == 2 and f"sd.base_config {nowhere}: folder not found" in err
     code, out, err = _cli(
         capsys, "config", "validate", config, "--set", f"sd.base_config={model.config_dir}"
     )
