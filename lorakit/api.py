@@ -20,6 +20,7 @@ from lorakit.config.templates import template_text
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.hookspecs import hookspec
 from lorakit.identify import FileKind, FileProbe, LoraSummary
+from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
 from lorakit.io import (
     atomic_dir,
     atomic_path,
@@ -39,6 +40,13 @@ from lorakit.labeling import (
     read_image,
     read_metadata,
 )
+from lorakit.metadata_csv import (
+    FILE_COLUMNS,
+    TEXT_COLUMNS,
+    MetadataTable,
+    read_table,
+    read_text,
+)
 from lorakit.planning.estimate import PlanModel
 from lorakit.planning.plan import plan_line
 from lorakit.plugins import get_registries, lazy
@@ -56,6 +64,8 @@ from lorakit.registry import (
 )
 
 __all__ = [
+    "FILE_COLUMNS",
+    "IMAGE_EXTENSIONS",
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
     "Backend",
@@ -73,6 +83,7 @@ __all__ = [
     "LorakitError",
     "LoraSummary",
     "LossOutput",
+    "MetadataTable",
     "ModelLoaderSpec",
     "OptimizerSpec",
     "PlanModel",
@@ -81,6 +92,7 @@ __all__ = [
     "RunError",
     "RunInfo",
     "SchedulerSpec",
+    "TEXT_COLUMNS",
     "TrackerSpec",
     "TrainConfig",
     "TrainContext",
@@ -89,12 +101,14 @@ __all__ = [
     "atomic_dir",
     "atomic_path",
     "create_labeler",
+    "decode_rgb",
     "file_metadata",
     "find_images",
     "format_metadata",
     "get_registries",
     "hookimpl",
     "hookspec",
+    "is_image_name",
     "label_folder",
     "lazy",
     "load_config",
@@ -105,6 +119,8 @@ __all__ = [
     "plan_line",
     "read_image",
     "read_metadata",
+    "read_table",
+    "read_text",
     "save_safetensors",
     "template_text",
     "trainable_state_dict",

@@ -71,6 +71,10 @@ class Backend(ABC):
     #: Exporters run at the end when the config does not name ``export_formats``.
     default_export_formats: tuple[str, ...] = ("safetensors",)
 
+    #: Unix time the run first started (kept across resumes); the engine sets it after
+    #: ``setup``, before training, for exporters that record it.
+    started_at: float = 0.0
+
     def __init__(self, config: Config) -> None:
         self.config = config
 

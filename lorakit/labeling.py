@@ -17,9 +17,7 @@ PIL is imported inside functions: importing this module costs nothing.
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,6 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lorakit.errors import DataError, LorakitError, RunError, UsageError
+from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
+from lorakit.metadata_csv import (
+    COLUMNS,
+    FILE_COLUMNS,
+    METADATA_NAME,
+    TEXT_COLUMNS,
+    format_metadata,
+    read_metadata,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,14 +42,6 @@ if TYPE_CHECKING:
 
     from lorakit.registry import LabelerSpec, Registries
 
-#: File name of the captions table, next to the images.
-METADATA_NAME = "metadata.csv"
-#: Columns of a new ``metadata.csv``.
-COLUMNS = ("file_name", "text")
-#: Caption columns an existing table may use (the first present gets new captions).
-TEXT_COLUMNS = ("text", "caption")
-#: Extensions (lower case) of the files :func:`find_images` picks up.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: The default batch size of a labeler that does not say.
 DEFAULT_BATCH_SIZE = 8
 
@@ -187,30 +186,20 @@ def find_images(data_dir: str | Path, *, recursive: bool = False) -> list[str]:
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+        if is_image_name(path) and path.is_file():
             found.append(rel.as_posix())
     return sorted(found, key=_natural_key)
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Open, fully decode and normalise an image to RGB.
+    """Open, fully decode and normalise an image to 8-bit RGB (:func:`lorakit.images.decode_rgb`).
 
-    EXIF rotation is applied, transparency is flattened onto white and an animation gives
-    its first frame. Raises ``OSError``/``ValueError`` (and PIL's decompression-bomb
-    error) for a file that is not a readable image, including a truncated one.
+    EXIF rotation is applied, wide modes (16-bit, float) are scaled, transparency is
+    flattened onto white and an animation gives its first frame. Raises
+    ``OSError``/``ValueError`` (and PIL's decompression-bomb error) for a file that is not a
+    readable image, including a truncated one.
     """
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as opened:
-        opened.load()  # decode now: a truncated file fails here, not later
-        image = ImageOps.exif_transpose(opened)
-        if image.mode in ("RGBA", "LA", "PA") or (
-            image.mode == "P" and "transparency" in image.info
-        ):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+    return decode_rgb(path)
 
 
 def _read_reason(exc: BaseException) -> str:
@@ -218,38 +207,7 @@ def _read_reason(exc: BaseException) -> str:
     return text[:200]
 
 
-# -- metadata.csv ----------------------------------------------------------------------
-
-
-def read_metadata(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The columns and rows of a ``metadata.csv``; it must have a ``file_name`` column."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc.reason})", where=path) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    columns = list(reader.fieldnames or [])
-    if "file_name" not in columns:
-        found = ", ".join(columns) or "nothing"
-        raise DataError(f"no file_name column in the header (found: {found})", where=path)
-    rows: list[dict[str, str]] = []
-    for row in reader:
-        if None in row:
-            raise DataError(f"line {reader.line_num}: more fields than columns", where=path)
-        rows.append({k: v if v is not None else "" for k, v in row.items()})
-    if not any(c in columns for c in TEXT_COLUMNS):
-        columns.append("text")
-    return columns, rows
-
-
-def format_metadata(columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> str:
-    """The CSV text of a table: UTF-8, ``\\n`` line ends, quoted only where needed."""
-    out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n", restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+# -- captions ------------------------------------------------------------------------
 
 
 def make_caption(caption: str, prefix: str | None = None) -> str:
@@ -430,20 +388,22 @@ def label_folder(
     report = LabelReport(metadata_path=metadata_path, dry_run=dry_run)
     columns: list[str] = list(COLUMNS)
     existing: list[dict[str, str]] = []
+    file_column = "file_name"
     if metadata_path.exists():
-        if mode == "new":
+        if mode == "new" and not dry_run:
             raise UsageError(
                 f"{metadata_path} already exists: pass --overwrite to replace it or "
                 "--append to label only the images it does not list"
             )
         if mode == "append":
             columns, existing = read_metadata(metadata_path)
+            file_column = next(c for c in FILE_COLUMNS if c in columns)
 
     images = find_images(data_dir, recursive=recursive)
     report.found = len(images)
     if not images:
         raise DataError(f"no images in {data_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    listed = {row.get("file_name", "") for row in existing}
+    listed = {row.get(file_column, "") for row in existing}
     todo = [f for f in images if f not in listed]
     report.kept = len(images) - len(todo)
     report.columns = columns
@@ -489,7 +449,8 @@ def _write(
     for file_name, caption in captions.items():
         if not caption.strip():
             report.empty.append(file_name)
-        rows.append({"file_name": file_name, text_column: make_caption(caption, prefix)})
+        file_column = next(c for c in FILE_COLUMNS if c in report.columns)
+        rows.append({file_column: file_name, text_column: make_caption(caption, prefix)})
     report.labeled = list(captions)
     report.rows = rows
     report.csv_text = format_metadata(report.columns, rows)

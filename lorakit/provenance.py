@@ -52,6 +52,11 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def iso_time(seconds: float) -> str:
+    """A Unix time as run.json writes times (UTC, ISO 8601, seconds)."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
 def git_commit(folder: Path) -> str | None:
     try:
         out = subprocess.run(

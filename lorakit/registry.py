@@ -121,10 +121,9 @@ class ModelLoaderSpec:
     first-party at equal priority, then by name; ``model_loader:`` in the config picks one
     by name and skips detection.
 
-    ``check(source)`` (optional) validates ``source`` as cheaply as ``detect`` (no weights)
-    and raises the one-line ``UsageError`` that ``load`` would raise for it (a GGML file, an
-    adapter folder instead of a base): ``lorakit config validate`` runs it, so it refuses
-    what training would refuse.
+    ``check(source, section)``, optional, refuses cheaply (file headers, the local cache;
+    no weights, no heavy imports) what ``load`` would refuse later for lack of something,
+    with the same message. ``config validate`` and the start of ``train`` run it.
     """
 
     name: str
@@ -133,7 +132,7 @@ class ModelLoaderSpec:
     load: Callable[..., Any]
     description: str = ""
     priority: int = 0
-    check: Callable[[str], None] | None = None
+    check: Callable[[str, Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -286,6 +285,17 @@ class Registries:
                 return entry.spec
         known = ", ".join(e.spec.name for e in candidates) or "none"
         raise UsageError(f"no {backend} model loader reads {source} (installed loaders: {known})")
+
+    def check_model(
+        self, backend: str, source: str, section: Any = None, name: str | None = None
+    ) -> None:
+        """Run the cheap ``check`` of the loader that would read ``source`` (if it has one)."""
+        try:
+            spec = self.model_loader_for(backend, source, name)
+        except UsageError:
+            return  # no loader reads it: said where the model loads, naming the loaders
+        if spec.check is not None:
+            spec.check(source, section)
 
     def backends_with(
         self, command: str, names: list[str] | None = None, *, what: str = "command"

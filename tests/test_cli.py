@@ -134,9 +134,14 @@ def test_train_through_the_cli(tmp_path, toy_env):
     config.write_text(
         f"task_type: toy-regression\nbase_model: toy/mlp\ntrain_data_dir: {tmp_path}\n"
         f"output_dir: {tmp_path}/run\nmax_steps: 4\nlearning_rate: 1e-2\n"
+        "output_name: a-rather-long-adapter-name-that-a-80-column-console-would-wrap\n"
     )
     result = lorakit("train", "--config", str(config), "--set", "lora_rank=2", env=toy_env)
     assert result.returncode == 0, result.stderr
     assert "done: 4 steps" in result.stdout
     assert "step 4/4" in result.stdout  # plain progress lines when stdout is not a terminal
-    assert (tmp_path / "run" / "run.lorakit.safetensors").exists()
+    written = tmp_path / "run" / "a-rather-long-adapter-name-that-a-80-column-console-would-wrap"
+    assert written.with_suffix(".lorakit.safetensors").exists()
+    # not a terminal: each path whole on its line, whatever the console width
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert str(written.with_suffix(".lorakit.safetensors")) in lines

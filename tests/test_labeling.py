@@ -327,7 +327,7 @@ def test_images_are_rgb_with_exif_rotation_and_alpha_flattened(tmp_path):
 
 def test_malformed_existing_metadata_is_a_data_error(data):
     (data / "metadata.csv").write_text("name,text\na.png,x\n")
-    with pytest.raises(UsageError, match="no file_name column"):
+    with pytest.raises(UsageError, match="image column .file_name, image, file."):
         labeling.label_folder(data, StubLabeler("c", None, None), mode="append")
 
 
@@ -352,3 +352,11 @@ def test_plugin_template_works(tmp_path, capsys):
     code, _, err = run_cli(capsys, "label", tmp_path, "-l", "mylabeler")
     assert code == 0, err
     assert rows(tmp_path / "metadata.csv")[0]["file_name"] == "a.png"
+
+
+def test_dry_run_works_when_metadata_csv_exists(data, capsys):
+    (data / "metadata.csv").write_text("file_name,text\nimg1.PNG,mine\n")
+    code, out, err = run_cli(capsys, "label", data, "-l", "stub", "--dry-run")
+    assert code == 0, err
+    assert "img10.png" in out and "nothing written" in err
+    assert (data / "metadata.csv").read_text() == "file_name,text\nimg1.PNG,mine\n"

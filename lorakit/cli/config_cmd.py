@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -75,30 +75,17 @@ def validate(
         for error in exc.errors:
             print(f"lorakit: error: {error.format()}", file=sys.stderr)
         raise SystemExit(2) from None
-    if not no_paths:
-        check_base_model(cfg)
     for notice in cfg.notices:
         print(f"{file}: {notice}", file=sys.stderr)
+    if not no_paths:  # what the loader would refuse, said now rather than at train time
+        from lorakit.plugins import get_registries
+
+        get_registries().check_model(
+            cfg.backend, cfg.train.base_model, cfg.section, cfg.train.model_loader
+        )
     if show:
         sys.stdout.write(cfg.to_yaml())
     print(f"{file}: ok (backend {cfg.backend}, config hash {cfg.semantic_hash()})")
-
-
-def check_base_model(cfg: Any) -> None:
-    """The base-model check training runs before it loads anything: the backend's model
-    loader for ``base_model`` (detection, or ``model_loader:``) and its ``check``."""
-    from lorakit.plugins import get_registries
-
-    registries = get_registries()
-    base, name = cfg.train.base_model, cfg.train.model_loader
-    try:
-        spec = registries.model_loader_for(cfg.backend, base, name)
-    except UsageError:
-        if name:
-            raise
-        return  # no loader claims it: the backend reads this base its own way
-    if spec.check is not None:
-        spec.check(base)
 
 
 @config_app.command("migrate")

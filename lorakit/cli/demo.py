@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 NEXT_STEPS = {
@@ -100,7 +101,7 @@ def summary(runs: list[DemoRun], console: Console) -> None:
     for run in runs:
         console.print(f"[bold]{run.backend}[/] wrote:")
         for path in [*run.outputs, run.output_dir / "loss.png"]:
-            console.print(f"  {path}", overflow="fold")
+            console.print(f"  {escape(str(path))}", soft_wrap=True, highlight=False)
     console.print(
         "The base models are random stand-ins built on this machine; with a real base model:"
     )

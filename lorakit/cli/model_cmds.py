@@ -3,6 +3,11 @@
 Each dispatches to the callable a backend registered under ``BackendSpec.commands``
 (``export``, ``merge``, ``sample``), choosing the backend by ``--backend``, by the config,
 or by asking each backend's ``detect`` whether it recognises the LoRA file.
+
+One rule for every command that reads a base model, as for ``train``: ``--config FILE``
+gives the backend's settings (and the base model, unless ``--base`` is given), ``--set
+KEY=VALUE`` overrides a key, and ``--base-config DIR`` is short for ``--set
+<backend>.base_config=DIR`` (the diffusers config folder a single-file base needs offline).
 """
 
 from __future__ import annotations
@@ -12,11 +17,58 @@ from typing import Annotated, Any
 
 import typer
 
+from lorakit.cli.options import BaseConfigOption, SetOpt
 from lorakit.errors import UsageError
 from lorakit.io import parse_lora
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="A run's config: its base model and backend settings."),
+]
 
-def pick_backend(name: str | None, paths: list[str], verb: str) -> Any:
+
+def command_config(
+    backend: str, config: Path | None, overrides: list[str] | None, base_config: str | None
+) -> Any:
+    """The config a model command reads its backend's settings from, or None.
+
+    ``--config`` is read as ``train`` reads it (without checking the data paths); without
+    it, ``--set`` / ``--base-config`` apply to the backend's defaults.
+    """
+    from lorakit.config import load_config
+
+    sets = list(overrides or [])
+    if base_config:
+        sets.append(f"{backend}.base_config={base_config}")
+    if config is None and not sets:
+        return None
+    if config is not None:
+        return load_config(config, overrides=sets, check_paths=False)
+    stub = {"backend": backend, "base_model": "-", "train_data_dir": "."}
+    return load_config(data=stub, overrides=sets, check_paths=False)
+
+
+#: Arguments newer than the command protocol: left out when not given, so a backend's
+#: command that does not take them still works (and says so when they are given).
+OPTIONAL = ("config", "width", "height")
+
+
+def call(command: Any, verb: str, backend: str, **kwargs: Any) -> Any:
+    """``command(**kwargs)``, leaving out the :data:`OPTIONAL` arguments that are None."""
+    given = {k: v for k, v in kwargs.items() if v is not None or k not in OPTIONAL}
+    try:
+        return command(**given)
+    except TypeError as exc:
+        bad = next((k for k in given if f"unexpected keyword argument '{k}'" in str(exc)), None)
+        if bad is None:
+            raise
+        raise UsageError(
+            f"{verb}: backend {backend} does not take --{bad.replace('_', '-')}"
+        ) from None
+
+
+def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Any]:
+    """``(backend name, its command for verb)``."""
     from lorakit.plugins import get_plugins
     from lorakit.registry import KNOWN_BACKEND_PACKAGES
 
@@ -43,7 +95,7 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> Any:
     command = spec.commands.get(verb)
     if command is None:
         raise UsageError(f"backend {spec.name} does not support '{verb}'")
-    return command
+    return spec.name, command
 
 
 def trained_loras(cfg: Any) -> list[Path]:
@@ -77,29 +129,46 @@ def register(app: typer.Typer) -> None:
         base: Annotated[
             str | None, typer.Option("--base", help="Base model, where a format needs it.")
         ] = None,
+        config: ConfigOption = None,
+        set_: SetOpt = None,
+        base_config: BaseConfigOption = None,
     ) -> None:
         """Convert a trained LoRA: kohya/A1111 ⇄ diffusers (sd files), or a PEFT adapter to a
         llama.cpp GGUF adapter (llm: --to gguf, --base names the base where needed)."""
-        command = pick_backend(backend, [str(source)], "export")
-        for path in command(source=source, to=to, output=output, base=base):
+        name, command = pick_backend(backend, [str(source)], "export")
+        cfg = command_config(name, config, set_, base_config)
+        base = base or (cfg.train.base_model if config is not None else None)
+        for path in call(command, "export", name, source=source, to=to, output=output,
+                         base=base, config=cfg):  # fmt: skip
             print(f"wrote {path}")
 
     @app.command()
     def merge(
-        base: Annotated[str, typer.Option("--base", help="Base model file, folder or hub id.")],
         lora: Annotated[
             list[str], typer.Option("--lora", "--adapter", help="LoRA[:weight]; repeatable.")
         ],
         output: Annotated[Path, typer.Option("--output", "-o", help="Merged model to write.")],
+        base: Annotated[
+            str | None, typer.Option("--base", help="Base model file, folder or hub id.")
+        ] = None,
         backend: Annotated[str | None, typer.Option("--backend")] = None,
         dtype: Annotated[
-            str, typer.Option("--dtype", help="float32, float16 or bfloat16.")
-        ] = "float16",
+            str | None,
+            typer.Option("--dtype", help="float32, float16 or bfloat16 (default: the base's)."),
+        ] = None,
+        config: ConfigOption = None,
+        set_: SetOpt = None,
+        base_config: BaseConfigOption = None,
     ) -> None:
         """Bake one or more LoRAs (with weights) into a base model and save it."""
         loras = [parse_lora(item) for item in lora]
-        command = pick_backend(backend, [p for p, _ in loras], "merge")
-        path = command(base=base, loras=loras, output=output, dtype=dtype)
+        name, command = pick_backend(backend, [p for p, _ in loras], "merge")
+        cfg = command_config(name, config, set_, base_config)
+        base = base or (cfg.train.base_model if config is not None else None)
+        if not base:
+            raise UsageError("merge: pass --base (or --config)")
+        path = call(command, "merge", name, base=base, loras=loras, output=output, dtype=dtype,
+                    config=cfg)  # fmt: skip
         print(f"wrote {path}")
 
     @app.command()
@@ -123,6 +192,14 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[
             int | None, typer.Option("--steps", help="Denoising steps (sd) / new tokens (llm).")
         ] = None,
+        width: Annotated[
+            int | None, typer.Option("--width", help="Image width (sd; default: the LoRA's).")
+        ] = None,
+        height: Annotated[
+            int | None, typer.Option("--height", help="Image height (sd; default: the LoRA's).")
+        ] = None,
+        set_: SetOpt = None,
+        base_config: BaseConfigOption = None,
     ) -> None:
         """Render images (sd) or generate text (llm) with one or several LoRAs."""
         cfg = None
@@ -140,14 +217,9 @@ def register(app: typer.Typer) -> None:
             raise UsageError("sample: pass --base (or --config)")
         if not prompt:
             raise UsageError("sample: pass --prompt (or a --config with sample_prompts)")
-        command = pick_backend(backend, [p for p, _ in loras], "sample")
-        for path in command(
-            base=base,
-            loras=loras,
-            prompts=prompt,
-            output=output,
-            seed=seed,
-            steps=steps,
-            config=cfg,
-        ):
+        name, command = pick_backend(backend, [p for p, _ in loras], "sample")
+        cfg = command_config(name, config, set_, base_config) or cfg
+        for path in call(command, "sample", name, base=base, loras=loras, prompts=prompt,
+                         output=output, seed=seed, steps=steps, config=cfg, width=width,
+                         height=height):  # fmt: skip
             print(f"wrote {path}")

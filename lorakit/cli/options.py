@@ -15,3 +15,10 @@ SetOpt = Annotated[
 BackendOpt = Annotated[
     str | None, typer.Option("--backend", help="Backend to use (overrides task_type).")
 ]
+BaseConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--base-config",
+        help="Config folder of a single-file base (diffusers layout); --set sd.base_config.",
+    ),
+]

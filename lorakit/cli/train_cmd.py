@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lorakit.cli.options import BackendOpt, ConfigOpt, SetOpt
+from lorakit.cli.options import BackendOpt, BaseConfigOption, ConfigOpt, SetOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -43,12 +43,16 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--no-plan-check", help="Train even when the plan says it cannot fit."),
         ] = False,
+        base_config: BaseConfigOption = None,
     ) -> None:
         """Train a LoRA as the config says."""
         from lorakit.config import load_config
         from lorakit.diagnostics.update_check import quiet_notice
 
         cfg = load_config(config, overrides=set_ or [], backend=backend)
+        if base_config:  # short for --set <backend>.base_config=DIR, as on export/merge/sample
+            sets = [*(set_ or []), f"{cfg.backend}.base_config={base_config}"]
+            cfg = load_config(config, overrides=sets, backend=backend)
         for notice in cfg.notices:
             print(f"lorakit: {config}: {notice}", file=sys.stderr)
         if not no_plan_check and "LOCAL_RANK" not in os.environ:
@@ -81,17 +85,19 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(128 + (result.signal or 2))
         if os.environ.get("LOCAL_RANK", "0") == "0":
             from rich.console import Console
+            from rich.markup import escape
 
-            console = Console()
+            console = Console(soft_wrap=True)  # paths are never wrapped mid-name
             loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
             if result.eval_loss is not None:
                 loss += f", eval loss {result.eval_loss:.4f}"
             console.print(
                 f"[green]done[/]: {result.steps} steps, final loss {loss}, "
-                f"{result.elapsed_s:.1f} s → {result.output_dir}"
+                f"{result.elapsed_s:.1f} s → {escape(str(result.output_dir))}",
+                highlight=False,
             )
             for path in result.outputs:
-                console.print(f"  {path}")
+                console.print(f"  {escape(str(path))}", highlight=False)
         if launched:
             _rank_exit()
 

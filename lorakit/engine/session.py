@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,6 +303,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
             config_hash=config.semantic_hash(), lorakit_version=__version__,
             num_processes=accelerator.num_processes, total_steps=total,
             batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            started_at=time.time(),
         )  # fmt: skip
         session = Session(
             config=config, plugins=plugins, out=out, accelerator=accelerator, strategy=strategy,
@@ -315,6 +317,8 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
             session.state.total_steps, session.state.lr_remaps = total, remaps
             session.state.batch_size = cfg.batch_size
             session.state.gradient_accumulation_steps = cfg.gradient_accumulation_steps
+            session.state.started_at = session.state.started_at or state.started_at
+        backend.started_at = session.state.started_at  # the first start, also after a resume
     except BaseException:
         if created and accelerator.is_main_process:
             shutil.rmtree(out, ignore_errors=True)

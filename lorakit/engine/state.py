@@ -21,6 +21,7 @@ class TrainerState:
     gradient_accumulation_steps: int = 0
     # [step, old total, new total] for each resume that changed the length (see schedule)
     lr_remaps: list[list[int]] = field(default_factory=list)
+    started_at: float = 0.0  # Unix time the run first started; a resume keeps it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

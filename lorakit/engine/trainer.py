@@ -31,7 +31,7 @@ from lorakit.engine.session import Session, data_loader, set_up
 from lorakit.engine.step import batches, train_step
 from lorakit.io import write_text
 from lorakit.plugins import Plugins, get_plugins
-from lorakit.provenance import file_metadata, now, run_record
+from lorakit.provenance import file_metadata, iso_time, now, run_record
 
 
 @dataclass
@@ -118,7 +118,7 @@ def begin(s: Session) -> None:
         s.out.mkdir(parents=True, exist_ok=True)
         write_text(s.out / "config.yaml", s.config.to_yaml())
         record = run_record(
-            s.config, plugins=s.plugins, status="running", started_at=now(),
+            s.config, plugins=s.plugins, status="running", started_at=iso_time(s.state.started_at),
             num_processes=s.accelerator.num_processes,
             dataset_fingerprint=s.backend.dataset_fingerprint(),
             effective_batch=s.effective_batch, mixed_precision=s.accelerator.mixed_precision,

@@ -200,3 +200,26 @@ def test_previews_encode_long_prompts_and_use_clip_skip(tiny_models):
         return np.asarray(render(sampler, [long], clip_skip=skip, **kwargs)[0], dtype=int)
 
     assert np.abs(image(1) - image(2)).max() > 0
+
+
+def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp_path, sd_plugins):
+    """sd-scripts writes ``n_repeats`` = the subset's num_repeats (1 for ``1_woman``), also
+    for regularisation folders, whose samples are cycled to balance the training ones."""
+    from types import SimpleNamespace
+
+    from lorakit_sd.dataset import build_items
+    from lorakit_sd.exporters import training_metadata
+
+    img, reg = tmp_path / "img", tmp_path / "reg"
+    _kohya_folder(img, "12_mascot", 2)
+    _kohya_folder(reg, "1_woman", 3, ext=None)
+    config = _config(tiny_models, img, tmp_path, reg_data_dir=str(reg))
+    items, index = build_items(config, sd_plugins.registries, None, 32, lambda _: None)
+    backend = SimpleNamespace(
+        config=config, section=config.section, items=items, index=index, family="sd1",
+        started_at=0, resolution=32, latents_cached=False, prediction_type="epsilon",
+    )  # fmt: skip
+    meta = training_metadata(backend, "x", 1)
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_woman": {"n_repeats": 1, "img_count": 3}}
+    assert json.loads(meta["ss_dataset_dirs"]) == {"12_mascot": {"n_repeats": 12, "img_count": 2}}
+    assert meta["ss_num_reg_images"] == "24"  # 24 reg samples per epoch, each image ~8 times

@@ -112,7 +112,11 @@ def test_sidecar_missing_and_unlisted_images(sd_plugins, tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "match"),
     [
-        ("metadata.csv", "image_path,label\n", r"metadata.csv:1: header must name"),
+        (
+            "metadata.csv",
+            "image_path,label\n",
+            r"metadata.csv:1: the header must name an image column",
+        ),
         ("metadata.csv", "", r"metadata.csv: empty file"),
         (
             "metadata.jsonl",

@@ -8,6 +8,7 @@ text-encoder LoRA (uncached captions). Each run overfits four images.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 
 import pytest
@@ -241,6 +242,11 @@ def test_resume_continues_exactly(tiny_models, tmp_path):
     from lorakit.engine import train
     from lorakit.plugins import build_plugins, set_plugins
 
+    # the run first started long ago: a resume keeps that start (ss_training_started_at)
+    state_file = whole.output_dir / "checkpoints" / "step-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["started_at"] > 1.7e9
+    state_file.write_text(json.dumps({**state, "started_at": 1e9}))
     plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
     set_plugins(plugins)
     try:
@@ -271,6 +277,11 @@ def test_resume_continues_exactly(tiny_models, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]
+    _, meta = lora_keys(resumed.output_dir / "resumed.safetensors")
+    assert meta["ss_training_started_at"] == "1000000000"
+    assert int(meta["ss_training_finished_at"]) > 1.7e9
+    run = json.loads((resumed.output_dir / "run.json").read_text())
+    assert run["started_at"] == "2001-09-09T01:46:40+00:00"
 
 
 def test_gradient_checkpointing_trains_every_lora(tiny_models, tmp_path):

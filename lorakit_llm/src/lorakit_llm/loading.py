@@ -272,7 +272,7 @@ def detect_ggml(source: str) -> bool:
     return path is not None and (file_magic(path) or "gguf") != "gguf"
 
 
-def load_ggml(source: str, **_: Any) -> Any:
+def load_ggml(source: str, *_: Any, **__: Any) -> Any:
     """Refuses, saying what the file is and how to convert it."""
     path = Path(source).expanduser()
     raise UsageError(ggml_message(path, file_magic(path) or "ggml"))
@@ -288,7 +288,7 @@ def detect_gguf(source: str) -> bool:
     return False
 
 
-def check_any(source: str) -> None:
+def check_any(source: str, section: Any = None) -> None:
     """The ``hf`` and ``gguf`` loaders' check: what :func:`resolve_base` refuses."""
     resolve_base(source)
 

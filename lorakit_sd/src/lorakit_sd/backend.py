@@ -51,6 +51,7 @@ class SDBackend(Backend):
         from lorakit_sd.models import peek_family
 
         t, sec = self.config.train, self.section
+        ctx.registries.check_model("sd", t.base_model, sec, t.model_loader)
         family = peek_family(t.base_model, sec.model_family)
         if family is not None:
             self.resolution = sec.resolution or DEFAULT_RESOLUTION[family]

@@ -39,6 +39,7 @@ class Item:
     content_hash: str
     where: str = ""  # the captions file and line (or the caption file) it came from
     reg: bool = False  # a regularisation image (sd.reg_data_dir)
+    repeats: int = 1  # its folder's repeats (kohya N_name, sd.repeats), before reg balancing
 
 
 @dataclass
@@ -165,7 +166,7 @@ def build_items(
                     image=record["image"], caption=record["caption"], folder=str(folder.path),
                     size=size, bucket=bucket, crop=(left, top), resized=(rw, rh),
                     content_hash=file_hash(record["image"]), where=record["where"],
-                    reg=folder.reg,
+                    reg=folder.reg, repeats=folder.repeats,
                 )
             )  # fmt: skip
             (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)

@@ -56,16 +56,15 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
     tags: dict[str, Counter[str]] = {}
     dirs: dict[str, dict[str, int]] = {}
     reg_dirs: dict[str, dict[str, int]] = {}
-    repeats = Counter(backend.index)
-    for k, item in enumerate(backend.items):
+    for item in backend.items:  # n_repeats: the subset's repeats, as sd-scripts writes it
         folder = Path(item.folder).name
         if item.reg:
-            entry = reg_dirs.setdefault(folder, {"n_repeats": repeats[k], "img_count": 0})
+            entry = reg_dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
             entry["img_count"] += 1
             continue
         counter = tags.setdefault(folder, Counter())
         counter.update(tag.strip() for tag in item.caption.split(",") if tag.strip())
-        entry = dirs.setdefault(folder, {"n_repeats": repeats[k], "img_count": 0})
+        entry = dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
     n_reg = sum(1 for k in backend.index if backend.items[k].reg)
     te_lr = sec.text_encoder_lr or t.learning_rate

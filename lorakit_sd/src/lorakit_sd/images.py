@@ -1,4 +1,4 @@
-"""Opening training images: EXIF orientation, RGB, and a full decode check up front.
+"""Opening training images (through the core decoder) and a full decode check up front.
 
 Every image is decoded once before training starts, so a truncated or corrupt file is
 reported (by name) before the first step instead of failing the run halfway.
@@ -12,17 +12,14 @@ from typing import Any
 
 
 def open_rgb(path: str | Path) -> Any:
-    """The image at ``path``, upright (EXIF) and RGB (transparency over white)."""
-    from PIL import Image, ImageOps
+    """The image at ``path``, upright, 8-bit RGB, transparency over white.
 
-    with Image.open(path) as raw:
-        image = ImageOps.exif_transpose(raw)
-        image.load()
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+    The one decoder labeling uses too (``lorakit.api.decode_rgb``): 16-bit and float
+    images are scaled, not clipped.
+    """
+    from lorakit.api import decode_rgb
+
+    return decode_rgb(path)
 
 
 def check_image(path: str | Path) -> tuple[tuple[int, int] | None, str | None]:

@@ -158,10 +158,44 @@ def apply_loras(
     return merged
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def stored_dtype(base: str, state: dict[str, Any]) -> str:
+    """The dtype the base stores its weights in: most of a single file's floating tensors,
+    or a diffusers folder's UNet file; float32 where it cannot be told (nothing is lost)."""
+    from collections import Counter
+
+    from safetensors import safe_open
+
+    path = Path(base).expanduser()
+    counts: Counter[str] = Counter()
+    if path.is_dir():
+        for weights in sorted((path / "unet").glob("*.safetensors"))[:1]:
+            with safe_open(str(weights), framework="pt") as f:
+                counts.update(str(f.get_slice(k).get_dtype()) for k in list(f.keys())[:50])
+        names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+        counts = Counter({names.get(k, k): v for k, v in counts.items()})
+    elif path.is_file():
+        counts.update(
+            str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()
+        )
+    common = [d for d, _ in counts.most_common() if d in DTYPES]
+    return common[0] if common else "float32"
+
+
 def merge_checkpoint(
-    base: str, loras: list[tuple[str, float]], output: Path, dtype: str, section: Any = None
+    base: str,
+    loras: list[tuple[str, float]],
+    output: Path,
+    dtype: str | None = None,
+    section: Any = None,
+    log: Any = None,
 ) -> Path:
-    """Write ``base`` + ``loras`` as a single-file ``.safetensors`` checkpoint."""
+    """Write ``base`` + ``loras`` as a single-file ``.safetensors`` checkpoint.
+
+    ``dtype`` None keeps the base's own dtype. ``log`` gets the one-line summary.
+    """
     import torch
 
     from lorakit.api import __version__, save_safetensors
@@ -170,14 +204,13 @@ def merge_checkpoint(
         raise UsageError("merge: pass at least one --lora FILE[:weight]")
     if output.suffix.lower() != ".safetensors":
         raise UsageError(f"--output {output}: the merged checkpoint must be a .safetensors file")
-    target = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
-        dtype
-    )
-    if target is None:
-        raise UsageError(f"--dtype {dtype}: one of float32, float16, bfloat16")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
     if Path(base).expanduser().resolve() == output.resolve():
         raise UsageError("--output must differ from --base")
     state, family, base_meta = load_ldm(base, section)
+    chosen = dtype or stored_dtype(base, state)
+    target = getattr(torch, chosen)
     merged = apply_loras(state, family, loras)
     state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {k: v for k, v in base_meta.items() if not k.startswith("lorakit.")}
@@ -194,4 +227,7 @@ def merge_checkpoint(
         }
     )
     save_safetensors(state, output, metadata=metadata)
+    if log is not None:
+        how = "as --dtype asked" if dtype else "the base's dtype"
+        log(f"merged {len(merged)} LoRA(s) into {Path(base).name}: {chosen} ({how}), {family}")
     return output

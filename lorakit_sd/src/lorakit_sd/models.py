@@ -247,6 +247,41 @@ def load_pickled(
     return model
 
 
+def _no_config(path: Path, config: str, why: str) -> UsageError:
+    return UsageError(
+        f"{path}: a single-file checkpoint needs its model's configs and tokenizer; they "
+        f"come from {config}, which could not be read ({why}). Set sd.base_config (or pass "
+        f"--base-config) to a diffusers folder of the same model family"
+        f"{', or run once online' if offline() else ''}"
+    )
+
+
+def check_single_file(source: str, section: Any = None) -> None:
+    """What :func:`load_single_file` would refuse for want of configs, from the file's
+    header and the local hub cache only (``config validate`` and the start of ``train``)."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return
+    family = family_of_keys(path, single_file_keys(path))
+    _check_family(family, getattr(section, "model_family", "auto"), str(path))
+    base_config = getattr(section, "base_config", None)
+    if base_config:
+        if Path(base_config).expanduser().is_dir():
+            if not (Path(base_config).expanduser() / "model_index.json").is_file():
+                raise UsageError(
+                    f"sd.base_config {base_config}: not a diffusers folder (no model_index.json)"
+                )
+            return
+        if base_config.startswith((".", "/", "~")):
+            raise UsageError(f"sd.base_config {base_config}: folder not found")
+    config = base_config or DEFAULT_CONFIG_REPOS[family]
+    if offline() and not Path(config).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(config, "model_index.json"), str):
+            raise _no_config(path, config, "not in the local hub cache, and HF_HUB_OFFLINE is set")
+
+
 def load_single_file(
     source: str, *, base_config: str | None = None, model_family: str = "auto", **_: Any
 ) -> BaseModel:
@@ -267,12 +302,7 @@ def load_single_file(
             )  # fmt: skip
         except (OSError, ValueError, KeyError) as exc:
             if not base_config:
-                raise UsageError(
-                    f"{path}: a single-file checkpoint needs its model's configs and "
-                    f"tokenizer; they come from {config}, which could not be read "
-                    f"({type(exc).__name__}). Set sd.base_config to a diffusers folder of "
-                    f"the same model family{', or run once online' if offline() else ''}"
-                ) from None
+                raise _no_config(path, config, type(exc).__name__) from None
             raise UsageError(
                 f"{path}: could not load with sd.base_config {config}: {exc}"
             ) from None

@@ -142,9 +142,10 @@ def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
          "hub id (owner/name), from the local cache when HF_HUB_OFFLINE is set"),
     )  # fmt: skip
     for name, detect_name, load_name, priority, description in loaders:
+        check = lazy("lorakit_sd.models:check_single_file") if name == "sd-single-file" else None
         register(
             ModelLoaderSpec(
                 name, "sd", _detect(detect_name), lazy(f"lorakit_sd.models:{load_name}"),
-                description, priority=priority,
+                description, priority=priority, check=check,
             )
         )  # fmt: skip

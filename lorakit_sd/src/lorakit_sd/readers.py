@@ -8,8 +8,6 @@ silently. The readers import only the standard library.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -17,11 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import DataError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-FILE_COLUMNS = ("file_name", "image", "file")
-TEXT_COLUMNS = ("text", "caption")
+from lorakit.api import (
+    FILE_COLUMNS,
+    IMAGE_EXTENSIONS,
+    METADATA_NAME,
+    TEXT_COLUMNS,
+    DataError,
+    is_image_name,
+    read_table,
+    read_text,
+)
 
 Record = dict[str, Any]
 
@@ -34,7 +37,7 @@ def image_files(root: Path) -> list[Path]:
     """Images directly in ``root`` (not in subfolders), sorted by name."""
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    return sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in root.iterdir() if is_image_name(p) and p.is_file())
 
 
 def resolve_inside(root: Path, name: str) -> tuple[Path | None, str | None]:
@@ -98,51 +101,18 @@ def unlisted_images(root: Path, records: list[Record]) -> list[Path]:
 
 
 def read_metadata_csv(path: str | Path, metadata_path: str | Path | None = None) -> list[Record]:
-    """``metadata.csv`` with a header ``file_name,text`` (``datasets``' imagefolder layout)."""
+    """``metadata.csv`` (``datasets``' imagefolder layout), by the one rule of
+    ``lorakit.api.read_table`` that ``lorakit label`` and the web page follow too."""
     root = Path(path)
-    meta = Path(metadata_path) if metadata_path else root / "metadata.csv"
-    try:
-        text = meta.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{meta}: captions file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{meta}: not UTF-8 text (byte {exc.start})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        return _read_csv_rows(root, meta, reader)
-    except csv.Error as exc:
-        raise DataError(f"{meta}:{reader.line_num}: not valid CSV ({exc})") from None
-
-
-def _read_csv_rows(root: Path, meta: Path, reader: Any) -> list[Record]:
-    header = next(reader, None)
-    if not header:
-        raise DataError(f"{meta}: empty file (expected a header file_name,text)")
-    columns = [h.strip() for h in header]
-    file_col = next((c for c in FILE_COLUMNS if c in columns), None)
-    text_col = next((c for c in TEXT_COLUMNS if c in columns), None)
-    if file_col is None or text_col is None:
-        raise DataError(
-            f"{meta}:1: header must name a file_name and a text column (got {','.join(columns)})"
-        )
-    fi, ti = columns.index(file_col), columns.index(text_col)
+    meta = Path(metadata_path) if metadata_path else root / METADATA_NAME
+    if not meta.is_file():
+        raise DataError(f"{meta}: captions file not found")
+    table = read_table(meta, need_text=True)
+    text_column = table.text_column or "text"
 
     def rows() -> Iterator[tuple[str, str | None, str]]:
-        for row in reader:
-            where = f"{meta}:{reader.line_num}"
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) > len(columns):
-                if ti != len(columns) - 1:
-                    raise DataError(
-                        f"{where}: {len(row)} fields but the header has {len(columns)}; "
-                        "put captions that contain commas in double quotes"
-                    )
-                # an unquoted caption with commas in the last column: the rest is the caption
-                row = [*row[:ti], ",".join(row[ti:])]
-            name = row[fi].strip() if fi < len(row) else ""
-            caption = row[ti] if ti < len(row) else None
-            yield name, caption, where
+        for row, line in zip(table.rows, table.lines, strict=True):
+            yield row[table.file_column].strip(), row[text_column], f"{meta}:{line}"
 
     return _finish(root, rows(), meta)
 
@@ -151,12 +121,9 @@ def read_metadata_jsonl(path: str | Path, metadata_path: str | Path | None = Non
     """``metadata.jsonl``: one ``{"file_name": ..., "text": ...}`` object per line."""
     root = Path(path)
     meta = Path(metadata_path) if metadata_path else root / "metadata.jsonl"
-    try:
-        lines = meta.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{meta}: captions file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{meta}: not UTF-8 text (byte {exc.start})") from None
+    if not meta.is_file():
+        raise DataError(f"{meta}: captions file not found")
+    lines = read_text(meta)[0].splitlines()
 
     def rows() -> Iterator[tuple[str, str | None, str]]:
         for number, line in enumerate(lines, start=1):
@@ -193,7 +160,7 @@ def read_caption_files(
     root = Path(path)
     images = image_files(root)
     if not images:
-        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
     extensions = [ext] + [e for e in SIDECAR_EXTENSIONS if e != ext]
     records = []
@@ -249,7 +216,7 @@ def detect_format(root: Path, metadata_path: str | None) -> str:
         if suffix == ".csv":
             return "metadata_csv"
         raise DataError(f"{metadata_path}: captions file must end in .csv or .jsonl")
-    if (root / "metadata.csv").is_file():
+    if (root / METADATA_NAME).is_file():
         return "metadata_csv"
     if (root / "metadata.jsonl").is_file():
         return "metadata_jsonl"
@@ -257,7 +224,7 @@ def detect_format(root: Path, metadata_path: str | None) -> str:
 
 
 def detect_csv(path: Any) -> bool:
-    return (Path(path) / "metadata.csv").is_file()
+    return (Path(path) / METADATA_NAME).is_file()
 
 
 def detect_jsonl(path: Any) -> bool:

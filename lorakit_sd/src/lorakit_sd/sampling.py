@@ -192,9 +192,15 @@ def render_and_save(
     dtype: torch.dtype = torch.float32,
     max_tokens: int | None = None,
     clip_skip: int = 1,
+    progress: bool = False,
 ) -> list[Path]:
-    """Render ``prompts`` into ``directory/<stem>-NN.png`` plus the sheet ``<stem>.png``."""
+    """Render ``prompts`` into ``directory/<stem>-NN.png`` plus the sheet ``<stem>.png``.
+
+    ``progress``: diffusers' progress bar over each prompt's denoising steps (stderr).
+    """
     sampler = sampling_pipeline(pipe, family, prediction_type)
+    if progress:
+        sampler.set_progress_bar_config(disable=False, desc=f"{len(prompts)} prompt(s)")
     images = render(
         sampler, prompts, seed=seed, steps=steps, guidance=sec.sample_guidance_scale,
         width=width, height=height, negative=sec.sample_negative_prompt, dtype=dtype,
