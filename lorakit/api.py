@@ -17,6 +17,15 @@ from lorakit.config.loader import load_config
 from lorakit.config.overrides import parse_override
 from lorakit.config.schema import Config, DistributedConfig, TrainConfig
 from lorakit.config.templates import template_text
+from lorakit.engine.runlock import (
+    LOCK_NAME,
+    Holder,
+    RunLock,
+    earlier_run,
+    has_checkpoints,
+    holder,
+    in_use,
+)
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.hookspecs import hookspec
 from lorakit.io import (
@@ -55,6 +64,7 @@ from lorakit.registry import (
 )
 
 __all__ = [
+    "LOCK_NAME",
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
     "Backend",
@@ -67,6 +77,7 @@ __all__ = [
     "ExporterSpec",
     "Labeler",
     "LabelerSpec",
+    "Holder",
     "LorakitError",
     "LossOutput",
     "ModelLoaderSpec",
@@ -76,6 +87,7 @@ __all__ = [
     "Registries",
     "RunError",
     "RunInfo",
+    "RunLock",
     "SchedulerSpec",
     "TrackerSpec",
     "TrainConfig",
@@ -85,12 +97,16 @@ __all__ = [
     "atomic_dir",
     "atomic_path",
     "create_labeler",
+    "earlier_run",
     "file_metadata",
     "find_images",
     "format_metadata",
     "get_registries",
+    "has_checkpoints",
+    "holder",
     "hookimpl",
     "hookspec",
+    "in_use",
     "label_folder",
     "lazy",
     "load_config",

@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 
 from lorakit.cli.options import BackendOpt, ConfigOpt, SetOpt
+from lorakit.engine.runlock import hold_run_folder, holding_run_folder
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @holding_run_folder
     def train(
         config: ConfigOpt,
         set_: SetOpt = None,
@@ -49,6 +51,7 @@ def register(app: typer.Typer) -> None:
         from lorakit.diagnostics.update_check import quiet_notice
 
         cfg = load_config(config, overrides=set_ or [], backend=backend)
+        hold_run_folder(cfg.train.output_dir, machine_rank=machine_rank)  # one writer per run
         for notice in cfg.notices:
             print(f"lorakit: {config}: {notice}", file=sys.stderr)
         if not no_plan_check and "LOCAL_RANK" not in os.environ:
