@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lorakit.api import LorakitError
+from lorakit.api import LorakitError, get_registries
 from lorakit_ui import forms
 from lorakit_ui.errors import BadBody, error, json_body
 
@@ -24,6 +24,10 @@ class Form:
             raise BadBody("values must be a JSON object")
         self.values = {str(k): "" if v is None else str(v) for k, v in raw.items()}
         self.backend = str(body.get("backend") or "")
+        try:
+            get_registries().backends.get(self.backend)
+        except LorakitError as exc:
+            raise BadBody(exc.format()) from None
         given = self.values.pop("config_path", "").strip()
         if given:
             path = Path(given).expanduser()

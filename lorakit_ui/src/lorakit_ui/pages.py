@@ -37,9 +37,9 @@ def _templates() -> Jinja2Templates:
 TEMPLATES = _templates()
 
 
-def render(request: Request, template: str, title: str, page: str, **context: Any) -> Response:
+def render(request: Request, file: str, title: str, page: str, context: dict[str, Any]) -> Response:
     return TEMPLATES.TemplateResponse(
-        request, template, {"title": title, "page": page, **context}, media_type="text/html"
+        request, file, {"title": title, "page": page, **context}, media_type="text/html"
     )
 
 
@@ -53,7 +53,7 @@ async def static(request: Request) -> Response:
 
 async def index(request: Request) -> Response:
     runs = request.app.state.runs
-    return render(request, "runs.html", "Runs", "runs", runs_dir=str(runs.runs_dir))
+    return render(request, "runs.html", "Runs", "runs", {"runs_dir": str(runs.runs_dir)})
 
 
 async def run_page(request: Request) -> Response:
@@ -64,13 +64,15 @@ async def run_page(request: Request) -> Response:
             return Response(f"no run named {name}", 404, media_type="text/plain")
     except LorakitError as exc:
         return Response(exc.format(), 404, media_type="text/plain")
-    return render(request, "run.html", name, "run", name=name)
+    return render(request, "run.html", name, "run", {"name": name})
 
 
 async def label_page(request: Request) -> Response:
     labelers = list(get_registries().labelers.names())
     folder = request.query_params.get("data_dir", "")
-    return render(request, "label.html", "Label images", "label", labelers=labelers, folder=folder)
+    return render(
+        request, "label.html", "Label images", "label", {"labelers": labelers, "folder": folder}
+    )
 
 
 def _sections(fields: list[forms.Field]) -> list[tuple[str, list[forms.Field]]]:
@@ -117,4 +119,4 @@ async def new_page(request: Request) -> Response:
     context = await run_in_threadpool(
         new_context, runs, query.get("backend"), query.get("template")
     )
-    return render(request, "new.html", "New run", "new", **context)
+    return render(request, "new.html", "New run", "new", context)
