@@ -34,7 +34,7 @@ def register_commands(app: Any) -> None:
             str,
             typer.Option(
                 "--host",
-                help="Address to bind; a non-loopback one prints a warning and needs the printed token.",
+                help="Address to bind; a non-loopback one prints a warning (every address needs the printed URL's token).",
             ),
         ] = "127.0.0.1",
         allow_host: Annotated[

@@ -1,7 +1,7 @@
 """What keeps the page safe to leave open while browsing: ASGI middleware on every route.
 
 - ``Host`` must name this server (loopback names, the bound address, ``--allow-host``
-  names): a DNS-rebinding page never reaches a route (Starlette's ``TrustedHostMiddleware``).
+  names): a DNS-rebinding page never reaches a route.
 - A per-server token, as Jupyter does: the printed URL's ``?token=`` sets an HttpOnly,
   SameSite=Strict cookie; every request, downloads and streams included, needs it.
 - A request that changes state (any method but GET/HEAD) must come from the page itself:
