@@ -297,3 +297,72 @@ def test_label_from_the_page_and_edit_metadata_csv(client, images):
         client.get("/api/image", params={"data_dir": str(images), "name": "../x"}).status_code
         == 404
     )
+
+
+def test_a_symlinked_run_folder_is_skipped_with_a_note(client, runs_dir, tmp_path):
+    fake_run(runs_dir, "real", "finished", [1.0])
+    elsewhere = fake_run(tmp_path / "elsewhere", "r", "finished", [1.0])
+    (runs_dir / "linked").symlink_to(elsewhere, target_is_directory=True)
+    answer = client.get("/api/runs")
+    assert answer.status_code == 200
+    data = answer.json()
+    assert [r["name"] for r in data["runs"]] == ["real"]
+    assert data["notes"] == ["linked: skipped (a symbolic link)"]
+
+
+def test_start_into_a_folder_with_an_earlier_run_is_refused_with_the_clis_line(
+    client, runs_dir, tiny_sd, images
+):
+    from lorakit.api import earlier_run
+
+    out = fake_run(runs_dir, "tiny", "finished", [1.0])
+    (out / "checkpoints" / "step-1").mkdir(parents=True)
+    (out / "checkpoints" / "step-1" / "trainer_state.json").write_text("{}")
+    values = tiny_form(tiny_sd, images, runs_dir)
+    answer = post_form(client, values, "/api/start")
+    assert answer["ok"] is False and answer["key"] == "output_dir"
+    assert answer["error"] == earlier_run(out).format()
+    assert not Path(values["config_path"]).exists()  # refused: no file written
+
+
+def test_the_form_basic_keys_first_per_run_config_path_and_field_errors(
+    client, runs_dir, tiny_sd, images
+):
+    page = client.get("/new").text
+    assert 'data-backend="sd"' in page  # sd first when no run says otherwise
+    basic, advanced = page.split('id="advanced"')
+    assert 'data-key="learning_rate"' in basic and 'data-key="sd.bucket_step"' in advanced
+    assert f'value="{runs_dir / "my_lora.yaml"}"' in page  # its own file, from output_dir
+    (runs_dir / "my_lora").mkdir()
+    assert f'value="{runs_dir / "my_lora-2"}"' in client.get("/new").text  # a free folder
+    values = tiny_form(
+        tiny_sd, images, runs_dir, **{"sd.resolution": "100", "sd.bucket_step": "64"}
+    )
+    values.pop("config_path")
+    answer = post_form(client, values)
+    assert answer["key"] == "sd.bucket_step" and "multiple of sd.bucket_step" in answer["error"]
+    assert answer["path"] == str(runs_dir / "tiny.yaml")  # derived from output_dir
+
+
+def test_a_folder_name_starting_with_a_dash_is_not_an_option(client, tmp_path):
+    from lorakit_ui.api_labels import label_command
+
+    command = label_command({"data_dir": "--help", "labeler": "filename"})
+    assert command[-2:] == ["--", "--help"]
+    answer = client.post("/api/label", json={"data_dir": "--help", "labeler": "filename"}).json()
+    assert answer["ok"] is False and "Usage" not in answer["output"]
+
+
+def test_the_adapter_folder_downloads_as_one_zip(client, runs_dir):
+    import io
+    import zipfile
+
+    out = fake_run(runs_dir, "llm", "finished", [1.0])
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
+    assert client.get("/api/runs/llm").json()["downloads"][0] == "adapter/"
+    got = client.get("/runs/llm/zip/adapter")
+    assert got.headers["content-disposition"] == 'attachment; filename="adapter.zip"'
+    names = zipfile.ZipFile(io.BytesIO(got.content)).namelist()
+    assert sorted(names) == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
