@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,29 +15,24 @@ from conftest import toy_config
 from lorakit.engine.runlock import LOCK_NAME, RunLock, holder, holds_lock_here
 from lorakit.testing import run_cli, write_config
 
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+HOLD = (
+    "import sys, time\nfrom lorakit.engine.runlock import RunLock\n"
+    "lock = RunLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)\n"
+)
 
 
-def test_a_second_train_is_refused_naming_the_pid_and_a_killed_trainers_lock_is_taken_over(
-    tmp_path, toy_env, toy_plugins, capsys
+def test_a_second_train_is_refused_naming_the_pid_and_a_killed_holders_lock_is_taken_over(
+    tmp_path, toy_plugins, capsys
 ):
-    cfg = write_config(
-        tmp_path / "a.yaml", toy_config(tmp_path, max_steps=400, slow_ms=50, save_steps=0)
-    )
+    """The holder is a process that took the lock as ``lorakit train`` does (a real second
+    trainer on a page-started run: lorakit_ui/tests/test_run_lock_page.py)."""
+    cfg = write_config(tmp_path / "a.yaml", toy_config(tmp_path, max_steps=3, save_steps=0))
     out = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "lorakit.cli", "train", "--config", str(cfg), "--no-progress"],
-        env=toy_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        wait_for(lambda: (out / "metrics.jsonl").exists(), what="the first run's first step")
+        assert first.stdout is not None and first.stdout.readline().strip() == "held"
         assert holder(out).pid == first.pid
         code, _, err = run_cli(capsys, "train", "--config", cfg)
         assert code == 2
@@ -47,16 +41,14 @@ def test_a_second_train_is_refused_naming_the_pid_and_a_killed_trainers_lock_is_
             f"lorakit: error: output_dir {out} is in use by another training "
             f"(PID {first.pid}, since "
         )
-        for row in (out / "metrics.jsonl").read_text().splitlines():
-            json.loads(row)  # one writer: every line whole
+        assert not (out / "run.json").exists()  # nothing written beside the holder
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    # the dead trainer's file is still there, with its PID; the lock itself is free
+    # the killed holder's file is still there, with its PID; the lock itself is free
     assert json.loads((out / LOCK_NAME).read_text())["pid"] == first.pid
     assert holder(out) is None
-    short = write_config(tmp_path / "b.yaml", toy_config(tmp_path, max_steps=3, save_steps=0))
-    code, _, err = run_cli(capsys, "train", "--config", short)
+    code, _, err = run_cli(capsys, "train", "--config", cfg)
     assert code == 0, err
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     assert not (out / LOCK_NAME).exists()  # released at the end
@@ -79,11 +71,9 @@ def test_only_the_process_that_starts_a_launch_holds_the_lock():
 
 def test_the_lock_is_exclusive_between_processes(tmp_path):
     out = tmp_path / "run"
-    code = (
-        "import sys, time\nfrom lorakit.engine.runlock import RunLock\n"
-        f"lock = RunLock({str(out)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(60)\n"
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True
     )
-    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout is not None and other.stdout.readline().strip() == "held"
         with pytest.raises(Exception, match=f"PID {other.pid}"):
