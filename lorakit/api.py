@@ -17,6 +17,15 @@ from lorakit.config.loader import load_config
 from lorakit.config.overrides import parse_override
 from lorakit.config.schema import Config, DistributedConfig, TrainConfig
 from lorakit.config.templates import template_text
+from lorakit.engine.runlock import (
+    LOCK_NAME,
+    Holder,
+    RunLock,
+    earlier_run,
+    has_checkpoints,
+    holder,
+    in_use,
+)
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.hookspecs import hookspec
 from lorakit.identify import FileKind, FileProbe, LoraSummary
@@ -66,6 +75,7 @@ from lorakit.registry import (
 __all__ = [
     "FILE_COLUMNS",
     "IMAGE_EXTENSIONS",
+    "LOCK_NAME",
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
     "Backend",
@@ -80,6 +90,7 @@ __all__ = [
     "FileProbe",
     "Labeler",
     "LabelerSpec",
+    "Holder",
     "LorakitError",
     "LoraSummary",
     "LossOutput",
@@ -91,6 +102,7 @@ __all__ = [
     "Registries",
     "RunError",
     "RunInfo",
+    "RunLock",
     "SchedulerSpec",
     "TEXT_COLUMNS",
     "TrackerSpec",
@@ -102,13 +114,17 @@ __all__ = [
     "atomic_path",
     "create_labeler",
     "decode_rgb",
+    "earlier_run",
     "file_metadata",
     "find_images",
     "format_metadata",
     "get_registries",
+    "has_checkpoints",
+    "holder",
     "hookimpl",
     "hookspec",
     "is_image_name",
+    "in_use",
     "label_folder",
     "lazy",
     "load_config",

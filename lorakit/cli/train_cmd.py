@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 
 from lorakit.cli.options import BackendOpt, BaseConfigOption, ConfigOpt, SetOpt
+from lorakit.engine.runlock import hold_run_folder, holding_run_folder
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @holding_run_folder
     def train(
         config: ConfigOpt,
         set_: SetOpt = None,
@@ -53,6 +55,7 @@ def register(app: typer.Typer) -> None:
         if base_config:  # short for --set <backend>.base_config=DIR, as on export/merge/sample
             sets = [*(set_ or []), f"{cfg.backend}.base_config={base_config}"]
             cfg = load_config(config, overrides=sets, backend=backend)
+        hold_run_folder(cfg.train.output_dir, machine_rank=machine_rank)  # one writer per run
         for notice in cfg.notices:
             print(f"lorakit: {config}: {notice}", file=sys.stderr)
         if not no_plan_check and "LOCAL_RANK" not in os.environ:

@@ -1,5 +1,19 @@
-"""The training engine. Importing this module imports torch and accelerate."""
+"""The training engine. ``train`` and ``RunResult`` import torch and accelerate when first
+used; ``lorakit.engine.runlock`` (the run-folder lock) imports nothing heavy."""
 
-from lorakit.engine.trainer import RunResult, train
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lorakit.engine.trainer import RunResult, train
 
 __all__ = ["RunResult", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from lorakit.engine import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'lorakit.engine' has no attribute {name!r}")

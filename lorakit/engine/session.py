@@ -26,6 +26,7 @@ from lorakit.backend import Backend, RunInfo, TrainContext
 from lorakit.config import Config
 from lorakit.engine.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint
 from lorakit.engine.distributed import Strategy
+from lorakit.engine.runlock import earlier_run
 from lorakit.engine.sampler import EpochSampler
 from lorakit.engine.state import TrainerState
 from lorakit.errors import ConfigError, RunError, UsageError
@@ -243,10 +244,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
     out = Path(cfg.output_dir)
     created = not out.exists()
     if not resume and checkpoint_dirs(out):
-        raise UsageError(
-            f"output_dir {out} holds checkpoints of an earlier run: continue it with --resume, "
-            f"or choose a new output_dir (or delete {out / 'checkpoints'})"
-        )
+        raise earlier_run(out)
     checkpoint = find_checkpoint(out, resume) if resume else None
     if checkpoint is not None:
         check_resume_config(config, checkpoint)

@@ -24,12 +24,19 @@ def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
+TOKEN = "test-token"
+ORIGIN = "http://127.0.0.1:7860"
+
+
 @pytest.fixture
 def client(runs_dir: Path) -> Any:
+    """A client as the page itself is: the server's Host and Origin, the token's cookie."""
     from lorakit_ui.server import create_app
     from starlette.testclient import TestClient
 
-    with TestClient(create_app(runs_dir)) as test_client:
+    app = create_app(runs_dir, token=TOKEN, port=7860)
+    with TestClient(app, base_url=ORIGIN, headers={"origin": ORIGIN}) as test_client:
+        test_client.cookies.set("lorakit_ui_token_7860", TOKEN)
         yield test_client
 
 

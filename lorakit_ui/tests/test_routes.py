@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,28 +35,27 @@ def test_ui_is_a_plugin_command_that_loads_no_web_stack_or_torch_for_help():
     assert "LOADED []" in done.stdout, done.stdout[-400:]
 
 
-def test_another_host_prints_a_warning_and_needs_the_token(tmp_path):
+def test_another_host_prints_a_warning_and_a_browsable_url_with_the_token(tmp_path):
     import http.client
 
     server = Server(tmp_path / "runs", host="0.0.0.0")
     try:
         server.wait()
-        deadline = time.monotonic() + 10
-        while "token=" not in server.output() and time.monotonic() < deadline:
-            time.sleep(0.1)
         output = server.output()
         assert "warning: serving on 0.0.0.0" in output
-        token = output.split("token=")[1].split()[0]
-        assert server.get("/")[0] == 403
+        assert f"http://localhost:{server.port}/?token={server.token}" in output
+        assert server.get("/", login=False)[0] == 403
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("GET", f"/?token={token}")
+        conn.request("GET", f"//evil.example/?token={server.token}")
         answer = conn.getresponse()
-        cookie = answer.getheader("set-cookie").split(";")[0]
+        assert answer.status == 303 and answer.getheader("location") == "/"  # only local paths
+        cookie = answer.getheader("set-cookie")
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
         answer.read()
-        conn.request("GET", "/", headers={"Cookie": cookie})
+        conn.request("GET", "/", headers={"Cookie": cookie.split(";")[0]})
         page = conn.getresponse()
         assert page.status == 200 and "Runs" in page.read().decode()
-        conn.request("GET", "/", headers={"Cookie": "lorakit_ui_token=wrong"})
+        conn.request("GET", "/", headers={"Cookie": f"lorakit_ui_token_{server.port}=wrong"})
         assert conn.getresponse().status == 403
     finally:
         server.stop()
@@ -68,9 +66,13 @@ def test_a_bad_port_is_one_line_and_exit_2(capsys):
     assert code == 2 and err.strip() == "lorakit: error: --port: 70000 is not a port number"
 
 
-def test_loopback_serves_without_token(client):
+def test_loopback_needs_the_token_too(client):
+    from starlette.testclient import TestClient
+
     assert client.get("/").status_code == 200
-    assert "lk.runsPage()" in client.get("/").text
+    assert 'data-page="runs"' in client.get("/").text
+    bare = TestClient(client.app, base_url="http://127.0.0.1:7860")
+    assert bare.get("/").status_code == 403
 
 
 # -- 2. a new run ----------------------------------------------------------------------------
@@ -78,21 +80,22 @@ def test_loopback_serves_without_token(client):
 
 def test_the_form_has_every_schema_key_with_the_templates_values(client):
     from lorakit_sd.config import SDSection
+    from markupsafe import escape
 
     page = client.get("/new?backend=sd&template=sd15").text
     for key, info in TrainConfig.model_fields.items():
         if key != "distributed":
-            assert f"data-key='{key}'" in page, key
-            assert (info.description or "").replace("'", "&#x27;") in page, key
+            assert f'data-key="{key}"' in page, key
+            assert str(escape(info.description or "")) in page, key
     for key in SDSection.model_fields:
-        assert f"data-key='sd.{key}'" in page, key
-    assert "data-key='distributed.strategy'" in page
-    assert "value='1e-4'" in page  # learning_rate as the template writes it
+        assert f'data-key="sd.{key}"' in page, key
+    assert 'data-key="distributed.strategy"' in page
+    assert 'value="1e-4"' in page  # learning_rate as the template writes it
     assert "<option selected>bf16</option>" in page  # mixed_precision from the template
     sdxl = client.get("/new?backend=sd&template=sdxl").text
     assert "<option selected>sdxl</option>" in sdxl
     llm = client.get("/new?backend=llm").text
-    assert "data-key='llm.max_length'" in llm or "data-key='llm." in llm
+    assert 'data-key="llm.' in llm
 
 
 def test_a_wrong_value_gets_the_message_lorakit_config_validate_prints(
@@ -207,6 +210,7 @@ def test_the_runs_list_shows_status_steps_loss_and_time(client, runs_dir):
     assert runs["done"]["elapsed_s"] == 2.0
     assert not runs["cut"]["can_resume"]  # no checkpoint to resume from
     (runs_dir / "cut" / "checkpoints" / "step-3").mkdir(parents=True)
+    (runs_dir / "cut" / "checkpoints" / "step-3" / "trainer_state.json").write_text("{}")
     runs = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
     assert runs["cut"]["can_resume"] and not runs["done"]["can_resume"]
 
@@ -236,7 +240,7 @@ def test_a_run_page_serves_new_metrics_samples_with_prompts_and_downloads(client
     assert client.get("/runs/%2e%2e/x/files/run.json").status_code == 404
     assert client.get("/runs/nothing-here").status_code == 404
     page = client.get("/runs/done").text
-    assert "loss-chart" in page and 'lk.runPage("done")' in page
+    assert "loss-chart" in page and 'data-run="done"' in page
 
 
 def test_one_training_at_a_time_unless_parallel(runs_dir, tiny_sd, images, tmp_path):
@@ -293,3 +297,72 @@ def test_label_from_the_page_and_edit_metadata_csv(client, images):
         client.get("/api/image", params={"data_dir": str(images), "name": "../x"}).status_code
         == 404
     )
+
+
+def test_a_symlinked_run_folder_is_skipped_with_a_note(client, runs_dir, tmp_path):
+    fake_run(runs_dir, "real", "finished", [1.0])
+    elsewhere = fake_run(tmp_path / "elsewhere", "r", "finished", [1.0])
+    (runs_dir / "linked").symlink_to(elsewhere, target_is_directory=True)
+    answer = client.get("/api/runs")
+    assert answer.status_code == 200
+    data = answer.json()
+    assert [r["name"] for r in data["runs"]] == ["real"]
+    assert data["notes"] == ["linked: skipped (a symbolic link)"]
+
+
+def test_start_into_a_folder_with_an_earlier_run_is_refused_with_the_clis_line(
+    client, runs_dir, tiny_sd, images
+):
+    from lorakit.api import earlier_run
+
+    out = fake_run(runs_dir, "tiny", "finished", [1.0])
+    (out / "checkpoints" / "step-1").mkdir(parents=True)
+    (out / "checkpoints" / "step-1" / "trainer_state.json").write_text("{}")
+    values = tiny_form(tiny_sd, images, runs_dir)
+    answer = post_form(client, values, "/api/start")
+    assert answer["ok"] is False and answer["key"] == "output_dir"
+    assert answer["error"] == earlier_run(out).format()
+    assert not Path(values["config_path"]).exists()  # refused: no file written
+
+
+def test_the_form_basic_keys_first_per_run_config_path_and_field_errors(
+    client, runs_dir, tiny_sd, images
+):
+    page = client.get("/new").text
+    assert 'data-backend="sd"' in page  # sd first when no run says otherwise
+    basic, advanced = page.split('id="advanced"')
+    assert 'data-key="learning_rate"' in basic and 'data-key="sd.bucket_step"' in advanced
+    assert f'value="{runs_dir / "my_lora.yaml"}"' in page  # its own file, from output_dir
+    (runs_dir / "my_lora").mkdir()
+    assert f'value="{runs_dir / "my_lora-2"}"' in client.get("/new").text  # a free folder
+    values = tiny_form(
+        tiny_sd, images, runs_dir, **{"sd.resolution": "100", "sd.bucket_step": "64"}
+    )
+    values.pop("config_path")
+    answer = post_form(client, values)
+    assert answer["key"] == "sd.bucket_step" and "multiple of sd.bucket_step" in answer["error"]
+    assert answer["path"] == str(runs_dir / "tiny.yaml")  # derived from output_dir
+
+
+def test_a_folder_name_starting_with_a_dash_is_not_an_option(client, tmp_path):
+    from lorakit_ui.api_labels import label_command
+
+    command = label_command({"data_dir": "--help", "labeler": "filename"})
+    assert command[-2:] == ["--", "--help"]
+    answer = client.post("/api/label", json={"data_dir": "--help", "labeler": "filename"}).json()
+    assert answer["ok"] is False and "Usage" not in answer["output"]
+
+
+def test_the_adapter_folder_downloads_as_one_zip(client, runs_dir):
+    import io
+    import zipfile
+
+    out = fake_run(runs_dir, "llm", "finished", [1.0])
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
+    assert client.get("/api/runs/llm").json()["downloads"][0] == "adapter/"
+    got = client.get("/runs/llm/zip/adapter")
+    assert got.headers["content-disposition"] == 'attachment; filename="adapter.zip"'
+    names = zipfile.ZipFile(io.BytesIO(got.content)).namelist()
+    assert sorted(names) == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]

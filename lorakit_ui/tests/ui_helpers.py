@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,25 +62,53 @@ class Server:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ""
 
     def wait(self, timeout: float = 60.0) -> None:
+        """Until it answers; ``token`` is then the one of the URL it printed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"lorakit ui exited: {self.output()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.2)
+                continue
+            found = re.search(r"\?token=(\S+)", self.output())
+            if found:
+                self.token = found.group(1)
+                return
+            time.sleep(0.1)
         raise RuntimeError(f"lorakit ui did not start: {self.output()}")
 
-    def get(self, path: str) -> tuple[int, str]:
+    @property
+    def cookie(self) -> str:
+        return f"lorakit_ui_token_{self.port}={self.token}"
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, login: bool = True, **headers: str
+    ) -> tuple[int, str]:
+        """A request as the page sends it (its Origin, JSON, the cookie), unless told."""
+        data = json.dumps(body).encode() if body is not None else None
+        sent = {"Origin": self.url, **({"Content-Type": "application/json"} if data else {})}
+        if login:
+            sent["Cookie"] = self.cookie
+        sent.update({k.replace("_", "-"): v for k, v in headers.items()})
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
         try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+
+    def get(self, path: str, *, login: bool = True) -> tuple[int, str]:
+        return self.request("GET", path, login=login)
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        status, text = self.request("POST", path, body)
+        return status, json.loads(text)
 
     def output(self) -> str:
         self.handle.flush()

@@ -276,5 +276,15 @@ def save(values: dict[str, str], backend: str, path: Path, header: str = "") -> 
     """Check, then write ``path`` (only a config that passes)."""
     checked = check(values, backend, path, header)
     if checked.error is None:
-        write_text(Path(path), checked.text)
+        write_config(path, checked.text)
     return checked
+
+
+def default_config_path(output_dir: Path) -> Path:
+    """A run's own config file by default: beside its folder, named after it."""
+    output_dir = Path(output_dir)
+    return output_dir.with_name(f"{output_dir.name}.yaml")
+
+
+def write_config(path: Path, text: str) -> None:
+    write_text(Path(path), text)

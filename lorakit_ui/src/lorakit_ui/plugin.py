@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import secrets
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,9 +34,16 @@ def register_commands(app: Any) -> None:
             str,
             typer.Option(
                 "--host",
-                help="Address to bind; a non-loopback one prints a warning and needs the printed token.",
+                help="Address to bind; a non-loopback one prints a warning (every address needs the printed URL's token).",
             ),
         ] = "127.0.0.1",
+        allow_host: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--allow-host",
+                help="Another Host name the page answers to (a reverse proxy's); repeatable.",
+            ),
+        ] = None,
         parallel: Annotated[
             bool,
             typer.Option("--parallel", help="Allow several trainings at once (default: one)."),
@@ -46,9 +52,7 @@ def register_commands(app: Any) -> None:
         """Serve a local web page to set up, run and watch trainings."""
         if not 0 < port < 65536:
             raise UsageError(f"--port: {port} is not a port number")
-        token = None
         if not is_loopback(host):
-            token = secrets.token_urlsafe(16)
             print(
                 f"lorakit: warning: serving on {host}, reachable from other machines; "
                 "anyone with the URL below can start trainings on this machine",
@@ -56,4 +60,6 @@ def register_commands(app: Any) -> None:
             )
         from lorakit_ui.server import serve
 
-        serve(runs_dir, host=host, port=port, token=token, parallel=parallel)
+        serve(
+            runs_dir, host=host, port=port, allow_hosts=tuple(allow_host or ()), parallel=parallel
+        )

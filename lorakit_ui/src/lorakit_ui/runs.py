@@ -12,11 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
+from lorakit.api import UsageError, earlier_run, has_checkpoints, holder, in_use
 
 #: The page's own files (logs of the runs it started) live here, inside the runs folder.
 UI_DIR = ".lorakit-ui"
@@ -92,6 +93,7 @@ class RunManager:
         self.runs_dir = Path(runs_dir).resolve()
         self.parallel = parallel
         self.jobs: dict[str, Job] = {}
+        self.signalled: set[str] = set()  # runs of other processes this page asked to stop
         self._lock = threading.Lock()
 
     # -- names and places ------------------------------------------------------------------
@@ -114,20 +116,52 @@ class RunManager:
 
     # -- listing ---------------------------------------------------------------------------
 
-    def names(self) -> list[str]:
+    def names(self, notes: list[str] | None = None) -> list[str]:
         """Every run under the runs folder (a folder with run.json, two levels deep) and every
-        run started from the page, newest first."""
+        run started from the page, newest first. A symlinked or unreadable folder is skipped
+        (with a line in ``notes``)."""
         found = set(self.jobs)
         for pattern in ("*/run.json", "*/*/run.json"):
             for record in self.runs_dir.glob(pattern):
-                if UI_DIR not in record.parts:
-                    found.add(record.parent.relative_to(self.runs_dir).as_posix())
+                if UI_DIR in record.parts:
+                    continue
+                name = record.parent.relative_to(self.runs_dir).as_posix()
+                problem = self._unlisted(record.parent)
+                if problem:
+                    if notes is not None:
+                        notes.append(f"{name}: skipped ({problem})")
+                    continue
+                found.add(name)
 
         def started(name: str) -> float:
-            record = self.runs_dir / name / "run.json"
-            return record.stat().st_mtime if record.exists() else time.time()
+            try:
+                return (self.runs_dir / name / "run.json").stat().st_mtime
+            except OSError:
+                return time.time()
 
         return sorted(found, key=started, reverse=True)
+
+    def _unlisted(self, folder: Path) -> str | None:
+        """Why a run folder is not listed (a symlink, unreadable), or None."""
+        here = folder
+        while here != self.runs_dir:
+            if here.is_symlink():
+                return "a symbolic link"
+            here = here.parent
+        if not os.access(folder / "run.json", os.R_OK) or not os.access(folder, os.R_OK | os.X_OK):
+            return "not readable"
+        return None
+
+    def listing(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The summaries of every run, and a note per folder that could not be read."""
+        notes: list[str] = []
+        listed = []
+        for name in self.names(notes):
+            try:
+                listed.append(self.summary(name))
+            except (OSError, UsageError) as exc:
+                notes.append(f"{name}: skipped ({exc})")
+        return listed, notes
 
     def summary(self, name: str) -> dict[str, Any]:
         """Status (running, stopping, starting, finished, failed, interrupted), steps, loss, time."""
@@ -136,7 +170,10 @@ class RunManager:
         job = self.jobs.get(name)
         status = record.get("status", "unknown")
         error = record.get("error")
-        if job is not None:
+        other = holder(out) if job is None or not job.alive else None
+        if other is not None:  # a training this page did not start (or a page before it)
+            status, error = "stopping" if name in self.signalled else "running", None
+        elif job is not None:
             if job.alive:
                 status = "stopping" if job.stopping else "running" if record else "starting"
             elif job.process.returncode != 0 and status in ("running", "unknown"):
@@ -159,10 +196,13 @@ class RunManager:
             "finished_at": record.get("finished_at"),
             "elapsed_s": _elapsed(out),
             "error": error,
-            "can_stop": job is not None and job.alive and not job.stopping,
+            "can_stop": (job is not None and job.alive and not job.stopping)
+            or (other is not None and name not in self.signalled),
             "can_resume": status in ("interrupted", "failed")
-            and any((out / "checkpoints").glob("step-*"))
-            and not (job is not None and job.alive),
+            and has_checkpoints(out)
+            and not (job is not None and job.alive)
+            and other is None,
+            "pid": other.pid if other is not None else (job.process.pid if job else None),
         }
 
     # -- control ---------------------------------------------------------------------------
@@ -170,18 +210,38 @@ class RunManager:
     def running(self) -> list[str]:
         return [name for name, job in self.jobs.items() if job.alive]
 
-    def start(self, config: str | Path, output_dir: str | Path, *, resume: bool = False) -> str:
-        """Start ``lorakit train --config CONFIG [--resume]``; the run's name."""
+    def start(
+        self,
+        config: str | Path,
+        output_dir: str | Path,
+        *,
+        resume: bool = False,
+        write: Callable[[], None] | None = None,
+        backend: str | None = None,
+    ) -> str:
+        """Start ``lorakit train --config CONFIG [--resume]``; the run's name.
+
+        Every refusal comes before ``write`` (which saves the config file): a refused start
+        changes no file.
+        """
         name = self.name_of(output_dir)
+        out = self.path_of(name)
         with self._lock:
             busy = self.running()
             if name in busy:
                 raise UsageError(f"run {name} is already running")
+            other = holder(out)
+            if other is not None:
+                raise in_use(out, other)
             if busy and not self.parallel:
                 raise UsageError(
                     f"run {busy[0]} is still training: one run at a time "
                     "(start lorakit ui --parallel to allow more)"
                 )
+            if not resume and has_checkpoints(out):
+                raise earlier_run(out)
+            if write is not None:
+                write()
             log = self.log_of(name)
             log.parent.mkdir(parents=True, exist_ok=True)
             command = train_command(Path(config), resume)
@@ -197,26 +257,32 @@ class RunManager:
                     start_new_session=True,  # a stop reaches the run's whole process group
                 )
             self.jobs[name] = Job(name, Path(output_dir), Path(config), process, log)
+            self.signalled.discard(name)
         return name
 
     def stop(self, name: str) -> None:
-        """The engine's graceful stop (as Ctrl-C): finish the step, checkpoint, exit."""
+        """The engine's graceful stop (as Ctrl-C): finish the step, checkpoint, exit. A run
+        this page did not start (or started before a restart) gets the signal through the
+        PID in its folder's lock."""
         job = self.jobs.get(name)
-        if job is None or not job.alive:
-            raise UsageError(f"run {name} is not running from this page")
-        job.stopping = True
-        _terminate(job.process.pid)
-
-    def resume_config(self, name: str) -> Path:
-        """The config to resume with: the one the page started it with, else the run's
-        resolved config.yaml."""
-        job = self.jobs.get(name)
-        if job is not None and job.config.is_file():
-            return job.config
-        return self.path_of(name) / "config.yaml"
+        if job is not None and job.alive:
+            job.stopping = True
+            _terminate(job.process.pid)
+            return
+        other = holder(self.path_of(name))
+        if other is None or not other.pid:
+            raise UsageError(f"run {name} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(other.pid, signal.SIGTERM)
+        self.signalled.add(name)
 
     def resume(self, name: str) -> str:
-        return self.start(self.resume_config(name), self.path_of(name), resume=True)
+        """Continue a run from its newest checkpoint, with the config it ran with (its
+        resolved ``config.yaml``, which later edits of the form's file do not change)."""
+        out = self.path_of(name)
+        if not (out / "config.yaml").is_file():
+            raise UsageError(f"run {name} has no config.yaml to resume with")
+        return self.start(out / "config.yaml", out, resume=True)
 
     def shutdown(self) -> None:
         """Stop every training this page started (each writes its checkpoint) and wait."""
@@ -271,7 +337,37 @@ class RunManager:
         files = sorted(p for p in out.glob("*.safetensors") if p.is_file())
         files += sorted(p for p in (out / "adapter").glob("*") if p.is_file())
         files += [out / n for n in DOWNLOADS if (out / n).is_file()]
-        return [p.relative_to(out).as_posix() for p in files]
+        folders = ["adapter/"] if (out / "adapter").is_dir() else []
+        return folders + [p.relative_to(out).as_posix() for p in files]
+
+    def folder(self, name: str, rel: str) -> Path:
+        out = self.path_of(name)
+        path = (out / rel).resolve()
+        if not path.is_relative_to(out) or path == out or not path.is_dir():
+            raise UsageError(f"run {name} has no folder {rel}")
+        return path
+
+    def config_text(self, name: str) -> str:
+        try:
+            return (self.path_of(name) / "config.yaml").read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
+    def free_run_dir(self, wanted: str) -> Path:
+        """``runs/wanted``, or ``wanted-2``, ``-3``... when that folder is taken."""
+        path, n = self.runs_dir / wanted, 1
+        while path.exists() or path.with_name(f"{path.name}.yaml").exists():
+            n += 1
+            path = self.runs_dir / f"{wanted}-{n}"
+        return path
+
+    def last_backend(self) -> str | None:
+        """The backend of the newest run (the one the user picked last)."""
+        for name in self.names():
+            backend = _yaml(self.runs_dir / name / "config.yaml").get("backend")
+            if isinstance(backend, str):
+                return backend
+        return None
 
     def file(self, name: str, rel: str) -> Path:
         out = self.path_of(name)

@@ -16,6 +16,15 @@ const lk = (() => {
     return data;
   }
 
+  // A run's name is a path (group/run): each segment encoded, so # ? % stay part of it.
+  const runPath = (name) => String(name).split("/").map(encodeURIComponent).join("/");
+
+  function busy(on) {
+    const el = $("#busy");
+    if (el) el.hidden = !on;
+    $$("#validate, #save, #start").forEach((b) => { b.disabled = on; });
+  }
+
   function seconds(s) {
     if (s == null) return "-";
     s = Math.round(s);
@@ -29,7 +38,7 @@ const lk = (() => {
       try {
         const data = await (await fetch("/api/runs")).json();
         $("#runs tbody").innerHTML = data.runs.map((r) => `<tr data-run="${esc(r.name)}">
-          <td><a href="/runs/${encodeURI(r.name)}">${esc(r.name)}</a></td>
+          <td><a href="/runs/${runPath(r.name)}">${esc(r.name)}</a></td>
           <td><span class="status ${esc(r.status)}">${esc(r.status)}</span></td>
           <td>${esc(r.steps)}${r.total_steps ? " / " + esc(r.total_steps) : ""}</td>
           <td>${fmt(r.loss)}</td><td>${seconds(r.elapsed_s)}</td>
@@ -37,6 +46,7 @@ const lk = (() => {
           <td>${r.error ? `<span class="error">${esc(r.error)}</span>` : ""}</td></tr>`).join("")
           || `<tr><td colspan="7" class="muted">no runs yet: <a href="/new">start one</a></td></tr>`;
         $("#runs-error").textContent = "";
+        $("#runs-notes").innerHTML = (data.notes || []).map((n) => `<li>${esc(n)}</li>`).join("");
       } catch (e) { $("#runs-error").textContent = "the server does not answer"; }
     }
     refresh();
@@ -74,10 +84,11 @@ const lk = (() => {
   }
 
   // -- one run -----------------------------------------------------------------------------
-  function runPage(name) {
+  function runPage() {
+    const name = document.body.dataset.run;
     const rows = [];
     let timer = null;
-    const api = "/api/runs/" + encodeURI(name);
+    const api = "/api/runs/" + runPath(name);
     async function refresh() {
       let data;
       try { data = await (await fetch(api + "?since=" + rows.length)).json(); } catch (e) { return; }
@@ -94,6 +105,13 @@ const lk = (() => {
       const unit = Object.keys(last).find((k) => k.endsWith("_per_s"));
       $("#throughput").textContent = unit ? fmt(last[unit], 1) + " " + unit.replace("_per_s", "/s") : "-";
       $("#elapsed").textContent = seconds(data.elapsed_s);
+      const total = data.total_steps, done = data.steps || 0;
+      $("#progress").max = total || 1;
+      $("#progress").value = total ? Math.min(done, total) : 0;
+      const live0 = ["running", "starting", "stopping"].includes(data.status);
+      $("#eta").textContent = live0 && total && done > 0 && data.elapsed_s
+        ? "ETA " + seconds(data.elapsed_s / done * (total - done)) : "-";
+      $("#config").textContent = data.config || "";
       $("#run-error").textContent = data.error || "";
       $("#stop").disabled = !data.can_stop;
       $("#resume").disabled = !data.can_resume;
@@ -102,8 +120,12 @@ const lk = (() => {
       chart($("#loss-chart"), [{ points: loss, cls: "loss", label: "loss" },
         { points: evals, cls: "eval", label: evals.length ? "eval loss" : "", dots: true }]);
       chart($("#lr-chart"), [{ points: rows.filter((r) => r.lr != null).map((r) => [r.step, r.lr]), cls: "lr", label: "lr" }]);
-      const file = (rel) => "/runs/" + encodeURI(name) + "/files/" + encodeURI(rel);
-      $("#downloads").innerHTML = data.downloads.map((f) => `<li><a href="${file(f)}" download>${esc(f)}</a></li>`).join("")
+      const file = (rel) => "/runs/" + runPath(name) + "/files/" + runPath(rel);
+      const link = (f) => f.endsWith("/")
+        ? `<li><a href="/runs/${runPath(name)}/zip/${runPath(f.slice(0, -1))}" download>${esc(f.slice(0, -1))}.zip</a></li>`
+        : `<li><a href="${file(f)}" download>${esc(f)}</a>${f.endsWith(".jsonl") || f.endsWith(".json") || f.endsWith(".yaml")
+          ? ` <a href="${file(f)}" target="_blank" rel="noopener" class="view">view</a>` : ""}</li>`;
+      $("#downloads").innerHTML = data.downloads.map(link).join("")
         || `<li class="muted">nothing exported yet</li>`;
       $("#samples").innerHTML = data.samples.map((s) => s.kind === "image"
         ? `<figure><img src="${file(s.path)}" alt="${esc(s.prompt)}"><figcaption>${esc(s.prompt)} <span class="muted">${esc(s.path.split("/").pop())}</span></figcaption></figure>`
@@ -135,6 +157,9 @@ const lk = (() => {
   // -- a new run ---------------------------------------------------------------------------
   function newPage() {
     const form = $("#config-form");
+    $$("#backend, #template").forEach((el) => { el.onchange = () => el.form.submit(); });
+    if (!form) return;
+    form.addEventListener("submit", (e) => e.preventDefault());
     function values() {
       const out = {};
       $$("[data-key]", form).forEach((el) => { out[el.dataset.key] = el.value; });
@@ -151,6 +176,8 @@ const lk = (() => {
       if (slot) {
         slot.textContent = r.error;
         const input = $(`[data-key="${CSS.escape(r.key)}"]`, form);
+        const fold = slot.closest("details");
+        if (fold) fold.open = true;
         if (input) { input.classList.add("invalid"); input.focus(); }
       } else {
         $("#form-error").textContent = r.error;
@@ -159,27 +186,29 @@ const lk = (() => {
     }
     const body = () => ({ backend: form.dataset.backend, template: form.dataset.template, values: values() });
     $("#validate").onclick = async () => {
-      const r = await post("/api/validate", body());
+      busy(true);
+      const r = await post("/api/validate", body()).finally(() => busy(false));
       if (show(r)) {
         $("#form-ok").textContent = "valid: backend " + form.dataset.backend + ", output " + r.output_dir;
         $("#form-plan").textContent = r.plan || "";
       }
     };
     $("#save").onclick = async () => {
-      const r = await post("/api/save", body());
+      busy(true);
+      const r = await post("/api/save", body()).finally(() => busy(false));
       if (show(r)) $("#form-ok").textContent = "saved " + r.path;
     };
     $("#start").onclick = async () => {
-      $("#start").disabled = true;
-      const r = await post("/api/start", body());
-      $("#start").disabled = false;
-      if (show(r)) location.href = "/runs/" + encodeURI(r.name);
+      busy(true);
+      const r = await post("/api/start", body()).finally(() => busy(false));
+      if (show(r)) location.href = "/runs/" + runPath(r.name);
     };
   }
 
   // -- labeling ----------------------------------------------------------------------------
   function labelPage() {
     let columns = [];
+    $("#label-form").addEventListener("submit", (e) => e.preventDefault());
     const folder = () => $("#data_dir").value.trim();
     async function load() {
       $("#label-error").textContent = "";
@@ -218,5 +247,8 @@ const lk = (() => {
     if (folder()) load();
   }
 
-  return { runsPage, runPage, newPage, labelPage, chart };
+  const pages = { runs: runsPage, run: runPage, new: newPage, label: labelPage };
+  return { ...pages, chart, start: () => { const f = pages[document.body.dataset.page]; if (f) f(); } };
 })();
+// The page says which it is (<body data-page>): no inline script, the CSP forbids it.
+lk.start();
