@@ -53,6 +53,7 @@ from lorakit.registry import (
     SchedulerSpec,
     TrackerSpec,
 )
+from lorakit.zero import gathered_parameters
 
 __all__ = [
     "METADATA_NAME",
@@ -88,6 +89,7 @@ __all__ = [
     "file_metadata",
     "find_images",
     "format_metadata",
+    "gathered_parameters",
     "get_registries",
     "hookimpl",
     "hookspec",
