@@ -453,9 +453,21 @@ def llm_run(tmp: Path, assets: dict[str, Path], name: str, strategy: str) -> Pat
     return path
 
 
+@pytest.fixture(scope="module")
+def llm_ddp(tmp_path_factory, llm_assets, probe_env) -> Path:
+    """The llm backend's two-process DDP run that the others are compared with."""
+    tmp = tmp_path_factory.mktemp("llm-ddp")
+    train(llm_run(tmp, llm_assets, "ddp", "ddp"), probe_env, "--num-processes", "2")
+    return tmp / "ddp"
+
+
+def adapter(run: Path) -> dict:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
 @pytest.mark.slow
 def test_llm_backend_under_zero3_trains_exports_and_resumes_like_ddp(
-    tmp_path, llm_assets, probe_env
+    tmp_path, llm_assets, probe_env, llm_ddp
 ):
     """Packing probe, eval loss, previews and the PEFT export on ZeRO-3-partitioned
     parameters: the run equals DDP's (loss per step, adapter), resumes exactly."""
@@ -464,9 +476,9 @@ def test_llm_backend_under_zero3_trains_exports_and_resumes_like_ddp(
     pytest.importorskip("deepspeed")
     from peft import PeftModel  # noqa: F401  (the adapter's real reader, below)
 
-    for name, strategy in (("ddp", "ddp"), ("zero3", "deepspeed_zero3")):
-        train(llm_run(tmp_path, llm_assets, name, strategy), probe_env, "--num-processes", "2")
-    ddp, zero3 = tmp_path / "ddp", tmp_path / "zero3"
+    zero3_config = llm_run(tmp_path, llm_assets, "zero3", "deepspeed_zero3")
+    train(zero3_config, probe_env, "--num-processes", "2")
+    ddp, zero3 = llm_ddp, tmp_path / "zero3"
 
     # Really partitioned: each process holds half of every tensor, frozen and LoRA alike.
     shares = [json.loads((zero3 / f"rank{r}.shares.json").read_text()) for r in (0, 1)]
@@ -477,9 +489,6 @@ def test_llm_backend_under_zero3_trains_exports_and_resumes_like_ddp(
     ours, ref = read_jsonl(zero3 / "metrics.jsonl"), read_jsonl(ddp / "metrics.jsonl")
     assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in ref], rel=1e-4)
     assert [r["eval_loss"] for r in ours] == pytest.approx([r["eval_loss"] for r in ref], rel=1e-4)
-
-    def adapter(run: Path) -> dict:
-        return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
     a, b = adapter(zero3), adapter(ddp)
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
@@ -527,3 +536,35 @@ def test_a_failing_two_process_run_prints_each_error_once(tmp_path, llm_assets):
     errors = [line for line in result.stderr.splitlines() if line.startswith("lorakit: error:")]
     assert len(errors) == 1 and "train.jsonl" in errors[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+
+
+@pytest.mark.slow
+def test_two_machines_on_localhost_with_the_llm_backend(tmp_path, llm_assets, probe_env, llm_ddp):
+    """Two "machines" of one process each (two launchers) train the llm backend like one
+    machine's two processes."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = llm_run(tmp_path, llm_assets, "nodes", "ddp")
+    launch = [
+        "--num-processes", "1", "--num-machines", "2", "--main-process-ip", "127.0.0.1",
+        "--main-process-port", str(port),
+    ]  # fmt: skip
+    machines = [
+        subprocess.Popen(
+            [*LORAKIT, "train", "--config", str(path), *launch, "--machine-rank", str(rank)],
+            env=probe_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    for machine in machines:
+        _, stderr = machine.communicate(timeout=300)
+        assert machine.returncode == 0, stderr[-3000:]
+    ours, ref = adapter(tmp_path / "nodes"), adapter(llm_ddp)
+    for key in ref:
+        torch.testing.assert_close(ours[key], ref[key], rtol=1e-5, atol=1e-7)
