@@ -71,6 +71,7 @@ from lorakit.registry import (
     SchedulerSpec,
     TrackerSpec,
 )
+from lorakit.zero import gathered_parameters
 
 __all__ = [
     "FILE_COLUMNS",
@@ -118,6 +119,7 @@ __all__ = [
     "file_metadata",
     "find_images",
     "format_metadata",
+    "gathered_parameters",
     "get_registries",
     "has_checkpoints",
     "holder",

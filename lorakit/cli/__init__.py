@@ -43,7 +43,15 @@ def debug() -> bool:
 
 
 def fail(message: str, code: int) -> None:
-    print(f"lorakit: error: {message}", file=sys.stderr)
+    # A rank under lorakit's launcher leaves its error to the launcher, which prints each
+    # distinct one once (not once per rank).
+    recorded = False
+    if os.environ.get("LORAKIT_RANK_ERRORS"):
+        from lorakit.engine.rank_errors import record
+
+        recorded = record(message, code)
+    if not recorded or debug():
+        print(f"lorakit: error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 

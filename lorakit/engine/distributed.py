@@ -17,12 +17,28 @@ from typing import Any
 
 from lorakit.errors import RunError, UsageError
 
+#: Test-only: lets FSDP run on CPU processes (the tests' shim makes accelerate shard there).
+FSDP_CPU_TEST_FLAG = "LORAKIT_TEST_FSDP_CPU"
+
+
+def check_strategy(config: Any, cuda: bool) -> None:
+    """Refuse, before anything launches or loads, what this machine cannot run."""
+    import os
+
+    strategy = config.train.distributed.strategy
+    if strategy == "fsdp" and not cuda and not os.environ.get(FSDP_CPU_TEST_FLAG):
+        raise UsageError(
+            "distributed.strategy fsdp needs CUDA devices and this machine has none; "
+            "deepspeed_zero3 shards the model on CPU processes too"
+        )
+
 
 def accelerator_kwargs(config: Any) -> dict[str, Any]:
     """Keyword arguments for ``Accelerator`` from ``config.train.distributed``."""
     import torch
 
     dist = config.train.distributed
+    check_strategy(config, torch.cuda.is_available())
     kwargs: dict[str, Any] = {}
     if dist.strategy == "ddp":
         kwargs["cpu"] = not torch.cuda.is_available()
@@ -145,10 +161,9 @@ class Strategy:
         tensors, frozen ones too). Read-only: changes made inside are not kept.
         """
         if self.kind == "deepspeed" and self.stage == 3:
-            import deepspeed
+            from lorakit.zero import gathered_parameters
 
-            params = list(self.trainable().values())
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            with gathered_parameters(list(self.trainable().values())):
                 yield
         elif self.kind == "fsdp":
             from torch.distributed.fsdp import FSDPModule
@@ -181,12 +196,9 @@ class Strategy:
             raise UsageError(
                 f"checkpoint {where} does not fit this model (tensors differ: {names})"
             )
-        context: Any = contextlib.nullcontext()
-        if self.kind == "deepspeed" and self.stage == 3:
-            import deepspeed
+        from lorakit.zero import gathered_parameters
 
-            context = deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0)
-        with context, torch.no_grad():
+        with gathered_parameters(list(params.values()), modifier_rank=0), torch.no_grad():
             for name, param in params.items():
                 value = tensors[name]
                 if tuple(_full_shape(param)) != tuple(value.shape):

@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from lorakit.engine import rank_errors
 
 LAUNCH_OPTIONS = {
     "--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port",
@@ -84,7 +88,11 @@ def launch(args: list[str], **kwargs: Any) -> int:
     """
     import torch
 
+    from lorakit.engine.distributed import check_strategy
+
     cuda = torch.cuda.is_available()
+    if kwargs.get("config") is not None:
+        check_strategy(kwargs["config"], cuda)
     cmd = launch_command(args, cuda=cuda, **kwargs)
     env = {**os.environ, "LORAKIT_LAUNCHED": "1"}
     config = kwargs.get("config")
@@ -97,7 +105,27 @@ def launch(args: list[str], **kwargs: Any) -> int:
         env.setdefault(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // kwargs["num_processes"]))
         )
-    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    errors = Path(tempfile.mkdtemp(prefix="lorakit-ranks-"))
+    env[rank_errors.ERRORS_DIR] = str(errors)
+    verbose = env.get("LORAKIT_DEBUG", "").strip() not in {"", "0", "false", "no"}
+    child = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stderr=None if verbose else subprocess.PIPE,
+        text=True, errors="replace",
+    )  # fmt: skip
+    filtered = None if verbose else rank_errors.StderrFilter(child.stderr)  # type: ignore[arg-type]
+    try:
+        code = _wait(child)
+    finally:
+        if filtered is not None:
+            filtered.close(succeeded=child.returncode == 0)
+    try:
+        return _outcome(code, config, errors)
+    finally:
+        shutil.rmtree(errors, ignore_errors=True)
+
+
+def _wait(child: subprocess.Popen) -> int:
+    """The launch's exit code; stop signals received meanwhile go to every rank."""
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -115,6 +143,14 @@ def launch(args: list[str], **kwargs: Any) -> int:
             signal.signal(s, handler)
         if child.poll() is None:  # this process is being torn down: leave no orphans
             os.killpg(child.pid, signal.SIGKILL)
+    return -abs(code) if received and code else code  # negative: stopped on a signal
+
+
+def _outcome(code: int, config: Any, errors: Path) -> int:
+    """The exit status of the whole run: 128 + signal after a clean stop, the failed rank's
+    code (its errors printed once each), or 0."""
+    received = code < 0
+    code = abs(code)
     # Ranks that stopped on a signal exit 0; accelerate's agent, when it got the signal too
     # (scancel, pkill), exits 1 after they did.
     if (code == 0 or received) and config is not None:
@@ -123,7 +159,7 @@ def launch(args: list[str], **kwargs: Any) -> int:
             data = json.loads(record.read_text())
             if data.get("status") == "interrupted":
                 return 128 + int(getattr(signal.Signals, data.get("signal") or "SIGINT"))
-    return code
+    return rank_errors.report(errors, code) if code else 0
 
 
 def _ranks(launcher: int) -> list[int]:

@@ -87,8 +87,8 @@ def train(
                 last_eval = metrics.get("eval_loss", last_eval)
                 bar.update(s.state.step, metrics)
                 step, more = s.state.step, s.state.step < s.total
-                if every_sample and step % every_sample == 0 and more and s.main:
-                    s.backend.sample(s.ctx, step, s.out / "samples")
+                if every_sample and step % every_sample == 0 and more:
+                    _sample(s, step)
                 stop = _stop_signal(s.accelerator, interrupt.signal)
                 if stop and more:
                     interrupted = True
@@ -178,8 +178,8 @@ def finish(s: Session, interrupted: bool, last_loss: float | None, stop: int = 0
         with s.strategy.gathered():
             if s.main:
                 outputs += _export(s, s.out)
-                if s.config.train.sample_prompts:
-                    outputs += s.backend.sample(s.ctx, s.state.step, s.out / "samples")
+        if s.config.train.sample_prompts:
+            outputs += _sample(s, s.state.step)
         s.accelerator.wait_for_everyone()
     if s.main:
         _update_record(
@@ -198,6 +198,25 @@ def finish(s: Session, interrupted: bool, last_loss: float | None, stop: int = 0
         s.out, s.state.step, last_loss, outputs, interrupted, s.state.elapsed_s,
         stop if interrupted else None,
     )  # fmt: skip
+
+
+def _sample(s: Session, step: int) -> list[Path]:
+    """Previews, written by the main process.
+
+    Under ZeRO-3 the base is partitioned too and only DeepSpeed's forward hooks gather it,
+    layer by layer, when every process runs the same forward: each process renders the
+    same previews (transformers' generate keeps them in step) and the others' copies go
+    to a folder that is deleted.
+    """
+    if s.strategy.kind == "deepspeed" and s.strategy.stage == 3:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="lorakit-preview-") as scratch:
+            where = s.out / "samples" if s.main else Path(scratch)
+            paths = s.backend.sample(s.ctx, step, where)
+        return paths if s.main else []
+    with s.strategy.gathered():
+        return s.backend.sample(s.ctx, step, s.out / "samples") if s.main else []
 
 
 def _export(s: Session, folder: Path) -> list[Path]:

@@ -277,6 +277,8 @@ class LLMBackend(Backend):
     def setup(self, ctx: TrainContext) -> None:
         from peft import get_peft_model
 
+        from lorakit.api import gathered_parameters
+
         section, train = self.section, self.config.train
         model, self.tokenizer = self._loader(ctx.registries).load(
             train.base_model, dtype=self._dtype(ctx), load_in_4bit=section.load_in_4bit,
@@ -303,7 +305,10 @@ class LLMBackend(Backend):
         ):
             model.to(device)  # accelerate would move it anyway; the probe below runs there
         self.layout = batch_layout(model, self.packing)
-        if self.packing and not packing_supported(model, self.layout):
+        # Under ZeRO-3 transformers loaded the model partitioned: the probe needs it whole.
+        with gathered_parameters(model):
+            supported = not self.packing or packing_supported(model, self.layout)
+        if not supported:
             ctx.log(
                 f"llm: this model lets {self.layout} examples attend to each other; "
                 f"using padded batches"
