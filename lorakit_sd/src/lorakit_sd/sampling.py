@@ -194,11 +194,13 @@ def render_and_save(
     clip_skip: int = 1,
 ) -> list[Path]:
     """Render ``prompts`` into ``directory/<stem>-NN.png`` plus the sheet ``<stem>.png``."""
-    sampler = sampling_pipeline(pipe, family, prediction_type)
-    images = render(
-        sampler, prompts, seed=seed, steps=steps, guidance=sec.sample_guidance_scale,
-        width=width, height=height, negative=sec.sample_negative_prompt, dtype=dtype,
-        max_tokens=max_tokens, clip_skip=clip_skip,
+    from lorakit_sd import families
+
+    images = families.get(family).render(
+        pipe, prompts, prediction_type=prediction_type, seed=seed, steps=steps,
+        guidance=sec.sample_guidance_scale, width=width, height=height,
+        negative=sec.sample_negative_prompt, dtype=dtype, max_tokens=max_tokens,
+        clip_skip=clip_skip,
     )  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
     paths = [save_png(im, directory / f"{stem}-{i:02d}.png") for i, im in enumerate(images)]
