@@ -45,6 +45,11 @@ class Flux1(FlowFamily):
 
         return FluxPipeline
 
+    def transformer_class(self) -> Any:
+        from diffusers import FluxTransformer2DModel
+
+        return FluxTransformer2DModel
+
     def text_encoders(self, pipe: Any) -> list[Any]:
         return [pipe.text_encoder]
 

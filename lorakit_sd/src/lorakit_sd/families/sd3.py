@@ -43,6 +43,11 @@ class SD3(FlowFamily):
 
         return StableDiffusion3Pipeline
 
+    def transformer_class(self) -> Any:
+        from diffusers import SD3Transformer2DModel
+
+        return SD3Transformer2DModel
+
     def pixel_multiple(self, pipe: Any) -> int:
         vae = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         return vae * int(pipe.transformer.config.patch_size)
