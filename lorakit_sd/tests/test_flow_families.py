@@ -379,3 +379,25 @@ def test_flux_resume_continues_exactly(flow_models, tmp_path):
     b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]
+
+
+def test_plan_traces_the_flux_transformer(flux_run, tmp_path):
+    """``lorakit plan`` counts exactly the LoRA the real run trained, and predicts a peak."""
+    import lorakit_sd.plugin
+    from lorakit_sd.testing import tiny_config
+
+    from lorakit.config import load_config
+    from lorakit.planning import make_plan
+    from lorakit.plugins import build_plugins, set_plugins
+
+    model, data, _, cap = flux_run
+    plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
+    set_plugins(plugins)
+    try:
+        cfg = tiny_config(model, data, tmp_path / "p", sd=dict(SD), gradient_checkpointing=True)
+        plan = make_plan(load_config(data=cfg, registries=plugins.registries), ladder=False)
+    finally:
+        set_plugins(None)
+    trained = sum(p.numel() for p in cap.unet.parameters() if p.requires_grad)
+    assert plan.estimate.trainable_params == trained
+    assert plan.estimate.activations > 0 and "FLUX.1 transformer" in plan.model.description
