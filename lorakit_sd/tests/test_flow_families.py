@@ -401,3 +401,19 @@ def test_plan_traces_the_flux_transformer(flux_run, tmp_path):
     trained = sum(p.numel() for p in cap.unet.parameters() if p.requires_grad)
     assert plan.estimate.trainable_params == trained
     assert plan.estimate.activations > 0 and "FLUX.1 transformer" in plan.model.description
+
+
+def test_flux_clip_lora_loads_in_diffusers_and_t5_is_never_adapted(flow_models, tmp_path):
+    model = flow_models["flux1"]
+    data = write_tiny_images(tmp_path / "data", 2)
+    result, cap = _train(
+        tmp_path, model, data, max_steps=2, batch_size=2, export_formats=["diffusers"],
+        sd={"train_text_encoder": True},
+    )  # fmt: skip
+    keys, _ = lora_keys(result.output_dir / "run.diffusers.safetensors")
+    te = [k for k in keys if k.startswith("text_encoder.")]
+    assert te and not [k for k in keys if k.startswith("text_encoder_2.")]
+    pipe = model.load()
+    pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
+    assert _injected(pipe.text_encoder) == len(te) // 2
+    assert _injected(pipe.text_encoder_2) == 0
