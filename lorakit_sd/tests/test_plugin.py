@@ -29,7 +29,7 @@ def test_registrations(sd_plugins):
     spec = registries.backends.get("sd")
     assert spec.task_types == ("image-generation",)
     assert set(spec.commands) == {"export", "merge", "sample", "demo", "selftest"}
-    assert set(spec.templates) == {"sd15", "sdxl"}
+    assert set(spec.templates) == {"sd15", "sdxl", "flux1", "sd35"}
     assert registries.backend_for("image-generation", None).spec is spec
     for name in ("kohya", "diffusers"):
         assert registries.exporters.get(name).backends == ("sd",)
@@ -37,7 +37,7 @@ def test_registrations(sd_plugins):
     assert {"metadata_csv", "metadata_jsonl", "caption_files"} <= readers
 
 
-@pytest.mark.parametrize("template", ["sd15", "sdxl"])
+@pytest.mark.parametrize("template", ["sd15", "sdxl", "flux1", "sd35"])
 def test_templates_are_valid_configs(sd_plugins, template):
     from lorakit.config import load_config
 

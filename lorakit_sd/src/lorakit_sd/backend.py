@@ -1,8 +1,9 @@
-"""The ``sd`` backend: LoRA on a Stable Diffusion 1.x / SDXL UNet (and text encoders).
+"""The ``sd`` backend: LoRA on an image model's denoiser (and its CLIP text encoders).
 
 The engine owns the loop; this class loads the base model, injects LoRA through peft,
-builds the (cached) dataset and aspect-ratio batches, and computes the noise-prediction
-loss. Every random draw of a step (caption dropout, tag order, flips, the latent sample, the
+builds the (cached) dataset and aspect-ratio batches, and computes the loss. Everything that
+differs between SD1, SDXL, SD3 and FLUX.1 (captions, latents, noise, target, previews,
+names) is asked of the model's family (:mod:`lorakit_sd.families`). Every random draw of a step (caption dropout, tag order, flips, the latent sample, the
 noise, the timesteps) comes from torch's global generator, whose state the engine saves in
 each checkpoint: a resumed run continues exactly.
 """
@@ -16,9 +17,10 @@ from typing import Any
 import torch
 
 from lorakit.api import Backend, ConfigError, LossOutput, RunError, TrainContext
-from lorakit_sd.config import SDSection, expand_targets
+from lorakit_sd import families
+from lorakit_sd.config import SDSection
 
-DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024}
+DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024, "sd3": 1024, "flux1": 1024}
 OOM_LADDER = (
     "lower batch_size first (raise gradient_accumulation_steps to keep the effective batch), "
     "then sd.resolution (e.g. 1024 → 768, 512 → 448), then lora_rank; make sure "
@@ -32,7 +34,7 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 class SDBackend(Backend):
-    """Stable Diffusion 1.x / SDXL LoRA training."""
+    """Image-model LoRA training (SD1.x, SDXL, SD3 / SD3.5, FLUX.1)."""
 
     throughput_unit = "samples"
     default_export_formats = ("kohya", "diffusers")
@@ -54,6 +56,7 @@ class SDBackend(Backend):
         ctx.registries.check_model("sd", t.base_model, sec, t.model_loader)
         family = peek_family(t.base_model, sec.model_family)
         if family is not None:
+            families.get(family).check_section(sec)
             self.resolution = sec.resolution or DEFAULT_RESOLUTION[family]
             self._read_data(ctx)
 
@@ -75,8 +78,6 @@ class SDBackend(Backend):
         )
 
     def setup(self, ctx: TrainContext) -> None:
-        from diffusers import DDPMScheduler
-
         from lorakit_sd.models import load_base, quiet_libraries
 
         t, sec = self.config.train, self.section
@@ -86,35 +87,25 @@ class SDBackend(Backend):
             registries=ctx.registries,
         )  # fmt: skip
         self.family = self.model.family
-        self.clip_skip = sec.clip_skip if self.family == "sd1" else 1
-        if sec.clip_skip > 1 and self.family == "sdxl":
-            ctx.log("warning: sd.clip_skip is ignored for SDXL (it reads the penultimate layer)")
+        self.spec = spec = self.model.spec
+        spec.check_section(sec)
+        self.clip_skip = spec.clip_skip(sec, ctx.log)
         pipe = self.model.pipe
-        self.unet = pipe.unet
+        self.unet = self.model.denoiser  # the UNet or the transformer
         self.resolution = sec.resolution or DEFAULT_RESOLUTION[self.family]
-        self.factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1) * 2 ** (
-            len(self.unet.config.down_block_types) - 1
-        )
+        self.factor = spec.pixel_multiple(pipe)
         step = sec.bucket_step if sec.bucket else self.resolution
         if step % self.factor:
             key = "sd.bucket_step" if sec.bucket else "sd.resolution"
             raise ConfigError(f"must be a multiple of {self.factor} for this model", key=key)
         self.device = ctx.accelerator.device
         self.weight_dtype = ctx.weight_dtype
-        half = self.weight_dtype == torch.float16
-        self.vae_dtype = torch.float32 if (self.family == "sdxl" and half) else self.weight_dtype
-        overrides = {"prediction_type": sec.prediction_type} if sec.prediction_type else {}
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, **overrides)
-        self.prediction_type = self.noise_scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ConfigError(
-                f"the model's scheduler predicts {self.prediction_type!r}; "
-                "set epsilon or v_prediction",
-                key="sd.prediction_type",
-            )
+        self.vae_dtype = spec.vae_dtype(self.weight_dtype)
+        self.objective = spec.objective(pipe, sec)
+        self.prediction_type = self.objective.prediction_type
         with quiet_libraries():
             self.unet.to(self.weight_dtype)
-        targets = expand_targets(t.target_modules)
+        targets = spec.expand_targets(t.target_modules)
         conv = conv_targets(self.unet) if sec.conv_rank else []
         self.unet_targets = targets
         if conv:  # LoCon: full paths, so the 3x3 convolutions get their own rank and alpha
@@ -124,14 +115,15 @@ class SDBackend(Backend):
 
         warn_unsupported(self.unet, ctx.log)
         self.train_text = sec.train_text_encoder
-        for i, encoder in enumerate(self.model.text_encoders):
+        for encoder in spec.all_text_encoders(pipe):
             with quiet_libraries():
                 encoder.to(self.weight_dtype)
+        for i, encoder in enumerate(self.model.text_encoders):
             if self.train_text:
                 names = text_encoder_targets(
                     encoder,
                     sec.text_encoder_target_modules,
-                    skip_last=self.family == "sdxl" and i == 0,
+                    skip_last=spec.skips_last_layer(i),
                 )
                 self._add_lora(encoder, names, "sd.text_encoder_target_modules")
         for module in (self.unet, *self.model.text_encoders):
@@ -191,28 +183,21 @@ class SDBackend(Backend):
         return [{"params": unet, "lr": learning_rate}, {"params": text, "lr": te_lr}]
 
     def trainable_module(self) -> torch.nn.Module:
-        from lorakit_sd.conditioning import SDTrainModule
-
         if self._module is None:
             encoders = None if self.text_cached else self.model.text_encoders
-            self._module = SDTrainModule(
-                self.unet, encoders, self.family, self.train_text, self.clip_skip
-            )
+            self._module = self.spec.train_module(self, encoders)
         return self._module
 
     # -- data ----------------------------------------------------------------------------
     def dataset(self, ctx: TrainContext) -> Any:
         from lorakit_sd.cache import build_latent_cache, build_text_cache
-        from lorakit_sd.dataset import SDDataset, choose_max_tokens
+        from lorakit_sd.dataset import SDDataset
         from lorakit_sd.models import quiet_libraries
 
         sec = self.section
         if not self.items:
             self._read_data(ctx)
-        self.max_tokens = choose_max_tokens(
-            [(item.caption, item.where or item.image) for item in self.items],
-            self.model.tokenizers[0], sec.max_token_length, ctx.log,
-        )  # fmt: skip
+        self.max_tokens = self.spec.max_tokens(self.items, self.model.pipe, sec, ctx.log)
         self.latents_cached = sec.latent_cache_enabled()
         if sec.random_crop and sec.cache_latents is None:
             ctx.log("note: sd.random_crop encodes every image each step (no latent cache)")
@@ -231,21 +216,24 @@ class SDBackend(Backend):
                     directory=root / "latents" if root else None, log=ctx.log,
                 )  # fmt: skip
                 vae.to("cpu")
-            for encoder in self.text_encoders:
+            all_encoders = self.spec.all_text_encoders(self.model.pipe)
+            for encoder in all_encoders:
                 encoder.to(self.device)
             if self.text_cached:
                 positions: dict[str, int] = {}
                 for item in self.items:
                     caption_ids.append(positions.setdefault(item.caption, len(positions)))
                 captions = list(positions) + [""]
+                pipe, spec, max_tokens = self.model.pipe, self.spec, self.max_tokens
                 text = build_text_cache(
-                    captions, self.model.tokenizers, self.text_encoders, self.family,
-                    max_tokens=self.max_tokens, clip_skip=self.clip_skip,
+                    captions, self.model.tokenizers, all_encoders, self.family,
+                    max_tokens=max_tokens, clip_skip=self.clip_skip,
+                    encode=lambda chunk: spec.encode_captions(pipe, chunk, max_tokens, self.clip_skip),
                     batch_size=sec.vae_batch_size * 4,
                     directory=root / "text" if root else None, log=ctx.log,
                 )  # fmt: skip
                 self.empty = {k: v.to(self.device) for k, v in text.get(len(captions) - 1).items()}
-                for encoder in self.text_encoders:
+                for encoder in all_encoders:
                     encoder.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -281,29 +269,16 @@ class SDBackend(Backend):
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         from lorakit_sd.cache import encode_moments
-        from lorakit_sd.conditioning import shuffle_tags, tokenize
 
         sec, dev, wd = self.section, self.device, self.weight_dtype
         n = self.count(batch)
-        drop = torch.rand(n) < sec.caption_dropout if sec.caption_dropout > 0 else None
+        drop = caption_dropout_mask(n, sec.caption_dropout)
         kwargs: dict[str, Any] = {}
         if self.text_cached:
-            hidden = batch["hidden"].to(dev)
-            pooled = batch["pooled"].to(dev) if "pooled" in batch else None
-            if drop is not None and drop.any():
-                mask = drop.to(dev)
-                hidden = torch.where(mask[:, None, None], self.empty["hidden"], hidden)
-                if pooled is not None:
-                    pooled = torch.where(mask[:, None], self.empty["pooled"], pooled)
-            kwargs["hidden"] = hidden.to(wd)
-            kwargs["pooled"] = pooled.to(wd) if pooled is not None else None
+            kwargs.update(cached_text(batch, self.empty, drop, dev, wd))
         else:
-            captions = list(batch["caption"])
-            if sec.shuffle_tags:
-                captions = [shuffle_tags(c, sec.keep_tokens) for c in captions]
-            if drop is not None:
-                captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-            kwargs["input_ids"] = tokenize(self.model.tokenizers, captions, self.max_tokens)
+            captions = augment_captions(list(batch["caption"]), sec, drop)
+            kwargs.update(self.spec.text_inputs(self.model.pipe, captions, self.max_tokens))
         flip = torch.rand(n) < 0.5 if sec.flip_aug else None
         if self.latents_cached:
             moments = batch["moments"]
@@ -318,38 +293,14 @@ class SDBackend(Backend):
         # be in row-major order; explicit shapes keep cached and uncached runs identical.
         moments = moments.to(dev, torch.float32).contiguous()
         latents = DiagonalGaussianDistribution(moments).sample()
-        vae_config = self.model.pipe.vae.config
-        shift = getattr(vae_config, "shift_factor", None) or 0.0
-        latents = (latents - shift) * vae_config.scaling_factor
-        noise = torch.randn(latents.shape, device=dev, dtype=latents.dtype)
-        if sec.noise_offset:
-            noise = noise + sec.noise_offset * torch.randn(
-                latents.shape[0], latents.shape[1], 1, 1, device=dev
-            )
-        steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (n,), device=dev).long()
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        if self.family == "sdxl":
-            ids = batch["time_ids"]
-            if flip is not None:
-                ids = torch.where(flip[:, None], batch["time_ids_flip"], ids)
-            kwargs["time_ids"] = ids.to(dev, wd)
-        pred = module(noisy.to(wd), timesteps, **kwargs)
-        per_sample = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
-        per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+        latents = self.spec.normalize(latents, self.model.pipe.vae.config)
+        draw = self.objective.draw(latents)
+        kwargs.update(self.spec.extra_inputs(batch, flip, dev, wd))
+        pred = module(draw.noisy.to(wd), draw.timesteps, **kwargs)
+        per_sample = self.objective.per_sample_loss(pred, draw)
         if "loss_weight" in batch:  # regularisation images count prior_loss_weight times
             per_sample = per_sample * batch["loss_weight"].to(dev, per_sample.dtype)
-        if sec.min_snr_gamma:
-            from diffusers.training_utils import compute_snr
-
-            snr = compute_snr(self.noise_scheduler, timesteps)
-            weight = snr.clamp(max=sec.min_snr_gamma)
-            weight = weight / (snr + 1) if self.prediction_type == "v_prediction" else weight / snr
-            per_sample = per_sample * weight
+        per_sample = self.objective.weigh(per_sample, draw)  # min-SNR (sd.min_snr_gamma)
         return LossOutput(per_sample.sum(), samples=n)
 
     # -- previews ------------------------------------------------------------------------
@@ -360,7 +311,8 @@ class SDBackend(Backend):
         if not prompts:
             return []
         sec = self.section
-        parked = modules_elsewhere((self.model.pipe.vae, *self.text_encoders), self.device)
+        encoders = self.spec.all_text_encoders(self.model.pipe)
+        parked = modules_elsewhere((self.model.pipe.vae, *encoders), self.device)
         for module in parked:
             module.to(self.device)
         was_training = self.unet.training
@@ -389,7 +341,7 @@ class SDBackend(Backend):
 
         from lorakit_sd.lora_format import LoraModule
 
-        parts = [("unet", self.unet)]
+        parts = [(self.spec.denoiser_attr, self.unet)]
         if self.train_text:
             parts += list(zip(("te1", "te2"), self.text_encoders, strict=False))
         modules = []
@@ -409,6 +361,36 @@ class SDBackend(Backend):
         self.model = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def caption_dropout_mask(n: int, probability: float) -> torch.Tensor | None:
+    """``sd.caption_dropout``: which samples of a batch train with the empty caption."""
+    return torch.rand(n) < probability if probability > 0 else None
+
+
+def augment_captions(captions: list[str], sec: Any, drop: torch.Tensor | None) -> list[str]:
+    """Captions encoded this step: tags shuffled (``sd.shuffle_tags``), dropped to ""."""
+    from lorakit_sd.conditioning import shuffle_tags
+
+    if sec.shuffle_tags:
+        captions = [shuffle_tags(c, sec.keep_tokens) for c in captions]
+    if drop is not None:
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+    return captions
+
+
+def cached_text(
+    batch: dict[str, Any], empty: dict[str, torch.Tensor], drop: Any, device: Any, dtype: Any
+) -> dict[str, Any]:
+    """Cached caption embeddings of a batch, the dropped ones replaced by the empty caption's."""
+    hidden = batch["hidden"].to(device)
+    pooled = batch["pooled"].to(device) if "pooled" in batch else None
+    if drop is not None and drop.any():
+        mask = drop.to(device)
+        hidden = torch.where(mask[:, None, None], empty["hidden"], hidden)
+        if pooled is not None:
+            pooled = torch.where(mask[:, None], empty["pooled"], pooled)
+    return {"hidden": hidden.to(dtype), "pooled": pooled.to(dtype) if pooled is not None else None}
 
 
 def text_encoder_targets(encoder: Any, names: list[str], *, skip_last: bool) -> list[str]:

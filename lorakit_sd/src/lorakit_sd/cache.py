@@ -166,8 +166,22 @@ def build_text_cache(
     max_tokens: int = 75,
     clip_skip: int = 1,
     log: Any = print,
+    encode: Any = None,
 ) -> EntryStore:
-    """Embeddings for each distinct caption (indexed by position in ``captions``)."""
+    """Embeddings for each distinct caption (indexed by position in ``captions``).
+
+    ``encode(captions) -> {"hidden": ..., "pooled": ...}`` is the model family's caption
+    encoder (default: SD1 / SDXL's CLIP windows); ``text_encoders`` are every encoder it
+    runs (their weights key the on-disk entries).
+    """
+    if encode is None:
+
+        def encode(chunk: list[str]) -> dict[str, torch.Tensor]:
+            hidden, pooled = encode_captions(
+                chunk, tokenizers, text_encoders, family, max_tokens, clip_skip
+            )
+            return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
+
     started = time.perf_counter()
     store = EntryStore(directory)
     te_id = "+".join(weights_id(te) for te in text_encoders) if directory is not None else ""
@@ -175,14 +189,10 @@ def build_text_cache(
     todo = [i for i in range(len(captions)) if not store.lookup(i, keys[i])]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        hidden, pooled = encode_captions(
-            [captions[i] for i in chunk], tokenizers, text_encoders, family, max_tokens, clip_skip
-        )
+        with torch.no_grad():
+            encoded = encode([captions[i] for i in chunk])
         for j, i in enumerate(chunk):
-            entry = {"hidden": hidden[j]}
-            if pooled is not None:
-                entry["pooled"] = pooled[j]
-            store.put(i, keys[i], entry)
+            store.put(i, keys[i], {name: value[j] for name, value in encoded.items()})
     log(
         f"text cache: {len(captions)} captions ({store.hits} from disk, {len(todo)} encoded) "
         f"in {time.perf_counter() - started:.1f} s"

@@ -26,10 +26,16 @@ def standard_structure(family: str) -> tuple[Any, list[Any]]:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from lorakit_sd import families
+
     text = resources.files("lorakit_sd").joinpath("data/standard_models.json").read_text()
     spec = json.loads(text)[family]
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**spec["unet"])
+        if "transformer" in spec:  # SD3 medium / FLUX.1-dev: the model classes' defaults
+            transformer = families.get(family).transformer_class()
+            unet = transformer(**spec["transformer"])
+        else:
+            unet = UNet2DConditionModel(**spec["unet"])
         encoders = []
         for cfg in spec["text_encoders"]:
             cfg = dict(cfg)
@@ -85,7 +91,6 @@ def export(
         read_lora,
         resolve,
         to_diffusers,
-        to_kohya,
     )
 
     to = to.lower()
@@ -95,13 +100,15 @@ def export(
     lora = read_lora(source)
     if base:
         model = _load(base, _section(config), config)
-        unet, encoders, family = model.pipe.unet, model.text_encoders, model.family
+        unet, encoders, family = model.denoiser, model.text_encoders, model.family
         if lora.family != family:
             raise UsageError(f"{source}: a {lora.family} LoRA, but --base is a {family} model")
     else:
         family = lora.family
         unet, encoders = standard_structure(family)
-    layout = UnetLayout.from_config(unet.config)
+    layout = (
+        UnetLayout.from_config(unet.config) if hasattr(unet.config, "layers_per_block") else None
+    )
     lora = read_lora(source, layout)
     modules = resolve(lora, module_table(unet, encoders, family))
     dtype = modules[0].down.dtype
@@ -114,11 +121,16 @@ def export(
     alpha = max(set(alphas), key=alphas.count)
     name = lora.metadata.get("ss_output_name") or source.name.split(".")[0]
     metadata = {k: v for k, v in lora.metadata.items() if k not in (METADATA_KEY, "format")}
-    metadata.update(format_metadata(family, name, rank, alpha))
+    metadata.update(format_metadata(family, name, rank, alpha, denoiser=unet))
     if "modelspec.resolution" in lora.metadata:
         metadata["modelspec.resolution"] = lora.metadata["modelspec.resolution"]
     if to == "kohya":
-        tensors = to_kohya(modules, family, layout, dtype)
+        from lorakit_sd import families
+
+        kohya = families.get(family).kohya_tensors(modules, unet, dtype)
+        if kohya is None:
+            raise UsageError(f"--to kohya: {family} LoRAs have one file layout, diffusers'")
+        tensors = kohya
         metadata["sshs_model_hash"] = model_hash(tensors)
     else:
         tensors, extra = to_diffusers(modules, dtype)
@@ -155,8 +167,10 @@ def apply_to_model(model: Any, loras: list[tuple[str, float]]) -> list[Any]:
 
     from lorakit_sd.lora_format import UnetLayout, module_table, read_lora, resolve
 
-    table = module_table(model.pipe.unet, model.text_encoders, model.family)
-    layout = UnetLayout.from_config(model.pipe.unet.config)
+    denoiser = model.denoiser
+    table = module_table(denoiser, model.text_encoders, model.family)
+    config = denoiser.config
+    layout = UnetLayout.from_config(config) if hasattr(config, "layers_per_block") else None
     applied = []
     for path, weight in loras:
         lora = read_lora(path, layout)

@@ -49,8 +49,10 @@ class SDSection(BaseModel):
         "and tokenizers describe the checkpoint. Default: the standard SD1.5 / SDXL repo, read "
         "from the local hub cache when HF_HUB_OFFLINE is set.",
     )
-    model_family: Literal["auto", "sd1", "sdxl"] = Field(
-        "auto", description="auto: detected from the weights (SDXL has a second text encoder)."
+    model_family: Literal["auto", "sd1", "sdxl", "sd3", "flux1"] = Field(
+        "auto",
+        description="auto: detected from the weights (a single file's keys, a folder's "
+        "model_index.json). sd3 covers SD3 and SD3.5; flux1 FLUX.1 dev and schnell.",
     )
     allow_unsafe_pickle: bool = Field(
         False,
@@ -153,6 +155,39 @@ class SDSection(BaseModel):
     )
     min_snr_gamma: float | None = Field(
         None, gt=0, description="Min-SNR loss weighting gamma (5 is usual); null: off."
+    )
+    # -- flow matching (SD3 / SD3.5, FLUX.1) ---------------------------------------------
+    timestep_sampling: Literal["logit_normal", "sigmoid", "uniform", "mode"] = Field(
+        "logit_normal",
+        description="SD3 / FLUX.1: how σ is drawn (diffusers' compute_density_for_timestep_"
+        "sampling; sigmoid is sd-scripts' sigmoid(sigmoid_scale · N(0,1))).",
+    )
+    logit_mean: float = Field(0.0, description="logit_normal: mean.")
+    logit_std: float = Field(1.0, gt=0, description="logit_normal: standard deviation.")
+    mode_scale: float = Field(1.29, description="mode: scale (SD3 paper).")
+    sigmoid_scale: float = Field(1.0, gt=0, description="sigmoid: scale of the normal draw.")
+    loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = Field(
+        "none",
+        description="SD3 / FLUX.1: loss weighting (diffusers' compute_loss_weighting_for_sd3).",
+    )
+    flow_shift: float | None = Field(
+        None,
+        gt=0,
+        description="SD3 / FLUX.1: fixed σ shift; null: the scheduler config's (SD3: its "
+        "shift, 3.0; FLUX.1: the resolution-dependent shift).",
+    )
+    guidance: float = Field(
+        1.0,
+        ge=0.0,
+        description="FLUX.1-dev: the guidance embedding's value during training (schnell has "
+        "none and ignores it).",
+    )
+    max_sequence_length: int | None = Field(
+        None,
+        gt=0,
+        le=512,
+        description="SD3 / FLUX.1: T5 tokens per caption; null: 512 (FLUX.1-dev), 256 "
+        "(FLUX.1-schnell, SD3).",
     )
     # -- caches --------------------------------------------------------------------------
     cache_latents: bool | None = Field(

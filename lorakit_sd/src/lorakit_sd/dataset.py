@@ -269,8 +269,8 @@ class SDDataset(torch.utils.data.Dataset):
         return [self.items[k].bucket for k in self.index]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        from lorakit_sd import families
         from lorakit_sd.buckets import load_pixels, random_crop
-        from lorakit_sd.conditioning import time_ids
 
         k = self.index[i]
         item = self.items[k]
@@ -288,8 +288,5 @@ class SDDataset(torch.utils.data.Dataset):
             out["caption"] = item.caption
         if self.reg_weight is not None:
             out["loss_weight"] = torch.tensor(self.reg_weight if item.reg else 1.0)
-        if self.family == "sdxl":
-            out["time_ids"] = torch.tensor(time_ids(item.size, crop, item.bucket)).float()
-            mirrored = (item.resized[0] - crop[0] - item.bucket[0], crop[1])
-            out["time_ids_flip"] = torch.tensor(time_ids(item.size, mirrored, item.bucket)).float()
+        out.update(families.get(self.family).sample_extras(item, crop))
         return out

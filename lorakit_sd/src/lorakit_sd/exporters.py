@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import save_safetensors
-
-BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}
-ARCHITECTURES = {"sd1": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
-IMPLEMENTATIONS = {"sd1": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+from lorakit_sd import families
 
 
 def _num(value: float) -> str:
@@ -27,19 +24,26 @@ def _num(value: float) -> str:
 
 
 def format_metadata(
-    family: str, name: str, rank: int, alpha: float, resolution: int | None = None
+    family: str,
+    name: str,
+    rank: int,
+    alpha: float,
+    resolution: int | None = None,
+    denoiser: Any = None,
 ) -> dict[str, str]:
     """What every kohya-format file needs to be read right (A1111 treats no version as SD1)."""
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": _num(alpha),
-        "ss_base_model_version": BASE_MODEL_VERSIONS[family],
         "ss_v2": "False",
         "ss_output_name": name,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": ARCHITECTURES[family],
-        "modelspec.implementation": IMPLEMENTATIONS[family],
+        **(
+            families.get(family).format_metadata_for(denoiser)
+            if denoiser is not None
+            else families.get(family).format_metadata()
+        ),
         "modelspec.title": name,
         "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -77,7 +81,7 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
         "ss_num_train_images": str(len(backend.index) - n_reg),
         "ss_num_reg_images": str(n_reg),
         "ss_prior_loss_weight": _num(sec.prior_loss_weight),
-        "ss_clip_skip": str(sec.clip_skip) if backend.family == "sd1" else "None",
+        "ss_clip_skip": str(sec.clip_skip) if backend.spec.clip_skip_applies else "None",
         "ss_max_token_length": str(getattr(backend, "max_tokens", 75)),
         "ss_bucket_no_upscale": str(sec.bucket_no_upscale),
         "ss_random_crop": str(sec.random_crop),
@@ -106,7 +110,7 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
         "ss_tag_frequency": json.dumps({k: dict(v) for k, v in tags.items()}),
         "ss_dataset_dirs": json.dumps(dirs),
         "ss_reg_dataset_dirs": json.dumps(reg_dirs),
-        "modelspec.prediction_type": backend.prediction_type,
+        **backend.objective.metadata(),
     }
     if sec.conv_rank:  # LoCon, as kohya records it
         conv_alpha = sec.conv_alpha if sec.conv_alpha is not None else sec.conv_rank
@@ -125,15 +129,20 @@ def _step(metadata: dict[str, str]) -> int:
 
 def export_kohya(backend: Any, directory: Path, name: str, metadata: dict[str, str]) -> list[Path]:
     """``<name>.safetensors``: kohya/A1111 keys, alpha, ``ss_*`` and ``modelspec.*``."""
-    from lorakit_sd.lora_format import UnetLayout, model_hash, to_kohya
+    from lorakit_sd.lora_format import model_hash
 
     modules = backend.lora_modules()
-    layout = UnetLayout.from_config(backend.unet.config)
-    tensors = to_kohya(modules, backend.family, layout, backend.save_dtype)
+    tensors = backend.spec.kohya_tensors(modules, backend.unet, backend.save_dtype)
+    if tensors is None:  # SD3: diffusers' layout is the one its clients read
+        return []
     t = backend.config.train
     meta = dict(metadata)
     meta.update(training_metadata(backend, name, _step(metadata)))
-    meta.update(format_metadata(backend.family, name, t.lora_rank, t.alpha, backend.resolution))
+    meta.update(
+        format_metadata(
+            backend.family, name, t.lora_rank, t.alpha, backend.resolution, backend.unet
+        )
+    )
     meta["sshs_model_hash"] = model_hash(tensors)
     path = Path(directory) / f"{name}.safetensors"
     save_safetensors(tensors, path, metadata=meta)
@@ -150,7 +159,11 @@ def export_diffusers(
     t = backend.config.train
     meta = dict(metadata)
     meta.update(training_metadata(backend, name, _step(metadata)))
-    meta.update(format_metadata(backend.family, name, t.lora_rank, t.alpha, backend.resolution))
+    meta.update(
+        format_metadata(
+            backend.family, name, t.lora_rank, t.alpha, backend.resolution, backend.unet
+        )
+    )
     meta.update(format_meta)
     path = Path(directory) / f"{name}.diffusers.safetensors"
     save_safetensors(tensors, path, metadata=meta)

@@ -26,8 +26,12 @@ from typing import Any
 from lorakit.api import FileKind, FileProbe, UsageError
 from lorakit_sd.ldm import text_model_path, unet_path_to_ldm
 
-KOHYA_PREFIXES = {"sd1": {"te1": "lora_te_"}, "sdxl": {"te1": "lora_te1_", "te2": "lora_te2_"}}
-DIFFUSERS_PREFIXES = {"unet": "unet.", "te1": "text_encoder.", "te2": "text_encoder_2."}
+DIFFUSERS_PREFIXES = {
+    "unet": "unet.",
+    "transformer": "transformer.",
+    "te1": "text_encoder.",
+    "te2": "text_encoder_2.",
+}
 METADATA_KEY = "lora_adapter_metadata"
 
 
@@ -35,7 +39,7 @@ METADATA_KEY = "lora_adapter_metadata"
 class LoraModule:
     """One adapted module: where it is, and its low-rank update."""
 
-    component: str  # unet | te1 | te2
+    component: str  # unet | transformer | te1 | te2
     path: str  # the module's path in the loaded model
     down: Any
     up: Any
@@ -79,16 +83,15 @@ def kohya_name(component: str, path: str, family: str, layout: UnetLayout | None
                 raise ValueError("SDXL UNet names need the UNet layout")
             path = unet_path_to_ldm(path, layout.layers_per_block, layout.up_has_attention)
         return "lora_unet_" + path.replace(".", "_")
-    prefix = KOHYA_PREFIXES[family].get(component)
-    if prefix is None:
-        raise ValueError(f"{family} has no text encoder {component}")
-    return prefix + text_model_path(path).replace(".", "_")
+    from lorakit_sd import families
+
+    return families.get(family).kohya_prefix(component) + text_model_path(path).replace(".", "_")
 
 
 def diffusers_name(component: str, path: str) -> str:
     """The diffusers-format key stem of a module (text models with ``text_model.``)."""
-    if component == "unet":
-        return "unet." + path
+    if component in ("unet", "transformer"):
+        return DIFFUSERS_PREFIXES[component] + path
     return DIFFUSERS_PREFIXES[component] + text_model_path(path)
 
 
@@ -112,9 +115,23 @@ def lora_targets(module: Any) -> Iterable[tuple[str, Any]]:
 def module_table(
     unet: Any, text_encoders: list[Any], family: str
 ) -> dict[str, tuple[str, str, Any]]:
-    """kohya key stem → (component, path, module) for everything a LoRA may adapt."""
-    layout = UnetLayout.from_config(unet.config)
+    """kohya key stem → (component, path, module) for everything a LoRA may adapt.
+
+    SD3 / FLUX.1 transformers are named the diffusers way (``transformer.<path>``; kohya
+    FLUX.1 files are converted to those names when read); their text encoders both ways.
+    """
+    from lorakit_sd import families
+
     table: dict[str, tuple[str, str, Any]] = {}
+    if families.get(family).denoiser_attr == "transformer":
+        for path, mod in lora_targets(unet):
+            table[diffusers_name("transformer", path)] = ("transformer", path, mod)
+        for component, encoder in zip(("te1", "te2"), text_encoders, strict=False):
+            for path, mod in lora_targets(encoder):
+                table[diffusers_name(component, path)] = (component, path, mod)
+                table[kohya_name(component, path, family, None)] = (component, path, mod)
+        return table
+    layout = UnetLayout.from_config(unet.config)
     for path, mod in lora_targets(unet):
         table[kohya_name("unet", path, family, layout)] = ("unet", path, mod)
     for component, encoder in zip(("te1", "te2"), text_encoders, strict=False):
@@ -148,7 +165,7 @@ def to_kohya(
 
 
 def _short_target(component: str, path: str) -> str:
-    if component == "unet":
+    if component in ("unet", "transformer"):
         return path
     full = text_model_path(path)
     return full.removeprefix("text_model.")
@@ -226,7 +243,9 @@ def file_format(keys: Iterable[str]) -> str | None:
         k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys
     ):
         return "kohya"
-    if keys and all(k.startswith(("unet.", "text_encoder.", "text_encoder_2.")) for k in keys):
+    if keys and all(
+        k.startswith(("unet.", "transformer.", "text_encoder.", "text_encoder_2.")) for k in keys
+    ):
         return "diffusers"
     return None
 
@@ -293,13 +312,25 @@ def sgm_unet_stem(stem: str, layout: UnetLayout) -> str:
 
 
 def file_family(keys: Iterable[str], metadata: dict[str, str]) -> str:
-    """``sdxl`` or ``sd1``: from ss_base_model_version, else from the key names and shapes."""
+    """The family (``sd1``, ``sdxl``, ``sd3``, ``flux1``): from ss_base_model_version, else
+    from the key names and shapes."""
     version = metadata.get("ss_base_model_version", "")
+    arch = metadata.get("modelspec.architecture", "")
+    if version.startswith("flux") or arch.startswith("flux-1"):
+        return "flux1"
+    if version.startswith("sd3") or arch.startswith("stable-diffusion-3"):
+        return "sd3"
+    names = [k for k in keys if k != "__metadata__"]
+    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in names):
+        return "flux1"
+    if any(k.startswith("transformer.single_transformer_blocks.") for k in names):
+        return "flux1"
+    if any(k.startswith("transformer.") for k in names):
+        return "sd3"
     if version.startswith("sdxl"):
         return "sdxl"
     if version.startswith("sd_v1"):
         return "sd1"
-    arch = metadata.get("modelspec.architecture", "")
     if arch.startswith("stable-diffusion-xl"):
         return "sdxl"
     for k in keys:
@@ -351,6 +382,10 @@ def read_lora(path: str | Path, layout: UnetLayout | None = None) -> LoraFile:
     tensors = load_file(str(path))
     if fmt == "kohya":
         entries = _group_kohya(path, tensors)
+        if family == "flux1":  # BFL's fused layers, split into diffusers' modules
+            from lorakit_sd.lora_flux import from_bfl
+
+            entries = from_bfl(entries)
         if family == "sdxl":
             entries = {
                 sgm_unet_stem(stem, layout or UnetLayout(2, [True, True, False])): entry
@@ -421,7 +456,10 @@ def _group_diffusers(
             if "down" not in entry or "up" not in entry:
                 raise UsageError(f"{path}: {module_path} lacks its lora_A or lora_B weight")
             alpha = _diffusers_alpha(entry, raw, component, module_path)
-            stem = kohya_name(component, module_path, family, layout)
+            if family in ("sd3", "flux1"):  # transformer families keep diffusers names
+                stem = diffusers_name(component, module_path)
+            else:
+                stem = kohya_name(component, module_path, family, layout)
             entries[stem] = {"down": entry["down"], "up": entry["up"], "alpha": alpha}
     return entries
 

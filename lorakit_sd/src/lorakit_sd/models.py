@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import ConfigError, UsageError
+from lorakit_sd import families
+from lorakit_sd.families import LABELS as FAMILY_NAMES
 
 #: Where single-file checkpoints take their configs and tokenizers by default.
 DEFAULT_CONFIG_REPOS = {
     "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "sd3": "stabilityai/stable-diffusion-3.5-medium",
+    "flux1": "black-forest-labs/FLUX.1-dev",
 }
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-FAMILY_NAMES = {"sd1": "SD1.x", "sdxl": "SDXL"}
 
 
 @dataclass
@@ -39,18 +42,23 @@ class BaseModel:
     path: str
 
     @property
+    def spec(self) -> Any:
+        """The :class:`~lorakit_sd.families.base.ModelFamily` of this model."""
+        return families.get(self.family)
+
+    @property
+    def denoiser(self) -> Any:
+        """The UNet or the transformer."""
+        return self.spec.denoiser(self.pipe)
+
+    @property
     def text_encoders(self) -> list[Any]:
-        encoders = [self.pipe.text_encoder]
-        if self.family == "sdxl":
-            encoders.append(self.pipe.text_encoder_2)
-        return encoders
+        """The text encoders LoRA may adapt (CLIPs; never T5)."""
+        return self.spec.text_encoders(self.pipe)
 
     @property
     def tokenizers(self) -> list[Any]:
-        tokenizers = [self.pipe.tokenizer]
-        if self.family == "sdxl":
-            tokenizers.append(self.pipe.tokenizer_2)
-        return tokenizers
+        return self.spec.tokenizers(self.pipe)
 
 
 def offline() -> bool:
@@ -78,9 +86,7 @@ def quiet_libraries() -> Iterator[None]:
 
 
 def pipeline_class(family: str) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    return families.get(family).pipeline_class()
 
 
 def single_file_keys(path: Path) -> list[str]:
@@ -92,13 +98,15 @@ def single_file_keys(path: Path) -> list[str]:
 def family_of_keys(path: Path, keys: list[str]) -> str:
     from lorakit_sd.ldm import detect_family
 
-    family = detect_family(keys)
-    if family == "sd2":
-        raise UsageError(f"{path}: an SD 2.x checkpoint; lorakit-sd trains SD1.x and SDXL")
+    family = families.of_keys(keys)
+    if family is None and detect_family(keys) == "sd2":
+        raise UsageError(
+            f"{path}: an SD 2.x checkpoint; lorakit-sd trains SD1.x, SDXL, SD3 and FLUX.1"
+        )
     if family is None:
         sample = ", ".join(keys[:2]) or "no tensors"
         raise UsageError(
-            f"{path}: not an SD1 or SDXL checkpoint (no text-encoder keys; starts with {sample})"
+            f"{path}: not an SD1, SDXL, SD3 or FLUX.1 checkpoint (starts with {sample})"
         )
     return family
 
@@ -114,11 +122,10 @@ def family_of_folder(folder: Path) -> str:
         ) from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{index}: invalid JSON ({exc.msg})") from None
-    if data.get("text_encoder_2") and data["text_encoder_2"][0] is not None:
-        return "sdxl"
-    if "unet" not in data:
-        raise UsageError(f"{folder}: not a Stable Diffusion pipeline ({data.get('_class_name')})")
-    return "sd1"
+    family = families.of_index(data)
+    if family is None:
+        raise UsageError(f"{folder}: not a pipeline lorakit-sd trains ({data.get('_class_name')})")
+    return family
 
 
 def peek_family(base_model: str, model_family: str = "auto") -> str | None:
@@ -295,11 +302,9 @@ def load_single_file(
     config = base_config or DEFAULT_CONFIG_REPOS[family]
     with quiet_libraries():
         try:
-            parts = _bare_text_encoder(path, keys, config) if family == "sd1" else {}
-            pipe = pipeline_class(family).from_single_file(
-                str(path), config=config, local_files_only=offline() or Path(config).is_dir(),
-                **parts,
-            )  # fmt: skip
+            pipe = families.get(family).load_single_file(
+                path, keys, config, offline() or Path(config).is_dir()
+            )
         except (OSError, ValueError, KeyError) as exc:
             if not base_config:
                 raise _no_config(path, config, type(exc).__name__) from None
@@ -315,7 +320,9 @@ def load_folder(source: str, *, model_family: str = "auto", **_: Any) -> BaseMod
     family = family_of_folder(path)
     _check_family(family, model_family, str(path))
     with quiet_libraries():
-        pipe = pipeline_class(family).from_pretrained(str(path), **_no_checker(family))
+        pipe = pipeline_class(family).from_pretrained(
+            str(path), **families.get(family).pipeline_kwargs()
+        )
     return _finish(BaseModel(pipe, family, "diffusers", str(path)))
 
 
@@ -331,14 +338,14 @@ def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     with quiet_libraries():
         try:
             pipe = pipeline_class(family).from_pretrained(
-                source, local_files_only=offline(), **_no_checker(family)
+                source, local_files_only=offline(), **families.get(family).pipeline_kwargs()
             )
         except OSError as exc:
             raise UsageError(f"base_model {source}: cannot load ({exc})") from None
     return _finish(BaseModel(pipe, family, "hub", source))
 
 
-def _bare_text_encoder(path: Path, keys: list[str], config: str) -> dict[str, Any]:
+def bare_text_encoder(path: Path, keys: list[str], config: str) -> dict[str, Any]:
     """``{"text_encoder": model}`` for SD1 files whose CLIP keys lack ``text_model.``.
 
     Some SD1 checkpoints (NAI-derived merges among them) store the text encoder as
@@ -373,22 +380,14 @@ def _bare_text_encoder(path: Path, keys: list[str], config: str) -> dict[str, An
     return {"text_encoder": encoder.eval()}
 
 
-def _no_checker(family: str) -> dict[str, Any]:
-    """SD1 repos ship a safety checker (a CLIP vision model): training never needs it."""
-    if family == "sdxl":
-        return {}
-    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-
-
 def _finish(model: BaseModel) -> BaseModel:
     """Attention through torch's SDPA; everything frozen; float32."""
     import torch
-    from diffusers.models.attention_processor import AttnProcessor2_0
 
     pipe = model.pipe
-    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    model.spec.finish(pipe)
     with quiet_libraries():
-        for module in (pipe.unet, pipe.vae, *model.text_encoders):
+        for module in (model.denoiser, pipe.vae, *model.spec.all_text_encoders(pipe)):
             module.requires_grad_(False)
             module.to(torch.float32)
             module.eval()

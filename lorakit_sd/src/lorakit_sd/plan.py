@@ -20,7 +20,7 @@ from lorakit.api import Config, PlanModel, UsageError, find_images
 from lorakit_sd.config import SDSection, expand_targets
 
 DTYPE_NAMES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16", "auto": "bfloat16"}
-FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL"}
+FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "sd3": "SD3 / SD3.5", "flux1": "FLUX.1"}
 
 
 def config_folder(base: str, section: SDSection) -> Path:
@@ -84,6 +84,10 @@ def planner(config: Config) -> PlanModel:
     train = config.train
     folder = config_folder(train.base_model, section)
     family = family_of_folder(folder)
+    if family in ("sd3", "flux1"):
+        from lorakit_sd.plan_flow import flow_planner
+
+        return flow_planner(config, folder, family, section)
     with quiet_libraries():
         unet_config = UNet2DConditionModel.load_config(folder, subfolder="unet")
         vae_config = AutoencoderKL.load_config(folder, subfolder="vae")

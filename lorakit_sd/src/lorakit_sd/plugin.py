@@ -47,7 +47,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             name="sd",
             task_types=("image-generation",),
             factory=lazy("lorakit_sd.backend:create"),
-            description="Stable Diffusion 1.x / SDXL LoRA (diffusers + peft)",
+            description="SD1.x / SDXL / SD3.5 / FLUX.1 LoRA (diffusers + peft)",
             config_model=SDSection,
             commands={
                 "export": lazy("lorakit_sd.commands:export"),
@@ -59,6 +59,8 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             templates={
                 "sd15": ("lorakit_sd", "templates/sd15.yaml"),
                 "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
+                "flux1": ("lorakit_sd", "templates/flux1.yaml"),
+                "sd35": ("lorakit_sd", "templates/sd35.yaml"),
             },
             detect=detect,
             planner=lazy("lorakit_sd.plan:planner"),

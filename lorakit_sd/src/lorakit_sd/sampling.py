@@ -198,13 +198,13 @@ def render_and_save(
 
     ``progress``: diffusers' progress bar over each prompt's denoising steps (stderr).
     """
-    sampler = sampling_pipeline(pipe, family, prediction_type)
-    if progress:
-        sampler.set_progress_bar_config(disable=False, desc=f"{len(prompts)} prompt(s)")
-    images = render(
-        sampler, prompts, seed=seed, steps=steps, guidance=sec.sample_guidance_scale,
-        width=width, height=height, negative=sec.sample_negative_prompt, dtype=dtype,
-        max_tokens=max_tokens, clip_skip=clip_skip,
+    from lorakit_sd import families
+
+    images = families.get(family).render(
+        pipe, prompts, prediction_type=prediction_type, seed=seed, steps=steps,
+        guidance=sec.sample_guidance_scale, width=width, height=height,
+        negative=sec.sample_negative_prompt, dtype=dtype, max_tokens=max_tokens,
+        clip_skip=clip_skip, progress=progress,
     )  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
     paths = [save_png(im, directory / f"{stem}-{i:02d}.png") for i, im in enumerate(images)]

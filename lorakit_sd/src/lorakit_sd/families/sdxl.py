@@ -1,0 +1,75 @@
+"""SDXL: a UNet, two CLIP text encoders (penultimate layers + pooled), size conditioning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lorakit_sd.families.sd1 import SD1
+
+
+class SDXL(SD1):
+    name = "sdxl"
+    label = "SDXL"
+    default_resolution = 1024
+    default_config_repo = "stabilityai/stable-diffusion-xl-base-1.0"
+    base_model_version = "sdxl_base_v1-0"
+    architecture = "stable-diffusion-xl-v1-base/lora"
+    implementation = "https://github.com/Stability-AI/generative-models"
+    kohya_text_prefixes = {"te1": "lora_te1_", "te2": "lora_te2_"}
+    diffusers_text_prefixes = {"te1": "text_encoder", "te2": "text_encoder_2"}
+    clip_skip_applies = False
+
+    def claims_index(self, index: dict[str, Any]) -> bool:
+        second = index.get("text_encoder_2")
+        return "unet" in index and bool(second and second[0] is not None)
+
+    def pipeline_class(self) -> Any:
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
+        return self.pipeline_class().from_single_file(
+            str(path), config=config, local_files_only=local
+        )
+
+    def text_encoders(self, pipe: Any) -> list[Any]:
+        return [pipe.text_encoder, pipe.text_encoder_2]
+
+    def tokenizers(self, pipe: Any) -> list[Any]:
+        return [pipe.tokenizer, pipe.tokenizer_2]
+
+    def clip_skip(self, sec: Any, log: Any) -> int:
+        if sec.clip_skip > 1:
+            log("warning: sd.clip_skip is ignored for SDXL (it reads the penultimate layer)")
+        return 1
+
+    def skips_last_layer(self, index: int) -> bool:
+        """The first encoder is read at its penultimate layer: its last layer trains nothing."""
+        return index == 0
+
+    def sample_extras(self, item: Any, crop: tuple[int, int]) -> dict[str, Any]:
+        """The size ids of the crop and of its mirror image (for ``sd.flip_aug``)."""
+        from lorakit_sd.conditioning import time_ids
+
+        mirrored = (item.resized[0] - crop[0] - item.bucket[0], crop[1])
+        return {
+            "time_ids": torch.tensor(time_ids(item.size, crop, item.bucket)).float(),
+            "time_ids_flip": torch.tensor(time_ids(item.size, mirrored, item.bucket)).float(),
+        }
+
+    def vae_dtype(self, weight_dtype: Any) -> Any:
+        """The SDXL VAE overflows in float16: it encodes in float32 then."""
+        return torch.float32 if weight_dtype == torch.float16 else weight_dtype
+
+    def extra_inputs(self, batch: dict[str, Any], flip: Any, device: Any, dtype: Any) -> dict:
+        """The six size/crop numbers (the mirrored crop's for flipped samples)."""
+        ids = batch["time_ids"]
+        if flip is not None:
+            ids = torch.where(flip[:, None], batch["time_ids_flip"], ids)
+        return {"time_ids": ids.to(device, dtype)}

@@ -1,0 +1,172 @@
+"""What SD3 and FLUX.1 share: a transformer denoiser, CLIP + T5 captions, flow matching.
+
+Captions go through the pipeline's own ``encode_prompt`` (the embeddings its inference
+uses); the text cache stores ``hidden`` (the T5 or joint sequence) and ``pooled`` (CLIP).
+Only the CLIP encoders take LoRA; T5 never does. Previews are the pipeline's own sampling
+(``FlowMatchEulerDiscreteScheduler``), seeded per prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from lorakit_sd.families.base import ModelFamily, Objective
+
+
+class FlowFamily(ModelFamily):
+    denoiser_attr = "transformer"
+    denoiser_prefix = "transformer"
+    refused_options = ("min_snr_gamma", "noise_offset", "prediction_type", "conv_rank")
+    #: T5 tokens per caption when sd.max_sequence_length is null
+    default_sequence_length: ClassVar[int] = 256
+    #: class names in model_index.json
+    pipeline_names: ClassVar[tuple[str, ...]] = ()
+    transformer_names: ClassVar[tuple[str, ...]] = ()
+
+    def claims_index(self, index: dict[str, Any]) -> bool:
+        transformer = index.get("transformer") or [None, None]
+        return (
+            index.get("_class_name") in self.pipeline_names
+            or transformer[1] in self.transformer_names
+        )
+
+    def check_section(self, sec: Any) -> None:
+        from lorakit.api import ConfigError
+
+        for key in self.refused_options:
+            if getattr(sec, key) not in (None, 0, 0.0):
+                raise ConfigError(
+                    f"{self.label} trains with flow matching; sd.{key} applies to SD1/SDXL "
+                    "only (remove it)",
+                    key=f"sd.{key}",
+                )
+
+    def t5(self, pipe: Any) -> tuple[Any, Any]:
+        """(T5 tokenizer, T5 encoder)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def all_text_encoders(self, pipe: Any) -> list[Any]:
+        return [e for e in [*self.text_encoders(pipe), self.t5(pipe)[1]] if e is not None]
+
+    def sequence_length(self, pipe: Any, sec: Any) -> int:
+        return int(sec.max_sequence_length or self.default_sequence_length)
+
+    def max_tokens(self, items: list[Any], pipe: Any, sec: Any, log: Any) -> int:
+        """T5 tokens per caption (``sd.max_sequence_length``); counts the captions cut."""
+        length = self.sequence_length(pipe, sec)
+        tokenizer = self.t5(pipe)[0]
+        if tokenizer is None:
+            return length
+        long = [
+            item.where or item.image
+            for item in items
+            if len(tokenizer(item.caption, verbose=False).input_ids) > length
+        ]
+        if long:
+            log(
+                f"warning: {len(long)} caption(s) are longer than {length} T5 tokens and are "
+                f"cut (sd.max_sequence_length): {', '.join(long[:3])}"
+            )
+        return length
+
+    def encode_captions(
+        self, pipe: Any, captions: list[str], max_tokens: int, clip_skip: int = 1
+    ) -> dict[str, Any]:
+        hidden, pooled = self.encode(pipe, captions, max_tokens)
+        return {"hidden": hidden, "pooled": pooled}
+
+    def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def denoise(
+        self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
+    ) -> Any:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def train_module(self, backend: Any, encoders: list[Any] | None) -> Any:
+        guidance = backend.section.guidance if self.uses_guidance(backend.unet) else None
+        return FlowTrainModule(
+            self, backend.model.pipe, backend.unet, encoders, backend.train_text,
+            backend.max_tokens, guidance,
+        )  # fmt: skip
+
+    def uses_guidance(self, transformer: Any) -> bool:
+        return False
+
+    def objective(self, pipe: Any, sec: Any) -> Objective:
+        from lorakit_sd.families.flow import FlowMatchObjective
+
+        return FlowMatchObjective(pipe, sec)
+
+    def render(self, pipe: Any, prompts: list[str], **kwargs: Any) -> list[Any]:
+        """The pipeline's own flow-matching sampler, seeded per prompt, under fork_rng."""
+        device = next(self.denoiser(pipe).parameters()).device
+        sampler = type(pipe)(**pipe.components)
+        sampler.set_progress_bar_config(
+            disable=not kwargs.get("progress"), desc=f"{len(prompts)} prompt(s)"
+        )
+        length = kwargs.get("max_tokens") or self.default_sequence_length
+        images = []
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            for i, prompt in enumerate(prompts):
+                generator = torch.Generator("cpu").manual_seed(kwargs["seed"] + i)
+                images.append(
+                    sampler(
+                        prompt=prompt, num_inference_steps=kwargs["steps"],
+                        guidance_scale=kwargs["guidance"], width=kwargs["width"],
+                        height=kwargs["height"], generator=generator,
+                        max_sequence_length=length, **self.render_extras(kwargs),
+                    ).images[0]
+                )  # fmt: skip
+        return images
+
+    def render_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+class FlowTrainModule(torch.nn.Module):
+    """What the engine trains for SD3 / FLUX.1: the LoRA transformer (and CLIP encoders).
+
+    Captions not cached are encoded inside :meth:`forward` (so DDP synchronises a CLIP
+    LoRA); the family lays the latents out and calls its transformer.
+    """
+
+    def __init__(
+        self,
+        family: FlowFamily,
+        pipe: Any,
+        transformer: Any,
+        text_encoders: list[Any] | None,
+        train_text: bool,
+        max_tokens: int,
+        guidance: float | None,
+    ) -> None:
+        super().__init__()
+        self.family = family
+        self.pipe = [pipe]  # a list: not a submodule (its modules are registered below)
+        self.transformer = transformer
+        self.text_encoders = torch.nn.ModuleList(text_encoders or [])
+        self.train_text = train_text
+        self.max_tokens = max_tokens
+        self.guidance = guidance
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        captions: list[str] | None = None,
+    ) -> torch.Tensor:
+        if captions is not None:
+            with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):
+                hidden, pooled = self.family.encode(self.pipe[0], captions, self.max_tokens)
+            dtype = noisy.dtype
+            hidden, pooled = hidden.to(dtype), pooled.to(dtype)
+        guidance = None
+        if self.guidance is not None:
+            guidance = torch.full((noisy.shape[0],), self.guidance, device=noisy.device)
+        return self.family.denoise(self.transformer, noisy, timesteps, hidden, pooled, guidance)
