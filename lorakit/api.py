@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from lorakit import PLUGIN_API_VERSION, __version__, hookimpl
 from lorakit.backend import Backend, LossOutput, RunInfo, TrainContext, trainable_state_dict
+from lorakit.commands import BackendCommands, WeightedLora
 from lorakit.config.loader import load_config
 from lorakit.config.overrides import parse_override
 from lorakit.config.schema import Config, DistributedConfig, TrainConfig
 from lorakit.config.templates import template_text
+from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.hookspecs import hookspec
 from lorakit.io import (
@@ -53,11 +55,14 @@ from lorakit.registry import (
     SchedulerSpec,
     TrackerSpec,
 )
+from lorakit.safetensors_header import Header as SafetensorsHeader
+from lorakit.safetensors_header import read_header as read_safetensors_header
 
 __all__ = [
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
     "Backend",
+    "BackendCommands",
     "BackendSpec",
     "Config",
     "ConfigError",
@@ -76,15 +81,18 @@ __all__ = [
     "Registries",
     "RunError",
     "RunInfo",
+    "SafetensorsHeader",
     "SchedulerSpec",
     "TrackerSpec",
     "TrainConfig",
     "TrainContext",
     "UsageError",
+    "WeightedLora",
     "__version__",
     "atomic_dir",
     "atomic_path",
     "create_labeler",
+    "env_flag",
     "file_metadata",
     "find_images",
     "format_metadata",
@@ -101,6 +109,7 @@ __all__ = [
     "plan_line",
     "read_image",
     "read_metadata",
+    "read_safetensors_header",
     "save_safetensors",
     "template_text",
     "trainable_state_dict",

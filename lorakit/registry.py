@@ -8,10 +8,11 @@ is used, so heavy imports belong inside it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from lorakit.commands import BackendCommands, supports
 from lorakit.errors import PluginError, UsageError
 
 
@@ -21,8 +22,11 @@ class BackendSpec:
 
     ``factory(config)`` returns a :class:`lorakit.backend.Backend`. ``config_model`` is the
     pydantic model of the backend's own config section (named ``name``: ``sd:``, ``llm:``).
-    ``commands`` maps core CLI verbs (``merge``, ``sample``, ``export``) to callables the
-    core dispatches to; their signatures are documented in docs/plugin-hooks.md.
+    ``commands`` is a :class:`lorakit.commands.BackendCommands`: what the backend does for
+    ``lorakit export``, ``merge``, ``sample``, ``demo`` and ``selftest``.
+    ``aliases`` maps top-level keys the backend accepts (``metadata_path``) to the key of its
+    section they stand for; ``migrations`` maps an old layout version N to the top-level
+    keys that moved into the backend's section between N and N+1 (old name → new name).
     ``templates`` maps template names to ``(package, file)`` of commented config templates
     shipped as package data; the first is the default of ``lorakit config init``.
     ``detect(path)`` (optional) answers whether a LoRA file or folder belongs to this backend.
@@ -35,10 +39,12 @@ class BackendSpec:
     factory: Callable[..., Any]
     description: str = ""
     config_model: type | None = None
-    commands: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    commands: BackendCommands | None = None
     templates: dict[str, tuple[str, str]] = field(default_factory=dict)
     detect: Callable[[Any], bool] | None = None
     planner: Callable[[Any], Any] | None = None
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    migrations: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ class Override:
 
 
 #: Distributions lorakit ships; a third party's registration of a name they use replaces it.
-FIRST_PARTY = frozenset({"lorakit", "lorakit-sd", "lorakit-llm", "lorakit-labelers"})
+FIRST_PARTY = frozenset({"lorakit", "lorakit-sd", "lorakit-llm", "lorakit-labelers", "lorakit-ui"})
 
 
 def is_first_party(distribution: str) -> bool:
@@ -280,9 +286,11 @@ class Registries:
     def backends_with(
         self, command: str, names: list[str] | None = None, *, what: str = "command"
     ) -> dict[str, BackendSpec]:
-        """The backends (all, or those ``names``) whose ``commands`` has ``command``, by name;
-        a name without one is a UsageError saying what is missing (``what``)."""
-        available = {e.spec.name: e.spec for e in self.backends if command in e.spec.commands}
+        """The backends (all, or those ``names``) whose ``commands`` support ``command``, by
+        name; a name without one is a UsageError saying what is missing (``what``)."""
+        available = {
+            e.spec.name: e.spec for e in self.backends if supports(e.spec.commands, command)
+        }
         chosen = names or sorted(available)
         missing = [n for n in chosen if n not in available]
         if missing or not chosen:
@@ -311,6 +319,13 @@ class Registries:
             )
         known = ", ".join(sorted(KNOWN_TASK_TYPES))
         raise UsageError(f"unknown task_type '{task_type}' (known: {known})")
+
+
+def commands_of(spec: BackendSpec) -> BackendCommands:
+    """``spec.commands``, or a UsageError when the backend registered none."""
+    if spec.commands is None:
+        raise UsageError(f"backend {spec.name} has no commands (export, merge, sample, demo)")
+    return spec.commands
 
 
 #: Backends lorakit's own distributions provide, for "pip install ..." hints.

@@ -1,7 +1,7 @@
 """``lorakit export``, ``merge`` and ``sample``: the core parses, the backend does the work.
 
-Each dispatches to the callable a backend registered under ``BackendSpec.commands``
-(``export``, ``merge``, ``sample``), choosing the backend by ``--backend``, by the config,
+Each dispatches to the backend's :class:`lorakit.commands.BackendCommands` (its ``export``,
+``merge`` or ``sample``), choosing the backend by ``--backend``, by the config,
 or by asking each backend's ``detect`` whether it recognises the LoRA file.
 """
 
@@ -12,11 +12,13 @@ from typing import Annotated, Any
 
 import typer
 
+from lorakit.commands import BackendCommands, supports
 from lorakit.errors import UsageError
 from lorakit.io import parse_lora
+from lorakit.registry import commands_of
 
 
-def pick_backend(name: str | None, paths: list[str], verb: str) -> Any:
+def pick_backend(name: str | None, paths: list[str], verb: str) -> BackendCommands:
     from lorakit.plugins import get_plugins
     from lorakit.registry import KNOWN_BACKEND_PACKAGES
 
@@ -40,10 +42,9 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> Any:
             raise UsageError(
                 f"{verb}: cannot tell which backend reads {paths[0] if paths else 'this'}; pass --backend ({hint})"
             )
-    command = spec.commands.get(verb)
-    if command is None:
+    if not supports(spec.commands, verb):
         raise UsageError(f"backend {spec.name} does not support '{verb}'")
-    return command
+    return commands_of(spec)
 
 
 def trained_loras(cfg: Any) -> list[Path]:
@@ -76,8 +77,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Convert a trained LoRA between formats (kohya/A1111 ⇄ diffusers)."""
-        command = pick_backend(backend, [str(source)], "export")
-        for path in command(source=source, to=to, output=output, base=base):
+        commands = pick_backend(backend, [str(source)], "export")
+        for path in commands.export(source, to, output, base):
             print(f"wrote {path}")
 
     @app.command()
@@ -94,8 +95,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Bake one or more LoRAs (with weights) into a base model and save it."""
         loras = [parse_lora(item) for item in lora]
-        command = pick_backend(backend, [p for p, _ in loras], "merge")
-        path = command(base=base, loras=loras, output=output, dtype=dtype)
+        commands = pick_backend(backend, [p for p, _ in loras], "merge")
+        path = commands.merge(base, loras, output, dtype)
         print(f"wrote {path}")
 
     @app.command()
@@ -136,14 +137,6 @@ def register(app: typer.Typer) -> None:
             raise UsageError("sample: pass --base (or --config)")
         if not prompt:
             raise UsageError("sample: pass --prompt (or a --config with sample_prompts)")
-        command = pick_backend(backend, [p for p, _ in loras], "sample")
-        for path in command(
-            base=base,
-            loras=loras,
-            prompts=prompt,
-            output=output,
-            seed=seed,
-            steps=steps,
-            config=cfg,
-        ):
+        commands = pick_backend(backend, [p for p, _ in loras], "sample")
+        for path in commands.sample(base, loras, prompt, output, seed, steps, cfg):
             print(f"wrote {path}")

@@ -27,6 +27,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from lorakit import __version__
+from lorakit.env import env_flag
 
 Status = Literal["ok", "warn", "fail"]
 MARKS = {"ok": "✓", "warn": "⚠", "fail": "✗"}
@@ -413,15 +414,11 @@ def hf_cache_dir() -> Path:
     return Path(cache) / "huggingface" / "hub"
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def check_hf() -> Check:
     """The Hugging Face cache (writable, free space) and the offline settings."""
     cache = hf_cache_dir()
     where = _existing(cache)
-    offline = _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE")
+    offline = env_flag("HF_HUB_OFFLINE") or env_flag("TRANSFORMERS_OFFLINE")
     mode = (
         "offline (HF_HUB_OFFLINE): hub ids load only from this cache"
         if offline
