@@ -301,7 +301,20 @@ class Registries:
         return {n: available[n] for n in chosen}
 
     def backend_for(self, task_type: str | None, backend: str | None) -> Entry[BackendSpec]:
-        """The backend named by ``backend``, else the one serving ``task_type``."""
+        """The backend named by ``backend``, else the one serving ``task_type``; without
+        either, the only installed backend (several: a UsageError naming them)."""
+        if not backend and task_type is None:
+            entries = list(self.backends)
+            if len(entries) == 1:
+                return entries[0]
+            served = ", ".join(
+                f"{e.spec.task_types[0]} ({e.spec.name})" for e in entries if e.spec.task_types
+            )
+            raise UsageError(
+                f"task_type is required: the installed backends serve {served or 'nothing'}"
+                if entries
+                else "no backend is installed: pip install lorakit-sd or lorakit-llm"
+            )
         if backend:
             if backend not in self.backends:
                 package = KNOWN_BACKEND_PACKAGES.get(backend)

@@ -26,6 +26,13 @@ from lorakit_sd.verbs import SDCommands
 
 LORAKIT_PLUGIN_API = 1
 
+#: Config layout 1 → 2: top-level keys that moved into ``sd:`` (old name → name there).
+V1_MOVES = {
+    "resolution": "resolution", "noise_offset": "noise_offset",
+    "min_snr_gamma": "min_snr_gamma", "cache_latents": "cache_latents",
+    "shuffle_caption": "shuffle_tags",
+}  # fmt: skip
+
 
 def detect(path: Any) -> bool:
     """Whether ``path`` is an SD LoRA file (kohya or diffusers keys), from its header only."""
@@ -57,6 +64,8 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             },
             detect=detect,
             planner=lazy("lorakit_sd.plan:planner"),
+            aliases={"metadata_path": "metadata_path"},
+            migrations={1: V1_MOVES},
         )
     )
 
