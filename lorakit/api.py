@@ -12,7 +12,14 @@ plugin modules stay cheap to load, and ``lorakit --help`` stays fast.
 from __future__ import annotations
 
 from lorakit import PLUGIN_API_VERSION, __version__, hookimpl
-from lorakit.backend import Backend, LossOutput, RunInfo, TrainContext, trainable_state_dict
+from lorakit.backend import (
+    Backend,
+    LossOutput,
+    RunInfo,
+    TrainContext,
+    half_dtype,
+    trainable_state_dict,
+)
 from lorakit.commands import BackendCommands, WeightedLora
 from lorakit.config.loader import load_config
 from lorakit.config.overrides import parse_override
@@ -97,6 +104,7 @@ __all__ = [
     "find_images",
     "format_metadata",
     "get_registries",
+    "half_dtype",
     "hookimpl",
     "hookspec",
     "label_folder",

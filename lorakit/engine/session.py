@@ -60,6 +60,9 @@ class Session:
     metadata: dict[str, str] = field(default_factory=dict)
     trackers: list[Any] = field(default_factory=list)
     run: RunInfo | None = None
+    #: The logged metrics of this run (from a resumed run's metrics.jsonl, when it has one),
+    #: which loss.png plots whichever trackers are on.
+    history: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def main(self) -> bool:
