@@ -180,11 +180,36 @@ def run_backend(data: dict[str, Any], registries: Any, backend: str | None = Non
         return None
 
 
+def _take_sections(
+    data: dict[str, Any], registries: Any, lines: dict, file: str | None, errors: list
+) -> dict[str, Any]:
+    """Pop the installed backends' sections; one of a backend not installed is an error."""
+    backend_names = registries.backends.names()
+    sections = {k: data.pop(k) for k in list(data) if k in backend_names}
+    for key in list(data):
+        if key in KNOWN_BACKEND_PACKAGES and key not in backend_names:
+            errors.append(ConfigError(
+                f"section for backend '{key}', which is not installed: "
+                f"pip install {KNOWN_BACKEND_PACKAGES[key]}",
+                key=key, file=file, line=lines.get((key,)),
+            ))  # fmt: skip
+            data.pop(key)
+    return sections
+
+
 def _apply_aliases(
-    data: dict[str, Any], spec: Any, lines: dict, file: str | None
+    data: dict[str, Any], spec: Any, registries: Any, lines: dict, file: str | None
 ) -> list[ConfigError]:
-    """Move the top-level keys ``spec`` accepts (``BackendSpec.aliases``) into its section."""
-    errors = []
+    """Move the top-level keys ``spec`` accepts (``BackendSpec.aliases``) into its section.
+
+    Without a backend (task_type names none; that is reported), the installed backends'
+    aliases are dropped: they are no typos."""
+    errors: list[ConfigError] = []
+    if spec is None:
+        for entry in registries.backends:
+            for top in entry.spec.aliases:
+                data.pop(top, None)
+        return errors
     for top, key in spec.aliases.items():
         if top not in data:
             continue
@@ -231,25 +256,8 @@ def load_config(
         overridden = apply_overrides(data, overrides)
     if backend:
         data["backend"] = backend
-    chosen = run_backend(data, registries)
-    errors: list[ConfigError] = []
-    if chosen is not None:
-        errors += _apply_aliases(data, chosen, lines, file)
-    else:  # the backend is not known (task_type is reported): its aliases are no typos
-        for entry in registries.backends:
-            for top in entry.spec.aliases:
-                data.pop(top, None)
-
-    backend_names = registries.backends.names()
-    sections = {k: data.pop(k) for k in list(data) if k in backend_names}
-    for key in list(data):
-        if key in KNOWN_BACKEND_PACKAGES and key not in backend_names:
-            errors.append(ConfigError(
-                f"section for backend '{key}', which is not installed: "
-                f"pip install {KNOWN_BACKEND_PACKAGES[key]}",
-                key=key, file=file, line=lines.get((key,)),
-            ))  # fmt: skip
-            data.pop(key)
+    errors = _apply_aliases(data, run_backend(data, registries), registries, lines, file)
+    sections = _take_sections(data, registries, lines, file, errors)
     train = _validate(TrainConfig, data, (), lines, file, overridden, errors)
     spec = None
     if isinstance(train, TrainConfig):
