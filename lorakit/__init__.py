@@ -1,9 +1,9 @@
 """lorakit: train LoRA adapters for image and language models from one YAML file.
 
-The public API for plugins is what this module and :mod:`lorakit.hookspecs`,
-:mod:`lorakit.registry`, :mod:`lorakit.backend`, :mod:`lorakit.labeling`, :mod:`lorakit.io`
-and :mod:`lorakit.errors` export.
-Nothing heavy (torch, diffusers, transformers, peft) is imported here.
+The public API for plugins is :mod:`lorakit.api`, and only it: a plugin imports from there
+(a test keeps lorakit's own plugin packages to it). This module holds the version and the
+``hookimpl`` marker that ``lorakit.api`` re-exports. Nothing heavy (torch, diffusers,
+transformers, peft) is imported here.
 """
 
 from __future__ import annotations

@@ -12,7 +12,15 @@ plugin modules stay cheap to load, and ``lorakit --help`` stays fast.
 from __future__ import annotations
 
 from lorakit import PLUGIN_API_VERSION, __version__, hookimpl
-from lorakit.backend import Backend, LossOutput, RunInfo, TrainContext, trainable_state_dict
+from lorakit.backend import (
+    Backend,
+    LossOutput,
+    RunInfo,
+    TrainContext,
+    half_dtype,
+    trainable_state_dict,
+)
+from lorakit.commands import BackendCommands, WeightedLora
 from lorakit.config.loader import load_config
 from lorakit.config.overrides import parse_override
 from lorakit.config.schema import Config, DistributedConfig, TrainConfig
@@ -26,6 +34,7 @@ from lorakit.engine.runlock import (
     holder,
     in_use,
 )
+from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.hookspecs import hookspec
 from lorakit.identify import FileKind, FileProbe, LoraSummary
@@ -71,6 +80,8 @@ from lorakit.registry import (
     SchedulerSpec,
     TrackerSpec,
 )
+from lorakit.safetensors_header import Header as SafetensorsHeader
+from lorakit.safetensors_header import read_header as read_safetensors_header
 from lorakit.zero import gathered_parameters
 
 __all__ = [
@@ -80,6 +91,7 @@ __all__ = [
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
     "Backend",
+    "BackendCommands",
     "BackendSpec",
     "Config",
     "ConfigError",
@@ -104,18 +116,21 @@ __all__ = [
     "RunError",
     "RunInfo",
     "RunLock",
+    "SafetensorsHeader",
     "SchedulerSpec",
     "TEXT_COLUMNS",
     "TrackerSpec",
     "TrainConfig",
     "TrainContext",
     "UsageError",
+    "WeightedLora",
     "__version__",
     "atomic_dir",
     "atomic_path",
     "create_labeler",
     "decode_rgb",
     "earlier_run",
+    "env_flag",
     "file_metadata",
     "find_images",
     "format_metadata",
@@ -123,6 +138,7 @@ __all__ = [
     "get_registries",
     "has_checkpoints",
     "holder",
+    "half_dtype",
     "hookimpl",
     "hookspec",
     "is_image_name",
@@ -139,6 +155,7 @@ __all__ = [
     "read_metadata",
     "read_table",
     "read_text",
+    "read_safetensors_header",
     "save_safetensors",
     "template_text",
     "trainable_state_dict",

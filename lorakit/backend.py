@@ -47,7 +47,6 @@ class TrainContext:
     registries: Registries
     weight_dtype: torch.dtype
     log: Any = print
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,3 +161,11 @@ class Backend(ABC):
 def trainable_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train (the LoRA tensors), by their names in ``module``."""
     return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def half_dtype() -> torch.dtype:
+    """The 16-bit dtype for a GPU: bfloat16 where it is supported, else float16."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16

@@ -9,10 +9,10 @@ point loads inside its own ``try``: a broken plugin is reported by ``lorakit plu
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as md
 import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import pluggy
 
 from lorakit import PLUGIN_API_VERSION, SUPPORTED_PLUGIN_APIS, __version__, hookspecs
+from lorakit.env import env_flag
 from lorakit.errors import LorakitError, PluginError, RunError
 from lorakit.registry import Registries
 
@@ -72,10 +73,6 @@ class PluginInfo:
         }
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 class Plugins:
     """A pluggy manager plus what each plugin registered."""
 
@@ -110,7 +107,7 @@ class Plugins:
             )
             return info
         try:
-            self.pm.register(plugin, name=name)
+            self.pm.register(_with_guards(self.pm, plugin, name), name=name)
         except Exception as exc:  # a malformed hookimpl
             self._fail(info, f"cannot register: {exc}")
             return info
@@ -121,7 +118,9 @@ class Plugins:
             self._fail(info, f"unknown hook: {exc}")
             return info
         info.hooks = sorted(
-            hook.name for hook in (self.pm.get_hookcallers(plugin) or []) if hook.name
+            hook.name
+            for hook in (self.pm.get_hookcallers(self.pm.get_plugin(name)) or [])
+            if hook.name
         )
         self._registries = None
         return info
@@ -159,7 +158,7 @@ class Plugins:
     def _fail(self, info: PluginInfo, message: str) -> None:
         info.status = "error"
         info.error = message
-        if _flag("LORAKIT_STRICT_PLUGINS"):
+        if env_flag("LORAKIT_STRICT_PLUGINS"):
             raise PluginError(f"plugin {info.name} ({info.distribution}): {message}")
 
     # -- registries ------------------------------------------------------------
@@ -170,57 +169,69 @@ class Plugins:
         return self._registries
 
     def _collect(self) -> Registries:
-        """Call every ``register_*`` hook through pluggy and fill fresh registries.
+        """Call every ``register_*`` hook, one plugin at a time, and fill fresh registries.
 
-        A plugin whose registration hook raises is marked failed and unregistered, and the
-        registries are built again without it: one broken plugin never hides the others.
+        Each plugin's implementations are called through pluggy (so its own wrappers and
+        ``tryfirst``/``trylast`` hold) with a ``register`` of its own, which knows the
+        plugin's name. A plugin whose registration hook raises is marked failed and
+        unregistered, and none of its registrations are kept: one broken plugin never
+        hides the others.
         """
-        while True:
-            registries = Registries()
-            self.conflicts = []
-            for info in self.infos.values():
-                info.registered, info.replaces = {}, []
-            try:
-                for hook_name, attr in REGISTER_HOOKS.items():
-                    self._call_register(hook_name, getattr(registries, attr))
-            except _Failed as failed:
-                self._fail(self.infos[failed.plugin], failed.message)
-                self._unregister(failed.plugin)
-                continue
-            for override in registries.overrides():
-                self.infos[override.plugin].replaces.append(str(override))
-            return registries
+        registries = Registries()
+        self.conflicts = []
+        for info in self.infos.values():
+            info.registered, info.replaces = {}, []
+        made: list[tuple[str, Any, Any]] = []  # (plugin, registry, spec), in call order
+        failed: set[str] = set()
+        for hook_name, attr in REGISTER_HOOKS.items():
+            registry = getattr(registries, attr)
+            for plugin in self._implementers(hook_name):
+                if plugin in failed:
+                    continue
 
-    def _call_register(self, hook_name: str, registry: Any) -> None:
-        caller = getattr(self.pm.hook, hook_name)
-        codes = _impl_codes(caller)
+                def register(spec: Any, plugin: str = plugin, registry: Any = registry) -> None:
+                    made.append((plugin, registry, spec))
 
-        def register(spec: Any) -> None:
-            info = self.infos[_calling_plugin(codes) or "unknown"]
-            try:
-                registry.add(
-                    spec,
-                    plugin=info.name,
-                    distribution=info.distribution,
-                    version=info.version,
-                    builtin=info.builtin,
-                )
-            except PluginError as exc:  # a name conflict: keep the plugin's other names
-                self.conflicts.append(exc.message)
-                if _flag("LORAKIT_STRICT_PLUGINS"):
-                    raise
-                return
-            info.registered.setdefault(registry.kind, []).append(spec.name)
+                try:
+                    self._hook_of(hook_name, plugin)(register=register)
+                except Exception as exc:
+                    failed.add(plugin)
+                    self._fail(self.infos[plugin], f"{hook_name} raised {_describe(exc)}")
+        for plugin in failed:
+            self._unregister(plugin)
+        for plugin, registry, spec in made:
+            if plugin not in failed:
+                self._add_spec(registry, spec, self.infos[plugin])
+        for override in registries.overrides():
+            self.infos[override.plugin].replaces.append(str(override))
+        return registries
 
+    def _add_spec(self, registry: Any, spec: Any, info: PluginInfo) -> None:
         try:
-            caller(register=register)
-        except PluginError:
-            raise
-        except Exception as exc:
-            plugin = _raising_plugin(exc, codes)
-            if plugin is None:
+            registry.add(
+                spec,
+                plugin=info.name,
+                distribution=info.distribution,
+                version=info.version,
+                builtin=info.builtin,
+            )
+        except PluginError as exc:  # a name conflict: keep the plugin's other names
+            self.conflicts.append(exc.message)
+            if env_flag("LORAKIT_STRICT_PLUGINS"):
                 raise
-            raise _Failed(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}") from exc
+            return
+        info.registered.setdefault(registry.kind, []).append(spec.name)
+
+    def _implementers(self, hook_name: str) -> list[str]:
+        """The plugins implementing ``hook_name``, in pluggy's call order."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        names = [impl.plugin_name for impl in reversed(impls)]
+        return [n for n in dict.fromkeys(names) if n in self.infos]
+
+    def _hook_of(self, hook_name: str, plugin: str) -> Any:
+        """``pm.hook.<hook_name>`` restricted to ``plugin``'s implementations."""
+        others = [p for n, p in self.pm.list_name_plugin() if n != plugin]
+        return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
 
     def _unregister(self, name: str) -> None:
         plugin = self.pm.get_plugin(name)
@@ -245,74 +256,88 @@ class Plugins:
             return list(caller(**kwargs) or [])
         except LorakitError:
             raise
-        except Exception as exc:
-            plugin = _raising_plugin(exc, _impl_codes(caller)) or "unknown"
+        except HookFailed as failed:
             raise RunError(
-                f"plugin {plugin} failed in {hook_name}: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"plugin {failed.plugin} failed in {hook_name}: {_describe(failed.error)}"
+            ) from failed.error
+        except Exception as exc:  # an implementation registered on ``pm`` directly
+            raise RunError(f"a plugin failed in {hook_name}: {_describe(exc)}") from exc
 
     def add_commands(self, app: Any) -> None:
         """Let plugins add CLI commands; a plugin that raises is marked failed and skipped."""
-        while True:
-            codes = _impl_codes(self.pm.hook.register_commands)
+        for plugin in self._implementers("register_commands"):
             try:
-                self.pm.hook.register_commands(app=app)
-                return
+                self._hook_of("register_commands", plugin)(app=app)
             except Exception as exc:
-                plugin = _raising_plugin(exc, codes)
-                if plugin is None:
-                    raise
-                self._fail(self.infos[plugin], f"register_commands raised {exc}")
+                self._fail(self.infos[plugin], f"register_commands raised {_describe(exc)}")
                 self._unregister(plugin)
 
 
-class _Failed(Exception):
-    def __init__(self, plugin: str, message: str) -> None:
-        super().__init__(message)
+class HookFailed(Exception):
+    """A plugin's hook implementation raised ``error`` (see :func:`_guarded`)."""
+
+    def __init__(self, plugin: str, error: BaseException) -> None:
+        super().__init__(f"plugin {plugin}: {error}")
         self.plugin = plugin
-        self.message = message
+        self.error = error
 
 
-_Codes = dict[Any, list[tuple[Any, str]]]
+def _describe(exc: BaseException) -> str:
+    exc = exc.error if isinstance(exc, HookFailed) else exc
+    return f"{type(exc).__name__}: {exc}"
 
 
-def _impl_codes(caller: Any) -> _Codes:
-    """Each hook implementation's code object → (its ``self`` or None, plugin name)."""
-    codes: _Codes = {}
-    for impl in caller.get_hookimpls():
-        code = getattr(impl.function, "__code__", None)
-        if code is not None:
-            owner = getattr(impl.function, "__self__", None)
-            codes.setdefault(code, []).append((owner, impl.plugin_name))
-    return codes
+def _guarded(function: Any, plugin: str, wrapper: bool) -> Any:
+    """``function`` (a hook implementation of ``plugin``), raising :class:`HookFailed` for
+    its errors; :class:`LorakitError` (already one line for the user) passes unchanged.
+    ``functools.wraps`` keeps its signature and pluggy's ``lorakit_impl`` marker."""
+
+    def fail(exc: Exception) -> BaseException:
+        if isinstance(exc, HookFailed | LorakitError):
+            return exc
+        return HookFailed(plugin, exc)
+
+    if wrapper:  # a generator: pluggy sends the inner result (or throws the inner error) in
+
+        @functools.wraps(function)
+        def guarded_wrapper(*args: Any) -> Any:
+            try:
+                return (yield from function(*args))
+            except Exception as exc:
+                raise fail(exc) from exc
+
+        return guarded_wrapper
+
+    @functools.wraps(function)
+    def guarded(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except Exception as exc:
+            raise fail(exc) from exc
+
+    return guarded
 
 
-def _plugin_of_frame(frame: Any, codes: _Codes) -> str | None:
-    for owner, name in codes.get(frame.f_code, ()):
-        if owner is None or frame.f_locals.get("self") is owner:
-            return name
-    return None
+class _Hooks:
+    """The guarded hook implementations of one plugin object, as pluggy holds them."""
+
+    def __init__(self, plugin: Any) -> None:
+        self.wrapped = plugin
+
+    def __repr__(self) -> str:
+        return repr(self.wrapped)
 
 
-def _calling_plugin(codes: _Codes) -> str | None:
-    """The plugin whose hook implementation is on the current call stack."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        name = _plugin_of_frame(frame, codes)
-        if name is not None:
-            return name
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
-
-
-def _raising_plugin(exc: BaseException, codes: _Codes) -> str | None:
-    """The plugin whose hook implementation is innermost in ``exc``'s traceback."""
-    found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        found = _plugin_of_frame(tb.tb_frame, codes) or found
-        tb = tb.tb_next
-    return found
+def _with_guards(pm: pluggy.PluginManager, plugin: Any, name: str) -> Any:
+    """An object carrying ``plugin``'s hook implementations, each one :func:`_guarded`, so
+    an error names the plugin it came from; what is not a hook implementation is left out."""
+    guarded = _Hooks(plugin)
+    for attr in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        if opts is not None:
+            wrapper = bool(opts.get("wrapper") or opts.get("hookwrapper"))
+            setattr(guarded, attr, _guarded(getattr(plugin, attr), name, wrapper))
+    return guarded
 
 
 _current: Plugins | None = None

@@ -8,10 +8,11 @@ is used, so heavy imports belong inside it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from lorakit.commands import BackendCommands, supports
 from lorakit.errors import PluginError, UsageError
 from lorakit.identify import FileKind, FileProbe
 
@@ -22,8 +23,11 @@ class BackendSpec:
 
     ``factory(config)`` returns a :class:`lorakit.backend.Backend`. ``config_model`` is the
     pydantic model of the backend's own config section (named ``name``: ``sd:``, ``llm:``).
-    ``commands`` maps core CLI verbs (``merge``, ``sample``, ``export``) to callables the
-    core dispatches to; their signatures are documented in docs/plugin-hooks.md.
+    ``commands`` is a :class:`lorakit.commands.BackendCommands`: what the backend does for
+    ``lorakit export``, ``merge``, ``sample``, ``demo`` and ``selftest``.
+    ``aliases`` maps top-level keys the backend accepts (``metadata_path``) to the key of its
+    section they stand for; ``migrations`` maps an old layout version N to the top-level
+    keys that moved into the backend's section between N and N+1 (old name → new name).
     ``templates`` maps template names to ``(package, file)`` of commented config templates
     shipped as package data; the first is the default of ``lorakit config init``.
     ``detect(path)`` (optional) answers whether a LoRA file or folder belongs to this backend.
@@ -38,11 +42,13 @@ class BackendSpec:
     factory: Callable[..., Any]
     description: str = ""
     config_model: type | None = None
-    commands: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    commands: BackendCommands | None = None
     templates: dict[str, tuple[str, str]] = field(default_factory=dict)
     detect: Callable[[Any], bool] | None = None
     planner: Callable[[Any], Any] | None = None
     identify: Callable[[FileProbe], FileKind | None] | None = None
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    migrations: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,7 @@ class Override:
 
 
 #: Distributions lorakit ships; a third party's registration of a name they use replaces it.
-FIRST_PARTY = frozenset({"lorakit", "lorakit-sd", "lorakit-llm", "lorakit-labelers"})
+FIRST_PARTY = frozenset({"lorakit", "lorakit-sd", "lorakit-llm", "lorakit-labelers", "lorakit-ui"})
 
 
 def is_first_party(distribution: str) -> bool:
@@ -300,9 +306,11 @@ class Registries:
     def backends_with(
         self, command: str, names: list[str] | None = None, *, what: str = "command"
     ) -> dict[str, BackendSpec]:
-        """The backends (all, or those ``names``) whose ``commands`` has ``command``, by name;
-        a name without one is a UsageError saying what is missing (``what``)."""
-        available = {e.spec.name: e.spec for e in self.backends if command in e.spec.commands}
+        """The backends (all, or those ``names``) whose ``commands`` support ``command``, by
+        name; a name without one is a UsageError saying what is missing (``what``)."""
+        available = {
+            e.spec.name: e.spec for e in self.backends if supports(e.spec.commands, command)
+        }
         chosen = names or sorted(available)
         missing = [n for n in chosen if n not in available]
         if missing or not chosen:
@@ -313,7 +321,20 @@ class Registries:
         return {n: available[n] for n in chosen}
 
     def backend_for(self, task_type: str | None, backend: str | None) -> Entry[BackendSpec]:
-        """The backend named by ``backend``, else the one serving ``task_type``."""
+        """The backend named by ``backend``, else the one serving ``task_type``; without
+        either, the only installed backend (several: a UsageError naming them)."""
+        if not backend and task_type is None:
+            entries = list(self.backends)
+            if len(entries) == 1:
+                return entries[0]
+            served = ", ".join(
+                f"{e.spec.task_types[0]} ({e.spec.name})" for e in entries if e.spec.task_types
+            )
+            raise UsageError(
+                f"task_type is required: the installed backends serve {served or 'nothing'}"
+                if entries
+                else "no backend is installed: pip install lorakit-sd or lorakit-llm"
+            )
         if backend:
             if backend not in self.backends:
                 package = KNOWN_BACKEND_PACKAGES.get(backend)
@@ -331,6 +352,13 @@ class Registries:
             )
         known = ", ".join(sorted(KNOWN_TASK_TYPES))
         raise UsageError(f"unknown task_type '{task_type}' (known: {known})")
+
+
+def commands_of(spec: BackendSpec) -> BackendCommands:
+    """``spec.commands``, or a UsageError when the backend registered none."""
+    if spec.commands is None:
+        raise UsageError(f"backend {spec.name} has no commands (export, merge, sample, demo)")
+    return spec.commands
 
 
 #: Backends lorakit's own distributions provide, for "pip install ..." hints.

@@ -118,7 +118,9 @@ def test_config_init_distributed_template():
 
 def test_config_migrate_rewrites_old_layout(tmp_path):
     path = tmp_path / "old.yaml"
-    path.write_text("config_version: 1\nnetwork_dim: 16\nresolution: 768\nbase_model: a/b\n")
+    path.write_text(
+        "config_version: 1\ntask_type: image\nnetwork_dim: 16\nresolution: 768\nbase_model: a/b\n"
+    )
     result = lorakit("config", "migrate", str(path))
     assert result.returncode == 0, result.stderr
     assert "'network_dim' is now 'lora_rank'" in result.stdout

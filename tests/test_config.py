@@ -211,3 +211,22 @@ def test_backend_preview_keys_may_change_on_resume(toy_plugins, tmp_path, files)
     base = load_config(path)
     assert load_config(path, overrides=["toy.samples=64"]).semantic_hash() == base.semantic_hash()
     assert load_config(path, overrides=["toy.samples=65"]).semantic_hash() != base.semantic_hash()
+
+
+def test_task_type_defaults_to_the_only_backend_and_is_required_among_several(
+    toy_plugins, tmp_path, files
+):
+    from lorakit.registry import BackendSpec
+
+    without = SEED.replace("task_type: toy-regression\n", "")
+    cfg = load_config(write(tmp_path, without, files))
+    assert cfg.backend == "toy" and cfg.train.task_type == "toy-regression"
+    registries = toy_plugins.registries
+    registries.backends.add(
+        BackendSpec("other", ("other-generation",), dict), plugin="o", distribution="o", version="1"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, without, files), registries=registries)
+    assert "task_type is required: the installed backends serve other-generation (other), " in str(
+        info.value
+    ) and "toy-regression (toy)" in str(info.value)

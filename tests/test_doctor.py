@@ -13,7 +13,7 @@ import pytest
 from conftest import toy_config
 
 import lorakit
-from lorakit.diagnostics import doctor
+from lorakit.diagnostics import doctor, storage
 from lorakit.plugins import build_plugins, set_plugins
 from lorakit.testing import run_cli, write_config
 
@@ -30,7 +30,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 def roomy_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every disk has 500 GiB free, whatever the test machine has."""
     usage = types.SimpleNamespace(total=1000 * GiB, used=500 * GiB, free=500 * GiB)
-    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda path: usage)
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: usage)
 
 
 @pytest.fixture
@@ -139,14 +139,14 @@ def test_missing_torch_fails(monkeypatch):
 )
 def test_disk(monkeypatch, tmp_path, free, status):
     usage = types.SimpleNamespace(total=100 * GiB, used=0, free=int(free))
-    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda path: usage)
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: usage)
     check = doctor.check_disk(tmp_path / "not" / "yet" / "there")
     assert check.status == status
     assert (check.fix is None) == (status == "ok")
 
 
 def test_disk_not_writable(monkeypatch, tmp_path):
-    monkeypatch.setattr(doctor.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: False)
     check = doctor.check_disk(tmp_path)
     assert check.status == "fail" and "not writable" in check.message
 
@@ -159,7 +159,7 @@ def test_hf_settings(monkeypatch, tmp_path, roomy_disk):
     assert str(tmp_path / "hub-cache") in check.message and "offline" in check.message
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(doctor.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: False)
     check = doctor.check_hf()
     assert check.status == "warn" and check.fix == "set HF_HOME to a writable folder"
 

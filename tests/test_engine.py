@@ -47,6 +47,27 @@ def test_loss_falls_and_outputs_exist(toy_plugins, tmp_path):
     assert weights and all("lora_" in k for k in weights)
 
 
+def test_loss_png_does_not_need_the_jsonl_tracker(toy_plugins, tmp_path):
+    from PIL import Image
+
+    result = run(toy_plugins, tmp_path, max_steps=3, trackers=["tensorboard"])
+    assert not (result.output_dir / "metrics.jsonl").exists()
+    with Image.open(result.output_dir / "loss.png") as image:  # a PNG that PIL decodes
+        image.load()
+        assert image.format == "PNG" and image.size == (700, 400)
+
+
+def test_accelerate_keeps_the_sync_flag_setter():
+    """engine/step.py sets accelerate's private gradient_state sync flag under DeepSpeed; if
+    accelerate renames or drops it, this fails before a DeepSpeed run silently mis-syncs."""
+    from accelerate.state import GradientState
+
+    state = GradientState()
+    for flag in (False, True):
+        state._set_sync_gradients(flag)
+        assert state.sync_gradients is flag
+
+
 def test_accumulation_matches_bigger_batch(toy_plugins, tmp_path):
     a = run(toy_plugins, tmp_path / "a", batch_size=8, gradient_accumulation_steps=1, max_steps=6)
     b = run(toy_plugins, tmp_path / "b", batch_size=4, gradient_accumulation_steps=2, max_steps=6)

@@ -1,9 +1,12 @@
-"""Every hook is documented in docs/plugin-hooks.md, and every documented hook exists."""
+"""Every hook and every backend command is documented in docs/plugin-hooks.md, and every
+documented one exists."""
 
+import inspect
 import re
 from pathlib import Path
 
 from lorakit import hookspecs
+from lorakit.commands import VERBS, BackendCommands
 
 DOC = Path(__file__).parent.parent / "docs" / "plugin-hooks.md"
 
@@ -16,17 +19,36 @@ def spec_names() -> set[str]:
     }
 
 
+def documented_hooks() -> set[str]:
+    return set(re.findall(r"^### `(\w+)\(", DOC.read_text(), re.M))
+
+
+def documented_commands() -> dict[str, list[str]]:
+    found = re.findall(r"^### `commands\.(\w+)\(([^)]*)\)`", DOC.read_text(), re.M)
+    return {name: [a.strip() for a in args.split(",") if a.strip()] for name, args in found}
+
+
 def test_every_hook_is_documented():
-    documented = set(re.findall(r"^### `(\w+)\(", DOC.read_text(), re.M))
-    missing = spec_names() - documented
+    missing = spec_names() - documented_hooks()
     assert not missing, f"hooks without a section in docs/plugin-hooks.md: {sorted(missing)}"
 
 
 def test_every_documented_hook_exists():
-    documented = set(re.findall(r"^### `(\w+)\(", DOC.read_text(), re.M))
-    assert documented <= spec_names(), documented - spec_names()
+    assert documented_hooks() <= spec_names(), documented_hooks() - spec_names()
 
 
 def test_every_hook_has_a_docstring():
     for name in spec_names():
         assert getattr(hookspecs, name).__doc__, name
+
+
+def test_every_backend_command_is_documented_with_its_arguments():
+    methods = {
+        name: list(inspect.signature(fn).parameters)[1:]
+        for name, fn in vars(BackendCommands).items()
+        if inspect.isfunction(fn) and not name.startswith("_")
+    }
+    assert set(methods) == set(VERBS)
+    assert documented_commands() == methods
+    for name in methods:
+        assert getattr(BackendCommands, name).__doc__, name

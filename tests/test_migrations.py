@@ -11,7 +11,9 @@ from conftest import toy_config
 
 from lorakit.config import CONFIG_VERSION, load_config
 from lorakit.config.migrations import MIGRATIONS, migrate, migrate_text
+from lorakit.config.yaml_reader import parse_yaml
 from lorakit.errors import ConfigError
+from lorakit.registry import BackendSpec
 from lorakit.testing import run_cli, write_config
 
 OLD = """\
@@ -34,6 +36,14 @@ optimizer_args:
 """
 
 
+#: A backend that moved top-level keys into its section between layouts 1 and 2, as lorakit-sd did.
+SD = BackendSpec(
+    "sd", ("image-generation",), dict,
+    migrations={1: {"resolution": "resolution", "noise_offset": "noise_offset",
+                    "shuffle_caption": "shuffle_tags"}},
+)  # fmt: skip
+
+
 def test_every_old_version_has_a_migration():
     assert set(MIGRATIONS) == set(range(1, CONFIG_VERSION))
 
@@ -41,7 +51,7 @@ def test_every_old_version_has_a_migration():
 def test_v1_keys_are_renamed_and_moved_with_notices():
     data = yaml.safe_load(OLD)
     before = copy.deepcopy(data)
-    new, notices = migrate(data, file="old.yaml")
+    new, notices = migrate(data, file="old.yaml", backend=SD)
     assert data == before  # the caller's dict (and its sd section) is untouched
     assert new["config_version"] == CONFIG_VERSION
     assert (new["lora_rank"], new["lora_alpha"], new["batch_size"]) == (16, 8, 2)
@@ -65,10 +75,13 @@ def test_missing_version_with_old_keys_is_read_as_v1():
     new, notices = migrate({"network_dim": 4, "base_model": "x"})
     assert new["lora_rank"] == 4
     assert notices[0] == "no config_version; read as version 1 (it uses 'network_dim')"
+    # a key the backend moved counts as old too; the core alone does not know it
+    assert migrate({"resolution": 512}, backend=SD)[0]["sd"] == {"resolution": 512}
+    assert migrate({"resolution": 512})[1] == []
 
 
 def test_empty_sd_section_takes_moved_keys():
-    new, _ = migrate({"config_version": 1, "resolution": 768, "sd": None})
+    new, _ = migrate({"config_version": 1, "resolution": 768, "sd": None}, backend=SD)
     assert new["sd"] == {"resolution": 768}
 
 
@@ -86,48 +99,34 @@ def test_empty_sd_section_takes_moved_keys():
 )
 def test_bad_versions_and_conflicts(data, message):
     with pytest.raises(ConfigError) as caught:
-        migrate(data, file="run.yaml")
+        migrate(data, file="run.yaml", backend=SD)
     assert message in str(caught.value) and "run.yaml" in str(caught.value)
 
 
-def test_text_rewrite_keeps_comments_and_order():
-    text, notices = migrate_text(OLD, file="old.yaml")
-    assert text is not None and len(notices) == 5
-    assert yaml.safe_load(text) == migrate(yaml.safe_load(OLD))[0]
-    assert text.splitlines()[:3] == [
-        "# mascot run, written for the old layout",
-        f"config_version: {CONFIG_VERSION}  # layout",
-        "task_type: image-generation",
+def test_text_rewrite_keeps_the_order_and_says_where_the_comments_are():
+    text, notices = migrate_text(OLD, file="runs/old.yaml", backend=SD)
+    assert text is not None and len(notices) == 6
+    assert parse_yaml(text)[0] == migrate(parse_yaml(OLD)[0], backend=SD)[0]
+    assert text.splitlines()[:2] == [
+        f"# Migrated to config_version {CONFIG_VERSION} by `lorakit config migrate`; the comments of the",
+        "# original are in old.yaml.bak.",
     ]
-    assert "lora_rank: 16     # rank" in text
-    assert "base_model: ./models/v1-5.safetensors   # the base" in text
-    assert (
-        "sd:\n  cache_text_encoder: true   # kept\n  # training resolution\n  resolution: 512\n"
-        in text
-    )
-    assert migrate_text(text) == (None, [])  # already current
-
-
-def test_text_rewrite_adds_a_section_and_a_version():
-    text, notices = migrate_text("network_dim: 4\nnoise_offset: 0.05  # a little\n")
-    assert (
-        text
-        == f"config_version: {CONFIG_VERSION}\nlora_rank: 4\n\nsd:\n  noise_offset: 0.05  # a little\n"
-    )
-    assert notices[0].startswith("no config_version")
-
-
-def test_unusual_layout_falls_back_and_says_so():
-    text, notices = migrate_text("config_version: 1\nresolution: 512\nsd: {cache_latents: true}\n")
-    assert text is not None
-    assert yaml.safe_load(text)["sd"] == {"cache_latents": True, "resolution": 512}
-    assert notices[-1] == "the layout was too unusual to edit in place: comments were not kept"
+    keys = [line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()]
+    assert keys == [
+        "config_version", "task_type", "base_model", "lora_rank", "lora_alpha", "batch_size",
+        "learning_rate", "sd", "optimizer_args",
+    ]  # fmt: skip
+    assert notices[-1] == "comments are not kept in the rewritten file (the original is the .bak)"
+    assert migrate_text(text, backend=SD) == (None, [])  # already current
 
 
 def test_version_1_without_old_keys_is_bumped():
     text, notices = migrate_text("config_version: 1\nlora_rank: 4\n")
-    assert text == f"config_version: {CONFIG_VERSION}\nlora_rank: 4\n"
-    assert notices == [f"config_version 1→{CONFIG_VERSION}: no key changed"]
+    assert text is not None and yaml.safe_load(text) == {
+        "config_version": CONFIG_VERSION,
+        "lora_rank": 4,
+    }
+    assert notices[0] == f"config_version 1→{CONFIG_VERSION}: no key changed"
 
 
 def test_load_config_migrates_with_notices(toy_plugins, tmp_path):

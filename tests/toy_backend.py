@@ -6,9 +6,10 @@ diffusers nor transformers, which proves the engine is backend-agnostic.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from lorakit.api import Backend, BackendSpec, LossOutput, ModelLoaderSpec, hookimpl
 
@@ -41,6 +42,15 @@ class ToySection(BaseModel):
     hidden: int = 32
     slow_ms: float = 0.0  # sleep per step, to give kill tests a window
     head_lr: float | None = None  # the output layer's LoRA in its own parameter group
+    metadata_path: str | None = None  # the seed's top-level key, declared as an alias
+
+    @field_validator("metadata_path")
+    @classmethod
+    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and (info.context or {}).get("check_paths", True) and not Path(value).is_file():
+            raise ValueError("file not found")
+        return value
+
     oom_above: int | None = None  # raise torch.OutOfMemoryError for larger micro-batches
 
 
@@ -135,7 +145,7 @@ def register_backends(register: Any) -> None:
     register(
         BackendSpec(
             "toy", ("toy-regression",), ToyBackend, "LoRA on a tiny MLP (tests)",
-            config_model=ToySection,
+            config_model=ToySection, aliases={"metadata_path": "metadata_path"},
         )
     )  # fmt: skip
 

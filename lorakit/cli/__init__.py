@@ -39,7 +39,9 @@ app = _new_app()
 
 
 def debug() -> bool:
-    return os.environ.get("LORAKIT_DEBUG", "").strip() not in {"", "0", "false", "no"}
+    from lorakit.env import env_flag
+
+    return env_flag("LORAKIT_DEBUG")
 
 
 def fail(message: str, code: int) -> None:

@@ -95,11 +95,14 @@ def migrate_cmd(
 ) -> None:
     """Rewrite a config in the current layout, listing each change."""
     from lorakit.config import read_yaml
+    from lorakit.config.loader import run_backend
     from lorakit.config.migrations import migrate_text
     from lorakit.io import write_text
+    from lorakit.plugins import get_registries
 
-    read_yaml(file)  # one-line errors for a missing or malformed file
-    text, notices = migrate_text(file.read_text(encoding="utf-8"), file=str(file))
+    data, _ = read_yaml(file)  # one-line errors for a missing or malformed file
+    backend = run_backend(data, get_registries())
+    text, notices = migrate_text(file.read_text(encoding="utf-8"), file=str(file), backend=backend)
     for notice in notices:
         print(f"{file}: {notice}")
     if text is None:

@@ -1,7 +1,7 @@
 """``lorakit export``, ``merge`` and ``sample``: the core parses, the backend does the work.
 
-Each dispatches to the callable a backend registered under ``BackendSpec.commands``
-(``export``, ``merge``, ``sample``), choosing the backend by ``--backend``, by the config,
+Each dispatches to the backend's :class:`lorakit.commands.BackendCommands` (its ``export``,
+``merge`` or ``sample``), choosing the backend by ``--backend``, by the config,
 or by asking each backend's ``detect`` whether it recognises the LoRA file.
 
 One rule for every command that reads a base model, as for ``train``: ``--config FILE``
@@ -18,8 +18,10 @@ from typing import Annotated, Any
 import typer
 
 from lorakit.cli.options import BaseConfigOption, SetOpt
+from lorakit.commands import BackendCommands, supports
 from lorakit.errors import UsageError
 from lorakit.io import parse_lora
+from lorakit.registry import commands_of
 
 ConfigOption = Annotated[
     Path | None,
@@ -48,27 +50,8 @@ def command_config(
     return load_config(data=stub, overrides=sets, check_paths=False)
 
 
-#: Arguments newer than the command protocol: left out when not given, so a backend's
-#: command that does not take them still works (and says so when they are given).
-OPTIONAL = ("config", "width", "height")
-
-
-def call(command: Any, verb: str, backend: str, **kwargs: Any) -> Any:
-    """``command(**kwargs)``, leaving out the :data:`OPTIONAL` arguments that are None."""
-    given = {k: v for k, v in kwargs.items() if v is not None or k not in OPTIONAL}
-    try:
-        return command(**given)
-    except TypeError as exc:
-        bad = next((k for k in given if f"unexpected keyword argument '{k}'" in str(exc)), None)
-        if bad is None:
-            raise
-        raise UsageError(
-            f"{verb}: backend {backend} does not take --{bad.replace('_', '-')}"
-        ) from None
-
-
-def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Any]:
-    """``(backend name, its command for verb)``."""
+def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, BackendCommands]:
+    """``(backend name, its commands)`` for ``verb``."""
     from lorakit.plugins import get_plugins
     from lorakit.registry import KNOWN_BACKEND_PACKAGES
 
@@ -92,10 +75,9 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, An
             raise UsageError(
                 f"{verb}: cannot tell which backend reads {paths[0] if paths else 'this'}; pass --backend ({hint})"
             )
-    command = spec.commands.get(verb)
-    if command is None:
+    if not supports(spec.commands, verb):
         raise UsageError(f"backend {spec.name} does not support '{verb}'")
-    return spec.name, command
+    return spec.name, commands_of(spec)
 
 
 def trained_loras(cfg: Any) -> list[Path]:
@@ -135,11 +117,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Convert a trained LoRA: kohya/A1111 ⇄ diffusers (sd files), or a PEFT adapter to a
         llama.cpp GGUF adapter (llm: --to gguf, --base names the base where needed)."""
-        name, command = pick_backend(backend, [str(source)], "export")
+        name, commands = pick_backend(backend, [str(source)], "export")
         cfg = command_config(name, config, set_, base_config)
         base = base or (cfg.train.base_model if config is not None else None)
-        for path in call(command, "export", name, source=source, to=to, output=output,
-                         base=base, config=cfg):  # fmt: skip
+        for path in commands.export(source, to, output, base, cfg):
             print(f"wrote {path}")
 
     @app.command()
@@ -162,13 +143,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Bake one or more LoRAs (with weights) into a base model and save it."""
         loras = [parse_lora(item) for item in lora]
-        name, command = pick_backend(backend, [p for p, _ in loras], "merge")
+        name, commands = pick_backend(backend, [p for p, _ in loras], "merge")
         cfg = command_config(name, config, set_, base_config)
         base = base or (cfg.train.base_model if config is not None else None)
         if not base:
             raise UsageError("merge: pass --base (or --config)")
-        path = call(command, "merge", name, base=base, loras=loras, output=output, dtype=dtype,
-                    config=cfg)  # fmt: skip
+        path = commands.merge(base, loras, output, dtype, cfg)
         print(f"wrote {path}")
 
     @app.command()
@@ -217,9 +197,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError("sample: pass --base (or --config)")
         if not prompt:
             raise UsageError("sample: pass --prompt (or a --config with sample_prompts)")
-        name, command = pick_backend(backend, [p for p, _ in loras], "sample")
+        name, commands = pick_backend(backend, [p for p, _ in loras], "sample")
         cfg = command_config(name, config, set_, base_config) or cfg
-        for path in call(command, "sample", name, base=base, loras=loras, prompts=prompt,
-                         output=output, seed=seed, steps=steps, config=cfg, width=width,
-                         height=height):  # fmt: skip
+        for path in commands.sample(base, loras, prompt, output, seed, steps, cfg, width, height):
             print(f"wrote {path}")

@@ -10,7 +10,13 @@ from pydantic import BaseModel, ValidationError
 
 from lorakit.config.migrations import migrate
 from lorakit.config.overrides import apply_overrides
-from lorakit.config.schema import HUB_ID, WEIGHT_SUFFIXES, Config, TrainConfig
+from lorakit.config.schema import (
+    HUB_ID,
+    TASK_TYPE_ALIASES,
+    WEIGHT_SUFFIXES,
+    Config,
+    TrainConfig,
+)
 from lorakit.config.yaml_reader import read_yaml
 from lorakit.errors import ConfigError
 from lorakit.registry import KNOWN_BACKEND_PACKAGES
@@ -38,12 +44,14 @@ def _validate(
     file: str | None,
     overridden: dict[tuple[str, ...], str] | None = None,
     errors: list[ConfigError] | None = None,
+    check_paths: bool = True,
 ) -> BaseModel | None:
     """Validate ``data``. Each problem becomes a ConfigError naming key, file and line (or
     the ``--set`` item it came from): appended to ``errors`` when given (and None
-    returned), else the first one is raised."""
+    returned), else the first one is raised. A backend section's validators read
+    ``info.context["check_paths"]``: whether to check that the files it names exist."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"check_paths": check_paths})
     except ValidationError as exc:
         found = [_config_error(err, model, prefix, lines, file, overridden) for err in exc.errors()]
         if errors is None:
@@ -157,8 +165,68 @@ def _check_paths(train: TrainConfig, lines: dict, file: str | None) -> list[Conf
     data = Path(train.train_data_dir).expanduser()
     if not data.exists():
         fail("train_data_dir", f"folder not found: {train.train_data_dir}")
-    if train.metadata_path and not Path(train.metadata_path).expanduser().is_file():
-        fail("metadata_path", f"file not found: {train.metadata_path}")
+    return errors
+
+
+def run_backend(data: dict[str, Any], registries: Any, backend: str | None = None) -> Any:
+    """The :class:`BackendSpec` a raw config will run with, or None when it names none that
+    is installed (validation then says why)."""
+    task_type = data.get("task_type")
+    task_type = TASK_TYPE_ALIASES.get(task_type, task_type) if isinstance(task_type, str) else None
+    name = backend or data.get("backend")
+    try:
+        return registries.backend_for(task_type, name if isinstance(name, str) else None).spec
+    except Exception:  # noqa: BLE001 - reported where the config is validated
+        return None
+
+
+def _take_sections(
+    data: dict[str, Any], registries: Any, lines: dict, file: str | None, errors: list
+) -> dict[str, Any]:
+    """Pop the installed backends' sections; one of a backend not installed is an error."""
+    backend_names = registries.backends.names()
+    sections = {k: data.pop(k) for k in list(data) if k in backend_names}
+    for key in list(data):
+        if key in KNOWN_BACKEND_PACKAGES and key not in backend_names:
+            errors.append(ConfigError(
+                f"section for backend '{key}', which is not installed: "
+                f"pip install {KNOWN_BACKEND_PACKAGES[key]}",
+                key=key, file=file, line=lines.get((key,)),
+            ))  # fmt: skip
+            data.pop(key)
+    return sections
+
+
+def _apply_aliases(
+    data: dict[str, Any], spec: Any, registries: Any, lines: dict, file: str | None
+) -> list[ConfigError]:
+    """Move the top-level keys ``spec`` accepts (``BackendSpec.aliases``) into its section.
+
+    Without a backend (task_type names none; that is reported), the installed backends'
+    aliases are dropped: they are no typos."""
+    errors: list[ConfigError] = []
+    if spec is None:
+        for entry in registries.backends:
+            for top in entry.spec.aliases:
+                data.pop(top, None)
+        return errors
+    for top, key in spec.aliases.items():
+        if top not in data:
+            continue
+        section = data.get(spec.name)
+        if section is None:
+            section = data[spec.name] = {}
+        if not isinstance(section, dict) or key in section:
+            where = f"'{spec.name}.{key}'" if isinstance(section, dict) else f"'{spec.name}'"
+            errors.append(ConfigError(
+                f"stands for {where}, which is set too (or not a mapping); keep one",
+                key=top, file=file, line=lines.get((top,)),
+            ))  # fmt: skip
+            data.pop(top)
+            continue
+        section[key] = data.pop(top)
+        if (top,) in lines:
+            lines[(spec.name, key)] = lines[(top,)]
     return errors
 
 
@@ -182,24 +250,14 @@ def load_config(
             raise ConfigError("no config given")
         data, lines = read_yaml(Path(path))
     data = dict(data)
-    data, notices = migrate(data, file=file)
+    data, notices = migrate(data, file=file, backend=run_backend(data, registries, backend))
     overridden: dict[tuple[str, ...], str] = {}
     if overrides:
         overridden = apply_overrides(data, overrides)
     if backend:
         data["backend"] = backend
-
-    backend_names = registries.backends.names()
-    sections = {k: data.pop(k) for k in list(data) if k in backend_names}
-    errors: list[ConfigError] = []
-    for key in list(data):
-        if key in KNOWN_BACKEND_PACKAGES and key not in backend_names:
-            errors.append(ConfigError(
-                f"section for backend '{key}', which is not installed: "
-                f"pip install {KNOWN_BACKEND_PACKAGES[key]}",
-                key=key, file=file, line=lines.get((key,)),
-            ))  # fmt: skip
-            data.pop(key)
+    errors = _apply_aliases(data, run_backend(data, registries), registries, lines, file)
+    sections = _take_sections(data, registries, lines, file, errors)
     train = _validate(TrainConfig, data, (), lines, file, overridden, errors)
     spec = None
     if isinstance(train, TrainConfig):
@@ -208,6 +266,8 @@ def load_config(
         except Exception as exc:
             key = "backend" if train.backend else "task_type"
             errors.append(ConfigError(str(exc), key=key, file=file, line=lines.get((key,))))
+        if spec is not None and train.task_type is None:
+            train.task_type = spec.task_types[0]
     validated: dict[str, BaseModel] = {}
     for name, section_data in sections.items():
         if section_data is None:
@@ -219,11 +279,15 @@ def load_config(
             continue
         model = registries.backends.get(name).config_model
         if model is not None:
-            section = _validate(model, section_data, (name,), lines, file, overridden, errors)
+            section = _validate(
+                model, section_data, (name,), lines, file, overridden, errors, check_paths
+            )
             if section is not None:
                 validated[name] = section
     if spec is not None and spec.name not in validated and spec.config_model is not None:
-        section = _validate(spec.config_model, {}, (spec.name,), lines, file, None, errors)
+        section = _validate(
+            spec.config_model, {}, (spec.name,), lines, file, None, errors, check_paths
+        )
         if section is not None:
             validated[spec.name] = section
     known = {k: v for k, v in data.items() if k in TrainConfig.model_fields}

@@ -5,8 +5,10 @@ names (``network_dim``, ``train_batch_size``, a top-level ``resolution``...); a 
 without ``config_version`` is read as the current layout, unless it uses version-1 keys,
 which the current layout rejects: then it is read as version 1, and says so. Each step
 below renames or moves keys and returns one :class:`Change` per key; ``lorakit train``
-prints them as notices and ``lorakit config migrate FILE`` writes the result back,
-keeping the file's comments and order (see :func:`migrate_text`).
+prints them as notices and ``lorakit config migrate FILE`` writes the result back, in the
+same key order, with a note that its comments are in the ``.bak`` it keeps (see
+:func:`migrate_text`). Keys that moved into a backend's section are the backend's to declare
+(``BackendSpec.migrations``): the core knows no backend.
 
 Adding a layout: bump ``CONFIG_VERSION`` below to N+1 and add ``MIGRATIONS[N]``,
 a function that changes the dict in place and returns its changes.
@@ -15,9 +17,9 @@ a function that changes the dict in place and returns its changes.
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lorakit.errors import ConfigError
@@ -55,11 +57,8 @@ V1_RENAMES = {
     "lr_warmup": "lr_warmup_steps",
     "output_path": "output_dir",
 }
-#: v1 → v2: top-level keys that moved into the sd section.
-V1_TO_SD = ("resolution", "noise_offset", "min_snr_gamma", "cache_latents", "shuffle_caption")
-V1_SD_RENAMES = {"shuffle_caption": "shuffle_tags"}
-#: Keys that only a version-1 config has.
-V1_KEYS = frozenset(V1_RENAMES) | frozenset(V1_TO_SD)
+#: Keys that only a version-1 config has (a backend adds those it moved into its section).
+V1_KEYS = frozenset(V1_RENAMES)
 
 
 def _v1_to_v2(data: dict[str, Any]) -> list[Change]:
@@ -68,32 +67,45 @@ def _v1_to_v2(data: dict[str, Any]) -> list[Change]:
         if old in data:
             if new in data:
                 raise ConfigError(f"both '{old}' (old name) and '{new}' are set; keep '{new}'")
-            data[new] = data.pop(old)
+            items = list(data.items())  # renamed in place: the key keeps its position
+            data.clear()
+            data.update((new if k == old else k, v) for k, v in items)
             changes.append(Change((old,), (new,)))
-    for old in V1_TO_SD:
-        if old in data:
-            new = V1_SD_RENAMES.get(old, old)
-            section = data.get("sd")
-            if section is None:
-                section = data["sd"] = {}
-            if not isinstance(section, dict):
-                raise ConfigError(f"'{old}' moves into the 'sd' section, which is not a mapping")
-            if new in section:
-                raise ConfigError(
-                    f"both '{old}' (old place) and 'sd.{new}' are set; keep 'sd.{new}'"
-                )
-            section[new] = data.pop(old)
-            changes.append(Change((old,), ("sd", new)))
+    return changes
+
+
+def move_into_section(data: dict[str, Any], section: str, moves: Mapping[str, str]) -> list[Change]:
+    """Move top-level keys into ``section`` (old name → name in the section), in place."""
+    changes = []
+    for old, new in moves.items():
+        if old not in data:
+            continue
+        target = data.get(section)
+        if target is None:
+            target = data[section] = {}
+        if not isinstance(target, dict):
+            raise ConfigError(f"'{old}' moves into the '{section}' section, which is not a mapping")
+        if new in target:
+            raise ConfigError(
+                f"both '{old}' (old place) and '{section}.{new}' are set; keep '{section}.{new}'"
+            )
+        target[new] = data.pop(old)
+        changes.append(Change((old,), (section, new)))
     return changes
 
 
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], list[Change]]] = {1: _v1_to_v2}
 
 
-def detect_version(data: dict[str, Any], *, file: str | None = None) -> tuple[int, str | None]:
-    """The layout version of ``data`` and, when it was inferred, a notice saying why."""
+def detect_version(
+    data: dict[str, Any], *, file: str | None = None, backend: Any = None
+) -> tuple[int, str | None]:
+    """The layout version of ``data`` and, when it was inferred, a notice saying why.
+
+    ``backend`` (a :class:`~lorakit.registry.BackendSpec`) adds the keys it moved."""
     if "config_version" not in data:
-        old = sorted(V1_KEYS & set(data))
+        moved = set(backend.migrations.get(1, {})) if backend is not None else set()
+        old = sorted((V1_KEYS | moved) & set(data))
         if old:
             return 1, f"no config_version; read as version 1 (it uses '{old[0]}')"
         return CONFIG_VERSION, None
@@ -113,16 +125,22 @@ def detect_version(data: dict[str, Any], *, file: str | None = None) -> tuple[in
 
 
 def migrate_changes(
-    data: dict[str, Any], *, file: str | None = None
+    data: dict[str, Any], *, file: str | None = None, backend: Any = None
 ) -> tuple[dict[str, Any], list[Change], list[str]]:
-    """Bring a copy of ``data`` to the current layout: ``(data, changes, notices)``."""
-    version, inferred = detect_version(data, file=file)
+    """Bring a copy of ``data`` to the current layout: ``(data, changes, notices)``.
+
+    Each step runs the core's migration, then moves the keys the run's ``backend`` (a
+    :class:`~lorakit.registry.BackendSpec`, or None) declares for it into its section."""
+    version, inferred = detect_version(data, file=file, backend=backend)
     data = copy.deepcopy(data)
     changes: list[Change] = []
     notices = [inferred] if inferred else []
     while version < CONFIG_VERSION:
         try:
             step = MIGRATIONS[version](data)
+            if backend is not None:
+                moves = backend.migrations.get(version, {})
+                step += move_into_section(data, backend.name, moves)
         except ConfigError as exc:
             if exc.file or not file:
                 raise
@@ -134,136 +152,46 @@ def migrate_changes(
     return data, changes, notices
 
 
-def migrate(data: dict[str, Any], *, file: str | None = None) -> tuple[dict[str, Any], list[str]]:
+def migrate(
+    data: dict[str, Any], *, file: str | None = None, backend: Any = None
+) -> tuple[dict[str, Any], list[str]]:
     """Bring ``data`` to the current layout; return it and the notices of what changed.
 
     ``data`` itself is left as it was.
     """
-    new, _, notices = migrate_changes(data, file=file)
+    new, _, notices = migrate_changes(data, file=file, backend=backend)
     return new, notices
 
 
-# -- rewriting a file, comments kept ---------------------------------------------------
+# -- rewriting a file --------------------------------------------------------------------
 
-_TOP_KEY = re.compile(r"^(?P<q>['\"]?)(?P<key>[^\s'\"#:][^'\"#:]*?)(?P=q)\s*:(?=\s|$)")
-
-
-def _top_keys(lines: list[str]) -> dict[str, int]:
-    """Top-level key → its line index (keys written at column 0)."""
-    out: dict[str, int] = {}
-    for i, line in enumerate(lines):
-        match = _TOP_KEY.match(line)
-        if match:
-            out[match.group("key")] = i
-    return out
+#: The first lines of a migrated file: PyYAML does not keep comments, so the file says so.
+MIGRATED_NOTE = (
+    "# Migrated to config_version {version} by `lorakit config migrate`; the comments of the\n"
+    "# original are in {backup}.\n"
+)
 
 
-def _after_key(line: str) -> int:
-    """Index of the ``:`` that ends the top-level key on ``line``."""
-    match = _TOP_KEY.match(line)
-    if match is None:
-        raise ValueError(f"not a key line: {line!r}")
-    return match.end() - 1
-
-
-def _block_end(lines: list[str], start: int) -> int:
-    """End (exclusive) of the block that starts at top-level key line ``start``.
-
-    The block is the key's line and the indented lines after it; comments and blank lines
-    directly before the next top-level key belong to that key.
-    """
-    end = start + 1
-    last = start + 1
-    while end < len(lines):
-        line = lines[end]
-        if line.strip() and not line[0].isspace():
-            break
-        end += 1
-        if line.strip() and not line.lstrip().startswith("#"):
-            last = end
-    return last
-
-
-def _rewrite(text: str, changes: list[Change], version: int) -> str:
-    """Apply renames/moves to the YAML text; raise ValueError when the layout is unusual."""
-    lines = text.splitlines()
-    for change in changes:
-        keys = _top_keys(lines)
-        old = change.old[0]
-        if len(change.old) != 1 or old not in keys:
-            raise ValueError(f"cannot find '{old}'")
-        at = keys[old]
-        if len(change.new) == 1:  # rename at the top level
-            lines[at] = change.new[0] + lines[at][_after_key(lines[at]) :]
-            continue
-        if len(change.new) != 2:
-            raise ValueError("deep move")
-        section, new = change.new
-        end = _block_end(lines, at)
-        while at > 0 and lines[at - 1].startswith("#"):  # its own comment goes with it
-            at -= 1
-        block = lines[at:end]
-        del lines[at:end]
-        key_at = next(i for i, ln in enumerate(block) if not ln.startswith("#"))
-        block[key_at] = new + block[key_at][_after_key(block[key_at]) :]
-        keys = _top_keys(lines)
-        if section in keys:
-            head = keys[section]
-            rest = lines[head][_after_key(lines[head]) + 1 :].split("#")[0].strip()
-            if rest not in {"", "null", "~"}:
-                raise ValueError(f"'{section}' is not a block mapping")
-            sec_end = _block_end(lines, head)
-            children = [ln for ln in lines[head + 1 : sec_end] if ln.strip()]
-            indent = (
-                children[0][: len(children[0]) - len(children[0].lstrip())] if children else "  "
-            )
-            if rest:
-                lines[head] = f"{section}:"
-            lines[sec_end:sec_end] = [indent + ln if ln.strip() else ln for ln in block]
-        else:
-            while lines and not lines[-1].strip():
-                lines.pop()
-            lines += ["", f"{section}:"] + ["  " + ln if ln.strip() else ln for ln in block]
-    keys = _top_keys(lines)
-    if "config_version" in keys:
-        at = keys["config_version"]
-        comment = lines[at].split("#", 1)[1] if "#" in lines[at] else None
-        lines[at] = f"config_version: {version}" + (f"  #{comment}" if comment else "")
-    else:
-        first = min(keys.values(), default=len(lines))
-        lines.insert(first, f"config_version: {version}")
-    return "\n".join(lines) + "\n"
-
-
-def migrate_text(text: str, *, file: str | None = None) -> tuple[str | None, list[str]]:
+def migrate_text(
+    text: str, *, file: str | None = None, backend: Any = None
+) -> tuple[str | None, list[str]]:
     """A config file's text in the current layout, and the notices of what changed.
 
-    Returns ``(None, [])`` when the file is already current. The file's comments, key order
-    and formatting are kept; where the layout is too unusual to edit line by line (flow
-    mappings, anchors...), the result is written fresh, and a notice says comments were lost.
+    Returns ``(None, [])`` when the file is already current. The keys keep their order; the
+    file is written afresh (PyYAML keeps no comments), headed by :data:`MIGRATED_NOTE`.
     """
     import yaml
 
-    from lorakit.config.yaml_reader import _Loader
+    from lorakit.config.yaml_reader import parse_yaml
 
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError("the config must be a mapping of keys to values", file=file)
-    new, changes, notices = migrate_changes(data, file=file)
+    data, _ = parse_yaml(text, file=file)
+    new, _changes, notices = migrate_changes(data, file=file, backend=backend)
     if not notices:
         if data.get("config_version", CONFIG_VERSION) == CONFIG_VERSION:
             return None, []
         notices = [f"config_version {data['config_version']}→{CONFIG_VERSION}: no key changed"]
-    try:
-        out = _rewrite(text, changes, CONFIG_VERSION)
-        if yaml.load(out, Loader=_Loader) != new:  # noqa: S506
-            raise ValueError("text edit did not give the migrated config")
-    except (ValueError, yaml.YAMLError):
-        out = yaml.safe_dump(new, sort_keys=False, allow_unicode=True)
-        notices.append("the layout was too unusual to edit in place: comments were not kept")
-    return out, notices
+    version = {"config_version": new.pop("config_version")}
+    body = yaml.safe_dump({**version, **new}, sort_keys=False, allow_unicode=True)
+    backup = f"{Path(file).name}.bak" if file else "the .bak file beside it"
+    notices.append("comments are not kept in the rewritten file (the original is the .bak)")
+    return MIGRATED_NOTE.format(version=CONFIG_VERSION, backup=backup) + body, notices

@@ -42,10 +42,10 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     config_version: int = Field(CONFIG_VERSION, description="Config layout version.")
-    task_type: str = Field(
-        "image-generation",
+    task_type: str | None = Field(
+        None,
         description="image-generation or image (backend sd); text-generation or text "
-        "(backend llm).",
+        "(backend llm). Default: the installed backend's, when only one is installed.",
     )
     backend: str | None = Field(None, description="Backend name; overrides task_type.")
     model_loader: str | None = Field(
@@ -57,9 +57,6 @@ class TrainConfig(BaseModel):
         description="Base model: a local file or folder, a hub id, or (llm) a .gguf file."
     )
     train_data_dir: str = Field(description="Training data: a folder (or, llm, a .jsonl file).")
-    metadata_path: str | None = Field(
-        None, description="Captions file (sd); default train_data_dir/metadata.csv."
-    )
     init_adapter: str | None = Field(
         None,
         description="(llm) A PEFT adapter folder to start training from (an SFT LoRA); "

@@ -34,7 +34,9 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _walk(node: yaml.Node, loader: _Loader, path: tuple[str, ...], lines: dict, file: str) -> Any:
+def _walk(
+    node: yaml.Node, loader: _Loader, path: tuple[str, ...], lines: dict, file: str | None
+) -> Any:
     if isinstance(node, yaml.MappingNode):
         own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
         loader.flatten_mapping(node)  # YAML merge keys (<<: *defaults) come first
@@ -69,6 +71,13 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=file) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    return parse_yaml(text, file=file)
+
+
+def parse_yaml(
+    text: str, *, file: str | None = None
+) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """A YAML mapping from ``text`` and the line number of every key; errors name ``file``."""
     try:
         loader = _Loader(text)
     except yaml.YAMLError as exc:

@@ -6,20 +6,20 @@ inside its check only; every other check reads package metadata and the environm
 
 The tested set is ``lorakit/diagnostics/tested_versions.txt``: a copy of the repository's
 ``constraints.txt`` shipped as package data, so an installed lorakit knows which versions
-its release was tested with (a test keeps the two identical).
+its release was tested with (a test keeps the two identical). A check's result and the
+printed lines are :mod:`lorakit.diagnostics.checks`; the disk and Hugging Face cache checks
+are :mod:`lorakit.diagnostics.storage`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
-import os
-import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -27,16 +27,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from lorakit import __version__
+from lorakit.diagnostics.checks import Check, marks, render
+from lorakit.diagnostics.storage import GiB, check_disk, check_hf, hf_cache_dir
 
-Status = Literal["ok", "warn", "fail"]
-MARKS = {"ok": "✓", "warn": "⚠", "fail": "✗"}
-ASCII_MARKS = {"ok": "OK", "warn": "WARN", "fail": "FAIL"}
-GiB = 1024**3
-#: Free space below which the output folder gets ✗ / ⚠ (checkpoints, caches, exports).
-DISK_FAIL_BYTES = 1 * GiB
-DISK_WARN_BYTES = 10 * GiB
-#: Free space below which the Hugging Face cache gets ⚠ (one SDXL base is ~7 GB).
-HF_CACHE_WARN_BYTES = 20 * GiB
 #: GPU memory below which training needs the low-memory settings.
 SMALL_GPU_BYTES = 8 * GiB
 #: The libraries whose version decides whether training works, compared to the tested set.
@@ -54,19 +47,6 @@ KNOWN_CONFLICTS = (
         "pip install 'transformers<5.24' (or peft>=0.22)",
     ),
 )  # fmt: skip
-
-
-@dataclass
-class Check:
-    """One line of ``lorakit doctor``."""
-
-    name: str
-    status: Status
-    message: str
-    fix: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _version(name: str) -> str | None:
@@ -373,81 +353,6 @@ def check_optional(backends: list[str], config: Any = None) -> list[Check]:
     return checks
 
 
-def _existing(path: Path) -> Path:
-    path = path.expanduser().absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_disk(output_dir: Path) -> Check:
-    """Free space and write access where the run will write."""
-    where = _existing(output_dir)
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError as exc:
-        return Check("disk", "warn", f"cannot read free space of {where}: {exc.strerror}")
-    text = f"{free / GiB:.1f} GiB free for {output_dir}"
-    if not os.access(where, os.W_OK):
-        return Check("disk", "fail", f"{where} is not writable", "choose another output_dir")
-    if free < DISK_FAIL_BYTES:
-        return Check("disk", "fail", text, "free some space or choose another output_dir")
-    if free < DISK_WARN_BYTES:
-        return Check(
-            "disk", "warn", text + " (checkpoints and caches may not fit)",
-            "free some space, lower save_total_limit, or choose another output_dir",
-        )  # fmt: skip
-    return Check("disk", "ok", text)
-
-
-def hf_cache_dir() -> Path:
-    """Where huggingface_hub keeps downloads (its environment variables, in its order)."""
-    env = os.environ
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"])
-    if env.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(env["HUGGINGFACE_HUB_CACHE"])
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]) / "hub"
-    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "huggingface" / "hub"
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def check_hf() -> Check:
-    """The Hugging Face cache (writable, free space) and the offline settings."""
-    cache = hf_cache_dir()
-    where = _existing(cache)
-    offline = _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE")
-    mode = (
-        "offline (HF_HUB_OFFLINE): hub ids load only from this cache"
-        if offline
-        else "online: hub ids download on first use"
-    )
-    token = ", token set" if os.environ.get("HF_TOKEN") else ""
-    if not os.access(where, os.W_OK):
-        if offline:
-            return Check("hf", "ok", f"cache {cache} (read-only), {mode}{token}")
-        return Check(
-            "hf", "warn", f"cache {cache} is not writable: downloads will fail",
-            "set HF_HOME to a writable folder",
-        )  # fmt: skip
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
-        free = None
-    room = f", {free / GiB:.0f} GiB free" if free is not None else ""
-    if free is not None and free < HF_CACHE_WARN_BYTES and not offline:
-        return Check(
-            "hf", "warn", f"cache {cache}{room}: little room for base models, {mode}",
-            "set HF_HOME to a bigger disk, or clean it with `hf cache delete`",
-        )  # fmt: skip
-    return Check("hf", "ok", f"cache {cache}{room}, {mode}{token}")
-
-
 def check_update() -> list[Check]:
     """A newer lorakit, from the update-check cache only (no network)."""
     from lorakit.diagnostics.update_check import quiet_notice
@@ -520,25 +425,8 @@ def run_checks(
     return checks
 
 
-def marks() -> dict[str, str]:
-    """✓/⚠/✗, or OK/WARN/FAIL where stdout cannot print them."""
-    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
-    try:
-        "".join(MARKS.values()).encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return ASCII_MARKS
-    return MARKS
-
-
-def render(checks: list[Check]) -> list[str]:
-    """The lines ``lorakit doctor`` prints."""
-    symbols = marks()
-    lines = []
-    for check in checks:
-        lines.append(f"{symbols[check.status]} {check.name}: {check.message}")
-        if check.fix and check.status != "ok":
-            lines.append(f"    fix: {check.fix}")
-    fails = sum(c.status == "fail" for c in checks)
-    warns = sum(c.status == "warn" for c in checks)
-    lines.append(f"{fails} problem(s), {warns} warning(s)")
-    return lines
+__all__ = [
+    "Check", "check_disk", "check_hf", "check_optional", "check_plugins", "check_python",
+    "check_selftest", "check_tested_versions", "check_torch", "check_update", "hf_cache_dir",
+    "marks", "parse_pins", "render", "run_checks", "tested_versions", "unmet_requirements",
+]  # fmt: skip

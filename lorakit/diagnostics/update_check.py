@@ -29,13 +29,13 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from lorakit import __version__
+from lorakit.env import env_flag
+from lorakit.registry import FIRST_PARTY
 
 DEFAULT_INDEX = "https://pypi.org/pypi"
 CACHE_TTL_S = 24 * 3600
 TIMEOUT_S = 3.0
 CACHE_FORMAT = 2
-#: The first-party distributions: always looked up, also when installed from a checkout.
-FIRST_PARTY = frozenset({"lorakit", "lorakit-sd", "lorakit-llm", "lorakit-labelers"})
 #: Index answers larger than this are refused (PyPI's answer for lorakit is a few kB).
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 #: How much of a changelog is kept in the cache and shown.
@@ -58,9 +58,8 @@ def cache_path() -> Path:
 
 
 def disabled() -> bool:
-    """``LORAKIT_NO_UPDATE_CHECK`` set to anything but empty/0/false/no."""
-    value = os.environ.get("LORAKIT_NO_UPDATE_CHECK", "").strip().lower()
-    return value not in {"", "0", "false", "no", "off"}
+    """``LORAKIT_NO_UPDATE_CHECK`` is on (:func:`lorakit.env.env_flag`)."""
+    return env_flag("LORAKIT_NO_UPDATE_CHECK")
 
 
 def normalize(name: str) -> str:
@@ -319,6 +318,7 @@ def distributions(plugins: Any = None) -> tuple[dict[str, str], list[str]]:
         dist = normalize(info.distribution)
         if info.builtin or dist in names or info.distribution == "unknown":
             continue
+        # first-party distributions are always looked up, also when installed from a checkout
         if dist not in FIRST_PARTY and not _installed_from_index(info.distribution):
             skipped.append(dist)
             continue
@@ -355,12 +355,6 @@ def check(names: dict[str, str], *, use_cache: bool = True) -> list[Release]:
     if todo and any(isinstance(answers.get(u), dict) for u in todo):
         _write_cache(cache)
     return releases
-
-
-def check_all(plugins: Any = None, *, use_cache: bool = True) -> list[Release]:
-    """lorakit and every installed plugin distribution."""
-    names, _ = distributions(plugins)
-    return check(names, use_cache=use_cache)
 
 
 def upgrade_command(releases: list[Release]) -> str | None:

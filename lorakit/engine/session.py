@@ -62,6 +62,9 @@ class Session:
     metadata: dict[str, str] = field(default_factory=dict)
     trackers: list[Any] = field(default_factory=list)
     run: RunInfo | None = None
+    #: The logged metrics of this run (from a resumed run's metrics.jsonl, when it has one),
+    #: which loss.png plots whichever trackers are on.
+    history: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def main(self) -> bool:
@@ -243,12 +246,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
     cfg.mixed_precision = resolve_precision(cfg.mixed_precision)  # type: ignore[assignment]
     out = Path(cfg.output_dir)
     created = not out.exists()
-    if not resume and checkpoint_dirs(out):
-        raise earlier_run(out)
-    checkpoint = find_checkpoint(out, resume) if resume else None
-    if checkpoint is not None:
-        check_resume_config(config, checkpoint)
-        autobatch.restore_layout(config, checkpoint)
+    checkpoint = _checkpoint_to_resume(config, out, resume)
 
     accelerator = build_accelerator(config)
     try:
@@ -259,14 +257,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         backend_spec = registries.backends.get(config.backend)
         set_seed(cfg.seed)
         backend: Backend = backend_spec.factory(config)
-        formats = list(cfg.export_formats or backend.default_export_formats)
-        exporters = [registries.exporters.get(f) for f in formats]
-        for exporter in exporters:
-            if exporter.backends and config.backend not in exporter.backends:
-                raise UsageError(
-                    f"export_formats: '{exporter.name}' writes {', '.join(exporter.backends)} "
-                    f"LoRAs, not {config.backend}"
-                )
+        exporters = _exporters(config, backend, registries)
         ctx = TrainContext(
             config=config, accelerator=accelerator, output_dir=out, cache_dir=out / "cache",
             registries=registries, weight_dtype=DTYPES[accelerator.mixed_precision],
@@ -322,6 +313,33 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
             shutil.rmtree(out, ignore_errors=True)
         raise
     return session
+
+
+def _checkpoint_to_resume(config: Config, out: Path, resume: str | bool | None) -> Path | None:
+    """The checkpoint ``--resume`` names (its config checked, its batch layout restored);
+    without ``--resume``, an ``output_dir`` holding checkpoints is refused."""
+    if not resume:
+        if checkpoint_dirs(out):
+            raise earlier_run(out)
+        return None
+    checkpoint = find_checkpoint(out, resume)
+    if checkpoint is not None:
+        check_resume_config(config, checkpoint)
+        autobatch.restore_layout(config, checkpoint)
+    return checkpoint
+
+
+def _exporters(config: Config, backend: Backend, registries: Any) -> list[Any]:
+    """The exporters of ``export_formats`` (default: the backend's), each serving the backend."""
+    formats = list(config.train.export_formats or backend.default_export_formats)
+    exporters = [registries.exporters.get(f) for f in formats]
+    for exporter in exporters:
+        if exporter.backends and config.backend not in exporter.backends:
+            raise UsageError(
+                f"export_formats: '{exporter.name}' writes {', '.join(exporter.backends)} "
+                f"LoRAs, not {config.backend}"
+            )
+    return exporters
 
 
 def resume_from(s: Session, checkpoint: Path) -> None:

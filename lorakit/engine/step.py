@@ -111,6 +111,12 @@ def forward_backward(
     for i, batch in enumerate(window):
         last = i == len(window) - 1
         if deepspeed:
+            # Private accelerate API, on purpose: accelerator.backward tells DeepSpeed whether
+            # this micro-batch ends an accumulation window from gradient_state.sync_gradients,
+            # which only accumulate() sets publicly, counting windows of the Accelerator's
+            # fixed gradient_accumulation_steps. Our windows vary (auto_batch_size, a short
+            # last window), so the flag is set per micro-batch here. tests/test_engine.py
+            # (test_accelerate_keeps_the_sync_flag_setter) fails when accelerate drops it.
             accelerator.gradient_state._set_sync_gradients(last)
         sync = (
             contextlib.nullcontext()

@@ -57,6 +57,8 @@ def train(
     plugins = plugins or get_plugins()
     plugins.check()
     s = set_up(config, resume, plugins)
+    if s.main and s.state.step and (s.out / "metrics.jsonl").is_file():  # a resumed run
+        s.history = [r for r in read_metrics(s.out) if r.get("step", 0) <= s.state.step]
     begin(s)
     bar = TrainProgress(s.total, s.state.step, enabled=progress and s.main)
     stream = batches(s.loader, s.sampler, s.accelerator, s.state.micro_batches)
@@ -152,6 +154,7 @@ def log(s: Session, metrics: dict[str, float]) -> None:
     if s.main and (step % s.config.train.logging_steps == 0 or step == s.total or extra):
         for tracker in s.trackers:
             tracker.log(metrics, step)
+        s.history.append({"step": step, **metrics})
     s.plugins.call("on_step_end", run=s.run, step=step, metrics=metrics)
 
 
@@ -161,8 +164,8 @@ def checkpoint(s: Session) -> Path:
         s.out, s.state, s.strategy, s.optimizer, s.scheduler, keep=s.config.train.save_total_limit,
         extra=lambda folder: _export(s, folder),
     )  # fmt: skip
-    if s.main and (s.out / "metrics.jsonl").exists():
-        write_loss_plot(read_metrics(s.out), s.out / "loss.png", s.config.train.name)
+    if s.main and s.history:
+        write_loss_plot(s.history, s.out / "loss.png", s.config.train.name)
     s.accelerator.wait_for_everyone()
     s.plugins.call("on_checkpoint", run=s.run, step=s.state.step, path=str(path))
     return path

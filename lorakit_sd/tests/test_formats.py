@@ -24,7 +24,8 @@ def standard():
 
 
 def test_kohya_names_of_the_real_models(standard):
-    """The names DESIGN.md gives, from SD1.5 and SDXL built on the meta device."""
+    """The kohya names real SD1.5 / SDXL LoRA files carry (as sd-scripts, ComfyUI and A1111
+    read them), from SD1.5 and SDXL built on the meta device."""
     sd1, sdxl = standard["sd1"], standard["sdxl"]
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in sd1
     assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj" in sd1

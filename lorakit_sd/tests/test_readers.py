@@ -14,7 +14,7 @@ from lorakit_sd import buckets, readers
 
 
 def _config(data, **sd):
-    train = SimpleNamespace(train_data_dir=str(data), metadata_path=sd.pop("metadata_path", None))
+    train = SimpleNamespace(train_data_dir=str(data))
     return SimpleNamespace(train=train, section=SDSection(**sd))
 
 

@@ -46,7 +46,8 @@ def test_original_names_round_trip(tiny_models, family):
 
 
 def test_sgm_names_of_the_standard_sdxl_unet():
-    """The facts DESIGN.md states: SDXL attention under input/middle/output block names."""
+    """SDXL attention under the SGM input/middle/output block names, as kohya SDXL files
+    name it (sd-scripts' ``sdxl_model_util`` conversion tables)."""
     lpb, ups = 2, [True, True, False]
     assert (
         ldm.unet_path_to_ldm("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", lpb, ups)

@@ -4,7 +4,6 @@ inside the functions."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,9 @@ def pick_dtype(device: str, dtype: str) -> Any:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    from lorakit.api import env_flag
+
+    return env_flag("HF_HUB_OFFLINE")
 
 
 def check_model(labeler: str, model: str, model_types: tuple[str, ...], what: str) -> None:

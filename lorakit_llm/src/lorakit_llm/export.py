@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError, __version__, atomic_dir, write_text
+from lorakit.api import UsageError, __version__, atomic_dir, half_dtype, write_text
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
@@ -99,7 +99,7 @@ def inference_dtype(name: str | None = None) -> Any:
             raise UsageError(f"--dtype: one of float32, float16, bfloat16 (got {name!r})")
         return torch_dtype(DTYPE_NAMES[name])
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return half_dtype()
     return torch.float32
 
 
@@ -122,7 +122,9 @@ def load_for_inference(
     return model, tokenizer, refs
 
 
-def merge_command(base: str, loras: list[tuple[str, float]], output: Path, dtype: str) -> Path:
+def merge_command(
+    base: str, loras: list[tuple[str, float]], output: Path, dtype: str | None
+) -> Path:
     """``lorakit merge``: bake the weighted adapters into the base; save a model folder.
 
     The folder is a plain full-precision transformers model (``config.json``, safetensors

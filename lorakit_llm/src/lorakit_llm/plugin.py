@@ -21,6 +21,7 @@ from lorakit.api import (
     lazy,
 )
 from lorakit_llm.section import LLMSection
+from lorakit_llm.verbs import LLMCommands
 
 LORAKIT_PLUGIN_API = 1
 
@@ -53,14 +54,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             factory=lazy("lorakit_llm.backend:LLMBackend"),
             description="LoRA / QLoRA for causal language models (transformers + PEFT)",
             config_model=LLMSection,
-            commands={
-                "merge": lazy("lorakit_llm.export:merge_command"),
-                "export": lazy("lorakit_llm.gguf_export:export_command"),
-                "sample": lazy("lorakit_llm.export:sample_command"),
-                "demo": lazy("lorakit_llm.demo:demo_command"),
-                "demo_score": lazy("lorakit_llm.demo:demo_score"),
-                "selftest": lazy("lorakit_llm.selftest:verify"),
-            },
+            commands=LLMCommands(),
             templates={
                 "7b": ("lorakit_llm", "templates/7b.yaml"),
                 "qlora": ("lorakit_llm", "templates/qlora.yaml"),

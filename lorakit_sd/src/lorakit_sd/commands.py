@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
+from lorakit.api import UsageError, half_dtype
 
 FORMATS = ("kohya", "diffusers")
 
@@ -240,7 +240,7 @@ def sample(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float32
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = half_dtype()
     with quiet_libraries():  # diffusers warns about casting the VAE, which is expected here
         model.pipe.to(device, dtype)
     resolution = section.resolution or DEFAULT_RESOLUTION[model.family]

@@ -7,6 +7,7 @@ top-level; only what the image backend alone understands lives here.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -41,6 +42,12 @@ class SDSection(BaseModel):
     """The ``sd:`` section of a lorakit config (Stable Diffusion 1.5 / SDXL)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    metadata_path: str | None = Field(
+        None,
+        description="Captions file (.csv or .jsonl) of train_data_dir; default "
+        "train_data_dir/metadata.csv. Also accepted at the top level, as the seed configs write it.",
+    )
 
     # -- model ---------------------------------------------------------------------------
     base_config: str | None = Field(
@@ -238,6 +245,14 @@ class SDSection(BaseModel):
     sample_width: int | None = Field(None, gt=0, description="Preview width; default resolution.")
     sample_height: int | None = Field(None, gt=0, description="Preview height; default resolution.")
     sample_seed: int | None = Field(None, description="Seed of every preview; default seed.")
+
+    @field_validator("metadata_path")
+    @classmethod
+    def _captions_exist(cls, value: str | None, info: ValidationInfo) -> str | None:
+        check = (info.context or {}).get("check_paths", True)
+        if value and check and not Path(value).expanduser().is_file():
+            raise ValueError("file not found")
+        return value
 
     @field_validator("bucket_step")
     @classmethod

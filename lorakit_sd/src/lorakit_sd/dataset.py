@@ -84,7 +84,10 @@ def folders(config: Any) -> list[Folder]:
     """
     train, section = config.train, config.section
     main = Folder(
-        Path(train.train_data_dir), train.metadata_path, section.repeats, section.caption_extension
+        Path(train.train_data_dir),
+        section.metadata_path,
+        section.repeats,
+        section.caption_extension,
     )
     out = []
     main_kohya = _kohya(main)

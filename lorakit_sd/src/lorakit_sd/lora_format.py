@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import FileKind, FileProbe, UsageError
+from lorakit.api import FileKind, FileProbe, UsageError, read_safetensors_header
 from lorakit_sd.ldm import text_model_path, unet_path_to_ldm
 
 DIFFUSERS_PREFIXES = {
@@ -218,27 +218,9 @@ def model_hash(tensors: dict[str, Any]) -> str:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def read_header(path: str | Path) -> dict[str, Any]:
-    """A safetensors file's JSON header (tensor names and ``__metadata__``), without torch."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise UsageError(f"{path}: not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000:
-            raise UsageError(f"{path}: not a safetensors file")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UsageError(f"{path}: not a safetensors file (bad header)") from None
-    if not isinstance(header, dict):
-        raise UsageError(f"{path}: not a safetensors file (bad header)")
-    return header
-
-
 def file_format(keys: Iterable[str]) -> str | None:
     """``kohya``, ``diffusers`` or None (not an SD LoRA) from tensor names."""
-    keys = [k for k in keys if k != "__metadata__"]
+    keys = list(keys)
     if keys and all(
         k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys
     ):
@@ -341,8 +323,8 @@ def file_family(keys: Iterable[str], metadata: dict[str, str]) -> str:
         if k.startswith("lora_unet_add_embedding"):  # SDXL's size conditioning
             return "sdxl"
         # SDXL cross-attention reads 2048-wide text states (SD1: 768)
-        info = keys[k] if isinstance(keys, dict) else None
-        wide = isinstance(info, dict) and list(info.get("shape", []))[1:2] == [2048]
+        shape = getattr(keys[k], "shape", ()) if isinstance(keys, dict) else ()
+        wide = list(shape)[1:2] == [2048]
         if wide and k.endswith("attn2_to_k.lora_down.weight"):
             return "sdxl"
     return "sd1"
@@ -372,13 +354,13 @@ def read_lora(path: str | Path, layout: UnetLayout | None = None) -> LoraFile:
         raise UsageError(f"LoRA file not found: {path}")
     if path.suffix.lower() != ".safetensors":
         raise UsageError(f"{path}: LoRA files must be .safetensors (pickled files are not read)")
-    header = read_header(path)
-    metadata = dict(header.get("__metadata__") or {})
-    fmt = file_format(header)
+    header = read_safetensors_header(path)
+    metadata = header.metadata
+    fmt = file_format(header.tensors)
     if fmt is None:
-        sample = next((k for k in header if k != "__metadata__"), "none")
+        sample = next(iter(header.tensors), "none")
         raise UsageError(f"{path}: not an SD LoRA file (unexpected key {sample})")
-    family = file_family(header, metadata)
+    family = file_family(header.tensors, metadata)
     tensors = load_file(str(path))
     if fmt == "kohya":
         entries = _group_kohya(path, tensors)
@@ -530,7 +512,6 @@ __all__ = [
     "kohya_name",
     "model_hash",
     "module_table",
-    "read_header",
     "read_lora",
     "resolve",
     "to_diffusers",

@@ -90,9 +90,9 @@ def pipeline_class(family: str) -> Any:
 
 
 def single_file_keys(path: Path) -> list[str]:
-    from lorakit_sd.lora_format import read_header
+    from lorakit.api import read_safetensors_header
 
-    return [k for k in read_header(path) if k != "__metadata__"]
+    return list(read_safetensors_header(path).tensors)
 
 
 def family_of_keys(path: Path, keys: list[str]) -> str:

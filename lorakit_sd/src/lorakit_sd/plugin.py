@@ -22,20 +22,28 @@ from lorakit.api import (
     lazy,
 )
 from lorakit_sd.config import SDSection
+from lorakit_sd.verbs import SDCommands
 
 LORAKIT_PLUGIN_API = 1
+
+#: Config layout 1 → 2: top-level keys that moved into ``sd:`` (old name → name there).
+V1_MOVES = {
+    "resolution": "resolution", "noise_offset": "noise_offset",
+    "min_snr_gamma": "min_snr_gamma", "cache_latents": "cache_latents",
+    "shuffle_caption": "shuffle_tags",
+}  # fmt: skip
 
 
 def detect(path: Any) -> bool:
     """Whether ``path`` is an SD LoRA file (kohya or diffusers keys), from its header only."""
-    from lorakit.api import UsageError
-    from lorakit_sd.lora_format import file_format, read_header
+    from lorakit.api import UsageError, read_safetensors_header
+    from lorakit_sd.lora_format import file_format
 
     path = Path(path)
     if not path.is_file() or path.suffix.lower() != ".safetensors":
         return False
     try:
-        return file_format(read_header(path)) is not None
+        return file_format(read_safetensors_header(path).tensors) is not None
     except (UsageError, OSError):
         return False
 
@@ -49,13 +57,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             factory=lazy("lorakit_sd.backend:create"),
             description="SD1.x / SDXL / SD3.5 / FLUX.1 LoRA (diffusers + peft)",
             config_model=SDSection,
-            commands={
-                "export": lazy("lorakit_sd.commands:export"),
-                "merge": lazy("lorakit_sd.commands:merge"),
-                "sample": lazy("lorakit_sd.commands:sample"),
-                "demo": lazy("lorakit_sd.demo:demo_command"),
-                "selftest": lazy("lorakit_sd.selftest:verify"),
-            },
+            commands=SDCommands(),
             templates={
                 "sd15": ("lorakit_sd", "templates/sd15.yaml"),
                 "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
@@ -65,6 +67,8 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             detect=detect,
             planner=lazy("lorakit_sd.plan:planner"),
             identify=lazy("lorakit_sd.lora_format:identify"),
+            aliases={"metadata_path": "metadata_path"},
+            migrations={1: V1_MOVES},
         )
     )
 
