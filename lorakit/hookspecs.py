@@ -14,22 +14,23 @@ Every hook is documented in docs/plugin-hooks.md (a test enforces it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
-if TYPE_CHECKING:
-    from lorakit.backend import RunInfo
-    from lorakit.registry import (
-        BackendSpec,
-        DatasetReaderSpec,
-        ExporterSpec,
-        LabelerSpec,
-        ModelLoaderSpec,
-        OptimizerSpec,
-        SchedulerSpec,
-        TrackerSpec,
-    )
+# Imported at run time (both modules are torch-free), so typing.get_type_hints resolves
+# every hook's annotations.
+from lorakit.backend import RunInfo
+from lorakit.registry import (
+    BackendSpec,
+    DatasetReaderSpec,
+    ExporterSpec,
+    LabelerSpec,
+    ModelLoaderSpec,
+    OptimizerSpec,
+    SchedulerSpec,
+    TrackerSpec,
+)
 
 hookspec = pluggy.HookspecMarker("lorakit")
 

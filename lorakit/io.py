@@ -103,7 +103,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         for file in tmp.rglob("*"):
-            if file.is_file():
+            if file.is_dir():
+                _as_created(file, 0o777)
+            elif file.is_file():
+                # safetensors (and so peft) writes 0600 files: give each the umask's mode
+                _as_created(file, 0o666)
                 with open(file, "rb+") as f:
                     os.fsync(f.fileno())
         old = None

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lorakit.engine.quiet import quiet_deepspeed
+
+quiet_deepspeed()  # before anything imports deepspeed (logging only: no heavy import)
+
 if TYPE_CHECKING:
     from lorakit.engine.trainer import RunResult, train
 

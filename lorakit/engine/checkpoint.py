@@ -102,9 +102,14 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, plain
 
 
+def _index(name: str) -> int:
+    """The device number of an RNG entry name: ``cuda10`` → 10 (so cuda2 comes before it)."""
+    return int(name.removeprefix("cuda"))
+
+
 def _set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda")), key=_index)]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     v, s, g = plain["python"]
