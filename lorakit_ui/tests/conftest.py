@@ -24,15 +24,12 @@ def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
-TOKEN = "test-token"
-ORIGIN = "http://127.0.0.1:7860"
-
-
 @pytest.fixture
 def client(runs_dir: Path) -> Any:
     """A client as the page itself is: the server's Host and Origin, the token's cookie."""
     from lorakit_ui.server import create_app
     from starlette.testclient import TestClient
+    from ui_helpers import ORIGIN, TOKEN
 
     app = create_app(runs_dir, token=TOKEN, port=7860)
     with TestClient(app, base_url=ORIGIN, headers={"origin": ORIGIN}) as test_client:

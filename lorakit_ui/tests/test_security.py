@@ -8,10 +8,9 @@ import threading
 import time
 
 import pytest
-from conftest import ORIGIN, TOKEN
 from starlette.routing import Route
 from starlette.testclient import TestClient
-from ui_helpers import Server
+from ui_helpers import ORIGIN, TOKEN, Server
 
 PARAMS = {"name": "x", "rel": "y"}
 COOKIE = "lorakit_ui_token_7860"

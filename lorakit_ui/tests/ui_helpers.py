@@ -13,6 +13,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+#: The token and origin of the in-process test app (conftest's ``client``).
+TOKEN = "test-token"
+ORIGIN = "http://127.0.0.1:7860"
+
 
 def tiny_form(
     model: Any, data: Path, runs: Path, name: str = "tiny", **more: str
