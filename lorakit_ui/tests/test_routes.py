@@ -366,3 +366,21 @@ def test_the_adapter_folder_downloads_as_one_zip(client, runs_dir):
     assert got.headers["content-disposition"] == 'attachment; filename="adapter.zip"'
     names = zipfile.ZipFile(io.BytesIO(got.content)).namelist()
     assert sorted(names) == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
+
+
+def test_a_table_with_the_image_and_caption_aliases_saves_as_training_reads_it(client, images):
+    """The page saves what training reads: the ``image``/``caption`` column aliases too."""
+    from lorakit.api import read_metadata
+
+    names = [f"img_{i:03d}.png" for i in range(4)]
+    (images / "metadata.csv").write_text(
+        "image,caption\n" + "".join(f"{n},a disc {i}\n" for i, n in enumerate(names))
+    )
+    table = client.get("/api/metadata", params={"data_dir": str(images)}).json()
+    assert table["columns"][:2] == ["image", "caption"], table
+    table["rows"][0]["caption"] = "a red disc"
+    saved = client.post("/api/metadata", json={**table, "data_dir": str(images)}).json()
+    assert saved["ok"], saved
+    assert read_metadata(images / "metadata.csv")[1][0]["caption"] == "a red disc"
+    wrong = {**table, "data_dir": str(images), "rows": [{"image": "nope.png", "caption": "x"}]}
+    assert "no image named nope.png" in client.post("/api/metadata", json=wrong).json()["error"]

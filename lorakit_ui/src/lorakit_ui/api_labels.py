@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from lorakit.api import (
+    FILE_COLUMNS,
     METADATA_NAME,
     LorakitError,
     find_images,
@@ -77,12 +78,13 @@ def _write_table(body: dict[str, Any]) -> JSONResponse:
         for r in body.get("rows") or []
         if isinstance(r, dict)
     ]
-    if "file_name" not in columns:
-        return error("metadata.csv needs a file_name column")
+    file_column = next((c for c in FILE_COLUMNS if c in columns), None)
+    if file_column is None:  # the rule training reads the table by (lorakit.api.read_table)
+        return error(f"metadata.csv needs an image column ({', '.join(FILE_COLUMNS)})")
     if not rows:
         return error(f"{folder / METADATA_NAME}: no rows to write (the file is left as it is)")
     known = set(find_images(folder))
-    missing = [r["file_name"] for r in rows if r.get("file_name") not in known]
+    missing = [r.get(file_column, "") for r in rows if r.get(file_column) not in known]
     if missing:
         return error(f"{folder}: no image named {missing[0]}")
     write_text(folder / METADATA_NAME, format_metadata(columns, rows))
