@@ -293,7 +293,9 @@ def inspect_safetensors(path: Path) -> Report:
     else:
         fmt = "PEFT keys"
     if lycoris:
-        fmt = "LyCORIS (LoHa/LoKr/OFT): not a plain LoRA"
+        names = " ".join(header.tensors)
+        kind = "LoHa" if ".hada_" in names else "LoKr" if ".lokr_" in names else "OFT"
+        fmt = f"LyCORIS {kind} (kohya keys): not a plain LoRA"
     report = Report(str(path), fmt, header.size, metadata=meta, provenance=provenance)
     alpha_keys = _analyse(header, report, kohya=kohya)
     if not report.modules and not lycoris:

@@ -132,7 +132,7 @@ def unet_ldm_to_path(name: str, layers_per_block: int) -> str:
         sub, rest = int(m[2]), m[3] or ""
         if sub == 0:
             return _join(f"up_blocks.{block}.resnets.{layer}", _resnet_path(rest))
-        if sub == 2 or rest.startswith("conv."):
+        if sub == 2 or rest == "conv" or rest.startswith("conv."):
             return _join(f"up_blocks.{block}.upsamplers.0", rest)
         return _join(f"up_blocks.{block}.attentions.{layer}", rest)
     raise KeyError(f"no diffusers path for original UNet name {name!r}")
