@@ -114,3 +114,53 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
         assert report.dora
     else:
         assert {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}[network] in report.format
+
+
+def test_read_back_updates_follow_the_formats_formulas(tmp_path):
+    """LoHa: (w1a@w1b)⊙(w2a@w2b)·alpha/r; LoKr: kron(w1, w2), scale 1 with no _b factor;
+    DoRA: each output row of W + up@down·alpha/r rescaled to dora_scale."""
+    import torch
+    from lorakit_sd.lora_format import entry_module, read_lora
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    stem = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    files = {
+        "loha": {"hada_w1_a": r(6, 2), "hada_w1_b": r(2, 4), "hada_w2_a": r(6, 2),
+                 "hada_w2_b": r(2, 4), "alpha": torch.tensor(1.0)},
+        "lokr": {"lokr_w1": r(2, 2), "lokr_w2": r(3, 2), "alpha": torch.tensor(7.0)},
+        "dora": {"lora_down.weight": r(2, 4), "lora_up.weight": r(6, 2),
+                 "alpha": torch.tensor(1.0), "dora_scale": r(6, 1).abs()},
+    }  # fmt: skip
+    base = r(6, 4)
+    for network, tensors in files.items():
+        path = tmp_path / f"{network}.safetensors"
+        save_file({f"{stem}.{k}": v for k, v in tensors.items()}, str(path))
+        entry = read_lora(path).entries[stem]
+        module = entry_module(path, stem, entry, "unet", "x", (6, 4))
+        got = module.delta(0.5, base)
+        t = tensors
+        if network == "loha":
+            want = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) / 2
+        elif network == "lokr":
+            want = torch.kron(t["lokr_w1"], t["lokr_w2"])  # no alpha: neither is decomposed
+        else:
+            merged = base + t["lora_up.weight"] @ t["lora_down.weight"] / 2
+            want = merged / merged.norm(dim=1, keepdim=True) * t["dora_scale"] - base
+        torch.testing.assert_close(got, want * 0.5)
+
+
+def test_locon_needs_conv_rank_and_types_are_checked():
+    from lorakit_sd.config import SDSection
+    from pydantic import ValidationError
+
+    assert SDSection().network == "lora"
+    with pytest.raises(ValidationError, match="network locon needs conv_rank"):
+        SDSection(network="locon")
+    with pytest.raises(ValidationError):
+        SDSection(network="oft")
+    assert SDSection(network="locon", conv_rank=4).network == "locon"
