@@ -109,6 +109,14 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
     )
     baked, _ = unet_output(merged, merged.unet, encoders, family)
     assert (baked - want).abs().max().item() < 1e-4
+    # sample's path: the file's updates added into a loaded pipeline's weights
+    from lorakit_sd.commands import apply_to_model
+    from lorakit_sd.models import BaseModel
+
+    fresh = model.load()
+    apply_to_model(BaseModel(fresh, family, "diffusers", ""), [(str(run / "run.safetensors"), 1.0)])
+    applied, _ = unet_output(fresh, fresh.unet, encoders, family)
+    assert (applied - want).abs().max().item() < 1e-4
     report = inspect_path(run / "run.safetensors")
     if network == "dora":
         assert report.dora
