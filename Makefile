@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-PACKAGES := -e ".[dev,adaptive,deepspeed]" -e lorakit_sd -e "lorakit_llm[test]" -e lorakit_labelers -e plugins/lorakit-example-labeler \
+PACKAGES := -e ".[dev,adaptive,deepspeed]" -e "lorakit_sd[test]" -e "lorakit_llm[test]" -e lorakit_labelers -e plugins/lorakit-example-labeler \
             -e "lorakit_ui[test]"
 STAMP := $(VENV)/.lorakit-installed
 SOURCES := pyproject.toml constraints.txt lorakit_sd/pyproject.toml lorakit_llm/pyproject.toml \

@@ -273,7 +273,9 @@ def inspect_safetensors(path: Path, header: File | None = None) -> Report:
     else:
         fmt = "PEFT keys"
     if lycoris:
-        fmt = "LyCORIS (LoHa/LoKr/OFT): not a plain LoRA"
+        names = " ".join(header.tensors)
+        algo = "LoHa" if ".hada_" in names else "LoKr" if ".lokr_" in names else "OFT"
+        fmt = f"LyCORIS {algo} (kohya keys): not a plain LoRA"
     report = Report(header.size, path=str(path), format=fmt, metadata=meta, provenance=provenance)
     alpha_keys = _analyse(header, report, kind)
     report.notes.extend(kind.notes if kind is not None else ())

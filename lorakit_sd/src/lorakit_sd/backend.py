@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lorakit.api import Backend, ConfigError, LossOutput, RunError, TrainContext
+from lorakit.api import Backend, ConfigError, LossOutput, RunError, TrainContext, UsageError
 from lorakit_sd import families
 from lorakit_sd.config import SDSection
 
@@ -105,6 +105,8 @@ class SDBackend(Backend):
         self.prediction_type = self.objective.prediction_type
         with quiet_libraries():
             self.unet.to(self.weight_dtype)
+        if sec.network not in ("lora", "locon") and spec.denoiser_attr != "unet":
+            raise ConfigError(f"{sec.network} is written for SD1/SDXL UNets only", key="sd.network")
         targets = spec.expand_targets(t.target_modules)
         conv = conv_targets(self.unet) if sec.conv_rank else []
         self.unet_targets = targets
@@ -145,7 +147,7 @@ class SDBackend(Backend):
     def _add_lora(
         self, module: Any, targets: list[str], key: str, conv: list[str] | None = None
     ) -> None:
-        from peft import LoraConfig
+        from lorakit_sd.networks import network_module
 
         t, sec = self.config.train, self.section
         ranks: dict[str, int] = {}
@@ -156,11 +158,9 @@ class SDBackend(Backend):
             alphas = {p: conv_alpha for p in conv}
         if not targets:
             raise ConfigError(f"no module matches {t.target_modules} in the model", key=key)
-        config = LoraConfig(
-            r=t.lora_rank, lora_alpha=t.alpha,  # type: ignore[arg-type]  # a float works
-            lora_dropout=t.lora_dropout,
-            target_modules=targets, init_lora_weights="gaussian",
-            rank_pattern=ranks, alpha_pattern=alphas,
+        config = network_module(sec.network).peft_config(
+            rank=t.lora_rank, alpha=t.alpha, dropout=t.lora_dropout, targets=targets,
+            ranks=ranks, alphas=alphas, options=sec,
         )  # fmt: skip
         try:
             module.add_adapter(config)
@@ -335,17 +335,27 @@ class SDBackend(Backend):
     def save_dtype(self) -> torch.dtype:
         return getattr(torch, self.section.save_dtype)
 
+    def adapted_parts(self) -> list[tuple[str, Any]]:
+        """(component, model) of every adapted model: the denoiser, the trained encoders."""
+        parts = [(self.spec.denoiser_attr, self.unet)]
+        if self.train_text:
+            parts += list(zip(("te1", "te2"), self.text_encoders, strict=False))
+        return parts
+
     def lora_modules(self) -> list[Any]:
         """The trained LoRA as :class:`lorakit_sd.lora_format.LoraModule` objects."""
         from peft.utils import get_peft_model_state_dict
 
         from lorakit_sd.lora_format import LoraModule
+        from lorakit_sd.networks import PLAIN
 
-        parts = [(self.spec.denoiser_attr, self.unet)]
-        if self.train_text:
-            parts += list(zip(("te1", "te2"), self.text_encoders, strict=False))
+        if self.section.network not in PLAIN:
+            raise UsageError(
+                f"sd.network {self.section.network} is not a plain LoRA: "
+                "it is written in LyCORIS's kohya layout only"
+            )
         modules = []
-        for component, model in parts:
+        for component, model in self.adapted_parts():
             config = model.peft_config["default"]
             state = get_peft_model_state_dict(model)
             paths = sorted({k.rsplit(".lora_", 1)[0] for k in state})

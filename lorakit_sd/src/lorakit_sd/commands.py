@@ -111,6 +111,14 @@ def export(
     )
     lora = read_lora(source, layout)
     modules = resolve(lora, module_table(unet, encoders, family))
+    if any(m.tensors is not None for m in modules):
+        from lorakit_sd.networks import file_network
+
+        kind = file_network(f"x.{k}" for m in modules for k in m.tensors or {})
+        raise UsageError(
+            f"{source}: a {kind} file, already in the kohya/LyCORIS layout its clients read "
+            "(diffusers' load_lora_weights reads plain LoRA only)"
+        )
     dtype = modules[0].down.dtype
     output = Path(output) if output else _default_output(source, to)
     if output.resolve() == source.resolve():
@@ -182,7 +190,7 @@ def apply_to_model(model: Any, loras: list[tuple[str, float]]) -> list[Any]:
         with torch.no_grad():
             for m in modules:
                 target = table_module(table, m).weight
-                target += m.delta(weight).reshape(target.shape).to(target.dtype)
+                target += m.delta(weight, target).reshape(target.shape).to(target.dtype)
         applied.append(lora)
     return applied
 

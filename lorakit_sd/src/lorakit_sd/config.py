@@ -219,6 +219,21 @@ class SDSection(BaseModel):
         description="Learning rate of the text-encoder LoRA (its own optimizer parameter "
         "group); null: learning_rate.",
     )
+    network: Literal["lora", "locon", "loha", "lokr", "dora"] = Field(
+        "lora",
+        description="Network type, built with PEFT and written in LyCORIS's key layout: lora "
+        "(kohya LoRA), locon (lora with conv_rank; conv_rank alone also gives LoCon), loha "
+        "(Hadamard product), lokr (Kronecker product), dora (weight-decomposed LoRA). "
+        "train.lora_rank / train.alpha are their rank and alpha.",
+    )
+    lokr_factor: int = Field(
+        -1,
+        description="lokr: the Kronecker factor (LyCORIS's factor); -1: as balanced as the "
+        "dimensions allow.",
+    )
+    lokr_decompose_both: bool = Field(
+        False, description="lokr: also split the first Kronecker factor into two low-rank ones."
+    )
     conv_rank: int | None = Field(
         None,
         gt=0,
@@ -281,6 +296,8 @@ class SDSection(BaseModel):
                 "cache_text_encoder_outputs cannot be true with shuffle_tags "
                 "(every step sees a different caption)"
             )
+        if self.network == "locon" and self.conv_rank is None:
+            raise ValueError("network locon needs conv_rank (the 3x3 convolutions' rank)")
         if self.conv_alpha is not None and self.conv_rank is None:
             raise ValueError("conv_alpha needs conv_rank (the 3x3 convolution LoRA's rank)")
         if self.bucket_no_upscale and not self.bucket:

@@ -112,11 +112,19 @@ def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
         "ss_reg_dataset_dirs": json.dumps(reg_dirs),
         **backend.objective.metadata(),
     }
+    args: dict[str, str] = {}
     if sec.conv_rank:  # LoCon, as kohya records it
         conv_alpha = sec.conv_alpha if sec.conv_alpha is not None else sec.conv_rank
-        meta["ss_network_args"] = json.dumps(
-            {"conv_dim": str(sec.conv_rank), "conv_alpha": _num(conv_alpha)}
-        )
+        args = {"conv_dim": str(sec.conv_rank), "conv_alpha": _num(conv_alpha)}
+    if sec.network not in ("lora", "locon"):
+        args["algo"] = {"dora": "lora"}.get(sec.network, sec.network)
+        if sec.network == "dora":
+            args["dora_wd"] = "True"
+        if sec.network == "lokr":
+            args["factor"] = str(sec.lokr_factor)
+            args["decompose_both"] = str(sec.lokr_decompose_both)
+    if args:
+        meta["ss_network_args"] = json.dumps(args)
     return meta
 
 
@@ -130,9 +138,17 @@ def _step(metadata: dict[str, str]) -> int:
 def export_kohya(backend: Any, directory: Path, name: str, metadata: dict[str, str]) -> list[Path]:
     """``<name>.safetensors``: kohya/A1111 keys, alpha, ``ss_*`` and ``modelspec.*``."""
     from lorakit_sd.lora_format import model_hash
+    from lorakit_sd.networks import PLAIN
+    from lorakit_sd.networks.files import kohya_network_tensors
 
-    modules = backend.lora_modules()
-    tensors = backend.spec.kohya_tensors(modules, backend.unet, backend.save_dtype)
+    network = backend.section.network
+    if network in PLAIN:
+        modules = backend.lora_modules()
+        tensors = backend.spec.kohya_tensors(modules, backend.unet, backend.save_dtype)
+    else:
+        tensors = kohya_network_tensors(
+            network, backend.adapted_parts(), backend.family, backend.unet, backend.save_dtype
+        )
     if tensors is None:  # SD3: diffusers' layout is the one its clients read
         return []
     t = backend.config.train
@@ -143,6 +159,8 @@ def export_kohya(backend: Any, directory: Path, name: str, metadata: dict[str, s
             backend.family, name, t.lora_rank, t.alpha, backend.resolution, backend.unet
         )
     )
+    if network not in PLAIN:  # as sd-scripts records a lycoris.kohya run
+        meta["ss_network_module"] = "lycoris.kohya"
     meta["sshs_model_hash"] = model_hash(tensors)
     path = Path(directory) / f"{name}.safetensors"
     save_safetensors(tensors, path, metadata=meta)
@@ -154,7 +172,10 @@ def export_diffusers(
 ) -> list[Path]:
     """``<name>.diffusers.safetensors``: diffusers/PEFT keys with the LoRA config in the header."""
     from lorakit_sd.lora_format import to_diffusers
+    from lorakit_sd.networks import PLAIN
 
+    if backend.section.network not in PLAIN:  # diffusers' load_lora_weights reads LoRA only
+        return []
     tensors, format_meta = to_diffusers(backend.lora_modules(), backend.save_dtype)
     t = backend.config.train
     meta = dict(metadata)

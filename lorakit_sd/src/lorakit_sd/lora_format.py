@@ -17,6 +17,7 @@ shape that does not fit: diffusers and the UIs skip such keys without a word.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,13 +45,23 @@ class LoraModule:
     down: Any
     up: Any
     alpha: float
+    #: LoHa / LoKr / DoRA: the module's LyCORIS tensors by suffix (``hada_w1_a``, ``dora_scale``)
+    tensors: dict[str, Any] | None = None
 
     @property
     def rank(self) -> int:
-        return int(self.down.shape[0])
+        return int(self.down.shape[0]) if self.down is not None else 0
 
-    def delta(self, weight: float = 1.0) -> Any:
-        """The full weight update ``up @ down * alpha / r * weight`` (float32)."""
+    def delta(self, weight: float = 1.0, base: Any = None) -> Any:
+        """The full weight update ``up @ down * alpha / r * weight`` (float32).
+
+        LoHa / LoKr / DoRA modules give theirs through :mod:`lorakit_sd.networks`
+        (DoRA's depends on the ``base`` weight); callers reshape it to the weight's shape.
+        """
+        if self.tensors is not None:
+            from lorakit_sd.networks.deltas import network_delta
+
+            return network_delta(self, weight, base)
         up = self.up.float().flatten(1)
         down = self.down.float().flatten(1)
         scale = self.alpha / self.rank * weight
@@ -391,10 +402,20 @@ def _group_kohya(path: Path, tensors: dict[str, Any]) -> dict[str, dict[str, Any
                 entries.setdefault(key[: -len(suffix)], {})[field] = value
                 break
         else:
-            raise UsageError(
-                f"{path}: unsupported key {key} (only plain LoRA: lora_down, lora_up, alpha)"
-            )
+            from lorakit_sd.networks.deltas import LYCORIS_SUFFIXES
+
+            stem, _, suffix = key.partition(".")
+            if suffix not in LYCORIS_SUFFIXES:
+                raise UsageError(
+                    f"{path}: unsupported key {key} (LoRA, LoHa, LoKr or DoRA keys only)"
+                )
+            entries.setdefault(stem, {}).setdefault("tensors", {})[suffix] = value
     for stem, entry in entries.items():
+        if "tensors" in entry:
+            from lorakit_sd.networks.deltas import check_entry
+
+            check_entry(path, stem, entry)
+            continue
         if "down" not in entry or "up" not in entry:
             raise UsageError(f"{path}: {stem} lacks its lora_down or lora_up weight")
         entry["alpha"] = (
@@ -473,9 +494,28 @@ def resolve(lora: LoraFile, table: dict[str, tuple[str, str, Any]]) -> list[Lora
     modules = []
     for stem, entry in lora.entries.items():
         component, path, module = table[stem]
-        check_shapes(lora.path, stem, entry["down"], entry["up"], tuple(module.weight.shape))
-        modules.append(LoraModule(component, path, entry["down"], entry["up"], entry["alpha"]))
+        modules.append(entry_module(lora.path, stem, entry, component, path, module.weight.shape))
     return modules
+
+
+def entry_module(
+    source: Any, stem: str, entry: dict[str, Any], component: str, path: str, shape: Any
+) -> LoraModule:
+    """The :class:`LoraModule` of a file entry, checked against the weight's ``shape``."""
+    tensors = entry.get("tensors")
+    module = LoraModule(
+        component, path, entry.get("down"), entry.get("up"), entry["alpha"], tensors
+    )
+    if tensors is None or "dora_scale" in tensors:
+        check_shapes(source, stem, entry["down"], entry["up"], tuple(shape))
+    if tensors is not None and "dora_scale" not in tensors:
+        numel = module.delta().numel()
+        if numel != math.prod(shape):
+            raise UsageError(
+                f"{source}: {stem} makes an update of {numel} values, "
+                f"which does not fit the model's weight {tuple(shape)}"
+            )
+    return module
 
 
 def check_shapes(source: Any, stem: str, down: Any, up: Any, weight_shape: tuple[int, ...]) -> None:
@@ -506,6 +546,7 @@ __all__ = [
     "LoraModule",
     "UnetLayout",
     "check_shapes",
+    "entry_module",
     "diffusers_name",
     "file_family",
     "file_format",

@@ -109,7 +109,7 @@ def apply_loras(
     state: dict[str, Any], family: str, loras: list[tuple[str, float]]
 ) -> list[dict[str, Any]]:
     """Add each LoRA (times its weight) into ``state`` in place; returns what was merged."""
-    from lorakit_sd.lora_format import LoraModule, UnetLayout, check_shapes, read_lora
+    from lorakit_sd.lora_format import UnetLayout, entry_module, read_lora
 
     table = ldm_table(state, family)
     lpb = layers_per_block_from_keys(state)
@@ -138,15 +138,14 @@ def apply_loras(
             )
         for stem, entry in lora.entries.items():
             key, part, shape = table[stem]
-            check_shapes(path, stem, entry["down"], entry["up"], shape)
-            module = LoraModule("", stem, entry["down"], entry["up"], entry["alpha"])
-            delta = module.delta(weight)
+            module = entry_module(path, stem, entry, "", stem, shape)
             target = state[key].float()
             if part is None:
-                target += delta.reshape(target.shape)
+                target += module.delta(weight, target).reshape(target.shape)
             else:
                 rows = shape[0]
-                target[part * rows : (part + 1) * rows] += delta.reshape(shape)
+                piece = target[part * rows : (part + 1) * rows]
+                piece += module.delta(weight, piece).reshape(shape)
             state[key] = target
         merged.append(
             {

@@ -1,0 +1,34 @@
+"""Network types: how each one is built with PEFT and written in LyCORIS's key layout.
+
+One module per type (:mod:`.lora` for ``lora``/``locon``, :mod:`.dora`, :mod:`.loha`,
+:mod:`.lokr`), each with ``peft_config(...)`` and ``layer_tensors(layer)``, the latter giving
+the file's tensors of one adapted PEFT layer under their kohya/LyCORIS suffixes
+(``lora_down.weight``, ``hada_w1_a``, ``lokr_w1``, ``dora_scale``, ``alpha``...).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dora")
+_MODULES = {"lora": "lora", "locon": "lora", "dora": "dora", "loha": "loha", "lokr": "lokr"}
+#: the types whose file is a plain LoRA (lora_down/lora_up/alpha)
+PLAIN = ("lora", "locon")
+
+
+def network_module(network: str) -> Any:
+    """The module that builds and writes ``network``."""
+    return import_module(f"lorakit_sd.networks.{_MODULES[network]}")
+
+
+def file_network(keys: Any) -> str:
+    """The network type a kohya/LyCORIS file's keys describe."""
+    suffixes = {k.split(".", 1)[1] for k in keys if "." in k}
+    if any(s.startswith("hada_") for s in suffixes):
+        return "loha"
+    if any(s.startswith("lokr_") for s in suffixes):
+        return "lokr"
+    if "dora_scale" in suffixes:
+        return "dora"
+    return "lora"

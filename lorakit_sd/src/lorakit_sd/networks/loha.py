@@ -1,0 +1,33 @@
+"""``loha``: PEFT's LoHa (Hadamard product of two low-rank products), LyCORIS's keys.
+
+``ΔW = (w1_a @ w1_b) ⊙ (w2_a @ w2_b) · alpha / rank``; the tensors are written as PEFT holds
+them (its layout is LyCORIS's): ``hada_w1_a [out, r]``, ``hada_w1_b [r, in·kh·kw]``, the same
+for ``w2``; convolutions are not CP-decomposed (no ``hada_t1``/``hada_t2``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAMES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
+
+
+def peft_config(
+    *, rank: int, alpha: float, dropout: float, targets: list[str],
+    ranks: dict[str, int], alphas: dict[str, float], options: Any,
+) -> Any:  # fmt: skip
+    from peft import LoHaConfig
+
+    return LoHaConfig(
+        r=rank, alpha=alpha, module_dropout=dropout, target_modules=targets,  # type: ignore[arg-type]
+        rank_pattern=ranks, alpha_pattern=alphas, use_effective_conv2d=False,
+    )  # fmt: skip
+
+
+def layer_tensors(layer: Any, adapter: str = "default") -> dict[str, Any]:
+    import torch
+
+    out = {n: getattr(layer, n)[adapter].detach() for n in NAMES if adapter in getattr(layer, n)}
+    rank = out["hada_w1_b"].shape[0]
+    out["alpha"] = torch.tensor(float(layer.scaling[adapter] * rank))
+    return out

@@ -1,0 +1,41 @@
+"""``lokr``: PEFT's LoKr (Kronecker product), LyCORIS's keys.
+
+``ΔW = kron(w1, w2) · scale`` where ``w1`` is ``lokr_w1`` or ``lokr_w1_a @ lokr_w1_b``
+(``decompose_both``) and ``w2`` is ``lokr_w2`` or ``lokr_w2_a @ lokr_w2_b`` (convolutions
+are not CP-decomposed: no ``lokr_t2``). Readers (LyCORIS, ComfyUI, A1111) take ``scale = alpha / rank`` with
+the rank read from a ``_b`` factor, and ``scale = 1`` when neither factor is decomposed;
+PEFT always scales by ``alpha / r``, so in that case the scale is folded into ``lokr_w2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAMES = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+
+
+def peft_config(
+    *, rank: int, alpha: float, dropout: float, targets: list[str],
+    ranks: dict[str, int], alphas: dict[str, float], options: Any,
+) -> Any:  # fmt: skip
+    from peft import LoKrConfig
+
+    return LoKrConfig(
+        r=rank, alpha=alpha, module_dropout=dropout, target_modules=targets,  # type: ignore[arg-type]
+        rank_pattern=ranks, alpha_pattern=alphas, use_effective_conv2d=False,
+        decompose_both=options.lokr_decompose_both, decompose_factor=options.lokr_factor,
+    )  # fmt: skip
+
+
+def layer_tensors(layer: Any, adapter: str = "default") -> dict[str, Any]:
+    import torch
+
+    out = {n: getattr(layer, n)[adapter].detach() for n in NAMES if adapter in getattr(layer, n)}
+    scale = float(layer.scaling[adapter])
+    factor = out.get("lokr_w1_b", out.get("lokr_w2_b"))
+    if factor is None:  # both factors full: readers apply no scale
+        out["lokr_w2"] = out["lokr_w2"] * scale
+        out["alpha"] = torch.tensor(1.0)
+    else:
+        out["alpha"] = torch.tensor(scale * factor.shape[0])
+    return out
