@@ -103,3 +103,15 @@ def trained(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, l
         llm_plugins.pm.unregister(name="capture")
         llm_plugins.infos.pop("capture", None)
     return {"result": result, "logits": captured["logits"], "output": out, "config": config}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state() -> Any:
+    """Each test starts from no accelerate state: TRL's Trainer and in-process runs at another
+    mixed precision (the templates' bf16) set accelerate's process-wide state, which a later
+    ``Accelerator(mixed_precision=...)`` in the same process may not change."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

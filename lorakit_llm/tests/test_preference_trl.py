@@ -28,17 +28,6 @@ METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/
            "logps/chosen", "logps/rejected")  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state() -> Any:
-    """TRL's Trainer sets accelerate's process-wide state its own way; the next run (of
-    lorakit's engine or another trainer) starts from none."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.fixture(scope="module")
 def pairs(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("pref-trl")

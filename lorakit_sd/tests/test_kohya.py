@@ -210,6 +210,8 @@ def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp
     from lorakit_sd.dataset import build_items
     from lorakit_sd.exporters import training_metadata
 
+    from lorakit_sd import families
+
     img, reg = tmp_path / "img", tmp_path / "reg"
     _kohya_folder(img, "12_mascot", 2)
     _kohya_folder(reg, "1_woman", 3, ext=None)
@@ -218,6 +220,7 @@ def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp
     backend = SimpleNamespace(
         config=config, section=config.section, items=items, index=index, family="sd1",
         started_at=0, resolution=32, latents_cached=False, prediction_type="epsilon",
+        spec=families.get("sd1"), objective=SimpleNamespace(metadata=dict),
     )  # fmt: skip
     meta = training_metadata(backend, "x", 1)
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_woman": {"n_repeats": 1, "img_count": 3}}

@@ -203,7 +203,7 @@ def to_config(values: dict[str, str], backend: str) -> dict[str, Any]:
                 data[key].update(value)
             else:
                 data[key] = value
-    if backend not in data and "backend" not in data and "task_type" not in data:
+    if "backend" not in data and "task_type" not in data:  # required with several backends
         data["backend"] = backend
     return data
 
