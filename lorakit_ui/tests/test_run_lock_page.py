@@ -91,7 +91,10 @@ def test_second_writer_refused_server_killed_mid_run_restart_stop_and_resume(
         assert summary["can_resume"], summary
         resumed = later.post("/api/runs/a/resume", {})[1]
         assert resumed["ok"], resumed
-        wait_for(lambda: record(out).get("status") == "finished", what="the resumed run")
+        # up to 28 steps with a preview each: minutes on a busy 2-core machine
+        wait_for(
+            lambda: record(out).get("status") == "finished", timeout=420, what="the resumed run"
+        )
         done = record(out)
         assert done["steps"] == 30 and done["resumed_from"].endswith(f"step-{stopped}")
         assert f"--config {out / 'config.yaml'} " in later.get("/api/runs/a")[1]
