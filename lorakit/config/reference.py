@@ -7,12 +7,13 @@ schemas drift apart.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from lorakit.config.schema import DistributedConfig, TrainConfig
+from lorakit.config.schema import DistributedConfig, EmaConfig, TrainConfig
 
 INTRO = """\
 # Configuration reference
@@ -29,7 +30,8 @@ Relative paths are resolved against the current directory.
 
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) or str(annotation)
-    text = text.replace("typing.", "").replace("NoneType", "null").replace("None", "null")
+    text = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", text)  # a.b.EmaConfig → EmaConfig
+    text = text.replace("NoneType", "null").replace("None", "null")
     return text.replace(" | ", " or ").replace("|", "\\|")
 
 
@@ -62,6 +64,8 @@ def reference(registries: Any = None) -> str:
         table(TrainConfig),
         "\n## `distributed:`\n",
         table(DistributedConfig, "distributed."),
+        "\n## `ema:`\n",
+        table(EmaConfig, "ema."),
     ]
     for entry in registries.backends:
         model = entry.spec.config_model

@@ -36,6 +36,26 @@ class DistributedConfig(BaseModel):
     find_unused_parameters: bool = Field(False, description="DDP: look for unused parameters.")
 
 
+class EmaConfig(BaseModel):
+    """An exponential moving average of the trained weights, exported in their place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decay: float = Field(
+        0.999, gt=0.0, lt=1.0, description="d in ema = d * ema + (1 - d) * weights."
+    )
+    update_every: int = Field(
+        1, gt=0, description="Fold the weights in every N optimizer steps (after start_step)."
+    )
+    start_step: int = Field(
+        0, ge=0, description="Until this step the average equals the weights; it averages after."
+    )
+    device: Literal["cpu", "gpu"] = Field(
+        "gpu", description="Where the average lives: gpu (the accelerator's device) or cpu."
+    )
+    previews: bool = Field(False, description="Render the previews with the averaged weights.")
+
+
 class TrainConfig(BaseModel):
     """The core training config. Backend sections are validated by their backend."""
 
@@ -126,6 +146,11 @@ class TrainConfig(BaseModel):
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Multi-process settings."
     )
+    ema: EmaConfig | None = Field(
+        None,
+        description="Exponential moving average of the trained weights (see below), exported "
+        "under the run's name, the raw weights with -raw added. null: off; true: defaults.",
+    )
 
     @field_validator("target_modules", "trackers", "export_formats", mode="before")
     @classmethod
@@ -133,6 +158,13 @@ class TrainConfig(BaseModel):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema_switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @field_validator("task_type", mode="before")
     @classmethod
@@ -211,8 +243,10 @@ class Config:
         data = self.to_dict() if data is None else data
         view: dict[str, Any] = {}
         for key, value in data.items():
-            if key in RESUMABLE_KEYS:
+            if key in RESUMABLE_KEYS or (key == "ema" and value is None):
                 continue
+            if key == "ema" and isinstance(value, dict):  # where it lives, what previews use
+                value = {k: v for k, v in value.items() if k not in ("device", "previews")}
             model = self.sections.get(key)
             if model is not None and isinstance(value, dict):
                 extra: frozenset[str] = getattr(type(model), "resumable_keys", frozenset())

@@ -26,6 +26,7 @@ from lorakit.backend import Backend, RunInfo, TrainContext
 from lorakit.config import Config
 from lorakit.engine.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint
 from lorakit.engine.distributed import Strategy
+from lorakit.engine.ema import Ema
 from lorakit.engine.runlock import earlier_run
 from lorakit.engine.sampler import EpochSampler
 from lorakit.engine.state import TrainerState
@@ -59,6 +60,7 @@ class Session:
     total: int
     state: TrainerState
     checkpoint: Path | None = None
+    ema: Any = None  # lorakit.engine.ema.Ema when the config has ema:
     metadata: dict[str, str] = field(default_factory=dict)
     trackers: list[Any] = field(default_factory=list)
     run: RunInfo | None = None
@@ -299,7 +301,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
             backend=backend, ctx=ctx, dataset=dataset, module=module, params=params,
             optimizer=optimizer, scheduler=scheduler, loader=loader, sampler=sampler,
             exporters=exporters, adaptive=opt_spec.adaptive, tracker_specs=tracker_specs,
-            total=total, state=state, checkpoint=checkpoint,
+            total=total, state=state, checkpoint=checkpoint, ema=Ema.create(config, strategy),
         )  # fmt: skip
         if checkpoint is not None:
             resume_from(session, checkpoint)
@@ -345,6 +347,8 @@ def _exporters(config: Config, backend: Backend, registries: Any) -> list[Any]:
 def resume_from(s: Session, checkpoint: Path) -> None:
     """Restore the LoRA, optimizer, schedule, RNG and data position of ``checkpoint``."""
     s.state = load_checkpoint(checkpoint, s.strategy, s.optimizer, s.scheduler)
+    if s.ema is not None:
+        s.ema.load(checkpoint)
     if s.state.num_processes != s.accelerator.num_processes:
         raise UsageError(
             f"cannot resume a {s.state.num_processes}-process run with "

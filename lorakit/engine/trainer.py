@@ -25,6 +25,7 @@ from lorakit.backend import RunInfo
 from lorakit.builtins.trackers import read_metrics
 from lorakit.config import Config
 from lorakit.engine.checkpoint import save_checkpoint
+from lorakit.engine.ema import export_both
 from lorakit.engine.lossplot import write_loss_plot
 from lorakit.engine.progress import TrainProgress
 from lorakit.engine.session import Session, data_loader, set_up
@@ -82,6 +83,8 @@ def train(
                     s.loader = s.accelerator.prepare(loader)
                     stream = batches(s.loader, s.sampler, s.accelerator, s.state.micro_batches)
                     continue
+                if s.ema is not None:
+                    s.ema.update(s.state.step, s.strategy.trainable())
                 s.state.elapsed_s = time.perf_counter() - t_start
                 metrics["elapsed_s"] = round(s.state.elapsed_s, 3)
                 last_loss = metrics["loss"]
@@ -162,7 +165,7 @@ def checkpoint(s: Session) -> Path:
     """Save a resumable checkpoint (every process takes part) with the exports inside."""
     path = save_checkpoint(
         s.out, s.state, s.strategy, s.optimizer, s.scheduler, keep=s.config.train.save_total_limit,
-        extra=lambda folder: _export(s, folder),
+        extra=lambda folder: _checkpoint_extras(s, folder),
     )  # fmt: skip
     if s.main and s.history:
         write_loss_plot(s.history, s.out / "loss.png", s.config.train.name)
@@ -219,14 +222,32 @@ def _sample(s: Session, step: int) -> list[Path]:
             paths = s.backend.sample(s.ctx, step, where)
         return paths if s.main else []
     with s.strategy.gathered():
-        return s.backend.sample(s.ctx, step, s.out / "samples") if s.main else []
+        if not s.main:
+            return []
+        ema = s.ema if s.ema is not None and s.ema.config.previews else None
+        with ema.swapped(s.strategy.trainable()) if ema else contextlib.nullcontext():
+            return s.backend.sample(s.ctx, step, s.out / "samples")
 
 
 def _export(s: Session, folder: Path) -> list[Path]:
-    """Run every exporter into ``folder``; the files they wrote (inside ``gathered()``)."""
+    """Run every exporter into ``folder``; the files they wrote (inside ``gathered()``).
+    With ``ema:``, the averaged weights under the run's name and the raw ones as ``-raw``."""
     stamped = {**s.metadata, "lorakit.step": str(s.state.step)}
-    name = s.config.train.name
-    return [p for e in s.exporters for p in e.factory(s.backend, folder, name, stamped)]
+
+    def export(where: Path, name: str, metadata: dict[str, str]) -> list[Path]:
+        return [p for e in s.exporters for p in e.factory(s.backend, where, name, metadata)]
+
+    if s.ema is None:
+        return export(folder, s.config.train.name, stamped)
+    trainable = s.strategy.trainable()
+    return export_both(s.ema, trainable, folder, s.config.train.name, stamped, export)
+
+
+def _checkpoint_extras(s: Session, folder: Path) -> list[Path]:
+    """What a checkpoint holds besides the engine's state: the EMA and the exports."""
+    if s.ema is not None:
+        s.ema.save(folder)
+    return _export(s, folder)
 
 
 class _Interrupt:

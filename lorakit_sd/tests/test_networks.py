@@ -59,19 +59,45 @@ def _lycoris_apply(tensors, pipe, family):
     for stem in sorted({k.split(".")[0] for k in tensors}):
         kind, params = get_module(tensors, stem)
         assert kind is not None, stem
-        make_module(kind, params, stem, table[stem]).apply_to()
+        if f"{stem}.lokr_t2" in tensors:
+            _lycoris_tucker_lokr(tensors, stem, table[stem]).apply_to()
+        else:
+            make_module(kind, params, stem, table[stem]).apply_to()
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
-@pytest.mark.parametrize("network", ["loha", "lokr", "dora"])
+def _lycoris_tucker_lokr(tensors, stem, module):
+    """lycoris-lora's LokrModule for a CP-decomposed (use_tucker) LoKr convolution.
+
+    lycoris-lora 3's file loader (``make_module_from_state_dict``) reads the rank of a
+    tucker LoKr from ``lokr_w2_a.size(1)``, which is the output factor in that layout, and
+    fails on LyCORIS's own tucker files the same way; its module, built with the rank and
+    loaded strictly with the file's tensors, is the reference here.
+    """
+    from lycoris.modules.lokr import LokrModule
+
+    own = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".")[0] == stem}
+    lycoris = LokrModule(
+        stem, module, 1.0, lora_dim=own["lokr_t2"].shape[0], alpha=float(own["alpha"]),
+        use_tucker=True, decompose_both="lokr_w1_a" in own, factor=-1,
+    )  # fmt: skip
+    lycoris.load_state_dict(own, strict=True)
+    return lycoris
+
+
+CASES = [(f, n, False) for f in ("sd1", "sdxl") for n in ("loha", "lokr", "dora")]
+# use_tucker: 3x3 convolutions CP-decomposed (hada_t1/hada_t2, lokr_t2), read by lycoris-lora
+CASES += [("sd1", "loha", True), ("sdxl", "lokr", True)]
+
+
+@pytest.mark.parametrize(("family", "network", "tucker"), CASES)
 def test_network_file_through_lycoris_reproduces_the_trained_model(
-    tiny_models, tmp_path, family, network
+    tiny_models, tmp_path, family, network, tucker
 ):
     from safetensors.torch import load_file
 
     model = tiny_models[family]
     data = write_tiny_images(tmp_path / "data", 2)
-    sd = {"network": network, "conv_rank": 2, "conv_alpha": 1.0}
+    sd = {"network": network, "conv_rank": 2, "conv_alpha": 1.0, "use_tucker": tucker}
     sd["lokr_decompose_both"] = family == "sdxl"  # lokr_w1_a/_b as well as a full lokr_w1
     _, cap = train_tiny(
         tmp_path, model, data, capture=True, max_steps=2, learning_rate=1e-2,
@@ -85,6 +111,14 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
         assert any(k.endswith(".lokr_w1_a") for k in tensors)  # lokr_decompose_both
     conv = [k for k in tensors if "resnets" in k or "in_layers" in k]
     assert conv  # the 3x3 convolutions are adapted too (conv_rank)
+    cores = {k for k in tensors if k.endswith((".hada_t1", ".hada_t2", ".lokr_t2"))}
+    if tucker:  # a CP core for every 3x3 convolution, and only for those
+        assert cores and all(tensors[k].shape[2:] == (3, 3) for k in cores)
+        stems = {k.rsplit(".", 1)[0] for k in cores}
+        want = ("hada_t1", "hada_t2") if network == "loha" else ("lokr_t2",)
+        assert cores == {f"{stem}.{n}" for stem in stems for n in want}
+    else:
+        assert not cores
     cap.unet.eval()
     pipe = model.load()
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
@@ -172,3 +206,7 @@ def test_locon_needs_conv_rank_and_types_are_checked():
     with pytest.raises(ValidationError):
         SDSection(network="oft")
     assert SDSection(network="locon", conv_rank=4).network == "locon"
+    with pytest.raises(ValidationError, match="use_tucker applies to network loha or lokr"):
+        SDSection(network="lora", conv_rank=4, use_tucker=True)
+    with pytest.raises(ValidationError, match="use_tucker needs conv_rank"):
+        SDSection(network="loha", use_tucker=True)

@@ -2,7 +2,9 @@
 
 ``ΔW = (w1_a @ w1_b) ⊙ (w2_a @ w2_b) · alpha / rank``; the tensors are written as PEFT holds
 them (its layout is LyCORIS's): ``hada_w1_a [out, r]``, ``hada_w1_b [r, in·kh·kw]``, the same
-for ``w2``; convolutions are not CP-decomposed (no ``hada_t1``/``hada_t2``).
+for ``w2``. With ``sd.use_tucker`` a 3x3 convolution is CP-decomposed as LyCORIS's
+``use_tucker`` does it: ``hada_t1 [r, r, kh, kw]`` with ``hada_w1_a [r, out]`` and
+``hada_w1_b [r, in]`` (the same for ``w2``), PEFT's ``use_effective_conv2d`` layout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def peft_config(
 
     return LoHaConfig(
         r=rank, alpha=alpha, module_dropout=dropout, target_modules=targets,  # type: ignore[arg-type]
-        rank_pattern=ranks, alpha_pattern=alphas, use_effective_conv2d=False,
+        rank_pattern=ranks, alpha_pattern=alphas, use_effective_conv2d=options.use_tucker,
     )  # fmt: skip
 
 

@@ -1,9 +1,11 @@
 """``lokr``: PEFT's LoKr (Kronecker product), LyCORIS's keys.
 
 ``ΔW = kron(w1, w2) · scale`` where ``w1`` is ``lokr_w1`` or ``lokr_w1_a @ lokr_w1_b``
-(``decompose_both``) and ``w2`` is ``lokr_w2`` or ``lokr_w2_a @ lokr_w2_b`` (convolutions
-are not CP-decomposed: no ``lokr_t2``). Readers (LyCORIS, ComfyUI, A1111) take ``scale = alpha / rank`` with
-the rank read from a ``_b`` factor, and ``scale = 1`` when neither factor is decomposed;
+(``decompose_both``) and ``w2`` is ``lokr_w2`` or ``lokr_w2_a @ lokr_w2_b``; with
+``sd.use_tucker`` a 3x3 convolution's ``w2`` is CP-decomposed (``lokr_t2 [r, r, kh, kw]``,
+``lokr_w2_a [r, out]``, ``lokr_w2_b [r, in]``, LyCORIS's ``use_tucker``). Readers (LyCORIS,
+ComfyUI, A1111) take ``scale = alpha / rank`` with the rank read from a ``_b`` factor, and
+``scale = 1`` when neither factor is decomposed;
 PEFT always scales by ``alpha / r``, so in that case the scale is folded into ``lokr_w2``.
 """
 
@@ -22,7 +24,7 @@ def peft_config(
 
     return LoKrConfig(
         r=rank, alpha=alpha, module_dropout=dropout, target_modules=targets,  # type: ignore[arg-type]
-        rank_pattern=ranks, alpha_pattern=alphas, use_effective_conv2d=False,
+        rank_pattern=ranks, alpha_pattern=alphas, use_effective_conv2d=options.use_tucker,
         decompose_both=options.lokr_decompose_both, decompose_factor=options.lokr_factor,
     )  # fmt: skip
 
