@@ -269,6 +269,7 @@ class SDBackend(Backend):
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         from lorakit_sd.cache import encode_moments
+        from lorakit_sd.masks import apply_mask
 
         sec, dev, wd = self.section, self.device, self.weight_dtype
         n = self.count(batch)
@@ -295,6 +296,8 @@ class SDBackend(Backend):
         latents = DiagonalGaussianDistribution(moments).sample()
         latents = self.spec.normalize(latents, self.model.pipe.vae.config)
         draw = self.objective.draw(latents)
+        if "mask" in batch:  # masked loss (sd.conditioning_data_dir / sd.alpha_mask)
+            apply_mask(draw, batch["mask"], flip)
         kwargs.update(self.spec.extra_inputs(batch, flip, dev, wd))
         pred = module(draw.noisy.to(wd), draw.timesteps, **kwargs)
         per_sample = self.objective.per_sample_loss(pred, draw)

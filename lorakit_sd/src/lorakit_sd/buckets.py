@@ -104,16 +104,21 @@ def load_pixels(
 
     from lorakit_sd.images import open_rgb
 
-    image = open_rgb(path)
+    image = fit_image(open_rgb(path), bucket, crop)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def fit_image(image: Any, bucket: tuple[int, int], crop: tuple[int, int] | None = None) -> Any:
+    """A PIL image scaled to cover ``bucket`` and cropped to it (``crop``: the ``(left, top)``
+    offset in the scaled image; default the center). Images and their masks both go here."""
+    from PIL import Image
+
     rw, rh, left, top = fit(image.size, bucket)
     if crop is not None:
         left, top = crop
-    from PIL import Image
-
     image = image.resize((rw, rh), Image.Resampling.LANCZOS)
-    image = image.crop((left, top, left + bucket[0], top + bucket[1]))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return image.crop((left, top, left + bucket[0], top + bucket[1]))
 
 
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -107,13 +107,21 @@ def build_latent_cache(
     directory: Path | None,
     log: Any = print,
 ) -> EntryStore:
-    """Moments for every item (and its mirror image when ``flip``)."""
+    """Moments for every item (and its mirror image when ``flip``); with masked loss, each
+    item's mask at the latent's size too (the key names the mask)."""
     from lorakit_sd.buckets import load_pixels
+    from lorakit_sd.dataset import pixel_mask
+    from lorakit_sd.masks import to_latent
 
     started = time.perf_counter()
     store = EntryStore(directory)
     vae_id = weights_id(vae) if directory is not None else ""
-    keys = [cache_key("latent", it.content_hash, it.bucket, it.size, flip, vae_id) for it in items]
+    masked = any(it.mask for it in items)
+    keys = [
+        cache_key("latent", it.content_hash, it.bucket, it.size, flip, vae_id,
+                  *([f"mask:{it.mask_hash}"] if masked else []))
+        for it in items
+    ]  # fmt: skip
     todo = [i for i in range(len(items)) if not store.lookup(i, keys[i])]
     if store.hits:
         log(f"latent cache: {store.hits} of {len(items)} images found in {directory}")
@@ -130,6 +138,9 @@ def build_latent_cache(
             flipped = encode_moments(vae, pixels.flip(-1)) if flip else None
             for j, i in enumerate(chunk):
                 entry = {"moments": moments[j]}
+                if masked:
+                    mask = pixel_mask(items[i])[None]
+                    entry["mask"] = to_latent(mask, tuple(moments.shape[-2:]))[0]
                 if flipped is not None:
                     entry["moments_flip"] = flipped[j]
                 store.put(i, keys[i], entry)

@@ -36,6 +36,9 @@ class Subset(BaseModel):
     )
     repeats: int = Field(1, gt=0, description="How many times each image counts per epoch.")
     caption_extension: str = Field(".txt", description="Extension of caption sidecar files.")
+    conditioning_data_dir: str | None = Field(
+        None, description="Masks of this folder's images (see sd.conditioning_data_dir)."
+    )
 
 
 class SDSection(BaseModel):
@@ -121,6 +124,17 @@ class SDSection(BaseModel):
         False,
         description="Crop each step at a random offset instead of the center (turns off the "
         "latent cache: every step sees a different crop).",
+    )
+    conditioning_data_dir: str | None = Field(
+        None,
+        description="Masked loss: a folder of mask images, one per image of train_data_dir "
+        "with its stem (and subfolder), as kohya's conditioning_data_dir; the red channel "
+        "weights the loss (white: learn, black: ignore).",
+    )
+    alpha_mask: bool = Field(
+        False,
+        description="Masked loss: weight the loss by each image's own alpha channel "
+        "(opaque: learn, transparent: ignore), as kohya's alpha_mask.",
     )
     skip_bad_images: bool = Field(
         False,
@@ -234,6 +248,11 @@ class SDSection(BaseModel):
     lokr_decompose_both: bool = Field(
         False, description="lokr: also split the first Kronecker factor into two low-rank ones."
     )
+    use_tucker: bool = Field(
+        False,
+        description="loha / lokr: CP-decompose the 3x3 convolutions (LyCORIS's use_tucker, "
+        "PEFT's use_effective_conv2d): the file gains hada_t1/hada_t2 (loha) or lokr_t2 (lokr).",
+    )
     conv_rank: int | None = Field(
         None,
         gt=0,
@@ -298,8 +317,16 @@ class SDSection(BaseModel):
             )
         if self.network == "locon" and self.conv_rank is None:
             raise ValueError("network locon needs conv_rank (the 3x3 convolutions' rank)")
+        if self.use_tucker and self.network not in ("loha", "lokr"):
+            raise ValueError("use_tucker applies to network loha or lokr")
+        if self.use_tucker and self.conv_rank is None:
+            raise ValueError("use_tucker needs conv_rank (it decomposes the 3x3 convolutions)")
         if self.conv_alpha is not None and self.conv_rank is None:
             raise ValueError("conv_alpha needs conv_rank (the 3x3 convolution LoRA's rank)")
+        if self.alpha_mask and (
+            self.conditioning_data_dir or any(s.conditioning_data_dir for s in self.subsets)
+        ):
+            raise ValueError("alpha_mask and conditioning_data_dir are two mask sources: use one")
         if self.bucket_no_upscale and not self.bucket:
             raise ValueError("bucket_no_upscale needs bucket: true")
         if self.random_crop and self.cache_latents:

@@ -40,6 +40,8 @@ class Item:
     where: str = ""  # the captions file and line (or the caption file) it came from
     reg: bool = False  # a regularisation image (sd.reg_data_dir)
     repeats: int = 1  # its folder's repeats (kohya N_name, sd.repeats), before reg balancing
+    mask: str = ""  # masked loss: a mask file, "alpha:<image>", or "" (none)
+    mask_hash: str = ""  # what the mask is, for cache keys and the fingerprint
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Folder:
     caption_extension: str
     class_token: str | None = None  # kohya N_name folders: the caption of uncaptioned images
     reg: bool = False
+    mask_dir: Path | None = None  # masked loss: the folder of this folder's masks
 
 
 def _has_data(folder: Folder) -> bool:
@@ -70,9 +73,10 @@ def _kohya(folder: Folder) -> list[Folder]:
     if not subs:
         return [folder]
     return [
-        Folder(sub, None, repeats, folder.caption_extension, token, folder.reg)
+        Folder(sub, None, repeats, folder.caption_extension, token, folder.reg,
+               folder.mask_dir / sub.name if folder.mask_dir else None)
         for sub, repeats, token in subs
-    ]
+    ]  # fmt: skip
 
 
 def folders(config: Any) -> list[Folder]:
@@ -88,6 +92,7 @@ def folders(config: Any) -> list[Folder]:
         section.metadata_path,
         section.repeats,
         section.caption_extension,
+        mask_dir=_path(section.conditioning_data_dir),
     )
     out = []
     main_kohya = _kohya(main)
@@ -95,12 +100,17 @@ def folders(config: Any) -> list[Folder]:
         out += main_kohya
     for sub in section.subsets:
         out.append(
-            Folder(Path(sub.image_dir), sub.metadata_path, sub.repeats, sub.caption_extension)
-        )
+            Folder(Path(sub.image_dir), sub.metadata_path, sub.repeats, sub.caption_extension,
+                   mask_dir=_path(sub.conditioning_data_dir))
+        )  # fmt: skip
     if section.reg_data_dir:
         reg = Folder(Path(section.reg_data_dir), None, 1, section.caption_extension, reg=True)
         out += _kohya(reg)
     return out
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
 
 
 def read_folder(folder: Folder, fmt: str, registries: Any) -> tuple[list[dict[str, Any]], str]:
@@ -140,6 +150,8 @@ def build_items(
     problems: list[str] = []
     for folder in folders(config):
         records, reader = read_folder(folder, section.dataset_format, registries)
+        if folder.mask_dir is not None and not folder.mask_dir.is_dir():
+            raise DataError(f"mask folder not found: {folder.mask_dir} (conditioning_data_dir)")
         if reader != "caption_files":
             extra = unlisted_images(folder.path, records)
             if extra:
@@ -163,13 +175,18 @@ def build_items(
                 bucket = nearest_bucket(size, buckets)
             else:
                 bucket = (resolution, resolution)
+            mask, problem = item_mask(record["image"], size, folder, section.alpha_mask)
+            if problem:
+                problems.append(problem)
+                continue
             rw, rh, left, top = fit(size, bucket)
             items.append(
                 Item(
                     image=record["image"], caption=record["caption"], folder=str(folder.path),
                     size=size, bucket=bucket, crop=(left, top), resized=(rw, rh),
                     content_hash=file_hash(record["image"]), where=record["where"],
-                    reg=folder.reg, repeats=folder.repeats,
+                    reg=folder.reg, repeats=folder.repeats, mask=mask,
+                    mask_hash=mask and ("alpha" if section.alpha_mask else file_hash(mask)),
                 )
             )  # fmt: skip
             (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)
@@ -183,6 +200,23 @@ def build_items(
     if not index:
         raise DataError(f"no usable images in {', '.join(str(f.path) for f in folders(config))}")
     return items, index + balance_reg(reg_index, len(index), log)
+
+
+def item_mask(image: str, size: tuple[int, int], folder: Folder, alpha: bool) -> tuple[str, str]:
+    """(the image's mask source or "", a problem or ""): its file in the folder's mask
+    folder (the image's size), or its own alpha channel with ``sd.alpha_mask``."""
+    from lorakit_sd.masks import find_mask, mask_size
+
+    if alpha:
+        return f"alpha:{image}", ""
+    if folder.mask_dir is None:
+        return "", ""
+    found = find_mask(image, folder.path, folder.mask_dir)
+    if found is None:
+        return "", f"{image}: no mask with its name in {folder.mask_dir}"
+    if mask_size(str(found)) != size:
+        return "", f"{found}: the mask is {mask_size(str(found))}, its image {size}"
+    return str(found), ""
 
 
 def balance_reg(reg_index: list[int], train_count: int, log: Any) -> list[int]:
@@ -236,7 +270,8 @@ def fingerprint(items: list[Item], index: list[int]) -> str:
     digest = hashlib.sha256()
     for item in items:
         reg = "|reg" if item.reg else ""
-        digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}{reg}\n".encode())
+        mask = f"|mask:{item.mask_hash}" if item.mask_hash else ""
+        digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}{reg}{mask}\n".encode())
     digest.update(str(len(index)).encode())
     return digest.hexdigest()[:16]
 
@@ -264,6 +299,8 @@ class SDDataset(torch.utils.data.Dataset):
         self.random_crop = random_crop
         # with regularisation images each sample carries its loss weight
         self.reg_weight = reg_weight if any(item.reg for item in items) else None
+        # with masked loss every sample carries a mask (all ones for an image without)
+        self.masked = any(item.mask for item in items)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -285,6 +322,8 @@ class SDDataset(torch.utils.data.Dataset):
             if self.random_crop:
                 crop = random_crop(item.resized, item.bucket)
             out["pixels"] = load_pixels(item.image, item.bucket, crop)
+            if self.masked:
+                out["mask"] = pixel_mask(item, crop)
         if self.text is not None:
             out.update(self.text.get(self.caption_ids[k]))
         else:
@@ -293,3 +332,12 @@ class SDDataset(torch.utils.data.Dataset):
             out["loss_weight"] = torch.tensor(self.reg_weight if item.reg else 1.0)
         out.update(families.get(self.family).sample_extras(item, crop))
         return out
+
+
+def pixel_mask(item: Item, crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """The item's mask fitted to its bucket (``[1, h, w]``), all ones when it has none."""
+    from lorakit_sd.masks import load_mask
+
+    if not item.mask:
+        return torch.ones(1, item.bucket[1], item.bucket[0])
+    return load_mask(item.mask, item.bucket, crop)
