@@ -10,6 +10,8 @@ A checkpoint holds only safetensors and JSON (nothing is unpickled on resume):
                             (rng-rankN.*: the same for process N > 0)
     scaler.json             the fp16 GradScaler's state (loss scale), when there is one
     trainer_state.json      step, data position, elapsed time, config hash
+    ema.safetensors         with ``ema:``, the moving average (lorakit.engine.ema)
+    <name>*                 the run's exports as of that step
 
 It is written to a temporary folder and renamed, so a kill at any moment leaves the
 previous checkpoint whole; the newest ``save_total_limit`` are kept.
@@ -131,7 +133,8 @@ def save_checkpoint(
     keep: int | None,
     extra: Any = None,
 ) -> Path:
-    """Write ``checkpoints/step-N`` atomically; ``extra(folder)`` may add files first.
+    """Write ``checkpoints/step-N`` atomically; ``extra(folder)`` adds files first (the
+    state files written after it win over same-named ones).
 
     Called on every process: the LoRA and optimizer state are gathered from all of them
     (or, under DeepSpeed, each writes its own optimizer partition into a staging folder);
@@ -160,6 +163,10 @@ def save_checkpoint(
         lora = {n: p.detach().clone().cpu() for n, p in strategy.trainable().items()}
         if main:
             with atomic_dir(path) as tmp:
+                # The extras (the run's exports) first: an export named like a state file
+                # (a run called "lora" writes lora.safetensors) must not replace it.
+                if extra is not None:
+                    extra(tmp)
                 save_file(
                     {k: v.contiguous() for k, v in lora.items()}, str(tmp / "lora.safetensors")
                 )
@@ -179,8 +186,6 @@ def save_checkpoint(
                 scaler = getattr(accelerator, "scaler", None)
                 if scaler is not None:  # fp16: the loss scale reached, its growth tracker
                     (tmp / "scaler.json").write_text(json.dumps(scaler.state_dict()))
-                if extra is not None:
-                    extra(tmp)
                 # trainer_state.json last: its presence marks a whole checkpoint.
                 (tmp / "trainer_state.json").write_text(json.dumps(state.to_dict(), indent=2))
             prune_checkpoints(output_dir, keep)

@@ -244,10 +244,12 @@ def _export(s: Session, folder: Path) -> list[Path]:
 
 
 def _checkpoint_extras(s: Session, folder: Path) -> list[Path]:
-    """What a checkpoint holds besides the engine's state: the EMA and the exports."""
+    """What a checkpoint holds besides the engine's state: the exports, then the EMA (after
+    them, so an export named ``ema.safetensors`` cannot replace it)."""
+    paths = _export(s, folder)
     if s.ema is not None:
         s.ema.save(folder)
-    return _export(s, folder)
+    return paths
 
 
 class _Interrupt:
