@@ -74,20 +74,24 @@ def _train(tmp, model, data, plugin, **overrides):
 
 
 @pytest.fixture(scope="module")
-def flux(tmp_path_factory):
+def flow(tmp_path_factory):
     from lorakit_sd.testing_flow import build_tiny_flow
 
-    return build_tiny_flow(tmp_path_factory.mktemp("flux"), "flux1")
+    root = tmp_path_factory.mktemp("flow")
+    return {f: build_tiny_flow(root / f, f) for f in ("flux1", "sd3")}
 
 
-@pytest.mark.parametrize("family", ["sd1", "flux1"])
-@pytest.mark.parametrize("cached", [True, False])
+CASES = [(f, c) for f in ("sd1", "flux1") for c in (True, False)] + [("sdxl", True), ("sd3", True)]
+
+
+@pytest.mark.parametrize(("family", "cached"), CASES)
 def test_masked_out_latent_pixels_get_no_gradient_and_the_loss_is_the_masked_mse(
     tiny_models, request, tmp_path, monkeypatch, family, cached
 ):
     import lorakit_sd.masks as masks
 
-    model = request.getfixturevalue("flux") if family == "flux1" else tiny_models["sd1"]
+    flow_family = family in ("flux1", "sd3")
+    model = request.getfixturevalue("flow")[family] if flow_family else tiny_models[family]
     data = write_tiny_images(tmp_path / "data", 2)
     mask_dir = write_masks(tmp_path / "masks", 2)
     seen: list[dict] = []
@@ -101,7 +105,7 @@ def test_masked_out_latent_pixels_get_no_gradient_and_the_loss_is_the_masked_mse
     monkeypatch.setattr(masks, "apply_mask", spy)
     probe = LossProbe()
     sd = {"conditioning_data_dir": str(mask_dir), "flip_aug": True, "cache_latents": cached}
-    if family == "flux1":
+    if flow_family:
         sd.update(max_sequence_length=16, bucket_step=16, loss_weighting="cosmap")
     _train(tmp_path, model, data, probe, max_steps=1, batch_size=2, sd=sd, seed=3)
     assert len(probe.preds) == len(seen) == len(probe.losses) == 1
