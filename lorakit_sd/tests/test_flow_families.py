@@ -13,34 +13,14 @@ import math
 
 import pytest
 import torch
+from flow_helpers import SD as FLOW_SD
+from flow_helpers import train
 from lorakit_sd.testing import write_tiny_images
 from sd_helpers import first_losses, lora_keys
 
 STEPS = 20
-SD = {"max_sequence_length": 16, "bucket_step": 16}
-
-
-def _train(tmp, model, data, resume=None, **overrides):
-    import lorakit_sd.plugin
-    from lorakit_sd.testing import tiny_config
-    from sd_helpers import Capture
-
-    from lorakit.config import load_config
-    from lorakit.engine import train
-    from lorakit.plugins import build_plugins, set_plugins
-
-    cap = Capture()
-    plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin), ("c", cap)])
-    set_plugins(plugins)
-    try:
-        output = overrides.pop("output_dir", tmp / "run")
-        sd = {**SD, **overrides.pop("sd", {})}
-        cfg = tiny_config(model, data, output, sd=sd, **overrides)
-        config = load_config(data=cfg, registries=plugins.registries)
-        result = train(config, plugins=plugins, progress=False, resume=resume)
-    finally:
-        set_plugins(None)
-    return result, cap
+SD = FLOW_SD
+_train = train
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,8 @@ class SDBackend(Backend):
         self.objective = spec.objective(pipe, sec)
         self.prediction_type = self.objective.prediction_type
         with quiet_libraries():
-            self.unet.to(self.weight_dtype)
+            if not getattr(self.unet, "is_quantized", False):  # GGUF: its own dtypes
+                self.unet.to(self.weight_dtype)
         if sec.network not in ("lora", "locon") and spec.denoiser_attr != "unet":
             raise ConfigError(f"{sec.network} is written for SD1/SDXL UNets only", key="sd.network")
         targets = spec.expand_targets(t.target_modules)

@@ -89,8 +89,17 @@ def pipeline_class(family: str) -> Any:
     return families.get(family).pipeline_class()
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf")
+
+
 def single_file_keys(path: Path) -> list[str]:
+    """Tensor names of a ``.safetensors`` (its header) or ``.gguf`` file."""
     from lorakit.api import read_safetensors_header
+
+    if path.suffix.lower() == ".gguf":
+        from lorakit_sd.families.flux_file import gguf_keys
+
+        return gguf_keys(path)
 
     return list(read_safetensors_header(path).tensors)
 
@@ -131,7 +140,7 @@ def family_of_folder(folder: Path) -> str:
 def peek_family(base_model: str, model_family: str = "auto") -> str | None:
     """The family from file headers or model_index.json alone (None when that needs more)."""
     path = Path(base_model).expanduser()
-    if path.is_file() and path.suffix.lower() == ".safetensors":
+    if path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         family = family_of_keys(path, single_file_keys(path))
     elif path.is_dir():
         family = family_of_folder(path)
@@ -267,7 +276,7 @@ def check_single_file(source: str, section: Any = None) -> None:
     """What :func:`load_single_file` would refuse for want of configs, from the file's
     header and the local hub cache only (``config validate`` and the start of ``train``)."""
     path = Path(source).expanduser()
-    if path.suffix.lower() != ".safetensors" or not path.is_file():
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES or not path.is_file():
         return
     family = family_of_keys(path, single_file_keys(path))
     _check_family(family, getattr(section, "model_family", "auto"), str(path))
@@ -292,10 +301,10 @@ def check_single_file(source: str, section: Any = None) -> None:
 def load_single_file(
     source: str, *, base_config: str | None = None, model_family: str = "auto", **_: Any
 ) -> BaseModel:
-    """An original-layout (LDM / SGM) ``.safetensors`` checkpoint."""
+    """An original-layout (LDM / SGM / BFL) ``.safetensors`` checkpoint, or a FLUX.1 ``.gguf``."""
     path = Path(source).expanduser()
-    if path.suffix.lower() != ".safetensors":
-        raise UsageError(f"{path}: base_model must be a .safetensors file or a folder")
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise UsageError(f"{path}: base_model must be a .safetensors or .gguf file, or a folder")
     keys = single_file_keys(path)
     family = family_of_keys(path, keys)
     _check_family(family, model_family, str(path))
@@ -328,7 +337,7 @@ def load_folder(source: str, *, model_family: str = "auto", **_: Any) -> BaseMod
 
 def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     """A hub id (``owner/name``), from the local cache when HF_HUB_OFFLINE is set."""
-    if source.lower().endswith(PICKLE_SUFFIXES + (".safetensors",)) or source.startswith(
+    if source.lower().endswith(PICKLE_SUFFIXES + SINGLE_FILE_SUFFIXES) or source.startswith(
         (".", "/", "~")
     ):
         raise UsageError(f"base_model: file or folder not found: {source}")
@@ -381,7 +390,8 @@ def bare_text_encoder(path: Path, keys: list[str], config: str) -> dict[str, Any
 
 
 def _finish(model: BaseModel) -> BaseModel:
-    """Attention through torch's SDPA; everything frozen; float32."""
+    """Attention through torch's SDPA; everything frozen; float32 (a quantized
+    transformer keeps its quantized weights)."""
     import torch
 
     pipe = model.pipe
@@ -389,6 +399,7 @@ def _finish(model: BaseModel) -> BaseModel:
     with quiet_libraries():
         for module in (model.denoiser, pipe.vae, *model.spec.all_text_encoders(pipe)):
             module.requires_grad_(False)
-            module.to(torch.float32)
+            if not getattr(module, "is_quantized", False):  # GGUF keeps its own dtypes
+                module.to(torch.float32)
             module.eval()
     return model

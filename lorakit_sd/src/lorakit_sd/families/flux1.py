@@ -40,6 +40,16 @@ class Flux1(FlowFamily):
     def claims_keys(self, keys: set[str]) -> bool:
         return any(k.endswith("double_blocks.0.img_attn.qkv.weight") for k in keys)
 
+    def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
+        """BFL's transformer file (``.safetensors`` or ``.gguf``), the other parts from
+        ``config`` (a diffusers FLUX.1 folder or hub id)."""
+        from lorakit_sd.families.flux_file import load_transformer
+
+        transformer = load_transformer(path, config, local)
+        return self.pipeline_class().from_pretrained(
+            config, transformer=transformer, local_files_only=local
+        )
+
     def pipeline_class(self) -> Any:
         from diffusers import FluxPipeline
 
