@@ -11,9 +11,21 @@ from lorakit.registry import OptimizerSpec
 
 
 def adamw(params: Any, lr: float, **args: Any) -> Any:
+    """torch AdamW with its fastest kernel: fused on CUDA, foreach (one kernel per
+    operation for all tensors) elsewhere; ``optimizer_args`` ``fused`` / ``foreach`` win."""
     import torch
 
+    params = list(params)
+    if "fused" not in args and "foreach" not in args:
+        args.update(adamw_kernel(params))
     return torch.optim.AdamW(params, lr=lr, **args)
+
+
+def adamw_kernel(params: list[Any]) -> dict[str, bool]:
+    """``{"fused": True}`` when every tensor is a floating CUDA tensor, else foreach."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    cuda = bool(tensors) and all(t.is_cuda and t.is_floating_point() for t in tensors)
+    return {"fused": True} if cuda else {"foreach": True}
 
 
 def adamw8bit(params: Any, lr: float, **args: Any) -> Any:

@@ -126,6 +126,21 @@ class TrainConfig(BaseModel):
         "auto", description="auto: bf16 on a GPU that supports it, else no."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    torch_compile: bool = Field(
+        False,
+        description="Run the trained module through torch.compile (inductor); the first "
+        "steps compile, later ones run faster. Same loss and LoRA as without.",
+    )
+    torch_compile_backend: str = Field(
+        "inductor",
+        description="torch.compile's backend when torch_compile is on (inductor, "
+        "aot_eager, cudagraphs, ...: torch._dynamo.list_backends()).",
+    )
+    allow_tf32: bool | None = Field(
+        None,
+        description="TF32 matmuls and convolutions on CUDA GPUs that have them (compute "
+        "capability 8.0+); null: on there, off elsewhere. The run's header says when on.",
+    )
     seed: int = Field(42, description="Seed for every random generator.")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     save_total_limit: int | None = Field(
@@ -210,6 +225,7 @@ RESUMABLE_KEYS = frozenset(
         "max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "trackers",
         "sample_prompts", "sample_every_n_steps", "output_dir", "output_name", "num_workers",
         "export_formats", "config_version", "mixed_precision", "model_loader", "auto_batch_size",
+        "torch_compile", "torch_compile_backend", "allow_tf32",
     }
 )  # fmt: skip
 

@@ -29,6 +29,7 @@ from lorakit.engine.distributed import Strategy
 from lorakit.engine.ema import Ema
 from lorakit.engine.runlock import earlier_run
 from lorakit.engine.sampler import EpochSampler
+from lorakit.engine.speed import apply_tf32, compile_module
 from lorakit.engine.state import TrainerState
 from lorakit.errors import ConfigError, RunError, UsageError
 from lorakit.plugins import Plugins
@@ -67,6 +68,7 @@ class Session:
     #: The logged metrics of this run (from a resumed run's metrics.jsonl, when it has one),
     #: which loss.png plots whichever trackers are on.
     history: list[dict[str, float]] = field(default_factory=list)
+    tf32: bool = False  # TF32 matmuls on (allow_tf32; said in the header)
 
     @property
     def main(self) -> bool:
@@ -285,6 +287,8 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         scheduler = _scheduler(sched_spec, optimizer, remaps[0][1] if remaps else total, config)
         continue_schedule(scheduler, remaps)
         module, optimizer = accelerator.prepare(module, optimizer)
+        if cfg.torch_compile:
+            compile_module(module, cfg.torch_compile_backend)
         backend.set_train_module(module)
         # The model was built alike on every process; from here each draws its own noise,
         # timesteps and dropout (seed + process index), which checkpoints keep per process.
@@ -302,6 +306,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
             optimizer=optimizer, scheduler=scheduler, loader=loader, sampler=sampler,
             exporters=exporters, adaptive=opt_spec.adaptive, tracker_specs=tracker_specs,
             total=total, state=state, checkpoint=checkpoint, ema=Ema.create(config, strategy),
+            tf32=apply_tf32(cfg.allow_tf32, accelerator.device),
         )  # fmt: skip
         if checkpoint is not None:
             resume_from(session, checkpoint)

@@ -29,6 +29,7 @@ from lorakit.engine.ema import export_both
 from lorakit.engine.lossplot import write_loss_plot
 from lorakit.engine.progress import TrainProgress
 from lorakit.engine.session import Session, data_loader, set_up
+from lorakit.engine.speed import tf32_header
 from lorakit.engine.step import batches, train_step
 from lorakit.io import write_text
 from lorakit.plugins import Plugins, get_plugins
@@ -141,7 +142,7 @@ def begin(s: Session) -> None:
     s.accelerator.print(
         f"training {s.config.backend} LoRA: {s.total} steps, {len(s.dataset)} samples, effective "
         f"batch {s.effective_batch} (batch {cfg.batch_size} × accumulation {s.accum} × {n} "
-        f"processes{strategy}), precision {s.accelerator.mixed_precision}, "
+        f"processes{strategy}), precision {s.accelerator.mixed_precision}{tf32_header(s.tf32)}, "
         f"{len(s.params)} LoRA tensors → {s.out}"
     )
     for line in s.plugins.overrides():

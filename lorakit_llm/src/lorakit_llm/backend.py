@@ -15,6 +15,7 @@ from typing import Any, cast
 import torch
 
 from lorakit.api import Backend, Config, DataError, LossOutput, TrainContext, UsageError
+from lorakit_llm import speed
 from lorakit_llm.chat_templates import resolve_template
 from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset, split_rows
 from lorakit_llm.data import target_count as _target_count
@@ -255,6 +256,7 @@ class LLMBackend(Backend):
         """Check the base and read the data before the model loads: a broken line fails in a
         second."""
         train, section = self.config.train, self.section
+        speed.check(section, ctx.accelerator.device.type == "cuda")
         self._loader(ctx.registries)
         if train.init_adapter:
             from lorakit_llm.init_adapter import adapter_folder
@@ -284,6 +286,9 @@ class LLMBackend(Backend):
             train.base_model, dtype=self._dtype(ctx), load_in_4bit=section.load_in_4bit,
             attn_implementation=section.attn_implementation, device=ctx.accelerator.device,
         )  # fmt: skip
+        applied = speed.apply_kernels(model, section.kernels)
+        if applied:
+            ctx.log(f"llm: {applied}")
         self.template, self.template_name = resolve_template(section.chat_template, self.tokenizer)
         self.tokenizer.chat_template = self.template
         model.config.use_cache = False

@@ -6,7 +6,7 @@ stay fast. Every field is documented in docs/llm.md.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,6 +15,8 @@ class LLMSection(BaseModel):
     """Settings of the causal-LM backend (``llm:`` in the config)."""
 
     model_config = ConfigDict(extra="forbid")
+    #: Keys a resumed run may change: they change speed, not what the run learns.
+    resumable_keys: ClassVar[frozenset[str]] = frozenset({"kernels"})
 
     max_seq_len: int = Field(
         2048, gt=8, description="Longest sequence in tokens; longer rows are truncated."
@@ -55,7 +57,15 @@ class LLMSection(BaseModel):
         None, description="Modules trained in full and saved with the adapter (e.g. lm_head)."
     )
     attn_implementation: str | None = Field(
-        None, description="transformers attention: sdpa, eager, flash_attention_2 (null: auto)."
+        None,
+        description="transformers attention: sdpa, eager, flash_attention_2 (null: auto). "
+        "flash_attention_2 (CUDA, flash-attn installed) packs each micro-batch into one row, "
+        "examples kept apart through position ids.",
+    )
+    kernels: Literal["liger"] | None = Field(
+        None,
+        description="liger: Liger's Triton RMSNorm, RoPE and SwiGLU kernels for the families "
+        "it supports (CUDA, liger-kernel installed); null: transformers' own.",
     )
     eval_split: float = Field(
         0.0, ge=0.0, lt=0.5,

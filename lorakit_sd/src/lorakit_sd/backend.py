@@ -33,6 +33,13 @@ def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def use_channels_last(setting: bool | None, device: Any, unet: bool) -> bool:
+    """``sd.channels_last`` as set, or (null) on for a UNet on a CUDA device."""
+    if setting is not None:
+        return setting
+    return unet and getattr(device, "type", "") == "cuda"
+
+
 class SDBackend(Backend):
     """Image-model LoRA training (SD1.x, SDXL, SD3 / SD3.5, FLUX.1)."""
 
@@ -140,6 +147,8 @@ class SDBackend(Backend):
                     encoder.gradient_checkpointing_enable(
                         gradient_checkpointing_kwargs={"use_reentrant": False}
                     )
+        if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
+            self.unet.to(memory_format=torch.channels_last)
         self.unet.train()
         if self.train_text:
             for encoder in self.model.text_encoders:

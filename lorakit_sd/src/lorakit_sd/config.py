@@ -8,7 +8,7 @@ top-level; only what the image backend alone understands lives here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -45,6 +45,8 @@ class SDSection(BaseModel):
     """The ``sd:`` section of a lorakit config (Stable Diffusion 1.5 / SDXL)."""
 
     model_config = ConfigDict(extra="forbid")
+    #: Keys a resumed run may change: they change speed, not what the run learns.
+    resumable_keys: ClassVar[frozenset[str]] = frozenset({"channels_last"})
 
     metadata_path: str | None = Field(
         None,
@@ -267,6 +269,12 @@ class SDSection(BaseModel):
     text_encoder_target_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TEXT_ENCODER_TARGETS),
         description="Text-encoder modules to adapt when train_text_encoder is on.",
+    )
+    channels_last: bool | None = Field(
+        None,
+        description="Keep the UNet's weights and activations in channels-last memory order "
+        "(faster convolutions on CUDA tensor cores); null: on for SD1/SDXL UNets on a GPU, "
+        "off on CPU and for transformer denoisers. Same loss and LoRA either way.",
     )
     # -- export --------------------------------------------------------------------------
     save_dtype: Literal["float32", "float16", "bfloat16"] = Field(
