@@ -89,9 +89,7 @@ def test_caption_dropout_and_flips_at_their_rates(tiny_models, tmp_path):
     model = tiny_models["sd1"]
     data = write_tiny_images(tmp_path / "data", 8)
     steps, p = 25, 0.25
-    seen = _run(
-        tmp_path, model, data, steps, caption_dropout=p, flip_aug=True, cache_latents=False
-    )
+    seen = _run(tmp_path, model, data, steps, caption_dropout=p, flip_aug=True, cache_latents=False)
     pipe = seen.pipe
     with torch.no_grad():  # diffusers' own prompt encoding, the judge of what the UNet got
         empty = pipe.encode_prompt("", "cpu", 1, False)[0][0].float()
