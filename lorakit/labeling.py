@@ -35,6 +35,7 @@ from lorakit.metadata_csv import (
     format_metadata,
     read_metadata,
 )
+from lorakit.progress import Bar
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -234,47 +235,6 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-class _Progress:
-    """A rich bar on a terminal; nothing otherwise."""
-
-    def __init__(self, total: int, enabled: bool, console: Console | None) -> None:
-        self.bar: Any = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        console = console or Console()
-        if not console.is_terminal:
-            return
-        self.bar = Progress(
-            TextColumn("[bold]label"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self.task = self.bar.add_task("label", total=total)
-        self.bar.start()
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _read_batch(
     data_dir: Path, batch: Sequence[str], report: LabelReport
 ) -> tuple[list[Image.Image], list[str]]:
@@ -415,7 +375,7 @@ def label_folder(
     size = batch_size or getattr(labeler, "batch_size", None) or DEFAULT_BATCH_SIZE
     if size < 1:
         raise UsageError(f"batch size must be at least 1 (got {size})")
-    bar = _Progress(len(todo), progress, console)
+    bar = Bar("label", len(todo), enabled=progress, console=console)
     captions: dict[str, str] = {}
     interrupted = False
     try:

@@ -59,8 +59,7 @@ def read_file(path: Path) -> File:
             where=str(path),
         )
     header = read_header(path)
-    length = int.from_bytes(head, "little")
-    return File(path, header.tensors, header.metadata, 8 + length, path.stat().st_size)
+    return File(path, header.tensors, header.metadata, header.data_start, path.stat().st_size)
 
 
 def read_scalar(file: File, name: str, handle: BinaryIO | None = None) -> float | None:

@@ -1,4 +1,5 @@
-"""Progress: a rich bar on a terminal, plain periodic lines otherwise."""
+"""Training progress: the bar of :mod:`lorakit.progress` on a terminal, plain periodic
+lines otherwise."""
 
 from __future__ import annotations
 
@@ -7,14 +8,8 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+
+from lorakit.progress import Bar
 
 
 class TrainProgress:
@@ -24,26 +19,16 @@ class TrainProgress:
         self.console = console or Console(stderr=False)
         self.total = total
         self.enabled = enabled
-        self.bar: Progress | None = None
         self.every = max(1, total // 20)
         self.t0 = time.perf_counter()
         self.start = start
         self.eval = ""
-        if enabled and self.console.is_terminal:
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}{task.fields[eval]}"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self.task = self.bar.add_task(
-                "train", total=total, completed=start, loss="-", rate="", eval=""
-            )
-            self.bar.start()
+        bar = Bar(
+            "train", total, completed=start, enabled=enabled, console=self.console,
+            fields={"loss": "-", "rate": "", "eval": ""},
+            columns=("loss {task.fields[loss]}{task.fields[eval]}", "{task.fields[rate]}"),
+        )  # fmt: skip
+        self.bar = bar if bar.shown else None
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -54,9 +39,8 @@ class TrainProgress:
             self.eval = f"  eval loss {evaluated:.4f}"
         if self.bar is not None:
             self.bar.update(
-                self.task, completed=step, loss=f"{metrics['loss']:.4f}",
-                rate=f"{rate:.2f} it/s", eval=self.eval,
-            )  # fmt: skip
+                step, loss=f"{metrics['loss']:.4f}", rate=f"{rate:.2f} it/s", eval=self.eval
+            )
         elif step % self.every == 0 or step == self.total or evaluated is not None:
             shown = f"  eval loss {evaluated:.4f}" if evaluated is not None else ""
             print(
@@ -68,4 +52,4 @@ class TrainProgress:
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.stop()
+            self.bar.close()
