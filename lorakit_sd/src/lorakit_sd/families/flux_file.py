@@ -15,23 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import UsageError
-from lorakit_sd.lora_flux import DOUBLE, SINGLE, SWAPPED, TOP
+from lorakit_sd.lora_flux import SWAPPED, layers
 
-#: lora stem (underscores) -> BFL module name (dots)
-_DOUBLE_NAMES = {
-    "img_attn_qkv": "img_attn.qkv", "txt_attn_qkv": "txt_attn.qkv",
-    "img_attn_proj": "img_attn.proj", "txt_attn_proj": "txt_attn.proj",
-    "img_mlp_0": "img_mlp.0", "img_mlp_2": "img_mlp.2", "txt_mlp_0": "txt_mlp.0",
-    "txt_mlp_2": "txt_mlp.2", "img_mod_lin": "img_mod.lin", "txt_mod_lin": "txt_mod.lin",
-}  # fmt: skip
-_SINGLE_NAMES = {"linear1": "linear1", "linear2": "linear2", "modulation_lin": "modulation.lin"}
-_TOP_NAMES = {
-    "img_in": "img_in", "txt_in": "txt_in", "time_in_in_layer": "time_in.in_layer",
-    "time_in_out_layer": "time_in.out_layer", "vector_in_in_layer": "vector_in.in_layer",
-    "vector_in_out_layer": "vector_in.out_layer", "guidance_in_in_layer": "guidance_in.in_layer",
-    "guidance_in_out_layer": "guidance_in.out_layer", "final_layer_linear": "final_layer.linear",
-    "final_layer_adaLN_modulation_1": "final_layer.adaLN_modulation.1",
-}  # fmt: skip
 #: RMSNorm scales: BFL suffix -> diffusers suffix, per block kind
 _DOUBLE_NORMS = {
     "img_attn.norm.query_norm.scale": "attn.norm_q.weight",
@@ -44,24 +29,6 @@ _SINGLE_NORMS = {
     "norm.key_norm.scale": "attn.norm_k.weight",
 }
 PREFIX = "model.diffusion_model."
-
-
-def layers(num_double: int, num_single: int) -> dict[str, list[str]]:
-    """BFL module name -> the diffusers module paths stacked in it (by rows)."""
-    out: dict[str, list[str]] = {}
-    for i in range(num_double):
-        for stem, parts in DOUBLE.items():
-            out[f"double_blocks.{i}.{_DOUBLE_NAMES[stem]}"] = [
-                f"transformer_blocks.{i}.{p}" for p in parts
-            ]
-    for i in range(num_single):
-        for stem, parts in SINGLE.items():
-            out[f"single_blocks.{i}.{_SINGLE_NAMES[stem]}"] = [
-                f"single_transformer_blocks.{i}.{p}" for p in parts
-            ]
-    for stem, path in TOP.items():
-        out[_TOP_NAMES[stem]] = [path]
-    return out
 
 
 def norms(num_double: int, num_single: int) -> dict[str, str]:
