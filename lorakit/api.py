@@ -82,7 +82,7 @@ from lorakit.registry import (
 )
 from lorakit.safetensors_header import Header as SafetensorsHeader
 from lorakit.safetensors_header import read_header as read_safetensors_header
-from lorakit.zero import gathered_parameters
+from lorakit.zero import gathered_parameters, loading_whole
 
 __all__ = [
     "FILE_COLUMNS",
@@ -146,6 +146,7 @@ __all__ = [
     "label_folder",
     "lazy",
     "load_config",
+    "loading_whole",
     "make_caption",
     "package_version",
     "parse_lora",

@@ -46,3 +46,34 @@ def gathered_parameters(
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
         yield
+
+
+@contextlib.contextmanager
+def loading_whole() -> Iterator[None]:
+    """While inside, transformers loads models whole, also in a ZeRO-3 run.
+
+    Under ZeRO-3, accelerate registers the run's DeepSpeed config with transformers, whose
+    ``from_pretrained`` then builds every model inside ``deepspeed.zero.Init`` (partitioned
+    from the start). Frozen models used outside the trained module (a text encoder whose
+    outputs are cached, a VAE) never get DeepSpeed's gather hooks, so they must load whole;
+    what ends up inside the prepared module is partitioned by ``prepare`` anyway. A no-op
+    outside ZeRO-3. Imports accelerate and transformers only in a ZeRO-3 run.
+    """
+    import sys
+
+    if "accelerate" not in sys.modules:
+        yield
+        return
+    from accelerate.state import AcceleratorState, is_initialized
+
+    plugin = AcceleratorState().deepspeed_plugin if is_initialized() else None
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()

@@ -83,9 +83,7 @@ def register(app: typer.Typer) -> None:
         if result.interrupted:
             # Under lorakit's launcher a rank that stopped cleanly exits 0 (so accelerate
             # does not report a failed worker); the launcher then exits 128 + signal.
-            if launched:
-                _rank_exit()
-            raise typer.Exit(128 + (result.signal or 2))
+            raise typer.Exit(0 if launched else 128 + (result.signal or 2))
         if os.environ.get("LOCAL_RANK", "0") == "0":
             from rich.console import Console
             from rich.markup import escape
@@ -101,18 +99,3 @@ def register(app: typer.Typer) -> None:
             )
             for path in result.outputs:
                 console.print(f"  {escape(str(path))}", highlight=False)
-        if launched:
-            _rank_exit()
-
-
-def _rank_exit() -> None:
-    """End a rank started by lorakit's launcher once its run is over and everything it
-    wrote is on disk (files are written atomically, run.json says how the run ended).
-
-    The process exits without the interpreter's teardown: DeepSpeed's native threads can
-    abort it there ("terminate called without an active exception", SIGABRT) after a run
-    that finished, and the launcher would then report a failed worker.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

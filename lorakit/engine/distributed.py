@@ -214,6 +214,18 @@ class Strategy:
                     )
                 param.copy_(value)
 
+    def close(self) -> None:
+        """Take the strategy's engine down while the process group still exists (on every
+        rank, before ``accelerator.end_training()`` destroys the group).
+
+        DeepSpeed's engine otherwise tears itself down in ``__del__`` at interpreter exit,
+        after the group is gone: removing ZeRO-3's hooks and buffers then talks to a
+        destroyed group. DeepSpeed's own order is ``engine.destroy()``, then
+        ``destroy_process_group()``.
+        """
+        if self.kind == "deepspeed":
+            self.accelerator.free_memory()  # engine.destroy(), then accelerate's references
+
     def clip_parameters(self) -> list[Any]:
         """What to give ``clip_grad_norm_`` so the norm is the global one."""
         return list(self.module.parameters())

@@ -23,6 +23,13 @@ from typing import IO
 ERRORS_DIR = "LORAKIT_RANK_ERRORS"
 
 _AGENT_LOG = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")  # torch elastic's log lines
+#: What a rank reports when another one failed and left the process group (gloo, NCCL):
+#: a consequence, not an error of its own.
+_PEER_LOST = re.compile(
+    r"Connection (closed|reset) by peer|remote worker crash|Broken pipe|"
+    r"NCCL communicator was aborted|ProcessGroupNCCL.*(watchdog|aborted)",
+    re.IGNORECASE,
+)
 
 
 def record(message: str, code: int) -> bool:
@@ -39,7 +46,11 @@ def record(message: str, code: int) -> bool:
 
 
 def report(folder: Path, code: int) -> int:
-    """Print each distinct recorded error once; the exit code of the first to fail."""
+    """Print each distinct recorded error once; the exit code of the first to fail.
+
+    Errors that only say a peer left the process group are dropped when a rank recorded
+    the error that made it leave.
+    """
     found = []
     for path in sorted(Path(folder).glob("rank*.json")):
         try:
@@ -47,6 +58,8 @@ def report(folder: Path, code: int) -> int:
         except (OSError, ValueError):
             continue
     found.sort(key=lambda r: r["time"])
+    causes = [r for r in found if not _PEER_LOST.search(r["message"])]
+    found = causes or found  # ranks that only lost their peers say nothing new
     seen: set[str] = set()
     for entry in found:
         if entry["message"] not in seen:

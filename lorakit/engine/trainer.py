@@ -200,6 +200,7 @@ def finish(s: Session, interrupted: bool, last_loss: float | None, stop: int = 0
         with s.strategy.gathered():
             s.plugins.call("on_train_end", run=s.run, outputs=s.run.outputs)
     s.backend.teardown()
+    s.strategy.close()  # before end_training destroys the process group
     s.accelerator.end_training()
     return RunResult(
         s.out, s.state.step, last_loss, outputs, interrupted, s.state.elapsed_s,

@@ -257,6 +257,14 @@ class LLMBackend(Backend):
         second."""
         train, section = self.config.train, self.section
         speed.check(section, ctx.accelerator.device.type == "cuda")
+        strategy = train.distributed.strategy
+        if section.load_in_4bit and strategy in ("deepspeed_zero3", "fsdp"):
+            # bitsandbytes' 4-bit weights shard only with a matching quant storage dtype,
+            # which lorakit does not set up: refused before anything loads.
+            raise UsageError(
+                f"llm.load_in_4bit cannot be sharded by distributed.strategy {strategy}: "
+                "use strategy ddp (every process holds the 4-bit base), or load_in_4bit: false"
+            )
         self._loader(ctx.registries)
         if train.init_adapter:
             from lorakit_llm.init_adapter import adapter_folder

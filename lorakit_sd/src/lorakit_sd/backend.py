@@ -85,14 +85,18 @@ class SDBackend(Backend):
         )
 
     def setup(self, ctx: TrainContext) -> None:
+        from lorakit.api import loading_whole
         from lorakit_sd.models import load_base, quiet_libraries
 
         t, sec = self.config.train, self.section
-        self.model = load_base(
-            t.base_model, base_config=sec.base_config, model_family=sec.model_family,
-            allow_unsafe_pickle=sec.allow_unsafe_pickle, loader=t.model_loader,
-            registries=ctx.registries,
-        )  # fmt: skip
+        # Whole also under ZeRO-3: the VAE and cached text encoders stay outside the trained
+        # module (no gather hooks); prepare partitions what is inside it.
+        with loading_whole():
+            self.model = load_base(
+                t.base_model, base_config=sec.base_config, model_family=sec.model_family,
+                allow_unsafe_pickle=sec.allow_unsafe_pickle, loader=t.model_loader,
+                registries=ctx.registries,
+            )  # fmt: skip
         self.family = self.model.family
         self.spec = spec = self.model.spec
         spec.check_section(sec)
