@@ -226,7 +226,8 @@ def _export(s: Session, folder: Path) -> list[Path]:
     """Run every exporter into ``folder``; the files they wrote (inside ``gathered()``)."""
     stamped = {**s.metadata, "lorakit.step": str(s.state.step)}
     name = s.config.train.name
-    return [p for e in s.exporters for p in e.factory(s.backend, folder, name, stamped)]
+    view = s.backend.adapter_export(s.state.step)
+    return [p for e in s.exporters for p in e.factory(view, folder, name, stamped)]
 
 
 class _Interrupt:
