@@ -36,6 +36,7 @@ from lorakit.engine.runlock import (
 )
 from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
+from lorakit.export_view import AdapterExport, AdapterLayer, Exporter, Network
 from lorakit.hookspecs import hookspec
 from lorakit.identify import FileKind, FileProbe, LoraSummary
 from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
@@ -85,6 +86,10 @@ from lorakit.safetensors_header import read_header as read_safetensors_header
 from lorakit.zero import gathered_parameters, loading_whole
 
 __all__ = [
+    "AdapterExport",
+    "AdapterLayer",
+    "Exporter",
+    "Network",
     "FILE_COLUMNS",
     "IMAGE_EXTENSIONS",
     "LOCK_NAME",

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from lorakit.config import Config
+    from lorakit.export_view import AdapterExport
     from lorakit.registry import Registries
 
 
@@ -63,7 +64,27 @@ class RunInfo:
 
 
 class Backend(ABC):
-    """A model family lorakit can train LoRA adapters for."""
+    """A model family lorakit can train LoRA adapters for.
+
+    The engine calls a backend in this order, once each unless said otherwise:
+
+    1. ``__init__(config)`` (the factory): cheap, loads nothing;
+    2. :meth:`validate`: the data and model files, before anything heavy loads;
+    3. :meth:`setup`: the base model, LoRA injected;
+    4. :meth:`dataset`: the training data, caches built; then :meth:`collate` and
+       :meth:`batch_sampler` for the data loader;
+    5. :meth:`trainable_module` (it may use what ``dataset`` learnt, e.g. the caption
+       length), then :meth:`optimizer_param_groups`;
+    6. :meth:`set_train_module` with the accelerate-prepared module; ``started_at`` is set;
+    7. each step: :meth:`count` and :meth:`loss` per micro-batch, :meth:`step_metrics`
+       after each optimizer step; :meth:`sample` every ``sample_steps``;
+    8. :meth:`adapter_export` at each export (the final one, ``lorakit export``), inside the
+       engine's ``gathered()``: exporters receive its :class:`lorakit.export_view.AdapterExport`,
+       never the backend;
+    9. :meth:`teardown`.
+
+    :meth:`dataset_fingerprint` and :meth:`export_metadata` are asked after ``dataset``.
+    """
 
     #: "samples" or "tokens": what the throughput metric counts.
     throughput_unit: str = "samples"
@@ -153,6 +174,22 @@ class Backend(ABC):
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained LoRA tensors (default: every trainable parameter, by name)."""
         return trainable_state_dict(self.trainable_module())
+
+    def adapter_export(self, step: int) -> AdapterExport:
+        """What exporters receive after ``step`` optimizer steps (see
+        :class:`lorakit.export_view.AdapterExport`). The default: the trainable tensors of
+        :meth:`lora_state_dict` and the core's LoRA keys; backends add what they know."""
+        from lorakit.export_view import AdapterExport, Network
+
+        t = self.config.train
+        return AdapterExport(
+            backend=self.config.backend or "",
+            network=Network(rank=t.lora_rank, alpha=t.alpha, dropout=t.lora_dropout),
+            state_dict=self.lora_state_dict,
+            base_model=t.base_model,
+            started_at=self.started_at,
+            metadata=self.export_metadata(),
+        )
 
     def teardown(self) -> None:  # noqa: B027
         """Free models and caches."""

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from lorakit.commands import BackendCommands, supports
 from lorakit.errors import PluginError, UsageError
+from lorakit.export_view import Exporter
 from lorakit.identify import FileKind, FileProbe
 
 
@@ -101,13 +102,15 @@ class LabelerSpec:
 
 @dataclass(frozen=True)
 class ExporterSpec:
-    """``factory(backend, directory, name, metadata)`` writes files and returns their paths.
+    """``factory(view, directory, name, metadata)`` writes files and returns their paths.
 
+    ``view`` is the :class:`lorakit.export_view.AdapterExport` the backend hands over (never
+    the backend itself); ``metadata`` the provenance strings every file carries.
     ``backends`` lists the backend names it serves (empty: any backend).
     """
 
     name: str
-    factory: Callable[..., Any]
+    factory: Exporter
     description: str = ""
     backends: tuple[str, ...] = ()
 

@@ -174,7 +174,7 @@ def test_lorakit_file(toy_plugins, tmp_path, capsys):
     backend = toy_backend.ToyBackend(config)
     backend.setup(types.SimpleNamespace(registries=toy_plugins.registries))
     metadata = {**file_metadata(config, plugins=toy_plugins), "lorakit.step": "12"}
-    [path] = export_safetensors(backend, tmp_path, "toy", metadata)
+    [path] = export_safetensors(backend.adapter_export(12), tmp_path, "toy", metadata)
     assert path.name == "toy.lorakit.safetensors"
     report = inspect_path(path)
     assert report.format == "lorakit (raw PEFT module names)"

@@ -468,3 +468,121 @@ def test_the_core_has_no_import_cycle():
 
 def test_the_cycle_check_finds_one():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# -- 9. exporters see a typed view, never the backend (issue 25) ------------------------------
+
+
+def _exporter_functions() -> list[tuple[str, str, str]]:
+    """``(exporter name, module, function)`` of every installed exporter (entry points)."""
+    import inspect
+
+    from lorakit.plugins import build_plugins
+
+    found = []
+    for entry in build_plugins(entry_points=True).registries.exporters:
+        factory = entry.spec.factory
+        target = factory.__name__.removeprefix("lazy(").removesuffix(")")
+        if ":" in target:
+            module, function = target.split(":")
+        else:
+            module, function = inspect.getmodule(factory).__name__, factory.__name__
+        found.append((entry.spec.name, module, function))
+    return found
+
+
+def exporter_offences(source: str, function: str) -> list[str]:
+    """What a module's exporter ``function`` (and the module around it) does that reaches
+    past its typed view: a first parameter not annotated ``AdapterExport``, any name
+    ``backend``, getattr / hasattr / vars on the view or a backend."""
+    tree = ast.parse(source)
+    offences = []
+    defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function]
+    if not defs:
+        return [f"no function {function}"]
+    first = defs[0].args.args[0]
+    if first.annotation is None or "AdapterExport" not in ast.unparse(first.annotation):
+        offences.append(f"{function}({first.arg}: ...) is not typed AdapterExport")
+    views = {first.arg}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == "backend":
+            offences.append(f"line {node.lineno}: names a backend")
+        if isinstance(node, ast.arg) and node.arg == "backend":
+            offences.append(f"line {node.lineno}: takes a backend")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "vars")
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+            and (node.args[0].id in views or "backend" in node.args[0].id)
+        ):
+            offences.append(f"line {node.lineno}: {node.func.id}({node.args[0].id}, ...)")
+    return offences
+
+
+def test_exporters_use_only_the_typed_view():
+    import importlib.util
+
+    exporters = _exporter_functions()
+    assert {"safetensors", "kohya", "diffusers", "peft"} <= {name for name, _, _ in exporters}
+    offenders = []
+    for name, module, function in exporters:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None
+        source = Path(spec.origin).read_text(encoding="utf-8")
+        offenders += [f"{name} ({module}): {o}" for o in exporter_offences(source, function)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_exporter_check_catches_a_backend_reach():
+    bad = (
+        "def export(backend, directory, name, metadata):\n"
+        "    if not hasattr(backend, 'save_adapter'):\n"
+        "        return getattr(backend, 'max_tokens', 75)\n"
+    )
+    found = exporter_offences(bad, "export")
+    assert "export(backend: ...) is not typed AdapterExport" in found
+    assert any("hasattr(backend" in o for o in found) and any("getattr(backend" in o for o in found)
+    typed = (
+        "def export(view: AdapterExport, directory, name, metadata):\n"
+        "    return getattr(view, 'unet')\n"
+    )
+    assert exporter_offences(typed, "export") == ["line 2: getattr(view, ...)"]
+
+
+def test_the_engine_hands_exporters_the_typed_view(toy_plugins, tmp_path):
+    """A third party's exporter receives an AdapterExport, whose tensors are the trained
+    LoRA the built-in exporter writes, and whose network is the config's."""
+    from safetensors.torch import load_file
+
+    from lorakit.api import AdapterExport, ExporterSpec, save_safetensors
+    from lorakit.engine import train
+
+    seen: list[object] = []
+
+    def export(view, directory, name, metadata):
+        seen.append(view)
+        path = Path(directory) / f"{name}.third.safetensors"
+        save_safetensors(dict(view.state_dict()), path, metadata=metadata)
+        return [path]
+
+    class ThirdExporter:
+        @hookimpl
+        def register_exporters(self, register):
+            register(ExporterSpec("third", export, "a third party's exporter"))
+
+    toy_plugins.add(ThirdExporter(), name="third", distribution="lorakit-third")
+    cfg = load_config(
+        data=toy_config(tmp_path, max_steps=2, lora_rank=3, lora_alpha=6,
+                        export_formats=["third", "safetensors"])
+    )  # fmt: skip
+    result = train(cfg, plugins=toy_plugins, progress=False)
+    view = seen[-1]  # the final export (checkpoints export too)
+    assert isinstance(view, AdapterExport) and view.backend == "toy"
+    assert (view.network.rank, view.network.alpha) == (3, 6.0)
+    ours = load_file(str(result.output_dir / f"{cfg.train.name}.third.safetensors"))
+    builtin = load_file(str(result.output_dir / f"{cfg.train.name}.lorakit.safetensors"))
+    assert ours.keys() == builtin.keys() and ours
+    for key in ours:
+        assert ours[key].equal(builtin[key])

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from lorakit import hookimpl
+from lorakit.export_view import AdapterExport
 from lorakit.io import save_safetensors
 from lorakit.registry import ExporterSpec
 
 
 def export_safetensors(
-    backend: Any, directory: Path, name: str, metadata: dict[str, str]
+    view: AdapterExport, directory: Path, name: str, metadata: dict[str, str]
 ) -> list[Path]:
     """``<name>.lorakit.safetensors``: the trainable tensors under their module names."""
     path = Path(directory) / f"{name}.lorakit.safetensors"
-    save_safetensors(backend.lora_state_dict(), path, metadata=metadata)
+    save_safetensors(dict(view.state_dict()), path, metadata=metadata)
     return [path]
 
 

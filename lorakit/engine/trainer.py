@@ -237,7 +237,9 @@ def _export(s: Session, folder: Path) -> list[Path]:
     stamped = {**s.metadata, "lorakit.step": str(s.state.step)}
 
     def export(where: Path, name: str, metadata: dict[str, str]) -> list[Path]:
-        return [p for e in s.exporters for p in e.factory(s.backend, where, name, metadata)]
+        # The view is built here, after EMA has swapped the weights it exports into place.
+        view = s.backend.adapter_export(s.state.step)
+        return [p for e in s.exporters for p in e.factory(view, where, name, metadata)]
 
     if s.ema is None:
         return export(folder, s.config.train.name, stamped)

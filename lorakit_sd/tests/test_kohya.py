@@ -208,7 +208,7 @@ def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp
     from types import SimpleNamespace
 
     from lorakit_sd.dataset import build_items
-    from lorakit_sd.exporters import training_metadata
+    from lorakit_sd.export_view import run_metadata
 
     from lorakit_sd import families
 
@@ -219,10 +219,10 @@ def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp
     items, index = build_items(config, sd_plugins.registries, None, 32, lambda _: None)
     backend = SimpleNamespace(
         config=config, section=config.section, items=items, index=index, family="sd1",
-        started_at=0, resolution=32, latents_cached=False, prediction_type="epsilon",
+        started_at=0, resolution=32, latents_cached=False, max_tokens=75, prediction_type="epsilon",
         spec=families.get("sd1"), objective=SimpleNamespace(metadata=dict),
     )  # fmt: skip
-    meta = training_metadata(backend, "x", 1)
+    meta = run_metadata(backend, 1)
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_woman": {"n_repeats": 1, "img_count": 3}}
     assert json.loads(meta["ss_dataset_dirs"]) == {"12_mascot": {"n_repeats": 12, "img_count": 2}}
     assert meta["ss_num_reg_images"] == "24"  # 24 reg samples per epoch, each image ~8 times

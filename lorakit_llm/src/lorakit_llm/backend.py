@@ -526,12 +526,11 @@ class LLMBackend(Backend):
             metadata["lorakit.llm.system_prompt"] = str(self.system_prompt())
         return metadata
 
-    def save_adapter(self, directory: Path, metadata: dict[str, str]) -> None:
-        from lorakit_llm.export import save_adapter
+    def adapter_export(self, step: int) -> Any:
+        """The exporters' view (:func:`lorakit_llm.export_view.adapter_export`)."""
+        from lorakit_llm.export_view import adapter_export
 
-        save_adapter(self.model, self.tokenizer, Path(directory), metadata, self.config)
-        if self.preference is not None:
-            self.preference.after_save(Path(directory))
+        return adapter_export(self, step)
 
     def teardown(self) -> None:
         self.model = None

@@ -13,22 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError, __version__, atomic_dir, half_dtype, write_text
+from lorakit.api import AdapterExport, UsageError, __version__, atomic_dir, half_dtype, write_text
+from lorakit_llm.export_view import base_reference
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
-
-
-def _base_reference(base: str) -> str:
-    """The base model as an adapter should name it: an absolute path, or the hub id.
-
-    For a ``.gguf`` base, the folder that holds it: what ``from_pretrained(folder,
-    gguf_file=name)`` takes (the file's name is in ``lorakit.json`` as ``base_gguf_file``).
-    """
-    path = Path(base).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return str(path.resolve().parent)
-    return str(path.resolve()) if path.exists() else base
 
 
 def _base_gguf_file(base: str) -> str | None:
@@ -41,32 +30,21 @@ def _base_gguf_file(base: str) -> str | None:
     return None
 
 
-def save_adapter(
-    model: Any, tokenizer: Any, directory: Path, metadata: dict[str, str], config: Any
-) -> None:
-    """Write the PEFT adapter of ``model`` into ``directory`` (a fresh temporary folder)."""
-    from peft.tuners.lora import Embedding
+def write_provenance(view: AdapterExport, directory: Path, metadata: dict[str, str]) -> None:
+    """lorakit's provenance in an adapter folder PEFT wrote: in the safetensors header (next
+    to peft's ``{"format": "pt"}``), in ``lorakit.json``, and the chat template."""
     from safetensors.torch import load_file, save_file
 
-    peft_config = model.peft_config["default"]
-    peft_config.base_model_name_or_path = _base_reference(config.train.base_model)
-    # lorakit never resizes the vocabulary: only a LoRA on an embedding saves embeddings
-    # (peft's "auto" would look for the base's config.json, on the hub if need be).
-    lora_on_embedding = any(isinstance(m, Embedding) for m in model.modules())
-    model.save_pretrained(
-        str(directory), safe_serialization=True, save_embedding_layers=lora_on_embedding
-    )
     weights = directory / "adapter_model.safetensors"
-    # peft writes {"format": "pt"}; add lorakit's provenance to the same header.
     save_file(load_file(str(weights)), str(weights), metadata={"format": "pt", **metadata})
-    if getattr(tokenizer, "chat_template", None):
-        (directory / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
+    if view.chat_template:
+        (directory / "chat_template.jinja").write_text(view.chat_template, encoding="utf-8")
     record = {
         "lorakit": metadata.get("lorakit.version", __version__),
         "config_hash": metadata.get("lorakit.config_hash"),
         "step": metadata.get("lorakit.step"),
-        "base_model": config.train.base_model,
-        "base_gguf_file": _base_gguf_file(config.train.base_model),
+        "base_model": view.base_model,
+        "base_gguf_file": _base_gguf_file(view.base_model),
         "llm": {
             "dataset_format": metadata.get("lorakit.llm.dataset_format"),
             "chat_template": metadata.get("lorakit.llm.chat_template"),
@@ -78,13 +56,16 @@ def save_adapter(
     (directory / "lorakit.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
-def export_peft(backend: Any, directory: Path, name: str, metadata: dict[str, str]) -> list[Path]:
+def export_peft(
+    view: AdapterExport, directory: Path, name: str, metadata: dict[str, str]
+) -> list[Path]:
     """Exporter ``peft``: ``directory/adapter/``, replaced as a whole."""
-    if not hasattr(backend, "save_adapter"):
+    if view.save_pretrained is None:
         raise UsageError("the peft exporter writes adapters of the llm backend only")
     target = Path(directory) / "adapter"
     with atomic_dir(target) as tmp:
-        backend.save_adapter(tmp, metadata)
+        view.save_pretrained(tmp)
+        write_provenance(view, tmp, metadata)
     return [target]
 
 
@@ -160,7 +141,7 @@ def merge_command(
     with atomic_dir(output) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        provenance = {"lorakit": __version__, "base_model": _base_reference(base),
+        provenance = {"lorakit": __version__, "base_model": base_reference(base),
                       "base_gguf_file": _base_gguf_file(base),
                       "adapters": adapters, "dtype": str(out_dtype).replace("torch.", "")}  # fmt: skip
         (tmp / "lorakit.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")

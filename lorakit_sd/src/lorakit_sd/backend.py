@@ -114,6 +114,8 @@ class SDBackend(Backend):
         self.vae_dtype = spec.vae_dtype(self.weight_dtype)
         self.objective = spec.objective(pipe, sec)
         self.prediction_type = self.objective.prediction_type
+        self.latents_cached = sec.latent_cache_enabled()
+        self.text_cached = sec.text_cache_enabled()  # the train module encodes captions if not
         with quiet_libraries():
             if not getattr(self.unet, "is_quantized", False):  # GGUF: its own dtypes
                 self.unet.to(self.weight_dtype)
@@ -212,10 +214,8 @@ class SDBackend(Backend):
         if not self.items:
             self._read_data(ctx)
         self.max_tokens = self.spec.max_tokens(self.items, self.model.pipe, sec, ctx.log)
-        self.latents_cached = sec.latent_cache_enabled()
         if sec.random_crop and sec.cache_latents is None:
             ctx.log("note: sd.random_crop encodes every image each step (no latent cache)")
-        self.text_cached = sec.text_cache_enabled()
         root = ctx.cache_dir if sec.cache_to_disk else None
         vae = self.model.pipe.vae
         latents = text = None
@@ -382,6 +382,12 @@ class SDBackend(Backend):
                 alpha = float(config.alpha_pattern.get(path, config.lora_alpha))
                 modules.append(LoraModule(component, path, down, up, alpha))
         return modules
+
+    def adapter_export(self, step: int) -> Any:
+        """The exporters' view (:func:`lorakit_sd.export_view.adapter_export`)."""
+        from lorakit_sd.export_view import adapter_export
+
+        return adapter_export(self, step)
 
     def teardown(self) -> None:
         self._module = None

@@ -8,14 +8,12 @@ same tensors under diffusers/PEFT names, with the LoRA config (rank, alpha) in i
 
 from __future__ import annotations
 
-import json
-import time
-from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import save_safetensors
+from lorakit.api import AdapterExport, save_safetensors
 from lorakit_sd import families
 
 
@@ -52,114 +50,70 @@ def format_metadata(
     return meta
 
 
-def training_metadata(backend: Any, name: str, step: int) -> dict[str, str]:
-    """``ss_*`` keys describing the run (what A1111's training-info panel shows)."""
-    t, sec = backend.config.train, backend.section
-    per_epoch = max(1, -(-len(backend.index) // t.batch_size))
-    epoch = (step * t.gradient_accumulation_steps) // per_epoch
-    tags: dict[str, Counter[str]] = {}
-    dirs: dict[str, dict[str, int]] = {}
-    reg_dirs: dict[str, dict[str, int]] = {}
-    for item in backend.items:  # n_repeats: the subset's repeats, as sd-scripts writes it
-        folder = Path(item.folder).name
-        if item.reg:
-            entry = reg_dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
-            entry["img_count"] += 1
-            continue
-        counter = tags.setdefault(folder, Counter())
-        counter.update(tag.strip() for tag in item.caption.split(",") if tag.strip())
-        entry = dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})
-        entry["img_count"] += 1
-    n_reg = sum(1 for k in backend.index if backend.items[k].reg)
-    te_lr = sec.text_encoder_lr or t.learning_rate
-    meta = {
-        "ss_training_started_at": str(int(backend.started_at)),
-        "ss_training_finished_at": str(int(time.time())),
-        "ss_steps": str(step),
-        "ss_epoch": str(epoch),
-        "ss_max_train_steps": str(t.max_steps or ""),
-        "ss_num_train_images": str(len(backend.index) - n_reg),
-        "ss_num_reg_images": str(n_reg),
-        "ss_prior_loss_weight": _num(sec.prior_loss_weight),
-        "ss_clip_skip": str(sec.clip_skip) if backend.spec.clip_skip_applies else "None",
-        "ss_max_token_length": str(getattr(backend, "max_tokens", 75)),
-        "ss_bucket_no_upscale": str(sec.bucket_no_upscale),
-        "ss_random_crop": str(sec.random_crop),
-        "ss_batch_size_per_device": str(t.batch_size),
-        "ss_gradient_accumulation_steps": str(t.gradient_accumulation_steps),
-        "ss_learning_rate": _num(t.learning_rate),
-        "ss_unet_lr": _num(t.learning_rate),
-        "ss_text_encoder_lr": _num(te_lr) if sec.train_text_encoder else "0",
-        "ss_lr_scheduler": t.lr_scheduler,
-        "ss_lr_warmup_steps": str(t.lr_warmup_steps),
-        "ss_optimizer": t.optimizer,
-        "ss_seed": str(t.seed),
-        "ss_mixed_precision": t.mixed_precision,
-        "ss_gradient_checkpointing": str(t.gradient_checkpointing),
-        "ss_network_dropout": _num(t.lora_dropout),
-        "ss_resolution": f"({backend.resolution}, {backend.resolution})",
-        "ss_enable_bucket": str(sec.bucket),
-        "ss_noise_offset": _num(sec.noise_offset),
-        "ss_min_snr_gamma": _num(sec.min_snr_gamma) if sec.min_snr_gamma else "None",
-        "ss_caption_dropout_rate": _num(sec.caption_dropout),
-        "ss_shuffle_caption": str(sec.shuffle_tags),
-        "ss_keep_tokens": str(sec.keep_tokens),
-        "ss_flip_aug": str(sec.flip_aug),
-        "ss_cache_latents": str(backend.latents_cached),
-        "ss_sd_model_name": Path(t.base_model).name,
-        "ss_tag_frequency": json.dumps({k: dict(v) for k, v in tags.items()}),
-        "ss_dataset_dirs": json.dumps(dirs),
-        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
-        **backend.objective.metadata(),
-    }
-    args: dict[str, str] = {}
-    if sec.conv_rank:  # LoCon, as kohya records it
-        conv_alpha = sec.conv_alpha if sec.conv_alpha is not None else sec.conv_rank
-        args = {"conv_dim": str(sec.conv_rank), "conv_alpha": _num(conv_alpha)}
-    if sec.network not in ("lora", "locon"):
-        args["algo"] = {"dora": "lora"}.get(sec.network, sec.network)
-        if sec.network == "dora":
-            args["dora_wd"] = "True"
-        if sec.network == "lokr":
-            args["factor"] = str(sec.lokr_factor)
-            args["decompose_both"] = str(sec.lokr_decompose_both)
-    if args:
-        meta["ss_network_args"] = json.dumps(args)
+def denoiser_structure(model_config: Mapping[str, Any]) -> Any:
+    """The denoiser a view describes, rebuilt from its config on the meta device (no
+    weights): the module tree and shapes the kohya / BFL name conversions read."""
+    import diffusers
+    import torch
+
+    config = dict(model_config)
+    cls = getattr(diffusers, config.pop("_class_name"))
+    with torch.device("meta"):
+        return cls.from_config(config)
+
+
+def lora_modules(view: AdapterExport) -> list[Any]:
+    """The view's plain LoRA layers as :class:`lorakit_sd.lora_format.LoraModule` objects."""
+    from lorakit_sd.lora_format import LoraModule
+
+    return [
+        LoraModule(
+            layer.component,
+            layer.path,
+            layer.tensors["lora_down.weight"],
+            layer.tensors["lora_up.weight"],
+            layer.alpha,
+        )
+        for layer in view.layers()
+    ]
+
+
+def _header(
+    view: AdapterExport, name: str, metadata: dict[str, str], denoiser: Any
+) -> dict[str, str]:
+    """The provenance, the backend's ``ss_*`` run keys and the format keys of a file."""
+    meta = {**metadata, **view.metadata}
+    meta.update(
+        format_metadata(
+            view.family, name, view.network.rank, view.network.alpha, view.resolution, denoiser
+        )
+    )
     return meta
 
 
-def _step(metadata: dict[str, str]) -> int:
-    try:
-        return int(metadata.get("lorakit.step", "0"))
-    except ValueError:
-        return 0
-
-
-def export_kohya(backend: Any, directory: Path, name: str, metadata: dict[str, str]) -> list[Path]:
+def export_kohya(
+    view: AdapterExport, directory: Path, name: str, metadata: dict[str, str]
+) -> list[Path]:
     """``<name>.safetensors``: kohya/A1111 keys, alpha, ``ss_*`` and ``modelspec.*``."""
+    import torch
+
     from lorakit_sd.lora_format import model_hash
     from lorakit_sd.networks import PLAIN
     from lorakit_sd.networks.files import kohya_network_tensors
 
-    network = backend.section.network
-    if network in PLAIN:
-        modules = backend.lora_modules()
-        tensors = backend.spec.kohya_tensors(modules, backend.unet, backend.save_dtype)
+    denoiser = denoiser_structure(view.model_config)
+    dtype = getattr(torch, view.save_dtype)
+    plain = view.network.type in PLAIN
+    if plain:
+        tensors = families.get(view.family).kohya_tensors(lora_modules(view), denoiser, dtype)
     else:
         tensors = kohya_network_tensors(
-            network, backend.adapted_parts(), backend.family, backend.unet, backend.save_dtype
+            view.network.type, view.layers(), view.family, denoiser, dtype
         )
     if tensors is None:  # SD3: diffusers' layout is the one its clients read
         return []
-    t = backend.config.train
-    meta = dict(metadata)
-    meta.update(training_metadata(backend, name, _step(metadata)))
-    meta.update(
-        format_metadata(
-            backend.family, name, t.lora_rank, t.alpha, backend.resolution, backend.unet
-        )
-    )
-    if network not in PLAIN:  # as sd-scripts records a lycoris.kohya run
+    meta = _header(view, name, metadata, denoiser)
+    if not plain:  # as sd-scripts records a lycoris.kohya run
         meta["ss_network_module"] = "lycoris.kohya"
     meta["sshs_model_hash"] = model_hash(tensors)
     path = Path(directory) / f"{name}.safetensors"
@@ -168,23 +122,18 @@ def export_kohya(backend: Any, directory: Path, name: str, metadata: dict[str, s
 
 
 def export_diffusers(
-    backend: Any, directory: Path, name: str, metadata: dict[str, str]
+    view: AdapterExport, directory: Path, name: str, metadata: dict[str, str]
 ) -> list[Path]:
     """``<name>.diffusers.safetensors``: diffusers/PEFT keys with the LoRA config in the header."""
+    import torch
+
     from lorakit_sd.lora_format import to_diffusers
     from lorakit_sd.networks import PLAIN
 
-    if backend.section.network not in PLAIN:  # diffusers' load_lora_weights reads LoRA only
+    if view.network.type not in PLAIN:  # diffusers' load_lora_weights reads LoRA only
         return []
-    tensors, format_meta = to_diffusers(backend.lora_modules(), backend.save_dtype)
-    t = backend.config.train
-    meta = dict(metadata)
-    meta.update(training_metadata(backend, name, _step(metadata)))
-    meta.update(
-        format_metadata(
-            backend.family, name, t.lora_rank, t.alpha, backend.resolution, backend.unet
-        )
-    )
+    tensors, format_meta = to_diffusers(lora_modules(view), getattr(torch, view.save_dtype))
+    meta = _header(view, name, metadata, denoiser_structure(view.model_config))
     meta.update(format_meta)
     path = Path(directory) / f"{name}.diffusers.safetensors"
     save_safetensors(tensors, path, metadata=meta)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from lorakit.api import UsageError
-from lorakit_sd.networks import network_module
+from lorakit.api import AdapterLayer, UsageError
 
 
 def adapted_layers(model: Any) -> Iterable[tuple[str, Any]]:
@@ -19,7 +18,7 @@ def adapted_layers(model: Any) -> Iterable[tuple[str, Any]]:
 
 
 def kohya_network_tensors(
-    network: str, parts: list[tuple[str, Any]], family: str, denoiser: Any, dtype: Any
+    network: str, layers: Iterable[AdapterLayer], family: str, denoiser: Any, dtype: Any
 ) -> dict[str, Any]:
     """Every adapted layer's tensors, named ``<kohya key>.<suffix>``, cast to ``dtype``."""
     from lorakit_sd import families
@@ -28,11 +27,9 @@ def kohya_network_tensors(
     if families.get(family).denoiser_attr != "unet":
         raise UsageError(f"sd.network {network} files are written for SD1/SDXL UNets only")
     layout = UnetLayout.from_config(denoiser.config)
-    writer = network_module(network)
     out: dict[str, Any] = {}
-    for component, model in parts:
-        for path, layer in adapted_layers(model):
-            stem = kohya_name(component, path, family, layout)
-            for suffix, tensor in writer.layer_tensors(layer).items():
-                out[f"{stem}.{suffix}"] = tensor.detach().to("cpu", dtype).contiguous()
+    for layer in layers:
+        stem = kohya_name(layer.component, layer.path, family, layout)
+        for suffix, tensor in layer.tensors.items():
+            out[f"{stem}.{suffix}"] = tensor.detach().to("cpu", dtype).contiguous()
     return out
