@@ -256,7 +256,6 @@ class LLMBackend(Backend):
         """Check the base and read the data before the model loads: a broken line fails in a
         second."""
         train, section = self.config.train, self.section
-        speed.check(section, ctx.accelerator.device.type == "cuda")
         strategy = train.distributed.strategy
         if section.load_in_4bit and strategy in ("deepspeed_zero3", "fsdp"):
             # bitsandbytes' 4-bit weights shard only with a matching quant storage dtype,
@@ -265,6 +264,7 @@ class LLMBackend(Backend):
                 f"llm.load_in_4bit cannot be sharded by distributed.strategy {strategy}: "
                 "use strategy ddp (every process holds the 4-bit base), or load_in_4bit: false"
             )
+        speed.check(section, ctx.accelerator.device.type == "cuda")
         self._loader(ctx.registries)
         if train.init_adapter:
             from lorakit_llm.init_adapter import adapter_folder
