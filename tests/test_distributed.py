@@ -85,6 +85,28 @@ def test_launch_command_maps_options():
     assert cmd[cmd.index("--main_process_ip") + 1] == "10.0.0.1"
     assert "--multi_gpu" in cmd and "--cpu" not in cmd
     assert cmd[-5:] == ["lorakit.cli", "train", "--config", "x.yaml", "--resume"]
+    assert cmd[cmd.index("--main_process_port") + 1] == "29500"  # what every machine agrees on
+
+
+def test_one_machine_runs_meet_on_a_free_port_not_a_fixed_one():
+    """Two runs on one host (two users, two terminals) must not share a rendezvous port:
+    each single-machine launch binds a port the kernel reports free, as torchrun
+    --standalone does; an explicit --main-process-port wins."""
+    import socket
+
+    def port(**kwargs):
+        cmd = launch_command(["train"], num_processes=2, cuda=False, **kwargs)
+        return int(cmd[cmd.index("--main_process_port") + 1])
+
+    with socket.socket() as busy:  # a listener on the old fixed port does not matter
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        first = port()
+        assert first != taken
+        with socket.socket() as check:
+            check.bind(("127.0.0.1", first))  # really free
+    assert port(main_process_port=1234) == 1234
 
 
 def test_launch_command_per_strategy(toy_plugins, tmp_path):

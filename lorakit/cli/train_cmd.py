@@ -33,7 +33,13 @@ def register(app: typer.Typer) -> None:
         num_machines: Annotated[int, typer.Option("--num-machines")] = 1,
         machine_rank: Annotated[int, typer.Option("--machine-rank")] = 0,
         main_process_ip: Annotated[str | None, typer.Option("--main-process-ip")] = None,
-        main_process_port: Annotated[int, typer.Option("--main-process-port")] = 29500,
+        main_process_port: Annotated[
+            int | None,
+            typer.Option(
+                "--main-process-port",
+                help="Rendezvous port: a free one on one machine, 29500 across machines.",
+            ),
+        ] = None,
         no_progress: Annotated[
             bool, typer.Option("--no-progress", help="No progress bar.")
         ] = False,

@@ -25,6 +25,19 @@ LAUNCH_OPTIONS = {
 }  # fmt: skip
 
 
+DEFAULT_PORT = 29500  # torch.distributed's; the port machines agree on without being told
+
+
+def free_port() -> int:
+    """A port nothing listens on, for a one-machine run's rendezvous (as ``torchrun
+    --standalone`` picks one): two runs on one host never meet on a fixed port."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def strip_launch_options(args: list[str]) -> list[str]:
     out, skip = [], False
     for arg in args:
@@ -46,7 +59,7 @@ def launch_command(
     num_machines: int = 1,
     machine_rank: int = 0,
     main_process_ip: str | None = None,
-    main_process_port: int = 29500,
+    main_process_port: int | None = None,
     cuda: bool | None = None,
     config: Any = None,
 ) -> list[str]:
@@ -56,6 +69,8 @@ def launch_command(
 
         cuda = torch.cuda.is_available()
     total = num_processes * num_machines
+    if main_process_port is None:
+        main_process_port = free_port() if num_machines == 1 else DEFAULT_PORT
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     strategy = config.train.distributed.strategy if config is not None else "ddp"
     if strategy.startswith("deepspeed"):
