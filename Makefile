@@ -46,8 +46,10 @@ chromium:
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium is not installed and cannot be installed here: the browser tests will skip"
 
+# Two workers, one test file each at a time (module fixtures stay in one process), one
+# thread per process: the tiny models are bound by Python, not by matmuls.
 unit: $(STAMP) chromium
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test: lint typecheck docs unit
 
