@@ -109,7 +109,8 @@ def apply_loras(
     state: dict[str, Any], family: str, loras: list[tuple[str, float]]
 ) -> list[dict[str, Any]]:
     """Add each LoRA (times its weight) into ``state`` in place; returns what was merged."""
-    from lorakit_sd.lora_format import UnetLayout, entry_module, read_lora
+    from lorakit_sd.lora_format import UnetLayout
+    from lorakit_sd.lora_read import entry_module, read_lora
 
     table = ldm_table(state, family)
     lpb = layers_per_block_from_keys(state)
