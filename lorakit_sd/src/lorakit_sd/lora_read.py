@@ -50,6 +50,16 @@ KOHYA_GROUPS = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "
 def identify(probe: FileProbe) -> FileKind | None:
     """What ``lorakit inspect`` says of an SD LoRA file: kohya or diffusers layout."""
     fmt = file_format(probe.tensor_names) if probe.tensor_names else None
+    bfl = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
+    if fmt == "kohya" and any(k.startswith(bfl) for k in probe.tensor_names or ()):
+        fused = ("_img_attn_qkv.", "_txt_attn_qkv.", "_linear1.")
+        notes = (
+            ("q/k/v (a single block's linear1: and its MLP) are one fused layer in this layout: "
+             "its rank is the sum of the parts' ranks",)
+            if any(f in k for k in probe.tensor_names or () for f in fused) else ()
+        )  # fmt: skip
+        groups = {"lora_unet_": "transformer", "lora_te1_": "text_encoder"}
+        return FileKind("kohya / BFL FLUX.1 LoRA", groups=groups, kohya_names=True, notes=notes)
     if fmt == "kohya":
         return FileKind("kohya / A1111 LoRA", groups=KOHYA_GROUPS, kohya_names=True)
     if fmt == "diffusers":
