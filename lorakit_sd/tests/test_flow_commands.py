@@ -25,9 +25,17 @@ from lorakit.api import UsageError
 CAPTIONS = ["a red cat", "a dog, park"]
 
 
+#: the ``guidance`` argument each FLUX.1 transformer call received during training, by kind
+GUIDANCE: dict[str, list] = {}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(model, run folder) per kind: FLUX.1-dev, FLUX.1-schnell, SD3."""
+    """(model, run folder) per kind: FLUX.1-dev, FLUX.1-schnell, SD3.
+
+    While they train, diffusers' ``FluxTransformer2DModel.forward`` records the guidance it
+    is given (then runs as it is)."""
+    from diffusers import FluxTransformer2DModel
     from lorakit_sd.testing_flow import build_tiny_flow
 
     from lorakit.testing import one_thread
@@ -35,18 +43,41 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("flowcmd")
     data = write_tiny_images(root / "data", 2)
     out = {}
-    with one_thread():
-        for kind, family, guidance in (
-            ("dev", "flux1", True), ("schnell", "flux1", False), ("sd3", "sd3", True),
-        ):  # fmt: skip
-            model = build_tiny_flow(root / kind, family, guidance=guidance)
-            steps = 1 if kind == "schnell" else 3
-            result, _ = train(
-                root / f"r-{kind}", model, data, max_steps=steps, batch_size=2,
-                learning_rate=5e-2, lora_alpha=8,
-            )  # fmt: skip
-            out[kind] = (model, result.output_dir)
+    original = FluxTransformer2DModel.forward
+    seen: list = []
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs.get("guidance"))
+        return original(self, *args, **kwargs)
+
+    FluxTransformer2DModel.forward = recording
+    try:
+        with one_thread():
+            for kind, family, guidance in (
+                ("dev", "flux1", True), ("schnell", "flux1", False), ("sd3", "sd3", True),
+            ):  # fmt: skip
+                model = build_tiny_flow(root / kind, family, guidance=guidance)
+                steps = 1 if kind == "schnell" else 3
+                seen.clear()
+                result, _ = train(
+                    root / f"r-{kind}", model, data, max_steps=steps, batch_size=2,
+                    learning_rate=5e-2, lora_alpha=8,
+                )  # fmt: skip
+                GUIDANCE[kind] = list(seen)
+                out[kind] = (model, result.output_dir)
+    finally:
+        FluxTransformer2DModel.forward = original
     return out
+
+
+def test_flux_dev_trains_at_guidance_one_and_schnell_without(runs):
+    """sd.guidance (default 1.0) reaches the dev transformer's ``guidance`` input on every
+    training step; schnell (no guidance embedding) is given none."""
+    assert GUIDANCE["dev"] and all(
+        g is not None and g.shape == (2,) and torch.equal(g, torch.ones(2)) for g in GUIDANCE["dev"]
+    )
+    assert GUIDANCE["schnell"] and all(g is None for g in GUIDANCE["schnell"])
+    assert not GUIDANCE["sd3"]  # SD3's transformer is another class
 
 
 def _x(seed=0):
@@ -335,3 +366,126 @@ def test_sample_with_the_kohya_file_renders_what_diffusers_renders(runs, tmp_pat
     ).images[0]  # fmt: skip
     diff = np.abs(ours - np.asarray(theirs, dtype=int))
     assert diff.max() <= 2, diff.max()
+
+
+# -- memory: sd.base_quantization and the plan's ladder -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fp8", "nf4"])
+def test_base_quantization_is_refused_on_cpu_before_loading(runs, tmp_path, kind):
+    """A folder holding only ``model_index.json``: the refusal comes before any weight loads."""
+    from lorakit.api import ConfigError
+
+    model, _ = runs["dev"]
+    folder = tmp_path / "index-only"
+    folder.mkdir()
+    (folder / "model_index.json").write_text((model.diffusers_dir / "model_index.json").read_text())
+    data = write_tiny_images(tmp_path / "data", 1)
+    with pytest.raises(ConfigError, match=f"sd.base_quantization {kind}: .* need a CUDA GPU"):
+        train(tmp_path, model, data, max_steps=1, base_model=str(folder),
+              sd={"base_quantization": kind})  # fmt: skip
+
+
+def test_base_quantization_is_refused_for_unet_families():
+    from lorakit_sd.config import SDSection
+
+    from lorakit.api import ConfigError
+    from lorakit_sd import families
+
+    with pytest.raises(ConfigError, match="applies to SD3 / FLUX.1 transformers, not SDXL"):
+        families.get("sdxl").check_section(SDSection(base_quantization="nf4"))
+
+
+def _plan(model, data, tmp_path, card=None, train=None, trace=True, **sd):
+    """The plan (``trace``), else the backend planner's :class:`PlanModel` (nothing traced)."""
+    import lorakit_sd.plugin
+    from flow_helpers import SD
+    from lorakit_sd.testing import tiny_config
+
+    from lorakit.config import load_config
+    from lorakit.planning import make_plan
+    from lorakit.plugins import build_plugins, set_plugins
+
+    plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
+    set_plugins(plugins)
+    try:
+        cfg = tiny_config(model, data, tmp_path / "p", sd={**SD, **sd}, batch_size=1,
+                          **(train or {}))  # fmt: skip
+        config = load_config(data=cfg, registries=plugins.registries)
+        if not trace:
+            return plugins.registries.backends.get("sd").planner(config)
+        return make_plan(config, card, both=False)
+    finally:
+        set_plugins(None)
+
+
+def test_plan_ladder_for_flux_names_t5_off_bf16_fp8_and_nf4(runs, tmp_path):
+    """On a card too small for the run, the ladder walks: T5 and CLIP off the GPU, bf16,
+    fp8, NF4. A quantized base keeps the transformer's Linear weights (counted here on the
+    loaded model) at 1 byte (fp8) or NF4's 0.5 + scales; the text encoders' bytes are
+    the loaded pipeline's parameters."""
+    from lorakit.planning.gpus import Card
+
+    model, _ = runs["dev"]
+    data = write_tiny_images(tmp_path / "data", 1)
+    pipe = model.load()
+    linear = sum(
+        m.weight.numel() for m in pipe.transformer.modules() if isinstance(m, torch.nn.Linear)
+    )
+    encoders = sum(p.numel() for e in (pipe.text_encoder, pipe.text_encoder_2)
+                   for p in e.parameters())  # fmt: skip
+    nf4_bytes = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes, a scale per 64, double-quantized
+    for kind, stored in (("fp8", 1.0), ("nf4", nf4_bytes)):
+        planned = _plan(model, data, tmp_path, trace=False, base_quantization=kind)
+        # the core takes params * (2 - quantized_bytes) off a trace at 2 bytes; this one is fp32
+        saved = planned.quantized_params * (2 - planned.quantized_bytes)
+        assert planned.quantized_params == linear and saved == pytest.approx(linear * (4 - stored))
+        assert f"{kind} weights" in planned.description
+    # a card that only the last rungs fit: the rungs before them are in their flags
+    chain = {"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adamw8bit"}
+    walked = _plan(model, data, tmp_path, train=chain, base_quantization="nf4",
+                   cache_text_encoder_outputs=True)  # fmt: skip
+    card = Card("small", (walked.estimate.total + 1024) / 2**30 / (1 - 0.06))
+    plan = _plan(model, data, tmp_path, card=card, shuffle_tags=True)  # captions each step
+    assert plan.model.caches["text encoders (T5, CLIP) on the GPU: no text cache"] == encoders * 4
+    assert [cost.split(" (")[0] for _, cost in plan.model.rungs] == [
+        "T5 and CLIP off the GPU after caching their outputs", "bf16 base weights",
+        "fp8 base weights", "NF4 base weights",
+    ]  # fmt: skip
+    assert not plan.fits
+    row = next(r for r in plan.ladder if r.cost.startswith("NF4 base weights"))
+    assert row.changes == {
+        "gradient_checkpointing": True, "optimizer": "adamw8bit",
+        "sd.cache_text_encoder_outputs": True, "sd.shuffle_tags": False,
+        "mixed_precision": "bf16", "sd.base_quantization": "nf4",
+    }  # fmt: skip
+    assert not any(r.cost.startswith(("bf16", "fp8")) for r in plan.ladder)  # they do not fit
+    assert row.estimate.total == walked.estimate.total
+
+
+# -- buckets: FLUX.1's 2x2 packing on its 8x VAE ----------------------------------------------
+
+
+def test_flux_buckets_are_multiples_of_16(runs, tmp_path):
+    """FLUX.1's VAE downsamples 8x (four blocks) and the transformer packs 2x2 latents:
+    image sides must be multiples of 16; a bucket step of 8 is refused in one line."""
+    from diffusers import AutoencoderKL, FluxPipeline
+
+    from lorakit.api import ConfigError
+    from lorakit_sd import families
+
+    model, _ = runs["dev"]
+    pipe = FluxPipeline.from_pretrained(model.diffusers_dir)
+    torch.manual_seed(0)
+    pipe.vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(32,) * 4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=32, shift_factor=0.1159, scaling_factor=0.3611,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+    assert families.get("flux1").pixel_multiple(pipe) == 2 ** (4 - 1) * 2 == 16
+    folder = tmp_path / "flux-8x"
+    pipe.save_pretrained(folder)
+    data = write_tiny_images(tmp_path / "data", 1)
+    with pytest.raises(ConfigError, match="must be a multiple of 16 for this model"):
+        train(tmp_path, model, data, max_steps=1, base_model=str(folder), sd={"bucket_step": 8})

@@ -132,6 +132,9 @@ class ModelFamily:
     # -- training --------------------------------------------------------------------------
     def check_section(self, sec: Any) -> None:
         """Refuse, in one line naming the family, sd.* options that do not apply to it."""
+        from lorakit_sd.quantize import check
+
+        check(sec, self.label, self.denoiser_attr == "transformer")
         for key in self.refused_options:
             value = getattr(sec, key)
             if value not in (None, False, 0, 0.0):
