@@ -180,7 +180,7 @@ def test_lorakit_file(toy_plugins, tmp_path, capsys):
     assert report.format == "lorakit (raw PEFT module names)"
     assert report.modules == 2 and report.ranks == [3]
     assert report.alphas == [6.0] and report.alpha_source == "lorakit.config metadata"
-    assert report.targets == ["0", "2"]
+    assert report.targets == ["model.0", "model.2"]  # a numbered module keeps its container
     assert report.made_by.startswith(f"lorakit {__version__} with toy {__version__}")
     assert f"config hash {config.semantic_hash()}" in report.made_by and "step 12" in report.made_by
     code, out, _ = run_cli(capsys, "inspect", str(path))

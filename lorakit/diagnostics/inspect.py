@@ -16,14 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import struct
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lorakit.diagnostics.lora_names import _LYCORIS, _SUFFIXES, kohya_target, peft_target
 from lorakit.errors import UsageError
 from lorakit.identify import FileKind, FileProbe, LoraSummary
 from lorakit.safetensors_header import TensorInfo, read_header
@@ -77,46 +77,6 @@ def read_scalar(file: File, name: str, handle: BinaryIO | None = None) -> float 
     if info.dtype == "BF16" and len(raw) == 2:
         return float(struct.unpack("<f", b"\x00\x00" + raw)[0])
     return None
-
-
-# -- key layouts ---------------------------------------------------------------------
-
-#: (pattern, role): role "down" holds the rank in dim 0, "up" in dim 1.
-_SUFFIXES = [
-    (re.compile(r"^(?P<m>.+)\.lora_down\.weight$"), "down"),
-    (re.compile(r"^(?P<m>.+)\.lora_up\.weight$"), "up"),
-    (re.compile(r"^(?P<m>.+)\.alpha$"), "alpha"),
-    (re.compile(r"^(?P<m>.+)\.lora_A(?:\.[^.]+)?\.weight$"), "down"),
-    (re.compile(r"^(?P<m>.+)\.lora_B(?:\.[^.]+)?\.weight$"), "up"),
-    (re.compile(r"^(?P<m>.+)\.lora_embedding_A(?:\.[^.]+)?$"), "down"),
-    (re.compile(r"^(?P<m>.+)\.lora_embedding_B(?:\.[^.]+)?$"), "up"),
-    (re.compile(r"^(?P<m>.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$"), "dora"),
-    (re.compile(r"^(?P<m>.+)\.dora_scale$"), "dora"),
-    (re.compile(r"^(?P<m>.+?)(?:\.lora|_lora|\.lora_linear_layer)\.down\.weight$"), "down"),
-    (re.compile(r"^(?P<m>.+?)(?:\.lora|_lora|\.lora_linear_layer)\.up\.weight$"), "up"),
-]
-_LYCORIS = re.compile(r"\.(hada_w[12]_[ab]|lokr_w[12](_[ab])?|lokr_t2|hada_t[12]|oft_\w+)$")
-#: kohya names are module paths with "_" for "."; the target is what follows the last
-#: numbered container (``..._transformer_blocks_0_attn1_to_q`` → ``attn1_to_q``).
-_CONTAINER = re.compile(
-    r"(?:blocks|attentions|resnets|layers|layer|h|block|upsamplers|downsamplers|"
-    r"input_blocks|output_blocks|middle_block)(?:_\d+)+_"
-)
-
-
-def kohya_target(module: str, prefixes: Iterable[str] = ()) -> str:
-    """``lora_unet_down_blocks_0_attentions_0_proj_in`` → ``proj_in``."""
-    for prefix in prefixes:
-        if module.startswith(prefix):
-            module = module[len(prefix) :]
-            break
-    matches = list(_CONTAINER.finditer(module))
-    return module[matches[-1].end() :] if matches else module
-
-
-def peft_target(module: str) -> str:
-    """``base_model.model.model.layers.0.self_attn.q_proj`` → ``q_proj``."""
-    return module.rsplit(".", 1)[-1]
 
 
 @dataclass

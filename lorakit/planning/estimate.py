@@ -43,8 +43,8 @@ class PlanModel:
     returns one micro-batch of fake tensors on the CPU; ``loss(module, batch)`` returns the
     scalar the engine calls ``backward`` on. ``caches`` are other tensors the run keeps on
     the device (frozen text encoders, cached embeddings), by name, in bytes.
-    ``quantized_params`` counts frozen weights stored in 4-bit (QLoRA), which the trace
-    holds at ``dtype``'s size. ``per_step`` describes one micro-batch ("4 images of
+    ``quantized_params`` counts frozen weights stored in 4-bit (QLoRA; ``quantized_bytes``
+    per weight, default NF4's; fp8: 1), which the trace holds at 2 bytes. ``per_step`` describes one micro-batch ("4 images of
     512×512", "2,048 tokens"); ``items`` is the dataset's size (images × repeats, rows),
     or None when it cannot be read. ``resolution_key`` / ``resolution`` name the key that
     sets the sample size (``sd.resolution``, ``llm.max_seq_len``) and its value, and
@@ -69,6 +69,10 @@ class PlanModel:
     qlora_key: str | None = None
     qlora: bool = False
     caveat: str = ""
+    quantized_bytes: float = NF4_BYTES
+    #: backend ladder rows, ``(changes, cost)``, tried in order after the optimizer's row,
+    #: each keeping the changes before it (FLUX.1: bf16, fp8 / NF4 base weights)
+    rungs: tuple[tuple[dict[str, Any], str], ...] = ()
 
 
 @dataclass
@@ -218,7 +222,7 @@ def combine(
     """An :class:`Estimate` from a traced step and what the trace does not allocate."""
     frozen = step.frozen + step.buffers
     if model.quantized_params:
-        frozen -= int(model.quantized_params * (2 - NF4_BYTES))
+        frozen -= int(model.quantized_params * (2 - model.quantized_bytes))
     return Estimate(
         frozen=frozen, lora=step.trainable, grads=step.grads,
         optimizer=optimizer_bytes(optimizer, step.trainable_params),

@@ -175,6 +175,9 @@ class Planner:
         if train.optimizer.lower() in ADAM_NAMES:
             fixed["optimizer"] = "adamw8bit"
             add(self._fitting_batch(fixed, card), "8-bit optimizer state (bitsandbytes)")
+        for changes, cost in model.rungs:
+            fixed.update(changes)
+            add(self._fitting_batch(fixed, card), cost)
         if model.resolution_key:
             for value in model.resolution_steps:
                 row = self._fitting_batch({**fixed, model.resolution_key: value}, card)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 SD = {"max_sequence_length": 16, "bucket_step": 16}
 
 
@@ -27,3 +29,36 @@ def train(tmp, model, data, resume=None, **overrides):
     finally:
         set_plugins(None)
     return result, cap
+
+
+def _conditioning(pipe, captions):
+    with torch.no_grad():
+        if type(pipe).__name__ == "FluxPipeline":
+            hidden, pooled, _ = pipe.encode_prompt(captions, max_sequence_length=16)
+        else:
+            hidden, _, pooled, _ = pipe.encode_prompt(
+                captions, None, None, do_classifier_free_guidance=False, max_sequence_length=16
+            )
+    return hidden, pooled
+
+
+def transformer_output(pipe, transformer, latents, sigma, captions):
+    """The transformer's prediction, called the way each diffusers pipeline calls it."""
+    hidden, pooled = _conditioning(pipe, captions)
+    b, c, h, w = latents.shape
+    with torch.no_grad():
+        if type(pipe).__name__ != "FluxPipeline":
+            t = torch.full((b,), sigma * 1000.0)
+            return transformer(
+                hidden_states=latents, timestep=t, encoder_hidden_states=hidden,
+                pooled_projections=pooled, return_dict=False,
+            )[0]  # fmt: skip
+        packed = pipe._pack_latents(latents, b, c, h, w)
+        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+        txt_ids = torch.zeros(hidden.shape[1], 3)
+        out = transformer(
+            hidden_states=packed, timestep=torch.full((b,), sigma), guidance=torch.ones(b),
+            pooled_projections=pooled, encoder_hidden_states=hidden, txt_ids=txt_ids,
+            img_ids=img_ids, return_dict=False,
+        )[0]  # fmt: skip
+        return pipe._unpack_latents(out, h, w, 1)

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from flow_helpers import SD as FLOW_SD
-from flow_helpers import train
+from flow_helpers import train, transformer_output
 from lorakit_sd.testing import write_tiny_images
 from sd_helpers import first_losses, lora_keys
 
@@ -60,39 +60,6 @@ def run(request):
 
 
 # -- what diffusers computes, written against its pipelines ---------------------------------
-
-
-def _conditioning(pipe, captions):
-    with torch.no_grad():
-        if type(pipe).__name__ == "FluxPipeline":
-            hidden, pooled, _ = pipe.encode_prompt(captions, max_sequence_length=16)
-        else:
-            hidden, _, pooled, _ = pipe.encode_prompt(
-                captions, None, None, do_classifier_free_guidance=False, max_sequence_length=16
-            )
-    return hidden, pooled
-
-
-def transformer_output(pipe, transformer, latents, sigma, captions):
-    """The transformer's prediction, called the way each diffusers pipeline calls it."""
-    hidden, pooled = _conditioning(pipe, captions)
-    b, c, h, w = latents.shape
-    with torch.no_grad():
-        if type(pipe).__name__ != "FluxPipeline":
-            t = torch.full((b,), sigma * 1000.0)
-            return transformer(
-                hidden_states=latents, timestep=t, encoder_hidden_states=hidden,
-                pooled_projections=pooled, return_dict=False,
-            )[0]  # fmt: skip
-        packed = pipe._pack_latents(latents, b, c, h, w)
-        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
-        txt_ids = torch.zeros(hidden.shape[1], 3)
-        out = transformer(
-            hidden_states=packed, timestep=torch.full((b,), sigma), guidance=torch.ones(b),
-            pooled_projections=pooled, encoder_hidden_states=hidden, txt_ids=txt_ids,
-            img_ids=img_ids, return_dict=False,
-        )[0]  # fmt: skip
-        return pipe._unpack_latents(out, h, w, 1)
 
 
 def flow_loss(pipe, transformer, data):
@@ -156,7 +123,7 @@ def test_diffusers_file_reproduces_the_in_memory_transformer(run):
     assert arch == (
         "flux-1-dev/lora" if model.family == "flux1" else "stable-diffusion-3-medium/lora"
     )
-    assert meta["modelspec.prediction_type"] == "flow"
+    assert "modelspec.prediction_type" not in meta  # as sd-scripts writes FLUX.1 files
 
 
 def test_previews_render(run):

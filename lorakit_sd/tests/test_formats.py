@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from lorakit.errors import RunError, UsageError
 from lorakit_sd import lora_format as lf
+from lorakit_sd import lora_read as lr
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_strict_reader_refuses_what_it_cannot_apply(tmp_path, standard):
         f"{stem}.lora_down.weight": torch.ones(4, 320),
         f"{stem}.lora_up.weight": torch.ones(320, 4),
     }
-    modules = lf.resolve(lf.read_lora(_lora(tmp_path / "ok.safetensors", good)), standard["sd1"])
+    modules = lr.resolve(lr.read_lora(_lora(tmp_path / "ok.safetensors", good)), standard["sd1"])
     assert modules[0].alpha == 4.0  # no alpha stored: alpha = rank
     cases = {
         "unknown": ({"lora_unet_nowhere.lora_down.weight": torch.ones(4, 3), "lora_unet_nowhere.lora_up.weight": torch.ones(3, 4)}, "match no module"),
@@ -67,14 +68,14 @@ def test_strict_reader_refuses_what_it_cannot_apply(tmp_path, standard):
     for name, (tensors, message) in cases.items():
         path = _lora(tmp_path / f"{name}.safetensors", tensors)
         with pytest.raises(UsageError, match=message):
-            lf.resolve(lf.read_lora(path), standard["sd1"])
+            lr.resolve(lr.read_lora(path), standard["sd1"])
     pickled = tmp_path / "x.pt"
     pickled.write_bytes(b"not read")
     with pytest.raises(UsageError, match="must be .safetensors"):
-        lf.read_lora(pickled)
+        lr.read_lora(pickled)
     other = _lora(tmp_path / "llm.safetensors", {"model.layers.0.q_proj.weight": torch.ones(2)})
     with pytest.raises(UsageError, match="not an SD LoRA"):
-        lf.read_lora(other)
+        lr.read_lora(other)
 
 
 def test_diffusers_format_keeps_alpha_and_rank_per_module(tmp_path, standard):
@@ -102,7 +103,7 @@ def test_diffusers_format_keeps_alpha_and_rank_per_module(tmp_path, standard):
     assert packed["unet.r"] == 4 and packed["unet.lora_alpha"] == 2.0
     assert packed["text_encoder_2.r"] == 8 and packed["text_encoder_2.lora_alpha"] == 3.0
     path = _lora(tmp_path / "x.diffusers.safetensors", tensors, meta)
-    back = lf.resolve(lf.read_lora(path), table)
+    back = lr.resolve(lr.read_lora(path), table)
     assert sorted((m.component, m.rank, m.alpha) for m in back) == [
         ("te2", 8, 3.0),
         ("unet", 4, 2.0),

@@ -162,7 +162,7 @@ def test_read_back_updates_follow_the_formats_formulas(tmp_path):
     """LoHa: (w1a@w1b)⊙(w2a@w2b)·alpha/r; LoKr: kron(w1, w2), scale 1 with no _b factor;
     DoRA: each output row of W + up@down·alpha/r rescaled to dora_scale."""
     import torch
-    from lorakit_sd.lora_format import entry_module, read_lora
+    from lorakit_sd.lora_read import entry_module, read_lora
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)

@@ -100,6 +100,10 @@ class SDBackend(Backend):
         self.family = self.model.family
         self.spec = spec = self.model.spec
         spec.check_section(sec)
+        if sec.base_quantization:  # GPU only (refused above otherwise)
+            from lorakit_sd.quantize import quantize_transformer
+
+            quantize_transformer(self.model, sec, t.base_model, ctx.weight_dtype)
         self.clip_skip = spec.clip_skip(sec, ctx.log)
         pipe = self.model.pipe
         self.unet = self.model.denoiser  # the UNet or the transformer

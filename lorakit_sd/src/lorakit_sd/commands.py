@@ -88,10 +88,9 @@ def export(
         UnetLayout,
         model_hash,
         module_table,
-        read_lora,
-        resolve,
         to_diffusers,
     )
+    from lorakit_sd.lora_read import read_lora, resolve
 
     to = to.lower()
     if to not in FORMATS:
@@ -173,7 +172,8 @@ def apply_to_model(model: Any, loras: list[tuple[str, float]]) -> list[Any]:
     """Add each LoRA's update (times its weight) into the model's weights; strict keys."""
     import torch
 
-    from lorakit_sd.lora_format import UnetLayout, module_table, read_lora, resolve
+    from lorakit_sd.lora_format import UnetLayout, module_table
+    from lorakit_sd.lora_read import read_lora, resolve
 
     denoiser = model.denoiser
     table = module_table(denoiser, model.text_encoders, model.family)

@@ -212,6 +212,13 @@ class SDSection(BaseModel):
         description="SD3 / FLUX.1: T5 tokens per caption; null: 512 (FLUX.1-dev), 256 "
         "(FLUX.1-schnell, SD3).",
     )
+    base_quantization: Literal["fp8", "nf4"] | None = Field(
+        None,
+        description="SD3 / FLUX.1: the transformer's frozen weights quantized through "
+        "diffusers' quantization configs: fp8 (torchao float8 weight-only) or nf4 "
+        "(bitsandbytes 4-bit NF4); the LoRA trains in float32 on top. Needs a CUDA GPU and "
+        "the library; null: the base's dtype.",
+    )
     # -- caches --------------------------------------------------------------------------
     cache_latents: bool | None = Field(
         None, description="Encode images with the VAE once; default on (null: auto)."

@@ -161,6 +161,7 @@ def run_metadata(backend: Any, step: int) -> dict[str, str]:
         "ss_dataset_dirs": json.dumps(dirs),
         "ss_reg_dataset_dirs": json.dumps(reg_dirs),
         **backend.objective.metadata(),
+        **backend.spec.run_metadata(sec, backend.unet),
     }
     args = network_args(sec)
     if args:

@@ -31,7 +31,7 @@ def format_metadata(
 ) -> dict[str, str]:
     """What every kohya-format file needs to be read right (A1111 treats no version as SD1)."""
     meta = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": families.get(family).network_module,
         "ss_network_dim": str(rank),
         "ss_network_alpha": _num(alpha),
         "ss_v2": "False",

@@ -109,7 +109,8 @@ def apply_loras(
     state: dict[str, Any], family: str, loras: list[tuple[str, float]]
 ) -> list[dict[str, Any]]:
     """Add each LoRA (times its weight) into ``state`` in place; returns what was merged."""
-    from lorakit_sd.lora_format import UnetLayout, entry_module, read_lora
+    from lorakit_sd.lora_format import UnetLayout
+    from lorakit_sd.lora_read import entry_module, read_lora
 
     table = ldm_table(state, family)
     lpb = layers_per_block_from_keys(state)
@@ -161,16 +162,20 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 def stored_dtype(base: str, state: dict[str, Any]) -> str:
-    """The dtype the base stores its weights in: most of a single file's floating tensors,
-    or a diffusers folder's UNet file; float32 where it cannot be told (nothing is lost)."""
+    """The dtype the base stores its weights in: most of a single file's floating tensors
+    (``state``, or the file's header when empty), or a diffusers folder's UNet / transformer
+    file; float32 where it cannot be told (nothing is lost)."""
     from collections import Counter
 
     from safetensors import safe_open
 
     path = Path(base).expanduser()
     counts: Counter[str] = Counter()
-    if path.is_dir():
-        for weights in sorted((path / "unet").glob("*.safetensors"))[:1]:
+    if path.is_dir() or (path.is_file() and not state):
+        found = [path] if path.is_file() else []
+        for part in ("unet", "transformer"):
+            found = found or sorted((path / part).glob("*.safetensors"))
+        for weights in found[:1]:
             with safe_open(str(weights), framework="pt") as f:
                 counts.update(str(f.get_slice(k).get_dtype()) for k in list(f.keys())[:50])
         names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -207,6 +212,11 @@ def merge_checkpoint(
         raise UsageError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
     if Path(base).expanduser().resolve() == output.resolve():
         raise UsageError("--output must differ from --base")
+    from lorakit_sd.merge_flow import flow_family, merge_transformer
+
+    flow = flow_family(base, section)
+    if flow is not None:
+        return merge_transformer(base, flow, loras, output, dtype, section, log)
     state, family, base_meta = load_ldm(base, section)
     chosen = dtype or stored_dtype(base, state)
     target = getattr(torch, chosen)

@@ -82,14 +82,19 @@ def flow_planner(config: Config, folder: Path, family: str, section: Any) -> Pla
         err = (pred.float() - (b["noise"] - b["latents"]).float()) ** 2
         return err.mean(dim=tuple(range(1, err.ndim))).sum()
 
+    from lorakit_sd.plan_rungs import flow_rungs, quantized, text_encoder_bytes
+
     cached = batch * (tokens * width + pooled) * dtype.itemsize
+    stored = section.base_quantization or str(dtype).removeprefix("torch.")
+    text = "off the GPU after caching" if section.text_cache_enabled() else "on the GPU"
     return PlanModel(
         build=build, batch=fake_batch, loss=loss,
-        description=f"{spec.label} transformer, {str(dtype).removeprefix('torch.')} weights "
-        "(T5 and CLIP off the GPU after caching)",
+        description=f"{spec.label} transformer, {stored} weights (T5 and CLIP {text})",
         per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}",
         autocast_dtype=dtype if train.mixed_precision != "no" else None,
-        caches={"caption embeddings (one batch)": cached},
+        caches={"caption embeddings (one batch)": cached,
+                **text_encoder_bytes(Path(folder), spec, section, dtype.itemsize)},
+        rungs=flow_rungs(train, section), **quantized(section, cls, t_config, dtype.itemsize),
         items=count_images(config, section), resolution_key="sd.resolution",
         resolution=resolution, resolution_steps=_smaller(resolution),
     )  # fmt: skip

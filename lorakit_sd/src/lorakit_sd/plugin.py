@@ -37,7 +37,7 @@ V1_MOVES = {
 def detect(path: Any) -> bool:
     """Whether ``path`` is an SD LoRA file (kohya or diffusers keys), from its header only."""
     from lorakit.api import UsageError, read_safetensors_header
-    from lorakit_sd.lora_format import file_format
+    from lorakit_sd.lora_read import file_format
 
     path = Path(path)
     if not path.is_file() or path.suffix.lower() != ".safetensors":
@@ -66,7 +66,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             },
             detect=detect,
             planner=lazy("lorakit_sd.plan:planner"),
-            identify=lazy("lorakit_sd.lora_format:identify"),
+            identify=lazy("lorakit_sd.lora_read:identify"),
             aliases={"metadata_path": "metadata_path"},
             migrations={1: V1_MOVES},
         )

@@ -73,6 +73,8 @@ class ModelFamily:
     base_model_version: ClassVar[str]
     architecture: ClassVar[str]
     implementation: ClassVar[str] = "diffusers"
+    #: ``ss_network_module``: the sd-scripts network that trains this family's LoRAs
+    network_module: ClassVar[str] = "networks.lora"
     #: ``component -> kohya prefix`` of the text encoders that take LoRA
     kohya_text_prefixes: ClassVar[dict[str, str]] = {}
     #: ``component -> diffusers prefix`` of the text encoders that take LoRA
@@ -130,6 +132,9 @@ class ModelFamily:
     # -- training --------------------------------------------------------------------------
     def check_section(self, sec: Any) -> None:
         """Refuse, in one line naming the family, sd.* options that do not apply to it."""
+        from lorakit_sd.quantize import check
+
+        check(sec, self.label, self.denoiser_attr == "transformer")
         for key in self.refused_options:
             value = getattr(sec, key)
             if value not in (None, False, 0, 0.0):
@@ -219,6 +224,10 @@ class ModelFamily:
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """The kohya-format tensors of a LoRA, or None where the family has no such layout."""
         return None
+
+    def run_metadata(self, sec: Any, denoiser: Any) -> dict[str, str]:
+        """The family's own ``ss_*`` training keys (as sd-scripts' trainer for it writes)."""
+        return {}
 
     def format_metadata_for(self, denoiser: Any) -> dict[str, str]:
         """:meth:`format_metadata` for this model (FLUX.1: dev or schnell; SD3: which one)."""

@@ -86,9 +86,11 @@ class FlowMatchObjective(Objective):
 
     def metadata(self) -> dict[str, str]:
         shift = "dynamic" if self.dynamic else f"{self.shift:g}"
+        # no modelspec.prediction_type: sd-scripts writes none for FLUX.1, and its SD3
+        # value ("epsilon", its DDPM default) does not describe a flow-matching model
         return {
-            "modelspec.prediction_type": "flow",
             "ss_timestep_sampling": self.sampling,
+            "ss_sigmoid_scale": f"{self.sigmoid_scale:g}",
             "ss_weighting_scheme": self.weighting,
             "ss_discrete_flow_shift": shift,
             "ss_logit_mean": f"{self.logit_mean:g}",

@@ -28,6 +28,7 @@ class Flux1(FlowFamily):
     base_model_version = "flux1"
     architecture = "flux-1-dev/lora"
     implementation = "https://github.com/black-forest-labs/flux"
+    network_module = "networks.lora_flux"
     kohya_text_prefixes = {"te1": "lora_te1_"}
     diffusers_text_prefixes = {"te1": "text_encoder"}
     latent_multiple = 2  # 2x2 packing
@@ -122,6 +123,15 @@ class Flux1(FlowFamily):
         out = to_bfl(transformer, denoiser, dtype)
         out.update(to_kohya(text, self.name, None, dtype))  # type: ignore[arg-type]
         return out
+
+    def run_metadata(self, sec: Any, denoiser: Any) -> dict[str, str]:
+        """sd-scripts' FLUX.1 keys: the guidance trained at, the raw prediction, no T5 mask."""
+        return {
+            "ss_model_type": "flux",
+            "ss_guidance_scale": f"{sec.guidance:g}",
+            "ss_model_prediction_type": "raw",
+            "ss_apply_t5_attn_mask": "False",
+        }
 
     def format_metadata_for(self, transformer: Any) -> dict[str, str]:
         return {

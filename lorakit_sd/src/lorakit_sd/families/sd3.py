@@ -25,7 +25,8 @@ class SD3(FlowFamily):
     default_config_repo = "stabilityai/stable-diffusion-3.5-medium"
     base_model_version = "sd3"
     architecture = "stable-diffusion-3/lora"
-    implementation = "https://github.com/Stability-AI/generative-models"
+    implementation = "diffusers"  # sd-scripts' value for SD3 LoRAs
+    network_module = "networks.lora_sd3"
     kohya_text_prefixes = {"te1": "lora_te1_", "te2": "lora_te2_"}
     diffusers_text_prefixes = {"te1": "text_encoder", "te2": "text_encoder_2"}
     latent_multiple = 1
@@ -80,16 +81,22 @@ class SD3(FlowFamily):
     def render_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {"negative_prompt": kwargs.get("negative") or None}
 
-    def format_metadata_for(self, transformer: Any) -> dict[str, str]:
+    def run_metadata(self, sec: Any, denoiser: Any) -> dict[str, str]:
+        """sd-scripts' SD3 keys: no attention masks on the CLIP or T5 states."""
+        return {"ss_apply_lg_attn_mask": "False", "ss_apply_t5_attn_mask": "False"}
+
+    def model_type(self, transformer: Any) -> str:
+        """sd-scripts' SD3 model type (``medium``, ``5-medium``, ``5-large``): its
+        ``ss_base_model_version`` and what follows ``stable-diffusion-3-``."""
         c = transformer.config
-        if c.num_layers >= 38:
-            arch = "stable-diffusion-3-5-large"
-        elif c.get("dual_attention_layers"):
-            arch = "stable-diffusion-3-5-medium"
-        else:
-            arch = "stable-diffusion-3-medium"
+        if not c.get("qk_norm"):  # SD3 has no q/k norm, SD3.5 has; SD3.5 medium adds attn2
+            return "medium"
+        return "5-medium" if c.get("dual_attention_layers") else "5-large"
+
+    def format_metadata_for(self, transformer: Any) -> dict[str, str]:
+        kind = self.model_type(transformer)
         return {
-            "ss_base_model_version": self.base_model_version,
-            "modelspec.architecture": f"{arch}/lora",
+            "ss_base_model_version": kind,
+            "modelspec.architecture": f"stable-diffusion-3-{kind}/lora",
             "modelspec.implementation": self.implementation,
         }

@@ -34,7 +34,9 @@ class FlowFamily(ModelFamily):
 
     def check_section(self, sec: Any) -> None:
         from lorakit.api import ConfigError
+        from lorakit_sd.quantize import check
 
+        check(sec, self.label, True)
         for key in self.refused_options:
             if getattr(sec, key) not in (None, 0, 0.0):
                 raise ConfigError(
