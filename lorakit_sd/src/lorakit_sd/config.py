@@ -224,7 +224,7 @@ class SDSection(BaseModel):
     cache_to_disk: bool = Field(
         False,
         description="Keep caches under output_dir/cache/, keyed by file content and settings, "
-        "reused by later runs.",
+        "reused by later runs in that folder (--resume, or once checkpoints/ is removed).",
     )
     vae_batch_size: int = Field(4, gt=0, description="Images per VAE call while caching.")
     # -- text encoder --------------------------------------------------------------------
