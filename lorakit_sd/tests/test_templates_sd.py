@@ -37,6 +37,17 @@ STEPS = 3
 TEMPLATES = {"sd15": "sd1", "sdxl": "sdxl", "flux1": "flux1", "sd35": "sd3"}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state() -> Any:
+    """The templates' bf16 sets accelerate's process-wide state, which a later in-process
+    ``Accelerator(mixed_precision="no")`` may not change: each test starts and ends without."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="module")
 def flow_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from lorakit_sd.testing_flow import build_tiny_flow
