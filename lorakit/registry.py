@@ -58,12 +58,17 @@ class OptimizerSpec:
 
     ``adaptive`` optimizers (D-Adaptation, Prodigy) estimate their own step size: lorakit
     warns when learning_rate is far from 1.0 and logs ``d * lr`` instead of ``lr``.
+    ``requires`` names a module the factory imports: a config that picks the optimizer is
+    refused when validated (before any model loads) if it is not installed, with ``install``
+    (the pip command) in the message.
     """
 
     name: str
     factory: Callable[..., Any]
     description: str = ""
     adaptive: bool = False
+    requires: str = ""
+    install: str = ""
 
 
 @dataclass(frozen=True)

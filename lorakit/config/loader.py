@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,27 @@ def _check_names(
             ConfigError(f"{message}; available: {known}", key=key, file=where_file, line=line)
         )
     return errors
+
+
+def _check_optimizer_package(
+    train: TrainConfig, registries: Any, lines: dict, file: str | None, overridden: dict
+) -> list[ConfigError]:
+    """The optimizer's package (``OptimizerSpec.requires``), missing: refused before loading."""
+    name = train.optimizer
+    if not isinstance(name, str) or name not in registries.optimizers:
+        return []  # unknown names are reported by _check_names
+    spec = registries.optimizers.get(name)
+    if not spec.requires or importlib.util.find_spec(spec.requires) is not None:
+        return []
+    override = overridden.get(("optimizer",))
+    where_file, line = (
+        (f"--set {override}", None) if override else (file, lines.get(("optimizer",)))
+    )
+    install = f": {spec.install}" if spec.install else ""
+    return [
+        ConfigError(f"{name} needs {spec.requires}, which is not installed{install}",
+                    key="optimizer", file=where_file, line=line)
+    ]  # fmt: skip
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
@@ -293,6 +315,7 @@ def load_config(
     known = {k: v for k, v in data.items() if k in TrainConfig.model_fields}
     names = train if isinstance(train, TrainConfig) else TrainConfig.model_construct(**known)
     errors += _check_names(names, validated, registries, lines, file, overridden)
+    errors += _check_optimizer_package(names, registries, lines, file, overridden)
     if isinstance(train, TrainConfig) and check_paths:
         errors += _check_paths(train, lines, file)
     if errors:

@@ -144,3 +144,46 @@ def test_shuffle_tags_keeps_the_first_tags_and_permutes_the_rest(tiny_models, tm
     assert set(orders) == every  # all 3! orders are reached
     n = sum(orders.values())
     assert all(within_binomial(k, n, 1 / len(every)) for k in orders.values()), orders
+
+
+def test_keep_tokens_separator_keeps_the_ends_and_shuffles_the_middle(tiny_models, tmp_path):
+    """kohya's ``keep_tokens_separator`` (sd-scripts' ``process_caption``): before the first
+    separator fixed, after a second one fixed, in order; the middle shuffled; ``keep_tokens``
+    only for captions without it. A third separator only ends a tag of the fixed end."""
+    from lorakit_sd.testing import write_tiny_images
+
+    captions = [
+        "sks, mascot ||| red, blue, green ||| best quality, smile",
+        "alpha, beta, gamma, delta",
+        "cat ||| dog, bird ||| tree ||| sky",
+    ]
+    data = write_tiny_images(tmp_path / "data", 6, captions=captions)
+    steps = 20
+    seen = _run(
+        tmp_path, tiny_models["sd1"], data, steps, shuffle_tags=True, keep_tokens=1,
+        keep_tokens_separator="|||",
+    )  # fmt: skip
+    tokenizer = seen.pipe.tokenizer
+    ids = torch.cat(seen.ids)
+    assert ids.shape[0] == steps * 6
+    expected = {  # head, shuffled middle, tail
+        "sks": (["sks", "mascot"], ["red", "blue", "green"], ["best quality", "smile"]),
+        "alpha": (["alpha"], ["beta", "gamma", "delta"], []),
+        "cat": (["cat"], ["dog", "bird"], ["tree", "sky"]),
+    }
+    orders: dict[str, Counter[tuple[str, ...]]] = {k: Counter() for k in expected}
+    for row in ids:
+        text = tokenizer.decode(row.tolist(), skip_special_tokens=True)
+        tags = [t.strip() for t in text.split(",")]
+        head, middle, tail = expected[tags[0]]
+        assert "|||" not in text, text
+        assert tags[: len(head)] == head, tags
+        assert tags[len(tags) - len(tail) :] == tail, tags
+        shuffled = tags[len(head) : len(tags) - len(tail)]
+        assert sorted(shuffled) == sorted(middle), tags
+        orders[tags[0]][tuple(shuffled)] += 1
+    for first, (_, middle, _) in expected.items():
+        every = set(permutations(middle))
+        assert set(orders[first]) == every, (first, orders[first])
+        n = sum(orders[first].values())
+        assert all(within_binomial(k, n, 1 / len(every)) for k in orders[first].values())

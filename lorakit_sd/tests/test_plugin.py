@@ -86,6 +86,8 @@ def test_section_defaults_and_values(sd_plugins, tmp_path):
         ({"shuffle_tags": True, "cache_text_encoder_outputs": True}, ["shuffle_tags"]),
         ({"train_text_encoder": True, "cache_text_encoder_outputs": True}, ["train_text_encoder"]),
         ({"keep_tokens": 2}, ["keep_tokens"]),
+        ({"keep_tokens_separator": "|||"}, ["keep_tokens_separator", "shuffle_tags"]),
+        ({"shuffle_tags": True, "keep_tokens_separator": " , "}, ["keep_tokens_separator"]),
     ],
 )
 def test_section_errors_name_the_key(sd_plugins, tmp_path, sd, words):

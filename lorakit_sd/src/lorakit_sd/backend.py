@@ -410,7 +410,7 @@ def augment_captions(captions: list[str], sec: Any, drop: torch.Tensor | None) -
     from lorakit_sd.conditioning import shuffle_tags
 
     if sec.shuffle_tags:
-        captions = [shuffle_tags(c, sec.keep_tokens) for c in captions]
+        captions = [shuffle_tags(c, sec.keep_tokens, sec.keep_tokens_separator) for c in captions]
     if drop is not None:
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
     return captions

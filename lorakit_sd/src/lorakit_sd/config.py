@@ -168,6 +168,12 @@ class SDSection(BaseModel):
     keep_tokens: int = Field(
         0, ge=0, description="With shuffle_tags: keep the first N tags in place."
     )
+    keep_tokens_separator: str = Field(
+        "",
+        description="With shuffle_tags (kohya's option of that name): in a caption holding "
+        "it, the tags before it stay first and those after a second one stay last, in order; "
+        "the tags between are shuffled. Captions without it use keep_tokens.",
+    )
     caption_dropout: float = Field(
         0.0, ge=0.0, le=1.0, description="Probability of training a sample with an empty caption."
     )
@@ -231,7 +237,7 @@ class SDSection(BaseModel):
     cache_to_disk: bool = Field(
         False,
         description="Keep caches under output_dir/cache/, keyed by file content and settings, "
-        "reused by later runs.",
+        "reused by later runs in that folder (--resume, or once checkpoints/ is removed).",
     )
     vae_batch_size: int = Field(4, gt=0, description="Images per VAE call while caching.")
     # -- text encoder --------------------------------------------------------------------
@@ -350,6 +356,12 @@ class SDSection(BaseModel):
             )
         if self.keep_tokens and not self.shuffle_tags:
             raise ValueError("keep_tokens only matters with shuffle_tags: true")
+        if self.keep_tokens_separator and not self.shuffle_tags:
+            raise ValueError("keep_tokens_separator only matters with shuffle_tags: true")
+        if self.keep_tokens_separator and (
+            not self.keep_tokens_separator.strip() or "," in self.keep_tokens_separator
+        ):
+            raise ValueError("keep_tokens_separator must not be blank or hold a comma")
         return self
 
     def text_cache_enabled(self) -> bool:
