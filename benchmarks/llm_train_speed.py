@@ -21,7 +21,9 @@ every side:
   the model, optimizer and data loader exist: lorakit's loop start, Trainer's
   ``on_train_begin``) to the end of the last optimizer step.
 
-Tokens per second are real (unpadded) tokens trained divided by ``loop_s``. Peak memory is
+Tokens per second are the real (unpadded) tokens of the batches trained, counted as they
+reach the model (Trainer) or the backend's loss (lorakit), divided by ``loop_s``.
+``--max-steps N`` stops every side after N optimizer steps (a shorter run on a slow machine). Peak memory is
 the process's peak RSS on CPU, or ``torch.cuda.max_memory_allocated`` on a GPU. The loss is
 each side's last-step loss (one batch: informative, not a comparison).
 
@@ -122,13 +124,34 @@ def lorakit_config(args: argparse.Namespace, out: Path, **keys: Any) -> Any:
 
 
 def run_lorakit(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """lorakit with its defaults, as a user runs it: train, then the exported adapter."""
-    from lorakit.engine import train
+    """lorakit with its defaults, as a user runs it: train, then the exported adapter.
 
-    result = train(lorakit_config(args, work / "lorakit"), progress=False)
+    The real tokens of every trained batch are counted as they reach the backend's loss
+    (an observer: the run itself is unchanged)."""
+    from lorakit.api import hookimpl
+    from lorakit.engine import train
+    from lorakit.plugins import build_plugins
+
+    tokens = [0]
+
+    class Counter:
+        @hookimpl
+        def on_train_start(self, run: Any) -> None:
+            loss = run.backend.loss
+
+            def counted(module: Any, batch: dict[str, Any]) -> Any:
+                tokens[0] += int(batch["num_tokens"])
+                return loss(module, batch)
+
+            run.backend.loss = counted
+
+    keys = {"max_steps": args.max_steps} if args.max_steps else {}
+    plugins = build_plugins(extra=[("bench-token-counter", Counter())])
+    result = train(lorakit_config(args, work / "lorakit", **keys), plugins=plugins, progress=False)
     assert (result.output_dir / "adapter" / "adapter_model.safetensors").is_file()
     rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").open()]
-    return {"loop_s": rows[-1]["elapsed_s"], "steps": result.steps, "loss": rows[-1]["loss"]}
+    return {"loop_s": rows[-1]["elapsed_s"], "steps": result.steps, "loss": rows[-1]["loss"],
+            "tokens": tokens[0]}  # fmt: skip
 
 
 def run_trainer(args: argparse.Namespace, work: Path, grouped: bool) -> dict[str, Any]:
@@ -173,9 +196,15 @@ def run_trainer(args: argparse.Namespace, work: Path, grouped: bool) -> dict[str
         output_dir=str(work / "trainer"), per_device_train_batch_size=batch,
         num_train_epochs=epochs, learning_rate=lr, logging_steps=1, save_strategy="no",
         report_to="none", bf16=bf16, use_cpu=not cuda, dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=True, seed=0, **options,
+        remove_unused_columns=False, disable_tqdm=True, seed=0,
+        max_steps=args.max_steps or -1, **options,
     )  # fmt: skip
-    clock: dict[str, Any] = {"losses": []}
+    clock: dict[str, Any] = {"losses": [], "tokens": 0}
+
+    def count(_: Any, call_args: Any, kwargs: dict[str, Any]) -> None:  # real tokens trained
+        clock["tokens"] += int(kwargs["attention_mask"].sum())
+
+    base.register_forward_pre_hook(count, with_kwargs=True)
 
     class Clock(TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, *_: Any, **__: Any) -> None:
@@ -195,7 +224,7 @@ def run_trainer(args: argparse.Namespace, work: Path, grouped: bool) -> dict[str
     output = trainer.train()
     model.save_pretrained(str(work / "trainer" / "adapter"))
     return {"loop_s": clock["end"] - clock["start"], "steps": output.global_step,
-            "loss": clock["losses"][-1]}  # fmt: skip
+            "loss": clock["losses"][-1], "tokens": clock["tokens"]}  # fmt: skip
 
 
 def run_profile(args: argparse.Namespace, work: Path) -> str:
@@ -244,10 +273,8 @@ def worker(args: argparse.Namespace) -> None:
             result = run_lorakit(args, Path(tmp))
         else:
             result = run_trainer(args, Path(tmp), grouped=args.worker == "grouped")
-    _, data = token_rows(args)
-    tokens = int(data.offsets[-1]) * schedule(args)[1]
     result.update(
-        tokens=tokens, tokens_per_s=tokens / result["loop_s"], peak_mb=peak_memory_mb(),
+        tokens_per_s=result["tokens"] / result["loop_s"], peak_mb=peak_memory_mb(),
         device="cuda" if torch.cuda.is_available() else "cpu",
     )  # fmt: skip
     print("RESULT " + json.dumps(result), flush=True)
@@ -259,7 +286,8 @@ def launch(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                "--data", str(args.data), "--batch-size", str(args.batch_size),
                "--epochs", str(args.epochs), "--threads", str(args.threads),
                "--case", args.case, "--profile", str(args.profile),
-               "--max-seq-len", str(args.max_seq_len)]  # fmt: skip
+               "--max-seq-len", str(args.max_seq_len),
+               "--max-steps", str(args.max_steps)]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     start = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -354,13 +382,13 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> None:
     print(f"{'median':32s} {'wall s':>8s} {'loop s':>8s} {'tokens/s':>9s} {'peak MB':>8s}")
     for kind in KINDS:
         print(f"{LABELS[kind]:32s} {median(kind, 'wall_s'):8.1f} {median(kind, 'loop_s'):8.1f} "
-              f"{median(kind, 'tokens_per_s'):9.0f} {median(kind, 'peak_mb'):8.0f}")  # fmt: skip
+              f"{median(kind, 'tokens_per_s'):9.1f} {median(kind, 'peak_mb'):8.0f}")  # fmt: skip
     for ref in ("trainer", "grouped"):
         pairs = list(zip(runs["lorakit"], runs[ref], strict=True))
         wall = statistics.median(b["wall_s"] / a["wall_s"] for a, b in pairs)
-        loop = statistics.median(b["loop_s"] / a["loop_s"] for a, b in pairs)
+        loop = statistics.median(a["tokens_per_s"] / b["tokens_per_s"] for a, b in pairs)
         memory = statistics.median(a["peak_mb"] / b["peak_mb"] for a, b in pairs)
-        print(f"lorakit vs {LABELS[ref]}: speed ×{wall:.2f} whole process, ×{loop:.2f} loop; "
+        print(f"lorakit vs {LABELS[ref]}: speed ×{wall:.2f} whole process, ×{loop:.2f} loop tokens/s; "
               f"peak memory ×{memory:.2f} (median of {len(pairs)} paired runs)")  # fmt: skip
 
 
@@ -374,6 +402,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="Rows per batch (throughput).")
     parser.add_argument("--epochs", type=int, default=1, help="Epochs (smollm2).")
     parser.add_argument("--max-seq-len", type=int, default=0, help="0: the case's.")
+    parser.add_argument("--max-steps", type=int, default=0, help="Stop every side after N.")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads per run (0: torch's default)."
     )
@@ -398,7 +427,7 @@ def main() -> None:
                 r = launch(kind, args)
                 runs[kind].append(r)
                 print(f"run {i + 1} {LABELS[kind]:32s} wall {r['wall_s']:7.1f} s  "
-                      f"loop {r['loop_s']:7.1f} s  {r['tokens_per_s']:8.0f} tokens/s  "
+                      f"loop {r['loop_s']:7.1f} s  {r['tokens']:7d} tokens  {r['tokens_per_s']:8.1f} tokens/s  "
                       f"peak {r['peak_mb']:6.0f} MB  {r['steps']:4d} steps  "
                       f"loss {r['loss']:.4f}  ({r['device']})", flush=True)  # fmt: skip
     report(runs)
