@@ -4,7 +4,8 @@ Each case is built from its architecture's config with random weights (speed and
 depend on the shapes, not on the values; nothing is downloaded), written to disk as the
 folder a user would point ``base_model`` at, and trained by ``lorakit train`` itself from
 the shipped template (``lorakit config init``'s text) with only the model, data, resolution
-or sequence length, batch size 1 and the step count replaced:
+or sequence length, batch size 1 and the step count replaced (and previews, intermediate
+checkpoints and the learning-rate warm-up off):
 
 =================  ========================================================================
 ``sd15-512``       SD1.5 (UNet 860 M, CLIP-L, VAE) at 512 px, template ``sd15``
