@@ -1,32 +1,53 @@
 """Training speed of lorakit's llm backend against transformers' Trainer + PEFT.
 
-Both train the same LoRA (rank 8 on q_proj/v_proj) on the same model and the same token
-rows (chat template, loss on the answers only) for one epoch:
+Every side trains the same LoRA (rank 8, alpha 16 on q_proj/v_proj) on the same model and the
+same token rows (lorakit's reader, chat template and tokenizer; loss on the answers only),
+with the same batch size, epochs and learning rate, and ends with the adapter on disk:
 
-- lorakit: ``lorakit.engine.train`` with the llm backend: batches of ``--batch-size`` rows,
-  length-grouped and packed without padding, no attention across rows;
-- reference: ``transformers.Trainer`` on a ``get_peft_model`` model, rows right-padded to
-  the longest in each batch of ``--batch-size`` (what most scripts do).
+- ``lorakit``: ``lorakit.engine.train`` with the llm backend and its defaults for everything
+  else (length-grouped batches packed without padding, TensorBoard and JSONL trackers, a
+  checkpoint and the exported adapter);
+- ``trainer``: ``transformers.Trainer`` on a ``get_peft_model`` model, batches right-padded
+  by ``DataCollatorForSeq2Seq`` in random order (what most scripts do), then ``save_pretrained``;
+- ``grouped``: the same Trainer with its length-grouped sampler
+  (``train_sampling_strategy="group_by_length"``, formerly ``group_by_length=True``).
 
-Each run is a fresh process (so peak memory is its own), the two alternate, and the
-script prints each run, the medians, and the median of the paired ratios:
+Each run is a fresh process and the sides alternate. Two times are taken the same way on
+every side:
 
-    HF_HUB_OFFLINE=1 python benchmarks/llm_train_speed.py            # tiny random Llama
-    python benchmarks/llm_train_speed.py --model ./llama-2-7b --rows 2000 --repeats 3
+- ``wall_s``: the whole process, from its start to its exit (imports, model load,
+  tokenization, training, the saved adapter), measured by the parent;
+- ``loop_s``: the training loop, from the point just before the first batch is drawn (after
+  the model, optimizer and data loader exist: lorakit's loop start, Trainer's
+  ``on_train_begin``) to the end of the last optimizer step.
 
-Throughput is real (unpadded) tokens per second of the training loop (model loading and
-tokenization excluded). Peak memory is the process's peak RSS on CPU, or
-``torch.cuda.max_memory_allocated`` on a GPU.
+Tokens per second are the real (unpadded) tokens of the batches trained, counted as they
+reach the model (Trainer) or the backend's loss (lorakit), divided by ``loop_s``.
+``--max-steps N`` stops every side after N optimizer steps (a shorter run on a slow machine). Peak memory is
+the process's peak RSS on CPU, or ``torch.cuda.max_memory_allocated`` on a GPU. The loss is
+each side's last-step loss (one batch: informative, not a comparison).
 
-``--case long-tail`` is the shape of a small fine-tune with uneven answers, timed as a user
-feels it: 600 QA rows whose answer lengths follow a Pareto tail (most short, a few ten
-times longer), a Llama of hidden 256, 4 layers, 8 heads, ``batch_size: 8``, 6 epochs,
-LoRA rank 8 on q_proj/v_proj; each side is a whole process, from start to the exported
-adapter (lorakit with its defaults; the reference: Trainer + PEFT with
-``DataCollatorForSeq2Seq`` padded batches, then ``save_pretrained``). It prints wall-clock
-seconds, peak RSS, optimizer steps and final loss of each run, and the paired ratios::
+Cases (``--case``):
 
-    HF_HUB_OFFLINE=1 python benchmarks/llm_train_speed.py --case long-tail --repeats 2
+- ``throughput`` (default): a tiny random Llama (``--hidden``, ``--layers``), ``--rows`` chats
+  of 1 to 12 QA turns, ``--batch-size`` 16, one epoch;
+- ``long-tail``: a Llama of hidden 256, 4 layers, 8 heads; 600 QA rows whose answer lengths
+  follow a Pareto tail (most one sentence, a few ten times longer); batch 8, 6 epochs;
+- ``smollm2``: SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 key/value heads,
+  intermediate 1536, vocabulary 49152, tied embeddings; random weights from ``LlamaConfig``),
+  150 Pareto-tailed QA pairs (the size of a small medical QA set), batch 4 (the ``7b``
+  template's), ``--epochs`` (default 1).
+
+::
+
+    HF_HUB_OFFLINE=1 python benchmarks/llm_train_speed.py
+    HF_HUB_OFFLINE=1 python benchmarks/llm_train_speed.py --case long-tail --threads 1
+    HF_HUB_OFFLINE=1 python benchmarks/llm_train_speed.py --case smollm2 --repeats 1
+    HF_HUB_OFFLINE=1 python benchmarks/llm_train_speed.py --case smollm2 --profile 6
+    python benchmarks/llm_train_speed.py --model ./llama-2-7b --data ./train.jsonl --repeats 3
+
+``--profile N`` runs lorakit alone under ``torch.profiler`` for N optimizer steps (after two
+to skip and one to warm up) and prints the table of the ops that took the most time.
 """
 
 from __future__ import annotations
@@ -42,20 +63,41 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: ``case: (batch size, epochs, learning rate, max_seq_len)``; ``None``: from the arguments.
+CASES: dict[str, tuple[int | None, int | None, float, int]] = {
+    "throughput": (None, 1, 1e-4, 512),
+    "long-tail": (8, 6, 2e-4, 2048),
+    "smollm2": (4, None, 2e-4, 2048),
+}
+KINDS = ("lorakit", "trainer", "grouped")
+LABELS = {
+    "lorakit": "lorakit (defaults)",
+    "trainer": "Trainer+PEFT, padded",
+    "grouped": "Trainer+PEFT, group_by_length",
+}
+LORA = {"lora_rank": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 
-def rows(model: str, data: Path, max_seq_len: int) -> Any:
-    """The token rows both sides train on (lorakit's reader and tokenizer)."""
+
+def schedule(args: argparse.Namespace) -> tuple[int, int, float, int]:
+    """``(batch size, epochs, learning rate, max_seq_len)`` of ``args.case``."""
+    batch, epochs, lr, seq = CASES[args.case]
+    return batch or args.batch_size, epochs or args.epochs, lr, args.max_seq_len or seq
+
+
+def token_rows(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(tokenizer, rows)``: the token rows every side trains on (lorakit's own pipeline)."""
     from lorakit_llm.chat_templates import resolve_template
-    from lorakit_llm.readers import read_chat
+    from lorakit_llm.readers import detect_chat, read_chat, read_qa
     from lorakit_llm.tokenize import tokenize_records
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
     template, _ = resolve_template(None, tokenizer)
-    data_rows = tokenize_records(
-        read_chat(data), tokenizer, template, max_seq_len=max_seq_len, train_on_inputs=False
+    records = read_chat(args.data) if detect_chat(args.data) else read_qa(args.data)
+    seq = schedule(args)[3]
+    return tokenizer, tokenize_records(
+        records, tokenizer, template, max_seq_len=seq, train_on_inputs=False
     )
-    return tokenizer, data_rows
 
 
 def peak_memory_mb() -> float:
@@ -68,87 +110,194 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def lorakit_run(args: argparse.Namespace, work: Path, **keys: Any) -> tuple[Any, float]:
-    """``(result, last loss)`` of a lorakit run: LoRA rank 8 on q_proj/v_proj, plus ``keys``."""
+def lorakit_config(args: argparse.Namespace, out: Path, **keys: Any) -> Any:
     from lorakit.config import load_config
-    from lorakit.engine import train
 
+    batch, epochs, lr, seq = schedule(args)
     data = {
         "task_type": "text-generation", "base_model": args.model,
-        "train_data_dir": str(args.data), "output_dir": str(work / "lorakit"),
-        "lora_rank": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "seed": 0,
-        "trackers": ["jsonl"], **keys,
+        "train_data_dir": str(args.data), "output_dir": str(out), "seed": 0, **LORA,
+        "batch_size": batch, "epochs": epochs, "learning_rate": lr, "llm": {"max_seq_len": seq},
+        **keys,
     }  # fmt: skip
-    result = train(load_config(data=data), progress=False)
-    losses = [json.loads(line)["loss"] for line in (result.output_dir / "metrics.jsonl").open()]
-    return result, losses[-1]
+    return load_config(data=data)
 
 
 def run_lorakit(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    result, loss = lorakit_run(
-        args, work, batch_size=args.batch_size, epochs=1, learning_rate=1e-4,
-        mixed_precision="auto", llm={"max_seq_len": args.max_seq_len, "packing": True},
-    )  # fmt: skip
-    return {"seconds": result.elapsed_s, "steps": result.steps, "loss": loss}
+    """lorakit with its defaults, as a user runs it: train, then the exported adapter.
+
+    The real tokens of every trained batch are counted as they reach the backend's loss
+    (an observer: the run itself is unchanged)."""
+    from lorakit.api import hookimpl
+    from lorakit.engine import train
+    from lorakit.plugins import build_plugins
+
+    tokens = [0]
+
+    class Counter:
+        @hookimpl
+        def on_train_start(self, run: Any) -> None:
+            loss = run.backend.loss
+
+            def counted(module: Any, batch: dict[str, Any]) -> Any:
+                tokens[0] += int(batch["num_tokens"])
+                return loss(module, batch)
+
+            run.backend.loss = counted
+
+    keys = {"max_steps": args.max_steps} if args.max_steps else {}
+    plugins = build_plugins(extra=[("bench-token-counter", Counter())])
+    result = train(lorakit_config(args, work / "lorakit", **keys), plugins=plugins, progress=False)
+    assert (result.output_dir / "adapter" / "adapter_model.safetensors").is_file()
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").open()]
+    return {"loop_s": rows[-1]["elapsed_s"], "steps": result.steps, "loss": rows[-1]["loss"],
+            "tokens": tokens[0]}  # fmt: skip
 
 
-def peft_trainer(
-    model_path: str,
-    items: list[Any],
-    collator: Any,
-    work: Path,
-    batch_size: int,
-    epochs: int,
-    learning_rate: float,
-) -> tuple[Any, Any]:
-    """``(trainer, peft model)``: Trainer + ``get_peft_model``, LoRA rank 8 on q_proj/v_proj."""
+def run_trainer(args: argparse.Namespace, work: Path, grouped: bool) -> dict[str, Any]:
+    """Trainer + PEFT, ``DataCollatorForSeq2Seq`` padded batches, then the adapter."""
+    import dataclasses
+
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else None)
-    torch.manual_seed(0)
-    model = get_peft_model(
-        base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                          task_type="CAUSAL_LM")
-    )  # fmt: skip
-    training = TrainingArguments(
-        output_dir=str(work / "trainer"), per_device_train_batch_size=batch_size,
-        num_train_epochs=epochs, learning_rate=learning_rate, logging_steps=10**9,
-        save_strategy="no", report_to="none", bf16=bf16, use_cpu=not cuda,
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=0,
-    )  # fmt: skip
-    trainer = Trainer(model=model, args=training, train_dataset=items, data_collator=collator)
-    return trainer, model
-
-
-def run_trainer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    import torch
-
-    tokenizer, data = rows(args.model, args.data, args.max_seq_len)
+    batch, epochs, lr, _ = schedule(args)
+    tokenizer, data = token_rows(args)
     items = []
     for i in range(len(data)):
         ids, labels = data.row(i)
-        items.append({"input_ids": ids.long(), "labels": labels.long()})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        items.append({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    base = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=torch.bfloat16 if bf16 else None, attn_implementation="sdpa"
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                         task_type="CAUSAL_LM")
+    )  # fmt: skip
+    options: dict[str, Any] = {}
+    if grouped:  # the key's name changed in transformers 5.2x
+        names = {f.name for f in dataclasses.fields(TrainingArguments)}
+        if "train_sampling_strategy" in names:
+            options["train_sampling_strategy"] = "group_by_length"
+        else:
+            options["group_by_length"] = True
+    training = TrainingArguments(
+        output_dir=str(work / "trainer"), per_device_train_batch_size=batch,
+        num_train_epochs=epochs, learning_rate=lr, logging_steps=1, save_strategy="no",
+        report_to="none", bf16=bf16, use_cpu=not cuda, dataloader_num_workers=0,
+        remove_unused_columns=False, disable_tqdm=True, seed=0,
+        max_steps=args.max_steps or -1, **options,
+    )  # fmt: skip
+    clock: dict[str, Any] = {"losses": [], "tokens": 0}
 
-    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), pad)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for j, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[j, :n], labels[j, :n], mask[j, :n] = b["input_ids"], b["labels"], 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    def count(_: Any, call_args: Any, kwargs: dict[str, Any]) -> None:  # real tokens trained
+        clock["tokens"] += int(kwargs["attention_mask"].sum())
 
-    trainer, _ = peft_trainer(args.model, items, collate, work, args.batch_size, 1, 1e-4)
-    start = time.perf_counter()
+    base.register_forward_pre_hook(count, with_kwargs=True)
+
+    class Clock(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, *_: Any, **__: Any) -> None:
+            clock["start"] = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            clock["end"] = time.perf_counter()
+
+        def on_log(self, *_: Any, logs: dict[str, float] | None = None, **__: Any) -> None:
+            if logs and "loss" in logs:
+                clock["losses"].append(logs["loss"])
+
+    trainer = Trainer(model=model, args=training, train_dataset=items, data_collator=collator,
+                      callbacks=[Clock()])  # fmt: skip
     output = trainer.train()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "steps": output.global_step, "loss": output.training_loss}
+    model.save_pretrained(str(work / "trainer" / "adapter"))
+    return {"loop_s": clock["end"] - clock["start"], "steps": output.global_step,
+            "loss": clock["losses"][-1], "tokens": clock["tokens"]}  # fmt: skip
+
+
+def run_profile(args: argparse.Namespace, work: Path) -> str:
+    """lorakit's steps under ``torch.profiler``: two skipped, one warm-up, ``args.profile``
+    recorded; the table of the ops with the most self time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import schedule as steps
+
+    from lorakit.api import hookimpl
+    from lorakit.engine import train
+    from lorakit.plugins import build_plugins
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    prof = profile(activities=activities, schedule=steps(wait=2, warmup=1, active=args.profile))
+
+    class Profiler:
+        @hookimpl
+        def on_train_start(self, run: Any) -> None:
+            prof.start()
+
+        @hookimpl
+        def on_step_end(self, run: Any, step: int, metrics: dict[str, float]) -> None:
+            prof.step()
+
+    plugins = build_plugins(extra=[("bench-profiler", Profiler())])
+    config = lorakit_config(args, work / "profile", max_steps=args.profile + 3)
+    train(config, plugins=plugins, progress=False)
+    prof.stop()
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return str(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=40))
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.worker == "profile":
+            print(run_profile(args, Path(tmp)), flush=True)
+            return
+        if args.worker == "lorakit":
+            result = run_lorakit(args, Path(tmp))
+        else:
+            result = run_trainer(args, Path(tmp), grouped=args.worker == "grouped")
+    result.update(
+        tokens_per_s=result["tokens"] / result["loop_s"], peak_mb=peak_memory_mb(),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )  # fmt: skip
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def launch(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One side in a fresh process; its result and the whole process's wall clock."""
+    command = [sys.executable, __file__, "--worker", kind, "--model", args.model,
+               "--data", str(args.data), "--batch-size", str(args.batch_size),
+               "--epochs", str(args.epochs), "--threads", str(args.threads),
+               "--case", args.case, "--profile", str(args.profile),
+               "--max-seq-len", str(args.max_seq_len),
+               "--max-steps", str(args.max_steps)]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    start = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    if kind == "profile" and out.returncode == 0:
+        return {"table": out.stdout, "wall_s": wall}
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return {**json.loads(line[7:]), "wall_s": wall}
+    raise SystemExit(f"{kind} run failed:\n{out.stderr[-3000:]}")
 
 
 def write_long_tail(path: Path, rows: int = 600, seed: int = 0) -> Path:
@@ -159,83 +308,12 @@ def write_long_tail(path: Path, rows: int = 600, seed: int = 0) -> Path:
     from lorakit_llm.testing import qa_pairs
 
     rng = random.Random(seed)
-    pairs = qa_pairs(rows, seed)
     with open(path, "w", encoding="utf-8") as handle:
-        for pair in pairs:
+        for pair in qa_pairs(rows, seed):
             repeat = min(math.ceil(rng.paretovariate(1.6)), 12)
             answer = " ".join([pair["answer"]] * repeat)
             handle.write(json.dumps({"question": pair["question"], "answer": answer}) + "\n")
     return path
-
-
-def long_tail_lorakit(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """lorakit with its defaults, as a user runs it: train, then the exported adapter."""
-    result, loss = lorakit_run(args, work, batch_size=8, epochs=6, learning_rate=2e-4)
-    assert (result.output_dir / "adapter" / "adapter_model.safetensors").is_file()
-    return {"steps": result.steps, "loss": loss}
-
-
-def long_tail_trainer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """transformers.Trainer + PEFT, DataCollatorForSeq2Seq padded batches, then the adapter."""
-    from lorakit_llm.chat_templates import resolve_template
-    from lorakit_llm.readers import read_qa
-    from lorakit_llm.tokenize import tokenize_records
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    template, _ = resolve_template(None, tokenizer)
-    data = tokenize_records(read_qa(args.data), tokenizer, template, max_seq_len=2048,
-                            train_on_inputs=False)  # fmt: skip
-    items = []
-    for i in range(len(data)):
-        ids, labels = data.row(i)
-        items.append({"input_ids": ids.tolist(), "labels": labels.tolist()})
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    trainer, model = peft_trainer(args.model, items, collator, work, 8, 6, 2e-4)
-    output = trainer.train()
-    model.save_pretrained(str(work / "trainer" / "adapter"))
-    return {"steps": output.global_step, "loss": output.training_loss}
-
-
-def worker(args: argparse.Namespace) -> None:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.case == "long-tail":
-        with tempfile.TemporaryDirectory() as tmp:
-            run = long_tail_lorakit if args.worker == "lorakit" else long_tail_trainer
-            result = run(args, Path(tmp))
-        result.update(peak_mb=peak_memory_mb(),
-                      device="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
-        print("RESULT " + json.dumps(result), flush=True)
-        return
-
-    with tempfile.TemporaryDirectory() as tmp:
-        run = run_lorakit if args.worker == "lorakit" else run_trainer
-        result = run(args, Path(tmp))
-    _, data = rows(args.model, args.data, args.max_seq_len)
-    tokens = int(data.offsets[-1])
-    result.update(
-        tokens=tokens, tokens_per_s=tokens / result["seconds"], peak_mb=peak_memory_mb(),
-        device="cuda" if torch.cuda.is_available() else "cpu",
-    )  # fmt: skip
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-def launch(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", kind, "--model", args.model,
-               "--data", str(args.data), "--max-seq-len", str(args.max_seq_len),
-               "--batch-size", str(args.batch_size),
-               "--threads", str(args.threads), "--case", args.case]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    start = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    wall = time.perf_counter() - start
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return {**json.loads(line[7:]), "wall_s": wall}
-    raise SystemExit(f"{kind} run failed:\n{out.stderr[-3000:]}")
 
 
 def write_conversations(path: Path, rows: int, seed: int = 0) -> Path:
@@ -256,41 +334,83 @@ def write_conversations(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
+def build_smollm2(directory: Path) -> Path:
+    """SmolLM2-135M's architecture with random weights (and the test tokenizer)."""
+    import torch
+    from lorakit_llm.testing import build_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def prepare(args: argparse.Namespace, work: Path) -> None:
     from lorakit_llm.testing import build_tiny_llama
 
-    if args.case == "long-tail":
-        if args.model is None:
+    if args.model is None:
+        if args.case == "smollm2":
+            args.model = str(build_smollm2(work / "smollm2-135m"))
+        elif args.case == "long-tail":
             args.model = str(build_tiny_llama(work / "llama-256", hidden_size=256, num_layers=4,
                                               num_heads=8))  # fmt: skip
-        if args.data is None:
-            args.data = write_long_tail(work / "long-tail.jsonl")
-        return
-    if args.model is None:
-        model = build_tiny_llama(work / "stand-in", hidden_size=args.hidden, num_layers=args.layers)
-        args.model = str(model)
+        else:
+            args.model = str(build_tiny_llama(work / "stand-in", hidden_size=args.hidden,
+                                              num_layers=args.layers))  # fmt: skip
     if args.data is None:
-        args.data = write_conversations(work / "chat.jsonl", args.rows)
+        if args.case == "throughput":
+            args.data = write_conversations(work / "chat.jsonl", args.rows)
+        else:
+            rows = 150 if args.case == "smollm2" else 600
+            args.data = write_long_tail(work / "long-tail.jsonl", rows)
+
+
+def report(runs: dict[str, list[dict[str, Any]]]) -> None:
+    def median(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[kind])
+
+    print()
+    print(f"{'median':32s} {'wall s':>8s} {'loop s':>8s} {'tokens/s':>9s} {'peak MB':>8s}")
+    for kind in KINDS:
+        print(f"{LABELS[kind]:32s} {median(kind, 'wall_s'):8.1f} {median(kind, 'loop_s'):8.1f} "
+              f"{median(kind, 'tokens_per_s'):9.1f} {median(kind, 'peak_mb'):8.0f}")  # fmt: skip
+    for ref in ("trainer", "grouped"):
+        pairs = list(zip(runs["lorakit"], runs[ref], strict=True))
+        wall = statistics.median(b["wall_s"] / a["wall_s"] for a, b in pairs)
+        loop = statistics.median(a["tokens_per_s"] / b["tokens_per_s"] for a, b in pairs)
+        memory = statistics.median(a["peak_mb"] / b["peak_mb"] for a, b in pairs)
+        print(f"lorakit vs {LABELS[ref]}: speed ×{wall:.2f} whole process, ×{loop:.2f} loop tokens/s; "
+              f"peak memory ×{memory:.2f} (median of {len(pairs)} paired runs)")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="Model folder (default: a tiny random Llama).")
-    parser.add_argument("--data", type=Path, help="QA JSONL (default: synthetic pairs).")
+    parser.add_argument("--model", help="Model folder (default: built for the case).")
+    parser.add_argument("--data", type=Path, help="QA or chat JSONL (default: synthetic).")
     parser.add_argument("--rows", type=int, default=400, help="Synthetic conversations.")
     parser.add_argument("--hidden", type=int, default=64, help="Stand-in model width.")
     parser.add_argument("--layers", type=int, default=2, help="Stand-in model depth.")
-    parser.add_argument("--max-seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=16, help="Rows per batch (both).")
+    parser.add_argument("--batch-size", type=int, default=16, help="Rows per batch (throughput).")
+    parser.add_argument("--epochs", type=int, default=1, help="Epochs (smollm2).")
+    parser.add_argument("--max-seq-len", type=int, default=0, help="0: the case's.")
+    parser.add_argument("--max-steps", type=int, default=0, help="Stop every side after N.")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads per run (0: torch's default)."
     )
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each, alternating.")
-    parser.add_argument(
-        "--case", choices=("throughput", "long-tail"), default="throughput",
-        help="throughput: tokens/s of the loop; long-tail: whole process, Pareto answers.",
-    )  # fmt: skip
-    parser.add_argument("--worker", choices=("lorakit", "trainer"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", choices=tuple(CASES), default="throughput")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="Profile N lorakit steps instead of comparing.")  # fmt: skip
+    parser.add_argument("--worker", choices=(*KINDS, "profile"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -298,53 +418,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         prepare(args, Path(tmp))
-        runs: dict[str, list[dict[str, Any]]] = {"lorakit": [], "trainer": []}
+        if args.profile:
+            print(launch("profile", args)["table"])
+            return
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
         for i in range(args.repeats):
-            order = ("lorakit", "trainer") if i % 2 == 0 else ("trainer", "lorakit")
-            for kind in order:
-                result = launch(kind, args)
-                runs[kind].append(result)
-                if args.case == "long-tail":
-                    print(f"run {i + 1} {kind:8s} {result['wall_s']:7.1f} s  "
-                          f"peak {result['peak_mb']:7.0f} MB  {result['steps']:4d} steps  "
-                          f"loss {result['loss']:.4f}", flush=True)  # fmt: skip
-                    continue
-                print(f"run {i + 1} {kind:8s} {result['tokens_per_s']:10.0f} tokens/s  "
-                      f"peak {result['peak_mb']:8.0f} MB  {result['steps']:4d} steps  "
-                      f"loss {result['loss']:.4f}  ({result['device']})", flush=True)  # fmt: skip
-
-    def median(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[kind])
-
-    pairs = list(zip(runs["lorakit"], runs["trainer"], strict=True))
-    if args.case == "long-tail":
-        speed = statistics.median(b["wall_s"] / a["wall_s"] for a, b in pairs)
-        memory = statistics.median(a["peak_mb"] / b["peak_mb"] for a, b in pairs)
-        print()
-        print(f"median wall s     lorakit {median('lorakit', 'wall_s'):7.1f}   "
-              f"Trainer+PEFT (DataCollatorForSeq2Seq) {median('trainer', 'wall_s'):7.1f}")  # fmt: skip
-        print(f"median peak MB    lorakit {median('lorakit', 'peak_mb'):7.0f}   "
-              f"Trainer+PEFT (DataCollatorForSeq2Seq) {median('trainer', 'peak_mb'):7.0f}")  # fmt: skip
-        print(f"lorakit vs Trainer: speed ×{speed:.2f} (wall clock), peak RSS ×{memory:.2f} "
-              f"(median of {len(pairs)} paired runs)")  # fmt: skip
-        return
-
-    ratios = [
-        a["tokens_per_s"] / b["tokens_per_s"]
-        for a, b in zip(runs["lorakit"], runs["trainer"], strict=True)
-    ]
-    memory = [
-        a["peak_mb"] / b["peak_mb"] for a, b in zip(runs["lorakit"], runs["trainer"], strict=True)
-    ]
-    print()
-    print(f"median tokens/s   lorakit {median('lorakit', 'tokens_per_s'):10.0f}   "
-          f"Trainer+PEFT (padded) {median('trainer', 'tokens_per_s'):10.0f}")  # fmt: skip
-    print(f"median peak MB    lorakit {median('lorakit', 'peak_mb'):10.0f}   "
-          f"Trainer+PEFT (padded) {median('trainer', 'peak_mb'):10.0f}")  # fmt: skip
-    print(
-        f"ratio lorakit / Trainer: speed ×{statistics.median(ratios):.2f}, "
-        f"peak memory ×{statistics.median(memory):.2f} (median of {len(ratios)} paired runs)"
-    )
+            for kind in KINDS[i % 3 :] + KINDS[: i % 3]:
+                r = launch(kind, args)
+                runs[kind].append(r)
+                print(f"run {i + 1} {LABELS[kind]:32s} wall {r['wall_s']:7.1f} s  "
+                      f"loop {r['loop_s']:7.1f} s  {r['tokens']:7d} tokens  {r['tokens_per_s']:8.1f} tokens/s  "
+                      f"peak {r['peak_mb']:6.0f} MB  {r['steps']:4d} steps  "
+                      f"loss {r['loss']:.4f}  ({r['device']})", flush=True)  # fmt: skip
+    report(runs)
 
 
 if __name__ == "__main__":

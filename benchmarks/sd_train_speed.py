@@ -183,11 +183,12 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
+    timed = times[args.warmup :]
     return {
-        "steps_per_s": (len(times) - 1) / sum(times[1:]),
+        "steps_per_s": len(timed) / sum(timed),
         "peak_mb": peak_memory_mb(),
         "wall_s": wall,
-        "overhead_s": wall - sum(times[1:]),
+        "overhead_s": wall - sum(timed),
         "final_loss": float(loss),
     }
 
@@ -219,6 +220,7 @@ def child(args: argparse.Namespace, which: str) -> dict[str, Any]:
         sys.executable, __file__, "--worker", which, "--model", args.model, "--data", args.data,
         "--steps", str(args.steps), "--batch-size", str(args.batch_size),
         "--resolution", str(args.resolution), "--threads", str(args.threads),
+        "--warmup", str(args.warmup),
     ]  # fmt: skip
     if args.base_config:
         command += ["--base-config", args.base_config]
@@ -243,6 +245,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default).")
+    parser.add_argument("--warmup", type=int, default=1, help="Untimed first steps (plain).")
     parser.add_argument("--worker", choices=["lorakit", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
