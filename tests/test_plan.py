@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plan_helpers import LLAMA, llm_config, real_peak, real_plugins, write_config  # noqa: F401
+from plan_helpers import LLAMA, LLAMA2_7B, llm_config, real_peak, real_plugins, write_config  # noqa: F401
 
 from lorakit.config import load_config
 
@@ -23,6 +23,15 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(
         tmp_path_factory.mktemp("llama") / "model", hidden_size=128, num_layers=3
     )
+
+
+@pytest.fixture(scope="module")
+def small_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One layer: for what the plan does with its numbers (the ladder, the CLI, ``train``'s
+    check), where a trace of fewer operations proves the same."""
+    from lorakit_llm.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("llama1") / "model", num_layers=1)
 
 
 def within(plan: int, real: int, tolerance: float = 0.15) -> bool:
@@ -91,7 +100,7 @@ def test_sd_plan_matches_the_real_step(tmp_path, tiny_sd, family, checkpointing,
         sd={"resolution": 64, "bucket": False},
     )  # fmt: skip
     config = load_config(write_config(tmp_path / "c.yaml", data))
-    plan = make_plan(config)
+    plan = make_plan(config, both=False)
     real = real_peak(config, tmp_path)
     assert within(plan.estimate.total, real), (plan.estimate, real)
     assert plan.estimate.activations > plan.estimate.frozen
@@ -133,8 +142,8 @@ def _cli_plan(capsys: Any, config: Path, *args: str) -> dict[str, Any]:
 
 
 @pytest.mark.usefixtures("real_plugins")
-def test_ladder_rows_fit_by_the_plans_own_numbers(tmp_path, capsys, tiny_llama):
-    data = llm_config(tmp_path, str(tiny_llama), batch_size=8)
+def test_ladder_rows_fit_by_the_plans_own_numbers(tmp_path, capsys, small_llama):
+    data = llm_config(tmp_path, str(small_llama), batch_size=8)
     config = write_config(tmp_path / "c.yaml", data)
     whole = _cli_plan(capsys, config)["bytes"]["total"]
     card = f"{whole * 0.75 / 0.94 / 1024**3:.4f}GB"  # three quarters of what the run needs
@@ -158,10 +167,10 @@ def test_ladder_rows_fit_by_the_plans_own_numbers(tmp_path, capsys, tiny_llama):
 
 
 @pytest.mark.usefixtures("real_plugins")
-def test_plan_text_output(tmp_path, capsys, tiny_llama):
+def test_plan_text_output(tmp_path, capsys, small_llama):
     from lorakit.testing import run_cli
 
-    config = write_config(tmp_path / "c.yaml", llm_config(tmp_path, str(tiny_llama)))
+    config = write_config(tmp_path / "c.yaml", llm_config(tmp_path, str(small_llama)))
     code, out, err = run_cli(capsys, "plan", "--config", str(config), "--gpu", "0.01GB")
     assert code == 0, err
     for words in ("frozen weights", "activations (gradient checkpointing off)", "optimizer state (adamw)",
@@ -170,10 +179,10 @@ def test_plan_text_output(tmp_path, capsys, tiny_llama):
 
 
 @pytest.mark.usefixtures("real_plugins")
-def test_train_refuses_a_run_that_cannot_fit(tmp_path, capsys, tiny_llama):
+def test_train_refuses_a_run_that_cannot_fit(tmp_path, capsys, small_llama):
     from lorakit.testing import run_cli
 
-    data = llm_config(tmp_path, str(tiny_llama), max_steps=1, save_steps=0)
+    data = llm_config(tmp_path, str(small_llama), max_steps=1, save_steps=0)
     config = write_config(tmp_path / "c.yaml", data)
     code, out, err = run_cli(capsys, "train", "--config", str(config), "--gpu", "0.01GB")
     assert code == 2
@@ -193,7 +202,7 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path, capsys, tiny_llama):
 
 
 @pytest.mark.usefixtures("real_plugins")
-def test_llm_plan_from_a_config_file_and_a_gguf(tmp_path, tiny_llama, monkeypatch):
+def test_llm_plan_from_a_config_file_and_a_gguf(tmp_path, small_llama, monkeypatch):
     """A config.json alone, a GGUF file's metadata and a model folder plan
     the same model to the same byte; no weight is read (the config file has none)."""
     from lorakit_llm.testing import write_gguf
@@ -204,22 +213,25 @@ def test_llm_plan_from_a_config_file_and_a_gguf(tmp_path, tiny_llama, monkeypatc
         config = load_config(write_config(tmp_path / "c.yaml", llm_config(tmp_path, base)))
         return make_plan(config, both=False).estimate.total
 
-    folder = total(str(tiny_llama))
+    folder = total(str(small_llama))
     alone = tmp_path / "llama.json"
-    alone.write_text((tiny_llama / "config.json").read_text())
+    alone.write_text((small_llama / "config.json").read_text())
     assert total(str(alone)) == folder
-    gguf = write_gguf(tiny_llama, tmp_path / "tiny.gguf")
+    gguf = write_gguf(small_llama, tmp_path / "tiny.gguf")
     assert total(str(gguf)) == folder
-    # A 7B-shaped config.json: the weights alone are 7B parameters in bf16.
+    # Two layers of Llama-2-7B's shape in bf16: weights, LoRA (q_proj, v_proj) and AdamW's
+    # state as the parameter counts by hand (below) say; the rotary table is the only buffer.
+    shape = {**LLAMA2_7B, "num_hidden_layers": 2}
     big = tmp_path / "big.json"
-    big.write_text(json.dumps({**LLAMA, "hidden_size": 4096, "intermediate_size": 11008,
-                               "num_hidden_layers": 32, "num_attention_heads": 32,
-                               "num_key_value_heads": 32, "vocab_size": 32000}))  # fmt: skip
+    big.write_text(json.dumps(shape))
     data = llm_config(tmp_path, str(big), mixed_precision="bf16")
     data["llm"]["max_seq_len"] = 512
     config = load_config(write_config(tmp_path / "big.yaml", data))
-    plan = make_plan(config, both=False)
-    assert 6.7e9 * 2 < plan.estimate.frozen < 6.8e9 * 2
+    e = make_plan(config, both=False).estimate
+    params, lora = _llama(shape, ["q_proj", "v_proj"], config.train.lora_rank)
+    assert e.trainable_params == lora and (e.lora, e.optimizer) == (4 * lora, 8 * lora)
+    rotary = 4 * shape["hidden_size"] // shape["num_attention_heads"] // 2
+    assert 2 * params <= e.frozen <= 2 * params + 2 * rotary, (e.frozen - 2 * params, rotary)
 
 
 # -- docs/will-it-fit.md's two cases, computed by hand from the models' configs --------------
@@ -362,7 +374,7 @@ def test_the_docs_cases_match_the_configs_by_hand():
     Llama-2-7B) against the parameter, LoRA, optimizer and step counts computed here from the
     models' configs and the templates. The activations are the trace's (tests/test_plan_rss.py
     holds the trace to a process's RSS); the page's totals must add up with them."""
-    from plan_helpers import LLAMA2_7B, SD15, template
+    from plan_helpers import SD15, template
 
     page = (Path(__file__).parent.parent / "docs" / "will-it-fit.md").read_text()
 
@@ -440,11 +452,11 @@ def test_plan_from_hub_ids_in_the_local_cache(tmp_path, monkeypatch):
     from lorakit.planning import make_plan
 
     home = tmp_path / "hf"
-    _hub_cache(home, "someone/tiny-llama", {"config.json": LLAMA})
-    sd15 = {
-        **SD15,
-        "unet/config.json": {**SD15["unet/config.json"], "block_out_channels": [32, 64, 64, 64]},
-    }
+    _hub_cache(home, "someone/tiny-llama", {"config.json": {**LLAMA, "num_hidden_layers": 2}})
+    small = {"block_out_channels": [32, 64], "layers_per_block": 1,
+             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}  # fmt: skip
+    sd15 = {**SD15, "unet/config.json": {**SD15["unet/config.json"], **small}}
     _hub_cache(home, "someone/tiny-sd", sd15)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(home / "hub"))
@@ -453,7 +465,7 @@ def test_plan_from_hub_ids_in_the_local_cache(tmp_path, monkeypatch):
         write_config(tmp_path / "l.yaml", llm_config(tmp_path, "someone/tiny-llama"))
     )
     plan = make_plan(config, both=False)
-    assert plan.model.description.startswith("Llama (3 layers × 128)")
+    assert plan.model.description.startswith("Llama (2 layers × 128)")
     images = tmp_path / "images"
     images.mkdir()
     data = {"task_type": "image-generation", "base_model": "someone/tiny-sd",
@@ -463,12 +475,12 @@ def test_plan_from_hub_ids_in_the_local_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("real_plugins")
-def test_optimizer_state_by_optimizer(tmp_path, tiny_llama):
+def test_optimizer_state_by_optimizer(tmp_path, small_llama):
     """The same step with AdamW, 8-bit AdamW, DAdaptAdam and Prodigy: only the optimizer
     state differs, by the bytes each keeps per trainable parameter."""
     from lorakit.planning import Planner
 
-    data = llm_config(tmp_path, str(tiny_llama))
+    data = llm_config(tmp_path, str(small_llama))
     planner = Planner(load_config(write_config(tmp_path / "c.yaml", data)))
     states = {}
     for name in ("adamw", "adamw8bit", "dadapt_adam", "prodigy"):
@@ -484,13 +496,13 @@ def test_optimizer_state_by_optimizer(tmp_path, tiny_llama):
 
 
 @pytest.mark.usefixtures("real_plugins")
-def test_sharded_runs_are_not_refused(tmp_path, capsys, tiny_llama):
+def test_sharded_runs_are_not_refused(tmp_path, capsys, small_llama):
     """ZeRO-3 / FSDP over several processes shard the weights: the per-process plan is shown,
     never used to refuse; plain DDP is refused as a single process is."""
     from lorakit.cli.plan_cmd import train_check
     from lorakit.errors import UsageError
 
-    data = llm_config(tmp_path, str(tiny_llama), distributed={"strategy": "deepspeed_zero3"})
+    data = llm_config(tmp_path, str(small_llama), distributed={"strategy": "deepspeed_zero3"})
     config = load_config(write_config(tmp_path / "c.yaml", data))
     train_check(config, "0.01GB", processes=2)
     assert "(per process, before sharding)" in capsys.readouterr().out
