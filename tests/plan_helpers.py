@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from lorakit.testing import write_config
+from lorakit.testing import write_config  # noqa: F401 (the tests import it from here)
 
 LLAMA = {
     "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
@@ -17,14 +18,33 @@ LLAMA = {
 }  # fmt: skip
 
 
-def llm_config(tmp: Path, base: str, **keys: Any) -> dict[str, Any]:
+@pytest.fixture
+def real_plugins() -> Any:
+    """The built-ins, lorakit-sd and lorakit-llm, without other entry points."""
+    import lorakit_llm.plugin
+    import lorakit_sd.plugin
+
+    from lorakit.plugins import build_plugins, set_plugins
+
+    plugins = build_plugins(
+        entry_points=False, extra=[("sd", lorakit_sd.plugin), ("llm", lorakit_llm.plugin)]
+    )
+    set_plugins(plugins)
+    yield plugins
+    set_plugins(None)
+
+
+def llm_config(
+    tmp: Path, base: str, *, words: int = 60, rows: int = 48, **keys: Any
+) -> dict[str, Any]:
+    """A text-generation config of ``rows`` rows of ``words`` words each (under ``tmp``)."""
     data = tmp / "text"
     if not data.exists():
         data.mkdir(parents=True)
         # Rows of one length: a batch is batch_size examples, each as long as the longest.
-        rows = [" ".join(f"word{(i * 7 + j) % 97}" for j in range(60)) for i in range(300)]
+        text = [" ".join(f"word{(i * 7 + j) % 97}" for j in range(words)) for i in range(rows)]
         (data / "train.jsonl").write_text(
-            "".join(json.dumps({"text": row}) + "\n" for row in rows), encoding="utf-8"
+            "".join(json.dumps({"text": row}) + "\n" for row in text), encoding="utf-8"
         )
     section = {"max_seq_len": 256, "train_on_inputs": True, "dataset_format": "text"}
     section.update(keys.pop("llm", {}))
@@ -38,7 +58,8 @@ def llm_config(tmp: Path, base: str, **keys: Any) -> dict[str, Any]:
 
 def real_peak(config: Any, tmp: Path) -> int:
     """Peak bytes of a real optimizer step (the second: Adam's state exists), measured with
-    torch's memory tracker on real tensors: the backend's own setup, data, batch and loss."""
+    the planner's own memory tracker on real tensors (tests/test_plan_rss.py measures
+    without it): the backend's own setup, data, batch and loss."""
     import torch
     from accelerate import Accelerator
 
@@ -64,20 +85,20 @@ def real_peak(config: Any, tmp: Path) -> int:
     batch = backend.collate([dataset[i] for i in indices])
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    peak = 0
-    for _ in range(2):
-        tracker = memory_tracker()
-        tracker.track_external(module, optimizer)
-        with tracker:
-            backend.loss(module, batch).loss_sum.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        peak = peak_of(tracker)[0]
+    backend.loss(module, batch).loss_sum.backward()  # the first step makes Adam's state
+    optimizer.step()
+    optimizer.zero_grad()
+    tracker = memory_tracker()
+    tracker.track_external(module, optimizer)
+    with tracker:
+        backend.loss(module, batch).loss_sum.backward()
+        optimizer.step()
+        optimizer.zero_grad()
     backend.teardown()
-    return peak
+    return int(peak_of(tracker)[0])
 
 
-# -- the two cases of docs/will-it-fit.md, from the real models' configs ----------------------
+# -- the two cases of docs/will-it-fit.md: the real models' configs ----------------------
 
 #: meta-llama/Llama-2-7b-hf config.json (the keys that shape the model).
 LLAMA2_7B = {
@@ -128,34 +149,3 @@ def template(package: str, name: str) -> dict[str, Any]:
     from importlib import resources
 
     return yaml.safe_load(resources.files(package).joinpath(name).read_text("utf-8"))
-
-
-def mascot_case(tmp: Path) -> Path:
-    """The designer's mascot: SD1.5, 80 photos, the sd15 template (rank 16, batch 4, 512 px)."""
-    from lorakit_sd.testing import write_tiny_images
-
-    model = tmp / "stable-diffusion-v1-5"
-    for name, data in SD15.items():
-        (model / name).parent.mkdir(parents=True, exist_ok=True)
-        (model / name).write_text(json.dumps(data), encoding="utf-8")
-    images = write_tiny_images(tmp / "mascot", 80, sizes=[(8, 8)])
-    data = template("lorakit_sd", "templates/sd15.yaml")
-    data.update(
-        base_model=str(model), train_data_dir=str(images), output_dir=str(tmp / "out"), epochs=15
-    )
-    return write_config(tmp / "mascot.yaml", data)
-
-
-def medqa_case(tmp: Path, **keys: Any) -> Path:
-    """The startup's medical QA: Llama-2-7B, 150 QA pairs, the 7b template."""
-    from lorakit_llm.testing import write_qa_jsonl
-
-    model = tmp / "Llama-2-7b-hf"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text(json.dumps(LLAMA2_7B), encoding="utf-8")
-    rows = write_qa_jsonl(tmp / "medqa.jsonl", 150)
-    data = template("lorakit_llm", "templates/7b.yaml")
-    data.update(
-        base_model=str(model), train_data_dir=str(rows), output_dir=str(tmp / "out"), **keys
-    )
-    return write_config(tmp / "medqa.yaml", data)
