@@ -16,32 +16,14 @@ from typing import Any
 
 import torch
 
-from lorakit.api import Backend, ConfigError, LossOutput, RunError, TrainContext, UsageError
+from lorakit.api import Backend, ConfigError, LossOutput, TrainContext, UsageError
 from lorakit_sd import families
 from lorakit_sd.adapt import adapt_models
 from lorakit_sd.config import SDSection
+from lorakit_sd.devices import modules_elsewhere, use_channels_last
 from lorakit_sd.loss import augment_captions, cached_text, caption_dropout_mask, denoising_loss
 
 DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024, "sd3": 1024, "flux1": 1024}
-
-
-OOM_LADDER = (
-    "lower batch_size first (raise gradient_accumulation_steps to keep the effective batch), "
-    "then sd.resolution (e.g. 1024 → 768, 512 → 448), then lora_rank; make sure "
-    "gradient_checkpointing is on and mixed_precision is bf16; `lorakit plan --config FILE "
-    "--gpu <card>` prints the configs that fit"
-)
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def use_channels_last(setting: bool | None, device: Any, unet: bool) -> bool:
-    """``sd.channels_last`` as set, or (null) on for a UNet on a CUDA device."""
-    if setting is not None:
-        return setting
-    return unet and getattr(device, "type", "") == "cuda"
 
 
 class SDBackend(Backend):
@@ -223,18 +205,6 @@ class SDBackend(Backend):
 
     # -- loss ----------------------------------------------------------------------------
     def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
-        try:
-            return self._loss(module, batch)
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not out_of_memory(exc):
-                raise
-            t = self.config.train
-            raise RunError(
-                f"out of memory (batch_size {t.batch_size}, sd.resolution {self.resolution}, "
-                f"lora_rank {t.lora_rank}): {OOM_LADDER}"
-            ) from None
-
-    def _loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         from lorakit_sd.cache import encode_moments
@@ -341,42 +311,6 @@ class SDBackend(Backend):
         self.model = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _device(module: Any) -> torch.device:
-    return next(module.parameters()).device
-
-
-def same_device(a: Any, b: Any) -> bool:
-    """Whether two devices are the same one: ``cuda`` and ``cuda:0`` are, on device 0.
-
-    ``accelerator.device`` says ``cuda`` while parameters report ``cuda:0``: comparing the
-    objects with ``!=`` calls them different. An index-less device means the current one.
-    """
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    if a.index == b.index:
-        return True
-    current = _current_index(a.type)
-    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
-
-
-def _current_index(kind: str) -> int:
-    if kind == "cpu":
-        return 0
-    module = getattr(torch, kind, None)
-    try:
-        if module is not None and module.is_available():
-            return int(module.current_device())
-    except (AttributeError, RuntimeError):
-        pass
-    return 0
-
-
-def modules_elsewhere(modules: Any, device: Any, device_of: Any = _device) -> list[Any]:
-    """The modules that are not on ``device`` (moved there for previews, then back)."""
-    return [m for m in modules if not same_device(device_of(m), device)]
 
 
 def create(config: Any) -> SDBackend:
