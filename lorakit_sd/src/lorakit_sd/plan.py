@@ -89,12 +89,17 @@ def text_encoder_parts(folder: Path) -> list[tuple[str, Any, Any]]:
 
 
 def plan_objective(folder: Path, spec: Any, section: SDSection) -> Any:
-    """The family's training objective on the model's scheduler config (what setup builds)."""
+    """The family's training objective on the model's scheduler config (what setup builds);
+    the scheduler's defaults where the folder has no ``scheduler/`` (a step's memory does not
+    depend on the schedule's values)."""
     from types import SimpleNamespace
 
     from diffusers import DDPMScheduler
 
-    config = DDPMScheduler.load_config(folder, subfolder="scheduler")
+    try:
+        config = DDPMScheduler.load_config(folder, subfolder="scheduler")
+    except OSError:
+        config = {}
     return spec.objective(SimpleNamespace(scheduler=SimpleNamespace(config=config)), section)
 
 
