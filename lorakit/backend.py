@@ -146,7 +146,11 @@ class Backend(ABC):
 
     @abstractmethod
     def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
-        """Forward one micro-batch through ``module`` (the prepared trainable module)."""
+        """Forward one micro-batch through ``module`` (the prepared trainable module).
+
+        An out-of-memory error is left to propagate: the engine recognises it
+        (:mod:`lorakit.engine.oom`) and halves the batch or fails the run with its ladder.
+        """
 
     def set_train_module(self, module: torch.nn.Module) -> None:  # noqa: B027
         """Receive the accelerate-prepared module (wrapped for DDP etc.) before training."""

@@ -261,8 +261,10 @@ def _label_batch(
     except (LorakitError, KeyboardInterrupt):
         raise
     except Exception as exc:
+        from lorakit.engine.oom import is_oom
+
         files = f"{names[0]} .. {names[-1]}" if len(names) > 1 else names[0]
-        hint = "; try a smaller --batch-size" if "out of memory" in str(exc) else ""
+        hint = "; try a smaller --batch-size" if is_oom(exc) else ""
         raise RunError(
             f"labeler {name} failed on {files}: {type(exc).__name__}: {_read_reason(exc)}{hint}"
         ) from exc

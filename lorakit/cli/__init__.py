@@ -147,11 +147,10 @@ def main(argv: list[str] | None = None, *, fresh: bool = False) -> Any:
     except Exception as exc:
         if debug():
             traceback.print_exc()
-        oom = "out of memory" in str(exc).lower()
-        if oom:
-            from lorakit.diagnostics.troubleshooting import OOM_LADDER
+        from lorakit.engine.oom import is_oom, message
 
-            fail(f"out of memory: {OOM_LADDER}", 1)
+        if is_oom(exc):
+            fail(message(), 1)
         fail(f"{type(exc).__name__}: {exc} (LORAKIT_DEBUG=1 shows the traceback)", 1)
     return None
 

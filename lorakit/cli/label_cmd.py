@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -80,23 +80,28 @@ def register(app: typer.Typer) -> None:
             progress=not no_progress,
             name=labeler,
         )
-        for file_name, reason in report.unreadable:
-            _say(f"skipped {data_dir / file_name}: cannot read it ({reason})")
-        if report.empty:
-            shown = ", ".join(report.empty[:5]) + (", ..." if len(report.empty) > 5 else "")
-            _say(
-                f"{len(report.empty)} image(s) got an empty caption from {labeler}: {shown} "
-                "(training refuses empty captions: pass --prefix or edit the table)"
-            )
-        if dry_run:
-            sys.stdout.write(report.csv_text)
-            _say(
-                f"dry run: would write {len(report.rows)} rows ({len(report.labeled)} new) "
-                f"to {report.metadata_path}; nothing written"
-            )
-        elif not report.labeled:
-            _say(f"nothing to label: {report.metadata_path} lists all {report.found} images")
-        else:
-            kept = f", {report.kept} kept" if report.kept else ""
-            skipped = f", {len(report.unreadable)} unreadable" if report.unreadable else ""
-            print(f"wrote {report.metadata_path}: {len(report.labeled)} labeled{kept}{skipped}")
+        say_report(report, data_dir, labeler, dry_run)
+
+
+def say_report(report: Any, data_dir: Path, labeler: str, dry_run: bool) -> None:
+    """What ``label`` did: skipped and empty images, the table written (or not)."""
+    for file_name, reason in report.unreadable:
+        _say(f"skipped {data_dir / file_name}: cannot read it ({reason})")
+    if report.empty:
+        shown = ", ".join(report.empty[:5]) + (", ..." if len(report.empty) > 5 else "")
+        _say(
+            f"{len(report.empty)} image(s) got an empty caption from {labeler}: {shown} "
+            "(training refuses empty captions: pass --prefix or edit the table)"
+        )
+    if dry_run:
+        sys.stdout.write(report.csv_text)
+        _say(
+            f"dry run: would write {len(report.rows)} rows ({len(report.labeled)} new) "
+            f"to {report.metadata_path}; nothing written"
+        )
+    elif not report.labeled:
+        _say(f"nothing to label: {report.metadata_path} lists all {report.found} images")
+    else:
+        kept = f", {report.kept} kept" if report.kept else ""
+        skipped = f", {len(report.unreadable)} unreadable" if report.unreadable else ""
+        print(f"wrote {report.metadata_path}: {len(report.labeled)} labeled{kept}{skipped}")

@@ -99,6 +99,11 @@ def trained_loras(cfg: Any) -> list[Path]:
 
 
 def register(app: typer.Typer) -> None:
+    for add in (_add_export, _add_merge, _add_sample):
+        add(app)
+
+
+def _add_export(app: typer.Typer) -> None:
     @app.command()
     def export(
         source: Annotated[Path, typer.Argument(help="A LoRA file to convert.")],
@@ -123,6 +128,8 @@ def register(app: typer.Typer) -> None:
         for path in commands.export(source, to, output, base, cfg):
             print(f"wrote {path}")
 
+
+def _add_merge(app: typer.Typer) -> None:
     @app.command()
     def merge(
         lora: Annotated[
@@ -151,6 +158,8 @@ def register(app: typer.Typer) -> None:
         path = commands.merge(base, loras, output, dtype, cfg)
         print(f"wrote {path}")
 
+
+def _add_sample(app: typer.Typer) -> None:
     @app.command()
     def sample(
         prompt: Annotated[

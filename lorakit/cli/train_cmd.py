@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lorakit.cli.options import BackendOpt, BaseConfigOption, ConfigOpt, SetOpt
 from lorakit.engine.runlock import hold_run_folder, holding_run_folder
+
+if TYPE_CHECKING:
+    from lorakit.engine.trainer import RunResult
 
 
 def register(app: typer.Typer) -> None:
@@ -85,23 +88,29 @@ def register(app: typer.Typer) -> None:
         from lorakit.engine import train as run_training
 
         result = run_training(cfg, resume=resume, progress=not no_progress)
-        launched = os.environ.get("LORAKIT_LAUNCHED") == "1"
-        if result.interrupted:
-            # Under lorakit's launcher a rank that stopped cleanly exits 0 (so accelerate
-            # does not report a failed worker); the launcher then exits 128 + signal.
-            raise typer.Exit(0 if launched else 128 + (result.signal or 2))
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            from rich.console import Console
-            from rich.markup import escape
+        report(result)
 
-            console = Console(soft_wrap=True)  # paths are never wrapped mid-name
-            loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
-            if result.eval_loss is not None:
-                loss += f", eval loss {result.eval_loss:.4f}"
-            console.print(
-                f"[green]done[/]: {result.steps} steps, final loss {loss}, "
-                f"{result.elapsed_s:.1f} s → {escape(str(result.output_dir))}",
-                highlight=False,
-            )
-            for path in result.outputs:
-                console.print(f"  {escape(str(path))}", highlight=False)
+
+def report(result: RunResult) -> None:
+    """The run's last lines: ``done``, the loss, the outputs; the exit code of a stop."""
+    launched = os.environ.get("LORAKIT_LAUNCHED") == "1"
+    if result.interrupted:
+        # Under lorakit's launcher a rank that stopped cleanly exits 0 (so accelerate
+        # does not report a failed worker); the launcher then exits 128 + signal.
+        raise typer.Exit(0 if launched else 128 + (result.signal or 2))
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(soft_wrap=True)  # paths are never wrapped mid-name
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
+    if result.eval_loss is not None:
+        loss += f", eval loss {result.eval_loss:.4f}"
+    console.print(
+        f"[green]done[/]: {result.steps} steps, final loss {loss}, "
+        f"{result.elapsed_s:.1f} s → {escape(str(result.output_dir))}",
+        highlight=False,
+    )
+    for path in result.outputs:
+        console.print(f"  {escape(str(path))}", highlight=False)

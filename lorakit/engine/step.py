@@ -15,7 +15,7 @@ from accelerate import Accelerator
 import lorakit.engine.autobatch as autobatch
 from lorakit.backend import Backend
 from lorakit.builtins.optimizers import effective_lr
-from lorakit.diagnostics.troubleshooting import OOM_LADDER
+from lorakit.engine.oom import ShrinkBatch, is_oom, message
 from lorakit.engine.sampler import EpochSampler
 from lorakit.errors import RunError
 
@@ -42,11 +42,13 @@ def train_step(s: Any, stream: Iterator[Any]) -> dict[str, float]:
     s.state.micro_batches += s.accum
     try:
         losses = forward_backward(s.backend, s.module, s.accelerator, window)
-    except torch.OutOfMemoryError:
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
         s.state.micro_batches -= s.accum  # the window is drawn again (auto_batch_size)
         if autobatch.can_shrink(s):
-            raise
-        raise RunError(f"out of memory at step {s.state.step + 1}: {OOM_LADDER}") from None
+            raise ShrinkBatch from None
+        raise RunError(message(s.state.step + 1, s.config.train.batch_size)) from None
     grad_norm, lr = optimizer_step(s)
     s.state.step += 1
     loss = losses["loss"]

@@ -27,6 +27,7 @@ from lorakit.config import Config
 from lorakit.engine.checkpoint import save_checkpoint
 from lorakit.engine.ema import export_both
 from lorakit.engine.lossplot import write_loss_plot
+from lorakit.engine.oom import ShrinkBatch
 from lorakit.engine.progress import TrainProgress
 from lorakit.engine.session import Session, data_loader, set_up
 from lorakit.engine.speed import tf32_header
@@ -78,7 +79,7 @@ def train(
             while s.state.step < s.total:
                 try:
                     metrics = train_step(s, stream)
-                except torch.OutOfMemoryError:  # raised only when auto_batch_size can act
+                except ShrinkBatch:  # out of memory, and auto_batch_size can act
                     autobatch.halve(s)
                     loader, s.sampler = data_loader(s.backend, s.dataset, s.config)
                     s.loader = s.accelerator.prepare(loader)

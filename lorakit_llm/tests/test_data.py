@@ -101,7 +101,7 @@ def test_the_seed_case_keeps_its_step_count(assets: dict[str, Path], tmp_path: P
     data = llm_config(assets, tmp_path / "seed", max_steps=None, epochs=10, batch_size=4,
                       llm={"packing": True})  # fmt: skip
     config = load_config(data=data)
-    from lorakit_llm.backend import schedule_warnings
+    from lorakit_llm.schedule import schedule_warnings
 
     assert schedule_warnings(config, 150) == []
     backend, _, dataset = make_backend(assets, tmp_path / "b", llm={"packing": True})
@@ -169,7 +169,7 @@ def test_packing_gives_the_unpacked_per_token_loss(
 
 
 def test_loss_never_builds_full_fp32_logits(assets: dict[str, Path], tmp_path: Path) -> None:
-    from lorakit_llm.backend import chunked_cross_entropy
+    from lorakit_llm.loss import chunked_cross_entropy
 
     backend, _, dataset = make_backend(assets, tmp_path / "ce", llm={"packing": False})
     batch = backend.collate([dataset[i] for i in range(8)])
@@ -251,7 +251,7 @@ class _CumulativeModel(torch.nn.Module):
 def test_packing_probe(
     assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lorakit_llm.backend import packing_supported
+    from lorakit_llm.packing import packing_supported
 
     backend, _, dataset = make_backend(assets, tmp_path / "probe")
     model = backend.model

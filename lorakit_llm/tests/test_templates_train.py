@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+import lorakit
 from lorakit.testing import run_cli
 
 
@@ -49,47 +50,63 @@ def _train(capsys: Any, config: Path) -> tuple[int, str]:
     return code, out + err
 
 
+class _Capture:
+    """Keeps what the test compares: DoRA magnitudes at the start, scalings, magnitudes,
+    logits and dtype at the end."""
+
+    def __init__(self, seen: dict[str, Any], ids: Any) -> None:
+        self.seen, self.ids = seen, ids
+
+    @lorakit.hookimpl
+    def on_train_start(self, run: Any) -> None:
+        self.seen["magnitude0"] = {
+            n: p.detach().clone()
+            for n, p in run.backend.model.named_parameters()
+            if "lora_magnitude_vector" in n
+        }
+
+    @lorakit.hookimpl
+    def on_train_end(self, run: Any, outputs: list[str]) -> None:
+        model = run.backend.model
+        self.seen["scaling"] = [
+            m.scaling["default"]
+            for m in model.modules()
+            if hasattr(m, "scaling") and isinstance(m.scaling, dict) and "default" in m.scaling
+        ]  # noqa: E501
+        self.seen["magnitude"] = {
+            n: p.detach().clone()
+            for n, p in model.named_parameters()
+            if "lora_magnitude_vector" in n
+        }
+        self.seen["logits"] = _logits(model, self.ids).clone()
+        self.seen["dtype"] = next(model.base_model.parameters()).dtype
+
+
+def _assert_umask_027(out: Path) -> None:
+    """Every file of the run, the adapter and the checkpoints follows the umask (027)."""
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "adapter_model.safetensors" for p in files)
+    assert any("checkpoints" in p.parts for p in files)
+    wrong = [str(p) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o640]
+    assert not wrong, wrong
+    folders = [p for p in out.rglob("*") if p.is_dir()]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o750 for p in folders), folders
+
+
 @pytest.mark.parametrize("variant", ["rslora", "dora"])
 def test_7b_template_trains_and_peft_reproduces_it(assets, tmp_path, capsys, variant):
     from llm_helpers import probe_ids
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import lorakit
-
     options = {"use_rslora": True} if variant == "rslora" else {"use_dora": True}
     seen: dict[str, Any] = {}
     ids = probe_ids(assets["model"])
 
-    class Capture:
-        @lorakit.hookimpl
-        def on_train_start(self, run: Any) -> None:
-            seen["magnitude0"] = {
-                n: p.detach().clone()
-                for n, p in run.backend.model.named_parameters()
-                if "lora_magnitude_vector" in n
-            }
-
-        @lorakit.hookimpl
-        def on_train_end(self, run: Any, outputs: list[str]) -> None:
-            model = run.backend.model
-            seen["scaling"] = [
-                m.scaling["default"]
-                for m in model.modules()
-                if hasattr(m, "scaling") and isinstance(m.scaling, dict) and "default" in m.scaling
-            ]  # noqa: E501
-            seen["magnitude"] = {
-                n: p.detach().clone()
-                for n, p in model.named_parameters()
-                if "lora_magnitude_vector" in n
-            }
-            seen["logits"] = _logits(model, ids).clone()
-            seen["dtype"] = next(model.base_model.parameters()).dtype
-
     from lorakit.plugins import get_plugins
 
     plugins = get_plugins()
-    plugins.add(Capture(), name="capture")
+    plugins.add(_Capture(seen, ids), name="capture")
     try:
         code, text = _train(capsys, _template(tmp_path, assets, "7b", **options))
     finally:
@@ -124,14 +141,7 @@ def test_7b_template_trains_and_peft_reproduces_it(assets, tmp_path, capsys, var
     trained = seen["logits"].float()
     moved = (trained - before).abs().max()
     assert (_logits(loaded, ids).float() - trained).abs().max() < 0.1 * moved
-    # every file of the run, the adapter and the checkpoints follows the umask (027 here)
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert any(p.name == "adapter_model.safetensors" for p in files)
-    assert any("checkpoints" in p.parts for p in files)
-    wrong = [str(p) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o640]
-    assert not wrong, wrong
-    folders = [p for p in out.rglob("*") if p.is_dir()]
-    assert all(stat.S_IMODE(p.stat().st_mode) == 0o750 for p in folders), folders
+    _assert_umask_027(out)
 
 
 def test_qlora_template_refuses_on_cpu_in_one_line(assets, tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lorakit.errors import RunError, UsageError
+from lorakit.errors import UsageError
 from lorakit_sd import lora_format as lf
 from lorakit_sd import lora_read as lr
 
@@ -111,27 +111,6 @@ def test_diffusers_format_keeps_alpha_and_rank_per_module(tmp_path, standard):
     kohya = lf.to_kohya(back, "sdxl", lf.UnetLayout(2, [True, True, False]), torch.float16)
     assert kohya[f"{names[0]}.alpha"].item() == 2.0 and kohya[f"{names[0]}.alpha"].ndim == 0
     assert kohya[f"{names[1]}.lora_down.weight"].dtype == torch.float16
-
-
-def test_out_of_memory_is_answered_with_the_ladder():
-    from types import SimpleNamespace
-
-    from lorakit_sd.backend import SDBackend
-
-    backend = SDBackend.__new__(SDBackend)
-    backend.config = SimpleNamespace(train=SimpleNamespace(batch_size=4, lora_rank=16))
-    backend.resolution = 1024
-
-    def boom(module, batch):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    backend._loss = boom
-    with pytest.raises(RunError) as info:
-        backend.loss(None, {})
-    message = str(info.value)
-    assert "batch_size 4" in message and "sd.resolution 1024" in message
-    assert message.index("batch_size") < message.index("sd.resolution") < message.index("lora_rank")
-    assert "Tried to allocate" not in message
 
 
 def test_disk_cache_is_reused_and_keyed_by_content(tiny_models, tmp_path):

@@ -20,10 +20,12 @@ from lorakit_llm.chat_templates import resolve_template
 from lorakit_llm.data import Collator, LengthGroupedBatchSampler, TokenDataset, split_rows
 from lorakit_llm.data import target_count as _target_count
 from lorakit_llm.loading import loader_for, torch_dtype
+from lorakit_llm.loss import causal_lm_loss
+from lorakit_llm.packing import LAYOUT_WORDS, batch_layout, packing_supported
 from lorakit_llm.preference.method import PreferenceMethod, check_method_data
+from lorakit_llm.schedule import schedule_warnings
 from lorakit_llm.section import LLMSection
 from lorakit_llm.tokenize import (
-    IGNORE,
     cache_key,
     cache_path,
     files_fingerprint,
@@ -56,142 +58,6 @@ def lora_config(config: Config, section: LLMSection) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-
-
-#: Target tokens whose fp32 log-probabilities exist at one time in the loss.
-CE_CHUNK = 2048
-
-
-def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-
-
-def causal_lm_loss(module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """The summed next-token loss of a batch (``labels`` IGNORE where nothing is learnt).
-
-    Logits are asked for only where some row has a target (the answers), and the
-    cross-entropy runs in fp32 slices: never batch × length × vocab fp32 logits. The
-    planner traces this same function.
-    """
-    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
-    if "position_ids" in batch:
-        kwargs["position_ids"] = batch["position_ids"]  # packed: no mask, no cache
-    else:
-        kwargs["attention_mask"] = batch["attention_mask"]
-    labels = batch["labels"][:, 1:]
-    keep = (labels != IGNORE).any(dim=0).nonzero().squeeze(1)
-    logits = module(**kwargs, logits_to_keep=keep).logits
-    kept = labels[:, keep]
-    mask = kept != IGNORE
-    return chunked_cross_entropy(logits[mask], kept[mask])
-
-
-def chunked_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, chunk: int = CE_CHUNK
-) -> torch.Tensor:
-    """Summed cross-entropy in fp32, ``chunk`` rows at a time.
-
-    Each chunk is checkpointed: its fp32 copy and log-softmax are freed after the forward
-    and recomputed in the backward, so at most ``chunk × vocab`` fp32 values live at once
-    (a 150k vocabulary × 8k targets would otherwise hold ~5 GB per micro-batch).
-    """
-    if logits.shape[0] <= chunk:
-        return _ce_sum(logits, labels)
-    from torch.utils.checkpoint import checkpoint
-
-    grad = torch.is_grad_enabled() and logits.requires_grad
-    total = logits.new_zeros((), dtype=torch.float32)
-    for a in range(0, logits.shape[0], chunk):
-        piece, target = logits[a : a + chunk], labels[a : a + chunk]
-        part = (
-            checkpoint(_ce_sum, piece, target, use_reentrant=False)
-            if grad
-            else _ce_sum(piece, target)
-        )
-        total = total + part
-    return total
-
-
-def batch_layout(model: Any, packing: bool) -> str:
-    """``padded``, ``packed`` (rows no longer than the longest example) or ``flat`` (one row
-    per micro-batch: what flash attention and other varlen kernels need)."""
-    if not packing:
-        return "padded"
-    implementation = str(getattr(model.config, "_attn_implementation", None) or "")
-    return "flat" if "flash" in implementation or "varlen" in implementation else "packed"
-
-
-def packing_supported(model: Any, layout: str = "packed") -> bool:
-    """Whether ``layout`` keeps packed examples apart in this model (a tiny probe).
-
-    A real batch shape is run: five examples laid out as the collator lays them out (for
-    ``packed``, three rows, two of them holding two examples), and each example must get the
-    logits it gets alone. "Alone" is compared against the same rows run without position
-    ids (examples attending to each other), so the tolerance scales with the model.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().weight.shape[0]
-    lengths = [6, 3, 3, 4, 2]
-    items, start = [], 3
-    for k in lengths:
-        ids = (torch.arange(start, start + k) * 7 + 3) % max(vocab - 1, 1) + 1
-        items.append({"input_ids": ids, "labels": ids})
-        start += k
-    collator = Collator(0, layout)
-    rows = collator.rows(lengths)
-    batch = collator(items)
-    ids = batch["input_ids"].to(device)
-    try:
-        with torch.no_grad():
-            joined = model(
-                input_ids=ids, position_ids=batch["position_ids"].to(device), use_cache=False
-            ).logits
-            crossed = model(input_ids=ids, use_cache=False).logits
-            error = reference = torch.zeros((), device=device)
-            for r, row in enumerate(rows):
-                at = 0
-                for i in row:
-                    k = lengths[i]
-                    alone = model(input_ids=items[i]["input_ids"][None].to(device)).logits[0]
-                    got = joined[r, at : at + k]
-                    error = torch.maximum(error, (got - alone).abs().max().float())
-                    leak = (crossed[r, at : at + k] - alone).abs().max().float()
-                    reference = torch.maximum(reference, leak)
-                    at += k
-    finally:
-        model.train(was_training)
-    return bool(error <= 0.1 * reference + 1e-6)
-
-
-LAYOUT_WORDS = {
-    "padded": "padded (no packing)",
-    "packed": "packed without padding into rows no longer than the batch's longest example",
-    "flat": "packed into one row per micro-batch (varlen attention)",
-}
-
-
-def schedule_warnings(config: Config, rows: int, processes: int = 1) -> list[str]:
-    """What the run's header should warn about: too few optimizer steps, too long a warmup."""
-    train = config.train
-    per_epoch = -(-rows // max(train.batch_size * processes, 1))
-    steps = train.max_steps or -(-train.epochs * per_epoch // train.gradient_accumulation_steps)
-    lines = []
-    if steps < 50:
-        lines.append(
-            f"this run makes only {steps} optimizer step{'s' if steps != 1 else ''} "
-            f"({rows} examples, batch_size "
-            f"{train.batch_size} × gradient_accumulation_steps "
-            f"{train.gradient_accumulation_steps}, {train.epochs} epochs); LoRA usually wants "
-            f"more: raise epochs or lower batch_size / gradient_accumulation_steps"
-        )
-    if train.lr_warmup_steps * 5 > steps:
-        lines.append(
-            f"lr_warmup_steps {train.lr_warmup_steps} covers more than a fifth of the "
-            f"{steps} optimizer steps; lower it (e.g. {max(steps // 10, 1)})"
-        )
-    return lines
 
 
 def _data_files(path: Path) -> list[Path]:

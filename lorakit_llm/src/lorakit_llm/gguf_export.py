@@ -72,16 +72,8 @@ def _record(adapter: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def export_gguf(adapter: Path, output: Path | None = None, base: str | None = None) -> Path:
-    """Write ``adapter`` (a PEFT folder) as a GGUF LoRA adapter; the file's path."""
-    import gguf
-    import numpy as np
-    from safetensors.numpy import load_file
-
-    from lorakit_llm.generate import adapter_dir
-
-    adapter = adapter_dir(adapter)
-    peft = json.loads((adapter / "adapter_config.json").read_text())
+def check_exportable(adapter: Path, peft: dict[str, Any]) -> None:
+    """Refuse what llama.cpp's GGUF LoRA cannot hold, naming it."""
     problems = [
         what for what, bad in (
             ("DoRA", peft.get("use_dora")),
@@ -95,6 +87,37 @@ def export_gguf(adapter: Path, output: Path | None = None, base: str | None = No
             f"{adapter}: llama.cpp's GGUF LoRA cannot hold {', '.join(problems)}; "
             f"merge it instead (lorakit merge) and convert the merged model"
         )
+
+
+def lora_pairs(adapter: Path, tensors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``module -> {"lora_a": A, "lora_b": B}`` of a PEFT adapter's tensors."""
+    pairs: dict[str, dict[str, Any]] = {}
+    for key, array in tensors.items():
+        for part, suffix in (("lora_A", "lora_a"), ("lora_B", "lora_b")):
+            marker = f".{part}."
+            if marker not in key:
+                continue
+            module = key.split(marker)[0].removeprefix("base_model.model.")
+            pairs.setdefault(module, {})[suffix] = array
+            break
+        else:
+            raise UsageError(f"{adapter}: tensor {key} is not a LoRA A/B matrix; cannot export")
+    if not pairs:
+        raise UsageError(f"{adapter}: no LoRA tensors in adapter_model.safetensors")
+    return pairs
+
+
+def export_gguf(adapter: Path, output: Path | None = None, base: str | None = None) -> Path:
+    """Write ``adapter`` (a PEFT folder) as a GGUF LoRA adapter; the file's path."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from lorakit_llm.generate import adapter_dir
+
+    adapter = adapter_dir(adapter)
+    peft = json.loads((adapter / "adapter_config.json").read_text())
+    check_exportable(adapter, peft)
     config = base_config(adapter, base)
     if config.model_type not in ARCHS:
         known = ", ".join(sorted(ARCHS))
@@ -111,20 +134,7 @@ def export_gguf(adapter: Path, output: Path | None = None, base: str | None = No
     n_head = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
 
-    tensors = load_file(str(adapter / "adapter_model.safetensors"))
-    pairs: dict[str, dict[str, Any]] = {}
-    for key, array in tensors.items():
-        for part, suffix in (("lora_A", "lora_a"), ("lora_B", "lora_b")):
-            marker = f".{part}."
-            if marker not in key:
-                continue
-            module = key.split(marker)[0].removeprefix("base_model.model.")
-            pairs.setdefault(module, {})[suffix] = array
-            break
-        else:
-            raise UsageError(f"{adapter}: tensor {key} is not a LoRA A/B matrix; cannot export")
-    if not pairs:
-        raise UsageError(f"{adapter}: no LoRA tensors in adapter_model.safetensors")
+    pairs = lora_pairs(adapter, load_file(str(adapter / "adapter_model.safetensors")))
 
     output = Path(output) if output else adapter.parent / f"{adapter.parent.name}-lora.gguf"
     if output.is_dir():

@@ -7,12 +7,13 @@ no weight is read. The model is built with transformers on the meta device, LoRA
 with the backend's own ``LoraConfig``; the batch is ``batch_size`` rows as long as the
 longest training example (tokenized as the backend does, when the tokenizer and data are
 on disk; else ``max_seq_len``), every token a target (the worst case of answer-only loss);
-the loss traces what :func:`lorakit_llm.backend.causal_lm_loss` does for such a batch.
+the loss traces what :func:`lorakit_llm.loss.causal_lm_loss` does for such a batch.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -162,39 +163,7 @@ def planner(config: Config) -> PlanModel:
 
     def build(checkpointing: bool) -> Any:
         nonlocal quantized
-        from peft import get_peft_model
-        from transformers import AutoModelForCausalLM
-
-        from lorakit_llm.backend import lora_config
-
-        kwargs: dict[str, Any] = {"dtype": weights}
-        if section.attn_implementation:
-            kwargs["attn_implementation"] = section.attn_implementation
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(model_config, **kwargs)
-        if section.load_in_4bit:
-            # bitsandbytes quantizes the Linear layers (not the head); peft's
-            # prepare_model_for_kbit_training then casts every other weight to float32.
-            head = model.get_output_embeddings()
-            linear = [
-                m for m in model.modules()
-                if isinstance(m, torch.nn.Linear) and m is not head
-            ]  # fmt: skip
-            quantized = sum(m.weight.numel() for m in linear)
-            kept = {id(m.weight) for m in linear}
-            for param in model.parameters():
-                if id(param) not in kept:
-                    param.data = param.data.float()
-        model.train()
-        if checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        with torch.device("meta"):
-            peft_model = get_peft_model(model, lora_config(config, section))
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+        peft_model, quantized = meta_model(config, section, model_config, weights, checkpointing)
         return peft_model
 
     def fake_batch() -> dict[str, Any]:
@@ -206,31 +175,10 @@ def planner(config: Config) -> PlanModel:
             out["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
         return out
 
-    def loss(module: Any, batch_: dict[str, Any]) -> Any:
-        # causal_lm_loss with every token a target, without its data-dependent indexing
-        # (which fake tensors cannot trace): the same logits and fp32 chunks.
-        from lorakit_llm.backend import chunked_cross_entropy
-
-        kwargs = {k: v for k, v in batch_.items() if k != "labels"}
-        labels = batch_["labels"][:, 1:]
-        keep = torch.arange(labels.shape[1])
-        logits = module(**kwargs, use_cache=False, logits_to_keep=keep).logits
-        loss = chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        if reference:
-            # DPO's reference pass runs after the policy's, whose activations it sees. Under
-            # no_grad its layers free their activations one by one, so what it adds at the peak
-            # is its logits and their fp32 chunk (torch's tracker cannot follow a module
-            # called twice in a step, so the logits are allocated rather than traced).
-            with torch.no_grad():
-                ref = torch.empty_like(logits)
-                ref_loss = chunked_cross_entropy(ref.reshape(-1, ref.shape[-1]), labels.reshape(-1))
-            loss = loss + ref_loss
-        return loss
-
     name = type(model_config).__name__.removesuffix("Config")
     size = _params(model_config)
     model = PlanModel(
-        build=build, batch=fake_batch, loss=loss,
+        build=build, batch=fake_batch, loss=partial(plan_loss, reference=reference),
         description=f"{name} ({size}), {'4-bit NF4' if section.load_in_4bit else str(weights).removeprefix('torch.')} weights",
         per_step=f"{batch * seq:,} tokens ({batch} × {seq})"
         + (f", {batch // 2} pairs{' + a reference pass' if reference else ''}" if pairs else ""),
@@ -253,3 +201,68 @@ def _params(model_config: Any) -> str:
     if hidden is None or layers is None:
         return "?"
     return f"{layers} layers × {hidden}"
+
+
+def meta_model(
+    config: Config, section: LLMSection, model_config: Any, weights: Any, checkpointing: bool
+) -> tuple[Any, int]:
+    """The PEFT model training builds, on the meta device, and its count of 4-bit weights."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorakit_llm.backend import lora_config
+
+    quantized = 0
+    kwargs: dict[str, Any] = {"dtype": weights}
+    if section.attn_implementation:
+        kwargs["attn_implementation"] = section.attn_implementation
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config, **kwargs)
+    if section.load_in_4bit:
+        # bitsandbytes quantizes the Linear layers (not the head); peft's
+        # prepare_model_for_kbit_training then casts every other weight to float32.
+        head = model.get_output_embeddings()
+        linear = [
+            m for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and m is not head
+        ]  # fmt: skip
+        quantized = sum(m.weight.numel() for m in linear)
+        kept = {id(m.weight) for m in linear}
+        for param in model.parameters():
+            if id(param) not in kept:
+                param.data = param.data.float()
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with torch.device("meta"):
+        peft_model = get_peft_model(model, lora_config(config, section))
+    for param in peft_model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return peft_model, quantized
+
+
+def plan_loss(module: Any, batch: dict[str, Any], *, reference: bool) -> Any:
+    """:func:`~lorakit_llm.loss.causal_lm_loss` with every token a target, without its
+    data-dependent indexing (which fake tensors cannot trace): the same logits and fp32
+    chunks; with ``reference``, DPO's reference pass too."""
+    import torch
+
+    from lorakit_llm.loss import chunked_cross_entropy
+
+    kwargs = {k: v for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"][:, 1:]
+    keep = torch.arange(labels.shape[1])
+    logits = module(**kwargs, use_cache=False, logits_to_keep=keep).logits
+    loss = chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    if reference:
+        # DPO's reference pass runs after the policy's, whose activations it sees. Under
+        # no_grad its layers free their activations one by one, so what it adds at the peak
+        # is its logits and their fp32 chunk (torch's tracker cannot follow a module
+        # called twice in a step, so the logits are allocated rather than traced).
+        with torch.no_grad():
+            ref = torch.empty_like(logits)
+            ref_loss = chunked_cross_entropy(ref.reshape(-1, ref.shape[-1]), labels.reshape(-1))
+        loss = loss + ref_loss
+    return loss

@@ -177,6 +177,37 @@ def _permute_heads(weight: Any, n_head: int) -> Any:
     )
 
 
+def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
+    """A byte-level tokenizer's GGUF fields: the "gpt2" (BPE) vocabulary in id order, its
+    merges, the special ids and the chat template."""
+    import gguf
+
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = backend["model"]["vocab"]
+    tokens = [""] * len(tokenizer)
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = {t["id"]: t["content"] for t in backend["added_tokens"]}
+    for index, token in special.items():
+        tokens[index] = token
+    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]]
+    token_types = [
+        gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+        for i in range(len(tokens))
+    ]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+
 def write_gguf(model_dir: str | Path, path: str | Path, *, dtype: str = "f32") -> Path:
     """Write the Llama in ``model_dir`` (and its byte-level tokenizer) as a GGUF file.
 
@@ -212,31 +243,7 @@ def write_gguf(model_dir: str | Path, path: str | Path, *, dtype: str = "f32") -
                   "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}  # fmt: skip
     writer.add_file_type(file_types[dtype])
 
-    # Tokenizer: "gpt2" (byte-level BPE) vocabulary in id order, merges, special ids.
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    vocab = backend["model"]["vocab"]
-    tokens = [""] * len(tokenizer)
-    for token, index in vocab.items():
-        tokens[index] = token
-    special = {t["id"]: t["content"] for t in backend["added_tokens"]}
-    for index, token in special.items():
-        tokens[index] = token
-    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]]
-    token_types = [
-        gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
-        for i in range(len(tokens))
-    ]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(token_types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_pad_token_id(tokenizer.pad_token_id)
-    writer.add_add_bos_token(False)
-    if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
+    _add_tokenizer(writer, tokenizer)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     for name, array in tensors.items():

@@ -16,28 +16,14 @@ from typing import Any
 
 import torch
 
-from lorakit.api import Backend, ConfigError, LossOutput, RunError, TrainContext, UsageError
+from lorakit.api import Backend, ConfigError, LossOutput, TrainContext, UsageError
 from lorakit_sd import families
+from lorakit_sd.adapt import adapt_models
 from lorakit_sd.config import SDSection
+from lorakit_sd.devices import modules_elsewhere, use_channels_last
+from lorakit_sd.loss import augment_captions, cached_text, caption_dropout_mask, denoising_loss
 
 DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024, "sd3": 1024, "flux1": 1024}
-OOM_LADDER = (
-    "lower batch_size first (raise gradient_accumulation_steps to keep the effective batch), "
-    "then sd.resolution (e.g. 1024 → 768, 512 → 448), then lora_rank; make sure "
-    "gradient_checkpointing is on and mixed_precision is bf16; `lorakit plan --config FILE "
-    "--gpu <card>` prints the configs that fit"
-)
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def use_channels_last(setting: bool | None, device: Any, unet: bool) -> bool:
-    """``sd.channels_last`` as set, or (null) on for a UNet on a CUDA device."""
-    if setting is not None:
-        return setting
-    return unet and getattr(device, "type", "") == "cuda"
 
 
 class SDBackend(Backend):
@@ -120,74 +106,25 @@ class SDBackend(Backend):
         self.prediction_type = self.objective.prediction_type
         self.latents_cached = sec.latent_cache_enabled()
         self.text_cached = sec.text_cache_enabled()  # the train module encodes captions if not
+        self.train_text = sec.train_text_encoder
         with quiet_libraries():
             if not getattr(self.unet, "is_quantized", False):  # GGUF: its own dtypes
                 self.unet.to(self.weight_dtype)
-        if sec.network not in ("lora", "locon") and spec.denoiser_attr != "unet":
-            raise ConfigError(f"{sec.network} is written for SD1/SDXL UNets only", key="sd.network")
-        targets = spec.expand_targets(t.target_modules)
-        conv = conv_targets(self.unet) if sec.conv_rank else []
-        self.unet_targets = targets
-        if conv:  # LoCon: full paths, so the 3x3 convolutions get their own rank and alpha
-            targets = [p for p, _ in self.unet.named_modules() if _matches(p, targets)] + conv
-        self._add_lora(self.unet, targets, "target_modules", conv=conv)
+            for encoder in spec.all_text_encoders(pipe):
+                encoder.to(self.weight_dtype)
+        self.unet_targets = adapt_models(
+            self.unet, self.model.text_encoders, spec=spec, config=self.config, section=sec,
+            checkpointing=t.gradient_checkpointing,
+        )  # fmt: skip
         from lorakit_sd.clients import warn_unsupported
 
         warn_unsupported(self.unet, ctx.log)
-        self.train_text = sec.train_text_encoder
-        for encoder in spec.all_text_encoders(pipe):
-            with quiet_libraries():
-                encoder.to(self.weight_dtype)
-        for i, encoder in enumerate(self.model.text_encoders):
-            if self.train_text:
-                names = text_encoder_targets(
-                    encoder,
-                    sec.text_encoder_target_modules,
-                    skip_last=spec.skips_last_layer(i),
-                )
-                self._add_lora(encoder, names, "sd.text_encoder_target_modules")
-        for module in (self.unet, *self.model.text_encoders):
-            for p in module.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
-        if t.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-            if self.train_text:
-                for encoder in self.model.text_encoders:
-                    encoder.gradient_checkpointing_enable(
-                        gradient_checkpointing_kwargs={"use_reentrant": False}
-                    )
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
             self.unet.to(memory_format=torch.channels_last)
         self.unet.train()
         if self.train_text:
             for encoder in self.model.text_encoders:
                 encoder.train()
-
-    def _add_lora(
-        self, module: Any, targets: list[str], key: str, conv: list[str] | None = None
-    ) -> None:
-        from lorakit_sd.networks import network_module
-
-        t, sec = self.config.train, self.section
-        ranks: dict[str, int] = {}
-        alphas: dict[str, float] = {}
-        if conv and sec.conv_rank:
-            conv_alpha = sec.conv_alpha if sec.conv_alpha is not None else sec.conv_rank
-            ranks = {p: sec.conv_rank for p in conv}
-            alphas = {p: conv_alpha for p in conv}
-        if not targets:
-            raise ConfigError(f"no module matches {t.target_modules} in the model", key=key)
-        config = network_module(sec.network).peft_config(
-            rank=t.lora_rank, alpha=t.alpha, dropout=t.lora_dropout, targets=targets,
-            ranks=ranks, alphas=alphas, options=sec,
-        )  # fmt: skip
-        try:
-            module.add_adapter(config)
-        except ValueError as exc:
-            if "not found" in str(exc) or "Target modules" in str(exc):
-                raise ConfigError(f"no module matches {targets} in the model", key=key) from None
-            raise
 
     @property
     def text_encoders(self) -> list[Any]:
@@ -272,22 +209,9 @@ class SDBackend(Backend):
 
     # -- loss ----------------------------------------------------------------------------
     def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
-        try:
-            return self._loss(module, batch)
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not out_of_memory(exc):
-                raise
-            t = self.config.train
-            raise RunError(
-                f"out of memory (batch_size {t.batch_size}, sd.resolution {self.resolution}, "
-                f"lora_rank {t.lora_rank}): {OOM_LADDER}"
-            ) from None
-
-    def _loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         from lorakit_sd.cache import encode_moments
-        from lorakit_sd.masks import apply_mask
 
         sec, dev, wd = self.section, self.device, self.weight_dtype
         n = self.count(batch)
@@ -313,15 +237,8 @@ class SDBackend(Backend):
         moments = moments.to(dev, torch.float32).contiguous()
         latents = DiagonalGaussianDistribution(moments).sample()
         latents = self.spec.normalize(latents, self.model.pipe.vae.config)
-        draw = self.objective.draw(latents)
-        if "mask" in batch:  # masked loss (sd.conditioning_data_dir / sd.alpha_mask)
-            apply_mask(draw, batch["mask"], flip)
         kwargs.update(self.spec.extra_inputs(batch, flip, dev, wd))
-        pred = module(draw.noisy.to(wd), draw.timesteps, **kwargs)
-        per_sample = self.objective.per_sample_loss(pred, draw)
-        if "loss_weight" in batch:  # regularisation images count prior_loss_weight times
-            per_sample = per_sample * batch["loss_weight"].to(dev, per_sample.dtype)
-        per_sample = self.objective.weigh(per_sample, draw)  # min-SNR (sd.min_snr_gamma)
+        per_sample = denoising_loss(module, self.objective, latents, kwargs, wd, batch, flip)
         return LossOutput(per_sample.sum(), samples=n)
 
     # -- previews ------------------------------------------------------------------------
@@ -398,117 +315,6 @@ class SDBackend(Backend):
         self.model = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def caption_dropout_mask(n: int, probability: float) -> torch.Tensor | None:
-    """``sd.caption_dropout``: which samples of a batch train with the empty caption."""
-    return torch.rand(n) < probability if probability > 0 else None
-
-
-def augment_captions(captions: list[str], sec: Any, drop: torch.Tensor | None) -> list[str]:
-    """Captions encoded this step: tags shuffled (``sd.shuffle_tags``), dropped to ""."""
-    from lorakit_sd.conditioning import shuffle_tags
-
-    if sec.shuffle_tags:
-        captions = [shuffle_tags(c, sec.keep_tokens, sec.keep_tokens_separator) for c in captions]
-    if drop is not None:
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-    return captions
-
-
-def cached_text(
-    batch: dict[str, Any], empty: dict[str, torch.Tensor], drop: Any, device: Any, dtype: Any
-) -> dict[str, Any]:
-    """Cached caption embeddings of a batch, the dropped ones replaced by the empty caption's."""
-    hidden = batch["hidden"].to(device)
-    pooled = batch["pooled"].to(device) if "pooled" in batch else None
-    if drop is not None and drop.any():
-        mask = drop.to(device)
-        hidden = torch.where(mask[:, None, None], empty["hidden"], hidden)
-        if pooled is not None:
-            pooled = torch.where(mask[:, None], empty["pooled"], pooled)
-    return {"hidden": hidden.to(dtype), "pooled": pooled.to(dtype) if pooled is not None else None}
-
-
-def text_encoder_targets(encoder: Any, names: list[str], *, skip_last: bool) -> list[str]:
-    """Full paths of the text-encoder modules to adapt.
-
-    SDXL reads its first text encoder's penultimate layer, so that encoder's last layer never
-    affects the output: with ``skip_last`` it gets no LoRA (it would train nothing).
-    """
-    import re
-
-    layers = encoder.config.num_hidden_layers
-    out = []
-    for path, _ in encoder.named_modules():
-        if not any(path == n or path.endswith("." + n) for n in names):
-            continue
-        m = re.search(r"encoder\.layers\.(\d+)\.", path)
-        if skip_last and m and int(m[1]) == layers - 1:
-            continue
-        out.append(path)
-    return out or names
-
-
-def _matches(path: str, names: list[str]) -> bool:
-    """Whether a module path ends with one of ``names`` (peft's list matching)."""
-    return any(path == n or path.endswith("." + n) for n in names)
-
-
-def conv_targets(unet: Any) -> list[str]:
-    """LoCon's modules: the 3x3 convolutions of the UNet's resnet, down- and upsampler blocks.
-
-    These are what kohya's ``conv_dim`` adapts (its LoRA wraps nothing outside transformer,
-    resnet and sampler blocks, so ``conv_in`` / ``conv_out`` are not among them).
-    """
-    import re
-
-    pattern = re.compile(
-        r"^(down_blocks|up_blocks|mid_block)\..*(resnets\.\d+\.conv[12]|samplers\.\d+\.conv)$"
-    )
-    return [
-        path
-        for path, module in unet.named_modules()
-        if pattern.match(path)
-        and isinstance(module, torch.nn.Conv2d)
-        and tuple(module.kernel_size) == (3, 3)
-    ]
-
-
-def _device(module: Any) -> torch.device:
-    return next(module.parameters()).device
-
-
-def same_device(a: Any, b: Any) -> bool:
-    """Whether two devices are the same one: ``cuda`` and ``cuda:0`` are, on device 0.
-
-    ``accelerator.device`` says ``cuda`` while parameters report ``cuda:0``: comparing the
-    objects with ``!=`` calls them different. An index-less device means the current one.
-    """
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    if a.index == b.index:
-        return True
-    current = _current_index(a.type)
-    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
-
-
-def _current_index(kind: str) -> int:
-    if kind == "cpu":
-        return 0
-    module = getattr(torch, kind, None)
-    try:
-        if module is not None and module.is_available():
-            return int(module.current_device())
-    except (AttributeError, RuntimeError):
-        pass
-    return 0
-
-
-def modules_elsewhere(modules: Any, device: Any, device_of: Any = _device) -> list[Any]:
-    """The modules that are not on ``device`` (moved there for previews, then back)."""
-    return [m for m in modules if not same_device(device_of(m), device)]
 
 
 def create(config: Any) -> SDBackend:

@@ -4,20 +4,21 @@ runs) on the meta device and a fake batch, from the model's configs alone.
 The configs come from a diffusers folder (``model_index.json``, ``unet/config.json`` ...,
 weights or not), a hub id (the local cache under ``HF_HUB_OFFLINE``), or, for a single-file
 checkpoint, ``sd.base_config`` (default: the family's standard repo). The module is the
-backend's own :class:`~lorakit_sd.conditioning.SDTrainModule` with LoRA injected the way
-the backend does it; the batch is ``batch_size`` latents of ``sd.resolution`` (the area every
-bucket keeps), caption embeddings (or token ids when captions are encoded each step) and,
-for SDXL, the pooled embedding and size ids; the loss mirrors the backend's noise-prediction
-MSE.
+backend's own :class:`~lorakit_sd.conditioning.SDTrainModule`, made trainable by the
+backend's :func:`~lorakit_sd.adapt.adapt_models`; the batch is ``batch_size`` latents of
+``sd.resolution`` (the area every bucket keeps), caption embeddings (or token ids when
+captions are encoded each step) and, for SDXL, the pooled embedding and size ids; the loss
+is the backend's :func:`~lorakit_sd.loss.denoising_loss` on the model's scheduler.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from lorakit.api import Config, PlanModel, UsageError, find_images
-from lorakit_sd.config import SDSection, expand_targets
+from lorakit_sd.config import SDSection
 
 DTYPE_NAMES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16", "auto": "bfloat16"}
 FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "sd3": "SD3 / SD3.5", "flux1": "FLUX.1"}
@@ -71,12 +72,98 @@ def _smaller(resolution: int) -> tuple[int, ...]:
     )
 
 
+def text_encoder_parts(folder: Path) -> list[tuple[str, Any, Any]]:
+    """(component, transformers class, config) of each text encoder ``model_index.json``
+    names, in component order (``text_encoder``, ``text_encoder_2``...); no weight is read."""
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    parts = []
+    for name in sorted(k for k in index if k.startswith("text_encoder")):
+        entry = index[name]
+        if not isinstance(entry, list) or len(entry) < 2 or entry[1] is None:
+            continue
+        cls = getattr(transformers, entry[1])
+        parts.append((name, cls, cls.config_class.from_pretrained(folder, subfolder=name)))
+    return parts
+
+
+def plan_objective(folder: Path, spec: Any, section: SDSection) -> Any:
+    """The family's training objective on the model's scheduler config (what setup builds);
+    the scheduler's defaults where the folder has no ``scheduler/`` (a step's memory does not
+    depend on the schedule's values)."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    try:
+        config = DDPMScheduler.load_config(folder, subfolder="scheduler")
+    except OSError:
+        config = {}
+    return spec.objective(SimpleNamespace(scheduler=SimpleNamespace(config=config)), section)
+
+
+def meta_encoders(parts: list[tuple[str, Any, Any]], dtype: Any) -> list[Any]:
+    """Frozen text encoders at ``dtype`` (call on the meta device)."""
+    return [cls(cfg).to(dtype).requires_grad_(False) for _, cls, cfg in parts]
+
+
+def meta_trainable(
+    denoiser_class: Any, denoiser_config: Any, encoder_parts: list[tuple[str, Any, Any]],
+    dtype: Any, config: Config, section: SDSection, spec: Any, checkpointing: bool,
+) -> tuple[Any, list[Any]]:  # fmt: skip
+    """The denoiser and the text encoders of the trained module (none when the captions are
+    cached) on the meta device at ``dtype``, made trainable as setup does it."""
+    import torch
+
+    from lorakit_sd.adapt import adapt_models
+    from lorakit_sd.models import quiet_libraries
+
+    with torch.device("meta"), quiet_libraries():
+        denoiser = denoiser_class.from_config(denoiser_config).to(dtype).requires_grad_(False)
+        encoders = [] if section.text_cache_enabled() else meta_encoders(encoder_parts, dtype)
+        adapt_models(
+            denoiser, encoders, spec=spec, config=config, section=section,
+            checkpointing=checkpointing,
+        )  # fmt: skip
+    return denoiser, encoders
+
+
+def traceable(module: Any) -> Any:
+    """``module`` in training mode, its LyCORIS layers (LoHa, LoKr) always applying their delta.
+
+    In training those layers draw ``torch.rand(1)`` against their module dropout, a branch on
+    data that fake tensors cannot trace; with ``training`` off (on the layer alone: its
+    wrapped module stays in training) they take the branch of every step without dropout,
+    the step's largest.
+    """
+    import torch
+    from peft.tuners.lycoris_utils import LycorisLayer
+
+    module.train()
+    for layer in module.modules():
+        if isinstance(layer, LycorisLayer) and isinstance(layer, torch.nn.Module):
+            layer.training = False
+    return module
+
+
+def plan_loss(objective: Any, dtype: Any) -> Any:
+    """The step's loss on a fake batch: the backend's :func:`~lorakit_sd.loss.denoising_loss`."""
+    from lorakit_sd.loss import denoising_loss
+
+    def loss(module: Any, b: dict[str, Any]) -> Any:
+        conditioning = {k: v.to(dtype) if k != "input_ids" else v for k, v in b["inputs"].items()}
+        return denoising_loss(module, objective, b["latents"], conditioning, dtype, {}).sum()
+
+    return loss
+
+
 def planner(config: Config) -> PlanModel:
     """The :class:`PlanModel` of an sd config (registered as the backend's planner)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig
 
+    from lorakit_sd import families
     from lorakit_sd.backend import DEFAULT_RESOLUTION
     from lorakit_sd.models import family_of_folder, quiet_libraries
 
@@ -88,12 +175,12 @@ def planner(config: Config) -> PlanModel:
         from lorakit_sd.plan_flow import flow_planner
 
         return flow_planner(config, folder, family, section)
+    spec = families.get(family)
     with quiet_libraries():
         unet_config = UNet2DConditionModel.load_config(folder, subfolder="unet")
         vae_config = AutoencoderKL.load_config(folder, subfolder="vae")
-        text_configs = [CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder")]
-        if family == "sdxl":
-            text_configs.append(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder_2"))
+        text_parts = text_encoder_parts(folder)
+    text_configs = [cfg for _, _, cfg in text_parts]
     half = train.mixed_precision != "no"
     dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
     resolution = section.resolution or DEFAULT_RESOLUTION[family]
@@ -113,80 +200,28 @@ def planner(config: Config) -> PlanModel:
         caches["VAE"] = sum(p.numel() for p in vae.parameters()) * size
 
     def build(checkpointing: bool) -> Any:
-        from peft import LoraConfig
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-        from lorakit_sd.backend import text_encoder_targets
         from lorakit_sd.conditioning import SDTrainModule
 
-        def lora(targets: list[str]) -> Any:
-            return LoraConfig(
-                r=train.lora_rank, lora_alpha=train.alpha,  # type: ignore[arg-type]
-                lora_dropout=train.lora_dropout, target_modules=targets,
-                init_lora_weights="gaussian",
-            )  # fmt: skip
-
-        with torch.device("meta"), quiet_libraries():
-            unet = UNet2DConditionModel.from_config(unet_config).to(dtype)
-            unet.add_adapter(lora(expand_targets(train.target_modules)))
-            encoders = []
-            if not text_cached:
-                classes = [CLIPTextModel, CLIPTextModelWithProjection][: len(text_configs)]
-                for i, (cls, cfg) in enumerate(zip(classes, text_configs, strict=True)):
-                    encoder = cls(cfg).to(dtype)
-                    encoder.requires_grad_(False)
-                    if section.train_text_encoder:
-                        names = text_encoder_targets(
-                            encoder, section.text_encoder_target_modules,
-                            skip_last=family == "sdxl" and i == 0,
-                        )  # fmt: skip
-                        encoder.add_adapter(lora(names))
-                    encoders.append(encoder)
-        for module in (unet, *encoders):
-            for p in module.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
-        if checkpointing:
-            unet.enable_gradient_checkpointing()
-            if section.train_text_encoder:
-                for encoder in encoders:
-                    encoder.gradient_checkpointing_enable(
-                        gradient_checkpointing_kwargs={"use_reentrant": False}
-                    )
-        module = SDTrainModule(unet, encoders or None, family, section.train_text_encoder)
-        module.train()
-        return module
+        unet, encoders = meta_trainable(
+            UNet2DConditionModel, unet_config, text_parts, dtype, config, section, spec,
+            checkpointing,
+        )  # fmt: skip
+        return traceable(SDTrainModule(unet, encoders or None, family, section.train_text_encoder))
 
     def fake_batch() -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "latents": torch.randn(batch, channels, side, side),
-            "noise": torch.randn(batch, channels, side, side),
-            "timesteps": torch.randint(0, 1000, (batch,)),
-        }
+        inputs: dict[str, Any] = {}
         if text_cached:
-            out["hidden"] = torch.randn(batch, tokens, cross)
+            inputs["hidden"] = torch.randn(batch, tokens, cross)
             if family == "sdxl":
-                out["pooled"] = torch.randn(batch, int(text_configs[-1].projection_dim))
+                inputs["pooled"] = torch.randn(batch, int(text_configs[-1].projection_dim))
         else:
-            out["input_ids"] = [torch.randint(0, 1000, (batch, tokens)) for _ in text_configs]
+            inputs["input_ids"] = [torch.randint(0, 1000, (batch, tokens)) for _ in text_configs]
         if family == "sdxl":
-            out["time_ids"] = torch.randn(batch, 6)
-        return out
-
-    def loss(module: Any, b: dict[str, Any]) -> Any:
-        noisy = b["latents"] * 0.9 + b["noise"] * 0.1
-        kwargs: dict[str, Any] = {}
-        for key in ("hidden", "pooled", "time_ids"):
-            if key in b:
-                kwargs[key] = b[key].to(dtype)
-        if "input_ids" in b:
-            kwargs["input_ids"] = b["input_ids"]
-        pred = module(noisy.to(dtype), b["timesteps"], **kwargs)
-        per = torch.nn.functional.mse_loss(pred.float(), b["noise"].float(), reduction="none")
-        return per.mean(dim=tuple(range(1, per.ndim))).sum()
+            inputs["time_ids"] = torch.randn(batch, 6)
+        return {"latents": torch.randn(batch, channels, side, side), "inputs": inputs}
 
     return PlanModel(
-        build=build, batch=fake_batch, loss=loss,
+        build=build, batch=fake_batch, loss=plan_loss(plan_objective(folder, spec, section), dtype),
         description=f"{FAMILY_LABELS[family]} UNet, {str(dtype).removeprefix('torch.')} weights",
         per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}",
         autocast_dtype=dtype if half else None, caches=caches,

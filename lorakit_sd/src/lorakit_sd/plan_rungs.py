@@ -9,7 +9,6 @@ the run's dtype; a quantized base is counted here, from the transformer's Linear
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 #: bytes per weight of NF4 with its double-quantized scales (as the core planner counts)
@@ -63,22 +62,3 @@ def quantized(section: Any, cls: Any, config: dict[str, Any], itemsize: int) -> 
         "quantized_params": linear_weights(cls, config),
         "quantized_bytes": BYTES[kind] - (itemsize - 2),
     }
-
-
-def text_encoder_bytes(folder: Path, family: Any, section: Any, itemsize: int) -> dict[str, int]:
-    """The text encoders' weights when captions are encoded every step (no text cache)."""
-    if section.text_cache_enabled():
-        return {}
-    import torch
-    import transformers
-
-    total = 0
-    for sub in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-        if not (folder / sub / "config.json").is_file():
-            continue
-        config = transformers.AutoConfig.from_pretrained(folder, subfolder=sub)
-        cls = getattr(transformers, (config.architectures or ["AutoModel"])[0])
-        with torch.device("meta"):
-            model = cls(config)
-        total += sum(p.numel() for p in model.parameters()) * itemsize
-    return {"text encoders (T5, CLIP) on the GPU: no text cache": total} if total else {}

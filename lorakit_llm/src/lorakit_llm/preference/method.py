@@ -147,7 +147,7 @@ class PreferenceMethod:
         return dataset
 
     def _header(self, ctx: TrainContext, dataset: PairDataset) -> None:
-        from lorakit_llm.backend import LAYOUT_WORDS
+        from lorakit_llm.packing import LAYOUT_WORDS
 
         stats, section = self.backend.stats, self.section
         options = {"dpo": f"beta {self.beta}, {section.dpo_loss} loss",
