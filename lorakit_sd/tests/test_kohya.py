@@ -220,7 +220,7 @@ def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp
     backend = SimpleNamespace(
         config=config, section=config.section, items=items, index=index, family="sd1",
         started_at=0, resolution=32, latents_cached=False, max_tokens=75, prediction_type="epsilon",
-        spec=families.get("sd1"), objective=SimpleNamespace(metadata=dict),
+        spec=families.get("sd1"), objective=SimpleNamespace(metadata=dict), unet=None,
     )  # fmt: skip
     meta = run_metadata(backend, 1)
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_woman": {"n_repeats": 1, "img_count": 3}}
