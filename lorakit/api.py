@@ -3,7 +3,7 @@
 A plugin imports from here and nowhere else in lorakit (a test keeps lorakit's own plugin
 packages to it)::
 
-    from lorakit.api import Backend, BackendSpec, LossOutput, hookimpl, lazy
+    from lorakit.api import Backend, BackendPlugin, LossOutput, hookimpl, lazy
 
 Importing this module imports no torch, diffusers, transformers, peft or accelerate:
 plugin modules stay cheap to load, and ``lorakit --help`` stays fast.
@@ -20,7 +20,7 @@ from lorakit.backend import (
     half_dtype,
     trainable_state_dict,
 )
-from lorakit.commands import BackendCommands, WeightedLora
+from lorakit.backend_plugin import BackendPlugin, WeightedLora
 from lorakit.config.loader import load_config
 from lorakit.config.overrides import parse_override
 from lorakit.config.schema import Config, DistributedConfig, TrainConfig
@@ -71,7 +71,6 @@ from lorakit.planning.plan import plan_line
 from lorakit.plugins import get_registries, lazy
 from lorakit.provenance import file_metadata, package_version
 from lorakit.registry import (
-    BackendSpec,
     DatasetReaderSpec,
     ExporterSpec,
     LabelerSpec,
@@ -96,8 +95,7 @@ __all__ = [
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
     "Backend",
-    "BackendCommands",
-    "BackendSpec",
+    "BackendPlugin",
     "Config",
     "ConfigError",
     "DataError",

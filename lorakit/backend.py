@@ -1,6 +1,6 @@
 """The contract between the engine and a model backend.
 
-A backend plugin registers a :class:`lorakit.registry.BackendSpec` whose factory returns a
+A backend plugin registers a :class:`lorakit.backend_plugin.BackendPlugin` whose ``create`` returns a
 :class:`Backend`. The engine owns accelerate, precision, the optimizer, the loop,
 checkpoints and trackers; the backend owns the model, the data and the loss. Nothing here
 imports torch at module level.

@@ -21,8 +21,8 @@ import pluggy
 # Imported at run time (both modules are torch-free), so typing.get_type_hints resolves
 # every hook's annotations.
 from lorakit.backend import RunInfo
+from lorakit.backend_plugin import BackendPlugin
 from lorakit.registry import (
-    BackendSpec,
     DatasetReaderSpec,
     ExporterSpec,
     LabelerSpec,
@@ -36,8 +36,9 @@ hookspec = pluggy.HookspecMarker("lorakit")
 
 
 @hookspec
-def register_backends(register: Callable[[BackendSpec], None]) -> None:
-    """Register model backends: ``register(BackendSpec(name="sd", task_types=(...), factory=...))``."""
+def register_backends(register: Callable[[BackendPlugin], None]) -> None:
+    """Register model backends: ``register(MyBackend())``, one instance of a
+    :class:`lorakit.backend_plugin.BackendPlugin` subclass per backend."""
 
 
 @hookspec

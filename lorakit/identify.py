@@ -1,6 +1,6 @@
 """How a backend tells ``lorakit inspect`` what a file or folder is.
 
-A backend registers ``BackendSpec.identify``: a callable that receives a :class:`FileProbe`
+A backend implements ``BackendPlugin.identify``: a method that receives a :class:`FileProbe`
 (the path, and for a safetensors file the tensor names and metadata its header holds; the
 core has read and checked the header) and returns a :class:`FileKind` when the file is one
 of its own, else None. ``inspect`` asks every installed backend and uses the first answer:

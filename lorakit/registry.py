@@ -8,48 +8,13 @@ is used, so heavy imports belong inside it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from lorakit.commands import BackendCommands, supports
+from lorakit.backend_plugin import BackendPlugin
 from lorakit.errors import PluginError, UsageError
 from lorakit.export_view import Exporter
-from lorakit.identify import FileKind, FileProbe
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """A model backend (``sd``, ``llm``).
-
-    ``factory(config)`` returns a :class:`lorakit.backend.Backend`. ``config_model`` is the
-    pydantic model of the backend's own config section (named ``name``: ``sd:``, ``llm:``).
-    ``commands`` is a :class:`lorakit.commands.BackendCommands`: what the backend does for
-    ``lorakit export``, ``merge``, ``sample``, ``demo`` and ``selftest``.
-    ``aliases`` maps top-level keys the backend accepts (``metadata_path``) to the key of its
-    section they stand for; ``migrations`` maps an old layout version N to the top-level
-    keys that moved into the backend's section between N and N+1 (old name → new name).
-    ``templates`` maps template names to ``(package, file)`` of commented config templates
-    shipped as package data; the first is the default of ``lorakit config init``.
-    ``detect(path)`` (optional) answers whether a LoRA file or folder belongs to this backend.
-    ``planner(config)`` (optional) returns a :class:`lorakit.planning.PlanModel`: the model
-    on the meta device and a fake batch, for ``lorakit plan`` (docs/will-it-fit.md).
-    ``identify(probe)`` (optional) tells ``lorakit inspect`` what a file or folder is: a
-    :class:`lorakit.identify.FileKind` for one of the backend's own, else None.
-    """
-
-    name: str
-    task_types: tuple[str, ...]
-    factory: Callable[..., Any]
-    description: str = ""
-    config_model: type | None = None
-    commands: BackendCommands | None = None
-    templates: dict[str, tuple[str, str]] = field(default_factory=dict)
-    detect: Callable[[Any], bool] | None = None
-    planner: Callable[[Any], Any] | None = None
-    identify: Callable[[FileProbe], FileKind | None] | None = None
-    aliases: Mapping[str, str] = field(default_factory=dict)
-    migrations: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -262,7 +227,7 @@ class Registry(Generic[S]):
 class Registries:
     """Every registry, filled by :func:`lorakit.plugins.get_registries`."""
 
-    backends: Registry[BackendSpec] = field(default_factory=lambda: Registry("backend"))
+    backends: Registry[BackendPlugin] = field(default_factory=lambda: Registry("backend"))
     dataset_readers: Registry[DatasetReaderSpec] = field(
         default_factory=lambda: Registry("dataset reader")
     )
@@ -313,12 +278,10 @@ class Registries:
 
     def backends_with(
         self, command: str, names: list[str] | None = None, *, what: str = "command"
-    ) -> dict[str, BackendSpec]:
+    ) -> dict[str, BackendPlugin]:
         """The backends (all, or those ``names``) whose ``commands`` support ``command``, by
         name; a name without one is a UsageError saying what is missing (``what``)."""
-        available = {
-            e.spec.name: e.spec for e in self.backends if supports(e.spec.commands, command)
-        }
+        available = {e.spec.name: e.spec for e in self.backends if e.spec.supports(command)}
         chosen = names or sorted(available)
         missing = [n for n in chosen if n not in available]
         if missing or not chosen:
@@ -328,9 +291,10 @@ class Registries:
             )
         return {n: available[n] for n in chosen}
 
-    def backend_for(self, task_type: str | None, backend: str | None) -> Entry[BackendSpec]:
+    def backend_for(self, task_type: str | None, backend: str | None) -> Entry[BackendPlugin]:
         """The backend named by ``backend``, else the one serving ``task_type``; without
-        either, the only installed backend (several: a UsageError naming them)."""
+        either, the only installed backend (several: a UsageError naming them; a config's
+        backend is chosen by :func:`lorakit.config.backend_choice.choose_backend`)."""
         if not backend and task_type is None:
             entries = list(self.backends)
             if len(entries) == 1:
@@ -339,7 +303,7 @@ class Registries:
                 f"{e.spec.task_types[0]} ({e.spec.name})" for e in entries if e.spec.task_types
             )
             raise UsageError(
-                f"task_type is required: the installed backends serve {served or 'nothing'}"
+                f"several backends are installed ({served or 'none serves a task'}): name one"
                 if entries
                 else "no backend is installed: pip install lorakit-sd or lorakit-llm"
             )
@@ -360,13 +324,6 @@ class Registries:
             )
         known = ", ".join(sorted(KNOWN_TASK_TYPES))
         raise UsageError(f"unknown task_type '{task_type}' (known: {known})")
-
-
-def commands_of(spec: BackendSpec) -> BackendCommands:
-    """``spec.commands``, or a UsageError when the backend registered none."""
-    if spec.commands is None:
-        raise UsageError(f"backend {spec.name} has no commands (export, merge, sample, demo)")
-    return spec.commands
 
 
 #: Backends lorakit's own distributions provide, for "pip install ..." hints.

@@ -213,20 +213,49 @@ def test_backend_preview_keys_may_change_on_resume(toy_plugins, tmp_path, files)
     assert load_config(path, overrides=["toy.samples=65"]).semantic_hash() != base.semantic_hash()
 
 
-def test_task_type_defaults_to_the_only_backend_and_is_required_among_several(
+def test_task_type_defaults_to_the_only_backend_and_is_asked_for_when_none_claims(
     toy_plugins, tmp_path, files
 ):
-    from lorakit.registry import BackendSpec
+    from lorakit.backend_plugin import BackendPlugin
+
+    class Other(BackendPlugin):
+        name, task_types = "other", ("other-generation",)
 
     without = SEED.replace("task_type: toy-regression\n", "")
     cfg = load_config(write(tmp_path, without, files))
     assert cfg.backend == "toy" and cfg.train.task_type == "toy-regression"
+    assert cfg.chosen_by is None  # the only backend: nothing to explain
     registries = toy_plugins.registries
-    registries.backends.add(
-        BackendSpec("other", ("other-generation",), dict), plugin="o", distribution="o", version="1"
-    )
+    registries.backends.add(Other(), plugin="o", distribution="o", version="1")
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, without, files), registries=registries)
-    assert "task_type is required: the installed backends serve other-generation (other), " in str(
-        info.value
-    ) and "toy-regression (toy)" in str(info.value)
+    message = str(info.value)
+    assert "cannot tell which backend runs this config" in message
+    assert "set task_type to one of other (other-generation), toy (toy-regression)" in message
+
+
+def test_without_task_type_the_backend_that_reads_the_model_runs_it(toy_plugins, tmp_path, files):
+    from lorakit.backend_plugin import BackendPlugin
+
+    class Other(BackendPlugin):
+        name, task_types = "other", ("other-generation",)
+
+        def reads_model(self, base_model: str) -> str | None:
+            return "an other model" if base_model.endswith(".other") else None
+
+        def reads_data(self, train_data_dir: str) -> str | None:
+            return "other rows"
+
+    registries = toy_plugins.registries
+    registries.backends.add(Other(), plugin="o", distribution="o", version="1")
+    (tmp_path / "m.other").write_text("x")
+    without = SEED.replace("task_type: toy-regression\n", "").replace(
+        "metadata_path: {data}/metadata.csv\n", ""
+    )
+    path = write(tmp_path, without, files)
+    cfg = load_config(path, overrides=[f"base_model={tmp_path / 'm.other'}"], registries=registries)
+    assert cfg.backend == "other" and cfg.train.task_type == "other-generation"
+    assert cfg.chosen_by == "backend other: base_model is an other model"
+    # no model claims: the data decides (only Other reads it)
+    cfg = load_config(path, registries=registries)
+    assert cfg.backend == "other" and cfg.chosen_by == "backend other: train_data_dir is other rows"

@@ -327,7 +327,7 @@ def test_inspect_asks_the_installed_backends(kohya_file, tmp_path, capsys):
     """The core holds no backend's key layout: without lorakit-sd a kohya file is only LoRA
     pairs; a backend's ``identify`` (here a plugin's, through the public API) names it."""
     import lorakit.diagnostics.inspect as core
-    from lorakit.api import BackendSpec, FileKind, FileProbe, hookimpl
+    from lorakit.api import BackendPlugin, FileKind, FileProbe, hookimpl
     from lorakit.plugins import build_plugins, set_plugins
 
     source = Path(core.__file__).read_text()
@@ -347,10 +347,16 @@ def test_inspect_asks_the_installed_backends(kohya_file, tmp_path, capsys):
                             kohya_names=True, notes=("identified by the probe backend",))  # fmt: skip
         return None
 
+    class ProbeBackend(BackendPlugin):
+        name, task_types = "probe", ("probe",)
+
+        def identify(self, probe: FileProbe) -> FileKind | None:
+            return identify(probe)
+
     class Probe:
         @hookimpl
         def register_backends(self, register: Any) -> None:
-            register(BackendSpec("probe", ("probe",), object, identify=identify))
+            register(ProbeBackend())
 
     set_plugins(build_plugins(entry_points=False, extra=[("probe", Probe())]))
     report = inspect_path(kohya_file)

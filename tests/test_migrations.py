@@ -9,11 +9,11 @@ import pytest
 import yaml
 from conftest import toy_config
 
+from lorakit.backend_plugin import BackendPlugin
 from lorakit.config import CONFIG_VERSION, load_config
 from lorakit.config.migrations import MIGRATIONS, migrate, migrate_text
 from lorakit.config.yaml_reader import parse_yaml
 from lorakit.errors import ConfigError
-from lorakit.registry import BackendSpec
 from lorakit.testing import run_cli, write_config
 
 OLD = """\
@@ -37,11 +37,13 @@ optimizer_args:
 
 
 #: A backend that moved top-level keys into its section between layouts 1 and 2, as lorakit-sd did.
-SD = BackendSpec(
-    "sd", ("image-generation",), dict,
-    migrations={1: {"resolution": "resolution", "noise_offset": "noise_offset",
-                    "shuffle_caption": "shuffle_tags"}},
-)  # fmt: skip
+class SDLike(BackendPlugin):
+    name, task_types = "sd", ("image-generation",)
+    migrations = {1: {"resolution": "resolution", "noise_offset": "noise_offset",
+                      "shuffle_caption": "shuffle_tags"}}  # fmt: skip
+
+
+SD = SDLike()
 
 
 def test_every_old_version_has_a_migration():

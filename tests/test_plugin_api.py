@@ -199,10 +199,13 @@ def test_a_third_party_overrides_a_builtin_and_trains_with_it(toy_plugins, tmp_p
 
 
 def test_overriding_a_first_party_backend_does_not_depend_on_load_order():
-    from lorakit.registry import BackendSpec, Registry
+    from lorakit.backend_plugin import BackendPlugin
+    from lorakit.registry import Registry
 
-    ours = BackendSpec("sd", ("image-generation",), object)
-    theirs = BackendSpec("sd", ("image-generation",), dict)
+    class SD(BackendPlugin):
+        name, task_types = "sd", ("image-generation",)
+
+    ours, theirs = SD(), SD()
     for order in (
         ((ours, "lorakit-sd"), (theirs, "lorakit-fastsd")),
         (
@@ -210,7 +213,7 @@ def test_overriding_a_first_party_backend_does_not_depend_on_load_order():
             (ours, "lorakit-sd"),
         ),
     ):
-        registry: Registry[BackendSpec] = Registry("backend")
+        registry: Registry[BackendPlugin] = Registry("backend")
         for spec, dist in order:
             registry.add(spec, plugin=dist, distribution=dist, version="1")
         assert registry.entry("sd").distribution == "lorakit-fastsd"

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-from lorakit.api import Backend, BackendSpec, LossOutput, ModelLoaderSpec, hookimpl
+from lorakit.api import Backend, BackendPlugin, LossOutput, ModelLoaderSpec, hookimpl
 
 LORAKIT_PLUGIN_API = 1
 
@@ -140,14 +140,20 @@ class ToyBackend(Backend):
         return "toy"
 
 
+class Toy(BackendPlugin):
+    name = "toy"
+    task_types = ("toy-regression",)
+    description = "LoRA on a tiny MLP (tests)"
+    config_model = ToySection
+    aliases = {"metadata_path": "metadata_path"}
+
+    def create(self, config: Any) -> Backend:
+        return ToyBackend(config)
+
+
 @hookimpl
 def register_backends(register: Any) -> None:
-    register(
-        BackendSpec(
-            "toy", ("toy-regression",), ToyBackend, "LoRA on a tiny MLP (tests)",
-            config_model=ToySection, aliases={"metadata_path": "metadata_path"},
-        )
-    )  # fmt: skip
+    register(Toy())
 
 
 @hookimpl

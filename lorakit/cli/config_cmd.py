@@ -85,7 +85,8 @@ def validate(
         )
     if show:
         sys.stdout.write(cfg.to_yaml())
-    print(f"{file}: ok (backend {cfg.backend}, config hash {cfg.semantic_hash()})")
+    why = f"; {cfg.chosen_by}" if cfg.chosen_by else ""
+    print(f"{file}: ok (backend {cfg.backend}{why}, config hash {cfg.semantic_hash()})")
 
 
 @config_app.command("migrate")

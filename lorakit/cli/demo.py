@@ -1,6 +1,6 @@
 """``lorakit demo``: train a real LoRA of every installed kind, offline, in minutes.
 
-Each backend whose commands support ``demo`` (:class:`lorakit.commands.BackendCommands`) builds a
+Each backend whose commands support ``demo`` (:class:`lorakit.backend_plugin.BackendPlugin`) builds a
 small stand-in base model (random weights: it shows the machinery, not the quality), a
 small dataset and a config from its shipped template, in a folder it is given, and returns
 the config's path. The core trains each through the same engine ``lorakit train`` uses and
@@ -19,9 +19,6 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from lorakit.commands import supports
-from lorakit.registry import commands_of
 
 NEXT_STEPS = {
     "sd": "lorakit config init --backend sd -o mine.yaml   # set base_model to e.g. "
@@ -61,14 +58,14 @@ def run_demo(
         start = time.perf_counter()
         folder = output / name
         console.rule(f"[bold]{name}: building a stand-in base model and data")
-        commands = commands_of(available[name])
+        commands = available[name]
         config_path = commands.demo(folder)
         console.print(f"config: {config_path}")
         config = load_config(config_path)
         run_dir = Path(config.train.output_dir)
         if run_dir.is_relative_to(folder) and run_dir.exists():
             shutil.rmtree(run_dir)  # an earlier demo's run: the demo starts afresh
-        score = commands.demo_score if supports(commands, "demo_score") else None
+        score = commands.demo_score if commands.supports("demo_score") else None
         before = score(config_path, None) if score else ""
         console.rule(f"[bold]{name}: training")
         result = train(config)

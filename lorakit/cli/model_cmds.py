@@ -1,6 +1,6 @@
 """``lorakit export``, ``merge`` and ``sample``: the core parses, the backend does the work.
 
-Each dispatches to the backend's :class:`lorakit.commands.BackendCommands` (its ``export``,
+Each dispatches to the backend's :class:`lorakit.backend_plugin.BackendPlugin` (its ``export``,
 ``merge`` or ``sample``), choosing the backend by ``--backend``, by the config,
 or by asking each backend's ``detect`` whether it recognises the LoRA file.
 
@@ -17,11 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
+from lorakit.backend_plugin import BackendPlugin
 from lorakit.cli.options import BaseConfigOption, SetOpt
-from lorakit.commands import BackendCommands, supports
 from lorakit.errors import UsageError
 from lorakit.io import parse_lora
-from lorakit.registry import commands_of
 
 ConfigOption = Annotated[
     Path | None,
@@ -50,8 +49,8 @@ def command_config(
     return load_config(data=stub, overrides=sets, check_paths=False)
 
 
-def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, BackendCommands]:
-    """``(backend name, its commands)`` for ``verb``."""
+def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, BackendPlugin]:
+    """``(backend name, the backend)`` for ``verb``."""
     from lorakit.plugins import get_plugins
     from lorakit.registry import KNOWN_BACKEND_PACKAGES
 
@@ -63,8 +62,7 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Ba
         spec = registries.backend_for(None, name).spec
     else:
         for entry in registries.backends:
-            detect = entry.spec.detect
-            if detect is not None and paths and all(detect(Path(p)) for p in paths):
+            if paths and all(entry.spec.detect(Path(p)) for p in paths):
                 spec = entry.spec
                 break
         if spec is None:
@@ -75,9 +73,9 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Ba
             raise UsageError(
                 f"{verb}: cannot tell which backend reads {paths[0] if paths else 'this'}; pass --backend ({hint})"
             )
-    if not supports(spec.commands, verb):
+    if not spec.supports(verb):
         raise UsageError(f"backend {spec.name} does not support '{verb}'")
-    return spec.name, commands_of(spec)
+    return spec.name, spec
 
 
 def trained_loras(cfg: Any) -> list[Path]:

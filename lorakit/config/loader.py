@@ -9,11 +9,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from lorakit.config.backend_choice import choose_backend
 from lorakit.config.migrations import migrate
 from lorakit.config.overrides import apply_overrides
 from lorakit.config.schema import (
     HUB_ID,
-    TASK_TYPE_ALIASES,
     WEIGHT_SUFFIXES,
     Config,
     TrainConfig,
@@ -190,14 +190,15 @@ def _check_paths(train: TrainConfig, lines: dict, file: str | None) -> list[Conf
     return errors
 
 
+#: The keys a backend is chosen by.
+CHOICE_KEYS = {"task_type", "backend", "base_model", "train_data_dir"}
+
+
 def run_backend(data: dict[str, Any], registries: Any, backend: str | None = None) -> Any:
-    """The :class:`BackendSpec` a raw config will run with, or None when it names none that
-    is installed (validation then says why)."""
-    task_type = data.get("task_type")
-    task_type = TASK_TYPE_ALIASES.get(task_type, task_type) if isinstance(task_type, str) else None
-    name = backend or data.get("backend")
+    """The :class:`~lorakit.backend_plugin.BackendPlugin` a raw config will run with, or None
+    when it names none that is installed or none can be told (validation then says why)."""
     try:
-        return registries.backend_for(task_type, name if isinstance(name, str) else None).spec
+        return choose_backend(registries, data, backend).backend
     except Exception:  # noqa: BLE001 - reported where the config is validated
         return None
 
@@ -222,7 +223,7 @@ def _take_sections(
 def _apply_aliases(
     data: dict[str, Any], spec: Any, registries: Any, lines: dict, file: str | None
 ) -> list[ConfigError]:
-    """Move the top-level keys ``spec`` accepts (``BackendSpec.aliases``) into its section.
+    """Move the top-level keys ``spec`` accepts (``BackendPlugin.aliases``) into its section.
 
     Without a backend (task_type names none; that is reported), the installed backends'
     aliases are dropped: they are no typos."""
@@ -281,10 +282,11 @@ def load_config(
     errors = _apply_aliases(data, run_backend(data, registries), registries, lines, file)
     sections = _take_sections(data, registries, lines, file, errors)
     train = _validate(TrainConfig, data, (), lines, file, overridden, errors)
-    spec = None
+    spec = chosen_by = None
     if isinstance(train, TrainConfig):
         try:
-            spec = registries.backend_for(train.task_type, train.backend).spec
+            choice = choose_backend(registries, train.model_dump(include=CHOICE_KEYS))
+            spec, chosen_by = choice.backend, choice.header()
         except Exception as exc:
             key = "backend" if train.backend else "task_type"
             errors.append(ConfigError(str(exc), key=key, file=file, line=lines.get((key,))))
@@ -328,4 +330,5 @@ def load_config(
         path=Path(path) if path is not None else None,
         sections=validated,
         notices=notices,
+        chosen_by=chosen_by,
     )

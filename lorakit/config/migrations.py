@@ -8,7 +8,7 @@ below renames or moves keys and returns one :class:`Change` per key; ``lorakit t
 prints them as notices and ``lorakit config migrate FILE`` writes the result back, in the
 same key order, with a note that its comments are in the ``.bak`` it keeps (see
 :func:`migrate_text`). Keys that moved into a backend's section are the backend's to declare
-(``BackendSpec.migrations``): the core knows no backend.
+(``BackendPlugin.migrations``): the core knows no backend.
 
 Adding a layout: bump ``CONFIG_VERSION`` below to N+1 and add ``MIGRATIONS[N]``,
 a function that changes the dict in place and returns its changes.
@@ -102,7 +102,7 @@ def detect_version(
 ) -> tuple[int, str | None]:
     """The layout version of ``data`` and, when it was inferred, a notice saying why.
 
-    ``backend`` (a :class:`~lorakit.registry.BackendSpec`) adds the keys it moved."""
+    ``backend`` (a :class:`~lorakit.backend_plugin.BackendPlugin`) adds the keys it moved."""
     if "config_version" not in data:
         moved = set(backend.migrations.get(1, {})) if backend is not None else set()
         old = sorted((V1_KEYS | moved) & set(data))
@@ -130,7 +130,7 @@ def migrate_changes(
     """Bring a copy of ``data`` to the current layout: ``(data, changes, notices)``.
 
     Each step runs the core's migration, then moves the keys the run's ``backend`` (a
-    :class:`~lorakit.registry.BackendSpec`, or None) declares for it into its section."""
+    :class:`~lorakit.backend_plugin.BackendPlugin`, or None) declares for it into its section."""
     version, inferred = detect_version(data, file=file, backend=backend)
     data = copy.deepcopy(data)
     changes: list[Change] = []

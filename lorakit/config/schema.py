@@ -240,6 +240,8 @@ class Config:
     path: Path | None = None
     sections: dict[str, BaseModel] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    #: Why this backend runs the config when it names none (``backend sd: base_model is ...``).
+    chosen_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = self.train.model_dump(mode="json")

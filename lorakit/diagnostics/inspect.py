@@ -2,7 +2,7 @@
 
 Reads only the safetensors header (names, dtypes, shapes, offsets, metadata) and the few
 bytes of the 0-dim ``alpha`` tensors; never the weights, never torch. The installed
-backends say what a file is (``BackendSpec.identify``, :mod:`lorakit.identify`): lorakit-sd
+backends say what a file is (``BackendPlugin.identify``, :mod:`lorakit.identify`): lorakit-sd
 names kohya / A1111 and diffusers files and their parts, lorakit-llm reads GGUF adapters and
 run folders. Without an answer, the LoRA pairs (``lora_down``/``lora_up``,
 ``lora_A``/``lora_B``), PEFT adapter folders and lorakit's own ``lorakit.*`` metadata are
@@ -365,7 +365,7 @@ def identify(probe: FileProbe) -> FileKind | None:
     from lorakit.plugins import get_registries
 
     for entry in get_registries().backends:
-        found = entry.spec.identify(probe) if entry.spec.identify is not None else None
+        found = entry.spec.identify(probe)
         if found is not None:
             return found
     return None

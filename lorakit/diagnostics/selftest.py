@@ -1,12 +1,12 @@
 """``lorakit selftest``: "test in a sandbox before you upgrade", as one command.
 
-For every installed backend that ships a stand-in model (``BackendCommands.demo``,
+For every installed backend that ships a stand-in model (``BackendPlugin.demo``,
 the same builder ``lorakit demo`` uses), offline and on the CPU:
 
 1. build the tiny model, its data and a config;
 2. train a few steps through the same engine ``lorakit train`` uses (the loss is finite);
 3. export with the backend's exporters (every output exists);
-4. reload the exported files with the real client (``BackendCommands.selftest``: diffusers'
+4. reload the exported files with the real client (``BackendPlugin.selftest``: diffusers'
    ``load_lora_weights``, PEFT's ``PeftModel.from_pretrained``; the GGUF base is read by
    transformers' GGUF loader) and check they change the model as trained;
 5. resume: the run's mid-run checkpoint, resumed to the end, gives the same LoRA tensors as the
@@ -37,9 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from lorakit.commands import supports
-from lorakit.registry import commands_of
 
 #: Steps of the selftest runs (the resumed run stops halfway).
 STEPS = 4
@@ -171,7 +168,7 @@ def check_backend(name: str, spec: Any, folder: Path, emit: Callable[[Result], N
     state: dict[str, Any] = {}
 
     def build() -> str:
-        state["config"] = Path(commands_of(spec).demo(folder / "model"))
+        state["config"] = Path(spec.demo(folder / "model"))
         return f"stand-in model and data in {folder / 'model'}"
 
     def run() -> str:
@@ -193,10 +190,9 @@ def check_backend(name: str, spec: Any, folder: Path, emit: Callable[[Result], N
         return ", ".join(Path(p).name for p in outputs)
 
     def reload() -> str:
-        commands = commands_of(spec)
-        if not supports(commands, "selftest"):
-            raise RuntimeError(f"backend {name} has no reload check (BackendCommands.selftest)")
-        return str(commands.selftest(state["result"].output_dir, state["run_config"]))
+        if not spec.supports("selftest"):
+            raise RuntimeError(f"backend {name} has no reload check (BackendPlugin.selftest)")
+        return str(spec.selftest(state["result"].output_dir, state["run_config"]))
 
     def resume() -> str:
         # The uninterrupted run's mid-run checkpoint, continued in a folder of its own.

@@ -260,7 +260,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         tracker_specs = [registries.trackers.get(n) for n in cfg.trackers]
         backend_spec = registries.backends.get(config.backend)
         set_seed(cfg.seed)
-        backend: Backend = backend_spec.factory(config)
+        backend: Backend = backend_spec.create(config)
         exporters = _exporters(config, backend, registries)
         ctx = TrainContext(
             config=config, accelerator=accelerator, output_dir=out, cache_dir=out / "cache",

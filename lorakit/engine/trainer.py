@@ -138,6 +138,8 @@ def begin(s: Session) -> None:
     )
     s.run = RunInfo(s.config, s.out, s.backend, s.total, s.main, s.accelerator.num_processes)
     s.plugins.call("on_train_start", run=s.run)
+    if s.config.chosen_by:
+        s.accelerator.print(s.config.chosen_by)
     n = s.accelerator.num_processes
     strategy = f", {cfg.distributed.strategy}" if n > 1 else ""
     s.accelerator.print(

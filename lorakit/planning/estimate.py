@@ -1,6 +1,6 @@
 """Peak accelerator memory of one training step, without weights and without a GPU.
 
-A backend's planner (``BackendSpec.planner``) describes the run as a :class:`PlanModel`:
+A backend's planner (``BackendPlugin.plan``) describes the run as a :class:`PlanModel`:
 the model built on the meta device with LoRA injected, a fake batch, and the loss. The
 estimator moves the model onto fake tensors (torch's ``FakeTensorMode``: shapes, dtypes
 and storages, no data), runs one forward and backward pass of the real model code under

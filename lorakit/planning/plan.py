@@ -1,7 +1,7 @@
 """``lorakit plan``: the run's peak memory, whether it fits a card, and the ladder.
 
 :func:`make_plan` asks the config's backend for a :class:`~lorakit.planning.estimate.PlanModel`
-(``BackendSpec.planner``), traces one step, and, when a card is given and the run does not
+(``BackendPlugin.plan``), traces one step, and, when a card is given and the run does not
 fit, walks the ladder: the changes that lower memory, cheapest loss of quality first, each
 row re-planned (traced) and kept only when the plan's own numbers say it fits.
 
@@ -95,11 +95,10 @@ class Planner:
 
             registries = get_registries()
         self.config = config
-        spec = registries.backends.get(config.backend)
-        planner = getattr(spec, "planner", None)
-        if planner is None:
-            raise UsageError(f"backend '{config.backend}' cannot plan (it registers no planner)")
-        self.planner = planner
+        backend = registries.backends.get(config.backend)
+        if not backend.supports("plan"):
+            raise UsageError(f"backend '{config.backend}' cannot plan (it has no plan method)")
+        self.planner = backend.plan
         self._traces: dict[str, tuple[PlanModel, Trace]] = {}
 
     def variant(self, changes: dict[str, Any]) -> Any:

@@ -27,9 +27,9 @@ def test_registrations(llm_plugins: Any) -> None:
     registries = llm_plugins.registries
     spec = registries.backends.get("llm")
     assert spec.task_types == ("text-generation",)
-    from lorakit.commands import VERBS, supports
+    from lorakit.backend_plugin import VERBS
 
-    assert {v for v in VERBS if supports(spec.commands, v)} == set(VERBS)
+    assert {v for v in VERBS if spec.supports(v)} == set(VERBS)
     assert list(spec.templates) == ["7b", "qlora", "dpo", "orpo"]
     readers = {"qa", "prompt_completion", "alpaca", "chat", "text", "preference"}
     assert readers <= set(registries.dataset_readers.names())

@@ -28,9 +28,11 @@ def test_registrations(sd_plugins):
     registries = sd_plugins.registries
     spec = registries.backends.get("sd")
     assert spec.task_types == ("image-generation",)
-    from lorakit.commands import VERBS, supports
+    from lorakit.backend_plugin import VERBS
 
-    assert {v for v in VERBS if supports(spec.commands, v)} == {
+    assert {v for v in VERBS if spec.supports(v)} == {
+        "create",
+        "plan",
         "export",
         "merge",
         "sample",
@@ -99,8 +101,10 @@ def test_section_errors_name_the_key(sd_plugins, tmp_path, sd, words):
 
 def test_detect_reads_only_the_header(tmp_path):
     import torch
-    from lorakit_sd.plugin import detect
+    from lorakit_sd.plugin import SDBackend
     from safetensors.torch import save_file
+
+    detect = SDBackend().detect
 
     kohya = tmp_path / "a.safetensors"
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 2)}, str(kohya))

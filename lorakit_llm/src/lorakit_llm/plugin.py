@@ -13,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import (
-    BackendSpec,
+    Backend,
+    BackendPlugin,
+    Config,
     DatasetReaderSpec,
     ExporterSpec,
+    FileKind,
+    FileProbe,
     ModelLoaderSpec,
+    PlanModel,
+    WeightedLora,
     hookimpl,
     lazy,
 )
 from lorakit_llm.section import LLMSection
-from lorakit_llm.verbs import LLMCommands
 
 LORAKIT_PLUGIN_API = 1
 
@@ -45,27 +50,106 @@ def is_adapter(path: Any) -> bool:
     return any((f / "adapter_config.json").is_file() for f in (folder, folder / "adapter"))
 
 
+class LLMBackend(BackendPlugin):
+    """The ``llm`` backend: LoRA / QLoRA for causal language models (transformers + PEFT).
+
+    Every method imports its module when called, so registering it is cheap. ``lorakit
+    chat`` is a command of its own (``register_commands``)."""
+
+    name = "llm"
+    task_types = ("text-generation",)
+    description = "LoRA / QLoRA for causal language models (transformers + PEFT)"
+    config_model = LLMSection
+    templates = {
+        "7b": ("lorakit_llm", "templates/7b.yaml"),
+        "qlora": ("lorakit_llm", "templates/qlora.yaml"),
+        "dpo": ("lorakit_llm", "templates/dpo.yaml"),
+        "orpo": ("lorakit_llm", "templates/orpo.yaml"),
+    }
+
+    def create(self, config: Config) -> Backend:
+        from lorakit_llm.backend import LLMBackend as Trainer
+
+        return Trainer(config)
+
+    def reads_model(self, base_model: str) -> str | None:
+        from lorakit_llm.recognise import reads_model
+
+        return reads_model(base_model)
+
+    def reads_data(self, train_data_dir: str) -> str | None:
+        from lorakit_llm.recognise import reads_data
+
+        return reads_data(train_data_dir)
+
+    def detect(self, path: Path) -> bool:
+        """A PEFT adapter folder (or a run folder with ``adapter/``), also as ``NAME=PATH``."""
+        return is_adapter(path)
+
+    def identify(self, probe: FileProbe) -> FileKind | None:
+        from lorakit_llm.identify import identify
+
+        return identify(probe)
+
+    def plan(self, config: Config) -> PlanModel:
+        from lorakit_llm.plan import planner
+
+        return planner(config)
+
+    def export(
+        self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None
+    ) -> list[Path]:
+        from lorakit_llm.gguf_export import export_command
+
+        return export_command(source, to, output, base)
+
+    def merge(
+        self,
+        base: str,
+        loras: list[WeightedLora],
+        output: Path,
+        dtype: str | None,
+        config: Config | None,
+    ) -> Path:
+        from lorakit_llm.export import merge_command
+
+        return merge_command(base, loras, output, dtype)
+
+    def sample(
+        self,
+        base: str,
+        loras: list[WeightedLora],
+        prompts: list[str],
+        output: Path,
+        seed: int,
+        steps: int | None,
+        config: Config | None,
+        width: int | None,
+        height: int | None,
+    ) -> list[Path]:
+        from lorakit_llm.export import sample_command
+
+        return sample_command(base, loras, prompts, output, seed=seed, steps=steps, config=config)
+
+    def demo(self, folder: Path) -> Path:
+        from lorakit_llm.demo import demo_command
+
+        return demo_command(folder)
+
+    def demo_score(self, config_path: Path, run_dir: Path | None) -> str:
+        from lorakit_llm.demo import demo_score
+
+        return demo_score(config_path, run_dir)
+
+    def selftest(self, output_dir: Path, config: Config) -> str:
+        from lorakit_llm.selftest import verify
+
+        return verify(output_dir, config)
+
+
 @hookimpl
-def register_backends(register: Callable[[BackendSpec], None]) -> None:
-    register(
-        BackendSpec(
-            name="llm",
-            task_types=("text-generation",),
-            factory=lazy("lorakit_llm.backend:LLMBackend"),
-            description="LoRA / QLoRA for causal language models (transformers + PEFT)",
-            config_model=LLMSection,
-            commands=LLMCommands(),
-            templates={
-                "7b": ("lorakit_llm", "templates/7b.yaml"),
-                "qlora": ("lorakit_llm", "templates/qlora.yaml"),
-                "dpo": ("lorakit_llm", "templates/dpo.yaml"),
-                "orpo": ("lorakit_llm", "templates/orpo.yaml"),
-            },
-            detect=is_adapter,
-            planner=lazy("lorakit_llm.plan:planner"),
-            identify=lazy("lorakit_llm.identify:identify"),
-        )
-    )
+def register_backends(register: Callable[[BackendPlugin], None]) -> None:
+    register(LLMBackend())
 
 
 #: Model loaders of the llm backend: (name, description, priority); code in lorakit_llm.loading.

@@ -26,6 +26,18 @@ from lorakit_sd.loss import augment_captions, cached_text, caption_dropout_mask,
 DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024, "sd3": 1024, "flux1": 1024}
 
 
+def model_resolution(pipe: Any) -> int | None:
+    """The side the pipeline generates at by default (``default_sample_size`` latents times
+    the VAE's scale, as diffusers' pipelines compute it): 512 for SD1.5, 1024 for SDXL, SD3
+    and FLUX.1, and a tiny stand-in's own size. None when the pipeline does not say."""
+    size = getattr(pipe, "default_sample_size", None)
+    unet = getattr(pipe, "unet", None)
+    if size is None and unet is not None:  # SD1's pipeline reads the UNet's config
+        size = getattr(unet.config, "sample_size", None)
+    scale = getattr(pipe, "vae_scale_factor", None)
+    return size * scale if isinstance(size, int) and isinstance(scale, int) else None
+
+
 class SDBackend(Backend):
     """Image-model LoRA training (SD1.x, SDXL, SD3 / SD3.5, FLUX.1)."""
 
@@ -93,7 +105,12 @@ class SDBackend(Backend):
         self.clip_skip = spec.clip_skip(sec, ctx.log)
         pipe = self.model.pipe
         self.unet = self.model.denoiser  # the UNet or the transformer
-        self.resolution = sec.resolution or DEFAULT_RESOLUTION[self.family]
+        read_at = self.resolution
+        self.resolution = (
+            sec.resolution or model_resolution(pipe) or DEFAULT_RESOLUTION[self.family]
+        )
+        if self.items and self.resolution != read_at:  # read again at the model's own size
+            self.items, self.index = [], []
         self.factor = spec.pixel_multiple(pipe)
         step = sec.bucket_step if sec.bucket else self.resolution
         if step % self.factor:

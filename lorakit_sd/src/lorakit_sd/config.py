@@ -76,7 +76,10 @@ class SDSection(BaseModel):
     )
     # -- data ----------------------------------------------------------------------------
     resolution: int | None = Field(
-        None, gt=0, description="Training side length in pixels; default 512 (SD1), 1024 (SDXL)."
+        None,
+        gt=0,
+        description="Training side length in pixels; default the base model's own (what its "
+        "pipeline generates at: 512 for SD1.5, 1024 for SDXL, SD3.5 and FLUX.1).",
     )
     bucket: bool = Field(
         True, description="Aspect-ratio bucketing: images keep their shape at about resolution²."

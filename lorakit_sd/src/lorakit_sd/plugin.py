@@ -11,18 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from lorakit.api import (
-    BackendSpec,
+    Backend,
+    BackendPlugin,
+    Config,
     DatasetReaderSpec,
     ExporterSpec,
+    FileKind,
+    FileProbe,
     ModelLoaderSpec,
+    PlanModel,
+    WeightedLora,
     hookimpl,
     lazy,
 )
 from lorakit_sd.config import SDSection
-from lorakit_sd.verbs import SDCommands
 
 LORAKIT_PLUGIN_API = 1
 
@@ -34,43 +38,114 @@ V1_MOVES = {
 }  # fmt: skip
 
 
-def detect(path: Any) -> bool:
-    """Whether ``path`` is an SD LoRA file (kohya or diffusers keys), from its header only."""
-    from lorakit.api import UsageError, read_safetensors_header
-    from lorakit_sd.lora_read import file_format
+class SDBackend(BackendPlugin):
+    """The ``sd`` backend: SD1.x / SDXL / SD3.5 / FLUX.1 LoRAs with diffusers and peft.
 
-    path = Path(path)
-    if not path.is_file() or path.suffix.lower() != ".safetensors":
-        return False
-    try:
-        return file_format(read_safetensors_header(path).tensors) is not None
-    except (UsageError, OSError):
-        return False
+    Every method imports its module when called, so registering it is cheap."""
+
+    name = "sd"
+    task_types = ("image-generation",)
+    description = "SD1.x / SDXL / SD3.5 / FLUX.1 LoRA (diffusers + peft)"
+    config_model = SDSection
+    templates = {
+        "sd15": ("lorakit_sd", "templates/sd15.yaml"),
+        "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
+        "flux1": ("lorakit_sd", "templates/flux1.yaml"),
+        "sd35": ("lorakit_sd", "templates/sd35.yaml"),
+    }
+    aliases = {"metadata_path": "metadata_path"}
+    migrations = {1: V1_MOVES}
+
+    def create(self, config: Config) -> Backend:
+        from lorakit_sd.backend import create
+
+        return create(config)
+
+    def reads_model(self, base_model: str) -> str | None:
+        from lorakit_sd.recognise import reads_model
+
+        return reads_model(base_model)
+
+    def reads_data(self, train_data_dir: str) -> str | None:
+        from lorakit_sd.recognise import reads_data
+
+        return reads_data(train_data_dir)
+
+    def detect(self, path: Path) -> bool:
+        """An SD LoRA file (kohya or diffusers keys), from its header only."""
+        from lorakit.api import UsageError, read_safetensors_header
+        from lorakit_sd.lora_read import file_format
+
+        path = Path(path)
+        if not path.is_file() or path.suffix.lower() != ".safetensors":
+            return False
+        try:
+            return file_format(read_safetensors_header(path).tensors) is not None
+        except (UsageError, OSError):
+            return False
+
+    def identify(self, probe: FileProbe) -> FileKind | None:
+        from lorakit_sd.lora_read import identify
+
+        return identify(probe)
+
+    def plan(self, config: Config) -> PlanModel:
+        from lorakit_sd.plan import planner
+
+        return planner(config)
+
+    def export(
+        self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None
+    ) -> list[Path]:
+        from lorakit_sd.commands import export
+
+        return export(source, to, output, base, config=config)
+
+    def merge(
+        self,
+        base: str,
+        loras: list[WeightedLora],
+        output: Path,
+        dtype: str | None,
+        config: Config | None,
+    ) -> Path:
+        from lorakit_sd.commands import merge
+
+        return merge(base, loras, output, dtype, config=config)
+
+    def sample(
+        self,
+        base: str,
+        loras: list[WeightedLora],
+        prompts: list[str],
+        output: Path,
+        seed: int,
+        steps: int | None,
+        config: Config | None,
+        width: int | None,
+        height: int | None,
+    ) -> list[Path]:
+        from lorakit_sd.commands import sample
+
+        return sample(
+            base, loras, prompts, output, seed=seed, steps=steps, config=config,
+            width=width, height=height,
+        )  # fmt: skip
+
+    def demo(self, folder: Path) -> Path:
+        from lorakit_sd.demo import demo_command
+
+        return demo_command(folder)
+
+    def selftest(self, output_dir: Path, config: Config) -> str:
+        from lorakit_sd.selftest import verify
+
+        return verify(output_dir, config)
 
 
 @hookimpl
-def register_backends(register: Callable[[BackendSpec], None]) -> None:
-    register(
-        BackendSpec(
-            name="sd",
-            task_types=("image-generation",),
-            factory=lazy("lorakit_sd.backend:create"),
-            description="SD1.x / SDXL / SD3.5 / FLUX.1 LoRA (diffusers + peft)",
-            config_model=SDSection,
-            commands=SDCommands(),
-            templates={
-                "sd15": ("lorakit_sd", "templates/sd15.yaml"),
-                "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
-                "flux1": ("lorakit_sd", "templates/flux1.yaml"),
-                "sd35": ("lorakit_sd", "templates/sd35.yaml"),
-            },
-            detect=detect,
-            planner=lazy("lorakit_sd.plan:planner"),
-            identify=lazy("lorakit_sd.lora_read:identify"),
-            aliases={"metadata_path": "metadata_path"},
-            migrations={1: V1_MOVES},
-        )
-    )
+def register_backends(register: Callable[[BackendPlugin], None]) -> None:
+    register(SDBackend())
 
 
 @hookimpl
