@@ -10,7 +10,6 @@ conversion hint names. The files are test inputs and never edited.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
