@@ -142,8 +142,9 @@ class BackendPlugin:
         raise _unsupported(self, "selftest")
 
     def supports(self, verb: str) -> bool:
-        """Whether this backend overrides ``verb`` (a name in :data:`VERBS`)."""
-        if verb not in VERBS:
+        """Whether this backend overrides the method ``verb`` (a name in :data:`VERBS`, or
+        ``detect``, ``identify``, ``reads_model``, ``reads_data``)."""
+        if verb == "supports" or not callable(getattr(BackendPlugin, verb, None)):
             return False
         return getattr(type(self), verb, None) is not getattr(BackendPlugin, verb)
 

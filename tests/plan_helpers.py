@@ -67,7 +67,7 @@ def real_peak(config: Any, tmp: Path) -> int:
     from lorakit.planning.estimate import memory_tracker, peak_of
 
     registries = get_registries()
-    backend = registries.backends.get(config.backend).factory(config)
+    backend = registries.backends.get(config.backend).create(config)
     ctx = TrainContext(
         config=config, accelerator=Accelerator(cpu=True), output_dir=tmp / "out",
         cache_dir=tmp / "cache", registries=registries, weight_dtype=torch.float32,

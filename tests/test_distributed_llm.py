@@ -214,7 +214,7 @@ def test_4bit_base_under_a_sharding_strategy_is_refused_before_loading(
     registries = get_plugins().registries
     cfg = load_config(data=data, registries=registries, check_paths=False)
     ctx = TrainContext(cfg, None, tmp_path, tmp_path, registries, torch.float32)
-    backend = registries.backends.get("llm").factory(cfg)
+    backend = registries.backends.get("llm").create(cfg)
     with pytest.raises(UsageError) as caught:
         backend.validate(ctx)
     message = str(caught.value)

@@ -424,7 +424,7 @@ def test_a_backend_without_a_planner(tmp_path, capsys, toy_plugins):
     config = write_config(tmp_path / "toy.yaml", toy_config(tmp_path, max_steps=2))
     code, out, err = run_cli(capsys, "plan", "--config", str(config), "--gpu", "24GB")
     assert code == 2 and err.strip() == (
-        "lorakit: error: backend 'toy' cannot plan (it registers no planner)"
+        "lorakit: error: backend 'toy' cannot plan (it has no plan method)"
     )
     code, out, err = run_cli(capsys, "train", "--config", str(config), "--gpu", "24GB")
     assert code == 0, err

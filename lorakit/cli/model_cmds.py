@@ -89,8 +89,9 @@ def trained_loras(cfg: Any) -> list[Path]:
         outputs = [Path(p) for p in json.loads(record_path.read_text()).get("outputs", [])]
     except (OSError, ValueError):
         raise UsageError(f"no finished run in {cfg.train.output_dir}; pass --lora") from None
-    detect = get_registries().backends.get(cfg.backend).detect
-    found = [p for p in outputs if p.exists() and (detect is None or detect(p))]
+    backend = get_registries().backends.get(cfg.backend)
+    mine = backend.detect if backend.supports("detect") else lambda _: True
+    found = [p for p in outputs if p.exists() and mine(p)]
     if not found:
         raise UsageError(f"the run in {cfg.train.output_dir} exported no LoRA; pass --lora")
     return found[:1]

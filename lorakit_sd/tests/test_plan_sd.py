@@ -44,7 +44,7 @@ def _trained_by_setup(config: Any, tmp: Path, plugins: Any) -> int:
     from lorakit.api import TrainContext
 
     registries = plugins.registries
-    backend = registries.backends.get("sd").factory(config)
+    backend = registries.backends.get("sd").create(config)
     ctx = TrainContext(
         config=config, accelerator=Accelerator(cpu=True), output_dir=tmp / "out",
         cache_dir=tmp / "cache", registries=registries, weight_dtype=torch.float32,
