@@ -204,6 +204,34 @@ class RunFolder:
             return None
         return data if isinstance(data, dict) else None
 
+    def metrics(self, since: int = 0) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl from row ``since`` on (a cut or foreign line ends them;
+        no file, no rows)."""
+        try:
+            text = self.read_text(METRICS, limit=METRICS_LIMIT)
+        except FileNotFoundError:
+            return []
+        rows = []
+        for line in text.splitlines()[max(0, since) :]:
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
+                break
+            if not isinstance(row, dict):
+                break
+            rows.append(row)
+        return rows
+
+    def tail(self, rel: str, lines: int = 80, *, window: int = 64_000) -> str:
+        """The last ``lines`` lines of ``rel`` (from its last ``window`` bytes), or ""."""
+        try:
+            with self.open(rel, limit=LARGE) as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - window))
+                text = f.read(window).decode("utf-8", "replace")
+        except (OSError, UsageError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
     def lstat(self, rel: str) -> os.stat_result | None:
         """``rel``'s own status (a link is a link), or None when it or a folder above it is
         missing or is not a folder."""

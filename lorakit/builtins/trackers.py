@@ -66,23 +66,10 @@ class TensorBoardTracker:
 
 def read_metrics(output_dir: str | Path, since: int = 0) -> list[dict[str, Any]]:
     """The rows of a run's metrics.jsonl (from row ``since``; a cut or foreign line ends them)."""
-    try:
-        text = RunFolder(output_dir).read_text(METRICS, limit=METRICS_LIMIT)
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in text.splitlines()[since:]:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            break
-        if not isinstance(row, dict):
-            break
-        rows.append(row)
-    return rows
+    return RunFolder(output_dir).metrics(since)
 
 
 @hookimpl
 def register_trackers(register: Callable[[TrackerSpec], None]) -> None:
     register(TrackerSpec("tensorboard", TensorBoardTracker, "TensorBoard event files"))
-    register(TrackerSpec("jsonl", JsonlTracker, "metrics.jsonl, one object per step"))
+    register(TrackerSpec("jsonl", JsonlTracker, f"{METRICS}, one object per step"))
