@@ -65,7 +65,7 @@ def find_checkpoint(output_dir: Path, resume: str | bool) -> Path:
         found = checkpoint_dirs(output_dir)
         if not found:
             raise UsageError(f"--resume: no checkpoint in {Path(output_dir) / CHECKPOINTS}")
-        problems = []
+        problems: list[str] = []
         for path in reversed(found):
             problem = damage(path)
             if problem is None:
