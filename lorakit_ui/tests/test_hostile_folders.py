@@ -174,3 +174,15 @@ def test_stop_signals_only_the_process_holding_the_runs_own_lock(hostile):
     status, answer = server.post("/api/runs/victim/stop", {})
     assert status == 200, answer
     assert holder.wait(timeout=20) == -signal.SIGTERM
+
+
+def test_a_route_that_fails_is_a_500_with_the_security_headers(client, monkeypatch):
+    def broken(name: str) -> None:
+        raise RuntimeError("a bug\nwith two lines")
+
+    monkeypatch.setattr(client.app.state.runs, "summary", broken)
+    answer = client.get("/api/runs/anything")
+    assert answer.status_code == 500
+    assert answer.json() == {"ok": False, "error": "the server could not answer this request"}
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["x-frame-options"] == "DENY"
