@@ -129,7 +129,7 @@ def test_an_unrelated_cookie_on_localhost_does_not_lock_the_user_out(hostile):
 
 
 def test_a_half_sent_request_is_closed_within_the_header_timeout(hostile):
-    from lorakit_ui.http import HEADER_TIMEOUT
+    from lorakit_ui.connections import HEADER_TIMEOUT
 
     server, _, _ = hostile
     with socket.create_connection(("127.0.0.1", server.port), timeout=HEADER_TIMEOUT + 10) as s:
