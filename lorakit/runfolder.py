@@ -39,9 +39,10 @@ CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 LOSS_PLOT = "loss.png"
 TENSORBOARD = "tensorboard"
+CACHE = "cache"
 #: The names a run writes at its top, checked before a run writes anything.
 TOP_FILES = (LOCK, CONFIG, RECORD, METRICS, LOSS_PLOT)
-TOP_FOLDERS = (CHECKPOINTS, SAMPLES, TENSORBOARD)
+TOP_FOLDERS = (CHECKPOINTS, SAMPLES, TENSORBOARD, CACHE)
 
 #: Size limits of reads: records (JSON, YAML, the lock), the metrics, anything else.
 SMALL = 16 * 2**20

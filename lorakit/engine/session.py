@@ -33,7 +33,7 @@ from lorakit.engine.speed import apply_tf32, compile_module
 from lorakit.engine.state import TrainerState
 from lorakit.errors import ConfigError, RunError, UsageError
 from lorakit.plugins import Plugins
-from lorakit.runfolder import CONFIG, RunFolder
+from lorakit.runfolder import CACHE, CONFIG, RunFolder
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -269,7 +269,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         backend: Backend = backend_spec.factory(config)
         exporters = _exporters(config, backend, registries)
         ctx = TrainContext(
-            config=config, accelerator=accelerator, output_dir=out, cache_dir=out / "cache",
+            config=config, accelerator=accelerator, output_dir=out, cache_dir=out / CACHE,
             registries=registries, weight_dtype=DTYPES[accelerator.mixed_precision],
             log=accelerator.print,
         )  # fmt: skip
