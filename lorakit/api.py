@@ -32,6 +32,7 @@ from lorakit.engine.runlock import (
     earlier_run,
     has_checkpoints,
     holder,
+    holds,
     in_use,
 )
 from lorakit.env import env_flag
@@ -80,6 +81,7 @@ from lorakit.registry import (
     SchedulerSpec,
     TrackerSpec,
 )
+from lorakit.runfolder import RunFolder, RunFolderError
 from lorakit.safetensors_header import Header as SafetensorsHeader
 from lorakit.safetensors_header import read_header as read_safetensors_header
 from lorakit.zero import gathered_parameters, loading_whole
@@ -119,6 +121,8 @@ __all__ = [
     "RunError",
     "RunInfo",
     "RunLock",
+    "RunFolder",
+    "RunFolderError",
     "SafetensorsHeader",
     "SchedulerSpec",
     "TEXT_COLUMNS",
@@ -141,6 +145,7 @@ __all__ = [
     "get_registries",
     "has_checkpoints",
     "holder",
+    "holds",
     "half_dtype",
     "hookimpl",
     "hookspec",

@@ -80,15 +80,14 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Ba
 
 def trained_loras(cfg: Any) -> list[Path]:
     """The LoRA a finished run exported (from its run.json), for ``sample --config``."""
-    import json
-
     from lorakit.plugins import get_registries
+    from lorakit.runfolder import RECORD, RunFolder
 
-    record_path = Path(cfg.train.output_dir) / "run.json"
-    try:
-        outputs = [Path(p) for p in json.loads(record_path.read_text()).get("outputs", [])]
-    except (OSError, ValueError):
-        raise UsageError(f"no finished run in {cfg.train.output_dir}; pass --lora") from None
+    record = RunFolder(cfg.train.output_dir).try_json(RECORD)
+    listed = record.get("outputs") if record is not None else None
+    if not isinstance(listed, list):
+        raise UsageError(f"no finished run in {cfg.train.output_dir}; pass --lora")
+    outputs = [Path(str(p)) for p in listed]
     detect = get_registries().backends.get(cfg.backend).detect
     found = [p for p in outputs if p.exists() and (detect is None or detect(p))]
     if not found:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -55,6 +56,13 @@ def register(app: typer.Typer) -> None:
             typer.Option("--no-plan-check", help="Train even when the plan says it cannot fit."),
         ] = False,
         base_config: BaseConfigOption = None,
+        follow_output_link: Annotated[
+            bool,
+            typer.Option(
+                "--follow-output-link",
+                help="Write into the folder output_dir links to (refused by default).",
+            ),
+        ] = False,
     ) -> None:
         """Train a LoRA as the config says."""
         from lorakit.config import load_config
@@ -64,6 +72,11 @@ def register(app: typer.Typer) -> None:
         if base_config:  # short for --set <backend>.base_config=DIR, as on export/merge/sample
             sets = [*(set_ or []), f"{cfg.backend}.base_config={base_config}"]
             cfg = load_config(config, overrides=sets, backend=backend)
+        from lorakit.runfolder import output_dir
+
+        out = output_dir(cfg.train.output_dir, follow_link=follow_output_link)
+        if out != Path(cfg.train.output_dir):  # --follow-output-link: the folder it names
+            cfg.train.output_dir = str(out)
         hold_run_folder(cfg.train.output_dir, machine_rank=machine_rank)  # one writer per run
         for notice in cfg.notices:
             print(f"lorakit: {config}: {notice}", file=sys.stderr)
