@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
+from lorakit.api import UsageError, check_gguf
 
 GGUF_MAGIC = b"GGUF"
 #: Old llama.cpp formats, as the bytes that start the file (a little-endian uint32 magic).
@@ -101,6 +101,7 @@ def resolve_base(base: str) -> BaseSource:
                 raise UsageError(
                     f"{path}: loading a GGUF file needs the gguf package: pip install gguf"
                 )
+            check_gguf(path)  # counts, lengths and offsets fit the file: before any reader
             return BaseSource(str(path.resolve().parent), gguf_file=path.name)
         if magic is not None:
             raise UsageError(ggml_message(path, magic))
