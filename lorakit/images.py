@@ -24,7 +24,7 @@ with a ``transparency`` entry) is composited over white: ``round(c * a / 255 + 2
 frame. numpy and PIL are imported inside the function: importing this module is free.
 
 A pixel budget bounds the work a small file can ask for: an image whose header says it has
-more than :func:`max_pixels` pixels (64 megapixels, 8192 × 8192, unless
+more than :func:`max_pixels` pixels (8192 × 8192, 67 million, unless
 ``LORAKIT_MAX_IMAGE_PIXELS`` says otherwise) is refused with :class:`ImageTooLarge` before a
 byte of it is decoded (a 0.5 MB PNG can claim 10 000 × 10 000). The arithmetic above runs on
 8-, 16- and 32-bit integers (exact: none of the divisions can land on a half), a block of rows
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 #: Extensions (lower case) of the files read as images, by training and by labeling.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
-#: The default pixel budget: 64 megapixels (8192 × 8192).
-MAX_PIXELS = 64 * 1024 * 1024
+#: The default pixel budget: 8192 × 8192 (67 million pixels).
+MAX_PIXELS = 8192 * 8192
 #: Rows composited at a time (bounds the integer scratch buffers).
 _ROWS = 512
 
@@ -77,8 +77,8 @@ def check_pixels(width: int, height: int, where: str | Path | None = None) -> No
     budget = max_pixels()
     if width * height > budget:
         raise ImageTooLarge(
-            f"{width}x{height} pixels ({width * height / 1e6:.0f} MP) is over the pixel budget "
-            f"of {budget / 1e6:.0f} MP (LORAKIT_MAX_IMAGE_PIXELS raises it)",
+            f"{width}x{height} is {width * height} pixels, over the pixel budget of {budget} "
+            "(LORAKIT_MAX_IMAGE_PIXELS raises it)",
             where=where,
         )
 

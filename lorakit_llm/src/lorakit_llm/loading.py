@@ -233,10 +233,26 @@ def load_model(
         kwargs["device_map"] = {"": index if index is not None else 0}
     try:
         with quiet:
-            model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                source.location, output_loading_info=True, **kwargs
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(source, "the model", exc) from None
+    check_complete(source, info.get("missing_keys") or ())
     return model
+
+
+def check_complete(source: BaseSource, missing: Any) -> None:
+    """Refuse a base whose file lacks weights the model has: transformers would fill them
+    with fresh random values and training would go on, to the end, on garbage."""
+    names = sorted(str(name) for name in missing)
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise UsageError(
+            f"{source.label}: {len(names)} weight(s) of the model are missing from the file "
+            f"({shown}); they would start from random values: the file is damaged or "
+            "incomplete"
+        )
 
 
 def load_base(
