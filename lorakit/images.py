@@ -26,9 +26,9 @@ frame. numpy and PIL are imported inside the function: importing this module is 
 A pixel budget bounds the work a small file can ask for: an image whose header says it has
 more than :func:`max_pixels` pixels (8192 × 8192, 67 million, unless
 ``LORAKIT_MAX_IMAGE_PIXELS`` says otherwise) is refused with :class:`ImageTooLarge` before a
-byte of it is decoded (a 0.5 MB PNG can claim 10 000 × 10 000). The arithmetic above runs on
-8-, 16- and 32-bit integers (exact: none of the divisions can land on a half), a block of rows
-at a time: no float64 copy of an image is ever made.
+byte of it is decoded (a 0.5 MB PNG can claim 10 000 × 10 000). The arithmetic above runs a
+block of rows at a time, in 16- and 32-bit integers (exact: none of its divisions can land on
+a half) and, for ``F`` images, float32: no float64 copy of an image is ever made.
 """
 
 from __future__ import annotations

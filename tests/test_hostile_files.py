@@ -74,12 +74,18 @@ def sd_config(tmp_path: Path, base: Path, config_dir: str, **sd) -> Path:
 def test_a_shared_config_cannot_opt_in_to_unpickling(pickled_base, tiny_bases, tmp_path):
     """The page launches ``lorakit train --config FILE`` and never passes the flag: a config
     that says ``sd.allow_unsafe_pickle: true`` beside a .ckpt is refused, its code never runs."""
+    from lorakit_ui.runs import train_command
+
     ckpt, marker = pickled_base
     config = sd_config(tmp_path, ckpt, tiny_bases["sd_config"], allow_unsafe_pickle=True)
-    done = run_capped(["train", "--config", config, "--no-progress"], timeout=180)
-    one_line_error(done, str(config), "allow_unsafe_pickle", "--allow-unsafe-pickle")
-    assert not marker.exists()
-    assert not (tmp_path / "out").exists()
+    for resume in (False, True):  # Start and Resume on the page
+        command = train_command(config, resume)
+        assert command[1:4] == ["-m", "lorakit.cli", "train"]
+        assert not any("pickle" in part for part in command)
+        done = run_capped(command[3:], timeout=180)
+        one_line_error(done, str(config), "allow_unsafe_pickle", "--allow-unsafe-pickle")
+        assert not marker.exists()
+        assert not (tmp_path / "out").exists()
 
 
 def test_unpickling_needs_the_flag_on_the_command(pickled_base, tiny_bases, tmp_path):
@@ -94,6 +100,22 @@ def test_unpickling_needs_the_flag_on_the_command(pickled_base, tiny_bases, tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     assert marker.exists()  # the person allowed it: the file's code ran (a real pickle)
     assert f"unpickling {ckpt} (allowed on this command)" in done.stderr
+
+
+def test_the_run_header_says_unpickling_is_allowed(toy_plugins, tmp_path, monkeypatch, capsys):
+    from conftest import toy_config
+
+    from lorakit.unsafe_pickle import ENV
+
+    monkeypatch.setenv(ENV, "0")  # restored after the test: the flag sets it in-process
+    config = write_config(tmp_path / "c.yaml", toy_config(tmp_path, epochs=1))
+    code, out, err = run_cli(capsys, "train", "--config", config, "--no-progress")
+    assert code == 0 and "unpickling allowed" not in err, err
+    config = write_config(tmp_path / "d.yaml", toy_config(tmp_path / "d", epochs=1))
+    code, out, err = run_cli(capsys, "train", "--config", config, "--no-progress",
+                             "--allow-unsafe-pickle")  # fmt: skip
+    assert code == 0, err
+    assert "unpickling allowed on this command (--allow-unsafe-pickle" in err
 
 
 # -- 2. bounded parsing ----------------------------------------------------------------

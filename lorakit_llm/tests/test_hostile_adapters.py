@@ -81,3 +81,26 @@ def test_chat_shows_the_answer_as_text(monkeypatch: Any, capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\r" not in out and "\x07" not in out
     assert "\\x1b]0;owned\\x07\\x1b[2Jcleared\\rfake\nsecond line" in out
+
+
+def test_a_base_folder_of_pickled_weights_is_refused(
+    tmp_path: Path, assets: dict[str, Path], capsys: Any
+) -> None:
+    import shutil
+
+    from llm_helpers import llm_config
+
+    from lorakit.testing import write_config
+
+    marker = tmp_path / "the-pickle-ran"
+    base = tmp_path / "shared-base"
+    shutil.copytree(assets["model"], base)
+    (base / "model.safetensors").unlink()
+    (base / "pytorch_model.bin").write_bytes(pickle.dumps({"payload": PickleBomb(marker)}))
+    config = write_config(tmp_path / "run.yaml",
+                          llm_config(assets, tmp_path / "out", base_model=str(base)))  # fmt: skip
+    code, out, err = run_cli(capsys, "train", "--config", config, "--no-progress")
+    assert code == 2, out + err
+    line = err.strip().splitlines()[-1]
+    assert str(base) in line and "pytorch_model.bin" in line and "--allow-unsafe-pickle" in line
+    assert not marker.exists()
