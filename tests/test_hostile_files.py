@@ -372,3 +372,13 @@ def test_fuzz_aliases_end_fast_in_success_or_one_line(toy_plugins, tmp_path_fact
     except ConfigError as exc:
         assert "\n" not in str(exc) and str(path) in str(exc)
     assert time.perf_counter() - start < 2.0
+
+
+def test_an_error_naming_a_hostile_file_name_is_one_line_of_text(tmp_path):
+    """A data folder someone else made: its file names reach the error line as text."""
+    name = "x\x1b[2J\rline\nbreak.yaml"
+    config = tmp_path / name
+    config.write_text("lora_rank: [\n")
+    done = run_capped(["config", "validate", config], memory_gb=2, timeout=60)
+    line = one_line_error(done, "invalid YAML")
+    assert "x\\x1b[2J\\rline" in line and ESC not in done.stderr and "\r" not in done.stderr

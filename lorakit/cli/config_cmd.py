@@ -124,7 +124,6 @@ def migrate_cmd(
     write_text(backup, file.read_text(encoding="utf-8"))
     write_text(file, text)
     print(f"wrote {file} (previous version in {backup})")
-    load_or_exit(file, [], check_paths=False)  # what the new layout still gets wrong
 
 
 @config_app.command("reference")
