@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import struct
 import time
 import zlib
@@ -116,6 +117,19 @@ def test_the_run_header_says_unpickling_is_allowed(toy_plugins, tmp_path, monkey
                              "--allow-unsafe-pickle")  # fmt: skip
     assert code == 0, err
     assert "unpickling allowed on this command (--allow-unsafe-pickle" in err
+
+
+@pytest.mark.parametrize("verb", ["sample", "merge", "export"])
+def test_a_pickled_lora_is_refused_by_every_command(tmp_path, verb):
+    marker = tmp_path / "the-pickle-ran"
+    lora = tmp_path / "style.pt"
+    lora.write_bytes(pickle.dumps({"payload": PickleBomb(marker)}))
+    args = {"sample": ["sample", "--lora", lora, "--base", "x/y", "-p", "a cat"],
+            "merge": ["merge", "--lora", lora, "--base", "x/y", "-o", tmp_path / "m"],
+            "export": ["export", lora, "--to", "diffusers"]}[verb]  # fmt: skip
+    done = run_capped(args, memory_gb=2, timeout=120)
+    one_line_error(done, str(lora), "pickled file can run code")
+    assert not marker.exists()
 
 
 # -- 2. bounded parsing ----------------------------------------------------------------

@@ -23,6 +23,9 @@ from lorakit.errors import UsageError
 from lorakit.io import parse_lora
 from lorakit.registry import commands_of
 
+#: LoRA files that are pickles: refused, never loaded (a LoRA needs no unpickling).
+PICKLED_LORAS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="A run's config: its base model and backend settings."),
@@ -59,6 +62,11 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Ba
     for path in paths:  # a broken or crafted header: its own line, before any backend reads it
         if path.lower().endswith(".safetensors") and Path(path).is_file():
             read_header(path)
+        if Path(path).suffix.lower() in PICKLED_LORAS and Path(path).is_file():
+            raise UsageError(
+                f"{path}: a pickled file can run code when loaded; lorakit reads LoRAs saved "
+                "as .safetensors (or PEFT adapter folders) only"
+            )
     plugins = get_plugins()
     plugins.check()
     registries = plugins.registries
