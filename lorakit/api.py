@@ -38,9 +38,11 @@ from lorakit.engine.runlock import (
 from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.export_view import AdapterExport, AdapterLayer, Exporter, Network
+from lorakit.gguf_header import GgufHeader, check_gguf
 from lorakit.hookspecs import hookspec
 from lorakit.identify import FileKind, FileProbe, LoraSummary
-from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
+from lorakit.images import IMAGE_EXTENSIONS, ImageTooLarge, decode_rgb, is_image_name
+from lorakit.images import check_pixels as check_image_pixels
 from lorakit.io import (
     atomic_dir,
     atomic_path,
@@ -84,6 +86,9 @@ from lorakit.registry import (
 from lorakit.runfolder import RunFolder, RunFolderError
 from lorakit.safetensors_header import Header as SafetensorsHeader
 from lorakit.safetensors_header import read_header as read_safetensors_header
+from lorakit.terminal_text import printable, rich_text
+from lorakit.unsafe_pickle import HINT as UNSAFE_PICKLE_HINT
+from lorakit.unsafe_pickle import unsafe_pickle_allowed
 from lorakit.zero import gathered_parameters, loading_whole
 
 __all__ = [
@@ -92,7 +97,9 @@ __all__ = [
     "Exporter",
     "Network",
     "FILE_COLUMNS",
+    "GgufHeader",
     "IMAGE_EXTENSIONS",
+    "ImageTooLarge",
     "LOCK_NAME",
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
@@ -129,11 +136,14 @@ __all__ = [
     "TrackerSpec",
     "TrainConfig",
     "TrainContext",
+    "UNSAFE_PICKLE_HINT",
     "UsageError",
     "WeightedLora",
     "__version__",
     "atomic_dir",
     "atomic_path",
+    "check_image_pixels",
+    "check_gguf",
     "create_labeler",
     "decode_rgb",
     "earlier_run",
@@ -160,14 +170,17 @@ __all__ = [
     "parse_lora",
     "parse_override",
     "plan_line",
+    "printable",
     "read_image",
     "read_metadata",
     "read_table",
     "read_text",
+    "rich_text",
     "read_safetensors_header",
     "save_safetensors",
     "template_text",
     "trainable_state_dict",
+    "unsafe_pickle_allowed",
     "write_bytes",
     "write_text",
 ]

@@ -18,9 +18,12 @@ from typing import Annotated, Any
 import typer
 
 from lorakit.backend_plugin import BackendPlugin
-from lorakit.cli.options import BaseConfigOption, SetOpt
+from lorakit.cli.options import AllowPickleOpt, BaseConfigOption, SetOpt
 from lorakit.errors import UsageError
 from lorakit.io import parse_lora
+
+#: LoRA files that are pickles: refused, never loaded (a LoRA needs no unpickling).
+PICKLED_LORAS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 ConfigOption = Annotated[
     Path | None,
@@ -53,7 +56,16 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Ba
     """``(backend name, the backend)`` for ``verb``."""
     from lorakit.plugins import get_plugins
     from lorakit.registry import KNOWN_BACKEND_PACKAGES
+    from lorakit.safetensors_header import read_header
 
+    for path in paths:  # a broken or crafted header: its own line, before any backend reads it
+        if path.lower().endswith(".safetensors") and Path(path).is_file():
+            read_header(path)
+        if Path(path).suffix.lower() in PICKLED_LORAS and Path(path).is_file():
+            raise UsageError(
+                f"{path}: a pickled file can run code when loaded; lorakit reads LoRAs saved "
+                "as .safetensors (or PEFT adapter folders) only"
+            )
     plugins = get_plugins()
     plugins.check()
     registries = plugins.registries
@@ -116,6 +128,7 @@ def _add_export(app: typer.Typer) -> None:
         config: ConfigOption = None,
         set_: SetOpt = None,
         base_config: BaseConfigOption = None,
+        allow_unsafe_pickle: AllowPickleOpt = False,
     ) -> None:
         """Convert a trained LoRA: kohya/A1111 ⇄ diffusers (sd files), or a PEFT adapter to a
         llama.cpp GGUF adapter (llm: --to gguf, --base names the base where needed)."""
@@ -144,6 +157,7 @@ def _add_merge(app: typer.Typer) -> None:
         config: ConfigOption = None,
         set_: SetOpt = None,
         base_config: BaseConfigOption = None,
+        allow_unsafe_pickle: AllowPickleOpt = False,
     ) -> None:
         """Bake one or more LoRAs (with weights) into a base model and save it."""
         loras = [parse_lora(item) for item in lora]
@@ -186,6 +200,7 @@ def _add_sample(app: typer.Typer) -> None:
         ] = None,
         set_: SetOpt = None,
         base_config: BaseConfigOption = None,
+        allow_unsafe_pickle: AllowPickleOpt = False,
     ) -> None:
         """Render images (sd) or generate text (llm) with one or several LoRAs."""
         cfg = None

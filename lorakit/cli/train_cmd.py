@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lorakit.cli.options import BackendOpt, BaseConfigOption, ConfigOpt, SetOpt
+from lorakit.cli.options import (
+    AllowPickleOpt,
+    BackendOpt,
+    BaseConfigOption,
+    ConfigOpt,
+    SetOpt,
+)
 from lorakit.engine.runlock import hold_run_folder, holding_run_folder
+from lorakit.unsafe_pickle import header_line
 
 if TYPE_CHECKING:
     from lorakit.engine.trainer import RunResult
@@ -63,6 +70,7 @@ def register(app: typer.Typer) -> None:
                 help="Write into the folder output_dir links to (refused by default).",
             ),
         ] = False,
+        allow_unsafe_pickle: AllowPickleOpt = False,
     ) -> None:
         """Train a LoRA as the config says."""
         from lorakit.config import load_config
@@ -80,6 +88,9 @@ def register(app: typer.Typer) -> None:
         hold_run_folder(cfg.train.output_dir, machine_rank=machine_rank)  # one writer per run
         for notice in cfg.notices:
             print(f"lorakit: {config}: {notice}", file=sys.stderr)
+        pickle_line = header_line()
+        if pickle_line and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"lorakit: {pickle_line}", file=sys.stderr)
         if not no_plan_check and "LOCAL_RANK" not in os.environ:
             from lorakit.cli.plan_cmd import train_check
 

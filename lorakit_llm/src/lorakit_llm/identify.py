@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import FileKind, FileProbe, LoraSummary, RunFolder, UsageError
+from lorakit.api import FileKind, FileProbe, LoraSummary, RunFolder, UsageError, check_gguf
 
 GGUF_MAGIC = b"GGUF"
 
@@ -46,6 +46,7 @@ def _gguf_reader(path: Path) -> Any:
         raise UsageError(
             "a GGUF file; reading it needs the gguf package: pip install gguf", where=str(path)
         ) from None
+    check_gguf(path)  # counts, lengths and offsets fit the file before the reader trusts them
     try:
         return gguf.GGUFReader(str(path), "r")
     except (OSError, ValueError, KeyError, IndexError) as exc:
