@@ -32,14 +32,17 @@ from lorakit.engine.runlock import (
     earlier_run,
     has_checkpoints,
     holder,
+    holds,
     in_use,
 )
 from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.export_view import AdapterExport, AdapterLayer, Exporter, Network
+from lorakit.gguf_header import GgufHeader, check_gguf
 from lorakit.hookspecs import hookspec
 from lorakit.identify import FileKind, FileProbe, LoraSummary
-from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
+from lorakit.images import IMAGE_EXTENSIONS, ImageTooLarge, decode_rgb, is_image_name
+from lorakit.images import check_pixels as check_image_pixels
 from lorakit.io import (
     atomic_dir,
     atomic_path,
@@ -80,8 +83,12 @@ from lorakit.registry import (
     SchedulerSpec,
     TrackerSpec,
 )
+from lorakit.runfolder import RunFolder, RunFolderError
 from lorakit.safetensors_header import Header as SafetensorsHeader
 from lorakit.safetensors_header import read_header as read_safetensors_header
+from lorakit.terminal_text import printable, rich_text
+from lorakit.unsafe_pickle import HINT as UNSAFE_PICKLE_HINT
+from lorakit.unsafe_pickle import unsafe_pickle_allowed
 from lorakit.zero import gathered_parameters, loading_whole
 
 __all__ = [
@@ -90,7 +97,9 @@ __all__ = [
     "Exporter",
     "Network",
     "FILE_COLUMNS",
+    "GgufHeader",
     "IMAGE_EXTENSIONS",
+    "ImageTooLarge",
     "LOCK_NAME",
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
@@ -119,17 +128,22 @@ __all__ = [
     "RunError",
     "RunInfo",
     "RunLock",
+    "RunFolder",
+    "RunFolderError",
     "SafetensorsHeader",
     "SchedulerSpec",
     "TEXT_COLUMNS",
     "TrackerSpec",
     "TrainConfig",
     "TrainContext",
+    "UNSAFE_PICKLE_HINT",
     "UsageError",
     "WeightedLora",
     "__version__",
     "atomic_dir",
     "atomic_path",
+    "check_image_pixels",
+    "check_gguf",
     "create_labeler",
     "decode_rgb",
     "earlier_run",
@@ -141,6 +155,7 @@ __all__ = [
     "get_registries",
     "has_checkpoints",
     "holder",
+    "holds",
     "half_dtype",
     "hookimpl",
     "hookspec",
@@ -155,14 +170,17 @@ __all__ = [
     "parse_lora",
     "parse_override",
     "plan_line",
+    "printable",
     "read_image",
     "read_metadata",
     "read_table",
     "read_text",
+    "rich_text",
     "read_safetensors_header",
     "save_safetensors",
     "template_text",
     "trainable_state_dict",
+    "unsafe_pickle_allowed",
     "write_bytes",
     "write_text",
 ]

@@ -22,18 +22,34 @@ Transparency (``RGBA``, ``LA``, ``PA``, ``La``, ``RGBa``, ``P`` or ``L``/``RGB``
 with a ``transparency`` entry) is composited over white: ``round(c * a / 255 + 255 *
 (255 - a) / 255)``. EXIF orientation is applied first; an animation gives its first
 frame. numpy and PIL are imported inside the function: importing this module is free.
+
+A pixel budget bounds the work a small file can ask for: an image whose header says it has
+more than :func:`max_pixels` pixels (8192 × 8192, 67 million, unless
+``LORAKIT_MAX_IMAGE_PIXELS`` says otherwise) is refused with :class:`ImageTooLarge` before a
+byte of it is decoded (a 0.5 MB PNG can claim 10 000 × 10 000). The arithmetic above runs a
+block of rows at a time, in 16- and 32-bit integers (exact: none of its divisions can land on
+a half) and, for ``F`` images, float32: no float64 copy of an image is ever made.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lorakit.errors import UsageError
 
 if TYPE_CHECKING:
     from PIL import Image
 
 #: Extensions (lower case) of the files read as images, by training and by labeling.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+#: The default pixel budget: 8192 × 8192 (67 million pixels).
+MAX_PIXELS = 8192 * 8192
+#: Rows composited at a time (bounds the integer scratch buffers).
+_ROWS = 512
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -44,25 +60,63 @@ def is_image_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+class ImageTooLarge(UsageError, ValueError):
+    """An image's header claims more pixels than the budget (:func:`max_pixels`): a
+    ``ValueError`` to the readers that skip unreadable images, one line (exit 2) elsewhere."""
+
+
+def max_pixels() -> int:
+    """The pixel budget: ``LORAKIT_MAX_IMAGE_PIXELS`` (a whole number), else :data:`MAX_PIXELS`."""
+    text = os.environ.get("LORAKIT_MAX_IMAGE_PIXELS", "").strip().replace("_", "")
+    return int(text) if text.isdigit() and int(text) > 0 else MAX_PIXELS
+
+
+def check_pixels(width: int, height: int, where: str | Path | None = None) -> None:
+    """Raise :class:`ImageTooLarge` (naming ``where``) when ``width × height`` is over the
+    budget."""
+    budget = max_pixels()
+    if width * height > budget:
+        raise ImageTooLarge(
+            f"{width}x{height} is {width * height} pixels, over the pixel budget of {budget} "
+            "(LORAKIT_MAX_IMAGE_PIXELS raises it)",
+            where=where,
+        )
+
+
+def _rows(height: int) -> range:
+    return range(0, height, _ROWS)
+
+
 def _wide_to_8bit(image: Any) -> Any:
     """An ``(H, W)`` uint8 array of a 16-bit, 32-bit integer or float single-band image."""
     import numpy as np
 
     values = np.asarray(image)
-    if image.mode == "F":
-        scaled = np.clip(values.astype(np.float64), 0.0, 1.0) * 255.0
-    else:
-        scaled = np.clip(values.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
-    return np.rint(scaled).astype(np.uint8)
+    out = np.empty(values.shape, np.uint8)
+    for top in _rows(values.shape[0]):
+        block = values[top : top + _ROWS]
+        if image.mode == "F":
+            scaled = np.clip(block.astype(np.float32), 0.0, 1.0) * np.float32(255.0)
+            out[top : top + _ROWS] = np.rint(scaled)
+        else:  # round(v * 255 / 65535) == (v * 255 + 32767) // 65535 (never a tie)
+            wide = np.clip(block, 0, 65535).astype(np.uint32)
+            out[top : top + _ROWS] = (wide * 255 + 32767) // 65535
+    return out
 
 
 def _over_white(rgb: Any, alpha: Any) -> Any:
-    """``rgb`` (H, W, 3 uint8) composited over white with ``alpha`` (H, W uint8)."""
+    """``rgb`` (H, W, 3 uint8) composited over white with ``alpha`` (H, W uint8).
+
+    ``round((c * a + 255 * (255 - a)) / 255)`` in 16-bit integers (at most 65 152).
+    """
     import numpy as np
 
-    a = alpha.astype(np.float64)[..., None] / 255.0
-    out = rgb.astype(np.float64) * a + 255.0 * (1.0 - a)
-    return np.rint(out).astype(np.uint8)
+    out = np.empty(rgb.shape, np.uint8)
+    for top in _rows(rgb.shape[0]):
+        a = alpha[top : top + _ROWS, :, None].astype(np.uint16)
+        c = rgb[top : top + _ROWS].astype(np.uint16)
+        out[top : top + _ROWS] = (c * a + 255 * (255 - a) + 127) // 255
+    return out
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -90,11 +144,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def decode_rgb(path: str | Path) -> Image.Image:
     """The image at ``path``, fully decoded, upright and 8-bit RGB (see the module doc).
 
-    Raises ``OSError``/``ValueError``/``SyntaxError`` (and PIL's decompression-bomb error)
-    for a file that is not a readable image, a truncated one included.
+    Raises ``OSError``/``ValueError``/``SyntaxError`` for a file that is not a readable
+    image, a truncated one included, and :class:`ImageTooLarge` (a ``ValueError``) for one
+    over the pixel budget.
     """
     from PIL import Image as PILImage
 
-    with PILImage.open(path) as opened:
-        opened.load()  # decode now: a truncated file fails here, not later
-        return to_rgb(opened)
+    with warnings.catch_warnings():  # the budget below is the check; PIL's own is a backstop
+        warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+        try:
+            opened = PILImage.open(path)
+        except PILImage.DecompressionBombError as exc:  # PIL's limit is above the default
+            raise ImageTooLarge(f"{exc} (PIL's decompression-bomb limit)") from None
+        with opened:
+            check_pixels(*opened.size)  # from the header, before a byte is decoded
+            opened.load()  # decode now: a truncated file fails here, not later
+            return to_rgb(opened)

@@ -67,3 +67,41 @@ def write_config(path: str | Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def run_capped(
+    args: list[object],
+    *,
+    memory_gb: float = 3.0,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    module: str = "lorakit.cli",
+) -> Any:
+    """``python -m lorakit.cli ARGS`` (or another ``module``) in a subprocess whose address
+    space is capped at ``memory_gb`` (``RLIMIT_AS``) and whose run is cut at ``timeout``
+    seconds: a file that asks for unbounded work fails the test, not the machine.
+
+    Returns the ``subprocess.CompletedProcess`` (text ``stdout`` and ``stderr``); a run
+    past ``timeout`` raises ``subprocess.TimeoutExpired`` (the child is killed).
+    """
+    import os
+    import resource
+    import subprocess
+
+    limit = int(memory_gb * 2**30)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", module, *(str(a) for a in args)],
+        preexec_fn=cap,  # noqa: PLW1509 - only sets a limit, before exec
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )

@@ -213,7 +213,7 @@ def broken_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
         "not object": (_write(tmp_path / "arr.safetensors", b"[1, 2]"), "invalid type: sequence"),
         "bad offsets": (
             _write(tmp_path / "off.safetensors", json.dumps({"w": entry}).encode(), b"\0" * 8),
-            "truncated: the tensors do not cover the file",
+            "truncated: tensor w claims 16 bytes (F32 [2, 2]) but the file holds 8 bytes",
         ),
         "size mismatch": (
             _write(

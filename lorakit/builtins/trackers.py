@@ -14,25 +14,27 @@ from typing import Any
 
 from lorakit import hookimpl
 from lorakit.registry import TrackerSpec
+from lorakit.runfolder import METRICS, METRICS_LIMIT, RunFolder
 
 
 class JsonlTracker:
-    """One JSON object per logged step in ``output_dir/metrics.jsonl``."""
+    """One JSON object per logged step in ``output_dir/metrics.jsonl`` (through the run
+    folder: the rows kept on a resume replace the file, then rows are appended, never
+    through a link)."""
 
     def __init__(self, output_dir: Path, config: Any = None, start_step: int = 0) -> None:
-        self.path = Path(output_dir) / "metrics.jsonl"
+        run = RunFolder(output_dir)
+        self.path = run.where(METRICS)
         kept = []
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+        if run.lstat(METRICS) is not None:
+            for line in run.read_text(METRICS, limit=METRICS_LIMIT).splitlines():
                 try:
                     if json.loads(line).get("step", 0) <= start_step:
                         kept.append(line + "\n")
-                except json.JSONDecodeError:
+                except (ValueError, AttributeError):
                     break  # a line cut by a crash: drop it and what follows
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
-        self._file.writelines(kept)
-        self._file.flush()
+        run.write_text(METRICS, "".join(kept))
+        self._file = run.open_append(METRICS)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -62,13 +64,12 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run's metrics.jsonl."""
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+def read_metrics(output_dir: str | Path, since: int = 0) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (from row ``since``; a cut or foreign line ends them)."""
+    return RunFolder(output_dir).metrics(since)
 
 
 @hookimpl
 def register_trackers(register: Callable[[TrackerSpec], None]) -> None:
     register(TrackerSpec("tensorboard", TensorBoardTracker, "TensorBoard event files"))
-    register(TrackerSpec("jsonl", JsonlTracker, "metrics.jsonl, one object per step"))
+    register(TrackerSpec("jsonl", JsonlTracker, f"{METRICS}, one object per step"))

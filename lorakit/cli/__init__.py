@@ -53,7 +53,10 @@ def fail(message: str, code: int) -> None:
 
         recorded = record(message, code)
     if not recorded or debug():
-        print(f"lorakit: error: {message}", file=sys.stderr)
+        from lorakit.terminal_text import printable
+
+        # File names and file text in a message are shown as text, on one line.
+        print(f"lorakit: error: {printable(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 

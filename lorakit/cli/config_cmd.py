@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lorakit.config.templates import template_text
 from lorakit.errors import UsageError
+
+if TYPE_CHECKING:
+    from lorakit.config import Config
 
 config_app = typer.Typer(help="Write, check and migrate config files.", no_args_is_help=True)
 
@@ -52,6 +55,19 @@ def init(
     print(f"wrote {output}")
 
 
+def load_or_exit(file: Path, overrides: list[str], check_paths: bool) -> Config:
+    """The validated config of ``file``, or every error of it, one line each, and exit 2."""
+    from lorakit.config import load_config
+    from lorakit.config.loader import ConfigErrors
+
+    try:
+        return load_config(file, overrides=overrides, check_paths=check_paths)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"lorakit: error: {error.format()}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 @config_app.command("validate")
 def validate(
     file: Annotated[Path, typer.Argument(help="Config file to check.")],
@@ -66,15 +82,7 @@ def validate(
 
     Reports every error of the file, one line each, not only the first.
     """
-    from lorakit.config import load_config
-    from lorakit.config.loader import ConfigErrors
-
-    try:
-        cfg = load_config(file, overrides=set_ or [], check_paths=not no_paths)
-    except ConfigErrors as exc:
-        for error in exc.errors:
-            print(f"lorakit: error: {error.format()}", file=sys.stderr)
-        raise SystemExit(2) from None
+    cfg = load_or_exit(file, set_ or [], not no_paths)
     for notice in cfg.notices:
         print(f"{file}: {notice}", file=sys.stderr)
     if not no_paths:  # what the loader would refuse, said now rather than at train time
@@ -107,6 +115,7 @@ def migrate_cmd(
     for notice in notices:
         print(f"{file}: {notice}")
     if text is None:
+        load_or_exit(file, [], check_paths=False)  # "current" only for a file that validates
         print(f"{file}: already current")
         return
     if dry_run:

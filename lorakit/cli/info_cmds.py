@@ -13,17 +13,17 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from lorakit import PLUGIN_API_VERSION, __version__
+from lorakit.terminal_text import rich_text
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _plain(text: str) -> None:
-    """Print without rich markup or wrapping (changelog lines, file reports)."""
-    Console(soft_wrap=True, highlight=False).print(escape(text))
+    """Print one line of file text as text: no markup, escapes shown, no wrapping."""
+    Console(soft_wrap=True, highlight=False).print(rich_text(text))
 
 
 def print_version(report: dict[str, Any], releases: list[Any] | None, skipped: list[str]) -> None:
@@ -37,11 +37,11 @@ def print_version(report: dict[str, Any], releases: list[Any] | None, skipped: l
     )
     for p in report["plugins"]:
         state = (
-            "" if p["status"] == "ok" else f"  [red]{p['status']}[/]: {escape(p['error'] or '')}"
+            "" if p["status"] == "ok" else f"  [red]{p['status']}[/]: {rich_text(p['error'] or '')}"
         )
         console.print(
-            f"  plugin {escape(p['distribution'])} {escape(p['version'])} "
-            f"(entry point {escape(p['name'])}, API {p['plugin_api']}){state}"
+            f"  plugin {rich_text(p['distribution'])} {rich_text(p['version'])} "
+            f"(entry point {rich_text(p['name'])}, API {p['plugin_api']}){state}"
         )
     for name, v in report["libraries"].items():
         extra = ""
@@ -52,19 +52,19 @@ def print_version(report: dict[str, Any], releases: list[Any] | None, skipped: l
         return
     for r in releases:
         if r.error:
-            console.print(f"[yellow]{escape(r.name)}[/]: {escape(r.error)}")
+            console.print(f"[yellow]{rich_text(r.name)}[/]: {rich_text(r.error)}")
         elif r.behind:
             console.print(
-                f"[yellow]{escape(r.name)} {escape(r.latest)} is out[/] (you have {escape(r.installed)})"
+                f"[yellow]{rich_text(r.name)} {rich_text(r.latest)} is out[/] (you have {rich_text(r.installed)})"
             )
             for line in r.changes:
-                console.print(f"    {escape(line)}")
+                console.print(f"    {rich_text(line)}")
             if not r.changes and r.changelog_url:
-                console.print(f"    changes: {escape(r.changelog_url)}")
+                console.print(f"    changes: {rich_text(r.changelog_url)}")
         elif r.latest:
-            console.print(f"[green]{escape(r.name)} {escape(r.installed)} is current[/]")
+            console.print(f"[green]{rich_text(r.name)} {rich_text(r.installed)} is current[/]")
     for name in skipped:
-        console.print(f"{escape(name)}: installed from a folder or VCS URL, not looked up")
+        console.print(f"{rich_text(name)}: installed from a folder or VCS URL, not looked up")
     command = upgrade_command(releases)
     if command:
         console.print(f"upgrade: {command}")
@@ -93,17 +93,17 @@ def plugins(
         status = (
             "[green]ok[/]"
             if info.status == "ok"
-            else f"[red]{info.status}[/]: {escape(info.error or '')}"
+            else f"[red]{info.status}[/]: {rich_text(info.error or '')}"
         )
         table.add_row(
-            escape(info.name), escape(info.distribution), escape(info.version),
-            escape(registers), status,
+            rich_text(info.name), rich_text(info.distribution), rich_text(info.version),
+            rich_text(registers), status,
         )  # fmt: skip
     Console().print(table)
     for line in manager.overrides():
-        Console().print(f"[yellow]override[/]: {escape(line)}")
+        Console().print(f"[yellow]override[/]: {rich_text(line)}")
     for conflict in manager.conflicts:
-        Console(stderr=True).print(f"[red]conflict[/]: {escape(conflict)}")
+        Console(stderr=True).print(f"[red]conflict[/]: {rich_text(conflict)}")
 
 
 def version(

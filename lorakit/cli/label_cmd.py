@@ -9,10 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from lorakit.errors import UsageError
+from lorakit.terminal_text import printable
 
 
 def _say(message: str) -> None:
-    print(f"lorakit: {message}", file=sys.stderr)
+    print(f"lorakit: {printable(message)}", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:
@@ -94,7 +95,7 @@ def say_report(report: Any, data_dir: Path, labeler: str, dry_run: bool) -> None
             "(training refuses empty captions: pass --prefix or edit the table)"
         )
     if dry_run:
-        sys.stdout.write(report.csv_text)
+        sys.stdout.write(printable(report.csv_text, newlines=True))
         _say(
             f"dry run: would write {len(report.rows)} rows ({len(report.labeled)} new) "
             f"to {report.metadata_path}; nothing written"

@@ -18,9 +18,12 @@ from typing import Annotated, Any
 import typer
 
 from lorakit.backend_plugin import BackendPlugin
-from lorakit.cli.options import BaseConfigOption, SetOpt
+from lorakit.cli.options import AllowPickleOpt, BaseConfigOption, SetOpt
 from lorakit.errors import UsageError
 from lorakit.io import parse_lora
+
+#: LoRA files that are pickles: refused, never loaded (a LoRA needs no unpickling).
+PICKLED_LORAS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 ConfigOption = Annotated[
     Path | None,
@@ -53,7 +56,16 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Ba
     """``(backend name, the backend)`` for ``verb``."""
     from lorakit.plugins import get_plugins
     from lorakit.registry import KNOWN_BACKEND_PACKAGES
+    from lorakit.safetensors_header import read_header
 
+    for path in paths:  # a broken or crafted header: its own line, before any backend reads it
+        if path.lower().endswith(".safetensors") and Path(path).is_file():
+            read_header(path)
+        if Path(path).suffix.lower() in PICKLED_LORAS and Path(path).is_file():
+            raise UsageError(
+                f"{path}: a pickled file can run code when loaded; lorakit reads LoRAs saved "
+                "as .safetensors (or PEFT adapter folders) only"
+            )
     plugins = get_plugins()
     plugins.check()
     registries = plugins.registries
@@ -80,15 +92,14 @@ def pick_backend(name: str | None, paths: list[str], verb: str) -> tuple[str, Ba
 
 def trained_loras(cfg: Any) -> list[Path]:
     """The LoRA a finished run exported (from its run.json), for ``sample --config``."""
-    import json
-
     from lorakit.plugins import get_registries
+    from lorakit.runfolder import RECORD, RunFolder
 
-    record_path = Path(cfg.train.output_dir) / "run.json"
-    try:
-        outputs = [Path(p) for p in json.loads(record_path.read_text()).get("outputs", [])]
-    except (OSError, ValueError):
-        raise UsageError(f"no finished run in {cfg.train.output_dir}; pass --lora") from None
+    record = RunFolder(cfg.train.output_dir).try_json(RECORD)
+    listed = record.get("outputs") if record is not None else None
+    if not isinstance(listed, list):
+        raise UsageError(f"no finished run in {cfg.train.output_dir}; pass --lora")
+    outputs = [Path(str(p)) for p in listed]
     backend = get_registries().backends.get(cfg.backend)
     mine = backend.detect if backend.supports("detect") else lambda _: True
     found = [p for p in outputs if p.exists() and mine(p)]
@@ -118,6 +129,7 @@ def _add_export(app: typer.Typer) -> None:
         config: ConfigOption = None,
         set_: SetOpt = None,
         base_config: BaseConfigOption = None,
+        allow_unsafe_pickle: AllowPickleOpt = False,
     ) -> None:
         """Convert a trained LoRA: kohya/A1111 ⇄ diffusers (sd files), or a PEFT adapter to a
         llama.cpp GGUF adapter (llm: --to gguf, --base names the base where needed)."""
@@ -146,6 +158,7 @@ def _add_merge(app: typer.Typer) -> None:
         config: ConfigOption = None,
         set_: SetOpt = None,
         base_config: BaseConfigOption = None,
+        allow_unsafe_pickle: AllowPickleOpt = False,
     ) -> None:
         """Bake one or more LoRAs (with weights) into a base model and save it."""
         loras = [parse_lora(item) for item in lora]
@@ -188,6 +201,7 @@ def _add_sample(app: typer.Typer) -> None:
         ] = None,
         set_: SetOpt = None,
         base_config: BaseConfigOption = None,
+        allow_unsafe_pickle: AllowPickleOpt = False,
     ) -> None:
         """Render images (sd) or generate text (llm) with one or several LoRAs."""
         cfg = None

@@ -1,4 +1,5 @@
-"""Options several commands share (``--config``, ``--set``, ``--backend``)."""
+"""Options several commands share (``--config``, ``--set``, ``--backend``,
+``--allow-unsafe-pickle``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from lorakit.unsafe_pickle import allow_unsafe_pickle
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The run's YAML config.")]
 SetOpt = Annotated[
@@ -20,5 +23,14 @@ BaseConfigOption = Annotated[
     typer.Option(
         "--base-config",
         help="Config folder of a single-file base (diffusers layout); --set sd.base_config.",
+    ),
+]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsafe-pickle",
+        help="Allow loading a pickled .ckpt/.pt base model: it runs the code inside the file "
+        "(only for files you trust). Also LORAKIT_ALLOW_UNSAFE_PICKLE=1.",
+        callback=allow_unsafe_pickle,
     ),
 ]

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lorakit.cli.options import BackendOpt, BaseConfigOption, ConfigOpt, SetOpt
+from lorakit.cli.options import (
+    AllowPickleOpt,
+    BackendOpt,
+    BaseConfigOption,
+    ConfigOpt,
+    SetOpt,
+)
 from lorakit.engine.runlock import hold_run_folder, holding_run_folder
+from lorakit.unsafe_pickle import header_line
 
 if TYPE_CHECKING:
     from lorakit.engine.trainer import RunResult
@@ -55,6 +63,14 @@ def register(app: typer.Typer) -> None:
             typer.Option("--no-plan-check", help="Train even when the plan says it cannot fit."),
         ] = False,
         base_config: BaseConfigOption = None,
+        follow_output_link: Annotated[
+            bool,
+            typer.Option(
+                "--follow-output-link",
+                help="Write into the folder output_dir links to (refused by default).",
+            ),
+        ] = False,
+        allow_unsafe_pickle: AllowPickleOpt = False,
     ) -> None:
         """Train a LoRA as the config says."""
         from lorakit.config import load_config
@@ -64,9 +80,17 @@ def register(app: typer.Typer) -> None:
         if base_config:  # short for --set <backend>.base_config=DIR, as on export/merge/sample
             sets = [*(set_ or []), f"{cfg.backend}.base_config={base_config}"]
             cfg = load_config(config, overrides=sets, backend=backend)
+        from lorakit.runfolder import output_dir
+
+        out = output_dir(cfg.train.output_dir, follow_link=follow_output_link)
+        if out != Path(cfg.train.output_dir):  # --follow-output-link: the folder it names
+            cfg.train.output_dir = str(out)
         hold_run_folder(cfg.train.output_dir, machine_rank=machine_rank)  # one writer per run
         for notice in cfg.notices:
             print(f"lorakit: {config}: {notice}", file=sys.stderr)
+        pickle_line = header_line()
+        if pickle_line and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"lorakit: {pickle_line}", file=sys.stderr)
         if not no_plan_check and "LOCAL_RANK" not in os.environ:
             from lorakit.cli.plan_cmd import train_check
 

@@ -2,6 +2,12 @@
 
 YAML 1.1 reads ``2e-4`` (no dot) as a string; this reader reads it as the float a user means.
 Duplicate keys are errors; merge keys (``<<: *defaults``) work.
+
+A config from someone else is read within bounds: the file at most :data:`MAX_BYTES`, and
+before anything walks the parsed nodes, their size with every alias (and merge key) expanded
+is counted on the shared node graph, in time linear in the file: more than
+:data:`MAX_VALUES` values, nesting deeper than :data:`MAX_DEPTH` or an alias inside itself is
+one :class:`ConfigError` (a ~350-byte "billion laughs" file stops here, at once).
 """
 
 from __future__ import annotations
@@ -13,6 +19,13 @@ from typing import Any
 import yaml
 
 from lorakit.errors import ConfigError
+
+#: The largest config file read (bytes); a config is a page of keys, not a data set.
+MAX_BYTES = 4 * 1024 * 1024
+#: The most values (scalars, lists, mappings) a config may hold with its aliases expanded.
+MAX_VALUES = 100_000
+#: The deepest nesting of lists and mappings, aliases expanded.
+MAX_DEPTH = 64
 
 
 class _Loader(yaml.SafeLoader):
@@ -32,6 +45,53 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_expansion(root: yaml.Node, file: str | None) -> None:
+    """Refuse a node graph whose aliases expand past :data:`MAX_VALUES` / :data:`MAX_DEPTH`.
+
+    Counted once per distinct node (memoised), without recursion: linear in the file however
+    many times an alias repeats; merge keys count as the mappings they copy in.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_nodes.discard(key)
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            line = node.start_mark.line + 1
+            if size[key] > MAX_VALUES:
+                raise ConfigError(
+                    f"aliases expand to more than {MAX_VALUES} values (an alias bomb?)",
+                    file=file, line=line,
+                )  # fmt: skip
+            if depth[key] > MAX_DEPTH:
+                raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=file, line=line)
+            continue
+        if key in size:
+            continue
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_nodes:
+                line = child.start_mark.line + 1
+                raise ConfigError("an alias refers to itself", file=file, line=line)
+            if id(child) not in size:
+                stack.append((child, False))
 
 
 def _walk(
@@ -64,7 +124,11 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """Read a YAML mapping and the line number of every key."""
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ConfigError(f"larger than {MAX_BYTES // 2**20} MB: not a config", file=file)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("config file not found", file=file) from None
     except UnicodeDecodeError as exc:
@@ -84,6 +148,8 @@ def parse_yaml(
         raise ConfigError(f"invalid YAML: {getattr(exc, 'reason', exc)}", file=file) from None
     try:
         node = loader.get_single_node()
+        if node is not None:
+            check_expansion(node, file)
         lines: dict[tuple[str, ...], int] = {}
         data = {} if node is None else _walk(node, loader, (), lines, file)
     except yaml.MarkedYAMLError as exc:
@@ -94,6 +160,10 @@ def parse_yaml(
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=file) from None
+    except RecursionError:
+        raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=file) from None
+    except (ValueError, OverflowError) as exc:  # a value YAML cannot build (a 5000-digit int)
+        raise ConfigError(f"invalid YAML value: {str(exc)[:200]}", file=file) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):

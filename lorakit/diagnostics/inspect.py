@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 from lorakit.diagnostics.lora_names import _LYCORIS, _SUFFIXES, kohya_target, peft_target
 from lorakit.errors import UsageError
 from lorakit.identify import FileKind, FileProbe, LoraSummary
+from lorakit.runfolder import RECORD, RunFolder
 from lorakit.safetensors_header import TensorInfo, read_header
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -350,11 +351,11 @@ def inspect_adapter(folder: Path) -> Report:
         record = _json_object(sidecar)
         if record and record.get("lorakit"):
             report.provenance = _from_record(record, str(sidecar))
-    run = folder.parent / "run.json"
-    if not report.provenance.get("version") and run.is_file():
-        record = _json_object(run)
+    run = RunFolder(folder.parent)
+    if not report.provenance.get("version") and run.is_file(RECORD):
+        record = run.try_json(RECORD)
         if record and record.get("lorakit"):
-            report.provenance = _from_record(record, str(run))
+            report.provenance = _from_record(record, str(run.where(RECORD)))
     peft = config.get("peft_version")
     report.made_by = _made_by(report.provenance, report.metadata, str(peft) if peft else None)
     return report

@@ -9,12 +9,11 @@ every checkpoint, so ``--resume`` continues with it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from lorakit.errors import UsageError
-from lorakit.io import write_text
+from lorakit.runfolder import RECORD, RunFolder
 
 FIRST_STEPS = 3  # an OOM later than this is not a batch-size problem to guess at
 
@@ -31,8 +30,10 @@ def check(config: Any, num_processes: int) -> None:
 
 def restore_layout(config: Any, checkpoint: Path) -> None:
     """Continue with the micro-batch layout a resumed run had switched to."""
-    saved = json.loads((checkpoint / "trainer_state.json").read_text())
-    batch, accum = saved.get("batch_size"), saved.get("gradient_accumulation_steps")
+    from lorakit.engine.manifest import read_state
+
+    saved = read_state(checkpoint)
+    batch, accum = saved.batch_size, saved.gradient_accumulation_steps
     cfg = config.train
     if not (cfg.auto_batch_size and batch and accum):
         return
@@ -67,7 +68,7 @@ def halve(s: Any) -> None:
         f"{cfg.gradient_accumulation_steps} (same effective batch {s.effective_batch})"
     )
     if s.main:
-        record_path = s.out / "run.json"
-        record = json.loads(record_path.read_text())
+        run = RunFolder(s.out)
+        record = run.read_json(RECORD)
         record.setdefault("auto_batch_size", []).append(change)
-        write_text(record_path, json.dumps(record, indent=2))
+        run.write_json(RECORD, record)

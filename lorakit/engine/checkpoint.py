@@ -12,9 +12,12 @@ A checkpoint holds only safetensors and JSON (nothing is unpickled on resume):
     trainer_state.json      step, data position, elapsed time, config hash
     ema.safetensors         with ``ema:``, the moving average (lorakit.engine.ema)
     <name>*                 the run's exports as of that step
+    manifest.json           size and SHA-256 of every file above, written last
 
 It is written to a temporary folder and renamed, so a kill at any moment leaves the
-previous checkpoint whole; the newest ``save_total_limit`` are kept.
+previous checkpoint whole; the newest ``save_total_limit`` are kept. Resume checks the
+manifest (lorakit.engine.manifest): ``--resume`` takes the newest intact checkpoint and
+says which it passed over; a named checkpoint that is damaged is refused, naming the file.
 """
 
 from __future__ import annotations
@@ -24,40 +27,70 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from lorakit.engine.manifest import damage, read_json, read_state, read_tensors, write_manifest
 from lorakit.engine.state import TrainerState
 from lorakit.errors import UsageError
 from lorakit.io import atomic_dir
+from lorakit.runfolder import CHECKPOINTS, STATE, RunFolder
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
     """Whole checkpoints, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found) if (p / "trainer_state.json").is_file()]
+    folder = RunFolder(output_dir)
+    root = Path(output_dir) / CHECKPOINTS
+    found = [(int(m.group(1)), n) for n in folder.entries(CHECKPOINTS) if (m := STEP_DIR.match(n))]
+    return [root / n for _, n in sorted(found) if folder.is_file(f"{CHECKPOINTS}/{n}/{STATE}")]
+
+
+def _say(text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(f"lorakit: {text}", file=sys.stderr, flush=True)
 
 
 def find_checkpoint(output_dir: Path, resume: str | bool) -> Path:
-    """``resume=True``: the newest checkpoint; a path: that checkpoint."""
+    """``resume=True``: the newest intact checkpoint (saying which damaged ones it passed
+    over); a path: that checkpoint, refused when damaged (naming the file and the previous
+    intact checkpoint)."""
     if resume is True or resume == "latest":
         found = checkpoint_dirs(output_dir)
         if not found:
-            raise UsageError(f"--resume: no checkpoint in {Path(output_dir) / 'checkpoints'}")
-        return found[-1]
+            raise UsageError(f"--resume: no checkpoint in {Path(output_dir) / CHECKPOINTS}")
+        problems: list[str] = []
+        for path in reversed(found):
+            problem = damage(path)
+            if problem is None:
+                for skipped in problems:
+                    _say(f"skipping a damaged checkpoint: {skipped}")
+                if problems:
+                    _say(f"resuming from {path}, the newest intact checkpoint")
+                return path
+            problems.append(problem)
+        raise UsageError(f"--resume: every checkpoint is damaged; the newest: {problems[0]}")
     path = Path(str(resume))
-    if not (path / "trainer_state.json").is_file():
-        raise UsageError(f"--resume: {path} is not a lorakit checkpoint (no trainer_state.json)")
+    if not RunFolder(path).is_file(STATE):
+        raise UsageError(f"--resume: {path} is not a lorakit checkpoint (no {STATE})")
+    problem = damage(path)
+    if problem is not None:
+        earlier = [p for p in checkpoint_dirs(path.parent.parent) if _step(p) < _step(path)]
+        intact = next((p for p in reversed(earlier) if damage(p) is None), None)
+        offer = f"; resume from the previous one: --resume {intact}" if intact else ""
+        raise UsageError(f"checkpoint {path} is damaged: {problem}{offer}")
     return path
+
+
+def _step(path: Path) -> int:
+    found = STEP_DIR.match(path.name)
+    return int(found.group(1)) if found else -1
 
 
 # -- optimizer state without pickle ----------------------------------------------------
@@ -140,7 +173,7 @@ def save_checkpoint(
     (or, under DeepSpeed, each writes its own optimizer partition into a staging folder);
     the main process writes the rest and renames the whole into place.
     """
-    path = Path(output_dir) / "checkpoints" / f"step-{state.step}"
+    path = Path(output_dir) / CHECKPOINTS / f"step-{state.step}"
     accelerator = strategy.accelerator
     main = accelerator.is_main_process
     staging = path.with_name(f".{path.name}.zero")
@@ -186,8 +219,9 @@ def save_checkpoint(
                 scaler = getattr(accelerator, "scaler", None)
                 if scaler is not None:  # fp16: the loss scale reached, its growth tracker
                     (tmp / "scaler.json").write_text(json.dumps(scaler.state_dict()))
-                # trainer_state.json last: its presence marks a whole checkpoint.
-                (tmp / "trainer_state.json").write_text(json.dumps(state.to_dict(), indent=2))
+                # trainer_state.json marks a whole checkpoint; the manifest of it all is last.
+                (tmp / STATE).write_text(json.dumps(state.to_dict(), indent=2))
+                write_manifest(tmp)
             prune_checkpoints(output_dir, keep)
     return path
 
@@ -206,8 +240,10 @@ def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
     Each is first renamed to a hidden name (atomic), then deleted: a kill in the middle of
     a deletion leaves a hidden leftover, never a visible checkpoint with files missing.
     """
-    root = Path(output_dir) / "checkpoints"
-    if root.is_dir():  # leftovers of a deletion or a write that a kill interrupted
+    root = Path(output_dir) / CHECKPOINTS
+    if RunFolder(output_dir).is_dir(
+        CHECKPOINTS
+    ):  # leftovers of a deletion or a write that a kill interrupted
         for leftover in root.glob(".step-*"):
             shutil.rmtree(leftover, ignore_errors=True)
     if keep is None:
@@ -220,8 +256,9 @@ def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
 
 def load_checkpoint(path: Path, strategy: Any, optimizer: Any, scheduler: Any) -> TrainerState:
     """Restore LoRA tensors, optimizer, scheduler and RNG states; return the position."""
-    state = TrainerState.from_dict(json.loads((path / "trainer_state.json").read_text()))
-    strategy.load_lora(load_file(str(path / "lora.safetensors")), path)
+    state = read_state(path)
+    lora = read_tensors(path, "lora.safetensors")
+    _restoring(path, "lora.safetensors", lambda: strategy.load_lora(lora, path))
     if (path / "optimizer").is_dir():
         if strategy.kind != "deepspeed":
             raise UsageError(
@@ -231,17 +268,28 @@ def load_checkpoint(path: Path, strategy: Any, optimizer: Any, scheduler: Any) -
     elif strategy.kind == "deepspeed":
         raise UsageError(f"checkpoint {path} was not written by DeepSpeed: resume it without")
     else:
-        rest = json.loads((path / "optimizer.json").read_text())
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        strategy.load_optimizer_state(optimizer, _join_optimizer_state(tensors, rest))
-    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+        rest = read_json(path, "optimizer.json")
+        tensors = read_tensors(path, "optimizer.safetensors")
+        _restoring(path, "optimizer.json", lambda: strategy.load_optimizer_state(
+            optimizer, _join_optimizer_state(tensors, rest)))  # fmt: skip
+    sched = read_json(path, "scheduler.json")
+    _restoring(path, "scheduler.json", lambda: scheduler.load_state_dict(sched))
     scaler = getattr(strategy.accelerator, "scaler", None)
-    if scaler is not None and (path / "scaler.json").is_file():
-        scaler.load_state_dict(json.loads((path / "scaler.json").read_text()))
+    if scaler is not None and RunFolder(path).is_file("scaler.json"):
+        saved = read_json(path, "scaler.json")
+        _restoring(path, "scaler.json", lambda: scaler.load_state_dict(saved))
     rank = strategy.accelerator.process_index
     suffix = f"-rank{rank}" if rank else ""
-    _set_rng_state(
-        load_file(str(path / f"rng{suffix}.safetensors")),
-        json.loads((path / f"rng{suffix}.json").read_text()),
-    )
+    rng_tensors = read_tensors(path, f"rng{suffix}.safetensors")
+    rng_plain = read_json(path, f"rng{suffix}.json")
+    _restoring(path, f"rng{suffix}.json", lambda: _set_rng_state(rng_tensors, rng_plain))
     return state
+
+
+def _restoring(path: Path, name: str, restore: Any) -> None:
+    """Run ``restore``; a state file that does not fit is one line naming it."""
+    try:
+        restore()
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UsageError(f"{path / name} does not fit this run ({text})") from None

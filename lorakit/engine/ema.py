@@ -83,12 +83,13 @@ class Ema:
         save_file(tensors, str(Path(folder) / FILE), metadata={"ema": self.describe()})
 
     def load(self, folder: Path) -> None:
-        from safetensors.torch import load_file
+        from lorakit.engine.manifest import read_tensors
+        from lorakit.runfolder import RunFolder
 
         path = Path(folder) / FILE
-        if not path.is_file():
+        if RunFolder(folder).lstat(FILE) is None:
             raise UsageError(f"checkpoint {folder} has no {FILE}: it was saved without ema")
-        tensors = load_file(str(path))
+        tensors = read_tensors(Path(folder), FILE)
         if set(tensors) != set(self.shadow):
             raise UsageError(f"{path} does not fit this model (its tensors differ)")
         with torch.no_grad():

@@ -8,7 +8,6 @@ train ...`` or ``torchrun -m lorakit.cli train ...`` by hand works the same way.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -169,9 +168,10 @@ def _outcome(code: int, config: Any, errors: Path) -> int:
     # Ranks that stopped on a signal exit 0; accelerate's agent, when it got the signal too
     # (scancel, pkill), exits 1 after they did.
     if (code == 0 or received) and config is not None:
-        record = Path(config.train.output_dir) / "run.json"
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(record.read_text())
+        from lorakit.runfolder import RECORD, RunFolder
+
+        data = RunFolder(config.train.output_dir).try_json(RECORD) or {}
+        with contextlib.suppress(AttributeError, TypeError):
             if data.get("status") == "interrupted":
                 return 128 + int(getattr(signal.Signals, data.get("signal") or "SIGINT"))
     return rank_errors.report(errors, code) if code else 0

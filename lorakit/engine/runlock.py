@@ -5,9 +5,10 @@ that starts the run holds it (lorakit's launcher, or global rank 0 of a hand-mad
 ``accelerate launch`` / ``torchrun``); the ranks a launcher started leave it alone. The lock
 is the operating system's (``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows), so a
 process that dies for any reason, SIGKILL included, releases it, and the next run takes over
-the file it left. The file holds the holder's PID and start time, for the one line a second
-writer gets and for ``lorakit ui``, which reads it to show (and stop) a training it did not
-start.
+the file it left. The file holds the holder's PID, start time and command (as a JSON list of
+arguments: data, never text a shell reads), for the one line a second writer gets and for
+``lorakit ui``, which reads it to show (and stop) a training it did not start. The file is
+opened through :class:`lorakit.runfolder.RunFolder`: never through a link, never a FIFO.
 
 This module imports nothing heavy: the web page and plugins use it through ``lorakit.api``.
 """
@@ -25,12 +26,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from lorakit.errors import UsageError
+from lorakit.runfolder import CHECKPOINTS, LOCK, RECORD, STATE, RunFolder
 
 #: The lock file's name inside ``output_dir``.
-LOCK_NAME = ".lorakit.lock"
+LOCK_NAME = LOCK
 
 
 @dataclass(frozen=True)
@@ -39,36 +41,52 @@ class Holder:
 
     pid: int
     started_at: float
-    command: str = ""
+    command: tuple[str, ...] = ()
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
         return f"PID {self.pid}, since {when}"
 
 
-def _try_lock(handle: IO[str]) -> bool:
+def _try_lock(fd: int) -> bool:
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         import msvcrt
 
         try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
             return False
         return True
     import fcntl
 
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
 
 
-def _read(path: Path) -> Holder | None:
+def _parse(data: bytes) -> Holder | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return Holder(int(data["pid"]), float(data["started_at"]), str(data.get("command", "")))
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(data)
+        command = record.get("command", [])
+        args = tuple(str(a) for a in command) if isinstance(command, list) else ()
+        return Holder(int(record["pid"]), float(record["started_at"]), args)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _read_fd(fd: int) -> Holder | None:
+    try:
+        return _parse(os.pread(fd, 65536, 0))
+    except OSError:
+        return None
+
+
+def _read(output_dir: Path) -> Holder | None:
+    try:
+        return _parse(RunFolder(output_dir).read_bytes(LOCK, limit=65536))
+    except (OSError, UsageError):
         return None
 
 
@@ -78,15 +96,47 @@ def holder(output_dir: str | Path) -> Holder | None:
     The answer comes from the lock itself (a probe that takes and drops it), not from the
     PID in the file: a file left by a dead process reads as free.
     """
-    path = Path(output_dir) / LOCK_NAME
     try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError:
-        return None
-    with handle:
-        if _try_lock(handle):
-            return None  # free (closing the handle drops the probe's lock)
-    return _read(path) or Holder(0, 0.0)
+        fd = RunFolder(output_dir).open_lock(create=False)
+    except (OSError, UsageError):
+        return None  # none, or one lorakit would not take (a link, a FIFO): no holder
+    try:
+        if _try_lock(fd):
+            return None  # free (closing the descriptor drops the probe's lock)
+        return _read_fd(fd) or Holder(0, 0.0)
+    finally:
+        os.close(fd)
+
+
+def holds(pid: int, output_dir: str | Path) -> bool:
+    """Whether process ``pid`` is a lorakit process that has ``output_dir``'s lock file open
+    (what ``lorakit ui`` checks before it signals a run it did not start)."""
+    import psutil
+
+    try:
+        fd = RunFolder(output_dir).open_lock(create=False)
+    except (OSError, UsageError):
+        return False
+    try:
+        lock = os.fstat(fd)
+    finally:
+        os.close(fd)
+    try:
+        proc = psutil.Process(pid)
+        if not any("lorakit" in part for part in proc.cmdline()):
+            return False
+        paths = [f.path for f in proc.open_files()]
+    except psutil.Error:
+        return False
+    fd_dir = Path(f"/proc/{pid}/fd")
+    if fd_dir.is_dir():  # the open descriptors themselves, whatever their names now
+        with contextlib.suppress(OSError):
+            paths = [str(p) for p in fd_dir.iterdir()]
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.stat(path), lock):
+                return True
+    return False
 
 
 def in_use(output_dir: str | Path, found: Holder | None) -> UsageError:
@@ -103,32 +153,32 @@ class RunLock:
 
     def __init__(self, output_dir: str | Path) -> None:
         self.out = Path(output_dir)
+        self.folder = RunFolder(self.out)
         self.path = self.out / LOCK_NAME
         self.created = False
-        self._handle: IO[str] | None = None
+        self._fd: int | None = None
 
     def acquire(self) -> RunLock:
         """Take the lock or raise ``UsageError`` naming the process that holds it."""
-        self.created = not self.out.exists()
+        self.created = not self.out.exists() and not self.out.is_symlink()
+        self.folder.check()  # links or FIFOs among the run's files: refused before writing
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            handle = self._lock_file()
+            fd = self._lock_file()
         except OSError as exc:
             raise UsageError(f"output_dir {self.out}: cannot write here ({exc.strerror})") from None
-        if handle is None:
+        if fd is None:
             if self.created:
                 shutil.rmtree(self.out, ignore_errors=True)
-            raise in_use(self.out, _read(self.path))
-        # A stale file of a dead process is simply overwritten: the lock was free.
-        record = {"pid": os.getpid(), "started_at": time.time(), "command": " ".join(sys.argv)}
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(record))
-        handle.flush()
-        self._handle = handle
+            raise in_use(self.out, _read(self.out))
+        # A stale file of a dead process is simply overwritten: the lock was free. The
+        # command is data (a JSON list), never a line a shell would read.
+        record = {"pid": os.getpid(), "started_at": time.time(), "command": list(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self._fd = fd
         return self
 
-    def _lock_file(self) -> IO[str] | None:
+    def _lock_file(self) -> int | None:
         """The locked, open lock file, or None when a live process holds it.
 
         A few tries a little apart: ``holder`` probes take the lock for an instant. After
@@ -136,29 +186,24 @@ class RunLock:
         have removed it meanwhile; then the new file is locked instead).
         """
         for attempt in range(5):
-            # "a+": never truncate a file another process may hold (its PID stays readable).
-            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - kept open
-            if _try_lock(handle):
-                try:
-                    same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    return handle
-            handle.close()
+            # never truncated before locking: another process's PID stays readable
+            fd = self.folder.open_lock(create=True)
+            if _try_lock(fd) and self.folder.lock_is(fd):
+                return fd
+            os.close(fd)
             time.sleep(0.05 * (attempt + 1))
         return None
 
     def release(self, *, failed_early: bool = False) -> None:
         """Drop the lock. ``failed_early``: the run never began (no run.json), so a folder
         this lock created is removed again, leaving nothing behind."""
-        if self._handle is None:
+        if self._fd is None:
             return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        self._handle.close()  # closing drops the lock
-        self._handle = None
-        if failed_early and self.created and not (self.out / "run.json").exists():
+        if self.folder.lock_is(self._fd):
+            self.folder.remove(LOCK_NAME)
+        os.close(self._fd)  # closing drops the lock
+        self._fd = None
+        if failed_early and self.created and self.folder.lstat(RECORD) is None:
             shutil.rmtree(self.out, ignore_errors=True)
         elif self.created:
             with contextlib.suppress(OSError):
@@ -226,11 +271,12 @@ def earlier_run(output_dir: str | Path) -> UsageError:
     out = Path(output_dir)
     return UsageError(
         f"output_dir {out} holds checkpoints of an earlier run: continue it with --resume, "
-        f"or choose a new output_dir (or delete {out / 'checkpoints'})"
+        f"or choose a new output_dir (or delete {out / CHECKPOINTS})"
     )
 
 
 def has_checkpoints(output_dir: str | Path) -> bool:
     """Whether ``output_dir`` holds a whole checkpoint (what a fresh run refuses)."""
-    root = Path(output_dir) / "checkpoints"
-    return any((p / "trainer_state.json").is_file() for p in root.glob("step-*"))
+    folder = RunFolder(output_dir)
+    steps = [n for n, mode in folder.entries(CHECKPOINTS).items() if n.startswith("step-")]
+    return any(folder.is_file(f"{CHECKPOINTS}/{step}/{STATE}") for step in steps)

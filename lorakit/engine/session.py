@@ -7,7 +7,6 @@ restores a checkpoint into them. Both leave nothing on disk when they fail.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -27,12 +26,14 @@ from lorakit.config import Config
 from lorakit.engine.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint
 from lorakit.engine.distributed import Strategy
 from lorakit.engine.ema import Ema
+from lorakit.engine.manifest import read_state
 from lorakit.engine.runlock import earlier_run
 from lorakit.engine.sampler import EpochSampler
 from lorakit.engine.speed import apply_tf32, compile_module
 from lorakit.engine.state import TrainerState
 from lorakit.errors import ConfigError, RunError, UsageError
 from lorakit.plugins import Plugins
+from lorakit.runfolder import CACHE, CONFIG, RunFolder
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -142,19 +143,24 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 
 
 def check_resume_config(config: Config, checkpoint: Path) -> None:
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    saved_path = Path(checkpoint).parent.parent / "config.yaml"
-    if state.get("config_hash") == config.semantic_hash():
+    state = read_state(checkpoint)
+    run = RunFolder(Path(checkpoint).parent.parent)
+    if state.config_hash == config.semantic_hash():
         return
     changed = "training settings"
-    if saved_path.exists():
+    if run.is_file(CONFIG):
         import yaml
 
-        old = config.semantic_view(yaml.safe_load(saved_path.read_text()))
-        new = config.semantic_view()
-        keys = sorted(_changed_keys(old, new))
-        if keys:
-            changed = ", ".join(keys)
+        try:
+            saved = yaml.safe_load(run.read_text(CONFIG))
+        except yaml.YAMLError:
+            saved = None
+        if isinstance(saved, dict):
+            old = config.semantic_view(saved)
+            new = config.semantic_view()
+            keys = sorted(_changed_keys(old, new))
+            if keys:
+                changed = ", ".join(keys)
     raise UsageError(
         f"cannot resume from {checkpoint}: the config changed what the run learns ({changed}); "
         f"start a new run or restore those keys"
@@ -207,7 +213,7 @@ def _lr_remaps(checkpoint: Path | None, total: int) -> list[list[int]]:
     """The length changes a resumed run's schedule has seen, this one included."""
     if checkpoint is None:
         return []
-    saved = TrainerState.from_dict(json.loads((checkpoint / "trainer_state.json").read_text()))
+    saved = read_state(checkpoint)
     remaps = [list(r) for r in saved.lr_remaps]
     before = saved.total_steps or total
     if before != total and saved.step < total:
@@ -263,7 +269,7 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         backend: Backend = backend_spec.create(config)
         exporters = _exporters(config, backend, registries)
         ctx = TrainContext(
-            config=config, accelerator=accelerator, output_dir=out, cache_dir=out / "cache",
+            config=config, accelerator=accelerator, output_dir=out, cache_dir=out / CACHE,
             registries=registries, weight_dtype=DTYPES[accelerator.mixed_precision],
             log=accelerator.print,
         )  # fmt: skip

@@ -11,7 +11,6 @@ finish      the last checkpoint, the exports, samples and the final run.json
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,9 +31,9 @@ from lorakit.engine.progress import TrainProgress
 from lorakit.engine.session import Session, data_loader, set_up
 from lorakit.engine.speed import tf32_header
 from lorakit.engine.step import batches, train_step
-from lorakit.io import write_text
 from lorakit.plugins import Plugins, get_plugins
 from lorakit.provenance import file_metadata, iso_time, now, run_record
+from lorakit.runfolder import CONFIG, LOSS_PLOT, METRICS, RECORD, SAMPLES, RunFolder
 
 
 @dataclass
@@ -60,7 +59,7 @@ def train(
     plugins = plugins or get_plugins()
     plugins.check()
     s = set_up(config, resume, plugins)
-    if s.main and s.state.step and (s.out / "metrics.jsonl").is_file():  # a resumed run
+    if s.main and s.state.step and RunFolder(s.out).is_file(METRICS):  # a resumed run
         s.history = [r for r in read_metrics(s.out) if r.get("step", 0) <= s.state.step]
     begin(s)
     bar = TrainProgress(s.total, s.state.step, enabled=progress and s.main)
@@ -122,8 +121,8 @@ def begin(s: Session) -> None:
     s.metadata = file_metadata(s.config, plugins=s.plugins)
     s.metadata.update(s.backend.export_metadata())
     if s.main:
-        s.out.mkdir(parents=True, exist_ok=True)
-        write_text(s.out / "config.yaml", s.config.to_yaml())
+        run = RunFolder(s.out)
+        run.write_text(CONFIG, s.config.to_yaml())
         record = run_record(
             s.config, plugins=s.plugins, status="running", started_at=iso_time(s.state.started_at),
             num_processes=s.accelerator.num_processes,
@@ -132,7 +131,7 @@ def begin(s: Session) -> None:
             total_steps=s.total, strategy=cfg.distributed.strategy,
             resumed_from=str(s.checkpoint) if s.checkpoint else None,
         )  # fmt: skip
-        write_text(s.out / "run.json", json.dumps(record, indent=2))
+        run.write_json(RECORD, record)
     s.trackers = (
         [t.factory(s.out, s.config, s.state.step) for t in s.tracker_specs] if s.main else []
     )
@@ -172,7 +171,7 @@ def checkpoint(s: Session) -> Path:
         extra=lambda folder: _checkpoint_extras(s, folder),
     )  # fmt: skip
     if s.main and s.history:
-        write_loss_plot(s.history, s.out / "loss.png", s.config.train.name)
+        write_loss_plot(s.history, s.out / LOSS_PLOT, s.config.train.name)
     s.accelerator.wait_for_everyone()
     s.plugins.call("on_checkpoint", run=s.run, step=s.state.step, path=str(path))
     return path
@@ -223,7 +222,7 @@ def _sample(s: Session, step: int) -> list[Path]:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="lorakit-preview-") as scratch:
-            where = s.out / "samples" if s.main else Path(scratch)
+            where = s.out / SAMPLES if s.main else Path(scratch)
             paths = s.backend.sample(s.ctx, step, where)
         return paths if s.main else []
     with s.strategy.gathered():
@@ -231,7 +230,7 @@ def _sample(s: Session, step: int) -> list[Path]:
             return []
         ema = s.ema if s.ema is not None and s.ema.config.previews else None
         with ema.swapped(s.strategy.trainable()) if ema else contextlib.nullcontext():
-            return s.backend.sample(s.ctx, step, s.out / "samples")
+            return s.backend.sample(s.ctx, step, s.out / SAMPLES)
 
 
 def _export(s: Session, folder: Path) -> list[Path]:
@@ -292,9 +291,7 @@ class _Interrupt:
 
 def _update_record(out: Path, **fields: Any) -> None:
     """Update run.json (status, end time, outputs ...)."""
-    record = json.loads((out / "run.json").read_text())
-    record.update(fields)
-    write_text(out / "run.json", json.dumps(record, indent=2))
+    RunFolder(out).update_json(RECORD, **fields)
 
 
 def _stop_signal(accelerator: Any, signum: int | None) -> int:

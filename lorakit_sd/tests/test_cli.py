@@ -172,7 +172,7 @@ def test_bad_data_and_pickles_are_one_line_errors(tiny_models, tmp_path, capsys)
     good = write_tiny_images(tmp_path / "good", 2)
     config = _write_config(tmp_path / "ckpt.yaml", model, good, tmp_path / "out2")
     assert _cli("train", "--config", config, "--set", f"base_model={ckpt}", "--no-progress") == 2
-    assert "allow_unsafe_pickle" in capsys.readouterr().err
+    assert "--allow-unsafe-pickle" in capsys.readouterr().err
 
 
 def test_sdxl_from_a_single_file_trains_and_merges_with_both_text_encoders(tiny_models, tmp_path):

@@ -417,7 +417,7 @@ def _plan(model, data, tmp_path, card=None, train=None, trace=True, **sd):
                           **(train or {}))  # fmt: skip
         config = load_config(data=cfg, registries=plugins.registries)
         if not trace:
-            return plugins.registries.backends.get("sd").planner(config)
+            return plugins.registries.backends.get("sd").plan(config)
         return make_plan(config, card, both=False)
     finally:
         set_plugins(None)

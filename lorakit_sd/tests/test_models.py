@@ -35,7 +35,7 @@ def test_pickled_checkpoints_need_the_opt_in(tiny_models, tmp_path):
     model = tiny_models["sd1"]
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": load_file(str(model.single_file))}, ckpt)
-    with pytest.raises(UsageError, match="pickled checkpoint.*allow_unsafe_pickle"):
+    with pytest.raises(UsageError, match="pickled checkpoint.*--allow-unsafe-pickle"):
         load_base(str(ckpt), base_config=str(model.config_dir))
     loaded = load_base(str(ckpt), base_config=str(model.config_dir), allow_unsafe_pickle=True)
     assert loaded.family == "sd1"

@@ -51,10 +51,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _cap_memory(limit: int) -> None:
+    """In the server's process: a memory bomb fails there, not on the machine."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 class Server:
     """``lorakit ui`` in a subprocess, as a user starts it."""
 
-    def __init__(self, runs: Path, *args: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, runs: Path, *args: str, host: str = "127.0.0.1", memory_limit: int | None = None
+    ) -> None:
         self.port = free_port()
         self.log = runs.parent / f"ui-{self.port}.log"
         runs.mkdir(parents=True, exist_ok=True)
@@ -64,6 +73,7 @@ class Server:
         self.process = subprocess.Popen(
             command, stdout=self.handle, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=None if memory_limit is None else lambda: _cap_memory(memory_limit),
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = ""

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16.")] = "auto",
     ) -> None:
         """Talk to a base model with one or several LoRA adapters (switch or combine)."""
-        from lorakit.api import parse_lora
+        from lorakit.api import parse_lora, printable
         from lorakit_llm.chat_session import ChatSession
 
         session = ChatSession.open(
@@ -54,13 +54,13 @@ def register(app: typer.Typer) -> None:
         elif use:
             session.use(use)
         if prompt is not None:
-            print(session.ask(prompt))
+            print(printable(session.ask(prompt), newlines=True))
             return
         _repl(session)
 
 
 def _repl(session: Any) -> None:
-    from lorakit.api import UsageError
+    from lorakit.api import UsageError, printable
 
     print(f"lorakit chat · {session.describe()} · {HELP}")
     while True:
@@ -89,6 +89,6 @@ def _repl(session: Any) -> None:
                 else:
                     print(HELP)
             except UsageError as exc:
-                print(f"error: {exc.message}")
+                print(f"error: {printable(exc.message)}")
             continue
-        print(session.ask(line))
+        print(printable(session.ask(line), newlines=True))

@@ -32,15 +32,52 @@ class AdapterRef:
     weight: float = 1.0
 
 
+#: The largest adapter_config.json read (a few kB in practice).
+MAX_ADAPTER_CONFIG = 1024 * 1024
+
+
 def adapter_dir(path: str | Path) -> Path:
-    """The folder holding ``adapter_config.json``: ``path`` itself or ``path/adapter``."""
+    """The folder holding ``adapter_config.json``: ``path`` itself or ``path/adapter``.
+
+    Its weights must be ``adapter_model.safetensors``: a pickled ``adapter_model.bin`` is
+    refused, never loaded (loading a pickle runs the code inside it).
+    """
     path = Path(path).expanduser()
+    if path.is_file() and path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
+        raise UsageError(f"{path}: a pickled adapter can run code when loaded; lorakit reads "
+                         "PEFT adapters saved as adapter_model.safetensors only")  # fmt: skip
     for candidate in (path, path / "adapter"):
         if (candidate / "adapter_config.json").is_file():
+            weights = candidate / "adapter_model.safetensors"
+            if not weights.is_file() and (candidate / "adapter_model.bin").is_file():
+                raise UsageError(
+                    f"{candidate}: its weights are adapter_model.bin, a pickle that can run "
+                    "code when loaded; lorakit reads adapter_model.safetensors only (save the "
+                    "adapter with safe_serialization=True)"
+                )
             return candidate
     if not path.exists():
         raise UsageError(f"adapter not found: {path}")
     raise UsageError(f"{path} is not a PEFT adapter (no adapter_config.json in it or in adapter/)")
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    """``folder/adapter_config.json`` as a dict; one line naming the file if it is not one."""
+    path = folder / "adapter_config.json"
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_ADAPTER_CONFIG + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read: {exc.strerror or exc}", where=path) from None
+    if len(raw) > MAX_ADAPTER_CONFIG:
+        raise UsageError("larger than 1 MB: not a PEFT adapter config", where=path)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"not valid JSON ({str(exc)[:120]})", where=path) from None
+    if not isinstance(data, dict):
+        raise UsageError("not a JSON object", where=path)
+    return data
 
 
 def parse_adapters(items: list[tuple[str, float]]) -> list[AdapterRef]:

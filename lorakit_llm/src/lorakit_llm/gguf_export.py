@@ -49,8 +49,10 @@ def base_config(adapter: Path, base: str | None) -> Any:
     from lorakit_llm.loading import resolve_base
 
     if base is None:
-        config = json.loads((adapter / "adapter_config.json").read_text())
-        base = config.get("base_model_name_or_path")
+        from lorakit_llm.generate import read_adapter_config
+
+        base = read_adapter_config(adapter).get("base_model_name_or_path")
+        base = base if isinstance(base, str) else None
         gguf_file = _record(adapter).get("base_gguf_file")
         if base and gguf_file and Path(base, gguf_file).is_file():
             base = str(Path(base, gguf_file))
@@ -113,11 +115,17 @@ def export_gguf(adapter: Path, output: Path | None = None, base: str | None = No
     import numpy as np
     from safetensors.numpy import load_file
 
-    from lorakit_llm.generate import adapter_dir
+    from lorakit_llm.generate import adapter_dir, read_adapter_config
 
     adapter = adapter_dir(adapter)
-    peft = json.loads((adapter / "adapter_config.json").read_text())
+    peft = read_adapter_config(adapter)
     check_exportable(adapter, peft)
+    rank, alpha = peft.get("r"), peft.get("lora_alpha")
+    if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, int | float):
+        raise UsageError(
+            f"r ({rank!r}) and lora_alpha ({alpha!r}) must be numbers",
+            where=adapter / "adapter_config.json",
+        )
     config = base_config(adapter, base)
     if config.model_type not in ARCHS:
         known = ", ".join(sorted(ARCHS))
@@ -127,8 +135,7 @@ def export_gguf(adapter: Path, output: Path | None = None, base: str | None = No
     arch_name, permute = ARCHS[config.model_type]
     arch = getattr(gguf.MODEL_ARCH, arch_name)
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    rank = int(peft["r"])
-    alpha = float(peft["lora_alpha"])
+    alpha = float(alpha)
     if peft.get("use_rslora"):
         alpha = alpha * math.sqrt(rank)  # llama.cpp scales by alpha / rank
     n_head = config.num_attention_heads

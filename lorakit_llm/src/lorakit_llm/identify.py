@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import FileKind, FileProbe, LoraSummary, UsageError
+from lorakit.api import FileKind, FileProbe, LoraSummary, RunFolder, UsageError, check_gguf
 
 GGUF_MAGIC = b"GGUF"
 
@@ -46,6 +46,7 @@ def _gguf_reader(path: Path) -> Any:
         raise UsageError(
             "a GGUF file; reading it needs the gguf package: pip install gguf", where=str(path)
         ) from None
+    check_gguf(path)  # counts, lengths and offsets fit the file before the reader trusts them
     try:
         return gguf.GGUFReader(str(path), "r")
     except (OSError, ValueError, KeyError, IndexError) as exc:
@@ -105,7 +106,8 @@ def _gguf_summary(path: Path, reader: Any) -> tuple[str, LoraSummary]:
 
 
 def _run_notes(folder: Path) -> tuple[str, ...]:
-    record = _json(folder / "run.json")
+    run = RunFolder(folder)
+    record = run.try_json(RunFolder.RECORD) or {}
     notes = []
     if record:
         status = record.get("status", "running or stopped")
@@ -114,10 +116,12 @@ def _run_notes(folder: Path) -> tuple[str, ...]:
         bits = [f"{steps} steps" if steps is not None else "",
                 f"final loss {loss:.4g}" if isinstance(loss, int | float) else ""]  # fmt: skip
         detail = ", ".join(b for b in bits if b)
-        notes.append(f"run: {status}" + (f" ({detail})" if detail else "") + " [run.json]")
-    checkpoints = sorted((folder / "checkpoints").glob("step-*"))
+        notes.append(
+            f"run: {status}" + (f" ({detail})" if detail else "") + f" [{RunFolder.RECORD}]"
+        )
+    checkpoints = sorted(n for n in run.entries(RunFolder.CHECKPOINTS) if n.startswith("step-"))
     if checkpoints:
-        notes.append(f"checkpoints: {len(checkpoints)} (latest {checkpoints[-1].name})")
+        notes.append(f"checkpoints: {len(checkpoints)} (latest {checkpoints[-1]})")
     others = sorted(p.name for p in folder.glob("*.gguf"))
     if others:
         notes.append(f"also exported: {', '.join(others)}")

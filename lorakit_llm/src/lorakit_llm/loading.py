@@ -9,6 +9,10 @@
   ``llama-2-7b-chat.ggmlv3.q4_0.bin``) is recognised by its first bytes and refused with a
   message that says how to convert it.
 - ``load_in_4bit`` loads the weights in 4-bit NF4 through bitsandbytes (QLoRA): CUDA only.
+- Weights are read from safetensors (or GGUF) only: a folder or hub repo whose weights are
+  pickles (``pytorch_model.bin``) is refused unless the command allows unpickling
+  (``--allow-unsafe-pickle``), as a GGUF is checked (:func:`lorakit.api.check_gguf`) before
+  any reader sees it, and a loaded model missing weights of its file is refused.
 
 These are registered as model loaders of the ``llm`` backend (``hf``, ``gguf``, ``ggml``; see
 :data:`LOADERS`), and every caller (training, chat, sample, merge) goes through
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
+from lorakit.api import UNSAFE_PICKLE_HINT, UsageError, check_gguf, unsafe_pickle_allowed
 
 GGUF_MAGIC = b"GGUF"
 #: Old llama.cpp formats, as the bytes that start the file (a little-endian uint32 magic).
@@ -101,6 +105,7 @@ def resolve_base(base: str) -> BaseSource:
                 raise UsageError(
                     f"{path}: loading a GGUF file needs the gguf package: pip install gguf"
                 )
+            check_gguf(path)  # counts, lengths and offsets fit the file: before any reader
             return BaseSource(str(path.resolve().parent), gguf_file=path.name)
         if magic is not None:
             raise UsageError(ggml_message(path, magic))
@@ -112,6 +117,10 @@ def resolve_base(base: str) -> BaseSource:
         )
     if path.is_dir():
         if (path / "config.json").is_file():
+            pickled = sorted(p.name for p in path.glob("*.bin"))
+            if pickled and not any(path.glob("*.safetensors")) and not unsafe_pickle_allowed():
+                raise UsageError(f"{path}: its weights are {pickled[0]}, a pickle that can run "
+                                 f"code when loaded; {UNSAFE_PICKLE_HINT}")  # fmt: skip
             return BaseSource(str(path))
         if (path / "adapter_config.json").is_file():
             raise UsageError(f"{path} is a LoRA adapter, not a base model (no config.json)")
@@ -224,6 +233,8 @@ def load_model(
         _reading_gguf(source, dtype)
         # transformers' GGUF reader draws its own tqdm bar, outside its progress-bar switch.
         quiet = contextlib.redirect_stderr(io.StringIO())  # type: ignore[assignment]
+    elif not unsafe_pickle_allowed():  # a hub repo with only pytorch_model.bin: refused
+        kwargs["use_safetensors"] = True
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
@@ -232,10 +243,26 @@ def load_model(
         kwargs["device_map"] = {"": index if index is not None else 0}
     try:
         with quiet:
-            model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                source.location, output_loading_info=True, **kwargs
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(source, "the model", exc) from None
+    check_complete(source, info.get("missing_keys") or ())
     return model
+
+
+def check_complete(source: BaseSource, missing: Any) -> None:
+    """Refuse a base whose file lacks weights the model has: transformers would fill them
+    with fresh random values and training would go on, to the end, on garbage."""
+    names = sorted(str(name) for name in missing)
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise UsageError(
+            f"{source.label}: {len(names)} weight(s) of the model are missing from the file "
+            f"({shown}); they would start from random values: the file is damaged or "
+            "incomplete"
+        )
 
 
 def load_base(

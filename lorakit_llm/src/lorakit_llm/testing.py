@@ -208,12 +208,15 @@ def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
         writer.add_chat_template(tokenizer.chat_template)
 
 
-def write_gguf(model_dir: str | Path, path: str | Path, *, dtype: str = "f32") -> Path:
+def write_gguf(
+    model_dir: str | Path, path: str | Path, *, dtype: str = "f32", drop: tuple[str, ...] = ()
+) -> Path:
     """Write the Llama in ``model_dir`` (and its byte-level tokenizer) as a GGUF file.
 
     ``dtype``: ``f32`` (loads back exactly), ``f16``, or ``q8_0`` (quantized by the ``gguf``
     package's own quantizer, as llama.cpp's ``llama-quantize`` lays it out). 1-D tensors
-    (norms) stay F32.
+    (norms) stay F32. Tensors whose (transformers) name starts with one of ``drop`` are left
+    out: a damaged file, for tests.
     """
     import gguf
     import numpy as np
@@ -247,6 +250,8 @@ def write_gguf(model_dir: str | Path, path: str | Path, *, dtype: str = "f32") -
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     for name, array in tensors.items():
+        if name.startswith(drop) and drop:
+            continue
         stem, _, suffix = name.rpartition(".")
         target = names.get_name(stem)
         if target is None:

@@ -83,7 +83,7 @@ class SDBackend(Backend):
         )
 
     def setup(self, ctx: TrainContext) -> None:
-        from lorakit.api import loading_whole
+        from lorakit.api import loading_whole, unsafe_pickle_allowed
         from lorakit_sd.models import load_base, quiet_libraries
 
         t, sec = self.config.train, self.section
@@ -92,7 +92,7 @@ class SDBackend(Backend):
         with loading_whole():
             self.model = load_base(
                 t.base_model, base_config=sec.base_config, model_family=sec.model_family,
-                allow_unsafe_pickle=sec.allow_unsafe_pickle, loader=t.model_loader,
+                allow_unsafe_pickle=unsafe_pickle_allowed(), loader=t.model_loader,
                 registries=ctx.registries,
             )  # fmt: skip
         self.family = self.model.family

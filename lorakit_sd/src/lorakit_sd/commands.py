@@ -53,13 +53,14 @@ def _section(config: Any) -> Any:
 
 def _load(base: str, section: Any, config: Any = None) -> Any:
     """The base model, read by the loader the config names (``model_loader``) or detects."""
+    from lorakit.api import unsafe_pickle_allowed
     from lorakit_sd.models import load_base
 
     return load_base(
         base,
         base_config=section.base_config,
         model_family=section.model_family,
-        allow_unsafe_pickle=section.allow_unsafe_pickle,
+        allow_unsafe_pickle=unsafe_pickle_allowed(),  # the command's flag, never the config
         loader=getattr(getattr(config, "train", None), "model_loader", None),
     )
 

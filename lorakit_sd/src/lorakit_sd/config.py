@@ -68,8 +68,8 @@ class SDSection(BaseModel):
     )
     allow_unsafe_pickle: bool = Field(
         False,
-        description="Allow loading a pickled .ckpt/.pt base model (runs code from the file: "
-        "only for files you trust). Prefer .safetensors.",
+        description="No longer read: a config file cannot allow unpickling; `true` is an "
+        "error. Pass --allow-unsafe-pickle on the command (or LORAKIT_ALLOW_UNSAFE_PICKLE=1).",
     )
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="What the UNet predicts; default: the model scheduler's setting."
@@ -303,6 +303,17 @@ class SDSection(BaseModel):
     sample_width: int | None = Field(None, gt=0, description="Preview width; default resolution.")
     sample_height: int | None = Field(None, gt=0, description="Preview height; default resolution.")
     sample_seed: int | None = Field(None, description="Seed of every preview; default seed.")
+
+    @field_validator("allow_unsafe_pickle")
+    @classmethod
+    def _pickle_is_no_file_choice(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "a config file cannot allow unpickling (a shared file would run its .ckpt's "
+                "code on your machine): remove the key and pass --allow-unsafe-pickle on the "
+                "command (or set LORAKIT_ALLOW_UNSAFE_PICKLE=1) if you trust the file"
+            )
+        return value
 
     @field_validator("metadata_path")
     @classmethod

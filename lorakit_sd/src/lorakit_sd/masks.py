@@ -39,8 +39,12 @@ def _mask_image(source: str) -> Any:
     (opaque when it has none), anything else a mask file's red channel."""
     from PIL import Image, ImageOps
 
+    from lorakit.api import check_image_pixels
+
     alpha = source.startswith("alpha:")
-    with Image.open(source.removeprefix("alpha:")) as raw:
+    path = source.removeprefix("alpha:")
+    with Image.open(path) as raw:
+        check_image_pixels(*raw.size, where=path)  # the pixel budget, before decoding
         image = ImageOps.exif_transpose(raw)
         if not alpha:
             return image.convert("RGB").getchannel("R")

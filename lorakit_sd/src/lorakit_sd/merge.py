@@ -78,7 +78,7 @@ def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, st
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from lorakit.api import get_registries
+    from lorakit.api import get_registries, read_safetensors_header
     from lorakit_sd.models import PICKLE_SUFFIXES, family_of_keys
 
     path = Path(base).expanduser()
@@ -90,6 +90,7 @@ def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, st
     loader = get_registries().model_loader_for("sd", base)
     if loader.name == "sd-single-file" and path.suffix.lower() == ".safetensors":
         # the file's own tensors: the merged checkpoint keeps every key it had
+        read_safetensors_header(path)  # sizes against the file, one line, before mapping it
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
         state = load_file(str(path))

@@ -4,7 +4,9 @@ The family (SD1 or SDXL) comes from the weights: a single file's key names (SDXL
 ``conditioner.embedders.1``), a folder's or repo's second text encoder. A single file needs
 configs and tokenizers that are not in it; they come from ``sd.base_config`` (a diffusers
 folder or hub id) or, by default, the standard SD1.5 / SDXL repo in the local hub cache.
-Pickled checkpoints (``.ckpt``, ``.pt``) are refused unless ``allow_unsafe_pickle`` is set.
+Pickled checkpoints (``.ckpt``, ``.pt``) are refused unless ``allow_unsafe_pickle`` is set,
+which the backend and the commands take from the command line (``--allow-unsafe-pickle``),
+never from a config file.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import ConfigError, UsageError
+from lorakit.api import UNSAFE_PICKLE_HINT, ConfigError, UsageError
 from lorakit_sd import families
 from lorakit_sd.families import LABELS as FAMILY_NAMES
 
@@ -253,9 +256,9 @@ def load_pickled(
     path = Path(source).expanduser()
     if not allow_unsafe_pickle:
         raise UsageError(
-            f"{path}: a pickled checkpoint can run code when loaded; convert it to "
-            ".safetensors, or set sd.allow_unsafe_pickle: true if you trust the file"
+            f"{path}: a pickled checkpoint can run code when loaded; {UNSAFE_PICKLE_HINT}"
         )
+    print(f"lorakit: unpickling {path} (allowed on this command)", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="lorakit-sd-") as folder:
         converted = _unpickle_to_safetensors(path, Path(folder))
         model = load_single_file(str(converted), base_config=base_config, model_family=model_family)

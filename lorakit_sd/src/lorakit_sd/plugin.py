@@ -214,7 +214,7 @@ def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
     """
     loaders = (
         ("sd-pickle", "is_pickled_file", "load_pickled", 30,
-         "pickled .ckpt/.pt checkpoint: refused unless sd.allow_unsafe_pickle"),
+         "pickled .ckpt/.pt checkpoint: refused unless --allow-unsafe-pickle"),
         ("sd-single-file", "is_single_file", "load_single_file", 20,
          "SD1 / SDXL single-file .safetensors in the original (LDM / SGM) layout"),
         ("sd-diffusers", "is_folder", "load_folder", 10,

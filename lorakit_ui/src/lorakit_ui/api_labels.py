@@ -10,18 +10,23 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from lorakit.api import (
     FILE_COLUMNS,
     METADATA_NAME,
     LorakitError,
+    RunFolder,
     find_images,
     format_metadata,
     read_metadata,
     write_text,
 )
 from lorakit_ui.errors import BadBody, error, json_body
+from lorakit_ui.files import handle_response
+
+#: The largest image the table shows.
+IMAGE_LIMIT = 256 * 2**20
 
 
 def label_command(body: dict[str, Any]) -> list[str]:
@@ -102,13 +107,21 @@ async def api_metadata(request: Request) -> JSONResponse:
     return await run_in_threadpool(_write_table, body)
 
 
-def _image(folder: Path, name: str) -> Path | None:
-    return folder / name if name in set(find_images(folder)) else None
+def _image(folder: Path, name: str) -> Any:
+    """The image ``name`` of a dataset folder, opened without following links (a link to
+    a file elsewhere is not served), or None."""
+    if name not in set(find_images(folder)):
+        return None
+    try:
+        return RunFolder(folder).open(name, limit=IMAGE_LIMIT)
+    except (OSError, LorakitError):
+        return None
 
 
 async def api_image(request: Request) -> Response:
     folder = Path(request.query_params.get("data_dir", ""))
-    path = await run_in_threadpool(_image, folder, request.query_params.get("name", ""))
-    if path is None:
+    name = request.query_params.get("name", "")
+    handle = await run_in_threadpool(_image, folder, name)
+    if handle is None:
         return Response("not found", 404, media_type="text/plain")
-    return FileResponse(path)
+    return handle_response(handle, Path(name).name, inline=True)

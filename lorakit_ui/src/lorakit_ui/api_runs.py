@@ -1,19 +1,24 @@
 """The runs' JSON routes (list, one run, stop, resume) and a run's files (downloads, the
-adapter folder as one zip). Everything that reads the disk runs off the event loop."""
+adapter folder as one zip). Everything that reads the disk runs off the event loop, and
+every file is read through ``RunFolder``: a link inside a run is neither served nor zipped."""
 
 from __future__ import annotations
 
 import io
 import zipfile
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
-from lorakit.api import LorakitError
+from lorakit.api import LorakitError, RunFolder
 from lorakit_ui.errors import error
+from lorakit_ui.files import handle_response
 from lorakit_ui.runs import read_metrics
+
+#: The most a folder's zip holds (it is built in memory).
+ZIP_LIMIT = 4 * 2**30
 
 INLINE = (".png", ".jpg", ".jpeg", ".webp", ".txt")
 
@@ -28,7 +33,7 @@ def _run_data(runs, name: str, since: int) -> dict:
     out = runs.path_of(name)
     data = runs.summary(name)
     data.update(
-        metrics=read_metrics(out / "metrics.jsonl", since), since=since,
+        metrics=read_metrics(out, since), since=since,
         samples=runs.samples(name), downloads=runs.downloads(name), log=runs.log_tail(name),
         config=runs.config_text(name),
     )  # fmt: skip
@@ -67,22 +72,22 @@ async def run_file(request: Request) -> Response:
     runs = request.app.state.runs
     name, rel = request.path_params["name"], request.path_params["rel"]
     try:
-        path = await run_in_threadpool(runs.file, name, rel)
+        handle, filename = await run_in_threadpool(runs.file, name, rel)
     except LorakitError as exc:
         return Response(exc.format(), 404, media_type="text/plain")
-    inline = path.suffix.lower() in INLINE
-    return FileResponse(
-        path,
-        filename=None if inline else path.name,
-        media_type="application/octet-stream" if path.suffix == ".safetensors" else None,
-    )
+    suffix = PurePosixPath(filename).suffix.lower()
+    binary = "application/octet-stream" if suffix == ".safetensors" else None
+    return handle_response(handle, filename, inline=suffix in INLINE, media_type=binary)
 
 
-def _zip(folder: Path) -> bytes:
+def _zip(run: RunFolder, rel: str) -> bytes:
+    """The regular files below ``rel`` (links skipped), as a zip named after the folder."""
     buffer = io.BytesIO()
+    base = PurePosixPath(rel).name
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+        for path in run.files(rel):
+            inside = PurePosixPath(path).relative_to(rel).as_posix()
+            archive.writestr(f"{base}/{inside}", run.read_bytes(path, limit=ZIP_LIMIT))
     return buffer.getvalue()
 
 
@@ -91,11 +96,12 @@ async def run_zip(request: Request) -> Response:
     runs = request.app.state.runs
     name, rel = request.path_params["name"], request.path_params["rel"]
     try:
-        folder = await run_in_threadpool(runs.folder, name, rel)
-    except LorakitError as exc:
-        return Response(exc.format(), 404, media_type="text/plain")
-    data = await run_in_threadpool(_zip, folder)
-    disposition = f'attachment; filename="{folder.name}.zip"'
+        run, folder = await run_in_threadpool(runs.folder, name, rel)
+        data = await run_in_threadpool(_zip, run, folder)
+    except (LorakitError, OSError) as exc:
+        text = exc.format() if isinstance(exc, LorakitError) else str(exc)
+        return Response(text, 404, media_type="text/plain")
+    disposition = f'attachment; filename="{PurePosixPath(folder).name}.zip"'
     return Response(
         data, media_type="application/zip", headers={"content-disposition": disposition}
     )

@@ -1,13 +1,16 @@
-"""Runs under the runs folder: what run.json and metrics.jsonl say, and ``lorakit train``
-subprocesses started, stopped (the engine's graceful stop) and resumed from the page."""
+"""Runs under the runs folder: what their records and metrics say, and ``lorakit train``
+subprocesses started, stopped (the engine's graceful stop) and resumed from the page.
+
+Every file of a run is read through ``RunFolder``: bounded, never through a link, never
+blocking on a FIFO; a file the page cannot read that way is not shown or served."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -17,13 +20,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError, earlier_run, has_checkpoints, holder, in_use
+from lorakit.api import (
+    RunFolder,
+    UsageError,
+    earlier_run,
+    has_checkpoints,
+    holder,
+    holds,
+    in_use,
+)
 
 #: The page's own files (logs of the runs it started) live here, inside the runs folder.
 UI_DIR = ".lorakit-ui"
 #: Files a run page offers for download, besides every ``.safetensors`` at the top.
-DOWNLOADS = ("config.yaml", "run.json", "metrics.jsonl", "loss.png")
+DOWNLOADS = (RunFolder.CONFIG, RunFolder.RECORD, RunFolder.METRICS, RunFolder.LOSS_PLOT)
+ADAPTER = "adapter"
+#: Longest run name the page looks up (a name is a path below the runs folder).
+MAX_NAME = 1024
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: The largest file a run page serves.
+LARGE_FILE = 64 * 2**30
 
 
 @dataclass
@@ -43,44 +59,47 @@ class Job:
         return self.process.poll() is None
 
 
+#: What the person opted into for their own commands, never for a run the page starts.
+PERSONAL_OPT_INS = ("LORAKIT_ALLOW_UNSAFE_PICKLE",)
+
+
+def run_environment() -> dict[str, str]:
+    """The environment of a run the page starts: the page's, without the person's opt-ins
+    to danger (a run folder from someone else is resumed with one click)."""
+    env = {k: v for k, v in os.environ.items() if k not in PERSONAL_OPT_INS}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def train_command(config: Path, resume: bool) -> list[str]:
     """The ``lorakit train`` command line the page runs (the CLI, not a copy of it)."""
     command = [sys.executable, "-m", "lorakit.cli", "train", "--config", str(config)]
     return [*command, "--no-progress", *(["--resume"] if resume else [])]
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def read_record(out: Path) -> dict[str, Any] | None:
+    """A run's record (run.json), or None when it is missing or not one lorakit reads."""
+    return RunFolder(out).try_json(RunFolder.RECORD)
 
 
-def read_metrics(path: Path, since: int = 0) -> list[dict[str, Any]]:
-    """The rows of metrics.jsonl from row ``since`` on (a half-written last line is skipped)."""
+def read_metrics(out: Path, since: int = 0) -> list[dict[str, Any]]:
+    """The rows of a run's metrics from row ``since`` on (a half-written last line is
+    skipped; a metrics file that is a link, a FIFO or too large gives none)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        return RunFolder(out).metrics(since)
+    except (OSError, UsageError):
         return []
-    rows = []
-    for line in lines[since:]:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return rows
 
 
 def tail(path: Path, lines: int = 80) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64_000))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return RunFolder(path.parent).tail(path.name, lines)
+
+
+def check_name(name: str) -> None:
+    """A run name the page can look up (no NUL, no over-long part), or one line."""
+    parts = name.split("/")
+    if "\0" in name or len(name) > MAX_NAME or any(len(p.encode()) > 255 for p in parts):
+        raise UsageError(f"no run named {name[:60]!r}")
 
 
 class RunManager:
@@ -106,6 +125,7 @@ class RunManager:
         return path.relative_to(self.runs_dir).as_posix()
 
     def path_of(self, name: str) -> Path:
+        check_name(name)
         path = (self.runs_dir / name).resolve()
         if not path.is_relative_to(self.runs_dir) or path == self.runs_dir:
             raise UsageError(f"no run named {name}")
@@ -121,34 +141,40 @@ class RunManager:
         run started from the page, newest first. A symlinked or unreadable folder is skipped
         (with a line in ``notes``)."""
         found = set(self.jobs)
-        for pattern in ("*/run.json", "*/*/run.json"):
-            for record in self.runs_dir.glob(pattern):
-                if UI_DIR in record.parts:
-                    continue
-                name = record.parent.relative_to(self.runs_dir).as_posix()
-                problem = self._unlisted(record.parent)
-                if problem:
-                    if notes is not None:
-                        notes.append(f"{name}: skipped ({problem})")
-                    continue
-                found.add(name)
+        top = RunFolder(self.runs_dir)
+        for first in top.entries():
+            if first == UI_DIR:
+                continue
+            candidates = [first] + [f"{first}/{n}" for n in top.entries(first)]
+            for name in candidates:
+                problem = self._unlisted(name)
+                if problem is None:
+                    found.add(name)
+                elif problem and notes is not None:
+                    notes.append(f"{name}: skipped ({problem})")
 
         def started(name: str) -> float:
-            try:
-                return (self.runs_dir / name / "run.json").stat().st_mtime
-            except OSError:
-                return time.time()
+            info = RunFolder(self.runs_dir / name).lstat(RunFolder.RECORD)
+            return info.st_mtime if info is not None else time.time()
 
         return sorted(found, key=started, reverse=True)
 
-    def _unlisted(self, folder: Path) -> str | None:
-        """Why a run folder is not listed (a symlink, unreadable), or None."""
-        here = folder
-        while here != self.runs_dir:
-            if here.is_symlink():
-                return "a symbolic link"
-            here = here.parent
-        if not os.access(folder / "run.json", os.R_OK) or not os.access(folder, os.R_OK | os.X_OK):
+    def _unlisted(self, name: str) -> str | None:
+        """Why ``name`` is not listed: "" when it is no run (no record), a reason when it
+        is one the page will not read (a link, a record that is a link, unreadable)."""
+        top = RunFolder(self.runs_dir)
+        info = top.lstat(name)
+        if info is None:
+            return ""
+        if stat.S_ISLNK(info.st_mode):
+            linked = os.path.lexists(self.runs_dir / name / RunFolder.RECORD)
+            return "a symbolic link" if linked else ""
+        record = top.lstat(f"{name}/{RunFolder.RECORD}")
+        if record is None:
+            return ""
+        if not stat.S_ISREG(record.st_mode):
+            return f"its {RunFolder.RECORD} is not a regular file"
+        if not os.access(self.runs_dir / name, os.R_OK | os.X_OK):
             return "not readable"
         return None
 
@@ -166,7 +192,7 @@ class RunManager:
     def summary(self, name: str) -> dict[str, Any]:
         """Status (running, stopping, starting, finished, failed, interrupted), steps, loss, time."""
         out = self.path_of(name)
-        record = read_json(out / "run.json") or {}
+        record = read_record(out) or {}
         job = self.jobs.get(name)
         status = record.get("status", "unknown")
         error = record.get("error")
@@ -181,7 +207,7 @@ class RunManager:
                 error = error or tail(job.log, 1)
         steps = record.get("steps")
         if steps is None or status == "running":
-            rows = read_metrics(out / "metrics.jsonl")
+            rows = read_metrics(out)
             steps = rows[-1].get("step", len(rows)) if rows else 0
             loss = rows[-1].get("loss") if rows else None
         else:
@@ -253,7 +279,7 @@ class RunManager:
                     stdout=handle,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env=run_environment(),
                     start_new_session=True,  # a stop reaches the run's whole process group
                 )
             self.jobs[name] = Job(name, Path(output_dir), Path(config), process, log)
@@ -269,9 +295,15 @@ class RunManager:
             job.stopping = True
             _terminate(job.process.pid)
             return
-        other = holder(self.path_of(name))
+        out = self.path_of(name)
+        other = holder(out)
         if other is None or not other.pid:
             raise UsageError(f"run {name} is not running")
+        if not holds(other.pid, out):  # a PID from a file: signal only the run's own trainer
+            raise UsageError(
+                f"run {name}: PID {other.pid} is not a lorakit training holding this folder's "
+                "lock; not stopping it"
+            )
         with contextlib.suppress(ProcessLookupError):
             os.kill(other.pid, signal.SIGTERM)
         self.signalled.add(name)
@@ -280,9 +312,11 @@ class RunManager:
         """Continue a run from its newest checkpoint, with the config it ran with (its
         resolved ``config.yaml``, which later edits of the form's file do not change)."""
         out = self.path_of(name)
-        if not (out / "config.yaml").is_file():
-            raise UsageError(f"run {name} has no config.yaml to resume with")
-        return self.start(out / "config.yaml", out, resume=True)
+        if not RunFolder(out).is_file(RunFolder.CONFIG):
+            raise UsageError(
+                f"run {name} has no {RunFolder.CONFIG} (a regular file) to resume with"
+            )
+        return self.start(out / RunFolder.CONFIG, out, resume=True)
 
     def shutdown(self) -> None:
         """Stop every training this page started (each writes its checkpoint) and wait."""
@@ -300,16 +334,17 @@ class RunManager:
     def samples(self, name: str, limit: int = 12) -> list[dict[str, Any]]:
         """The newest sample images (with their prompt) and text samples."""
         out = self.path_of(name)
-        folder = out / "samples"
-        if not folder.is_dir():
+        run = RunFolder(out)
+        if not run.is_dir(RunFolder.SAMPLES):
             return []
-        config = _yaml(out / "config.yaml")
+        config = _yaml(out, RunFolder.CONFIG)
         prompts = config.get("sample_prompts") or []
         if isinstance(prompts, str):
             prompts = [prompts]
+        mtimes = {rel: run.lstat(rel) for rel in run.files(RunFolder.SAMPLES)}  # no links
         files = sorted(
-            (p for p in folder.rglob("*") if p.is_file()),
-            key=lambda p: (p.stat().st_mtime, p.name),
+            (Path(rel) for rel, info in mtimes.items() if info is not None),
+            key=lambda p: (mtimes[p.as_posix()].st_mtime, p.name),  # type: ignore[union-attr]
             reverse=True,
         )
         names = {p.name for p in files}
@@ -317,40 +352,43 @@ class RunManager:
         for path in files:
             if f"{path.stem}-00{path.suffix}" in names:
                 continue  # a contact sheet of images listed one by one
-            rel = path.relative_to(out).as_posix()
+            rel = path.as_posix()
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 match = re.search(r"-(\d+)$", path.stem)
                 index = int(match.group(1)) if match else None
                 prompt = prompts[index] if index is not None and index < len(prompts) else ""
                 found.append({"kind": "image", "path": rel, "prompt": prompt})
             elif path.suffix.lower() in (".txt", ".md", ".jsonl"):
-                found.append({"kind": "text", "path": rel, "text": tail(path, 40)})
+                found.append({"kind": "text", "path": rel, "text": run.tail(rel, 40)})
             if len(found) >= limit:
                 break
         return found
 
     def downloads(self, name: str) -> list[str]:
         """Exported files (top-level .safetensors, the adapter folder) and the run's records."""
-        out = self.path_of(name)
-        if not out.is_dir():
-            return []
-        files = sorted(p for p in out.glob("*.safetensors") if p.is_file())
-        files += sorted(p for p in (out / "adapter").glob("*") if p.is_file())
-        files += [out / n for n in DOWNLOADS if (out / n).is_file()]
-        folders = ["adapter/"] if (out / "adapter").is_dir() else []
-        return folders + [p.relative_to(out).as_posix() for p in files]
+        run = RunFolder(self.path_of(name))
+        top = run.entries()
+        regular = {n for n, mode in top.items() if stat.S_ISREG(mode)}
+        files = sorted(n for n in regular if n.endswith(".safetensors"))
+        adapter = top.get(ADAPTER)
+        if adapter is not None and stat.S_ISDIR(adapter):
+            files += [f for f in run.files(ADAPTER) if f.count("/") == 1]
+        files += [n for n in DOWNLOADS if n in regular]
+        folders = [f"{ADAPTER}/"] if adapter is not None and stat.S_ISDIR(adapter) else []
+        return folders + files
 
-    def folder(self, name: str, rel: str) -> Path:
-        out = self.path_of(name)
-        path = (out / rel).resolve()
-        if not path.is_relative_to(out) or path == out or not path.is_dir():
+    def folder(self, name: str, rel: str) -> tuple[RunFolder, str]:
+        """A folder of a run (its files read through the run folder, links skipped)."""
+        run = RunFolder(self.path_of(name))
+        rel = rel.strip("/")
+        if not rel or not run.is_dir(rel):
             raise UsageError(f"run {name} has no folder {rel}")
-        return path
+        return run, rel
 
     def config_text(self, name: str) -> str:
         try:
-            return (self.path_of(name) / "config.yaml").read_text(encoding="utf-8")
-        except OSError:
+            return RunFolder(self.path_of(name)).read_text(RunFolder.CONFIG)
+        except (OSError, UsageError):
             return ""
 
     def free_run_dir(self, wanted: str) -> Path:
@@ -364,17 +402,19 @@ class RunManager:
     def last_backend(self) -> str | None:
         """The backend of the newest run (the one the user picked last)."""
         for name in self.names():
-            backend = _yaml(self.runs_dir / name / "config.yaml").get("backend")
+            backend = _yaml(self.runs_dir / name, RunFolder.CONFIG).get("backend")
             if isinstance(backend, str):
                 return backend
         return None
 
-    def file(self, name: str, rel: str) -> Path:
-        out = self.path_of(name)
-        path = (out / rel).resolve()
-        if not path.is_relative_to(out) or not path.is_file():
-            raise UsageError(f"run {name} has no file {rel}")
-        return path
+    def file(self, name: str, rel: str) -> tuple[Any, str]:
+        """A file of a run opened for reading (a regular file reached without links), and
+        its name."""
+        run = RunFolder(self.path_of(name))
+        try:
+            return run.open(rel, limit=LARGE_FILE), Path(rel).name
+        except (OSError, UsageError):
+            raise UsageError(f"run {name} has no file {rel[:200]}") from None
 
     def log_tail(self, name: str, lines: int = 80) -> str:
         return tail(self.log_of(name), lines)
@@ -387,15 +427,15 @@ def _terminate(pid: int) -> None:
 
 
 def _elapsed(out: Path) -> float | None:
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_metrics(out)
     return rows[-1].get("elapsed_s") if rows else None
 
 
-def _yaml(path: Path) -> dict[str, Any]:
+def _yaml(folder: Path, name: str) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(RunFolder(folder).read_text(name))
+    except (OSError, UsageError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -9,7 +9,10 @@
   is ``application/json``, which no cross-site form or ``no-cors`` fetch can send.
 - Bodies are bounded (413 past the route's limit, before the body is read).
 - Every answer carries a CSP without inline script and ``frame-ancestors 'none'``,
-  ``X-Frame-Options: DENY`` and ``X-Content-Type-Options: nosniff``.
+  ``X-Frame-Options: DENY`` and ``X-Content-Type-Options: nosniff`` -- errors included: a
+  route that fails is answered here (500, one JSON line) rather than by the server.
+- The token cookie is found by name among the others: another site's cookie on the same
+  host (``prefs={"a":"b"}`` on localhost) neither hides it nor locks the user out.
 
 Refusals are one-line JSON errors, and one line on the server's stderr.
 """
@@ -122,7 +125,23 @@ class Guard:
             await login(scope, receive, send_with_headers)
             return
         limit = LIMITS.get(scope["path"], DEFAULT_LIMIT)
-        await self.app(scope, _bounded(receive, limit), send_with_headers)
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
+        try:
+            await self.app(scope, _bounded(receive, limit), tracked)
+        except Exception as exc:
+            if started:
+                raise
+            text = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            print(f"lorakit ui: {scope['method']} failed: {text}", file=sys.stderr, flush=True)
+            await _json(500, "the server could not answer this request")(
+                scope, receive, send_with_headers
+            )
 
     def refusal(self, scope: Any) -> tuple[int, str] | None:
         """(status, reason) when the request is refused."""
@@ -132,7 +151,7 @@ class Guard:
         given = _query_token(scope)
         if given is not None:
             return None if _same(given, self.token) else (403, "wrong token")
-        if not _same(_cookie(headers, self.cookie), self.token):
+        if not any(_same(value, self.token) for value in _cookies(headers, self.cookie)):
             return 403, "a token is needed: open the URL lorakit ui printed"
         if scope["method"] in SAFE_METHODS:
             return None
@@ -169,16 +188,16 @@ def _query_token(scope: Any) -> str | None:
     return values[-1] if values else None
 
 
-def _cookie(headers: Headers, name: str) -> str:
-    from http.cookies import SimpleCookie
-
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except Exception:  # noqa: BLE001 - a malformed cookie header is no token
-        return ""
-    morsel = jar.get(name)
-    return morsel.value if morsel is not None else ""
+def _cookies(headers: Headers, name: str) -> list[str]:
+    """The values of cookie ``name``, whatever the other cookies hold: each ``name=value``
+    pair of every Cookie header is taken on its own (RFC 6265 5.4)."""
+    found = []
+    for header in headers.getlist("cookie"):
+        for pair in header.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == name:
+                found.append(value.strip().strip('"'))
+    return found
 
 
 def _same(given: str, token: str) -> bool:

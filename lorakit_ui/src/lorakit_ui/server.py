@@ -109,4 +109,6 @@ def serve(
     )
     url = f"http://{browsable(host)}:{port}/?token={quote(token)}"
     print(f"lorakit ui: {url} (runs in {Path(runs_dir).resolve()}); Ctrl-C to quit", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    from lorakit_ui.connections import uvicorn_options
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_options())

@@ -110,6 +110,9 @@ def gguf_keys(path: Path) -> list[str]:
     """Tensor names of a GGUF file (read by the ``gguf`` package)."""
     import gguf
 
+    from lorakit.api import check_gguf
+
+    check_gguf(path)  # counts, lengths and offsets fit the file before the reader trusts them
     return [t.name for t in gguf.GGUFReader(str(path)).tensors]
 
 
