@@ -240,6 +240,7 @@ def test_resume_continues_exactly(tiny_models, tmp_path):
 
     from lorakit.config import load_config
     from lorakit.engine import train
+    from lorakit.engine.manifest import write_manifest
     from lorakit.plugins import build_plugins, set_plugins
 
     # the run first started long ago: a resume keeps that start (ss_training_started_at)
@@ -247,6 +248,7 @@ def test_resume_continues_exactly(tiny_models, tmp_path):
     state = json.loads(state_file.read_text())
     assert state["started_at"] > 1.7e9
     state_file.write_text(json.dumps({**state, "started_at": 1e9}))
+    write_manifest(state_file.parent)  # an edit the checkpoint's manifest vouches for
     plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
     set_plugins(plugins)
     try:

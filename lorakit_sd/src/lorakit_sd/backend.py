@@ -105,7 +105,7 @@ class SDBackend(Backend):
         self.clip_skip = spec.clip_skip(sec, ctx.log)
         pipe = self.model.pipe
         self.unet = self.model.denoiser  # the UNet or the transformer
-        read_at = self.resolution
+        read_at = getattr(self, "resolution", None)  # set by validate when it read the data
         self.resolution = (
             sec.resolution or model_resolution(pipe) or DEFAULT_RESOLUTION[self.family]
         )
