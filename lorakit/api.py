@@ -68,7 +68,7 @@ from lorakit.metadata_csv import (
 )
 from lorakit.planning.estimate import PlanModel
 from lorakit.planning.plan import plan_line
-from lorakit.plugins import get_registries, lazy
+from lorakit.plugins import PluginInfo, get_registries, lazy, plugin_registrations
 from lorakit.provenance import file_metadata, package_version
 from lorakit.registry import (
     BackendSpec,
@@ -117,6 +117,7 @@ __all__ = [
     "OptimizerSpec",
     "PlanModel",
     "PluginError",
+    "PluginInfo",
     "Registries",
     "RunError",
     "RunInfo",
@@ -157,6 +158,7 @@ __all__ = [
     "parse_lora",
     "parse_override",
     "plan_line",
+    "plugin_registrations",
     "read_image",
     "read_metadata",
     "read_table",

@@ -278,7 +278,7 @@ def _lora_transformer(model, run, scale=1.0):
 def test_flux_merge_writes_a_bfl_transformer_equal_to_diffusers_fuse_lora(runs, tmp_path):
     """Base: BFL's transformer file (+ sd.base_config); LoRA: the kohya/BFL file at 0.7."""
     from lorakit_sd.config import SDSection
-    from lorakit_sd.families.flux_file import load_transformer
+    from lorakit_sd.families.flux1.single_file import load_transformer
     from lorakit_sd.merge import merge_checkpoint
     from safetensors import safe_open
 

@@ -182,7 +182,7 @@ def _delta(layer):
 
 def test_a_dense_fused_lora_splits_exactly():
     """A rank-r LoRA trained on the fused layer (as sd-scripts does) splits without loss."""
-    from lorakit_sd.lora_flux import split
+    from lorakit_sd.families.flux1.kohya import split
 
     down, up = torch.randn(4, 8), torch.randn(24, 4)
     parts = split(down, up, 2.0, [8, 8, 8])

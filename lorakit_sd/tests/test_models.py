@@ -61,10 +61,12 @@ def test_family_mismatch_and_unknown_files(tiny_models, tmp_path):
 
 
 def test_offline_single_file_without_configs_says_what_to_do(tiny_models, monkeypatch, tmp_path):
-    from lorakit_sd import models
+    from lorakit_sd import families
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setitem(models.DEFAULT_CONFIG_REPOS, "sd1", "lorakit-tests/never-cached-sd1")
+    monkeypatch.setattr(
+        families.get("sd1"), "default_config_repo", "lorakit-tests/never-cached-sd1"
+    )
     with pytest.raises(UsageError, match="sd.base_config"):
         load_base(str(tiny_models["sd1"].single_file))
     with pytest.raises(UsageError, match="not found in the local hub cache"):

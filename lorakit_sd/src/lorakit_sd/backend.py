@@ -23,8 +23,6 @@ from lorakit_sd.config import SDSection
 from lorakit_sd.devices import modules_elsewhere, use_channels_last
 from lorakit_sd.loss import augment_captions, cached_text, caption_dropout_mask, denoising_loss
 
-DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024, "sd3": 1024, "flux1": 1024}
-
 
 class SDBackend(Backend):
     """Image-model LoRA training (SD1.x, SDXL, SD3 / SD3.5, FLUX.1)."""
@@ -50,7 +48,7 @@ class SDBackend(Backend):
         family = peek_family(t.base_model, sec.model_family)
         if family is not None:
             families.get(family).check_section(sec)
-            self.resolution = sec.resolution or DEFAULT_RESOLUTION[family]
+            self.resolution = sec.resolution or families.get(family).default_resolution
             self._read_data(ctx)
 
     def _read_data(self, ctx: TrainContext) -> None:
@@ -93,7 +91,7 @@ class SDBackend(Backend):
         self.clip_skip = spec.clip_skip(sec, ctx.log)
         pipe = self.model.pipe
         self.unet = self.model.denoiser  # the UNet or the transformer
-        self.resolution = sec.resolution or DEFAULT_RESOLUTION[self.family]
+        self.resolution = sec.resolution or families.get(self.family).default_resolution
         self.factor = spec.pixel_multiple(pipe)
         step = sec.bucket_step if sec.bucket else self.resolution
         if step % self.factor:

@@ -235,7 +235,6 @@ def sample(
     """
     import torch
 
-    from lorakit_sd.backend import DEFAULT_RESOLUTION
     from lorakit_sd.models import quiet_libraries
     from lorakit_sd.sampling import render_and_save
 
@@ -251,7 +250,7 @@ def sample(
         dtype = half_dtype()
     with quiet_libraries():  # diffusers warns about casting the VAE, which is expected here
         model.pipe.to(device, dtype)
-    resolution = section.resolution or DEFAULT_RESOLUTION[model.family]
+    resolution = section.resolution or model.spec.default_resolution
     trained = next((s for lora in applied if (s := trained_size(lora.metadata))), None)
     default_w, default_h = trained or (resolution, resolution)
     stem = "+".join(Path(p).name.split(".")[0] for p, _ in loras) or "base"

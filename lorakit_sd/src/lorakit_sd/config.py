@@ -13,6 +13,8 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from lorakit_sd import families
+
 #: LoRA target aliases accepted in ``target_modules``.
 TARGET_ALIASES = {
     "attn": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -61,10 +63,11 @@ class SDSection(BaseModel):
         "and tokenizers describe the checkpoint. Default: the standard SD1.5 / SDXL repo, read "
         "from the local hub cache when HF_HUB_OFFLINE is set.",
     )
-    model_family: Literal["auto", "sd1", "sdxl", "sd3", "flux1"] = Field(
+    model_family: str = Field(
         "auto",
         description="auto: detected from the weights (a single file's keys, a folder's "
-        "model_index.json). sd3 covers SD3 and SD3.5; flux1 FLUX.1 dev and schnell.",
+        "model_index.json); else the name of an installed image family (`lorakit plugins` "
+        "lists them; see the model families page).",
     )
     allow_unsafe_pickle: bool = Field(
         False,
@@ -300,6 +303,15 @@ class SDSection(BaseModel):
     sample_width: int | None = Field(None, gt=0, description="Preview width; default resolution.")
     sample_height: int | None = Field(None, gt=0, description="Preview height; default resolution.")
     sample_seed: int | None = Field(None, description="Seed of every preview; default seed.")
+
+    @field_validator("model_family")
+    @classmethod
+    def _family_installed(cls, value: str) -> str:
+        if value != "auto" and value not in families.names():
+            raise ValueError(
+                f"not an installed image family (choose auto, {', '.join(families.names())})"
+            )
+        return value
 
     @field_validator("metadata_path")
     @classmethod

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lorakit_sd.ldm import text_model_path, unet_path_to_ldm
+from lorakit_sd.families.ldm import text_model_path, unet_path_to_ldm
 
 DIFFUSERS_PREFIXES = {
     "unet": "unet.",
@@ -77,7 +77,7 @@ class UnetLayout:
 
     @classmethod
     def from_config(cls, config: Any) -> UnetLayout:
-        from lorakit_sd.ldm import unet_layout
+        from lorakit_sd.families.ldm import unet_layout
 
         lpb, ups = unet_layout(config)
         return cls(lpb, ups)

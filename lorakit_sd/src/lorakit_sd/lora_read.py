@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import FileKind, FileProbe, UsageError, read_safetensors_header
-from lorakit_sd.ldm import unet_path_to_ldm
+from lorakit_sd.families.ldm import unet_path_to_ldm
 from lorakit_sd.lora_format import (
     DIFFUSERS_PREFIXES,
     METADATA_KEY,
@@ -79,7 +79,7 @@ def sgm_unet_stem(stem: str, layout: UnetLayout) -> str:
     """
     import re
 
-    from lorakit_sd.ldm import _UNET_TOP
+    from lorakit_sd.families.ldm import _UNET_TOP
 
     if not stem.startswith("lora_unet_"):
         return stem
@@ -185,7 +185,7 @@ def read_lora(path: str | Path, layout: UnetLayout | None = None) -> LoraFile:
     if fmt == "kohya":
         entries = _group_kohya(path, tensors)
         if family == "flux1":  # BFL's fused layers, split into diffusers' modules
-            from lorakit_sd.lora_flux import from_bfl
+            from lorakit_sd.families.flux1.kohya import from_bfl
 
             entries = from_bfl(entries)
         if family == "sdxl":

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import UsageError
-from lorakit_sd.ldm import (
+from lorakit_sd.families.ldm import (
     SD1_TE_PREFIX,
     SDXL_TE1_PREFIX,
     SDXL_TE2_PREFIX,
@@ -94,7 +94,7 @@ def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, st
             metadata = dict(f.metadata() or {})
         state = load_file(str(path))
         return state, family_of_keys(path, list(state)), metadata
-    from lorakit_sd.ldm import pipeline_to_ldm
+    from lorakit_sd.families.ldm import pipeline_to_ldm
 
     model = loader.load(
         base,

@@ -62,7 +62,7 @@ def transformer_state(transformer: Any, family: str) -> dict[str, Any]:
     state = {k: v.detach() for k, v in transformer.state_dict().items()}
     if family != "flux1":
         return state
-    from lorakit_sd.families.flux_file import diffusers_to_bfl
+    from lorakit_sd.families.flux1.single_file import diffusers_to_bfl
 
     cfg = transformer.config
     return diffusers_to_bfl(state, cfg.num_layers, cfg.num_single_layers)

@@ -20,15 +20,7 @@ from typing import Any
 
 from lorakit.api import ConfigError, UsageError
 from lorakit_sd import families
-from lorakit_sd.families import LABELS as FAMILY_NAMES
 
-#: Where single-file checkpoints take their configs and tokenizers by default.
-DEFAULT_CONFIG_REPOS = {
-    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-    "sd3": "stabilityai/stable-diffusion-3.5-medium",
-    "flux1": "black-forest-labs/FLUX.1-dev",
-}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -97,7 +89,7 @@ def single_file_keys(path: Path) -> list[str]:
     from lorakit.api import read_safetensors_header
 
     if path.suffix.lower() == ".gguf":
-        from lorakit_sd.families.flux_file import gguf_keys
+        from lorakit_sd.families.flux1.single_file import gguf_keys
 
         return gguf_keys(path)
 
@@ -105,7 +97,7 @@ def single_file_keys(path: Path) -> list[str]:
 
 
 def family_of_keys(path: Path, keys: list[str]) -> str:
-    from lorakit_sd.ldm import detect_family
+    from lorakit_sd.families.ldm import detect_family
 
     family = families.of_keys(keys)
     if family is None and detect_family(keys) == "sd2":
@@ -169,7 +161,7 @@ def _hub_folder(repo: str) -> Path:
 def _check_family(found: str, wanted: str, where: str) -> None:
     if wanted not in ("auto", found):
         raise ConfigError(
-            f"{where} is {FAMILY_NAMES[found]} but sd.model_family says {FAMILY_NAMES[wanted]}",
+            f"{where} is {families.label(found)} but sd.model_family says {families.label(wanted)}",
             key="sd.model_family",
         )
 
@@ -290,7 +282,7 @@ def check_single_file(source: str, section: Any = None) -> None:
             return
         if base_config.startswith((".", "/", "~")):
             raise UsageError(f"sd.base_config {base_config}: folder not found")
-    config = base_config or DEFAULT_CONFIG_REPOS[family]
+    config = base_config or families.get(family).default_config_repo
     if offline() and not Path(config).is_dir():
         from huggingface_hub import try_to_load_from_cache
 
@@ -308,7 +300,7 @@ def load_single_file(
     keys = single_file_keys(path)
     family = family_of_keys(path, keys)
     _check_family(family, model_family, str(path))
-    config = base_config or DEFAULT_CONFIG_REPOS[family]
+    config = base_config or families.get(family).default_config_repo
     with quiet_libraries():
         try:
             pipe = families.get(family).load_single_file(
@@ -362,7 +354,7 @@ def bare_text_encoder(path: Path, keys: list[str], config: str) -> dict[str, Any
     weights missing. Those keys are exactly transformers' ``CLIPTextModel`` names, so the
     encoder is built from the config's ``text_encoder`` and loaded here, then handed over.
     """
-    from lorakit_sd.ldm import SD1_TE_PREFIX
+    from lorakit_sd.families.ldm import SD1_TE_PREFIX
 
     bare = [
         k

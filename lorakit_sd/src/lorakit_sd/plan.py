@@ -21,19 +21,21 @@ from lorakit.api import Config, PlanModel, UsageError, find_images
 from lorakit_sd.config import SDSection
 
 DTYPE_NAMES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16", "auto": "bfloat16"}
-FAMILY_LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "sd3": "SD3 / SD3.5", "flux1": "FLUX.1"}
 
 
 def config_folder(base: str, section: SDSection) -> Path:
     """The folder holding the model's configs (no weights are read)."""
-    from lorakit_sd.models import DEFAULT_CONFIG_REPOS, offline, peek_family
+    from lorakit_sd import families
+    from lorakit_sd.models import offline, peek_family
 
     path = Path(base).expanduser()
     if path.is_dir():
         return path
     if path.is_file():
         family = peek_family(base, section.model_family) or "sd1"
-        return config_folder(section.base_config or DEFAULT_CONFIG_REPOS[family], section)
+        return config_folder(
+            section.base_config or families.get(family).default_config_repo, section
+        )
     if "/" not in base or base.startswith((".", "/", "~")):
         raise UsageError(f"base model not found: {base}")
     from huggingface_hub import snapshot_download
@@ -164,7 +166,6 @@ def planner(config: Config) -> PlanModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from lorakit_sd import families
-    from lorakit_sd.backend import DEFAULT_RESOLUTION
     from lorakit_sd.models import family_of_folder, quiet_libraries
 
     section = config.section if isinstance(config.section, SDSection) else SDSection()
@@ -183,7 +184,7 @@ def planner(config: Config) -> PlanModel:
     text_configs = [cfg for _, _, cfg in text_parts]
     half = train.mixed_precision != "no"
     dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
-    resolution = section.resolution or DEFAULT_RESOLUTION[family]
+    resolution = section.resolution or families.get(family).default_resolution
     factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     side = resolution // factor
     channels = int(unet_config["in_channels"])
@@ -222,7 +223,7 @@ def planner(config: Config) -> PlanModel:
 
     return PlanModel(
         build=build, batch=fake_batch, loss=plan_loss(plan_objective(folder, spec, section), dtype),
-        description=f"{FAMILY_LABELS[family]} UNet, {str(dtype).removeprefix('torch.')} weights",
+        description=f"{families.label(family)} UNet, {str(dtype).removeprefix('torch.')} weights",
         per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}",
         autocast_dtype=dtype if half else None, caches=caches,
         items=count_images(config, section), resolution_key="sd.resolution",

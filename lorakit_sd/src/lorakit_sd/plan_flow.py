@@ -23,7 +23,6 @@ def flow_planner(config: Config, folder: Path, family: str, section: Any) -> Pla
     from diffusers import AutoencoderKL
 
     from lorakit_sd import families
-    from lorakit_sd.backend import DEFAULT_RESOLUTION
     from lorakit_sd.families.transformer import FlowTrainModule
     from lorakit_sd.models import quiet_libraries
     from lorakit_sd.plan import (
@@ -48,7 +47,7 @@ def flow_planner(config: Config, folder: Path, family: str, section: Any) -> Pla
     clips = [p for p in text_parts if p[1].__name__.startswith("CLIP")]
     others = [p for p in text_parts if p not in clips]  # T5
     dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
-    resolution = section.resolution or DEFAULT_RESOLUTION[family]
+    resolution = section.resolution or families.get(family).default_resolution
     side = resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
     channels = int(vae_config["latent_channels"])
     tokens = int(section.max_sequence_length or spec.default_sequence_length)

@@ -25,6 +25,8 @@ from lorakit_sd.config import SDSection
 from lorakit_sd.verbs import SDCommands
 
 LORAKIT_PLUGIN_API = 1
+#: the hooks lorakit-sd publishes (``register_image_families``), added to lorakit's manager
+LORAKIT_HOOKSPECS = "lorakit_sd.hookspecs"
 
 #: Config layout 1 → 2: top-level keys that moved into ``sd:`` (old name → name there).
 V1_MOVES = {
@@ -71,6 +73,14 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             migrations={1: V1_MOVES},
         )
     )
+
+
+@hookimpl
+def register_image_families(register: Callable[[Any], None]) -> None:
+    """lorakit-sd's own image families (SPECs of its ``families/<name>/`` folders)."""
+    from lorakit_sd.families import register_builtins
+
+    register_builtins(register)
 
 
 @hookimpl

@@ -217,7 +217,7 @@ def build_tiny_sd(directory: str | Path, family: str = "sd1", seed: int = 0) -> 
     folder without weights (what ``from_single_file(..., config=...)`` reads offline).
     """
     from lorakit.api import save_safetensors
-    from lorakit_sd.ldm import pipeline_to_ldm
+    from lorakit_sd.families.ldm import pipeline_to_ldm
 
     directory = Path(directory)
     pipe = build_tiny_pipeline(family, seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lorakit_sd.families.base import ModelFamily, Objective
+from lorakit_sd.families.sd1 import SPEC
 
 #: LoRA target presets of the UNet families (``target_modules``).
 UNET_PRESETS = {
@@ -16,8 +17,8 @@ UNET_PRESETS["all-linear"] = UNET_PRESETS["attn"] + UNET_PRESETS["ff"] + UNET_PR
 
 
 class SD1(ModelFamily):
-    name = "sd1"
-    label = "SD1.x"
+    name = SPEC.name
+    label = SPEC.label
     default_resolution = 512
     default_config_repo = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     base_model_version = "sd_v1"
@@ -34,7 +35,7 @@ class SD1(ModelFamily):
         return vae * 2 ** (len(pipe.unet.config.down_block_types) - 1)
 
     def claims_keys(self, keys: set[str]) -> bool:
-        from lorakit_sd.ldm import detect_family
+        from lorakit_sd.families.ldm import detect_family
 
         return detect_family(keys) == self.name
 

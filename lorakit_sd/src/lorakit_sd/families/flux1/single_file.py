@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import UsageError
-from lorakit_sd.lora_flux import SWAPPED, layers
+from lorakit_sd.families.flux1.kohya import SWAPPED, layers
 
 #: RMSNorm scales: BFL suffix -> diffusers suffix, per block kind
 _DOUBLE_NORMS = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lorakit_sd.families.base import Objective
+from lorakit_sd.families.flux1 import SPEC
 from lorakit_sd.families.transformer import FlowFamily
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -21,8 +22,8 @@ ALL_LINEAR = ATTN + [
 
 
 class Flux1(FlowFamily):
-    name = "flux1"
-    label = "FLUX.1"
+    name = SPEC.name
+    label = SPEC.label
     default_resolution = 1024
     default_config_repo = "black-forest-labs/FLUX.1-dev"
     base_model_version = "flux1"
@@ -44,7 +45,7 @@ class Flux1(FlowFamily):
     def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
         """BFL's transformer file (``.safetensors`` or ``.gguf``), the other parts from
         ``config`` (a diffusers FLUX.1 folder or hub id)."""
-        from lorakit_sd.families.flux_file import load_transformer
+        from lorakit_sd.families.flux1.single_file import load_transformer
 
         transformer = load_transformer(path, config, local)
         return self.pipeline_class().from_pretrained(
@@ -115,7 +116,7 @@ class Flux1(FlowFamily):
 
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """sd-scripts' layout: BFL names, fused q/k/v written exactly (rank 3r), CLIP ``lora_te1_``."""
-        from lorakit_sd.lora_flux import to_bfl
+        from lorakit_sd.families.flux1.kohya import to_bfl
         from lorakit_sd.lora_format import to_kohya
 
         transformer = [m for m in modules if m.component == "transformer"]

@@ -6,12 +6,13 @@ from typing import Any
 
 import torch
 
-from lorakit_sd.families.sd1 import SD1
+from lorakit_sd.families.sd1.family import SD1
+from lorakit_sd.families.sdxl import SPEC
 
 
 class SDXL(SD1):
-    name = "sdxl"
-    label = "SDXL"
+    name = SPEC.name
+    label = SPEC.label
     default_resolution = 1024
     default_config_repo = "stabilityai/stable-diffusion-xl-base-1.0"
     base_model_version = "sdxl_base_v1-0"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakit_sd.families.sd3 import SPEC
 from lorakit_sd.families.transformer import FlowFamily
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -19,8 +20,8 @@ ALL_LINEAR = ATTN + [
 
 
 class SD3(FlowFamily):
-    name = "sd3"
-    label = "SD3 / SD3.5"
+    name = SPEC.name
+    label = SPEC.label
     default_resolution = 1024
     default_config_repo = "stabilityai/stable-diffusion-3.5-medium"
     base_model_version = "sd3"
