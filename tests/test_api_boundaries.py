@@ -55,6 +55,31 @@ def test_plugin_packages_use_only_the_public_api():
     assert not offenders, "\n".join(offenders)
 
 
+def _imports_of(path: Path, package: str) -> list[str]:
+    """The modules of ``package`` that ``path`` imports (any depth of its code)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == package or node.module.startswith(package + "."):
+                found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == package]
+    return found
+
+
+def test_family_packages_use_only_lorakit_sds_published_api():
+    """A package in plugins/ reaches lorakit-sd through ``lorakit_sd.api`` alone."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for src in (ROOT / "plugins").glob("*/src")
+        for path in src.rglob("*.py")
+        for module in _imports_of(path, "lorakit_sd")
+        if module != "lorakit_sd.api"
+    ]
+    assert list((ROOT / "plugins").glob("*/src/*/family.py")), "no family package found"
+    assert not offenders, "\n".join(offenders)
+
+
 def test_the_import_check_catches_a_private_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(

@@ -77,7 +77,7 @@ def test_llm_plan_with_sdpa_errs_high_by_one_score_matrix_at_most(tmp_path, tiny
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from lorakit_sd.testing import build_tiny_sd
+    from lorakit_sd.families.unet_standin import build_tiny_sd
 
     root = tmp_path_factory.mktemp("sd")
     return {family: build_tiny_sd(root / family, family) for family in ("sd1", "sdxl")}

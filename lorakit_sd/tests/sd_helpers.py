@@ -66,7 +66,7 @@ def first_losses(output_dir: Path) -> list[float]:
 
 def _conditioning(pipe: Any, text_encoders: list[Any], family: str, captions: list[str]) -> Any:
     import torch
-    from lorakit_sd.conditioning import encode_ids, tokenize
+    from lorakit_sd.families.clip import encode_ids, tokenize
 
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     with torch.no_grad():

@@ -36,7 +36,7 @@ def runs(tmp_path_factory):
     While they train, diffusers' ``FluxTransformer2DModel.forward`` records the guidance it
     is given (then runs as it is)."""
     from diffusers import FluxTransformer2DModel
-    from lorakit_sd.testing_flow import build_tiny_flow
+    from lorakit_sd.families.transformer_standin import build_tiny_flow
 
     from lorakit.testing import one_thread
 
@@ -396,7 +396,10 @@ def test_base_quantization_is_refused_for_unet_families():
     from lorakit.api import ConfigError
     from lorakit_sd import families
 
-    with pytest.raises(ConfigError, match="applies to SD3 / FLUX.1 transformers, not SDXL"):
+    with pytest.raises(
+        ConfigError,
+        match=r"applies to the transformer families \(SD3 / SD3.5, FLUX.1.*\), not SDXL",
+    ):
         families.get("sdxl").check_section(SDSection(base_quantization="nf4"))
 
 

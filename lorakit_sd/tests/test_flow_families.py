@@ -25,7 +25,7 @@ _train = train
 
 @pytest.fixture(scope="module")
 def flow_models(tmp_path_factory):
-    from lorakit_sd.testing_flow import build_tiny_flow
+    from lorakit_sd.families.transformer_standin import build_tiny_flow
 
     from lorakit.testing import one_thread
 

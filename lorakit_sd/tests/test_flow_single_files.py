@@ -17,7 +17,7 @@ from lorakit_sd.testing import write_tiny_images
 @pytest.fixture(scope="module")
 def flows(tmp_path_factory):
     """Config folders (seed 0) and single files written from seed-1 models."""
-    from lorakit_sd.testing_flow import (
+    from lorakit_sd.families.transformer_standin import (
         build_tiny_flow,
         build_tiny_flux,
         build_tiny_sd3,

@@ -81,8 +81,8 @@ def test_prior_loss_weight_scales_the_loss_of_regularisation_samples(tiny_models
 
 
 def test_long_captions_are_encoded_in_75_token_windows():
-    from lorakit_sd.conditioning import encode_ids, tokenize
-    from lorakit_sd.testing import build_tiny_pipeline
+    from lorakit_sd.families.clip import encode_ids, tokenize
+    from lorakit_sd.families.unet_standin import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1")
     tok, encoder = pipe.tokenizer, pipe.text_encoder
@@ -106,8 +106,8 @@ def test_long_captions_are_encoded_in_75_token_windows():
 
 
 def test_clip_skip_reads_an_earlier_layer_through_the_final_norm():
-    from lorakit_sd.conditioning import encode_ids, tokenize
-    from lorakit_sd.testing import build_tiny_pipeline
+    from lorakit_sd.families.clip import encode_ids, tokenize
+    from lorakit_sd.families.unet_standin import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1")
     ids = tokenize([pipe.tokenizer], ["a red cat"])
@@ -187,7 +187,7 @@ def test_a_kohya_folder_trains_from_a_config_with_only_the_seed_keys(tiny_models
 
 def test_previews_encode_long_prompts_and_use_clip_skip(tiny_models):
     import numpy as np
-    from lorakit_sd.sampling import prompt_embeds, render, sampling_pipeline
+    from lorakit_sd.families.unet_sampling import prompt_embeds, render, sampling_pipeline
 
     sampler = sampling_pipeline(tiny_models["sd1"].load(), "sd1", "epsilon")
     long = ", ".join(["a red cat"] * 30)

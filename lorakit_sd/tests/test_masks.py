@@ -75,7 +75,7 @@ def _train(tmp, model, data, plugin, **overrides):
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
-    from lorakit_sd.testing_flow import build_tiny_flow
+    from lorakit_sd.families.transformer_standin import build_tiny_flow
 
     root = tmp_path_factory.mktemp("flow")
     return {f: build_tiny_flow(root / f, f) for f in ("flux1", "sd3")}

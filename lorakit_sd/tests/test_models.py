@@ -50,7 +50,9 @@ def test_family_mismatch_and_unknown_files(tiny_models, tmp_path):
         peek_family(str(tiny_models["sdxl"].single_file), "sd1")
     other = tmp_path / "other.safetensors"
     save_file({"model.layers.0.weight": torch.zeros(2)}, str(other))
-    with pytest.raises(UsageError, match="not an SD1, SDXL, SD3 or FLUX.1 checkpoint"):
+    with pytest.raises(
+        UsageError, match="not an SD1.x, SDXL, SD3 / SD3.5(,| or) FLUX.1.* checkpoint"
+    ):
         load_base(str(other))
     sd2 = tmp_path / "sd2.safetensors"
     save_file({"cond_stage_model.model.positional_embedding": torch.zeros(2)}, str(sd2))

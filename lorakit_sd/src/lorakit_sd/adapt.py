@@ -33,7 +33,9 @@ def adapt_models(
 
     t, sec = config.train, section
     if sec.network not in PLAIN and spec.denoiser_attr != "unet":
-        raise ConfigError(f"{sec.network} is written for SD1/SDXL UNets only", key="sd.network")
+        raise ConfigError(
+            f"{sec.network} is written for UNet families only, not {spec.label}", key="sd.network"
+        )
     targets = spec.expand_targets(t.target_modules)
     conv = conv_targets(denoiser) if sec.conv_rank else []
     paths = targets

@@ -167,6 +167,7 @@ class SDBackend(Backend):
                 latents = build_latent_cache(
                     self.items, vae, flip=sec.flip_aug, batch_size=sec.vae_batch_size,
                     directory=root / "latents" if root else None, log=ctx.log,
+                    encode=self.spec.encode_moments,
                 )  # fmt: skip
                 vae.to("cpu")
             all_encoders = self.spec.all_text_encoders(self.model.pipe)
@@ -207,10 +208,6 @@ class SDBackend(Backend):
 
     # -- loss ----------------------------------------------------------------------------
     def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        from lorakit_sd.cache import encode_moments
-
         sec, dev, wd = self.section, self.device, self.weight_dtype
         n = self.count(batch)
         drop = caption_dropout_mask(n, sec.caption_dropout)
@@ -229,11 +226,11 @@ class SDBackend(Backend):
             pixels = batch["pixels"]
             if flip is not None:
                 pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
-            moments = encode_moments(self.model.pipe.vae, pixels)
+            moments = self.spec.encode_moments(self.model.pipe.vae, pixels)
         # contiguous: randn_like-style draws follow memory order, and the VAE's output may not
         # be in row-major order; explicit shapes keep cached and uncached runs identical.
         moments = moments.to(dev, torch.float32).contiguous()
-        latents = DiagonalGaussianDistribution(moments).sample()
+        latents = self.spec.latents_from_moments(moments)
         latents = self.spec.normalize(latents, self.model.pipe.vae.config)
         kwargs.update(self.spec.extra_inputs(batch, flip, dev, wd))
         per_sample = denoising_loss(module, self.objective, latents, kwargs, wd, batch, flip)

@@ -106,6 +106,7 @@ def build_latent_cache(
     batch_size: int,
     directory: Path | None,
     log: Any = print,
+    encode: Any = None,
 ) -> EntryStore:
     """Moments for every item (and its mirror image when ``flip``); with masked loss, each
     item's mask at the latent's size too (the key names the mask)."""
@@ -113,6 +114,7 @@ def build_latent_cache(
     from lorakit_sd.dataset import pixel_mask
     from lorakit_sd.masks import to_latent
 
+    encode = encode or encode_moments  # the family's (``ModelFamily.encode_moments``)
     started = time.perf_counter()
     store = EntryStore(directory)
     vae_id = weights_id(vae) if directory is not None else ""
@@ -134,8 +136,8 @@ def build_latent_cache(
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
             pixels = torch.stack([load_pixels(items[i].image, bucket) for i in chunk])
-            moments = encode_moments(vae, pixels)
-            flipped = encode_moments(vae, pixels.flip(-1)) if flip else None
+            moments = encode(vae, pixels)
+            flipped = encode(vae, pixels.flip(-1)) if flip else None
             for j, i in enumerate(chunk):
                 entry = {"moments": moments[j]}
                 if masked:
@@ -148,22 +150,6 @@ def build_latent_cache(
     if done:
         log(f"latent cache: encoded {done} images in {time.perf_counter() - started:.1f} s")
     return store
-
-
-def encode_captions(
-    captions: list[str],
-    tokenizers: list[Any],
-    text_encoders: list[Any],
-    family: str,
-    max_tokens: int = 75,
-    clip_skip: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(hidden states, pooled embedding or None) as the SD1/SDXL pipelines compute them."""
-    from lorakit_sd.conditioning import encode_ids, tokenize
-
-    with torch.no_grad():
-        ids = tokenize(tokenizers, captions, max_tokens)
-        return encode_ids(ids, text_encoders, family, clip_skip)
 
 
 def build_text_cache(
@@ -182,10 +168,11 @@ def build_text_cache(
     """Embeddings for each distinct caption (indexed by position in ``captions``).
 
     ``encode(captions) -> {"hidden": ..., "pooled": ...}`` is the model family's caption
-    encoder (default: SD1 / SDXL's CLIP windows); ``text_encoders`` are every encoder it
+    encoder (default: the CLIP windows of the UNet families); ``text_encoders`` are every encoder it
     runs (their weights key the on-disk entries).
     """
     if encode is None:
+        from lorakit_sd.families.clip import encode_captions
 
         def encode(chunk: list[str]) -> dict[str, torch.Tensor]:
             hidden, pooled = encode_captions(

@@ -263,5 +263,5 @@ def sample(
         height=height or section.sample_height or default_h,
         steps=steps or section.sample_steps, prediction_type=prediction,
         max_tokens=section.max_token_length,
-        clip_skip=section.clip_skip if model.family == "sd1" else 1, progress=True,
+        clip_skip=section.clip_skip if model.spec.clip_skip_applies else 1, progress=True,
     )  # fmt: skip

@@ -44,7 +44,7 @@ class Subset(BaseModel):
 
 
 class SDSection(BaseModel):
-    """The ``sd:`` section of a lorakit config (Stable Diffusion 1.5 / SDXL)."""
+    """The ``sd:`` section of a lorakit config (every image model family)."""
 
     model_config = ConfigDict(extra="forbid")
     #: Keys a resumed run may change: they change speed, not what the run learns.
@@ -60,7 +60,7 @@ class SDSection(BaseModel):
     base_config: str | None = Field(
         None,
         description="Single-file checkpoints only: a diffusers folder or hub id whose configs "
-        "and tokenizers describe the checkpoint. Default: the standard SD1.5 / SDXL repo, read "
+        "and tokenizers describe the checkpoint. Default: the model family's standard repo, read "
         "from the local hub cache when HF_HUB_OFFLINE is set.",
     )
     model_family: str = Field(
@@ -79,7 +79,7 @@ class SDSection(BaseModel):
     )
     # -- data ----------------------------------------------------------------------------
     resolution: int | None = Field(
-        None, gt=0, description="Training side length in pixels; default 512 (SD1), 1024 (SDXL)."
+        None, gt=0, description="Training side length in pixels; default: the model family's own."
     )
     bucket: bool = Field(
         True, description="Aspect-ratio bucketing: images keep their shape at about resolution²."
@@ -157,8 +157,9 @@ class SDSection(BaseModel):
         1,
         ge=1,
         le=12,
-        description="SD1: condition on the N-th text-encoder layer from the end (2 for anime "
-        "bases, as A1111's 'CLIP skip'); used in training and previews. SDXL ignores it.",
+        description="Condition on the N-th text-encoder layer from the end (2 for anime bases, "
+        "as A1111's 'CLIP skip'), in training and previews, for the families that read one "
+        "layer; the others ignore it with a warning.",
     )
     truncate_captions: bool = Field(
         False,
@@ -188,42 +189,42 @@ class SDSection(BaseModel):
     min_snr_gamma: float | None = Field(
         None, gt=0, description="Min-SNR loss weighting gamma (5 is usual); null: off."
     )
-    # -- flow matching (SD3 / SD3.5, FLUX.1) ---------------------------------------------
+    # -- flow matching (the transformer families) ---------------------------------------------
     timestep_sampling: Literal["logit_normal", "sigmoid", "uniform", "mode"] = Field(
         "logit_normal",
-        description="SD3 / FLUX.1: how σ is drawn (diffusers' compute_density_for_timestep_"
+        description="Flow matching: how σ is drawn (diffusers' compute_density_for_timestep_"
         "sampling; sigmoid is sd-scripts' sigmoid(sigmoid_scale · N(0,1))).",
     )
     logit_mean: float = Field(0.0, description="logit_normal: mean.")
     logit_std: float = Field(1.0, gt=0, description="logit_normal: standard deviation.")
-    mode_scale: float = Field(1.29, description="mode: scale (SD3 paper).")
+    mode_scale: float = Field(1.29, description="mode: scale (Esser et al. 2024).")
     sigmoid_scale: float = Field(1.0, gt=0, description="sigmoid: scale of the normal draw.")
     loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = Field(
         "none",
-        description="SD3 / FLUX.1: loss weighting (diffusers' compute_loss_weighting_for_sd3).",
+        description="Flow matching: loss weighting (diffusers' training_utils weighting schemes).",
     )
     flow_shift: float | None = Field(
         None,
         gt=0,
-        description="SD3 / FLUX.1: fixed σ shift; null: the scheduler config's (SD3: its "
-        "shift, 3.0; FLUX.1: the resolution-dependent shift).",
+        description="Flow matching: fixed σ shift; null: the scheduler config's (its shift, "
+        "or the resolution-dependent shift where it shifts dynamically).",
     )
     guidance: float = Field(
         1.0,
         ge=0.0,
-        description="FLUX.1-dev: the guidance embedding's value during training (schnell has "
-        "none and ignores it).",
+        description="Guidance-distilled transformers: the guidance embedding's value during "
+        "training (a model without one ignores it).",
     )
     max_sequence_length: int | None = Field(
         None,
         gt=0,
         le=512,
-        description="SD3 / FLUX.1: T5 tokens per caption; null: 512 (FLUX.1-dev), 256 "
-        "(FLUX.1-schnell, SD3).",
+        description="Transformer families: text tokens per caption; null: the family's default "
+        "(see the model families page).",
     )
     base_quantization: Literal["fp8", "nf4"] | None = Field(
         None,
-        description="SD3 / FLUX.1: the transformer's frozen weights quantized through "
+        description="Transformer families: the frozen weights quantized through "
         "diffusers' quantization configs: fp8 (torchao float8 weight-only) or nf4 "
         "(bitsandbytes 4-bit NF4); the LoRA trains in float32 on top. Needs a CUDA GPU and "
         "the library; null: the base's dtype.",
@@ -289,7 +290,7 @@ class SDSection(BaseModel):
     channels_last: bool | None = Field(
         None,
         description="Keep the UNet's weights and activations in channels-last memory order "
-        "(faster convolutions on CUDA tensor cores); null: on for SD1/SDXL UNets on a GPU, "
+        "(faster convolutions on CUDA tensor cores); null: on for UNets on a GPU, "
         "off on CPU and for transformer denoisers. Same loss and LoRA either way.",
     )
     # -- export --------------------------------------------------------------------------

@@ -242,7 +242,7 @@ def choose_max_tokens(
     ``captions`` are ``(caption, where)`` pairs. ``configured`` None picks the smallest length
     that holds the longest caption (up to 225, the most kohya and A1111 read).
     """
-    from lorakit_sd.conditioning import MAX_TOKEN_LENGTHS, token_count
+    from lorakit_sd.families.clip import MAX_TOKEN_LENGTHS, token_count
 
     lengths = [token_count(tokenizer, caption) for caption, _ in captions]
     longest = max(lengths, default=0)

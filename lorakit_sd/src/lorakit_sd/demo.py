@@ -104,16 +104,18 @@ def label_images(folder: Path) -> str:
 def demo_command(folder: Path) -> Path:
     """Build the stand-in model, the images and their captions in ``folder``; return the
     path of a config that trains them."""
+    from lorakit_sd import families
     from lorakit_sd.models import quiet_libraries
-    from lorakit_sd.testing import build_tiny_sd
 
     folder = Path(folder)
+    family = next(f for f in families.all_families() if f.demo)
     with quiet_libraries():
-        model = build_tiny_sd(folder / "stand-in-sd1")
+        model = family.standin(folder / f"stand-in-{family.name}")
     data = folder / "data"
     write_shapes(data)
     how = label_images(data)
-    template = resources.files("lorakit_sd").joinpath("templates/sd15.yaml").read_text("utf-8")
+    package, name = family.template
+    template = resources.files(package).joinpath(name).read_text("utf-8")
     config = yaml.safe_load(template)
     config.update(
         base_model=str(model.diffusers_dir),
@@ -136,8 +138,9 @@ def demo_command(folder: Path) -> Path:
     config["sd"].update(resolution=model.resolution, bucket_step=8, sample_steps=10)
     path = folder / "config.yaml"
     header = (
-        "# lorakit demo (images): the sd15 template, resized for a random stand-in SD1 model\n"
-        "# (not Stable Diffusion).\n"
+        f"# lorakit demo (images): the {Path(name).stem} template, resized for a random "
+        f"stand-in {family.label} model\n"
+        "# (random weights, not a trained model).\n"
         f"# Captions: {data / 'metadata.csv'}, written by {how}.\n"
         "# Train it again: lorakit train --config " + str(path) + "\n"
     )

@@ -85,14 +85,14 @@ class UnetLayout:
 
 def kohya_name(component: str, path: str, family: str, layout: UnetLayout | None) -> str:
     """The kohya/A1111 key stem of a module."""
-    if component == "unet":
-        if family == "sdxl":
-            if layout is None:
-                raise ValueError("SDXL UNet names need the UNet layout")
-            path = unet_path_to_ldm(path, layout.layers_per_block, layout.up_has_attention)
-        return "lora_unet_" + path.replace(".", "_")
     from lorakit_sd import families
 
+    if component == "unet":
+        if families.get(family).kohya_unet_original_names:
+            if layout is None:
+                raise ValueError(f"{families.label(family)} UNet names need the UNet layout")
+            path = unet_path_to_ldm(path, layout.layers_per_block, layout.up_has_attention)
+        return "lora_unet_" + path.replace(".", "_")
     return families.get(family).kohya_prefix(component) + text_model_path(path).replace(".", "_")
 
 

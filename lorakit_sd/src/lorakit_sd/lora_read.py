@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import FileKind, FileProbe, UsageError, read_safetensors_header
+from lorakit_sd import families
 from lorakit_sd.families.ldm import unet_path_to_ldm
 from lorakit_sd.lora_format import (
     DIFFUSERS_PREFIXES,
@@ -50,17 +51,13 @@ KOHYA_GROUPS = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "
 def identify(probe: FileProbe) -> FileKind | None:
     """What ``lorakit inspect`` says of an SD LoRA file: kohya or diffusers layout."""
     fmt = file_format(probe.tensor_names) if probe.tensor_names else None
-    bfl = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
-    if fmt == "kohya" and any(k.startswith(bfl) for k in probe.tensor_names or ()):
-        fused = ("_img_attn_qkv.", "_txt_attn_qkv.", "_linear1.")
-        notes = (
-            ("q/k/v (a single block's linear1: and its MLP) are one fused layer in this layout: "
-             "its rank is the sum of the parts' ranks",)
-            if any(f in k for k in probe.tensor_names or () for f in fused) else ()
-        )  # fmt: skip
-        groups = {"lora_unet_": "transformer", "lora_te1_": "text_encoder"}
-        return FileKind("kohya / BFL FLUX.1 LoRA", groups=groups, kohya_names=True, notes=notes)
     if fmt == "kohya":
+        names = list(probe.tensor_names or ())
+        for family in families.all_families():
+            kind = family.describe_kohya_file(names)
+            if kind is not None:
+                return kind
+
         return FileKind("kohya / A1111 LoRA", groups=KOHYA_GROUPS, kohya_names=True)
     if fmt == "diffusers":
         groups = {prefix: prefix.rstrip(".") for prefix in DIFFUSERS_PREFIXES.values()}
@@ -114,40 +111,18 @@ def sgm_unet_stem(stem: str, layout: UnetLayout) -> str:
 
 
 def file_family(keys: Iterable[str], metadata: dict[str, str]) -> str:
-    """The family (``sd1``, ``sdxl``, ``sd3``, ``flux1``): from ss_base_model_version, else
-    from the key names and shapes."""
+    """The family of a LoRA file: the one its ``ss_base_model_version`` /
+    ``modelspec.architecture`` name, else the first (by ``lora_key_priority``) that claims its
+    key names and shapes, else the lowest-priority family."""
     version = metadata.get("ss_base_model_version", "")
     arch = metadata.get("modelspec.architecture", "")
-    if version.startswith("flux") or arch.startswith("flux-1"):
-        return "flux1"
-    if version.startswith("sd3") or arch.startswith("stable-diffusion-3"):
-        return "sd3"
-    names = [k for k in keys if k != "__metadata__"]
-    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in names):
-        return "flux1"
-    if any(k.startswith("transformer.single_transformer_blocks.") for k in names):
-        return "flux1"
-    if any(k.startswith("transformer.") for k in names):
-        return "sd3"
-    if version.startswith("sdxl"):
-        return "sdxl"
-    if version.startswith("sd_v1"):
-        return "sd1"
-    if arch.startswith("stable-diffusion-xl"):
-        return "sdxl"
-    for k in keys:
-        if k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")):
-            return "sdxl"
-        if k.startswith(("lora_unet_input_blocks", "lora_unet_output_blocks", "lora_unet_middle")):
-            return "sdxl"
-        if k.startswith("lora_unet_add_embedding"):  # SDXL's size conditioning
-            return "sdxl"
-        # SDXL cross-attention reads 2048-wide text states (SD1: 768)
-        shape = getattr(keys[k], "shape", ()) if isinstance(keys, dict) else ()
-        wide = list(shape)[1:2] == [2048]
-        if wide and k.endswith("attn2_to_k.lora_down.weight"):
-            return "sdxl"
-    return "sd1"
+    ranked = sorted(families.all_families(), key=lambda f: -f.lora_key_priority)
+    for family in ranked:
+        if family.claims_lora_metadata(version, arch):
+            return str(family.name)
+    named = keys if isinstance(keys, dict) else {k: None for k in keys}
+    named = {k: v for k, v in named.items() if k != "__metadata__"}
+    return next((str(f.name) for f in ranked if f.claims_lora_keys(named)), ranked[-1].name)
 
 
 @dataclass
@@ -183,16 +158,7 @@ def read_lora(path: str | Path, layout: UnetLayout | None = None) -> LoraFile:
     family = file_family(header.tensors, metadata)
     tensors = load_file(str(path))
     if fmt == "kohya":
-        entries = _group_kohya(path, tensors)
-        if family == "flux1":  # BFL's fused layers, split into diffusers' modules
-            from lorakit_sd.families.flux1.kohya import from_bfl
-
-            entries = from_bfl(entries)
-        if family == "sdxl":
-            entries = {
-                sgm_unet_stem(stem, layout or UnetLayout(2, [True, True, False])): entry
-                for stem, entry in entries.items()
-            }
+        entries = families.get(family).kohya_file_entries(_group_kohya(path, tensors), layout)
     else:
         layout = layout or UnetLayout(2, [True, True, False])
         entries = _group_diffusers(path, tensors, metadata, family, layout)
@@ -268,7 +234,7 @@ def _group_diffusers(
             if "down" not in entry or "up" not in entry:
                 raise UsageError(f"{path}: {module_path} lacks its lora_A or lora_B weight")
             alpha = _diffusers_alpha(entry, raw, component, module_path)
-            if family in ("sd3", "flux1"):  # transformer families keep diffusers names
+            if families.get(family).denoiser_attr == "transformer":  # keep diffusers names
                 stem = diffusers_name(component, module_path)
             else:
                 stem = kohya_name(component, module_path, family, layout)

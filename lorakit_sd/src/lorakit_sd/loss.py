@@ -47,7 +47,7 @@ def caption_dropout_mask(n: int, probability: float) -> torch.Tensor | None:
 
 def augment_captions(captions: list[str], sec: Any, drop: torch.Tensor | None) -> list[str]:
     """Captions encoded this step: tags shuffled (``sd.shuffle_tags``), dropped to ""."""
-    from lorakit_sd.conditioning import shuffle_tags
+    from lorakit_sd.captions import shuffle_tags
 
     if sec.shuffle_tags:
         captions = [shuffle_tags(c, sec.keep_tokens, sec.keep_tokens_separator) for c in captions]

@@ -15,62 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import UsageError
-from lorakit_sd.families.ldm import (
-    SD1_TE_PREFIX,
-    SDXL_TE1_PREFIX,
-    SDXL_TE2_PREFIX,
-    UNET_PREFIX,
-    layers_per_block_from_keys,
-    text_model_path,
-    unet_ldm_to_path,
-)
-
-_OPEN_CLIP_TO_PATH = {
-    "attn.out_proj": "self_attn.out_proj",
-    "mlp.c_fc": "mlp.fc1",
-    "mlp.c_proj": "mlp.fc2",
-}
-
-Target = tuple[str, int | None, tuple[int, ...]]  # (key, third of fused q/k/v or None, shape)
-
-
-def ldm_table(state: dict[str, Any], family: str) -> dict[str, Target]:
-    """kohya key stem → the original-layout weight it changes."""
-    lpb = layers_per_block_from_keys(state)
-    table: dict[str, Target] = {}
-    te = {"sd1": [(SD1_TE_PREFIX, "lora_te_")], "sdxl": [(SDXL_TE1_PREFIX, "lora_te1_")]}[family]
-    for key, tensor in state.items():
-        shape = tuple(tensor.shape)
-        if key.startswith(SDXL_TE2_PREFIX) and family == "sdxl":
-            m = re.match(r"transformer\.resblocks\.(\d+)\.(.+)$", key[len(SDXL_TE2_PREFIX) :])
-            if not m:
-                continue
-            stem = f"lora_te2_text_model_encoder_layers_{m[1]}_"
-            if m[2] == "attn.in_proj_weight":
-                rows = shape[0] // 3
-                for part, name in enumerate("qkv"):
-                    table[f"{stem}self_attn_{name}_proj"] = (key, part, (rows, shape[1]))
-            elif m[2].endswith(".weight") and m[2][: -len(".weight")] in _OPEN_CLIP_TO_PATH:
-                path = _OPEN_CLIP_TO_PATH[m[2][: -len(".weight")]]
-                table[stem + path.replace(".", "_")] = (key, None, shape)
-            continue
-        if not key.endswith(".weight") or len(shape) not in (2, 4):
-            continue
-        name = key[: -len(".weight")]
-        if name.startswith(UNET_PREFIX):
-            name = name[len(UNET_PREFIX) :]
-            if family == "sd1":
-                try:
-                    name = unet_ldm_to_path(name, lpb)
-                except KeyError:
-                    continue
-            table["lora_unet_" + name.replace(".", "_")] = (key, None, shape)
-            continue
-        for prefix, kohya in te:
-            if name.startswith(prefix):  # with text_model. even where the file lacks it
-                path = text_model_path(name[len(prefix) :])
-                table[kohya + path.replace(".", "_")] = (key, None, shape)
-    return table
+from lorakit_sd import families
+from lorakit_sd.families.ldm import UNET_PREFIX, layers_per_block_from_keys, ldm_table
 
 
 def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, str]]:
@@ -229,10 +175,7 @@ def merge_checkpoint(
             "lorakit.version": __version__,
             "lorakit.base_model": str(base),
             "lorakit.merged_loras": json.dumps(merged),
-            "modelspec.architecture": {
-                "sd1": "stable-diffusion-v1",
-                "sdxl": "stable-diffusion-xl-v1-base",
-            }[family],
+            "modelspec.architecture": families.get(family).architecture.removesuffix("/lora"),
         }
     )
     save_safetensors(state, output, metadata=metadata)

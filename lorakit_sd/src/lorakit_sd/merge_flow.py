@@ -58,14 +58,9 @@ def _check_loras(loras: list[tuple[str, float]], family: str) -> None:
 
 
 def transformer_state(transformer: Any, family: str) -> dict[str, Any]:
-    """The merged transformer's tensors in the layout written (BFL for FLUX.1)."""
+    """The merged transformer's tensors in the layout its family's files use."""
     state = {k: v.detach() for k, v in transformer.state_dict().items()}
-    if family != "flux1":
-        return state
-    from lorakit_sd.families.flux1.single_file import diffusers_to_bfl
-
-    cfg = transformer.config
-    return diffusers_to_bfl(state, cfg.num_layers, cfg.num_single_layers)
+    return families.get(family).transformer_file_state(state, transformer.config)  # type: ignore[no-any-return]
 
 
 def merge_transformer(
@@ -115,7 +110,7 @@ def merge_transformer(
     }
     save_safetensors(state, output, metadata=metadata)
     if log is not None:
-        layout = "BFL's layout" if family == "flux1" else "diffusers' names"
+        layout = families.get(family).transformer_file_layout
         how = "as --dtype asked" if dtype else "the base's dtype"
         log(
             f"merged {len(merged)} LoRA(s) into {Path(base).name}'s "

@@ -89,11 +89,17 @@ def single_file_keys(path: Path) -> list[str]:
     from lorakit.api import read_safetensors_header
 
     if path.suffix.lower() == ".gguf":
-        from lorakit_sd.families.flux1.single_file import gguf_keys
+        import gguf
 
-        return gguf_keys(path)
+        return [t.name for t in gguf.GGUFReader(str(path)).tensors]
 
     return list(read_safetensors_header(path).tensors)
+
+
+def _trained(last: str = " and ") -> str:
+    """The installed families' labels, as a list in a sentence."""
+    labels = list(families.labels().values())
+    return ", ".join(labels[:-1]) + last + labels[-1] if len(labels) > 1 else labels[0]
 
 
 def family_of_keys(path: Path, keys: list[str]) -> str:
@@ -101,14 +107,10 @@ def family_of_keys(path: Path, keys: list[str]) -> str:
 
     family = families.of_keys(keys)
     if family is None and detect_family(keys) == "sd2":
-        raise UsageError(
-            f"{path}: an SD 2.x checkpoint; lorakit-sd trains SD1.x, SDXL, SD3 and FLUX.1"
-        )
+        raise UsageError(f"{path}: an SD 2.x checkpoint; lorakit-sd trains {_trained()}")
     if family is None:
         sample = ", ".join(keys[:2]) or "no tensors"
-        raise UsageError(
-            f"{path}: not an SD1, SDXL, SD3 or FLUX.1 checkpoint (starts with {sample})"
-        )
+        raise UsageError(f"{path}: not an {_trained(' or ')} checkpoint (starts with {sample})")
     return family
 
 
@@ -344,41 +346,6 @@ def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
         except OSError as exc:
             raise UsageError(f"base_model {source}: cannot load ({exc})") from None
     return _finish(BaseModel(pipe, family, "hub", source))
-
-
-def bare_text_encoder(path: Path, keys: list[str], config: str) -> dict[str, Any]:
-    """``{"text_encoder": model}`` for SD1 files whose CLIP keys lack ``text_model.``.
-
-    Some SD1 checkpoints (NAI-derived merges among them) store the text encoder as
-    ``cond_stage_model.transformer.embeddings...``: diffusers' single-file loader calls its
-    weights missing. Those keys are exactly transformers' ``CLIPTextModel`` names, so the
-    encoder is built from the config's ``text_encoder`` and loaded here, then handed over.
-    """
-    from lorakit_sd.families.ldm import SD1_TE_PREFIX
-
-    bare = [
-        k
-        for k in keys
-        if k.startswith(SD1_TE_PREFIX) and not k.startswith(SD1_TE_PREFIX + "text_model.")
-    ]
-    if not bare:
-        return {}
-    from safetensors import safe_open
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    te_config = CLIPTextConfig.from_pretrained(
-        config, subfolder="text_encoder", local_files_only=offline() or Path(config).is_dir()
-    )
-    encoder = CLIPTextModel(te_config)
-    with safe_open(str(path), framework="pt") as f:
-        state = {k[len(SD1_TE_PREFIX) :]: f.get_tensor(k) for k in bare}
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if missing or unexpected:
-        sample = ", ".join((missing or unexpected)[:2])
-        raise UsageError(f"{path}: the text encoder's weights do not fit its config ({sample})")
-    return {"text_encoder": encoder.eval()}
 
 
 def _finish(model: BaseModel) -> BaseModel:

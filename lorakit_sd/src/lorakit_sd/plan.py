@@ -4,7 +4,7 @@ runs) on the meta device and a fake batch, from the model's configs alone.
 The configs come from a diffusers folder (``model_index.json``, ``unet/config.json`` ...,
 weights or not), a hub id (the local cache under ``HF_HUB_OFFLINE``), or, for a single-file
 checkpoint, ``sd.base_config`` (default: the family's standard repo). The module is the
-backend's own :class:`~lorakit_sd.conditioning.SDTrainModule`, made trainable by the
+backend's own :class:`~lorakit_sd.families.clip.SDTrainModule`, made trainable by the
 backend's :func:`~lorakit_sd.adapt.adapt_models`; the batch is ``batch_size`` latents of
 ``sd.resolution`` (the area every bucket keeps), caption embeddings (or token ids when
 captions are encoded each step) and, for SDXL, the pooled embedding and size ids; the loss
@@ -32,7 +32,7 @@ def config_folder(base: str, section: SDSection) -> Path:
     if path.is_dir():
         return path
     if path.is_file():
-        family = peek_family(base, section.model_family) or "sd1"
+        family = peek_family(base, section.model_family) or families.names()[0]
         return config_folder(
             section.base_config or families.get(family).default_config_repo, section
         )
@@ -161,71 +161,15 @@ def plan_loss(objective: Any, dtype: Any) -> Any:
 
 
 def planner(config: Config) -> PlanModel:
-    """The :class:`PlanModel` of an sd config (registered as the backend's planner)."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
+    """The :class:`PlanModel` of an sd config (registered as the backend's planner): the
+    family of the base's configs builds it (no weights are read)."""
     from lorakit_sd import families
-    from lorakit_sd.models import family_of_folder, quiet_libraries
+    from lorakit_sd.models import family_of_folder
 
     section = config.section if isinstance(config.section, SDSection) else SDSection()
-    train = config.train
-    folder = config_folder(train.base_model, section)
-    family = family_of_folder(folder)
-    if family in ("sd3", "flux1"):
-        from lorakit_sd.plan_flow import flow_planner
-
-        return flow_planner(config, folder, family, section)
-    spec = families.get(family)
-    with quiet_libraries():
-        unet_config = UNet2DConditionModel.load_config(folder, subfolder="unet")
-        vae_config = AutoencoderKL.load_config(folder, subfolder="vae")
-        text_parts = text_encoder_parts(folder)
-    text_configs = [cfg for _, _, cfg in text_parts]
-    half = train.mixed_precision != "no"
-    dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
-    resolution = section.resolution or families.get(family).default_resolution
-    factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    side = resolution // factor
-    channels = int(unet_config["in_channels"])
-    cross = unet_config["cross_attention_dim"]
-    cross = int(cross if isinstance(cross, int) else cross[0])
-    tokens = int(text_configs[0].max_position_embeddings)
-    text_cached = section.text_cache_enabled()
-    batch = train.batch_size
-    caches: dict[str, int] = {}
-    if not section.latent_cache_enabled():
-        with torch.device("meta"):
-            vae = AutoencoderKL.from_config(vae_config)
-        size = 4 if family == "sdxl" and train.mixed_precision == "fp16" else dtype.itemsize
-        caches["VAE"] = sum(p.numel() for p in vae.parameters()) * size
-
-    def build(checkpointing: bool) -> Any:
-        from lorakit_sd.conditioning import SDTrainModule
-
-        unet, encoders = meta_trainable(
-            UNet2DConditionModel, unet_config, text_parts, dtype, config, section, spec,
-            checkpointing,
-        )  # fmt: skip
-        return traceable(SDTrainModule(unet, encoders or None, family, section.train_text_encoder))
-
-    def fake_batch() -> dict[str, Any]:
-        inputs: dict[str, Any] = {}
-        if text_cached:
-            inputs["hidden"] = torch.randn(batch, tokens, cross)
-            if family == "sdxl":
-                inputs["pooled"] = torch.randn(batch, int(text_configs[-1].projection_dim))
-        else:
-            inputs["input_ids"] = [torch.randint(0, 1000, (batch, tokens)) for _ in text_configs]
-        if family == "sdxl":
-            inputs["time_ids"] = torch.randn(batch, 6)
-        return {"latents": torch.randn(batch, channels, side, side), "inputs": inputs}
-
-    return PlanModel(
-        build=build, batch=fake_batch, loss=plan_loss(plan_objective(folder, spec, section), dtype),
-        description=f"{families.label(family)} UNet, {str(dtype).removeprefix('torch.')} weights",
-        per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}",
-        autocast_dtype=dtype if half else None, caches=caches,
-        items=count_images(config, section), resolution_key="sd.resolution",
-        resolution=resolution, resolution_steps=_smaller(resolution),
-    )  # fmt: skip
+    folder = config_folder(config.train.base_model, section)
+    family = families.get(family_of_folder(folder))
+    plan = family.planner(config, folder, section)
+    if plan is None:
+        raise UsageError(f"{folder}: lorakit plan cannot plan {family.label} runs yet")
+    return plan  # type: ignore[no-any-return]

@@ -29,8 +29,12 @@ def check(sec: Any, label: str, transformer_family: bool) -> None:
         return
     key = "sd.base_quantization"
     if not transformer_family:
+        from lorakit_sd import families
+
+        which = [f.label for f in families.all_families() if f.denoiser_attr == "transformer"]
         raise ConfigError(
-            f"sd.base_quantization {kind} applies to SD3 / FLUX.1 transformers, not {label}",
+            f"sd.base_quantization {kind} applies to the transformer families "
+            f"({', '.join(which)}), not {label}",
             key=key,
         )
     import torch

@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lorakit.api import ConfigError, PluginError, get_registries, plugin_registrations
+from lorakit.api import (
+    ConfigError,
+    PluginError,
+    PluginInfo,
+    get_registries,
+    plugin_registrations,
+)
 
 HOOK = "register_image_families"
 
@@ -36,19 +42,18 @@ class _Table:
     built: dict[str, Any]
 
 
-_tables: dict[int, tuple[Any, _Table]] = {}
+#: the table of the plugin manager's registries it was built from (rebuilt for another)
+_current: tuple[Any, _Table] | None = None
 
 
 def _table() -> _Table:
     """The families the current plugin manager's packages register (built once per manager)."""
+    global _current
     registries = get_registries()
-    key = id(registries)
-    if key in _tables and _tables[key][0] is registries:
-        return _tables[key][1]
-    found = plugin_registrations(HOOK)
-    if not any(info.distribution == "lorakit-sd" for info, _ in found) and not any(
-        spec.name in builtin_names() for _, spec in found
-    ):
+    if _current is not None and _current[0] is registries:
+        return _current[1]
+    found: list[tuple[PluginInfo | None, Any]] = list(plugin_registrations(HOOK))
+    if not any(spec.name in builtin_names() for _, spec in found):
         # lorakit-sd's own plugin is not in this manager (a test's hand-made one): its
         # families are known anyway, since this code is lorakit-sd's.
         made: list[FamilySpec] = []
@@ -67,8 +72,7 @@ def _table() -> _Table:
             )
         specs[spec.name], owners[spec.name] = spec, owner
     table = _Table(specs, {})
-    _tables.clear()
-    _tables[key] = (registries, table)
+    _current = (registries, table)
     return table
 
 

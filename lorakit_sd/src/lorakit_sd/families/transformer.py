@@ -21,6 +21,11 @@ class FlowFamily(ModelFamily):
     refused_options = ("min_snr_gamma", "noise_offset", "prediction_type", "conv_rank")
     #: T5 tokens per caption when sd.max_sequence_length is null
     default_sequence_length: ClassVar[int] = 256
+    #: the encoder of the caption sequence, and every caption encoder, as ``plan`` names them
+    sequence_encoder: ClassVar[str] = "T5"
+    caption_encoders: ClassVar[str] = "T5 and CLIP"
+    #: how a merged transformer file names its tensors (``lorakit merge``'s message)
+    transformer_file_layout: ClassVar[str] = "diffusers' names"
     #: class names in model_index.json
     pipeline_names: ClassVar[tuple[str, ...]] = ()
     transformer_names: ClassVar[tuple[str, ...]] = ()
@@ -44,6 +49,10 @@ class FlowFamily(ModelFamily):
                     "only (remove it)",
                     key=f"sd.{key}",
                 )
+
+    def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
+        """A merged transformer's tensors in the layout this family's files use."""
+        return state
 
     def t5(self, pipe: Any) -> tuple[Any, Any]:
         """(T5 tokenizer, T5 encoder)."""
@@ -101,6 +110,28 @@ class FlowFamily(ModelFamily):
         from lorakit_sd.families.flow import FlowMatchObjective
 
         return FlowMatchObjective(pipe, sec)
+
+    def standin(self, directory: Any, seed: int = 0) -> Any:
+        from lorakit_sd.families.transformer_standin import build_tiny_flow
+
+        return build_tiny_flow(directory, self.name, seed)
+
+    def vae_factor(self, vae_config: Any) -> int:
+        """How many pixels one latent pixel covers, from the VAE's config."""
+        return int(2 ** (len(vae_config["block_out_channels"]) - 1))
+
+    def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
+        """Fake cached caption embeddings of a batch for ``lorakit plan`` (the sequence and
+        the pooled CLIP embedding the transformer reads)."""
+        return {
+            "hidden": torch.randn(batch, tokens, int(t_config["joint_attention_dim"])),
+            "pooled": torch.randn(batch, int(t_config["pooled_projection_dim"])),
+        }
+
+    def planner(self, config: Any, folder: Any, section: Any) -> Any:
+        from lorakit_sd.families.transformer_plan import flow_planner
+
+        return flow_planner(config, folder, self, section)
 
     def render(self, pipe: Any, prompts: list[str], **kwargs: Any) -> list[Any]:
         """The pipeline's own flow-matching sampler, seeded per prompt, under fork_rng."""

@@ -25,7 +25,10 @@ def kohya_network_tensors(
     from lorakit_sd.lora_format import UnetLayout, kohya_name
 
     if families.get(family).denoiser_attr != "unet":
-        raise UsageError(f"sd.network {network} files are written for SD1/SDXL UNets only")
+        raise UsageError(
+            f"sd.network {network} files are written for UNet families only, not "
+            f"{families.label(family)}"
+        )
     layout = UnetLayout.from_config(denoiser.config)
     out: dict[str, Any] = {}
     for layer in layers:

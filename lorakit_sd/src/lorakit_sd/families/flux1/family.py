@@ -33,11 +33,44 @@ class Flux1(FlowFamily):
     kohya_text_prefixes = {"te1": "lora_te1_"}
     diffusers_text_prefixes = {"te1": "text_encoder"}
     latent_multiple = 2  # 2x2 packing
+    transformer_file_layout = "BFL's layout"
+    template = ("lorakit_sd", "templates/flux1.yaml")
     default_sequence_length = 512
     pipeline_names = ("FluxPipeline",)
     transformer_names = ("FluxTransformer2DModel",)
     target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
     default_targets = ATTN
+
+    lora_key_priority = 30
+
+    def claims_lora_metadata(self, version: str, architecture: str) -> bool:
+        return version.startswith("flux") or architecture.startswith("flux-1")
+
+    def claims_lora_keys(self, keys: Any) -> bool:
+        bfl = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
+        return any(k.startswith((*bfl, "transformer.single_transformer_blocks.")) for k in keys)
+
+    def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
+        """BFL's fused layers, split into diffusers' modules."""
+        from lorakit_sd.families.flux1.kohya import from_bfl
+
+        return from_bfl(entries)
+
+    def describe_kohya_file(self, names: list[str]) -> Any:
+        from lorakit.api import FileKind
+
+        if not any(
+            k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in names
+        ):
+            return None
+        fused = ("_img_attn_qkv.", "_txt_attn_qkv.", "_linear1.")
+        notes = (
+            ("q/k/v (a single block's linear1: and its MLP) are one fused layer in this layout: "
+             "its rank is the sum of the parts' ranks",)
+            if any(f in k for k in names for f in fused) else ()
+        )  # fmt: skip
+        groups = {"lora_unet_": "transformer", "lora_te1_": "text_encoder"}
+        return FileKind("kohya / BFL FLUX.1 LoRA", groups=groups, kohya_names=True, notes=notes)
 
     def claims_keys(self, keys: set[str]) -> bool:
         return any(k.endswith("double_blocks.0.img_attn.qkv.weight") for k in keys)
@@ -51,6 +84,12 @@ class Flux1(FlowFamily):
         return self.pipeline_class().from_pretrained(
             config, transformer=transformer, local_files_only=local
         )
+
+    def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
+        """BFL's layout, as ``flux1-dev.safetensors`` is (ComfyUI and Forge load it)."""
+        from lorakit_sd.families.flux1.single_file import diffusers_to_bfl
+
+        return diffusers_to_bfl(state, config.num_layers, config.num_single_layers)
 
     def pipeline_class(self) -> Any:
         from diffusers import FluxPipeline

@@ -106,13 +106,6 @@ def is_gguf(path: Path) -> bool:
     return path.suffix.lower() == ".gguf"
 
 
-def gguf_keys(path: Path) -> list[str]:
-    """Tensor names of a GGUF file (read by the ``gguf`` package)."""
-    import gguf
-
-    return [t.name for t in gguf.GGUFReader(str(path)).tensors]
-
-
 def load_transformer(path: Path, config: str, local: bool) -> Any:
     """The FLUX.1 transformer of a BFL ``.safetensors`` or ``.gguf`` file, config from
     ``config``'s ``transformer`` folder. GGUF stays quantized (``GGUFQuantizationConfig``)."""

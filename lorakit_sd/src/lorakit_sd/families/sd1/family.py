@@ -29,6 +29,11 @@ class SD1(ModelFamily):
     target_presets = UNET_PRESETS
     default_targets = UNET_PRESETS["attn"]
     clip_skip_applies = True
+    template = ("lorakit_sd", "templates/sd15.yaml")
+    demo = True
+
+    def claims_lora_metadata(self, version: str, architecture: str) -> bool:
+        return version.startswith(self.base_model_version)
 
     def pixel_multiple(self, pipe: Any) -> int:
         vae = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -53,7 +58,7 @@ class SD1(ModelFamily):
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
-        from lorakit_sd.models import bare_text_encoder
+        from lorakit_sd.families.sd1.single_file import bare_text_encoder
 
         parts = bare_text_encoder(path, keys, config)
         return self.pipeline_class().from_single_file(
@@ -76,7 +81,7 @@ class SD1(ModelFamily):
     def encode_captions(
         self, pipe: Any, captions: list[str], max_tokens: int, clip_skip: int = 1
     ) -> dict[str, Any]:
-        from lorakit_sd.cache import encode_captions
+        from lorakit_sd.families.clip import encode_captions
 
         hidden, pooled = encode_captions(
             captions, self.tokenizers(pipe), self.text_encoders(pipe), self.name,
@@ -85,12 +90,12 @@ class SD1(ModelFamily):
         return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
 
     def text_inputs(self, pipe: Any, captions: list[str], max_tokens: int) -> dict[str, Any]:
-        from lorakit_sd.conditioning import tokenize
+        from lorakit_sd.families.clip import tokenize
 
         return {"input_ids": tokenize(self.tokenizers(pipe), captions, max_tokens)}
 
     def train_module(self, backend: Any, encoders: list[Any] | None) -> Any:
-        from lorakit_sd.conditioning import SDTrainModule
+        from lorakit_sd.families.clip import SDTrainModule
 
         return SDTrainModule(
             backend.unet, encoders, self.name, backend.train_text, backend.clip_skip
@@ -101,8 +106,18 @@ class SD1(ModelFamily):
 
         return to_kohya(modules, self.name, UnetLayout.from_config(denoiser.config), dtype)
 
+    def standin(self, directory: Any, seed: int = 0) -> Any:
+        from lorakit_sd.families.unet_standin import build_tiny_sd
+
+        return build_tiny_sd(directory, self.name, seed)
+
+    def planner(self, config: Any, folder: Any, section: Any) -> Any:
+        from lorakit_sd.families.unet_plan import unet_planner
+
+        return unet_planner(config, folder, self, section)
+
     def render(self, pipe: Any, prompts: list[str], **kwargs: Any) -> list[Any]:
-        from lorakit_sd.sampling import render, sampling_pipeline
+        from lorakit_sd.families.unet_sampling import render, sampling_pipeline
 
         sampler = sampling_pipeline(pipe, self.name, kwargs.pop("prediction_type"))
         if kwargs.pop("progress", False):

@@ -31,11 +31,20 @@ class SD3(FlowFamily):
     kohya_text_prefixes = {"te1": "lora_te1_", "te2": "lora_te2_"}
     diffusers_text_prefixes = {"te1": "text_encoder", "te2": "text_encoder_2"}
     latent_multiple = 1
+    template = ("lorakit_sd", "templates/sd35.yaml")
     default_sequence_length = 256
     pipeline_names = ("StableDiffusion3Pipeline",)
     transformer_names = ("SD3Transformer2DModel",)
     target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
     default_targets = ATTN
+
+    lora_key_priority = 20
+
+    def claims_lora_metadata(self, version: str, architecture: str) -> bool:
+        return version.startswith("sd3") or architecture.startswith("stable-diffusion-3")
+
+    def claims_lora_keys(self, keys: Any) -> bool:
+        return any(k.startswith("transformer.") for k in keys)
 
     def claims_keys(self, keys: set[str]) -> bool:
         return any(k.endswith("joint_blocks.0.x_block.attn.qkv.weight") for k in keys)

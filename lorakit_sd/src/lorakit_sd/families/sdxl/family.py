@@ -21,6 +21,39 @@ class SDXL(SD1):
     kohya_text_prefixes = {"te1": "lora_te1_", "te2": "lora_te2_"}
     diffusers_text_prefixes = {"te1": "text_encoder", "te2": "text_encoder_2"}
     clip_skip_applies = False
+    template = ("lorakit_sd", "templates/sdxl.yaml")
+    demo = False
+    size_conditioned = True
+    kohya_unet_original_names = True
+
+    lora_key_priority = 10
+
+    def claims_lora_metadata(self, version: str, architecture: str) -> bool:
+        return version.startswith("sdxl") or architecture.startswith("stable-diffusion-xl")
+
+    def claims_lora_keys(self, keys: Any) -> bool:
+        for k in keys:
+            if k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")):
+                return True
+            if k.startswith(
+                ("lora_unet_input_blocks", "lora_unet_output_blocks", "lora_unet_middle")
+            ):
+                return True
+            if k.startswith("lora_unet_add_embedding"):  # SDXL's size conditioning
+                return True
+            # SDXL cross-attention reads 2048-wide text states (SD1: 768)
+            shape = getattr(keys[k], "shape", ()) if isinstance(keys, dict) else ()
+            if list(shape)[1:2] == [2048] and k.endswith("attn2_to_k.lora_down.weight"):
+                return True
+        return False
+
+    def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
+        """UNet stems under their SGM names, also when written with diffusers block names."""
+        from lorakit_sd.lora_format import UnetLayout
+        from lorakit_sd.lora_read import sgm_unet_stem
+
+        layout = layout or UnetLayout(2, [True, True, False])
+        return {sgm_unet_stem(stem, layout): entry for stem, entry in entries.items()}
 
     def claims_index(self, index: dict[str, Any]) -> bool:
         second = index.get("text_encoder_2")
@@ -56,7 +89,7 @@ class SDXL(SD1):
 
     def sample_extras(self, item: Any, crop: tuple[int, int]) -> dict[str, Any]:
         """The size ids of the crop and of its mirror image (for ``sd.flip_aug``)."""
-        from lorakit_sd.conditioning import time_ids
+        from lorakit_sd.families.clip import time_ids
 
         mirrored = (item.resized[0] - crop[0] - item.bucket[0], crop[1])
         return {

@@ -18,11 +18,10 @@ from typing import Any
 from lorakit.api import Config, PlanModel
 
 
-def flow_planner(config: Config, folder: Path, family: str, section: Any) -> PlanModel:
+def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanModel:
     import torch
     from diffusers import AutoencoderKL
 
-    from lorakit_sd import families
     from lorakit_sd.families.transformer import FlowTrainModule
     from lorakit_sd.models import quiet_libraries
     from lorakit_sd.plan import (
@@ -37,7 +36,6 @@ def flow_planner(config: Config, folder: Path, family: str, section: Any) -> Pla
         traceable,
     )
 
-    spec = families.get(family)
     train = config.train
     cls = spec.transformer_class()
     with quiet_libraries():
@@ -47,12 +45,10 @@ def flow_planner(config: Config, folder: Path, family: str, section: Any) -> Pla
     clips = [p for p in text_parts if p[1].__name__.startswith("CLIP")]
     others = [p for p in text_parts if p not in clips]  # T5
     dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
-    resolution = section.resolution or families.get(family).default_resolution
-    side = resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
+    resolution = section.resolution or spec.default_resolution
+    side = resolution // spec.vae_factor(vae_config)
     channels = int(vae_config["latent_channels"])
     tokens = int(section.max_sequence_length or spec.default_sequence_length)
-    width = int(t_config["joint_attention_dim"])
-    pooled = int(t_config["pooled_projection_dim"])
     batch = train.batch_size
     guidance = section.guidance if t_config.get("guidance_embeds") else None
     text_cached = section.text_cache_enabled()
@@ -69,22 +65,22 @@ def flow_planner(config: Config, folder: Path, family: str, section: Any) -> Pla
     def fake_batch() -> dict[str, Any]:
         return {
             "latents": torch.randn(batch, channels, side, side),
-            "inputs": {
-                "hidden": torch.randn(batch, tokens, width),
-                "pooled": torch.randn(batch, pooled),
-            },
+            "inputs": spec.plan_text_inputs(t_config, batch, tokens),
         }
 
-    from lorakit_sd.plan_rungs import flow_rungs, quantized
+    from lorakit_sd.families.transformer_rungs import flow_rungs, quantized
 
-    cached = batch * (tokens * width + pooled) * dtype.itemsize
+    one = spec.plan_text_inputs(t_config, 1, tokens)
+    cached = batch * sum(t.numel() for t in one.values()) * dtype.itemsize
     caches = {"caption embeddings (one batch)": cached}
     if not text_cached:
         with torch.device("meta"), quiet_libraries():
             t5 = sum(p.numel() for m in meta_encoders(others, dtype) for p in m.parameters())
-        caches = {"T5 (captions encoded each step)": t5 * dtype.itemsize}
+        caches = {f"{spec.sequence_encoder} (captions encoded each step)": t5 * dtype.itemsize}
     where = (
-        "(T5 and CLIP off the GPU after caching)" if text_cached else "(captions encoded each step)"
+        f"({spec.caption_encoders} off the GPU after caching)"
+        if text_cached
+        else "(captions encoded each step)"
     )
     stored = section.base_quantization or str(dtype).removeprefix("torch.")
     return PlanModel(
@@ -93,6 +89,6 @@ def flow_planner(config: Config, folder: Path, family: str, section: Any) -> Pla
         per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}",
         autocast_dtype=dtype if train.mixed_precision != "no" else None,
         caches=caches, items=count_images(config, section), resolution_key="sd.resolution",
-        rungs=flow_rungs(train, section), **quantized(section, cls, t_config, dtype.itemsize),
+        rungs=flow_rungs(train, section, spec), **quantized(section, cls, t_config, dtype.itemsize),
         resolution=resolution, resolution_steps=_smaller(resolution),
     )  # fmt: skip

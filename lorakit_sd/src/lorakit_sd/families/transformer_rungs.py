@@ -16,13 +16,14 @@ NF4 = 0.5 + 1 / 64 + 4 / (64 * 256)
 BYTES = {"fp8": 1.0, "nf4": NF4}
 
 
-def flow_rungs(train: Any, section: Any) -> tuple[tuple[dict[str, Any], str], ...]:
+def flow_rungs(train: Any, section: Any, spec: Any) -> tuple[tuple[dict[str, Any], str], ...]:
     """The ladder rows, cheapest loss first; each keeps the ones before it."""
     rungs: list[tuple[dict[str, Any], str]] = []
     if not section.text_cache_enabled() and not section.train_text_encoder:
         rungs.append((
             {"sd.cache_text_encoder_outputs": True, "sd.shuffle_tags": False},
-            "T5 and CLIP off the GPU after caching their outputs (captions not shuffled)",
+            f"{spec.caption_encoders} off the GPU after caching their outputs (captions not "
+            "shuffled)",
         ))  # fmt: skip
     if train.mixed_precision == "no":
         rungs.append(({"mixed_precision": "bf16"}, "bf16 base weights (bf16 autocast)"))

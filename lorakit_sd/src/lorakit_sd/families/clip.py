@@ -5,8 +5,6 @@ text encoder's last hidden state (or, with ``sd.clip_skip``, an earlier one); SD
 concatenates both encoders' penultimate hidden states and adds the second encoder's projected
 (pooled) output and the six size/crop numbers. Captions longer than one CLIP window are
 encoded in 75-token windows and joined, as kohya sd-scripts and A1111 do.
-Caption augmentation (tag shuffling, dropout) draws from torch's global generator so a
-resumed run replays it exactly.
 """
 
 from __future__ import annotations
@@ -100,30 +98,6 @@ def encode_ids(
     return torch.cat(hidden_states, dim=-1), pooled
 
 
-def shuffle_tags(caption: str, keep: int, separator: str = "") -> str:
-    """The comma-separated tags after the first ``keep``, in a random order.
-
-    A caption holding ``separator`` (kohya's ``keep_tokens_separator``) is split there
-    instead, and ``keep`` is not used: the tags before its first occurrence stay first,
-    those after a second one stay last (a further separator there only ends a tag), in
-    order; the tags between are shuffled.
-    """
-    tail: list[str] = []
-    if separator and separator in caption:
-        head_text, _, rest = caption.partition(separator)
-        middle_text, _, tail_text = rest.partition(separator)
-        head, middle, tail = (
-            [t.strip() for t in text.split(",") if t.strip()]
-            for text in (head_text, middle_text, tail_text.replace(separator, ","))
-        )
-    else:
-        tags = [t.strip() for t in caption.split(",")]
-        head, middle = tags[:keep], tags[keep:]
-    if len(middle) > 1:
-        middle = [middle[i] for i in torch.randperm(len(middle)).tolist()]
-    return ", ".join(t for t in head + middle + tail if t)
-
-
 def time_ids(
     original: tuple[int, int], crop: tuple[int, int], target: tuple[int, int]
 ) -> list[int]:
@@ -173,3 +147,17 @@ class SDTrainModule(torch.nn.Module):
         return self.unet(
             noisy, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added
         ).sample
+
+
+def encode_captions(
+    captions: list[str],
+    tokenizers: list[Any],
+    text_encoders: list[Any],
+    family: str,
+    max_tokens: int = 75,
+    clip_skip: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states, pooled embedding or None) as the SD1/SDXL pipelines compute them."""
+    with torch.no_grad():
+        ids = tokenize(tokenizers, captions, max_tokens)
+        return encode_ids(ids, text_encoders, family, clip_skip)
