@@ -104,7 +104,8 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
         target_modules=ATTN, lora_alpha=2.0, sd=sd,
     )  # fmt: skip
     run = tmp_path / "run"
-    assert not (run / "run.diffusers.safetensors").exists()  # diffusers reads LoRA only
+    # diffusers reads LoRA and DoRA only
+    assert (run / "run.diffusers.safetensors").exists() == (network == "dora")
     tensors = load_file(str(run / "run.safetensors"))
     _check_client_key_rules(tensors, network)
     if network == "lokr" and family == "sdxl":

@@ -29,13 +29,7 @@ def adapt_models(
 
     ``encoders`` are the text encoders LoRA may adapt, in component order (te1, te2).
     """
-    from lorakit_sd.networks import PLAIN
-
     t, sec = config.train, section
-    if sec.network not in PLAIN and spec.denoiser_attr != "unet":
-        raise ConfigError(
-            f"{sec.network} is written for UNet families only, not {spec.label}", key="sd.network"
-        )
     targets = spec.expand_targets(t.target_modules)
     conv = conv_targets(denoiser) if sec.conv_rank else []
     paths = targets

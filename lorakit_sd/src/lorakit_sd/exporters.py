@@ -73,6 +73,7 @@ def lora_modules(view: AdapterExport) -> list[Any]:
             layer.tensors["lora_down.weight"],
             layer.tensors["lora_up.weight"],
             layer.alpha,
+            {"dora_scale": layer.tensors["dora_scale"]} if "dora_scale" in layer.tensors else None,
         )
         for layer in view.layers()
     ]
@@ -130,7 +131,7 @@ def export_diffusers(
     from lorakit_sd.lora_format import to_diffusers
     from lorakit_sd.networks import PLAIN
 
-    if view.network.type not in PLAIN:  # diffusers' load_lora_weights reads LoRA only
+    if view.network.type not in (*PLAIN, "dora"):  # diffusers reads LoRA and DoRA only
         return []
     tensors, format_meta = to_diffusers(lora_modules(view), getattr(torch, view.save_dtype))
     meta = _header(view, name, metadata, denoiser_structure(view.model_config))

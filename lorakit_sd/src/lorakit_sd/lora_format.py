@@ -187,8 +187,12 @@ def to_diffusers(modules: list[LoraModule], dtype: Any) -> tuple[dict[str, Any],
         stem = diffusers_name(m.component, m.path)
         tensors[f"{stem}.lora_A.weight"] = _cast(m.down, dtype)
         tensors[f"{stem}.lora_B.weight"] = _cast(m.up, dtype)
+        magnitude = (m.tensors or {}).get("dora_scale")
+        if magnitude is not None:  # DoRA: PEFT's per-output-row magnitude, flat
+            tensors[f"{stem}.lora_magnitude_vector"] = _cast(magnitude.flatten(), dtype)
         prefix = DIFFUSERS_PREFIXES[m.component].rstrip(".")
-        cfg = configs.setdefault(prefix, {"targets": [], "ranks": {}, "alphas": {}})
+        cfg = configs.setdefault(prefix, {"targets": [], "ranks": {}, "alphas": {}, "dora": False})
+        cfg["dora"] = cfg["dora"] or magnitude is not None
         target = _short_target(m.component, m.path)
         cfg["targets"].append(target)
         cfg["ranks"][target] = m.rank
@@ -205,7 +209,7 @@ def to_diffusers(modules: list[LoraModule], dtype: Any) -> tuple[dict[str, Any],
             "alpha_pattern": {k: v for k, v in cfg["alphas"].items() if v != alpha},
             "lora_dropout": 0.0,
             "bias": "none",
-            "use_dora": False,
+            "use_dora": cfg["dora"],
         }
         packed.update({f"{prefix}.{k}": v for k, v in peft_cfg.items()})
     metadata = {"format": "pt", METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}

@@ -278,6 +278,13 @@ class ModelFamily:
             raise ValueError(f"{self.name} has no text encoder {component}")
         return prefix
 
+    def network_stem(self, component: str, path: str, layout: Any) -> str:
+        """The key stem of a LoHa / LoKr / DoRA module in the LyCORIS-format file (kohya's
+        names: ``lora_unet_...``, ``lora_te1_...``)."""
+        from lorakit_sd.lora_format import kohya_name
+
+        return kohya_name(component, path, self.name, layout)
+
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """The kohya-format tensors of a LoRA, or None where the family has no such layout."""
         return None

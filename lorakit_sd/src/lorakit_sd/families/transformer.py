@@ -50,6 +50,14 @@ class FlowFamily(ModelFamily):
                     key=f"sd.{key}",
                 )
 
+    def network_stem(self, component: str, path: str, layout: Any) -> str:
+        """Transformer modules under ``lycoris_`` + their diffusers path (the names LyCORIS
+        trainers write for diffusers models, and ComfyUI maps to the transformer's weights):
+        exact for every network type, where BFL's fused layers are not."""
+        if component == "transformer":
+            return "lycoris_" + path.replace(".", "_")
+        return super().network_stem(component, path, layout)  # type: ignore[no-any-return]
+
     def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
         """A merged transformer's tensors in the layout this family's files use."""
         return state

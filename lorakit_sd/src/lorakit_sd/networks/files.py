@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from lorakit.api import AdapterLayer, UsageError
+from lorakit.api import AdapterLayer
 
 
 def adapted_layers(model: Any) -> Iterable[tuple[str, Any]]:
@@ -22,17 +22,13 @@ def kohya_network_tensors(
 ) -> dict[str, Any]:
     """Every adapted layer's tensors, named ``<kohya key>.<suffix>``, cast to ``dtype``."""
     from lorakit_sd import families
-    from lorakit_sd.lora_format import UnetLayout, kohya_name
+    from lorakit_sd.lora_format import UnetLayout
 
-    if families.get(family).denoiser_attr != "unet":
-        raise UsageError(
-            f"sd.network {network} files are written for UNet families only, not "
-            f"{families.label(family)}"
-        )
-    layout = UnetLayout.from_config(denoiser.config)
+    spec = families.get(family)
+    layout = UnetLayout.from_config(denoiser.config) if spec.denoiser_attr == "unet" else None
     out: dict[str, Any] = {}
     for layer in layers:
-        stem = kohya_name(layer.component, layer.path, family, layout)
+        stem = spec.network_stem(layer.component, layer.path, layout)
         for suffix, tensor in layer.tensors.items():
             out[f"{stem}.{suffix}"] = tensor.detach().to("cpu", dtype).contiguous()
     return out
