@@ -101,12 +101,12 @@ def test_commands_pick_backends_that_provide_them(toy_plugins, tmp_path, capsys)
 # -- 7. a core without import cycles ---------------------------------------------------------
 
 
-def _core_imports() -> dict[str, set[str]]:
-    """Each lorakit module → the lorakit modules it imports, at any depth of its code
-    (lazy imports in functions count), except ``if TYPE_CHECKING:`` blocks."""
-    root = ROOT / "lorakit"
+def _imports(src: Path, package: str) -> dict[str, set[str]]:
+    """Each module of ``package`` (under ``src``) → the modules of that package it imports, at
+    any depth of its code (lazy imports in functions count), except ``if TYPE_CHECKING:``."""
+    root = src / package
     names = {
-        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        ".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
         for p in root.rglob("*.py")
     }
     graph: dict[str, set[str]] = {}
@@ -129,6 +129,10 @@ def _core_imports() -> dict[str, set[str]]:
                 deps |= {a.name for a in node.names} & set(names)
         graph[name] = deps - {name}
     return graph
+
+
+def _core_imports() -> dict[str, set[str]]:
+    return _imports(ROOT, "lorakit")
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -165,6 +169,26 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_core_has_no_import_cycle():
     assert _cycles(_core_imports()) == []
+
+
+PACKAGES = sorted(
+    (src, package.name)
+    for src in PLUGIN_SOURCES
+    for package in src.glob("*")
+    if (package / "__init__.py").is_file()
+)
+
+
+@pytest.mark.parametrize(("src", "package"), PACKAGES, ids=[p for _, p in PACKAGES])
+def test_no_plugin_package_has_an_import_cycle(src, package):
+    """Every package of lorakit's distributions and of plugins/, function-level imports
+    counted (``lorakit_sd``, ``lorakit_llm``, ..., ``lorakit_family_sana``)."""
+    assert _cycles(_imports(src, package)) == []
+
+
+def test_every_plugin_package_is_checked_for_cycles():
+    checked = {package for _, package in PACKAGES}
+    assert {"lorakit_sd", "lorakit_llm", "lorakit_labelers", "lorakit_family_sana"} <= checked
 
 
 def test_the_cycle_check_finds_one():

@@ -101,8 +101,8 @@ def denoising_loss(
     import csv
 
     import torch
-    from lorakit_sd.buckets import load_pixels
-    from lorakit_sd.cache import encode_moments
+    from lorakit_sd.data.buckets import load_pixels
+    from lorakit_sd.data.cache import encode_moments
 
     with open(data / "metadata.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -66,7 +66,7 @@ def flow_loss(pipe, transformer, data):
     """Mean flow-matching error (target ε - x0) on the training images at fixed σ and noise."""
     import csv
 
-    from lorakit_sd.buckets import load_pixels
+    from lorakit_sd.data.buckets import load_pixels
 
     with open(data / "metadata.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -137,7 +137,7 @@ def test_previews_render(run):
 
 def test_flux_kohya_file_is_exact_and_converts_back(flux_run, tmp_path):
     """BFL names with q/k/v fused at rank 3r (block-diagonal up) that convert back exactly."""
-    from lorakit_sd.commands import export
+    from lorakit_sd.commands.export import export
     from safetensors.torch import load_file
 
     model, _, result, cap = flux_run

@@ -7,7 +7,7 @@ import torch
 
 
 def test_devices_that_differ_only_in_index_form_are_the_same():
-    from lorakit_sd.devices import modules_elsewhere, same_device
+    from lorakit_sd.step.devices import modules_elsewhere, same_device
 
     assert same_device(torch.device("cuda"), torch.device("cuda:0"))
     assert same_device("cuda:0", torch.device("cuda"))

@@ -37,7 +37,7 @@ def _config(tiny_models, data: Path, tmp: Path, **sd):
 def test_kohya_folders_give_repeats_class_tokens_and_balanced_reg(
     tiny_models, tmp_path, sd_plugins
 ):
-    from lorakit_sd.dataset import build_items
+    from lorakit_sd.data.dataset import build_items
 
     img, reg = tmp_path / "img", tmp_path / "reg"
     _kohya_folder(img, "10_mascot", 2)
@@ -207,8 +207,8 @@ def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp
     for regularisation folders, whose samples are cycled to balance the training ones."""
     from types import SimpleNamespace
 
-    from lorakit_sd.dataset import build_items
-    from lorakit_sd.export_view import run_metadata
+    from lorakit_sd.data.dataset import build_items
+    from lorakit_sd.lorafiles.export_view import run_metadata
 
     from lorakit_sd import families
 

@@ -80,6 +80,7 @@ def test_training_and_commands_load_bases_through_the_model_loader_hook(tiny_mod
     from types import SimpleNamespace
 
     import lorakit_sd.plugin
+    from lorakit_sd.commands.sample import sample
     from lorakit_sd.config import SDSection
     from lorakit_sd.models import load_folder
     from lorakit_sd.testing import tiny_config, write_tiny_images
@@ -88,7 +89,6 @@ def test_training_and_commands_load_bases_through_the_model_loader_hook(tiny_mod
     from lorakit.config import load_config
     from lorakit.engine import train
     from lorakit.plugins import build_plugins, set_plugins
-    from lorakit_sd import commands
 
     calls: list[str] = []
     model = tiny_models["sd1"]
@@ -116,7 +116,7 @@ def test_training_and_commands_load_bases_through_the_model_loader_hook(tiny_mod
         train(load_config(data=raw, registries=plugins.registries), plugins=plugins, progress=False)
         assert calls == [str(base)]
         small = SimpleNamespace(section=SDSection(resolution=32, bucket_step=8))
-        commands.sample(str(base), [], ["a red cat"], tmp_path / "samples", steps=1, config=small)
+        sample(str(base), [], ["a red cat"], tmp_path / "samples", steps=1, config=small)
         assert calls == [str(base)] * 2
         # the folder itself goes to lorakit-sd's own loader, or to the one named in the config
         assert plugins.registries.model_loader_for("sd", str(model.diffusers_dir)).name == (
@@ -150,7 +150,7 @@ def test_sd1_files_without_the_text_model_level_load(tiny_models, tmp_path):
         assert want.keys() == got.keys()
         assert all(torch.equal(want[k], got[k]) for k in want), name
     # merge finds the text-encoder weights of such a file under their kohya names
-    from lorakit_sd.merge import merge_checkpoint
+    from lorakit_sd.commands.merge import merge_checkpoint
 
     stem = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
     g = torch.Generator().manual_seed(0)

@@ -25,7 +25,7 @@ _HEAVY = {
     "DDPMObjective": "lorakit_sd.families.ddpm:DDPMObjective",
     "FlowMatchObjective": "lorakit_sd.families.flow:FlowMatchObjective",
     "TransformerFamily": "lorakit_sd.families.transformer:FlowFamily",
-    "TransformerTrainModule": "lorakit_sd.families.transformer:FlowTrainModule",
+    "TransformerTrainModule": "lorakit_sd.families.transformer_module:FlowTrainModule",
 }
 
 __all__ = ["Draw", "FamilySpec", "ModelFamily", "Objective", *_HEAVY]

@@ -18,10 +18,10 @@ import torch
 
 from lorakit.api import Backend, ConfigError, LossOutput, TrainContext, UsageError
 from lorakit_sd import families
-from lorakit_sd.adapt import adapt_models
 from lorakit_sd.config import SDSection
-from lorakit_sd.devices import modules_elsewhere, use_channels_last
-from lorakit_sd.loss import augment_captions, cached_text, caption_dropout_mask, denoising_loss
+from lorakit_sd.step.adapt import adapt_models
+from lorakit_sd.step.devices import modules_elsewhere, use_channels_last
+from lorakit_sd.step.loss import augment_captions, cached_text, caption_dropout_mask, denoising_loss
 
 
 class SDBackend(Backend):
@@ -52,8 +52,8 @@ class SDBackend(Backend):
             self._read_data(ctx)
 
     def _read_data(self, ctx: TrainContext) -> None:
-        from lorakit_sd.buckets import bucket_sizes
-        from lorakit_sd.dataset import build_items
+        from lorakit_sd.data.buckets import bucket_sizes
+        from lorakit_sd.data.dataset import build_items
 
         sec = self.section
         buckets = None
@@ -85,7 +85,7 @@ class SDBackend(Backend):
         self.spec = spec = self.model.spec
         spec.check_section(sec)
         if sec.base_quantization:  # GPU only (refused above otherwise)
-            from lorakit_sd.quantize import quantize_transformer
+            from lorakit_sd.step.quantize import quantize_transformer
 
             quantize_transformer(self.model, sec, t.base_model, ctx.weight_dtype)
         self.clip_skip = spec.clip_skip(sec, ctx.log)
@@ -114,7 +114,7 @@ class SDBackend(Backend):
             self.unet, self.model.text_encoders, spec=spec, config=self.config, section=sec,
             checkpointing=t.gradient_checkpointing,
         )  # fmt: skip
-        from lorakit_sd.clients import warn_unsupported
+        from lorakit_sd.lorafiles.clients import warn_unsupported
 
         warn_unsupported(self.unet, ctx.log)
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
@@ -145,8 +145,8 @@ class SDBackend(Backend):
 
     # -- data ----------------------------------------------------------------------------
     def dataset(self, ctx: TrainContext) -> Any:
-        from lorakit_sd.cache import build_latent_cache, build_text_cache
-        from lorakit_sd.dataset import SDDataset
+        from lorakit_sd.data.cache import build_latent_cache, build_text_cache
+        from lorakit_sd.data.dataset import SDDataset
         from lorakit_sd.models import quiet_libraries
 
         sec = self.section
@@ -197,12 +197,12 @@ class SDBackend(Backend):
         )  # fmt: skip
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
-        from lorakit_sd.buckets import BucketBatchSampler
+        from lorakit_sd.data.buckets import BucketBatchSampler
 
         return BucketBatchSampler(dataset.buckets(), batch_size, seed)
 
     def dataset_fingerprint(self) -> str:
-        from lorakit_sd.dataset import fingerprint
+        from lorakit_sd.data.dataset import fingerprint
 
         return fingerprint(self.items, self.index)
 
@@ -276,10 +276,10 @@ class SDBackend(Backend):
         return parts
 
     def lora_modules(self) -> list[Any]:
-        """The trained LoRA as :class:`lorakit_sd.lora_format.LoraModule` objects."""
+        """The trained LoRA as :class:`lorakit_sd.lorafiles.names.LoraModule` objects."""
         from peft.utils import get_peft_model_state_dict
 
-        from lorakit_sd.lora_format import LoraModule
+        from lorakit_sd.lorafiles.names import LoraModule
         from lorakit_sd.networks import PLAIN
 
         if self.section.network not in PLAIN:
@@ -300,8 +300,8 @@ class SDBackend(Backend):
         return modules
 
     def adapter_export(self, step: int) -> Any:
-        """The exporters' view (:func:`lorakit_sd.export_view.adapter_export`)."""
-        from lorakit_sd.export_view import adapter_export
+        """The exporters' view (:func:`lorakit_sd.lorafiles.export_view.adapter_export`)."""
+        from lorakit_sd.lorafiles.export_view import adapter_export
 
         return adapter_export(self, step)
 

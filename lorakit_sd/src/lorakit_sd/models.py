@@ -362,3 +362,34 @@ def _finish(model: BaseModel) -> BaseModel:
                 module.to(torch.float32)
             module.eval()
     return model
+
+
+#: the dtypes a merged checkpoint may be written in
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def stored_dtype(base: str, state: dict[str, Any]) -> str:
+    """The dtype the base stores its weights in: most of a single file's floating tensors
+    (``state``, or the file's header when empty), or a diffusers folder's UNet / transformer
+    file; float32 where it cannot be told (nothing is lost)."""
+    from collections import Counter
+
+    from safetensors import safe_open
+
+    path = Path(base).expanduser()
+    counts: Counter[str] = Counter()
+    if path.is_dir() or (path.is_file() and not state):
+        found = [path] if path.is_file() else []
+        for part in ("unet", "transformer"):
+            found = found or sorted((path / part).glob("*.safetensors"))
+        for weights in found[:1]:
+            with safe_open(str(weights), framework="pt") as f:
+                counts.update(str(f.get_slice(k).get_dtype()) for k in list(f.keys())[:50])
+        names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+        counts = Counter({names.get(k, k): v for k, v in counts.items()})
+    elif path.is_file():
+        counts.update(
+            str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()
+        )
+    common = [d for d, _ in counts.most_common() if d in DTYPES]
+    return common[0] if common else "float32"

@@ -39,7 +39,7 @@ V1_MOVES = {
 def detect(path: Any) -> bool:
     """Whether ``path`` is an SD LoRA file (kohya or diffusers keys), from its header only."""
     from lorakit.api import UsageError, read_safetensors_header
-    from lorakit_sd.lora_read import file_format
+    from lorakit_sd.lorafiles.read import file_format
 
     path = Path(path)
     if not path.is_file() or path.suffix.lower() != ".safetensors":
@@ -67,8 +67,8 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
                 "sd35": ("lorakit_sd", "templates/sd35.yaml"),
             },
             detect=detect,
-            planner=lazy("lorakit_sd.plan:planner"),
-            identify=lazy("lorakit_sd.lora_read:identify"),
+            planner=lazy("lorakit_sd.commands.plan:planner"),
+            identify=lazy("lorakit_sd.lorafiles.read:identify"),
             aliases={"metadata_path": "metadata_path"},
             migrations={1: V1_MOVES},
         )
@@ -85,7 +85,7 @@ def register_image_families(register: Callable[[Any], None]) -> None:
 
 @hookimpl
 def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> None:
-    from lorakit_sd import readers as data
+    from lorakit_sd.data import readers as data
 
     register(
         DatasetReaderSpec(
@@ -114,14 +114,14 @@ def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> N
 def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
     register(
         ExporterSpec(
-            "kohya", lazy("lorakit_sd.exporters:export_kohya"),
+            "kohya", lazy("lorakit_sd.lorafiles.exporters:export_kohya"),
             "<name>.safetensors for A1111 / ComfyUI / sd-scripts (ss_* + modelspec metadata)",
             backends=("sd",),
         )
     )  # fmt: skip
     register(
         ExporterSpec(
-            "diffusers", lazy("lorakit_sd.exporters:export_diffusers"),
+            "diffusers", lazy("lorakit_sd.lorafiles.exporters:export_diffusers"),
             "<name>.diffusers.safetensors for diffusers' load_lora_weights",
             backends=("sd",),
         )

@@ -12,7 +12,7 @@ class SDCommands(BackendCommands):
     def export(
         self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None
     ) -> list[Path]:
-        from lorakit_sd.commands import export
+        from lorakit_sd.commands.export import export
 
         return export(source, to, output, base, config=config)
 
@@ -24,7 +24,7 @@ class SDCommands(BackendCommands):
         dtype: str | None,
         config: Config | None,
     ) -> Path:
-        from lorakit_sd.commands import merge
+        from lorakit_sd.commands.merge import merge
 
         return merge(base, loras, output, dtype, config=config)
 
@@ -40,7 +40,7 @@ class SDCommands(BackendCommands):
         width: int | None,
         height: int | None,
     ) -> list[Path]:
-        from lorakit_sd.commands import sample
+        from lorakit_sd.commands.sample import sample
 
         return sample(
             base, loras, prompts, output, seed=seed, steps=steps, config=config,
@@ -48,11 +48,11 @@ class SDCommands(BackendCommands):
         )  # fmt: skip
 
     def demo(self, folder: Path) -> Path:
-        from lorakit_sd.demo import demo_command
+        from lorakit_sd.commands.demo import demo_command
 
         return demo_command(folder)
 
     def selftest(self, output_dir: Path, config: Config) -> str:
-        from lorakit_sd.selftest import verify
+        from lorakit_sd.commands.selftest import verify
 
         return verify(output_dir, config)

@@ -136,7 +136,7 @@ class ModelFamily:
     # -- training --------------------------------------------------------------------------
     def check_section(self, sec: Any) -> None:
         """Refuse, in one line naming the family, sd.* options that do not apply to it."""
-        from lorakit_sd.quantize import check
+        from lorakit_sd.step.quantize import check
 
         check(sec, self.label, self.denoiser_attr == "transformer")
         for key in self.refused_options:
@@ -170,7 +170,7 @@ class ModelFamily:
     def encode_moments(self, vae: Any, pixels: Any) -> Any:
         """What the latent cache stores for a pixel batch in [-1, 1]: the VAE posterior's
         parameters (mean ‖ log-variance), drawn from each step by :meth:`latents_from_moments`."""
-        from lorakit_sd.cache import encode_moments
+        from lorakit_sd.data.cache import encode_moments
 
         return encode_moments(vae, pixels)
 
@@ -182,7 +182,7 @@ class ModelFamily:
 
     def max_tokens(self, items: list[Any], pipe: Any, sec: Any, log: Any) -> int:
         """The caption length encoded (CLIP windows for SD1/SDXL, T5 tokens otherwise)."""
-        from lorakit_sd.dataset import choose_max_tokens
+        from lorakit_sd.data.dataset import choose_max_tokens
 
         return choose_max_tokens(
             [(item.caption, item.where or item.image) for item in items],
@@ -281,7 +281,7 @@ class ModelFamily:
     def network_stem(self, component: str, path: str, layout: Any) -> str:
         """The key stem of a LoHa / LoKr / DoRA module in the LyCORIS-format file (kohya's
         names: ``lora_unet_...``, ``lora_te1_...``)."""
-        from lorakit_sd.lora_format import kohya_name
+        from lorakit_sd.lorafiles.names import kohya_name
 
         return kohya_name(component, path, self.name, layout)
 

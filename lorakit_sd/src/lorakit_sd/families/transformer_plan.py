@@ -1,12 +1,12 @@
 """``lorakit plan`` for SD3 / FLUX.1: the transformer (at the run's dtype, made trainable
-by the backend's :func:`~lorakit_sd.adapt.adapt_models`) on the meta device and a fake batch
+by the backend's :func:`~lorakit_sd.step.adapt.adapt_models`) on the meta device and a fake batch
 of caption embeddings.
 
 With the text cache on (the default) the text encoders are not in the trace: their outputs
 are cached and T5 and CLIP leave the GPU once the cache is built; the cached embeddings of
 a batch are. Without it (``sd.train_text_encoder``, ``sd.shuffle_tags``) the CLIP encoders
 are part of the trained module (with their LoRA when trained) and T5 stays on the device.
-A step is the backend's own :func:`~lorakit_sd.loss.denoising_loss` on the family's layout
+A step is the backend's own :func:`~lorakit_sd.step.loss.denoising_loss` on the family's layout
 (FLUX.1 packs 2x2 latents) and the model's flow-matching scheduler.
 """
 
@@ -22,9 +22,7 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
     import torch
     from diffusers import AutoencoderKL
 
-    from lorakit_sd.families.transformer import FlowTrainModule
-    from lorakit_sd.models import quiet_libraries
-    from lorakit_sd.plan import (
+    from lorakit_sd.commands.plan import (
         DTYPE_NAMES,
         _smaller,
         count_images,
@@ -35,6 +33,8 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
         text_encoder_parts,
         traceable,
     )
+    from lorakit_sd.families.transformer_module import FlowTrainModule
+    from lorakit_sd.models import quiet_libraries
 
     train = config.train
     cls = spec.transformer_class()

@@ -1,5 +1,5 @@
 """``lorakit plan`` for the UNet families: the UNet and the CLIP encoders on the meta device,
-one step traced under fake tensors (see :mod:`lorakit_sd.plan` for the shared parts).
+one step traced under fake tensors (see :mod:`lorakit_sd.commands.plan` for the shared parts).
 
 Captions are cached (or encoded each step); size-conditioned families add the pooled
 embedding and the size ids; the VAE is counted when latents are not cached.
@@ -14,9 +14,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from lorakit.api import Config, PlanModel
-from lorakit_sd.families.clip import SDTrainModule
-from lorakit_sd.models import quiet_libraries
-from lorakit_sd.plan import (
+from lorakit_sd.commands.plan import (
     DTYPE_NAMES,
     _smaller,
     count_images,
@@ -26,6 +24,8 @@ from lorakit_sd.plan import (
     text_encoder_parts,
     traceable,
 )
+from lorakit_sd.families.clip import SDTrainModule
+from lorakit_sd.models import quiet_libraries
 
 
 def unet_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanModel:

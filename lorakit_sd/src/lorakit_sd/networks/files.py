@@ -22,7 +22,7 @@ def kohya_network_tensors(
 ) -> dict[str, Any]:
     """Every adapted layer's tensors, named ``<kohya key>.<suffix>``, cast to ``dtype``."""
     from lorakit_sd import families
-    from lorakit_sd.lora_format import UnetLayout
+    from lorakit_sd.lorafiles.names import UnetLayout
 
     spec = families.get(family)
     layout = UnetLayout.from_config(denoiser.config) if spec.denoiser_attr == "unet" else None

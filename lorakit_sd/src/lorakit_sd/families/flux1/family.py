@@ -156,7 +156,7 @@ class Flux1(FlowFamily):
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """sd-scripts' layout: BFL names, fused q/k/v written exactly (rank 3r), CLIP ``lora_te1_``."""
         from lorakit_sd.families.flux1.kohya import to_bfl
-        from lorakit_sd.lora_format import to_kohya
+        from lorakit_sd.lorafiles.names import to_kohya
 
         transformer = [m for m in modules if m.component == "transformer"]
         text = [m for m in modules if m.component != "transformer"]

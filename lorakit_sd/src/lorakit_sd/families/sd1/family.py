@@ -102,7 +102,7 @@ class SD1(ModelFamily):
         )
 
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
-        from lorakit_sd.lora_format import UnetLayout, to_kohya
+        from lorakit_sd.lorafiles.names import UnetLayout, to_kohya
 
         return to_kohya(modules, self.name, UnetLayout.from_config(denoiser.config), dtype)
 

@@ -49,8 +49,8 @@ class SDXL(SD1):
 
     def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
         """UNet stems under their SGM names, also when written with diffusers block names."""
-        from lorakit_sd.lora_format import UnetLayout
-        from lorakit_sd.lora_read import sgm_unet_stem
+        from lorakit_sd.lorafiles.names import UnetLayout
+        from lorakit_sd.lorafiles.read import sgm_unet_stem
 
         layout = layout or UnetLayout(2, [True, True, False])
         return {sgm_unet_stem(stem, layout): entry for stem, entry in entries.items()}

@@ -5,10 +5,10 @@ The configs come from a diffusers folder (``model_index.json``, ``unet/config.js
 weights or not), a hub id (the local cache under ``HF_HUB_OFFLINE``), or, for a single-file
 checkpoint, ``sd.base_config`` (default: the family's standard repo). The module is the
 backend's own :class:`~lorakit_sd.families.clip.SDTrainModule`, made trainable by the
-backend's :func:`~lorakit_sd.adapt.adapt_models`; the batch is ``batch_size`` latents of
+backend's :func:`~lorakit_sd.step.adapt.adapt_models`; the batch is ``batch_size`` latents of
 ``sd.resolution`` (the area every bucket keeps), caption embeddings (or token ids when
 captions are encoded each step) and, for SDXL, the pooled embedding and size ids; the loss
-is the backend's :func:`~lorakit_sd.loss.denoising_loss` on the model's scheduler.
+is the backend's :func:`~lorakit_sd.step.loss.denoising_loss` on the model's scheduler.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def meta_trainable(
     cached) on the meta device at ``dtype``, made trainable as setup does it."""
     import torch
 
-    from lorakit_sd.adapt import adapt_models
     from lorakit_sd.models import quiet_libraries
+    from lorakit_sd.step.adapt import adapt_models
 
     with torch.device("meta"), quiet_libraries():
         denoiser = denoiser_class.from_config(denoiser_config).to(dtype).requires_grad_(False)
@@ -150,8 +150,8 @@ def traceable(module: Any) -> Any:
 
 
 def plan_loss(objective: Any, dtype: Any) -> Any:
-    """The step's loss on a fake batch: the backend's :func:`~lorakit_sd.loss.denoising_loss`."""
-    from lorakit_sd.loss import denoising_loss
+    """The step's loss on a fake batch: the backend's :func:`~lorakit_sd.step.loss.denoising_loss`."""
+    from lorakit_sd.step.loss import denoising_loss
 
     def loss(module: Any, b: dict[str, Any]) -> Any:
         conditioning = {k: v.to(dtype) if k != "input_ids" else v for k, v in b["inputs"].items()}

@@ -42,7 +42,7 @@ def flow_family(base: str, section: Any) -> str | None:
 
 
 def _check_loras(loras: list[tuple[str, float]], family: str) -> None:
-    from lorakit_sd.lora_read import read_lora
+    from lorakit_sd.lorafiles.read import read_lora
 
     for path, _ in loras:
         lora = read_lora(path)
@@ -76,9 +76,8 @@ def merge_transformer(
     import torch
 
     from lorakit.api import __version__, save_safetensors
-    from lorakit_sd.commands import apply_to_model
-    from lorakit_sd.merge import stored_dtype
-    from lorakit_sd.models import load_base
+    from lorakit_sd.lorafiles.apply import apply_to_model
+    from lorakit_sd.models import load_base, stored_dtype
 
     _check_loras(loras, family)
     model = load_base(

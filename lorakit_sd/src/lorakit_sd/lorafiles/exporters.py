@@ -63,8 +63,8 @@ def denoiser_structure(model_config: Mapping[str, Any]) -> Any:
 
 
 def lora_modules(view: AdapterExport) -> list[Any]:
-    """The view's plain LoRA layers as :class:`lorakit_sd.lora_format.LoraModule` objects."""
-    from lorakit_sd.lora_format import LoraModule
+    """The view's plain LoRA layers as :class:`lorakit_sd.lorafiles.names.LoraModule` objects."""
+    from lorakit_sd.lorafiles.names import LoraModule
 
     return [
         LoraModule(
@@ -98,7 +98,7 @@ def export_kohya(
     """``<name>.safetensors``: kohya/A1111 keys, alpha, ``ss_*`` and ``modelspec.*``."""
     import torch
 
-    from lorakit_sd.lora_format import model_hash
+    from lorakit_sd.lorafiles.names import model_hash
     from lorakit_sd.networks import PLAIN
     from lorakit_sd.networks.files import kohya_network_tensors
 
@@ -128,7 +128,7 @@ def export_diffusers(
     """``<name>.diffusers.safetensors``: diffusers/PEFT keys with the LoRA config in the header."""
     import torch
 
-    from lorakit_sd.lora_format import to_diffusers
+    from lorakit_sd.lorafiles.names import to_diffusers
     from lorakit_sd.networks import PLAIN
 
     if view.network.type not in (*PLAIN, "dora"):  # diffusers reads LoRA and DoRA only

@@ -110,9 +110,9 @@ def build_latent_cache(
 ) -> EntryStore:
     """Moments for every item (and its mirror image when ``flip``); with masked loss, each
     item's mask at the latent's size too (the key names the mask)."""
-    from lorakit_sd.buckets import load_pixels
-    from lorakit_sd.dataset import pixel_mask
-    from lorakit_sd.masks import to_latent
+    from lorakit_sd.data.buckets import load_pixels
+    from lorakit_sd.data.dataset import pixel_mask
+    from lorakit_sd.data.masks import to_latent
 
     encode = encode or encode_moments  # the family's (``ModelFamily.encode_moments``)
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """``lorakit demo`` for images: a stand-in SD1 model, twelve labeled shapes, the sd15 template.
 
 The base model is a tiny random-weight SD1-shaped pipeline built on the spot (see
-:func:`lorakit_sd.testing.build_tiny_sd`): it is a stand-in, not Stable Diffusion, and the
+:meth:`ModelFamily.standin`): it is a stand-in, not Stable Diffusion, and the
 run shows the machinery (labeling, cached latents, buckets, previews, checkpoints, kohya and
 diffusers files), not the quality. The images are coloured shapes named after what they show
 (``red_disc_01.png``); the ``filename`` labeler of lorakit-labelers captions them through

@@ -18,7 +18,7 @@ from typing import Any
 from lorakit.api import FileKind, FileProbe, UsageError, read_safetensors_header
 from lorakit_sd import families
 from lorakit_sd.families.ldm import unet_path_to_ldm
-from lorakit_sd.lora_format import (
+from lorakit_sd.lorafiles.names import (
     DIFFUSERS_PREFIXES,
     METADATA_KEY,
     LoraModule,

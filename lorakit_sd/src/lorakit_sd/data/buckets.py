@@ -102,7 +102,7 @@ def load_pixels(
     """
     import numpy as np
 
-    from lorakit_sd.images import open_rgb
+    from lorakit_sd.data.images import open_rgb
 
     image = fit_image(open_rgb(path), bucket, crop)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0

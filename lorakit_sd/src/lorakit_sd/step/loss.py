@@ -28,7 +28,7 @@ def denoising_loss(
     ``batch`` may hold ``mask`` (masked loss) and ``loss_weight`` (regularisation images);
     ``flip`` says which samples were mirrored (their masks are too).
     """
-    from lorakit_sd.masks import apply_mask
+    from lorakit_sd.data.masks import apply_mask
 
     draw = objective.draw(latents)
     if "mask" in batch:  # masked loss (sd.conditioning_data_dir / sd.alpha_mask)
@@ -47,7 +47,7 @@ def caption_dropout_mask(n: int, probability: float) -> torch.Tensor | None:
 
 def augment_captions(captions: list[str], sec: Any, drop: torch.Tensor | None) -> list[str]:
     """Captions encoded this step: tags shuffled (``sd.shuffle_tags``), dropped to ""."""
-    from lorakit_sd.captions import shuffle_tags
+    from lorakit_sd.data.captions import shuffle_tags
 
     if sec.shuffle_tags:
         captions = [shuffle_tags(c, sec.keep_tokens, sec.keep_tokens_separator) for c in captions]

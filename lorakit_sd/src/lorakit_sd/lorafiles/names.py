@@ -4,7 +4,7 @@ Both formats describe the same thing, a set of adapted modules each with a ``dow
 or [r, in, kh, kw]) and an ``up`` ([out, r] or [out, r, 1, 1]) matrix and an ``alpha`` (the
 update is ``up @ down * alpha / r``). Inside lorakit a LoRA is a list of
 :class:`LoraModule`; this module names them for each format and writes them
-(:mod:`lorakit_sd.lora_read` reads either back).
+(:mod:`lorakit_sd.lorafiles.read` reads either back).
 
 kohya keys are ``lora_unet_<path>`` (SD1: diffusers path; SDXL: original SGM path),
 ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` + the text model path with its ``text_model.``

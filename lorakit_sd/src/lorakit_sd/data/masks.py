@@ -55,10 +55,10 @@ def mask_size(source: str) -> tuple[int, int]:
 
 def load_mask(source: str, bucket: tuple[int, int], crop: tuple[int, int] | None = None) -> Any:
     """A mask as a ``[1, h, w]`` tensor in [0, 1], fitted to ``bucket`` as
-    :func:`lorakit_sd.buckets.load_pixels` fits its image (``crop``: the same offset)."""
+    :func:`lorakit_sd.data.buckets.load_pixels` fits its image (``crop``: the same offset)."""
     import numpy as np
 
-    from lorakit_sd.buckets import fit_image
+    from lorakit_sd.data.buckets import fit_image
 
     fitted = fit_image(_mask_image(source), bucket, crop)
     array = np.asarray(fitted, dtype=np.float32) / 255.0

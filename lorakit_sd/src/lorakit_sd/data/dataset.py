@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lorakit.api import DataError
-from lorakit_sd.readers import (
+from lorakit_sd.data.readers import (
     detect_format,
     format_problems,
     image_files,
@@ -140,8 +140,8 @@ def build_items(
     log: Any = print,
 ) -> tuple[list[Item], list[int]]:
     """Checked, bucketed items and the epoch index (item ids, each ``repeats`` times)."""
-    from lorakit_sd.buckets import fit, nearest_bucket, no_upscale_bucket
-    from lorakit_sd.images import check_image, file_hash
+    from lorakit_sd.data.buckets import fit, nearest_bucket, no_upscale_bucket
+    from lorakit_sd.data.images import check_image, file_hash
 
     section = config.section
     items: list[Item] = []
@@ -205,7 +205,7 @@ def build_items(
 def item_mask(image: str, size: tuple[int, int], folder: Folder, alpha: bool) -> tuple[str, str]:
     """(the image's mask source or "", a problem or ""): its file in the folder's mask
     folder (the image's size), or its own alpha channel with ``sd.alpha_mask``."""
-    from lorakit_sd.masks import find_mask, mask_size
+    from lorakit_sd.data.masks import find_mask, mask_size
 
     if alpha:
         return f"alpha:{image}", ""
@@ -310,7 +310,7 @@ class SDDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         from lorakit_sd import families
-        from lorakit_sd.buckets import load_pixels, random_crop
+        from lorakit_sd.data.buckets import load_pixels, random_crop
 
         k = self.index[i]
         item = self.items[k]
@@ -336,7 +336,7 @@ class SDDataset(torch.utils.data.Dataset):
 
 def pixel_mask(item: Item, crop: tuple[int, int] | None = None) -> torch.Tensor:
     """The item's mask fitted to its bucket (``[1, h, w]``), all ones when it has none."""
-    from lorakit_sd.masks import load_mask
+    from lorakit_sd.data.masks import load_mask
 
     if not item.mask:
         return torch.ones(1, item.bucket[1], item.bucket[0])
