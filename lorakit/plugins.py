@@ -236,7 +236,22 @@ class Plugins:
                 self._add_spec(registry, spec, self.infos[plugin])
         for override in registries.overrides():
             self.infos[override.plugin].replaces.append(str(override))
+        self._note_published()
         return registries
+
+    def _note_published(self) -> None:
+        """What plugins register through hooks other plugins publish, in ``lorakit plugins``:
+        ``register_image_families`` is listed as ``image family: <names>``."""
+        for path in self.spec_modules:
+            module = importlib.import_module(path)
+            for hook_name in sorted(vars(module)):
+                if not hook_name.startswith("register_"):
+                    continue
+                kind = hook_name.removeprefix("register_").replace("_", " ")
+                kind = kind.removesuffix("ies") + "y" if kind.endswith("ies") else kind
+                for info, spec in self.registrations(hook_name):
+                    name = str(getattr(spec, "name", spec))
+                    info.registered.setdefault(kind.removesuffix("s"), []).append(name)
 
     def _add_spec(self, registry: Any, spec: Any, info: PluginInfo) -> None:
         try:

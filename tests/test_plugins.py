@@ -229,6 +229,8 @@ def test_a_plugin_publishes_hooks_that_another_implements_in_any_load_order(tmp_
     made = sorted((info.name, spec) for info, spec in plugins.registrations("register_widgets"))
     assert made == [("pub", "own"), ("third", "theirs")]
     assert plugins.registrations("register_nothing") == []
+    _ = plugins.registries  # what ``lorakit plugins`` shows
+    assert plugins.infos["third"].registered == {"widget": ["theirs"]}
     without = build_plugins(entry_points=False)
     without.load_entry_points([md.EntryPoint("third", "third_plugin", "lorakit")])
     assert without.infos["third"].status == "error"  # nobody published the hook

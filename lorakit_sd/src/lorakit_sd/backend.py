@@ -16,9 +16,18 @@ from typing import Any
 
 import torch
 
-from lorakit.api import Backend, ConfigError, LossOutput, TrainContext, UsageError
+from lorakit.api import Backend, ConfigError, LossOutput, TrainContext, UsageError, loading_whole
 from lorakit_sd import families
 from lorakit_sd.config import SDSection
+from lorakit_sd.data.buckets import BucketBatchSampler, bucket_sizes
+from lorakit_sd.data.cache import build_latent_cache, build_text_cache
+from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint
+from lorakit_sd.lorafiles.clients import warn_unsupported
+from lorakit_sd.lorafiles.export_view import adapter_export
+from lorakit_sd.lorafiles.names import LoraModule
+from lorakit_sd.models import load_base, peek_family, quiet_libraries
+from lorakit_sd.networks import PLAIN
+from lorakit_sd.sampling import render_and_save
 from lorakit_sd.step.adapt import adapt_models
 from lorakit_sd.step.devices import modules_elsewhere, use_channels_last
 from lorakit_sd.step.loss import augment_captions, cached_text, caption_dropout_mask, denoising_loss
@@ -41,7 +50,6 @@ class SDBackend(Backend):
     # -- model ---------------------------------------------------------------------------
     def validate(self, ctx: TrainContext) -> None:
         """Read and check every image and caption before the model loads."""
-        from lorakit_sd.models import peek_family
 
         t, sec = self.config.train, self.section
         ctx.registries.check_model("sd", t.base_model, sec, t.model_loader)
@@ -52,8 +60,6 @@ class SDBackend(Backend):
             self._read_data(ctx)
 
     def _read_data(self, ctx: TrainContext) -> None:
-        from lorakit_sd.data.buckets import bucket_sizes
-        from lorakit_sd.data.dataset import build_items
 
         sec = self.section
         buckets = None
@@ -69,8 +75,6 @@ class SDBackend(Backend):
         )
 
     def setup(self, ctx: TrainContext) -> None:
-        from lorakit.api import loading_whole
-        from lorakit_sd.models import load_base, quiet_libraries
 
         t, sec = self.config.train, self.section
         # Whole also under ZeRO-3: the VAE and cached text encoders stay outside the trained
@@ -114,7 +118,6 @@ class SDBackend(Backend):
             self.unet, self.model.text_encoders, spec=spec, config=self.config, section=sec,
             checkpointing=t.gradient_checkpointing,
         )  # fmt: skip
-        from lorakit_sd.lorafiles.clients import warn_unsupported
 
         warn_unsupported(self.unet, ctx.log)
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
@@ -145,9 +148,6 @@ class SDBackend(Backend):
 
     # -- data ----------------------------------------------------------------------------
     def dataset(self, ctx: TrainContext) -> Any:
-        from lorakit_sd.data.cache import build_latent_cache, build_text_cache
-        from lorakit_sd.data.dataset import SDDataset
-        from lorakit_sd.models import quiet_libraries
 
         sec = self.section
         if not self.items:
@@ -197,12 +197,10 @@ class SDBackend(Backend):
         )  # fmt: skip
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
-        from lorakit_sd.data.buckets import BucketBatchSampler
 
         return BucketBatchSampler(dataset.buckets(), batch_size, seed)
 
     def dataset_fingerprint(self) -> str:
-        from lorakit_sd.data.dataset import fingerprint
 
         return fingerprint(self.items, self.index)
 
@@ -238,7 +236,6 @@ class SDBackend(Backend):
 
     # -- previews ------------------------------------------------------------------------
     def sample(self, ctx: TrainContext, step: int, directory: Path) -> list[Path]:
-        from lorakit_sd.sampling import render_and_save
 
         prompts = self.config.train.sample_prompts
         if not prompts:
@@ -279,9 +276,6 @@ class SDBackend(Backend):
         """The trained LoRA as :class:`lorakit_sd.lorafiles.names.LoraModule` objects."""
         from peft.utils import get_peft_model_state_dict
 
-        from lorakit_sd.lorafiles.names import LoraModule
-        from lorakit_sd.networks import PLAIN
-
         if self.section.network not in PLAIN:
             raise UsageError(
                 f"sd.network {self.section.network} is not a plain LoRA: "
@@ -301,7 +295,6 @@ class SDBackend(Backend):
 
     def adapter_export(self, step: int) -> Any:
         """The exporters' view (:func:`lorakit_sd.lorafiles.export_view.adapter_export`)."""
-        from lorakit_sd.lorafiles.export_view import adapter_export
 
         return adapter_export(self, step)
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import ConfigError, UsageError
+from lorakit.api import ConfigError, UsageError, read_safetensors_header
 from lorakit_sd import families
+from lorakit_sd.families.ldm import detect_family
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -86,7 +87,6 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf")
 
 def single_file_keys(path: Path) -> list[str]:
     """Tensor names of a ``.safetensors`` (its header) or ``.gguf`` file."""
-    from lorakit.api import read_safetensors_header
 
     if path.suffix.lower() == ".gguf":
         import gguf
@@ -103,7 +103,6 @@ def _trained(last: str = " and ") -> str:
 
 
 def family_of_keys(path: Path, keys: list[str]) -> str:
-    from lorakit_sd.families.ldm import detect_family
 
     family = families.of_keys(keys)
     if family is None and detect_family(keys) == "sd2":

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from lorakit.api import atomic_path
+from lorakit_sd import families
 
 
 def contact_sheet(images: list[Any], labels: list[str], columns: int = 4) -> Any:
@@ -62,7 +63,6 @@ def render_and_save(
 
     ``progress``: diffusers' progress bar over each prompt's denoising steps (stderr).
     """
-    from lorakit_sd import families
 
     images = families.get(family).render(
         pipe, prompts, prediction_type=prediction_type, seed=seed, steps=steps,

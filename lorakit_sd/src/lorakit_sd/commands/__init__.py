@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakit_sd.config import SDSection
+from lorakit_sd.models import load_base
+
 
 def section_of(config: Any) -> Any:
     """The config's ``sd:`` section (the defaults without a config)."""
-    from lorakit_sd.config import SDSection
 
     section = getattr(config, "section", None) if config is not None else None
     return section if isinstance(section, SDSection) else SDSection()
@@ -16,7 +18,6 @@ def section_of(config: Any) -> Any:
 
 def load_model(base: str, section: Any, config: Any = None) -> Any:
     """The base model, read by the loader the config names (``model_loader``) or detects."""
-    from lorakit_sd.models import load_base
 
     return load_base(
         base,

@@ -20,7 +20,17 @@ from typing import Any
 
 import yaml
 
-from lorakit.api import write_text
+from lorakit.api import (
+    METADATA_NAME,
+    create_labeler,
+    find_images,
+    get_registries,
+    label_folder,
+    make_caption,
+    write_text,
+)
+from lorakit_sd import families
+from lorakit_sd.models import quiet_libraries
 
 #: The trigger word every caption starts with (as a user's LoRA would have one).
 TRIGGER = "lorakit_shapes"
@@ -73,14 +83,6 @@ def label_images(folder: Path) -> str:
     Uses the ``filename`` labeler through :func:`lorakit.label_folder` when a
     plugin registers it (lorakit-labelers); otherwise writes the same table directly.
     """
-    from lorakit.api import (
-        METADATA_NAME,
-        create_labeler,
-        find_images,
-        get_registries,
-        label_folder,
-        make_caption,
-    )
 
     registries = get_registries()
     if "filename" in registries.labelers:
@@ -104,8 +106,6 @@ def label_images(folder: Path) -> str:
 def demo_command(folder: Path) -> Path:
     """Build the stand-in model, the images and their captions in ``folder``; return the
     path of a config that trains them."""
-    from lorakit_sd import families
-    from lorakit_sd.models import quiet_libraries
 
     folder = Path(folder)
     family = next(f for f in families.all_families() if f.demo)

@@ -9,8 +9,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
+from lorakit.api import UsageError, save_safetensors
+from lorakit_sd import families
 from lorakit_sd.commands import load_model, section_of
+from lorakit_sd.lorafiles.exporters import format_metadata
+from lorakit_sd.lorafiles.names import (
+    METADATA_KEY,
+    UnetLayout,
+    model_hash,
+    module_table,
+    to_diffusers,
+)
+from lorakit_sd.lorafiles.read import read_lora, resolve
 
 FORMATS = ("kohya", "diffusers")
 
@@ -20,8 +30,6 @@ def standard_structure(family: str) -> tuple[Any, list[Any]]:
     import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from lorakit_sd import families
 
     text = resources.files("lorakit_sd").joinpath("data/standard_models.json").read_text()
     spec = json.loads(text)[family]
@@ -56,16 +64,6 @@ def export(
     source: Path, to: str, output: Path | None = None, base: str | None = None, config: Any = None
 ) -> list[Path]:
     """Convert a LoRA file to ``to`` (kohya or diffusers); returns the written path."""
-    from lorakit.api import save_safetensors
-    from lorakit_sd.lorafiles.exporters import format_metadata
-    from lorakit_sd.lorafiles.names import (
-        METADATA_KEY,
-        UnetLayout,
-        model_hash,
-        module_table,
-        to_diffusers,
-    )
-    from lorakit_sd.lorafiles.read import read_lora, resolve
 
     to = to.lower()
     if to not in FORMATS:

@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
+from lorakit.api import UsageError, __version__, save_safetensors
 from lorakit_sd import families
 from lorakit_sd.commands import section_of
 from lorakit_sd.families.ldm_merge import apply_loras, load_ldm
+from lorakit_sd.families.transformer_merge import flow_family, merge_transformer
 from lorakit_sd.models import DTYPES, stored_dtype
 
 
@@ -34,8 +35,6 @@ def merge_checkpoint(
     """
     import torch
 
-    from lorakit.api import __version__, save_safetensors
-
     if not loras:
         raise UsageError("merge: pass at least one --lora FILE[:weight]")
     if output.suffix.lower() != ".safetensors":
@@ -44,7 +43,6 @@ def merge_checkpoint(
         raise UsageError(f"--dtype {dtype}: one of {', '.join(DTYPES)}")
     if Path(base).expanduser().resolve() == output.resolve():
         raise UsageError("--output must differ from --base")
-    from lorakit_sd.families.transformer_merge import flow_family, merge_transformer
 
     flow = flow_family(base, section)
     if flow is not None:

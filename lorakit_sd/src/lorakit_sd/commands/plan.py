@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import Config, PlanModel, UsageError, find_images
+from lorakit_sd import families
 from lorakit_sd.config import SDSection
+from lorakit_sd.models import family_of_folder, offline, peek_family, quiet_libraries
+from lorakit_sd.step.adapt import adapt_models
+from lorakit_sd.step.loss import denoising_loss
 
 DTYPE_NAMES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16", "auto": "bfloat16"}
 
 
 def config_folder(base: str, section: SDSection) -> Path:
     """The folder holding the model's configs (no weights are read)."""
-    from lorakit_sd import families
-    from lorakit_sd.models import offline, peek_family
 
     path = Path(base).expanduser()
     if path.is_dir():
@@ -118,9 +120,6 @@ def meta_trainable(
     cached) on the meta device at ``dtype``, made trainable as setup does it."""
     import torch
 
-    from lorakit_sd.models import quiet_libraries
-    from lorakit_sd.step.adapt import adapt_models
-
     with torch.device("meta"), quiet_libraries():
         denoiser = denoiser_class.from_config(denoiser_config).to(dtype).requires_grad_(False)
         encoders = [] if section.text_cache_enabled() else meta_encoders(encoder_parts, dtype)
@@ -151,7 +150,6 @@ def traceable(module: Any) -> Any:
 
 def plan_loss(objective: Any, dtype: Any) -> Any:
     """The step's loss on a fake batch: the backend's :func:`~lorakit_sd.step.loss.denoising_loss`."""
-    from lorakit_sd.step.loss import denoising_loss
 
     def loss(module: Any, b: dict[str, Any]) -> Any:
         conditioning = {k: v.to(dtype) if k != "input_ids" else v for k, v in b["inputs"].items()}
@@ -163,8 +161,6 @@ def plan_loss(objective: Any, dtype: Any) -> Any:
 def planner(config: Config) -> PlanModel:
     """The :class:`PlanModel` of an sd config (registered as the backend's planner): the
     family of the base's configs builds it (no weights are read)."""
-    from lorakit_sd import families
-    from lorakit_sd.models import family_of_folder
 
     section = config.section if isinstance(config.section, SDSection) else SDSection()
     folder = config_folder(config.train.base_model, section)

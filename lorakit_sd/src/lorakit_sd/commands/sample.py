@@ -9,6 +9,8 @@ from typing import Any
 from lorakit.api import UsageError, half_dtype
 from lorakit_sd.commands import load_model, section_of
 from lorakit_sd.lorafiles.apply import apply_to_model
+from lorakit_sd.models import quiet_libraries
+from lorakit_sd.sampling import render_and_save
 
 
 def trained_size(metadata: dict[str, str]) -> tuple[int, int] | None:
@@ -43,9 +45,6 @@ def sample(
     family's default. A progress bar (on stderr) follows the denoising steps.
     """
     import torch
-
-    from lorakit_sd.models import quiet_libraries
-    from lorakit_sd.sampling import render_and_save
 
     for name, value in (("--width", width), ("--height", height)):
         if value is not None and (value < 8 or value % 8):

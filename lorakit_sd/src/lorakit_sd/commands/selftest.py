@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lorakit_sd.models import load_base, quiet_libraries
+
 
 def _unet_output(pipe: Any, latents: Any, hidden: Any) -> Any:
     import torch
@@ -34,8 +36,6 @@ def verify(output_dir: Path, config: Any) -> str:
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
     from safetensors import safe_open
-
-    from lorakit_sd.models import load_base, quiet_libraries
 
     files = sorted(Path(output_dir).glob("*.safetensors"))
     if not files:

@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+from lorakit.api import ConfigError
+from lorakit_sd.data.images import open_rgb
+
 
 def bucket_sizes(
     resolution: int, step: int, min_side: int | None = None, max_side: int | None = None
@@ -28,7 +31,6 @@ def bucket_sizes(
     square bucket of side ``resolution`` (rounded down to a multiple of ``step``) is always
     there. A ``resolution`` below ``step`` leaves no bucket: a :class:`ConfigError`.
     """
-    from lorakit.api import ConfigError
 
     if step <= 0:
         raise ConfigError(f"must be positive (got {step})", key="sd.bucket_step")
@@ -101,8 +103,6 @@ def load_pixels(
     ``crop`` is the ``(left, top)`` offset in the resized image; default the center.
     """
     import numpy as np
-
-    from lorakit_sd.data.images import open_rgb
 
     image = fit_image(open_rgb(path), bucket, crop)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0

@@ -24,6 +24,9 @@ from typing import Any
 import torch
 
 from lorakit.api import save_safetensors
+from lorakit_sd.data.buckets import load_pixels
+from lorakit_sd.data.dataset import pixel_mask
+from lorakit_sd.data.masks import to_latent
 
 CACHE_VERSION = 2  # 2: keys cover every encoder weight
 
@@ -110,9 +113,6 @@ def build_latent_cache(
 ) -> EntryStore:
     """Moments for every item (and its mirror image when ``flip``); with masked loss, each
     item's mask at the latent's size too (the key names the mask)."""
-    from lorakit_sd.data.buckets import load_pixels
-    from lorakit_sd.data.dataset import pixel_mask
-    from lorakit_sd.data.masks import to_latent
 
     encode = encode or encode_moments  # the family's (``ModelFamily.encode_moments``)
     started = time.perf_counter()

@@ -16,6 +16,10 @@ from typing import Any
 import torch
 
 from lorakit.api import DataError
+from lorakit_sd import families
+from lorakit_sd.data.buckets import fit, load_pixels, nearest_bucket, no_upscale_bucket, random_crop
+from lorakit_sd.data.images import check_image, file_hash
+from lorakit_sd.data.masks import find_mask, load_mask, mask_size
 from lorakit_sd.data.readers import (
     detect_format,
     format_problems,
@@ -23,6 +27,7 @@ from lorakit_sd.data.readers import (
     kohya_subfolders,
     unlisted_images,
 )
+from lorakit_sd.families.clip import MAX_TOKEN_LENGTHS, token_count
 
 
 @dataclass
@@ -140,8 +145,6 @@ def build_items(
     log: Any = print,
 ) -> tuple[list[Item], list[int]]:
     """Checked, bucketed items and the epoch index (item ids, each ``repeats`` times)."""
-    from lorakit_sd.data.buckets import fit, nearest_bucket, no_upscale_bucket
-    from lorakit_sd.data.images import check_image, file_hash
 
     section = config.section
     items: list[Item] = []
@@ -205,7 +208,6 @@ def build_items(
 def item_mask(image: str, size: tuple[int, int], folder: Folder, alpha: bool) -> tuple[str, str]:
     """(the image's mask source or "", a problem or ""): its file in the folder's mask
     folder (the image's size), or its own alpha channel with ``sd.alpha_mask``."""
-    from lorakit_sd.data.masks import find_mask, mask_size
 
     if alpha:
         return f"alpha:{image}", ""
@@ -242,7 +244,6 @@ def choose_max_tokens(
     ``captions`` are ``(caption, where)`` pairs. ``configured`` None picks the smallest length
     that holds the longest caption (up to 225, the most kohya and A1111 read).
     """
-    from lorakit_sd.families.clip import MAX_TOKEN_LENGTHS, token_count
 
     lengths = [token_count(tokenizer, caption) for caption, _ in captions]
     longest = max(lengths, default=0)
@@ -309,8 +310,6 @@ class SDDataset(torch.utils.data.Dataset):
         return [self.items[k].bucket for k in self.index]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from lorakit_sd import families
-        from lorakit_sd.data.buckets import load_pixels, random_crop
 
         k = self.index[i]
         item = self.items[k]
@@ -336,7 +335,6 @@ class SDDataset(torch.utils.data.Dataset):
 
 def pixel_mask(item: Item, crop: tuple[int, int] | None = None) -> torch.Tensor:
     """The item's mask fitted to its bucket (``[1, h, w]``), all ones when it has none."""
-    from lorakit_sd.data.masks import load_mask
 
     if not item.mask:
         return torch.ones(1, item.bucket[1], item.bucket[0])

@@ -10,6 +10,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from lorakit.api import decode_rgb
+
 
 def open_rgb(path: str | Path) -> Any:
     """The image at ``path``, upright, 8-bit RGB, transparency over white.
@@ -17,7 +19,6 @@ def open_rgb(path: str | Path) -> Any:
     The one decoder labeling uses too (``lorakit.api.decode_rgb``): 16-bit and float
     images are scaled, not clipped.
     """
-    from lorakit.api import decode_rgb
 
     return decode_rgb(path)
 

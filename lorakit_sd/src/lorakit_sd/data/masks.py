@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from lorakit_sd.data.buckets import fit_image
+
 #: mask file extensions looked for beside a stem, in this order
 MASK_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -57,8 +59,6 @@ def load_mask(source: str, bucket: tuple[int, int], crop: tuple[int, int] | None
     """A mask as a ``[1, h, w]`` tensor in [0, 1], fitted to ``bucket`` as
     :func:`lorakit_sd.data.buckets.load_pixels` fits its image (``crop``: the same offset)."""
     import numpy as np
-
-    from lorakit_sd.data.buckets import fit_image
 
     fitted = fit_image(_mask_image(source), bucket, crop)
     array = np.asarray(fitted, dtype=np.float32) / 255.0

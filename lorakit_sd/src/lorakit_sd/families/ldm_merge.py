@@ -8,17 +8,22 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
-from lorakit_sd.families.ldm import UNET_PREFIX, layers_per_block_from_keys, ldm_table
+from lorakit.api import UsageError, get_registries
+from lorakit_sd.families.ldm import (
+    UNET_PREFIX,
+    layers_per_block_from_keys,
+    ldm_table,
+    pipeline_to_ldm,
+)
+from lorakit_sd.lorafiles.names import UnetLayout
+from lorakit_sd.lorafiles.read import entry_module, read_lora
+from lorakit_sd.models import PICKLE_SUFFIXES, family_of_keys
 
 
 def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, str]]:
     """(original-layout tensors, family, the file's metadata) of a base model."""
     from safetensors import safe_open
     from safetensors.torch import load_file
-
-    from lorakit.api import get_registries
-    from lorakit_sd.models import PICKLE_SUFFIXES, family_of_keys
 
     path = Path(base).expanduser()
     if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
@@ -33,7 +38,6 @@ def load_ldm(base: str, section: Any) -> tuple[dict[str, Any], str, dict[str, st
             metadata = dict(f.metadata() or {})
         state = load_file(str(path))
         return state, family_of_keys(path, list(state)), metadata
-    from lorakit_sd.families.ldm import pipeline_to_ldm
 
     model = loader.load(
         base,
@@ -48,8 +52,6 @@ def apply_loras(
     state: dict[str, Any], family: str, loras: list[tuple[str, float]]
 ) -> list[dict[str, Any]]:
     """Add each LoRA (times its weight) into ``state`` in place; returns what was merged."""
-    from lorakit_sd.lorafiles.names import UnetLayout
-    from lorakit_sd.lorafiles.read import entry_module, read_lora
 
     table = ldm_table(state, family)
     lpb = layers_per_block_from_keys(state)

@@ -12,8 +12,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from lorakit.api import ConfigError
 from lorakit_sd.families.base import ModelFamily, Objective
+from lorakit_sd.families.flow import FlowMatchObjective
 from lorakit_sd.families.transformer_module import FlowTrainModule
+from lorakit_sd.families.transformer_plan import flow_planner
+from lorakit_sd.families.transformer_standin import build_tiny_flow
+from lorakit_sd.step.quantize import check
 
 
 class FlowFamily(ModelFamily):
@@ -39,8 +44,6 @@ class FlowFamily(ModelFamily):
         )
 
     def check_section(self, sec: Any) -> None:
-        from lorakit.api import ConfigError
-        from lorakit_sd.step.quantize import check
 
         check(sec, self.label, True)
         for key in self.refused_options:
@@ -116,12 +119,10 @@ class FlowFamily(ModelFamily):
         return False
 
     def objective(self, pipe: Any, sec: Any) -> Objective:
-        from lorakit_sd.families.flow import FlowMatchObjective
 
         return FlowMatchObjective(pipe, sec)
 
     def standin(self, directory: Any, seed: int = 0) -> Any:
-        from lorakit_sd.families.transformer_standin import build_tiny_flow
 
         return build_tiny_flow(directory, self.name, seed)
 
@@ -138,7 +139,6 @@ class FlowFamily(ModelFamily):
         }
 
     def planner(self, config: Any, folder: Any, section: Any) -> Any:
-        from lorakit_sd.families.transformer_plan import flow_planner
 
         return flow_planner(config, folder, self, section)
 

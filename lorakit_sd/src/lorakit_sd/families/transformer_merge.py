@@ -22,13 +22,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UsageError
+from lorakit.api import UsageError, __version__, save_safetensors
 from lorakit_sd import families
+from lorakit_sd.lorafiles.apply import apply_to_model
+from lorakit_sd.lorafiles.read import read_lora
+from lorakit_sd.models import load_base, peek_family, stored_dtype
 
 
 def flow_family(base: str, section: Any) -> str | None:
     """The base's family when it is a transformer family (SD3, FLUX.1), else None."""
-    from lorakit_sd.models import peek_family
 
     if Path(base).suffix.lower() == ".gguf":
         raise UsageError(
@@ -42,7 +44,6 @@ def flow_family(base: str, section: Any) -> str | None:
 
 
 def _check_loras(loras: list[tuple[str, float]], family: str) -> None:
-    from lorakit_sd.lorafiles.read import read_lora
 
     for path, _ in loras:
         lora = read_lora(path)
@@ -74,10 +75,6 @@ def merge_transformer(
 ) -> Path:
     """Write ``base``'s transformer with ``loras`` merged (see the module docstring)."""
     import torch
-
-    from lorakit.api import __version__, save_safetensors
-    from lorakit_sd.lorafiles.apply import apply_to_model
-    from lorakit_sd.models import load_base, stored_dtype
 
     _check_loras(loras, family)
     model = load_base(

@@ -16,25 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import Config, PlanModel
+from lorakit_sd.commands.plan import (
+    DTYPE_NAMES,
+    _smaller,
+    count_images,
+    meta_encoders,
+    meta_trainable,
+    plan_loss,
+    plan_objective,
+    text_encoder_parts,
+    traceable,
+)
+from lorakit_sd.families.transformer_module import FlowTrainModule
+from lorakit_sd.families.transformer_rungs import flow_rungs, quantized
+from lorakit_sd.models import quiet_libraries
 
 
 def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanModel:
     import torch
     from diffusers import AutoencoderKL
-
-    from lorakit_sd.commands.plan import (
-        DTYPE_NAMES,
-        _smaller,
-        count_images,
-        meta_encoders,
-        meta_trainable,
-        plan_loss,
-        plan_objective,
-        text_encoder_parts,
-        traceable,
-    )
-    from lorakit_sd.families.transformer_module import FlowTrainModule
-    from lorakit_sd.models import quiet_libraries
 
     train = config.train
     cls = spec.transformer_class()
@@ -67,8 +67,6 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
             "latents": torch.randn(batch, channels, side, side),
             "inputs": spec.plan_text_inputs(t_config, batch, tokens),
         }
-
-    from lorakit_sd.families.transformer_rungs import flow_rungs, quantized
 
     one = spec.plan_text_inputs(t_config, 1, tokens)
     cached = batch * sum(t.numel() for t in one.values()) * dtype.itemsize

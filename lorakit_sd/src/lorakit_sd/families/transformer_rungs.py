@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakit_sd.models import quiet_libraries
+
 #: bytes per weight of NF4 with its double-quantized scales (as the core planner counts)
 NF4 = 0.5 + 1 / 64 + 4 / (64 * 256)
 BYTES = {"fp8": 1.0, "nf4": NF4}
@@ -43,8 +45,6 @@ def flow_rungs(train: Any, section: Any, spec: Any) -> tuple[tuple[dict[str, Any
 def linear_weights(cls: Any, config: dict[str, Any]) -> int:
     """Weights of the transformer's Linear layers (built on the meta device)."""
     import torch
-
-    from lorakit_sd.models import quiet_libraries
 
     with torch.device("meta"), quiet_libraries():
         model = cls.from_config(config)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakit_sd.families.flux1.single_file import PREFIX, diffusers_to_bfl
+from lorakit_sd.families.ldm import UNET_PREFIX, vae_to_ldm
 from lorakit_sd.testing import CORPUS, TINY_RESOLUTION, _text_encoder, tiny_tokenizer
 
 
@@ -205,8 +207,6 @@ def write_flux_single_file(pipe: Any, path: Path, gguf: bool = False) -> Path:
     as ComfyUI-GGUF's files are, 2-D weights quantized Q8_0, the rest float32)."""
     from safetensors.torch import save_file
 
-    from lorakit_sd.families.flux1.single_file import PREFIX, diffusers_to_bfl
-
     cfg = pipe.transformer.config
     state = diffusers_to_bfl(pipe.transformer.state_dict(), cfg.num_layers, cfg.num_single_layers)
     if not gguf:
@@ -232,8 +232,6 @@ def write_flux_single_file(pipe: Any, path: Path, gguf: bool = False) -> Path:
 def write_sd3_single_file(pipe: Any, path: Path) -> Path:
     """SD3.5's all-in-one layout: MMDiT, VAE, both CLIPs and T5 in one ``.safetensors``."""
     from safetensors.torch import save_file
-
-    from lorakit_sd.families.ldm import UNET_PREFIX, vae_to_ldm
 
     state = {
         UNET_PREFIX + k: v

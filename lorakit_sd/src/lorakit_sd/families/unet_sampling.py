@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from lorakit.api import RunError
+from lorakit_sd.families.clip import MAX_TOKEN_LENGTHS, encode_captions, token_count
+from lorakit_sd.models import pipeline_class
 
 
 def sampling_pipeline(pipe: Any, family: str, prediction_type: str) -> Any:
     """A pipeline sharing ``pipe``'s modules, with an Euler scheduler and no progress bar."""
     from diffusers import EulerDiscreteScheduler
-
-    from lorakit_sd.models import pipeline_class
 
     scheduler = EulerDiscreteScheduler.from_config(
         pipe.scheduler.config, prediction_type=prediction_type
@@ -87,7 +87,6 @@ def prompt_embeds(
     pipe: Any, prompt: str, negative: str, max_tokens: int | None, clip_skip: int
 ) -> dict[str, Any]:
     """The pipeline's ``prompt_embeds`` arguments for a prompt and its negative."""
-    from lorakit_sd.families.clip import MAX_TOKEN_LENGTHS, encode_captions, token_count
 
     sdxl = getattr(pipe, "text_encoder_2", None) is not None
     family = "sdxl" if sdxl else "sd1"

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakit.api import save_safetensors
+from lorakit_sd.families.ldm import pipeline_to_ldm
 from lorakit_sd.testing import TINY_RESOLUTION, TINY_VAE_FACTOR, _text_encoder, tiny_tokenizer
 
 
@@ -118,8 +120,6 @@ def build_tiny_sd(directory: str | Path, family: str = "sd1", seed: int = 0) -> 
     a single-file checkpoint in the original layout, and ``directory/config/`` the same
     folder without weights (what ``from_single_file(..., config=...)`` reads offline).
     """
-    from lorakit.api import save_safetensors
-    from lorakit_sd.families.ldm import pipeline_to_ldm
 
     directory = Path(directory)
     pipe = build_tiny_pipeline(family, seed)

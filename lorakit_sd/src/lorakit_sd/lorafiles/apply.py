@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from lorakit.api import UsageError
+from lorakit_sd.lorafiles.names import UnetLayout, module_table
+from lorakit_sd.lorafiles.read import read_lora, resolve
 
 
 def apply_to_model(model: Any, loras: list[tuple[str, float]]) -> list[Any]:
     """Add each LoRA's update (times its weight) into the model's weights; strict keys."""
     import torch
-
-    from lorakit_sd.lorafiles.names import UnetLayout, module_table
-    from lorakit_sd.lorafiles.read import read_lora, resolve
 
     denoiser = model.denoiser
     table = module_table(denoiser, model.text_encoders, model.family)

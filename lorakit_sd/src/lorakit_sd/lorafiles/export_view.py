@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import AdapterExport, AdapterLayer, Network
+from lorakit_sd.networks import PLAIN, network_module
+from lorakit_sd.networks.files import adapted_layers
 
 
 def _num(value: float) -> str:
@@ -57,8 +59,6 @@ def layers(backend: Any) -> list[AdapterLayer]:
     A plain LoRA's come from PEFT's state dict (``lora_down.weight`` / ``lora_up.weight``,
     the module's alpha from the LoRA config); other networks' are their LyCORIS tensors.
     """
-    from lorakit_sd.networks import PLAIN, network_module
-    from lorakit_sd.networks.files import adapted_layers
 
     network = backend.section.network
     if network in PLAIN:

@@ -15,6 +15,9 @@ from typing import Any
 
 from lorakit.api import AdapterExport, save_safetensors
 from lorakit_sd import families
+from lorakit_sd.lorafiles.names import LoraModule, model_hash, to_diffusers
+from lorakit_sd.networks import PLAIN
+from lorakit_sd.networks.files import kohya_network_tensors
 
 
 def _num(value: float) -> str:
@@ -64,7 +67,6 @@ def denoiser_structure(model_config: Mapping[str, Any]) -> Any:
 
 def lora_modules(view: AdapterExport) -> list[Any]:
     """The view's plain LoRA layers as :class:`lorakit_sd.lorafiles.names.LoraModule` objects."""
-    from lorakit_sd.lorafiles.names import LoraModule
 
     return [
         LoraModule(
@@ -98,10 +100,6 @@ def export_kohya(
     """``<name>.safetensors``: kohya/A1111 keys, alpha, ``ss_*`` and ``modelspec.*``."""
     import torch
 
-    from lorakit_sd.lorafiles.names import model_hash
-    from lorakit_sd.networks import PLAIN
-    from lorakit_sd.networks.files import kohya_network_tensors
-
     denoiser = denoiser_structure(view.model_config)
     dtype = getattr(torch, view.save_dtype)
     plain = view.network.type in PLAIN
@@ -127,9 +125,6 @@ def export_diffusers(
 ) -> list[Path]:
     """``<name>.diffusers.safetensors``: diffusers/PEFT keys with the LoRA config in the header."""
     import torch
-
-    from lorakit_sd.lorafiles.names import to_diffusers
-    from lorakit_sd.networks import PLAIN
 
     if view.network.type not in (*PLAIN, "dora"):  # diffusers reads LoRA and DoRA only
         return []

@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lorakit_sd.families.ldm import text_model_path, unet_path_to_ldm
+from lorakit_sd import families
+from lorakit_sd.families.ldm import text_model_path, unet_layout, unet_path_to_ldm
 
 DIFFUSERS_PREFIXES = {
     "unet": "unet.",
@@ -77,7 +78,6 @@ class UnetLayout:
 
     @classmethod
     def from_config(cls, config: Any) -> UnetLayout:
-        from lorakit_sd.families.ldm import unet_layout
 
         lpb, ups = unet_layout(config)
         return cls(lpb, ups)
@@ -85,7 +85,6 @@ class UnetLayout:
 
 def kohya_name(component: str, path: str, family: str, layout: UnetLayout | None) -> str:
     """The kohya/A1111 key stem of a module."""
-    from lorakit_sd import families
 
     if component == "unet":
         if families.get(family).kohya_unet_original_names:
@@ -128,7 +127,6 @@ def module_table(
     SD3 / FLUX.1 transformers are named the diffusers way (``transformer.<path>``; kohya
     FLUX.1 files are converted to those names when read); their text encoders both ways.
     """
-    from lorakit_sd import families
 
     table: dict[str, tuple[str, str, Any]] = {}
     if families.get(family).denoiser_attr == "transformer":

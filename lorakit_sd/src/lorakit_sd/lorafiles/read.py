@@ -17,7 +17,7 @@ from typing import Any
 
 from lorakit.api import FileKind, FileProbe, UsageError, read_safetensors_header
 from lorakit_sd import families
-from lorakit_sd.families.ldm import unet_path_to_ldm
+from lorakit_sd.families.ldm import _UNET_TOP, unet_path_to_ldm
 from lorakit_sd.lorafiles.names import (
     DIFFUSERS_PREFIXES,
     METADATA_KEY,
@@ -75,8 +75,6 @@ def sgm_unet_stem(stem: str, layout: UnetLayout) -> str:
     block names); A1111 and ComfyUI read both. Anything else is returned unchanged.
     """
     import re
-
-    from lorakit_sd.families.ldm import _UNET_TOP
 
     if not stem.startswith("lora_unet_"):
         return stem

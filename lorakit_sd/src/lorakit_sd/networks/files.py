@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from lorakit.api import AdapterLayer
+from lorakit_sd import families
+from lorakit_sd.lorafiles.names import UnetLayout
 
 
 def adapted_layers(model: Any) -> Iterable[tuple[str, Any]]:
@@ -21,8 +23,6 @@ def kohya_network_tensors(
     network: str, layers: Iterable[AdapterLayer], family: str, denoiser: Any, dtype: Any
 ) -> dict[str, Any]:
     """Every adapted layer's tensors, named ``<kohya key>.<suffix>``, cast to ``dtype``."""
-    from lorakit_sd import families
-    from lorakit_sd.lorafiles.names import UnetLayout
 
     spec = families.get(family)
     layout = UnetLayout.from_config(denoiser.config) if spec.denoiser_attr == "unet" else None

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from lorakit.api import ConfigError
+from lorakit_sd.networks import network_module
 
 
 def adapt_models(
@@ -60,7 +61,6 @@ def add_network(
     module: Any, targets: list[str], key: str, config: Any, sec: Any, conv: list[str] | None = None
 ) -> None:
     """Inject ``sd.network`` into ``module`` at ``targets`` (``conv`` at ``sd.conv_rank``)."""
-    from lorakit_sd.networks import network_module
 
     t = config.train
     ranks: dict[str, int] = {}

@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+from lorakit_sd.data import masks
+from lorakit_sd.data.captions import shuffle_tags
+
 
 def denoising_loss(
     module: torch.nn.Module,
@@ -28,11 +31,10 @@ def denoising_loss(
     ``batch`` may hold ``mask`` (masked loss) and ``loss_weight`` (regularisation images);
     ``flip`` says which samples were mirrored (their masks are too).
     """
-    from lorakit_sd.data.masks import apply_mask
 
     draw = objective.draw(latents)
     if "mask" in batch:  # masked loss (sd.conditioning_data_dir / sd.alpha_mask)
-        apply_mask(draw, batch["mask"], flip)
+        masks.apply_mask(draw, batch["mask"], flip)
     pred = module(draw.noisy.to(dtype), draw.timesteps, **conditioning)
     per_sample = objective.per_sample_loss(pred, draw)
     if "loss_weight" in batch:  # regularisation images count prior_loss_weight times
@@ -47,7 +49,6 @@ def caption_dropout_mask(n: int, probability: float) -> torch.Tensor | None:
 
 def augment_captions(captions: list[str], sec: Any, drop: torch.Tensor | None) -> list[str]:
     """Captions encoded this step: tags shuffled (``sd.shuffle_tags``), dropped to ""."""
-    from lorakit_sd.data.captions import shuffle_tags
 
     if sec.shuffle_tags:
         captions = [shuffle_tags(c, sec.keep_tokens, sec.keep_tokens_separator) for c in captions]

@@ -14,6 +14,7 @@ import importlib.util
 from typing import Any
 
 from lorakit.api import ConfigError
+from lorakit_sd.models import is_single_file
 
 #: kind -> (library module, pip name, what it is)
 KINDS = {
@@ -72,7 +73,6 @@ def quantize_transformer(model: Any, sec: Any, base_model: str, compute_dtype: A
     transformer config of the base (its diffusers folder or hub id, else ``sd.base_config``
     or the family's default repo for a single file); the pipeline's transformer is replaced.
     """
-    from lorakit_sd.models import is_single_file
 
     kind = sec.base_quantization
     config_source = sec.base_config or (

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakit.api import FileKind
 from lorakit_sd.families.base import Objective
+from lorakit_sd.families.flow import FlowMatchObjective
 from lorakit_sd.families.flux1 import SPEC
+from lorakit_sd.families.flux1.kohya import from_bfl, to_bfl
+from lorakit_sd.families.flux1.single_file import diffusers_to_bfl, load_transformer
 from lorakit_sd.families.transformer import FlowFamily
+from lorakit_sd.lorafiles.names import to_kohya
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 ALL_LINEAR = ATTN + [
@@ -52,12 +57,10 @@ class Flux1(FlowFamily):
 
     def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
         """BFL's fused layers, split into diffusers' modules."""
-        from lorakit_sd.families.flux1.kohya import from_bfl
 
         return from_bfl(entries)
 
     def describe_kohya_file(self, names: list[str]) -> Any:
-        from lorakit.api import FileKind
 
         if not any(
             k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in names
@@ -78,7 +81,6 @@ class Flux1(FlowFamily):
     def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
         """BFL's transformer file (``.safetensors`` or ``.gguf``), the other parts from
         ``config`` (a diffusers FLUX.1 folder or hub id)."""
-        from lorakit_sd.families.flux1.single_file import load_transformer
 
         transformer = load_transformer(path, config, local)
         return self.pipeline_class().from_pretrained(
@@ -87,7 +89,6 @@ class Flux1(FlowFamily):
 
     def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
         """BFL's layout, as ``flux1-dev.safetensors`` is (ComfyUI and Forge load it)."""
-        from lorakit_sd.families.flux1.single_file import diffusers_to_bfl
 
         return diffusers_to_bfl(state, config.num_layers, config.num_single_layers)
 
@@ -122,7 +123,6 @@ class Flux1(FlowFamily):
         return "dev" if self.uses_guidance(transformer) else "schnell"
 
     def objective(self, pipe: Any, sec: Any) -> Objective:
-        from lorakit_sd.families.flow import FlowMatchObjective
 
         return FlowMatchObjective(pipe, sec, tokens_per_latent=0.25)
 
@@ -155,8 +155,6 @@ class Flux1(FlowFamily):
 
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """sd-scripts' layout: BFL names, fused q/k/v written exactly (rank 3r), CLIP ``lora_te1_``."""
-        from lorakit_sd.families.flux1.kohya import to_bfl
-        from lorakit_sd.lorafiles.names import to_kohya
 
         transformer = [m for m in modules if m.component == "transformer"]
         text = [m for m in modules if m.component != "transformer"]

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from lorakit_sd.families.base import ModelFamily, Objective
+from lorakit_sd.families.clip import SDTrainModule, encode_captions, tokenize
+from lorakit_sd.families.ddpm import DDPMObjective
+from lorakit_sd.families.ldm import detect_family
 from lorakit_sd.families.sd1 import SPEC
+from lorakit_sd.families.sd1.single_file import bare_text_encoder
+from lorakit_sd.families.unet_plan import unet_planner
+from lorakit_sd.families.unet_sampling import render, sampling_pipeline
+from lorakit_sd.families.unet_standin import build_tiny_sd
+from lorakit_sd.lorafiles.names import UnetLayout, to_kohya
 
 #: LoRA target presets of the UNet families (``target_modules``).
 UNET_PRESETS = {
@@ -40,7 +48,6 @@ class SD1(ModelFamily):
         return vae * 2 ** (len(pipe.unet.config.down_block_types) - 1)
 
     def claims_keys(self, keys: set[str]) -> bool:
-        from lorakit_sd.families.ldm import detect_family
 
         return detect_family(keys) == self.name
 
@@ -58,7 +65,6 @@ class SD1(ModelFamily):
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
-        from lorakit_sd.families.sd1.single_file import bare_text_encoder
 
         parts = bare_text_encoder(path, keys, config)
         return self.pipeline_class().from_single_file(
@@ -71,7 +77,6 @@ class SD1(ModelFamily):
         pipe.unet.set_attn_processor(AttnProcessor2_0())
 
     def objective(self, pipe: Any, sec: Any) -> Objective:
-        from lorakit_sd.families.ddpm import DDPMObjective
 
         return DDPMObjective(pipe, sec)
 
@@ -81,8 +86,6 @@ class SD1(ModelFamily):
     def encode_captions(
         self, pipe: Any, captions: list[str], max_tokens: int, clip_skip: int = 1
     ) -> dict[str, Any]:
-        from lorakit_sd.families.clip import encode_captions
-
         hidden, pooled = encode_captions(
             captions, self.tokenizers(pipe), self.text_encoders(pipe), self.name,
             max_tokens, clip_skip,
@@ -90,34 +93,28 @@ class SD1(ModelFamily):
         return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
 
     def text_inputs(self, pipe: Any, captions: list[str], max_tokens: int) -> dict[str, Any]:
-        from lorakit_sd.families.clip import tokenize
 
         return {"input_ids": tokenize(self.tokenizers(pipe), captions, max_tokens)}
 
     def train_module(self, backend: Any, encoders: list[Any] | None) -> Any:
-        from lorakit_sd.families.clip import SDTrainModule
 
         return SDTrainModule(
             backend.unet, encoders, self.name, backend.train_text, backend.clip_skip
         )
 
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
-        from lorakit_sd.lorafiles.names import UnetLayout, to_kohya
 
         return to_kohya(modules, self.name, UnetLayout.from_config(denoiser.config), dtype)
 
     def standin(self, directory: Any, seed: int = 0) -> Any:
-        from lorakit_sd.families.unet_standin import build_tiny_sd
 
         return build_tiny_sd(directory, self.name, seed)
 
     def planner(self, config: Any, folder: Any, section: Any) -> Any:
-        from lorakit_sd.families.unet_plan import unet_planner
 
         return unet_planner(config, folder, self, section)
 
     def render(self, pipe: Any, prompts: list[str], **kwargs: Any) -> list[Any]:
-        from lorakit_sd.families.unet_sampling import render, sampling_pipeline
 
         sampler = sampling_pipeline(pipe, self.name, kwargs.pop("prediction_type"))
         if kwargs.pop("progress", False):

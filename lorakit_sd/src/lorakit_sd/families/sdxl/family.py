@@ -6,8 +6,11 @@ from typing import Any
 
 import torch
 
+from lorakit_sd.families.clip import time_ids
 from lorakit_sd.families.sd1.family import SD1
 from lorakit_sd.families.sdxl import SPEC
+from lorakit_sd.lorafiles.names import UnetLayout
+from lorakit_sd.lorafiles.read import sgm_unet_stem
 
 
 class SDXL(SD1):
@@ -49,8 +52,6 @@ class SDXL(SD1):
 
     def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
         """UNet stems under their SGM names, also when written with diffusers block names."""
-        from lorakit_sd.lorafiles.names import UnetLayout
-        from lorakit_sd.lorafiles.read import sgm_unet_stem
 
         layout = layout or UnetLayout(2, [True, True, False])
         return {sgm_unet_stem(stem, layout): entry for stem, entry in entries.items()}
@@ -89,7 +90,6 @@ class SDXL(SD1):
 
     def sample_extras(self, item: Any, crop: tuple[int, int]) -> dict[str, Any]:
         """The size ids of the crop and of its mirror image (for ``sd.flip_aug``)."""
-        from lorakit_sd.families.clip import time_ids
 
         mirrored = (item.resized[0] - crop[0] - item.bucket[0], crop[1])
         return {
