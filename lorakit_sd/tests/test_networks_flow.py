@@ -59,6 +59,16 @@ def test_network_types_on_transformer_families(flow_models, tmp_path, family, ne
     assert (want - base).abs().max().item() > 1e-4  # training changed the output
     _lycoris_apply(tensors, pipe.transformer)
     assert (_output(pipe, pipe.transformer) - want).abs().max().item() < 1e-4
+    # lorakit's own reader (what sample and merge apply) reads the file to the same model
+    from lorakit_sd.lorafiles.apply import apply_to_model
+    from lorakit_sd.models import BaseModel
+
+    fresh = model.load()
+    [read] = apply_to_model(
+        BaseModel(fresh, family, "diffusers", ""), [(str(run / "run.safetensors"), 1.0)]
+    )
+    assert read.family == family
+    assert (_output(fresh, fresh.transformer) - want).abs().max().item() < 1e-4
     diffusers_file = run / "run.diffusers.safetensors"
     assert diffusers_file.exists() == (network == "dora")
     if network == "dora":  # diffusers reads DoRA: the magnitudes and use_dora

@@ -130,8 +130,10 @@ def module_table(
 
     table: dict[str, tuple[str, str, Any]] = {}
     if families.get(family).denoiser_attr == "transformer":
+        spec = families.get(family)
         for path, mod in lora_targets(unet):
             table[diffusers_name("transformer", path)] = ("transformer", path, mod)
+            table[spec.network_stem("transformer", path, None)] = ("transformer", path, mod)
         for component, encoder in zip(("te1", "te2"), text_encoders, strict=False):
             for path, mod in lora_targets(encoder):
                 table[diffusers_name(component, path)] = (component, path, mod)

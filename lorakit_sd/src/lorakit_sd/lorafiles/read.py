@@ -33,9 +33,9 @@ def file_format(keys: Iterable[str]) -> str | None:
     """``kohya``, ``diffusers`` or None (not an SD LoRA) from tensor names."""
     keys = list(keys)
     if keys and all(
-        k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys
+        k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_")) for k in keys
     ):
-        return "kohya"
+        return "kohya"  # lycoris_<diffusers path>: a transformer family's LyCORIS file
     if keys and all(
         k.startswith(("unet.", "transformer.", "text_encoder.", "text_encoder_2.")) for k in keys
     ):
