@@ -378,7 +378,7 @@ def test_the_docs_cases_match_the_configs_by_hand():
 
     page = (Path(__file__).parent.parent / "docs" / "will-it-fit.md").read_text()
 
-    sd = template("lorakit_sd", "templates/sd15.yaml")
+    sd = template("lorakit_sd", "families/sd1/sd15.yaml")
     assert (sd["mixed_precision"], sd["optimizer"], sd["batch_size"]) == ("bf16", "adamw", 4)
     unet, attention = _unet_blocks(SD15["unet/config.json"])
     r, cross = sd["lora_rank"], SD15["unet/config.json"]["cross_attention_dim"]

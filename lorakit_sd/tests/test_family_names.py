@@ -14,9 +14,8 @@ import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lorakit_sd"
-#: the backend's registration (its templates and one-line description), which the backend
-#: object of the plugin API reshapes; each entry is the number of words it may still hold
-ALLOWED = {"plugin.py": 11}
+#: module -> how many family words it may hold (none: every module asks the families)
+ALLOWED: dict[str, int] = {}
 
 
 def family_words() -> set[str]:
@@ -31,8 +30,9 @@ def family_words() -> set[str]:
         words.update(part.strip() for part in family.label.split("/"))
         words.add(family.base_model_version.split("_base")[0])
         words.add(family.architecture.removesuffix("/lora").removesuffix("-base"))
-        if family.template is not None:
-            words.add(Path(family.template[1]).stem)
+        template = families.spec(family.name).template
+        if template is not None:
+            words.update((template[0], Path(template[2]).stem))
     return {w.lower() for w in words if len(w) >= 3}
 
 

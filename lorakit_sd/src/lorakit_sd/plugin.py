@@ -22,6 +22,7 @@ from lorakit.api import (
     lazy,
 )
 from lorakit_sd.config import SDSection
+from lorakit_sd.families import builtin_labels, builtin_templates
 from lorakit_sd.verbs import SDCommands
 
 LORAKIT_PLUGIN_API = 1
@@ -57,15 +58,10 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
             name="sd",
             task_types=("image-generation",),
             factory=lazy("lorakit_sd.backend:create"),
-            description="SD1.x / SDXL / SD3.5 / FLUX.1 LoRA (diffusers + peft)",
+            description=f"{builtin_labels()} LoRA (diffusers + peft)",
             config_model=SDSection,
             commands=SDCommands(),
-            templates={
-                "sd15": ("lorakit_sd", "templates/sd15.yaml"),
-                "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
-                "flux1": ("lorakit_sd", "templates/flux1.yaml"),
-                "sd35": ("lorakit_sd", "templates/sd35.yaml"),
-            },
+            templates=builtin_templates(),  # each family's folder holds its own
             detect=detect,
             planner=lazy("lorakit_sd.commands.plan:planner"),
             identify=lazy("lorakit_sd.lorafiles.read:identify"),
@@ -151,7 +147,7 @@ def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
         ("sd-pickle", "is_pickled_file", "load_pickled", 30,
          "pickled .ckpt/.pt checkpoint: refused unless sd.allow_unsafe_pickle"),
         ("sd-single-file", "is_single_file", "load_single_file", 20,
-         "SD1 / SDXL single-file .safetensors in the original (LDM / SGM) layout"),
+         "single-file .safetensors in a family's original layout (LDM / SGM, BFL, MMDiT)"),
         ("sd-diffusers", "is_folder", "load_folder", 10,
          "diffusers pipeline folder (model_index.json)"),
         ("sd-hub", "is_hub_id", "load_hub", 0,

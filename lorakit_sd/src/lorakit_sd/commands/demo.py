@@ -114,7 +114,7 @@ def demo_command(folder: Path) -> Path:
     data = folder / "data"
     write_shapes(data)
     how = label_images(data)
-    package, name = family.template
+    _, package, name = families.spec(family.name).template or ("", "", "")
     template = resources.files(package).joinpath(name).read_text("utf-8")
     config = yaml.safe_load(template)
     config.update(

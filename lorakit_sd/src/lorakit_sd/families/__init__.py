@@ -34,6 +34,8 @@ class FamilySpec:
     label: str
     factory: Callable[[], Any]
     description: str = ""
+    #: its config template for ``lorakit config init``: ``(name, package, file)``, or None
+    template: tuple[str, str, str] | None = None
 
 
 @dataclass
@@ -56,9 +58,7 @@ def _table() -> _Table:
     if not any(spec.name in builtin_names() for _, spec in found):
         # lorakit-sd's own plugin is not in this manager (a test's hand-made one): its
         # families are known anyway, since this code is lorakit-sd's.
-        made: list[FamilySpec] = []
-        register_builtins(made.append)
-        found = [(None, spec) for spec in made] + found
+        found = [(None, spec) for spec in builtin_specs()] + found
     # lorakit-sd's own first (recognition tries them first), then the others as loaded
     found.sort(key=lambda item: item[1].name not in builtin_names())
     specs: dict[str, FamilySpec] = {}
@@ -80,6 +80,24 @@ def register_builtins(register: Callable[[FamilySpec], None]) -> None:
     """lorakit-sd's own families: each folder's ``SPEC`` (torch-free)."""
     for name in builtin_names():
         register(importlib.import_module(f"lorakit_sd.families.{name}").SPEC)
+
+
+def builtin_specs() -> list[FamilySpec]:
+    """lorakit-sd's own families' specs (no plugin manager needed: the backend's registration
+    reads its templates and labels from them)."""
+    made: list[FamilySpec] = []
+    register_builtins(made.append)
+    return made
+
+
+def builtin_templates() -> dict[str, tuple[str, str]]:
+    """``lorakit config init`` templates of lorakit-sd's own families: name -> (package, file)."""
+    return {s.template[0]: s.template[1:] for s in builtin_specs() if s.template is not None}
+
+
+def builtin_labels() -> str:
+    """lorakit-sd's own families as one line: ``SD1.x / SDXL / ...``."""
+    return " / ".join(s.label for s in builtin_specs())
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -110,6 +128,14 @@ def check_name(name: str) -> str:
         f"{', '.join(names())})",
         key="sd.model_family",
     )
+
+
+def spec(name: str) -> FamilySpec:
+    """The registered :class:`FamilySpec` called ``name``."""
+    found = _table().specs.get(name)
+    if found is None:
+        raise ConfigError(f"no image family {name!r} is installed", key="sd.model_family")
+    return found
 
 
 def get(name: str) -> Any:

@@ -228,8 +228,6 @@ class ModelFamily:
         return {}
 
     # -- templates and stand-in -----------------------------------------------------------
-    #: ``(package, file)`` of this family's config template (``lorakit config init``), or None
-    template: ClassVar[tuple[str, str] | None] = None
     #: whether ``lorakit demo`` trains this family's stand-in (one family says so)
     demo: ClassVar[bool] = False
 

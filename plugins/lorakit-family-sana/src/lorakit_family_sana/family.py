@@ -44,7 +44,6 @@ class Sana(TransformerFamily):
     target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
     default_targets = ATTN
     lora_key_priority = 25
-    template = ("lorakit_family_sana", "sana.yaml")
 
     # -- recognition and loading -------------------------------------------------------------
     def claims_lora_keys(self, keys: Any) -> bool:

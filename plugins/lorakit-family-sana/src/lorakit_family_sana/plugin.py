@@ -18,5 +18,6 @@ def register_image_families(register: Callable[[Any], None]) -> None:
         FamilySpec(
             name="sana", label="SANA", factory=lazy("lorakit_family_sana.family:Sana"),
             description="SANA 1.0 / 1.5 linear DiT (diffusers folders)",
+            template=("sana", "lorakit_family_sana", "sana.yaml"),
         )
     )  # fmt: skip

@@ -39,7 +39,6 @@ class Flux1(FlowFamily):
     diffusers_text_prefixes = {"te1": "text_encoder"}
     latent_multiple = 2  # 2x2 packing
     transformer_file_layout = "BFL's layout"
-    template = ("lorakit_sd", "templates/flux1.yaml")
     default_sequence_length = 512
     pipeline_names = ("FluxPipeline",)
     transformer_names = ("FluxTransformer2DModel",)

@@ -37,7 +37,6 @@ class SD1(ModelFamily):
     target_presets = UNET_PRESETS
     default_targets = UNET_PRESETS["attn"]
     clip_skip_applies = True
-    template = ("lorakit_sd", "templates/sd15.yaml")
     demo = True
 
     def claims_lora_metadata(self, version: str, architecture: str) -> bool:

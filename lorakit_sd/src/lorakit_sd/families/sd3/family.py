@@ -31,7 +31,6 @@ class SD3(FlowFamily):
     kohya_text_prefixes = {"te1": "lora_te1_", "te2": "lora_te2_"}
     diffusers_text_prefixes = {"te1": "text_encoder", "te2": "text_encoder_2"}
     latent_multiple = 1
-    template = ("lorakit_sd", "templates/sd35.yaml")
     default_sequence_length = 256
     pipeline_names = ("StableDiffusion3Pipeline",)
     transformer_names = ("SD3Transformer2DModel",)

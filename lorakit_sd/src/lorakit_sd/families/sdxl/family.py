@@ -24,7 +24,6 @@ class SDXL(SD1):
     kohya_text_prefixes = {"te1": "lora_te1_", "te2": "lora_te2_"}
     diffusers_text_prefixes = {"te1": "text_encoder", "te2": "text_encoder_2"}
     clip_skip_applies = False
-    template = ("lorakit_sd", "templates/sdxl.yaml")
     demo = False
     size_conditioned = True
     kohya_unet_original_names = True
