@@ -34,6 +34,9 @@ class FamilySpec:
     label: str
     factory: Callable[[], Any]
     description: str = ""
+    #: what ``lorakit inspect`` says of a kohya-format file in this family's own layout:
+    #: ``describe(tensor names) -> lorakit.api.FileKind | None`` (torch-free), or None
+    describe: Callable[[list[str]], Any] | None = None
     #: its config template for ``lorakit config init``: ``(name, package, file)``, or None
     template: tuple[str, str, str] | None = None
 
@@ -108,6 +111,11 @@ def builtin_names() -> tuple[str, ...]:
 def names() -> list[str]:
     """Every registered family's name, in registration order."""
     return list(_table().specs)
+
+
+def specs() -> list[FamilySpec]:
+    """Every registered family's spec, in registration order (no family is built)."""
+    return list(_table().specs.values())
 
 
 def labels() -> dict[str, str]:

@@ -264,11 +264,6 @@ class ModelFamily:
         UNet names; FLUX.1: BFL's fused layers split into diffusers' modules)."""
         return entries
 
-    def describe_kohya_file(self, names: list[str]) -> Any:
-        """A ``lorakit.api.FileKind`` for ``lorakit inspect`` when a kohya file is this
-        family's own layout, else None."""
-        return None
-
     # -- files -----------------------------------------------------------------------------
     def kohya_prefix(self, component: str) -> str:
         prefix = self.kohya_text_prefixes.get(component)

@@ -53,10 +53,10 @@ def identify(probe: FileProbe) -> FileKind | None:
     fmt = file_format(probe.tensor_names) if probe.tensor_names else None
     if fmt == "kohya":
         names = list(probe.tensor_names or ())
-        for family in families.all_families():
-            kind = family.describe_kohya_file(names)
+        for spec in families.specs():  # torch-free: inspect reads the header only
+            kind = spec.describe(names) if spec.describe is not None else None
             if kind is not None:
-                return kind
+                return kind  # type: ignore[no-any-return]
 
         return FileKind("kohya / A1111 LoRA", groups=KOHYA_GROUPS, kohya_names=True)
     if fmt == "diffusers":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorakit.api import FileKind
 from lorakit_sd.families.base import Objective
 from lorakit_sd.families.flow import FlowMatchObjective
 from lorakit_sd.families.flux1 import SPEC
@@ -58,21 +57,6 @@ class Flux1(FlowFamily):
         """BFL's fused layers, split into diffusers' modules."""
 
         return from_bfl(entries)
-
-    def describe_kohya_file(self, names: list[str]) -> Any:
-
-        if not any(
-            k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in names
-        ):
-            return None
-        fused = ("_img_attn_qkv.", "_txt_attn_qkv.", "_linear1.")
-        notes = (
-            ("q/k/v (a single block's linear1: and its MLP) are one fused layer in this layout: "
-             "its rank is the sum of the parts' ranks",)
-            if any(f in k for k in names for f in fused) else ()
-        )  # fmt: skip
-        groups = {"lora_unet_": "transformer", "lora_te1_": "text_encoder"}
-        return FileKind("kohya / BFL FLUX.1 LoRA", groups=groups, kohya_names=True, notes=notes)
 
     def claims_keys(self, keys: set[str]) -> bool:
         return any(k.endswith("double_blocks.0.img_attn.qkv.weight") for k in keys)
