@@ -117,3 +117,17 @@ def test_lorakit_plan_traces_the_sana_transformer(plugins, sana, images, tmp_pat
     trained = sum(t.numel() for t in written.values())
     assert plan.estimate.trainable_params == trained > 0
     assert plan.estimate.activations > 0
+
+
+def test_the_template_is_a_valid_sana_config(plugins):
+    from importlib import resources
+
+    import yaml
+
+    from lorakit.config import load_config
+    from lorakit_sd import families
+
+    _, package, path = families.spec("sana").template
+    data = yaml.safe_load(resources.files(package).joinpath(path).read_text())
+    config = load_config(data=data, registries=plugins.registries, check_paths=False)
+    assert config.backend == "sd" and config.section.model_family == "sana"
