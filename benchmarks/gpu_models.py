@@ -76,8 +76,8 @@ def build_sd(name: str) -> Any:
 def build_flux() -> Any:
     """FLUX.1-dev's pipeline: its transformer, CLIP-L, T5-XXL and VAE configs, random weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from lorakit_sd.families.transformer_standin import tiny_t5_tokenizer
     from lorakit_sd.testing import tiny_tokenizer
-    from lorakit_sd.testing_flow import tiny_t5_tokenizer
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     tok = tiny_tokenizer()
@@ -176,8 +176,8 @@ def build(model: str, root: Path, dry: bool, device: str, side: int) -> dict[str
                 build_tiny_llama(root, hidden_size=64, num_layers=2)
                 llm = AutoModelForCausalLM.from_pretrained(root)
             elif dry:
-                from lorakit_sd.testing import build_tiny_pipeline
-                from lorakit_sd.testing_flow import build_tiny_flux
+                from lorakit_sd.families.transformer_standin import build_tiny_flux
+                from lorakit_sd.families.unet_standin import build_tiny_pipeline
 
                 pipe = build_tiny_flux() if model == "flux1-dev" else build_tiny_pipeline(
                     "sd1" if model == "sd15" else "sdxl")  # fmt: skip

@@ -204,7 +204,8 @@ def worker(args: argparse.Namespace) -> None:
 
 def prepare(args: argparse.Namespace, root: Path) -> None:
     """Build the tiny model and images unless --model / --data were given."""
-    from lorakit_sd.testing import build_tiny_sd, write_tiny_images
+    from lorakit_sd.families.unet_standin import build_tiny_sd
+    from lorakit_sd.testing import write_tiny_images
 
     if args.model is None:
         tiny = build_tiny_sd(root / "model", args.family)

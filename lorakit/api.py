@@ -71,7 +71,7 @@ from lorakit.metadata_csv import (
 )
 from lorakit.planning.estimate import PlanModel
 from lorakit.planning.plan import plan_line
-from lorakit.plugins import get_registries, lazy
+from lorakit.plugins import PluginInfo, get_registries, lazy, plugin_registrations
 from lorakit.provenance import file_metadata, package_version
 from lorakit.registry import (
     DatasetReaderSpec,
@@ -124,6 +124,7 @@ __all__ = [
     "OptimizerSpec",
     "PlanModel",
     "PluginError",
+    "PluginInfo",
     "Registries",
     "RunError",
     "RunInfo",
@@ -170,6 +171,7 @@ __all__ = [
     "parse_lora",
     "parse_override",
     "plan_line",
+    "plugin_registrations",
     "printable",
     "read_image",
     "read_metadata",

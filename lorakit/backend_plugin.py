@@ -62,7 +62,7 @@ class BackendPlugin:
     def reads_model(self, base_model: str) -> str | None:
         """Whether this backend reads ``base_model`` (as written in a config), judged cheaply
         from local files only (a suffix, a folder listing, a file's header; never the weights,
-        never the network): a few words saying what it is (``an SD1.x checkpoint``), or None.
+        never the network): a few words saying what it is (``a single-file SD1.x checkpoint``), or None.
         With several backends installed and no ``task_type``, the backend that claims the
         config's model (else its data) runs it."""
         return None

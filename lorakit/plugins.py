@@ -9,6 +9,7 @@ point loads inside its own ``try``: a broken plugin is reported by ``lorakit plu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata as md
@@ -81,6 +82,8 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.conflicts: list[str] = []
+        #: modules of hookspecs plugins added (``LORAKIT_HOOKSPECS``), besides lorakit's own
+        self.spec_modules: list[str] = []
         self._registries: Registries | None = None
 
     # -- loading ---------------------------------------------------------------
@@ -98,6 +101,12 @@ class Plugins:
         self.infos[name] = info
         api = getattr(plugin, "LORAKIT_PLUGIN_API", PLUGIN_API_VERSION if builtin else None)
         info.api = api
+        if api in SUPPORTED_PLUGIN_APIS:
+            try:
+                self.add_hookspecs(plugin)
+            except Exception as exc:  # a missing or malformed hookspecs module
+                self._fail(info, f"cannot add its hookspecs: {_describe(exc)}")
+                return info
         if api is not None and api not in SUPPORTED_PLUGIN_APIS:
             info.status = "incompatible"
             fits = ", ".join(str(v) for v in sorted(SUPPORTED_PLUGIN_APIS))
@@ -125,6 +134,19 @@ class Plugins:
         self._registries = None
         return info
 
+    def add_hookspecs(self, plugin: Any) -> None:
+        """Add the hooks a plugin publishes for other plugins (``LORAKIT_HOOKSPECS``).
+
+        A plugin package may define hooks of its own (lorakit-sd's ``register_image_families``):
+        its entry-point module names the module holding them, ``LORAKIT_HOOKSPECS =
+        "lorakit_sd.hookspecs"``, and pluggy adds them to this manager, so a third party's
+        implementation of them is a known hook whatever order the plugins load in.
+        """
+        path = getattr(plugin, "LORAKIT_HOOKSPECS", None)
+        if path and path not in self.spec_modules:
+            self.pm.add_hookspecs(importlib.import_module(path))
+            self.spec_modules.append(path)
+
     def load_builtins(self) -> None:
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
@@ -136,6 +158,7 @@ class Plugins:
         }
         if entry_points is None:
             entry_points = md.entry_points(group=ENTRY_POINT_GROUP)
+        loaded: list[tuple[Any, str, str, str]] = []
         for ep in entry_points:
             dist = getattr(ep, "dist", None)
             dist_name = dist.name if dist is not None else "unknown"
@@ -153,7 +176,16 @@ class Plugins:
                 self.infos[ep.name] = info
                 self._fail(info, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
                 continue
-            self.add(plugin, name=ep.name, distribution=dist_name, version=dist_version)
+            loaded.append((plugin, ep.name, dist_name, dist_version))
+        # Every plugin's own hookspecs first: an implementation of them is then known
+        # whichever plugin's entry point comes first.
+        for plugin, _, _, _ in loaded:
+            if getattr(plugin, "LORAKIT_PLUGIN_API", None) not in SUPPORTED_PLUGIN_APIS:
+                continue
+            with contextlib.suppress(Exception):  # reported by ``add`` for that plugin
+                self.add_hookspecs(plugin)
+        for plugin, name, dist_name, dist_version in loaded:
+            self.add(plugin, name=name, distribution=dist_name, version=dist_version)
 
     def _fail(self, info: PluginInfo, message: str) -> None:
         info.status = "error"
@@ -204,7 +236,22 @@ class Plugins:
                 self._add_spec(registry, spec, self.infos[plugin])
         for override in registries.overrides():
             self.infos[override.plugin].replaces.append(str(override))
+        self._note_published()
         return registries
+
+    def _note_published(self) -> None:
+        """What plugins register through hooks other plugins publish, in ``lorakit plugins``:
+        ``register_image_families`` is listed as ``image family: <names>``."""
+        for path in self.spec_modules:
+            module = importlib.import_module(path)
+            for hook_name in sorted(vars(module)):
+                if not hook_name.startswith("register_"):
+                    continue
+                kind = hook_name.removeprefix("register_").replace("_", " ")
+                kind = kind.removesuffix("ies") + "y" if kind.endswith("ies") else kind
+                for info, spec in self.registrations(hook_name):
+                    name = str(getattr(spec, "name", spec))
+                    info.registered.setdefault(kind.removesuffix("s"), []).append(name)
 
     def _add_spec(self, registry: Any, spec: Any, info: PluginInfo) -> None:
         try:
@@ -237,6 +284,26 @@ class Plugins:
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin, name=name)
+
+    def registrations(self, hook_name: str) -> list[tuple[PluginInfo, Any]]:
+        """What each plugin registers through ``hook_name``, a ``register_*`` hook a plugin
+        published (``LORAKIT_HOOKSPECS``): ``(who, spec)`` in pluggy's call order.
+
+        Each plugin is called with a ``register`` of its own; one whose hook raises is marked
+        failed and none of its registrations are kept. An unknown hook gives ``[]``.
+        """
+        if not hasattr(self.pm.hook, hook_name):
+            return []
+        out: list[tuple[PluginInfo, Any]] = []
+        for plugin in self._implementers(hook_name):
+            made: list[Any] = []
+            try:
+                self._hook_of(hook_name, plugin)(register=made.append)
+            except Exception as exc:
+                self._fail(self.infos[plugin], f"{hook_name} raised {_describe(exc)}")
+                continue
+            out.extend((self.infos[plugin], spec) for spec in made)
+        return out
 
     def check(self) -> None:
         """Raise the first registration conflict (two plugins claiming one name)."""
@@ -370,6 +437,11 @@ def set_plugins(plugins: Plugins | None) -> None:
 
 def get_registries() -> Registries:
     return get_plugins().registries
+
+
+def plugin_registrations(hook_name: str) -> list[tuple[PluginInfo, Any]]:
+    """:meth:`Plugins.registrations` of the process-wide plugin manager."""
+    return get_plugins().registrations(hook_name)
 
 
 def lazy(path: str) -> Callable[..., Any]:

@@ -70,7 +70,7 @@ def toy_env(tmp_path_factory) -> dict[str, str]:
 def tiny_bases(tmp_path_factory) -> dict[str, str]:
     """Tiny random-weight base models for the bad-input corpus's placeholders."""
     from lorakit_llm.testing import build_tiny_llama
-    from lorakit_sd.testing import build_tiny_sd
+    from lorakit_sd.families.unet_standin import build_tiny_sd
 
     root = tmp_path_factory.mktemp("bases")
     sd = build_tiny_sd(root / "sd")

@@ -55,6 +55,31 @@ def test_plugin_packages_use_only_the_public_api():
     assert not offenders, "\n".join(offenders)
 
 
+def _imports_of(path: Path, package: str) -> list[str]:
+    """The modules of ``package`` that ``path`` imports (any depth of its code)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == package or node.module.startswith(package + "."):
+                found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == package]
+    return found
+
+
+def test_family_packages_use_only_lorakit_sds_published_api():
+    """A package in plugins/ reaches lorakit-sd through ``lorakit_sd.api`` alone."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for src in (ROOT / "plugins").glob("*/src")
+        for path in src.rglob("*.py")
+        for module in _imports_of(path, "lorakit_sd")
+        if module != "lorakit_sd.api"
+    ]
+    assert list((ROOT / "plugins").glob("*/src/*/family.py")), "no family package found"
+    assert not offenders, "\n".join(offenders)
+
+
 def test_the_import_check_catches_a_private_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(
@@ -76,12 +101,12 @@ def test_commands_pick_backends_that_provide_them(toy_plugins, tmp_path, capsys)
 # -- 7. a core without import cycles ---------------------------------------------------------
 
 
-def _core_imports() -> dict[str, set[str]]:
-    """Each lorakit module → the lorakit modules it imports, at any depth of its code
-    (lazy imports in functions count), except ``if TYPE_CHECKING:`` blocks."""
-    root = ROOT / "lorakit"
+def _imports(src: Path, package: str) -> dict[str, set[str]]:
+    """Each module of ``package`` (under ``src``) → the modules of that package it imports, at
+    any depth of its code (lazy imports in functions count), except ``if TYPE_CHECKING:``."""
+    root = src / package
     names = {
-        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        ".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
         for p in root.rglob("*.py")
     }
     graph: dict[str, set[str]] = {}
@@ -104,6 +129,10 @@ def _core_imports() -> dict[str, set[str]]:
                 deps |= {a.name for a in node.names} & set(names)
         graph[name] = deps - {name}
     return graph
+
+
+def _core_imports() -> dict[str, set[str]]:
+    return _imports(ROOT, "lorakit")
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -140,6 +169,26 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_core_has_no_import_cycle():
     assert _cycles(_core_imports()) == []
+
+
+PACKAGES = sorted(
+    (src, package.name)
+    for src in PLUGIN_SOURCES
+    for package in src.glob("*")
+    if (package / "__init__.py").is_file()
+)
+
+
+@pytest.mark.parametrize(("src", "package"), PACKAGES, ids=[p for _, p in PACKAGES])
+def test_no_plugin_package_has_an_import_cycle(src, package):
+    """Every package of lorakit's distributions and of plugins/, function-level imports
+    counted (``lorakit_sd``, ``lorakit_llm``, ..., ``lorakit_family_sana``)."""
+    assert _cycles(_imports(src, package)) == []
+
+
+def test_every_plugin_package_is_checked_for_cycles():
+    checked = {package for _, package in PACKAGES}
+    assert {"lorakit_sd", "lorakit_llm", "lorakit_labelers", "lorakit_family_sana"} <= checked
 
 
 def test_the_cycle_check_finds_one():

@@ -34,7 +34,8 @@ class Runs:
     """The module's launches, each made once, on first use."""
 
     def __init__(self, root: Path) -> None:
-        from lorakit_sd.testing import build_tiny_sd, write_tiny_images
+        from lorakit_sd.families.unet_standin import build_tiny_sd
+        from lorakit_sd.testing import write_tiny_images
 
         self.root = root
         self.env = install_probe(root / "site")

@@ -53,7 +53,7 @@ def llm_readers():
 
 @pytest.fixture(scope="module")
 def sd_readers():
-    readers = pytest.importorskip("lorakit_sd.readers")
+    readers = pytest.importorskip("lorakit_sd.data.readers")
     return readers
 
 

@@ -1,6 +1,7 @@
 """Every hook and every backend command is documented in docs/plugin-hooks.md, and every
 documented one exists."""
 
+import importlib
 import inspect
 import re
 from pathlib import Path
@@ -11,12 +12,33 @@ from lorakit.backend_plugin import VERBS, BackendPlugin
 DOC = Path(__file__).parent.parent / "docs" / "plugin-hooks.md"
 
 
-def spec_names() -> set[str]:
+def spec_modules() -> list:
+    """lorakit's hookspecs and those every installed plugin publishes (``LORAKIT_HOOKSPECS``)."""
+    from lorakit.plugins import build_plugins
+
+    published = build_plugins().spec_modules
+    return [hookspecs, *(importlib.import_module(path) for path in published)]
+
+
+def specs() -> dict:
     return {
-        name
-        for name, obj in vars(hookspecs).items()
+        name: obj
+        for module in spec_modules()
+        for name, obj in vars(module).items()
         if callable(obj) and hasattr(obj, "lorakit_spec")
     }
+
+
+def spec_names() -> set[str]:
+    return set(specs())
+
+
+def test_plugins_publish_their_own_hooks_into_lorakits_manager():
+    """lorakit-sd's ``register_image_families`` is a hook of the same pluggy manager."""
+    from lorakit.plugins import build_plugins
+
+    assert "lorakit_sd.hookspecs" in build_plugins().spec_modules
+    assert "register_image_families" in spec_names()
 
 
 def documented_hooks() -> set[str]:
@@ -38,8 +60,8 @@ def test_every_documented_hook_exists():
 
 
 def test_every_hook_has_a_docstring():
-    for name in spec_names():
-        assert getattr(hookspecs, name).__doc__, name
+    for name, spec in specs().items():
+        assert spec.__doc__, name
 
 
 def test_every_backend_method_is_documented_with_its_arguments():

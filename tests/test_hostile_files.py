@@ -67,7 +67,7 @@ def sd_config(tmp_path: Path, base: Path, config_dir: str, **sd) -> Path:
         {
             "task_type": "image-generation", "base_model": str(base), "train_data_dir": str(data),
             "output_dir": str(tmp_path / "out"), "max_steps": 1, "batch_size": 1,
-            "sd": {"base_config": config_dir, **sd},
+            "sd": {"base_config": config_dir, "resolution": 64, **sd},
         },
     )  # fmt: skip
 
@@ -100,6 +100,7 @@ def test_the_page_never_passes_its_own_opt_in_to_the_runs_it_starts(
     monkeypatch.setenv("LORAKIT_ALLOW_UNSAFE_PICKLE", "1")
     env = run_environment()
     assert "LORAKIT_ALLOW_UNSAFE_PICKLE" not in env and env["PYTHONUNBUFFERED"] == "1"
+    monkeypatch.delenv("LORAKIT_ALLOW_UNSAFE_PICKLE")  # run_capped adds this process's env
     ckpt, marker = pickled_base
     config = sd_config(tmp_path, ckpt, tiny_bases["sd_config"])
     done = run_capped(train_command(config, False)[3:], timeout=180, env=env)

@@ -109,8 +109,9 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_the_sd_backend_trains_on_the_same_pixels(tmp_path):
     """lorakit_sd's loader and the labelers share the decoder (and the extension list)."""
+    from lorakit_sd.data import images, readers
+
     from lorakit import api
-    from lorakit_sd import images, readers
 
     Image.fromarray(SIXTEEN).save(tmp_path / "a.PNG")
     (tmp_path / "b.txt").write_text("not an image")

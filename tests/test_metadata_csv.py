@@ -10,7 +10,7 @@ import csv
 import io
 
 import pytest
-from lorakit_sd.readers import read_metadata_csv
+from lorakit_sd.data.readers import read_metadata_csv
 from PIL import Image
 
 from lorakit import labeling

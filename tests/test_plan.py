@@ -77,7 +77,7 @@ def test_llm_plan_with_sdpa_errs_high_by_one_score_matrix_at_most(tmp_path, tiny
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from lorakit_sd.testing import build_tiny_sd
+    from lorakit_sd.families.unet_standin import build_tiny_sd
 
     root = tmp_path_factory.mktemp("sd")
     return {family: build_tiny_sd(root / family, family) for family in ("sd1", "sdxl")}
@@ -378,7 +378,7 @@ def test_the_docs_cases_match_the_configs_by_hand():
 
     page = (Path(__file__).parent.parent / "docs" / "will-it-fit.md").read_text()
 
-    sd = template("lorakit_sd", "templates/sd15.yaml")
+    sd = template("lorakit_sd", "families/sd1/sd15.yaml")
     assert (sd["mixed_precision"], sd["optimizer"], sd["batch_size"]) == ("bf16", "adamw", 4)
     unet, attention = _unet_blocks(SD15["unet/config.json"])
     r, cross = sd["lora_rank"], SD15["unet/config.json"]["cross_attention_dim"]

@@ -196,3 +196,42 @@ def test_plugin_modules_are_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"plugins import heavy modules at import time: {out.stdout}"
+
+
+def test_a_plugin_publishes_hooks_that_another_implements_in_any_load_order(tmp_path, monkeypatch):
+    """``LORAKIT_HOOKSPECS``: a package's own hook, implemented by a third party whose entry
+    point loads first, is a hook of the same manager; what each registers names its plugin."""
+    import importlib.metadata as md
+
+    (tmp_path / "pub_specs.py").write_text(
+        "from lorakit.api import hookspec\n\n@hookspec\n"
+        "def register_widgets(register):\n    'Register widgets.'\n"
+    )
+    (tmp_path / "pub_plugin.py").write_text(
+        "from lorakit.api import hookimpl\nLORAKIT_PLUGIN_API = 1\n"
+        "LORAKIT_HOOKSPECS = 'pub_specs'\n\n@hookimpl\n"
+        "def register_widgets(register):\n    register('own')\n"
+    )
+    (tmp_path / "third_plugin.py").write_text(
+        "from lorakit.api import hookimpl\nLORAKIT_PLUGIN_API = 1\n\n@hookimpl\n"
+        "def register_widgets(register):\n    register('theirs')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = build_plugins(entry_points=False)
+    plugins.load_entry_points(
+        [
+            md.EntryPoint("third", "third_plugin", "lorakit"),  # before the publisher
+            md.EntryPoint("pub", "pub_plugin", "lorakit"),
+        ]
+    )
+    assert plugins.infos["third"].status == "ok", plugins.infos["third"].error
+    assert plugins.spec_modules == ["pub_specs"]
+    made = sorted((info.name, spec) for info, spec in plugins.registrations("register_widgets"))
+    assert made == [("pub", "own"), ("third", "theirs")]
+    assert plugins.registrations("register_nothing") == []
+    _ = plugins.registries  # what ``lorakit plugins`` shows
+    assert plugins.infos["third"].registered == {"widget": ["theirs"]}
+    without = build_plugins(entry_points=False)
+    without.load_entry_points([md.EntryPoint("third", "third_plugin", "lorakit")])
+    assert without.infos["third"].status == "error"  # nobody published the hook
+    assert "unknown hook" in without.infos["third"].error

@@ -28,7 +28,7 @@ def stand_ins(tmp_path_factory):
     """The models the seed names, built once: the SD1 single file, a hub cache holding its
     configs, and a tiny Llama as a GGUF file."""
     from lorakit_llm.testing import build_tiny_llama, write_gguf
-    from lorakit_sd.testing import build_tiny_sd
+    from lorakit_sd.families.unet_standin import build_tiny_sd
 
     root = tmp_path_factory.mktemp("stand-ins")
     sd = build_tiny_sd(root / "sd", "sd1")
@@ -91,7 +91,7 @@ def test_the_style_seed_config_trains_as_written(seed_folder, capsys):
     before = (seed_folder / "my_lora_config.yaml").read_bytes()
     code, out, err = run_cli(capsys, "train", "--config", "my_lora_config.yaml")
     assert code == 0, err
-    assert "backend sd: base_model is an SD1" in out + err
+    assert "backend sd: base_model is a single-file SD1.x checkpoint" in out + err
     run = seed_folder / "output" / "my_style_lora"
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 10  # 4 images, batch 4, 10 epochs

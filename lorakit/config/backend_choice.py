@@ -30,7 +30,7 @@ class Choice:
     reason: str | None = None
 
     def header(self) -> str | None:
-        """``backend sd: base_model is an SD1.x checkpoint``, when the backend was inferred."""
+        """``backend sd: base_model is a single-file SD1.x checkpoint``, when the backend was inferred."""
         return f"backend {self.backend.name}: {self.reason}" if self.reason else None
 
 

@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message=".*safety checker.*")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``{"sd1": TinyModel, "sdxl": TinyModel}``, each saved as a folder and a single file."""
-    from lorakit_sd.testing import build_tiny_sd
+    from lorakit_sd.families.unet_standin import build_tiny_sd
 
     root = tmp_path_factory.mktemp("models")
     with one_thread():

@@ -66,7 +66,7 @@ def first_losses(output_dir: Path) -> list[float]:
 
 def _conditioning(pipe: Any, text_encoders: list[Any], family: str, captions: list[str]) -> Any:
     import torch
-    from lorakit_sd.conditioning import encode_ids, tokenize
+    from lorakit_sd.families.clip import encode_ids, tokenize
 
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     with torch.no_grad():
@@ -101,8 +101,8 @@ def denoising_loss(
     import csv
 
     import torch
-    from lorakit_sd.buckets import load_pixels
-    from lorakit_sd.cache import encode_moments
+    from lorakit_sd.data.buckets import load_pixels
+    from lorakit_sd.data.cache import encode_moments
 
     with open(data / "metadata.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lorakit_sd.buckets import bucket_sizes, nearest_bucket
+from lorakit_sd.data.buckets import bucket_sizes, nearest_bucket
 
 from lorakit.errors import ConfigError
 from lorakit.testing import write_config
@@ -123,7 +123,7 @@ def test_nearest_bucket_ignores_empty_buckets():
 )  # fmt: skip
 @settings(max_examples=200, deadline=None)
 def test_no_upscale_buckets_never_enlarge_and_stay_within_the_area(w, h, step, resolution):
-    from lorakit_sd.buckets import fit, no_upscale_bucket
+    from lorakit_sd.data.buckets import fit, no_upscale_bucket
 
     bw, bh = no_upscale_bucket((w, h), resolution, step)
     assert bw % step == 0 and bh % step == 0
@@ -134,7 +134,7 @@ def test_no_upscale_buckets_never_enlarge_and_stay_within_the_area(w, h, step, r
 
 
 def _items(sd_plugins, tmp_path, sizes, **sd):
-    from lorakit_sd.dataset import build_items
+    from lorakit_sd.data.dataset import build_items
     from lorakit_sd.testing import write_tiny_images
 
     from lorakit.config import load_config
@@ -158,9 +158,9 @@ def test_bucket_no_upscale_keeps_small_images_small(sd_plugins, tmp_path):
 
 def test_random_crop_moves_the_crop_and_sdxl_time_ids_follow_it(sd_plugins, tmp_path):
     import torch
-    from lorakit_sd.buckets import load_pixels
     from lorakit_sd.config import SDSection
-    from lorakit_sd.dataset import SDDataset
+    from lorakit_sd.data.buckets import load_pixels
+    from lorakit_sd.data.dataset import SDDataset
 
     items = _items(sd_plugins, tmp_path, [(48, 24)])  # resized to 64x32, bucket 32x32... or wider
     item = items[0]

@@ -109,7 +109,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_captions_come_from_the_filename_labeler(demo):
     lorakit_labelers = pytest.importorskip("lorakit_labelers.simple")
-    from lorakit_sd.demo import TRIGGER
+    from lorakit_sd.commands.demo import TRIGGER
 
     run, _ = demo
     data = run.config.parent / "data"
@@ -124,7 +124,7 @@ def test_captions_come_from_the_filename_labeler(demo):
 
 def test_without_labelers_the_demo_writes_the_same_table(tmp_path):
     """With lorakit-labelers missing, the demo's own table equals the labeler's."""
-    from lorakit_sd.demo import label_images, write_shapes
+    from lorakit_sd.commands.demo import label_images, write_shapes
 
     from lorakit.plugins import set_plugins
 

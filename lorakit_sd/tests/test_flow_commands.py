@@ -36,7 +36,7 @@ def runs(tmp_path_factory):
     While they train, diffusers' ``FluxTransformer2DModel.forward`` records the guidance it
     is given (then runs as it is)."""
     from diffusers import FluxTransformer2DModel
-    from lorakit_sd.testing_flow import build_tiny_flow
+    from lorakit_sd.families.transformer_standin import build_tiny_flow
 
     from lorakit.testing import one_thread
 
@@ -182,8 +182,8 @@ def sd_plugin():
 def _full_width_flux_lora(path):
     """A diffusers-format LoRA on FLUX.1-dev's real shapes: q/k/v parts, a lone txt q, the
     single block's q/k/v + MLP, an output projection and the swapped final modulation."""
-    from lorakit_sd.commands import standard_structure
-    from lorakit_sd.lora_format import LoraModule, to_diffusers
+    from lorakit_sd.commands.export import standard_structure
+    from lorakit_sd.lorafiles.names import LoraModule, to_diffusers
 
     from lorakit.api import save_safetensors
 
@@ -211,7 +211,7 @@ def test_flux_export_to_kohya_is_what_diffusers_kohya_reader_reads(tmp_path):
     (``FluxPipeline.lora_state_dict``) gives back every module's update; kohya → diffusers
     gives back the very tensors."""
     from diffusers import FluxPipeline
-    from lorakit_sd.commands import export
+    from lorakit_sd.commands.export import export
     from safetensors.torch import load_file
 
     source = tmp_path / "full.diffusers.safetensors"
@@ -248,7 +248,7 @@ def test_flux_export_to_kohya_is_what_diffusers_kohya_reader_reads(tmp_path):
 
 def test_sd3_export_keeps_diffusers_layout_and_refuses_kohya(runs, tmp_path):
     from diffusers import StableDiffusion3Pipeline
-    from lorakit_sd.commands import export
+    from lorakit_sd.commands.export import export
 
     model, run = runs["sd3"]
     with pytest.raises(UsageError, match="sd3 LoRAs have one file layout"):
@@ -277,9 +277,9 @@ def _lora_transformer(model, run, scale=1.0):
 
 def test_flux_merge_writes_a_bfl_transformer_equal_to_diffusers_fuse_lora(runs, tmp_path):
     """Base: BFL's transformer file (+ sd.base_config); LoRA: the kohya/BFL file at 0.7."""
+    from lorakit_sd.commands.merge import merge_checkpoint
     from lorakit_sd.config import SDSection
-    from lorakit_sd.families.flux_file import load_transformer
-    from lorakit_sd.merge import merge_checkpoint
+    from lorakit_sd.families.flux1.single_file import load_transformer
     from safetensors import safe_open
 
     model, run = runs["dev"]
@@ -305,8 +305,8 @@ def test_sd3_merge_from_the_all_in_one_file_loads_in_diffusers(runs, tmp_path):
     """Base: SD3.5's all-in-one layout; the merged transformer loads through diffusers'
     ``SD3Transformer2DModel.from_single_file`` and equals ``fuse_lora``'s."""
     from diffusers import SD3Transformer2DModel
+    from lorakit_sd.commands.merge import merge_checkpoint
     from lorakit_sd.config import SDSection
-    from lorakit_sd.merge import merge_checkpoint
 
     model, run = runs["sd3"]
     out = merge_checkpoint(
@@ -323,7 +323,7 @@ def test_sd3_merge_from_the_all_in_one_file_loads_in_diffusers(runs, tmp_path):
 
 
 def test_flow_merge_refusals_are_one_line(runs, tmp_path):
-    from lorakit_sd.merge import merge_checkpoint
+    from lorakit_sd.commands.merge import merge_checkpoint
 
     model, run = runs["dev"]
     sd3_model, sd3_run = runs["sd3"]
@@ -349,7 +349,7 @@ def test_sample_renders_what_diffusers_renders(runs, tmp_path, kind):
     """``lorakit sample`` with our file (FLUX.1: the kohya/BFL one) vs the diffusers
     pipeline with the diffusers file loaded, same seed, steps and guidance."""
     import numpy as np
-    from lorakit_sd.commands import sample
+    from lorakit_sd.commands.sample import sample
     from PIL import Image
 
     model, run = runs[kind]
@@ -396,7 +396,10 @@ def test_base_quantization_is_refused_for_unet_families():
     from lorakit.api import ConfigError
     from lorakit_sd import families
 
-    with pytest.raises(ConfigError, match="applies to SD3 / FLUX.1 transformers, not SDXL"):
+    with pytest.raises(
+        ConfigError,
+        match=r"applies to the transformer families \(SD3 / SD3.5, FLUX.1.*\), not SDXL",
+    ):
         families.get("sdxl").check_section(SDSection(base_quantization="nf4"))
 
 

@@ -25,7 +25,7 @@ _train = train
 
 @pytest.fixture(scope="module")
 def flow_models(tmp_path_factory):
-    from lorakit_sd.testing_flow import build_tiny_flow
+    from lorakit_sd.families.transformer_standin import build_tiny_flow
 
     from lorakit.testing import one_thread
 
@@ -66,7 +66,7 @@ def flow_loss(pipe, transformer, data):
     """Mean flow-matching error (target ε - x0) on the training images at fixed σ and noise."""
     import csv
 
-    from lorakit_sd.buckets import load_pixels
+    from lorakit_sd.data.buckets import load_pixels
 
     with open(data / "metadata.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -137,7 +137,7 @@ def test_previews_render(run):
 
 def test_flux_kohya_file_is_exact_and_converts_back(flux_run, tmp_path):
     """BFL names with q/k/v fused at rank 3r (block-diagonal up) that convert back exactly."""
-    from lorakit_sd.commands import export
+    from lorakit_sd.commands.export import export
     from safetensors.torch import load_file
 
     model, _, result, cap = flux_run
@@ -182,7 +182,7 @@ def _delta(layer):
 
 def test_a_dense_fused_lora_splits_exactly():
     """A rank-r LoRA trained on the fused layer (as sd-scripts does) splits without loss."""
-    from lorakit_sd.lora_flux import split
+    from lorakit_sd.families.flux1.kohya import split
 
     down, up = torch.randn(4, 8), torch.randn(24, 4)
     parts = split(down, up, 2.0, [8, 8, 8])

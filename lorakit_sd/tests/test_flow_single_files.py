@@ -17,7 +17,7 @@ from lorakit_sd.testing import write_tiny_images
 @pytest.fixture(scope="module")
 def flows(tmp_path_factory):
     """Config folders (seed 0) and single files written from seed-1 models."""
-    from lorakit_sd.testing_flow import (
+    from lorakit_sd.families.transformer_standin import (
         build_tiny_flow,
         build_tiny_flux,
         build_tiny_sd3,
@@ -61,7 +61,7 @@ def _same(a, b):
 def test_bfl_split_matches_diffusers_conversion_at_flux_width():
     """Our BFL -> diffusers split equals diffusers' converter (which assumes 3072 wide)."""
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
-    from lorakit_sd.families.flux_file import bfl_to_diffusers, diffusers_to_bfl
+    from lorakit_sd.families.flux1.single_file import bfl_to_diffusers, diffusers_to_bfl
 
     # FLUX.1's real row counts, one column each: every row carries its own number
     h, mlp = 3072, 4 * 3072

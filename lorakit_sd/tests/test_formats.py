@@ -6,16 +6,16 @@ import json
 
 import pytest
 import torch
+from lorakit_sd.lorafiles import names as lf
+from lorakit_sd.lorafiles import read as lr
 from safetensors.torch import save_file
 
 from lorakit.errors import UsageError
-from lorakit_sd import lora_format as lf
-from lorakit_sd import lora_read as lr
 
 
 @pytest.fixture(scope="module")
 def standard():
-    from lorakit_sd.commands import standard_structure
+    from lorakit_sd.commands.export import standard_structure
 
     tables = {}
     for family in ("sd1", "sdxl"):
@@ -114,9 +114,9 @@ def test_diffusers_format_keeps_alpha_and_rank_per_module(tmp_path, standard):
 
 
 def test_disk_cache_is_reused_and_keyed_by_content(tiny_models, tmp_path):
-    from lorakit_sd.cache import build_latent_cache
-    from lorakit_sd.dataset import Item
-    from lorakit_sd.images import file_hash
+    from lorakit_sd.data.cache import build_latent_cache
+    from lorakit_sd.data.dataset import Item
+    from lorakit_sd.data.images import file_hash
     from lorakit_sd.testing import tiny_image
 
     vae = tiny_models["sd1"].load().vae

@@ -7,7 +7,7 @@ import torch
 
 
 def test_devices_that_differ_only_in_index_form_are_the_same():
-    from lorakit_sd.devices import modules_elsewhere, same_device
+    from lorakit_sd.step.devices import modules_elsewhere, same_device
 
     assert same_device(torch.device("cuda"), torch.device("cuda:0"))
     assert same_device("cuda:0", torch.device("cuda"))
@@ -23,7 +23,7 @@ def test_devices_that_differ_only_in_index_form_are_the_same():
 
 
 def _sampler(tiny_models, family):
-    from lorakit_sd.sampling import sampling_pipeline
+    from lorakit_sd.families.unet_sampling import sampling_pipeline
 
     pipe = tiny_models[family].load()
     return sampling_pipeline(pipe, family, "epsilon")
@@ -31,7 +31,7 @@ def _sampler(tiny_models, family):
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_a_preview_that_decodes_to_nan_fails_loudly(tiny_models, family):
-    from lorakit_sd.sampling import render
+    from lorakit_sd.families.unet_sampling import render
 
     from lorakit.errors import RunError
 
@@ -45,7 +45,7 @@ def test_a_preview_that_decodes_to_nan_fails_loudly(tiny_models, family):
 def test_the_vae_decodes_outside_autocast_in_its_own_dtype(tiny_models):
     """Under a half-precision autocast (the GPU path), the VAE still decodes in float32."""
     import numpy as np
-    from lorakit_sd.sampling import decode_latents
+    from lorakit_sd.families.unet_sampling import decode_latents
 
     sampler = _sampler(tiny_models, "sdxl")
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
@@ -62,7 +62,7 @@ def test_the_vae_decodes_outside_autocast_in_its_own_dtype(tiny_models):
 
 def test_fp16_vae_with_force_upcast_decodes_in_float32(tiny_models):
     import numpy as np
-    from lorakit_sd.sampling import decode_latents
+    from lorakit_sd.families.unet_sampling import decode_latents
 
     sampler = _sampler(tiny_models, "sdxl")
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))

@@ -37,7 +37,7 @@ def _config(tiny_models, data: Path, tmp: Path, **sd):
 def test_kohya_folders_give_repeats_class_tokens_and_balanced_reg(
     tiny_models, tmp_path, sd_plugins
 ):
-    from lorakit_sd.dataset import build_items
+    from lorakit_sd.data.dataset import build_items
 
     img, reg = tmp_path / "img", tmp_path / "reg"
     _kohya_folder(img, "10_mascot", 2)
@@ -81,8 +81,8 @@ def test_prior_loss_weight_scales_the_loss_of_regularisation_samples(tiny_models
 
 
 def test_long_captions_are_encoded_in_75_token_windows():
-    from lorakit_sd.conditioning import encode_ids, tokenize
-    from lorakit_sd.testing import build_tiny_pipeline
+    from lorakit_sd.families.clip import encode_ids, tokenize
+    from lorakit_sd.families.unet_standin import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1")
     tok, encoder = pipe.tokenizer, pipe.text_encoder
@@ -106,8 +106,8 @@ def test_long_captions_are_encoded_in_75_token_windows():
 
 
 def test_clip_skip_reads_an_earlier_layer_through_the_final_norm():
-    from lorakit_sd.conditioning import encode_ids, tokenize
-    from lorakit_sd.testing import build_tiny_pipeline
+    from lorakit_sd.families.clip import encode_ids, tokenize
+    from lorakit_sd.families.unet_standin import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1")
     ids = tokenize([pipe.tokenizer], ["a red cat"])
@@ -187,7 +187,7 @@ def test_a_kohya_folder_trains_from_a_config_with_only_the_seed_keys(tiny_models
 
 def test_previews_encode_long_prompts_and_use_clip_skip(tiny_models):
     import numpy as np
-    from lorakit_sd.sampling import prompt_embeds, render, sampling_pipeline
+    from lorakit_sd.families.unet_sampling import prompt_embeds, render, sampling_pipeline
 
     sampler = sampling_pipeline(tiny_models["sd1"].load(), "sd1", "epsilon")
     long = ", ".join(["a red cat"] * 30)
@@ -207,8 +207,8 @@ def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp
     for regularisation folders, whose samples are cycled to balance the training ones."""
     from types import SimpleNamespace
 
-    from lorakit_sd.dataset import build_items
-    from lorakit_sd.export_view import run_metadata
+    from lorakit_sd.data.dataset import build_items
+    from lorakit_sd.lorafiles.export_view import run_metadata
 
     from lorakit_sd import families
 

@@ -46,7 +46,7 @@ def _cli(*args: object) -> int:
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The tiny SD1 stand-in to train and the tiny CLIP and BLIP labelers' folders."""
     from lorakit_labelers.testing import build_tiny_blip, build_tiny_clip
-    from lorakit_sd.testing import build_tiny_sd
+    from lorakit_sd.families.unet_standin import build_tiny_sd
 
     root = tmp_path_factory.mktemp("models")
     return {

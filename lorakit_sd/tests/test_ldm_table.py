@@ -13,8 +13,7 @@ import json
 from importlib import resources
 
 import pytest
-
-from lorakit_sd import ldm
+from lorakit_sd.families import ldm
 
 
 def _real_unet(family):

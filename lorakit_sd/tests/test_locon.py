@@ -52,7 +52,7 @@ def test_locon_trains_3x3_convolutions_exported_under_kohya_names(
 
 
 def test_modules_outside_kohya_blocks_are_named_in_the_warning(tiny_models):
-    from lorakit_sd.clients import warn_unsupported
+    from lorakit_sd.lorafiles.clients import warn_unsupported
     from peft import LoraConfig
 
     unet = tiny_models["sdxl"].load().unet

@@ -75,7 +75,7 @@ def _train(tmp, model, data, plugin, **overrides):
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
-    from lorakit_sd.testing_flow import build_tiny_flow
+    from lorakit_sd.families.transformer_standin import build_tiny_flow
 
     root = tmp_path_factory.mktemp("flow")
     return {f: build_tiny_flow(root / f, f) for f in ("flux1", "sd3")}
@@ -88,7 +88,7 @@ CASES = [(f, c) for f in ("sd1", "flux1") for c in (True, False)] + [("sdxl", Tr
 def test_masked_out_latent_pixels_get_no_gradient_and_the_loss_is_the_masked_mse(
     tiny_models, request, tmp_path, monkeypatch, family, cached
 ):
-    import lorakit_sd.masks as masks
+    import lorakit_sd.data.masks as masks
 
     flow_family = family in ("flux1", "sd3")
     model = request.getfixturevalue("flow")[family] if flow_family else tiny_models[family]
@@ -133,8 +133,8 @@ def test_masked_out_latent_pixels_get_no_gradient_and_the_loss_is_the_masked_mse
 def test_a_mask_is_fitted_exactly_as_its_image(tmp_path):
     """Scaled to cover the bucket, cropped at the same offset (center or random) — the mask
     file and the alpha channel equal the image's own pixels fitted by load_pixels."""
-    from lorakit_sd.buckets import fit, load_pixels
-    from lorakit_sd.masks import load_mask
+    from lorakit_sd.data.buckets import fit, load_pixels
+    from lorakit_sd.data.masks import load_mask
 
     rng = np.random.default_rng(0)
     values = rng.integers(0, 256, (40, 56), dtype=np.uint8)
@@ -156,10 +156,10 @@ def test_a_mask_is_fitted_exactly_as_its_image(tmp_path):
 
 
 def test_the_latent_cache_keys_include_the_mask(tiny_models, tmp_path):
-    from lorakit_sd.cache import build_latent_cache
-    from lorakit_sd.dataset import Item, pixel_mask
-    from lorakit_sd.images import file_hash
-    from lorakit_sd.masks import to_latent
+    from lorakit_sd.data.cache import build_latent_cache
+    from lorakit_sd.data.dataset import Item, pixel_mask
+    from lorakit_sd.data.images import file_hash
+    from lorakit_sd.data.masks import to_latent
 
     data = write_tiny_images(tmp_path / "data", 1)
     mask = write_masks(tmp_path / "masks", 1) / "img_000.png"
@@ -191,7 +191,7 @@ def test_the_latent_cache_keys_include_the_mask(tiny_models, tmp_path):
 
 
 def test_missing_or_misfit_masks_are_data_problems(sd_plugins, tiny_models, tmp_path):
-    from lorakit_sd.dataset import build_items
+    from lorakit_sd.data.dataset import build_items
     from lorakit_sd.testing import tiny_config
 
     from lorakit.api import ConfigError, DataError

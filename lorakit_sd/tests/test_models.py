@@ -50,7 +50,9 @@ def test_family_mismatch_and_unknown_files(tiny_models, tmp_path):
         peek_family(str(tiny_models["sdxl"].single_file), "sd1")
     other = tmp_path / "other.safetensors"
     save_file({"model.layers.0.weight": torch.zeros(2)}, str(other))
-    with pytest.raises(UsageError, match="not an SD1, SDXL, SD3 or FLUX.1 checkpoint"):
+    with pytest.raises(
+        UsageError, match="not an SD1.x, SDXL, SD3 / SD3.5(,| or) FLUX.1.* checkpoint"
+    ):
         load_base(str(other))
     sd2 = tmp_path / "sd2.safetensors"
     save_file({"cond_stage_model.model.positional_embedding": torch.zeros(2)}, str(sd2))
@@ -61,10 +63,12 @@ def test_family_mismatch_and_unknown_files(tiny_models, tmp_path):
 
 
 def test_offline_single_file_without_configs_says_what_to_do(tiny_models, monkeypatch, tmp_path):
-    from lorakit_sd import models
+    from lorakit_sd import families
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setitem(models.DEFAULT_CONFIG_REPOS, "sd1", "lorakit-tests/never-cached-sd1")
+    monkeypatch.setattr(
+        families.get("sd1"), "default_config_repo", "lorakit-tests/never-cached-sd1"
+    )
     with pytest.raises(UsageError, match="sd.base_config"):
         load_base(str(tiny_models["sd1"].single_file))
     with pytest.raises(UsageError, match="not found in the local hub cache"):
@@ -76,6 +80,7 @@ def test_training_and_commands_load_bases_through_the_model_loader_hook(tiny_mod
     from types import SimpleNamespace
 
     import lorakit_sd.plugin
+    from lorakit_sd.commands.sample import sample
     from lorakit_sd.config import SDSection
     from lorakit_sd.models import load_folder
     from lorakit_sd.testing import tiny_config, write_tiny_images
@@ -84,7 +89,6 @@ def test_training_and_commands_load_bases_through_the_model_loader_hook(tiny_mod
     from lorakit.config import load_config
     from lorakit.engine import train
     from lorakit.plugins import build_plugins, set_plugins
-    from lorakit_sd import commands
 
     calls: list[str] = []
     model = tiny_models["sd1"]
@@ -112,7 +116,7 @@ def test_training_and_commands_load_bases_through_the_model_loader_hook(tiny_mod
         train(load_config(data=raw, registries=plugins.registries), plugins=plugins, progress=False)
         assert calls == [str(base)]
         small = SimpleNamespace(section=SDSection(resolution=32, bucket_step=8))
-        commands.sample(str(base), [], ["a red cat"], tmp_path / "samples", steps=1, config=small)
+        sample(str(base), [], ["a red cat"], tmp_path / "samples", steps=1, config=small)
         assert calls == [str(base)] * 2
         # the folder itself goes to lorakit-sd's own loader, or to the one named in the config
         assert plugins.registries.model_loader_for("sd", str(model.diffusers_dir)).name == (
@@ -146,7 +150,7 @@ def test_sd1_files_without_the_text_model_level_load(tiny_models, tmp_path):
         assert want.keys() == got.keys()
         assert all(torch.equal(want[k], got[k]) for k in want), name
     # merge finds the text-encoder weights of such a file under their kohya names
-    from lorakit_sd.merge import merge_checkpoint
+    from lorakit_sd.commands.merge import merge_checkpoint
 
     stem = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
     g = torch.Generator().manual_seed(0)

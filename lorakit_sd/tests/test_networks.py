@@ -49,7 +49,7 @@ def _check_client_key_rules(tensors, network):
 
 def _lycoris_apply(tensors, pipe, family):
     """Hook every module of the file into ``pipe.unet`` through lycoris-lora's loader."""
-    from lorakit_sd.lora_format import module_table
+    from lorakit_sd.lorafiles.names import module_table
     from lycoris.modules import get_module, make_module
 
     if family == "sd1":  # lycoris.kohya's own naming: "lora_unet_" + the module path
@@ -104,7 +104,8 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
         target_modules=ATTN, lora_alpha=2.0, sd=sd,
     )  # fmt: skip
     run = tmp_path / "run"
-    assert not (run / "run.diffusers.safetensors").exists()  # diffusers reads LoRA only
+    # diffusers reads LoRA and DoRA only
+    assert (run / "run.diffusers.safetensors").exists() == (network == "dora")
     tensors = load_file(str(run / "run.safetensors"))
     _check_client_key_rules(tensors, network)
     if network == "lokr" and family == "sdxl":
@@ -129,7 +130,7 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
     got, _ = unet_output(pipe, pipe.unet, encoders, family)
     assert (got - want).abs().max().item() < 1e-4
     # merge bakes the same update into a checkpoint (diffusers loads it back)
-    from lorakit_sd.merge import merge_checkpoint
+    from lorakit_sd.commands.merge import merge_checkpoint
     from lorakit_sd.models import pipeline_class
 
     from lorakit.diagnostics.inspect import inspect_path
@@ -144,7 +145,7 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
     baked, _ = unet_output(merged, merged.unet, encoders, family)
     assert (baked - want).abs().max().item() < 1e-4
     # sample's path: the file's updates added into a loaded pipeline's weights
-    from lorakit_sd.commands import apply_to_model
+    from lorakit_sd.lorafiles.apply import apply_to_model
     from lorakit_sd.models import BaseModel
 
     fresh = model.load()
@@ -162,7 +163,7 @@ def test_read_back_updates_follow_the_formats_formulas(tmp_path):
     """LoHa: (w1a@w1b)⊙(w2a@w2b)·alpha/r; LoKr: kron(w1, w2), scale 1 with no _b factor;
     DoRA: each output row of W + up@down·alpha/r rescaled to dora_scale."""
     import torch
-    from lorakit_sd.lora_read import entry_module, read_lora
+    from lorakit_sd.lorafiles.read import entry_module, read_lora
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)

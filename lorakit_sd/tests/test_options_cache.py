@@ -60,7 +60,7 @@ def _encodes(tmp_path: Path, model: Any, data: Path, **sd: Any) -> dict[str, int
 def _other_vae(model: Any, folder: Path) -> Any:
     """The same model but for one weight of the VAE's encoder (a copy of the folder)."""
     from diffusers import AutoencoderKL
-    from lorakit_sd.testing import TinyModel
+    from lorakit_sd.families.unet_standin import TinyModel
 
     shutil.copytree(model.diffusers_dir, folder / "diffusers")
     vae = AutoencoderKL.from_pretrained(folder / "diffusers" / "vae")

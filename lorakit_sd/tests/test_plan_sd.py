@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 @pytest.fixture(scope="module")
 def flux(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from lorakit_sd.testing_flow import build_tiny_flow
+    from lorakit_sd.families.transformer_standin import build_tiny_flow
 
     from lorakit.testing import one_thread
 

@@ -49,9 +49,12 @@ def test_registrations(sd_plugins):
 
 @pytest.mark.parametrize("template", ["sd15", "sdxl", "flux1", "sd35"])
 def test_templates_are_valid_configs(sd_plugins, template):
+    from lorakit_sd.families import builtin_templates
+
     from lorakit.config import load_config
 
-    text = resources.files("lorakit_sd").joinpath(f"templates/{template}.yaml").read_text()
+    package, path = builtin_templates()[template]  # in its family's folder
+    text = resources.files(package).joinpath(path).read_text()
     data = yaml.safe_load(text)
     config = load_config(data=data, registries=sd_plugins.registries, check_paths=False)
     assert config.backend == "sd"

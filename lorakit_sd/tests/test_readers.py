@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 from lorakit_sd.config import SDSection
+from lorakit_sd.data import buckets, readers
 from lorakit_sd.testing import write_tiny_images
 
 from lorakit.errors import DataError
-from lorakit_sd import buckets, readers
 
 
 def _config(data, **sd):
@@ -19,7 +19,7 @@ def _config(data, **sd):
 
 
 def _items(sd_plugins, data, **sd):
-    from lorakit_sd.dataset import build_items
+    from lorakit_sd.data.dataset import build_items
 
     logs: list[str] = []
     items, index = build_items(
@@ -195,7 +195,7 @@ def test_csv_commas_quotes_and_line_numbers(tmp_path):
 
 
 def test_long_captions_pick_a_length_and_count_what_is_cut():
-    from lorakit_sd.dataset import choose_max_tokens
+    from lorakit_sd.data.dataset import choose_max_tokens
     from lorakit_sd.testing import tiny_tokenizer
 
     tok = tiny_tokenizer()

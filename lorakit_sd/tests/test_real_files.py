@@ -20,9 +20,9 @@ UNET_TARGETS = [
 
 
 def test_sdxl_loras_with_diffusers_unet_names_are_read_as_their_sgm_names(tiny_models, tmp_path):
-    from lorakit_sd.commands import export
-    from lorakit_sd.lora_format import module_table
-    from lorakit_sd.merge import merge_checkpoint
+    from lorakit_sd.commands.export import export
+    from lorakit_sd.commands.merge import merge_checkpoint
+    from lorakit_sd.lorafiles.names import module_table
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -67,9 +67,9 @@ def test_sdxl_loras_with_diffusers_unet_names_are_read_as_their_sgm_names(tiny_m
 
 
 def test_a_vae_differing_in_one_encoder_weight_misses_the_latent_cache(tiny_models, tmp_path):
-    from lorakit_sd.cache import build_latent_cache, build_text_cache
-    from lorakit_sd.dataset import Item
-    from lorakit_sd.images import file_hash
+    from lorakit_sd.data.cache import build_latent_cache, build_text_cache
+    from lorakit_sd.data.dataset import Item
+    from lorakit_sd.data.images import file_hash
 
     data = write_tiny_images(tmp_path / "data", 2)
     items = [

@@ -50,7 +50,7 @@ def _fresh_accelerate_state() -> Any:
 
 @pytest.fixture(scope="module")
 def flow_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from lorakit_sd.testing_flow import build_tiny_flow
+    from lorakit_sd.families.transformer_standin import build_tiny_flow
 
     root = tmp_path_factory.mktemp("flow")
     return {family: build_tiny_flow(root / family, family) for family in ("flux1", "sd3")}

@@ -7,8 +7,7 @@ import json
 
 import pytest
 import torch
-
-from lorakit_sd import ldm
+from lorakit_sd.families import ldm
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

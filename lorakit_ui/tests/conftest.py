@@ -40,7 +40,7 @@ def client(runs_dir: Path) -> Any:
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A tiny random SD1-shaped model saved as a diffusers folder (built once)."""
-    from lorakit_sd.testing import build_tiny_sd
+    from lorakit_sd.families.unet_standin import build_tiny_sd
 
     from lorakit.testing import one_thread
 

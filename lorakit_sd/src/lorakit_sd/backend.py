@@ -16,23 +16,38 @@ from typing import Any
 
 import torch
 
-from lorakit.api import Backend, ConfigError, LossOutput, TrainContext, UsageError
+from lorakit.api import (
+    Backend,
+    ConfigError,
+    LossOutput,
+    TrainContext,
+    UsageError,
+    loading_whole,
+    unsafe_pickle_allowed,
+)
 from lorakit_sd import families
-from lorakit_sd.adapt import adapt_models
 from lorakit_sd.config import SDSection
-from lorakit_sd.devices import modules_elsewhere, use_channels_last
-from lorakit_sd.loss import augment_captions, cached_text, caption_dropout_mask, denoising_loss
-
-DEFAULT_RESOLUTION = {"sd1": 512, "sdxl": 1024, "sd3": 1024, "flux1": 1024}
+from lorakit_sd.data.buckets import BucketBatchSampler, bucket_sizes
+from lorakit_sd.data.cache import build_latent_cache, build_text_cache
+from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint
+from lorakit_sd.lorafiles.clients import warn_unsupported
+from lorakit_sd.lorafiles.export_view import adapter_export
+from lorakit_sd.lorafiles.names import LoraModule
+from lorakit_sd.models import load_base, peek_family, quiet_libraries
+from lorakit_sd.networks import PLAIN
+from lorakit_sd.sampling import render_and_save
+from lorakit_sd.step.adapt import adapt_models
+from lorakit_sd.step.devices import modules_elsewhere, use_channels_last
+from lorakit_sd.step.loss import augment_captions, cached_text, caption_dropout_mask, denoising_loss
 
 
 def model_resolution(pipe: Any) -> int | None:
     """The side the pipeline generates at by default (``default_sample_size`` latents times
-    the VAE's scale, as diffusers' pipelines compute it): 512 for SD1.5, 1024 for SDXL, SD3
-    and FLUX.1, and a tiny stand-in's own size. None when the pipeline does not say."""
+    the VAE's scale, as diffusers' pipelines compute it): the size the model was trained
+    at, and a tiny stand-in's own size. None when the pipeline does not say."""
     size = getattr(pipe, "default_sample_size", None)
     unet = getattr(pipe, "unet", None)
-    if size is None and unet is not None:  # SD1's pipeline reads the UNet's config
+    if size is None and unet is not None:  # some pipelines read the UNet's config instead
         size = getattr(unet.config, "sample_size", None)
     scale = getattr(pipe, "vae_scale_factor", None)
     return size * scale if isinstance(size, int) and isinstance(scale, int) else None
@@ -55,19 +70,16 @@ class SDBackend(Backend):
     # -- model ---------------------------------------------------------------------------
     def validate(self, ctx: TrainContext) -> None:
         """Read and check every image and caption before the model loads."""
-        from lorakit_sd.models import peek_family
 
         t, sec = self.config.train, self.section
         ctx.registries.check_model("sd", t.base_model, sec, t.model_loader)
         family = peek_family(t.base_model, sec.model_family)
         if family is not None:
             families.get(family).check_section(sec)
-            self.resolution = sec.resolution or DEFAULT_RESOLUTION[family]
+            self.resolution = sec.resolution or families.get(family).default_resolution
             self._read_data(ctx)
 
     def _read_data(self, ctx: TrainContext) -> None:
-        from lorakit_sd.buckets import bucket_sizes
-        from lorakit_sd.dataset import build_items
 
         sec = self.section
         buckets = None
@@ -83,8 +95,6 @@ class SDBackend(Backend):
         )
 
     def setup(self, ctx: TrainContext) -> None:
-        from lorakit.api import loading_whole, unsafe_pickle_allowed
-        from lorakit_sd.models import load_base, quiet_libraries
 
         t, sec = self.config.train, self.section
         # Whole also under ZeRO-3: the VAE and cached text encoders stay outside the trained
@@ -99,16 +109,15 @@ class SDBackend(Backend):
         self.spec = spec = self.model.spec
         spec.check_section(sec)
         if sec.base_quantization:  # GPU only (refused above otherwise)
-            from lorakit_sd.quantize import quantize_transformer
+            from lorakit_sd.step.quantize import quantize_transformer
 
             quantize_transformer(self.model, sec, t.base_model, ctx.weight_dtype)
         self.clip_skip = spec.clip_skip(sec, ctx.log)
         pipe = self.model.pipe
         self.unet = self.model.denoiser  # the UNet or the transformer
         read_at = getattr(self, "resolution", None)  # set by validate when it read the data
-        self.resolution = (
-            sec.resolution or model_resolution(pipe) or DEFAULT_RESOLUTION[self.family]
-        )
+        default = families.get(self.family).default_resolution
+        self.resolution = sec.resolution or model_resolution(pipe) or default
         if self.items and self.resolution != read_at:  # read again at the model's own size
             self.items, self.index = [], []
         self.factor = spec.pixel_multiple(pipe)
@@ -133,7 +142,6 @@ class SDBackend(Backend):
             self.unet, self.model.text_encoders, spec=spec, config=self.config, section=sec,
             checkpointing=t.gradient_checkpointing,
         )  # fmt: skip
-        from lorakit_sd.clients import warn_unsupported
 
         warn_unsupported(self.unet, ctx.log)
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
@@ -164,9 +172,6 @@ class SDBackend(Backend):
 
     # -- data ----------------------------------------------------------------------------
     def dataset(self, ctx: TrainContext) -> Any:
-        from lorakit_sd.cache import build_latent_cache, build_text_cache
-        from lorakit_sd.dataset import SDDataset
-        from lorakit_sd.models import quiet_libraries
 
         sec = self.section
         if not self.items:
@@ -186,6 +191,7 @@ class SDBackend(Backend):
                 latents = build_latent_cache(
                     self.items, vae, flip=sec.flip_aug, batch_size=sec.vae_batch_size,
                     directory=root / "latents" if root else None, log=ctx.log,
+                    encode=self.spec.encode_moments,
                 )  # fmt: skip
                 vae.to("cpu")
             all_encoders = self.spec.all_text_encoders(self.model.pipe)
@@ -215,21 +221,15 @@ class SDBackend(Backend):
         )  # fmt: skip
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
-        from lorakit_sd.buckets import BucketBatchSampler
 
         return BucketBatchSampler(dataset.buckets(), batch_size, seed)
 
     def dataset_fingerprint(self) -> str:
-        from lorakit_sd.dataset import fingerprint
 
         return fingerprint(self.items, self.index)
 
     # -- loss ----------------------------------------------------------------------------
     def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        from lorakit_sd.cache import encode_moments
-
         sec, dev, wd = self.section, self.device, self.weight_dtype
         n = self.count(batch)
         drop = caption_dropout_mask(n, sec.caption_dropout)
@@ -248,11 +248,11 @@ class SDBackend(Backend):
             pixels = batch["pixels"]
             if flip is not None:
                 pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
-            moments = encode_moments(self.model.pipe.vae, pixels)
+            moments = self.spec.encode_moments(self.model.pipe.vae, pixels)
         # contiguous: randn_like-style draws follow memory order, and the VAE's output may not
         # be in row-major order; explicit shapes keep cached and uncached runs identical.
         moments = moments.to(dev, torch.float32).contiguous()
-        latents = DiagonalGaussianDistribution(moments).sample()
+        latents = self.spec.latents_from_moments(moments)
         latents = self.spec.normalize(latents, self.model.pipe.vae.config)
         kwargs.update(self.spec.extra_inputs(batch, flip, dev, wd))
         per_sample = denoising_loss(module, self.objective, latents, kwargs, wd, batch, flip)
@@ -260,7 +260,6 @@ class SDBackend(Backend):
 
     # -- previews ------------------------------------------------------------------------
     def sample(self, ctx: TrainContext, step: int, directory: Path) -> list[Path]:
-        from lorakit_sd.sampling import render_and_save
 
         prompts = self.config.train.sample_prompts
         if not prompts:
@@ -298,11 +297,8 @@ class SDBackend(Backend):
         return parts
 
     def lora_modules(self) -> list[Any]:
-        """The trained LoRA as :class:`lorakit_sd.lora_format.LoraModule` objects."""
+        """The trained LoRA as :class:`lorakit_sd.lorafiles.names.LoraModule` objects."""
         from peft.utils import get_peft_model_state_dict
-
-        from lorakit_sd.lora_format import LoraModule
-        from lorakit_sd.networks import PLAIN
 
         if self.section.network not in PLAIN:
             raise UsageError(
@@ -322,8 +318,7 @@ class SDBackend(Backend):
         return modules
 
     def adapter_export(self, step: int) -> Any:
-        """The exporters' view (:func:`lorakit_sd.export_view.adapter_export`)."""
-        from lorakit_sd.export_view import adapter_export
+        """The exporters' view (:func:`lorakit_sd.lorafiles.export_view.adapter_export`)."""
 
         return adapter_export(self, step)
 

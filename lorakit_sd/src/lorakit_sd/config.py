@@ -13,6 +13,9 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from lorakit_sd import families
+from lorakit_sd.networks import NETWORK_TYPES
+
 #: LoRA target aliases accepted in ``target_modules``.
 TARGET_ALIASES = {
     "attn": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -42,7 +45,7 @@ class Subset(BaseModel):
 
 
 class SDSection(BaseModel):
-    """The ``sd:`` section of a lorakit config (Stable Diffusion 1.5 / SDXL)."""
+    """The ``sd:`` section of a lorakit config (every image model family)."""
 
     model_config = ConfigDict(extra="forbid")
     #: Keys a resumed run may change: they change speed, not what the run learns.
@@ -58,13 +61,14 @@ class SDSection(BaseModel):
     base_config: str | None = Field(
         None,
         description="Single-file checkpoints only: a diffusers folder or hub id whose configs "
-        "and tokenizers describe the checkpoint. Default: the standard SD1.5 / SDXL repo, read "
+        "and tokenizers describe the checkpoint. Default: the model family's standard repo, read "
         "from the local hub cache when HF_HUB_OFFLINE is set.",
     )
-    model_family: Literal["auto", "sd1", "sdxl", "sd3", "flux1"] = Field(
+    model_family: str = Field(
         "auto",
         description="auto: detected from the weights (a single file's keys, a folder's "
-        "model_index.json). sd3 covers SD3 and SD3.5; flux1 FLUX.1 dev and schnell.",
+        "model_index.json); else the name of an installed image family (`lorakit plugins` "
+        "lists them; see the model families page).",
     )
     allow_unsafe_pickle: bool = Field(
         False,
@@ -78,8 +82,8 @@ class SDSection(BaseModel):
     resolution: int | None = Field(
         None,
         gt=0,
-        description="Training side length in pixels; default the base model's own (what its "
-        "pipeline generates at: 512 for SD1.5, 1024 for SDXL, SD3.5 and FLUX.1).",
+        description="Training side length in pixels; default the base model's own (the size "
+        "its pipeline generates at), else the model family's.",
     )
     bucket: bool = Field(
         True, description="Aspect-ratio bucketing: images keep their shape at about resolution²."
@@ -157,8 +161,9 @@ class SDSection(BaseModel):
         1,
         ge=1,
         le=12,
-        description="SD1: condition on the N-th text-encoder layer from the end (2 for anime "
-        "bases, as A1111's 'CLIP skip'); used in training and previews. SDXL ignores it.",
+        description="Condition on the N-th text-encoder layer from the end (2 for anime bases, "
+        "as A1111's 'CLIP skip'), in training and previews, for the families that read one "
+        "layer; the others ignore it with a warning.",
     )
     truncate_captions: bool = Field(
         False,
@@ -188,42 +193,42 @@ class SDSection(BaseModel):
     min_snr_gamma: float | None = Field(
         None, gt=0, description="Min-SNR loss weighting gamma (5 is usual); null: off."
     )
-    # -- flow matching (SD3 / SD3.5, FLUX.1) ---------------------------------------------
+    # -- flow matching (the transformer families) ---------------------------------------------
     timestep_sampling: Literal["logit_normal", "sigmoid", "uniform", "mode"] = Field(
         "logit_normal",
-        description="SD3 / FLUX.1: how σ is drawn (diffusers' compute_density_for_timestep_"
+        description="Flow matching: how σ is drawn (diffusers' compute_density_for_timestep_"
         "sampling; sigmoid is sd-scripts' sigmoid(sigmoid_scale · N(0,1))).",
     )
     logit_mean: float = Field(0.0, description="logit_normal: mean.")
     logit_std: float = Field(1.0, gt=0, description="logit_normal: standard deviation.")
-    mode_scale: float = Field(1.29, description="mode: scale (SD3 paper).")
+    mode_scale: float = Field(1.29, description="mode: scale (Esser et al. 2024).")
     sigmoid_scale: float = Field(1.0, gt=0, description="sigmoid: scale of the normal draw.")
     loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = Field(
         "none",
-        description="SD3 / FLUX.1: loss weighting (diffusers' compute_loss_weighting_for_sd3).",
+        description="Flow matching: loss weighting (diffusers' training_utils weighting schemes).",
     )
     flow_shift: float | None = Field(
         None,
         gt=0,
-        description="SD3 / FLUX.1: fixed σ shift; null: the scheduler config's (SD3: its "
-        "shift, 3.0; FLUX.1: the resolution-dependent shift).",
+        description="Flow matching: fixed σ shift; null: the scheduler config's (its shift, "
+        "or the resolution-dependent shift where it shifts dynamically).",
     )
     guidance: float = Field(
         1.0,
         ge=0.0,
-        description="FLUX.1-dev: the guidance embedding's value during training (schnell has "
-        "none and ignores it).",
+        description="Guidance-distilled transformers: the guidance embedding's value during "
+        "training (a model without one ignores it).",
     )
     max_sequence_length: int | None = Field(
         None,
         gt=0,
         le=512,
-        description="SD3 / FLUX.1: T5 tokens per caption; null: 512 (FLUX.1-dev), 256 "
-        "(FLUX.1-schnell, SD3).",
+        description="Transformer families: text tokens per caption; null: the family's default "
+        "(see the model families page).",
     )
     base_quantization: Literal["fp8", "nf4"] | None = Field(
         None,
-        description="SD3 / FLUX.1: the transformer's frozen weights quantized through "
+        description="Transformer families: the frozen weights quantized through "
         "diffusers' quantization configs: fp8 (torchao float8 weight-only) or nf4 "
         "(bitsandbytes 4-bit NF4); the LoRA trains in float32 on top. Needs a CUDA GPU and "
         "the library; null: the base's dtype.",
@@ -251,7 +256,7 @@ class SDSection(BaseModel):
         description="Learning rate of the text-encoder LoRA (its own optimizer parameter "
         "group); null: learning_rate.",
     )
-    network: Literal["lora", "locon", "loha", "lokr", "dora"] = Field(
+    network: Literal[NETWORK_TYPES] = Field(  # the table in lorakit_sd.networks
         "lora",
         description="Network type, built with PEFT and written in LyCORIS's key layout: lora "
         "(kohya LoRA), locon (lora with conv_rank; conv_rank alone also gives LoCon), loha "
@@ -289,7 +294,7 @@ class SDSection(BaseModel):
     channels_last: bool | None = Field(
         None,
         description="Keep the UNet's weights and activations in channels-last memory order "
-        "(faster convolutions on CUDA tensor cores); null: on for SD1/SDXL UNets on a GPU, "
+        "(faster convolutions on CUDA tensor cores); null: on for UNets on a GPU, "
         "off on CPU and for transformer denoisers. Same loss and LoRA either way.",
     )
     # -- export --------------------------------------------------------------------------
@@ -312,6 +317,15 @@ class SDSection(BaseModel):
                 "a config file cannot allow unpickling (a shared file would run its .ckpt's "
                 "code on your machine): remove the key and pass --allow-unsafe-pickle on the "
                 "command (or set LORAKIT_ALLOW_UNSAFE_PICKLE=1) if you trust the file"
+            )
+        return value
+
+    @field_validator("model_family")
+    @classmethod
+    def _family_installed(cls, value: str) -> str:
+        if value != "auto" and value not in families.names():
+            raise ValueError(
+                f"not an installed image family (choose auto, {', '.join(families.names())})"
             )
         return value
 

@@ -21,17 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import UNSAFE_PICKLE_HINT, ConfigError, UsageError
+from lorakit.api import (
+    UNSAFE_PICKLE_HINT,
+    ConfigError,
+    UsageError,
+    check_gguf,
+    read_safetensors_header,
+)
 from lorakit_sd import families
-from lorakit_sd.families import LABELS as FAMILY_NAMES
+from lorakit_sd.families.ldm import detect_family
 
-#: Where single-file checkpoints take their configs and tokenizers by default.
-DEFAULT_CONFIG_REPOS = {
-    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-    "sd3": "stabilityai/stable-diffusion-3.5-medium",
-    "flux1": "black-forest-labs/FLUX.1-dev",
-}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -97,29 +96,29 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf")
 
 def single_file_keys(path: Path) -> list[str]:
     """Tensor names of a ``.safetensors`` (its header) or ``.gguf`` file."""
-    from lorakit.api import read_safetensors_header
-
     if path.suffix.lower() == ".gguf":
-        from lorakit_sd.families.flux_file import gguf_keys
+        import gguf
 
-        return gguf_keys(path)
+        check_gguf(path)  # counts, lengths and offsets fit the file before the reader trusts them
+        return [t.name for t in gguf.GGUFReader(str(path)).tensors]
 
     return list(read_safetensors_header(path).tensors)
 
 
+def _trained(last: str = " and ") -> str:
+    """The installed families' labels, as a list in a sentence."""
+    labels = list(families.labels().values())
+    return ", ".join(labels[:-1]) + last + labels[-1] if len(labels) > 1 else labels[0]
+
+
 def family_of_keys(path: Path, keys: list[str]) -> str:
-    from lorakit_sd.ldm import detect_family
 
     family = families.of_keys(keys)
     if family is None and detect_family(keys) == "sd2":
-        raise UsageError(
-            f"{path}: an SD 2.x checkpoint; lorakit-sd trains SD1.x, SDXL, SD3 and FLUX.1"
-        )
+        raise UsageError(f"{path}: an SD 2.x checkpoint; lorakit-sd trains {_trained()}")
     if family is None:
         sample = ", ".join(keys[:2]) or "no tensors"
-        raise UsageError(
-            f"{path}: not an SD1, SDXL, SD3 or FLUX.1 checkpoint (starts with {sample})"
-        )
+        raise UsageError(f"{path}: not an {_trained(' or ')} checkpoint (starts with {sample})")
     return family
 
 
@@ -172,7 +171,7 @@ def _hub_folder(repo: str) -> Path:
 def _check_family(found: str, wanted: str, where: str) -> None:
     if wanted not in ("auto", found):
         raise ConfigError(
-            f"{where} is {FAMILY_NAMES[found]} but sd.model_family says {FAMILY_NAMES[wanted]}",
+            f"{where} is {families.label(found)} but sd.model_family says {families.label(wanted)}",
             key="sd.model_family",
         )
 
@@ -293,7 +292,7 @@ def check_single_file(source: str, section: Any = None) -> None:
             return
         if base_config.startswith((".", "/", "~")):
             raise UsageError(f"sd.base_config {base_config}: folder not found")
-    config = base_config or DEFAULT_CONFIG_REPOS[family]
+    config = base_config or families.get(family).default_config_repo
     if offline() and not Path(config).is_dir():
         from huggingface_hub import try_to_load_from_cache
 
@@ -311,7 +310,7 @@ def load_single_file(
     keys = single_file_keys(path)
     family = family_of_keys(path, keys)
     _check_family(family, model_family, str(path))
-    config = base_config or DEFAULT_CONFIG_REPOS[family]
+    config = base_config or families.get(family).default_config_repo
     with quiet_libraries():
         try:
             pipe = families.get(family).load_single_file(
@@ -357,41 +356,6 @@ def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     return _finish(BaseModel(pipe, family, "hub", source))
 
 
-def bare_text_encoder(path: Path, keys: list[str], config: str) -> dict[str, Any]:
-    """``{"text_encoder": model}`` for SD1 files whose CLIP keys lack ``text_model.``.
-
-    Some SD1 checkpoints (NAI-derived merges among them) store the text encoder as
-    ``cond_stage_model.transformer.embeddings...``: diffusers' single-file loader calls its
-    weights missing. Those keys are exactly transformers' ``CLIPTextModel`` names, so the
-    encoder is built from the config's ``text_encoder`` and loaded here, then handed over.
-    """
-    from lorakit_sd.ldm import SD1_TE_PREFIX
-
-    bare = [
-        k
-        for k in keys
-        if k.startswith(SD1_TE_PREFIX) and not k.startswith(SD1_TE_PREFIX + "text_model.")
-    ]
-    if not bare:
-        return {}
-    from safetensors import safe_open
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    te_config = CLIPTextConfig.from_pretrained(
-        config, subfolder="text_encoder", local_files_only=offline() or Path(config).is_dir()
-    )
-    encoder = CLIPTextModel(te_config)
-    with safe_open(str(path), framework="pt") as f:
-        state = {k[len(SD1_TE_PREFIX) :]: f.get_tensor(k) for k in bare}
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if missing or unexpected:
-        sample = ", ".join((missing or unexpected)[:2])
-        raise UsageError(f"{path}: the text encoder's weights do not fit its config ({sample})")
-    return {"text_encoder": encoder.eval()}
-
-
 def _finish(model: BaseModel) -> BaseModel:
     """Attention through torch's SDPA; everything frozen; float32 (a quantized
     transformer keeps its quantized weights)."""
@@ -406,3 +370,34 @@ def _finish(model: BaseModel) -> BaseModel:
                 module.to(torch.float32)
             module.eval()
     return model
+
+
+#: the dtypes a merged checkpoint may be written in
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def stored_dtype(base: str, state: dict[str, Any]) -> str:
+    """The dtype the base stores its weights in: most of a single file's floating tensors
+    (``state``, or the file's header when empty), or a diffusers folder's UNet / transformer
+    file; float32 where it cannot be told (nothing is lost)."""
+    from collections import Counter
+
+    from safetensors import safe_open
+
+    path = Path(base).expanduser()
+    counts: Counter[str] = Counter()
+    if path.is_dir() or (path.is_file() and not state):
+        found = [path] if path.is_file() else []
+        for part in ("unet", "transformer"):
+            found = found or sorted((path / part).glob("*.safetensors"))
+        for weights in found[:1]:
+            with safe_open(str(weights), framework="pt") as f:
+                counts.update(str(f.get_slice(k).get_dtype()) for k in list(f.keys())[:50])
+        names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+        counts = Counter({names.get(k, k): v for k, v in counts.items()})
+    elif path.is_file():
+        counts.update(
+            str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()
+        )
+    common = [d for d, _ in counts.most_common() if d in DTYPES]
+    return common[0] if common else "float32"

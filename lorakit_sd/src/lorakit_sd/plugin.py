@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lorakit.api import (
     Backend,
@@ -27,8 +28,11 @@ from lorakit.api import (
     lazy,
 )
 from lorakit_sd.config import SDSection
+from lorakit_sd.families import builtin_labels, builtin_templates
 
 LORAKIT_PLUGIN_API = 1
+#: the hooks lorakit-sd publishes (``register_image_families``), added to lorakit's manager
+LORAKIT_HOOKSPECS = "lorakit_sd.hookspecs"
 
 #: Config layout 1 → 2: top-level keys that moved into ``sd:`` (old name → name there).
 V1_MOVES = {
@@ -39,20 +43,15 @@ V1_MOVES = {
 
 
 class SDBackend(BackendPlugin):
-    """The ``sd`` backend: SD1.x / SDXL / SD3.5 / FLUX.1 LoRAs with diffusers and peft.
+    """The ``sd`` backend: image-model LoRAs with diffusers and peft, one family per folder.
 
     Every method imports its module when called, so registering it is cheap."""
 
     name = "sd"
     task_types = ("image-generation",)
-    description = "SD1.x / SDXL / SD3.5 / FLUX.1 LoRA (diffusers + peft)"
+    description = f"{builtin_labels()} LoRA (diffusers + peft)"
     config_model = SDSection
-    templates = {
-        "sd15": ("lorakit_sd", "templates/sd15.yaml"),
-        "sdxl": ("lorakit_sd", "templates/sdxl.yaml"),
-        "flux1": ("lorakit_sd", "templates/flux1.yaml"),
-        "sd35": ("lorakit_sd", "templates/sd35.yaml"),
-    }
+    templates = builtin_templates()  # each family's folder holds its own
     aliases = {"metadata_path": "metadata_path"}
     migrations = {1: V1_MOVES}
 
@@ -74,7 +73,7 @@ class SDBackend(BackendPlugin):
     def detect(self, path: Path) -> bool:
         """An SD LoRA file (kohya or diffusers keys), from its header only."""
         from lorakit.api import UsageError, read_safetensors_header
-        from lorakit_sd.lora_read import file_format
+        from lorakit_sd.lorafiles.read import file_format
 
         path = Path(path)
         if not path.is_file() or path.suffix.lower() != ".safetensors":
@@ -85,19 +84,19 @@ class SDBackend(BackendPlugin):
             return False
 
     def identify(self, probe: FileProbe) -> FileKind | None:
-        from lorakit_sd.lora_read import identify
+        from lorakit_sd.lorafiles.read import identify
 
         return identify(probe)
 
     def plan(self, config: Config) -> PlanModel:
-        from lorakit_sd.plan import planner
+        from lorakit_sd.commands.plan import planner
 
         return planner(config)
 
     def export(
         self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None
     ) -> list[Path]:
-        from lorakit_sd.commands import export
+        from lorakit_sd.commands.export import export
 
         return export(source, to, output, base, config=config)
 
@@ -109,7 +108,7 @@ class SDBackend(BackendPlugin):
         dtype: str | None,
         config: Config | None,
     ) -> Path:
-        from lorakit_sd.commands import merge
+        from lorakit_sd.commands.merge import merge
 
         return merge(base, loras, output, dtype, config=config)
 
@@ -125,7 +124,7 @@ class SDBackend(BackendPlugin):
         width: int | None,
         height: int | None,
     ) -> list[Path]:
-        from lorakit_sd.commands import sample
+        from lorakit_sd.commands.sample import sample
 
         return sample(
             base, loras, prompts, output, seed=seed, steps=steps, config=config,
@@ -133,12 +132,12 @@ class SDBackend(BackendPlugin):
         )  # fmt: skip
 
     def demo(self, folder: Path) -> Path:
-        from lorakit_sd.demo import demo_command
+        from lorakit_sd.commands.demo import demo_command
 
         return demo_command(folder)
 
     def selftest(self, output_dir: Path, config: Config) -> str:
-        from lorakit_sd.selftest import verify
+        from lorakit_sd.commands.selftest import verify
 
         return verify(output_dir, config)
 
@@ -149,8 +148,16 @@ def register_backends(register: Callable[[BackendPlugin], None]) -> None:
 
 
 @hookimpl
+def register_image_families(register: Callable[[Any], None]) -> None:
+    """lorakit-sd's own image families (SPECs of its ``families/<name>/`` folders)."""
+    from lorakit_sd.families import register_builtins
+
+    register_builtins(register)
+
+
+@hookimpl
 def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> None:
-    from lorakit_sd import readers as data
+    from lorakit_sd.data import readers as data
 
     register(
         DatasetReaderSpec(
@@ -179,14 +186,14 @@ def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> N
 def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
     register(
         ExporterSpec(
-            "kohya", lazy("lorakit_sd.exporters:export_kohya"),
+            "kohya", lazy("lorakit_sd.lorafiles.exporters:export_kohya"),
             "<name>.safetensors for A1111 / ComfyUI / sd-scripts (ss_* + modelspec metadata)",
             backends=("sd",),
         )
     )  # fmt: skip
     register(
         ExporterSpec(
-            "diffusers", lazy("lorakit_sd.exporters:export_diffusers"),
+            "diffusers", lazy("lorakit_sd.lorafiles.exporters:export_diffusers"),
             "<name>.diffusers.safetensors for diffusers' load_lora_weights",
             backends=("sd",),
         )
@@ -216,7 +223,7 @@ def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
         ("sd-pickle", "is_pickled_file", "load_pickled", 30,
          "pickled .ckpt/.pt checkpoint: refused unless --allow-unsafe-pickle"),
         ("sd-single-file", "is_single_file", "load_single_file", 20,
-         "SD1 / SDXL single-file .safetensors in the original (LDM / SGM) layout"),
+         "single-file .safetensors in a family's original layout (LDM / SGM, BFL, MMDiT)"),
         ("sd-diffusers", "is_folder", "load_folder", 10,
          "diffusers pipeline folder (model_index.json)"),
         ("sd-hub", "is_hub_id", "load_hub", 0,

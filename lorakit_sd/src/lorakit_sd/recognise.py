@@ -10,19 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorakit.api import METADATA_NAME, UsageError, is_image_name
-from lorakit_sd.families import LABELS
+from lorakit_sd import families
 from lorakit_sd.models import PICKLE_SUFFIXES, peek_family
 
 #: Pickled checkpoints an image model comes in (``.bin`` is left to whoever reads its magic).
 IMAGE_PICKLES = tuple(s for s in PICKLE_SUFFIXES if s != ".bin")
 
 
-def _article(label: str) -> str:
-    return "an" if label[:1] in "AEFHILMNORSX" and not label.startswith("FLUX") else "a"
-
-
 def reads_model(base_model: str) -> str | None:
-    """``an SD1.x checkpoint``, ``a diffusers SDXL folder``, ...; None: not one of ours."""
+    """``a single-file <family> checkpoint``, ``a diffusers <family> folder``, ...; None:
+    not one of ours."""
     path = Path(base_model).expanduser()
     if path.is_file() and path.suffix.lower() in IMAGE_PICKLES:
         return "a pickled image-model checkpoint"
@@ -32,10 +29,10 @@ def reads_model(base_model: str) -> str | None:
         return None
     if family is None:
         return None
-    label = LABELS.get(family, family)
+    label = families.label(family)
     if path.is_dir():
         return f"a diffusers {label} folder"
-    return f"{_article(label)} {label} checkpoint"
+    return f"a single-file {label} checkpoint"
 
 
 def reads_data(train_data_dir: str) -> str | None:

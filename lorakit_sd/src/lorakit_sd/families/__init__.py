@@ -1,36 +1,164 @@
-"""The image model families lorakit-sd trains, each behind :class:`ModelFamily`.
+"""The image model families the ``sd`` backend trains, each a :class:`ModelFamily`.
 
-``get(name)`` returns a family; ``of_keys`` / ``of_index`` recognise one from a single file's
+Families are registered, not listed: every installed package (lorakit-sd for its own) adds
+:class:`FamilySpec` entries through the ``register_image_families`` hook, and ``get(name)``
+builds a family on first use. ``of_keys`` / ``of_index`` recognise one from a single file's
 tensor names or a diffusers ``model_index.json``. Importing this package loads no torch.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-#: family name -> "module:Class" (imported on first use)
-FAMILIES = {
-    "sd1": "lorakit_sd.families.sd1:SD1",
-    "sdxl": "lorakit_sd.families.sdxl:SDXL",
-    "sd3": "lorakit_sd.families.sd3:SD3",
-    "flux1": "lorakit_sd.families.flux1:Flux1",
-}
-#: what each family is called in messages (no import needed)
-LABELS = {"sd1": "SD1.x", "sdxl": "SDXL", "sd3": "SD3 / SD3.5", "flux1": "FLUX.1"}
-_cache: dict[str, Any] = {}
+from lorakit.api import (
+    ConfigError,
+    PluginError,
+    PluginInfo,
+    get_registries,
+    plugin_registrations,
+)
+
+HOOK = "register_image_families"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One family as registered: its name (``sd.model_family``), how messages call it, and a
+    factory returning its :class:`~lorakit_sd.families.base.ModelFamily` (called on first use,
+    so registering imports nothing heavy: ``lazy("pkg.family:Class")``)."""
+
+    name: str
+    label: str
+    factory: Callable[[], Any]
+    description: str = ""
+    #: what ``lorakit inspect`` says of a kohya-format file in this family's own layout:
+    #: ``describe(tensor names) -> lorakit.api.FileKind | None`` (torch-free), or None
+    describe: Callable[[list[str]], Any] | None = None
+    #: its config template for ``lorakit config init``: ``(name, package, file)``, or None
+    template: tuple[str, str, str] | None = None
+
+
+@dataclass
+class _Table:
+    specs: dict[str, FamilySpec]
+    built: dict[str, Any]
+
+
+#: the table of the plugin manager's registries it was built from (rebuilt for another)
+_current: tuple[Any, _Table] | None = None
+
+
+def _table() -> _Table:
+    """The families the current plugin manager's packages register (built once per manager)."""
+    global _current
+    registries = get_registries()
+    if _current is not None and _current[0] is registries:
+        return _current[1]
+    found: list[tuple[PluginInfo | None, Any]] = list(plugin_registrations(HOOK))
+    if not any(spec.name in builtin_names() for _, spec in found):
+        # lorakit-sd's own plugin is not in this manager (a test's hand-made one): its
+        # families are known anyway, since this code is lorakit-sd's.
+        found = [(None, spec) for spec in builtin_specs()] + found
+    # lorakit-sd's own first (recognition tries them first), then the others as loaded
+    found.sort(key=lambda item: item[1].name not in builtin_names())
+    specs: dict[str, FamilySpec] = {}
+    owners: dict[str, str] = {}
+    for info, spec in found:
+        owner = info.distribution if info is not None else "lorakit-sd"
+        if spec.name in specs:
+            raise PluginError(
+                f"image family {spec.name!r} is registered by both {owners[spec.name]} and "
+                f"{owner} (uninstall one, or disable it with LORAKIT_DISABLE_PLUGINS)"
+            )
+        specs[spec.name], owners[spec.name] = spec, owner
+    table = _Table(specs, {})
+    _current = (registries, table)
+    return table
+
+
+def register_builtins(register: Callable[[FamilySpec], None]) -> None:
+    """lorakit-sd's own families: each folder's ``SPEC`` (torch-free)."""
+    for name in builtin_names():
+        register(importlib.import_module(f"lorakit_sd.families.{name}").SPEC)
+
+
+def builtin_specs() -> list[FamilySpec]:
+    """lorakit-sd's own families' specs (no plugin manager needed: the backend's registration
+    reads its templates and labels from them)."""
+    made: list[FamilySpec] = []
+    register_builtins(made.append)
+    return made
+
+
+def builtin_templates() -> dict[str, tuple[str, str]]:
+    """``lorakit config init`` templates of lorakit-sd's own families: name -> (package, file)."""
+    return {s.template[0]: s.template[1:] for s in builtin_specs() if s.template is not None}
+
+
+def builtin_labels() -> str:
+    """lorakit-sd's own families as one line: ``SD1.x / SDXL / ...``."""
+    return " / ".join(s.label for s in builtin_specs())
+
+
+def builtin_names() -> tuple[str, ...]:
+    """The folders of lorakit-sd's own families, in the order files are recognised."""
+    return ("sd1", "sdxl", "sd3", "flux1")
+
+
+def names() -> list[str]:
+    """Every registered family's name, in registration order."""
+    return list(_table().specs)
+
+
+def specs() -> list[FamilySpec]:
+    """Every registered family's spec, in registration order (no family is built)."""
+    return list(_table().specs.values())
+
+
+def labels() -> dict[str, str]:
+    """``name -> label`` of every registered family (no family is built)."""
+    return {name: spec.label for name, spec in _table().specs.items()}
+
+
+def label(name: str) -> str:
+    return labels().get(name, name)
+
+
+def check_name(name: str) -> str:
+    """``name`` when it is ``auto`` or a registered family, else a ConfigError naming them."""
+    if name == "auto" or name in names():
+        return name
+    raise ConfigError(
+        f"sd.model_family {name!r} is not an installed image family (choose auto, "
+        f"{', '.join(names())})",
+        key="sd.model_family",
+    )
+
+
+def spec(name: str) -> FamilySpec:
+    """The registered :class:`FamilySpec` called ``name``."""
+    found = _table().specs.get(name)
+    if found is None:
+        raise ConfigError(f"no image family {name!r} is installed", key="sd.model_family")
+    return found
 
 
 def get(name: str) -> Any:
     """The :class:`~lorakit_sd.families.base.ModelFamily` called ``name``."""
-    if name not in _cache:
-        module, cls = FAMILIES[name].split(":")
-        _cache[name] = getattr(import_module(module), cls)()
-    return _cache[name]
+    table = _table()
+    if name not in table.built:
+        spec = table.specs.get(name)
+        if spec is None:
+            raise ConfigError(f"no image family {name!r} is installed", key="sd.model_family")
+        table.built[name] = spec.factory()
+    return table.built[name]
 
 
 def all_families() -> list[Any]:
-    return [get(name) for name in FAMILIES]
+    return [get(name) for name in names()]
 
 
 def of_keys(keys: Any) -> str | None:

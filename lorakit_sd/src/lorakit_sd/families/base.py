@@ -83,6 +83,10 @@ class ModelFamily:
     refused_options: ClassVar[tuple[str, ...]] = ()
     #: bucket sides must be a multiple of this many latent pixels' worth of pixels
     latent_multiple: ClassVar[int] = 1
+    #: whether kohya keys name the UNet by its original (SGM) module paths (SDXL)
+    kohya_unet_original_names: ClassVar[bool] = False
+    #: whether the denoiser takes the pooled text embedding and size ids (SDXL)
+    size_conditioned: ClassVar[bool] = False
     #: whether sd.clip_skip means something (SD1)
     clip_skip_applies: ClassVar[bool] = False
     #: the LoRA target presets (``attn``, ``all-linear``...) and the default
@@ -132,7 +136,7 @@ class ModelFamily:
     # -- training --------------------------------------------------------------------------
     def check_section(self, sec: Any) -> None:
         """Refuse, in one line naming the family, sd.* options that do not apply to it."""
-        from lorakit_sd.quantize import check
+        from lorakit_sd.step.quantize import check
 
         check(sec, self.label, self.denoiser_attr == "transformer")
         for key in self.refused_options:
@@ -163,9 +167,22 @@ class ModelFamily:
         shift = getattr(vae_config, "shift_factor", None) or 0.0
         return (latents - shift) * vae_config.scaling_factor
 
+    def encode_moments(self, vae: Any, pixels: Any) -> Any:
+        """What the latent cache stores for a pixel batch in [-1, 1]: the VAE posterior's
+        parameters (mean ‖ log-variance), drawn from each step by :meth:`latents_from_moments`."""
+        from lorakit_sd.data.cache import encode_moments
+
+        return encode_moments(vae, pixels)
+
+    def latents_from_moments(self, moments: Any) -> Any:
+        """One step's latents from the cached moments: a sample of the diagonal Gaussian."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        return DiagonalGaussianDistribution(moments).sample()
+
     def max_tokens(self, items: list[Any], pipe: Any, sec: Any, log: Any) -> int:
         """The caption length encoded (CLIP windows for SD1/SDXL, T5 tokens otherwise)."""
-        from lorakit_sd.dataset import choose_max_tokens
+        from lorakit_sd.data.dataset import choose_max_tokens
 
         return choose_max_tokens(
             [(item.caption, item.where or item.image) for item in items],
@@ -210,9 +227,42 @@ class ModelFamily:
         """Per-sample tensors the dataset adds (SDXL's size ids)."""
         return {}
 
+    # -- templates and stand-in -----------------------------------------------------------
+    #: whether ``lorakit demo`` trains this family's stand-in (one family says so)
+    demo: ClassVar[bool] = False
+
+    def standin(self, directory: Any, seed: int = 0) -> Any:
+        """A tiny random-weight model of this family saved under ``directory`` (tests, the
+        demo): an object with ``diffusers_dir`` and ``resolution``."""
+        raise NotImplementedError(f"{self.name} has no stand-in model")
+
+    # -- plan ------------------------------------------------------------------------------
+    def planner(self, config: Any, folder: Any, section: Any) -> Any:
+        """The ``lorakit.api.PlanModel`` of a run on the model whose configs are in ``folder``
+        (built on the meta device, no weights read); None: ``lorakit plan`` cannot plan it."""
+        return None
+
     # -- previews --------------------------------------------------------------------------
     def render(self, pipe: Any, prompts: list[str], **kwargs: Any) -> list[Any]:
         raise NotImplementedError  # pragma: no cover - interface
+
+    # -- LoRA files read back ----------------------------------------------------------------
+    #: families are asked in this order (highest first) whose a LoRA file's keys are; the
+    #: lowest is the answer when none claims them
+    lora_key_priority: ClassVar[int] = 0
+
+    def claims_lora_metadata(self, version: str, architecture: str) -> bool:
+        """Whether ``ss_base_model_version`` / ``modelspec.architecture`` name this family."""
+        return version == self.base_model_version or architecture == self.architecture
+
+    def claims_lora_keys(self, keys: Any) -> bool:
+        """Whether a LoRA file's tensor names (a dict: with shapes) are this family's."""
+        return False
+
+    def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
+        """A kohya-format file's entries under the names :func:`to_kohya` writes (SDXL: SGM
+        UNet names; FLUX.1: BFL's fused layers split into diffusers' modules)."""
+        return entries
 
     # -- files -----------------------------------------------------------------------------
     def kohya_prefix(self, component: str) -> str:
@@ -220,6 +270,13 @@ class ModelFamily:
         if prefix is None:
             raise ValueError(f"{self.name} has no text encoder {component}")
         return prefix
+
+    def network_stem(self, component: str, path: str, layout: Any) -> str:
+        """The key stem of a LoHa / LoKr / DoRA module in the LyCORIS-format file (kohya's
+        names: ``lora_unet_...``, ``lora_te1_...``)."""
+        from lorakit_sd.lorafiles.names import kohya_name
+
+        return kohya_name(component, path, self.name, layout)
 
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """The kohya-format tensors of a LoRA, or None where the family has no such layout."""

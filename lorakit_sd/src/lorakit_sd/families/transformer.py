@@ -12,7 +12,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from lorakit.api import ConfigError
 from lorakit_sd.families.base import ModelFamily, Objective
+from lorakit_sd.families.flow import FlowMatchObjective
+from lorakit_sd.families.transformer_module import FlowTrainModule
+from lorakit_sd.families.transformer_plan import flow_planner
+from lorakit_sd.families.transformer_standin import build_tiny_flow
+from lorakit_sd.step.quantize import check
 
 
 class FlowFamily(ModelFamily):
@@ -21,6 +27,11 @@ class FlowFamily(ModelFamily):
     refused_options = ("min_snr_gamma", "noise_offset", "prediction_type", "conv_rank")
     #: T5 tokens per caption when sd.max_sequence_length is null
     default_sequence_length: ClassVar[int] = 256
+    #: the encoder of the caption sequence, and every caption encoder, as ``plan`` names them
+    sequence_encoder: ClassVar[str] = "T5"
+    caption_encoders: ClassVar[str] = "T5 and CLIP"
+    #: how a merged transformer file names its tensors (``lorakit merge``'s message)
+    transformer_file_layout: ClassVar[str] = "diffusers' names"
     #: class names in model_index.json
     pipeline_names: ClassVar[tuple[str, ...]] = ()
     transformer_names: ClassVar[tuple[str, ...]] = ()
@@ -33,8 +44,6 @@ class FlowFamily(ModelFamily):
         )
 
     def check_section(self, sec: Any) -> None:
-        from lorakit.api import ConfigError
-        from lorakit_sd.quantize import check
 
         check(sec, self.label, True)
         for key in self.refused_options:
@@ -44,6 +53,18 @@ class FlowFamily(ModelFamily):
                     "only (remove it)",
                     key=f"sd.{key}",
                 )
+
+    def network_stem(self, component: str, path: str, layout: Any) -> str:
+        """Transformer modules under ``lycoris_`` + their diffusers path (the names LyCORIS
+        trainers write for diffusers models, and ComfyUI maps to the transformer's weights):
+        exact for every network type, where BFL's fused layers are not."""
+        if component == "transformer":
+            return "lycoris_" + path.replace(".", "_")
+        return super().network_stem(component, path, layout)  # type: ignore[no-any-return]
+
+    def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
+        """A merged transformer's tensors in the layout this family's files use."""
+        return state
 
     def t5(self, pipe: Any) -> tuple[Any, Any]:
         """(T5 tokenizer, T5 encoder)."""
@@ -98,9 +119,28 @@ class FlowFamily(ModelFamily):
         return False
 
     def objective(self, pipe: Any, sec: Any) -> Objective:
-        from lorakit_sd.families.flow import FlowMatchObjective
 
         return FlowMatchObjective(pipe, sec)
+
+    def standin(self, directory: Any, seed: int = 0) -> Any:
+
+        return build_tiny_flow(directory, self.name, seed)
+
+    def vae_factor(self, vae_config: Any) -> int:
+        """How many pixels one latent pixel covers, from the VAE's config."""
+        return int(2 ** (len(vae_config["block_out_channels"]) - 1))
+
+    def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
+        """Fake cached caption embeddings of a batch for ``lorakit plan`` (the sequence and
+        the pooled CLIP embedding the transformer reads)."""
+        return {
+            "hidden": torch.randn(batch, tokens, int(t_config["joint_attention_dim"])),
+            "pooled": torch.randn(batch, int(t_config["pooled_projection_dim"])),
+        }
+
+    def planner(self, config: Any, folder: Any, section: Any) -> Any:
+
+        return flow_planner(config, folder, self, section)
 
     def render(self, pipe: Any, prompts: list[str], **kwargs: Any) -> list[Any]:
         """The pipeline's own flow-matching sampler, seeded per prompt, under fork_rng."""
@@ -127,48 +167,3 @@ class FlowFamily(ModelFamily):
 
     def render_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {}
-
-
-class FlowTrainModule(torch.nn.Module):
-    """What the engine trains for SD3 / FLUX.1: the LoRA transformer (and CLIP encoders).
-
-    Captions not cached are encoded inside :meth:`forward` (so DDP synchronises a CLIP
-    LoRA); the family lays the latents out and calls its transformer.
-    """
-
-    def __init__(
-        self,
-        family: FlowFamily,
-        pipe: Any,
-        transformer: Any,
-        text_encoders: list[Any] | None,
-        train_text: bool,
-        max_tokens: int,
-        guidance: float | None,
-    ) -> None:
-        super().__init__()
-        self.family = family
-        self.pipe = [pipe]  # a list: not a submodule (its modules are registered below)
-        self.transformer = transformer
-        self.text_encoders = torch.nn.ModuleList(text_encoders or [])
-        self.train_text = train_text
-        self.max_tokens = max_tokens
-        self.guidance = guidance
-
-    def forward(
-        self,
-        noisy: torch.Tensor,
-        timesteps: torch.Tensor,
-        hidden: torch.Tensor | None = None,
-        pooled: torch.Tensor | None = None,
-        captions: list[str] | None = None,
-    ) -> torch.Tensor:
-        if captions is not None:
-            with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):
-                hidden, pooled = self.family.encode(self.pipe[0], captions, self.max_tokens)
-            dtype = noisy.dtype
-            hidden, pooled = hidden.to(dtype), pooled.to(dtype)
-        guidance = None
-        if self.guidance is not None:
-            guidance = torch.full((noisy.shape[0],), self.guidance, device=noisy.device)
-        return self.family.denoise(self.transformer, noisy, timesteps, hidden, pooled, guidance)

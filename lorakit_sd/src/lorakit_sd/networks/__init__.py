@@ -11,15 +11,30 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dora")
-_MODULES = {"lora": "lora", "locon": "lora", "dora": "dora", "loha": "loha", "lokr": "lokr"}
+#: The network types: ``sd.network``'s choices and the docs' table (a test compares them).
+#: name -> (module, where its files load)
+NETWORKS = {
+    "lora": ("lora", "diffusers, ComfyUI, A1111, sd-scripts"),
+    "locon": ("lora", "diffusers, ComfyUI, A1111, sd-scripts"),
+    "loha": ("loha", "LyCORIS, ComfyUI, A1111"),
+    "lokr": (
+        "lokr",
+        "LyCORIS, A1111; ComfyUI without `use_tucker` (it refuses modules with `.lokr_t2`)",
+    ),
+    "dora": (
+        "dora",
+        "LyCORIS (exact), diffusers (its `.diffusers.safetensors`, exact); "
+        "ComfyUI approximately (see below); A1111 wrongly (see below)",
+    ),
+}
+NETWORK_TYPES = tuple(NETWORKS)
 #: the types whose file is a plain LoRA (lora_down/lora_up/alpha)
 PLAIN = ("lora", "locon")
 
 
 def network_module(network: str) -> Any:
     """The module that builds and writes ``network``."""
-    return import_module(f"lorakit_sd.networks.{_MODULES[network]}")
+    return import_module(f"lorakit_sd.networks.{NETWORKS[network][0]}")
 
 
 def file_network(keys: Any) -> str:

@@ -1,4 +1,6 @@
-"""Reading LoHa / LoKr / DoRA files back: each module's weight update, as the readers compute it.
+"""Reading LoHa / LoKr / DoRA files back: each module's tensors checked, and its weight update
+computed by its type's module (``loha.delta``, ``lokr.delta``, ``dora.delta``) as the readers
+compute it.
 
 Scales follow LyCORIS's readers (and ComfyUI's and A1111's): LoHa ``alpha / rank`` with the
 rank of ``hada_w1_b``; LoKr ``alpha / rank`` with the rank of a ``_b`` factor, ``1`` when
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import UsageError
-from lorakit_sd.networks import file_network
+from lorakit_sd.networks import file_network, network_module
 from lorakit_sd.networks.loha import NAMES as LOHA
 from lorakit_sd.networks.lokr import NAMES as LOKR
 
@@ -23,13 +25,6 @@ _NEEDS = {
     "loha": ({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"},),
     "lokr": ({"lokr_w1"}, {"lokr_w1_a", "lokr_w1_b"}),
 }
-
-
-def _rank(tensors: dict[str, Any], network: str) -> int | None:
-    if network == "loha":
-        return int(tensors["hada_w1_b"].shape[0])
-    factor = tensors.get("lokr_w1_b", tensors.get("lokr_w2_b"))
-    return int(factor.shape[0]) if factor is not None else None
 
 
 def check_entry(path: Path, stem: str, entry: dict[str, Any]) -> None:
@@ -47,51 +42,12 @@ def check_entry(path: Path, stem: str, entry: dict[str, Any]) -> None:
         second = "lokr_w2" in tensors or {"lokr_w2_a", "lokr_w2_b"} <= tensors.keys()
         if not first or (network == "lokr" and not second):
             raise UsageError(f"{path}: {stem} lacks some of its {network} tensors")
-        rank = _rank(tensors, network) or 1
+        rank = network_module(network).rank(tensors) or 1
     entry["alpha"] = float(entry["alpha"]) if "alpha" in entry else float(rank)
 
 
-def _loha(t: dict[str, Any], alpha: float) -> Any:
-    from peft.tuners.loha.layer import make_weight, make_weight_cp
-
-    scale = alpha / t["hada_w1_b"].shape[0]
-    w = [t[n].float() for n in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")]
-    if "hada_t1" in t:
-        return make_weight_cp(t["hada_t1"].float(), w[0], w[1], t["hada_t2"].float(), w[2], w[3],
-                              scale=scale)  # fmt: skip
-    return make_weight(*w, scale=scale)
-
-
-def _lokr(t: dict[str, Any], alpha: float) -> Any:
-    from peft.tuners.lokr.layer import make_kron, make_weight_cp
-
-    rank = _rank(t, "lokr")
-    scale = alpha / rank if rank else 1.0
-    w1 = t["lokr_w1"].float() if "lokr_w1" in t else t["lokr_w1_a"].float() @ t["lokr_w1_b"].float()
-    if "lokr_w2" in t:
-        w2 = t["lokr_w2"].float()
-    elif "lokr_t2" in t:
-        w2 = make_weight_cp(t["lokr_t2"].float(), t["lokr_w2_a"].float(), t["lokr_w2_b"].float())
-    else:
-        w2 = t["lokr_w2_a"].float() @ t["lokr_w2_b"].float()
-    return make_kron(w1, w2, scale)
-
-
 def network_delta(module: Any, weight: float, base: Any) -> Any:
-    """A LoHa / LoKr / DoRA module's update times ``weight``, shaped ``[out, -1]``."""
-    t = module.tensors
-    network = file_network(f"x.{k}" for k in t)
-    if network == "loha":
-        return (_loha(t, module.alpha) * weight).flatten(1)
-    if network == "lokr":
-        delta = _lokr(t, module.alpha)
-        return (delta * weight).reshape(delta.shape[0], -1)
-    if base is None:
-        raise ValueError("a DoRA update depends on the base weight")
-    w = base.float().flatten(1)
-    lora = (module.up.float().flatten(1) @ module.down.float().flatten(1)) * (
-        module.alpha / module.down.shape[0]
-    )
-    merged = w + lora
-    scale = t["dora_scale"].float().reshape(-1, 1) / merged.norm(dim=1, keepdim=True)
-    return (merged * scale - w) * weight
+    """A LoHa / LoKr / DoRA module's update times ``weight``, shaped ``[out, -1]``: each
+    type's own ``delta`` (its module in :mod:`lorakit_sd.networks`)."""
+    network = file_network(f"x.{k}" for k in module.tensors)
+    return network_module(network).delta(module, base) * weight

@@ -21,3 +21,21 @@ def layer_tensors(layer: Any, adapter: str = "default") -> dict[str, Any]:
     weight = layer.get_base_layer().weight
     tensors["dora_scale"] = magnitude.reshape(weight.shape[0], *[1] * (weight.ndim - 1))
     return tensors
+
+
+def rank(tensors: dict[str, Any]) -> int | None:
+    return None  # a DoRA module's rank is its lora_down's
+
+
+def delta(module: Any, base: Any) -> Any:
+    """Every output row of ``W + up @ down · alpha / r`` rescaled to ``dora_scale``, minus
+    ``W`` (it depends on the base weight), shaped ``[out, -1]``."""
+    if base is None:
+        raise ValueError("a DoRA update depends on the base weight")
+    w = base.float().flatten(1)
+    lora = (module.up.float().flatten(1) @ module.down.float().flatten(1)) * (
+        module.alpha / module.down.shape[0]
+    )
+    merged = w + lora
+    scale = module.tensors["dora_scale"].float().reshape(-1, 1) / merged.norm(dim=1, keepdim=True)
+    return merged * scale - w

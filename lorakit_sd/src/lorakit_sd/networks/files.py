@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from lorakit.api import AdapterLayer, UsageError
+from lorakit.api import AdapterLayer
+from lorakit_sd import families
+from lorakit_sd.lorafiles.names import UnetLayout
 
 
 def adapted_layers(model: Any) -> Iterable[tuple[str, Any]]:
@@ -21,15 +23,12 @@ def kohya_network_tensors(
     network: str, layers: Iterable[AdapterLayer], family: str, denoiser: Any, dtype: Any
 ) -> dict[str, Any]:
     """Every adapted layer's tensors, named ``<kohya key>.<suffix>``, cast to ``dtype``."""
-    from lorakit_sd import families
-    from lorakit_sd.lora_format import UnetLayout, kohya_name
 
-    if families.get(family).denoiser_attr != "unet":
-        raise UsageError(f"sd.network {network} files are written for SD1/SDXL UNets only")
-    layout = UnetLayout.from_config(denoiser.config)
+    spec = families.get(family)
+    layout = UnetLayout.from_config(denoiser.config) if spec.denoiser_attr == "unet" else None
     out: dict[str, Any] = {}
     for layer in layers:
-        stem = kohya_name(layer.component, layer.path, family, layout)
+        stem = spec.network_stem(layer.component, layer.path, layout)
         for suffix, tensor in layer.tensors.items():
             out[f"{stem}.{suffix}"] = tensor.detach().to("cpu", dtype).contiguous()
     return out

@@ -33,3 +33,22 @@ def layer_tensors(layer: Any, adapter: str = "default") -> dict[str, Any]:
     rank = out["hada_w1_b"].shape[0]
     out["alpha"] = torch.tensor(float(layer.scaling[adapter] * rank))
     return out
+
+
+def rank(tensors: dict[str, Any]) -> int:
+    """The rank readers scale by: ``hada_w1_b``'s."""
+    return int(tensors["hada_w1_b"].shape[0])
+
+
+def delta(module: Any, base: Any = None) -> Any:
+    """``(w1_a @ w1_b) ⊙ (w2_a @ w2_b) · alpha / rank`` (PEFT's ``make_weight``; with a CP
+    core ``make_weight_cp``), shaped ``[out, -1]``, as LyCORIS's readers compute it."""
+    from peft.tuners.loha.layer import make_weight, make_weight_cp
+
+    t = module.tensors
+    scale = module.alpha / rank(t)
+    w = [t[n].float() for n in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")]
+    if "hada_t1" in t:
+        core = (t["hada_t1"].float(), w[0], w[1], t["hada_t2"].float(), w[2], w[3])
+        return make_weight_cp(*core, scale=scale).flatten(1)
+    return make_weight(*w, scale=scale).flatten(1)

@@ -41,3 +41,27 @@ def layer_tensors(layer: Any, adapter: str = "default") -> dict[str, Any]:
     else:
         out["alpha"] = torch.tensor(scale * factor.shape[0])
     return out
+
+
+def rank(tensors: dict[str, Any]) -> int | None:
+    """The rank readers scale by (a ``_b`` factor's), None when neither factor is decomposed."""
+    factor = tensors.get("lokr_w1_b", tensors.get("lokr_w2_b"))
+    return int(factor.shape[0]) if factor is not None else None
+
+
+def delta(module: Any, base: Any = None) -> Any:
+    """``kron(w1, w2) · scale`` (PEFT's ``make_kron``), shaped ``[out, -1]``."""
+    from peft.tuners.lokr.layer import make_kron, make_weight_cp
+
+    t = module.tensors
+    r = rank(t)
+    scale = module.alpha / r if r else 1.0
+    w1 = t["lokr_w1"].float() if "lokr_w1" in t else t["lokr_w1_a"].float() @ t["lokr_w1_b"].float()
+    if "lokr_w2" in t:
+        w2 = t["lokr_w2"].float()
+    elif "lokr_t2" in t:
+        w2 = make_weight_cp(t["lokr_t2"].float(), t["lokr_w2_a"].float(), t["lokr_w2_b"].float())
+    else:
+        w2 = t["lokr_w2_a"].float() @ t["lokr_w2_b"].float()
+    out = make_kron(w1, w2, scale)
+    return out.reshape(out.shape[0], -1)

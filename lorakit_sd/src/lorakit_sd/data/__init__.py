@@ -1,0 +1,2 @@
+"""Training data: dataset readers, image items and buckets, latent and text caches, masks,
+caption augmentation."""

@@ -1,0 +1,65 @@
+"""What ``lorakit plan`` adds for SD3 / FLUX.1 beyond the trace: the ladder's own rows.
+
+On a 24 GB card FLUX.1 (12B parameters) trains as users do it: captions cached so T5 and
+CLIP leave the GPU, the base in bf16 with gradient checkpointing, then its frozen weights
+in fp8 or NF4 (``sd.base_quantization``). The planner's trace holds the frozen weights at
+the run's dtype; a quantized base is counted here, from the transformer's Linear weights
+(what diffusers' bitsandbytes / torchao configs quantize), at 1 byte (fp8) or NF4's size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorakit_sd.models import quiet_libraries
+
+#: bytes per weight of NF4 with its double-quantized scales (as the core planner counts)
+NF4 = 0.5 + 1 / 64 + 4 / (64 * 256)
+BYTES = {"fp8": 1.0, "nf4": NF4}
+
+
+def flow_rungs(train: Any, section: Any, spec: Any) -> tuple[tuple[dict[str, Any], str], ...]:
+    """The ladder rows, cheapest loss first; each keeps the ones before it."""
+    rungs: list[tuple[dict[str, Any], str]] = []
+    if not section.text_cache_enabled() and not section.train_text_encoder:
+        rungs.append((
+            {"sd.cache_text_encoder_outputs": True, "sd.shuffle_tags": False},
+            f"{spec.caption_encoders} off the GPU after caching their outputs (captions not "
+            "shuffled)",
+        ))  # fmt: skip
+    if train.mixed_precision == "no":
+        rungs.append(({"mixed_precision": "bf16"}, "bf16 base weights (bf16 autocast)"))
+    if section.base_quantization is None:
+        rungs.append((
+            {"sd.base_quantization": "fp8"},
+            "fp8 base weights (torchao through diffusers; needs a CUDA GPU)",
+        ))  # fmt: skip
+    if section.base_quantization != "nf4":
+        rungs.append((
+            {"sd.base_quantization": "nf4"},
+            "NF4 base weights (bitsandbytes through diffusers; needs a CUDA GPU)",
+        ))  # fmt: skip
+    return tuple(rungs)
+
+
+def linear_weights(cls: Any, config: dict[str, Any]) -> int:
+    """Weights of the transformer's Linear layers (built on the meta device)."""
+    import torch
+
+    with torch.device("meta"), quiet_libraries():
+        model = cls.from_config(config)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def quantized(section: Any, cls: Any, config: dict[str, Any], itemsize: int) -> dict[str, Any]:
+    """``PlanModel`` fields for a quantized base: the weights and the bytes each keeps.
+
+    The core subtracts ``params * (2 - quantized_bytes)`` from the traced weights (a
+    2-byte trace); a trace at another dtype is corrected here."""
+    kind = section.base_quantization
+    if kind is None:
+        return {}
+    return {
+        "quantized_params": linear_weights(cls, config),
+        "quantized_bytes": BYTES[kind] - (itemsize - 2),
+    }
