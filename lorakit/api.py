@@ -77,6 +77,7 @@ from lorakit.registry import (
     ModelLoaderSpec,
     OptimizerSpec,
     Registries,
+    RewardSpec,
     SchedulerSpec,
     TrackerSpec,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "PlanModel",
     "PluginError",
     "Registries",
+    "RewardSpec",
     "RunError",
     "RunInfo",
     "RunLock",

@@ -1,0 +1,165 @@
+"""GRPO against TRL's GRPOTrainer: the same tiny model, prompts and (fixed) completions give
+TRL's loss, KL and clip ratios and its LoRA gradient, for every loss type; TRL computes its
+own per-token log-probs (its forward, temperature and reference pass) and its loss."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from llm_helpers import make_backend
+from pref_helpers import write_jsonl
+
+pytest.importorskip("trl")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+PROMPTS = ["What is the adult dose of aspirin?", "Name a drug for pain.", "Is ice cold?"]
+#: (loss_type, beta, epsilon, epsilon_high, num_iterations, scale_rewards, bias-corrected KL)
+CASES = [
+    ("grpo", 0.04, 0.2, None, 1, "group", True),
+    ("bnpo", 0.0, 0.2, 0.28, 2, "group", True),
+    ("dr_grpo", 0.1, 0.1, None, 2, "none", True),
+    ("dapo", 0.04, 0.2, 0.28, 2, "batch", True),
+    ("grpo", 0.2, 0.2, None, 2, "group", False),
+]
+
+
+def _perturb(models: list[Any], seed: int, scale: float) -> None:
+    """The same random change of every LoRA tensor of each model."""
+    with torch.no_grad():
+        for name, param in models[0].named_parameters():
+            if "lora_" not in name:
+                continue
+            generator = torch.Generator().manual_seed(seed + sum(map(ord, name)))
+            delta = torch.randn(param.shape, generator=generator) * scale
+            for model in models:
+                dict(model.named_parameters())[name].add_(delta)
+
+
+def _completions(method: Any, rows: list[int], n: int) -> Any:
+    """Fixed completions: random tokens, each row stopping at a different length."""
+    from lorakit_llm.grpo.generation import Generated, left_pad
+
+    tokenizer = method.backend.tokenizer
+    prompt_ids, prompt_mask = left_pad([method.prompts[r] for r in rows for _ in range(n)], 0)
+    generator = torch.Generator().manual_seed(3)
+    width = 6
+    ids = torch.randint(5, len(tokenizer) - 1, (len(prompt_ids), width), generator=generator)
+    mask = torch.zeros_like(ids)
+    for i in range(len(ids)):
+        mask[i, : 2 + i % (width - 1)] = 1
+    texts = [tokenizer.decode(row[m.bool()]) for row, m in zip(ids, mask, strict=True)]
+    return Generated(prompt_ids, prompt_mask, ids * mask, mask, texts, mask[:, -1].bool())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-kl{'' if c[6] else '-plain'}" for c in CASES])
+def test_grpo_loss_and_gradient_match_trl(
+    assets: dict[str, Path], tmp_path: Path, case: tuple[Any, ...]
+) -> None:
+    from trl import GRPOConfig, GRPOTrainer
+
+    loss_type, beta, epsilon, epsilon_high, iterations, scale, corrected = case
+    n, temperature = 4, 0.7
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    backend, _, _ = make_backend(
+        {"model": assets["model"], "qa": data}, tmp_path / "out", lora_dropout=0.0,
+        llm={"method": "grpo", "rewards": ["length"], "reward_options": {"length": {"target": 12}},
+             "num_generations": n, "max_completion_length": 6, "temperature": temperature,
+             "beta": beta, "epsilon": epsilon, "epsilon_high": epsilon_high,
+             "num_iterations": iterations, "loss_type": loss_type, "scale_rewards": scale,
+             "use_bias_correction_kl": corrected},
+    )  # fmt: skip
+    method, model = backend.method, backend.model
+    _perturb([model], 1, 0.3)  # the policy differs from the reference (the base)
+    twin = copy.deepcopy(model)
+    rows = [0, 1]
+    rollout = method.make_rollout(rows, _completions(method, rows, n))
+    assert rollout.advantages.abs().sum() > 0  # the length reward tells completions apart
+    if iterations > 1:  # the policy moved since it sampled: ratios leave 1 and clip
+        _perturb([model, twin], 2, 0.5)
+
+    batch = {"rows": torch.tensor(rows), "rollout": rollout}
+    out = method.loss(model, batch)
+    loss = out.loss_sum / method.count(batch)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+    ours = method.step_metrics(1, 1)
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows) * n,
+        num_generations=n, max_completion_length=6, temperature=temperature, beta=beta,
+        epsilon=epsilon, epsilon_high=epsilon_high, num_iterations=iterations,
+        loss_type=loss_type, scale_rewards=scale, use_bias_correction_kl=corrected,
+        report_to=[], use_cpu=True,
+        gradient_checkpointing=False, dataloader_num_workers=0, logging_steps=1, bf16=False,
+    )  # fmt: skip
+    from datasets import Dataset
+
+    trainer = GRPOTrainer(
+        model=twin, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=backend.tokenizer,
+    )  # fmt: skip
+    g = rollout.generated
+    inputs: dict[str, Any] = {
+        "prompt_ids": g.prompt_ids, "prompt_mask": g.prompt_mask,
+        "completion_ids": g.completion_ids, "completion_mask": g.completion_mask,
+        "advantages": rollout.advantages, "num_items_in_batch": g.completion_mask.sum(),
+    }  # fmt: skip
+    ids = torch.cat([g.prompt_ids, g.completion_ids], 1)
+    attention = torch.cat([g.prompt_mask, g.completion_mask], 1)
+    width = g.completion_ids.shape[1]
+    with torch.no_grad():
+        if beta:
+            with trainer.model.disable_adapter():
+                ref, *_ = trainer._get_per_token_logps_and_entropies(
+                    trainer.model, ids, attention, width
+                )
+            inputs["ref_per_token_logps"] = ref
+            kept = g.completion_mask.bool()  # TRL scores only the completion's tokens
+            torch.testing.assert_close(rollout.ref_logps[kept], ref[kept], atol=1e-5, rtol=1e-5)
+    if iterations > 1:
+        # π_old: the policy that sampled, i.e. lorakit's weights before the second change
+        inputs["old_per_token_logps"] = rollout.old_logps
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    theirs = trainer.compute_loss(trainer.model, inputs)
+    theirs.backward()
+    logged = {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}
+
+    assert float(loss.detach()) == pytest.approx(float(theirs.detach()), abs=1e-4, rel=1e-4)
+    for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+                *(("kl",) if beta else ())):  # fmt: skip
+        assert ours[key] == pytest.approx(logged[key], abs=1e-4), key
+    if iterations > 1:
+        assert ours["clip_ratio/region_mean"] > 0  # the clipped branch is exercised
+    theirs_grads = {k: p.grad for k, p in trainer.model.named_parameters() if p.requires_grad}
+    assert grads.keys() == theirs_grads.keys() and grads
+    top = max(float(v.abs().max()) for v in theirs_grads.values())
+    assert top > 1e-6
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, theirs_grads[key], atol=1e-4 * max(top, 1.0), rtol=1e-4)
+
+
+def test_old_logps_are_the_sampling_policy(assets: dict[str, Path], tmp_path: Path) -> None:
+    """With num_iterations 2, π_old is the policy's log-prob at sampling time, TRL's way
+    (its forward on prompt + completion at the sampling temperature)."""
+    from lorakit_llm.grpo.generation import completion_logps
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    backend, _, _ = make_backend(
+        {"model": assets["model"], "qa": data}, tmp_path / "out", lora_dropout=0.0,
+        llm={"method": "grpo", "rewards": ["length"], "num_generations": 2,
+             "max_completion_length": 6, "temperature": 0.5, "num_iterations": 2},
+    )  # fmt: skip
+    method = backend.method
+    rollout = method.make_rollout([2], _completions(method, [2], 2))
+    g = rollout.generated
+    again = completion_logps(
+        backend.model, g.prompt_ids, g.prompt_mask, g.completion_ids, g.completion_mask, 0.5
+    )
+    torch.testing.assert_close(rollout.old_logps, again.detach())
+    assert rollout.ref_logps is None  # beta 0: no reference pass
