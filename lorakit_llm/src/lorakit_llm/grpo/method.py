@@ -178,6 +178,13 @@ class GRPOMethod:
             f"{self.epsilon_high:g}, scale_rewards {section.scale_rewards}, num_iterations "
             f"{section.num_iterations}; {reference}"
         )
+        save = backend.config.train.save_steps
+        if section.num_iterations > 1 and save and save % section.num_iterations:
+            ctx.log(
+                f"warning: save_steps {save} is not a multiple of num_iterations "
+                f"{section.num_iterations}: a run resumed from such a checkpoint samples fresh "
+                "completions for the batch it stopped in"
+            )
         if truncated:
             ctx.log(f"llm: {truncated} prompts were longer than max_seq_len and were cut")
         return dataset
@@ -200,7 +207,8 @@ class GRPOMethod:
     def rollout(self, batch: dict[str, Any]) -> Rollout:
         """The batch's rollout: made once per batch (kept ``num_iterations`` times)."""
         if "rollout" in batch:
-            return batch["rollout"]  # type: ignore[no-any-return]
+            found: Rollout = batch["rollout"]
+            return found
         rows = [int(r) for r in batch["rows"]]
         key = tuple(rows)
         kept = self.kept.get(key)
@@ -252,11 +260,14 @@ class GRPOMethod:
         return rollout
 
     @staticmethod
-    def _tensors(rollout: Rollout, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def _tensors(
+        rollout: Rollout, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         g = rollout.generated
-        return tuple(
-            t.to(device) for t in (g.prompt_ids, g.prompt_mask, g.completion_ids, g.completion_mask)
-        )
+        return (
+            g.prompt_ids.to(device), g.prompt_mask.to(device),
+            g.completion_ids.to(device), g.completion_mask.to(device),
+        )  # fmt: skip
 
     # -- loss --------------------------------------------------------------------------
     def count(self, batch: dict[str, Any]) -> float:

@@ -103,13 +103,13 @@ def load_rewards(
         )
     if weights is not None and len(weights) != len(names):
         raise UsageError(f"llm.reward_weights has {len(weights)} values for {len(names)} rewards")
+    specs = [registry.get(name, hint="llm.rewards") for name in names]
     options = options or {}
     unknown = sorted(set(options) - set(names))
     if unknown:
         raise UsageError(f"llm.reward_options.{unknown[0]}: no such reward in llm.rewards")
     functions = []
-    for name in names:
-        spec = registry.get(name, hint="llm.rewards")
+    for name, spec in zip(names, specs, strict=True):
         given = dict(options.get(name) or {})
         extra = sorted(set(given) - set(spec.options))
         if extra:
