@@ -231,3 +231,27 @@ def test_the_grpo_template_trains_on_the_tiny_model(
     assert "llm: grpo on 8 prompts" in out + err
     logged = _metrics(tmp_path / "out")
     assert {"rewards/answer_match/mean", "rewards/think_format/mean"} <= logged[-1].keys()
+
+
+def test_plan_counts_every_completion_of_a_micro_batch(
+    assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step's forward holds batch_size × num_generations rows of prompt + completion."""
+    from transformers import AutoTokenizer
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", _rows())
+    config = _config(assets, tmp_path / "out", data, llm={"beta": 0.1})
+    code, out, err = run_cli(capsys, "plan", "-c", _write(tmp_path / "p.yaml", config))
+    assert code == 0, out + err
+    from lorakit_llm.grpo.generation import prompt_text
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["model"])
+    longest = max(
+        len(tokenizer(prompt_text(tokenizer, [{"role": "user", "content": r["prompt"]}],
+                                  tokenizer.chat_template), add_special_tokens=False)["input_ids"])
+        for r in _rows()
+    )  # fmt: skip
+    text = " ".join(out.split())
+    assert "4 prompts × 8 completions + a reference pass" in text
+    seq = longest + 3  # the longest prompt and max_completion_length
+    assert f"{32 * seq:,} tokens (32 × {seq})" in text  # 4 prompts × 8 completions a forward
