@@ -163,3 +163,34 @@ def test_old_logps_are_the_sampling_policy(assets: dict[str, Path], tmp_path: Pa
     )
     torch.testing.assert_close(rollout.old_logps, again.detach())
     assert rollout.ref_logps is None  # beta 0: no reference pass
+
+
+def test_the_reference_is_the_frozen_init_adapter(
+    assets: dict[str, Path], trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """GRPO from an SFT adapter with beta: the reference is that adapter, frozen in a second
+    slot (no second model), so the first step's KL is 0 although the policy is not the base."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    log: list[str] = []
+    backend, _, _ = make_backend(
+        {"model": assets["model"], "qa": data}, tmp_path / "out", log=log,
+        init_adapter=str(trained["output"]),
+        llm={"method": "grpo", "rewards": ["length"], "num_generations": 2, "beta": 0.1,
+             "max_completion_length": 6},
+    )  # fmt: skip
+    assert "KL beta 0.1 to the init_adapter kept frozen" in "\n".join(log)
+    assert sorted(backend.model.peft_config) == ["default", "reference"]
+    method = backend.method
+    rollout = method.make_rollout([0, 1], _completions(method, [0, 1], 2))
+    batch = {"rows": torch.tensor([0, 1]), "rollout": rollout}
+    method.loss(backend.model, batch).loss_sum.backward()
+    assert method.step_metrics(1, 1)["kl"] == pytest.approx(0.0, abs=1e-7)
+    g, kept = rollout.generated, rollout.generated.completion_mask.bool()
+    from lorakit_llm.grpo.generation import completion_logps
+
+    with torch.no_grad(), backend.model.disable_adapter():
+        base = completion_logps(backend.model, g.prompt_ids, g.prompt_mask, g.completion_ids,
+                                g.completion_mask)  # fmt: skip
+    assert not torch.allclose(base[kept], rollout.ref_logps[kept], atol=1e-3)
+    grads = [p.grad for n, p in backend.model.named_parameters() if ".reference." in n]
+    assert grads and all(g is None for g in grads)  # the reference stays frozen
