@@ -146,6 +146,45 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(
         assert (part / name).read_text() == (full / name).read_text()
 
 
+def test_eval_split_logs_the_mean_reward_of_held_out_prompts(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    from lorakit_llm.data import split_rows
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", _rows())
+    out = tmp_path / "out"
+    config = _config(assets, out, data, max_steps=4, logging_steps=1, batch_size=2,
+                     llm={"eval_split": 0.25, "eval_steps": 2})  # fmt: skip
+    assert cli("train", "--config", _write(tmp_path / "e.yaml", config)) == 0
+    evals = [m for m in _metrics(out) if "eval_reward" in m]
+    assert [m["step"] for m in evals] == [2, 4]
+    for m in evals:
+        assert m["eval_reward"] == m["eval_rewards/regex/mean"]
+        assert 0.0 <= m["eval_reward"] <= 1.0 and 1 <= m["eval_completions/mean_length"] <= 3
+    _, held = split_rows(len(COUNTRIES), 0.25, 0)
+    assert len(held) == 2
+    trained_on = {json.loads(x)["source"] for p in (out / "samples").iterdir()
+                  for x in p.read_text().splitlines()}  # fmt: skip
+    assert len(trained_on) >= 4 and not trained_on & {f"{data}:{r + 1}" for r in held}
+
+
+def test_evaluating_does_not_change_what_training_samples(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    data = write_jsonl(tmp_path / "prompts.jsonl", _rows())
+    held = write_jsonl(tmp_path / "held" / "held.jsonl", _rows()[:3])
+    keys = {"max_steps": 3, "logging_steps": 1, "batch_size": 2}
+    plain, with_eval = tmp_path / "plain", tmp_path / "eval"
+    config = _config(assets, plain, data, **keys)
+    assert cli("train", "--config", _write(tmp_path / "a.yaml", config)) == 0
+    config = _config(assets, with_eval, data, **keys, llm={"eval_data": str(held), "eval_steps": 1})
+    assert cli("train", "--config", _write(tmp_path / "b.yaml", config)) == 0
+    assert [m["step"] for m in _metrics(with_eval) if "eval_reward" in m] == [1, 2, 3]
+    for step in (1, 2, 3):
+        name = f"samples/completions-step-{step}.jsonl"
+        assert (with_eval / name).read_text() == (plain / name).read_text()
+
+
 def test_grpo_refusals_are_one_line(
     assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

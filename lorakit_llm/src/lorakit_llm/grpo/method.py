@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from lorakit.api import DataError, LossOutput, TrainContext, UsageError, write_text
-from lorakit_llm.data import LengthGroupedBatchSampler
+from lorakit_llm.data import LengthGroupedBatchSampler, split_rows
 from lorakit_llm.grpo.generation import (
     Generated,
     Sampling,
@@ -58,16 +58,17 @@ class Rollout:
 
 
 class PromptDataset(torch.utils.data.Dataset):
-    """One item per prompt row: its index (the method keeps the tokens and fields)."""
+    """One item per prompt row of ``rows``: its index (the method keeps tokens and fields)."""
 
-    def __init__(self, lengths: list[int]) -> None:
-        self.lengths = lengths
+    def __init__(self, rows: list[int], lengths: list[int]) -> None:
+        self.rows = rows
+        self.lengths = [lengths[r] for r in rows]
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> int:
-        return index
+        return self.rows[index]
 
 
 class RepeatedBatches(torch.utils.data.Sampler[list[int]]):
@@ -102,8 +103,10 @@ class GRPOMethod:
             section.top_p, section.top_k,
         )  # fmt: skip
         self.rewards: Rewards | None = None
+        self.records: list[dict[str, Any]] = []  # the training rows, then eval_data's
         self.prompts: list[list[int]] = []
         self.texts: list[str] = []
+        self.eval_rows: list[int] = []
         self.window = Window()
         self.kept: dict[tuple[int, ...], Rollout] = {}
         self.last: Rollout | None = None
@@ -133,8 +136,6 @@ class GRPOMethod:
                 if not cuda
                 else "llm.use_vllm: vLLM generation is not available yet; set it to false"
             )
-        if section.eval_split or section.eval_data:
-            raise UsageError("llm.eval_split / eval_data are not supported with method grpo")
 
     def dataset(self, ctx: TrainContext, key: str) -> PromptDataset:
         backend, section = self.backend, self.section
@@ -146,18 +147,24 @@ class GRPOMethod:
         records = backend.records or []
         if not backend.template:
             raise DataError("GRPO needs a chat template (set llm.chat_template)")
+        self.records = [*records, *(backend.eval_records or [])]
         self.texts = [
-            prompt_text(backend.tokenizer, r["prompt"], backend.template) for r in records
+            prompt_text(backend.tokenizer, r["prompt"], backend.template) for r in self.records
         ]
         encoded = backend.tokenizer(self.texts, add_special_tokens=False, verbose=False)
         self.prompts = [list(ids)[-section.max_seq_len :] for ids in encoded["input_ids"]]
         truncated = sum(len(ids) > section.max_seq_len for ids in encoded["input_ids"])
-        dataset = PromptDataset([len(p) for p in self.prompts])
+        train_rows, self.eval_rows = split_rows(
+            len(records), section.eval_split, backend.config.train.seed
+        )
+        if backend.eval_records:
+            self.eval_rows = list(range(len(records), len(self.records)))
+        dataset = PromptDataset(train_rows, [len(p) for p in self.prompts])
         backend.stats = {
             "format": backend.reader_name, "records": len(records), "rows": len(records),
             "truncated": truncated, "dropped": 0, "tokens": sum(dataset.lengths),
             "target_tokens": 0, "packed": False, "layout": "padded", "cached": False,
-            "train_rows": len(dataset), "eval_rows": 0, "method": "grpo",
+            "train_rows": len(dataset), "eval_rows": len(self.eval_rows), "method": "grpo",
         }  # fmt: skip
         weights = ", ".join(
             f"{n}×{w:g}" for n, w in zip(self.rewards.names, self.rewards.weights, strict=True)
@@ -185,6 +192,8 @@ class GRPOMethod:
                 f"{section.num_iterations}: a run resumed from such a checkpoint samples fresh "
                 "completions for the batch it stopped in"
             )
+        if self.eval_rows:
+            ctx.log(f"llm: mean reward on {len(self.eval_rows)} held-out prompts")
         if truncated:
             ctx.log(f"llm: {truncated} prompts were longer than max_seq_len and were cut")
         return dataset
@@ -233,14 +242,7 @@ class GRPOMethod:
                 )  # fmt: skip
         assert self.rewards is not None
         n = section.num_generations
-        records = backend.records
-        expanded = [r for r in rows for _ in range(n)]
-        per_reward = self.rewards.score(
-            [self.texts[r] for r in expanded], generated.texts,
-            [records[r]["fields"] for r in expanded], [records[r]["source"] for r in expanded],
-        )  # fmt: skip
-        rewards = torch.tensor(per_reward, dtype=torch.float32).T
-        total = torch.tensor(self.rewards.total(per_reward), dtype=torch.float32)
+        rewards, total = self.score(rows, generated)
         adv, std = advantages(total, n, section.scale_rewards)
         rollout = Rollout(rows, generated, rewards, total, adv)
         device = next(model.parameters()).device
@@ -258,6 +260,18 @@ class GRPOMethod:
         )
         self.last = rollout
         return rollout
+
+    def score(self, rows: list[int], generated: Generated) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rewards per completion and reward, weighted total per completion)``."""
+        assert self.rewards is not None
+        expanded = [r for r in rows for _ in range(self.section.num_generations)]
+        records = self.records
+        per_reward = self.rewards.score(
+            [self.texts[r] for r in expanded], generated.texts,
+            [records[r]["fields"] for r in expanded], [records[r]["source"] for r in expanded],
+        )  # fmt: skip
+        rewards = torch.tensor(per_reward, dtype=torch.float32).T
+        return rewards, torch.tensor(self.rewards.total(per_reward), dtype=torch.float32)
 
     @staticmethod
     def _tensors(
@@ -301,19 +315,25 @@ class GRPOMethod:
     def step_metrics(self, step: int, total: int) -> dict[str, float]:
         """TRL's GRPO metrics since the last log, on logging steps (and the completions of a
         few prompts written to ``samples/completions-step-N.jsonl``)."""
+        out: dict[str, float] = {}
         logging = self.backend.config.train.logging_steps
-        if step % logging and step != total:
-            return {}
-        out = self.window.means(self.backend.accelerator)
         accelerator = self.backend.accelerator
-        if self.last is not None and (accelerator is None or accelerator.is_main_process):
-            self.write_samples(step, self.last)
+        if step % logging == 0 or step == total:
+            out.update(self.window.means(accelerator))
+            if self.last is not None and (accelerator is None or accelerator.is_main_process):
+                self.write_samples(step, self.last)
+        if self.eval_rows:
+            every = self.section.eval_steps or max(total // 10, 1)
+            if step % every == 0 or step == total:
+                from lorakit_llm.grpo.evaluation import evaluate
+
+                out.update(evaluate(self, self.eval_rows))
         return out
 
     def write_samples(self, step: int, rollout: Rollout) -> Path:
         assert self.rewards is not None
         n = self.section.num_generations
-        records = self.backend.records
+        records = self.records
         lines = []
         for i, row in enumerate(rollout.rows[:SAMPLE_PROMPTS]):
             for j in range(i * n, (i + 1) * n):
