@@ -294,3 +294,27 @@ def test_plan_counts_every_completion_of_a_micro_batch(
     assert "4 prompts × 8 completions + a reference pass" in text
     seq = longest + 3  # the longest prompt and max_completion_length
     assert f"{32 * seq:,} tokens (32 × {seq})" in text  # 4 prompts × 8 completions a forward
+
+
+@pytest.mark.slow
+def test_two_processes_train_grpo(assets: dict[str, Path], tmp_path: Path) -> None:
+    """DDP on two CPU processes: each samples its own prompts' completions, the KL reference
+    is each process's own base with the adapter disabled, the metrics are averaged."""
+    import subprocess
+    import sys
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", _rows())
+    out = tmp_path / "two"
+    config = _config(assets, out, data, max_steps=2, logging_steps=1, batch_size=2,
+                     llm={"beta": 0.05})  # fmt: skip
+    two = subprocess.run(
+        [sys.executable, "-m", "lorakit.cli", "train", "--config",
+         str(_write(tmp_path / "two.yaml", config)), "--num-processes", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["num_processes"] == 2
+    logged = _metrics(out)
+    assert [m["step"] for m in logged] == [1, 2]
+    assert all(0.0 <= m["reward"] <= 1.0 and m["kl"] >= 0.0 for m in logged)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

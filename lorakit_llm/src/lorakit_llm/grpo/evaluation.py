@@ -31,7 +31,7 @@ def evaluate(method: Any, rows: list[int]) -> dict[str, float]:
         torch.manual_seed(EVAL_SEED)
         for a in range(0, len(rows), size):
             chunk = rows[a : a + size]
-            with method._autocast():
+            with method.autocast():
                 generated = sample_completions(
                     model, backend.tokenizer, [method.prompts[r] for r in chunk],
                     backend.template, method.sampling,

@@ -209,7 +209,7 @@ class GRPOMethod:
         return RepeatedBatches(inner, self.backend.config.train.gradient_accumulation_steps, repeat)
 
     # -- rollouts ----------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         accelerator = self.backend.accelerator
         return accelerator.autocast() if accelerator else contextlib.nullcontext()
 
@@ -235,7 +235,7 @@ class GRPOMethod:
         backend, section = self.backend, self.section
         model = backend.model
         if generated is None:
-            with self._autocast():
+            with self.autocast():
                 generated = sample_completions(
                     model, backend.tokenizer, [self.prompts[r] for r in rows], backend.template,
                     self.sampling,
@@ -248,12 +248,12 @@ class GRPOMethod:
         device = next(model.parameters()).device
         tensors = self._tensors(rollout, device)
         if section.num_iterations > 1:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.autocast():
                 rollout.old_logps = completion_logps(
                     backend.train_module or model, *tensors, section.temperature
                 ).cpu()
         if self.needs_reference:
-            with self.reference() as reference, self._autocast():
+            with self.reference() as reference, self.autocast():
                 rollout.ref_logps = completion_logps(reference, *tensors, section.temperature).cpu()
         rollout.metrics = self.window.rollout_metrics(
             rollout.rewards, total, std, generated, self.rewards.names
