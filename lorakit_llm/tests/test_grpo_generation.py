@@ -66,3 +66,28 @@ def test_sampling_stops_on_the_templates_end_of_turn() -> None:
     assert out.completion_ids.shape[1] == 2 * len(oslo) == 8
     assert out.completion_mask[2].sum() == 8
     assert out.truncated.tolist() == [False, False, True, False]
+
+
+def test_a_real_chatml_model_is_cut_at_im_end(tmp_path: Any) -> None:
+    """Qwen2.5-like: EOS is <|endoftext|>, the turn ends with <|im_end|>, after which this
+    model invents a user turn; sampled completions stop at <|im_end|> (as lorakit chat's)."""
+    from lorakit_llm.grpo.generation import Sampling, prompt_text, sample_completions
+    from lorakit_llm.testing import build_chain_llama, build_qwen_like_tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    qwen = build_qwen_like_tokenizer()
+    im_start, im_end = qwen.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    paris = qwen("Paris.", add_special_tokens=False)["input_ids"]
+    text = prompt_text(qwen, [{"role": "user", "content": "Hi"}], qwen.chat_template)
+    last = qwen(text, add_special_tokens=False)["input_ids"][-1]
+    user = qwen("user", add_special_tokens=False)["input_ids"]
+    folder = build_chain_llama(tmp_path / "qwen", qwen, [last, *paris, im_end, im_start, *user])
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    out = sample_completions(model, tokenizer, [ids], tokenizer.chat_template,
+                             Sampling(num_generations=3, max_completion_length=12, top_k=1))  # fmt: skip
+    assert out.texts == ["Paris."] * 3
+    assert out.completion_mask.sum(dim=1).tolist() == [len(paris) + 1] * 3  # + <|im_end|>
+    assert not out.truncated.any()
