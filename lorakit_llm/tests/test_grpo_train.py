@@ -199,7 +199,13 @@ def test_grpo_refusals_are_one_line(
         return lines[0]
 
     assert "vLLM generation needs CUDA" in train("vllm", llm={"use_vllm": True})
-    assert "did you mean 'regex'" in train("typo", llm={"rewards": ["regexp"]})
+    line = train("typo", llm={"rewards": ["regexp"]})
+    assert "llm.rewards" in line and "unknown reward 'regexp' (did you mean 'regex'?)" in line
+    config = _write(tmp_path / "v.yaml", _config(assets, tmp_path / "v", data,
+                                                 llm={"rewards": ["length", "regexp"]}))  # fmt: skip
+    code, out, err = run_cli(capsys, "config", "validate", config)
+    line_of = config.read_text().splitlines().index("  rewards:") + 1
+    assert code == 2 and f"{config}:{line_of}: llm.rewards: unknown reward 'regexp'" in err
     line = train("qa", llm={"dataset_format": "qa"})
     assert "missing key" in line or "grpo trains on prompt rows" in line
     qa = tmp_path / "qa.jsonl"
