@@ -56,17 +56,47 @@ def _completions(method: Any, rows: list[int], n: int) -> Any:
     return Generated(prompt_ids, prompt_mask, ids * mask, mask, texts, mask[:, -1].bool())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-kl{'' if c[6] else '-plain'}" for c in CASES])
+@pytest.fixture(scope="module")
+def qwen_like(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a Qwen2.5-like tokenizer: chatml, no BOS, pad = EOS = <|endoftext|>."""
+    import shutil
+
+    from lorakit_llm.testing import build_qwen_like_tokenizer
+    from transformers import AutoConfig
+
+    folder = tmp_path_factory.mktemp("qwen-like") / "model"
+    shutil.copytree(assets["model"], folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    tokenizer = build_qwen_like_tokenizer()
+    config = AutoConfig.from_pretrained(folder)
+    assert len(tokenizer) <= config.vocab_size
+    config.bos_token_id, config.eos_token_id = None, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+TOKENIZER_CASES = [("llama", c) for c in CASES] + [("qwen", CASES[0]), ("qwen", CASES[3])]
+
+
+@pytest.mark.parametrize(
+    ("kind", "case"), TOKENIZER_CASES,
+    ids=[f"{k}-{c[0]}-kl{'' if c[6] else '-plain'}" for k, c in TOKENIZER_CASES],
+)  # fmt: skip
 def test_grpo_loss_and_gradient_match_trl(
-    assets: dict[str, Path], tmp_path: Path, case: tuple[Any, ...]
-) -> None:
+    assets: dict[str, Path], tmp_path: Path, kind: str, case: tuple[Any, ...],
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
     from trl import GRPOConfig, GRPOTrainer
 
     loss_type, beta, epsilon, epsilon_high, iterations, scale, corrected = case
     n, temperature = 4, 0.7
+    model_dir = assets["model"] if kind == "llama" else request.getfixturevalue("qwen_like")
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
     backend, _, _ = make_backend(
-        {"model": assets["model"], "qa": data}, tmp_path / "out", lora_dropout=0.0,
+        {"model": model_dir, "qa": data}, tmp_path / "out", lora_dropout=0.0,
         llm={"method": "grpo", "rewards": ["length"], "reward_options": {"length": {"target": 12}},
              "num_generations": n, "max_completion_length": 6, "temperature": temperature,
              "beta": beta, "epsilon": epsilon, "epsilon_high": epsilon_high,
@@ -74,6 +104,7 @@ def test_grpo_loss_and_gradient_match_trl(
              "use_bias_correction_kl": corrected},
     )  # fmt: skip
     method, model = backend.method, backend.model
+    assert ("<|im_start|>user" in method.texts[0]) == (kind == "qwen")  # chatml, no BOS
     _perturb([model], 1, 0.3)  # the policy differs from the reference (the base)
     twin = copy.deepcopy(model)
     rows = [0, 1]
