@@ -300,6 +300,12 @@ def test_plan_counts_every_completion_of_a_micro_batch(
     assert "4 prompts × 8 completions + a reference pass" in text
     seq = longest + 3  # the longest prompt and max_completion_length
     assert f"{32 * seq:,} tokens (32 × {seq})" in text  # 4 prompts × 8 completions a forward
+    assert "caches (generation KV cache)" in text
+    code, out, err = run_cli(capsys, "plan", "-c", tmp_path / "p.yaml", "--json")
+    plan = json.loads(out)
+    size = 2 if "bfloat16" in plan["model"] else 4
+    # keys and values × 2 layers × 2 key/value heads × 16 per head, for every row and token
+    assert plan["bytes"]["caches"] == 2 * 2 * 2 * 16 * 32 * seq * size
 
 
 @pytest.mark.slow

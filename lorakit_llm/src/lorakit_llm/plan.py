@@ -191,6 +191,9 @@ def planner(config: Config) -> PlanModel:
             out["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
         return out
 
+    caches = (
+        {"generation KV cache": kv_cache_bytes(model_config, batch, seq, compute)} if grpo else {}
+    )
     name = type(model_config).__name__.removesuffix("Config")
     size = _params(model_config)
     model = PlanModel(
@@ -208,13 +211,27 @@ def planner(config: Config) -> PlanModel:
         items=count_rows(train.train_data_dir), resolution_key="llm.max_seq_len",
         resolution=seq,
         resolution_steps=tuple(s for s in (seq // 2, seq // 4) if s >= MIN_SEQ_LEN),
-        qlora_key="llm.load_in_4bit", qlora=section.load_in_4bit, caveat=caveat,
+        qlora_key="llm.load_in_4bit", qlora=section.load_in_4bit, caveat=caveat, caches=caches,
     )  # fmt: skip
 
     if section.load_in_4bit:  # the count of 4-bit weights is known once the model is built
         build(False)
         model.quantized_params = quantized
     return model
+
+
+def kv_cache_bytes(model_config: Any, rows: int, seq: int, dtype: Any) -> int:
+    """Bytes of the keys and values ``generate`` keeps for ``rows`` sequences of ``seq``
+    tokens (GRPO's sampling; counted on top of the step, an upper bound: it is freed before
+    the training forward)."""
+    import torch
+
+    heads = int(getattr(model_config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(model_config, "num_key_value_heads", None) or heads)
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+    layers = int(model_config.num_hidden_layers)
+    size = torch.empty((), dtype=dtype).element_size() if dtype is not None else 4
+    return 2 * layers * kv_heads * int(head_dim) * rows * seq * size
 
 
 def _params(model_config: Any) -> str:
