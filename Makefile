@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PACKAGES := -e ".[dev,adaptive,deepspeed]" -e "lorakit_sd[test]" -e "lorakit_llm[test]" -e lorakit_labelers -e plugins/lorakit-example-labeler \
-            -e "plugins/lorakit-family-sana[test]" -e "lorakit_ui[test]"
+            -e plugins/lorakit-example-reward -e "plugins/lorakit-family-sana[test]" -e "lorakit_ui[test]"
 STAMP := $(VENV)/.lorakit-installed
 SOURCES := pyproject.toml constraints.txt lorakit_sd/pyproject.toml lorakit_llm/pyproject.toml \
            lorakit_labelers/pyproject.toml plugins/lorakit-example-labeler/pyproject.toml \
-           plugins/lorakit-family-sana/pyproject.toml lorakit_ui/pyproject.toml
+           plugins/lorakit-example-reward/pyproject.toml plugins/lorakit-family-sana/pyproject.toml \
+           lorakit_ui/pyproject.toml
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

@@ -80,6 +80,7 @@ from lorakit.registry import (
     ModelLoaderSpec,
     OptimizerSpec,
     Registries,
+    RewardSpec,
     SchedulerSpec,
     TrackerSpec,
 )
@@ -126,6 +127,7 @@ __all__ = [
     "PluginError",
     "PluginInfo",
     "Registries",
+    "RewardSpec",
     "RunError",
     "RunInfo",
     "RunLock",

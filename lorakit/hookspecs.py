@@ -28,6 +28,7 @@ from lorakit.registry import (
     LabelerSpec,
     ModelLoaderSpec,
     OptimizerSpec,
+    RewardSpec,
     SchedulerSpec,
     TrackerSpec,
 )
@@ -74,6 +75,11 @@ def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
 @hookspec
 def register_trackers(register: Callable[[TrackerSpec], None]) -> None:
     """Register metric trackers selectable with the ``trackers`` config key."""
+
+
+@hookspec
+def register_rewards(register: Callable[[RewardSpec], None]) -> None:
+    """Register reward functions that GRPO training selects with ``llm.rewards``."""
 
 
 @hookspec

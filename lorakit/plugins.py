@@ -41,6 +41,7 @@ REGISTER_HOOKS = {
     "register_schedulers": "schedulers",
     "register_exporters": "exporters",
     "register_trackers": "trackers",
+    "register_rewards": "rewards",
 }
 
 

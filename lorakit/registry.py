@@ -123,6 +123,25 @@ class TrackerSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class RewardSpec:
+    """A reward for reinforcement learning from verifiable rewards (GRPO).
+
+    ``factory(**options)`` returns the reward function, called once per batch of
+    completions: ``reward(prompts, completions, rows) -> list[float]``, one float per
+    completion. ``prompts`` are the prompt texts as the model saw them, ``completions`` the
+    generated texts, ``rows`` the data rows (dicts) they came from, so a reward can read a
+    reference field such as ``answer``. The factory is called when a run names the reward,
+    so heavy imports belong inside it. ``options`` lists the option names the factory takes
+    (from ``llm.reward_options.<name>``).
+    """
+
+    name: str
+    factory: Callable[..., Callable[[list[str], list[str], list[dict[str, Any]]], list[float]]]
+    description: str = ""
+    options: tuple[str, ...] = ()
+
+
 S = TypeVar("S")
 
 
@@ -239,6 +258,7 @@ class Registries:
     model_loaders: Registry[ModelLoaderSpec] = field(
         default_factory=lambda: Registry("model loader")
     )
+    rewards: Registry[RewardSpec] = field(default_factory=lambda: Registry("reward"))
 
     def overrides(self) -> list[Override]:
         """Every replacement of a first-party registration by a third party."""

@@ -125,6 +125,10 @@ def _check_names(
         reader = getattr(section, "dataset_format", None)
         if isinstance(reader, str) and reader != "auto":
             wanted.append(((name, "dataset_format"), reader, registries.dataset_readers))
+        rewards = getattr(section, "rewards", None)  # GRPO's reward functions
+        if isinstance(rewards, list):
+            wanted += [((name, "rewards", str(i)), n, registries.rewards)
+                       for i, n in enumerate(rewards)]  # fmt: skip
     errors = []
     for path, value, registry in wanted:
         if not isinstance(value, str) or value in registry:
@@ -132,7 +136,7 @@ def _check_names(
         known = ", ".join(registry.names()) or "none"
         message = f"unknown {registry.kind} '{value}'{_did_you_mean(value, registry.names())}"
         key = ".".join(p for p in path if not p.isdigit())
-        where_file, line = file, lines.get(path) or lines.get(path[:1])
+        where_file, line = file, lines.get(path) or lines.get(path[:2]) or lines.get(path[:1])
         override = overridden.get(path) or overridden.get(path[:1])
         if override is not None:
             where_file, line = f"--set {override}", None

@@ -16,7 +16,8 @@ from lorakit.errors import ConfigError
 def test_plugin_modules_import_nothing_heavy() -> None:
     code = (
         "import sys, lorakit_llm.plugin, lorakit_llm.chat, lorakit_llm.readers, "
-        "lorakit_llm.chat_templates, lorakit_llm.section; "
+        "lorakit_llm.chat_templates, lorakit_llm.section, lorakit_llm.grpo.reader, "
+        "lorakit_llm.grpo.rewards, lorakit_llm.grpo.builtin_rewards; "
         "heavy = {'torch', 'transformers', 'peft', 'accelerate'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
@@ -30,8 +31,8 @@ def test_registrations(llm_plugins: Any) -> None:
     from lorakit.backend_plugin import VERBS
 
     assert {v for v in VERBS if spec.supports(v)} == set(VERBS)
-    assert list(spec.templates) == ["7b", "qlora", "dpo", "orpo"]
-    readers = {"qa", "prompt_completion", "alpaca", "chat", "text", "preference"}
+    assert list(spec.templates) == ["7b", "qlora", "dpo", "orpo", "grpo"]
+    readers = {"qa", "prompt_completion", "alpaca", "chat", "text", "preference", "prompt"}
     assert readers <= set(registries.dataset_readers.names())
     assert registries.exporters.get("peft").backends == ("llm",)
 

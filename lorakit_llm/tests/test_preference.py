@@ -278,7 +278,7 @@ def test_dpo_reference_is_the_frozen_init_adapter(
     )
     from lorakit_llm.preference.logps import sequence_logps
 
-    with backend.preference.reference() as model:
+    with backend.method.reference() as model:
         reference, _ = sequence_logps(model, batch)
     with torch.no_grad(), backend.model.disable_adapter():
         base, _ = sequence_logps(backend.model, batch)

@@ -97,7 +97,13 @@ class LLMBackend(Backend):
         self.eval_set: TokenDataset | None = None
         self.train_module: Any = None
         self.accelerator: Any = None
-        self.preference = PreferenceMethod(self) if section.method != "sft" else None
+        self.method: Any = None  # the training method when it is not sft
+        if section.method == "grpo":
+            from lorakit_llm.grpo.method import GRPOMethod
+
+            self.method = GRPOMethod(self)
+        elif section.method != "sft":
+            self.method = PreferenceMethod(self)
 
     # -- model --------------------------------------------------------------------------
     def _dtype(self, ctx: TrainContext) -> torch.dtype:
@@ -197,7 +203,7 @@ class LLMBackend(Backend):
             if train.init_adapter:
                 from lorakit_llm.init_adapter import load_init_adapter
 
-                reference = self.preference is not None and self.preference.needs_reference
+                reference = self.method is not None and self.method.needs_reference
                 self.model = load_init_adapter(
                     model, train.init_adapter, reference=reference, log=ctx.log
                 )
@@ -240,12 +246,12 @@ class LLMBackend(Backend):
             self.data_hash = files_fingerprint(
                 [*_data_files(Path(train.train_data_dir)), *_data_files(Path(section.eval_data))]
             )
-        if self.preference is not None:
+        if self.method is not None:
             self.accelerator = ctx.accelerator
-            pairs = self.preference.dataset(ctx, key)
-            for line in schedule_warnings(self.config, len(pairs), ctx.accelerator.num_processes):
+            rows = self.method.dataset(ctx, key)
+            for line in schedule_warnings(self.config, len(rows), ctx.accelerator.num_processes):
                 ctx.log(f"warning: {line}")
-            return pairs
+            return rows
         with ctx.accelerator.main_process_first():
             data = load_cached(path)
             cached = data is not None
@@ -301,11 +307,13 @@ class LLMBackend(Backend):
         return dataset
 
     def collate(self, items: list[Any]) -> Any:
-        if self.preference is not None:
-            return self.preference.collate(items)
+        if self.method is not None:
+            return self.method.collate(items)
         return self.collator(items)
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any | None:
+        if self.method is not None:
+            return self.method.batch_sampler(dataset, batch_size, seed)
         return LengthGroupedBatchSampler(dataset.lengths, batch_size, seed)
 
     def set_train_module(self, module: torch.nn.Module) -> None:
@@ -313,8 +321,8 @@ class LLMBackend(Backend):
 
     def step_metrics(self, step: int, total: int) -> dict[str, float]:
         """``eval_loss`` (mean per answer token) every ``eval_steps`` and at the end."""
-        if self.preference is not None:
-            return self.preference.step_metrics(step, total)
+        if self.method is not None:
+            return self.method.step_metrics(step, total)
         if self.eval_set is None:
             return {}
         every = self.section.eval_steps or max(total // 10, 1)
@@ -347,13 +355,13 @@ class LLMBackend(Backend):
 
     # -- loss ---------------------------------------------------------------------------
     def count(self, batch: Any) -> int:
-        if self.preference is not None:
-            return int(batch["num_rows"])  # pairs
+        if self.method is not None:
+            return self.method.count(batch)
         return _target_count(batch)
 
     def loss(self, module: torch.nn.Module, batch: Any) -> LossOutput:
-        if self.preference is not None:
-            return self.preference.loss(module, batch)
+        if self.method is not None:
+            return self.method.loss(module, batch)
         loss_sum = causal_lm_loss(module, batch)
         return LossOutput(loss_sum, samples=int(batch["num_rows"]), tokens=int(batch["num_tokens"]))
 

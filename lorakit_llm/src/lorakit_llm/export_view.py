@@ -45,8 +45,8 @@ def adapter_export(backend: Any, step: int) -> AdapterExport:
 
     def write(directory: Path) -> None:
         save_pretrained(backend.model, Path(directory), t.base_model)
-        if backend.preference is not None:
-            backend.preference.after_save(Path(directory))
+        if backend.method is not None:
+            backend.method.after_save(Path(directory))
 
     return AdapterExport(
         backend="llm",

@@ -24,7 +24,7 @@ from lorakit.api import DataError, UsageError
 from lorakit_llm.readers import ROW_SUFFIXES, TEXT_SUFFIX, data_files, iter_rows
 
 #: The order ``dataset_format: auto`` tries the readers in (the first that accepts wins).
-DETECTION_ORDER = ["preference", "chat", "alpaca", "qa", "prompt_completion", "text"]
+DETECTION_ORDER = ["preference", "chat", "alpaca", "qa", "prompt_completion", "prompt", "text"]
 #: The keys of each format's rows, as error messages list them.
 FORMAT_KEYS = {
     "preference": "prompt, chosen, rejected",
@@ -32,6 +32,7 @@ FORMAT_KEYS = {
     "alpaca": "instruction, output, optional input",
     "qa": "question, answer",
     "prompt_completion": "prompt, completion",
+    "prompt": "prompt (and fields for GRPO rewards)",
     "text": "text, or .txt files",
 }
 

@@ -118,7 +118,16 @@ def longest_example(config: Config, section: LLMSection) -> tuple[int | None, st
         _, reader = choose_reader(config.train.train_data_dir, readers, section.dataset_format)
         records = reader.factory(config.train.train_data_dir, system_prompt=section.system_prompt)
         template, _ = resolve_template(section.chat_template, tokenizer)
-        if section.method != "sft":
+        if section.method == "grpo":
+            from lorakit_llm.grpo.generation import prompt_text
+
+            texts = [prompt_text(tokenizer, r["prompt"], template) for r in records]
+            encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            lengths = [
+                min(len(ids), section.max_seq_len) + section.max_completion_length
+                for ids in encoded
+            ]
+        elif section.method != "sft":
             from lorakit_llm.preference.data import tokenize_pairs
 
             pairs = tokenize_pairs(records, tokenizer, template, max_seq_len=section.max_seq_len)
@@ -155,10 +164,17 @@ def planner(config: Config) -> PlanModel:
     longest, why = longest_example(config, section)
     batch, seq = train.batch_size, longest or section.max_seq_len
     caveat = f"worst case: every row {seq:,} tokens (llm.max_seq_len); {why}" if why else ""
-    pairs = section.method != "sft"
-    reference = section.method == "dpo" and not section.precompute_ref_logps
+    grpo = section.method == "grpo"
+    pairs = section.method not in ("sft", "grpo")
+    reference = (section.method == "dpo" and not section.precompute_ref_logps) or (
+        grpo and section.preference_beta() != 0
+    )
     if pairs:  # chosen and rejected of each pair in one forward
         batch *= 2
+    if grpo:  # every completion of the micro-batch's prompts in one forward
+        batch *= section.num_generations
+        if why:
+            seq = section.max_seq_len + section.max_completion_length
     quantized = 0
 
     def build(checkpointing: bool) -> Any:
@@ -175,24 +191,47 @@ def planner(config: Config) -> PlanModel:
             out["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
         return out
 
+    caches = (
+        {"generation KV cache": kv_cache_bytes(model_config, batch, seq, compute)} if grpo else {}
+    )
     name = type(model_config).__name__.removesuffix("Config")
     size = _params(model_config)
     model = PlanModel(
         build=build, batch=fake_batch, loss=partial(plan_loss, reference=reference),
         description=f"{name} ({size}), {'4-bit NF4' if section.load_in_4bit else str(weights).removeprefix('torch.')} weights",
         per_step=f"{batch * seq:,} tokens ({batch} × {seq})"
-        + (f", {batch // 2} pairs{' + a reference pass' if reference else ''}" if pairs else ""),
+        + (f", {batch // 2} pairs{' + a reference pass' if reference else ''}" if pairs else "")
+        + (
+            f", {train.batch_size} prompts × {section.num_generations} completions"
+            f"{' + a reference pass' if reference else ''}"
+            if grpo
+            else ""
+        ),
         autocast_dtype=compute if half else None,
         items=count_rows(train.train_data_dir), resolution_key="llm.max_seq_len",
         resolution=seq,
         resolution_steps=tuple(s for s in (seq // 2, seq // 4) if s >= MIN_SEQ_LEN),
-        qlora_key="llm.load_in_4bit", qlora=section.load_in_4bit, caveat=caveat,
+        qlora_key="llm.load_in_4bit", qlora=section.load_in_4bit, caveat=caveat, caches=caches,
     )  # fmt: skip
 
     if section.load_in_4bit:  # the count of 4-bit weights is known once the model is built
         build(False)
         model.quantized_params = quantized
     return model
+
+
+def kv_cache_bytes(model_config: Any, rows: int, seq: int, dtype: Any) -> int:
+    """Bytes of the keys and values ``generate`` keeps for ``rows`` sequences of ``seq``
+    tokens (GRPO's sampling; counted on top of the step, an upper bound: it is freed before
+    the training forward)."""
+    import torch
+
+    heads = int(getattr(model_config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(model_config, "num_key_value_heads", None) or heads)
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+    layers = int(model_config.num_hidden_layers)
+    size = torch.empty((), dtype=dtype).element_size() if dtype is not None else 4
+    return 2 * layers * kv_heads * int(head_dim) * rows * seq * size
 
 
 def _params(model_config: Any) -> str:

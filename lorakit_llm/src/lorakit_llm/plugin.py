@@ -1,8 +1,8 @@
 """Entry point of lorakit-llm: registrations only; nothing heavy is imported here.
 
 Registers the ``llm`` backend (task ``text-generation``), its model loaders (``hf``,
-``gguf``, ``ggml``), its dataset readers, the ``peft`` exporter and the ``lorakit chat``
-command. Every factory is lazy: torch, transformers and
+``gguf``, ``ggml``), its dataset readers, the ``peft`` exporter, the GRPO rewards and the
+``lorakit chat`` command. Every factory is lazy: torch, transformers and
 peft load only when a command needs them.
 """
 
@@ -22,6 +22,7 @@ from lorakit.api import (
     FileProbe,
     ModelLoaderSpec,
     PlanModel,
+    RewardSpec,
     WeightedLora,
     hookimpl,
     lazy,
@@ -37,9 +38,13 @@ READERS = (
     ("prompt_completion", "JSONL prompt, completion (raw text, loss on the completion)"),
     ("text", "plain text: .txt files or JSONL with a text key"),
     ("preference", "JSONL preference pairs: prompt, chosen, rejected (llm.method dpo/orpo/simpo)"),
+    ("prompt", "JSONL prompts and the fields rewards read: prompt, answer, ... (llm.method grpo)"),
 )
 #: Readers whose code is not in lorakit_llm.readers.
-READER_MODULES = {"preference": "lorakit_llm.preference.reader"}
+READER_MODULES = {
+    "preference": "lorakit_llm.preference.reader",
+    "prompt": "lorakit_llm.grpo.reader",
+}
 
 
 def is_adapter(path: Any) -> bool:
@@ -65,6 +70,7 @@ class LLMBackend(BackendPlugin):
         "qlora": ("lorakit_llm", "templates/qlora.yaml"),
         "dpo": ("lorakit_llm", "templates/dpo.yaml"),
         "orpo": ("lorakit_llm", "templates/orpo.yaml"),
+        "grpo": ("lorakit_llm", "templates/grpo.yaml"),
     }
 
     def create(self, config: Config) -> Backend:
@@ -205,6 +211,21 @@ def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
             backends=("llm",),
         )
     )
+
+
+@hookimpl
+def register_rewards(register: Callable[[RewardSpec], None]) -> None:
+    from lorakit_llm.grpo.builtin_rewards import BUILTINS
+
+    for name, description, options in BUILTINS:
+        register(
+            RewardSpec(
+                name=name,
+                factory=lazy(f"lorakit_llm.grpo.builtin_rewards:{name}"),
+                description=description,
+                options=options,
+            )
+        )
 
 
 @hookimpl

@@ -6,7 +6,7 @@ stay fast. Every field is documented in docs/llm.md.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -82,15 +82,17 @@ class LLMSection(BaseModel):
     sample_max_new_tokens: int = Field(
         64, gt=0, description="Tokens generated per sample prompt (greedy)."
     )
-    method: Literal["sft", "dpo", "orpo", "simpo"] = Field(
+    method: Literal["sft", "dpo", "orpo", "simpo", "grpo"] = Field(
         "sft",
         description="sft: next-token loss on the answers; dpo, orpo, simpo: preference "
-        "tuning on prompt/chosen/rejected pairs (docs/llm.md, preference tuning).",
+        "tuning on prompt/chosen/rejected pairs (docs/llm.md, preference tuning); grpo: "
+        "learning from rewards of the model's own samples (docs/llm.md, GRPO).",
     )
     beta: float | None = Field(
-        None, gt=0,
+        None, ge=0,
         description="Preference strength: DPO/SimPO beta, ORPO's lambda (null: 0.1 for dpo "
-        "and orpo, 2.0 for simpo).",
+        "and orpo, 2.0 for simpo); GRPO: weight of the KL to the reference (null: 0.0, "
+        "no reference pass).",
     )  # fmt: skip
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=0.5, description="DPO/SimPO: assumed fraction of flipped labels."
@@ -103,6 +105,60 @@ class LLMSection(BaseModel):
         False,
         description="DPO: compute the reference log-probs once before training and cache "
         "them, instead of a reference forward every step.",
+    )
+
+    rewards: list[str] = Field(
+        default_factory=list,
+        description="GRPO: the reward functions, by registered name (built in: answer_match, "
+        "regex, think_format, length, json_valid; plugins add more).",
+    )
+    reward_weights: list[float] | None = Field(
+        None, description="GRPO: one weight per reward (null: 1.0 each); the reward is the sum."
+    )
+    reward_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="GRPO: options per reward, e.g. {regex: {pattern: '^<a>.*</a>$'}, "
+        "answer_match: {mode: number}}.",
+    )
+    num_generations: int = Field(
+        8, ge=2, description="GRPO: completions sampled per prompt (the group)."
+    )
+    max_completion_length: int = Field(
+        256, gt=0, description="GRPO: most tokens generated per completion."
+    )
+    temperature: float = Field(1.0, gt=0, description="GRPO: sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="GRPO: nucleus sampling (1.0: off).")
+    top_k: int = Field(0, ge=0, description="GRPO: sample from the k likeliest tokens (0: off).")
+    epsilon: float = Field(
+        0.2, gt=0, lt=1, description="GRPO: clip range of the probability ratio (lower side)."
+    )
+    epsilon_high: float | None = Field(
+        None, gt=0,
+        description="GRPO: upper clip range (DAPO's clip-higher; null: epsilon).",
+    )  # fmt: skip
+    num_iterations: int = Field(
+        1, ge=1,
+        description="GRPO: optimizer steps on each batch of completions (μ; above 1 the "
+        "sampling policy's log-probs are kept for the ratio).",
+    )  # fmt: skip
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="GRPO: divide advantages by the group's reward std, the batch's, or not "
+        "at all (Dr. GRPO).",
+    )
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo",
+        description="GRPO: loss normalisation: grpo (per completion, then mean), bnpo (per "
+        "batch token), dr_grpo (by completions × max_completion_length), dapo (per token "
+        "of the accumulation window).",
+    )
+    use_bias_correction_kl: bool = Field(
+        True,
+        description="GRPO: multiply the KL term by the probability ratio (DeepSeek-V3.2's "
+        "unbiased KL gradient, TRL's default).",
+    )
+    use_vllm: bool = Field(
+        False, description="GRPO: generate with vLLM (CUDA only; not available on CPU)."
     )
 
     @field_validator("modules_to_save", mode="before")
@@ -118,8 +174,14 @@ class LLMSection(BaseModel):
             raise ValueError("set eval_split or eval_data, not both")
         return self
 
+    @model_validator(mode="after")
+    def _beta_positive(self) -> LLMSection:
+        if self.beta == 0 and self.method != "grpo":
+            raise ValueError(f"beta must be greater than 0 for method {self.method}")
+        return self
+
     def preference_beta(self) -> float:
-        """``beta`` or the method's default (TRL's DPO/ORPO default, SimPO's paper)."""
+        """``beta`` or the method's default (TRL's DPO/ORPO/GRPO default, SimPO's paper)."""
         if self.beta is not None:
             return self.beta
-        return 2.0 if self.method == "simpo" else 0.1
+        return {"simpo": 2.0, "grpo": 0.0}.get(self.method, 0.1)

@@ -34,6 +34,22 @@ METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/
            "logps/chosen", "logps/rejected")  # fmt: skip
 
 
+@contextlib.contextmanager
+def reference_of(model: Any) -> Iterator[torch.nn.Module]:
+    """``model`` as the reference, inside ``no_grad``: the frozen init adapter in the
+    :data:`REFERENCE` slot when there is one, else the base with the adapter disabled."""
+    with torch.no_grad():
+        if REFERENCE in model.peft_config:
+            model.base_model.set_adapter(REFERENCE)
+            try:
+                yield model
+            finally:
+                model.base_model.set_adapter("default")  # trainable again, reference frozen
+        else:
+            with model.disable_adapter():
+                yield model
+
+
 class PreferenceMethod:
     """The preference side of an :class:`~lorakit_llm.backend.LLMBackend`."""
 
@@ -61,20 +77,9 @@ class PreferenceMethod:
         when = "precomputed once and cached" if self.section.precompute_ref_logps else "every step"
         return f"reference: the {where}, log-probs {when}"
 
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[torch.nn.Module]:
+    def reference(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
         """The model as the reference, inside ``no_grad``."""
-        model = self.backend.model
-        with torch.no_grad():
-            if REFERENCE in model.peft_config:
-                model.base_model.set_adapter(REFERENCE)
-                try:
-                    yield model
-                finally:
-                    model.base_model.set_adapter("default")  # trainable again, reference frozen
-            else:
-                with model.disable_adapter():
-                    yield model
+        return reference_of(self.backend.model)
 
     def reference_logps(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         if "ref_logps" in batch:
@@ -214,6 +219,9 @@ class PreferenceMethod:
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
         return LengthGroupedBatchSampler(dataset.lengths, batch_size, seed)
 
+    def count(self, batch: dict[str, Any]) -> int:
+        return int(batch["num_rows"])  # pairs
+
     # -- loss --------------------------------------------------------------------------
     def pair_losses(
         self, module: torch.nn.Module, batch: dict[str, Any]
@@ -327,7 +335,17 @@ def _adapter_fingerprint(folder: str | None) -> str:
 
 
 def check_method_data(method: str, reader: str) -> None:
-    """A preference method reads preference rows; SFT does not."""
+    """A preference method reads preference rows, GRPO prompt rows; SFT neither."""
+    if method == "grpo" or reader == "prompt":
+        if method != "grpo" or reader != "prompt":
+            raise UsageError(
+                "llm.method grpo trains on prompt rows (prompt plus the fields the rewards "
+                f"read); the data was read as '{reader}' (set llm.dataset_format: prompt)"
+                if method == "grpo"
+                else "the data holds prompt rows without answers: set llm.method: grpo "
+                "(with llm.rewards) to learn from rewards"
+            )
+        return
     if method != "sft" and reader != "preference":
         raise UsageError(
             f"llm.method {method} trains on prompt/chosen/rejected pairs; the data was read "

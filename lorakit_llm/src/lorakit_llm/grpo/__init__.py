@@ -1,0 +1,1 @@
+"""GRPO for the llm backend: rewards, advantages and loss, generation, the method."""

@@ -1,0 +1,1 @@
+"""lorakit-example-reward: the ``dose_in_range`` reward for GRPO."""
