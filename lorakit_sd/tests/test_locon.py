@@ -55,6 +55,8 @@ def test_modules_outside_kohya_blocks_are_named_in_the_warning(tiny_models):
     from lorakit_sd.lorafiles.clients import warn_unsupported
     from peft import LoraConfig
 
+    from lorakit_sd import families
+
     unet = tiny_models["sdxl"].load().unet
     unet.add_adapter(
         LoraConfig(
@@ -63,11 +65,32 @@ def test_modules_outside_kohya_blocks_are_named_in_the_warning(tiny_models):
         )
     )
     logs: list[str] = []
-    outside = warn_unsupported(unet, logs.append)
+    outside = warn_unsupported(unet, families.get("sdxl"), logs.append)
     assert sorted(outside) == [
         "add_embedding.linear_1", "conv_in", "conv_out", "time_embedding.linear_1",
     ]  # fmt: skip
     assert len(logs) == 1 and "kohya sd-scripts" in logs[0] and "conv_in" in logs[0]
     quiet = tiny_models["sd1"].load().unet
     quiet.add_adapter(LoraConfig(r=2, target_modules=["to_q", "conv1", "proj_in"]))
-    assert warn_unsupported(quiet, logs.append) == [] and len(logs) == 1
+    assert warn_unsupported(quiet, families.get("sd1"), logs.append) == [] and len(logs) == 1
+
+
+def test_flux1_warns_only_of_what_sd_scripts_really_drops():
+    """sd-scripts' lora_flux applies the attention and every other linear layer but the final
+    one; A1111 does not load FLUX.1 at all, so no FLUX.1 warning names it."""
+    from lorakit_sd.lorafiles.clients import client_warnings
+
+    from lorakit_sd import families
+
+    flux = families.get("flux1")
+    attention = [
+        "transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_k_proj",
+        "transformer_blocks.0.ff.net.2", "single_transformer_blocks.0.attn.to_v",
+        "single_transformer_blocks.0.proj_out", "single_transformer_blocks.0.proj_mlp",
+    ]  # fmt: skip
+    assert client_warnings(flux, attention) == []
+    [(warning, dropped)] = client_warnings(flux, [*attention, "proj_out"])
+    assert dropped == ["proj_out"]
+    assert "lora_flux" in warning and "final_layer.linear" in warning
+    assert "A1111" not in warning and "ComfyUI" in warning
+    assert client_warnings(families.get("sd3"), attention) == []  # no client facts: no claim

@@ -143,7 +143,7 @@ class SDBackend(Backend):
             checkpointing=t.gradient_checkpointing,
         )  # fmt: skip
 
-        warn_unsupported(self.unet, ctx.log)
+        warn_unsupported(self.unet, spec, ctx.log)
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
             self.unet.to(memory_format=torch.channels_last)
         self.unet.train()

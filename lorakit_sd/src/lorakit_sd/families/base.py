@@ -16,6 +16,20 @@ from typing import Any, ClassVar
 from lorakit.api import ConfigError
 
 
+@dataclass(frozen=True)
+class PartialClient:
+    """A client that loads a family's LoRA files but applies only some of their modules,
+    dropping the others without a word: facts about that client, for the run's warning.
+
+    ``applies`` matches the denoiser module paths (diffusers names) it applies; ``applies_what``
+    says which in words; ``loads_all`` names the clients that apply every module."""
+
+    name: str
+    applies: str
+    applies_what: str
+    loads_all: str
+
+
 @dataclass
 class Draw:
     """One step's random draw: the noisy input, its timesteps, the target, per-sample weight.
@@ -92,6 +106,8 @@ class ModelFamily:
     #: the LoRA target presets (``attn``, ``all-linear``...) and the default
     target_presets: ClassVar[dict[str, list[str]]] = {}
     default_targets: ClassVar[list[str]] = []
+    #: clients that drop some of this family's adapted modules (the run warns per client)
+    partial_clients: ClassVar[tuple[PartialClient, ...]] = ()
 
     # -- detection -------------------------------------------------------------------------
     def claims_keys(self, keys: set[str]) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorakit_sd.families.base import Objective
+from lorakit_sd.families.base import Objective, PartialClient
 from lorakit_sd.families.flow import FlowMatchObjective
 from lorakit_sd.families.flux1 import SPEC
 from lorakit_sd.families.flux1.kohya import from_bfl, to_bfl
@@ -23,6 +23,17 @@ ALL_LINEAR = ATTN + [
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
     "proj_mlp", "proj_out", "norm1.linear", "norm1_context.linear", "norm.linear",
 ]  # fmt: skip
+
+
+#: kohya sd-scripts' ``networks/lora_flux.py`` applies every linear layer of the transformer
+#: (attention included) but the final one, BFL's ``final_layer.linear`` (diffusers' top-level
+#: ``proj_out``). A1111 does not load FLUX.1 at all; Forge, ComfyUI and diffusers apply it all.
+SD_SCRIPTS_FLUX = PartialClient(
+    "kohya sd-scripts' lora_flux",
+    r"^(?!proj_out$)",
+    "every linear layer but the final one (final_layer.linear)",
+    "diffusers, ComfyUI and Forge",
+)
 
 
 class Flux1(FlowFamily):
@@ -38,6 +49,7 @@ class Flux1(FlowFamily):
     diffusers_text_prefixes = {"te1": "text_encoder"}
     latent_multiple = 2  # 2x2 packing
     transformer_file_layout = "BFL's layout"
+    partial_clients = (SD_SCRIPTS_FLUX,)
     default_sequence_length = 512
     pipeline_names = ("FluxPipeline",)
     transformer_names = ("FluxTransformer2DModel",)

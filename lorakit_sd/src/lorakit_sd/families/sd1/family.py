@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorakit_sd.families.base import ModelFamily, Objective
+from lorakit_sd.families.base import ModelFamily, Objective, PartialClient
 from lorakit_sd.families.clip import SDTrainModule, encode_captions, tokenize
 from lorakit_sd.families.ddpm import DDPMObjective
 from lorakit_sd.families.ldm import detect_family
@@ -24,7 +24,20 @@ UNET_PRESETS = {
 UNET_PRESETS["all-linear"] = UNET_PRESETS["attn"] + UNET_PRESETS["ff"] + UNET_PRESETS["proj"]
 
 
+#: kohya sd-scripts' own network (``networks/lora.py``, used by its scripts and the tools built
+#: on it) wraps only modules inside the UNet's transformer, resnet and sampler blocks: a LoRA
+#: on ``conv_in``, ``conv_out``, ``time_embedding`` or ``add_embedding`` loads there without a
+#: word and is dropped. diffusers, ComfyUI and A1111 apply every module a key names.
+KOHYA_UNET_NETWORK = PartialClient(
+    "kohya sd-scripts' network",
+    r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(attentions|resnets|downsamplers|upsamplers)\.",
+    "transformer, resnet and sampler blocks",
+    "diffusers, ComfyUI and A1111",
+)
+
+
 class SD1(ModelFamily):
+    partial_clients = (KOHYA_UNET_NETWORK,)
     name = SPEC.name
     label = SPEC.label
     default_resolution = 512
