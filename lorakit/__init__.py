@@ -14,9 +14,11 @@ __version__ = "0.1.0"
 
 #: The plugin API this lorakit speaks. A plugin declares the version it was built for
 #: as a module attribute ``LORAKIT_PLUGIN_API``; plugins built for another major version
-#: are skipped with a message.
-PLUGIN_API_VERSION = 1
-SUPPORTED_PLUGIN_APIS = frozenset({1})
+#: are skipped with a message. 2: a backend registers one ``BackendPlugin`` object (no
+#: ``BackendSpec`` / ``BackendCommands``), and the names only applications use moved from
+#: ``lorakit.api`` to ``lorakit.app``; a plugin built for 1 that uses neither works unchanged.
+PLUGIN_API_VERSION = 2
+SUPPORTED_PLUGIN_APIS = frozenset({1, 2})
 
 #: Decorator that marks a plugin's hook implementations: ``@lorakit.hookimpl``.
 hookimpl = pluggy.HookimplMarker("lorakit")

@@ -22,26 +22,14 @@ from lorakit.backend import (
 )
 from lorakit.backend_plugin import BackendPlugin, WeightedLora
 from lorakit.config.loader import load_config
-from lorakit.config.overrides import parse_override
-from lorakit.config.schema import Config, DistributedConfig, TrainConfig
-from lorakit.config.templates import template_text
-from lorakit.engine.runlock import (
-    LOCK_NAME,
-    Holder,
-    RunLock,
-    earlier_run,
-    has_checkpoints,
-    holder,
-    holds,
-    in_use,
-)
+from lorakit.config.schema import Config
 from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.export_view import AdapterExport, AdapterLayer, Exporter, Network
-from lorakit.gguf_header import GgufHeader, check_gguf
+from lorakit.gguf_header import check_gguf
 from lorakit.hookspecs import hookspec
 from lorakit.identify import FileKind, FileProbe, LoraSummary
-from lorakit.images import IMAGE_EXTENSIONS, ImageTooLarge, decode_rgb, is_image_name
+from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
 from lorakit.images import check_pixels as check_image_pixels
 from lorakit.io import (
     atomic_dir,
@@ -59,35 +47,23 @@ from lorakit.labeling import (
     format_metadata,
     label_folder,
     make_caption,
-    read_image,
-    read_metadata,
 )
-from lorakit.metadata_csv import (
-    FILE_COLUMNS,
-    TEXT_COLUMNS,
-    MetadataTable,
-    read_table,
-    read_text,
-)
+from lorakit.metadata_csv import FILE_COLUMNS, TEXT_COLUMNS, read_table, read_text
 from lorakit.planning.estimate import PlanModel
-from lorakit.planning.plan import plan_line
 from lorakit.plugins import PluginInfo, get_registries, lazy, plugin_registrations
-from lorakit.provenance import file_metadata, package_version
 from lorakit.registry import (
     DatasetReaderSpec,
     ExporterSpec,
     LabelerSpec,
     ModelLoaderSpec,
     OptimizerSpec,
-    Registries,
     RewardSpec,
     SchedulerSpec,
     TrackerSpec,
 )
-from lorakit.runfolder import RunFolder, RunFolderError
-from lorakit.safetensors_header import Header as SafetensorsHeader
+from lorakit.runfolder import RunFolder
 from lorakit.safetensors_header import read_header as read_safetensors_header
-from lorakit.terminal_text import printable, rich_text
+from lorakit.terminal_text import printable
 from lorakit.unsafe_pickle import HINT as UNSAFE_PICKLE_HINT
 from lorakit.unsafe_pickle import unsafe_pickle_allowed
 from lorakit.zero import gathered_parameters, loading_whole
@@ -98,10 +74,7 @@ __all__ = [
     "Exporter",
     "Network",
     "FILE_COLUMNS",
-    "GgufHeader",
     "IMAGE_EXTENSIONS",
-    "ImageTooLarge",
-    "LOCK_NAME",
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
     "Backend",
@@ -110,34 +83,26 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DatasetReaderSpec",
-    "DistributedConfig",
     "ExporterSpec",
     "FileKind",
     "FileProbe",
     "Labeler",
     "LabelerSpec",
-    "Holder",
     "LorakitError",
     "LoraSummary",
     "LossOutput",
-    "MetadataTable",
     "ModelLoaderSpec",
     "OptimizerSpec",
     "PlanModel",
     "PluginError",
     "PluginInfo",
-    "Registries",
     "RewardSpec",
     "RunError",
     "RunInfo",
-    "RunLock",
     "RunFolder",
-    "RunFolderError",
-    "SafetensorsHeader",
     "SchedulerSpec",
     "TEXT_COLUMNS",
     "TrackerSpec",
-    "TrainConfig",
     "TrainContext",
     "UNSAFE_PICKLE_HINT",
     "UsageError",
@@ -149,40 +114,27 @@ __all__ = [
     "check_gguf",
     "create_labeler",
     "decode_rgb",
-    "earlier_run",
     "env_flag",
-    "file_metadata",
     "find_images",
     "format_metadata",
     "gathered_parameters",
     "get_registries",
-    "has_checkpoints",
-    "holder",
-    "holds",
     "half_dtype",
     "hookimpl",
     "hookspec",
     "is_image_name",
-    "in_use",
     "label_folder",
     "lazy",
     "load_config",
     "loading_whole",
     "make_caption",
-    "package_version",
     "parse_lora",
-    "parse_override",
-    "plan_line",
     "plugin_registrations",
     "printable",
-    "read_image",
-    "read_metadata",
     "read_table",
     "read_text",
-    "rich_text",
     "read_safetensors_header",
     "save_safetensors",
-    "template_text",
     "trainable_state_dict",
     "unsafe_pickle_allowed",
     "write_bytes",

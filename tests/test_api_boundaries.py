@@ -44,15 +44,45 @@ def _lorakit_imports(path: Path) -> list[str]:
     return found
 
 
+#: Applications built on lorakit (not plugins) also import lorakit.app.
+APPLICATIONS = {ROOT / "lorakit_ui" / "src"}
+
+
 def test_plugin_packages_use_only_the_public_api():
     offenders = []
     for src in PLUGIN_SOURCES:
+        allowed = ("lorakit.api", "lorakit.app") if src in APPLICATIONS else ("lorakit.api",)
         for path in src.rglob("*.py"):
             for module in _lorakit_imports(path):
-                if module != "lorakit.api" and not module.startswith("lorakit.api."):
+                if module.split(".")[:2] not in [a.split(".") for a in allowed]:
                     offenders.append(f"{path.relative_to(ROOT)} imports {module}")
     assert [s for s in PLUGIN_SOURCES if s.exists()], "no plugin package found"
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_name_of_the_plugin_api_is_used_by_a_plugin_or_documented():
+    """``lorakit.api`` is the plugin API only: each name is imported by a plugin package
+    (applications aside) or documented for plugin authors; what only the page uses lives
+    in ``lorakit.app``."""
+    import re
+
+    import lorakit.api
+    import lorakit.app
+
+    plugins = [s for s in PLUGIN_SOURCES if s not in APPLICATIONS]
+    code = "\n".join(p.read_text(encoding="utf-8") for s in plugins for p in s.rglob("*.py"))
+    docs = "\n".join(
+        (ROOT / "docs" / name).read_text(encoding="utf-8")
+        for name in ("plugin-hooks.md", "writing-plugins.md")
+    )
+    unused = [
+        name
+        for name in lorakit.api.__all__
+        if not re.search(rf"\b{re.escape(name)}\b", code)
+        and not re.search(rf"`[^`]*\b{re.escape(name)}\b[^`]*`", docs)
+    ]
+    assert not unused, f"in lorakit.api but used by no plugin and undocumented: {unused}"
+    assert not set(lorakit.api.__all__) & set(lorakit.app.__all__)
 
 
 def _imports_of(path: Path, package: str) -> list[str]:

@@ -181,7 +181,7 @@ def test_installed_plugins_are_listed_with_their_distributions():
     for dist in ("lorakit-sd", "lorakit-llm", "lorakit-labelers"):
         assert by_dist[dist]["status"] == "ok", by_dist[dist]
         assert by_dist[dist]["version"] == "0.1.0"
-        assert by_dist[dist]["plugin_api"] == 1
+        assert by_dist[dist]["plugin_api"] == 2
 
 
 def test_plugin_modules_are_light():

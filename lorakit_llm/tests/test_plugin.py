@@ -39,7 +39,7 @@ def test_registrations(llm_plugins: Any) -> None:
 
 @pytest.mark.parametrize("name", ["7b", "qlora"])
 def test_templates_are_valid_configs(name: str, tmp_path: Path) -> None:
-    from lorakit.api import template_text
+    from lorakit.app import template_text
 
     path = tmp_path / f"{name}.yaml"
     path.write_text(template_text("llm", name))

@@ -151,7 +151,7 @@ def test_save_writes_the_exact_file_the_cli_runs_and_only_a_valid_one(
 
 
 def test_a_valid_form_shows_the_plan_line_train_prints(client, runs_dir, tiny_sd, images):
-    from lorakit.api import plan_line
+    from lorakit.app import plan_line
 
     values = tiny_form(tiny_sd, images, runs_dir)
     answer = post_form(client, values)
@@ -280,7 +280,7 @@ def test_label_from_the_page_and_edit_metadata_csv(client, images):
     table["rows"][0]["text"] = "sks, a red disc"
     saved = client.post("/api/metadata", json={**table, "data_dir": str(images)}).json()
     assert saved["ok"]
-    from lorakit.api import read_metadata
+    from lorakit.app import read_metadata
 
     assert read_metadata(images / "metadata.csv")[1][0]["text"] == "sks, a red disc"
     again = client.post("/api/label", json={"data_dir": str(images), "labeler": "filename"}).json()
@@ -313,7 +313,7 @@ def test_a_symlinked_run_folder_is_skipped_with_a_note(client, runs_dir, tmp_pat
 def test_start_into_a_folder_with_an_earlier_run_is_refused_with_the_clis_line(
     client, runs_dir, tiny_sd, images
 ):
-    from lorakit.api import earlier_run
+    from lorakit.app import earlier_run
 
     out = fake_run(runs_dir, "tiny", "finished", [1.0])
     (out / "checkpoints" / "step-1").mkdir(parents=True)
@@ -370,7 +370,7 @@ def test_the_adapter_folder_downloads_as_one_zip(client, runs_dir):
 
 def test_a_table_with_the_image_and_caption_aliases_saves_as_training_reads_it(client, images):
     """The page saves what training reads: the ``image``/``caption`` column aliases too."""
-    from lorakit.api import read_metadata
+    from lorakit.app import read_metadata
 
     names = [f"img_{i:03d}.png" for i in range(4)]
     (images / "metadata.csv").write_text(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from lorakit.api import LabelerSpec, hookimpl, lazy
 from lorakit_labelers.options import BlipOptions, ClipOptions, FilenameOptions, SidecarOptions
 
-LORAKIT_PLUGIN_API = 1
+LORAKIT_PLUGIN_API = 2
 
 
 @hookimpl

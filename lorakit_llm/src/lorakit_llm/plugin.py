@@ -29,7 +29,7 @@ from lorakit.api import (
 )
 from lorakit_llm.section import LLMSection
 
-LORAKIT_PLUGIN_API = 1
+LORAKIT_PLUGIN_API = 2
 
 READERS = (
     ("chat", "JSONL chat: messages [{role, content}] (or ShareGPT conversations)"),

@@ -30,7 +30,7 @@ from lorakit.api import (
 from lorakit_sd.config import SDSection
 from lorakit_sd.families import builtin_labels, builtin_templates
 
-LORAKIT_PLUGIN_API = 1
+LORAKIT_PLUGIN_API = 2
 #: the hooks lorakit-sd publishes (``register_image_families``), added to lorakit's manager
 LORAKIT_HOOKSPECS = "lorakit_sd.hookspecs"
 

@@ -19,9 +19,9 @@ from lorakit.api import (
     RunFolder,
     find_images,
     format_metadata,
-    read_metadata,
     write_text,
 )
+from lorakit.app import read_metadata
 from lorakit_ui.errors import BadBody, error, json_body
 from lorakit_ui.files import handle_response
 

@@ -17,17 +17,8 @@ from typing import Any
 
 import yaml
 
-from lorakit.api import (
-    ConfigError,
-    DistributedConfig,
-    TrainConfig,
-    get_registries,
-    load_config,
-    parse_override,
-    plan_line,
-    template_text,
-    write_text,
-)
+from lorakit.api import ConfigError, get_registries, load_config, write_text
+from lorakit.app import DistributedConfig, TrainConfig, parse_override, plan_line, template_text
 
 #: The form field that takes any other keys, as YAML (a typo there gets a "did you mean").
 EXTRA = "_extra"

@@ -20,15 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorakit.api import (
-    RunFolder,
-    UsageError,
-    earlier_run,
-    has_checkpoints,
-    holder,
-    holds,
-    in_use,
-)
+from lorakit.api import RunFolder, UsageError
+from lorakit.app import earlier_run, has_checkpoints, holder, holds, in_use
 
 #: The page's own files (logs of the runs it started) live here, inside the runs folder.
 UI_DIR = ".lorakit-ui"

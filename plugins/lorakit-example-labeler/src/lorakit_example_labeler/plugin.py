@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorakit.api import LabelerSpec, hookimpl
 
-LORAKIT_PLUGIN_API = 1
+LORAKIT_PLUGIN_API = 2
 
 
 class PaletteOptions(BaseModel):

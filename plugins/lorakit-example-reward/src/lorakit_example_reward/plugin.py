@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from lorakit.api import RewardSpec, hookimpl, lazy
 
-LORAKIT_PLUGIN_API = 1
+LORAKIT_PLUGIN_API = 2
 
 
 @hookimpl

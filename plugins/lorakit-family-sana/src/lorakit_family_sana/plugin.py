@@ -9,7 +9,7 @@ from lorakit_sd.api import FamilySpec
 
 from lorakit.api import hookimpl, lazy
 
-LORAKIT_PLUGIN_API = 1
+LORAKIT_PLUGIN_API = 2
 
 
 @hookimpl

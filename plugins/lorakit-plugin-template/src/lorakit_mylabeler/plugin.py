@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorakit.api import Labeler, LabelerSpec, hookimpl
 
 #: The lorakit plugin API this package is written for.
-LORAKIT_PLUGIN_API = 1
+LORAKIT_PLUGIN_API = 2
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,0 +1,32 @@
+"""The API of applications built on lorakit (the local page, lorakit-ui): what they use
+beyond the plugin API.
+
+An application drives whole runs: it reads and validates configs and their templates,
+checks a run folder's lock before starting or stopping a run, and shows a plan line. Plugins
+never need these (they import :mod:`lorakit.api` only; a test keeps them to it), so they
+live here, apart from the plugin API, and may change with lorakit's minor versions.
+Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+from lorakit.config.overrides import parse_override
+from lorakit.config.schema import DistributedConfig, TrainConfig
+from lorakit.config.templates import template_text
+from lorakit.engine.runlock import earlier_run, has_checkpoints, holder, holds, in_use
+from lorakit.labeling import read_metadata
+from lorakit.planning.plan import plan_line
+
+__all__ = [
+    "DistributedConfig",
+    "TrainConfig",
+    "earlier_run",
+    "has_checkpoints",
+    "holder",
+    "holds",
+    "in_use",
+    "parse_override",
+    "plan_line",
+    "read_metadata",
+    "template_text",
+]
