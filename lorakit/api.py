@@ -15,7 +15,6 @@ from lorakit import PLUGIN_API_VERSION, __version__, hookimpl
 from lorakit.backend import (
     Backend,
     LossOutput,
-    RunInfo,
     TrainContext,
     half_dtype,
     trainable_state_dict,
@@ -27,7 +26,7 @@ from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.export_view import AdapterExport, AdapterLayer, Exporter, Network
 from lorakit.gguf_header import check_gguf
-from lorakit.hookspecs import hookspec
+from lorakit.hookspecs import RunInfo, hookspec
 from lorakit.identify import FileKind, FileProbe, LoraSummary
 from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
 from lorakit.images import check_pixels as check_image_pixels

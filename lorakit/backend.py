@@ -9,7 +9,7 @@ imports torch at module level.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,19 +48,6 @@ class TrainContext:
     registries: Registries
     weight_dtype: torch.dtype
     log: Any = print
-
-
-@dataclass
-class RunInfo:
-    """What lifecycle hooks receive: read it, don't change the run through it."""
-
-    config: Any
-    output_dir: Path
-    backend: Any
-    total_steps: int
-    is_main_process: bool = True
-    num_processes: int = 1
-    outputs: list[str] = field(default_factory=list)
 
 
 class Backend(ABC):

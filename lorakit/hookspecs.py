@@ -14,13 +14,14 @@ Every hook is documented in docs/plugin-hooks.md (a test enforces it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-# Imported at run time (both modules are torch-free), so typing.get_type_hints resolves
+# Imported at run time (these modules are torch-free), so typing.get_type_hints resolves
 # every hook's annotations.
-from lorakit.backend import RunInfo
 from lorakit.backend_plugin import BackendPlugin
 from lorakit.registry import (
     DatasetReaderSpec,
@@ -33,7 +34,27 @@ from lorakit.registry import (
     TrackerSpec,
 )
 
+if TYPE_CHECKING:
+    from lorakit.backend import Backend
+    from lorakit.config.schema import Config
+
 hookspec = pluggy.HookspecMarker("lorakit")
+
+
+@dataclass
+class RunInfo:
+    """What the lifecycle hooks receive: read it, don't change the run through it.
+
+    ``config`` is the run's validated config, ``backend`` its :class:`lorakit.backend.Backend`,
+    ``outputs`` the exported files (filled before ``on_train_end``)."""
+
+    config: Config
+    output_dir: Path
+    backend: Backend
+    total_steps: int
+    is_main_process: bool = True
+    num_processes: int = 1
+    outputs: list[str] = field(default_factory=list)
 
 
 @hookspec

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from lorakit.backend_plugin import BackendPlugin
 from lorakit.errors import PluginError, UsageError
@@ -112,6 +112,16 @@ class ModelLoaderSpec:
     description: str = ""
     priority: int = 0
     check: Callable[[str, Any], None] | None = None
+
+
+class Tracker(Protocol):
+    """What a tracker factory returns."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record ``metrics`` at optimizer step ``step``."""
+
+    def close(self) -> None:
+        """Flush and close (the end of the run)."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from lorakit.config.schema import (
 )
 from lorakit.config.yaml_reader import read_yaml
 from lorakit.errors import ConfigError
-from lorakit.registry import KNOWN_BACKEND_PACKAGES
+from lorakit.registry import KNOWN_BACKEND_PACKAGES, Registries
 
 
 def _did_you_mean(key: str, choices: list[str]) -> str:
@@ -264,12 +264,16 @@ def load_config(
     overrides: list[str] | None = None,
     backend: str | None = None,
     check_paths: bool = True,
-    registries: Any = None,
+    registries: Registries | None = None,
 ) -> Config:
-    """Load, migrate and validate a config file (or a dict) for the backend it names."""
-    from lorakit.plugins import get_registries
+    """Load, migrate and validate a config file (or a dict) for the backend it names.
 
-    registries = registries or get_registries()
+    ``registries`` are the backends, readers, optimizers... it is checked against; None
+    takes those of the installed plugins (:func:`lorakit.plugins.get_registries`)."""
+    if registries is None:
+        from lorakit.plugins import get_registries  # plugins import this module
+
+        registries = get_registries()
     file = str(path) if path is not None else None
     lines: dict[tuple[str, ...], int] = {}
     if data is None:

@@ -7,8 +7,18 @@ re-creates an epoch's order exactly, then skips what was already consumed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 import torch
+
+
+class EpochOrdered(Protocol):
+    """A sampler (or batch sampler) whose order is set per epoch: this one, or a backend's
+    (buckets, length groups). ``set_epoch`` is called before each epoch."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -11,6 +11,7 @@ import math
 import shutil
 import time
 import warnings
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,25 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
 
 import lorakit.engine.autobatch as autobatch
 from lorakit import __version__
-from lorakit.backend import Backend, RunInfo, TrainContext
+from lorakit.backend import Backend, TrainContext
 from lorakit.config import Config
 from lorakit.engine.checkpoint import checkpoint_dirs, find_checkpoint, load_checkpoint
 from lorakit.engine.distributed import Strategy
 from lorakit.engine.ema import Ema
 from lorakit.engine.manifest import read_state
 from lorakit.engine.runlock import earlier_run
-from lorakit.engine.sampler import EpochSampler
+from lorakit.engine.sampler import EpochOrdered, EpochSampler
 from lorakit.engine.speed import apply_tf32, compile_module
 from lorakit.engine.state import TrainerState
 from lorakit.errors import ConfigError, RunError, UsageError
+from lorakit.hookspecs import RunInfo
 from lorakit.plugins import Plugins
+from lorakit.registry import ExporterSpec, Tracker, TrackerSpec
 from lorakit.runfolder import CACHE, CONFIG, RunFolder
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,22 +54,22 @@ class Session:
     strategy: Strategy
     backend: Backend
     ctx: TrainContext
-    dataset: Any
-    module: Any
-    params: list[Any]
-    optimizer: Any
-    scheduler: Any
-    loader: Any
-    sampler: Any
-    exporters: list[Any]
+    dataset: Sized
+    module: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    loader: DataLoader[Any]
+    sampler: EpochOrdered
+    exporters: list[ExporterSpec]
     adaptive: bool
-    tracker_specs: list[Any]
+    tracker_specs: list[TrackerSpec]
     total: int
     state: TrainerState
     checkpoint: Path | None = None
-    ema: Any = None  # lorakit.engine.ema.Ema when the config has ema:
+    ema: Ema | None = None  # with ema: in the config
     metadata: dict[str, str] = field(default_factory=dict)
-    trackers: list[Any] = field(default_factory=list)
+    trackers: list[Tracker] = field(default_factory=list)
     run: RunInfo | None = None
     #: The logged metrics of this run (from a resumed run's metrics.jsonl, when it has one),
     #: which loss.png plots whichever trackers are on.

@@ -16,12 +16,12 @@ import lorakit.engine.autobatch as autobatch
 from lorakit.backend import Backend
 from lorakit.builtins.optimizers import effective_lr
 from lorakit.engine.oom import ShrinkBatch, is_oom, message
-from lorakit.engine.sampler import EpochSampler
+from lorakit.engine.sampler import EpochOrdered
 from lorakit.errors import RunError
 
 
 def batches(
-    loader: Any, sampler: EpochSampler, accelerator: Accelerator, start: int
+    loader: Any, sampler: EpochOrdered, accelerator: Accelerator, start: int
 ) -> Iterator[Any]:
     """Micro-batches across epochs, starting after ``start`` consumed ones."""
     per_epoch = len(loader)

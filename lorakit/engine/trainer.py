@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 import lorakit.engine.autobatch as autobatch
-from lorakit.backend import RunInfo
 from lorakit.builtins.trackers import read_metrics
 from lorakit.config import Config
 from lorakit.engine.checkpoint import save_checkpoint
@@ -31,6 +30,7 @@ from lorakit.engine.progress import TrainProgress
 from lorakit.engine.session import Session, data_loader, set_up
 from lorakit.engine.speed import tf32_header
 from lorakit.engine.step import batches, train_step
+from lorakit.hookspecs import RunInfo
 from lorakit.plugins import Plugins, get_plugins
 from lorakit.provenance import file_metadata, iso_time, now, run_record
 from lorakit.runfolder import CONFIG, LOSS_PLOT, METRICS, RECORD, SAMPLES, RunFolder
