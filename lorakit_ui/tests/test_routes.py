@@ -384,3 +384,16 @@ def test_a_table_with_the_image_and_caption_aliases_saves_as_training_reads_it(c
     assert read_metadata(images / "metadata.csv")[1][0]["caption"] == "a red disc"
     wrong = {**table, "data_dir": str(images), "rows": [{"image": "nope.png", "caption": "x"}]}
     assert "no image named nope.png" in client.post("/api/metadata", json=wrong).json()["error"]
+
+
+def test_a_grpo_run_page_shows_its_completions_and_rewards(client, runs_dir):
+    """GRPO writes ``samples/completions-step-N.jsonl`` every log step; the run page shows
+    the newest as text, completions and rewards included."""
+    out = fake_run(runs_dir, "grpo", "running", [0.1, 0.2])
+    row = {"step": 2, "prompt": "Dose of X?", "completion": "<answer>5 mg</answer>"}
+    row["rewards"] = {"answer_match": 1.0, "think_format": 0.0}
+    (out / "samples" / "completions-step-2.jsonl").write_text(json.dumps(row) + "\n")
+    data = client.get("/api/runs/grpo").json()
+    [text] = [s for s in data["samples"] if s["path"] == "samples/completions-step-2.jsonl"]
+    assert text["kind"] == "text" and "<answer>5 mg</answer>" in text["text"]
+    assert "answer_match" in text["text"]

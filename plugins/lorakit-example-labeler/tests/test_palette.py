@@ -36,7 +36,7 @@ def test_found_through_its_entry_point():
     entry = plugins.registries.labelers.entry("palette")
     assert (entry.plugin, entry.distribution) == ("example-labeler", "lorakit-example-labeler")
     info = plugins.infos["example-labeler"]
-    assert info.status == "ok" and not info.builtin and info.api == 1
+    assert info.status == "ok" and not info.builtin and info.api == 2
     assert info.registered == {"labeler": ["palette"]}
 
 
