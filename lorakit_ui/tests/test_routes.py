@@ -126,6 +126,15 @@ def test_a_typo_under_other_keys_gets_did_you_mean_beside_that_box(
     assert "sd.resolutoin" in section["error"] and "did you mean 'resolution'" in section["error"]
 
 
+def test_a_control_character_under_other_keys_is_a_message_beside_that_box(
+    client, runs_dir, tiny_sd, images
+):
+    # PyYAML's reader refuses it with an error that has no `problem`, unlike the parser's
+    answer = post_form(client, tiny_form(tiny_sd, images, runs_dir, _extra="seed: 1\x07"))
+    assert answer["ok"] is False and answer["key"] == "_extra"
+    assert answer["error"].startswith("other keys: not YAML (unacceptable character #x0007")
+
+
 def test_a_missing_folder_is_refused_beside_its_field(client, runs_dir, tiny_sd, tmp_path):
     answer = post_form(client, tiny_form(tiny_sd, tmp_path / "nope", runs_dir))
     assert answer["key"] == "train_data_dir" and "folder not found" in answer["error"]

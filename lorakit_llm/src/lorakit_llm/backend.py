@@ -256,6 +256,7 @@ class LLMBackend(Backend):
             data = load_cached(path)
             cached = data is not None
             if data is None:
+                assert self.records is not None  # validate() read them or refused the run
                 data = tokenize_records(
                     self.records, self.tokenizer, self.template,
                     max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,

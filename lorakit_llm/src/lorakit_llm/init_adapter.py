@@ -92,6 +92,7 @@ def load_init_adapter(model: Any, path: str | Path, *, reference: bool, log: Any
     """``model`` (the bare base) with the adapter at ``path`` trainable, and for DPO a
     frozen copy in the ``reference`` slot."""
     from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
 
     from lorakit_llm.preference.method import REFERENCE
 
@@ -101,6 +102,7 @@ def load_init_adapter(model: Any, path: str | Path, *, reference: bool, log: Any
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
         if reference:
             peft_model.load_adapter(str(folder), adapter_name=REFERENCE, is_trainable=False)
+            assert isinstance(peft_model.base_model, BaseTuner)  # a LoRA adapter's tuner
             peft_model.base_model.set_adapter("default")
     except (ValueError, KeyError, RuntimeError) as exc:
         from lorakit_llm.generate import mismatch_summary

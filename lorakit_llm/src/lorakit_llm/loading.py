@@ -242,10 +242,11 @@ def load_model(
         index = getattr(device, "index", None)
         kwargs["device_map"] = {"": index if index is not None else 0}
     try:
-        with quiet:
-            model, info = AutoModelForCausalLM.from_pretrained(
+        with quiet:  # with output_loading_info, a (model, info) pair its annotation omits
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
                 source.location, output_loading_info=True, **kwargs
             )
+        model, info = loaded
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(source, "the model", exc) from None
     check_complete(source, info.get("missing_keys") or ())

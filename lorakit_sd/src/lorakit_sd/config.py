@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from lorakit_sd import families
-from lorakit_sd.networks import NETWORK_TYPES
+from lorakit_sd.networks import NetworkType
 
 #: LoRA target aliases accepted in ``target_modules``.
 TARGET_ALIASES = {
@@ -256,7 +256,7 @@ class SDSection(BaseModel):
         description="Learning rate of the text-encoder LoRA (its own optimizer parameter "
         "group); null: learning_rate.",
     )
-    network: Literal[NETWORK_TYPES] = Field(  # the table in lorakit_sd.networks
+    network: NetworkType = Field(  # the table in lorakit_sd.networks
         "lora",
         description="Network type, built with PEFT and written in LyCORIS's key layout: lora "
         "(kohya LoRA), locon (lora with conv_rank; conv_rank alone also gives LoCon), loha "

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from lorakit.api import LorakitError, RunFolder
 from lorakit_ui.errors import error
 from lorakit_ui.files import handle_response
-from lorakit_ui.runs import read_metrics
+from lorakit_ui.runs import RunManager, read_metrics
 
 #: The most a folder's zip holds (it is built in memory).
 ZIP_LIMIT = 4 * 2**30
@@ -29,7 +29,7 @@ async def api_runs(request: Request) -> JSONResponse:
     return JSONResponse({"runs": listed, "notes": notes})
 
 
-def _run_data(runs, name: str, since: int) -> dict:
+def _run_data(runs: RunManager, name: str, since: int) -> dict:
     out = runs.path_of(name)
     data = runs.summary(name)
     data.update(

@@ -31,7 +31,7 @@ class HeaderTimeoutProtocol(H11Protocol):
 
     _head_timer: Any = None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._arm()
 

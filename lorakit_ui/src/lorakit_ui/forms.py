@@ -185,8 +185,10 @@ def to_config(values: dict[str, str], backend: str) -> dict[str, Any]:
     if extra:
         try:
             more = yaml.safe_load(extra)
-        except yaml.YAMLError as exc:
-            raise FormError(EXTRA, f"other keys: not YAML ({exc.problem})") from None
+        except yaml.YAMLError as exc:  # the reader's errors (a control character) have no mark
+            marked = isinstance(exc, yaml.MarkedYAMLError) and exc.problem
+            problem = marked or str(exc).splitlines()[0]
+            raise FormError(EXTRA, f"other keys: not YAML ({problem})") from None
         if not isinstance(more, dict):
             raise FormError(EXTRA, "other keys: write them as key: value lines")
         for key, value in more.items():

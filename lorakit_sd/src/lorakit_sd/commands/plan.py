@@ -168,4 +168,4 @@ def planner(config: Config) -> PlanModel:
     plan = family.planner(config, folder, section)
     if plan is None:
         raise UsageError(f"{folder}: lorakit plan cannot plan {family.label} runs yet")
-    return plan  # type: ignore[no-any-return]
+    return plan

@@ -56,7 +56,7 @@ def _mask_image(source: str) -> Any:
 
 
 def mask_size(source: str) -> tuple[int, int]:
-    return tuple(_mask_image(source).size)  # type: ignore[return-value]
+    return tuple(_mask_image(source).size)
 
 
 def load_mask(source: str, bucket: tuple[int, int], crop: tuple[int, int] | None = None) -> Any:

@@ -60,7 +60,7 @@ class FlowFamily(ModelFamily):
         exact for every network type, where BFL's fused layers are not."""
         if component == "transformer":
             return "lycoris_" + path.replace(".", "_")
-        return super().network_stem(component, path, layout)  # type: ignore[no-any-return]
+        return super().network_stem(component, path, layout)
 
     def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
         """A merged transformer's tensors in the layout this family's files use."""

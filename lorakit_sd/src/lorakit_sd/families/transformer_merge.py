@@ -61,7 +61,7 @@ def _check_loras(loras: list[tuple[str, float]], family: str) -> None:
 def transformer_state(transformer: Any, family: str) -> dict[str, Any]:
     """The merged transformer's tensors in the layout its family's files use."""
     state = {k: v.detach() for k, v in transformer.state_dict().items()}
-    return families.get(family).transformer_file_state(state, transformer.config)  # type: ignore[no-any-return]
+    return families.get(family).transformer_file_state(state, transformer.config)
 
 
 def merge_transformer(

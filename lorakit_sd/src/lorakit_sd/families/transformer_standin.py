@@ -35,7 +35,10 @@ def tiny_t5(vocab_size: int, width: int, seed: int) -> Any:
 
     config = T5Config(
         vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=width * 2, num_layers=2,
-        num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
+        num_heads=4, relative_attention_num_buckets=8,
+        # T5Config passes keys it does not declare on to PreTrainedConfig, which its typed
+        # (dataclass) signature does not show
+        decoder_start_token_id=0,  # type: ignore[call-arg]
         pad_token_id=0, eos_token_id=1,
     )  # fmt: skip
     torch.manual_seed(seed)

@@ -56,7 +56,7 @@ def identify(probe: FileProbe) -> FileKind | None:
         for spec in families.specs():  # torch-free: inspect reads the header only
             kind = spec.describe(names) if spec.describe is not None else None
             if kind is not None:
-                return kind  # type: ignore[no-any-return]
+                return kind
 
         return FileKind("kohya / A1111 LoRA", groups=KOHYA_GROUPS, kohya_names=True)
     if fmt == "diffusers":

@@ -9,11 +9,13 @@ the file's tensors of one adapted PEFT layer under their kohya/LyCORIS suffixes
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import Any, Literal
 
+#: ``sd.network``'s choices: the keys of NETWORKS (a test compares them)
+NetworkType = Literal["lora", "locon", "loha", "lokr", "dora"]
 #: The network types: ``sd.network``'s choices and the docs' table (a test compares them).
 #: name -> (module, where its files load)
-NETWORKS = {
+NETWORKS: dict[str, tuple[str, str]] = {
     "lora": ("lora", "diffusers, ComfyUI, A1111, sd-scripts"),
     "locon": ("lora", "diffusers, ComfyUI, A1111, sd-scripts"),
     "loha": ("loha", "LyCORIS, ComfyUI, A1111"),
@@ -27,7 +29,6 @@ NETWORKS = {
         "ComfyUI approximately (see below); A1111 wrongly (see below)",
     ),
 }
-NETWORK_TYPES = tuple(NETWORKS)
 #: the types whose file is a plain LoRA (lora_down/lora_up/alpha)
 PLAIN = ("lora", "locon")
 

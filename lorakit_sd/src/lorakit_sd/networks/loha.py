@@ -47,8 +47,8 @@ def delta(module: Any, base: Any = None) -> Any:
 
     t = module.tensors
     scale = module.alpha / rank(t)
-    w = [t[n].float() for n in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")]
+    w1a, w1b, w2a, w2b = (t[n].float() for n in NAMES[:4])
     if "hada_t1" in t:
-        core = (t["hada_t1"].float(), w[0], w[1], t["hada_t2"].float(), w[2], w[3])
+        core = (t["hada_t1"].float(), w1a, w1b, t["hada_t2"].float(), w2a, w2b)
         return make_weight_cp(*core, scale=scale).flatten(1)
-    return make_weight(*w, scale=scale).flatten(1)
+    return make_weight(w1a, w1b, w2a, w2b, scale=scale).flatten(1)

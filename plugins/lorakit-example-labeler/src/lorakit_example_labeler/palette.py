@@ -55,6 +55,7 @@ def dominant_colours(image: Image.Image, count: int, min_share: float) -> list[s
     shares: dict[str, float] = {}
     total = 64 * 64
     for pixels, index in quantized.getcolors() or []:
+        assert isinstance(index, int)  # a "P" image's colours are palette indices
         r, g, b = palette[index * 3 : index * 3 + 3]
         name = colour_name((r, g, b))
         shares[name] = shares.get(name, 0.0) + pixels / total

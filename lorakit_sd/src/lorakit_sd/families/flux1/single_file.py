@@ -92,10 +92,10 @@ def diffusers_to_bfl(state: dict[str, Any], num_double: int, num_single: int) ->
     out: dict[str, Any] = {}
     for name, paths in layers(num_double, num_single).items():
         for kind in ("weight", "bias"):
-            parts = [state.get(f"{p}.{kind}") for p in paths]
-            if any(p is None for p in parts):
+            keys = [f"{p}.{kind}" for p in paths]
+            if any(state.get(k) is None for k in keys):
                 continue
-            tensor = torch.cat(parts, dim=0)
+            tensor = torch.cat([state[k] for k in keys], dim=0)
             out[f"{name}.{kind}"] = _swap(tensor) if paths == [SWAPPED] else tensor
     for bfl, ours in norms(num_double, num_single).items():
         out[bfl] = state[ours]
