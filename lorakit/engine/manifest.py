@@ -114,8 +114,10 @@ def read_tensors(folder: Path, name: str) -> dict[str, Any]:
     if not data:
         raise RunFolderError(f"{run.where(name)} is empty")
     try:
-        # owned, writable copies: load() views the file's bytes, which training updates in place
-        return {key: tensor.clone() for key, tensor in load(data).items()}
+        # Owned, writable copies (load() views the file's bytes, which training updates in
+        # place), in name order: load() returns them in a per-process hash order, and every
+        # rank must restore an FSDP/ZeRO state dict in the same order (its collectives pair up).
+        return {key: tensor.clone() for key, tensor in sorted(load(data).items())}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own and others
         text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise RunFolderError(
