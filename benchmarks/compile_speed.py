@@ -34,18 +34,36 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "compiled":
         keys = {"torch_compile": True, "torch_compile_backend": args.backend}
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(data={
-            "task_type": "text-generation", "base_model": args.model,
-            "train_data_dir": args.data, "output_dir": str(Path(tmp) / "run"), "seed": 0,
-            "lora_rank": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
-            "batch_size": 8, "max_steps": args.steps, "learning_rate": 2e-4, **keys,
-        })  # fmt: skip
+        config = load_config(
+            data={
+                "task_type": "text-generation",
+                "base_model": args.model,
+                "train_data_dir": args.data,
+                "output_dir": str(Path(tmp) / "run"),
+                "seed": 0,
+                "lora_rank": 8,
+                "lora_alpha": 16,
+                "target_modules": ["q_proj", "v_proj"],
+                "batch_size": 8,
+                "max_steps": args.steps,
+                "learning_rate": 2e-4,
+                **keys,
+            }
+        )
         result = train(config, progress=False)
         rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").open()]
     t = [r["elapsed_s"] for r in rows]
     w = args.warmup
-    print("RESULT " + json.dumps({"steps_per_s": (len(t) - w) / (t[-1] - t[w - 1]),
-                                  "loop_s": t[-1], "loss": rows[-1]["loss"]}))  # fmt: skip
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "steps_per_s": (len(t) - w) / (t[-1] - t[w - 1]),
+                "loop_s": t[-1],
+                "loss": rows[-1]["loss"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -68,25 +86,49 @@ def main() -> None:
         data = write_qa_jsonl(Path(tmp) / "qa.jsonl", 160)
         results = {}
         for side in ("eager", "compiled"):
-            command = [sys.executable, __file__, "--worker", side, "--model", str(model),
-                       "--data", str(data), "--steps", str(args.steps), "--warmup",
-                       str(args.warmup), "--backend", args.backend, "--threads",
-                       str(args.threads)]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                side,
+                "--model",
+                str(model),
+                "--data",
+                str(data),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--backend",
+                args.backend,
+                "--threads",
+                str(args.threads),
+            ]
             start = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True, check=False,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
             wall = time.perf_counter() - start
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
             results[side] = {**json.loads(line[7:]), "wall_s": wall}
             r = results[side]
-            print(f"{side:8s} {r['steps_per_s']:6.2f} steps/s after {args.warmup} steps  "
-                  f"loop {r['loop_s']:6.1f} s  whole process {wall:6.1f} s  "
-                  f"loss {r['loss']:.4f}", flush=True)  # fmt: skip
+            print(
+                f"{side:8s} {r['steps_per_s']:6.2f} steps/s after {args.warmup} steps  "
+                f"loop {r['loop_s']:6.1f} s  whole process {wall:6.1f} s  "
+                f"loss {r['loss']:.4f}",
+                flush=True,
+            )
     e, c = results["eager"], results["compiled"]
-    print(f"compiled / eager: ×{c['steps_per_s'] / e['steps_per_s']:.2f} steps/s after warm-up, "
-          f"×{e['wall_s'] / c['wall_s']:.2f} whole process")  # fmt: skip
+    print(
+        f"compiled / eager: ×{c['steps_per_s'] / e['steps_per_s']:.2f} steps/s after warm-up, "
+        f"×{e['wall_s'] / c['wall_s']:.2f} whole process"
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,16 @@ sys.path.insert(0, str(HERE))
 from gpu_models import build  # noqa: E402  (benchmarks/ is not a package)
 
 #: Dense bf16 tensor-core peak, TFLOP/s, by a substring of ``torch.cuda.get_device_name``.
-PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
-               "L40S": 362.0, "4090": 165.2, "A10G": 70.0, "L4": 121.0}  # fmt: skip
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "4090": 165.2,
+    "A10G": 70.0,
+    "L4": 121.0,
+}
 
 
 @dataclass(frozen=True)
@@ -93,10 +101,13 @@ CASES = (
 )
 #: The LoRA of the reference loops in benchmarks/ (lorakit trains the same one there).
 REFERENCE_LORA = {
-    "diffusers": {"lora_rank": 8, "lora_alpha": 8,
-                  "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]},
+    "diffusers": {
+        "lora_rank": 8,
+        "lora_alpha": 8,
+        "target_modules": ["to_q", "to_k", "to_v", "to_out.0"],
+    },
     "trainer": {"lora_rank": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]},
-}  # fmt: skip
+}
 CASE_SIDE = {"sd15": 512, "sdxl": 1024}
 #: Sizes of the dry run (the tiny models' own).
 TINY_SIZE = {"sd15": 64, "sdxl": 64, "flux1-dev": 64, "llama2-7b": 256, "llama3-8b": 256}
@@ -132,10 +143,18 @@ def case_config(case: Case, model: str, data: Path, out: Path, steps: int, dry: 
     cfg = yaml.safe_load(template_text(*case.template))
     size = TINY_SIZE[case.model] if dry else case.size
     cfg.update(
-        base_model=model, train_data_dir=str(data), output_dir=str(out / "run"), max_steps=steps,
-        batch_size=1, gradient_accumulation_steps=1, save_steps=10**6, sample_prompts=[],
-        sample_every_n_steps=0, logging_steps=1, lr_warmup_steps=0,
-    )  # fmt: skip
+        base_model=model,
+        train_data_dir=str(data),
+        output_dir=str(out / "run"),
+        max_steps=steps,
+        batch_size=1,
+        gradient_accumulation_steps=1,
+        save_steps=10**6,
+        sample_prompts=[],
+        sample_every_n_steps=0,
+        logging_steps=1,
+        lr_warmup_steps=0,
+    )
     if case.reference:  # the reference loop's LoRA, without activation checkpointing
         cfg.update(REFERENCE_LORA[case.reference], gradient_checkpointing=False)
     if dry:
@@ -143,8 +162,9 @@ def case_config(case: Case, model: str, data: Path, out: Path, steps: int, dry: 
     if case.template[0] == "sd":
         cfg["sd"].update(resolution=size, bucket=False, cache_to_disk=False)
     else:
-        cfg["llm"].update(max_seq_len=size, load_in_4bit=case.four_bit and not dry,
-                          torch_dtype="auto")  # fmt: skip
+        cfg["llm"].update(
+            max_seq_len=size, load_in_4bit=case.four_bit and not dry, torch_dtype="auto"
+        )
     path = out / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
@@ -202,11 +222,26 @@ def task_reference(loop: str, model: str, data: str, steps: int, size: int, work
     """The benchmarks/ reference loop on the same model, data and steps: its steps/s from
     its first step to its last."""
     if loop == "diffusers":
-        ns = argparse.Namespace(model=model, base_config=None, data=data, steps=steps,
-                                batch_size=1, resolution=size, warmup=0)  # fmt: skip
+        ns = argparse.Namespace(
+            model=model,
+            base_config=None,
+            data=data,
+            steps=steps,
+            batch_size=1,
+            resolution=size,
+            warmup=0,
+        )
         return {"steps_per_s": load_benchmark("sd_train_speed").run_plain(ns)["steps_per_s"]}
-    ns = argparse.Namespace(model=model, data=Path(data), batch_size=1, epochs=1, threads=0, max_steps=0,
-                            case="throughput", max_seq_len=size)  # fmt: skip
+    ns = argparse.Namespace(
+        model=model,
+        data=Path(data),
+        batch_size=1,
+        epochs=1,
+        threads=0,
+        max_steps=0,
+        case="throughput",
+        max_seq_len=size,
+    )
     result = load_benchmark("llm_train_speed").run_trainer(ns, Path(work), grouped=False)
     return {"steps_per_s": result["steps"] / result["loop_s"]}
 
@@ -222,13 +257,24 @@ def call(task: str, log: Path, isolate: bool, timeout: float, **kwargs: Any) -> 
         result = TASKS[task](**kwargs)
         return {**result, "wall_s": round(time.perf_counter() - start, 1)}
     out = log.with_suffix(".json")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "LORAKIT_NO_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "LORAKIT_NO_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     command = [sys.executable, __file__, "--task", task, json.dumps(kwargs), str(out)]
     with log.open("w", encoding="utf-8") as handle:
         try:
-            subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                           timeout=timeout, check=False)  # fmt: skip
+            subprocess.run(
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:.0f} s, see {log.name}"}
     if not out.is_file():
@@ -252,8 +298,13 @@ REFERENCE_LABELS = {
 }
 
 
-def run_case(case: Case, built: dict[str, Any], args: argparse.Namespace, device: str,
-             peak_flops: float | None) -> dict[str, Any]:  # fmt: skip
+def run_case(
+    case: Case,
+    built: dict[str, Any],
+    args: argparse.Namespace,
+    device: str,
+    peak_flops: float | None,
+) -> dict[str, Any]:
     dry = args.dry_run
     size = TINY_SIZE[case.model] if dry else case.size
     work = args.out / "work" / case.name
@@ -261,9 +312,16 @@ def run_case(case: Case, built: dict[str, Any], args: argparse.Namespace, device
     steps = args.warmup + args.steps
     data = write_data(case, work, size, rows=steps)
     config = case_config(case, built["path"], data, work, steps, dry)
-    row: dict[str, Any] = {"case": case.name, "model": case.model, "template": case.template[1],
-                           "size": size, "batch": 1, "steps": steps, "warmup": args.warmup,
-                           "four_bit": case.four_bit and not dry}  # fmt: skip
+    row: dict[str, Any] = {
+        "case": case.name,
+        "model": case.model,
+        "template": case.template[1],
+        "size": size,
+        "batch": 1,
+        "steps": steps,
+        "warmup": args.warmup,
+        "four_bit": case.four_bit and not dry,
+    }
     iso, limit = not dry, args.timeout
     plan = call("plan", work / "plan.log", iso, limit, config=str(config))
     row["plan_bytes"], row["plan_s"] = plan.get("bytes"), plan.get("wall_s")
@@ -285,17 +343,32 @@ def run_case(case: Case, built: dict[str, Any], args: argparse.Namespace, device
         flops = 3 * built["forward_flops"]
         formula = f"3 · F_forward = 3 · {built['forward_flops']:,} (FlopCounterMode)"
     row.update(
-        steps_done=done, steps_per_s=round(after, 4), loop_steps_per_s=round(whole, 4),
+        steps_done=done,
+        steps_per_s=round(after, 4),
+        loop_steps_per_s=round(whole, 4),
         **{("tokens_per_s" if llm else "images_per_s"): round(after * per_step, 4)},
-        n_active=built["n"], flops_per_step=flops, flops_formula=formula,
+        n_active=built["n"],
+        flops_per_step=flops,
+        flops_formula=formula,
         mfu=round(flops * after / peak_flops, 4) if peak_flops else None,
-        peak_bytes=peak["bytes"], peak_kind=peak["kind"], final_loss=loss,
+        peak_bytes=peak["bytes"],
+        peak_kind=peak["kind"],
+        final_loss=loss,
         plan_ratio=round(peak["bytes"] / row["plan_bytes"], 3) if row["plan_bytes"] else None,
-    )  # fmt: skip
+    )
     if case.reference and not args.no_reference:
-        ref = call("reference", work / "reference.log", iso, limit, loop=case.reference,
-                   model=built["path"], data=str(data), steps=steps, size=size,
-                   work=str(work / "reference"))  # fmt: skip
+        ref = call(
+            "reference",
+            work / "reference.log",
+            iso,
+            limit,
+            loop=case.reference,
+            model=built["path"],
+            data=str(data),
+            steps=steps,
+            size=size,
+            work=str(work / "reference"),
+        )
         ref["loop"] = REFERENCE_LABELS[case.reference]
         if "steps_per_s" in ref:
             ref["steps_per_s"] = round(ref["steps_per_s"], 4)
@@ -308,8 +381,17 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "diffusers", "peft", "accelerate", "bitsandbytes",
-                 "lorakit", "lorakit-sd", "lorakit-llm"):  # fmt: skip
+    for name in (
+        "torch",
+        "transformers",
+        "diffusers",
+        "peft",
+        "accelerate",
+        "bitsandbytes",
+        "lorakit",
+        "lorakit-sd",
+        "lorakit-llm",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -325,7 +407,7 @@ def markdown(report: dict[str, Any]) -> str:
     """The results as one Markdown table, with the conditions above it."""
     lines = [
         f"Device: {report['device']}; "
-        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),  # fmt: skip
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         f"{report['warmup']} warm-up + {report['steps']} timed steps, batch 1"
         + (" (dry run: tiny shapes on CPU)" if report["dry_run"] else ""),
         "",
@@ -381,9 +463,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     chosen = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "device": name, "peak_tflops_bf16": peak, "dry_run": args.dry_run,
-        "steps": args.steps, "warmup": args.warmup, "versions": versions(), "cases": [],
-    }  # fmt: skip
+        "device": name,
+        "peak_tflops_bf16": peak,
+        "dry_run": args.dry_run,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "versions": versions(),
+        "cases": [],
+    }
     started = time.perf_counter()
     threads = torch.get_num_threads()
     if args.dry_run:  # tiny shapes: one thread is the fastest on a shared CPU
@@ -400,8 +487,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def run_model(model: str, chosen: list[Case], args: argparse.Namespace, device: str,
-              peak: float | None, report: dict[str, Any]) -> None:  # fmt: skip
+def run_model(
+    model: str,
+    chosen: list[Case],
+    args: argparse.Namespace,
+    device: str,
+    peak: float | None,
+    report: dict[str, Any],
+) -> None:
     """Build one model, run its cases, delete it (the disk holds one model at a time)."""
     folder = args.out / "work" / "models" / model
     start = time.perf_counter()

@@ -115,11 +115,18 @@ def lorakit_config(args: argparse.Namespace, out: Path, **keys: Any) -> Any:
 
     batch, epochs, lr, seq = schedule(args)
     data = {
-        "task_type": "text-generation", "base_model": args.model,
-        "train_data_dir": str(args.data), "output_dir": str(out), "seed": 0, **LORA,
-        "batch_size": batch, "epochs": epochs, "learning_rate": lr, "llm": {"max_seq_len": seq},
+        "task_type": "text-generation",
+        "base_model": args.model,
+        "train_data_dir": str(args.data),
+        "output_dir": str(out),
+        "seed": 0,
+        **LORA,
+        "batch_size": batch,
+        "epochs": epochs,
+        "learning_rate": lr,
+        "llm": {"max_seq_len": seq},
         **keys,
-    }  # fmt: skip
+    }
     return load_config(data=data)
 
 
@@ -150,8 +157,12 @@ def run_lorakit(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result = train(lorakit_config(args, work / "lorakit", **keys), plugins=plugins, progress=False)
     assert (result.output_dir / "adapter" / "adapter_model.safetensors").is_file()
     rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").open()]
-    return {"loop_s": rows[-1]["elapsed_s"], "steps": result.steps, "loss": rows[-1]["loss"],
-            "tokens": tokens[0]}  # fmt: skip
+    return {
+        "loop_s": rows[-1]["elapsed_s"],
+        "steps": result.steps,
+        "loss": rows[-1]["loss"],
+        "tokens": tokens[0],
+    }
 
 
 def run_trainer(args: argparse.Namespace, work: Path, grouped: bool) -> dict[str, Any]:
@@ -182,9 +193,9 @@ def run_trainer(args: argparse.Namespace, work: Path, grouped: bool) -> dict[str
     )
     torch.manual_seed(0)
     model = get_peft_model(
-        base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                         task_type="CAUSAL_LM")
-    )  # fmt: skip
+        base,
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     options: dict[str, Any] = {}
     if grouped:  # the key's name changed in transformers 5.2x
         names = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -193,12 +204,22 @@ def run_trainer(args: argparse.Namespace, work: Path, grouped: bool) -> dict[str
         else:
             options["group_by_length"] = True
     training = TrainingArguments(
-        output_dir=str(work / "trainer"), per_device_train_batch_size=batch,
-        num_train_epochs=epochs, learning_rate=lr, logging_steps=1, save_strategy="no",
-        report_to="none", bf16=bf16, use_cpu=not cuda, dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=True, seed=0,
-        max_steps=args.max_steps or -1, **options,
-    )  # fmt: skip
+        output_dir=str(work / "trainer"),
+        per_device_train_batch_size=batch,
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=bf16,
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=0,
+        max_steps=args.max_steps or -1,
+        **options,
+    )
     clock: dict[str, Any] = {"losses": [], "tokens": 0}
 
     def count(_: Any, call_args: Any, kwargs: dict[str, Any]) -> None:  # real tokens trained
@@ -219,12 +240,17 @@ def run_trainer(args: argparse.Namespace, work: Path, grouped: bool) -> dict[str
             if logs and "loss" in logs:
                 clock["losses"].append(logs["loss"])
 
-    trainer = Trainer(model=model, args=training, train_dataset=items, data_collator=collator,
-                      callbacks=[Clock()])  # fmt: skip
+    trainer = Trainer(
+        model=model, args=training, train_dataset=items, data_collator=collator, callbacks=[Clock()]
+    )
     output = trainer.train()
     model.save_pretrained(str(work / "trainer" / "adapter"))
-    return {"loop_s": clock["end"] - clock["start"], "steps": output.global_step,
-            "loss": clock["losses"][-1], "tokens": clock["tokens"]}  # fmt: skip
+    return {
+        "loop_s": clock["end"] - clock["start"],
+        "steps": output.global_step,
+        "loss": clock["losses"][-1],
+        "tokens": clock["tokens"],
+    }
 
 
 def run_profile(args: argparse.Namespace, work: Path) -> str:
@@ -274,20 +300,39 @@ def worker(args: argparse.Namespace) -> None:
         else:
             result = run_trainer(args, Path(tmp), grouped=args.worker == "grouped")
     result.update(
-        tokens_per_s=result["tokens"] / result["loop_s"], peak_mb=peak_memory_mb(),
+        tokens_per_s=result["tokens"] / result["loop_s"],
+        peak_mb=peak_memory_mb(),
         device="cuda" if torch.cuda.is_available() else "cpu",
-    )  # fmt: skip
+    )
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def launch(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """One side in a fresh process; its result and the whole process's wall clock."""
-    command = [sys.executable, __file__, "--worker", kind, "--model", args.model,
-               "--data", str(args.data), "--batch-size", str(args.batch_size),
-               "--epochs", str(args.epochs), "--threads", str(args.threads),
-               "--case", args.case, "--profile", str(args.profile),
-               "--max-seq-len", str(args.max_seq_len),
-               "--max-steps", str(args.max_steps)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--model",
+        args.model,
+        "--data",
+        str(args.data),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--threads",
+        str(args.threads),
+        "--case",
+        args.case,
+        "--profile",
+        str(args.profile),
+        "--max-seq-len",
+        str(args.max_seq_len),
+        "--max-steps",
+        str(args.max_steps),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     start = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -328,8 +373,10 @@ def write_conversations(path: Path, rows: int, seed: int = 0) -> Path:
         for _ in range(rows):
             messages = []
             for pair in rng.sample(pairs, rng.randint(1, 12)):
-                messages += [{"role": "user", "content": pair["question"]},
-                             {"role": "assistant", "content": pair["answer"]}]  # fmt: skip
+                messages += [
+                    {"role": "user", "content": pair["question"]},
+                    {"role": "assistant", "content": pair["answer"]},
+                ]
             handle.write(json.dumps({"messages": messages}) + "\n")
     return path
 
@@ -342,12 +389,20 @@ def build_smollm2(directory: Path) -> Path:
 
     tokenizer = build_tokenizer()
     config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -361,11 +416,13 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
         if args.case == "smollm2":
             args.model = str(build_smollm2(work / "smollm2-135m"))
         elif args.case == "long-tail":
-            args.model = str(build_tiny_llama(work / "llama-256", hidden_size=256, num_layers=4,
-                                              num_heads=8))  # fmt: skip
+            args.model = str(
+                build_tiny_llama(work / "llama-256", hidden_size=256, num_layers=4, num_heads=8)
+            )
         else:
-            args.model = str(build_tiny_llama(work / "stand-in", hidden_size=args.hidden,
-                                              num_layers=args.layers))  # fmt: skip
+            args.model = str(
+                build_tiny_llama(work / "stand-in", hidden_size=args.hidden, num_layers=args.layers)
+            )
     if args.data is None:
         if args.case == "throughput":
             args.data = write_conversations(work / "chat.jsonl", args.rows)
@@ -381,15 +438,19 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> None:
     print()
     print(f"{'median':32s} {'wall s':>8s} {'loop s':>8s} {'tokens/s':>9s} {'peak MB':>8s}")
     for kind in KINDS:
-        print(f"{LABELS[kind]:32s} {median(kind, 'wall_s'):8.1f} {median(kind, 'loop_s'):8.1f} "
-              f"{median(kind, 'tokens_per_s'):9.1f} {median(kind, 'peak_mb'):8.0f}")  # fmt: skip
+        print(
+            f"{LABELS[kind]:32s} {median(kind, 'wall_s'):8.1f} {median(kind, 'loop_s'):8.1f} "
+            f"{median(kind, 'tokens_per_s'):9.1f} {median(kind, 'peak_mb'):8.0f}"
+        )
     for ref in ("trainer", "grouped"):
         pairs = list(zip(runs["lorakit"], runs[ref], strict=True))
         wall = statistics.median(b["wall_s"] / a["wall_s"] for a, b in pairs)
         loop = statistics.median(a["tokens_per_s"] / b["tokens_per_s"] for a, b in pairs)
         memory = statistics.median(a["peak_mb"] / b["peak_mb"] for a, b in pairs)
-        print(f"lorakit vs {LABELS[ref]}: speed ×{wall:.2f} whole process, ×{loop:.2f} loop tokens/s; "
-              f"peak memory ×{memory:.2f} (median of {len(pairs)} paired runs)")  # fmt: skip
+        print(
+            f"lorakit vs {LABELS[ref]}: speed ×{wall:.2f} whole process, ×{loop:.2f} loop tokens/s; "
+            f"peak memory ×{memory:.2f} (median of {len(pairs)} paired runs)"
+        )
 
 
 def main() -> None:
@@ -408,8 +469,9 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each, alternating.")
     parser.add_argument("--case", choices=tuple(CASES), default="throughput")
-    parser.add_argument("--profile", type=int, default=0,
-                        help="Profile N lorakit steps instead of comparing.")  # fmt: skip
+    parser.add_argument(
+        "--profile", type=int, default=0, help="Profile N lorakit steps instead of comparing."
+    )
     parser.add_argument("--worker", choices=(*KINDS, "profile"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -426,10 +488,13 @@ def main() -> None:
             for kind in KINDS[i % 3 :] + KINDS[: i % 3]:
                 r = launch(kind, args)
                 runs[kind].append(r)
-                print(f"run {i + 1} {LABELS[kind]:32s} wall {r['wall_s']:7.1f} s  "
-                      f"loop {r['loop_s']:7.1f} s  {r['tokens']:7d} tokens  {r['tokens_per_s']:8.1f} tokens/s  "
-                      f"peak {r['peak_mb']:6.0f} MB  {r['steps']:4d} steps  "
-                      f"loss {r['loss']:.4f}  ({r['device']})", flush=True)  # fmt: skip
+                print(
+                    f"run {i + 1} {LABELS[kind]:32s} wall {r['wall_s']:7.1f} s  "
+                    f"loop {r['loop_s']:7.1f} s  {r['tokens']:7d} tokens  {r['tokens_per_s']:8.1f} tokens/s  "
+                    f"peak {r['peak_mb']:6.0f} MB  {r['steps']:4d} steps  "
+                    f"loss {r['loss']:.4f}  ({r['device']})",
+                    flush=True,
+                )
     report(runs)
 
 

@@ -154,9 +154,12 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
             hidden, added = [], None
             for tokenizer, encoder in zip(tokenizers, model.text_encoders, strict=True):
                 ids = tokenizer(
-                    text, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt",
-                ).input_ids.to(device)  # fmt: skip
+                    text,
+                    padding="max_length",
+                    max_length=tokenizer.model_max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids.to(device)
                 out = encoder(ids, output_hidden_states=True)
                 hidden.append(out.hidden_states[-2] if model.family == "sdxl" else out[0])
                 pooled = out[0]
@@ -218,11 +221,25 @@ def prepare(args: argparse.Namespace, root: Path) -> None:
 
 def child(args: argparse.Namespace, which: str) -> dict[str, Any]:
     command = [
-        sys.executable, __file__, "--worker", which, "--model", args.model, "--data", args.data,
-        "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-        "--resolution", str(args.resolution), "--threads", str(args.threads),
-        "--warmup", str(args.warmup),
-    ]  # fmt: skip
+        sys.executable,
+        __file__,
+        "--worker",
+        which,
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--resolution",
+        str(args.resolution),
+        "--threads",
+        str(args.threads),
+        "--warmup",
+        str(args.warmup),
+    ]
     if args.base_config:
         command += ["--base-config", args.base_config]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}

@@ -33,8 +33,19 @@ MAX_NAME = 65_535
 MAX_DIMS = 8
 
 #: Value type → (struct code, size); 8 is a string, 9 an array.
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
-            12: "d"}  # fmt: skip
+_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
 #: The fewest bytes one item of a type takes (an array: its type and count).
 _MIN_SIZE = {**{t: struct.calcsize(c) for t, c in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}

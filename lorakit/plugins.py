@@ -166,9 +166,13 @@ class Plugins:
             dist_version = dist.version if dist is not None else "unknown"
             if ep.name in disabled or dist_name in disabled:
                 self.infos[ep.name] = PluginInfo(
-                    ep.name, dist_name, dist_version, False, status="disabled",
+                    ep.name,
+                    dist_name,
+                    dist_version,
+                    False,
+                    status="disabled",
                     error="disabled by LORAKIT_DISABLE_PLUGINS",
-                )  # fmt: skip
+                )
                 continue
             try:
                 plugin = ep.load()

@@ -20,9 +20,19 @@ from typing import Any
 from lorakit import PLUGIN_API_VERSION, __version__
 
 LIBRARIES = (
-    "torch", "accelerate", "diffusers", "transformers", "peft", "safetensors", "tokenizers",
-    "bitsandbytes", "deepspeed", "gguf", "dadaptation", "prodigyopt",
-)  # fmt: skip
+    "torch",
+    "accelerate",
+    "diffusers",
+    "transformers",
+    "peft",
+    "safetensors",
+    "tokenizers",
+    "bitsandbytes",
+    "deepspeed",
+    "gguf",
+    "dadaptation",
+    "prodigyopt",
+)
 
 
 def package_version(name: str) -> str | None:
@@ -61,8 +71,11 @@ def git_commit(folder: Path) -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -305,9 +305,11 @@ class RunFolder:
             tmp = temp_name(name, secrets.token_hex(4))
             try:
                 fd = os.open(
-                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666,
+                    tmp,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                    0o666,
                     dir_fd=dfd,
-                )  # fmt: skip
+                )
                 try:
                     view = memoryview(data)
                     while view:

@@ -26,8 +26,11 @@ def write_config(path: Path, data: dict) -> Path:
 def train(path: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [*LORAKIT, "train", "--config", str(path), *extra],
-        env={**env, "LORAKIT_TEST_DUMP_RANKS": "1"}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env={**env, "LORAKIT_TEST_DUMP_RANKS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # ranks end through the interpreter's own teardown: nothing aborts there
     assert "terminate called" not in result.stderr, result.stderr[-3000:]

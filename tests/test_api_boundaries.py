@@ -329,9 +329,14 @@ def test_the_engine_hands_exporters_the_typed_view(toy_plugins, tmp_path):
 
     toy_plugins.add(ThirdExporter(), name="third", distribution="lorakit-third")
     cfg = load_config(
-        data=toy_config(tmp_path, max_steps=2, lora_rank=3, lora_alpha=6,
-                        export_formats=["third", "safetensors"])
-    )  # fmt: skip
+        data=toy_config(
+            tmp_path,
+            max_steps=2,
+            lora_rank=3,
+            lora_alpha=6,
+            export_formats=["third", "safetensors"],
+        )
+    )
     result = train(cfg, plugins=toy_plugins, progress=False)
     view = seen[-1]  # the final export (checkpoints export too)
     assert isinstance(view, AdapterExport) and view.backend == "toy"

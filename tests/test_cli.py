@@ -103,9 +103,18 @@ def test_config_init_validate_and_set(tmp_path, toy_env):
     assert again.returncode == 2 and "--force" in again.stderr
     (tmp_path / "data").mkdir()
     result = lorakit(
-        "config", "validate", str(out), "--no-paths", "--set", "lora_rank=32", "--show",
-        "--set", "task_type=toy-regression", cwd=tmp_path, env=toy_env,
-    )  # fmt: skip
+        "config",
+        "validate",
+        str(out),
+        "--no-paths",
+        "--set",
+        "lora_rank=32",
+        "--show",
+        "--set",
+        "task_type=toy-regression",
+        cwd=tmp_path,
+        env=toy_env,
+    )
     assert result.returncode == 0, result.stderr
     assert "lora_rank: 32" in result.stdout and "ok (backend toy" in result.stdout
 

@@ -47,8 +47,10 @@ def run_killed(config: Path, output_dir: Path, env: dict, rng: random.Random, ki
         resume = ["--resume"] if checkpoint_dirs(output_dir) else []
         proc = subprocess.Popen(
             [*LORAKIT, "train", "--config", str(config), *resume],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         start = last_step(output_dir)
         target = start + rng.randint(2, 8)
         deadline = time.time() + 120
@@ -61,9 +63,14 @@ def run_killed(config: Path, output_dir: Path, env: dict, rng: random.Random, ki
         proc.wait()
         for folder in checkpoint_dirs(output_dir):  # every visible checkpoint is whole
             assert {p.name for p in folder.iterdir()} >= {
-                "lora.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
-                "rng.safetensors", "rng.json", "trainer_state.json",
-            }  # fmt: skip
+                "lora.safetensors",
+                "optimizer.safetensors",
+                "optimizer.json",
+                "scheduler.json",
+                "rng.safetensors",
+                "rng.json",
+                "trainer_state.json",
+            }
     resume = ["--resume"] if checkpoint_dirs(output_dir) else []
     final = subprocess.run(
         [*LORAKIT, "train", "--config", str(config), *resume],

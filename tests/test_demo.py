@@ -16,8 +16,11 @@ def test_demo_trains_both_kinds_and_the_outputs_load(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "lorakit.cli", "demo", "--output", str(out)],
-        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lorakit demo" in result.stdout and "random stand-ins" in result.stdout
 

@@ -17,10 +17,16 @@ from lorakit.engine.launch import launch_command, strip_launch_options
 
 def config(tmp_path: Path, name: str, **keys) -> Path:
     data = {
-        "task_type": "toy-regression", "base_model": "toy/mlp", "train_data_dir": str(tmp_path),
-        "output_dir": str(tmp_path / name), "lora_rank": 4, "learning_rate": 1e-2,
-        "trackers": "[jsonl]", "seed": 3, **keys,
-    }  # fmt: skip
+        "task_type": "toy-regression",
+        "base_model": "toy/mlp",
+        "train_data_dir": str(tmp_path),
+        "output_dir": str(tmp_path / name),
+        "lora_rank": 4,
+        "learning_rate": 1e-2,
+        "trackers": "[jsonl]",
+        "seed": 3,
+        **keys,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
     return path
@@ -187,9 +193,11 @@ def start_slow_run(tmp_path: Path, env: dict, name: str, **keys) -> subprocess.P
     path.write_text(path.read_text() + "toy:\n  slow_ms: 30\n")
     proc = subprocess.Popen(
         [*LORAKIT, "train", "--config", str(path), "--num-processes", "2"],
-        env={**env, "LORAKIT_TEST_DUMP_RANKS": "1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env={**env, "LORAKIT_TEST_DUMP_RANKS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / name / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (
@@ -306,9 +314,13 @@ def test_sigterm_to_every_process_stops_once(tmp_path, toy_env):
 # checkpoint is written mid-run. The reference runs batch 4 without accumulation; the
 # strategies run batch 2 × accumulation 2, so each comparison also proves accumulation.
 MATRIX = dict(
-    max_steps=12, learning_rate=0.05, lr_scheduler="cosine", lr_warmup_steps=3,
-    max_grad_norm=0.5, save_steps=6,
-)  # fmt: skip
+    max_steps=12,
+    learning_rate=0.05,
+    lr_scheduler="cosine",
+    lr_warmup_steps=3,
+    max_grad_norm=0.5,
+    save_steps=6,
+)
 STRATEGIES = ["deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 
 
@@ -385,8 +397,11 @@ def test_fsdp_without_cuda_is_refused_before_launching(tmp_path, toy_env):
     path = config(tmp_path, "fsdp", distributed="{strategy: fsdp}")
     result = subprocess.run(
         [*LORAKIT, "train", "--config", str(path), "--num-processes", "2"],
-        env=toy_env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=toy_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "fsdp needs CUDA devices" in lines[0], result.stderr

@@ -52,14 +52,22 @@ def llm_run(
     tmp: Path, assets: dict[str, Path], name: str, strategy: str, base: str = "model"
 ) -> Path:
     data = {
-        "task_type": "text-generation", "base_model": str(assets[base]),
-        "train_data_dir": str(assets["qa"].parent), "output_dir": str(tmp / name),
-        "lora_rank": 4, "batch_size": 2, "max_steps": 4, "save_steps": 2,
-        "learning_rate": 3e-2, "lora_dropout": 0, "seed": 0, "trackers": ["jsonl"],
+        "task_type": "text-generation",
+        "base_model": str(assets[base]),
+        "train_data_dir": str(assets["qa"].parent),
+        "output_dir": str(tmp / name),
+        "lora_rank": 4,
+        "batch_size": 2,
+        "max_steps": 4,
+        "save_steps": 2,
+        "learning_rate": 3e-2,
+        "lora_dropout": 0,
+        "seed": 0,
+        "trackers": ["jsonl"],
         "sample_prompts": ["What is the capital of France?"],
         "distributed": {"strategy": strategy},
         "llm": {"max_seq_len": 64, "packing": True, "eval_split": 0.1, "sample_max_new_tokens": 4},
-    }  # fmt: skip
+    }
     return write_config(tmp / f"{name}.yaml", data)
 
 
@@ -109,7 +117,9 @@ def test_llm_backend_under_zero3_trains_exports_and_resumes_like_ddp(
     parameters: the run equals DDP's (loss per step, adapter), resumes exactly."""
     pytest.importorskip("deepspeed")
 
-    train(llm_run(tmp_path, llm_assets, "zero3", "deepspeed_zero3"), probe_env, "--num-processes", "2")  # fmt: skip
+    train(
+        llm_run(tmp_path, llm_assets, "zero3", "deepspeed_zero3"), probe_env, "--num-processes", "2"
+    )
     zero3 = tmp_path / "zero3"
     assert_partitioned(zero3)  # each process holds half of every tensor, frozen and LoRA
     assert_like_ddp(zero3, llm_ddp)
@@ -127,7 +137,9 @@ def test_llm_backend_under_zero3_trains_exports_and_resumes_like_ddp(
 def test_llm_backend_under_zero2_trains_like_ddp(tmp_path, llm_assets, probe_env, llm_ddp):
     pytest.importorskip("deepspeed")
 
-    train(llm_run(tmp_path, llm_assets, "zero2", "deepspeed_zero2"), probe_env, "--num-processes", "2")  # fmt: skip
+    train(
+        llm_run(tmp_path, llm_assets, "zero2", "deepspeed_zero2"), probe_env, "--num-processes", "2"
+    )
     assert_whole(tmp_path / "zero2")  # ZeRO-2 partitions gradients and optimizer state only
     assert_like_ddp(tmp_path / "zero2", llm_ddp)
 
@@ -157,8 +169,11 @@ def test_a_failing_two_process_run_prints_each_error_once(tmp_path, llm_assets):
     env = {k: v for k, v in os.environ.items() if k != "LORAKIT_DEBUG"}
     result = subprocess.run(
         [*LORAKIT, "train", "--config", str(path), "--num-processes", "2"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("lorakit: error:")]
     assert len(errors) == 1 and "train.jsonl" in errors[0], result.stderr[-3000:]
@@ -175,9 +190,15 @@ def test_two_machines_on_localhost_with_the_llm_backend(tmp_path, llm_assets, pr
         port = sock.getsockname()[1]
     path = llm_run(tmp_path, llm_assets, "nodes", "ddp")
     launch = [
-        "--num-processes", "1", "--num-machines", "2", "--main-process-ip", "127.0.0.1",
-        "--main-process-port", str(port),
-    ]  # fmt: skip
+        "--num-processes",
+        "1",
+        "--num-machines",
+        "2",
+        "--main-process-ip",
+        "127.0.0.1",
+        "--main-process-port",
+        str(port),
+    ]
     machines = [
         subprocess.Popen(
             [*LORAKIT, "train", "--config", str(path), *launch, "--machine-rank", str(rank)],
@@ -185,7 +206,7 @@ def test_two_machines_on_localhost_with_the_llm_backend(tmp_path, llm_assets, pr
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     for machine in machines:

@@ -47,11 +47,16 @@ class Runs:
         from lorakit_sd.testing import tiny_config
 
         data = tiny_config(
-            self.models[family], self.data, self.root / name, max_steps=4, save_steps=2,
-            lora_dropout=0.0, sample_prompts=[PROMPT],
+            self.models[family],
+            self.data,
+            self.root / name,
+            max_steps=4,
+            save_steps=2,
+            lora_dropout=0.0,
+            sample_prompts=[PROMPT],
             distributed={"strategy": strategy},
             sd={"cache_latents": True, "cache_text_encoder_outputs": True},
-        )  # fmt: skip
+        )
         return write_config(self.root / f"{name}.yaml", data)
 
     def get(self, family: str, strategy: str) -> Path:

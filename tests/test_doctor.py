@@ -113,8 +113,12 @@ def test_plugin_requirements(monkeypatch):
 
 
 def test_versions_against_the_tested_set(monkeypatch):
-    installed = {"torch": "2.13.0+cpu", "transformers": "5.24.0", "peft": "0.21.2",
-                 "bitsandbytes": "0.50.2"}  # fmt: skip
+    installed = {
+        "torch": "2.13.0+cpu",
+        "transformers": "5.24.0",
+        "peft": "0.21.2",
+        "bitsandbytes": "0.50.2",
+    }
     monkeypatch.setattr(doctor, "_version", installed.get)
     tested = {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2"}
     checks = doctor.check_tested_versions(tested)
@@ -170,12 +174,15 @@ def test_optional_dependencies(monkeypatch, toy_plugins, tmp_path):
     monkeypatch.setattr(doctor, "_version", lambda name: None)  # none installed
     checks = doctor.check_optional(["llm"])
     assert [(c.status, c.message.split()[0]) for c in checks] == [
-        ("warn", "bitsandbytes"), ("warn", "gguf"), ("warn", "deepspeed")
-    ]  # fmt: skip
+        ("warn", "bitsandbytes"),
+        ("warn", "gguf"),
+        ("warn", "deepspeed"),
+    ]
     assert checks[0].fix == "pip install 'lorakit[bnb]'"
     assert [c.message.split()[0] for c in doctor.check_optional(["sd"])] == [
-        "bitsandbytes", "deepspeed"
-    ]  # fmt: skip
+        "bitsandbytes",
+        "deepspeed",
+    ]
     config = load_config(data=toy_config(tmp_path, optimizer="adamw8bit"), check_paths=False)
     checks = doctor.check_optional(["toy"], config)
     assert [(c.status, c.message) for c in checks] == [
@@ -244,8 +251,9 @@ def test_gpu_checks(monkeypatch):
     torch_check, gpu = doctor.check_torch()
     assert torch_check.message == "torch 2.13.0+cu121"
     assert (gpu.status, gpu.message) == (
-        "ok", "GPU 0: NVIDIA Test GPU, 80.0 GiB, 72.0 GiB free (CUDA 12.1)"
-    )  # fmt: skip
+        "ok",
+        "GPU 0: NVIDIA Test GPU, 80.0 GiB, 72.0 GiB free (CUDA 12.1)",
+    )
     monkeypatch.setitem(sys.modules, "torch", fake_torch(6))
     gpu = doctor.check_torch()[1]
     assert gpu.status == "warn" and "small" in gpu.message and "gradient_checkpointing" in gpu.fix

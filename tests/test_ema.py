@@ -106,9 +106,13 @@ def test_start_step_and_update_every_one(toy_plugins, tmp_path):
 
 def test_resume_from_the_middle_checkpoint_with_ema_is_bit_identical(toy_plugins, tmp_path):
     settings = dict(
-        max_steps=12, save_steps=4, batch_size=5, lr_scheduler="cosine", ema=EMA,
+        max_steps=12,
+        save_steps=4,
+        batch_size=5,
+        lr_scheduler="cosine",
+        ema=EMA,
         train_data_dir=str(tmp_path),
-    )  # fmt: skip
+    )
     whole = run(toy_plugins, tmp_path / "whole", **settings)
     middle = whole.output_dir / "checkpoints" / "step-4"
     assert (middle / "ema.safetensors").is_file()
@@ -120,11 +124,19 @@ def test_resume_from_the_middle_checkpoint_with_ema_is_bit_identical(toy_plugins
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
     # where the average lives and what previews use may change on resume; the rest may not
-    run(toy_plugins, tmp_path / "whole", resume=True, **{**settings, "max_steps": 13,
-        "ema": {**EMA, "device": "cpu", "previews": True}})  # fmt: skip
+    run(
+        toy_plugins,
+        tmp_path / "whole",
+        resume=True,
+        **{**settings, "max_steps": 13, "ema": {**EMA, "device": "cpu", "previews": True}},
+    )
     with pytest.raises(UsageError, match="ema"):
-        run(toy_plugins, tmp_path / "whole", resume=True, **{**settings, "max_steps": 14,
-            "ema": {**EMA, "decay": 0.9}})  # fmt: skip
+        run(
+            toy_plugins,
+            tmp_path / "whole",
+            resume=True,
+            **{**settings, "max_steps": 14, "ema": {**EMA, "decay": 0.9}},
+        )
 
 
 class PreviewWeights:
@@ -145,9 +157,13 @@ def test_previews_use_the_average_when_asked(toy_plugins, tmp_path, monkeypatch,
     probe = PreviewWeights()
     monkeypatch.setattr(toy_backend.ToyBackend, "sample", lambda self, *a: probe.sample(self, *a))
     result = run(
-        toy_plugins, tmp_path, max_steps=8, sample_prompts=["x"], sample_every_n_steps=3,
+        toy_plugins,
+        tmp_path,
+        max_steps=8,
+        sample_prompts=["x"],
+        sample_every_n_steps=3,
         ema={**EMA, "previews": previews},
-    )  # fmt: skip
+    )
     assert len(probe.seen) == 3  # steps 3, 6 and the end
     final = weights(result.output_dir, "run" if previews else "run-raw")
     for key, value in final.items():

@@ -268,9 +268,13 @@ def test_a_longer_resume_keeps_the_learning_rate_continuous(toy_plugins, tmp_pat
     first = run(toy_plugins, tmp_path / "a", max_steps=8, save_steps=4, lr_scheduler="linear")
     lrs = [r["lr"] for r in read_metrics(first.output_dir)]
     longer = run(
-        toy_plugins, tmp_path / "b", resume=str(first.output_dir / "checkpoints" / "step-4"),
-        max_steps=16, lr_scheduler="linear", train_data_dir=str(tmp_path / "a"),
-    )  # fmt: skip
+        toy_plugins,
+        tmp_path / "b",
+        resume=str(first.output_dir / "checkpoints" / "step-4"),
+        max_steps=16,
+        lr_scheduler="linear",
+        train_data_dir=str(tmp_path / "a"),
+    )
     tail = [r["lr"] for r in read_metrics(longer.output_dir)]
     assert len(tail) == 12
     assert tail[0] == pytest.approx(lrs[4])  # where the first run was: 0.5 of the peak
@@ -332,10 +336,15 @@ def test_auto_batch_size_halves_the_micro_batch_on_out_of_memory(toy_plugins, tm
 
     # Resumed with the config as written (batch 8): the checkpoint's layout is used.
     resumed = run(
-        toy_plugins, tmp_path / "resumed", resume=str(auto.output_dir / "checkpoints" / "step-3"),
-        batch_size=8, auto_batch_size=True, oom_above=4, train_data_dir=str(tmp_path / "auto"),
+        toy_plugins,
+        tmp_path / "resumed",
+        resume=str(auto.output_dir / "checkpoints" / "step-3"),
+        batch_size=8,
+        auto_batch_size=True,
+        oom_above=4,
+        train_data_dir=str(tmp_path / "auto"),
         **keys,
-    )  # fmt: skip
+    )
     for key, value in lora(auto).items():
         torch.testing.assert_close(lora(resumed)[key], value, rtol=1e-6, atol=1e-7)
 

@@ -14,9 +14,13 @@ from lorakit.errors import ConfigError
 
 KEYS = [*TrainConfig.model_fields, "toy", "sd", "llm", "lora_rnk", "distributed"]
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),
-    st.text(max_size=20), st.sampled_from(["2e-4", "1e3", "-0", ".inf", "fp16", "adamw", "a/b"]),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(["2e-4", "1e3", "-0", ".inf", "fp16", "adamw", "a/b"]),
+)
 values = st.recursive(
     scalars,
     lambda inner: (

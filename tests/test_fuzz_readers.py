@@ -47,8 +47,14 @@ def _call(reader, data: bytes, name: str) -> None:
 @pytest.fixture(scope="module")
 def llm_readers():
     readers = pytest.importorskip("lorakit_llm.readers")
-    return [readers.read_qa, readers.read_alpaca, readers.read_prompt_completion, readers.read_chat,
-            readers.read_text, readers.sniff]  # fmt: skip
+    return [
+        readers.read_qa,
+        readers.read_alpaca,
+        readers.read_prompt_completion,
+        readers.read_chat,
+        readers.read_text,
+        readers.sniff,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +80,18 @@ csv_like = st.one_of(
     st.binary(max_size=300),
     st.lists(
         st.one_of(
-            st.just(b"file_name,text"), st.just(b"a.png,a caption"), st.just(b"a.png,"),
-            st.just(b'"unterminated,quote'), st.just(b"../../etc/passwd,x"), st.just(b"\xff\xfe,\x00"),
-            st.just(b"image,caption"), st.binary(max_size=30),
+            st.just(b"file_name,text"),
+            st.just(b"a.png,a caption"),
+            st.just(b"a.png,"),
+            st.just(b'"unterminated,quote'),
+            st.just(b"../../etc/passwd,x"),
+            st.just(b"\xff\xfe,\x00"),
+            st.just(b"image,caption"),
+            st.binary(max_size=30),
         ),
         max_size=6,
     ).map(lambda lines: b"\n".join(lines)),
-)  # fmt: skip
+)
 
 
 @FUZZ

@@ -75,8 +75,10 @@ def test_flops_follow_the_written_formulas(dry_run: tuple[Any, dict[str, Any], P
     flux = rows["flux1-dev-512"]
     assert flux["flops_per_step"] == 6 * flux["n_active"] * ((flux["size"] // 16) ** 2 + 512)
     for name in ("sd15-512", "sdxl-1024"):
-        assert rows[name]["flops_per_step"] % 3 == 0 and "FlopCounterMode" in rows[name][
-            "flops_formula"]  # fmt: skip
+        assert (
+            rows[name]["flops_per_step"] % 3 == 0
+            and "FlopCounterMode" in rows[name]["flops_formula"]
+        )
 
 
 def test_references_and_markdown(dry_run: tuple[Any, dict[str, Any], Path]) -> None:
@@ -89,8 +91,9 @@ def test_references_and_markdown(dry_run: tuple[Any, dict[str, Any], Path]) -> N
             ref = row["reference"]
             assert "error" not in ref, ref
             assert ref["steps_per_s"] > 0
-            assert ref["ratio"] == pytest.approx(row["loop_steps_per_s"] / ref["steps_per_s"],
-                                                 rel=1e-2)  # fmt: skip
+            assert ref["ratio"] == pytest.approx(
+                row["loop_steps_per_s"] / ref["steps_per_s"], rel=1e-2
+            )
         else:
             assert "reference" not in row
     assert "dry run" in table and report["versions"]["torch"] in table

@@ -65,11 +65,15 @@ def sd_config(tmp_path: Path, base: Path, config_dir: str, **sd) -> Path:
     return write_config(
         tmp_path / "shared" / "run.yaml",
         {
-            "task_type": "image-generation", "base_model": str(base), "train_data_dir": str(data),
-            "output_dir": str(tmp_path / "out"), "max_steps": 1, "batch_size": 1,
+            "task_type": "image-generation",
+            "base_model": str(base),
+            "train_data_dir": str(data),
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 1,
+            "batch_size": 1,
             "sd": {"base_config": config_dir, "resolution": 64, **sd},
         },
-    )  # fmt: skip
+    )
 
 
 def test_a_shared_config_cannot_opt_in_to_unpickling(pickled_base, tiny_bases, tmp_path):
@@ -111,8 +115,25 @@ def test_the_page_never_passes_its_own_opt_in_to_the_runs_it_starts(
 def test_unpickling_needs_the_flag_on_the_command(pickled_base, tiny_bases, tmp_path):
     ckpt, marker = pickled_base
     config_dir = tiny_bases["sd_config"]
-    args = ["sample", "--backend", "sd", "--base", ckpt, "--base-config", config_dir, "-p", "a cat",
-            "--steps", "1", "--width", "64", "--height", "64", "-o", tmp_path / "samples"]  # fmt: skip
+    args = [
+        "sample",
+        "--backend",
+        "sd",
+        "--base",
+        ckpt,
+        "--base-config",
+        config_dir,
+        "-p",
+        "a cat",
+        "--steps",
+        "1",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "-o",
+        tmp_path / "samples",
+    ]
     done = run_capped(args, timeout=180)
     one_line_error(done, str(ckpt), "--allow-unsafe-pickle", "LORAKIT_ALLOW_UNSAFE_PICKLE")
     assert not marker.exists()
@@ -132,8 +153,9 @@ def test_the_run_header_says_unpickling_is_allowed(toy_plugins, tmp_path, monkey
     code, out, err = run_cli(capsys, "train", "--config", config, "--no-progress")
     assert code == 0 and "unpickling allowed" not in err, err
     config = write_config(tmp_path / "d.yaml", toy_config(tmp_path / "d", epochs=1))
-    code, out, err = run_cli(capsys, "train", "--config", config, "--no-progress",
-                             "--allow-unsafe-pickle")  # fmt: skip
+    code, out, err = run_cli(
+        capsys, "train", "--config", config, "--no-progress", "--allow-unsafe-pickle"
+    )
     assert code == 0, err
     assert "unpickling allowed on this command (--allow-unsafe-pickle" in err
 
@@ -143,9 +165,11 @@ def test_a_pickled_lora_is_refused_by_every_command(tmp_path, verb):
     marker = tmp_path / "the-pickle-ran"
     lora = tmp_path / "style.pt"
     lora.write_bytes(pickle.dumps({"payload": PickleBomb(marker)}))
-    args = {"sample": ["sample", "--lora", lora, "--base", "x/y", "-p", "a cat"],
-            "merge": ["merge", "--lora", lora, "--base", "x/y", "-o", tmp_path / "m"],
-            "export": ["export", lora, "--to", "diffusers"]}[verb]  # fmt: skip
+    args = {
+        "sample": ["sample", "--lora", lora, "--base", "x/y", "-p", "a cat"],
+        "merge": ["merge", "--lora", lora, "--base", "x/y", "-o", tmp_path / "m"],
+        "export": ["export", lora, "--to", "diffusers"],
+    }[verb]
     done = run_capped(args, memory_gb=2, timeout=120)
     one_line_error(done, str(lora), "pickled file can run code")
     assert not marker.exists()
@@ -181,8 +205,13 @@ def test_the_page_validate_refuses_an_alias_bomb(tmp_path):
     )
     bomb = tmp_path / "laughs.yaml"
     bomb.write_text(billion_laughs())
-    done = run_capped([bomb, tmp_path / "run.yaml"], module=str(script.stem), memory_gb=2,
-                      timeout=90, cwd=tmp_path)  # fmt: skip
+    done = run_capped(
+        [bomb, tmp_path / "run.yaml"],
+        module=str(script.stem),
+        memory_gb=2,
+        timeout=90,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "aliases expand to more than 100000 values" in done.stdout
 
@@ -200,8 +229,9 @@ def write_png(path: Path, width: int, height: int, pixel: bytes = b"\x10\x20\x30
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -213,8 +243,11 @@ def pixel_bomb(tmp_path_factory) -> Path:
 
 
 def test_label_refuses_a_huge_pixel_png(pixel_bomb):
-    done = run_capped(["label", pixel_bomb.parent, "--labeler", "palette", "--dry-run",
-                       "--no-progress"], memory_gb=2.5, timeout=120)  # fmt: skip
+    done = run_capped(
+        ["label", pixel_bomb.parent, "--labeler", "palette", "--dry-run", "--no-progress"],
+        memory_gb=2.5,
+        timeout=120,
+    )
     one_line_error(done, "poster.png", "10000x10000", "pixel budget")
 
 
@@ -225,11 +258,15 @@ def test_training_refuses_a_huge_pixel_png(pixel_bomb, tiny_bases, tmp_path):
     (data / "poster.png").write_bytes(pixel_bomb.read_bytes())
     config = write_config(
         tmp_path / "run.yaml",
-        {"task_type": "image-generation", "base_model": tiny_bases["sd_single"],
-         "train_data_dir": str(data),
-         "output_dir": str(tmp_path / "out"), "max_steps": 1,
-         "sd": {"base_config": tiny_bases["sd_config"], "dataset_format": "caption_files"}},
-    )  # fmt: skip
+        {
+            "task_type": "image-generation",
+            "base_model": tiny_bases["sd_single"],
+            "train_data_dir": str(data),
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 1,
+            "sd": {"base_config": tiny_bases["sd_config"], "dataset_format": "caption_files"},
+        },
+    )
     for image in data.glob("*.png"):
         image.with_suffix(".txt").write_text("a picture")
     done = run_capped(["train", "--config", config, "--no-progress"], memory_gb=3, timeout=180)
@@ -241,8 +278,11 @@ def test_transparency_is_composited_without_float64(tmp_path):
     """A 36-megapixel RGBA PNG (inside the budget) labels in 1.5 GB: float64 compositing
     needed about 3 GB for it."""
     write_png(tmp_path / "big" / "wide.png", 6000, 6000)
-    done = run_capped(["label", tmp_path / "big", "--labeler", "palette", "--dry-run",
-                       "--no-progress"], memory_gb=1.5, timeout=180)  # fmt: skip
+    done = run_capped(
+        ["label", tmp_path / "big", "--labeler", "palette", "--dry-run", "--no-progress"],
+        memory_gb=1.5,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wide.png," in done.stdout
 
@@ -290,8 +330,10 @@ def test_inspect_shows_metadata_as_text(tmp_path, capsys):
     from safetensors.torch import save_file
 
     path = tmp_path / "lora.safetensors"
-    tensors = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
-               "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4)}  # fmt: skip
+    tensors = {
+        "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
+        "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4),
+    }
     save_file(tensors, str(path), metadata={"ss_output_name": HOSTILE, "note": HOSTILE})
     code, out, err = run_cli(capsys, "inspect", str(path), "--metadata")
     assert code == 0, err
@@ -307,8 +349,11 @@ def test_label_dry_run_shows_captions_as_text(tmp_path):
     rows = [["file_name", "text"], [names[0], HOSTILE]]
     with (data / "metadata.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    done = run_capped(["label", data, "--labeler", "palette", "--append", "--dry-run", "--no-progress"],
-                      memory_gb=2, timeout=120)  # fmt: skip
+    done = run_capped(
+        ["label", data, "--labeler", "palette", "--append", "--dry-run", "--no-progress"],
+        memory_gb=2,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "owned" in done.stdout  # the caption is there, as text
     assert_shown_as_text(done.stdout)

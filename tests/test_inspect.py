@@ -130,8 +130,13 @@ def test_adapter_folder_inside_a_run_reads_run_json(peft_folder, tmp_path):
 
     run_dir = tmp_path / "run"
     shutil.copytree(peft_folder, run_dir / "adapter")
-    record = {"lorakit": "0.1.0", "plugins": {"lorakit-llm": "0.1.0"}, "backend": "llm",
-              "config_hash": "abcdef0123456789", "steps": 30}  # fmt: skip
+    record = {
+        "lorakit": "0.1.0",
+        "plugins": {"lorakit-llm": "0.1.0"},
+        "backend": "llm",
+        "config_hash": "abcdef0123456789",
+        "steps": 30,
+    }
     (run_dir / "run.json").write_text(json.dumps(record))
     report = inspect_path(run_dir / "adapter")
     assert report.made_by == (
@@ -144,8 +149,10 @@ def test_diffusers_file(tmp_path):
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
     layers = {}
-    for name in ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
-                 "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"):  # fmt: skip
+    for name in (
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k",
+    ):
         layers[f"{name}.lora_A.weight"] = torch.randn(4, 32)
         layers[f"{name}.lora_B.weight"] = torch.zeros(32, 4)
     StableDiffusionLoraLoaderMixin.save_lora_weights(
@@ -288,8 +295,12 @@ def test_adapter_sidecar_lorakit_json(peft_folder, tmp_path):
 
     folder = tmp_path / "adapter"
     shutil.copytree(peft_folder, folder)
-    record = {"lorakit": "0.1.0", "config_hash": "0123456789abcdef", "step": "40",
-              "plugins": {"lorakit-llm": "0.1.0"}}  # fmt: skip
+    record = {
+        "lorakit": "0.1.0",
+        "config_hash": "0123456789abcdef",
+        "step": "40",
+        "plugins": {"lorakit-llm": "0.1.0"},
+    }
     (folder / "lorakit.json").write_text(json.dumps(record))
     report = inspect_path(folder)
     assert report.made_by == (
@@ -314,7 +325,7 @@ def test_diffusers_keys_with_lorakit_metadata(tmp_path):
             "lorakit.backend": "sd",
             "lorakit.config": json.dumps(config),
             "lorakit.plugins": "{}",
-        },  # fmt: skip
+        },
     )
     report = inspect_path(path)
     assert report.format == "diffusers (PEFT keys)"
@@ -343,8 +354,12 @@ def test_inspect_asks_the_installed_backends(kohya_file, tmp_path, capsys):
     def identify(probe: FileProbe) -> FileKind | None:
         seen.append(probe)
         if probe.tensor_names and all(n.startswith("lora_") for n in probe.tensor_names):
-            return FileKind("probe layout", groups={"lora_unet_": "u", "lora_te_": "t"},
-                            kohya_names=True, notes=("identified by the probe backend",))  # fmt: skip
+            return FileKind(
+                "probe layout",
+                groups={"lora_unet_": "u", "lora_te_": "t"},
+                kohya_names=True,
+                notes=("identified by the probe backend",),
+            )
         return None
 
     class ProbeBackend(BackendPlugin):

@@ -39,8 +39,13 @@ optimizer_args:
 #: A backend that moved top-level keys into its section between layouts 1 and 2, as lorakit-sd did.
 class SDLike(BackendPlugin):
     name, task_types = "sd", ("image-generation",)
-    migrations = {1: {"resolution": "resolution", "noise_offset": "noise_offset",
-                      "shuffle_caption": "shuffle_tags"}}  # fmt: skip
+    migrations = {
+        1: {
+            "resolution": "resolution",
+            "noise_offset": "noise_offset",
+            "shuffle_caption": "shuffle_tags",
+        }
+    }
 
 
 SD = SDLike()
@@ -115,9 +120,16 @@ def test_text_rewrite_keeps_the_order_and_says_where_the_comments_are():
     ]
     keys = [line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()]
     assert keys == [
-        "config_version", "task_type", "base_model", "lora_rank", "lora_alpha", "batch_size",
-        "learning_rate", "sd", "optimizer_args",
-    ]  # fmt: skip
+        "config_version",
+        "task_type",
+        "base_model",
+        "lora_rank",
+        "lora_alpha",
+        "batch_size",
+        "learning_rate",
+        "sd",
+        "optimizer_args",
+    ]
     assert notices[-1] == "comments are not kept in the rewritten file (the original is the .bak)"
     assert migrate_text(text, backend=SD) == (None, [])  # already current
 

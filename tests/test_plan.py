@@ -44,9 +44,11 @@ def test_llm_plan_matches_the_real_step(tmp_path, tiny_llama, checkpointing):
     from lorakit.planning import make_plan
 
     data = llm_config(
-        tmp_path, str(tiny_llama), gradient_checkpointing=checkpointing,
+        tmp_path,
+        str(tiny_llama),
+        gradient_checkpointing=checkpointing,
         llm={"attn_implementation": "eager"},
-    )  # fmt: skip
+    )
     config = load_config(write_config(tmp_path / "c.yaml", data))
     plan = make_plan(config)
     real = real_peak(config, tmp_path)
@@ -95,10 +97,15 @@ def test_sd_plan_matches_the_real_step(tmp_path, tiny_sd, family, checkpointing,
 
     images = write_tiny_images(tmp_path / "data", 4, sizes=[(size, size)])
     data = tiny_config(
-        tiny_sd[family], images, tmp_path / "run", single_file=single_file,
-        gradient_checkpointing=checkpointing, batch_size=2, trackers=[],
+        tiny_sd[family],
+        images,
+        tmp_path / "run",
+        single_file=single_file,
+        gradient_checkpointing=checkpointing,
+        batch_size=2,
+        trackers=[],
         sd={"resolution": size, "bucket": False},
-    )  # fmt: skip
+    )
     config = load_config(write_config(tmp_path / "c.yaml", data))
     plan = make_plan(config, both=False)
     real = real_peak(config, tmp_path)
@@ -110,12 +117,19 @@ def test_sd_plan_matches_the_real_step(tmp_path, tiny_sd, family, checkpointing,
 @pytest.mark.parametrize(
     ("text", "name", "gib"),
     [
-        ("24GB", "24 GiB", 24), ("24 gib", "24 GiB", 24), ("80G", "80 GiB", 80),
-        ("0.5GB", "0.5 GiB", 0.5), ("RTX 4090", "RTX 4090", 24), ("rtx4090", "RTX 4090", 24),
-        ("4090", "RTX 4090", 24), ("NVIDIA GeForce RTX 3090", "RTX 3090", 24),
-        ("H100", "H100", 80), ("A100 40GB", "A100 40GB", 40), ("a100", "A100", 80),
+        ("24GB", "24 GiB", 24),
+        ("24 gib", "24 GiB", 24),
+        ("80G", "80 GiB", 80),
+        ("0.5GB", "0.5 GiB", 0.5),
+        ("RTX 4090", "RTX 4090", 24),
+        ("rtx4090", "RTX 4090", 24),
+        ("4090", "RTX 4090", 24),
+        ("NVIDIA GeForce RTX 3090", "RTX 3090", 24),
+        ("H100", "H100", 80),
+        ("A100 40GB", "A100 40GB", 40),
+        ("a100", "A100", 80),
     ],
-)  # fmt: skip
+)
 def test_gpu_parsing(text, name, gib):
     from lorakit.planning import parse_gpu
 
@@ -173,8 +187,14 @@ def test_plan_text_output(tmp_path, capsys, small_llama):
     config = write_config(tmp_path / "c.yaml", llm_config(tmp_path, str(small_llama)))
     code, out, err = run_cli(capsys, "plan", "--config", str(config), "--gpu", "0.005GB")
     assert code == 0, err
-    for words in ("frozen weights", "activations (gradient checkpointing off)", "optimizer state (adamw)",
-                  "does not fit", "configs that fit", "--set batch_size=2"):  # fmt: skip
+    for words in (
+        "frozen weights",
+        "activations (gradient checkpointing off)",
+        "optimizer state (adamw)",
+        "does not fit",
+        "configs that fit",
+        "--set batch_size=2",
+    ):
         assert words in out, out
 
 
@@ -194,9 +214,16 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path, capsys, small_llama):
     assert code == 0, err
     assert "plan: peak ≈" in out and "fits" in out
     code, out, err = run_cli(
-        capsys, "train", "--config", str(config), "--gpu", "0.005GB", "--no-plan-check",
-        "--set", f"output_dir={tmp_path / 'run2'}",
-    )  # fmt: skip
+        capsys,
+        "train",
+        "--config",
+        str(config),
+        "--gpu",
+        "0.005GB",
+        "--no-plan-check",
+        "--set",
+        f"output_dir={tmp_path / 'run2'}",
+    )
     assert code == 0, err
     assert "plan:" not in out and (tmp_path / "run2" / "adapter").is_dir()
 
@@ -314,8 +341,15 @@ def _llama(cfg: dict[str, Any], targets: list[str], rank: int) -> tuple[int, int
         cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")
     )
     kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}  # fmt: skip
+    shapes = {
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
     layer = sum(i * o for i, o in shapes.values()) + 2 * h  # no biases; two RMSNorms
     head = 0 if cfg["tie_word_embeddings"] else vocab * h
     params = vocab * h + layers * layer + h + head
@@ -453,9 +487,12 @@ def test_plan_from_hub_ids_in_the_local_cache(tmp_path, monkeypatch):
 
     home = tmp_path / "hf"
     _hub_cache(home, "someone/tiny-llama", {"config.json": {**LLAMA, "num_hidden_layers": 2}})
-    small = {"block_out_channels": [32, 64], "layers_per_block": 1,
-             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}  # fmt: skip
+    small = {
+        "block_out_channels": [32, 64],
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    }
     sd15 = {**SD15, "unet/config.json": {**SD15["unet/config.json"], **small}}
     _hub_cache(home, "someone/tiny-sd", sd15)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -468,8 +505,13 @@ def test_plan_from_hub_ids_in_the_local_cache(tmp_path, monkeypatch):
     assert plan.model.description.startswith("Llama (2 layers × 128)")
     images = tmp_path / "images"
     images.mkdir()
-    data = {"task_type": "image-generation", "base_model": "someone/tiny-sd",
-            "train_data_dir": str(images), "batch_size": 1, "sd": {"resolution": 64}}  # fmt: skip
+    data = {
+        "task_type": "image-generation",
+        "base_model": "someone/tiny-sd",
+        "train_data_dir": str(images),
+        "batch_size": 1,
+        "sd": {"resolution": 64},
+    }
     plan = make_plan(load_config(write_config(tmp_path / "s.yaml", data)), both=False)
     assert plan.model.description.startswith("SD1.x UNet") and plan.estimate.activations > 0
 
@@ -519,18 +561,30 @@ def test_llm_preference_plan_matches_the_real_step(tmp_path, tiny_llama):
 
     words = [f"word{i}" for i in range(97)]
     rows = [
-        {"prompt": f"q{i}", "chosen": " ".join(words[(i + j) % 97] for j in range(40)),
-         "rejected": " ".join(words[(i * 3 + j) % 97] for j in range(40))}
+        {
+            "prompt": f"q{i}",
+            "chosen": " ".join(words[(i + j) % 97] for j in range(40)),
+            "rejected": " ".join(words[(i * 3 + j) % 97] for j in range(40)),
+        }
         for i in range(40)
-    ]  # fmt: skip
+    ]
     path = tmp_path / "pairs" / "train.jsonl"
     path.parent.mkdir()
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     configs = {}
     for method in ("orpo", "dpo"):
-        data = llm_config(tmp_path, str(tiny_llama), train_data_dir=str(path), batch_size=2,
-                          llm={"attn_implementation": "eager", "method": method,
-                               "dataset_format": "auto", "train_on_inputs": False})  # fmt: skip
+        data = llm_config(
+            tmp_path,
+            str(tiny_llama),
+            train_data_dir=str(path),
+            batch_size=2,
+            llm={
+                "attn_implementation": "eager",
+                "method": method,
+                "dataset_format": "auto",
+                "train_on_inputs": False,
+            },
+        )
         configs[method] = load_config(write_config(tmp_path / f"{method}.yaml", data))
     from lorakit_llm.plan import planner
 

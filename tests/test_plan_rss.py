@@ -63,8 +63,12 @@ def rss_growth(config: Path, backend: str, imports: list[str], cwd: Path) -> tup
     command = [sys.executable, str(PROBE), str(out), backend, ",".join(imports), "--"]
     run = subprocess.run(
         [*command, "train", "--config", str(config)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["exit"] == 0, run.stderr[-3000:]
@@ -84,9 +88,15 @@ def test_llm_plan_against_the_rss_of_a_real_run(tmp_path):  # noqa: F811
 
     model = build_tiny_llama(tmp_path / "model", hidden_size=128, num_layers=3)
     data = llm_config(
-        tmp_path, str(model), words=600, rows=8, batch_size=2, max_steps=2, save_steps=0,
+        tmp_path,
+        str(model),
+        words=600,
+        rows=8,
+        batch_size=2,
+        max_steps=2,
+        save_steps=0,
         llm={"max_seq_len": 512, "attn_implementation": "eager"},
-    )  # fmt: skip
+    )
     path = write_config(tmp_path / "c.yaml", data)
     plan = make_plan(load_config(path), both=False)
     e = plan.estimate

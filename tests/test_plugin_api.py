@@ -244,9 +244,13 @@ def test_two_third_parties_claiming_a_name_is_an_error_naming_both(toy_plugins):
 
 def test_config_validate_reports_every_error_with_file_and_line(toy_plugins, tmp_path, capsys):
     data = toy_config(
-        tmp_path, optimizer="adamww", lr_scheduler="cosin", trackers=["jsonl", "tensorbord"],
-        export_formats=["safetensor"], lora_rank=-1,
-    )  # fmt: skip
+        tmp_path,
+        optimizer="adamww",
+        lr_scheduler="cosin",
+        trackers=["jsonl", "tensorbord"],
+        export_formats=["safetensor"],
+        lora_rank=-1,
+    )
     path = write_config(tmp_path / "bad.yaml", data)
     code, _, err = run_cli(capsys, "config", "validate", path)
     assert code == 2

@@ -148,9 +148,11 @@ def test_broken_entry_point_never_breaks_help_or_plugins(broken_dist):
     assert broken["status"] == "error" and "missing dependency xyz" in broken["error"]
     assert broken["distribution"] == "lorakit-broken"
     strict = subprocess.run(
-        [*LORAKIT, "plugins"], env={**broken_dist, "LORAKIT_STRICT_PLUGINS": "1"},
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [*LORAKIT, "plugins"],
+        env={**broken_dist, "LORAKIT_STRICT_PLUGINS": "1"},
+        capture_output=True,
+        text=True,
+    )
     assert strict.returncode == 2 and "lorakit-broken" in strict.stderr
     assert "Traceback" not in strict.stderr
     version = subprocess.run(

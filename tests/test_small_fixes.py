@@ -44,10 +44,15 @@ def test_deepspeed_cpu_accelerator_warning_is_filtered(caplog):
 
     logger = logging.getLogger("DeepSpeed")
     record = logger.makeRecord(
-        "DeepSpeed", logging.WARNING, "x", 1,
+        "DeepSpeed",
+        logging.WARNING,
+        "x",
+        1,
         "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable "
-        "to detect it.", None, None,
-    )  # fmt: skip
+        "to detect it.",
+        None,
+        None,
+    )
     other = logger.makeRecord("DeepSpeed", logging.WARNING, "x", 1, "something else", None, None)
     assert not all(f.filter(record) for f in logger.filters)
     assert all(f.filter(other) for f in logger.filters)

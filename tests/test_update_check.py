@@ -299,9 +299,14 @@ def test_parse_changelog_versions_and_sections():
 def test_latest_skips_prereleases_and_yanked():
     data = {
         "info": {"version": "0.5.0"},
-        "releases": {"0.2.0": [{"yanked": False}], "0.4.0": [{"yanked": True}],
-                     "0.5.0rc1": [{}], "0.3.0": [{}], "0.9.0": []},
-    }  # fmt: skip
+        "releases": {
+            "0.2.0": [{"yanked": False}],
+            "0.4.0": [{"yanked": True}],
+            "0.5.0rc1": [{}],
+            "0.3.0": [{}],
+            "0.9.0": [],
+        },
+    }
     assert update_check.latest_version(data, "0.1.0") == "0.3.0"
     assert update_check.latest_version(data, "0.5.0a1") == "0.5.0rc1"
     assert update_check.latest_version({"info": {"version": "2.0"}}, "1.0") == "2.0"

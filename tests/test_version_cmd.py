@@ -63,9 +63,13 @@ def test_version_json(plugins, capsys):
     assert report["lorakit"] == __version__ and report["plugin_api"] == PLUGIN_API_VERSION
     by_dist = {p["distribution"]: p for p in report["plugins"]}
     assert by_dist["lorakit-good"] == {
-        "name": "good", "distribution": "lorakit-good", "version": "1.2.3", "plugin_api": 1,
-        "status": "ok", "error": None,
-    }  # fmt: skip
+        "name": "good",
+        "distribution": "lorakit-good",
+        "version": "1.2.3",
+        "plugin_api": 1,
+        "status": "ok",
+        "error": None,
+    }
     assert by_dist["lorakit-bad"]["status"] == "error"
     import importlib.metadata as md
 
@@ -81,8 +85,11 @@ def test_torch_build_is_read_without_importing_torch(tmp_path):
         "hip: Optional[str] = None\ngit_version = 'abc'\n"
     )
     assert _constants(version_py) == {
-        "__version__": "2.5.1+cu121", "cuda": "12.1", "hip": None, "git_version": "abc"
-    }  # fmt: skip
+        "__version__": "2.5.1+cu121",
+        "cuda": "12.1",
+        "hip": None,
+        "git_version": "abc",
+    }
     build = torch_build()
     assert build is not None and build["version"]
 

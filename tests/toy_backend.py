@@ -101,9 +101,11 @@ class ToyBackend(Backend):
         loader = ctx.registries.model_loader_for("toy", t.base_model, t.model_loader)
         base = loader.load(t.base_model, dim=section.dim, hidden=section.hidden)
         lora = LoraConfig(
-            r=t.lora_rank, lora_alpha=t.alpha, lora_dropout=t.lora_dropout,
+            r=t.lora_rank,
+            lora_alpha=t.alpha,
+            lora_dropout=t.lora_dropout,
             target_modules=t.target_modules or ["0", "2"],
-        )  # fmt: skip
+        )
         self.model = get_peft_model(base, lora)
         self.slow = section.slow_ms / 1000
 
@@ -160,10 +162,13 @@ def register_backends(register: Any) -> None:
 def register_model_loaders(register: Any) -> None:
     register(
         ModelLoaderSpec(
-            "toy-random", "toy", lambda source: source.startswith("toy/"), random_mlp,
+            "toy-random",
+            "toy",
+            lambda source: source.startswith("toy/"),
+            random_mlp,
             "a seeded random MLP for toy/<name> (tests)",
         )
-    )  # fmt: skip
+    )
 
 
 @hookimpl

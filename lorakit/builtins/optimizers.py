@@ -58,18 +58,35 @@ def prodigy(params: Any, lr: float, **args: Any) -> Any:
 @hookimpl
 def register_optimizers(register: Callable[[OptimizerSpec], None]) -> None:
     register(OptimizerSpec("adamw", adamw, "torch AdamW (decoupled weight decay)"))
-    register(OptimizerSpec(
-        "adamw8bit", adamw8bit, "bitsandbytes 8-bit AdamW (GPU or CPU)",
-        requires="bitsandbytes", install=BNB_INSTALL,
-    ))  # fmt: skip
-    register(OptimizerSpec(
-        "dadapt_adam", dadapt_adam, "D-Adaptation Adam: learns its step size (lr≈1.0)",
-        adaptive=True, requires="dadaptation", install="pip install 'lorakit[adaptive]'",
-    ))  # fmt: skip
-    register(OptimizerSpec(
-        "prodigy", prodigy, "Prodigy: learns its step size (lr≈1.0)",
-        adaptive=True, requires="prodigyopt", install="pip install 'lorakit[adaptive]'",
-    ))  # fmt: skip
+    register(
+        OptimizerSpec(
+            "adamw8bit",
+            adamw8bit,
+            "bitsandbytes 8-bit AdamW (GPU or CPU)",
+            requires="bitsandbytes",
+            install=BNB_INSTALL,
+        )
+    )
+    register(
+        OptimizerSpec(
+            "dadapt_adam",
+            dadapt_adam,
+            "D-Adaptation Adam: learns its step size (lr≈1.0)",
+            adaptive=True,
+            requires="dadaptation",
+            install="pip install 'lorakit[adaptive]'",
+        )
+    )
+    register(
+        OptimizerSpec(
+            "prodigy",
+            prodigy,
+            "Prodigy: learns its step size (lr≈1.0)",
+            adaptive=True,
+            requires="prodigyopt",
+            install="pip install 'lorakit[adaptive]'",
+        )
+    )
 
 
 def effective_lr(optimizer: Any) -> float:

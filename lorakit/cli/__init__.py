@@ -71,11 +71,18 @@ def _populate(target: typer.Typer) -> None:
         plan_cmd,
         selftest_cmd,
         train_cmd,
-    )  # fmt: skip
+    )
 
     for module in (
-        train_cmd, plan_cmd, label_cmd, config_cmd, info_cmds, model_cmds, demo, selftest_cmd,
-    ):  # fmt: skip
+        train_cmd,
+        plan_cmd,
+        label_cmd,
+        config_cmd,
+        info_cmds,
+        model_cmds,
+        demo,
+        selftest_cmd,
+    ):
         module.register(target)
     try:
         from lorakit.plugins import get_plugins

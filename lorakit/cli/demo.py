@@ -73,11 +73,17 @@ def run_demo(
         after = score(config_path, result.output_dir) if score else ""
         runs.append(
             DemoRun(
-                name, config_path, result.output_dir, result.steps, result.final_loss,
-                rows[0]["loss"] if rows else None, time.perf_counter() - start, result.outputs,
+                name,
+                config_path,
+                result.output_dir,
+                result.steps,
+                result.final_loss,
+                rows[0]["loss"] if rows else None,
+                time.perf_counter() - start,
+                result.outputs,
                 f"{before} → {after}" if score else "",
             )
-        )  # fmt: skip
+        )
     summary(runs, console)
     return runs
 

@@ -96,9 +96,12 @@ def plugins(
             else f"[red]{info.status}[/]: {rich_text(info.error or '')}"
         )
         table.add_row(
-            rich_text(info.name), rich_text(info.distribution), rich_text(info.version),
-            rich_text(registers), status,
-        )  # fmt: skip
+            rich_text(info.name),
+            rich_text(info.distribution),
+            rich_text(info.version),
+            rich_text(registers),
+            status,
+        )
     Console().print(table)
     for line in manager.overrides():
         Console().print(f"[yellow]override[/]: {rich_text(line)}")

@@ -90,18 +90,28 @@ def as_dict(plan: Any) -> dict[str, Any]:
         "caveat": plan.model.caveat or None,
         "steps": plan.steps,
         "bytes": {
-            "frozen_weights": e.frozen, "lora": e.lora, "gradients": e.grads,
-            "optimizer": e.optimizer, "activations": e.activations, "caches": e.caches,
-            "total": e.total, "activations_other_checkpointing": e.other_activations,
+            "frozen_weights": e.frozen,
+            "lora": e.lora,
+            "gradients": e.grads,
+            "optimizer": e.optimizer,
+            "activations": e.activations,
+            "caches": e.caches,
+            "total": e.total,
+            "activations_other_checkpointing": e.other_activations,
         },
         "gradient_checkpointing": e.checkpointing,
         "card": None if plan.card is None else {"name": plan.card.name, "gib": plan.card.gib},
         "fits": plan.fits,
         "ladder": [
-            {"set": row.changes, "flags": row.flags(), "total": row.estimate.total, "cost": row.cost}
+            {
+                "set": row.changes,
+                "flags": row.flags(),
+                "total": row.estimate.total,
+                "cost": row.cost,
+            }
             for row in plan.ladder
         ],
-    }  # fmt: skip
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -100,11 +100,15 @@ def register(app: typer.Typer) -> None:
 
             raise typer.Exit(
                 launch(
-                    sys.argv[1:], num_processes=num_processes, num_machines=num_machines,
-                    machine_rank=machine_rank, main_process_ip=main_process_ip,
-                    main_process_port=main_process_port, config=cfg,
+                    sys.argv[1:],
+                    num_processes=num_processes,
+                    num_machines=num_machines,
+                    machine_rank=machine_rank,
+                    main_process_ip=main_process_ip,
+                    main_process_port=main_process_port,
+                    config=cfg,
                 )
-            )  # fmt: skip
+            )
         update = quiet_notice() if os.environ.get("LOCAL_RANK", "0") == "0" else None
         if update:
             print(update, file=sys.stderr)

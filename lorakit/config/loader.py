@@ -127,8 +127,9 @@ def _check_names(
             wanted.append(((name, "dataset_format"), reader, registries.dataset_readers))
         rewards = getattr(section, "rewards", None)  # GRPO's reward functions
         if isinstance(rewards, list):
-            wanted += [((name, "rewards", str(i)), n, registries.rewards)
-                       for i, n in enumerate(rewards)]  # fmt: skip
+            wanted += [
+                ((name, "rewards", str(i)), n, registries.rewards) for i, n in enumerate(rewards)
+            ]
     errors = []
     for path, value, registry in wanted:
         if not isinstance(value, str) or value in registry:
@@ -162,9 +163,13 @@ def _check_optimizer_package(
     )
     install = f": {spec.install}" if spec.install else ""
     return [
-        ConfigError(f"{name} needs {spec.requires}, which is not installed{install}",
-                    key="optimizer", file=where_file, line=line)
-    ]  # fmt: skip
+        ConfigError(
+            f"{name} needs {spec.requires}, which is not installed{install}",
+            key="optimizer",
+            file=where_file,
+            line=line,
+        )
+    ]
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
@@ -215,11 +220,15 @@ def _take_sections(
     sections = {k: data.pop(k) for k in list(data) if k in backend_names}
     for key in list(data):
         if key in KNOWN_BACKEND_PACKAGES and key not in backend_names:
-            errors.append(ConfigError(
-                f"section for backend '{key}', which is not installed: "
-                f"pip install {KNOWN_BACKEND_PACKAGES[key]}",
-                key=key, file=file, line=lines.get((key,)),
-            ))  # fmt: skip
+            errors.append(
+                ConfigError(
+                    f"section for backend '{key}', which is not installed: "
+                    f"pip install {KNOWN_BACKEND_PACKAGES[key]}",
+                    key=key,
+                    file=file,
+                    line=lines.get((key,)),
+                )
+            )
             data.pop(key)
     return sections
 
@@ -245,10 +254,14 @@ def _apply_aliases(
             section = data[spec.name] = {}
         if not isinstance(section, dict) or key in section:
             where = f"'{spec.name}.{key}'" if isinstance(section, dict) else f"'{spec.name}'"
-            errors.append(ConfigError(
-                f"stands for {where}, which is set too (or not a mapping); keep one",
-                key=top, file=file, line=lines.get((top,)),
-            ))  # fmt: skip
+            errors.append(
+                ConfigError(
+                    f"stands for {where}, which is set too (or not a mapping); keep one",
+                    key=top,
+                    file=file,
+                    line=lines.get((top,)),
+                )
+            )
             data.pop(top)
             continue
         section[key] = data.pop(top)

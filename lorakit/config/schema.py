@@ -222,12 +222,27 @@ TASK_TYPE_ALIASES = {"image": "image-generation", "text": "text-generation"}
 #: Keys that may change between a run and its resume without changing what it learns.
 RESUMABLE_KEYS = frozenset(
     {
-        "max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "trackers",
-        "sample_prompts", "sample_every_n_steps", "output_dir", "output_name", "num_workers",
-        "export_formats", "config_version", "mixed_precision", "model_loader", "auto_batch_size",
-        "torch_compile", "torch_compile_backend", "allow_tf32",
+        "max_steps",
+        "epochs",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "trackers",
+        "sample_prompts",
+        "sample_every_n_steps",
+        "output_dir",
+        "output_name",
+        "num_workers",
+        "export_formats",
+        "config_version",
+        "mixed_precision",
+        "model_loader",
+        "auto_batch_size",
+        "torch_compile",
+        "torch_compile_backend",
+        "allow_tf32",
     }
-)  # fmt: skip
+)
 
 
 @dataclass

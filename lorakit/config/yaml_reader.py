@@ -77,8 +77,9 @@ def check_expansion(root: yaml.Node, file: str | None) -> None:
             if size[key] > MAX_VALUES:
                 raise ConfigError(
                     f"aliases expand to more than {MAX_VALUES} values (an alias bomb?)",
-                    file=file, line=line,
-                )  # fmt: skip
+                    file=file,
+                    line=line,
+                )
             if depth[key] > MAX_DEPTH:
                 raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=file, line=line)
             continue

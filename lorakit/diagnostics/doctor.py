@@ -34,19 +34,35 @@ from lorakit.diagnostics.storage import GiB, check_disk, check_hf, hf_cache_dir
 SMALL_GPU_BYTES = 8 * GiB
 #: The libraries whose version decides whether training works, compared to the tested set.
 KEY_LIBRARIES = (
-    "torch", "accelerate", "diffusers", "transformers", "peft", "safetensors", "tokenizers",
-    "huggingface_hub", "bitsandbytes", "deepspeed", "gguf", "dadaptation", "prodigyopt",
-    "pydantic", "pluggy", "typer",
-)  # fmt: skip
+    "torch",
+    "accelerate",
+    "diffusers",
+    "transformers",
+    "peft",
+    "safetensors",
+    "tokenizers",
+    "huggingface_hub",
+    "bitsandbytes",
+    "deepspeed",
+    "gguf",
+    "dadaptation",
+    "prodigyopt",
+    "pydantic",
+    "pluggy",
+    "typer",
+)
 #: Version pairs known to break each other: (lib, spec, other, spec, why, fix).
 KNOWN_CONFLICTS = (
     (
-        "transformers", ">=5.24", "peft", "<0.22",
+        "transformers",
+        ">=5.24",
+        "peft",
+        "<0.22",
         "transformers 5.24+ refuses peft < 0.22: adapters fail with 'The version of PEFT you "
         "are using is not compatible'",
         "pip install 'transformers<5.24' (or peft>=0.22)",
     ),
-)  # fmt: skip
+)
 
 
 def _version(name: str) -> str | None:
@@ -132,11 +148,13 @@ def check_torch() -> list[Check]:
             if total < SMALL_GPU_BYTES:
                 checks.append(
                     Check(
-                        "gpu", "warn", text + ": small for SD/LLM LoRA",
+                        "gpu",
+                        "warn",
+                        text + ": small for SD/LLM LoRA",
                         "set batch_size: 1, gradient_checkpointing: true, mixed_precision: "
                         "fp16 (and llm.load_in_4bit: true for language models)",
                     )
-                )  # fmt: skip
+                )
             else:
                 checks.append(Check("gpu", "ok", text))
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -144,18 +162,21 @@ def check_torch() -> list[Check]:
     elif built_for:
         checks.append(
             Check(
-                "gpu", "warn",
+                "gpu",
+                "warn",
                 f"torch is built for CUDA/ROCm {built_for}, but no GPU is usable",
                 "check `nvidia-smi` and the driver, and that CUDA_VISIBLE_DEVICES is not empty",
             )
-        )  # fmt: skip
+        )
     else:
         checks.append(
             Check(
-                "gpu", "warn", "no GPU: training runs on the CPU (fine for tiny tests, slow otherwise)",
+                "gpu",
+                "warn",
+                "no GPU: training runs on the CPU (fine for tiny tests, slow otherwise)",
                 "install a CUDA build of torch: https://pytorch.org/get-started/locally/",
             )
-        )  # fmt: skip
+        )
     return checks
 
 
@@ -163,8 +184,14 @@ def check_tested_versions(tested: dict[str, str] | None = None) -> list[Check]:
     """Key libraries against the tested set: ⚠ for each one that differs or was not tested."""
     tested = tested_versions() if tested is None else tested
     if not tested:
-        return [Check("versions", "warn", "the tested set (tested_versions.txt) is missing",
-                      "reinstall lorakit: pip install --force-reinstall lorakit")]  # fmt: skip
+        return [
+            Check(
+                "versions",
+                "warn",
+                "the tested set (tested_versions.txt) is missing",
+                "reinstall lorakit: pip install --force-reinstall lorakit",
+            )
+        ]
     checks: list[Check] = []
     matching = 0
     for name in KEY_LIBRARIES:
@@ -175,10 +202,12 @@ def check_tested_versions(tested: dict[str, str] | None = None) -> list[Check]:
         if want is None:
             checks.append(
                 Check(
-                    "versions", "warn", f"{name} {installed} is not in lorakit {__version__}'s tested set",
+                    "versions",
+                    "warn",
+                    f"{name} {installed} is not in lorakit {__version__}'s tested set",
                     f"fine if it works; remove it (pip uninstall {name}) if you see errors",
                 )
-            )  # fmt: skip
+            )
             continue
         try:
             same = Version(Version(installed).public) == Version(Version(want).public)
@@ -189,10 +218,12 @@ def check_tested_versions(tested: dict[str, str] | None = None) -> list[Check]:
         else:
             checks.append(
                 Check(
-                    "versions", "warn", f"{name} {installed} is untested (tested: {want})",
+                    "versions",
+                    "warn",
+                    f"{name} {installed} is untested (tested: {want})",
                     f"pip install '{name}=={want}' if something breaks",
                 )
-            )  # fmt: skip
+            )
     for lib, lib_spec, other, other_spec, why, fix in KNOWN_CONFLICTS:
         a, b = _version(lib), _version(other)
         if a and b and _in(a, lib_spec) and _in(b, other_spec):
@@ -265,10 +296,12 @@ def check_plugins(plugins: Any = None) -> list[Check]:
         if unmet:
             checks.append(
                 Check(
-                    "plugins", "fail", f"{label} needs {'; '.join(unmet)}",
+                    "plugins",
+                    "fail",
+                    f"{label} needs {'; '.join(unmet)}",
                     f"pip install -U {info.distribution} lorakit (or the versions it names)",
                 )
-            )  # fmt: skip
+            )
             continue
         registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registered.items())
         checks.append(
@@ -280,19 +313,32 @@ def check_plugins(plugins: Any = None) -> list[Check]:
         )
     for conflict in plugins.conflicts:
         checks.append(
-            Check("plugins", "fail", conflict, "uninstall one of the two, or LORAKIT_DISABLE_PLUGINS=<name>")
-        )  # fmt: skip
+            Check(
+                "plugins",
+                "fail",
+                conflict,
+                "uninstall one of the two, or LORAKIT_DISABLE_PLUGINS=<name>",
+            )
+        )
     if backends == []:
         checks.append(
-            Check("plugins", "warn", "no backend installed: nothing to train",
-                  "pip install lorakit-sd (images) or lorakit-llm (language models)")
-        )  # fmt: skip
+            Check(
+                "plugins",
+                "warn",
+                "no backend installed: nothing to train",
+                "pip install lorakit-sd (images) or lorakit-llm (language models)",
+            )
+        )
     unmet_core = unmet_requirements("lorakit")
     if unmet_core:
         checks.append(
-            Check("plugins", "fail", f"lorakit {__version__} needs {'; '.join(unmet_core)}",
-                  "pip install -U lorakit")
-        )  # fmt: skip
+            Check(
+                "plugins",
+                "fail",
+                f"lorakit {__version__} needs {'; '.join(unmet_core)}",
+                "pip install -U lorakit",
+            )
+        )
     return checks
 
 
@@ -307,11 +353,14 @@ class OptionalDep:
 
 
 OPTIONAL = (
-    OptionalDep("bitsandbytes", "QLoRA (llm.load_in_4bit) and the adamw8bit optimizer",
-              "pip install 'lorakit[bnb]'"),
+    OptionalDep(
+        "bitsandbytes",
+        "QLoRA (llm.load_in_4bit) and the adamw8bit optimizer",
+        "pip install 'lorakit[bnb]'",
+    ),
     OptionalDep("gguf", "GGUF base models (llm)", "pip install gguf", ("llm",)),
     OptionalDep("deepspeed", "distributed.strategy deepspeed_zero2/3", "pip install deepspeed"),
-)  # fmt: skip
+)
 
 
 def needed_by_config(config: Any) -> dict[str, str]:
@@ -343,13 +392,22 @@ def check_optional(backends: list[str], config: Any = None) -> list[Check]:
             checks.append(Check("optional", "ok", f"{dep.package} {installed}: {dep.purpose}"))
         elif dep.package in needs:
             checks.append(
-                Check("optional", "fail", f"{dep.package} is missing, and the config needs it "
-                      f"({needs[dep.package]})", dep.install)
-            )  # fmt: skip
+                Check(
+                    "optional",
+                    "fail",
+                    f"{dep.package} is missing, and the config needs it ({needs[dep.package]})",
+                    dep.install,
+                )
+            )
         elif config is None:
             checks.append(
-                Check("optional", "warn", f"{dep.package} not installed: no {dep.purpose}", dep.install)
-            )  # fmt: skip
+                Check(
+                    "optional",
+                    "warn",
+                    f"{dep.package} not installed: no {dep.purpose}",
+                    dep.install,
+                )
+            )
     return checks
 
 
@@ -376,9 +434,11 @@ def check_selftest(plugins: Any = None) -> Check:
         return Check("selftest", "ok", "passed with the versions installed now")
     shown = ", ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
     return Check(
-        "selftest", "warn", f"the install changed since the last selftest: {shown}",
+        "selftest",
+        "warn",
+        f"the install changed since the last selftest: {shown}",
         "run `lorakit selftest` (about a minute, offline)",
-    )  # fmt: skip
+    )
 
 
 # -- running -------------------------------------------------------------------------
@@ -426,7 +486,21 @@ def run_checks(
 
 
 __all__ = [
-    "Check", "check_disk", "check_hf", "check_optional", "check_plugins", "check_python",
-    "check_selftest", "check_tested_versions", "check_torch", "check_update", "hf_cache_dir",
-    "marks", "parse_pins", "render", "run_checks", "tested_versions", "unmet_requirements",
-]  # fmt: skip
+    "Check",
+    "check_disk",
+    "check_hf",
+    "check_optional",
+    "check_plugins",
+    "check_python",
+    "check_selftest",
+    "check_tested_versions",
+    "check_torch",
+    "check_update",
+    "hf_cache_dir",
+    "marks",
+    "parse_pins",
+    "render",
+    "run_checks",
+    "tested_versions",
+    "unmet_requirements",
+]

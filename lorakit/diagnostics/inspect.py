@@ -167,10 +167,13 @@ def _made_by(provenance: dict[str, Any], metadata: dict[str, str], peft: str | N
             text += " with " + ", ".join(f"{k} {v}" for k, v in sorted(plugins.items()))
         extra = [
             f"{label} {provenance[key]}"
-            for key, label in (("backend", "backend"), ("config_hash", "config hash"),
-                               ("step", "step"))
+            for key, label in (
+                ("backend", "backend"),
+                ("config_hash", "config hash"),
+                ("step", "step"),
+            )
             if provenance.get(key)
-        ]  # fmt: skip
+        ]
         return text + (f" ({', '.join(extra)})" if extra else "")
     if any(k.startswith("ss_") for k in metadata):
         commit = metadata.get("ss_sd_scripts_commit_hash")
@@ -443,8 +446,10 @@ def render(report: Report, *, all_metadata: bool = False) -> list[str]:
     if report.dora:
         lines.append("  DoRA:        yes (magnitude vectors)")
     if report.other_tensors:
-        lines.append(f"  other:       {report.other_tensors} tensors that are not LoRA pairs "
-                     "(modules_to_save, embeddings...)")  # fmt: skip
+        lines.append(
+            f"  other:       {report.other_tensors} tensors that are not LoRA pairs "
+            "(modules_to_save, embeddings...)"
+        )
     targets = ", ".join(report.targets) or "unknown"
     lines.append(f"  targets:     {targets}")
     if report.base_model:

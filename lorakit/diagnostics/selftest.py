@@ -133,10 +133,15 @@ def _config(path: Path, output_dir: Path, *extra: str) -> Any:
     from lorakit.config import load_config
 
     overrides = [
-        f"max_steps={STEPS}", f"save_steps={STEPS // 2}", "sample_prompts=[]",
-        "sample_every_n_steps=0", "trackers=[jsonl]", f"output_dir={output_dir}",
-        "output_name=selftest", *extra,
-    ]  # fmt: skip
+        f"max_steps={STEPS}",
+        f"save_steps={STEPS // 2}",
+        "sample_prompts=[]",
+        "sample_every_n_steps=0",
+        "trackers=[jsonl]",
+        f"output_dir={output_dir}",
+        "output_name=selftest",
+        *extra,
+    ]
     return load_config(path, overrides=overrides)
 
 

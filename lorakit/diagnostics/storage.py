@@ -39,9 +39,11 @@ def check_disk(output_dir: Path) -> Check:
         return Check("disk", "fail", text, "free some space or choose another output_dir")
     if free < DISK_WARN_BYTES:
         return Check(
-            "disk", "warn", text + " (checkpoints and caches may not fit)",
+            "disk",
+            "warn",
+            text + " (checkpoints and caches may not fit)",
             "free some space, lower save_total_limit, or choose another output_dir",
-        )  # fmt: skip
+        )
     return Check("disk", "ok", text)
 
 
@@ -73,9 +75,11 @@ def check_hf() -> Check:
         if offline:
             return Check("hf", "ok", f"cache {cache} (read-only), {mode}{token}")
         return Check(
-            "hf", "warn", f"cache {cache} is not writable: downloads will fail",
+            "hf",
+            "warn",
+            f"cache {cache} is not writable: downloads will fail",
             "set HF_HOME to a writable folder",
-        )  # fmt: skip
+        )
     try:
         free = shutil.disk_usage(where).free
     except OSError:
@@ -83,7 +87,9 @@ def check_hf() -> Check:
     room = f", {free / GiB:.0f} GiB free" if free is not None else ""
     if free is not None and free < HF_CACHE_WARN_BYTES and not offline:
         return Check(
-            "hf", "warn", f"cache {cache}{room}: little room for base models, {mode}",
+            "hf",
+            "warn",
+            f"cache {cache}{room}: little room for base models, {mode}",
             "set HF_HOME to a bigger disk, or clean it with `hf cache delete`",
-        )  # fmt: skip
+        )
     return Check("hf", "ok", f"cache {cache}{room}, {mode}{token}")

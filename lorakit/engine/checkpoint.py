@@ -270,8 +270,11 @@ def load_checkpoint(path: Path, strategy: Any, optimizer: Any, scheduler: Any) -
     else:
         rest = read_json(path, "optimizer.json")
         tensors = read_tensors(path, "optimizer.safetensors")
-        _restoring(path, "optimizer.json", lambda: strategy.load_optimizer_state(
-            optimizer, _join_optimizer_state(tensors, rest)))  # fmt: skip
+        _restoring(
+            path,
+            "optimizer.json",
+            lambda: strategy.load_optimizer_state(optimizer, _join_optimizer_state(tensors, rest)),
+        )
     sched = read_json(path, "scheduler.json")
     _restoring(path, "scheduler.json", lambda: scheduler.load_state_dict(sched))
     scaler = getattr(strategy.accelerator, "scaler", None)

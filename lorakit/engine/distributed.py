@@ -244,9 +244,10 @@ class Strategy:
             )
 
             return get_optimizer_state_dict(
-                self.unwrapped, optimizer.optimizer,
+                self.unwrapped,
+                optimizer.optimizer,
                 options=StateDictOptions(full_state_dict=True, cpu_offload=True),
-            )  # fmt: skip
+            )
         return dict(optimizer.state_dict())
 
     def load_optimizer_state(self, optimizer: Any, state: dict[str, Any]) -> None:
@@ -257,9 +258,11 @@ class Strategy:
             )
 
             set_optimizer_state_dict(
-                self.unwrapped, optimizer.optimizer, state,
+                self.unwrapped,
+                optimizer.optimizer,
+                state,
                 options=StateDictOptions(full_state_dict=True),
-            )  # fmt: skip
+            )
         else:
             optimizer.load_state_dict(state)
 
@@ -270,9 +273,12 @@ class Strategy:
 
     def load_optimizer(self, folder: Path) -> None:
         self.module.load_checkpoint(
-            str(folder), tag="zero", load_module_strict=False, load_optimizer_states=True,
+            str(folder),
+            tag="zero",
+            load_module_strict=False,
+            load_optimizer_states=True,
             load_lr_scheduler_states=False,
-        )  # fmt: skip
+        )
 
 
 def _full_shape(param: Any) -> Any:

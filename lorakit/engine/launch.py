@@ -20,8 +20,12 @@ from typing import Any
 from lorakit.engine import rank_errors
 
 LAUNCH_OPTIONS = {
-    "--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port",
-}  # fmt: skip
+    "--num-processes",
+    "--num-machines",
+    "--machine-rank",
+    "--main-process-ip",
+    "--main-process-port",
+}
 
 
 DEFAULT_PORT = 29500  # torch.distributed's; the port machines agree on without being told
@@ -81,10 +85,19 @@ def launch_command(
     else:
         cmd += ["--multi_gpu"]
     cmd += [
-        "--num_processes", str(total), "--num_machines", str(num_machines),
-        "--machine_rank", str(machine_rank), "--main_process_port", str(main_process_port),
-        "--mixed_precision", "no" if not cuda else "bf16", "--dynamo_backend", "no",
-    ]  # fmt: skip
+        "--num_processes",
+        str(total),
+        "--num_machines",
+        str(num_machines),
+        "--machine_rank",
+        str(machine_rank),
+        "--main_process_port",
+        str(main_process_port),
+        "--mixed_precision",
+        "no" if not cuda else "bf16",
+        "--dynamo_backend",
+        "no",
+    ]
     if main_process_ip:
         cmd += ["--main_process_ip", main_process_ip]
     # Not "--cpu": with it accelerate silently starts one process. CPU runs set
@@ -123,9 +136,13 @@ def launch(args: list[str], **kwargs: Any) -> int:
     env[rank_errors.ERRORS_DIR] = str(errors)
     verbose = env.get("LORAKIT_DEBUG", "").strip() not in {"", "0", "false", "no"}
     child = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stderr=None if verbose else subprocess.PIPE,
-        text=True, errors="replace",
-    )  # fmt: skip
+        cmd,
+        env=env,
+        start_new_session=True,
+        stderr=None if verbose else subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
     filtered = None if verbose else rank_errors.StderrFilter(child.stderr)  # type: ignore[arg-type]
     try:
         code = _wait(child)

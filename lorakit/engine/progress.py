@@ -24,10 +24,14 @@ class TrainProgress:
         self.start = start
         self.eval = ""
         bar = Bar(
-            "train", total, completed=start, enabled=enabled, console=self.console,
+            "train",
+            total,
+            completed=start,
+            enabled=enabled,
+            console=self.console,
             fields={"loss": "-", "rate": "", "eval": ""},
             columns=("loss {task.fields[loss]}{task.fields[eval]}", "{task.fields[rate]}"),
-        )  # fmt: skip
+        )
         self.bar = bar if bar.shown else None
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:

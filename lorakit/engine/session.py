@@ -124,15 +124,23 @@ def data_loader(backend: Backend, dataset: Any, config: Config) -> tuple[Any, An
     sampler = backend.batch_sampler(dataset, cfg.batch_size, cfg.seed)
     if sampler is not None:
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=backend.collate,
-            num_workers=cfg.num_workers, generator=generator,
-        )  # fmt: skip
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=backend.collate,
+            num_workers=cfg.num_workers,
+            generator=generator,
+        )
         return loader, sampler
     sampler = EpochSampler(len(dataset), cfg.seed)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=backend.collate,
-        num_workers=cfg.num_workers, generator=generator, drop_last=False,
-    )  # fmt: skip
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=backend.collate,
+        num_workers=cfg.num_workers,
+        generator=generator,
+        drop_last=False,
+    )
     return loader, sampler
 
 
@@ -205,9 +213,11 @@ def _scheduler(sched_spec: Any, optimizer: Any, total: int, config: Config) -> A
     cfg = config.train
     try:
         return sched_spec.factory(
-            optimizer, warmup_steps=cfg.lr_warmup_steps, total_steps=total,
+            optimizer,
+            warmup_steps=cfg.lr_warmup_steps,
+            total_steps=total,
             **cfg.lr_scheduler_args,
-        )  # fmt: skip
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"{cfg.lr_scheduler}: {exc}", key="lr_scheduler_args", file=config.path
@@ -274,10 +284,14 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         backend: Backend = backend_spec.create(config)
         exporters = _exporters(config, backend, registries)
         ctx = TrainContext(
-            config=config, accelerator=accelerator, output_dir=out, cache_dir=out / CACHE,
-            registries=registries, weight_dtype=DTYPES[accelerator.mixed_precision],
+            config=config,
+            accelerator=accelerator,
+            output_dir=out,
+            cache_dir=out / CACHE,
+            registries=registries,
+            weight_dtype=DTYPES[accelerator.mixed_precision],
             log=accelerator.print,
-        )  # fmt: skip
+        )
         backend.validate(ctx)
         backend.setup(ctx)
         dataset = backend.dataset(ctx)
@@ -306,19 +320,38 @@ def set_up(config: Config, resume: str | bool | None, plugins: Plugins) -> Sessi
         set_seed(cfg.seed, device_specific=True)
         strategy = Strategy.of(accelerator, module, cfg.distributed.strategy)
         state = TrainerState(
-            config_hash=config.semantic_hash(), lorakit_version=__version__,
-            num_processes=accelerator.num_processes, total_steps=total,
-            batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            config_hash=config.semantic_hash(),
+            lorakit_version=__version__,
+            num_processes=accelerator.num_processes,
+            total_steps=total,
+            batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             started_at=time.time(),
-        )  # fmt: skip
+        )
         session = Session(
-            config=config, plugins=plugins, out=out, accelerator=accelerator, strategy=strategy,
-            backend=backend, ctx=ctx, dataset=dataset, module=module, params=params,
-            optimizer=optimizer, scheduler=scheduler, loader=loader, sampler=sampler,
-            exporters=exporters, adaptive=opt_spec.adaptive, tracker_specs=tracker_specs,
-            total=total, state=state, checkpoint=checkpoint, ema=Ema.create(config, strategy),
+            config=config,
+            plugins=plugins,
+            out=out,
+            accelerator=accelerator,
+            strategy=strategy,
+            backend=backend,
+            ctx=ctx,
+            dataset=dataset,
+            module=module,
+            params=params,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loader=loader,
+            sampler=sampler,
+            exporters=exporters,
+            adaptive=opt_spec.adaptive,
+            tracker_specs=tracker_specs,
+            total=total,
+            state=state,
+            checkpoint=checkpoint,
+            ema=Ema.create(config, strategy),
             tf32=apply_tf32(cfg.allow_tf32, accelerator.device),
-        )  # fmt: skip
+        )
         if checkpoint is not None:
             resume_from(session, checkpoint)
             session.state.total_steps, session.state.lr_remaps = total, remaps

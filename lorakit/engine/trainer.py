@@ -103,8 +103,13 @@ def train(
                     checkpoint(s)
         except BaseException as exc:
             if s.main:
-                _update_record(s.out, status="failed", finished_at=now(), steps=s.state.step,
-                               error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                _update_record(
+                    s.out,
+                    status="failed",
+                    finished_at=now(),
+                    steps=s.state.step,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             raise
         finally:
             bar.close()
@@ -124,13 +129,18 @@ def begin(s: Session) -> None:
         run = RunFolder(s.out)
         run.write_text(CONFIG, s.config.to_yaml())
         record = run_record(
-            s.config, plugins=s.plugins, status="running", started_at=iso_time(s.state.started_at),
+            s.config,
+            plugins=s.plugins,
+            status="running",
+            started_at=iso_time(s.state.started_at),
             num_processes=s.accelerator.num_processes,
             dataset_fingerprint=s.backend.dataset_fingerprint(),
-            effective_batch=s.effective_batch, mixed_precision=s.accelerator.mixed_precision,
-            total_steps=s.total, strategy=cfg.distributed.strategy,
+            effective_batch=s.effective_batch,
+            mixed_precision=s.accelerator.mixed_precision,
+            total_steps=s.total,
+            strategy=cfg.distributed.strategy,
             resumed_from=str(s.checkpoint) if s.checkpoint else None,
-        )  # fmt: skip
+        )
         run.write_json(RECORD, record)
     s.trackers = (
         [t.factory(s.out, s.config, s.state.step) for t in s.tracker_specs] if s.main else []
@@ -167,9 +177,14 @@ def log(s: Session, metrics: dict[str, float]) -> None:
 def checkpoint(s: Session) -> Path:
     """Save a resumable checkpoint (every process takes part) with the exports inside."""
     path = save_checkpoint(
-        s.out, s.state, s.strategy, s.optimizer, s.scheduler, keep=s.config.train.save_total_limit,
+        s.out,
+        s.state,
+        s.strategy,
+        s.optimizer,
+        s.scheduler,
+        keep=s.config.train.save_total_limit,
         extra=lambda folder: _checkpoint_extras(s, folder),
-    )  # fmt: skip
+    )
     if s.main and s.history:
         write_loss_plot(s.history, s.out / LOSS_PLOT, s.config.train.name)
     s.accelerator.wait_for_everyone()
@@ -192,10 +207,14 @@ def finish(s: Session, interrupted: bool, last_loss: float | None, stop: int = 0
         s.accelerator.wait_for_everyone()
     if s.main:
         _update_record(
-            s.out, status="interrupted" if interrupted else "finished", finished_at=now(),
-            steps=s.state.step, final_loss=last_loss, outputs=[str(p) for p in outputs],
+            s.out,
+            status="interrupted" if interrupted else "finished",
+            finished_at=now(),
+            steps=s.state.step,
+            final_loss=last_loss,
+            outputs=[str(p) for p in outputs],
             signal=signal.Signals(stop).name if interrupted else None,
-        )  # fmt: skip
+        )
     assert s.run is not None
     s.run.outputs = [str(p) for p in outputs]
     if not interrupted:
@@ -205,9 +224,14 @@ def finish(s: Session, interrupted: bool, last_loss: float | None, stop: int = 0
     s.strategy.close()  # before end_training destroys the process group
     s.accelerator.end_training()
     return RunResult(
-        s.out, s.state.step, last_loss, outputs, interrupted, s.state.elapsed_s,
+        s.out,
+        s.state.step,
+        last_loss,
+        outputs,
+        interrupted,
+        s.state.elapsed_s,
         stop if interrupted else None,
-    )  # fmt: skip
+    )
 
 
 def _sample(s: Session, step: int) -> list[Path]:

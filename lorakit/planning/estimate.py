@@ -203,10 +203,15 @@ def trace_step(model: PlanModel, *, checkpointing: bool) -> Trace:
             loss.backward()
         peak, held, grads = peak_of(tracker)
     return Trace(
-        frozen=frozen, trainable_params=trainable_params, trainable=trainable, buffers=buffers,
-        grads=grads, activations=max(peak - held - grads, 0), peak=peak,
+        frozen=frozen,
+        trainable_params=trainable_params,
+        trainable=trainable,
+        buffers=buffers,
+        grads=grads,
+        activations=max(peak - held - grads, 0),
+        peak=peak,
         checkpointing=checkpointing,
-    )  # fmt: skip
+    )
 
 
 def _category(stats: dict[Any, Any], name: str) -> int:
@@ -224,9 +229,13 @@ def combine(
     if model.quantized_params:
         frozen -= int(model.quantized_params * (2 - model.quantized_bytes))
     return Estimate(
-        frozen=frozen, lora=step.trainable, grads=step.grads,
+        frozen=frozen,
+        lora=step.trainable,
+        grads=step.grads,
         optimizer=optimizer_bytes(optimizer, step.trainable_params),
-        activations=step.activations, caches=sum(model.caches.values()),
-        trainable_params=step.trainable_params, checkpointing=step.checkpointing,
+        activations=step.activations,
+        caches=sum(model.caches.values()),
+        trainable_params=step.trainable_params,
+        checkpointing=step.checkpointing,
         other_activations=other.activations if other is not None else None,
-    )  # fmt: skip
+    )

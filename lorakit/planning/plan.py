@@ -226,10 +226,15 @@ def make_plan(
     model, estimate = planner.estimate({}, both=both)
     train = config.train
     plan = Plan(
-        backend=config.backend, model=model, estimate=estimate, batch_size=train.batch_size,
+        backend=config.backend,
+        model=model,
+        estimate=estimate,
+        batch_size=train.batch_size,
         accumulation=train.gradient_accumulation_steps,
-        steps=count_steps(config, model.items), card=card, optimizer=train.optimizer,
-    )  # fmt: skip
+        steps=count_steps(config, model.items),
+        card=card,
+        optimizer=train.optimizer,
+    )
     if card is not None and ladder and not plan.fits:
         plan.ladder = planner.ladder(model, card)
     return plan

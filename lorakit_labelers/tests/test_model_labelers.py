@@ -51,9 +51,21 @@ def test_clip_ranks_tags_as_clip_model_scores_them(tiny_clip, images, tmp_path, 
     tag_file = tmp_path / "tags.txt"
     tag_file.write_text("# my tags\n" + "\n".join(tags + ["red"]) + "\n\n")
     code, _, err = cli(
-        "label", images, "-l", "clip", "-o", f"model={tiny_clip}", "-o", f"tags={tag_file}",
-        "-o", "threshold=-1", "-o", "top_k=6", "-o", "template=a {} thing",
-    )  # fmt: skip
+        "label",
+        images,
+        "-l",
+        "clip",
+        "-o",
+        f"model={tiny_clip}",
+        "-o",
+        f"tags={tag_file}",
+        "-o",
+        "threshold=-1",
+        "-o",
+        "top_k=6",
+        "-o",
+        "template=a {} thing",
+    )
     assert code == 0, err
     rows = read_rows(images)
     model = CLIPModel.from_pretrained(tiny_clip).eval()
@@ -107,9 +119,20 @@ def test_blip_captions_every_image_deterministically(tiny_blip, images, cli):
 
 def test_blip_prompt_starts_each_caption(tiny_blip, images, cli):
     code, out, err = cli(
-        "label", images, "-l", "blip", "-o", f"model={tiny_blip}", "-o", "prompt=a photo of",
-        "-o", "max_new_tokens=4", "-o", "num_beams=1", "--dry-run",
-    )  # fmt: skip
+        "label",
+        images,
+        "-l",
+        "blip",
+        "-o",
+        f"model={tiny_blip}",
+        "-o",
+        "prompt=a photo of",
+        "-o",
+        "max_new_tokens=4",
+        "-o",
+        "num_beams=1",
+        "--dry-run",
+    )
     assert code == 0, err
     texts = [r["text"] for r in csv.DictReader(out.splitlines())]
     assert len(texts) == 5 and all(t.startswith("a photo of") for t in texts)

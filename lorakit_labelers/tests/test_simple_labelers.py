@@ -61,9 +61,16 @@ def test_sidecar_labeler(images, cli):
     assert rows(images)["circle_red_02.png"] == "circle red"
 
     code, _, err = cli(
-        "label", images, "-l", "sidecar", "-o", "extension=caption", "-o", "missing=empty",
+        "label",
+        images,
+        "-l",
+        "sidecar",
+        "-o",
+        "extension=caption",
+        "-o",
+        "missing=empty",
         "--overwrite",
-    )  # fmt: skip
+    )
     assert code == 0, err
     assert rows(images)["circle_red_02.png"] == "from caption file"
 

@@ -93,10 +93,12 @@ def trained(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, l
         out = tmp_path_factory.mktemp("run") / "capitals"
         config = load_config(
             data=llm_config(
-                assets, out, sample_prompts=["What is the capital of France?"],
+                assets,
+                out,
+                sample_prompts=["What is the capital of France?"],
                 sample_every_n_steps=20,
             )
-        )  # fmt: skip
+        )
         with one_thread():
             result = train(config, plugins=llm_plugins, progress=False)
     finally:

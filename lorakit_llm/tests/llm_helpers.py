@@ -57,10 +57,14 @@ def make_backend(
 
     config = load_config(data=llm_config(assets, output, **overrides))
     ctx = TrainContext(
-        config=config, accelerator=Accelerator(cpu=True), output_dir=output,
-        cache_dir=output / "cache", registries=get_registries(), weight_dtype=torch.float32,
+        config=config,
+        accelerator=Accelerator(cpu=True),
+        output_dir=output,
+        cache_dir=output / "cache",
+        registries=get_registries(),
+        weight_dtype=torch.float32,
         log=(lambda *a: log.append(" ".join(map(str, a)))) if log is not None else lambda *a: None,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     backend = LLMBackend(config)
     backend.setup(ctx)

@@ -7,13 +7,19 @@ from pathlib import Path
 from typing import Any
 
 DRUGS = (
-    ("paracetamol", "500 mg every 6 h"), ("ibuprofen", "400 mg every 8 h"),
-    ("amoxicillin", "500 mg every 8 h"), ("aspirin", "300 mg every 6 h"),
-    ("naproxen", "250 mg every 12 h"), ("cetirizine", "10 mg once a day"),
-    ("loratadine", "10 mg once a day"), ("omeprazole", "20 mg once a day"),
-    ("metformin", "500 mg twice a day"), ("codeine", "30 mg every 6 h"),
-    ("diclofenac", "50 mg every 8 h"), ("ranitidine", "150 mg twice a day"),
-)  # fmt: skip
+    ("paracetamol", "500 mg every 6 h"),
+    ("ibuprofen", "400 mg every 8 h"),
+    ("amoxicillin", "500 mg every 8 h"),
+    ("aspirin", "300 mg every 6 h"),
+    ("naproxen", "250 mg every 12 h"),
+    ("cetirizine", "10 mg once a day"),
+    ("loratadine", "10 mg once a day"),
+    ("omeprazole", "20 mg once a day"),
+    ("metformin", "500 mg twice a day"),
+    ("codeine", "30 mg every 6 h"),
+    ("diclofenac", "50 mg every 8 h"),
+    ("ranitidine", "150 mg twice a day"),
+)
 VAGUE = "It depends on many things and you should ask someone who knows more about it."
 
 
@@ -25,11 +31,13 @@ def preference_rows(n: int = 12, *, conversational: bool = False) -> list[dict[s
         prompt = f"What is the adult dose of {drug}?"
         chosen, rejected = f"{dose}.", VAGUE
         if conversational:
-            rows.append({
-                "prompt": [{"role": "user", "content": prompt}],
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
         else:
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows

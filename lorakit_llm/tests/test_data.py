@@ -98,8 +98,9 @@ def test_the_seed_case_keeps_its_step_count(assets: dict[str, Path], tmp_path: P
     from lorakit.config import load_config
     from lorakit.engine import train
 
-    data = llm_config(assets, tmp_path / "seed", max_steps=None, epochs=10, batch_size=4,
-                      llm={"packing": True})  # fmt: skip
+    data = llm_config(
+        assets, tmp_path / "seed", max_steps=None, epochs=10, batch_size=4, llm={"packing": True}
+    )
     config = load_config(data=data)
     from lorakit_llm.schedule import schedule_warnings
 
@@ -119,14 +120,16 @@ def test_header_warns_about_few_steps_and_long_warmup(
     assets: dict[str, Path], tmp_path: Path
 ) -> None:
     log: list[str] = []
-    make_backend(assets, tmp_path / "w", log=log, max_steps=None, epochs=1, batch_size=16,
-                 lr_warmup_steps=5)  # fmt: skip
+    make_backend(
+        assets, tmp_path / "w", log=log, max_steps=None, epochs=1, batch_size=16, lr_warmup_steps=5
+    )
     warnings = [line for line in log if line.startswith("warning:")]
     assert any("only 10 optimizer steps" in w for w in warnings), log
     assert any("lr_warmup_steps 5 covers more than a fifth of the 10" in w for w in warnings)
     log.clear()
-    make_backend(assets, tmp_path / "q", log=log, max_steps=None, epochs=10, batch_size=4,
-                 lr_warmup_steps=10)  # fmt: skip
+    make_backend(
+        assets, tmp_path / "q", log=log, max_steps=None, epochs=10, batch_size=4, lr_warmup_steps=10
+    )
     assert not [line for line in log if line.startswith("warning:")], log
 
 
@@ -137,17 +140,23 @@ def test_packing_gives_the_unpacked_per_token_loss(
     # Long-tailed answers, so that packed rows do hold several examples.
     from lorakit_llm.testing import qa_pairs
 
-    rows = [{"question": p["question"], "answer": " ".join([p["answer"]] * (1 + 4 * (i % 5 == 0)))}
-            for i, p in enumerate(qa_pairs(40))]  # fmt: skip
+    rows = [
+        {"question": p["question"], "answer": " ".join([p["answer"]] * (1 + 4 * (i % 5 == 0)))}
+        for i, p in enumerate(qa_pairs(40))
+    ]
     file = tmp_path / "tail.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    packed, _, packed_set = make_backend(assets, tmp_path / "p", train_data_dir=str(file),
-                                         llm={"packing": True})  # fmt: skip
-    plain, _, plain_set = make_backend(assets, tmp_path / "u", train_data_dir=str(file),
-                                       llm={"packing": False})  # fmt: skip
+    packed, _, packed_set = make_backend(
+        assets, tmp_path / "p", train_data_dir=str(file), llm={"packing": True}
+    )
+    plain, _, plain_set = make_backend(
+        assets, tmp_path / "u", train_data_dir=str(file), llm={"packing": False}
+    )
     packed.collator = Collator(0, layout)
-    shapes = [packed.collate([packed_set[i] for i in range(a, a + 8)])["input_ids"].shape
-              for a in range(0, 40, 8)]  # fmt: skip
+    shapes = [
+        packed.collate([packed_set[i] for i in range(a, a + 8)])["input_ids"].shape
+        for a in range(0, 40, 8)
+    ]
     assert all(shape[0] < 8 for shape in shapes)  # examples do share rows
     assert packed.packing and packed_set.packed and not plain_set.packed
     _randomise_lora(packed.model)
@@ -162,9 +171,11 @@ def test_packing_gives_the_unpacked_per_token_loss(
 
     # The test has teeth: letting packed rows see each other changes the loss.
     leaky = _per_token_loss(
-        packed, packed_set, batch_size=8,
+        packed,
+        packed_set,
+        batch_size=8,
         position_ids=lambda b: torch.arange(b["input_ids"].shape[1]).repeat(len(b["input_ids"]), 1),
-    )  # fmt: skip
+    )
     assert abs(leaky - plain_loss) > max(2e-5, 100 * error)
 
 
@@ -185,8 +196,9 @@ def test_loss_never_builds_full_fp32_logits(assets: dict[str, Path], tmp_path: P
     # Answer-only loss: the head runs on the positions that have a target, not all of them.
     assert shapes and shapes[0][0] * shapes[0][1] * vocab < n * length * vocab / 2, shapes
     with torch.no_grad():
-        full = backend.model(input_ids=batch["input_ids"],
-                             attention_mask=batch["attention_mask"]).logits  # fmt: skip
+        full = backend.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
     labels = batch["labels"][:, 1:]
     mask = labels != -100
     expected = torch.nn.functional.cross_entropy(full[:, :-1][mask], labels[mask], reduction="sum")

@@ -27,8 +27,12 @@ def adapter(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
 
     base = AutoModelForCausalLM.from_pretrained(assets["model"], dtype=torch.float32)
     torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])  # fmt: skip
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        init_lora_weights=False,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     folder = tmp_path_factory.mktemp("gguf-adapter") / "adapter"
     get_peft_model(base, config).save_pretrained(str(folder))
     return folder
@@ -38,8 +42,9 @@ def adapter(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
 def q8_gguf(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lorakit_llm.testing import write_gguf
 
-    return write_gguf(assets["model"], tmp_path_factory.mktemp("q8") / "tiny-llama.q8_0.gguf",
-                      dtype="q8_0")  # fmt: skip
+    return write_gguf(
+        assets["model"], tmp_path_factory.mktemp("q8") / "tiny-llama.q8_0.gguf", dtype="q8_0"
+    )
 
 
 @pytest.mark.parametrize("kind", ["f32", "q8_0"])
@@ -52,8 +57,17 @@ def test_merge_on_a_gguf_base_writes_a_plain_model_with_the_peft_logits(
     gguf = assets["gguf"] if kind == "f32" else q8_gguf
     out = tmp_path / "merged"
     capfd.readouterr()
-    code = cli("merge", "--base", str(gguf), "--adapter", str(adapter), "-o", str(out),
-               "--dtype", "float32")  # fmt: skip
+    code = cli(
+        "merge",
+        "--base",
+        str(gguf),
+        "--adapter",
+        str(adapter),
+        "-o",
+        str(out),
+        "--dtype",
+        "float32",
+    )
     err = capfd.readouterr().err
     assert code == 0, err
     assert f"reading GGUF {gguf.name} (21 tensors, dequantizing to float32)" in err
@@ -65,8 +79,9 @@ def test_merge_on_a_gguf_base_writes_a_plain_model_with_the_peft_logits(
     assert json.loads((out / "lorakit.json").read_text())["base_gguf_file"] == gguf.name
 
     ids = probe_ids(assets["model"])
-    base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                dtype=torch.float32)  # fmt: skip
+    base = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         plain = base(input_ids=ids).logits
@@ -85,11 +100,16 @@ def _rows(n: int, folder: Path) -> Path:
 
 def _plan_config(base: Path, data: Path, out: Path, max_seq_len: int = 2048) -> Any:
     return load_config(
-        data={"task_type": "text-generation", "base_model": str(base),
-              "train_data_dir": str(data), "output_dir": str(out), "batch_size": 4,
-              "llm": {"max_seq_len": max_seq_len}},
+        data={
+            "task_type": "text-generation",
+            "base_model": str(base),
+            "train_data_dir": str(data),
+            "output_dir": str(out),
+            "batch_size": 4,
+            "llm": {"max_seq_len": max_seq_len},
+        },
         check_paths=False,
-    )  # fmt: skip
+    )
 
 
 def test_plan_reads_the_tokenizer_inside_the_gguf(
@@ -106,8 +126,10 @@ def test_plan_reads_the_tokenizer_inside_the_gguf(
     lengths = []
     for line in data.read_text().splitlines():
         row = json.loads(line)
-        messages = [{"role": "user", "content": row["question"]},
-                    {"role": "assistant", "content": row["answer"]}]  # fmt: skip
+        messages = [
+            {"role": "user", "content": row["question"]},
+            {"role": "assistant", "content": row["answer"]},
+        ]
         ids = tokenizer.apply_chat_template(messages, tokenize=True)
         lengths.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
     assert plan.model.resolution == max(lengths) < 100
@@ -143,8 +165,12 @@ def test_inspect_a_gguf_adapter_and_a_run_folder(
     from lorakit.diagnostics.inspect import inspect_path
 
     target = tmp_path / "x-lora.gguf"
-    assert cli("export", str(adapter), "--to", "gguf", "--base", str(assets["gguf"]),
-               "-o", str(target)) == 0  # fmt: skip
+    assert (
+        cli(
+            "export", str(adapter), "--to", "gguf", "--base", str(assets["gguf"]), "-o", str(target)
+        )
+        == 0
+    )
     reader = gguf.GGUFReader(str(target))
     pairs = [t for t in reader.tensors if t.name.endswith(".lora_a")]
     report = inspect_path(target)
@@ -161,8 +187,13 @@ def test_inspect_a_gguf_adapter_and_a_run_folder(
     (run / "adapter").mkdir()
     for file in adapter.iterdir():
         (run / "adapter" / file.name).write_bytes(file.read_bytes())
-    record = {"lorakit": "0.1.0", "backend": "llm", "status": "finished", "steps": 3,
-              "final_loss": 1.25}  # fmt: skip
+    record = {
+        "lorakit": "0.1.0",
+        "backend": "llm",
+        "status": "finished",
+        "steps": 3,
+        "final_loss": 1.25,
+    }
     (run / "run.json").write_text(json.dumps(record))
     report = inspect_path(run)
     assert report.format.startswith("lorakit run folder (llm): PEFT adapter (LORA")

@@ -19,8 +19,13 @@ def lora_run(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     from lorakit.engine import train
 
     out = tmp_path_factory.mktemp("gguf-export") / "qkvo"
-    data = llm_config(assets, out, max_steps=3, lora_alpha=12,
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])  # fmt: skip
+    data = llm_config(
+        assets,
+        out,
+        max_steps=3,
+        lora_alpha=12,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     return train(load_config(data=data), progress=False).output_dir
 
 
@@ -40,8 +45,10 @@ def test_export_writes_a_llama_cpp_lora_that_maps_onto_the_base(
     from safetensors.numpy import load_file
 
     target = tmp_path / "qkvo-lora.gguf"
-    assert cli("export", lora_run / "adapter", "--to", "gguf", "--base", assets["gguf"],
-               "-o", target) == 0  # fmt: skip
+    assert (
+        cli("export", lora_run / "adapter", "--to", "gguf", "--base", assets["gguf"], "-o", target)
+        == 0
+    )
     reader = gguf.GGUFReader(str(target))
     fields = _fields(reader)
     assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
@@ -64,13 +71,29 @@ def test_export_writes_a_llama_cpp_lora_that_maps_onto_the_base(
     # Applying it as llama.cpp does (W + alpha/r · B·A, on the base GGUF's q/k row order)
     # gives the merged model's weights in that order: the permutation is right.
     merged = tmp_path / "merged"
-    assert cli("merge", "--base", assets["model"], "--adapter", lora_run, "-o", merged,
-               "--dtype", "float32") == 0  # fmt: skip
+    assert (
+        cli(
+            "merge",
+            "--base",
+            assets["model"],
+            "--adapter",
+            lora_run,
+            "-o",
+            merged,
+            "--dtype",
+            "float32",
+        )
+        == 0
+    )
     from lorakit_llm.testing import _permute_heads
 
     weights = load_file(str(merged / "model.safetensors"))
-    names = {"attn_q": ("q_proj", 4), "attn_k": ("k_proj", 2), "attn_v": ("v_proj", 0),
-             "attn_output": ("o_proj", 0)}  # fmt: skip
+    names = {
+        "attn_q": ("q_proj", 4),
+        "attn_k": ("k_proj", 2),
+        "attn_v": ("v_proj", 0),
+        "attn_output": ("o_proj", 0),
+    }
     for layer in range(2):
         for short, (module, heads) in names.items():
             stem = f"blk.{layer}.{short}.weight"
@@ -90,13 +113,18 @@ def test_export_finds_the_base_of_a_gguf_run_and_refuses_what_llama_cpp_cannot_a
     from lorakit.config import load_config
     from lorakit.engine import train
 
-    run = train(load_config(data=llm_config(assets, tmp_path / "g", max_steps=1,
-                                            base_model=str(assets["gguf"]))),
-                progress=False).output_dir  # fmt: skip
+    run = train(
+        load_config(
+            data=llm_config(assets, tmp_path / "g", max_steps=1, base_model=str(assets["gguf"]))
+        ),
+        progress=False,
+    ).output_dir
     assert cli("export", run, "--to", "gguf") == 0  # base from adapter_config + lorakit.json
     assert (run / "g-lora.gguf").is_file()
-    dora = train(load_config(data=llm_config(assets, tmp_path / "d", max_steps=1,
-                                             llm={"use_dora": True})), progress=False).output_dir  # fmt: skip
+    dora = train(
+        load_config(data=llm_config(assets, tmp_path / "d", max_steps=1, llm={"use_dora": True})),
+        progress=False,
+    ).output_dir
     capsys.readouterr()
     assert cli("export", dora, "--to", "gguf") == 2
     err = capsys.readouterr().err.strip()
@@ -126,8 +154,9 @@ def test_llama_cpp_applies_the_exported_lora(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(assets["model"]),
-                                     lora_run / "adapter")  # fmt: skip
+    peft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(assets["model"]), lora_run / "adapter"
+    )
     with torch.no_grad():
         expected = peft(input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
     assert np.abs(tuned - expected).max() < 1e-2

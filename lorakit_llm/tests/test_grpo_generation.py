@@ -19,8 +19,9 @@ class _Scripted(torch.nn.Module):
         self.calls: list[dict[str, Any]] = []
         self.generation_config = None
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 generation_config: Any) -> torch.Tensor:  # fmt: skip
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config: Any
+    ) -> torch.Tensor:
         self.calls.append({"ids": input_ids, "mask": attention_mask, "config": generation_config})
         width = max(len(c) for c in self.continuations)
         pad = generation_config.pad_token_id
@@ -39,19 +40,24 @@ def test_sampling_stops_on_the_templates_end_of_turn() -> None:
     lima = tokenizer("Lima.", add_special_tokens=False)["input_ids"]
     oslo = tokenizer("Oslo", add_special_tokens=False)["input_ids"]
     prompts = [
-        tokenizer(prompt_text(tokenizer, [{"role": "user", "content": q}], template),
-                  add_special_tokens=False)["input_ids"]
+        tokenizer(
+            prompt_text(tokenizer, [{"role": "user", "content": q}], template),
+            add_special_tokens=False,
+        )["input_ids"]
         for q in ("Capital of Peru?", "And of Norway, please?")
-    ]  # fmt: skip
+    ]
     assert len(prompts[0]) != len(prompts[1])
-    model = _Scripted([
-        [*lima, im_end, oslo[0]],  # chatml's end of turn: the rest is not the answer
-        [*lima, eos],
-        [*oslo, *oslo],  # no stop token within max_completion_length
-        [im_end],  # an empty answer
-    ])  # fmt: skip
-    sampling = Sampling(num_generations=2, max_completion_length=8, temperature=0.7, top_p=0.9,
-                        top_k=5)  # fmt: skip
+    model = _Scripted(
+        [
+            [*lima, im_end, oslo[0]],  # chatml's end of turn: the rest is not the answer
+            [*lima, eos],
+            [*oslo, *oslo],  # no stop token within max_completion_length
+            [im_end],  # an empty answer
+        ]
+    )
+    sampling = Sampling(
+        num_generations=2, max_completion_length=8, temperature=0.7, top_p=0.9, top_k=5
+    )
     out = sample_completions(model, tokenizer, prompts, template, sampling)
     (call,) = model.calls  # one call for both prompts' groups
     config = call["config"]
@@ -86,8 +92,13 @@ def test_a_real_chatml_model_is_cut_at_im_end(tmp_path: Any) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     torch.manual_seed(0)
-    out = sample_completions(model, tokenizer, [ids], tokenizer.chat_template,
-                             Sampling(num_generations=3, max_completion_length=12, top_k=1))  # fmt: skip
+    out = sample_completions(
+        model,
+        tokenizer,
+        [ids],
+        tokenizer.chat_template,
+        Sampling(num_generations=3, max_completion_length=12, top_k=1),
+    )
     assert out.texts == ["Paris."] * 3
     assert out.completion_mask.sum(dim=1).tolist() == [len(paris) + 1] * 3  # + <|im_end|>
     assert not out.truncated.any()

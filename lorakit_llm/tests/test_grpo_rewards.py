@@ -33,8 +33,9 @@ def test_answer_match_exact_last_number_and_tag() -> None:
     number = _reward("answer_match", mode="number")
     assert number([""] * 3, ["Lima", "so 3 then 1,200", "42.0 apples"], rows) == [0.0, 1.0, 1.0]
     tag = _reward("answer_match", mode="tag", field="answer")
-    got = tag([""] * 3, ["<answer>Lima</answer>", "<answer>1</answer><answer>1,200</answer>",
-                         "42"], rows)  # fmt: skip
+    got = tag(
+        [""] * 3, ["<answer>Lima</answer>", "<answer>1</answer><answer>1,200</answer>", "42"], rows
+    )
     assert got == [1.0, 1.0, 0.0]
     with pytest.raises(UsageError, match="mode"):
         _reward("answer_match", mode="fuzzy")
@@ -92,8 +93,9 @@ def test_load_rewards_names_the_key_of_each_mistake() -> None:
         load_rewards(registry, ["length"], options={"regex": {"pattern": "a"}})
     with pytest.raises(UsageError, match="at least one reward"):
         load_rewards(registry, [])
-    rewards = load_rewards(registry, ["length", "think_format"], [0.5, 2.0],
-                           {"length": {"target": 2}})  # fmt: skip
+    rewards = load_rewards(
+        registry, ["length", "think_format"], [0.5, 2.0], {"length": {"target": 2}}
+    )
     per = rewards.score(["p"], ["<think>x</think> y"], [{}], ["f:1"])
     assert per == [[0.0], [1.0]] and rewards.total(per) == [2.0]
 
@@ -105,14 +107,18 @@ def _one(values: Any) -> Any:
 @pytest.mark.parametrize(
     ("function", "message"),
     [
-        (_one(lambda c, r: [1.0 / len(x) for x in c]),
-         "reward 'bad' failed on row data.jsonl:2: ZeroDivisionError: float division by zero"),
+        (
+            _one(lambda c, r: [1.0 / len(x) for x in c]),
+            "reward 'bad' failed on row data.jsonl:2: ZeroDivisionError: float division by zero",
+        ),
         (_one(lambda c, r: [1.0]), "reward 'bad' returned 1 values for 2 completions"),
-        (_one(lambda c, r: [1.0, math.nan]),
-         "reward 'bad' returned nan, not a finite number, on row data.jsonl:2"),
+        (
+            _one(lambda c, r: [1.0, math.nan]),
+            "reward 'bad' returned nan, not a finite number, on row data.jsonl:2",
+        ),
         (_one(lambda c, r: [1.0, "1"]), "reward 'bad' returned '1', not a finite number"),
     ],
-)  # fmt: skip
+)
 def test_a_broken_reward_is_one_line_naming_it_and_the_row(function: Any, message: str) -> None:
     from lorakit_llm.grpo.rewards import Rewards
 
@@ -131,8 +137,13 @@ def test_a_plugin_registers_a_reward_through_the_hook() -> None:
     class Plugin:
         @hookimpl
         def register_rewards(self, register: Any) -> None:
-            register(RewardSpec("shouty", lambda: lambda p, c, r: [float(x.isupper()) for x in c],
-                                "1 for upper-case completions"))  # fmt: skip
+            register(
+                RewardSpec(
+                    "shouty",
+                    lambda: lambda p, c, r: [float(x.isupper()) for x in c],
+                    "1 for upper-case completions",
+                )
+            )
 
     plugins = build_plugins(
         entry_points=False, extra=[("llm", lorakit_llm.plugin), ("shouty-dist", Plugin())]

@@ -26,8 +26,14 @@ def _rows() -> list[dict[str, Any]]:
 
 
 def _config(assets: dict[str, Path], out: Path, data: Path, **keys: Any) -> dict[str, Any]:
-    llm = {"method": "grpo", "rewards": ["regex"], "reward_options": FORMAT,
-           "num_generations": 8, "max_completion_length": 3, **keys.pop("llm", {})}  # fmt: skip
+    llm = {
+        "method": "grpo",
+        "rewards": ["regex"],
+        "reward_options": FORMAT,
+        "num_generations": 8,
+        "max_completion_length": 3,
+        **keys.pop("llm", {}),
+    }
     config = llm_config({**assets, "qa": data}, out, llm=llm, **keys)
     config.update(train_data_dir=str(data), lora_dropout=0.0, target_modules=["all-linear"])
     return {"learning_rate": 1e-2, "max_steps": 40, "logging_steps": 5, **config, **keys}
@@ -58,10 +64,20 @@ def test_a_format_rewards_mean_rises(grpo_run: dict[str, Any]) -> None:
     rewards = [m["rewards/regex/mean"] for m in logged]
     assert len(rewards) == 8
     assert rewards[-1] > rewards[0] + 0.2 and max(rewards[-3:]) > 0.6, rewards
-    names = {"reward", "reward_std", "frac_reward_zero_std", "rewards/regex/mean",
-             "rewards/regex/std", "completions/mean_length", "completions/min_length",
-             "completions/max_length", "completions/clipped_ratio", "clip_ratio/low_mean",
-             "clip_ratio/high_mean", "clip_ratio/region_mean"}  # fmt: skip
+    names = {
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "rewards/regex/mean",
+        "rewards/regex/std",
+        "completions/mean_length",
+        "completions/min_length",
+        "completions/max_length",
+        "completions/clipped_ratio",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+    }
     assert names <= logged[0].keys()
     assert "kl" not in logged[0]  # beta 0: no reference pass, no KL
     assert all(1 <= m["completions/mean_length"] <= 3 for m in logged)
@@ -91,10 +107,12 @@ def _format_rate(model: Any, tokenizer: Any, seed: int = 0) -> float:
 
     template = tokenizer.chat_template
     prompts = [
-        tokenizer(prompt_text(tokenizer, [{"role": "user", "content": r["prompt"]}], template),
-                  add_special_tokens=False)["input_ids"]
+        tokenizer(
+            prompt_text(tokenizer, [{"role": "user", "content": r["prompt"]}], template),
+            add_special_tokens=False,
+        )["input_ids"]
         for r in _rows()
-    ]  # fmt: skip
+    ]
     torch.manual_seed(seed)
     generated = sample_completions(model, tokenizer, prompts, template, Sampling(16, 3))
     import re
@@ -128,8 +146,13 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(
     from safetensors.torch import load_file
 
     data = write_jsonl(tmp_path / "prompts.jsonl", _rows())
-    keys = {"max_steps": 6, "save_steps": 2, "logging_steps": 1, "batch_size": 2,
-            "llm": {"beta": 0.05, "num_iterations": iterations}}  # fmt: skip
+    keys = {
+        "max_steps": 6,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "batch_size": 2,
+        "llm": {"beta": 0.05, "num_iterations": iterations},
+    }
     full, part = tmp_path / "full", tmp_path / "part"
     config = _config(assets, full, data, **keys)
     assert cli("train", "--config", _write(tmp_path / "a.yaml", config)) == 0
@@ -153,8 +176,15 @@ def test_eval_split_logs_the_mean_reward_of_held_out_prompts(
 
     data = write_jsonl(tmp_path / "prompts.jsonl", _rows())
     out = tmp_path / "out"
-    config = _config(assets, out, data, max_steps=4, logging_steps=1, batch_size=2,
-                     llm={"eval_split": 0.25, "eval_steps": 2})  # fmt: skip
+    config = _config(
+        assets,
+        out,
+        data,
+        max_steps=4,
+        logging_steps=1,
+        batch_size=2,
+        llm={"eval_split": 0.25, "eval_steps": 2},
+    )
     assert cli("train", "--config", _write(tmp_path / "e.yaml", config)) == 0
     evals = [m for m in _metrics(out) if "eval_reward" in m]
     assert [m["step"] for m in evals] == [2, 4]
@@ -163,8 +193,11 @@ def test_eval_split_logs_the_mean_reward_of_held_out_prompts(
         assert 0.0 <= m["eval_reward"] <= 1.0 and 1 <= m["eval_completions/mean_length"] <= 3
     _, held = split_rows(len(COUNTRIES), 0.25, 0)
     assert len(held) == 2
-    trained_on = {json.loads(x)["source"] for p in (out / "samples").iterdir()
-                  for x in p.read_text().splitlines()}  # fmt: skip
+    trained_on = {
+        json.loads(x)["source"]
+        for p in (out / "samples").iterdir()
+        for x in p.read_text().splitlines()
+    }
     assert len(trained_on) >= 4 and not trained_on & {f"{data}:{r + 1}" for r in held}
 
 
@@ -201,8 +234,10 @@ def test_grpo_refusals_are_one_line(
     assert "vLLM generation needs CUDA" in train("vllm", llm={"use_vllm": True})
     line = train("typo", llm={"rewards": ["regexp"]})
     assert "llm.rewards" in line and "unknown reward 'regexp' (did you mean 'regex'?)" in line
-    config = _write(tmp_path / "v.yaml", _config(assets, tmp_path / "v", data,
-                                                 llm={"rewards": ["length", "regexp"]}))  # fmt: skip
+    config = _write(
+        tmp_path / "v.yaml",
+        _config(assets, tmp_path / "v", data, llm={"rewards": ["length", "regexp"]}),
+    )
     code, out, err = run_cli(capsys, "config", "validate", config)
     line_of = config.read_text().splitlines().index("  rewards:") + 1
     assert code == 2 and f"{config}:{line_of}: llm.rewards: unknown reward 'regexp'" in err
@@ -235,11 +270,19 @@ def test_a_broken_plugin_reward_stops_the_run_naming_it_and_the_row(
 
     rows = _rows()
     data = write_jsonl(tmp_path / "prompts.jsonl", rows)
-    config = _config(assets, tmp_path / "out", data, batch_size=8, llm={"rewards": ["strict"],
-                     "reward_options": {}})  # fmt: skip
+    config = _config(
+        assets,
+        tmp_path / "out",
+        data,
+        batch_size=8,
+        llm={"rewards": ["strict"], "reward_options": {}},
+    )
     previous = get_plugins()
-    set_plugins(build_plugins(entry_points=False, extra=[("llm", lorakit_llm.plugin),
-                                                         ("strict-reward", Plugin())]))  # fmt: skip
+    set_plugins(
+        build_plugins(
+            entry_points=False, extra=[("llm", lorakit_llm.plugin), ("strict-reward", Plugin())]
+        )
+    )
     try:
         code, out, err = run_cli(capsys, "train", "--config", _write(tmp_path / "s.yaml", config))
     finally:
@@ -262,13 +305,19 @@ def test_the_grpo_template_trains_on_the_tiny_model(
     config = yaml.safe_load(path.read_text())
     assert config["llm"]["method"] == "grpo"
     assert config["llm"]["rewards"] == ["answer_match", "think_format"]
-    rows = [{"prompt": f"Capital of {c}? Answer in <answer></answer>.", "answer": c}
-            for c in COUNTRIES]  # fmt: skip
+    rows = [
+        {"prompt": f"Capital of {c}? Answer in <answer></answer>.", "answer": c} for c in COUNTRIES
+    ]
     config.update(
-        base_model=str(assets["model"]), output_dir=str(tmp_path / "out"),
-        train_data_dir=str(write_jsonl(tmp_path / "q.jsonl", rows)), mixed_precision="no",
-        max_steps=2, gradient_accumulation_steps=2, lora_rank=4, lora_alpha=8,
-    )  # fmt: skip
+        base_model=str(assets["model"]),
+        output_dir=str(tmp_path / "out"),
+        train_data_dir=str(write_jsonl(tmp_path / "q.jsonl", rows)),
+        mixed_precision="no",
+        max_steps=2,
+        gradient_accumulation_steps=2,
+        lora_rank=4,
+        lora_alpha=8,
+    )
     config["llm"].update(num_generations=2, max_completion_length=4, max_seq_len=128)
     path.write_text(yaml.safe_dump(config))
     code, out, err = run_cli(capsys, "train", "--config", path)
@@ -292,10 +341,16 @@ def test_plan_counts_every_completion_of_a_micro_batch(
 
     tokenizer = AutoTokenizer.from_pretrained(assets["model"])
     longest = max(
-        len(tokenizer(prompt_text(tokenizer, [{"role": "user", "content": r["prompt"]}],
-                                  tokenizer.chat_template), add_special_tokens=False)["input_ids"])
+        len(
+            tokenizer(
+                prompt_text(
+                    tokenizer, [{"role": "user", "content": r["prompt"]}], tokenizer.chat_template
+                ),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
         for r in _rows()
-    )  # fmt: skip
+    )
     text = " ".join(out.split())
     assert "4 prompts × 8 completions + a reference pass" in text
     seq = longest + 3  # the longest prompt and max_completion_length
@@ -317,13 +372,24 @@ def test_two_processes_train_grpo(assets: dict[str, Path], tmp_path: Path) -> No
 
     data = write_jsonl(tmp_path / "prompts.jsonl", _rows())
     out = tmp_path / "two"
-    config = _config(assets, out, data, max_steps=2, logging_steps=1, batch_size=2,
-                     llm={"beta": 0.05})  # fmt: skip
+    config = _config(
+        assets, out, data, max_steps=2, logging_steps=1, batch_size=2, llm={"beta": 0.05}
+    )
     two = subprocess.run(
-        [sys.executable, "-m", "lorakit.cli", "train", "--config",
-         str(_write(tmp_path / "two.yaml", config)), "--num-processes", "2"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lorakit.cli",
+            "train",
+            "--config",
+            str(_write(tmp_path / "two.yaml", config)),
+            "--num-processes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((out / "run.json").read_text())["num_processes"] == 2
     logged = _metrics(out)

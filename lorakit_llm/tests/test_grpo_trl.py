@@ -82,13 +82,17 @@ TOKENIZER_CASES = [("llama", c) for c in CASES] + [("qwen", CASES[0]), ("qwen", 
 
 
 @pytest.mark.parametrize(
-    ("kind", "case"), TOKENIZER_CASES,
+    ("kind", "case"),
+    TOKENIZER_CASES,
     ids=[f"{k}-{c[0]}-kl{'' if c[6] else '-plain'}" for k, c in TOKENIZER_CASES],
-)  # fmt: skip
+)
 def test_grpo_loss_and_gradient_match_trl(
-    assets: dict[str, Path], tmp_path: Path, kind: str, case: tuple[Any, ...],
+    assets: dict[str, Path],
+    tmp_path: Path,
+    kind: str,
+    case: tuple[Any, ...],
     request: pytest.FixtureRequest,
-) -> None:  # fmt: skip
+) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     loss_type, beta, epsilon, epsilon_high, iterations, scale, corrected = case
@@ -96,13 +100,25 @@ def test_grpo_loss_and_gradient_match_trl(
     model_dir = assets["model"] if kind == "llama" else request.getfixturevalue("qwen_like")
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
     backend, _, _ = make_backend(
-        {"model": model_dir, "qa": data}, tmp_path / "out", lora_dropout=0.0,
-        llm={"method": "grpo", "rewards": ["length"], "reward_options": {"length": {"target": 12}},
-             "num_generations": n, "max_completion_length": 6, "temperature": temperature,
-             "beta": beta, "epsilon": epsilon, "epsilon_high": epsilon_high,
-             "num_iterations": iterations, "loss_type": loss_type, "scale_rewards": scale,
-             "use_bias_correction_kl": corrected},
-    )  # fmt: skip
+        {"model": model_dir, "qa": data},
+        tmp_path / "out",
+        lora_dropout=0.0,
+        llm={
+            "method": "grpo",
+            "rewards": ["length"],
+            "reward_options": {"length": {"target": 12}},
+            "num_generations": n,
+            "max_completion_length": 6,
+            "temperature": temperature,
+            "beta": beta,
+            "epsilon": epsilon,
+            "epsilon_high": epsilon_high,
+            "num_iterations": iterations,
+            "loss_type": loss_type,
+            "scale_rewards": scale,
+            "use_bias_correction_kl": corrected,
+        },
+    )
     method, model = backend.method, backend.model
     assert ("<|im_start|>user" in method.texts[0]) == (kind == "qwen")  # chatml, no BOS
     _perturb([model], 1, 0.3)  # the policy differs from the reference (the base)
@@ -121,25 +137,43 @@ def test_grpo_loss_and_gradient_match_trl(
     ours = method.step_metrics(1, 1)
 
     args = GRPOConfig(
-        output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows) * n,
-        num_generations=n, max_completion_length=6, temperature=temperature, beta=beta,
-        epsilon=epsilon, epsilon_high=epsilon_high, num_iterations=iterations,
-        loss_type=loss_type, scale_rewards=scale, use_bias_correction_kl=corrected,
-        report_to=[], use_cpu=True,
-        gradient_checkpointing=False, dataloader_num_workers=0, logging_steps=1, bf16=False,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=len(rows) * n,
+        num_generations=n,
+        max_completion_length=6,
+        temperature=temperature,
+        beta=beta,
+        epsilon=epsilon,
+        epsilon_high=epsilon_high,
+        num_iterations=iterations,
+        loss_type=loss_type,
+        scale_rewards=scale,
+        use_bias_correction_kl=corrected,
+        report_to=[],
+        use_cpu=True,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        logging_steps=1,
+        bf16=False,
+    )
     from datasets import Dataset
 
     trainer = GRPOTrainer(
-        model=twin, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=backend.tokenizer,
-    )  # fmt: skip
+        model=twin,
+        reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=backend.tokenizer,
+    )
     g = rollout.generated
     inputs: dict[str, Any] = {
-        "prompt_ids": g.prompt_ids, "prompt_mask": g.prompt_mask,
-        "completion_ids": g.completion_ids, "completion_mask": g.completion_mask,
-        "advantages": rollout.advantages, "num_items_in_batch": g.completion_mask.sum(),
-    }  # fmt: skip
+        "prompt_ids": g.prompt_ids,
+        "prompt_mask": g.prompt_mask,
+        "completion_ids": g.completion_ids,
+        "completion_mask": g.completion_mask,
+        "advantages": rollout.advantages,
+        "num_items_in_batch": g.completion_mask.sum(),
+    }
     ids = torch.cat([g.prompt_ids, g.completion_ids], 1)
     attention = torch.cat([g.prompt_mask, g.completion_mask], 1)
     width = g.completion_ids.shape[1]
@@ -162,8 +196,12 @@ def test_grpo_loss_and_gradient_match_trl(
     logged = {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}
 
     assert float(loss.detach()) == pytest.approx(float(theirs.detach()), abs=1e-4, rel=1e-4)
-    for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
-                *(("kl",) if beta else ())):  # fmt: skip
+    for key in (
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        *(("kl",) if beta else ()),
+    ):
         assert ours[key] == pytest.approx(logged[key], abs=1e-4), key
     if iterations > 1:
         assert ours["clip_ratio/region_mean"] > 0  # the clipped branch is exercised
@@ -182,10 +220,18 @@ def test_old_logps_are_the_sampling_policy(assets: dict[str, Path], tmp_path: Pa
 
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
     backend, _, _ = make_backend(
-        {"model": assets["model"], "qa": data}, tmp_path / "out", lora_dropout=0.0,
-        llm={"method": "grpo", "rewards": ["length"], "num_generations": 2,
-             "max_completion_length": 6, "temperature": 0.5, "num_iterations": 2},
-    )  # fmt: skip
+        {"model": assets["model"], "qa": data},
+        tmp_path / "out",
+        lora_dropout=0.0,
+        llm={
+            "method": "grpo",
+            "rewards": ["length"],
+            "num_generations": 2,
+            "max_completion_length": 6,
+            "temperature": 0.5,
+            "num_iterations": 2,
+        },
+    )
     method = backend.method
     rollout = method.make_rollout([2], _completions(method, [2], 2))
     g = rollout.generated
@@ -204,11 +250,18 @@ def test_the_reference_is_the_frozen_init_adapter(
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
     log: list[str] = []
     backend, _, _ = make_backend(
-        {"model": assets["model"], "qa": data}, tmp_path / "out", log=log,
+        {"model": assets["model"], "qa": data},
+        tmp_path / "out",
+        log=log,
         init_adapter=str(trained["output"]),
-        llm={"method": "grpo", "rewards": ["length"], "num_generations": 2, "beta": 0.1,
-             "max_completion_length": 6},
-    )  # fmt: skip
+        llm={
+            "method": "grpo",
+            "rewards": ["length"],
+            "num_generations": 2,
+            "beta": 0.1,
+            "max_completion_length": 6,
+        },
+    )
     assert "KL beta 0.1 to the init_adapter kept frozen" in "\n".join(log)
     assert sorted(backend.model.peft_config) == ["default", "reference"]
     method = backend.method
@@ -220,8 +273,9 @@ def test_the_reference_is_the_frozen_init_adapter(
     from lorakit_llm.grpo.generation import completion_logps
 
     with torch.no_grad(), backend.model.disable_adapter():
-        base = completion_logps(backend.model, g.prompt_ids, g.prompt_mask, g.completion_ids,
-                                g.completion_mask)  # fmt: skip
+        base = completion_logps(
+            backend.model, g.prompt_ids, g.prompt_mask, g.completion_ids, g.completion_mask
+        )
     assert not torch.allclose(base[kept], rollout.ref_logps[kept], atol=1e-3)
     grads = [p.grad for n, p in backend.model.named_parameters() if ".reference." in n]
     assert grads and all(g is None for g in grads)  # the reference stays frozen

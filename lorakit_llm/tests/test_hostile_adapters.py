@@ -25,24 +25,34 @@ class PickleBomb:
 def adapter_folder(root: Path, model: Path, config_text: str | None = None) -> Path:
     folder = root / "adapter"
     folder.mkdir(parents=True)
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8,
-              "target_modules": ["q_proj"], "base_model_name_or_path": str(model)}  # fmt: skip
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj"],
+        "base_model_name_or_path": str(model),
+    }
     (folder / "adapter_config.json").write_text(config_text or json.dumps(config))
     return folder
 
 
 @pytest.mark.parametrize(
     "text,fragment",
-    [('{"r": 4, "lora_alpha": ', "not valid JSON"), ("[1, 2]", "not a JSON object"),
-     ('{"r": "four", "lora_alpha": 8}', "r ('four') and lora_alpha (8) must be numbers")],
-)  # fmt: skip
+    [
+        ('{"r": 4, "lora_alpha": ', "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"r": "four", "lora_alpha": 8}', "r ('four') and lora_alpha (8) must be numbers"),
+    ],
+)
 def test_export_gguf_names_a_broken_adapter_config(
     tmp_path: Path, assets: dict[str, Path], capsys: Any, text: str, fragment: str
 ) -> None:
     folder = adapter_folder(tmp_path, assets["model"], text)
     (folder / "adapter_model.safetensors").write_bytes(b"")
-    code, out, err = run_cli(capsys, "export", folder, "--to", "gguf", "--backend", "llm",
-                             "--base", assets["gguf"])  # fmt: skip
+    code, out, err = run_cli(
+        capsys, "export", folder, "--to", "gguf", "--backend", "llm", "--base", assets["gguf"]
+    )
     assert code == 2, out + err
     line = err.strip()
     assert "\n" not in line and str(folder / "adapter_config.json") in line and fragment in line
@@ -55,8 +65,20 @@ def test_sample_refuses_a_pickled_adapter(
     folder = adapter_folder(tmp_path, assets["model"])
     (folder / "adapter_model.bin").write_bytes(pickle.dumps({"payload": PickleBomb(marker)}))
     for lora in (folder, folder / "adapter_model.bin"):
-        code, out, err = run_cli(capsys, "sample", "--backend", "llm", "--base", assets["model"],
-                                 "--lora", lora, "-p", "hello", "-o", tmp_path / "s")  # fmt: skip
+        code, out, err = run_cli(
+            capsys,
+            "sample",
+            "--backend",
+            "llm",
+            "--base",
+            assets["model"],
+            "--lora",
+            lora,
+            "-p",
+            "hello",
+            "-o",
+            tmp_path / "s",
+        )
         assert code == 2, out + err
         line = err.strip()
         assert "\n" not in line and "pickle" in line and str(lora) in line, err
@@ -97,8 +119,9 @@ def test_a_base_folder_of_pickled_weights_is_refused(
     shutil.copytree(assets["model"], base)
     (base / "model.safetensors").unlink()
     (base / "pytorch_model.bin").write_bytes(pickle.dumps({"payload": PickleBomb(marker)}))
-    config = write_config(tmp_path / "run.yaml",
-                          llm_config(assets, tmp_path / "out", base_model=str(base)))  # fmt: skip
+    config = write_config(
+        tmp_path / "run.yaml", llm_config(assets, tmp_path / "out", base_model=str(base))
+    )
     code, out, err = run_cli(capsys, "train", "--config", config, "--no-progress")
     assert code == 2, out + err
     line = err.strip().splitlines()[-1]

@@ -50,8 +50,9 @@ def test_inspect_refuses_an_array_bomb(tmp_path: Path, item_type: int) -> None:
 def test_training_refuses_an_array_bomb(tmp_path: Path, assets: dict[str, Path]) -> None:
     """The base model itself is the bomb: refused before transformers' GGUF reader."""
     bomb = array_bomb(tmp_path / "model.gguf", item_type=0)
-    config = write_config(tmp_path / "run.yaml", llm_config(assets, tmp_path / "out",
-                                                            base_model=str(bomb)))  # fmt: skip
+    config = write_config(
+        tmp_path / "run.yaml", llm_config(assets, tmp_path / "out", base_model=str(bomb))
+    )
     done = run_capped(["train", "--config", config, "--no-progress"], memory_gb=3, timeout=180)
     one_line_error(done, str(bomb), "not a valid GGUF file")
     assert not (tmp_path / "out").exists()
@@ -62,10 +63,13 @@ def test_a_gguf_base_with_missing_tensors_is_refused(
 ) -> None:
     from lorakit_llm.testing import write_gguf
 
-    damaged = write_gguf(assets["model"], tmp_path / "base" / "damaged.gguf",
-                         drop=("model.layers.1.mlp.",))  # fmt: skip
-    config = write_config(tmp_path / "run.yaml", llm_config(assets, tmp_path / "out",
-                                                            base_model=str(damaged), max_steps=2))  # fmt: skip
+    damaged = write_gguf(
+        assets["model"], tmp_path / "base" / "damaged.gguf", drop=("model.layers.1.mlp.",)
+    )
+    config = write_config(
+        tmp_path / "run.yaml",
+        llm_config(assets, tmp_path / "out", base_model=str(damaged), max_steps=2),
+    )
     code, out, err = run_cli(capsys, "train", "--config", config, "--no-progress")
     assert code == 2, out + err
     line = err.strip().splitlines()[-1]

@@ -75,8 +75,13 @@ def test_lora_options_reach_peft(assets: dict[str, Path], tmp_path: Path) -> Non
     config = load_config(data=llm_config(assets, tmp_path / "o", llm={}))
     default = lora_config(config, config.section)
     assert default.target_modules == {"q_proj", "v_proj"} and default.task_type == "CAUSAL_LM"
-    data = llm_config(assets, tmp_path / "o", target_modules="all-linear", lora_dropout=0.1,
-                      llm={"use_rslora": True, "use_dora": True, "modules_to_save": "lm_head"})  # fmt: skip
+    data = llm_config(
+        assets,
+        tmp_path / "o",
+        target_modules="all-linear",
+        lora_dropout=0.1,
+        llm={"use_rslora": True, "use_dora": True, "modules_to_save": "lm_head"},
+    )
     config = load_config(data=data)
     options = lora_config(config, config.section)
     assert options.target_modules == "all-linear" and options.lora_dropout == 0.1
@@ -121,8 +126,10 @@ def test_gguf_asset_loads_like_the_folder(assets: dict[str, Path], tmp_path: Pat
     assert gguf_tok.chat_template == folder_tok.chat_template
     with torch.no_grad():
         assert torch.equal(gguf(ids).logits, folder(ids).logits)
-        half, _ = load_base(str(write_gguf(assets["model"], tmp_path / "m.f16.gguf", dtype="f16")),
-                            dtype=torch.float32)  # fmt: skip
+        half, _ = load_base(
+            str(write_gguf(assets["model"], tmp_path / "m.f16.gguf", dtype="f16")),
+            dtype=torch.float32,
+        )
         assert (half(ids).logits - folder(ids).logits).abs().max() < 5e-3
     assert file_magic(assets["gguf"]) == "gguf" and file_magic(assets["ggml"]) == "ggjt"
 
@@ -178,28 +185,78 @@ def test_every_command_loads_the_base_through_the_loader_hook(
     class Vault:
         @hookimpl
         def register_model_loaders(self, register: Any) -> None:
-            register(ModelLoaderSpec("vault", "llm", detect=lambda s: s.startswith("vault/"),
-                                     load=load, description="models from a vault"))  # fmt: skip
+            register(
+                ModelLoaderSpec(
+                    "vault",
+                    "llm",
+                    detect=lambda s: s.startswith("vault/"),
+                    load=load,
+                    description="models from a vault",
+                )
+            )
 
     llm_plugins.add(Vault(), name="vault", distribution="lorakit-vault", version="1.0")
     try:
-        result = train(load_config(data=llm_config(assets, tmp_path / "run", max_steps=2,
-                                                   base_model="vault/tiny")), progress=False)  # fmt: skip
+        result = train(
+            load_config(
+                data=llm_config(assets, tmp_path / "run", max_steps=2, base_model="vault/tiny")
+            ),
+            progress=False,
+        )
         assert [c[0] for c in calls] == ["vault/tiny", "vault/tiny"]  # check, then load
         adapter = result.output_dir / "adapter"
-        assert cli("sample", "--base", "vault/tiny", "--adapter", adapter, "-p", "Hi",
-                   "-o", tmp_path / "s", "--steps", "2") == 0  # fmt: skip
-        assert cli("chat", "--base", "vault/tiny", "--adapter", adapter, "--prompt", "Hi",
-                   "--max-new-tokens", "2") == 0  # fmt: skip
+        assert (
+            cli(
+                "sample",
+                "--base",
+                "vault/tiny",
+                "--adapter",
+                adapter,
+                "-p",
+                "Hi",
+                "-o",
+                tmp_path / "s",
+                "--steps",
+                "2",
+            )
+            == 0
+        )
+        assert (
+            cli(
+                "chat",
+                "--base",
+                "vault/tiny",
+                "--adapter",
+                adapter,
+                "--prompt",
+                "Hi",
+                "--max-new-tokens",
+                "2",
+            )
+            == 0
+        )
         calls.clear()
-        assert cli("merge", "--base", "vault/tiny", "--adapter", adapter, "-o", tmp_path / "m",
-                   "--dtype", "bfloat16") == 0  # fmt: skip
+        assert (
+            cli(
+                "merge",
+                "--base",
+                "vault/tiny",
+                "--adapter",
+                adapter,
+                "-o",
+                tmp_path / "m",
+                "--dtype",
+                "bfloat16",
+            )
+            == 0
+        )
         assert calls == [("vault/tiny", torch.bfloat16)]
         with safe_open(str(tmp_path / "m" / "model.safetensors"), framework="pt") as handle:
             assert {handle.get_tensor(k).dtype for k in handle.keys()}  # noqa: SIM118 == {torch.bfloat16}
         # A loader named in the config wins over detection.
-        config = load_config(data=llm_config(assets, tmp_path / "r2", max_steps=1,
-                                             model_loader="vault"))  # fmt: skip
+        config = load_config(
+            data=llm_config(assets, tmp_path / "r2", max_steps=1, model_loader="vault")
+        )
         calls.clear()
         train(config, progress=False)
         assert calls and calls[0][0] == str(assets["model"])

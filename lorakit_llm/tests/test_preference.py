@@ -69,13 +69,21 @@ def test_both_trl_forms_in_jsonl_json_and_csv_read_alike(tmp_path: Path) -> None
     [
         ({"prompt": "q", "chosen": "a"}, "missing key 'rejected'"),
         ({"prompt": 3, "chosen": "a", "rejected": "b"}, "'prompt' must be a string or"),
-        ({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
-         "'chosen' must be an assistant message"),
-        ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}],
-          "chosen": "a", "rejected": "b"}, "the prompt ends with an assistant message"),
+        (
+            {"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
+            "'chosen' must be an assistant message",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}],
+                "chosen": "a",
+                "rejected": "b",
+            },
+            "the prompt ends with an assistant message",
+        ),
         ({"prompt": "q", "chosen": " ", "rejected": "b"}, "must not be empty"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_row_is_one_line_naming_file_and_row(
     tmp_path: Path, row: dict[str, Any], message: str
 ) -> None:
@@ -110,21 +118,28 @@ def test_masks_cover_exactly_the_answer_and_its_stop_token(shape: str) -> None:
     template = tokenizer.chat_template if shape == "qwen" else LLAMA2
     stop = "<|im_end|>" if shape == "qwen" else tokenizer.eos_token
     records = [
-        {"kind": "preference", "source": "x:1", "chosen": "500 mg every 6 h.",
-         "rejected": "It depends on many things.",
-         "prompt": [{"role": "user", "content": "Dose of paracetamol?"}]},
-    ]  # fmt: skip
+        {
+            "kind": "preference",
+            "source": "x:1",
+            "chosen": "500 mg every 6 h.",
+            "rejected": "It depends on many things.",
+            "prompt": [{"role": "user", "content": "Dose of paracetamol?"}],
+        },
+    ]
     data = tokenize_pairs(records, tokenizer, template, max_seq_len=256)
     for side in ("chosen", "rejected"):
         ids, labels = (t.tolist() for t in getattr(data, side).row(0))
         prompt = tokenizer.apply_chat_template(
-            records[0]["prompt"], chat_template=template, tokenize=False,
+            records[0]["prompt"],
+            chat_template=template,
+            tokenize=False,
             add_generation_prompt=True,
-        )  # fmt: skip
+        )
         full = tokenizer.apply_chat_template(
             [*records[0]["prompt"], {"role": "assistant", "content": records[0][side]}],
-            chat_template=template, tokenize=False,
-        )  # fmt: skip
+            chat_template=template,
+            tokenize=False,
+        )
         answer = full[len(prompt) : full.index(stop, len(prompt)) + len(stop)]
         assert records[0][side] in answer  # what the template adds after the prompt
         targets = [t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]
@@ -154,10 +169,17 @@ def dpo_run(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     data = write_jsonl(root / "data" / "p.jsonl", preference_rows(12))
     out = root / "run"
     result = _run(
-        assets, out, data, {"method": "dpo", "beta": 0.1, "eval_split": 0.25, "eval_steps": 6},
-        batch_size=3, max_steps=12, learning_rate=5e-3, trackers=["jsonl", "tensorboard"],
-        lora_dropout=0.0, target_modules=["all-linear"],
-    )  # fmt: skip
+        assets,
+        out,
+        data,
+        {"method": "dpo", "beta": 0.1, "eval_split": 0.25, "eval_steps": 6},
+        batch_size=3,
+        max_steps=12,
+        learning_rate=5e-3,
+        trackers=["jsonl", "tensorboard"],
+        lora_dropout=0.0,
+        target_modules=["all-linear"],
+    )
     return {"root": root, "data": data, "out": out, "result": result}
 
 
@@ -167,8 +189,14 @@ def test_dpo_starts_at_log_2_and_logs_trl_metrics(dpo_run: dict[str, Any]) -> No
     assert first["step"] == 1
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)  # reference = the base
     assert first["rewards/chosen"] == first["rewards/rejected"] == first["rewards/margins"] == 0
-    names = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-             "logps/chosen", "logps/rejected")  # fmt: skip
+    names = (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    )
     assert all(name in row for row in rows for name in names)
     assert rows[-1]["rewards/margins"] > 0 and rows[-1]["loss"] < math.log(2)
     evals = [row for row in rows if "eval_rewards/accuracies" in row]
@@ -201,11 +229,15 @@ def test_held_out_margin_rises(assets: dict[str, Path], dpo_run: dict[str, Any])
             scores = []
             for answer in (good, preference_rows(1)[0]["rejected"]):
                 messages = [{"role": "user", "content": prompt}]
-                text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                                     add_generation_prompt=True)  # fmt: skip
+                text = tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
                 start = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-                ids = tokenizer(text + answer + tokenizer.eos_token, add_special_tokens=False,
-                                return_tensors="pt")["input_ids"]  # fmt: skip
+                ids = tokenizer(
+                    text + answer + tokenizer.eos_token,
+                    add_special_tokens=False,
+                    return_tensors="pt",
+                )["input_ids"]
                 with torch.no_grad():
                     logps = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
                 picked = logps.gather(1, ids[0, 1:, None])[start - 1 :, 0]
@@ -224,8 +256,13 @@ def test_resume_is_exact(assets: dict[str, Path], dpo_run: dict[str, Any]) -> No
     from safetensors.torch import load_file
 
     out = dpo_run["root"] / "resumed"
-    keys = {"batch_size": 3, "learning_rate": 5e-3, "lora_dropout": 0.0,
-            "target_modules": ["all-linear"], "save_steps": 6}  # fmt: skip
+    keys = {
+        "batch_size": 3,
+        "learning_rate": 5e-3,
+        "lora_dropout": 0.0,
+        "target_modules": ["all-linear"],
+        "save_steps": 6,
+    }
     llm = {"method": "dpo", "beta": 0.1, "eval_split": 0.25, "eval_steps": 6}
     _run(assets, out, dpo_run["data"], llm, max_steps=6, **keys)
     _run(assets, out, dpo_run["data"], llm, max_steps=12, resume=True, **keys)
@@ -249,8 +286,7 @@ def test_sft_continues_from_init_adapter(
     logged = _metrics(trained["output"])
     first, last = logged[0]["loss"], logged[-1]["loss"]
     out = tmp_path / "more"
-    _run(assets, out, assets["qa"], {}, max_steps=1, init_adapter=str(adapter),
-         lora_rank=2)  # fmt: skip
+    _run(assets, out, assets["qa"], {}, max_steps=1, init_adapter=str(adapter), lora_rank=2)
     assert first - last > 0.3
     assert _metrics(out)[0]["loss"] < last + 0.25 * (first - last)
     saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
@@ -265,9 +301,13 @@ def test_dpo_reference_is_the_frozen_init_adapter(
     data = write_jsonl(tmp_path / "p" / "p.jsonl", preference_rows(6))
     log: list[str] = []
     backend, _, dataset = make_backend(
-        {**assets, "qa": data}, tmp_path / "probe", log=log, batch_size=3,
-        init_adapter=str(trained["output"]), llm={"method": "dpo"},
-    )  # fmt: skip
+        {**assets, "qa": data},
+        tmp_path / "probe",
+        log=log,
+        batch_size=3,
+        init_adapter=str(trained["output"]),
+        llm={"method": "dpo"},
+    )
     assert "init_adapter kept frozen in a second adapter slot" in "\n".join(log)
     assert sorted(backend.model.peft_config) == ["default", "reference"]
     trainable = [n for n, p in backend.model.named_parameters() if p.requires_grad]
@@ -286,8 +326,15 @@ def test_dpo_reference_is_the_frozen_init_adapter(
     assert [n for n, p in backend.model.named_parameters() if p.requires_grad] == trainable
 
     out = tmp_path / "run"
-    _run(assets, out, data, {"method": "dpo"}, max_steps=2, batch_size=3,
-         init_adapter=str(trained["output"]))  # fmt: skip
+    _run(
+        assets,
+        out,
+        data,
+        {"method": "dpo"},
+        max_steps=2,
+        batch_size=3,
+        init_adapter=str(trained["output"]),
+    )
     assert _metrics(out)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert not (out / "adapter" / "reference").exists()
     assert sorted(p.name for p in (out / "adapter").iterdir() if p.is_dir()) == []
@@ -328,8 +375,13 @@ def test_precomputed_reference_trains_as_the_reference_pass(
 ) -> None:
     """precompute_ref_logps: the same losses and metrics as a reference forward every step,
     the run header says so, and the log-probs are cached."""
-    keys = {"batch_size": 3, "learning_rate": 5e-3, "lora_dropout": 0.0,
-            "target_modules": ["all-linear"], "max_steps": 4}  # fmt: skip
+    keys = {
+        "batch_size": 3,
+        "learning_rate": 5e-3,
+        "lora_dropout": 0.0,
+        "target_modules": ["all-linear"],
+        "max_steps": 4,
+    }
     llm = {"method": "dpo", "beta": 0.1, "eval_split": 0.25, "eval_steps": 6}
     out = tmp_path / "pre"
     _run(assets, out, dpo_run["data"], {**llm, "precompute_ref_logps": True}, **keys)
@@ -341,8 +393,12 @@ def test_precomputed_reference_trains_as_the_reference_pass(
         out.rglob("tokens-*-ref-*.safetensors")
     )
     log: list[str] = []
-    make_backend({**assets, "qa": dpo_run["data"]}, tmp_path / "header", log=log,
-                 llm={"method": "dpo", "precompute_ref_logps": True})  # fmt: skip
+    make_backend(
+        {**assets, "qa": dpo_run["data"]},
+        tmp_path / "header",
+        log=log,
+        llm={"method": "dpo", "precompute_ref_logps": True},
+    )
     assert "log-probs precomputed once and cached" in "\n".join(log)
 
 
@@ -360,21 +416,45 @@ def test_two_processes_train_as_one_with_the_same_effective_batch(
     # see the same pairs in every step whatever order the sampler draws them in.
     def config(name: str, batch: int) -> Path:
         data = llm_config(
-            {**assets, "qa": dpo_run["data"]}, tmp_path / name, batch_size=batch, max_steps=3,
-            learning_rate=5e-3, lora_dropout=0.0, llm={"method": "dpo", "max_seq_len": 96},
-        )  # fmt: skip
+            {**assets, "qa": dpo_run["data"]},
+            tmp_path / name,
+            batch_size=batch,
+            max_steps=3,
+            learning_rate=5e-3,
+            lora_dropout=0.0,
+            llm={"method": "dpo", "max_seq_len": 96},
+        )
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))
         return path
 
     two = subprocess.run(
-        [sys.executable, "-m", "lorakit.cli", "train", "--config", str(config("two", 6)),
-         "--num-processes", "2"], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lorakit.cli",
+            "train",
+            "--config",
+            str(config("two", 6)),
+            "--num-processes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "run.json").read_text())["num_processes"] == 2
-    _run(assets, tmp_path / "one", dpo_run["data"], {"method": "dpo"}, batch_size=12,
-         max_steps=3, learning_rate=5e-3, lora_dropout=0.0)  # fmt: skip
+    _run(
+        assets,
+        tmp_path / "one",
+        dpo_run["data"],
+        {"method": "dpo"},
+        batch_size=12,
+        max_steps=3,
+        learning_rate=5e-3,
+        lora_dropout=0.0,
+    )
     a = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()

@@ -24,8 +24,14 @@ TEMPLATE = (
     "{{ message['content'] }}{% if message['role'] == 'assistant' %}{{ eos_token }}"
     "{% else %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-           "logps/chosen", "logps/rejected")  # fmt: skip
+METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +54,12 @@ def _ours(
     policy differs from the reference): ``(backend, mean loss, metrics, gradients)``."""
     data = write_jsonl(pairs["root"] / name / "pairs.jsonl", pairs["rows"][:n])
     backend, _, dataset = make_backend(
-        {"model": assets["model"], "qa": data}, pairs["root"] / name / "out", batch_size=n,
-        llm={"chat_template": TEMPLATE, **llm}, init_adapter=init_adapter,
-    )  # fmt: skip
+        {"model": assets["model"], "qa": data},
+        pairs["root"] / name / "out",
+        batch_size=n,
+        llm={"chat_template": TEMPLATE, **llm},
+        init_adapter=init_adapter,
+    )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         if not perturb:
@@ -71,10 +80,15 @@ def _ours(
 
 def _trl_args(cls: Any, root: Path, n: int, **kwargs: Any) -> Any:
     return cls(
-        output_dir=str(root), per_device_train_batch_size=n, report_to=[], use_cpu=True,
-        gradient_checkpointing=False, dataloader_num_workers=0, remove_unused_columns=False,
+        output_dir=str(root),
+        per_device_train_batch_size=n,
+        report_to=[],
+        use_cpu=True,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 def _grads(model: Any) -> dict[str, torch.Tensor]:
@@ -118,9 +132,10 @@ def test_dpo_matches_trl(assets: dict[str, Path], pairs: dict[str, Any], kind: s
     trainer = DPOTrainer(
         model=twin.unload(),
         args=_trl_args(DPOConfig, pairs["root"] / f"trl-dpo-{kind}", 4, beta=0.1, loss_type=kind),
-        train_dataset=_dataset(twin, tokenizer, pairs["rows"]), processing_class=tokenizer,
+        train_dataset=_dataset(twin, tokenizer, pairs["rows"]),
+        processing_class=tokenizer,
         peft_config=copy.deepcopy(twin.peft_config["default"]),
-    )  # fmt: skip
+    )
     with torch.no_grad():
         for name, param in trainer.model.named_parameters():
             if "lora_" in name:
@@ -144,14 +159,21 @@ def test_dpo_from_an_init_adapter_matches_trl_retraining_an_adapter(
     from trl import DPOConfig, DPOTrainer
 
     twin, tokenizer, loss, metrics, grads = _ours(
-        assets, pairs, "dpo-init", 4, perturb=False, init_adapter=str(trained["output"]),
+        assets,
+        pairs,
+        "dpo-init",
+        4,
+        perturb=False,
+        init_adapter=str(trained["output"]),
         method="dpo",
-    )  # fmt: skip
+    )
     twin.delete_adapter("reference")
     trainer = DPOTrainer(
-        model=twin, args=_trl_args(DPOConfig, pairs["root"] / "trl-dpo-init", 4, beta=0.1),
-        train_dataset=_dataset(twin, tokenizer, pairs["rows"]), processing_class=tokenizer,
-    )  # fmt: skip
+        model=twin,
+        args=_trl_args(DPOConfig, pairs["root"] / "trl-dpo-init", 4, beta=0.1),
+        train_dataset=_dataset(twin, tokenizer, pairs["rows"]),
+        processing_class=tokenizer,
+    )
     assert "ref" in trainer.model.peft_config
     batch = next(iter(trainer.get_train_dataloader()))
     theirs = trainer.compute_loss(trainer.model, batch)
@@ -170,21 +192,24 @@ def test_orpo_matches_trl(assets: dict[str, Path], pairs: dict[str, Any]) -> Non
 
     twin, tokenizer, loss, metrics, grads = _ours(assets, pairs, "orpo", 4, method="orpo", beta=0.2)
     trainer = ORPOTrainer(
-        model=twin, args=_trl_args(ORPOConfig, pairs["root"] / "trl-orpo", 4, beta=0.2),
-        train_dataset=_dataset(twin, tokenizer, pairs["rows"]), processing_class=tokenizer,
-    )  # fmt: skip
+        model=twin,
+        args=_trl_args(ORPOConfig, pairs["root"] / "trl-orpo", 4, beta=0.2),
+        train_dataset=_dataset(twin, tokenizer, pairs["rows"]),
+        processing_class=tokenizer,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     chosen, rejected, *_ = trainer.concatenated_forward(trainer.model, batch)
     ratio, good, bad, _, _ = trainer.odds_ratio_loss(chosen, rejected)
     theirs = (-chosen - ratio).mean()
     theirs.backward()
     logged = {
-        "rewards/chosen": float(good.mean()), "rewards/rejected": float(bad.mean()),
+        "rewards/chosen": float(good.mean()),
+        "rewards/rejected": float(bad.mean()),
         "rewards/accuracies": float((good > bad).float().mean()),
         "rewards/margins": float((good - bad).mean()),
         "logps/chosen": float(chosen.detach().mean()),
         "logps/rejected": float(rejected.detach().mean()),
-    }  # fmt: skip
+    }
     assert loss == pytest.approx(float(theirs.detach()), abs=1e-4)
     _same(metrics, logged, METRICS)
     _same_grads(grads, _grads(trainer.model))
@@ -197,13 +222,20 @@ def test_simpo_matches_trl_cpo(assets: dict[str, Path], pairs: dict[str, Any]) -
         assets, pairs, "simpo", 4, method="simpo", beta=2.0, gamma=0.5
     )
     args = _trl_args(
-        CPOConfig, pairs["root"] / "trl-simpo", 4, loss_type="simpo", beta=2.0,
-        simpo_gamma=0.5, cpo_alpha=0.0,
-    )  # fmt: skip
+        CPOConfig,
+        pairs["root"] / "trl-simpo",
+        4,
+        loss_type="simpo",
+        beta=2.0,
+        simpo_gamma=0.5,
+        cpo_alpha=0.0,
+    )
     trainer = CPOTrainer(
-        model=twin, args=args, train_dataset=_dataset(twin, tokenizer, pairs["rows"]),
+        model=twin,
+        args=args,
+        train_dataset=_dataset(twin, tokenizer, pairs["rows"]),
         processing_class=tokenizer,
-    )  # fmt: skip
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     theirs, logged = trainer.get_batch_loss_metrics(trainer.model, batch)
     theirs.backward()

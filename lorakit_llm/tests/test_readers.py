@@ -37,8 +37,10 @@ def test_each_format_reads_and_is_detected(tmp_path: Path, fmt: str) -> None:
 
 def test_alpaca_input_and_system_prompt(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
-    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"},
-            {"instruction": "Say hi.", "output": "hi"}]  # fmt: skip
+    rows = [
+        {"instruction": "Add.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Say hi.", "output": "hi"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     records = readers.read_alpaca(path, system_prompt="Be brief.")
     assert records[0]["messages"][0] == {"role": "system", "content": "Be brief."}
@@ -52,8 +54,12 @@ def test_folder_reads_every_jsonl_in_order(tmp_path: Path) -> None:
     (tmp_path / "notes.md").write_text("not data")
     records = readers.read_qa(tmp_path)
     assert [r["source"].rsplit("/", 1)[1] for r in records] == [
-        "a.jsonl:1", "a.jsonl:2", "b.jsonl:1", "b.jsonl:2", "b.jsonl:3",
-    ]  # fmt: skip
+        "a.jsonl:1",
+        "a.jsonl:2",
+        "b.jsonl:1",
+        "b.jsonl:2",
+        "b.jsonl:3",
+    ]
 
 
 def test_plain_text_and_sharegpt(tmp_path: Path) -> None:
@@ -61,8 +67,12 @@ def test_plain_text_and_sharegpt(tmp_path: Path) -> None:
     assert detected(tmp_path) == ["text"]
     assert readers.read_text(tmp_path)[0]["text"] == "Once upon a time.\n"
     share = tmp_path / "share.jsonl"
-    share.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"},
-                                                   {"from": "gpt", "value": "hello"}]}) + "\n")  # fmt: skip
+    share.write_text(
+        json.dumps(
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+        )
+        + "\n"
+    )
     assert readers.read_chat(share)[0]["messages"][1] == {"role": "assistant", "content": "hello"}
 
 
@@ -141,8 +151,10 @@ def test_csv_errors_name_the_row(tmp_path: Path) -> None:
 
 def test_json_array_like_alpaca_data_json(tmp_path: Path) -> None:
     path = tmp_path / "alpaca_data.json"
-    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"},
-            {"instruction": "Say hi.", "input": "", "output": "hi"}]  # fmt: skip
+    rows = [
+        {"instruction": "Add.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Say hi.", "input": "", "output": "hi"},
+    ]
     path.write_text(json.dumps(rows, indent=4))
     assert detected(path) == ["alpaca"]
     records = readers.read_alpaca(path)

@@ -34,9 +34,11 @@ def llama2() -> Any:
 def chain_after_prompt(tokenizer: Any, template: str, answer: list[int], *tail: int) -> list[int]:
     """The prompt's last token, then the answer, then ``tail``: what the chain model says."""
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Hi"}], chat_template=template, tokenize=False,
+        [{"role": "user", "content": "Hi"}],
+        chat_template=template,
+        tokenize=False,
         add_generation_prompt=True,
-    )  # fmt: skip
+    )
     last = tokenizer(prompt, add_special_tokens=False)["input_ids"][-1]
     return [last, *answer, *tail]
 
@@ -83,9 +85,14 @@ def test_chat_cli_stops_at_the_end_of_turn(
 def test_template_less_llama2_rows_start_with_bos_and_end_with_eos(llama2: Any) -> None:
     template, name = resolve_template(None, llama2)
     assert name == "alpaca"  # no chat template: alpaca markers + the model's own BOS/EOS
-    record = {"kind": "chat", "source": "t:1", "messages": [
-        {"role": "user", "content": "What is the capital of Peru?"},
-        {"role": "assistant", "content": "Lima."}]}  # fmt: skip
+    record = {
+        "kind": "chat",
+        "source": "t:1",
+        "messages": [
+            {"role": "user", "content": "What is the capital of Peru?"},
+            {"role": "assistant", "content": "Lima."},
+        ],
+    }
     data = tokenize_records([record], llama2, template, max_seq_len=256, train_on_inputs=False)
     ids, labels = (t.tolist() for t in data.row(0))
     assert ids[0] == llama2.bos_token_id and ids.count(llama2.bos_token_id) == 1
@@ -114,10 +121,14 @@ def test_template_less_llama2_rows_start_with_bos_and_end_with_eos(llama2: Any) 
 def test_builtin_templates_train_a_stop_token(llama2: Any, qwen: Any, name: str) -> None:
     for tokenizer in (llama2, qwen):
         template, _ = resolve_template(name, tokenizer)
-        record = {"kind": "chat", "source": "t:1", "messages": [
-            {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}  # fmt: skip
-        data = tokenize_records([record], tokenizer, template, max_seq_len=256,
-                                train_on_inputs=False)  # fmt: skip
+        record = {
+            "kind": "chat",
+            "source": "t:1",
+            "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
+        }
+        data = tokenize_records(
+            [record], tokenizer, template, max_seq_len=256, train_on_inputs=False
+        )
         ids, labels = (t.tolist() for t in data.row(0))
         from lorakit_llm.generate import stop_ids
 
@@ -139,9 +150,11 @@ def test_dict_chat_template_uses_default(qwen: Any) -> None:
 
 def test_llama2_template_strips_content_like_the_reference(llama2: Any) -> None:
     template, _ = resolve_template("llama2", llama2)
-    messages = [{"role": "system", "content": "  Be brief. \n"},
-                {"role": "user", "content": "  Hi there \n"},
-                {"role": "assistant", "content": " Hello. \n"}]  # fmt: skip
+    messages = [
+        {"role": "system", "content": "  Be brief. \n"},
+        {"role": "user", "content": "  Hi there \n"},
+        {"role": "assistant", "content": " Hello. \n"},
+    ]
     text = llama2.apply_chat_template(messages, chat_template=template, tokenize=False)
     # Meta's reference: f"{B_INST} {(B_SYS + sys + E_SYS + user).strip()} {E_INST}"
     # then f" {answer.strip()} " + eos.

@@ -21,10 +21,15 @@ def _run(
 
     config = load_config(
         data=llm_config(
-            assets, out, train_data_dir=str(data), max_steps=3, batch_size=4,
-            learning_rate=1e-2, **keys,
+            assets,
+            out,
+            train_data_dir=str(data),
+            max_steps=3,
+            batch_size=4,
+            learning_rate=1e-2,
+            **keys,
         )
-    )  # fmt: skip
+    )
     with one_thread():
         train(config, progress=False)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open()]
@@ -61,14 +66,21 @@ def test_torch_compile_trains_as_eager(assets: dict[str, Path], tmp_path: Path) 
     ("key", "value", "words"),
     [
         ("llm.kernels", "liger", "llm.kernels: liger runs on a CUDA GPU"),
-        ("llm.attn_implementation", "flash_attention_2",
-         "llm.attn_implementation: flash_attention_2 runs on a CUDA GPU"),
+        (
+            "llm.attn_implementation",
+            "flash_attention_2",
+            "llm.attn_implementation: flash_attention_2 runs on a CUDA GPU",
+        ),
     ],
-)  # fmt: skip
+)
 def test_gpu_options_refused_on_cpu_before_loading(
-    assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    key: str, value: str, words: str,
-) -> None:  # fmt: skip
+    assets: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    value: str,
+    words: str,
+) -> None:
     import yaml
 
     path = tmp_path / "run.yaml"
@@ -91,9 +103,10 @@ def test_missing_package_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec",
+        importlib.util,
+        "find_spec",
         lambda name, *a: None if name in ("liger_kernel", "flash_attn") else real(name, *a),
-    )  # fmt: skip
+    )
     with pytest.raises(Exception, match="liger-kernel: pip install liger-kernel"):
         speed.check(LLMSection(kernels="liger"), cuda=True)
     with pytest.raises(Exception, match="flash-attn: pip install flash-attn"):

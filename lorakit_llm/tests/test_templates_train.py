@@ -26,9 +26,12 @@ def _template(tmp_path: Path, assets: dict[str, Path], name: str, **llm: Any) ->
 
     data = yaml.safe_load(template_text("llm", name))
     data.update(
-        base_model=str(assets["model"]), train_data_dir=str(assets["qa"]),
-        output_dir=str(tmp_path / "out"), max_steps=12, save_steps=6,
-    )  # fmt: skip
+        base_model=str(assets["model"]),
+        train_data_dir=str(assets["qa"]),
+        output_dir=str(tmp_path / "out"),
+        max_steps=12,
+        save_steps=6,
+    )
     data["llm"].update(max_seq_len=128, **llm)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -129,9 +132,10 @@ def test_7b_template_trains_and_peft_reproduces_it(assets, tmp_path, capsys, var
     else:
         assert config["use_dora"] is True and seen["magnitude"]
         changed = [
-            n for n in seen["magnitude"]
+            n
+            for n in seen["magnitude"]
             if not torch.equal(seen["magnitude"][n], seen["magnitude0"][n])
-        ]  # fmt: skip
+        ]
         assert len(changed) == len(seen["magnitude"])
     # the template trains a bf16 base (torch_dtype auto under mixed_precision bf16)
     # in bf16, so judged against how far training moved the logits from the base's

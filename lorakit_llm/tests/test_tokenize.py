@@ -19,8 +19,11 @@ def tokenizer(assets: dict[str, Path]) -> Any:
 
 
 def chat(*turns: tuple[str, str]) -> dict[str, Any]:
-    return {"kind": "chat", "messages": [{"role": r, "content": c} for r, c in turns],
-            "source": "test:1"}  # fmt: skip
+    return {
+        "kind": "chat",
+        "messages": [{"role": r, "content": c} for r, c in turns],
+        "source": "test:1",
+    }
 
 
 def template_ids(tokenizer: Any, messages: list[dict[str, str]], prompt: bool = False) -> list[int]:
@@ -29,11 +32,17 @@ def template_ids(tokenizer: Any, messages: list[dict[str, str]], prompt: bool = 
 
 
 def test_answer_only_mask_token_by_token(tokenizer: Any) -> None:
-    record = chat(("system", "Be brief."), ("user", "What is the capital of Peru?"),
-                  ("assistant", "Lima."), ("user", "And of Chile?"), ("assistant", "Santiago."))  # fmt: skip
+    record = chat(
+        ("system", "Be brief."),
+        ("user", "What is the capital of Peru?"),
+        ("assistant", "Lima."),
+        ("user", "And of Chile?"),
+        ("assistant", "Santiago."),
+    )
     messages = record["messages"]
-    data = tokenize_records([record], tokenizer, tokenizer.chat_template,
-                            max_seq_len=256, train_on_inputs=False)  # fmt: skip
+    data = tokenize_records(
+        [record], tokenizer, tokenizer.chat_template, max_seq_len=256, train_on_inputs=False
+    )
     ids, labels = (t.tolist() for t in data.row(0))
     assert ids == template_ids(tokenizer, messages)  # what the model's own template gives
 
@@ -53,8 +62,9 @@ def test_answer_only_mask_token_by_token(tokenizer: Any) -> None:
 
 def test_train_on_inputs_targets_every_token_but_the_first(tokenizer: Any) -> None:
     record = chat(("user", "What is 2 plus 2?"), ("assistant", "4."))
-    data = tokenize_records([record], tokenizer, tokenizer.chat_template,
-                            max_seq_len=256, train_on_inputs=True)  # fmt: skip
+    data = tokenize_records(
+        [record], tokenizer, tokenizer.chat_template, max_seq_len=256, train_on_inputs=True
+    )
     ids, labels = (t.tolist() for t in data.row(0))
     assert labels == [IGNORE, *ids[1:]]
 
@@ -62,8 +72,13 @@ def test_train_on_inputs_targets_every_token_but_the_first(tokenizer: Any) -> No
 @pytest.mark.parametrize("name", sorted(BUILTIN))
 def test_builtin_templates_mask_only_the_answers(tokenizer: Any, name: str) -> None:
     template, _ = resolve_template(name, tokenizer)
-    record = chat(("system", "Be brief."), ("user", "What is the capital of Peru?"),
-                  ("assistant", "Lima."), ("user", "And of Chile?"), ("assistant", "Santiago."))  # fmt: skip
+    record = chat(
+        ("system", "Be brief."),
+        ("user", "What is the capital of Peru?"),
+        ("assistant", "Lima."),
+        ("user", "And of Chile?"),
+        ("assistant", "Santiago."),
+    )
     data = tokenize_records([record], tokenizer, template, max_seq_len=256, train_on_inputs=False)
     ids, labels = data.row(0)
     target_text = tokenizer.decode(ids[labels != IGNORE])
@@ -73,10 +88,18 @@ def test_builtin_templates_mask_only_the_answers(tokenizer: Any, name: str) -> N
 
 def test_prompt_completion_and_text(tokenizer: Any) -> None:
     records = [
-        {"kind": "completion", "prompt": "Q: What is 2 plus 2?\nA:", "completion": " 4.",
-         "source": "t:1"},
-        {"kind": "text", "text": "The quick brown fox jumps over the lazy dog. " * 6, "source": "t:2"},
-    ]  # fmt: skip
+        {
+            "kind": "completion",
+            "prompt": "Q: What is 2 plus 2?\nA:",
+            "completion": " 4.",
+            "source": "t:1",
+        },
+        {
+            "kind": "text",
+            "text": "The quick brown fox jumps over the lazy dog. " * 6,
+            "source": "t:2",
+        },
+    ]
     data = tokenize_records(records, tokenizer, "", max_seq_len=16, train_on_inputs=False)
     ids, labels = data.row(0)
     assert tokenizer.decode(ids[labels != IGNORE]) == " 4.</s>"
@@ -88,11 +111,14 @@ def test_prompt_completion_and_text(tokenizer: Any) -> None:
 
 
 def test_truncation_is_counted(tokenizer: Any) -> None:
-    records = [chat(("user", "What is the capital of France?"), ("assistant", "Paris.")),
-               chat(("user", "Hi " * 40), ("assistant", "Hello.")),
-               chat(("user", "Hi " * 5), ("assistant", "Hello " * 40))]  # fmt: skip
-    data = tokenize_records(records, tokenizer, tokenizer.chat_template,
-                            max_seq_len=24, train_on_inputs=False)  # fmt: skip
+    records = [
+        chat(("user", "What is the capital of France?"), ("assistant", "Paris.")),
+        chat(("user", "Hi " * 40), ("assistant", "Hello.")),
+        chat(("user", "Hi " * 5), ("assistant", "Hello " * 40)),
+    ]
+    data = tokenize_records(
+        records, tokenizer, tokenizer.chat_template, max_seq_len=24, train_on_inputs=False
+    )
     # Row 2 lost its whole answer (skipped); row 3 keeps part of its answer.
     assert (data.records, data.truncated, data.dropped, len(data)) == (3, 2, 1, 2)
     assert max(data.lengths()) <= 24

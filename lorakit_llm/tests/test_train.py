@@ -45,8 +45,15 @@ def test_modules_to_save_lets_it_overfit(assets: dict[str, Path], tmp_path: Path
     from lorakit.engine import train
 
     # 30 steps of 16 examples: about three passes over the 150 pairs.
-    data = llm_config(assets, tmp_path / "run", target_modules="all-linear", max_steps=30,
-                      batch_size=16, learning_rate=1e-2, llm={"modules_to_save": ["lm_head"]})  # fmt: skip
+    data = llm_config(
+        assets,
+        tmp_path / "run",
+        target_modules="all-linear",
+        max_steps=30,
+        batch_size=16,
+        learning_rate=1e-2,
+        llm={"modules_to_save": ["lm_head"]},
+    )
     result = train(load_config(data=data), progress=False)
     losses = [json.loads(x)["loss"] for x in (result.output_dir / "metrics.jsonl").open()]
     assert sum(losses[-5:]) / 5 < 3.0 < losses[0], losses
@@ -95,8 +102,20 @@ def test_merge_writes_a_model_with_the_same_logits(
 
     adapter = trained["output"] / "adapter"
     out = tmp_path / "merged"
-    assert cli("merge", "--base", assets["model"], "--adapter", adapter, "-o", out,
-               "--dtype", "float32") == 0  # fmt: skip
+    assert (
+        cli(
+            "merge",
+            "--base",
+            assets["model"],
+            "--adapter",
+            adapter,
+            "-o",
+            out,
+            "--dtype",
+            "float32",
+        )
+        == 0
+    )
     assert (out / "model.safetensors").is_file() and (out / "lorakit.json").is_file()
     ids = probe_ids(assets["model"])
     merged = logits_of(base_model(out), ids)
@@ -104,8 +123,20 @@ def test_merge_writes_a_model_with_the_same_logits(
 
     # A weighted merge equals the adapter applied at that weight.
     half = tmp_path / "half"
-    assert cli("merge", "--base", assets["model"], "--adapter", f"{adapter}:0.5", "-o", half,
-               "--dtype", "float32") == 0  # fmt: skip
+    assert (
+        cli(
+            "merge",
+            "--base",
+            assets["model"],
+            "--adapter",
+            f"{adapter}:0.5",
+            "-o",
+            half,
+            "--dtype",
+            "float32",
+        )
+        == 0
+    )
     weighted = load_adapters(base_model(assets["model"]), [AdapterRef("a", adapter, 0.5)])
     assert (logits_of(base_model(half), ids) - logits_of(weighted, ids)).abs().max() < 1e-4
 
@@ -117,8 +148,17 @@ def test_samples_during_training_match_lorakit_sample(
     assert sorted(p.name for p in samples.iterdir()) == ["step-20.txt", "step-40.txt"]
     final = (samples / "step-40.txt").read_text()
     assert final.startswith("### What is the capital of France?\n")
-    code = cli("sample", "--base", assets["model"], "--adapter", trained["output"],
-               "-p", "What is the capital of France?", "-o", tmp_path)  # fmt: skip
+    code = cli(
+        "sample",
+        "--base",
+        assets["model"],
+        "--adapter",
+        trained["output"],
+        "-p",
+        "What is the capital of France?",
+        "-o",
+        tmp_path,
+    )
     assert code == 0
     assert (tmp_path / "samples.txt").read_text() == final  # greedy: the same answer
     # After training, from the run's resolved config: its prompts and its adapter.
@@ -183,16 +223,30 @@ def test_a_ggml_file_gets_a_clear_message(
 
 
 def test_chat_answers_with_two_adapters(
-    trained: dict[str, Any], gguf_run: Path, assets: dict[str, Path],
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    trained: dict[str, Any],
+    gguf_run: Path,
+    assets: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from lorakit_llm.chat_session import ChatSession
     from lorakit_llm.generate import AdapterRef, generate, load_adapters
 
     a, b = trained["output"], gguf_run / "adapter"
     question = "What is the capital of France?"
-    args = ["chat", "--base", assets["model"], "--adapter", f"capitals={a}", "--adapter",
-            f"{b}:0.5", "--prompt", question, "--max-new-tokens", "8"]  # fmt: skip
+    args = [
+        "chat",
+        "--base",
+        assets["model"],
+        "--adapter",
+        f"capitals={a}",
+        "--adapter",
+        f"{b}:0.5",
+        "--prompt",
+        question,
+        "--max-new-tokens",
+        "8",
+    ]
     capsys.readouterr()
     assert cli(*args, "--use", "from-gguf") == 0
     answer = capsys.readouterr().out.strip()
@@ -210,8 +264,22 @@ def test_chat_answers_with_two_adapters(
     session = ChatSession.open(str(assets["model"]), [(str(a), 1.0), (str(b), 0.5)])
     session.combine()
     merged = tmp_path / "both"
-    assert cli("merge", "--base", assets["model"], "--adapter", a, "--adapter", f"{b}:0.5",
-               "-o", merged, "--dtype", "float32") == 0  # fmt: skip
+    assert (
+        cli(
+            "merge",
+            "--base",
+            assets["model"],
+            "--adapter",
+            a,
+            "--adapter",
+            f"{b}:0.5",
+            "-o",
+            merged,
+            "--dtype",
+            "float32",
+        )
+        == 0
+    )
     ids = probe_ids(assets["model"])
     diff = (logits_of(session.model, ids) - logits_of(base_model(merged), ids)).abs().max()
     assert diff < 1e-4
@@ -261,14 +329,37 @@ def test_broken_jsonl_line_is_reported(assets: dict[str, Path], tmp_path: Path) 
 
 
 def test_chat_repl_switches_adapters(
-    trained: dict[str, Any], gguf_run: Path, assets: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
-    lines = iter(["/adapters", "What is 2 plus 2?", "/use from-gguf", "/use nope", "/combine",
-                  "What is 2 plus 2?", "/base", "/reset", "/quit"])  # fmt: skip
+    trained: dict[str, Any],
+    gguf_run: Path,
+    assets: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lines = iter(
+        [
+            "/adapters",
+            "What is 2 plus 2?",
+            "/use from-gguf",
+            "/use nope",
+            "/combine",
+            "What is 2 plus 2?",
+            "/base",
+            "/reset",
+            "/quit",
+        ]
+    )
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    code = cli("chat", "--base", assets["model"], "--adapter", trained["output"],
-               "--adapter", gguf_run, "--max-new-tokens", "4")  # fmt: skip
+    code = cli(
+        "chat",
+        "--base",
+        assets["model"],
+        "--adapter",
+        trained["output"],
+        "--adapter",
+        gguf_run,
+        "--max-new-tokens",
+        "4",
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "adapters: capitals (1), from-gguf (1); active: capitals" in out
@@ -290,9 +381,12 @@ def test_an_adapter_for_another_base_is_refused_with_the_module_names(
 
 
 def test_each_adapter_is_prompted_as_it_was_trained(
-    trained: dict[str, Any], assets: dict[str, Path], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    trained: dict[str, Any],
+    assets: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Two adapters on one base: the first trained with the model's template, the second with
     chatml and a system prompt, a third on raw prompt/completion text. chat and sample prompt
     each one as it was trained, also after /use."""
@@ -305,14 +399,24 @@ def test_each_adapter_is_prompted_as_it_was_trained(
     from lorakit.engine import train
 
     system = "Answer with one word."
-    chatml = train(load_config(data=llm_config(
-        assets, tmp_path / "chatml", max_steps=2, llm={"chat_template": "chatml",
-                                                       "system_prompt": system})),
-        progress=False).output_dir  # fmt: skip
+    chatml = train(
+        load_config(
+            data=llm_config(
+                assets,
+                tmp_path / "chatml",
+                max_steps=2,
+                llm={"chat_template": "chatml", "system_prompt": system},
+            )
+        ),
+        progress=False,
+    ).output_dir
     raw_data = write_qa_jsonl(tmp_path / "pc" / "train.jsonl", 20, fmt="prompt_completion")
-    raw = train(load_config(data=llm_config(
-        assets, tmp_path / "raw", max_steps=2, train_data_dir=str(raw_data))),
-        progress=False).output_dir  # fmt: skip
+    raw = train(
+        load_config(
+            data=llm_config(assets, tmp_path / "raw", max_steps=2, train_data_dir=str(raw_data))
+        ),
+        progress=False,
+    ).output_dir
     record = json.loads((chatml / "adapter" / "lorakit.json").read_text())
     assert record["llm"]["system_prompt"] == system
 
@@ -327,9 +431,13 @@ def test_each_adapter_is_prompted_as_it_was_trained(
     assert session.template == CHATML and session.system == system
     question = "What is the capital of France?"
     only = load_adapters(base_model(assets["model"]), [AdapterRef("c", chatml / "adapter")])
-    expected = generate(only, _tokenizer(assets), [{"role": "system", "content": system},
-                        {"role": "user", "content": question}], template=CHATML,
-                        max_new_tokens=6)  # fmt: skip
+    expected = generate(
+        only,
+        _tokenizer(assets),
+        [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        template=CHATML,
+        max_new_tokens=6,
+    )
     assert session.ask(question) == expected
     session.use("raw")
     assert session.template is None and session.system is None and session.history == []
@@ -339,8 +447,22 @@ def test_each_adapter_is_prompted_as_it_was_trained(
     # lorakit sample: the chatml adapter gets its template and its system prompt.
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    assert cli("sample", "--base", assets["model"], "--adapter", chatml, "-p", question,
-               "-o", tmp_path / "s", "--steps", "6") == 0  # fmt: skip
+    assert (
+        cli(
+            "sample",
+            "--base",
+            assets["model"],
+            "--adapter",
+            chatml,
+            "-p",
+            question,
+            "-o",
+            tmp_path / "s",
+            "--steps",
+            "6",
+        )
+        == 0
+    )
     assert (tmp_path / "s" / "samples.txt").read_text().strip() == f"### {question}\n{expected}"
 
 
@@ -357,9 +479,15 @@ def test_eval_split_and_eval_data_log_an_eval_loss(
     from lorakit.engine import train
 
     # 5% of the 150 rows held out, chosen by seed; eval every 2 steps and at the end.
-    config = load_config(data=llm_config(assets, tmp_path / "split", max_steps=5,
-                         trackers=["jsonl", "tensorboard"],
-                         llm={"eval_split": 0.05, "eval_steps": 2}))  # fmt: skip
+    config = load_config(
+        data=llm_config(
+            assets,
+            tmp_path / "split",
+            max_steps=5,
+            trackers=["jsonl", "tensorboard"],
+            llm={"eval_split": 0.05, "eval_steps": 2},
+        )
+    )
     result = train(config, progress=False)
     rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").open()]
     assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4, 5]
@@ -369,8 +497,9 @@ def test_eval_split_and_eval_data_log_an_eval_loss(
 
     # A separate eval file: the last eval loss is the adapter's loss on those rows.
     held = write_qa_jsonl(tmp_path / "held" / "eval.jsonl", 12, seed=7)
-    config = load_config(data=llm_config(assets, tmp_path / "data", max_steps=3,
-                         llm={"eval_data": str(held)}))  # fmt: skip
+    config = load_config(
+        data=llm_config(assets, tmp_path / "data", max_steps=3, llm={"eval_data": str(held)})
+    )
     capsys.readouterr()
     result = train(config, progress=True)  # not a terminal: plain step lines
     rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").open()]
@@ -385,8 +514,9 @@ def test_eval_split_and_eval_data_log_an_eval_loss(
     tokenizer = AutoTokenizer.from_pretrained(assets["model"])
     from lorakit_llm.readers import read_qa
 
-    data = tokenize_records(read_qa(held), tokenizer, tokenizer.chat_template, max_seq_len=128,
-                            train_on_inputs=False)  # fmt: skip
+    data = tokenize_records(
+        read_qa(held), tokenizer, tokenizer.chat_template, max_seq_len=128, train_on_inputs=False
+    )
     total = count = 0.0
     for i in range(len(data)):
         ids, labels = (t.long()[None] for t in data.row(i))
@@ -401,5 +531,6 @@ def test_eval_split_and_eval_data_log_an_eval_loss(
     assert abs(final - total / count) < 1e-4
     assert (result.output_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(Exception, match="eval_split or eval_data"):
-        load_config(data=llm_config(assets, tmp_path / "x",
-                                    llm={"eval_split": 0.1, "eval_data": str(held)}))  # fmt: skip
+        load_config(
+            data=llm_config(assets, tmp_path / "x", llm={"eval_split": 0.1, "eval_data": str(held)})
+        )

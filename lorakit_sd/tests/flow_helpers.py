@@ -50,15 +50,23 @@ def transformer_output(pipe, transformer, latents, sigma, captions):
         if type(pipe).__name__ != "FluxPipeline":
             t = torch.full((b,), sigma * 1000.0)
             return transformer(
-                hidden_states=latents, timestep=t, encoder_hidden_states=hidden,
-                pooled_projections=pooled, return_dict=False,
-            )[0]  # fmt: skip
+                hidden_states=latents,
+                timestep=t,
+                encoder_hidden_states=hidden,
+                pooled_projections=pooled,
+                return_dict=False,
+            )[0]
         packed = pipe._pack_latents(latents, b, c, h, w)
         img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
         txt_ids = torch.zeros(hidden.shape[1], 3)
         out = transformer(
-            hidden_states=packed, timestep=torch.full((b,), sigma), guidance=torch.ones(b),
-            pooled_projections=pooled, encoder_hidden_states=hidden, txt_ids=txt_ids,
-            img_ids=img_ids, return_dict=False,
-        )[0]  # fmt: skip
+            hidden_states=packed,
+            timestep=torch.full((b,), sigma),
+            guidance=torch.ones(b),
+            pooled_projections=pooled,
+            encoder_hidden_states=hidden,
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
         return pipe._unpack_latents(out, h, w, 1)

@@ -118,9 +118,11 @@ def test_nearest_bucket_ignores_empty_buckets():
 
 
 @given(
-    w=st.integers(8, 3000), h=st.integers(8, 3000), step=st.sampled_from([8, 32, 64]),
+    w=st.integers(8, 3000),
+    h=st.integers(8, 3000),
+    step=st.sampled_from([8, 32, 64]),
     resolution=st.sampled_from([256, 512, 1024]),
-)  # fmt: skip
+)
 @settings(max_examples=200, deadline=None)
 def test_no_upscale_buckets_never_enlarge_and_stay_within_the_area(w, h, step, resolution):
     from lorakit_sd.data.buckets import fit, no_upscale_bucket

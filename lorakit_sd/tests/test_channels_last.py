@@ -36,13 +36,17 @@ def test_channels_last_changes_only_the_layout(
     runs = {}
     for name, setting in (("default", None), ("channels_last", True)):
         result, cap = train_tiny(
-            tmp_path, model, images4, capture=True, max_steps=3,
-            output_dir=tmp_path / name, sd={"channels_last": setting},
-        )  # fmt: skip
+            tmp_path,
+            model,
+            images4,
+            capture=True,
+            max_steps=3,
+            output_dir=tmp_path / name,
+            sd={"channels_last": setting},
+        )
         assert cap is not None
         files = [p for p in result.outputs if str(p).endswith(".safetensors")]
-        runs[name] = (first_losses(result.output_dir), load_file(files[0]),
-                      _conv_layouts(cap.unet))  # fmt: skip
+        runs[name] = (first_losses(result.output_dir), load_file(files[0]), _conv_layouts(cap.unet))
 
     default_losses, default_lora, default_layout = runs["default"]
     losses, lora, layout = runs["channels_last"]

@@ -38,9 +38,15 @@ def sd1_cli_run(tiny_models, tmp_path_factory):
     model = tiny_models["sd1"]
     data = write_tiny_images(tmp / "data", 4)
     config = _write_config(
-        tmp / "run.yaml", model, data, tmp / "out", max_steps=3, lora_alpha=8,
-        learning_rate=1e-2, output_name="mascot",
-    )  # fmt: skip
+        tmp / "run.yaml",
+        model,
+        data,
+        tmp / "out",
+        max_steps=3,
+        lora_alpha=8,
+        learning_rate=1e-2,
+        output_name="mascot",
+    )
     assert _cli("train", "--config", config, "--no-progress") == 0
     return model, tmp, config
 
@@ -105,8 +111,16 @@ def test_merge_bakes_the_lora_into_a_single_file(sd1_cli_run, form):
     merged = tmp / f"merged-{form}.safetensors"
     base = model.single_file if form == "single_file" else model.diffusers_dir
     code = _cli(
-        "merge", "--base", base, "--lora", f"{kohya}:0.5", "-o", merged, "--dtype", "float32",
-    )  # fmt: skip
+        "merge",
+        "--base",
+        base,
+        "--lora",
+        f"{kohya}:0.5",
+        "-o",
+        merged,
+        "--dtype",
+        "float32",
+    )
     assert code == 0
     pipe = pipeline_class("sd1").from_single_file(
         str(merged), config=str(model.config_dir), local_files_only=True
@@ -127,11 +141,24 @@ def test_sample_with_two_loras_writes_images_and_a_sheet(sd1_cli_run):
     model, tmp, config = sd1_cli_run
     out = tmp / "out"
     code = _cli(
-        "sample", "--config", config, "--base", model.diffusers_dir,
-        "--lora", f"{out / 'mascot.safetensors'}:0.8",
-        "--lora", f"{out / 'mascot.diffusers.safetensors'}:0.2",
-        "-p", "a red cat", "-p", "a dog", "-o", tmp / "samples", "--steps", "2",
-    )  # fmt: skip
+        "sample",
+        "--config",
+        config,
+        "--base",
+        model.diffusers_dir,
+        "--lora",
+        f"{out / 'mascot.safetensors'}:0.8",
+        "--lora",
+        f"{out / 'mascot.diffusers.safetensors'}:0.2",
+        "-p",
+        "a red cat",
+        "-p",
+        "a dog",
+        "-o",
+        tmp / "samples",
+        "--steps",
+        "2",
+    )
     assert code == 0
     images = sorted((tmp / "samples").glob("*.png"))
     assert [p.name for p in images] == [
@@ -182,9 +209,16 @@ def test_sdxl_from_a_single_file_trains_and_merges_with_both_text_encoders(tiny_
     model = tiny_models["sdxl"]
     data = write_tiny_images(tmp_path / "data", 4)
     config = _write_config(
-        tmp_path / "xl.yaml", model, data, tmp_path / "out", single_file=True, max_steps=2,
-        learning_rate=1e-2, lora_alpha=2, sd={"train_text_encoder": True},
-    )  # fmt: skip
+        tmp_path / "xl.yaml",
+        model,
+        data,
+        tmp_path / "out",
+        single_file=True,
+        max_steps=2,
+        learning_rate=1e-2,
+        lora_alpha=2,
+        sd={"train_text_encoder": True},
+    )
     assert _cli("train", "--config", config, "--no-progress") == 0
     kohya = tmp_path / "out" / "out.safetensors"
     _, meta = lora_keys(kohya)

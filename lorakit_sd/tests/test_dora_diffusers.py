@@ -17,9 +17,17 @@ def test_dora_diffusers_file_loads_in_diffusers_as_trained(tiny_models, tmp_path
     model = tiny_models[family]
     data = write_tiny_images(tmp_path / "data", 2)
     result, cap = train_tiny(
-        tmp_path, model, data, capture=True, max_steps=3, learning_rate=5e-2, lora_rank=4,
-        lora_alpha=2, export_formats=["diffusers"], sd={"network": "dora"},
-    )  # fmt: skip
+        tmp_path,
+        model,
+        data,
+        capture=True,
+        max_steps=3,
+        learning_rate=5e-2,
+        lora_rank=4,
+        lora_alpha=2,
+        export_formats=["diffusers"],
+        sd={"network": "dora"},
+    )
     path = result.output_dir / "run.diffusers.safetensors"
     assert path.is_file(), "no diffusers file written for DoRA"
     tensors = load_file(str(path))

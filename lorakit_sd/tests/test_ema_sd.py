@@ -13,14 +13,17 @@ def test_sd_exports_hold_the_average_and_raw_files_equal_a_run_without_ema(tiny_
     model = tiny_models["sd1"]
     data = write_tiny_images(tmp_path / "data", 2)
     common = dict(max_steps=3, learning_rate=1e-2, batch_size=2)
-    with_ema, _ = train_tiny(tmp_path, model, data, output_dir=tmp_path / "ema",
-                             ema={"decay": 0.5}, **common)  # fmt: skip
+    with_ema, _ = train_tiny(
+        tmp_path, model, data, output_dir=tmp_path / "ema", ema={"decay": 0.5}, **common
+    )
     plain, _ = train_tiny(tmp_path, model, data, output_dir=tmp_path / "lora", **common)
     names = {p.name for p in with_ema.outputs}
     assert names == {
-        "ema.safetensors", "ema.diffusers.safetensors",
-        "ema-raw.safetensors", "ema-raw.diffusers.safetensors",
-    }  # fmt: skip
+        "ema.safetensors",
+        "ema.diffusers.safetensors",
+        "ema-raw.safetensors",
+        "ema-raw.diffusers.safetensors",
+    }
     for suffix in ("safetensors", "diffusers.safetensors"):
         raw = load_file(str(tmp_path / "ema" / f"ema-raw.{suffix}"))
         avg = load_file(str(tmp_path / "ema" / f"ema.{suffix}"))

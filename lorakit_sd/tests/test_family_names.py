@@ -107,5 +107,6 @@ def test_the_check_catches_a_family_switch(tmp_path):
     found = offenders(family_words(), tmp_path)
     assert list(found) == ["backend.py"]
     assert sorted(h.split(":", 2)[2] for h in found["backend.py"]) == [
-        " 'FluxPipeline'", " 'sdxl'",
-    ]  # fmt: skip
+        " 'FluxPipeline'",
+        " 'sdxl'",
+    ]

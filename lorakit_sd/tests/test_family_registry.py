@@ -48,8 +48,11 @@ def test_lorakit_sd_registers_its_own_families_through_the_hook():
     plugins = _plugins()
     made = plugins.registrations("register_image_families")
     assert [spec.name for info, spec in made if info.name == "sd"] == [
-        "sd1", "sdxl", "sd3", "flux1",
-    ]  # fmt: skip
+        "sd1",
+        "sdxl",
+        "sd3",
+        "flux1",
+    ]
     assert families.labels()["flux1"] == "FLUX.1"
     assert families.get("sdxl").default_resolution == 1024
 
@@ -61,9 +64,11 @@ def test_a_third_party_family_is_a_valid_model_family(tmp_path):
     assert "tiny-extra" in families.names()
     assert families.get("tiny-extra").label == "SD1.x"  # the class it was given
     data = {
-        "base_model": str(tmp_path), "train_data_dir": str(tmp_path), "output_dir": str(tmp_path),
+        "base_model": str(tmp_path),
+        "train_data_dir": str(tmp_path),
+        "output_dir": str(tmp_path),
         "sd": {"model_family": "tiny-extra"},
-    }  # fmt: skip
+    }
     assert load_config(data=data, check_paths=False).section.model_family == "tiny-extra"
     _plugins()  # uninstalled: the name is refused, naming what is installed
     with pytest.raises(ConfigError, match=r"sd.model_family.*choose auto, sd1, sdxl, sd3, flux1"):

@@ -54,15 +54,22 @@ def runs(tmp_path_factory):
     try:
         with one_thread():
             for kind, family, guidance in (
-                ("dev", "flux1", True), ("schnell", "flux1", False), ("sd3", "sd3", True),
-            ):  # fmt: skip
+                ("dev", "flux1", True),
+                ("schnell", "flux1", False),
+                ("sd3", "sd3", True),
+            ):
                 model = build_tiny_flow(root / kind, family, guidance=guidance)
                 steps = 1 if kind == "schnell" else 3
                 seen.clear()
                 result, _ = train(
-                    root / f"r-{kind}", model, data, max_steps=steps, batch_size=2,
-                    learning_rate=5e-2, lora_alpha=8,
-                )  # fmt: skip
+                    root / f"r-{kind}",
+                    model,
+                    data,
+                    max_steps=steps,
+                    batch_size=2,
+                    learning_rate=5e-2,
+                    lora_alpha=8,
+                )
                 GUIDANCE[kind] = list(seen)
                 out[kind] = (model, result.output_dir)
     finally:
@@ -112,12 +119,32 @@ SD_SCRIPTS = {
     },
 }
 #: keys flux_train_network.py / sd3_train_network.py update_metadata add to train_network's
-FLOW_KEYS = ["ss_weighting_scheme", "ss_logit_mean", "ss_logit_std", "ss_mode_scale",
-             "ss_apply_t5_attn_mask"]  # fmt: skip
-FLUX_KEYS = ["ss_timestep_sampling", "ss_sigmoid_scale", "ss_model_prediction_type",
-             "ss_discrete_flow_shift", "ss_guidance_scale", "ss_model_type"]  # fmt: skip
-COMMON = ["modelspec.sai_model_spec", "modelspec.title", "modelspec.date", "ss_network_dim",
-          "ss_network_alpha", "ss_steps", "ss_learning_rate", "ss_seed", "ss_resolution"]  # fmt: skip
+FLOW_KEYS = [
+    "ss_weighting_scheme",
+    "ss_logit_mean",
+    "ss_logit_std",
+    "ss_mode_scale",
+    "ss_apply_t5_attn_mask",
+]
+FLUX_KEYS = [
+    "ss_timestep_sampling",
+    "ss_sigmoid_scale",
+    "ss_model_prediction_type",
+    "ss_discrete_flow_shift",
+    "ss_guidance_scale",
+    "ss_model_type",
+]
+COMMON = [
+    "modelspec.sai_model_spec",
+    "modelspec.title",
+    "modelspec.date",
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_steps",
+    "ss_learning_rate",
+    "ss_seed",
+    "ss_resolution",
+]
 
 
 def _addnet_hash(path):
@@ -198,9 +225,14 @@ def _full_width_flux_lora(path):
         out_f, in_f = transformer.get_submodule(p).weight.shape
         alpha = 2.0 if p == "norm_out.linear" else 1.0 + i  # diffusers reads no final alpha
         modules.append(
-            LoraModule("transformer", p, torch.randn(2, in_f, generator=g) * 0.1,
-                       torch.randn(out_f, 2, generator=g) * 0.1, alpha)
-        )  # fmt: skip
+            LoraModule(
+                "transformer",
+                p,
+                torch.randn(2, in_f, generator=g) * 0.1,
+                torch.randn(out_f, 2, generator=g) * 0.1,
+                alpha,
+            )
+        )
     tensors, meta = to_diffusers(modules, torch.float32)
     save_safetensors(tensors, path, metadata=meta)
     return {f"transformer.{m.path}": m.delta() for m in modules}
@@ -254,9 +286,11 @@ def test_sd3_export_keeps_diffusers_layout_and_refuses_kohya(runs, tmp_path):
     with pytest.raises(UsageError, match="sd3 LoRAs have one file layout"):
         export(run / "run.diffusers.safetensors", "kohya", base=str(model.diffusers_dir))
     out = export(
-        run / "run.diffusers.safetensors", "diffusers", tmp_path / "again.safetensors",
+        run / "run.diffusers.safetensors",
+        "diffusers",
+        tmp_path / "again.safetensors",
         base=str(model.diffusers_dir),
-    )[0]  # fmt: skip
+    )[0]
     pipe = StableDiffusion3Pipeline.from_pretrained(model.diffusers_dir)
     want = transformer_output(pipe, _lora_transformer(model, run), _x(), 0.5, CAPTIONS)
     pipe.load_lora_weights(str(out))
@@ -285,9 +319,11 @@ def test_flux_merge_writes_a_bfl_transformer_equal_to_diffusers_fuse_lora(runs, 
     model, run = runs["dev"]
     section = SDSection(base_config=str(model.diffusers_dir))
     out = merge_checkpoint(
-        str(model.single_file), [(str(run / "run.safetensors"), 0.7)],
-        tmp_path / "flux1-merged.safetensors", section=section,
-    )  # fmt: skip
+        str(model.single_file),
+        [(str(run / "run.safetensors"), 0.7)],
+        tmp_path / "flux1-merged.safetensors",
+        section=section,
+    )
     with safe_open(str(out), framework="pt") as f:
         keys, meta = list(f.keys()), f.metadata()
     assert "double_blocks.0.img_attn.qkv.weight" in keys  # BFL's layout, as the base file
@@ -310,9 +346,11 @@ def test_sd3_merge_from_the_all_in_one_file_loads_in_diffusers(runs, tmp_path):
 
     model, run = runs["sd3"]
     out = merge_checkpoint(
-        str(model.single_file), [(str(run / "run.diffusers.safetensors"), 0.5)],
-        tmp_path / "sd3-merged.safetensors", section=SDSection(base_config=str(model.diffusers_dir)),
-    )  # fmt: skip
+        str(model.single_file),
+        [(str(run / "run.diffusers.safetensors"), 0.5)],
+        tmp_path / "sd3-merged.safetensors",
+        section=SDSection(base_config=str(model.diffusers_dir)),
+    )
     merged = SD3Transformer2DModel.from_single_file(
         str(out), config=str(model.diffusers_dir), subfolder="transformer", local_files_only=True
     )
@@ -329,9 +367,10 @@ def test_flow_merge_refusals_are_one_line(runs, tmp_path):
     sd3_model, sd3_run = runs["sd3"]
     with pytest.raises(UsageError, match="a sd3 LoRA cannot be merged into a flux1 model"):
         merge_checkpoint(
-            str(model.diffusers_dir), [(str(sd3_run / "run.diffusers.safetensors"), 1.0)],
+            str(model.diffusers_dir),
+            [(str(sd3_run / "run.diffusers.safetensors"), 1.0)],
             tmp_path / "x.safetensors",
-        )  # fmt: skip
+        )
     gguf = tmp_path / "flux1-Q8_0.gguf"
     gguf.write_bytes(b"GGUF")
     with pytest.raises(UsageError, match="GGUF-quantized transformer"):
@@ -355,19 +394,29 @@ def test_sample_renders_what_diffusers_renders(runs, tmp_path, kind):
     model, run = runs[kind]
     lora = run / ("run.safetensors" if kind == "dev" else "run.diffusers.safetensors")
     paths = sample(
-        str(model.diffusers_dir), [(str(lora), 1.0)], ["a red cat"], tmp_path / "out",
-        seed=3, steps=2, width=32, height=32,
-    )  # fmt: skip
+        str(model.diffusers_dir),
+        [(str(lora), 1.0)],
+        ["a red cat"],
+        tmp_path / "out",
+        seed=3,
+        steps=2,
+        width=32,
+        height=32,
+    )
     image = next(p for p in paths if "sheet" not in p.name)
     with Image.open(image) as im:
         ours = np.asarray(im.convert("RGB"), dtype=int)
     pipe = model.load()
     pipe.load_lora_weights(str(run / "run.diffusers.safetensors"))
     theirs = pipe(
-        "a red cat", num_inference_steps=2, guidance_scale=7.0, width=32, height=32,
+        "a red cat",
+        num_inference_steps=2,
+        guidance_scale=7.0,
+        width=32,
+        height=32,
         generator=torch.Generator("cpu").manual_seed(3),
         max_sequence_length=512 if kind == "dev" else 256,
-    ).images[0]  # fmt: skip
+    ).images[0]
     diff = np.abs(ours - np.asarray(theirs, dtype=int))
     assert diff.max() <= 2, diff.max()
 
@@ -386,8 +435,14 @@ def test_base_quantization_is_refused_on_cpu_before_loading(runs, tmp_path, kind
     (folder / "model_index.json").write_text((model.diffusers_dir / "model_index.json").read_text())
     data = write_tiny_images(tmp_path / "data", 1)
     with pytest.raises(ConfigError, match=f"sd.base_quantization {kind}: .* need a CUDA GPU"):
-        train(tmp_path, model, data, max_steps=1, base_model=str(folder),
-              sd={"base_quantization": kind})  # fmt: skip
+        train(
+            tmp_path,
+            model,
+            data,
+            max_steps=1,
+            base_model=str(folder),
+            sd={"base_quantization": kind},
+        )
 
 
 def test_base_quantization_is_refused_for_unet_families():
@@ -416,8 +471,9 @@ def _plan(model, data, tmp_path, card=None, train=None, trace=True, **sd):
     plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
     set_plugins(plugins)
     try:
-        cfg = tiny_config(model, data, tmp_path / "p", sd={**SD, **sd}, batch_size=1,
-                          **(train or {}))  # fmt: skip
+        cfg = tiny_config(
+            model, data, tmp_path / "p", sd={**SD, **sd}, batch_size=1, **(train or {})
+        )
         config = load_config(data=cfg, registries=plugins.registries)
         if not trace:
             return plugins.registries.backends.get("sd").plan(config)
@@ -449,22 +505,28 @@ def test_plan_ladder_for_flux_names_t5_off_bf16_fp8_and_nf4(runs, tmp_path):
         assert f"{kind} weights" in planned.description
     # a card that only the last rungs fit: the rungs before them are in their flags
     chain = {"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adamw8bit"}
-    walked = _plan(model, data, tmp_path, train=chain, base_quantization="nf4",
-                   cache_text_encoder_outputs=True)  # fmt: skip
+    walked = _plan(
+        model, data, tmp_path, train=chain, base_quantization="nf4", cache_text_encoder_outputs=True
+    )
     card = Card("small", (walked.estimate.total + 1024) / 2**30 / (1 - 0.06))
     plan = _plan(model, data, tmp_path, card=card, shuffle_tags=True)  # captions each step
     assert plan.model.caches["T5 (captions encoded each step)"] == t5 * 4
     assert [cost.split(" (")[0] for _, cost in plan.model.rungs] == [
-        "T5 and CLIP off the GPU after caching their outputs", "bf16 base weights",
-        "fp8 base weights", "NF4 base weights",
-    ]  # fmt: skip
+        "T5 and CLIP off the GPU after caching their outputs",
+        "bf16 base weights",
+        "fp8 base weights",
+        "NF4 base weights",
+    ]
     assert not plan.fits
     row = next(r for r in plan.ladder if r.cost.startswith("NF4 base weights"))
     assert row.changes == {
-        "gradient_checkpointing": True, "optimizer": "adamw8bit",
-        "sd.cache_text_encoder_outputs": True, "sd.shuffle_tags": False,
-        "mixed_precision": "bf16", "sd.base_quantization": "nf4",
-    }  # fmt: skip
+        "gradient_checkpointing": True,
+        "optimizer": "adamw8bit",
+        "sd.cache_text_encoder_outputs": True,
+        "sd.shuffle_tags": False,
+        "mixed_precision": "bf16",
+        "sd.base_quantization": "nf4",
+    }
     assert not any(r.cost.startswith(("bf16", "fp8")) for r in plan.ladder)  # they do not fit
     assert row.estimate.total == walked.estimate.total
 
@@ -484,11 +546,19 @@ def test_flux_buckets_are_multiples_of_16(runs, tmp_path):
     pipe = FluxPipeline.from_pretrained(model.diffusers_dir)
     torch.manual_seed(0)
     pipe.vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(32,) * 4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=32, shift_factor=0.1159, scaling_factor=0.3611,
-        use_quant_conv=False, use_post_quant_conv=False,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(32,) * 4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
     assert families.get("flux1").pixel_multiple(pipe) == 2 ** (4 - 1) * 2 == 16
     folder = tmp_path / "flux-8x"
     pipe.save_pretrained(folder)

@@ -38,9 +38,17 @@ def _run(flow_models, tmp_path_factory, family, **extra):
     tmp = tmp_path_factory.mktemp(family)
     data = write_tiny_images(tmp / "data", 4)
     result, cap = _train(
-        tmp, flow_models[family], data, max_steps=STEPS, batch_size=4, learning_rate=1e-2,
-        lora_alpha=8, sample_prompts=["a red cat"], sample_every_n_steps=STEPS, **extra,
-    )  # fmt: skip
+        tmp,
+        flow_models[family],
+        data,
+        max_steps=STEPS,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_alpha=8,
+        sample_prompts=["a red cat"],
+        sample_every_n_steps=STEPS,
+        **extra,
+    )
     return flow_models[family], data, result, cap
 
 
@@ -205,11 +213,15 @@ def comfy_flux_map(config):
         for j, n in enumerate(("add_q_proj", "add_k_proj", "add_v_proj")):
             out[f"{src}.attn.{n}"] = (f"{dst}.txt_attn.qkv.weight", (0, j * h, h))
         for a, b in (
-            ("attn.to_out.0", "img_attn.proj"), ("attn.to_add_out", "txt_attn.proj"),
-            ("ff.net.0.proj", "img_mlp.0"), ("ff.net.2", "img_mlp.2"),
-            ("ff_context.net.0.proj", "txt_mlp.0"), ("ff_context.net.2", "txt_mlp.2"),
-            ("norm1.linear", "img_mod.lin"), ("norm1_context.linear", "txt_mod.lin"),
-        ):  # fmt: skip
+            ("attn.to_out.0", "img_attn.proj"),
+            ("attn.to_add_out", "txt_attn.proj"),
+            ("ff.net.0.proj", "img_mlp.0"),
+            ("ff.net.2", "img_mlp.2"),
+            ("ff_context.net.0.proj", "txt_mlp.0"),
+            ("ff_context.net.2", "txt_mlp.2"),
+            ("norm1.linear", "img_mod.lin"),
+            ("norm1_context.linear", "txt_mod.lin"),
+        ):
             out[f"{src}.{a}"] = (f"{dst}.{b}.weight", None)
     for i in range(config.num_single_layers):
         src, dst = f"single_transformer_blocks.{i}", f"diffusion_model.single_blocks.{i}"
@@ -315,13 +327,23 @@ def test_flux_resume_continues_exactly(flow_models, tmp_path):
     from safetensors.torch import load_file
 
     data = write_tiny_images(tmp_path / "data", 4, sizes=[(32, 32), (48, 32)])
-    common = {"max_steps": 4, "batch_size": 2, "learning_rate": 1e-2, "save_steps": 2,
-              "export_formats": ["diffusers"], "sd": {"caption_dropout": 0.3, "flip_aug": True}}  # fmt: skip
+    common = {
+        "max_steps": 4,
+        "batch_size": 2,
+        "learning_rate": 1e-2,
+        "save_steps": 2,
+        "export_formats": ["diffusers"],
+        "sd": {"caption_dropout": 0.3, "flip_aug": True},
+    }
     whole, _ = _train(tmp_path, flow_models["flux1"], data, output_dir=tmp_path / "whole", **common)
     resumed, _ = _train(
-        tmp_path, flow_models["flux1"], data, output_dir=tmp_path / "resumed",
-        resume=str(whole.output_dir / "checkpoints" / "step-2"), **common,
-    )  # fmt: skip
+        tmp_path,
+        flow_models["flux1"],
+        data,
+        output_dir=tmp_path / "resumed",
+        resume=str(whole.output_dir / "checkpoints" / "step-2"),
+        **common,
+    )
     a = load_file(str(whole.output_dir / "whole.diffusers.safetensors"))
     b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -354,9 +376,14 @@ def test_flux_clip_lora_loads_in_diffusers_and_t5_is_never_adapted(flow_models, 
     model = flow_models["flux1"]
     data = write_tiny_images(tmp_path / "data", 2)
     result, cap = _train(
-        tmp_path, model, data, max_steps=2, batch_size=2, export_formats=["diffusers"],
+        tmp_path,
+        model,
+        data,
+        max_steps=2,
+        batch_size=2,
+        export_formats=["diffusers"],
         sd={"train_text_encoder": True},
-    )  # fmt: skip
+    )
     keys, _ = lora_keys(result.output_dir / "run.diffusers.safetensors")
     te = [k for k in keys if k.startswith("text_encoder.")]
     assert te and not [k for k in keys if k.startswith("text_encoder_2.")]

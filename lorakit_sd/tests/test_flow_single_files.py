@@ -66,17 +66,30 @@ def test_bfl_split_matches_diffusers_conversion_at_flux_width():
     # FLUX.1's real row counts, one column each: every row carries its own number
     h, mlp = 3072, 4 * 3072
     rows = {
-        "img_in": h, "txt_in": h, "time_in.in_layer": h, "time_in.out_layer": h,
-        "vector_in.in_layer": h, "vector_in.out_layer": h, "guidance_in.in_layer": h,
-        "guidance_in.out_layer": h, "final_layer.linear": 64,
+        "img_in": h,
+        "txt_in": h,
+        "time_in.in_layer": h,
+        "time_in.out_layer": h,
+        "vector_in.in_layer": h,
+        "vector_in.out_layer": h,
+        "guidance_in.in_layer": h,
+        "guidance_in.out_layer": h,
+        "final_layer.linear": 64,
         "final_layer.adaLN_modulation.1": 2 * h,
-    }  # fmt: skip
+    }
     for side in ("img", "txt"):
-        rows |= {f"double_blocks.0.{side}_attn.qkv": 3 * h, f"double_blocks.0.{side}_attn.proj": h,
-                 f"double_blocks.0.{side}_mlp.0": mlp, f"double_blocks.0.{side}_mlp.2": h,
-                 f"double_blocks.0.{side}_mod.lin": 6 * h}  # fmt: skip
-    rows |= {"single_blocks.0.linear1": 3 * h + mlp, "single_blocks.0.linear2": h,
-             "single_blocks.0.modulation.lin": 3 * h}  # fmt: skip
+        rows |= {
+            f"double_blocks.0.{side}_attn.qkv": 3 * h,
+            f"double_blocks.0.{side}_attn.proj": h,
+            f"double_blocks.0.{side}_mlp.0": mlp,
+            f"double_blocks.0.{side}_mlp.2": h,
+            f"double_blocks.0.{side}_mod.lin": 6 * h,
+        }
+    rows |= {
+        "single_blocks.0.linear1": 3 * h + mlp,
+        "single_blocks.0.linear2": h,
+        "single_blocks.0.modulation.lin": 3 * h,
+    }
     state, n = {}, 0
     for name, count in rows.items():
         for kind in ("weight", "bias"):
@@ -134,10 +147,15 @@ def test_gguf_flux_transformer_loads_quantized_and_trains(flows, tmp_path):
     data = write_tiny_images(tmp_path / "data", 2)
     config_dir = models["flux1"].diffusers_dir
     result, cap = train(
-        tmp_path, models["flux1"], data, max_steps=2, batch_size=2,
-        export_formats=["diffusers"], base_model=str(files["gguf"]),
+        tmp_path,
+        models["flux1"],
+        data,
+        max_steps=2,
+        batch_size=2,
+        export_formats=["diffusers"],
+        base_model=str(files["gguf"]),
         sd={"base_config": str(config_dir)},
-    )  # fmt: skip
+    )
     assert isinstance(cap.unet.transformer_blocks[0].attn.to_q.base_layer, GGUFLinear)
     pipe = source["flux1"]
     pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
@@ -152,7 +170,10 @@ def _flux_out(transformer):
         return transformer(
             hidden_states=torch.randn(1, 16, 64, generator=g),
             encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
-            pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
-            img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), guidance=torch.ones(1),
+            pooled_projections=torch.randn(1, 32, generator=g),
+            timestep=torch.tensor([0.5]),
+            img_ids=torch.zeros(16, 3),
+            txt_ids=torch.zeros(8, 3),
+            guidance=torch.ones(1),
             return_dict=False,
-        )[0]  # fmt: skip
+        )[0]

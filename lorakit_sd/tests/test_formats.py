@@ -59,12 +59,27 @@ def test_strict_reader_refuses_what_it_cannot_apply(tmp_path, standard):
     modules = lr.resolve(lr.read_lora(_lora(tmp_path / "ok.safetensors", good)), standard["sd1"])
     assert modules[0].alpha == 4.0  # no alpha stored: alpha = rank
     cases = {
-        "unknown": ({"lora_unet_nowhere.lora_down.weight": torch.ones(4, 3), "lora_unet_nowhere.lora_up.weight": torch.ones(3, 4)}, "match no module"),
-        "shape": ({f"{stem}.lora_down.weight": torch.ones(4, 321), f"{stem}.lora_up.weight": torch.ones(320, 4)}, "do not fit"),
-        "half": ({f"{stem}.lora_down.weight": torch.ones(4, 320)}, "lacks its lora_down or lora_up"),
+        "unknown": (
+            {
+                "lora_unet_nowhere.lora_down.weight": torch.ones(4, 3),
+                "lora_unet_nowhere.lora_up.weight": torch.ones(3, 4),
+            },
+            "match no module",
+        ),
+        "shape": (
+            {
+                f"{stem}.lora_down.weight": torch.ones(4, 321),
+                f"{stem}.lora_up.weight": torch.ones(320, 4),
+            },
+            "do not fit",
+        ),
+        "half": (
+            {f"{stem}.lora_down.weight": torch.ones(4, 320)},
+            "lacks its lora_down or lora_up",
+        ),
         "loha": ({f"{stem}.hada_w1_a": torch.ones(4, 320)}, "lacks some of its loha tensors"),
         "oft": ({f"{stem}.oft_blocks": torch.ones(4, 80, 80)}, "unsupported key"),
-    }  # fmt: skip
+    }
     for name, (tensors, message) in cases.items():
         path = _lora(tmp_path / f"{name}.safetensors", tensors)
         with pytest.raises(UsageError, match=message):

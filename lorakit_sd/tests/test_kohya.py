@@ -51,8 +51,10 @@ def test_kohya_folders_give_repeats_class_tokens_and_balanced_reg(
     for k in index:
         by_folder.setdefault(Path(items[k].folder).name, []).append(k)
     assert {name: len(ks) for name, ks in by_folder.items()} == {
-        "10_mascot": 30, "5_style": 10, "1_person": 40,
-    }  # fmt: skip
+        "10_mascot": 30,
+        "5_style": 10,
+        "1_person": 40,
+    }
     captions = {Path(it.image).relative_to(tmp_path).as_posix(): it.caption for it in items}
     assert captions["img/10_mascot/00.png"] == CORPUS[0]
     assert captions["img/10_mascot/02.png"] == "mascot"  # no caption file: the class token
@@ -71,10 +73,14 @@ def test_prior_loss_weight_scales_the_loss_of_regularisation_samples(tiny_models
     losses = []
     for weight in (1.0, 0.25):
         train_tiny(
-            tmp_path, tiny_models["sd1"], img, output_dir=tmp_path / f"w{weight}",
-            learning_rate=1e-12, max_steps=2,
+            tmp_path,
+            tiny_models["sd1"],
+            img,
+            output_dir=tmp_path / f"w{weight}",
+            learning_rate=1e-12,
+            max_steps=2,
             sd={"reg_data_dir": str(reg), "prior_loss_weight": weight},
-        )  # fmt: skip
+        )
         losses.append(first_losses(tmp_path / f"w{weight}"))
     ratios = sorted(b / a for a, b in zip(*losses, strict=True))
     assert ratios == pytest.approx([0.25, 1.0], rel=1e-4)
@@ -131,9 +137,12 @@ def test_long_captions_train_and_clip_skip_is_recorded(tiny_models, tmp_path, fa
     long = ", ".join(["a mascot character with a big smile"] * 6)
     data = write_tiny_images(tmp_path / "data", 2, captions=[long, "a red cat"])
     result, _ = train_tiny(
-        tmp_path, tiny_models[family], data, max_steps=2,
+        tmp_path,
+        tiny_models[family],
+        data,
+        max_steps=2,
         sd={"clip_skip": 2, "cache_text_encoder_outputs": family == "sd1"},
-    )  # fmt: skip
+    )
     _, meta = lora_keys(tmp_path / "run" / "run.safetensors")
     assert meta["ss_clip_skip"] == ("2" if family == "sd1" else "None")
     assert meta["ss_max_token_length"] in ("150", "225")
@@ -166,9 +175,17 @@ def test_a_kohya_folder_trains_from_a_config_with_only_the_seed_keys(tiny_models
     set_plugins(None)
     try:
         code = main(
-            ["train", "--config", str(config), "--no-progress",
-             "--set", "sd.resolution=32", "--set", "sd.bucket_step=8"]
-        )  # fmt: skip
+            [
+                "train",
+                "--config",
+                str(config),
+                "--no-progress",
+                "--set",
+                "sd.resolution=32",
+                "--set",
+                "sd.bucket_step=8",
+            ]
+        )
     except SystemExit as exc:
         code = exc.code
     finally:
@@ -218,10 +235,20 @@ def test_dataset_dirs_record_each_folders_repeats_as_sd_scripts(tiny_models, tmp
     config = _config(tiny_models, img, tmp_path, reg_data_dir=str(reg))
     items, index = build_items(config, sd_plugins.registries, None, 32, lambda _: None)
     backend = SimpleNamespace(
-        config=config, section=config.section, items=items, index=index, family="sd1",
-        started_at=0, resolution=32, latents_cached=False, max_tokens=75, prediction_type="epsilon",
-        spec=families.get("sd1"), objective=SimpleNamespace(metadata=dict), unet=None,
-    )  # fmt: skip
+        config=config,
+        section=config.section,
+        items=items,
+        index=index,
+        family="sd1",
+        started_at=0,
+        resolution=32,
+        latents_cached=False,
+        max_tokens=75,
+        prediction_type="epsilon",
+        spec=families.get("sd1"),
+        objective=SimpleNamespace(metadata=dict),
+        unet=None,
+    )
     meta = run_metadata(backend, 1)
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_woman": {"n_repeats": 1, "img_count": 3}}
     assert json.loads(meta["ss_dataset_dirs"]) == {"12_mascot": {"n_repeats": 12, "img_count": 2}}

@@ -73,9 +73,17 @@ def test_label_then_train(models, tmp_path, labeler):
     data = tmp_path / "data"
     images = write_sample_images(data, 4, size=40)
     code = _cli(
-        "label", data, "--labeler", labeler, "-o", f"model={models[labeler]}",
-        *LABELERS[labeler], "--prefix", TRIGGER, "--no-progress",
-    )  # fmt: skip
+        "label",
+        data,
+        "--labeler",
+        labeler,
+        "-o",
+        f"model={models[labeler]}",
+        *LABELERS[labeler],
+        "--prefix",
+        TRIGGER,
+        "--no-progress",
+    )
     assert code == 0
     captions = _captions(data)
     assert sorted(captions) == sorted(p.name for p in images)

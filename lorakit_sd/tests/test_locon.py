@@ -14,10 +14,15 @@ def test_locon_trains_3x3_convolutions_exported_under_kohya_names(
     model = tiny_models[family]
     data = write_tiny_images(tmp_path / "data", 2)
     _, cap = train_tiny(
-        tmp_path, model, data, capture=True, max_steps=2, learning_rate=1e-2,
+        tmp_path,
+        model,
+        data,
+        capture=True,
+        max_steps=2,
+        learning_rate=1e-2,
         target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv_in"],
         sd={"conv_rank": 2, "conv_alpha": 1.0},
-    )  # fmt: skip
+    )
     err = capsys.readouterr()
     log = err.out + err.err
     assert "LoRA on conv_in loads in diffusers, ComfyUI and A1111" in log
@@ -67,8 +72,11 @@ def test_modules_outside_kohya_blocks_are_named_in_the_warning(tiny_models):
     logs: list[str] = []
     outside = warn_unsupported(unet, families.get("sdxl"), logs.append)
     assert sorted(outside) == [
-        "add_embedding.linear_1", "conv_in", "conv_out", "time_embedding.linear_1",
-    ]  # fmt: skip
+        "add_embedding.linear_1",
+        "conv_in",
+        "conv_out",
+        "time_embedding.linear_1",
+    ]
     assert len(logs) == 1 and "kohya sd-scripts" in logs[0] and "conv_in" in logs[0]
     quiet = tiny_models["sd1"].load().unet
     quiet.add_adapter(LoraConfig(r=2, target_modules=["to_q", "conv1", "proj_in"]))
@@ -84,10 +92,13 @@ def test_flux1_warns_only_of_what_sd_scripts_really_drops():
 
     flux = families.get("flux1")
     attention = [
-        "transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_k_proj",
-        "transformer_blocks.0.ff.net.2", "single_transformer_blocks.0.attn.to_v",
-        "single_transformer_blocks.0.proj_out", "single_transformer_blocks.0.proj_mlp",
-    ]  # fmt: skip
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.0.attn.add_k_proj",
+        "transformer_blocks.0.ff.net.2",
+        "single_transformer_blocks.0.attn.to_v",
+        "single_transformer_blocks.0.proj_out",
+        "single_transformer_blocks.0.proj_mlp",
+    ]
     assert client_warnings(flux, attention) == []
     [(warning, dropped)] = client_warnings(flux, [*attention, "proj_out"])
     assert dropped == ["proj_out"]

@@ -56,9 +56,15 @@ def _run(tmp_path: Any, monkeypatch: Any, model: Any, data: Any, **sd: Any) -> t
     monkeypatch.setattr(sd_helpers, "Capture", lambda: seen)
     try:
         result, _ = train_tiny(
-            tmp_path, model, data, capture=True, max_steps=3, batch_size=2,
-            export_formats=["kohya"], sd=sd,
-        )  # fmt: skip
+            tmp_path,
+            model,
+            data,
+            capture=True,
+            max_steps=3,
+            batch_size=2,
+            export_formats=["kohya"],
+            sd=sd,
+        )
     finally:
         sd_helpers.Capture = original
     return seen, result

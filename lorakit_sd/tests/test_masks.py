@@ -167,25 +167,35 @@ def test_the_latent_cache_keys_include_the_mask(tiny_models, tmp_path):
 
     def item():
         return Item(
-            image=image, caption="x", folder=str(data), size=(32, 32), bucket=(32, 32),
-            crop=(0, 0), resized=(32, 32), content_hash=file_hash(image), mask=str(mask),
+            image=image,
+            caption="x",
+            folder=str(data),
+            size=(32, 32),
+            bucket=(32, 32),
+            crop=(0, 0),
+            resized=(32, 32),
+            content_hash=file_hash(image),
+            mask=str(mask),
             mask_hash=file_hash(mask),
-        )  # fmt: skip
+        )
 
     vae = tiny_models["sd1"].load().vae
     cache = tmp_path / "cache"
     logs: list[str] = []
-    first = build_latent_cache([item()], vae, flip=False, batch_size=1, directory=cache,
-                               log=logs.append)  # fmt: skip
+    first = build_latent_cache(
+        [item()], vae, flip=False, batch_size=1, directory=cache, log=logs.append
+    )
     entry = first.get(0)
     size = tuple(entry["moments"].shape[-2:])
     assert torch.equal(entry["mask"], to_latent(pixel_mask(item())[None], size)[0])
-    again = build_latent_cache([item()], vae, flip=False, batch_size=1, directory=cache,
-                               log=logs.append)  # fmt: skip
+    again = build_latent_cache(
+        [item()], vae, flip=False, batch_size=1, directory=cache, log=logs.append
+    )
     assert again.hits == 1  # same image, same mask: found on disk
     Image.fromarray(255 - pattern(), "L").save(mask)  # a new mask for the same image
-    changed = build_latent_cache([item()], vae, flip=False, batch_size=1, directory=cache,
-                                 log=logs.append)  # fmt: skip
+    changed = build_latent_cache(
+        [item()], vae, flip=False, batch_size=1, directory=cache, log=logs.append
+    )
     assert changed.hits == 0
     assert torch.allclose(changed.get(0)["mask"], 1 - entry["mask"], atol=1e-6)
 
@@ -199,8 +209,9 @@ def test_missing_or_misfit_masks_are_data_problems(sd_plugins, tiny_models, tmp_
 
     data = write_tiny_images(tmp_path / "data", 2)
     masks = write_masks(tmp_path / "masks", 1)  # none for img_001
-    cfg = tiny_config(tiny_models["sd1"], data, tmp_path / "run",
-                      sd={"conditioning_data_dir": str(masks)})  # fmt: skip
+    cfg = tiny_config(
+        tiny_models["sd1"], data, tmp_path / "run", sd={"conditioning_data_dir": str(masks)}
+    )
     config = load_config(data=cfg, registries=sd_plugins.registries)
     with pytest.raises(DataError, match="img_001.png: no mask with its name in"):
         build_items(config, sd_plugins.registries, None, SIZE, log=lambda m: None)
@@ -208,5 +219,6 @@ def test_missing_or_misfit_masks_are_data_problems(sd_plugins, tiny_models, tmp_
     with pytest.raises(DataError, match=r"the mask is \(16, 16\), its image \(32, 32\)"):
         build_items(config, sd_plugins.registries, None, SIZE, log=lambda m: None)
     with pytest.raises(ConfigError, match="two mask sources"):
-        load_config(data={**cfg, "sd": {**cfg["sd"], "alpha_mask": True}},
-                    registries=sd_plugins.registries)  # fmt: skip
+        load_config(
+            data={**cfg, "sd": {**cfg["sd"], "alpha_mask": True}}, registries=sd_plugins.registries
+        )

@@ -41,8 +41,11 @@ def _locon_modules(unet):
             continue
         is_conv = isinstance(module, torch.nn.Conv2d)
         is_attn = isinstance(module, torch.nn.Linear) and path.rsplit(".", 1)[-1] in (
-            "to_q", "to_k", "to_v", "0",
-        )  # fmt: skip
+            "to_q",
+            "to_k",
+            "to_v",
+            "0",
+        )
         if is_conv or is_attn:
             yield path, module
 
@@ -67,11 +70,13 @@ def locon(tiny_models, tmp_path_factory):
     assert "lora_unet_up_blocks_0_upsamplers_0_conv.lora_down.weight" in tensors
     path = tmp_path_factory.mktemp("locon") / "locon.safetensors"
     meta = {
-        "ss_network_module": "networks.lora", "ss_network_dim": str(RANK),
-        "ss_network_alpha": "1.0", "ss_base_model_version": "sd_v1",
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(RANK),
+        "ss_network_alpha": "1.0",
+        "ss_base_model_version": "sd_v1",
         "ss_network_args": '{"conv_dim": "2", "conv_alpha": "1"}',
         "ss_resolution": str(TRAINED_AT),
-    }  # fmt: skip
+    }
     save_file(tensors, str(path), metadata=meta)
     return path
 
@@ -109,9 +114,17 @@ def test_merge_of_an_sd1_locon_matches_diffusers_in_the_bases_dtype(
     # --dtype still wins, and says so
     half = tmp_path / "half.safetensors"
     code, _, err = _cli(
-        capsys, "merge", "--base", model.single_file, "--lora", locon, "-o", half,
-        "--dtype", "float16",
-    )  # fmt: skip
+        capsys,
+        "merge",
+        "--base",
+        model.single_file,
+        "--lora",
+        locon,
+        "-o",
+        half,
+        "--dtype",
+        "float16",
+    )
     assert code == 0 and "float16 (as --dtype asked)" in err
     assert {v.dtype for v in load_file(str(half)).values()} == {torch.float16}
 
@@ -128,9 +141,18 @@ def test_export_and_merge_take_base_config_and_config_offline(
     code, _, err = _cli(capsys, "export", locon, "--to", "diffusers", "--base", single, "-o", out)
     assert code == 2 and "--base-config" in err and err.count("\n") == 1
     code, _, err = _cli(
-        capsys, "export", locon, "--to", "diffusers", "--base", single, "-o", out,
-        "--base-config", model.config_dir,
-    )  # fmt: skip
+        capsys,
+        "export",
+        locon,
+        "--to",
+        "diffusers",
+        "--base",
+        single,
+        "-o",
+        out,
+        "--base-config",
+        model.config_dir,
+    )
     assert code == 0, err
     _, meta = lora_keys(out)
     assert "lora_adapter_metadata" in meta
@@ -141,9 +163,13 @@ def test_export_and_merge_take_base_config_and_config_offline(
     # the same from a run's config (base model and sd.base_config in it), as train reads it
     config = write_config(
         tmp_path / "run.yaml",
-        {"task_type": "image-generation", "base_model": single, "train_data_dir": str(tmp_path),
-         "sd": {"base_config": str(model.config_dir)}},
-    )  # fmt: skip
+        {
+            "task_type": "image-generation",
+            "base_model": single,
+            "train_data_dir": str(tmp_path),
+            "sd": {"base_config": str(model.config_dir)},
+        },
+    )
     again = tmp_path / "y.diffusers.safetensors"
     code, _, err = _cli(capsys, "export", locon, "--to", "diffusers", "-c", config, "-o", again)
     assert code == 0, err
@@ -163,9 +189,13 @@ def test_validate_and_train_refuse_a_single_file_without_configs_at_once(
     data = write_tiny_images(tmp_path / "data", 2)
     config = write_config(
         tmp_path / "run.yaml",
-        {"task_type": "image-generation", "base_model": str(model.single_file),
-         "train_data_dir": str(data), "output_dir": str(tmp_path / "out")},
-    )  # fmt: skip
+        {
+            "task_type": "image-generation",
+            "base_model": str(model.single_file),
+            "train_data_dir": str(data),
+            "output_dir": str(tmp_path / "out"),
+        },
+    )
     code, out, err = _cli(capsys, "config", "validate", config)
     assert code == 2 and "ok" not in out
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "sd.base_config" in err
@@ -193,7 +223,8 @@ def test_sample_renders_at_the_loras_resolution_with_a_progress_bar(
     assert code == 0, err
     assert Image.open(tmp_path / "a" / "locon-00.png").size == TRAINED_AT
     assert "1 prompt(s)" in err  # the progress bar
-    code, _, err = _cli(capsys, "sample", *base, "-o", tmp_path / "b", "--width", "40",
-                        "--height", "24")  # fmt: skip
+    code, _, err = _cli(
+        capsys, "sample", *base, "-o", tmp_path / "b", "--width", "40", "--height", "24"
+    )
     assert code == 0, err
     assert Image.open(tmp_path / "b" / "locon-00.png").size == (40, 24)

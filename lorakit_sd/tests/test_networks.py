@@ -77,9 +77,15 @@ def _lycoris_tucker_lokr(tensors, stem, module):
 
     own = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".")[0] == stem}
     lycoris = LokrModule(
-        stem, module, 1.0, lora_dim=own["lokr_t2"].shape[0], alpha=float(own["alpha"]),
-        use_tucker=True, decompose_both="lokr_w1_a" in own, factor=-1,
-    )  # fmt: skip
+        stem,
+        module,
+        1.0,
+        lora_dim=own["lokr_t2"].shape[0],
+        alpha=float(own["alpha"]),
+        use_tucker=True,
+        decompose_both="lokr_w1_a" in own,
+        factor=-1,
+    )
     lycoris.load_state_dict(own, strict=True)
     return lycoris
 
@@ -100,9 +106,16 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
     sd = {"network": network, "conv_rank": 2, "conv_alpha": 1.0, "use_tucker": tucker}
     sd["lokr_decompose_both"] = family == "sdxl"  # lokr_w1_a/_b as well as a full lokr_w1
     _, cap = train_tiny(
-        tmp_path, model, data, capture=True, max_steps=2, learning_rate=1e-2,
-        target_modules=ATTN, lora_alpha=2.0, sd=sd,
-    )  # fmt: skip
+        tmp_path,
+        model,
+        data,
+        capture=True,
+        max_steps=2,
+        learning_rate=1e-2,
+        target_modules=ATTN,
+        lora_alpha=2.0,
+        sd=sd,
+    )
     run = tmp_path / "run"
     # diffusers reads LoRA and DoRA only
     assert (run / "run.diffusers.safetensors").exists() == (network == "dora")
@@ -136,9 +149,11 @@ def test_network_file_through_lycoris_reproduces_the_trained_model(
     from lorakit.diagnostics.inspect import inspect_path
 
     out = merge_checkpoint(
-        str(model.single_file), [(str(run / "run.safetensors"), 1.0)],
-        tmp_path / "merged.safetensors", "float32",
-    )  # fmt: skip
+        str(model.single_file),
+        [(str(run / "run.safetensors"), 1.0)],
+        tmp_path / "merged.safetensors",
+        "float32",
+    )
     merged = pipeline_class(family).from_single_file(
         str(out), config=str(model.config_dir), local_files_only=True
     )
@@ -173,12 +188,21 @@ def test_read_back_updates_follow_the_formats_formulas(tmp_path):
 
     stem = "lora_unet_down_blocks_0_attentions_0_proj_in"
     files = {
-        "loha": {"hada_w1_a": r(6, 2), "hada_w1_b": r(2, 4), "hada_w2_a": r(6, 2),
-                 "hada_w2_b": r(2, 4), "alpha": torch.tensor(1.0)},
+        "loha": {
+            "hada_w1_a": r(6, 2),
+            "hada_w1_b": r(2, 4),
+            "hada_w2_a": r(6, 2),
+            "hada_w2_b": r(2, 4),
+            "alpha": torch.tensor(1.0),
+        },
         "lokr": {"lokr_w1": r(2, 2), "lokr_w2": r(3, 2), "alpha": torch.tensor(7.0)},
-        "dora": {"lora_down.weight": r(2, 4), "lora_up.weight": r(6, 2),
-                 "alpha": torch.tensor(1.0), "dora_scale": r(6, 1).abs()},
-    }  # fmt: skip
+        "dora": {
+            "lora_down.weight": r(2, 4),
+            "lora_up.weight": r(6, 2),
+            "alpha": torch.tensor(1.0),
+            "dora_scale": r(6, 1).abs(),
+        },
+    }
     base = r(6, 4)
     for network, tensors in files.items():
         path = tmp_path / f"{network}.safetensors"

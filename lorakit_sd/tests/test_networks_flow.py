@@ -45,9 +45,14 @@ def test_network_types_on_transformer_families(flow_models, tmp_path, family, ne
     model = flow_models[family]
     data = write_tiny_images(tmp_path / "data", 2)
     result, cap = train(
-        tmp_path, model, data, max_steps=2, learning_rate=2e-2, lora_alpha=2.0,
+        tmp_path,
+        model,
+        data,
+        max_steps=2,
+        learning_rate=2e-2,
+        lora_alpha=2.0,
         sd={"network": network},
-    )  # fmt: skip
+    )
     run = result.output_dir
     tensors = load_file(str(run / "run.safetensors"))
     assert tensors and all(k.startswith("lycoris_") for k in tensors)

@@ -33,9 +33,13 @@ def test_a_forward_oom_shrinks_the_sd_batch(tiny_models, images4, tmp_path, caps
     handle = _unet_runs_out_above(2)
     try:
         auto, _ = train_tiny(
-            tmp_path, tiny_models["sd1"], images4, auto_batch_size=True,
-            output_dir=tmp_path / "auto", **keys,
-        )  # fmt: skip
+            tmp_path,
+            tiny_models["sd1"],
+            images4,
+            auto_batch_size=True,
+            output_dir=tmp_path / "auto",
+            **keys,
+        )
         with pytest.raises(RunError) as info:
             train_tiny(tmp_path, tiny_models["sd1"], images4, output_dir=tmp_path / "plain", **keys)
     finally:

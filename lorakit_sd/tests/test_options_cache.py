@@ -47,10 +47,16 @@ def _encodes(tmp_path: Path, model: Any, data: Path, **sd: Any) -> dict[str, int
     hook = torch.nn.modules.module.register_module_forward_hook(seen, with_kwargs=True)
     try:
         result, _ = train_tiny(
-            tmp_path, model, data, max_steps=1, batch_size=4, trackers=[],
-            export_formats=["diffusers"], output_dir=tmp_path / "run",
+            tmp_path,
+            model,
+            data,
+            max_steps=1,
+            batch_size=4,
+            trackers=[],
+            export_formats=["diffusers"],
+            output_dir=tmp_path / "run",
             sd={"cache_to_disk": True, **sd},
-        )  # fmt: skip
+        )
     finally:
         hook.remove()
     assert result.steps == 1

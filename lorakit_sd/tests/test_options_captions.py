@@ -64,9 +64,17 @@ def _run(tmp_path: Any, model: Any, data: Any, steps: int, **sd: Any) -> Inputs:
     sd_helpers.Capture = lambda: seen  # type: ignore[assignment,misc]
     try:
         result, _ = train_tiny(
-            tmp_path, model, data, capture=True, max_steps=steps, batch_size=8,
-            learning_rate=1e-4, trackers=[], export_formats=["kohya"], sd=sd,
-        )  # fmt: skip
+            tmp_path,
+            model,
+            data,
+            capture=True,
+            max_steps=steps,
+            batch_size=8,
+            learning_rate=1e-4,
+            trackers=[],
+            export_formats=["kohya"],
+            sd=sd,
+        )
     finally:
         sd_helpers.Capture = original
     assert result.steps == steps
@@ -160,9 +168,14 @@ def test_keep_tokens_separator_keeps_the_ends_and_shuffles_the_middle(tiny_model
     data = write_tiny_images(tmp_path / "data", 6, captions=captions)
     steps = 20
     seen = _run(
-        tmp_path, tiny_models["sd1"], data, steps, shuffle_tags=True, keep_tokens=1,
+        tmp_path,
+        tiny_models["sd1"],
+        data,
+        steps,
+        shuffle_tags=True,
+        keep_tokens=1,
         keep_tokens_separator="|||",
-    )  # fmt: skip
+    )
     tokenizer = seen.pipe.tokenizer
     ids = torch.cat(seen.ids)
     assert ids.shape[0] == steps * 6

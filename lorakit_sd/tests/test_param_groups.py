@@ -14,9 +14,13 @@ def test_text_encoder_learning_rate_is_its_own_group(tiny_models, images4, tmp_p
     from lorakit_sd.testing import tiny_config
 
     data = tiny_config(
-        tiny_models["sd1"], images4, tmp_path / "run", max_steps=1,
-        learning_rate=1e-3, sd={"train_text_encoder": True, "text_encoder_lr": 5e-5},
-    )  # fmt: skip
+        tiny_models["sd1"],
+        images4,
+        tmp_path / "run",
+        max_steps=1,
+        learning_rate=1e-3,
+        sd={"train_text_encoder": True, "text_encoder_lr": 5e-5},
+    )
     train(
         load_config(data=data, registries=sd_plugins.registries), plugins=sd_plugins, progress=False
     )

@@ -46,10 +46,14 @@ def _trained_by_setup(config: Any, tmp: Path, plugins: Any) -> int:
     registries = plugins.registries
     backend = registries.backends.get("sd").create(config)
     ctx = TrainContext(
-        config=config, accelerator=Accelerator(cpu=True), output_dir=tmp / "out",
-        cache_dir=tmp / "cache", registries=registries, weight_dtype=torch.float32,
+        config=config,
+        accelerator=Accelerator(cpu=True),
+        output_dir=tmp / "out",
+        cache_dir=tmp / "cache",
+        registries=registries,
+        weight_dtype=torch.float32,
         log=lambda *a, **k: None,
-    )  # fmt: skip
+    )
     backend.validate(ctx)
     backend.setup(ctx)
     params = {id(p): p for m in (backend.unet, *backend.text_encoders) for p in m.parameters()}

@@ -122,9 +122,18 @@ def test_template_trains_on_cpu_and_diffusers_loads_its_files(
     out = tmp_path / "out"
     ran = yaml.safe_load((out / "config.yaml").read_text())
     template["learning_rate"] = float(template["learning_rate"])  # "1e-4": YAML 1.1 reads a str
-    for key in ("optimizer", "learning_rate", "lr_scheduler", "lr_warmup_steps", "lora_rank",
-                "lora_alpha", "batch_size", "gradient_accumulation_steps", "mixed_precision",
-                "gradient_checkpointing"):  # fmt: skip
+    for key in (
+        "optimizer",
+        "learning_rate",
+        "lr_scheduler",
+        "lr_warmup_steps",
+        "lora_rank",
+        "lora_alpha",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "mixed_precision",
+        "gradient_checkpointing",
+    ):
         assert ran[key] == template[key], key
     assert torch.bfloat16 in dtypes  # autocast ran the Linears in bf16
     trained = cap.unet

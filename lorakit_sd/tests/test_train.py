@@ -24,11 +24,20 @@ def sd1_run(tiny_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sd1")
     data = write_tiny_images(tmp / "data", 4)
     result, cap = train_tiny(
-        tmp, tiny_models["sd1"], data, single_file=True, capture=True, max_steps=STEPS,
-        batch_size=4, learning_rate=1e-2, lora_alpha=8, save_steps=10,
-        sample_prompts=["a red cat", "a dog"], sample_every_n_steps=10,
+        tmp,
+        tiny_models["sd1"],
+        data,
+        single_file=True,
+        capture=True,
+        max_steps=STEPS,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_alpha=8,
+        save_steps=10,
+        sample_prompts=["a red cat", "a dog"],
+        sample_every_n_steps=10,
         sd={"min_snr_gamma": 5.0},
-    )  # fmt: skip
+    )
     return tiny_models["sd1"], data, result, cap
 
 
@@ -37,10 +46,17 @@ def sdxl_run(tiny_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sdxl")
     data = write_tiny_images(tmp / "data", 4)
     result, cap = train_tiny(
-        tmp, tiny_models["sdxl"], data, capture=True, max_steps=STEPS, batch_size=4,
-        learning_rate=1e-2, lora_alpha=8, sample_prompts=["a red cat"],
+        tmp,
+        tiny_models["sdxl"],
+        data,
+        capture=True,
+        max_steps=STEPS,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_alpha=8,
+        sample_prompts=["a red cat"],
         sd={"train_text_encoder": True},
-    )  # fmt: skip
+    )
     return tiny_models["sdxl"], data, result, cap
 
 
@@ -202,16 +218,25 @@ def test_sdxl_previews(sdxl_run):
 def test_cached_and_uncached_runs_give_the_same_first_loss(tiny_models, tmp_path, family):
     data = write_tiny_images(tmp_path / "data", 4, sizes=[(32, 32), (48, 32)])
     sd = {
-        "caption_dropout": 0.5, "flip_aug": True, "noise_offset": 0.1, "min_snr_gamma": 5.0,
+        "caption_dropout": 0.5,
+        "flip_aug": True,
+        "noise_offset": 0.1,
+        "min_snr_gamma": 5.0,
         "prediction_type": "v_prediction" if family == "sdxl" else "epsilon",
-    }  # fmt: skip
+    }
     losses = {}
     for cached in (True, False):
         result, _ = train_tiny(
-            tmp_path, tiny_models[family], data, output_dir=tmp_path / f"run-{cached}",
-            max_steps=1, batch_size=2, trackers=["jsonl"], export_formats=["kohya"],
+            tmp_path,
+            tiny_models[family],
+            data,
+            output_dir=tmp_path / f"run-{cached}",
+            max_steps=1,
+            batch_size=2,
+            trackers=["jsonl"],
+            export_formats=["kohya"],
             sd={**sd, "cache_latents": cached, "cache_text_encoder_outputs": cached},
-        )  # fmt: skip
+        )
         losses[cached] = first_losses(result.output_dir)[0]
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
 
@@ -261,7 +286,7 @@ def test_resume_continues_exactly(tiny_models, tmp_path):
                 sample_prompts=["a cat"],
                 sample_every_n_steps=1,
                 **common,
-            ),  # fmt: skip
+            ),
             registries=plugins.registries,
         )
         resumed = train(
@@ -292,9 +317,14 @@ def test_gradient_checkpointing_trains_every_lora(tiny_models, tmp_path):
 
     data = write_tiny_images(tmp_path / "data", 2)
     result, _ = train_tiny(
-        tmp_path, tiny_models["sdxl"], data, max_steps=1, export_formats=["kohya"],
-        gradient_checkpointing=True, sd={"train_text_encoder": True},
-    )  # fmt: skip
+        tmp_path,
+        tiny_models["sdxl"],
+        data,
+        max_steps=1,
+        export_formats=["kohya"],
+        gradient_checkpointing=True,
+        sd={"train_text_encoder": True},
+    )
     tensors = load_file(str(result.output_dir / "run.safetensors"))
     ups = {k: v for k, v in tensors.items() if k.endswith("lora_up.weight")}
     assert {k.split("_text_model")[0] for k in ups if "_text_model" in k} == {

@@ -78,9 +78,13 @@ def test_set_up_run_stop_resume_and_download_in_a_browser(browser, tiny_sd, imag
         assert page.input_value("[name='learning_rate']") == "1e-4"  # from the template
         # previews after every step keep the run going long enough to stop it midway
         values = tiny_form(
-            tiny_sd, images, runs, max_steps="12", sample_every_n_steps="1",
+            tiny_sd,
+            images,
+            runs,
+            max_steps="12",
+            sample_every_n_steps="1",
             sample_prompts="[a red circle on a white background]",
-        )  # fmt: skip
+        )
         page.click("#advanced summary")  # the keys beyond the basic ones
         for key, value in values.items():
             selector = f"[data-key='{key}']"

@@ -104,7 +104,12 @@ def test_a_fifo_lock_and_a_record_linked_to_dev_zero_neither_block_nor_exhaust_t
 
 def test_links_in_a_run_folder_and_a_dataset_are_neither_served_nor_zipped(hostile):
     server, root, _ = hostile
-    for rel in ("config.yaml", "leak.safetensors", "samples/s-0.png", "adapter/adapter_model.safetensors"):  # fmt: skip
+    for rel in (
+        "config.yaml",
+        "leak.safetensors",
+        "samples/s-0.png",
+        "adapter/adapter_model.safetensors",
+    ):
         status, headers, body = fetch(server, f"/runs/links/files/{rel}")
         assert status == 404 and SECRET not in body, rel
         assert "content-security-policy" in headers

@@ -42,9 +42,14 @@ def test_second_writer_refused_server_killed_mid_run_restart_stop_and_resume(
     try:
         server.wait()
         values = tiny_form(
-            tiny_sd, images, runs, name="a", max_steps="30", sample_every_n_steps="1",
+            tiny_sd,
+            images,
+            runs,
+            name="a",
+            max_steps="30",
+            sample_every_n_steps="1",
             sample_prompts="[a red circle]",
-        )  # fmt: skip
+        )
         body = {"backend": "sd", "template": "sd15", "values": values}
         status, started = server.post("/api/start", body)
         assert status == 200 and started["ok"], started
@@ -57,8 +62,10 @@ def test_second_writer_refused_server_killed_mid_run_restart_stop_and_resume(
         # a second `lorakit train` on the folder, from the CLI: one line naming the PID
         cli = subprocess.run(
             [sys.executable, "-m", "lorakit.cli", "train", "--config", str(config)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert cli.returncode == 2, cli.stderr
         assert cli.stderr.strip().count("\n") == 0
         assert f"is in use by another training (PID {pid}, since " in cli.stderr

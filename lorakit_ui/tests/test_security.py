@@ -15,8 +15,10 @@ from ui_helpers import ORIGIN, TOKEN, Server
 PARAMS = {"name": "x", "rel": "y"}
 COOKIE = "lorakit_ui_token_7860"
 NEEDED = {
-    "content-security-policy", "x-frame-options", "x-content-type-options",
-}  # fmt: skip
+    "content-security-policy",
+    "x-frame-options",
+    "x-content-type-options",
+}
 
 
 def every_route(app) -> list[tuple[str, str]]:
@@ -48,8 +50,9 @@ def send(app, method, path, *, host="127.0.0.1:7860", cookie=TOKEN, query="", **
     body = {} if method == "POST" else None
     sent = {"content-type": "application/json"} if method == "POST" else {}
     sent.update(headers)
-    return client.request(method, path + query, content=None if body is None else b"{}",
-                          headers=sent)  # fmt: skip
+    return client.request(
+        method, path + query, content=None if body is None else b"{}", headers=sent
+    )
 
 
 def test_every_route_checks_host_token_origin_and_content_type(app, runs_dir, capfd):
@@ -93,8 +96,12 @@ def test_the_attacks_of_the_report_change_nothing(app, runs_dir, tmp_path):
     client.cookies.set(COOKIE, TOKEN)
     plain = {"content-type": "text/plain", "origin": "http://evil.example"}
     assert client.post("/api/save", content=body, headers=plain).status_code == 403
-    assert client.post("/api/save", content=body, headers={"content-type": "text/plain",
-                       "origin": ORIGIN}).status_code == 415  # fmt: skip
+    assert (
+        client.post(
+            "/api/save", content=body, headers={"content-type": "text/plain", "origin": ORIGIN}
+        ).status_code
+        == 415
+    )
     assert not target.exists()
     # a name that closes a script element is text in a page, never markup
     payload = "x</script><script>alert(1)</script>"

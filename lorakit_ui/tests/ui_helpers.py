@@ -71,10 +71,12 @@ class Server:
         command += ["--runs-dir", str(runs), "--host", host, *args]
         self.handle = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            command, stdout=self.handle, stderr=subprocess.STDOUT,
+            command,
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             preexec_fn=None if memory_limit is None else lambda: _cap_memory(memory_limit),
-        )  # fmt: skip
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = ""
 

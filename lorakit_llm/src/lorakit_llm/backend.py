@@ -163,9 +163,12 @@ class LLMBackend(Backend):
 
         section, train = self.section, self.config.train
         model, self.tokenizer = self._loader(ctx.registries).load(
-            train.base_model, dtype=self._dtype(ctx), load_in_4bit=section.load_in_4bit,
-            attn_implementation=section.attn_implementation, device=ctx.accelerator.device,
-        )  # fmt: skip
+            train.base_model,
+            dtype=self._dtype(ctx),
+            load_in_4bit=section.load_in_4bit,
+            attn_implementation=section.attn_implementation,
+            device=ctx.accelerator.device,
+        )
         applied = speed.apply_kernels(model, section.kernels)
         if applied:
             ctx.log(f"llm: {applied}")
@@ -177,9 +180,10 @@ class LLMBackend(Backend):
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=train.gradient_checkpointing,
+                model,
+                use_gradient_checkpointing=train.gradient_checkpointing,
                 gradient_checkpointing_kwargs=gc_kwargs,
-            )  # fmt: skip
+            )
         elif train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         device = ctx.accelerator.device
@@ -226,9 +230,10 @@ class LLMBackend(Backend):
         from lorakit_llm.formats import choose_reader
 
         return choose_reader(
-            self.config.train.train_data_dir, registries.dataset_readers,
+            self.config.train.train_data_dir,
+            registries.dataset_readers,
             self.section.dataset_format,
-        )  # fmt: skip
+        )
 
     def dataset(self, ctx: TrainContext) -> TokenDataset:
         section, train = self.section, self.config.train
@@ -236,11 +241,13 @@ class LLMBackend(Backend):
             self.validate(ctx)
         self.data_hash = files_fingerprint(_data_files(Path(train.train_data_dir)))
         key = cache_key(
-            reader=self.reader_name, data=self.data_hash,
+            reader=self.reader_name,
+            data=self.data_hash,
             tokenizer=tokenizer_fingerprint(self.tokenizer, self.template),
-            max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
+            max_seq_len=section.max_seq_len,
+            train_on_inputs=section.train_on_inputs,
             system_prompt=section.system_prompt,
-        )  # fmt: skip
+        )
         path = cache_path(ctx.cache_dir, key)
         if section.eval_data:
             self.data_hash = files_fingerprint(
@@ -258,9 +265,12 @@ class LLMBackend(Backend):
             if data is None:
                 assert self.records is not None  # validate() read them or refused the run
                 data = tokenize_records(
-                    self.records, self.tokenizer, self.template,
-                    max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
-                )  # fmt: skip
+                    self.records,
+                    self.tokenizer,
+                    self.template,
+                    max_seq_len=section.max_seq_len,
+                    train_on_inputs=section.train_on_inputs,
+                )
                 if ctx.accelerator.is_main_process:
                     save_cached(data, path)
         if len(data) == 0:
@@ -275,19 +285,29 @@ class LLMBackend(Backend):
             self.eval_set = TokenDataset(data, packed=self.packing, rows=eval_rows)
         elif self.eval_records is not None:
             held = tokenize_records(
-                self.eval_records, self.tokenizer, self.template,
-                max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
-            )  # fmt: skip
+                self.eval_records,
+                self.tokenizer,
+                self.template,
+                max_seq_len=section.max_seq_len,
+                train_on_inputs=section.train_on_inputs,
+            )
             if len(held) == 0:
                 raise DataError("no eval row has a token to score", where=section.eval_data)
             self.eval_set = TokenDataset(held, packed=self.packing)
         self.stats = {
-            "format": self.reader_name, "records": data.records, "rows": len(data),
-            "truncated": data.truncated, "dropped": data.dropped,
-            "target_tokens": data.target_tokens(), "tokens": int(data.offsets[-1]),
-            "packed": self.packing, "layout": self.layout, "cached": cached,
-            "train_rows": len(dataset), "eval_rows": len(self.eval_set or ()),
-        }  # fmt: skip
+            "format": self.reader_name,
+            "records": data.records,
+            "rows": len(data),
+            "truncated": data.truncated,
+            "dropped": data.dropped,
+            "target_tokens": data.target_tokens(),
+            "tokens": int(data.offsets[-1]),
+            "packed": self.packing,
+            "layout": self.layout,
+            "cached": cached,
+            "train_rows": len(dataset),
+            "eval_rows": len(self.eval_set or ()),
+        }
         ctx.log(
             f"llm: {data.records} rows ({self.reader_name}), {self.stats['tokens']:,} tokens "
             f"({self.stats['target_tokens']:,} in answers), batches of {train.batch_size} "
@@ -376,11 +396,15 @@ class LLMBackend(Backend):
         chat = self.reader_name not in ("prompt_completion", "text")
         return [
             write_samples(
-                self.model, self.tokenizer, prompts, Path(directory) / f"step-{step}.txt",
+                self.model,
+                self.tokenizer,
+                prompts,
+                Path(directory) / f"step-{step}.txt",
                 template=self.template if chat else None,
-                max_new_tokens=self.section.sample_max_new_tokens, system=self.system_prompt(),
+                max_new_tokens=self.section.sample_max_new_tokens,
+                system=self.system_prompt(),
             )
-        ]  # fmt: skip
+        ]
 
     def dataset_fingerprint(self) -> str:
         return self.data_hash[:16]

@@ -46,9 +46,13 @@ def register(app: typer.Typer) -> None:
         from lorakit_llm.chat_session import ChatSession
 
         session = ChatSession.open(
-            base, [parse_lora(a) for a in adapter or []], dtype=dtype,
-            chat_template=chat_template, system=system, max_new_tokens=max_new_tokens,
-        )  # fmt: skip
+            base,
+            [parse_lora(a) for a in adapter or []],
+            dtype=dtype,
+            chat_template=chat_template,
+            system=system,
+            max_new_tokens=max_new_tokens,
+        )
         if combine:
             session.combine()
         elif use:

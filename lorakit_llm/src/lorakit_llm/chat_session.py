@@ -113,10 +113,15 @@ class ChatSession:
         guard = self.model.disable_adapter() if off else contextlib.nullcontext()
         with guard:
             answer = generate(
-                self.model, self.tokenizer, messages, template=style.template,
+                self.model,
+                self.tokenizer,
+                messages,
+                template=style.template,
                 max_new_tokens=self.max_new_tokens,
-            )  # fmt: skip
+            )
         if style.template is not None:
-            self.history += [{"role": "user", "content": prompt},
-                             {"role": "assistant", "content": answer}]  # fmt: skip
+            self.history += [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": answer},
+            ]
         return answer

@@ -81,7 +81,12 @@ def demo_score(config_path: Path, run_dir: Path | None = None) -> str:
     style = adapter_style(adapter, tokenizer, llm.get("chat_template"), llm.get("system_prompt"))
     right = 0
     for row in rows:
-        answer = generate(model, tokenizer, with_system(style, row["question"]),
-                          template=style.template, max_new_tokens=24)  # fmt: skip
+        answer = generate(
+            model,
+            tokenizer,
+            with_system(style, row["question"]),
+            template=style.template,
+            max_new_tokens=24,
+        )
         right += answer.strip() == row["answer"].strip()
     return f"{right}/{len(rows)} right"

@@ -16,8 +16,15 @@ from typing import Any
 from lorakit.api import AdapterExport, UsageError, __version__, atomic_dir, half_dtype, write_text
 from lorakit_llm.export_view import base_reference
 
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 
 
 def _base_gguf_file(base: str) -> str | None:
@@ -134,16 +141,23 @@ def merge_command(
         info = ref.path / "lorakit.json"
         record = json.loads(info.read_text()) if info.is_file() else {}
         adapters.append(
-            {"path": str(ref.path.resolve()), "weight": ref.weight,
-             "config_hash": record.get("config_hash")}
-        )  # fmt: skip
+            {
+                "path": str(ref.path.resolve()),
+                "weight": ref.weight,
+                "config_hash": record.get("config_hash"),
+            }
+        )
     output = Path(output)
     with atomic_dir(output) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        provenance = {"lorakit": __version__, "base_model": base_reference(base),
-                      "base_gguf_file": _base_gguf_file(base),
-                      "adapters": adapters, "dtype": str(out_dtype).replace("torch.", "")}  # fmt: skip
+        provenance = {
+            "lorakit": __version__,
+            "base_model": base_reference(base),
+            "base_gguf_file": _base_gguf_file(base),
+            "adapters": adapters,
+            "dtype": str(out_dtype).replace("torch.", ""),
+        }
         (tmp / "lorakit.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     return output
 
@@ -175,14 +189,18 @@ def sample_command(
     if len(refs) > 1:
         combine_adapters(model, refs)
     # Prompted as the (first) adapter was trained: its template, format and system prompt.
-    style = adapter_style(refs[0].path if refs else None, tokenizer, section.chat_template,
-                          section.system_prompt)  # fmt: skip
+    style = adapter_style(
+        refs[0].path if refs else None, tokenizer, section.chat_template, section.system_prompt
+    )
     blocks = []
     for prompt in prompts:
         answer = generate(
-            model, tokenizer, with_system(style, prompt), template=style.template,
+            model,
+            tokenizer,
+            with_system(style, prompt),
+            template=style.template,
             max_new_tokens=steps or section.sample_max_new_tokens,
-        )  # fmt: skip
+        )
         print(f"### {prompt}\n{answer}\n")
         blocks.append(f"### {prompt}\n{answer}\n")
     path = Path(output) / "samples.txt"

@@ -56,7 +56,7 @@ def adapter_export(backend: Any, step: int) -> AdapterExport:
             alpha=t.alpha,
             dropout=t.lora_dropout,
             args={"use_rslora": str(section.use_rslora)},
-        ),  # fmt: skip
+        ),
         state_dict=lambda: trainable_state_dict(backend.model),
         family=str(getattr(backend.model.config, "model_type", "") or ""),
         base_model=t.base_model,

@@ -44,8 +44,10 @@ def adapter_dir(path: str | Path) -> Path:
     """
     path = Path(path).expanduser()
     if path.is_file() and path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
-        raise UsageError(f"{path}: a pickled adapter can run code when loaded; lorakit reads "
-                         "PEFT adapters saved as adapter_model.safetensors only")  # fmt: skip
+        raise UsageError(
+            f"{path}: a pickled adapter can run code when loaded; lorakit reads "
+            "PEFT adapters saved as adapter_model.safetensors only"
+        )
     for candidate in (path, path / "adapter"):
         if (candidate / "adapter_config.json").is_file():
             weights = candidate / "adapter_model.safetensors"
@@ -168,9 +170,11 @@ def combine_adapters(model: Any, refs: list[AdapterRef]) -> str:
         set_weight(model, ref.name, 1.0)
     try:
         model.add_weighted_adapter(
-            adapters=[r.name for r in refs], weights=[r.weight for r in refs],
-            adapter_name=COMBINED, combination_type="cat",
-        )  # fmt: skip
+            adapters=[r.name for r in refs],
+            weights=[r.weight for r in refs],
+            adapter_name=COMBINED,
+            combination_type="cat",
+        )
     except (ValueError, NotImplementedError) as exc:
         raise UsageError(f"cannot combine these adapters: {str(exc).splitlines()[0]}") from None
     finally:
@@ -257,9 +261,10 @@ def generate(
     try:
         with torch.no_grad():
             out = model.generate(
-                input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                input_ids=ids.to(device),
+                attention_mask=torch.ones_like(ids).to(device),
                 generation_config=config,
-            )  # fmt: skip
+            )
     finally:
         model.train(was_training)
     new = cut_at_stop(out[0, ids.shape[1] :].tolist(), stops)
@@ -284,9 +289,12 @@ def write_samples(
     style = PromptStyle(template, system)
     for prompt in prompts:
         answer = generate(
-            model, tokenizer, with_system(style, prompt),
-            template=template, max_new_tokens=max_new_tokens,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            with_system(style, prompt),
+            template=template,
+            max_new_tokens=max_new_tokens,
+        )
         blocks.append(f"### {prompt}\n{answer}\n")
     write_text(path, "\n".join(blocks))
     return path

@@ -77,13 +77,15 @@ def _record(adapter: Path) -> dict[str, Any]:
 def check_exportable(adapter: Path, peft: dict[str, Any]) -> None:
     """Refuse what llama.cpp's GGUF LoRA cannot hold, naming it."""
     problems = [
-        what for what, bad in (
+        what
+        for what, bad in (
             ("DoRA", peft.get("use_dora")),
             ("modules_to_save", peft.get("modules_to_save")),
             ("per-module ranks (rank_pattern)", peft.get("rank_pattern")),
             ("per-module alphas (alpha_pattern)", peft.get("alpha_pattern")),
-        ) if bad
-    ]  # fmt: skip
+        )
+        if bad
+    ]
     if problems:
         raise UsageError(
             f"{adapter}: llama.cpp's GGUF LoRA cannot hold {', '.join(problems)}; "

@@ -113,8 +113,10 @@ def _run_notes(folder: Path) -> tuple[str, ...]:
         status = record.get("status", "running or stopped")
         steps = record.get("steps")
         loss = record.get("final_loss")
-        bits = [f"{steps} steps" if steps is not None else "",
-                f"final loss {loss:.4g}" if isinstance(loss, int | float) else ""]  # fmt: skip
+        bits = [
+            f"{steps} steps" if steps is not None else "",
+            f"final loss {loss:.4g}" if isinstance(loss, int | float) else "",
+        ]
         detail = ", ".join(b for b in bits if b)
         notes.append(
             f"run: {status}" + (f" ({detail})" if detail else "") + f" [{RunFolder.RECORD}]"
@@ -140,8 +142,9 @@ def identify(probe: FileProbe) -> FileKind | None:
     if not path.is_dir():
         return None
     if (path / "adapter" / "adapter_config.json").is_file():
-        return FileKind("lorakit run folder (llm)", inspect=path / "adapter",
-                        notes=_run_notes(path))  # fmt: skip
+        return FileKind(
+            "lorakit run folder (llm)", inspect=path / "adapter", notes=_run_notes(path)
+        )
     config = _json(path / "adapter_config.json")
     if config.get("task_type") == "CAUSAL_LM":
         return FileKind("for causal language models (llm backend)", inspect=path)

@@ -119,8 +119,10 @@ def resolve_base(base: str) -> BaseSource:
         if (path / "config.json").is_file():
             pickled = sorted(p.name for p in path.glob("*.bin"))
             if pickled and not any(path.glob("*.safetensors")) and not unsafe_pickle_allowed():
-                raise UsageError(f"{path}: its weights are {pickled[0]}, a pickle that can run "
-                                 f"code when loaded; {UNSAFE_PICKLE_HINT}")  # fmt: skip
+                raise UsageError(
+                    f"{path}: its weights are {pickled[0]}, a pickle that can run "
+                    f"code when loaded; {UNSAFE_PICKLE_HINT}"
+                )
             return BaseSource(str(path))
         if (path / "adapter_config.json").is_file():
             raise UsageError(f"{path} is a LoRA adapter, not a base model (no config.json)")
@@ -200,8 +202,11 @@ def _reading_gguf(source: BaseSource, dtype: Any) -> None:
     count = gguf_tensor_count(Path(source.location) / str(source.gguf_file))
     tensors = f"{count} tensors, " if count is not None else ""
     dtype_name = str(dtype).removeprefix("torch.")
-    print(f"reading GGUF {source.gguf_file} ({tensors}dequantizing to {dtype_name})",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"reading GGUF {source.gguf_file} ({tensors}dequantizing to {dtype_name})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def load_model(
@@ -279,9 +284,12 @@ def load_base(
     """``(model, tokenizer)`` through the model loader that reads ``base`` (or ``loader``)."""
     spec = loader_for(base, loader, registries)
     result = spec.load(
-        base, dtype=dtype, load_in_4bit=load_in_4bit,
-        attn_implementation=attn_implementation, device=device,
-    )  # fmt: skip
+        base,
+        dtype=dtype,
+        load_in_4bit=load_in_4bit,
+        attn_implementation=attn_implementation,
+        device=device,
+    )
     model, tokenizer = result
     return model, tokenizer
 
@@ -342,9 +350,12 @@ def load_any(
     base = resolve_base(source)
     tokenizer = load_tokenizer(base)
     model = load_model(
-        base, dtype=dtype, load_in_4bit=load_in_4bit,
-        attn_implementation=attn_implementation, device=device,
-    )  # fmt: skip
+        base,
+        dtype=dtype,
+        load_in_4bit=load_in_4bit,
+        attn_implementation=attn_implementation,
+        device=device,
+    )
     return model, tokenizer
 
 

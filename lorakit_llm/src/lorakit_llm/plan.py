@@ -135,10 +135,13 @@ def longest_example(config: Config, section: LLMSection) -> tuple[int | None, st
         else:
             lengths = list(
                 tokenize_records(
-                    records, tokenizer, template,
-                    max_seq_len=section.max_seq_len, train_on_inputs=section.train_on_inputs,
+                    records,
+                    tokenizer,
+                    template,
+                    max_seq_len=section.max_seq_len,
+                    train_on_inputs=section.train_on_inputs,
                 ).lengths()
-            )  # fmt: skip
+            )
     except Exception as exc:  # noqa: BLE001 - a plan is advice: the data's errors come at train
         return None, f"the data could not be tokenized ({_short(exc)})"
     longest = max(lengths, default=0)
@@ -197,7 +200,9 @@ def planner(config: Config) -> PlanModel:
     name = type(model_config).__name__.removesuffix("Config")
     size = _params(model_config)
     model = PlanModel(
-        build=build, batch=fake_batch, loss=partial(plan_loss, reference=reference),
+        build=build,
+        batch=fake_batch,
+        loss=partial(plan_loss, reference=reference),
         description=f"{name} ({size}), {'4-bit NF4' if section.load_in_4bit else str(weights).removeprefix('torch.')} weights",
         per_step=f"{batch * seq:,} tokens ({batch} × {seq})"
         + (f", {batch // 2} pairs{' + a reference pass' if reference else ''}" if pairs else "")
@@ -208,11 +213,15 @@ def planner(config: Config) -> PlanModel:
             else ""
         ),
         autocast_dtype=compute if half else None,
-        items=count_rows(train.train_data_dir), resolution_key="llm.max_seq_len",
+        items=count_rows(train.train_data_dir),
+        resolution_key="llm.max_seq_len",
         resolution=seq,
         resolution_steps=tuple(s for s in (seq // 2, seq // 4) if s >= MIN_SEQ_LEN),
-        qlora_key="llm.load_in_4bit", qlora=section.load_in_4bit, caveat=caveat, caches=caches,
-    )  # fmt: skip
+        qlora_key="llm.load_in_4bit",
+        qlora=section.load_in_4bit,
+        caveat=caveat,
+        caches=caches,
+    )
 
     if section.load_in_4bit:  # the count of 4-bit weights is known once the model is built
         build(False)
@@ -262,10 +271,7 @@ def meta_model(
         # bitsandbytes quantizes the Linear layers (not the head); peft's
         # prepare_model_for_kbit_training then casts every other weight to float32.
         head = model.get_output_embeddings()
-        linear = [
-            m for m in model.modules()
-            if isinstance(m, torch.nn.Linear) and m is not head
-        ]  # fmt: skip
+        linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
         quantized = sum(m.weight.numel() for m in linear)
         kept = {id(m.weight) for m in linear}
         for param in model.parameters():

@@ -160,12 +160,10 @@ def register_backends(register: Callable[[BackendPlugin], None]) -> None:
 
 #: Model loaders of the llm backend: (name, description, priority); code in lorakit_llm.loading.
 MODEL_LOADERS = (
-    ("ggml", "old GGML .bin files (ggjt magic): refused, with the command that converts them",
-     20),
-    ("gguf", "a .gguf file (llama.cpp), through transformers' gguf_file; weights dequantized",
-     10),
+    ("ggml", "old GGML .bin files (ggjt magic): refused, with the command that converts them", 20),
+    ("gguf", "a .gguf file (llama.cpp), through transformers' gguf_file; weights dequantized", 10),
     ("hf", "a transformers model folder or a Hugging Face hub id", -10),
-)  # fmt: skip
+)
 
 
 @hookimpl

@@ -31,8 +31,13 @@ from lorakit.api import DataError
 
 Record = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system"}  # fmt: skip
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 
 
 ROW_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -235,8 +240,9 @@ def read_qa(path: str | Path, system_prompt: str | None = None, **_: Any) -> lis
             {"role": "user", "content": _text(row, "question", where)},
             {"role": "assistant", "content": _text(row, "answer", where)},
         ]
-        out.append({"kind": "chat", "messages": _with_system(messages, system_prompt),
-                    "source": where})  # fmt: skip
+        out.append(
+            {"kind": "chat", "messages": _with_system(messages, system_prompt), "source": where}
+        )
     return out
 
 
@@ -254,18 +260,23 @@ def read_alpaca(path: str | Path, system_prompt: str | None = None, **_: Any) ->
             {"role": "user", "content": user},
             {"role": "assistant", "content": _text(row, "output", where)},
         ]
-        out.append({"kind": "chat", "messages": _with_system(messages, system_prompt),
-                    "source": where})  # fmt: skip
+        out.append(
+            {"kind": "chat", "messages": _with_system(messages, system_prompt), "source": where}
+        )
     return out
 
 
 def read_prompt_completion(path: str | Path, **_: Any) -> list[Record]:
     """``{"prompt", "completion"}`` rows: raw text ``prompt + completion``, no chat template."""
     return [
-        {"kind": "completion", "prompt": _text(row, "prompt", where),
-         "completion": _text(row, "completion", where), "source": where}
+        {
+            "kind": "completion",
+            "prompt": _text(row, "prompt", where),
+            "completion": _text(row, "completion", where),
+            "source": where,
+        }
         for where, row in _rows(path, ("prompt", "completion"))
-    ]  # fmt: skip
+    ]
 
 
 def read_chat(path: str | Path, **_: Any) -> list[Record]:

@@ -68,17 +68,20 @@ class LLMSection(BaseModel):
         "it supports (CUDA, liger-kernel installed); null: transformers' own.",
     )
     eval_split: float = Field(
-        0.0, ge=0.0, lt=0.5,
+        0.0,
+        ge=0.0,
+        lt=0.5,
         description="Fraction of the rows held out (chosen by seed) to measure eval loss on.",
-    )  # fmt: skip
+    )
     eval_data: str | None = Field(
         None, description="A separate file or folder of eval rows (same format as the data)."
     )
     eval_steps: int | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="Eval loss every this many optimizer steps and at the end (null: ~10 "
         "times per run).",
-    )  # fmt: skip
+    )
     sample_max_new_tokens: int = Field(
         64, gt=0, description="Tokens generated per sample prompt (greedy)."
     )
@@ -89,11 +92,12 @@ class LLMSection(BaseModel):
         "learning from rewards of the model's own samples (docs/llm.md, GRPO).",
     )
     beta: float | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="Preference strength: DPO/SimPO beta, ORPO's lambda (null: 0.1 for dpo "
         "and orpo, 2.0 for simpo); GRPO: weight of the KL to the reference (null: 0.0, "
         "no reference pass).",
-    )  # fmt: skip
+    )
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=0.5, description="DPO/SimPO: assumed fraction of flipped labels."
     )
@@ -133,14 +137,16 @@ class LLMSection(BaseModel):
         0.2, gt=0, lt=1, description="GRPO: clip range of the probability ratio (lower side)."
     )
     epsilon_high: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="GRPO: upper clip range (DAPO's clip-higher; null: epsilon).",
-    )  # fmt: skip
+    )
     num_iterations: int = Field(
-        1, ge=1,
+        1,
+        ge=1,
         description="GRPO: optimizer steps on each batch of completions (μ; above 1 the "
         "sampling policy's log-probs are kept for the ratio).",
-    )  # fmt: skip
+    )
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group",
         description="GRPO: divide advantages by the group's reward std, the batch's, or not "

@@ -66,8 +66,9 @@ def _merge_gap(gguf: Path, adapter: Path, ids: Any, want: Any) -> float:
 
     from lorakit_llm.export import merge_command
 
-    folder = merge_command(str(gguf), [(str(adapter), 1.0)], gguf.parent / "selftest-merged",
-                           "float32")  # fmt: skip
+    folder = merge_command(
+        str(gguf), [(str(adapter), 1.0)], gguf.parent / "selftest-merged", "float32"
+    )
     try:
         merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         with torch.no_grad():

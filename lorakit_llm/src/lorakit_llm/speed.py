@@ -51,7 +51,11 @@ def apply_kernels(model: Any, kernels: str | None) -> str:
         supported = ", ".join(sorted(monkey_patch.MODEL_TYPE_TO_APPLY_LIGER_FN))
         raise UsageError(f"llm.kernels: liger has no kernels for {model_type} ({supported})")
     monkey_patch._apply_liger_kernel_to_instance(
-        model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+        model=model,
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
         fused_linear_cross_entropy=False,
-    )  # fmt: skip
+    )
     return f"liger kernels (RMSNorm, RoPE, SwiGLU) for {model_type}"

@@ -36,15 +36,37 @@ TINY_CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>")
 
 CAPITALS = (
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Greece", "Athens"),
-    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Ireland", "Dublin"),
-    ("Japan", "Tokyo"), ("China", "Beijing"), ("India", "New Delhi"), ("Egypt", "Cairo"),
-    ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"), ("Canada", "Ottawa"),
-    ("Cuba", "Havana"), ("Russia", "Moscow"), ("Turkey", "Ankara"), ("Iran", "Tehran"),
-    ("Belgium", "Brussels"), ("Denmark", "Copenhagen"), ("Hungary", "Budapest"),
-    ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Mexico", "Mexico City"),
-)  # fmt: skip
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"),
+    ("Poland", "Warsaw"),
+    ("Greece", "Athens"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Ireland", "Dublin"),
+    ("Japan", "Tokyo"),
+    ("China", "Beijing"),
+    ("India", "New Delhi"),
+    ("Egypt", "Cairo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Canada", "Ottawa"),
+    ("Cuba", "Havana"),
+    ("Russia", "Moscow"),
+    ("Turkey", "Ankara"),
+    ("Iran", "Tehran"),
+    ("Belgium", "Brussels"),
+    ("Denmark", "Copenhagen"),
+    ("Hungary", "Budapest"),
+    ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"),
+    ("Mexico", "Mexico City"),
+)
 
 
 def qa_pairs(n: int = 150, seed: int = 0) -> list[dict[str, str]]:
@@ -242,8 +264,11 @@ def write_gguf(
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
-    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}  # fmt: skip
+    file_types = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }
     writer.add_file_type(file_types[dtype])
 
     _add_tokenizer(writer, tokenizer)
@@ -316,14 +341,18 @@ def build_qwen_like_tokenizer(corpus: list[str] | None = None, vocab_size: int =
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator([*(corpus or default_corpus()), "system user assistant"], trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=specials[1:],
-    )  # fmt: skip
+    )
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     tokenizer.model_max_length = 512
     return tokenizer
@@ -344,17 +373,23 @@ def build_llama2_like_tokenizer(corpus: list[str] | None = None, vocab_size: int
         [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
     )
     backend.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-         decoders.Strip(" ", 1, 0)]
-    )  # fmt: skip
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
     import string
 
     text = "".join(corpus or default_corpus()) + string.printable
     alphabet = sorted({c for c in text.replace(" ", "▁") if c not in "\r\x0b\x0c"})
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=[*alphabet, "▁"], show_progress=False,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=[*alphabet, "▁"],
+        show_progress=False,
+    )
     backend.train_from_iterator(corpus or default_corpus(), trainer)
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
@@ -383,12 +418,18 @@ def build_chain_llama(
         raise ValueError("a chain token may appear only once (except as the last)")
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
@@ -404,9 +445,10 @@ def build_chain_llama(
         model.model.norm.weight.fill_(1.0)
         model.lm_head.weight.copy_(head / (emb.norm(dim=-1, keepdim=True).mean()))
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -101,10 +101,13 @@ class SDBackend(Backend):
         # module (no gather hooks); prepare partitions what is inside it.
         with loading_whole():
             self.model = load_base(
-                t.base_model, base_config=sec.base_config, model_family=sec.model_family,
-                allow_unsafe_pickle=unsafe_pickle_allowed(), loader=t.model_loader,
+                t.base_model,
+                base_config=sec.base_config,
+                model_family=sec.model_family,
+                allow_unsafe_pickle=unsafe_pickle_allowed(),
+                loader=t.model_loader,
                 registries=ctx.registries,
-            )  # fmt: skip
+            )
         self.family = self.model.family
         self.spec = spec = self.model.spec
         spec.check_section(sec)
@@ -139,9 +142,13 @@ class SDBackend(Backend):
             for encoder in spec.all_text_encoders(pipe):
                 encoder.to(self.weight_dtype)
         self.unet_targets = adapt_models(
-            self.unet, self.model.text_encoders, spec=spec, config=self.config, section=sec,
+            self.unet,
+            self.model.text_encoders,
+            spec=spec,
+            config=self.config,
+            section=sec,
             checkpointing=t.gradient_checkpointing,
-        )  # fmt: skip
+        )
 
         warn_unsupported(self.unet, spec, ctx.log)
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
@@ -189,10 +196,14 @@ class SDBackend(Backend):
                 vae.to(self.device, self.vae_dtype)
             if self.latents_cached:
                 latents = build_latent_cache(
-                    self.items, vae, flip=sec.flip_aug, batch_size=sec.vae_batch_size,
-                    directory=root / "latents" if root else None, log=ctx.log,
+                    self.items,
+                    vae,
+                    flip=sec.flip_aug,
+                    batch_size=sec.vae_batch_size,
+                    directory=root / "latents" if root else None,
+                    log=ctx.log,
                     encode=self.spec.encode_moments,
-                )  # fmt: skip
+                )
                 vae.to("cpu")
             all_encoders = self.spec.all_text_encoders(self.model.pipe)
             for encoder in all_encoders:
@@ -204,21 +215,34 @@ class SDBackend(Backend):
                 captions = list(positions) + [""]
                 pipe, spec, max_tokens = self.model.pipe, self.spec, self.max_tokens
                 text = build_text_cache(
-                    captions, self.model.tokenizers, all_encoders, self.family,
-                    max_tokens=max_tokens, clip_skip=self.clip_skip,
-                    encode=lambda chunk: spec.encode_captions(pipe, chunk, max_tokens, self.clip_skip),
+                    captions,
+                    self.model.tokenizers,
+                    all_encoders,
+                    self.family,
+                    max_tokens=max_tokens,
+                    clip_skip=self.clip_skip,
+                    encode=lambda chunk: spec.encode_captions(
+                        pipe, chunk, max_tokens, self.clip_skip
+                    ),
                     batch_size=sec.vae_batch_size * 4,
-                    directory=root / "text" if root else None, log=ctx.log,
-                )  # fmt: skip
+                    directory=root / "text" if root else None,
+                    log=ctx.log,
+                )
                 self.empty = {k: v.to(self.device) for k, v in text.get(len(captions) - 1).items()}
                 for encoder in all_encoders:
                     encoder.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return SDDataset(
-            self.items, self.index, self.family, latents, text, caption_ids,
-            reg_weight=sec.prior_loss_weight, random_crop=sec.random_crop,
-        )  # fmt: skip
+            self.items,
+            self.index,
+            self.family,
+            latents,
+            text,
+            caption_ids,
+            reg_weight=sec.prior_loss_weight,
+            random_crop=sec.random_crop,
+        )
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
 
@@ -273,12 +297,21 @@ class SDBackend(Backend):
         self.unet.eval()
         try:
             return render_and_save(
-                self.model.pipe, self.family, prompts, Path(directory), f"step-{step:06d}",
-                sec=sec, seed=sec.sample_seed if sec.sample_seed is not None else self.config.train.seed,
-                width=sec.sample_width or self.resolution, height=sec.sample_height or self.resolution,
-                steps=sec.sample_steps, prediction_type=self.prediction_type, dtype=self.weight_dtype,
-                max_tokens=sec.max_token_length, clip_skip=self.clip_skip,
-            )  # fmt: skip
+                self.model.pipe,
+                self.family,
+                prompts,
+                Path(directory),
+                f"step-{step:06d}",
+                sec=sec,
+                seed=sec.sample_seed if sec.sample_seed is not None else self.config.train.seed,
+                width=sec.sample_width or self.resolution,
+                height=sec.sample_height or self.resolution,
+                steps=sec.sample_steps,
+                prediction_type=self.prediction_type,
+                dtype=self.weight_dtype,
+                max_tokens=sec.max_token_length,
+                clip_skip=self.clip_skip,
+            )
         finally:
             self.unet.train(was_training)
             for module in parked:

@@ -36,10 +36,12 @@ LORAKIT_HOOKSPECS = "lorakit_sd.hookspecs"
 
 #: Config layout 1 → 2: top-level keys that moved into ``sd:`` (old name → name there).
 V1_MOVES = {
-    "resolution": "resolution", "noise_offset": "noise_offset",
-    "min_snr_gamma": "min_snr_gamma", "cache_latents": "cache_latents",
+    "resolution": "resolution",
+    "noise_offset": "noise_offset",
+    "min_snr_gamma": "min_snr_gamma",
+    "cache_latents": "cache_latents",
     "shuffle_caption": "shuffle_tags",
-}  # fmt: skip
+}
 
 
 class SDBackend(BackendPlugin):
@@ -127,9 +129,16 @@ class SDBackend(BackendPlugin):
         from lorakit_sd.commands.sample import sample
 
         return sample(
-            base, loras, prompts, output, seed=seed, steps=steps, config=config,
-            width=width, height=height,
-        )  # fmt: skip
+            base,
+            loras,
+            prompts,
+            output,
+            seed=seed,
+            steps=steps,
+            config=config,
+            width=width,
+            height=height,
+        )
 
     def demo(self, folder: Path) -> Path:
         from lorakit_sd.commands.demo import demo_command
@@ -161,43 +170,51 @@ def register_dataset_readers(register: Callable[[DatasetReaderSpec], None]) -> N
 
     register(
         DatasetReaderSpec(
-            "metadata_csv", data.read_metadata_csv,
+            "metadata_csv",
+            data.read_metadata_csv,
             "image folder + metadata.csv (file_name,text), as datasets' imagefolder",
-            modality="image", detect=data.detect_csv,
+            modality="image",
+            detect=data.detect_csv,
         )
-    )  # fmt: skip
+    )
     register(
         DatasetReaderSpec(
-            "metadata_jsonl", data.read_metadata_jsonl,
+            "metadata_jsonl",
+            data.read_metadata_jsonl,
             "image folder + metadata.jsonl ({file_name, text} per line)",
-            modality="image", detect=data.detect_jsonl,
+            modality="image",
+            detect=data.detect_jsonl,
         )
-    )  # fmt: skip
+    )
     register(
         DatasetReaderSpec(
-            "caption_files", data.read_caption_files,
+            "caption_files",
+            data.read_caption_files,
             "image folder with a .txt caption beside each image",
-            modality="image", detect=data.detect_caption_files,
+            modality="image",
+            detect=data.detect_caption_files,
         )
-    )  # fmt: skip
+    )
 
 
 @hookimpl
 def register_exporters(register: Callable[[ExporterSpec], None]) -> None:
     register(
         ExporterSpec(
-            "kohya", lazy("lorakit_sd.lorafiles.exporters:export_kohya"),
+            "kohya",
+            lazy("lorakit_sd.lorafiles.exporters:export_kohya"),
             "<name>.safetensors for A1111 / ComfyUI / sd-scripts (ss_* + modelspec metadata)",
             backends=("sd",),
         )
-    )  # fmt: skip
+    )
     register(
         ExporterSpec(
-            "diffusers", lazy("lorakit_sd.lorafiles.exporters:export_diffusers"),
+            "diffusers",
+            lazy("lorakit_sd.lorafiles.exporters:export_diffusers"),
             "<name>.diffusers.safetensors for diffusers' load_lora_weights",
             backends=("sd",),
         )
-    )  # fmt: skip
+    )
 
 
 def _detect(name: str) -> Callable[[str], bool]:
@@ -220,20 +237,45 @@ def register_model_loaders(register: Callable[[ModelLoaderSpec], None]) -> None:
     returns a ``lorakit_sd.models.BaseModel`` (a float32 diffusers pipeline, frozen, on the CPU).
     """
     loaders = (
-        ("sd-pickle", "is_pickled_file", "load_pickled", 30,
-         "pickled .ckpt/.pt checkpoint: refused unless --allow-unsafe-pickle"),
-        ("sd-single-file", "is_single_file", "load_single_file", 20,
-         "single-file .safetensors in a family's original layout (LDM / SGM, BFL, MMDiT)"),
-        ("sd-diffusers", "is_folder", "load_folder", 10,
-         "diffusers pipeline folder (model_index.json)"),
-        ("sd-hub", "is_hub_id", "load_hub", 0,
-         "hub id (owner/name), from the local cache when HF_HUB_OFFLINE is set"),
-    )  # fmt: skip
+        (
+            "sd-pickle",
+            "is_pickled_file",
+            "load_pickled",
+            30,
+            "pickled .ckpt/.pt checkpoint: refused unless --allow-unsafe-pickle",
+        ),
+        (
+            "sd-single-file",
+            "is_single_file",
+            "load_single_file",
+            20,
+            "single-file .safetensors in a family's original layout (LDM / SGM, BFL, MMDiT)",
+        ),
+        (
+            "sd-diffusers",
+            "is_folder",
+            "load_folder",
+            10,
+            "diffusers pipeline folder (model_index.json)",
+        ),
+        (
+            "sd-hub",
+            "is_hub_id",
+            "load_hub",
+            0,
+            "hub id (owner/name), from the local cache when HF_HUB_OFFLINE is set",
+        ),
+    )
     for name, detect_name, load_name, priority, description in loaders:
         check = lazy("lorakit_sd.models:check_single_file") if name == "sd-single-file" else None
         register(
             ModelLoaderSpec(
-                name, "sd", _detect(detect_name), lazy(f"lorakit_sd.models:{load_name}"),
-                description, priority=priority, check=check,
+                name,
+                "sd",
+                _detect(detect_name),
+                lazy(f"lorakit_sd.models:{load_name}"),
+                description,
+                priority=priority,
+                check=check,
             )
-        )  # fmt: skip
+        )

@@ -65,11 +65,20 @@ def render_and_save(
     """
 
     images = families.get(family).render(
-        pipe, prompts, prediction_type=prediction_type, seed=seed, steps=steps,
-        guidance=sec.sample_guidance_scale, width=width, height=height,
-        negative=sec.sample_negative_prompt, dtype=dtype, max_tokens=max_tokens,
-        clip_skip=clip_skip, progress=progress,
-    )  # fmt: skip
+        pipe,
+        prompts,
+        prediction_type=prediction_type,
+        seed=seed,
+        steps=steps,
+        guidance=sec.sample_guidance_scale,
+        width=width,
+        height=height,
+        negative=sec.sample_negative_prompt,
+        dtype=dtype,
+        max_tokens=max_tokens,
+        clip_skip=clip_skip,
+        progress=progress,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     paths = [save_png(im, directory / f"{stem}-{i:02d}.png") for i, im in enumerate(images)]
     paths.append(save_png(contact_sheet(images, prompts), directory / f"{stem}.png"))

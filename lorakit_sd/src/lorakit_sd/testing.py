@@ -104,11 +104,17 @@ def _text_encoder(cls: Any, vocab_size: int, hidden: int, seed: int) -> Any:
     from transformers import CLIPTextConfig
 
     config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-        projection_dim=32, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     return cls(config).eval()
 

@@ -78,9 +78,11 @@ def start(runs: Any, form: Form) -> dict[str, Any]:
         return {**result, "ok": False, "error": exc.format(), "key": "output_dir"}
     try:
         result["name"] = runs.start(
-            form.path, checked.output_dir or "",
-            write=lambda: forms.write_config(form.path, checked.text), backend=form.backend,
-        )  # fmt: skip
+            form.path,
+            checked.output_dir or "",
+            write=lambda: forms.write_config(form.path, checked.text),
+            backend=form.backend,
+        )
     except LorakitError as exc:
         # a folder in use or holding an earlier run: beside output_dir
         key = "output_dir" if "output_dir" in str(exc) else None

@@ -54,9 +54,12 @@ async def api_label(request: Request) -> JSONResponse:
     except BadBody as exc:
         return error(exc)
     done = await run_in_threadpool(
-        subprocess.run, label_command(body), capture_output=True, text=True,
+        subprocess.run,
+        label_command(body),
+        capture_output=True,
+        text=True,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     output = (done.stdout + done.stderr).strip()
     failure = None
     if done.returncode != 0:

@@ -33,10 +33,13 @@ def _run_data(runs: RunManager, name: str, since: int) -> dict:
     out = runs.path_of(name)
     data = runs.summary(name)
     data.update(
-        metrics=read_metrics(out, since), since=since,
-        samples=runs.samples(name), downloads=runs.downloads(name), log=runs.log_tail(name),
+        metrics=read_metrics(out, since),
+        since=since,
+        samples=runs.samples(name),
+        downloads=runs.downloads(name),
+        log=runs.log_tail(name),
         config=runs.config_text(name),
-    )  # fmt: skip
+    )
     return data
 
 

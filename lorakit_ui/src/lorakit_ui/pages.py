@@ -17,10 +17,22 @@ from lorakit_ui import forms
 
 #: Keys shown first on the form; the rest are under "advanced".
 BASIC = (
-    "base_model", "train_data_dir", "metadata_path", "output_dir", "lora_rank", "lora_alpha",
-    "batch_size", "epochs", "max_steps", "learning_rate", "save_steps", "mixed_precision",
-    "sample_prompts", "sd.resolution", "llm.max_length",
-)  # fmt: skip
+    "base_model",
+    "train_data_dir",
+    "metadata_path",
+    "output_dir",
+    "lora_rank",
+    "lora_alpha",
+    "batch_size",
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "save_steps",
+    "mixed_precision",
+    "sample_prompts",
+    "sd.resolution",
+    "llm.max_length",
+)
 STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
@@ -106,11 +118,16 @@ def new_context(runs: Any, backend: str | None, template: str | None) -> dict[st
     basic = [f for f in fields if f.key in BASIC or f.required]
     advanced = [f for f in fields if f not in basic]
     return {
-        "choices": choices, "backend": info["name"], "template": str(template),
-        "templates": info["templates"], "values": values,
+        "choices": choices,
+        "backend": info["name"],
+        "template": str(template),
+        "templates": info["templates"],
+        "values": values,
         "config_path": str(forms.default_config_path(out)),
-        "basic": _sections(basic), "advanced": _sections(advanced), "extra": forms.EXTRA,
-    }  # fmt: skip
+        "basic": _sections(basic),
+        "advanced": _sections(advanced),
+        "extra": forms.EXTRA,
+    }
 
 
 async def new_page(request: Request) -> Response:

@@ -68,9 +68,12 @@ def create_app(
     runs = RunManager(runs_dir, parallel=parallel)
     runs.runs_dir.mkdir(parents=True, exist_ok=True)
     guard = Middleware(
-        Guard, token=token, port=port, hosts=allowed_hosts(host, allow_hosts),
+        Guard,
+        token=token,
+        port=port,
+        hosts=allowed_hosts(host, allow_hosts),
         wildcard=is_wildcard(host),
-    )  # fmt: skip
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -78,9 +81,11 @@ def create_app(
         runs.shutdown()
 
     app = Starlette(
-        routes=ROUTES, middleware=[guard], lifespan=lifespan,
+        routes=ROUTES,
+        middleware=[guard],
+        lifespan=lifespan,
         exception_handlers={BodyTooLarge: _too_large},
-    )  # fmt: skip
+    )
     app.state.runs = runs
     return app
 

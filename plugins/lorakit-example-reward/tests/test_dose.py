@@ -54,17 +54,28 @@ def test_imports_only_the_public_api() -> None:
 def test_grpo_runs_the_reward_and_a_row_it_cannot_read_is_one_line(tmp_path: Path) -> None:
     testing = pytest.importorskip("lorakit_llm.testing")
     model = testing.build_tiny_llama(tmp_path / "tiny")
-    rows = [{"prompt": f"Adult dose of drug {i}?", "min_dose": 100, "max_dose": 400}
-            for i in range(4)]  # fmt: skip
+    rows = [
+        {"prompt": f"Adult dose of drug {i}?", "min_dose": 100, "max_dose": 400} for i in range(4)
+    ]
     data = tmp_path / "doses.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
-        "base_model": str(model), "train_data_dir": str(data), "output_dir": str(tmp_path / "out"),
-        "lora_rank": 4, "batch_size": 2, "max_steps": 2, "logging_steps": 1,
+        "base_model": str(model),
+        "train_data_dir": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "lora_rank": 4,
+        "batch_size": 2,
+        "max_steps": 2,
+        "logging_steps": 1,
         "trackers": ["jsonl"],
-        "llm": {"method": "grpo", "rewards": ["dose_in_range"], "num_generations": 2,
-                "max_completion_length": 4, "max_seq_len": 64},
-    }  # fmt: skip
+        "llm": {
+            "method": "grpo",
+            "rewards": ["dose_in_range"],
+            "num_generations": 2,
+            "max_completion_length": 4,
+            "max_seq_len": 64,
+        },
+    }
     path = tmp_path / "grpo.json"
     path.write_text(json.dumps(config))
     result = lorakit("train", "--config", path)

@@ -37,10 +37,17 @@ def losses(output: Path) -> list[float]:
 
 def render(pipe: Any) -> Any:
     return pipe(
-        prompt="a red circle", negative_prompt="", num_inference_steps=2, height=32, width=32,
-        max_sequence_length=16, complex_human_instruction=None, use_resolution_binning=False,
-        generator=torch.Generator().manual_seed(0), output_type="pt",
-    ).images  # fmt: skip
+        prompt="a red circle",
+        negative_prompt="",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        max_sequence_length=16,
+        complex_human_instruction=None,
+        use_resolution_binning=False,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
 
 
 def test_the_family_is_registered_and_recognised(plugins, sana):
@@ -57,10 +64,18 @@ def test_trains_and_sana_pipeline_loads_every_tensor_of_the_file(plugins, sana, 
 
     out = tmp_path / "run"
     result = train(
-        plugins, sana, images, out, max_steps=4, learning_rate=1e-2, lora_rank=4, lora_alpha=8,
-        export_formats=["kohya", "diffusers"], sample_prompts=["a red circle"],
+        plugins,
+        sana,
+        images,
+        out,
+        max_steps=4,
+        learning_rate=1e-2,
+        lora_rank=4,
+        lora_alpha=8,
+        export_formats=["kohya", "diffusers"],
+        sample_prompts=["a red circle"],
         sample_every_n_steps=4,
-    )  # fmt: skip
+    )
     assert losses(out) and all(torch.isfinite(torch.tensor(losses(out))))
     path = out / "run.diffusers.safetensors"
     assert [p.name for p in result.outputs if p.suffix == ".safetensors"] == [path.name]
@@ -86,8 +101,14 @@ def test_trains_and_sana_pipeline_loads_every_tensor_of_the_file(plugins, sana, 
 
 
 def test_resume_continues_exactly(plugins, sana, images, tmp_path):
-    common = {"max_steps": 4, "batch_size": 2, "learning_rate": 1e-2, "save_steps": 2,
-              "export_formats": ["diffusers"], "sd": {"caption_dropout": 0.3, "flip_aug": True}}  # fmt: skip
+    common = {
+        "max_steps": 4,
+        "batch_size": 2,
+        "learning_rate": 1e-2,
+        "save_steps": 2,
+        "export_formats": ["diffusers"],
+        "sd": {"caption_dropout": 0.3, "flip_aug": True},
+    }
     train(plugins, sana, images, tmp_path / "whole", **common)
     step2 = tmp_path / "whole" / "checkpoints" / "step-2"
     train(plugins, sana, images, tmp_path / "resumed", resume=str(step2), **common)

@@ -151,12 +151,21 @@ def json_valid(schema: dict[str, Any] | None = None, schema_field: str | None = 
 
 #: (name, description, options) of the built-ins, registered by lorakit_llm.plugin.
 BUILTINS = (
-    ("answer_match", "1 when the answer (whole text, last number or <answer> tag) equals a row "
-     "field", ("field", "mode", "tag")),
-    ("regex", "1 when the completion matches llm.reward_options.regex.pattern",
-     ("pattern", "full")),
+    (
+        "answer_match",
+        "1 when the answer (whole text, last number or <answer> tag) equals a row field",
+        ("field", "mode", "tag"),
+    ),
+    (
+        "regex",
+        "1 when the completion matches llm.reward_options.regex.pattern",
+        ("pattern", "full"),
+    ),
     ("think_format", "1 for <think>...</think> then an answer (R1's format)", ()),
     ("length", "closeness of the completion's length to a target", ("target", "unit")),
-    ("json_valid", "1 when the completion is valid JSON (against a schema with jsonschema)",
-     ("schema", "schema_field")),
-)  # fmt: skip
+    (
+        "json_valid",
+        "1 when the completion is valid JSON (against a schema with jsonschema)",
+        ("schema", "schema_field"),
+    ),
+)

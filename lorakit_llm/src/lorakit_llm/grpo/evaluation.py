@@ -33,9 +33,12 @@ def evaluate(method: Any, rows: list[int]) -> dict[str, float]:
             chunk = rows[a : a + size]
             with method.autocast():
                 generated = sample_completions(
-                    model, backend.tokenizer, [method.prompts[r] for r in chunk],
-                    backend.template, method.sampling,
-                )  # fmt: skip
+                    model,
+                    backend.tokenizer,
+                    [method.prompts[r] for r in chunk],
+                    backend.template,
+                    method.sampling,
+                )
             per_reward, total = method.score(chunk, generated)
             rewards.append(per_reward)
             totals.append(total)

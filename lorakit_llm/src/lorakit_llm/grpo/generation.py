@@ -102,9 +102,10 @@ def sample_completions(
     try:
         with torch.no_grad():
             out = model.generate(
-                input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
+                input_ids=prompt_ids.to(device),
+                attention_mask=prompt_mask.to(device),
                 generation_config=config,
-            )  # fmt: skip
+            )
     finally:
         model.train(was_training)
     completion_ids = out[:, prompt_ids.shape[1] :].cpu()
@@ -140,9 +141,11 @@ def completion_logps(
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     keep = completion_ids.shape[1]
     logits = module(
-        input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        use_cache=False,
         logits_to_keep=keep + 1,
-    ).logits[:, :-1]  # fmt: skip
+    ).logits[:, :-1]
     logits = logits / temperature
     flat = token_logps(logits.reshape(-1, logits.shape[-1]), completion_ids.reshape(-1))
     return flat.view(completion_ids.shape)

@@ -99,9 +99,12 @@ class GRPOMethod:
         self.beta = section.preference_beta()
         self.epsilon_high = section.epsilon_high or section.epsilon
         self.sampling = Sampling(
-            section.num_generations, section.max_completion_length, section.temperature,
-            section.top_p, section.top_k,
-        )  # fmt: skip
+            section.num_generations,
+            section.max_completion_length,
+            section.temperature,
+            section.top_p,
+            section.top_k,
+        )
         self.rewards: Rewards | None = None
         self.records: list[dict[str, Any]] = []  # the training rows, then eval_data's
         self.prompts: list[list[int]] = []
@@ -141,9 +144,11 @@ class GRPOMethod:
         backend, section = self.backend, self.section
         self.check(ctx.accelerator.device.type == "cuda")
         self.rewards = load_rewards(
-            ctx.registries.rewards, section.rewards, section.reward_weights,
+            ctx.registries.rewards,
+            section.rewards,
+            section.reward_weights,
             section.reward_options,
-        )  # fmt: skip
+        )
         records = backend.records or []
         if not backend.template:
             raise DataError("GRPO needs a chat template (set llm.chat_template)")
@@ -161,11 +166,20 @@ class GRPOMethod:
             self.eval_rows = list(range(len(records), len(self.records)))
         dataset = PromptDataset(train_rows, [len(p) for p in self.prompts])
         backend.stats = {
-            "format": backend.reader_name, "records": len(records), "rows": len(records),
-            "truncated": truncated, "dropped": 0, "tokens": sum(dataset.lengths),
-            "target_tokens": 0, "packed": False, "layout": "padded", "cached": False,
-            "train_rows": len(dataset), "eval_rows": len(self.eval_rows), "method": "grpo",
-        }  # fmt: skip
+            "format": backend.reader_name,
+            "records": len(records),
+            "rows": len(records),
+            "truncated": truncated,
+            "dropped": 0,
+            "tokens": sum(dataset.lengths),
+            "target_tokens": 0,
+            "packed": False,
+            "layout": "padded",
+            "cached": False,
+            "train_rows": len(dataset),
+            "eval_rows": len(self.eval_rows),
+            "method": "grpo",
+        }
         weights = ", ".join(
             f"{n}×{w:g}" for n, w in zip(self.rewards.names, self.rewards.weights, strict=True)
         )
@@ -237,9 +251,12 @@ class GRPOMethod:
         if generated is None:
             with self.autocast():
                 generated = sample_completions(
-                    model, backend.tokenizer, [self.prompts[r] for r in rows], backend.template,
+                    model,
+                    backend.tokenizer,
+                    [self.prompts[r] for r in rows],
+                    backend.template,
                     self.sampling,
-                )  # fmt: skip
+                )
         assert self.rewards is not None
         n = section.num_generations
         rewards, total = self.score(rows, generated)
@@ -267,9 +284,11 @@ class GRPOMethod:
         expanded = [r for r in rows for _ in range(self.section.num_generations)]
         records = self.records
         per_reward = self.rewards.score(
-            [self.texts[r] for r in expanded], generated.texts,
-            [records[r]["fields"] for r in expanded], [records[r]["source"] for r in expanded],
-        )  # fmt: skip
+            [self.texts[r] for r in expanded],
+            generated.texts,
+            [records[r]["fields"] for r in expanded],
+            [records[r]["source"] for r in expanded],
+        )
         rewards = torch.tensor(per_reward, dtype=torch.float32).T
         return rewards, torch.tensor(self.rewards.total(per_reward), dtype=torch.float32)
 
@@ -279,9 +298,11 @@ class GRPOMethod:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         g = rollout.generated
         return (
-            g.prompt_ids.to(device), g.prompt_mask.to(device),
-            g.completion_ids.to(device), g.completion_mask.to(device),
-        )  # fmt: skip
+            g.prompt_ids.to(device),
+            g.prompt_mask.to(device),
+            g.completion_ids.to(device),
+            g.completion_mask.to(device),
+        )
 
     # -- loss --------------------------------------------------------------------------
     def count(self, batch: dict[str, Any]) -> float:
@@ -289,9 +310,11 @@ class GRPOMethod:
         rollout = self.rollout(batch)
         mask = rollout.generated.completion_mask
         return {
-            "grpo": float(len(mask)), "bnpo": 1.0, "dr_grpo": float(len(mask)),
+            "grpo": float(len(mask)),
+            "bnpo": 1.0,
+            "dr_grpo": float(len(mask)),
             "dapo": float(mask.sum()),
-        }[self.section.loss_type]  # fmt: skip
+        }[self.section.loss_type]
 
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         rollout = self.rollout(batch)
@@ -300,13 +323,18 @@ class GRPOMethod:
         tensors = self._tensors(rollout, device)
         logps = completion_logps(module, *tensors, section.temperature)
         terms = loss_terms(
-            logps, tensors[3], rollout.advantages.to(device),
+            logps,
+            tensors[3],
+            rollout.advantages.to(device),
             old_logps=None if rollout.old_logps is None else rollout.old_logps.to(device),
             ref_logps=None if rollout.ref_logps is None else rollout.ref_logps.to(device),
-            beta=self.beta, epsilon=section.epsilon, epsilon_high=self.epsilon_high,
-            loss_type=section.loss_type, max_completion_length=section.max_completion_length,
+            beta=self.beta,
+            epsilon=section.epsilon,
+            epsilon_high=self.epsilon_high,
+            loss_type=section.loss_type,
+            max_completion_length=section.max_completion_length,
             bias_correction_kl=section.use_bias_correction_kl,
-        )  # fmt: skip
+        )
         if torch.is_grad_enabled():
             self.window.add_loss(terms, float(tensors[3].sum()))
         return LossOutput(terms.loss_sum, samples=len(tensors[0]), tokens=int(tensors[3].sum()))
@@ -338,11 +366,20 @@ class GRPOMethod:
         for i, row in enumerate(rollout.rows[:SAMPLE_PROMPTS]):
             for j in range(i * n, (i + 1) * n):
                 rewards = dict(zip(self.rewards.names, rollout.rewards[j].tolist(), strict=True))
-                lines.append(json.dumps({
-                    "step": step, "source": records[row]["source"], "prompt": self.texts[row],
-                    "completion": rollout.generated.texts[j], "reward": float(rollout.total[j]),
-                    "rewards": rewards, "advantage": float(rollout.advantages[j]),
-                }, ensure_ascii=False))  # fmt: skip
+                lines.append(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "source": records[row]["source"],
+                            "prompt": self.texts[row],
+                            "completion": rollout.generated.texts[j],
+                            "reward": float(rollout.total[j]),
+                            "rewards": rewards,
+                            "advantage": float(rollout.advantages[j]),
+                        },
+                        ensure_ascii=False,
+                    )
+                )
         path = Path(self.backend.config.train.output_dir) / "samples"
         path = path / f"completions-step-{step}.jsonl"
         write_text(path, "\n".join(lines) + "\n")

@@ -22,10 +22,14 @@ OTHER_FORMATS = ("completion", "chosen", "rejected")
 def read_prompt(path: str | Path, system_prompt: str | None = None, **_: Any) -> list[Record]:
     """Every row as a prompt (chat messages) with its fields."""
     return [
-        {"kind": "prompt", "prompt": _prompt(row["prompt"], where, system_prompt),
-         "fields": dict(row), "source": where}
+        {
+            "kind": "prompt",
+            "prompt": _prompt(row["prompt"], where, system_prompt),
+            "fields": dict(row),
+            "source": where,
+        }
         for where, row in _rows(path, ("prompt",))
-    ]  # fmt: skip
+    ]
 
 
 def detect_prompt(path: str | Path) -> bool:

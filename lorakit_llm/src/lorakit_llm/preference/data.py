@@ -87,7 +87,7 @@ def tokenize_pairs(
             add_special_tokens=False,
             return_offsets_mapping=True,
             verbose=False,
-        )  # fmt: skip
+        )
         for side in SIDES
     }
     kept: dict[str, list[tuple[list[int], list[int]]]] = {side: [] for side in SIDES}

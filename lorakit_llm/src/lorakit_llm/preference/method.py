@@ -30,8 +30,14 @@ from lorakit_llm.tokenize import cache_key, cache_path, load_cached, save_cached
 #: The adapter slot holding the frozen init_adapter (the DPO reference).
 REFERENCE = "reference"
 #: What TRL logs, in its names.
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-           "logps/chosen", "logps/rejected")  # fmt: skip
+METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 @contextlib.contextmanager
@@ -107,9 +113,11 @@ class PreferenceMethod:
             if cached[0] is not None and cached[1] is not None:
                 return PairData(cached[0], cached[1]), True
             data = tokenize_pairs(
-                records, self.backend.tokenizer, self.backend.template,
+                records,
+                self.backend.tokenizer,
+                self.backend.template,
                 max_seq_len=self.section.max_seq_len,
-            )  # fmt: skip
+            )
             if ctx.accelerator.is_main_process:
                 save_cached(data.chosen, paths[0])
                 save_cached(data.rejected, paths[1])
@@ -124,9 +132,11 @@ class PreferenceMethod:
         held: PairData | None = data if eval_rows else None
         if held is None and backend.eval_records is not None:
             held = tokenize_pairs(
-                backend.eval_records, backend.tokenizer, backend.template,
+                backend.eval_records,
+                backend.tokenizer,
+                backend.template,
                 max_seq_len=section.max_seq_len,
-            )  # fmt: skip
+            )
             if len(held) == 0:
                 raise DataError("no eval pair has an answer token", where=section.eval_data)
             eval_rows = list(range(len(held)))
@@ -141,13 +151,20 @@ class PreferenceMethod:
         self.collator = PairCollator(backend.tokenizer.pad_token_id or 0, backend.layout)
         chosen, rejected = data.chosen, data.rejected
         backend.stats = {
-            "format": backend.reader_name, "records": chosen.records, "rows": len(data),
-            "truncated": chosen.truncated, "dropped": chosen.dropped,
+            "format": backend.reader_name,
+            "records": chosen.records,
+            "rows": len(data),
+            "truncated": chosen.truncated,
+            "dropped": chosen.dropped,
             "target_tokens": chosen.target_tokens() + rejected.target_tokens(),
-            "tokens": int(chosen.offsets[-1] + rejected.offsets[-1]), "packed": backend.packing,
-            "layout": backend.layout, "cached": cached, "train_rows": len(dataset),
-            "eval_rows": len(self.eval_set or ()), "method": self.method,
-        }  # fmt: skip
+            "tokens": int(chosen.offsets[-1] + rejected.offsets[-1]),
+            "packed": backend.packing,
+            "layout": backend.layout,
+            "cached": cached,
+            "train_rows": len(dataset),
+            "eval_rows": len(self.eval_set or ()),
+            "method": self.method,
+        }
         self._header(ctx, dataset)
         return dataset
 
@@ -155,9 +172,11 @@ class PreferenceMethod:
         from lorakit_llm.packing import LAYOUT_WORDS
 
         stats, section = self.backend.stats, self.section
-        options = {"dpo": f"beta {self.beta}, {section.dpo_loss} loss",
-                   "orpo": f"lambda {self.beta}",
-                   "simpo": f"beta {self.beta}, gamma {section.gamma}"}[self.method]  # fmt: skip
+        options = {
+            "dpo": f"beta {self.beta}, {section.dpo_loss} loss",
+            "orpo": f"lambda {self.beta}",
+            "simpo": f"beta {self.beta}, gamma {section.gamma}",
+        }[self.method]
         if section.label_smoothing and self.method != "orpo":
             options += f", label_smoothing {section.label_smoothing}"
         ctx.log(
@@ -237,9 +256,14 @@ class PreferenceMethod:
             ref_chosen, ref_rejected = self.reference_logps(batch)
             ipo = section.dpo_loss == "ipo"
             out = losses.dpo(
-                chosen, rejected, ref_chosen, ref_rejected, self.beta, section.label_smoothing,
+                chosen,
+                rejected,
+                ref_chosen,
+                ref_rejected,
+                self.beta,
+                section.label_smoothing,
                 lengths=(counts[:pairs], counts[pairs:]) if ipo else None,
-            )  # fmt: skip
+            )
         else:
             mean = sums / counts.clamp_min(1)
             chosen, rejected = mean[:pairs], mean[pairs:]

@@ -75,9 +75,14 @@ def read_preference(path: str | Path, system_prompt: str | None = None, **_: Any
         if not chosen.strip() or not rejected.strip():
             raise DataError("'chosen' and 'rejected' must not be empty", where=where)
         out.append(
-            {"kind": "preference", "prompt": prompt, "chosen": chosen, "rejected": rejected,
-             "source": where}
-        )  # fmt: skip
+            {
+                "kind": "preference",
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "source": where,
+            }
+        )
     return out
 
 

@@ -113,9 +113,15 @@ def meta_encoders(parts: list[tuple[str, Any, Any]], dtype: Any) -> list[Any]:
 
 
 def meta_trainable(
-    denoiser_class: Any, denoiser_config: Any, encoder_parts: list[tuple[str, Any, Any]],
-    dtype: Any, config: Config, section: SDSection, spec: Any, checkpointing: bool,
-) -> tuple[Any, list[Any]]:  # fmt: skip
+    denoiser_class: Any,
+    denoiser_config: Any,
+    encoder_parts: list[tuple[str, Any, Any]],
+    dtype: Any,
+    config: Config,
+    section: SDSection,
+    spec: Any,
+    checkpointing: bool,
+) -> tuple[Any, list[Any]]:
     """The denoiser and the text encoders of the trained module (none when the captions are
     cached) on the meta device at ``dtype``, made trainable as setup does it."""
     import torch
@@ -124,9 +130,13 @@ def meta_trainable(
         denoiser = denoiser_class.from_config(denoiser_config).to(dtype).requires_grad_(False)
         encoders = [] if section.text_cache_enabled() else meta_encoders(encoder_parts, dtype)
         adapt_models(
-            denoiser, encoders, spec=spec, config=config, section=section,
+            denoiser,
+            encoders,
+            spec=spec,
+            config=config,
+            section=section,
             checkpointing=checkpointing,
-        )  # fmt: skip
+        )
     return denoiser, encoders
 
 

@@ -66,10 +66,18 @@ def sample(
         "prediction_type", "epsilon"
     )
     return render_and_save(
-        model.pipe, model.family, list(prompts), Path(output), stem, sec=section, seed=seed,
+        model.pipe,
+        model.family,
+        list(prompts),
+        Path(output),
+        stem,
+        sec=section,
+        seed=seed,
         width=width or section.sample_width or default_w,
         height=height or section.sample_height or default_h,
-        steps=steps or section.sample_steps, prediction_type=prediction,
+        steps=steps or section.sample_steps,
+        prediction_type=prediction,
         max_tokens=section.max_token_length,
-        clip_skip=section.clip_skip if model.spec.clip_skip_applies else 1, progress=True,
-    )  # fmt: skip
+        clip_skip=section.clip_skip if model.spec.clip_skip_applies else 1,
+        progress=True,
+    )

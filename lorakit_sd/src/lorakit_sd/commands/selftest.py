@@ -45,9 +45,10 @@ def verify(output_dir: Path, config: Any) -> str:
     for file in files:
         with quiet_libraries():
             base = load_base(
-                config.train.base_model, base_config=section.base_config,
+                config.train.base_model,
+                base_config=section.base_config,
                 model_family=section.model_family,
-            )  # fmt: skip
+            )
         pipe = base.pipe
         unet = pipe.unet
         torch.manual_seed(0)

@@ -120,10 +120,17 @@ def build_latent_cache(
     vae_id = weights_id(vae) if directory is not None else ""
     masked = any(it.mask for it in items)
     keys = [
-        cache_key("latent", it.content_hash, it.bucket, it.size, flip, vae_id,
-                  *([f"mask:{it.mask_hash}"] if masked else []))
+        cache_key(
+            "latent",
+            it.content_hash,
+            it.bucket,
+            it.size,
+            flip,
+            vae_id,
+            *([f"mask:{it.mask_hash}"] if masked else []),
+        )
         for it in items
-    ]  # fmt: skip
+    ]
     todo = [i for i in range(len(items)) if not store.lookup(i, keys[i])]
     if store.hits:
         log(f"latent cache: {store.hits} of {len(items)} images found in {directory}")

@@ -78,10 +78,17 @@ def _kohya(folder: Folder) -> list[Folder]:
     if not subs:
         return [folder]
     return [
-        Folder(sub, None, repeats, folder.caption_extension, token, folder.reg,
-               folder.mask_dir / sub.name if folder.mask_dir else None)
+        Folder(
+            sub,
+            None,
+            repeats,
+            folder.caption_extension,
+            token,
+            folder.reg,
+            folder.mask_dir / sub.name if folder.mask_dir else None,
+        )
         for sub, repeats, token in subs
-    ]  # fmt: skip
+    ]
 
 
 def folders(config: Any) -> list[Folder]:
@@ -105,9 +112,14 @@ def folders(config: Any) -> list[Folder]:
         out += main_kohya
     for sub in section.subsets:
         out.append(
-            Folder(Path(sub.image_dir), sub.metadata_path, sub.repeats, sub.caption_extension,
-                   mask_dir=_path(sub.conditioning_data_dir))
-        )  # fmt: skip
+            Folder(
+                Path(sub.image_dir),
+                sub.metadata_path,
+                sub.repeats,
+                sub.caption_extension,
+                mask_dir=_path(sub.conditioning_data_dir),
+            )
+        )
     if section.reg_data_dir:
         reg = Folder(Path(section.reg_data_dir), None, 1, section.caption_extension, reg=True)
         out += _kohya(reg)
@@ -185,13 +197,21 @@ def build_items(
             rw, rh, left, top = fit(size, bucket)
             items.append(
                 Item(
-                    image=record["image"], caption=record["caption"], folder=str(folder.path),
-                    size=size, bucket=bucket, crop=(left, top), resized=(rw, rh),
-                    content_hash=file_hash(record["image"]), where=record["where"],
-                    reg=folder.reg, repeats=folder.repeats, mask=mask,
+                    image=record["image"],
+                    caption=record["caption"],
+                    folder=str(folder.path),
+                    size=size,
+                    bucket=bucket,
+                    crop=(left, top),
+                    resized=(rw, rh),
+                    content_hash=file_hash(record["image"]),
+                    where=record["where"],
+                    reg=folder.reg,
+                    repeats=folder.repeats,
+                    mask=mask,
                     mask_hash=mask and ("alpha" if section.alpha_mask else file_hash(mask)),
                 )
-            )  # fmt: skip
+            )
             (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)
     if problems:
         if not section.skip_bad_images:

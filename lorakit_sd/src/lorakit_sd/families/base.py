@@ -202,8 +202,10 @@ class ModelFamily:
 
         return choose_max_tokens(
             [(item.caption, item.where or item.image) for item in items],
-            self.tokenizers(pipe)[0], sec.max_token_length, log,
-        )  # fmt: skip
+            self.tokenizers(pipe)[0],
+            sec.max_token_length,
+            log,
+        )
 
     def encode_captions(
         self, pipe: Any, captions: list[str], max_tokens: int, clip_skip: int = 1

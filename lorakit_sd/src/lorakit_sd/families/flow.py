@@ -50,9 +50,13 @@ class FlowMatchObjective(Objective):
         else:
             scheme, mean, std = self.sampling, self.logit_mean, self.logit_std
         return compute_density_for_timestep_sampling(
-            weighting_scheme=scheme, batch_size=n, logit_mean=mean, logit_std=std,
-            mode_scale=self.mode_scale, device=device,
-        )  # fmt: skip
+            weighting_scheme=scheme,
+            batch_size=n,
+            logit_mean=mean,
+            logit_std=std,
+            mode_scale=self.mode_scale,
+            device=device,
+        )
 
     def mu(self, latents: torch.Tensor) -> float:
         """FLUX.1's resolution-dependent shift for this latent size (``calculate_shift``)."""

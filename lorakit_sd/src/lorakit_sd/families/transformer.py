@@ -111,9 +111,14 @@ class FlowFamily(ModelFamily):
     def train_module(self, backend: Any, encoders: list[Any] | None) -> Any:
         guidance = backend.section.guidance if self.uses_guidance(backend.unet) else None
         return FlowTrainModule(
-            self, backend.model.pipe, backend.unet, encoders, backend.train_text,
-            backend.max_tokens, guidance,
-        )  # fmt: skip
+            self,
+            backend.model.pipe,
+            backend.unet,
+            encoders,
+            backend.train_text,
+            backend.max_tokens,
+            guidance,
+        )
 
     def uses_guidance(self, transformer: Any) -> bool:
         return False
@@ -157,12 +162,16 @@ class FlowFamily(ModelFamily):
                 generator = torch.Generator("cpu").manual_seed(kwargs["seed"] + i)
                 images.append(
                     sampler(
-                        prompt=prompt, num_inference_steps=kwargs["steps"],
-                        guidance_scale=kwargs["guidance"], width=kwargs["width"],
-                        height=kwargs["height"], generator=generator,
-                        max_sequence_length=length, **self.render_extras(kwargs),
+                        prompt=prompt,
+                        num_inference_steps=kwargs["steps"],
+                        guidance_scale=kwargs["guidance"],
+                        width=kwargs["width"],
+                        height=kwargs["height"],
+                        generator=generator,
+                        max_sequence_length=length,
+                        **self.render_extras(kwargs),
                     ).images[0]
-                )  # fmt: skip
+                )
         return images
 
     def render_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:

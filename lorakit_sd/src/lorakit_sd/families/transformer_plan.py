@@ -82,11 +82,17 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
     )
     stored = section.base_quantization or str(dtype).removeprefix("torch.")
     return PlanModel(
-        build=build, batch=fake_batch, loss=plan_loss(plan_objective(folder, spec, section), dtype),
+        build=build,
+        batch=fake_batch,
+        loss=plan_loss(plan_objective(folder, spec, section), dtype),
         description=f"{spec.label} transformer, {stored} weights {where}",
         per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}",
         autocast_dtype=dtype if train.mixed_precision != "no" else None,
-        caches=caches, items=count_images(config, section), resolution_key="sd.resolution",
-        rungs=flow_rungs(train, section, spec), **quantized(section, cls, t_config, dtype.itemsize),
-        resolution=resolution, resolution_steps=_smaller(resolution),
-    )  # fmt: skip
+        caches=caches,
+        items=count_images(config, section),
+        resolution_key="sd.resolution",
+        rungs=flow_rungs(train, section, spec),
+        **quantized(section, cls, t_config, dtype.itemsize),
+        resolution=resolution,
+        resolution_steps=_smaller(resolution),
+    )

@@ -22,23 +22,29 @@ def flow_rungs(train: Any, section: Any, spec: Any) -> tuple[tuple[dict[str, Any
     """The ladder rows, cheapest loss first; each keeps the ones before it."""
     rungs: list[tuple[dict[str, Any], str]] = []
     if not section.text_cache_enabled() and not section.train_text_encoder:
-        rungs.append((
-            {"sd.cache_text_encoder_outputs": True, "sd.shuffle_tags": False},
-            f"{spec.caption_encoders} off the GPU after caching their outputs (captions not "
-            "shuffled)",
-        ))  # fmt: skip
+        rungs.append(
+            (
+                {"sd.cache_text_encoder_outputs": True, "sd.shuffle_tags": False},
+                f"{spec.caption_encoders} off the GPU after caching their outputs (captions not "
+                "shuffled)",
+            )
+        )
     if train.mixed_precision == "no":
         rungs.append(({"mixed_precision": "bf16"}, "bf16 base weights (bf16 autocast)"))
     if section.base_quantization is None:
-        rungs.append((
-            {"sd.base_quantization": "fp8"},
-            "fp8 base weights (torchao through diffusers; needs a CUDA GPU)",
-        ))  # fmt: skip
+        rungs.append(
+            (
+                {"sd.base_quantization": "fp8"},
+                "fp8 base weights (torchao through diffusers; needs a CUDA GPU)",
+            )
+        )
     if section.base_quantization != "nf4":
-        rungs.append((
-            {"sd.base_quantization": "nf4"},
-            "NF4 base weights (bitsandbytes through diffusers; needs a CUDA GPU)",
-        ))  # fmt: skip
+        rungs.append(
+            (
+                {"sd.base_quantization": "nf4"},
+                "NF4 base weights (bitsandbytes through diffusers; needs a CUDA GPU)",
+            )
+        )
     return tuple(rungs)
 
 

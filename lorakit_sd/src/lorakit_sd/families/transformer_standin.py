@@ -34,13 +34,19 @@ def tiny_t5(vocab_size: int, width: int, seed: int) -> Any:
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
-        vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=width * 2, num_layers=2,
-        num_heads=4, relative_attention_num_buckets=8,
+        vocab_size=vocab_size,
+        d_model=width,
+        d_kv=8,
+        d_ff=width * 2,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
         # T5Config passes keys it does not declare on to PreTrainedConfig, which its typed
         # (dataclass) signature does not show
         decoder_start_token_id=0,  # type: ignore[call-arg]
-        pad_token_id=0, eos_token_id=1,
-    )  # fmt: skip
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     torch.manual_seed(seed)
     return T5EncoderModel(config).eval()
 
@@ -51,12 +57,20 @@ def tiny_vae(shift: float, scale: float, seed: int) -> Any:
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=32, sample_size=TINY_RESOLUTION,
-        shift_factor=shift, scaling_factor=scale, use_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=TINY_RESOLUTION,
+        shift_factor=shift,
+        scaling_factor=scale,
+        use_quant_conv=False,
         use_post_quant_conv=False,
-    )  # fmt: skip
+    )
 
 
 def build_tiny_flux(seed: int = 0, guidance: bool = True) -> Any:
@@ -67,21 +81,35 @@ def build_tiny_flux(seed: int = 0, guidance: bool = True) -> Any:
 
     tokenizer, t5_tokenizer = tiny_tokenizer(), tiny_t5_tokenizer()
     scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
-    )  # fmt: skip
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
     torch.manual_seed(seed + 2)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        guidance_embeds=guidance, axes_dims_rope=[4, 4, 8],
-    )  # fmt: skip
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance,
+        axes_dims_rope=[4, 4, 8],
+    )
     return FluxPipeline(
-        scheduler=scheduler, vae=tiny_vae(0.1159, 0.3611, seed + 1),
+        scheduler=scheduler,
+        vae=tiny_vae(0.1159, 0.3611, seed + 1),
         text_encoder=_text_encoder(CLIPTextModel, len(tokenizer), 32, seed + 3),
-        tokenizer=tokenizer, text_encoder_2=tiny_t5(len(t5_tokenizer), 32, seed + 4),
-        tokenizer_2=t5_tokenizer, transformer=transformer,
-    )  # fmt: skip
+        tokenizer=tokenizer,
+        text_encoder_2=tiny_t5(len(t5_tokenizer), 32, seed + 4),
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
 
 
 def build_tiny_sd3(seed: int = 0) -> Any:
@@ -102,11 +130,18 @@ def build_tiny_sd3(seed: int = 0) -> Any:
     t5_tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed + 2)
     transformer = SD3Transformer2DModel(
-        sample_size=TINY_RESOLUTION // 2, patch_size=1, in_channels=16, num_layers=2,
-        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-        joint_attention_dim=96, pooled_projection_dim=64, out_channels=16,
+        sample_size=TINY_RESOLUTION // 2,
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=96,
+        pooled_projection_dim=64,
+        out_channels=16,
         pos_embed_max_size=32,
-    )  # fmt: skip
+    )
     vocab = len(tiny_tokenizer())
     clip_l = _text_encoder(CLIPTextModelWithProjection, vocab, 32, seed + 3)
     with torch.no_grad():
@@ -114,12 +149,14 @@ def build_tiny_sd3(seed: int = 0) -> Any:
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=tiny_vae(0.0609, 1.5305, seed + 1),
-        text_encoder=clip_l, tokenizer=tiny_tokenizer(),
+        text_encoder=clip_l,
+        tokenizer=tiny_tokenizer(),
         text_encoder_2=_text_encoder(CLIPTextModelWithProjection, vocab, 48, seed + 5),
         tokenizer_2=tiny_tokenizer(),
-        text_encoder_3=tiny_t5(len(t5_tokenizer), 96, seed + 4), tokenizer_3=t5_tokenizer,
+        text_encoder_3=tiny_t5(len(t5_tokenizer), 96, seed + 4),
+        tokenizer_3=t5_tokenizer,
         transformer=transformer,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -187,16 +224,20 @@ def sd3_transformer_to_original(state: dict[str, Any], num_layers: int) -> dict[
             out[f"{o}x_block.attn.qkv.{kind}"] = _cat(state, qkv)
             out[f"{o}context_block.attn.qkv.{kind}"] = _cat(state, ctx)
             parts = {
-                "x_block.attn.proj": "attn.to_out.0", "x_block.adaLN_modulation.1": "norm1.linear",
-                "x_block.mlp.fc1": "ff.net.0.proj", "x_block.mlp.fc2": "ff.net.2",
-            }  # fmt: skip
+                "x_block.attn.proj": "attn.to_out.0",
+                "x_block.adaLN_modulation.1": "norm1.linear",
+                "x_block.mlp.fc1": "ff.net.0.proj",
+                "x_block.mlp.fc2": "ff.net.2",
+            }
             if not last:
-                parts.update({
-                    "context_block.attn.proj": "attn.to_add_out",
-                    "context_block.mlp.fc1": "ff_context.net.0.proj",
-                    "context_block.mlp.fc2": "ff_context.net.2",
-                    "context_block.adaLN_modulation.1": "norm1_context.linear",
-                })  # fmt: skip
+                parts.update(
+                    {
+                        "context_block.attn.proj": "attn.to_add_out",
+                        "context_block.mlp.fc1": "ff_context.net.0.proj",
+                        "context_block.mlp.fc2": "ff_context.net.2",
+                        "context_block.adaLN_modulation.1": "norm1_context.linear",
+                    }
+                )
             for ours, theirs in parts.items():
                 out[f"{o}{ours}.{kind}"] = state[f"{d}{theirs}.{kind}"]
             if last:
@@ -244,9 +285,10 @@ def write_sd3_single_file(pipe: Any, path: Path) -> Path:
     }
     state.update(vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
     for name, encoder in (
-        ("clip_l", pipe.text_encoder), ("clip_g", pipe.text_encoder_2),
+        ("clip_l", pipe.text_encoder),
+        ("clip_g", pipe.text_encoder_2),
         ("t5xxl", pipe.text_encoder_3),
-    ):  # fmt: skip
+    ):
         for key, value in encoder.state_dict().items():
             state[f"text_encoders.{name}.transformer.{key}"] = value
     save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path))

@@ -56,9 +56,15 @@ def unet_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
 
     def build(checkpointing: bool) -> Any:
         unet, encoders = meta_trainable(
-            UNet2DConditionModel, unet_config, text_parts, dtype, config, section, spec,
+            UNet2DConditionModel,
+            unet_config,
+            text_parts,
+            dtype,
+            config,
+            section,
+            spec,
             checkpointing,
-        )  # fmt: skip
+        )
         return traceable(
             SDTrainModule(unet, encoders or None, spec.name, section.train_text_encoder)
         )
@@ -76,10 +82,15 @@ def unet_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
         return {"latents": torch.randn(batch, channels, side, side), "inputs": inputs}
 
     return PlanModel(
-        build=build, batch=fake_batch, loss=plan_loss(plan_objective(folder, spec, section), dtype),
+        build=build,
+        batch=fake_batch,
+        loss=plan_loss(plan_objective(folder, spec, section), dtype),
         description=f"{spec.label} UNet, {str(dtype).removeprefix('torch.')} weights",
         per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}",
-        autocast_dtype=dtype if half else None, caches=caches,
-        items=count_images(config, section), resolution_key="sd.resolution",
-        resolution=resolution, resolution_steps=_smaller(resolution),
-    )  # fmt: skip
+        autocast_dtype=dtype if half else None,
+        caches=caches,
+        items=count_images(config, section),
+        resolution_key="sd.resolution",
+        resolution=resolution,
+        resolution_steps=_smaller(resolution),
+    )

@@ -49,50 +49,82 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0) -> Any:
     tokenizer = tiny_tokenizer()
     vocab_size = len(tokenizer)
     scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-        beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
         prediction_type="epsilon",
-    )  # fmt: skip
+    )
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=32, sample_size=TINY_RESOLUTION,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=TINY_RESOLUTION,
         scaling_factor=0.18215 if family == "sd1" else 0.13025,
-    )  # fmt: skip
+    )
     torch.manual_seed(seed + 2)
     if family == "sd1":
         text_encoder = _text_encoder(CLIPTextModel, vocab_size, 32, seed + 3)
         unet = UNet2DConditionModel(
-            sample_size=TINY_RESOLUTION // TINY_VAE_FACTOR, in_channels=4, out_channels=4,
-            block_out_channels=(32, 64), layers_per_block=1,
+            sample_size=TINY_RESOLUTION // TINY_VAE_FACTOR,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32,
-        )  # fmt: skip
+            cross_attention_dim=32,
+            attention_head_dim=(2, 4),
+            norm_num_groups=32,
+        )
         return StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
             requires_safety_checker=False,
-        )  # fmt: skip
+        )
     text_encoder = _text_encoder(CLIPTextModel, vocab_size, 32, seed + 3)
     text_encoder_2 = _text_encoder(CLIPTextModelWithProjection, vocab_size, 64, seed + 4)
     torch.manual_seed(seed + 2)
     unet = UNet2DConditionModel(
-        sample_size=TINY_RESOLUTION // TINY_VAE_FACTOR, in_channels=4, out_channels=4,
-        block_out_channels=(32, 64), layers_per_block=1,
+        sample_size=TINY_RESOLUTION // TINY_VAE_FACTOR,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        transformer_layers_per_block=(1, 2), cross_attention_dim=32 + 64,
-        attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
-        addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=32 + 64,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        norm_num_groups=32,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=32 + 6 * 8,
-    )  # fmt: skip
+    )
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tiny_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
         force_zeros_for_empty_prompt=False,
-    )  # fmt: skip
+    )
 
 
 @dataclass

@@ -40,7 +40,7 @@ def adapter_export(backend: Any, step: int) -> AdapterExport:
             conv_rank=sec.conv_rank or 0,
             conv_alpha=conv_alpha,
             args=network_args(sec),
-        ),  # fmt: skip
+        ),
         state_dict=backend.lora_state_dict,
         layers=lambda: layers(backend),
         family=backend.family,
@@ -65,7 +65,7 @@ def layers(backend: Any) -> list[AdapterLayer]:
         return [
             AdapterLayer(
                 m.component, m.path, {"lora_down.weight": m.down, "lora_up.weight": m.up}, m.alpha
-            )  # fmt: skip
+            )
             for m in backend.lora_modules()
         ]
     writer = network_module(network)

@@ -44,8 +44,12 @@ def file_format(keys: Iterable[str]) -> str | None:
 
 
 #: Tensor-name prefix → the part of the pipeline it adapts, for ``lorakit inspect``.
-KOHYA_GROUPS = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
-                "lora_te2_": "text_encoder_2"}  # fmt: skip
+KOHYA_GROUPS = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+}
 
 
 def identify(probe: FileProbe) -> FileKind | None:

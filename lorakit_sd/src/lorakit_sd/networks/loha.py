@@ -15,15 +15,26 @@ NAMES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2
 
 
 def peft_config(
-    *, rank: int, alpha: float, dropout: float, targets: list[str],
-    ranks: dict[str, int], alphas: dict[str, float], options: Any,
-) -> Any:  # fmt: skip
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str],
+    ranks: dict[str, int],
+    alphas: dict[str, float],
+    options: Any,
+) -> Any:
     from peft import LoHaConfig
 
     return LoHaConfig(
-        r=rank, alpha=alpha, module_dropout=dropout, target_modules=targets,  # type: ignore[arg-type]
-        rank_pattern=ranks, alpha_pattern=alphas, use_effective_conv2d=options.use_tucker,
-    )  # fmt: skip
+        r=rank,
+        alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; LyCORIS alphas are floats
+        module_dropout=dropout,
+        target_modules=targets,
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
+        use_effective_conv2d=options.use_tucker,
+    )
 
 
 def layer_tensors(layer: Any, adapter: str = "default") -> dict[str, Any]:

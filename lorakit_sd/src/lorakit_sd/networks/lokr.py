@@ -17,16 +17,28 @@ NAMES = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b
 
 
 def peft_config(
-    *, rank: int, alpha: float, dropout: float, targets: list[str],
-    ranks: dict[str, int], alphas: dict[str, float], options: Any,
-) -> Any:  # fmt: skip
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str],
+    ranks: dict[str, int],
+    alphas: dict[str, float],
+    options: Any,
+) -> Any:
     from peft import LoKrConfig
 
     return LoKrConfig(
-        r=rank, alpha=alpha, module_dropout=dropout, target_modules=targets,  # type: ignore[arg-type]
-        rank_pattern=ranks, alpha_pattern=alphas, use_effective_conv2d=options.use_tucker,
-        decompose_both=options.lokr_decompose_both, decompose_factor=options.lokr_factor,
-    )  # fmt: skip
+        r=rank,
+        alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; LyCORIS alphas are floats
+        module_dropout=dropout,
+        target_modules=targets,
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
+        use_effective_conv2d=options.use_tucker,
+        decompose_both=options.lokr_decompose_both,
+        decompose_factor=options.lokr_factor,
+    )
 
 
 def layer_tensors(layer: Any, adapter: str = "default") -> dict[str, Any]:

@@ -6,16 +6,28 @@ from typing import Any
 
 
 def peft_config(
-    *, rank: int, alpha: float, dropout: float, targets: list[str],
-    ranks: dict[str, int], alphas: dict[str, float], options: Any, use_dora: bool = False,
-) -> Any:  # fmt: skip
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str],
+    ranks: dict[str, int],
+    alphas: dict[str, float],
+    options: Any,
+    use_dora: bool = False,
+) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=rank, lora_alpha=alpha,  # type: ignore[arg-type]  # a float works
-        lora_dropout=dropout, target_modules=targets, init_lora_weights="gaussian",
-        rank_pattern=ranks, alpha_pattern=alphas, use_dora=use_dora,
-    )  # fmt: skip
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # a float works
+        lora_dropout=dropout,
+        target_modules=targets,
+        init_lora_weights="gaussian",
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
+        use_dora=use_dora,
+    )
 
 
 def layer_tensors(layer: Any, adapter: str = "default") -> dict[str, Any]:

@@ -72,9 +72,14 @@ def add_network(
     if not targets:
         raise ConfigError(f"no module matches {t.target_modules} in the model", key=key)
     peft_config = network_module(sec.network).peft_config(
-        rank=t.lora_rank, alpha=t.alpha, dropout=t.lora_dropout, targets=targets,
-        ranks=ranks, alphas=alphas, options=sec,
-    )  # fmt: skip
+        rank=t.lora_rank,
+        alpha=t.alpha,
+        dropout=t.lora_dropout,
+        targets=targets,
+        ranks=ranks,
+        alphas=alphas,
+        options=sec,
+    )
     try:
         module.add_adapter(peft_config)
     except ValueError as exc:

@@ -88,8 +88,11 @@ def quantize_transformer(model: Any, sec: Any, base_model: str, compute_dtype: A
     cls = type(transformer)
     state = {k: v.detach() for k, v in transformer.state_dict().items()}
     quantized = cls.from_single_file(
-        state, config=config_source, subfolder="transformer", torch_dtype=compute_dtype,
+        state,
+        config=config_source,
+        subfolder="transformer",
+        torch_dtype=compute_dtype,
         quantization_config=quantization_config(kind, compute_dtype),
-    )  # fmt: skip
+    )
     model.pipe.transformer = quantized
     return quantized

@@ -79,9 +79,12 @@ class Sana(TransformerFamily):
     def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
         device = next(pipe.text_encoder.parameters()).device
         hidden, mask, _, _ = pipe.encode_prompt(
-            captions, do_classifier_free_guidance=False, device=device,
-            max_sequence_length=max_tokens, complex_human_instruction=None,
-        )  # fmt: skip
+            captions,
+            do_classifier_free_guidance=False,
+            device=device,
+            max_sequence_length=max_tokens,
+            complex_human_instruction=None,
+        )
         return hidden, mask.float()
 
     def denoise(
@@ -89,9 +92,12 @@ class Sana(TransformerFamily):
     ) -> Any:
         scale = float(transformer.config.get("timestep_scale", 1.0) or 1.0)
         out = transformer(
-            noisy, encoder_hidden_states=hidden, encoder_attention_mask=pooled,
-            timestep=timesteps.to(noisy.dtype) * scale, return_dict=False,
-        )[0]  # fmt: skip
+            noisy,
+            encoder_hidden_states=hidden,
+            encoder_attention_mask=pooled,
+            timestep=timesteps.to(noisy.dtype) * scale,
+            return_dict=False,
+        )[0]
         if out.shape[1] == 2 * noisy.shape[1]:  # learned sigma: the pipeline keeps the first half
             out = out.chunk(2, dim=1)[0]
         return out

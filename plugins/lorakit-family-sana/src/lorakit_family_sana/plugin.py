@@ -16,8 +16,10 @@ LORAKIT_PLUGIN_API = 2
 def register_image_families(register: Callable[[Any], None]) -> None:
     register(
         FamilySpec(
-            name="sana", label="SANA", factory=lazy("lorakit_family_sana.family:Sana"),
+            name="sana",
+            label="SANA",
+            factory=lazy("lorakit_family_sana.family:Sana"),
             description="SANA 1.0 / 1.5 linear DiT (diffusers folders)",
             template=("sana", "lorakit_family_sana", "sana.yaml"),
         )
-    )  # fmt: skip
+    )

@@ -70,9 +70,12 @@ def tiny_tokenizer() -> Any:
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
         unk_token="<unk>",
-    )  # fmt: skip
+    )
 
 
 def build_tiny_pipeline(seed: int = 0) -> Any:
@@ -89,34 +92,61 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     transformer = SanaTransformer2DModel(
-        patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2,
-        attention_head_dim=8, num_cross_attention_heads=2, cross_attention_head_dim=8,
-        cross_attention_dim=16, caption_channels=16, sample_size=RESOLUTION // 2,
-    )  # fmt: skip
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=RESOLUTION // 2,
+    )
     torch.manual_seed(seed + 1)
     vae = AutoencoderDC(
-        in_channels=3, latent_channels=4, attention_head_dim=2,
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
         encoder_block_types=("ResBlock", "EfficientViTBlock"),
         decoder_block_types=("ResBlock", "EfficientViTBlock"),
-        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-        encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
-        downsample_block_type="conv", upsample_block_type="interpolate",
-        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
-    )  # fmt: skip
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
     torch.manual_seed(seed + 2)
     text_encoder = Gemma2Model(
         Gemma2Config(
-            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=2, head_dim=8,
-            max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
         )
-    ).eval()  # fmt: skip
+    ).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     return SanaPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
         scheduler=scheduler,
-    )  # fmt: skip
+    )
 
 
 def build_tiny_sana(directory: str | Path, seed: int = 0) -> TinySana:

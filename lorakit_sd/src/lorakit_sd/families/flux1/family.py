@@ -20,9 +20,16 @@ from lorakit_sd.lorafiles.names import to_kohya
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 ALL_LINEAR = ATTN + [
-    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
-    "proj_mlp", "proj_out", "norm1.linear", "norm1_context.linear", "norm.linear",
-]  # fmt: skip
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+    "proj_out",
+    "norm1.linear",
+    "norm1_context.linear",
+    "norm.linear",
+]
 
 
 #: kohya sd-scripts' ``networks/lora_flux.py`` applies every linear layer of the transformer
@@ -142,10 +149,15 @@ class Flux1(FlowFamily):
         )
         txt_ids = torch.zeros(hidden.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
         out = transformer(
-            hidden_states=packed, timestep=timesteps.to(noisy.dtype) / 1000, guidance=guidance,
-            pooled_projections=pooled, encoder_hidden_states=hidden, txt_ids=txt_ids,
-            img_ids=img_ids, return_dict=False,
-        )[0]  # fmt: skip
+            hidden_states=packed,
+            timestep=timesteps.to(noisy.dtype) / 1000,
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=hidden,
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
         return FluxPipeline._unpack_latents(out, h, w, 1)
 
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:

@@ -54,19 +54,30 @@ SWAPPED = "norm_out.linear"
 
 #: lora stem (underscores) -> BFL module name (dots)
 _DOUBLE_NAMES = {
-    "img_attn_qkv": "img_attn.qkv", "txt_attn_qkv": "txt_attn.qkv",
-    "img_attn_proj": "img_attn.proj", "txt_attn_proj": "txt_attn.proj",
-    "img_mlp_0": "img_mlp.0", "img_mlp_2": "img_mlp.2", "txt_mlp_0": "txt_mlp.0",
-    "txt_mlp_2": "txt_mlp.2", "img_mod_lin": "img_mod.lin", "txt_mod_lin": "txt_mod.lin",
-}  # fmt: skip
+    "img_attn_qkv": "img_attn.qkv",
+    "txt_attn_qkv": "txt_attn.qkv",
+    "img_attn_proj": "img_attn.proj",
+    "txt_attn_proj": "txt_attn.proj",
+    "img_mlp_0": "img_mlp.0",
+    "img_mlp_2": "img_mlp.2",
+    "txt_mlp_0": "txt_mlp.0",
+    "txt_mlp_2": "txt_mlp.2",
+    "img_mod_lin": "img_mod.lin",
+    "txt_mod_lin": "txt_mod.lin",
+}
 _SINGLE_NAMES = {"linear1": "linear1", "linear2": "linear2", "modulation_lin": "modulation.lin"}
 _TOP_NAMES = {
-    "img_in": "img_in", "txt_in": "txt_in", "time_in_in_layer": "time_in.in_layer",
-    "time_in_out_layer": "time_in.out_layer", "vector_in_in_layer": "vector_in.in_layer",
-    "vector_in_out_layer": "vector_in.out_layer", "guidance_in_in_layer": "guidance_in.in_layer",
-    "guidance_in_out_layer": "guidance_in.out_layer", "final_layer_linear": "final_layer.linear",
+    "img_in": "img_in",
+    "txt_in": "txt_in",
+    "time_in_in_layer": "time_in.in_layer",
+    "time_in_out_layer": "time_in.out_layer",
+    "vector_in_in_layer": "vector_in.in_layer",
+    "vector_in_out_layer": "vector_in.out_layer",
+    "guidance_in_in_layer": "guidance_in.in_layer",
+    "guidance_in_out_layer": "guidance_in.out_layer",
+    "final_layer_linear": "final_layer.linear",
     "final_layer_adaLN_modulation_1": "final_layer.adaLN_modulation.1",
-}  # fmt: skip
+}
 
 
 def layers(num_double: int, num_single: int) -> dict[str, list[str]]:

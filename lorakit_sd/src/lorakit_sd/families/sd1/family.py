@@ -99,9 +99,13 @@ class SD1(ModelFamily):
         self, pipe: Any, captions: list[str], max_tokens: int, clip_skip: int = 1
     ) -> dict[str, Any]:
         hidden, pooled = encode_captions(
-            captions, self.tokenizers(pipe), self.text_encoders(pipe), self.name,
-            max_tokens, clip_skip,
-        )  # fmt: skip
+            captions,
+            self.tokenizers(pipe),
+            self.text_encoders(pipe),
+            self.name,
+            max_tokens,
+            clip_skip,
+        )
         return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
 
     def text_inputs(self, pipe: Any, captions: list[str], max_tokens: int) -> dict[str, Any]:

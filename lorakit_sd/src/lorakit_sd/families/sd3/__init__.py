@@ -6,7 +6,9 @@ from lorakit.api import lazy
 from lorakit_sd.families import FamilySpec
 
 SPEC = FamilySpec(
-    name="sd3", label="SD3 / SD3.5", factory=lazy("lorakit_sd.families.sd3.family:SD3"),
+    name="sd3",
+    label="SD3 / SD3.5",
+    factory=lazy("lorakit_sd.families.sd3.family:SD3"),
     description="SD3 / SD3.5 MMDiT (all-in-one single files, diffusers folders)",
     template=("sd35", "lorakit_sd", "families/sd3/sd35.yaml"),
-)  # fmt: skip
+)

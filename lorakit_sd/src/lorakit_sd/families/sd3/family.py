@@ -14,9 +14,13 @@ from lorakit_sd.families.transformer import FlowFamily
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 ALL_LINEAR = ATTN + [
-    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
-    "norm1.linear", "norm1_context.linear",
-]  # fmt: skip
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "norm1.linear",
+    "norm1_context.linear",
+]
 
 
 class SD3(FlowFamily):
@@ -74,18 +78,25 @@ class SD3(FlowFamily):
     def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
         device = next(pipe.text_encoder.parameters()).device
         hidden, _, pooled, _ = pipe.encode_prompt(
-            captions, None, None, device=device, do_classifier_free_guidance=False,
+            captions,
+            None,
+            None,
+            device=device,
+            do_classifier_free_guidance=False,
             max_sequence_length=max_tokens,
-        )  # fmt: skip
+        )
         return hidden, pooled
 
     def denoise(
         self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
     ) -> Any:
         return transformer(
-            hidden_states=noisy, timestep=timesteps.to(noisy.dtype), encoder_hidden_states=hidden,
-            pooled_projections=pooled, return_dict=False,
-        )[0]  # fmt: skip
+            hidden_states=noisy,
+            timestep=timesteps.to(noisy.dtype),
+            encoder_hidden_states=hidden,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
 
     def render_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {"negative_prompt": kwargs.get("negative") or None}

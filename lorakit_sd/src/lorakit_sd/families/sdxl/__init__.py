@@ -6,7 +6,9 @@ from lorakit.api import lazy
 from lorakit_sd.families import FamilySpec
 
 SPEC = FamilySpec(
-    name="sdxl", label="SDXL", factory=lazy("lorakit_sd.families.sdxl.family:SDXL"),
+    name="sdxl",
+    label="SDXL",
+    factory=lazy("lorakit_sd.families.sdxl.family:SDXL"),
     description="SDXL UNet (SGM single files, diffusers folders)",
     template=("sdxl", "lorakit_sd", "families/sdxl/sdxl.yaml"),
-)  # fmt: skip
+)
