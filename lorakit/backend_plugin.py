@@ -55,6 +55,12 @@ class BackendPlugin:
     aliases: ClassVar[Mapping[str, str]] = {}
     migrations: ClassVar[Mapping[int, Mapping[str, str]]] = {}
 
+    def template_files(self) -> Mapping[str, tuple[str, str]]:
+        """``lorakit config init``: the config templates offered, ``name -> (package, file)``
+        (the first is the default). By default :attr:`templates`; a backend whose templates
+        come from other plugins (lorakit-sd's model families) lists them here."""
+        return self.templates
+
     def create(self, config: Config) -> Backend:
         """``lorakit train``: the :class:`lorakit.backend.Backend` that trains ``config``."""
         raise _unsupported(self, "create")

@@ -17,7 +17,7 @@ def template_text(backend: str | None = None, template: str | None = None) -> st
         )
     registries = get_registries()
     entry = registries.backend_for(None, backend)
-    templates = entry.spec.templates
+    templates = entry.spec.template_files()
     if not templates:
         raise UsageError(f"backend {backend} ships no config template")
     name = template or next(iter(templates))

@@ -9,7 +9,7 @@ imports its module only when called, so ``lorakit --help`` never loads torch or 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,14 @@ class SDBackend(BackendPlugin):
     templates = builtin_templates()  # each family's folder holds its own
     aliases = {"metadata_path": "metadata_path"}
     migrations = {1: V1_MOVES}
+
+    def template_files(self) -> Mapping[str, tuple[str, str]]:
+        """Every installed family's template (lorakit-sd's own first): a family package's
+        template is offered by ``lorakit config init --backend sd`` too."""
+        from lorakit_sd import families
+
+        found = {s.template[0]: s.template[1:] for s in families.specs() if s.template}
+        return {**self.templates, **found}
 
     def create(self, config: Config) -> Backend:
         from lorakit_sd.backend import create

@@ -98,7 +98,7 @@ def backends() -> list[dict[str, Any]]:
         {
             "name": entry.spec.name,
             "description": entry.spec.description,
-            "templates": list(entry.spec.templates),
+            "templates": list(entry.spec.template_files()),
             "distribution": entry.distribution,
         }
         for entry in get_registries().backends

@@ -152,3 +152,20 @@ def test_the_template_is_a_valid_sana_config(plugins):
     data = yaml.safe_load(resources.files(package).joinpath(path).read_text())
     config = load_config(data=data, registries=plugins.registries, check_paths=False)
     assert config.backend == "sd" and config.section.model_family == "sana"
+
+
+def test_config_init_offers_the_family_template(plugins, capsys):
+    """A family package's template is one of the sd backend's: ``lorakit config init``
+    writes it, and it validates as a SANA config."""
+    import yaml
+
+    from lorakit.config import load_config
+    from lorakit.testing import run_cli
+
+    code, out, err = run_cli(capsys, "config", "init", "--backend", "sd", "--template", "sana")
+    assert code == 0, err
+    data = yaml.safe_load(out)
+    config = load_config(data=data, registries=plugins.registries, check_paths=False)
+    assert config.section.model_family == "sana"
+    code, out, err = run_cli(capsys, "config", "init", "--backend", "sd", "--template", "nope")
+    assert code == 2 and "sana" in err and "sd15" in err
