@@ -8,7 +8,9 @@ tensor names or a diffusers ``model_index.json``. Importing this package loads n
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,10 @@ class FamilySpec:
     describe: Callable[[list[str]], Any] | None = None
     #: its config template for ``lorakit config init``: ``(name, package, file)``, or None
     template: tuple[str, str, str] | None = None
+    #: where it comes when a file is recognised (lower first; equal: by name). A family whose
+    #: files another family would also claim (an edit model on a base model's architecture)
+    #: goes first.
+    order: int = 100
 
 
 @dataclass
@@ -62,8 +68,8 @@ def _table() -> _Table:
         # lorakit-sd's own plugin is not in this manager (a test's hand-made one): its
         # families are known anyway, since this code is lorakit-sd's.
         found = [(None, spec) for spec in builtin_specs()] + found
-    # lorakit-sd's own first (recognition tries them first), then the others as loaded
-    found.sort(key=lambda item: item[1].name not in builtin_names())
+    # lorakit-sd's own first (recognition tries them first), each group by its order
+    found.sort(key=lambda item: (item[1].name not in builtin_names(), item[1].order))
     specs: dict[str, FamilySpec] = {}
     owners: dict[str, str] = {}
     for info, spec in found:
@@ -103,9 +109,17 @@ def builtin_labels() -> str:
     return " / ".join(s.label for s in builtin_specs())
 
 
+@functools.cache
 def builtin_names() -> tuple[str, ...]:
-    """The folders of lorakit-sd's own families, in the order files are recognised."""
-    return ("sd1", "sdxl", "sd3", "flux1")
+    """The folders of lorakit-sd's own families (each a subpackage with a ``SPEC``), in the
+    order files are recognised: adding a family is adding its folder, nothing else."""
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        if module.ispkg:
+            spec = getattr(importlib.import_module(f"{__name__}.{module.name}"), "SPEC", None)
+            if isinstance(spec, FamilySpec):
+                found.append((spec.order, spec.name, module.name))
+    return tuple(folder for _, _, folder in sorted(found))
 
 
 def names() -> list[str]:

@@ -27,6 +27,7 @@ def describe_file(names: list[str]) -> FileKind | None:
 
 SPEC = FamilySpec(
     name="flux1",
+    order=40,
     label="FLUX.1",
     factory=lazy("lorakit_sd.families.flux1.family:Flux1"),
     description="FLUX.1 dev / schnell transformer (BFL and GGUF files, diffusers folders)",

@@ -7,6 +7,7 @@ from lorakit_sd.families import FamilySpec
 
 SPEC = FamilySpec(
     name="sd1",
+    order=10,
     label="SD1.x",
     factory=lazy("lorakit_sd.families.sd1.family:SD1"),
     description="Stable Diffusion 1.x UNet (LDM single files, diffusers folders)",

@@ -7,6 +7,7 @@ from lorakit_sd.families import FamilySpec
 
 SPEC = FamilySpec(
     name="sdxl",
+    order=20,
     label="SDXL",
     factory=lazy("lorakit_sd.families.sdxl.family:SDXL"),
     description="SDXL UNet (SGM single files, diffusers folders)",
