@@ -47,7 +47,15 @@ from lorakit.labeling import (
     label_folder,
     make_caption,
 )
-from lorakit.metadata_csv import FILE_COLUMNS, TEXT_COLUMNS, read_table, read_text
+from lorakit.metadata_csv import (
+    CONTROL_COLUMNS,
+    CONTROL_SEPARATOR,
+    FILE_COLUMNS,
+    TEXT_COLUMNS,
+    read_table,
+    read_text,
+    split_control,
+)
 from lorakit.planning.estimate import PlanModel
 from lorakit.plugins import PluginInfo, get_registries, lazy, plugin_registrations
 from lorakit.registry import (
@@ -72,6 +80,8 @@ __all__ = [
     "AdapterLayer",
     "Exporter",
     "Network",
+    "CONTROL_COLUMNS",
+    "CONTROL_SEPARATOR",
     "FILE_COLUMNS",
     "IMAGE_EXTENSIONS",
     "METADATA_NAME",
@@ -134,6 +144,7 @@ __all__ = [
     "read_text",
     "read_safetensors_header",
     "save_safetensors",
+    "split_control",
     "trainable_state_dict",
     "unsafe_pickle_allowed",
     "write_bytes",

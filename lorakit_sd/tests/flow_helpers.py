@@ -7,8 +7,10 @@ import torch
 SD = {"max_sequence_length": 16, "bucket_step": 16}
 
 
-def train(tmp, model, data, resume=None, **overrides):
-    """Train ``model`` through the engine with the ``sd`` plugin; (result, capture)."""
+def train(tmp, model, data, resume=None, cap=None, **overrides):
+    """Train ``model`` through the engine with the ``sd`` plugin; (result, capture).
+
+    ``cap``: the capturing plugin (default a fresh :class:`sd_helpers.Capture`)."""
     import lorakit_sd.plugin
     from lorakit_sd.testing import tiny_config
     from sd_helpers import Capture
@@ -17,7 +19,7 @@ def train(tmp, model, data, resume=None, **overrides):
     from lorakit.engine import train as run
     from lorakit.plugins import build_plugins, set_plugins
 
-    cap = Capture()
+    cap = cap or Capture()
     plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin), ("c", cap)])
     set_plugins(plugins)
     try:

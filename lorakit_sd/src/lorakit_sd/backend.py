@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lorakit.api import (
+    CONTROL_SEPARATOR,
     Backend,
     ConfigError,
     LossOutput,
@@ -29,6 +30,7 @@ from lorakit_sd import families
 from lorakit_sd.config import SDSection
 from lorakit_sd.data.buckets import BucketBatchSampler, bucket_sizes
 from lorakit_sd.data.cache import build_latent_cache, build_text_cache
+from lorakit_sd.data.control import check_family
 from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint
 from lorakit_sd.lorafiles.clients import warn_unsupported
 from lorakit_sd.lorafiles.export_view import adapter_export
@@ -78,6 +80,7 @@ class SDBackend(Backend):
             families.get(family).check_section(sec)
             self.resolution = sec.resolution or families.get(family).default_resolution
             self._read_data(ctx)
+            check_family(self.items, families.get(family), families.all_families())
 
     def _read_data(self, ctx: TrainContext) -> None:
 
@@ -183,6 +186,7 @@ class SDBackend(Backend):
         sec = self.section
         if not self.items:
             self._read_data(ctx)
+        check_family(self.items, self.spec, families.all_families())
         self.max_tokens = self.spec.max_tokens(self.items, self.model.pipe, sec, ctx.log)
         if sec.random_crop and sec.cache_latents is None:
             ctx.log("note: sd.random_crop encodes every image each step (no latent cache)")
@@ -279,8 +283,30 @@ class SDBackend(Backend):
         latents = self.spec.latents_from_moments(moments)
         latents = self.spec.normalize(latents, self.model.pipe.vae.config)
         kwargs.update(self.spec.extra_inputs(batch, flip, dev, wd))
+        control = self._control(batch, flip)
+        if control is not None:
+            kwargs["control"] = control.to(dev, wd)
         per_sample = denoising_loss(module, self.objective, latents, kwargs, wd, batch, flip)
         return LossOutput(per_sample.sum(), samples=n)
+
+    def _control(self, batch: Any, flip: torch.Tensor | None) -> torch.Tensor | None:
+        """The batch's control latents (``[B, K, C, h, w]``), mirrored with their targets."""
+        if "control_moments" in batch:
+            moments = batch["control_moments"]
+            if flip is not None:
+                where = flip[:, None, None, None, None]
+                moments = torch.where(where, batch["control_moments_flip"], moments)
+        elif "control_pixels" in batch:
+            pixels = batch["control_pixels"]
+            if flip is not None:
+                pixels = torch.where(flip[:, None, None, None, None], pixels.flip(-1), pixels)
+            vae = self.model.pipe.vae
+            moments = self.spec.encode_moments(vae, pixels.flatten(0, 1))
+            moments = moments.unflatten(0, tuple(pixels.shape[:2]))
+        else:
+            return None
+        moments = moments.to(self.device, torch.float32).contiguous()
+        return self.spec.control_latents(moments, self.model.pipe.vae.config)
 
     # -- previews ------------------------------------------------------------------------
     def sample(self, ctx: TrainContext, step: int, directory: Path) -> list[Path]:
@@ -311,11 +337,20 @@ class SDBackend(Backend):
                 dtype=self.weight_dtype,
                 max_tokens=sec.max_token_length,
                 clip_skip=self.clip_skip,
+                control=self._preview_control(),
             )
         finally:
             self.unet.train(was_training)
             for module in parked:
                 module.to("cpu")
+
+    def _preview_control(self) -> list[str]:
+        """Edit models' preview inputs: ``sd.sample_control``, else the first training
+        image's control images."""
+        if self.section.sample_control or not self.spec.takes_control:
+            return list(self.section.sample_control)
+        first = next((item for item in self.items if item.control), None)
+        return [CONTROL_SEPARATOR.join(first.control)] if first is not None else []
 
     # -- export --------------------------------------------------------------------------
     @property

@@ -148,8 +148,7 @@ def peek_family(base_model: str, model_family: str = "auto") -> str | None:
         family = family_of_folder(path)
     else:
         return None if model_family == "auto" else model_family
-    _check_family(family, model_family, str(path))
-    return family
+    return _check_family(family, model_family, str(path))
 
 
 def _hub_folder(repo: str) -> Path:
@@ -168,12 +167,18 @@ def _hub_folder(repo: str) -> Path:
         raise UsageError(f"base_model {repo}: not found in {where}: {type(exc).__name__}") from None
 
 
-def _check_family(found: str, wanted: str, where: str) -> None:
+def _check_family(found: str, wanted: str, where: str) -> str:
+    """The family to load: ``found`` (from the files), or ``wanted`` (sd.model_family) when it
+    reads ``found``'s files (an edit model on its base's architecture, whose files look the
+    same); any other disagreement is one line naming both."""
+    if wanted not in ("auto", found) and families.get(wanted).file_family == found:
+        return wanted
     if wanted not in ("auto", found):
         raise ConfigError(
             f"{where} is {families.label(found)} but sd.model_family says {families.label(wanted)}",
             key="sd.model_family",
         )
+    return found
 
 
 def _unpickle_to_safetensors(path: Path, folder: Path) -> Path:
@@ -280,8 +285,8 @@ def check_single_file(source: str, section: Any = None) -> None:
     path = Path(source).expanduser()
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES or not path.is_file():
         return
-    family = family_of_keys(path, single_file_keys(path))
-    _check_family(family, getattr(section, "model_family", "auto"), str(path))
+    found = family_of_keys(path, single_file_keys(path))
+    family = _check_family(found, getattr(section, "model_family", "auto"), str(path))
     base_config = getattr(section, "base_config", None)
     if base_config:
         if Path(base_config).expanduser().is_dir():
@@ -308,8 +313,7 @@ def load_single_file(
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise UsageError(f"{path}: base_model must be a .safetensors or .gguf file, or a folder")
     keys = single_file_keys(path)
-    family = family_of_keys(path, keys)
-    _check_family(family, model_family, str(path))
+    family = _check_family(family_of_keys(path, keys), model_family, str(path))
     config = base_config or families.get(family).default_config_repo
     with quiet_libraries():
         try:
@@ -328,8 +332,7 @@ def load_single_file(
 def load_folder(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     """A diffusers pipeline folder (``model_index.json``)."""
     path = Path(source).expanduser()
-    family = family_of_folder(path)
-    _check_family(family, model_family, str(path))
+    family = _check_family(family_of_folder(path), model_family, str(path))
     with quiet_libraries():
         pipe = pipeline_class(family).from_pretrained(
             str(path), **families.get(family).pipeline_kwargs()
@@ -344,8 +347,7 @@ def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     ):
         raise UsageError(f"base_model: file or folder not found: {source}")
     folder = _hub_folder(source)
-    family = family_of_folder(folder)
-    _check_family(family, model_family, source)
+    family = _check_family(family_of_folder(folder), model_family, source)
     with quiet_libraries():
         try:
             pipe = pipeline_class(family).from_pretrained(

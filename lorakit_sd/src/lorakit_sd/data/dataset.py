@@ -18,6 +18,7 @@ import torch
 from lorakit.api import DataError
 from lorakit_sd import families
 from lorakit_sd.data.buckets import fit, load_pixels, nearest_bucket, no_upscale_bucket, random_crop
+from lorakit_sd.data.control import check_counts, control_folder, control_pixels, find_controls
 from lorakit_sd.data.images import check_image, file_hash
 from lorakit_sd.data.masks import find_mask, load_mask, mask_size
 from lorakit_sd.data.readers import (
@@ -47,6 +48,8 @@ class Item:
     repeats: int = 1  # its folder's repeats (kohya N_name, sd.repeats), before reg balancing
     mask: str = ""  # masked loss: a mask file, "alpha:<image>", or "" (none)
     mask_hash: str = ""  # what the mask is, for cache keys and the fingerprint
+    control: tuple[str, ...] = ()  # edit datasets: the control images, in order
+    control_hash: str = ""  # what they are, for cache keys and the fingerprint
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Folder:
     class_token: str | None = None  # kohya N_name folders: the caption of uncaptioned images
     reg: bool = False
     mask_dir: Path | None = None  # masked loss: the folder of this folder's masks
+    control_dir: Path | None = None  # edit datasets: sd.control_dir (default folder/control)
 
 
 def _has_data(folder: Folder) -> bool:
@@ -86,6 +90,7 @@ def _kohya(folder: Folder) -> list[Folder]:
             token,
             folder.reg,
             folder.mask_dir / sub.name if folder.mask_dir else None,
+            folder.control_dir / sub.name if folder.control_dir else None,
         )
         for sub, repeats, token in subs
     ]
@@ -105,6 +110,7 @@ def folders(config: Any) -> list[Folder]:
         section.repeats,
         section.caption_extension,
         mask_dir=_path(section.conditioning_data_dir),
+        control_dir=_path(section.control_dir),
     )
     out = []
     main_kohya = _kohya(main)
@@ -118,6 +124,7 @@ def folders(config: Any) -> list[Folder]:
                 sub.repeats,
                 sub.caption_extension,
                 mask_dir=_path(sub.conditioning_data_dir),
+                control_dir=_path(sub.control_dir),
             )
         )
     if section.reg_data_dir:
@@ -167,6 +174,7 @@ def build_items(
         records, reader = read_folder(folder, section.dataset_format, registries)
         if folder.mask_dir is not None and not folder.mask_dir.is_dir():
             raise DataError(f"mask folder not found: {folder.mask_dir} (conditioning_data_dir)")
+        controls_in = None if folder.reg else control_folder(folder.path, folder.control_dir)
         if reader != "caption_files":
             extra = unlisted_images(folder.path, records)
             if extra:
@@ -191,6 +199,15 @@ def build_items(
             else:
                 bucket = (resolution, resolution)
             mask, problem = item_mask(record["image"], size, folder, section.alpha_mask)
+            control = record.get("control") or []
+            if not control and controls_in is not None:
+                control = find_controls(record["image"], folder.path, controls_in)
+                if not control:
+                    problem = problem or (
+                        f"{record['image']}: no control image with its name in {controls_in}"
+                    )
+            for path in control:
+                problem = problem or _control_problem(path)
             if problem:
                 problems.append(problem)
                 continue
@@ -210,6 +227,8 @@ def build_items(
                     repeats=folder.repeats,
                     mask=mask,
                     mask_hash=mask and ("alpha" if section.alpha_mask else file_hash(mask)),
+                    control=tuple(control),
+                    control_hash="|".join(file_hash(p) for p in control),
                 )
             )
             (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)
@@ -222,7 +241,14 @@ def build_items(
         log(f"warning: skipping {len(problems)} image(s): {format_problems(problems, limit=10)}")
     if not index:
         raise DataError(f"no usable images in {', '.join(str(f.path) for f in folders(config))}")
+    check_counts(items)
     return items, index + balance_reg(reg_index, len(index), log)
+
+
+def _control_problem(path: str) -> str:
+    """Why a control image cannot be trained on (one line naming it), or ""."""
+    size, error = check_image(path)
+    return "" if size is not None else f"{path}: control image {error}"
 
 
 def item_mask(image: str, size: tuple[int, int], folder: Folder, alpha: bool) -> tuple[str, str]:
@@ -292,6 +318,7 @@ def fingerprint(items: list[Item], index: list[int]) -> str:
     for item in items:
         reg = "|reg" if item.reg else ""
         mask = f"|mask:{item.mask_hash}" if item.mask_hash else ""
+        mask += f"|control:{item.control_hash}" if item.control_hash else ""
         digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}{reg}{mask}\n".encode())
     digest.update(str(len(index)).encode())
     return digest.hexdigest()[:16]
@@ -343,6 +370,8 @@ class SDDataset(torch.utils.data.Dataset):
             out["pixels"] = load_pixels(item.image, item.bucket, crop)
             if self.masked:
                 out["mask"] = pixel_mask(item, crop)
+            if item.control:
+                out["control_pixels"] = control_pixels(item, crop)
         if self.text is not None:
             out.update(self.text.get(self.caption_ids[k]))
         else:

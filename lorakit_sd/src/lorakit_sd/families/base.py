@@ -108,6 +108,15 @@ class ModelFamily:
     default_targets: ClassVar[list[str]] = []
     #: clients that drop some of this family's adapted modules (the run warns per client)
     partial_clients: ClassVar[tuple[PartialClient, ...]] = ()
+    #: edit models: whether the denoiser takes control images (the images an instruction
+    #: edits), and how many per sample at most. Their latents reach the train module as
+    #: ``control`` (``[B, K, C, h, w]``, normalised); a family that takes none refuses a
+    #: dataset that has them.
+    takes_control: ClassVar[bool] = False
+    max_control_images: ClassVar[int] = 0
+    #: the family whose files (single files, folders) this family's look like, or None: an
+    #: edit model on its base's architecture loads from them when sd.model_family names it
+    file_family: ClassVar[str | None] = None
 
     # -- detection -------------------------------------------------------------------------
     def claims_keys(self, keys: set[str]) -> bool:
@@ -195,6 +204,15 @@ class ModelFamily:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         return DiagonalGaussianDistribution(moments).sample()
+
+    def control_latents(self, moments: Any, vae_config: Any) -> Any:
+        """Control images' latents from their moments (``[B, K, 2C, h, w]``): the posterior's
+        mode, normalised, as edit pipelines encode their input image (``argmax``)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        b, k = moments.shape[:2]
+        mode = DiagonalGaussianDistribution(moments.flatten(0, 1)).mode()
+        return self.normalize(mode, vae_config).unflatten(0, (b, k))
 
     def max_tokens(self, items: list[Any], pipe: Any, sec: Any, log: Any) -> int:
         """The caption length encoded (CLIP windows for SD1/SDXL, T5 tokens otherwise)."""

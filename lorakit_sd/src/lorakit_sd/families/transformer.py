@@ -169,7 +169,7 @@ class FlowFamily(ModelFamily):
                         height=kwargs["height"],
                         generator=generator,
                         max_sequence_length=length,
-                        **self.render_extras(kwargs),
+                        **self.render_extras({**kwargs, "prompt_index": i}),
                     ).images[0]
                 )
         return images

@@ -41,6 +41,7 @@ class FlowTrainModule(torch.nn.Module):
         hidden: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
         captions: list[str] | None = None,
+        control: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if captions is not None:
             with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):
@@ -50,4 +51,7 @@ class FlowTrainModule(torch.nn.Module):
         guidance = None
         if self.guidance is not None:
             guidance = torch.full((noisy.shape[0],), self.guidance, device=noisy.device)
-        return self.family.denoise(self.transformer, noisy, timesteps, hidden, pooled, guidance)
+        extra = {} if control is None else {"control": control.to(noisy.dtype)}
+        return self.family.denoise(
+            self.transformer, noisy, timesteps, hidden, pooled, guidance, **extra
+        )
