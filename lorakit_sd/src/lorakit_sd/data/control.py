@@ -72,7 +72,7 @@ def check_family(items: list[Any], family: Any, others: list[Any]) -> None:
     count, where = len(items[0].control), items[0].where or items[0].image
     if not family.takes_control:
         edit = [f.label for f in others if f.takes_control]
-        hint = f" (edit models: {', '.join(edit)})" if edit else ""
+        hint = f" ({', '.join(edit)})" if edit else ""
         raise DataError(
             f"{where}: the training data has control images, but {family.label} takes none; "
             f"train an edit model{hint} or remove the control images"
