@@ -350,3 +350,69 @@ def test_the_draw_is_flux1s_on_the_target_tokens(model):
     s = sigma.view(-1, 1, 1, 1)
     assert torch.allclose(kontext.noisy, (1 - s) * x0 + s * noise, atol=1e-6)
     assert torch.equal(kontext.target, noise - x0)
+
+
+# -- the template and lorakit sample ------------------------------------------------------------
+
+
+def test_the_kontext_template_trains_as_written(model, tmp_path, capsys):
+    """``config init -t kontext``, only paths, size and steps replaced, on pairs laid out as a
+    ``control/`` folder (the default place): trains, and FluxKontextPipeline loads its file."""
+    from accelerate.state import AcceleratorState
+    from test_templates_sd import check_template
+
+    data = write_tiny_pairs(tmp_path / "pairs", 4, layout="folder")
+    AcceleratorState._reset_state(reset_partial_state=True)  # the template's bf16
+    try:
+        check_template("kontext", "kontext", model, tmp_path, capsys, data)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_sample_takes_a_control_image(
+    sd_plugins, model, pairs, kontext_run, tmp_path, capsys, monkeypatch
+):
+    """``lorakit sample --control``: the input image's tokens reach the transformer (read in
+    its forward); a family without control images refuses the option in one line."""
+    from diffusers import FluxTransformer2DModel
+    from PIL import Image
+
+    from lorakit.testing import run_cli
+
+    seen: list[torch.Tensor] = []
+    forward = FluxTransformer2DModel.forward
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["hidden_states"].detach().clone())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxTransformer2DModel, "forward", recording)
+    result, _ = kontext_run
+    lora = result.output_dir / "run.diffusers.safetensors"
+    common = ["--base", model.diffusers_dir, "--lora", lora, "-p", "a red cat", "--steps", "2"]
+    for i in (0, 1):
+        out = tmp_path / f"s{i}"
+        control = pairs / f"control_00{i}.png"
+        code, _, err = run_cli(capsys, "sample", *common, "--control", control, "-o", out)
+        assert code == 0, err
+        with Image.open(out / "run-00.png") as im:
+            assert im.size == (32, 32)  # the LoRA's training size
+    assert [h.shape[1] for h in seen] == [2 * TOKENS] * 4
+    # the same seed: the noisy tokens agree, the control tokens are each run's image
+    assert torch.equal(seen[0][:, :TOKENS], seen[2][:, :TOKENS])
+    assert (seen[0][:, TOKENS:] - seen[2][:, TOKENS:]).abs().max() > 0.1
+    # the BFL transformer file alone is FLUX.1's (parts from the Kontext folder): no control
+    flux = [
+        "--base",
+        model.single_file,
+        "--base-config",
+        model.diffusers_dir,
+        "-p",
+        "a cat",
+        "--backend",
+        "sd",
+    ]
+    control = ["--control", pairs / "control_000.png", "-o", tmp_path / "x"]
+    code, _, err = run_cli(capsys, "sample", *flux, *control)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "FLUX.1 takes no control image (--control, sd.sample_control)" in err

@@ -77,8 +77,12 @@ class LinearDtypes:
             self.seen.add(output.dtype)
 
 
-def _train_template(tmp_path: Path, name: str, model: Any, capsys: Any) -> tuple[dict, Any, set]:
-    """``config init`` + the replacements + ``lorakit train``: (template, capture, dtypes)."""
+def _train_template(
+    tmp_path: Path, name: str, model: Any, capsys: Any, data: Path | None = None
+) -> tuple[dict, Any, set]:
+    """``config init`` + the replacements + ``lorakit train``: (template, capture, dtypes).
+
+    ``data``: the training folder (default four captioned images)."""
     import lorakit_sd.plugin
 
     from lorakit.plugins import build_plugins, set_plugins
@@ -96,7 +100,7 @@ def _train_template(tmp_path: Path, name: str, model: Any, capsys: Any) -> tuple
         config = {**template, "sd": dict(template["sd"])}
         config.update(
             base_model=str(model.diffusers_dir),
-            train_data_dir=str(write_tiny_images(tmp_path / "data", 4)),
+            train_data_dir=str(data or write_tiny_images(tmp_path / "data", 4)),
             output_dir=str(tmp_path / "out"),
             max_steps=STEPS,
         )
@@ -116,8 +120,14 @@ def test_template_trains_on_cpu_and_diffusers_loads_its_files(
     name, tiny_models, flow_models, tmp_path, capsys
 ):
     family = TEMPLATES[name]
-    model = {**tiny_models, **flow_models}[family]
-    template, cap, dtypes = _train_template(tmp_path, name, model, capsys)
+    check_template(name, family, {**tiny_models, **flow_models}[family], tmp_path, capsys)
+
+
+def check_template(
+    name: str, family: str, model: Any, tmp_path: Path, capsys: Any, data: Path | None = None
+) -> None:
+    """The template ``name`` trains ``model`` as written and diffusers loads its files."""
+    template, cap, dtypes = _train_template(tmp_path, name, model, capsys, data)
     assert template["mixed_precision"] == "bf16" and template["gradient_checkpointing"] is True
     out = tmp_path / "out"
     ran = yaml.safe_load((out / "config.yaml").read_text())
@@ -153,7 +163,7 @@ def test_template_trains_on_cpu_and_diffusers_loads_its_files(
     expected = {"out.diffusers.safetensors"} | ({"out.safetensors"} if family != "sd3" else set())
     assert {f.name for f in files} == expected
     for file in files:
-        if family == "flux1" and file.name == "out.safetensors":
+        if family in ("flux1", "kontext") and file.name == "out.safetensors":
             continue  # see the module docstring
         entries = {k.rsplit(".", 2)[0] for k in lora_keys(file)[0]}
         pipe = model.load()
