@@ -416,3 +416,39 @@ def test_sample_takes_a_control_image(
     code, _, err = run_cli(capsys, "sample", *flux, *control)
     assert code == 2 and err.count("\n") == 1, err
     assert "FLUX.1 takes no control image (--control, sd.sample_control)" in err
+
+
+def test_plan_counts_the_control_tokens(model, pairs, tmp_path):
+    """``lorakit plan`` traces an edit step with its control image: the same transformer read
+    as FLUX.1 (its model_index.json says FluxPipeline) needs fewer activations."""
+    import json
+    import shutil
+
+    import lorakit_sd.plugin
+    from lorakit_sd.testing import tiny_config
+
+    from lorakit.config import load_config
+    from lorakit.planning import make_plan
+    from lorakit.plugins import build_plugins, set_plugins
+
+    flux = tmp_path / "flux"
+    shutil.copytree(model.diffusers_dir, flux)
+    index = json.loads((flux / "model_index.json").read_text())
+    (flux / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
+    set_plugins(plugins)
+    plans = []
+    try:
+        for folder in (model.diffusers_dir, flux):
+            sd = {"bucket_step": 16, "max_sequence_length": 16}
+            cfg = tiny_config(model, pairs, tmp_path / "p", sd=sd)
+            cfg["base_model"] = str(folder)
+            plans.append(
+                make_plan(load_config(data=cfg, registries=plugins.registries), ladder=False)
+            )
+    finally:
+        set_plugins(None)
+    edit, plain = plans
+    assert "with a control image each" in edit.model.per_step
+    assert edit.estimate.trainable_params == plain.estimate.trainable_params
+    assert edit.estimate.activations > 1.5 * plain.estimate.activations
