@@ -222,3 +222,105 @@ def test_previews_render_and_the_lora_changes_the_pipelines_image(model, run):
 
 def test_resume_continues_exactly(model, tmp_path):
     assert_resumes_exactly(tmp_path, model, max_sequence_length=32)
+
+
+# -- inspect, export, merge, sample -----------------------------------------------------------
+
+
+def test_inspect_names_the_layouts(model, run):
+    import lorakit_sd.plugin
+
+    from lorakit.diagnostics.inspect import inspect_path
+    from lorakit.plugins import build_plugins, set_plugins
+
+    _, result, cap = run
+    set_plugins(build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)]))
+    try:
+        comfy = inspect_path(result.output_dir / "run.safetensors")
+        diff = inspect_path(result.output_dir / "run.diffusers.safetensors")
+    finally:
+        set_plugins(None)
+    assert comfy.format == "kohya / ComfyUI Qwen-Image LoRA (musubi-tuner's layout)"
+    assert comfy.base_model == diff.base_model == "qwen_image"
+    assert comfy.modules == diff.modules == _injected(cap.unet)
+    assert diff.ranks == [4] and diff.alphas == [8.0]
+
+
+def test_export_converts_both_ways_exactly(model, run, tmp_path):
+    from lorakit_sd.commands.export import export
+    from safetensors.torch import load_file
+
+    _, result, cap = run
+    comfy = result.output_dir / "run.safetensors"
+    base = str(model.diffusers_dir)
+    diffusers = export(comfy, "diffusers", tmp_path / "a.diffusers.safetensors", base)[0]
+    pipe = model.load()
+    pipe.load_lora_weights(str(diffusers))
+    assert _injected(pipe.transformer) == _injected(cap.unet)
+    want = pipeline_output(pipe, cap.unet, _x(2), 0.6)
+    assert (pipeline_output(pipe, pipe.transformer, _x(2), 0.6) - want).abs().max() < 1e-5
+    again = export(diffusers, "kohya", tmp_path / "a.safetensors", base)[0]
+    a, b = load_file(str(comfy)), load_file(str(again))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_merge_writes_the_transformer_file_comfyui_keeps(model, run, tmp_path):
+    """diffusers' names, as ComfyUI's ``qwen_image_bf16.safetensors`` has them: diffusers'
+    ``from_single_file`` loads it and it equals ``load_lora_weights`` + ``fuse_lora``."""
+    from diffusers import QwenImageTransformer2DModel
+    from lorakit_sd.commands.merge import merge_checkpoint
+    from safetensors import safe_open
+
+    _, result, _ = run
+    out = merge_checkpoint(
+        str(model.diffusers_dir),
+        [(str(result.output_dir / "run.safetensors"), 0.7)],
+        tmp_path / "qwen-merged.safetensors",
+    )
+    with safe_open(str(out), framework="pt") as f:
+        assert "transformer_blocks.0.attn.to_q.weight" in f.keys()
+        assert f.metadata()["modelspec.architecture"] == "Qwen-Image"
+    merged = QwenImageTransformer2DModel.from_single_file(
+        str(out), config=str(model.diffusers_dir), subfolder="transformer"
+    )
+    pipe = model.load()
+    base = pipeline_output(pipe, pipe.transformer, _x(3), 0.4)
+    pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
+    pipe.fuse_lora(lora_scale=0.7)
+    want = pipeline_output(pipe, pipe.transformer, _x(3), 0.4)
+    got = pipeline_output(pipe, merged, _x(3), 0.4)
+    assert (want - base).abs().max() > 1e-3 and (got - want).abs().max().item() < 1e-5
+
+
+def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
+    """``lorakit sample`` with the ComfyUI file vs ``QwenImagePipeline`` with the diffusers
+    file: the same seed, steps and true CFG (against a blank negative prompt)."""
+    import numpy as np
+    from lorakit_sd.commands.sample import sample
+    from PIL import Image
+
+    _, result, _ = run
+    paths = sample(
+        str(model.diffusers_dir),
+        [(str(result.output_dir / "run.safetensors"), 1.0)],
+        ["a red cat"],
+        tmp_path / "out",
+        seed=3,
+        steps=2,
+        width=32,
+        height=32,
+    )
+    with Image.open(next(p for p in paths if "sheet" not in p.name)) as im:
+        ours = np.asarray(im.convert("RGB"), dtype=int)
+    pipe = model.load()
+    pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
+    theirs = pipe(
+        "a red cat",
+        negative_prompt=" ",
+        true_cfg_scale=7.0,
+        num_inference_steps=2,
+        width=32,
+        height=32,
+        generator=torch.Generator("cpu").manual_seed(3),
+    ).images[0]
+    assert np.abs(ours - np.asarray(theirs, dtype=int)).max() <= 2
