@@ -278,8 +278,9 @@ def test_merge_writes_the_transformer_file_comfyui_keeps(model, run, tmp_path):
         tmp_path / "qwen-merged.safetensors",
     )
     with safe_open(str(out), framework="pt") as f:
-        assert "transformer_blocks.0.attn.to_q.weight" in f.keys()
-        assert f.metadata()["modelspec.architecture"] == "Qwen-Image"
+        keys, meta = list(f.keys()), f.metadata()
+    assert "transformer_blocks.0.attn.to_q.weight" in keys  # no prefix, as ComfyUI's file
+    assert meta["modelspec.architecture"] == "Qwen-Image"
     merged = QwenImageTransformer2DModel.from_single_file(
         str(out), config=str(model.diffusers_dir), subfolder="transformer"
     )

@@ -13,6 +13,7 @@ captions, flow matching.
 - **Objective**: flow matching (velocity ``ε - x0``), σ shifted by the image's packed token
   count through the pipeline's ``calculate_shift`` (the scheduler's dynamic shifting); the
   transformer reads σ as its timestep and the image's ``img_shapes`` for RoPE.
+- **Bases**: a diffusers folder or hub id, or ComfyUI's split files (:mod:`.split_files`).
 - **Files**: diffusers/PEFT keys (``transformer.<path>.lora_A.weight``) and the
   ``lora_unet_<path>`` layout ComfyUI and musubi-tuner use (:mod:`.kohya`).
 
@@ -22,12 +23,14 @@ first (a lower ``FamilySpec.order``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from lorakit_sd.families.base import Objective
 from lorakit_sd.families.flow import FlowMatchObjective
 from lorakit_sd.families.qwen_image import SPEC
 from lorakit_sd.families.qwen_image.kohya import PREFIX, from_comfy, to_comfy
+from lorakit_sd.families.qwen_image.split_files import is_transformer, load_pipeline
 from lorakit_sd.families.transformer import FlowFamily
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -71,6 +74,14 @@ class QwenImage(FlowFamily):
 
     def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
         return from_comfy(entries)
+
+    def claims_keys(self, keys: set[str]) -> bool:
+        return is_transformer(keys)
+
+    def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
+        """ComfyUI's split files: the transformer file, the rest from ``config`` or beside
+        it (:mod:`.split_files`)."""
+        return load_pipeline(self, Path(path), config, local)
 
     def pipeline_class(self) -> Any:
         from diffusers import QwenImagePipeline

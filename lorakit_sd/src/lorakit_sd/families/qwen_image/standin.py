@@ -142,7 +142,7 @@ def tiny_vae(seed: int) -> Any:
         base_dim=8,
         z_dim=16,
         dim_mult=[1, 2, 4, 4],
-        num_res_blocks=1,
+        num_res_blocks=2,  # as released (the layout diffusers converts Wan files to)
         temperal_downsample=[False, True, True],
     )
 
