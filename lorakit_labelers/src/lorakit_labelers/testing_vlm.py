@@ -236,6 +236,10 @@ def build_tiny_qwen_vl(
     config = _qwen_vl_config(arch, tokenizer, patch)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config).eval()
+    # Chat models ship sampling settings; a labeler must stay greedy all the same.
+    model.generation_config.update(
+        do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05
+    )
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch,
         merge_size=2,
