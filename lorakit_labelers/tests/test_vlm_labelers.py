@@ -149,6 +149,23 @@ def test_wrong_model_or_prompt_is_one_line(tiny_florence2, tmp_path, cli):
     assert not (folder / "metadata.csv").exists()
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen2_vl(tmp_path_factory) -> Path:
+    return build_tiny_qwen_vl(tmp_path_factory.mktemp("models") / "qwen2_vl")
+
+
+def test_qwen_vl_names_an_image_it_cannot_read(tiny_qwen2_vl, tmp_path, cli):
+    """A banner over Qwen-VL's 200:1 aspect limit is one line naming it, nothing written."""
+    model = tiny_qwen2_vl
+    folder = tmp_path / "data"
+    write_sample_images(folder, 2)
+    Image.new("RGB", (402, 2), (10, 10, 10)).save(folder / "banner.png")
+    code, _, err = cli("label", folder, "-l", "qwen-vl", "-o", f"model={model}")
+    assert code == 2 and err.count("\n") == 1
+    assert "banner.png: 402x2: its long side is 201 times its short side" in err
+    assert not (folder / "metadata.csv").exists()
+
+
 def test_weights_of_another_layout_are_refused(tiny_florence2, tmp_path, cli):
     """A checkpoint that leaves weights unset (another layout of the same model) would
     caption with random weights: it is one line instead."""

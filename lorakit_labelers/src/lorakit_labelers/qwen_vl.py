@@ -14,11 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorakit.api import UsageError
+from lorakit.api import DataError, UsageError
 from lorakit_labelers.generating import GeneratingCaptioner
 
 if TYPE_CHECKING:
     from PIL import Image
+
+#: The longest side over the shortest that Qwen-VL's image processors accept.
+MAX_ASPECT = 200
 
 
 class QwenVlCaptioner(GeneratingCaptioner):
@@ -62,6 +65,15 @@ class QwenVlCaptioner(GeneratingCaptioner):
         self.size = {"shortest_edge": min(size["shortest_edge"], longest), "longest_edge": longest}
 
     def label(self, images: list[Image.Image], paths: list[Path]) -> list[str]:
+        for image, path in zip(images, paths, strict=True):
+            ratio = max(image.size) / min(image.size)
+            if ratio > MAX_ASPECT:
+                raise DataError(
+                    f"{image.width}x{image.height}: its long side is {ratio:.0f} times its short "
+                    f"side, over the {MAX_ASPECT}:1 Qwen-VL reads; crop it or move it out of "
+                    "the folder",
+                    where=path,
+                )
         inputs = self.processor(
             images=images,
             text=[self.text] * len(images),

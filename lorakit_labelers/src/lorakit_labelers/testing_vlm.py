@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lorakit_labelers.testing import SENTENCES
+from lorakit_labelers.testing import SENTENCES, _image_processor
 
 #: Architectures :func:`build_tiny_qwen_vl` builds.
 QWEN_VL_ARCHITECTURES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -75,7 +75,6 @@ def build_tiny_florence2(folder: str | Path, *, seed: int = 0, image_size: int =
     one-layer BART of width 16) and its ``Florence2Processor`` to ``folder``."""
     import torch
     from transformers import (
-        CLIPImageProcessorPil,
         Florence2Config,
         Florence2ForConditionalGeneration,
         Florence2Processor,
@@ -135,7 +134,7 @@ def build_tiny_florence2(folder: str | Path, *, seed: int = 0, image_size: int =
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(config).eval()
     # One image token per patch of the last stage, and one for the whole image.
-    image_processor = CLIPImageProcessorPil(
+    image_processor = _image_processor("CLIP")(
         size={"height": image_size, "width": image_size},
         do_center_crop=False,
         image_seq_length=(image_size // stride) ** 2 + 1,
@@ -222,7 +221,7 @@ def build_tiny_qwen_vl(
     its video part needs torchvision.
     """
     import torch
-    from transformers import AutoModelForImageTextToText, Qwen2VLImageProcessorPil
+    from transformers import AutoModelForImageTextToText
 
     folder = Path(folder)
     tokenizer = build_bpe_tokenizer(
@@ -240,7 +239,7 @@ def build_tiny_qwen_vl(
     model.generation_config.update(
         do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05
     )
-    image_processor = Qwen2VLImageProcessorPil(
+    image_processor = _image_processor("Qwen2VL")(
         patch_size=patch,
         merge_size=2,
         temporal_patch_size=2,
