@@ -76,6 +76,14 @@ def label_twice(cli, folder: Path, labeler: str, model: Path, *options: str) -> 
     return rows
 
 
+def copy_model(source: Path, target: Path, leave_out: str = "") -> Path:
+    target.mkdir()
+    for path in source.iterdir():
+        if path.name != leave_out:
+            (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
 def expected(answer: str) -> str:
     """The table's text for a generated ``answer``: one line, the trigger word first."""
     text = " ".join(answer.split())
@@ -166,15 +174,21 @@ def test_qwen_vl_names_an_image_it_cannot_read(tiny_qwen2_vl, tmp_path, cli):
     assert not (folder / "metadata.csv").exists()
 
 
+def test_qwen_vl_without_chat_template_is_one_line(tiny_qwen2_vl, tmp_path, cli):
+    model = copy_model(tiny_qwen2_vl, tmp_path / "base-model", leave_out="chat_template.jinja")
+    folder = tmp_path / "data"
+    write_sample_images(folder, 1)
+    code, _, err = cli("label", folder, "-l", "qwen-vl", "-o", f"model={model}")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{model} has no chat template (a base model?" in err
+
+
 def test_weights_of_another_layout_are_refused(tiny_florence2, tmp_path, cli):
     """A checkpoint that leaves weights unset (another layout of the same model) would
     caption with random weights: it is one line instead."""
     from safetensors.torch import load_file, save_file
 
-    model = tmp_path / "other-layout"
-    model.mkdir()
-    for path in tiny_florence2.iterdir():
-        (model / path.name).write_bytes(path.read_bytes())
+    model = copy_model(tiny_florence2, tmp_path / "other-layout")
     weights = load_file(model / "model.safetensors")
     renamed = {f"legacy.{k}" if "vision" in k else k: v for k, v in weights.items()}
     save_file(renamed, model / "model.safetensors", metadata={"format": "pt"})
