@@ -89,19 +89,19 @@ async def api_try(request: Request) -> JSONResponse:
 def _number(
     body: dict[str, Any], key: str, low: float, high: float, default: Any, kind: type
 ) -> Any:
+    """``body[key]`` as a ``kind`` (int or float) from ``low`` to ``high``; absent: ``default``."""
     value = body.get(key, default)
     if value is None or value == "":
         return default
+    bounds = f"{key}: a number from {low:g} to {high:.0f}"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise BadBody(f"{key}: a number from {low:g} to {high:g}")
+        raise BadBody(bounds)
     try:
         number = kind(value)
     except (TypeError, ValueError):
-        raise BadBody(
-            f"{key}: a number from {low:g} to {high:g} (got {str(value)[:40]!r})"
-        ) from None
-    if not (isinstance(number, int) or math.isfinite(number)) or not low <= number <= high:
-        raise BadBody(f"{key}: a number from {low:g} to {high:g} (got {str(value)[:40]!r})")
+        number = None
+    if number is None or not math.isfinite(number) or not low <= number <= high:
+        raise BadBody(f"{bounds} (got {str(value)[:40]!r})")
     return number
 
 
