@@ -150,6 +150,8 @@ def test_one_request_at_a_time_and_a_full_queue_is_one_line(server):
     # never two at once: each starts when the one before it has finished
     done = [finish(server, a) for a in queued]
     assert all(d["state"] == "done" for d in done)
+    for before, after in zip(done, done[1:], strict=False):
+        assert after["started_at"] >= before["finished_at"]
 
 
 def test_the_worker_is_stopped_at_the_time_limit():
@@ -258,3 +260,31 @@ def test_compare_of_hostile_run_folders(client, runs_dir, tmp_path):
     assert data["runs"][0]["curves"]["loss"] == [[2.0, 2.0, 0.5]]
     assert data["runs"][0]["samples"]["steps"] == []
     assert client.get("/api/compare").json()["error"] == "compare 1 to 8 runs (got 0)"
+
+
+def test_starting_a_training_stops_the_idle_worker(tmp_path):
+    """A model the worker holds leaves memory before a training starts from the page."""
+    from lorakit_ui.runs import RunManager
+    from lorakit_ui.tryout import TryQueue
+
+    tryout = TryQueue(timeout=120)
+    runs = RunManager(tmp_path / "runs")
+    runs.before_start = tryout.release
+    try:
+        (tmp_path / "empty").mkdir()
+        job = tryout.submit("x", {"kind": "sample", "run": str(tmp_path / "empty"), "folder": ""})
+        deadline = time.monotonic() + 120
+        while tryout.status(job.id)["state"] != "failed":  # type: ignore[index]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        error = tryout.status(job.id)["error"]  # type: ignore[index]
+        assert error == f"{tmp_path / 'empty' / 'config.yaml'} is missing"
+        worker = tryout._process
+        assert worker is not None and worker.poll() is None  # still loaded, waiting
+        config = tmp_path / "c.yaml"
+        config.write_text("base_model: nowhere\n")
+        name = runs.start(config, tmp_path / "runs" / "r")
+        assert tryout._process is None and worker.poll() is not None
+        runs.jobs[name].process.wait(60)
+    finally:
+        tryout.shutdown()

@@ -72,6 +72,7 @@ def create_app(
     runs = RunManager(runs_dir, parallel=parallel)
     runs.runs_dir.mkdir(parents=True, exist_ok=True)
     tryout = TryQueue()
+    runs.before_start = tryout.release  # a training gets the memory a loaded model held
     guard = Middleware(
         Guard,
         token=token,

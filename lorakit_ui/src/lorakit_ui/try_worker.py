@@ -34,6 +34,8 @@ IDLE = 600.0
 LORA_LIMIT = 16 * 2**30
 #: The name the chat gives the adapter off.
 BASE = "base"
+#: A run's own folders, never a LoRA (a LoRA folder is an export: llm's ``adapter/``).
+RUN_FOLDERS = (RunFolder.CHECKPOINTS, RunFolder.SAMPLES, "tensorboard", "cache")
 
 
 class Worker:
@@ -50,7 +52,10 @@ class Worker:
         """The run's config (its config.yaml, read as ``lorakit sample --config`` reads it)."""
         into.mkdir(parents=True, exist_ok=True)
         path = into / RunFolder.CONFIG
-        path.write_bytes(run.read_bytes(RunFolder.CONFIG))
+        try:
+            path.write_bytes(run.read_bytes(RunFolder.CONFIG))
+        except FileNotFoundError:
+            raise UsageError(f"{run.where(RunFolder.CONFIG)} is missing") from None
         return load_config(path, check_paths=False)
 
     def _copy(self, run: RunFolder, rel: str, into: Path) -> Path:
@@ -78,7 +83,8 @@ class Worker:
         names = sorted(entries, key=lambda n: (n != own, n.endswith(".diffusers.safetensors"), n))
         prefix = f"{folder}/" if folder else ""
         for name in names:
-            if not (name.endswith(".safetensors") or run.is_dir(prefix + name)):
+            folder_ok = name not in RUN_FOLDERS and run.is_dir(prefix + name)
+            if not (name.endswith(".safetensors") or folder_ok):
                 continue
             candidate = into / f"try-{len(list(into.iterdir()))}"
             candidate.mkdir(parents=True)
@@ -98,6 +104,7 @@ class Worker:
         return self.render(run, folder, request)
 
     def render(self, run: RunFolder, folder: str, request: dict[str, Any]) -> dict[str, Any]:
+        self._drop_chat()  # one model in memory at a time
         self.count += 1
         job = self.scratch / f"job-{self.count}"
         cfg = self._config(run, job / "config")
@@ -119,12 +126,19 @@ class Worker:
         images = [p for p in paths if p.stem.endswith("-00")] or paths
         return {"ok": True, "image": Path(images[0]).relative_to(self.scratch).as_posix()}
 
+    def _drop_chat(self) -> None:
+        if self.chat is not None:
+            import gc
+
+            self.chat = self.chat_key = None
+            gc.collect()
+
     def _session(self, run: RunFolder, folder: str) -> Chat:
         """The chat of ``run``'s adapter in ``folder``, loaded once while it is unchanged."""
         key = (str(run.path), folder, _signature(run, folder))
         if self.chat is not None and key == self.chat_key:
             return self.chat
-        self.chat = None
+        self._drop_chat()
         self.count += 1
         job = self.scratch / f"job-{self.count}"
         cfg = self._config(run, job / "config")

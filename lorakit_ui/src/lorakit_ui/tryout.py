@@ -124,6 +124,8 @@ class TryQueue:
                 "state": job.state,
                 "ahead": ahead,
                 "seconds": round((job.finished_at or now) - since, 1),
+                "started_at": job.started_at,
+                "finished_at": job.finished_at,
                 "result": job.result,
                 "error": job.error,
             }
@@ -139,6 +141,14 @@ class TryQueue:
             return RunFolder(self.scratch).open(rel, limit=IMAGE_LIMIT)
         except (OSError, UsageError):
             return None
+
+    def release(self) -> None:
+        """Stop the worker when it is idle (its loaded model leaves memory); the next request
+        starts a fresh one."""
+        with self._cond:
+            idle = self.running is None and not self.pending
+            if idle:
+                self._stop_worker()
 
     def shutdown(self) -> None:
         with self._cond:
