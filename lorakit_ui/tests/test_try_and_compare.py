@@ -288,3 +288,37 @@ def test_starting_a_training_stops_the_idle_worker(tmp_path):
         runs.jobs[name].process.wait(60)
     finally:
         tryout.shutdown()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/try/a%00b",
+        "/api/try/" + "x" * 300,
+        "/api/compare?run=a%00b",
+        "/api/compare?" + "&".join(f"run=r{i}" for i in range(9)),
+        "/api/try-jobs/" + "9" * 30,
+        "/api/try-jobs/-1/image",
+    ],
+)
+def test_nul_bytes_long_names_and_unknown_requests_are_4xx(client, path):
+    answer = client.get(path)
+    assert 400 <= answer.status_code < 500, (path, answer.status_code)
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+
+
+def test_a_link_in_place_of_a_runs_record_or_config_shows_nothing_of_its_target(
+    client, runs_dir, tmp_path
+):
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("learning_rate: SECRET\nsample_prompts: [SECRET]\n")
+    run = runs_dir / "linked"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "finished", "backend": "sd"}))
+    (run / "config.yaml").symlink_to(secret)
+    assert "SECRET" not in client.get("/api/compare?run=linked").text
+    assert "SECRET" not in client.get("/api/try/linked").text
+    (run / "run.json").unlink()
+    (run / "run.json").symlink_to(tmp_path / "secret.yaml")
+    info = client.get("/api/try/linked").json()
+    assert info["kind"] is None and "SECRET" not in json.dumps(info)

@@ -80,7 +80,8 @@
     }
     if (!data.config.length) {
       const tr = el("tr");
-      const td = el("td", "the configs are the same (output_dir aside)", "muted");
+      const td = el("td", data.runs.length < 2 ? "one run: pick another on the runs list to see differences"
+        : "the configs are the same (output_dir aside)", "muted");
       td.colSpan = data.runs.length + 1;
       tr.append(td);
       body.append(tr);

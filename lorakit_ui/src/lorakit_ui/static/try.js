@@ -83,6 +83,9 @@
     if (!info.kind) { say("nothing to try: " + info.reason); return; }
     const from = $("#try-from");
     const was = from.value;
+    const sources = JSON.stringify([info.final, info.checkpoints]);
+    if (from.dataset.sources === sources) return;  // nothing new: leave the list as it is
+    from.dataset.sources = sources;
     from.textContent = "";
     const add = (value, label) => {
       const o = document.createElement("option");
