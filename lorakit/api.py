@@ -19,7 +19,7 @@ from lorakit.backend import (
     half_dtype,
     trainable_state_dict,
 )
-from lorakit.backend_plugin import BackendPlugin, WeightedLora
+from lorakit.backend_plugin import BackendPlugin, Chat, WeightedLora
 from lorakit.config.loader import load_config
 from lorakit.config.schema import Config
 from lorakit.env import env_flag
@@ -88,6 +88,7 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "Backend",
     "BackendPlugin",
+    "Chat",
     "Config",
     "ConfigError",
     "DataError",

@@ -72,3 +72,36 @@ def transformer_output(pipe, transformer, latents, sigma, captions):
             return_dict=False,
         )[0]
         return pipe._unpack_latents(out, h, w, 1)
+
+
+def assert_resumes_exactly(tmp, model, **sd):
+    """A run stopped at its step-2 checkpoint and resumed ends with the very LoRA (and the
+    same last losses) as the run that did not stop (two bucket sizes, caption dropout and
+    flips drawn each step; ``sd``: more sd.* keys)."""
+    from lorakit_sd.testing import write_tiny_images
+    from safetensors.torch import load_file
+    from sd_helpers import first_losses
+
+    data = write_tiny_images(tmp / "data", 4, sizes=[(32, 32), (48, 32)])
+    common = {
+        "max_steps": 4,
+        "batch_size": 2,
+        "learning_rate": 1e-2,
+        "save_steps": 2,
+        "export_formats": ["diffusers"],
+        "sd": {"caption_dropout": 0.3, "flip_aug": True, **sd},
+    }
+
+    whole, _ = train(tmp, model, data, output_dir=tmp / "whole", **common)
+    resumed, _ = train(
+        tmp,
+        model,
+        data,
+        output_dir=tmp / "resumed",
+        resume=str(whole.output_dir / "checkpoints" / "step-2"),
+        **common,
+    )
+    a = load_file(str(whole.output_dir / "whole.diffusers.safetensors"))
+    b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from ui_helpers import ORIGIN, TOKEN, Server
 
-PARAMS = {"name": "x", "rel": "y"}
+PARAMS = {"name": "x", "rel": "y", "job": "1"}
 COOKIE = "lorakit_ui_token_7860"
 NEEDED = {
     "content-security-policy",

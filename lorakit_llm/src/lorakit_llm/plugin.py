@@ -15,6 +15,7 @@ from typing import Any
 from lorakit.api import (
     Backend,
     BackendPlugin,
+    Chat,
     Config,
     DatasetReaderSpec,
     ExporterSpec,
@@ -120,6 +121,26 @@ class LLMBackend(BackendPlugin):
         from lorakit_llm.export import merge_command
 
         return merge_command(base, loras, output, dtype)
+
+    def chat(
+        self,
+        base: str,
+        loras: list[WeightedLora],
+        dtype: str,
+        chat_template: str | None,
+        system: str | None,
+        max_new_tokens: int,
+    ) -> Chat:
+        from lorakit_llm.chat_session import ChatSession
+
+        return ChatSession.open(
+            base,
+            loras,
+            dtype=dtype,
+            chat_template=chat_template,
+            system=system,
+            max_new_tokens=max_new_tokens,
+        )
 
     def sample(
         self,

@@ -33,7 +33,12 @@ BASIC = (
     "sd.resolution",
     "llm.max_length",
 )
-STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+STATIC_TYPES = {
+    "app.js": "text/javascript",
+    "try.js": "text/javascript",
+    "compare.js": "text/javascript",
+    "style.css": "text/css",
+}
 
 
 def _templates() -> Jinja2Templates:

@@ -1,7 +1,8 @@
 """The web app: the routes of each concern's module, behind the security middleware.
 
 Pages: ``/`` the runs, ``/new`` a new run from a template, ``/runs/NAME`` one run (live
-chart, samples, log, downloads), ``/label`` labeling a folder and editing its metadata.csv.
+chart, samples, log, downloads, the panel to try it), ``/label`` labeling a folder and
+editing its metadata.csv, ``/compare`` runs side by side.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from lorakit_ui import api_config, api_labels, api_runs, pages
+from lorakit_ui import api_compare, api_config, api_labels, api_runs, api_try, pages
 from lorakit_ui.runs import RunManager
 from lorakit_ui.security import BodyTooLarge, Guard, allowed_hosts
+from lorakit_ui.tryout import TryQueue
 
 ROUTES = [
     Route("/", pages.index),
@@ -41,6 +43,8 @@ ROUTES = [
     Route("/api/label", api_labels.api_label, methods=["POST"]),
     Route("/api/metadata", api_labels.api_metadata, methods=["GET", "POST"]),
     Route("/api/image", api_labels.api_image),
+    *api_try.ROUTES,
+    *api_compare.ROUTES,
 ]
 
 
@@ -67,6 +71,8 @@ def create_app(
     """The app for one runs folder; every request needs ``token`` (cookie or ``?token=``)."""
     runs = RunManager(runs_dir, parallel=parallel)
     runs.runs_dir.mkdir(parents=True, exist_ok=True)
+    tryout = TryQueue()
+    runs.before_start = tryout.release  # a training gets the memory a loaded model held
     guard = Middleware(
         Guard,
         token=token,
@@ -78,6 +84,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         yield
+        tryout.shutdown()
         runs.shutdown()
 
     app = Starlette(
@@ -87,6 +94,7 @@ def create_app(
         exception_handlers={BodyTooLarge: _too_large},
     )
     app.state.runs = runs
+    app.state.tryout = tryout
     return app
 
 

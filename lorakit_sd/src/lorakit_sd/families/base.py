@@ -272,6 +272,12 @@ class ModelFamily:
         demo): an object with ``diffusers_dir`` and ``resolution``."""
         raise NotImplementedError(f"{self.name} has no stand-in model")
 
+    def standard_structure(self) -> tuple[Any, list[Any]] | None:
+        """The family's released denoiser and LoRA-taking text encoders on the meta device
+        (``lorakit export`` without ``--base`` checks keys against it); None: the
+        structure lorakit-sd keeps for it in ``data/standard_models.json``."""
+        return None
+
     # -- plan ------------------------------------------------------------------------------
     def planner(self, config: Any, folder: Any, section: Any) -> Any:
         """The ``lorakit.api.PlanModel`` of a run on the model whose configs are in ``folder``

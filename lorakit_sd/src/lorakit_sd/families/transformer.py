@@ -164,7 +164,7 @@ class FlowFamily(ModelFamily):
                     sampler(
                         prompt=prompt,
                         num_inference_steps=kwargs["steps"],
-                        guidance_scale=kwargs["guidance"],
+                        **self.render_guidance(kwargs),
                         width=kwargs["width"],
                         height=kwargs["height"],
                         generator=generator,
@@ -173,6 +173,10 @@ class FlowFamily(ModelFamily):
                     ).images[0]
                 )
         return images
+
+    def render_guidance(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline's guidance arguments for ``sd.sample_guidance_scale``."""
+        return {"guidance_scale": kwargs["guidance"]}
 
     def render_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {}

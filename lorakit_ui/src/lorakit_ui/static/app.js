@@ -54,7 +54,7 @@ const lk = (() => {
   }
 
   // -- charts: inline SVG ------------------------------------------------------------------
-  function chart(svg, series) {
+  function chart(svg, series, xlabel) {
     const W = +svg.getAttribute("width"), H = +svg.getAttribute("height");
     const pad = { l: 56, r: 12, t: 10, b: 22 };
     const all = series.flatMap((s) => s.points);
@@ -70,8 +70,8 @@ const lk = (() => {
       <line x1="${pad.l}" y1="${pad.t}" x2="${pad.l}" y2="${H - pad.b}" class="axis"/>
       <text x="${pad.l - 4}" y="${pad.t + 8}" text-anchor="end" class="tick">${fmt(y1)}</text>
       <text x="${pad.l - 4}" y="${H - pad.b}" text-anchor="end" class="tick">${fmt(y0)}</text>
-      <text x="${pad.l}" y="${H - 6}" class="tick">${x0}</text>
-      <text x="${W - pad.r}" y="${H - 6}" text-anchor="end" class="tick">step ${x1}</text>`;
+      <text x="${pad.l}" y="${H - 6}" class="tick">${Math.round(x0)}</text>
+      <text x="${W - pad.r}" y="${H - 6}" text-anchor="end" class="tick">${esc(xlabel || "step")} ${Math.round(x1)}</text>`;
     series.forEach((s, i) => {
       if (!s.points.length) return;
       const d = s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ");
@@ -248,7 +248,7 @@ const lk = (() => {
   }
 
   const pages = { runs: runsPage, run: runPage, new: newPage, label: labelPage };
-  return { ...pages, chart, start: () => { const f = pages[document.body.dataset.page]; if (f) f(); } };
+  return { ...pages, chart, post, runPath, start: () => { const f = pages[document.body.dataset.page]; if (f) f(); } };
 })();
 // The page says which it is (<body data-page>): no inline script, the CSP forbids it.
 lk.start();

@@ -1,0 +1,213 @@
+"""Qwen-Image: a 20B dual-stream transformer on 2x2-packed 16-channel latents, Qwen2.5-VL
+captions, flow matching.
+
+- **Captions** go through ``QwenImagePipeline.encode_prompt``: the prompt template, Qwen2.5-VL's
+  last hidden state, the template's 34 system tokens dropped. Each caption's embedding has
+  its own length; the text cache keeps it padded to ``sd.max_sequence_length`` (default 512)
+  with its mask as the second cached tensor, and a step cuts the batch to its longest caption
+  (positions and mask unchanged: the pipeline's own padding to the longest prompt). The text
+  encoder never takes LoRA.
+- **Latents**: ``AutoencoderKLQwenImage`` encodes a one-frame video (``[B, C, 1, H, W]``);
+  latents are normalised per channel, ``(z - latents_mean) / latents_std``, as the pipeline
+  undoes them.
+- **Objective**: flow matching (velocity ``ε - x0``), σ shifted by the image's packed token
+  count through the pipeline's ``calculate_shift`` (the scheduler's dynamic shifting); the
+  transformer reads σ as its timestep and the image's ``img_shapes`` for RoPE.
+- **Bases**: a diffusers folder or hub id, or ComfyUI's split files (:mod:`.split_files`).
+- **Files**: diffusers/PEFT keys (``transformer.<path>.lora_A.weight``) and the
+  ``lora_unet_<path>`` layout ComfyUI and musubi-tuner use (:mod:`.kohya`).
+
+Qwen-Image-Edit shares the transformer; a family for it subclasses this one and is tried
+first (a lower ``FamilySpec.order``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lorakit_sd.families.base import Objective
+from lorakit_sd.families.flow import FlowMatchObjective
+from lorakit_sd.families.qwen_image import SPEC
+from lorakit_sd.families.qwen_image.kohya import PREFIX, from_comfy, to_comfy
+from lorakit_sd.families.qwen_image.split_files import is_transformer, load_pipeline
+from lorakit_sd.families.transformer import FlowFamily
+
+ATTN = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+ALL_LINEAR = ATTN + [
+    "img_mlp.net.0.proj",
+    "img_mlp.net.2",
+    "txt_mlp.net.0.proj",
+    "txt_mlp.net.2",
+    "img_mod.1",
+    "txt_mod.1",
+]
+
+
+class QwenImage(FlowFamily):
+    name = SPEC.name
+    label = SPEC.label
+    default_resolution = 1024
+    default_config_repo = "Qwen/Qwen-Image"
+    base_model_version = "qwen_image"
+    architecture = "Qwen-Image/lora"
+    implementation = "https://github.com/QwenLM/Qwen-Image"
+    network_module = "networks.lora_qwen_image"
+    kohya_text_prefixes: ClassVar[dict[str, str]] = {}
+    diffusers_text_prefixes: ClassVar[dict[str, str]] = {}
+    latent_multiple = 2  # 2x2 packing
+    default_sequence_length = 512
+    sequence_encoder = caption_encoders = "Qwen2.5-VL"
+    pipeline_names: ClassVar[tuple[str, ...]] = ("QwenImagePipeline",)
+    transformer_names: ClassVar[tuple[str, ...]] = ("QwenImageTransformer2DModel",)
+    target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
+    default_targets = ATTN
+    lora_key_priority = 20
+
+    # -- recognition and loading ---------------------------------------------------------
+    def claims_lora_keys(self, keys: Any) -> bool:
+        own = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
+        return any(k.startswith(PREFIX + "transformer_blocks_") for k in keys) or any(
+            k.startswith("transformer.transformer_blocks.") and any(o in k for o in own)
+            for k in keys
+        )
+
+    def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
+        return from_comfy(entries)
+
+    def claims_keys(self, keys: set[str]) -> bool:
+        return is_transformer(keys)
+
+    def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
+        """ComfyUI's split files: the transformer file, the rest from ``config`` or beside
+        it (:mod:`.split_files`)."""
+        return load_pipeline(self, Path(path), config, local)
+
+    def pipeline_class(self) -> Any:
+        from diffusers import QwenImagePipeline
+
+        return QwenImagePipeline
+
+    def transformer_class(self) -> Any:
+        from diffusers import QwenImageTransformer2DModel
+
+        return QwenImageTransformer2DModel
+
+    def standard_structure(self) -> tuple[Any, list[Any]]:
+        """Qwen-Image's transformer at its real size (the class's defaults), on meta."""
+        import torch
+
+        with torch.device("meta"):
+            return self.transformer_class()(), []
+
+    # -- conditioning --------------------------------------------------------------------
+    def text_encoders(self, pipe: Any) -> list[Any]:
+        return []  # Qwen2.5-VL takes no LoRA
+
+    def tokenizers(self, pipe: Any) -> list[Any]:
+        return [pipe.tokenizer]
+
+    def t5(self, pipe: Any) -> tuple[Any, Any]:
+        return pipe.tokenizer, pipe.text_encoder
+
+    def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
+        """(embeddings ``[B, max_tokens, D]``, mask ``[B, max_tokens]``) from the pipeline."""
+        import torch
+
+        device = next(pipe.text_encoder.parameters()).device
+        hidden, mask = pipe.encode_prompt(captions, device=device, max_sequence_length=max_tokens)
+        b, n, d = hidden.shape
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.long, device=hidden.device)
+        padded = hidden.new_zeros(b, max_tokens, d)
+        padded[:, :n] = hidden
+        full = torch.zeros(b, max_tokens, device=hidden.device)
+        full[:, :n] = mask.float()
+        return padded, full
+
+    def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
+        import torch
+
+        width = int(t_config["joint_attention_dim"])
+        return {"hidden": torch.randn(batch, tokens, width), "pooled": torch.ones(batch, tokens)}
+
+    # -- latents -------------------------------------------------------------------------
+    def encode_moments(self, vae: Any, pixels: Any) -> Any:
+        """The posterior's mean ‖ log-variance of each image as a one-frame video."""
+        import torch
+
+        param = next(vae.parameters())
+        with torch.no_grad():
+            dist = vae.encode(pixels.to(param.device, param.dtype)[:, :, None]).latent_dist
+        return dist.parameters[:, :, 0].float().contiguous()
+
+    def normalize(self, latents: Any, vae_config: Any) -> Any:
+        import torch
+
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(vae_config.latents_mean, device=latents.device).view(shape)
+        std = torch.tensor(vae_config.latents_std, device=latents.device).view(shape)
+        return ((latents - mean) / std).to(latents.dtype)
+
+    def vae_factor(self, vae_config: Any) -> int:
+        return int(2 ** len(vae_config["temperal_downsample"]))
+
+    def pixel_multiple(self, pipe: Any) -> int:
+        return self.vae_factor(pipe.vae.config) * self.latent_multiple
+
+    # -- objective and the transformer's call ----------------------------------------------
+    def objective(self, pipe: Any, sec: Any) -> Objective:
+        return FlowMatchObjective(pipe, sec, tokens_per_latent=0.25)
+
+    def denoise(
+        self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
+    ) -> Any:
+        """Pack ``[B, C, H, W]`` as the pipeline does, run the transformer, unpack."""
+        from diffusers import QwenImagePipeline
+
+        b, c, h, w = noisy.shape
+        hidden, mask = trim(hidden, pooled)
+        packed = QwenImagePipeline._pack_latents(noisy, b, c, h, w)
+        out = transformer(
+            hidden_states=packed,
+            timestep=timesteps.to(noisy.dtype) / 1000,
+            guidance=guidance,
+            encoder_hidden_states=hidden,
+            encoder_hidden_states_mask=mask,
+            img_shapes=[[(1, h // 2, w // 2)]] * b,
+            return_dict=False,
+        )[0]
+        return QwenImagePipeline._unpack_latents(out, h, w, 1)[:, :, 0]
+
+    # -- previews ------------------------------------------------------------------------
+    def render_guidance(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Qwen-Image's classifier-free guidance: ``true_cfg_scale`` against a negative prompt
+        (a space when none is given, as Qwen-Image's own examples do)."""
+        return {
+            "guidance_scale": None,
+            "true_cfg_scale": kwargs["guidance"],
+            "negative_prompt": kwargs.get("negative") or " ",
+        }
+
+    def standin(self, directory: Any, seed: int = 0) -> Any:
+        from lorakit_sd.families.qwen_image.standin import build_tiny_qwen_image
+
+        return build_tiny_qwen_image(directory, seed)
+
+    # -- files ---------------------------------------------------------------------------
+    def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
+        return to_comfy(modules, dtype)
+
+
+def trim(hidden: Any, mask: Any) -> tuple[Any, Any]:
+    """Cached embeddings cut to the batch's longest caption; the mask None where every token
+    is a caption's (as ``encode_prompt`` returns them). Traced (fake) tensors stay whole."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if mask is None or isinstance(mask, FakeTensor) or mask.device.type == "meta":
+        return hidden, mask
+    keep = mask.bool()
+    n = max(int(keep.sum(dim=1).max()), 1)
+    hidden, keep = hidden[:, :n], keep[:, :n]
+    return hidden, (None if bool(torch.all(keep)) else keep)
