@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from sd_helpers import Capture
+
+import lorakit
 
 SD = {"max_sequence_length": 16, "bucket_step": 16}
 
@@ -105,3 +110,43 @@ def assert_resumes_exactly(tmp, model, **sd):
     b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]
+
+
+def assert_resumed_run_matches(tmp, model, data, whole, step, **common):
+    """A run of ``data`` resumed from ``whole``'s ``step-<step>`` checkpoint (``common``: the
+    settings ``whole`` ran with) ends with the very LoRA and the same last losses."""
+    from safetensors.torch import load_file
+    from sd_helpers import first_losses
+
+    resumed, _ = train(
+        tmp, model, data, resume=str(whole.output_dir / "checkpoints" / f"step-{step}"), **common
+    )
+    a = load_file(str(next(whole.output_dir.glob("*.diffusers.safetensors"))))
+    b = load_file(str(next(resumed.output_dir.glob("*.diffusers.safetensors"))))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first_losses(whole.output_dir)[step:] == first_losses(resumed.output_dir)[-step:]
+
+
+class TransformerInputs(Capture):
+    """A :class:`sd_helpers.Capture` that also records the keyword arguments of every training
+    call of the transformer (tensors copied; previews, in eval mode, left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict[str, Any]] = []
+
+    @lorakit.hookimpl
+    def on_train_start(self, run: Any) -> None:
+        def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            if module.training:
+                self.calls.append(
+                    {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}
+                )
+
+        run.backend.unet.register_forward_pre_hook(record, with_kwargs=True)
+
+
+def injected(module):
+    """How many LoRA modules ``module`` holds (diffusers drops keys it cannot place without a
+    word: a loaded file must bring every one)."""
+    return sum(1 for name, _ in module.named_modules() if name.endswith(".lora_A"))

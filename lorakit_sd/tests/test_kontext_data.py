@@ -67,7 +67,7 @@ def test_a_family_without_control_images_refuses_them(sd_plugins, tmp_path, caps
     data = write_tiny_pairs(tmp_path / "data", 2)
     line = train_error(capsys, tmp_path, data, "FluxPipeline")
     assert "the training data has control images, but FLUX.1 takes none" in line
-    assert "(FLUX.1 Kontext)" in line
+    assert "train an edit model (FLUX.1 Kontext" in line
 
 
 def test_more_control_images_than_the_family_takes(sd_plugins, tmp_path, capsys):

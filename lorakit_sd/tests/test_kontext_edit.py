@@ -15,32 +15,12 @@ from typing import Any
 
 import pytest
 import torch
-from flow_helpers import train
+from flow_helpers import TransformerInputs, assert_resumed_run_matches, injected, train
 from lorakit_sd.testing import write_tiny_pairs
-from sd_helpers import Capture, first_losses, lora_keys
-
-import lorakit
+from sd_helpers import first_losses, lora_keys
 
 STEPS = 16
 TOKENS = 64  # the tiny model's 32 px: 16x16 latents, 2x2-packed
-
-
-class Inputs(Capture):
-    """Also records what the transformer is called with during training."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[dict[str, Any]] = []
-
-    @lorakit.hookimpl
-    def on_train_start(self, run: Any) -> None:
-        def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-            if module.training:  # not the previews
-                self.calls.append(
-                    {k: kwargs[k].detach().clone() for k in ("hidden_states", "img_ids")}
-                )
-
-        run.backend.unet.register_forward_pre_hook(record, with_kwargs=True)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +40,7 @@ COMMON = {
     "batch_size": 4,
     "learning_rate": 1e-2,
     "lora_alpha": 8,
-    "save_steps": 8,
+    "save_steps": STEPS // 2,
 }
 
 
@@ -71,7 +51,7 @@ def kontext_run(model, pairs, tmp_path_factory):
         tmp,
         model,
         pairs,
-        cap=Inputs(),
+        cap=TransformerInputs(),
         sample_prompts=["a red cat"],
         sample_every_n_steps=STEPS,
         **COMMON,
@@ -117,10 +97,6 @@ def controls(pipe, pairs, names):
 
     images = [Image.open(pairs / n).convert("RGB") for n in names]
     return torch.cat([pipe.image_processor.preprocess(im, 32, 32) for im in images])
-
-
-def _injected(transformer):
-    return sum(1 for name, _ in transformer.named_modules() if name.endswith(".lora_A"))
 
 
 # -- recognition -------------------------------------------------------------------------------
@@ -237,7 +213,7 @@ def test_diffusers_file_reproduces_the_transformer_and_changes_the_edit(model, p
     path = result.output_dir / "run.diffusers.safetensors"
     keys, meta = lora_keys(path)
     pipe.load_lora_weights(str(path))
-    assert _injected(pipe.transformer) == len(keys) // 2 == _injected(cap.unet)
+    assert injected(pipe.transformer) == len(keys) // 2 == injected(cap.unet)
     got = kontext_output(pipe, pipe.transformer, x, control, 0.5, captions)
     assert (got - want).abs().max().item() < 1e-5
     after, _ = edit()
@@ -260,7 +236,7 @@ def test_kohya_file_is_flux1s_layout_and_converts_back(model, pairs, kontext_run
     back = export(kohya, "diffusers", tmp_path / "back.safetensors", str(model.diffusers_dir))[0]
     pipe = model.load()
     pipe.load_lora_weights(str(back))
-    assert _injected(pipe.transformer) == _injected(cap.unet)
+    assert injected(pipe.transformer) == injected(cap.unet)
     x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
     control = controls(pipe, pairs, ["control_002.png"])
     want = kontext_output(pipe, cap.unet, x, control, 0.3, ["a red cat"])
@@ -280,21 +256,9 @@ def test_previews_take_the_first_pairs_control(kontext_run):
 
 
 def test_resume_is_bit_exact(model, pairs, kontext_run, tmp_path):
-    from safetensors.torch import load_file
-
     whole, _ = kontext_run
-    resumed, _ = train(
-        tmp_path,
-        model,
-        pairs,
-        resume=str(whole.output_dir / "checkpoints" / "step-8"),
-        sample_prompts=["a red cat"],
-        **COMMON,
-    )
-    a = load_file(str(whole.output_dir / "run.diffusers.safetensors"))
-    b = load_file(str(resumed.output_dir / "run.diffusers.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert first_losses(whole.output_dir)[8:] == first_losses(resumed.output_dir)[-8:]
+    extra = {"sample_prompts": ["a red cat"]}
+    assert_resumed_run_matches(tmp_path, model, pairs, whole, STEPS // 2, **COMMON, **extra)
 
 
 def test_cached_and_uncached_control_latents_train_alike(model, tmp_path):

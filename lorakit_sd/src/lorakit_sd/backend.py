@@ -30,7 +30,12 @@ from lorakit_sd import families
 from lorakit_sd.config import SDSection
 from lorakit_sd.data.buckets import BucketBatchSampler, bucket_sizes
 from lorakit_sd.data.cache import build_latent_cache, build_text_cache
-from lorakit_sd.data.control import check_family
+from lorakit_sd.data.control import (
+    caption_entries,
+    check_family,
+    control_pictures,
+    entry_caption,
+)
 from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint
 from lorakit_sd.lorafiles.clients import warn_unsupported
 from lorakit_sd.lorafiles.export_view import adapter_export
@@ -213,21 +218,16 @@ class SDBackend(Backend):
             for encoder in all_encoders:
                 encoder.to(self.device)
             if self.text_cached:
-                positions: dict[str, int] = {}
-                for item in self.items:
-                    caption_ids.append(positions.setdefault(item.caption, len(positions)))
-                captions = list(positions) + [""]
-                pipe, spec, max_tokens = self.model.pipe, self.spec, self.max_tokens
+                with_control = self.spec.captions_see_control
+                captions, caption_ids = caption_entries(self.items, with_control)
                 text = build_text_cache(
                     captions,
                     self.model.tokenizers,
                     all_encoders,
                     self.family,
-                    max_tokens=max_tokens,
+                    max_tokens=self.max_tokens,
                     clip_skip=self.clip_skip,
-                    encode=lambda chunk: spec.encode_captions(
-                        pipe, chunk, max_tokens, self.clip_skip
-                    ),
+                    encode=self._caption_encoder(captions, caption_ids),
                     batch_size=sec.vae_batch_size * 4,
                     directory=root / "text" if root else None,
                     log=ctx.log,
@@ -247,6 +247,21 @@ class SDBackend(Backend):
             reg_weight=sec.prior_loss_weight,
             random_crop=sec.random_crop,
         )
+
+    def _caption_encoder(self, entries: list[str], ids: list[int]) -> Any:
+        """The text cache's encoder of a chunk of entries: the family's ``encode_captions``,
+        with each entry's control images for a family whose captions see them."""
+        pipe, spec, max_tokens = self.model.pipe, self.spec, self.max_tokens
+        if not spec.captions_see_control:
+            return lambda chunk: spec.encode_captions(pipe, chunk, max_tokens, self.clip_skip)
+        first = {entries[i]: item for item, i in zip(self.items, ids, strict=True)}
+
+        def encode(chunk: list[str]) -> dict[str, Any]:
+            texts = [entry_caption(entry) for entry in chunk]
+            images = [control_pictures(first[e]) if e in first else [] for e in chunk]
+            return spec.encode_captions(pipe, texts, max_tokens, self.clip_skip, controls=images)
+
+        return encode
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lorakit.api import DataError
-from lorakit_sd.data.buckets import image_pixels
+from lorakit_sd.data.buckets import fit_image, image_pixels
 from lorakit_sd.data.images import open_rgb
 from lorakit_sd.data.masks import find_mask
 
@@ -67,6 +67,12 @@ def check_counts(items: list[Any]) -> None:
 def check_family(items: list[Any], family: Any, others: list[Any]) -> None:
     """Refuse control images ``family`` does not take (``others``: every installed family),
     in one line naming where they come from."""
+    if items and not items[0].control and family.captions_see_control:
+        raise DataError(
+            f"{items[0].where or items[0].image}: {family.label} trains on pairs, and the "
+            "training data has no control images (a control column in metadata.csv or a "
+            "control/ folder with the images' names)"
+        )
     if not items or not items[0].control:
         return
     count, where = len(items[0].control), items[0].where or items[0].image
@@ -91,3 +97,27 @@ def control_pixels(item: Any, crop: tuple[int, int] | None = None) -> torch.Tens
         image = open_rgb(path)
         out.append(image_pixels(image, item.bucket, crop if image.size == item.size else None))
     return torch.stack(out)
+
+
+def control_pictures(item: Any) -> list[Any]:
+    """An item's control images fitted to its bucket (centered), as PIL images: what an edit
+    model's text encoder sees with the instruction."""
+    return [fit_image(open_rgb(path), item.bucket) for path in item.control]
+
+
+def caption_entries(items: list[Any], with_control: bool) -> tuple[list[str], list[int]]:
+    """The text cache's entries (distinct captions, the empty one last) and each item's.
+
+    ``with_control``: the family encodes a caption together with its control images, so an
+    entry is a (caption, control images) pair, named by the caption and the images' hash."""
+    positions: dict[str, int] = {}
+    ids = []
+    for item in items:
+        key = f"{item.caption}\x00{item.control_hash}" if with_control else item.caption
+        ids.append(positions.setdefault(key, len(positions)))
+    return [*positions, ""], ids
+
+
+def entry_caption(entry: str) -> str:
+    """The caption of a text-cache entry (:func:`caption_entries`)."""
+    return entry.split("\x00", 1)[0]

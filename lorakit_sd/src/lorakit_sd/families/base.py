@@ -114,6 +114,10 @@ class ModelFamily:
     #: dataset that has them.
     takes_control: ClassVar[bool] = False
     max_control_images: ClassVar[int] = 0
+    #: whether the caption encoder reads the control images with the instruction (a
+    #: vision-language encoder): the text cache then keeps one entry per (caption, control
+    #: images) and :meth:`encode_captions` gets ``controls`` (PIL images per caption)
+    captions_see_control: ClassVar[bool] = False
     #: the family whose files (single files, folders) this family's look like, or None: an
     #: edit model on its base's architecture loads from them when sd.model_family names it
     file_family: ClassVar[str | None] = None

@@ -159,25 +159,38 @@ class QwenImage(FlowFamily):
     def objective(self, pipe: Any, sec: Any) -> Objective:
         return FlowMatchObjective(pipe, sec, tokens_per_latent=0.25)
 
-    def denoise(
-        self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
-    ) -> Any:
-        """Pack ``[B, C, H, W]`` as the pipeline does, run the transformer, unpack."""
-        from diffusers import QwenImagePipeline
+    def image_tokens(self, latents: Any, control: Any = None) -> tuple[Any, list[Any]]:
+        """``(packed tokens, img_shapes entry)`` of ``[B, C, H, W]`` latents, packed by the
+        pipeline's own ``_pack_latents``."""
+        b, c, h, w = latents.shape
+        return self.pipeline_class()._pack_latents(latents, b, c, h, w), [(1, h // 2, w // 2)]
 
+    def denoise(
+        self,
+        transformer: Any,
+        noisy: Any,
+        timesteps: Any,
+        hidden: Any,
+        pooled: Any,
+        guidance: Any,
+        control: Any = None,
+    ) -> Any:
+        """Pack ``[B, C, H, W]`` as the pipeline does (an edit model's ``control`` latents
+        after the image's), run the transformer, unpack the image's tokens."""
         b, c, h, w = noisy.shape
         hidden, mask = trim(hidden, pooled)
-        packed = QwenImagePipeline._pack_latents(noisy, b, c, h, w)
+        packed, shapes = self.image_tokens(noisy, control)
         out = transformer(
             hidden_states=packed,
             timestep=timesteps.to(noisy.dtype) / 1000,
             guidance=guidance,
             encoder_hidden_states=hidden,
             encoder_hidden_states_mask=mask,
-            img_shapes=[[(1, h // 2, w // 2)]] * b,
+            img_shapes=[shapes] * b,
             return_dict=False,
         )[0]
-        return QwenImagePipeline._unpack_latents(out, h, w, 1)[:, :, 0]
+        tokens = out[:, : (h // 2) * (w // 2)]
+        return self.pipeline_class()._unpack_latents(tokens, h, w, 1)[:, :, 0]
 
     # -- previews ------------------------------------------------------------------------
     def render_guidance(self, kwargs: dict[str, Any]) -> dict[str, Any]:
