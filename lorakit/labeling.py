@@ -29,11 +29,13 @@ from lorakit.errors import DataError, LorakitError, RunError, UsageError
 from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
 from lorakit.metadata_csv import (
     COLUMNS,
+    CONTROL_COLUMNS,
     FILE_COLUMNS,
     METADATA_NAME,
     TEXT_COLUMNS,
     format_metadata,
     read_metadata,
+    split_control,
 )
 from lorakit.progress import Bar
 
@@ -366,6 +368,9 @@ def label_folder(
     if not images:
         raise DataError(f"no images in {data_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     listed = {row.get(file_column, "") for row in existing}
+    control_column = next((c for c in CONTROL_COLUMNS if c in columns), None)
+    if control_column is not None:  # an edit dataset's control images are no targets
+        listed |= {name for row in existing for name in split_control(row[control_column])}
     todo = [f for f in images if f not in listed]
     report.kept = len(images) - len(todo)
     report.columns = columns
