@@ -149,9 +149,12 @@ def test_diffusers_file_reproduces_the_transformer(model, pairs, edit_run):
     assert meta["ss_architecture"] == "qwen_image_edit"
 
 
-def test_the_pipeline_feeds_its_input_image_to_the_trained_transformer(model, pairs, edit_run):
-    """``QwenImageEditPipeline.__call__`` with the LoRA: the input image (scaled to about
-    1024² pixels by the pipeline) arrives as a second image's tokens."""
+def test_previews_feed_the_input_image_to_the_trained_transformer(model, pairs, edit_run):
+    """The family's previews (``lorakit sample``'s path) call ``QwenImageEditPipeline`` with the
+    input image, which it scales to about 1024² pixels and feeds as a second image's tokens."""
+    from lorakit.api import UsageError
+    from lorakit_sd import families
+
     result, _ = edit_run
     pipe = judge(model)
     pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
@@ -160,17 +163,14 @@ def test_the_pipeline_feeds_its_input_image_to_the_trained_transformer(model, pa
         lambda m, a, kw: seen.append((kw["hidden_states"].shape[1], kw["img_shapes"])),
         with_kwargs=True,
     )
-    image = pipe(
-        prompt="a red cat",
-        image=control(pairs, 0),
-        num_inference_steps=2,  # one step divides by zero in the scheduler's terminal shift
-        height=32,
-        width=32,
-        generator=torch.Generator().manual_seed(0),
-        output_type="pt",
-    ).images
-    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+    family = families.get("qwen_image_edit")
+    settings = {"seed": 0, "guidance": 1.0, "width": 32, "height": 32}
+    # two steps: one divides by zero in the scheduler's terminal shift
+    [image] = family.render(pipe, ["a red cat"], steps=2, control=[[control(pairs, 0)]], **settings)
+    assert image.size == (32, 32)
     assert seen == [(TOKENS + 64 * 64, [[(1, 2, 2), (1, 64, 64)]])] * 2
+    with pytest.raises(UsageError, match="Qwen-Image-Edit renders from an input image"):
+        family.render(pipe, ["a red cat"], steps=2, **settings)
 
 
 def test_resume_is_bit_exact(model, pairs, edit_run, tmp_path):
