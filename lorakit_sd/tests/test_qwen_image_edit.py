@@ -187,8 +187,9 @@ def test_pairs_are_required_and_refusals_are_one_line(model, tmp_path):
     with pytest.raises(DataError, match="Qwen-Image-Edit trains on pairs"):
         train(tmp_path, model, plain, max_steps=1)
     pairs = write_tiny_pairs(tmp_path / "pairs", 2)
-    with pytest.raises(ConfigError, match="sd.caption_dropout"):
-        train(tmp_path, model, pairs, max_steps=1, sd={"caption_dropout": 0.1})
+    for key, value in (("caption_dropout", 0.1), ("flip_aug", True), ("shuffle_tags", True)):
+        with pytest.raises(ConfigError, match=f"sd.{key}"):
+            train(tmp_path, model, pairs, max_steps=1, sd={key: value})
 
 
 def test_the_template_trains_as_written(model, tmp_path, capsys):

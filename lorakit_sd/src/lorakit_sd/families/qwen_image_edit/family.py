@@ -67,6 +67,12 @@ class QwenImageEdit(QwenImage):
                 "cache): remove sd.shuffle_tags / sd.cache_text_encoder_outputs: false",
                 key="sd.cache_text_encoder_outputs",
             )
+        if sec.flip_aug:
+            raise ConfigError(
+                f"{self.label} reads each instruction with its control image as it is: a "
+                "mirrored pair would not match its cached embedding (remove it)",
+                key="sd.flip_aug",
+            )
         if sec.caption_dropout:
             raise ConfigError(
                 f"{self.label} reads each instruction with its control image; an empty "
