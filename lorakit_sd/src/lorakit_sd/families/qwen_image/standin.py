@@ -133,7 +133,9 @@ def tiny_qwen_vl(vocab_size: int, width: int, seed: int) -> Any:
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
-def tiny_vae(seed: int) -> Any:
+def tiny_vae(seed: int, res_blocks: int = 2) -> Any:
+    """``res_blocks`` 2 as released (the layout diffusers converts Wan files to); 1 encodes
+    twice as fast (the edit pipeline encodes its input image at about 1024² pixels)."""
     import torch
     from diffusers import AutoencoderKLQwenImage
 
@@ -142,7 +144,7 @@ def tiny_vae(seed: int) -> Any:
         base_dim=8,
         z_dim=16,
         dim_mult=[1, 2, 4, 4],
-        num_res_blocks=2,  # as released (the layout diffusers converts Wan files to)
+        num_res_blocks=res_blocks,
         temperal_downsample=[False, True, True],
     )
 
