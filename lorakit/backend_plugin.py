@@ -27,6 +27,7 @@ from lorakit.errors import UsageError
 if TYPE_CHECKING:
     from lorakit.backend import Backend
     from lorakit.config.schema import Config
+    from lorakit.data_report import DataReport
     from lorakit.identify import FileKind, FileProbe
     from lorakit.planning.estimate import PlanModel
 
@@ -94,6 +95,11 @@ class BackendPlugin:
         (:class:`lorakit.planning.PlanModel`) for ``config`` (docs/will-it-fit.md)."""
         raise _unsupported(self, "plan")
 
+    def inspect_data(self, config: Config, limit: int) -> DataReport:
+        """``lorakit ui``'s dataset view: the training data of ``config`` as a run reads it
+        (at most ``limit`` rows; :class:`lorakit.api.DataReport`), with warnings."""
+        raise _unsupported(self, "inspect_data")
+
     def export(
         self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None
     ) -> list[Path]:
@@ -156,7 +162,17 @@ class BackendPlugin:
 
 
 #: The methods of :class:`BackendPlugin` a backend may leave unsupported.
-VERBS = ("create", "plan", "export", "merge", "sample", "demo", "demo_score", "selftest")
+VERBS = (
+    "create",
+    "plan",
+    "inspect_data",
+    "export",
+    "merge",
+    "sample",
+    "demo",
+    "demo_score",
+    "selftest",
+)
 
 
 def _unsupported(backend: BackendPlugin, verb: str) -> UsageError:

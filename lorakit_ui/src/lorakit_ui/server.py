@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from lorakit_ui import api_config, api_labels, api_runs, pages
+from lorakit_ui import api_browse, api_config, api_dataset, api_labels, api_plan, api_runs, pages
+from lorakit_ui.planner import PlanWorker
 from lorakit_ui.runs import RunManager
 from lorakit_ui.security import BodyTooLarge, Guard, allowed_hosts
 
@@ -41,6 +42,9 @@ ROUTES = [
     Route("/api/label", api_labels.api_label, methods=["POST"]),
     Route("/api/metadata", api_labels.api_metadata, methods=["GET", "POST"]),
     Route("/api/image", api_labels.api_image),
+    Route("/api/plan", api_plan.api_plan, methods=["POST"]),
+    Route("/api/dataset", api_dataset.api_dataset, methods=["POST"]),
+    Route("/api/browse", api_browse.api_browse),
 ]
 
 
@@ -63,9 +67,12 @@ def create_app(
     port: int = 7860,
     allow_hosts: tuple[str, ...] = (),
     parallel: bool = False,
+    folders: tuple[str | Path, ...] = (),
 ) -> Starlette:
-    """The app for one runs folder; every request needs ``token`` (cookie or ``?token=``)."""
+    """The app for one runs folder; every request needs ``token`` (cookie or ``?token=``).
+    ``folders``: what the file browser shows besides home and the runs folder's parent."""
     runs = RunManager(runs_dir, parallel=parallel)
+    planner = PlanWorker()
     runs.runs_dir.mkdir(parents=True, exist_ok=True)
     guard = Middleware(
         Guard,
@@ -79,6 +86,7 @@ def create_app(
     async def lifespan(app: Starlette) -> Any:
         yield
         runs.shutdown()
+        planner.shutdown()
 
     app = Starlette(
         routes=ROUTES,
@@ -87,6 +95,8 @@ def create_app(
         exception_handlers={BodyTooLarge: _too_large},
     )
     app.state.runs = runs
+    app.state.planner = planner
+    app.state.roots = api_browse.roots_of(runs.runs_dir, folders)
     return app
 
 
@@ -104,13 +114,20 @@ def serve(
     port: int = 7860,
     allow_hosts: tuple[str, ...] = (),
     parallel: bool = False,
+    folders: tuple[str | Path, ...] = (),
 ) -> None:
     """Run the page with uvicorn until Ctrl-C (trainings it started stop with a checkpoint)."""
     import uvicorn
 
     token = secrets.token_urlsafe(24)
     app = create_app(
-        runs_dir, token=token, host=host, port=port, allow_hosts=allow_hosts, parallel=parallel
+        runs_dir,
+        token=token,
+        host=host,
+        port=port,
+        allow_hosts=allow_hosts,
+        parallel=parallel,
+        folders=folders,
     )
     url = f"http://{browsable(host)}:{port}/?token={quote(token)}"
     print(f"lorakit ui: {url} (runs in {Path(runs_dir).resolve()}); Ctrl-C to quit", flush=True)
