@@ -34,15 +34,17 @@ class Choice:
 
 def describe(header: str, name: str) -> tuple[str, str]:
     """(title, words) from a template's first comment lines: its first sentence, split at
-    its first colon (else its first parenthesis or comma)."""
+    its first colon (else at its first parenthesis or comma, whichever comes first)."""
     sentence = _PREFIX.sub("", header).strip()
     end = re.search(r"\.(\s|$)", sentence)
     sentence = sentence[: end.start() + 1] if end else sentence
-    for mark in (":", " (", ","):
-        at = sentence.find(mark)
-        if 0 < at <= TITLE_LIMIT:
-            words = sentence[at + (mark != " (") :].strip()
-            return sentence[:at].strip(), words
+    colon = sentence.find(":")
+    if 0 < colon <= TITLE_LIMIT:
+        return sentence[:colon].strip(), sentence[colon + 1 :].strip()
+    found = [(at, mark) for mark in (" (", ",") if 0 < (at := sentence.find(mark)) <= TITLE_LIMIT]
+    if found:
+        at, mark = min(found)
+        return sentence[:at].strip(), sentence[at + (mark == ",") :].strip()
     return name, sentence
 
 

@@ -37,7 +37,8 @@ def _resolution(config: Any, section: SDSection) -> int:
 
 
 def inspect_images(config: Any, registries: Any, limit: int) -> DataReport:
-    """The images of ``config``'s folders (at most ``limit`` rows), captions, buckets, notes."""
+    """The images of ``config``'s folders: the first ``limit`` decoded and checked (captions,
+    sizes, buckets, notes), the rest only counted."""
     section: SDSection = config.section or SDSection()
     resolution = _resolution(config, section)
     buckets = section_buckets(section, resolution)
@@ -58,9 +59,10 @@ def inspect_images(config: Any, registries: Any, limit: int) -> DataReport:
                 )
         for record in records:
             report.total += 1
+            if len(report.rows) >= limit:  # counted, not decoded: the view shows `limit`
+                continue
             row = _row(record, folder.path, buckets, resolution, section, seen)
-            if len(report.rows) < limit:
-                report.rows.append(row)
+            report.rows.append(row)
             if row.bucket is not None and not row.notes:
                 key = f"{row.bucket[0]}x{row.bucket[1]}"
                 report.buckets[key] = report.buckets.get(key, 0) + 1

@@ -37,8 +37,9 @@
     const shown = r.rows.length < r.total ? ` (the first ${r.rows.length} shown)` : "";
     $("#dataset-summary").textContent = `${r.total} images, read as ${r.format}${shown}`;
     const buckets = Object.entries(r.buckets).sort((a, b) => b[1] - a[1])
-      .map(([b, n]) => b + " × " + n).join(", ");
-    $("#dataset-buckets").textContent = `buckets at ${r.resolution} px: ${buckets || "none"}`;
+      .map(([b, n]) => b.replace("x", "×") + " × " + n).join(", ");
+    const of = r.rows.length < r.total ? ` (of the ${r.rows.length} shown)` : "";
+    $("#dataset-buckets").textContent = `buckets at ${r.resolution} px${of}: ${buckets || "none"}`;
     const box = $("#dataset-rows");
     for (const row of r.rows) {
       const editable = r.editable.includes(row.folder);

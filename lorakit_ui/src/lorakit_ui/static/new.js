@@ -55,17 +55,19 @@ const lkNew = (() => {
     const chosen = $("#plan-gpu").value;
     return chosen === "other" ? $("#plan-gpu-other").value.trim() : chosen;
   }
+  // Every change makes the plans in flight stale; the plan is asked 600 ms after the last.
   function schedule() {
     clearTimeout(timer);
-    $("#plan-state").textContent = "planning…";
-    timer = setTimeout(plan, 600);
-  }
-  async function plan() {
     const mine = ++seq;
+    panel.dataset.pending = "1";
+    $("#plan-state").textContent = "planning…";
+    timer = setTimeout(() => plan(mine), 600);
+  }
+  async function plan(mine) {
     const r = await post("/api/plan", { ...body(), gpu: gpu() });
-    if (mine !== seq) return; // a newer plan is on its way
+    if (mine !== seq) return; // the form changed since: a newer plan is on its way
     show(r);
-    panel.dataset.seq = String(mine);
+    delete panel.dataset.pending;
   }
   const PARTS = [["frozen_weights", "frozen weights"], ["lora", "LoRA parameters"],
     ["gradients", "LoRA gradients"], ["optimizer", "optimizer state"],
@@ -125,7 +127,7 @@ const lkNew = (() => {
   function apply(changes) {
     for (const [key, value] of Object.entries(changes)) {
       const input = $(`[data-key="${CSS.escape(key)}"]`, form);
-      if (input) input.value = typeof value === "boolean" ? String(value) : String(value);
+      if (input) input.value = String(value); // true / false, numbers and names as typed
     }
     schedule();
   }
