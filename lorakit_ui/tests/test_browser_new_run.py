@@ -38,11 +38,17 @@ def test_the_first_five_minutes_in_a_browser(browser, tiny_sd, images, tmp_path)
     shots = Path(os.environ.get("LORAKIT_UI_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     runs = tmp_path / "runs"  # empty; its parent (tmp_path, holding data/) is browsable
+    hostile = "<img src=x onerror=alert(1)>"  # a caption and a folder name: text, not markup
+    table = (images / "metadata.csv").read_text().replace("a drawing of a yellow bird", hostile)
+    (images / "metadata.csv").write_text(table)
+    (tmp_path / "<svg onload=alert(2)>").mkdir()
     server = Server(runs)
     try:
         server.wait()
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.set_default_timeout(240_000)
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         blocked: list[str] = []
         page.on(
             "console", lambda m: blocked.append(m.text) if "Content Security" in m.text else None
@@ -67,6 +73,7 @@ def test_the_first_five_minutes_in_a_browser(browser, tiny_sd, images, tmp_path)
         page.fill("[data-key='train_data_dir']", "")
         page.click("button[data-browse='train_data_dir']")
         page.click(f"#browser-list button:text-is('{tmp_path}')")
+        assert "<svg onload=alert(2)>/" in page.inner_text("#browser-list")
         page.click("#browser-list li[data-name='data'] button")
         until(page, f"document.querySelector('#browser-path').textContent === '{images}'")
         page.click("#browser-pick-dir")
@@ -101,6 +108,8 @@ def test_the_first_five_minutes_in_a_browser(browser, tiny_sd, images, tmp_path)
         assert page.locator("#dataset-rows figure").count() == 4
         assert "32×32 × 4" in page.inner_text("#dataset-buckets")
         until(page, "document.querySelector('#dataset-rows img').naturalWidth === 32")
+        shown = page.locator("#dataset-rows figure[data-name='img_002.png'] textarea")
+        assert shown.input_value().startswith(hostile)
         caption = page.locator("#dataset-rows figure[data-name='img_001.png'] textarea")
         caption.fill("a green dog in the park, fixed in the page")
         page.click("#dataset-save")
@@ -123,6 +132,6 @@ def test_the_first_five_minutes_in_a_browser(browser, tiny_sd, images, tmp_path)
         assert "finished" in row.inner_text() and "6 / 6" in row.inner_text()
         assert row.locator("progress").get_attribute("value") == "6"
         page.screenshot(path=str(shots / "5-runs.png"))
-        assert blocked == []
+        assert blocked == [] and dialogs == []
     finally:
         server.stop()

@@ -141,6 +141,24 @@ def test_the_dataset_view_shows_what_training_reads_and_saves_what_it_will_read(
     assert missing["ok"] is False and "nope" in missing["error"]
 
 
+def test_the_dataset_view_reads_no_link_and_opens_no_fifo(client, runs_dir, tiny_sd, images):
+    secret = images.parent / "secret.png"
+    _png(secret, (32, 32), (9, 9, 9))
+    (images / "link.png").symlink_to(secret)
+    os.mkfifo(images / "fifo.png")
+    with open(images / "metadata.csv", "a") as f:
+        f.write("\nlink.png,a link\nfifo.png,a fifo\n")
+    values = tiny_form(tiny_sd, images, runs_dir)
+    view = client.post("/api/dataset", json=body(values)).json()
+    notes = {row["name"]: row for row in view["rows"]}
+    [refused] = notes["link.png"]["notes"]  # training's own reader refuses it too
+    assert refused.startswith("link.png: a link that leaves the data folder")
+    assert notes["link.png"]["size"] is None  # not decoded
+    assert notes["fifo.png"]["notes"] == ["fifo.png: image not found"]
+    served = client.get("/api/image", params={"data_dir": str(images), "name": "link.png"})
+    assert served.status_code == 404
+
+
 def test_the_dataset_view_of_a_text_file_renders_rows_through_the_chat_template(
     client, runs_dir, tmp_path
 ):

@@ -87,7 +87,10 @@ def _row(
     row = DataRow(name=name, text=record["caption"] or "", folder=str(root))
     if record["error"]:
         row.notes.append(str(record["error"]))
-    if not os.path.isfile(image) or os.path.islink(image):
+    if os.path.islink(image):  # training's reader refuses one that leaves the folder
+        row.notes = row.notes or ["a link: the page does not read through links"]
+        return row
+    if not os.path.isfile(image):
         return row
     size, error = check_image(image)
     if size is None:
