@@ -2,7 +2,7 @@
 a template on the picker, fill the form (the data folder chosen with the file browser), see
 the plan change when the batch size changes, take the ladder's next step with one click on
 a card too small, open the dataset view and fix a caption (saved to metadata.csv), start
-the run, and see it finished with its progress on the runs list.
+the run, and see it finished, and a live run's progress and time left, on the runs list.
 
 Screenshots of each stage are kept in ``$LORAKIT_UI_SCREENSHOTS`` when set, else in the
 test's temporary folder (``.../screenshots/``; pytest keeps the last three runs' folders).
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_browser import CHROMIUM, browser, until  # noqa: F401 - the browser fixture
+from test_routes import fake_run
 from ui_helpers import Server, tiny_form
 
 PLAN_DONE = "!document.querySelector('#plan-panel').dataset.pending"
@@ -73,6 +74,7 @@ def test_the_first_five_minutes_in_a_browser(browser, tiny_sd, images, tmp_path)
         page.fill("[data-key='train_data_dir']", "")
         page.click("button[data-browse='train_data_dir']")
         page.click(f"#browser-list button:text-is('{tmp_path}')")
+        until(page, f"document.querySelector('#browser-path').textContent === '{tmp_path}'")
         assert "<svg onload=alert(2)>/" in page.inner_text("#browser-list")
         page.click("#browser-list li[data-name='data'] button")
         until(page, f"document.querySelector('#browser-path').textContent === '{images}'")
@@ -126,11 +128,16 @@ def test_the_first_five_minutes_in_a_browser(browser, tiny_sd, images, tmp_path)
         page.click("#start")
         page.wait_for_url("**/runs/tiny")
         until(page, "document.querySelector('#status').textContent === 'finished'")
+        fake_run(runs, "live", "running", [1.0] * 3, total_steps=12)  # 3 steps in 3 s
         page.goto(server.url + "/")
         row = page.locator("tr[data-run='tiny']")
         row.wait_for()
         assert "finished" in row.inner_text() and "6 / 6" in row.inner_text()
         assert row.locator("progress").get_attribute("value") == "6"
+        assert "ETA" not in row.inner_text()
+        live = page.locator("tr[data-run='live']")
+        assert "3 / 12" in live.inner_text() and "ETA 9 s" in live.inner_text()
+        assert live.locator("progress").get_attribute("max") == "12"
         page.screenshot(path=str(shots / "5-runs.png"))
         assert blocked == [] and dialogs == []
     finally:
