@@ -29,6 +29,7 @@
     }
     $("#dataset-source").textContent = r.source;
     r.warnings.forEach((w) => $("#dataset-warnings").append(el("li", {}, w)));
+    $("#dataset-save").hidden = r.kind !== "images";
     if (r.kind === "images") images(r); else texts(r);
     dialog.dataset.state = "shown";
   }
