@@ -3,8 +3,8 @@
 A plan imports torch and traces a step on the meta device: seconds of work that must never
 hold the server's event loop, and that a strange config could make long. So the page plans
 in one long-lived worker process (``python -m lorakit_ui.planner``, so torch and the
-backends are imported once),
-one plan at a time; a plan that takes longer than :data:`PLAN_TIMEOUT` seconds ends the
+backends are imported once; its environment is a run's, without the person's opt-ins to
+danger), one plan at a time; a plan that takes longer than :data:`PLAN_TIMEOUT` seconds ends the
 worker (the next plan starts a fresh one) and is answered with one line. The worker writes
 the form's YAML to a file beside the config's own path (so relative paths mean what they
 will mean to ``lorakit train``), loads it with ``load_config`` and returns
@@ -21,6 +21,8 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from lorakit_ui.runs import run_environment
 
 #: Seconds a plan may take before its worker is ended.
 PLAN_TIMEOUT = 90.0
@@ -107,7 +109,7 @@ class PlanWorker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=run_environment(),
         )
 
     def _stop(self) -> None:
