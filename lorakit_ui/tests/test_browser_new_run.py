@@ -1,8 +1,9 @@
 """The first five minutes in headless Chromium, at 1280×800, from an empty runs folder: pick
 a template on the picker, fill the form (the data folder chosen with the file browser), see
-the plan change when the batch size changes, take the ladder's next step with one click on
-a card too small, open the dataset view and fix a caption (saved to metadata.csv), start
-the run, and see it finished, and a live run's progress and time left, on the runs list.
+an invalid value refused beside its field instead of a plan, the plan change when the batch
+size changes, take the ladder's next step with one click on a card too small, open the
+dataset view and fix a caption (saved to metadata.csv), start the run, and see it finished,
+and a live run's progress and time left, on the runs list.
 
 Screenshots of each stage are kept in ``$LORAKIT_UI_SCREENSHOTS`` when set, else in the
 test's temporary folder (``.../screenshots/``; pytest keeps the last three runs' folders).
@@ -86,8 +87,15 @@ def test_the_first_five_minutes_in_a_browser(browser, tiny_sd, images, tmp_path)
         until(page, PLAN_DONE)
         assert page.inner_text("#plan-verdict").startswith("fits")
         at_two = page.evaluate(TOTAL)
+        # an invalid form gets no plan: the config's error beside its field
+        page.fill("[data-key='lora_rank']", "0")
+        until(page, PLAN_DONE)
+        assert "greater than 0" in page.inner_text(".err[data-for='lora_rank']")
+        assert page.inner_text("#plan-error") == "fix lora_rank first"
+        page.fill("[data-key='lora_rank']", "4")
         page.fill("[data-key='batch_size']", "1")
         until(page, PLAN_DONE)
+        assert page.inner_text(".err[data-for='lora_rank']") == ""
         at_one = page.evaluate(TOTAL)
         assert 0 < at_one < at_two
         page.screenshot(path=str(shots / "2-plan.png"))
