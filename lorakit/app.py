@@ -2,7 +2,7 @@
 beyond the plugin API.
 
 An application drives whole runs: it reads and validates configs and their templates,
-checks a run folder's lock before starting or stopping a run, and shows a plan line. Plugins
+checks a run folder's lock before starting or stopping a run, and plans a run's memory. Plugins
 never need these (they import :mod:`lorakit.api` only; a test keeps them to it), so they
 live here, apart from the plugin API, and may change with lorakit's minor versions.
 Importing this module imports no torch.
@@ -15,7 +15,8 @@ from lorakit.config.schema import DistributedConfig, TrainConfig
 from lorakit.config.templates import template_text
 from lorakit.engine.runlock import earlier_run, has_checkpoints, holder, holds, in_use
 from lorakit.labeling import read_metadata
-from lorakit.planning.plan import plan_line
+from lorakit.planning.gpus import local_card, parse_gpu
+from lorakit.planning.plan import make_plan, plan_line
 
 __all__ = [
     "DistributedConfig",
@@ -25,6 +26,9 @@ __all__ = [
     "holder",
     "holds",
     "in_use",
+    "local_card",
+    "make_plan",
+    "parse_gpu",
     "parse_override",
     "plan_line",
     "read_metadata",

@@ -32,6 +32,13 @@ const lk = (() => {
       : Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
   }
 
+  // The time left of a live run, from its steps so far.
+  function eta(r) {
+    const live = ["running", "starting", "stopping"].includes(r.status);
+    if (!live || !r.total_steps || !r.steps || !r.elapsed_s || r.steps >= r.total_steps) return "";
+    return ` <span class="eta">· ETA ${seconds(r.elapsed_s / r.steps * (r.total_steps - r.steps))}</span>`;
+  }
+
   // -- the runs list -----------------------------------------------------------------------
   function runsPage() {
     async function refresh() {
@@ -40,8 +47,8 @@ const lk = (() => {
         $("#runs tbody").innerHTML = data.runs.map((r) => `<tr data-run="${esc(r.name)}">
           <td><a href="/runs/${runPath(r.name)}">${esc(r.name)}</a></td>
           <td><span class="status ${esc(r.status)}">${esc(r.status)}</span></td>
-          <td>${esc(r.steps)}${r.total_steps ? " / " + esc(r.total_steps) : ""}</td>
-          <td>${fmt(r.loss)}</td><td>${seconds(r.elapsed_s)}</td>
+          <td>${r.total_steps ? `<progress max="${+r.total_steps}" value="${Math.min(+r.steps || 0, +r.total_steps)}"></progress> ` : ""}${esc(r.steps)}${r.total_steps ? " / " + esc(r.total_steps) : ""}</td>
+          <td>${fmt(r.loss)}</td><td>${seconds(r.elapsed_s)}${eta(r)}</td>
           <td>${esc((r.started_at || "").replace("T", " ").slice(0, 19))}</td>
           <td>${r.error ? `<span class="error">${esc(r.error)}</span>` : ""}</td></tr>`).join("")
           || `<tr><td colspan="7" class="muted">no runs yet: <a href="/new">start one</a></td></tr>`;
