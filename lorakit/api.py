@@ -42,13 +42,10 @@ from lorakit.labeling import (
     METADATA_NAME,
     Labeler,
     create_labeler,
-    describe_options,
     find_images,
     format_metadata,
     label_folder,
     make_caption,
-    parse_options,
-    validate_options,
 )
 from lorakit.metadata_csv import FILE_COLUMNS, TEXT_COLUMNS, read_table, read_text
 from lorakit.planning.estimate import PlanModel
@@ -117,7 +114,6 @@ __all__ = [
     "check_gguf",
     "create_labeler",
     "decode_rgb",
-    "describe_options",
     "env_flag",
     "find_images",
     "format_metadata",
@@ -132,7 +128,6 @@ __all__ = [
     "load_config",
     "loading_whole",
     "make_caption",
-    "parse_options",
     "parse_lora",
     "plugin_registrations",
     "printable",
@@ -142,7 +137,6 @@ __all__ = [
     "save_safetensors",
     "trainable_state_dict",
     "unsafe_pickle_allowed",
-    "validate_options",
     "write_bytes",
     "write_text",
 ]

@@ -46,7 +46,8 @@ def generated(model_dir: Path, folder: Path, names: list[str], task: str) -> lis
 
 
 def test_the_labelers_route_lists_what_each_labeler_declares(client):
-    from lorakit.api import describe_options, get_registries
+    from lorakit.api import get_registries
+    from lorakit.app import describe_options
 
     listed = {item["name"]: item for item in client.get("/api/labelers").json()["labelers"]}
     registries = get_registries()

@@ -18,15 +18,12 @@ from lorakit.api import (
     METADATA_NAME,
     LorakitError,
     RunFolder,
-    describe_options,
     find_images,
     format_metadata,
     get_registries,
-    parse_options,
-    validate_options,
     write_text,
 )
-from lorakit.app import read_metadata
+from lorakit.app import describe_options, parse_options, read_metadata, validate_options
 from lorakit_ui.errors import BadBody, error, json_body
 from lorakit_ui.files import handle_response
 
