@@ -160,3 +160,54 @@ def test_an_option_value_starting_with_a_dash_stays_a_value(client, images):
     assert answer["ok"], answer
     _, rows = read_metadata(images / "metadata.csv")  # written: no dry run, no usage text
     assert [r["text"] for r in rows] == [f"--help, caption {i}" for i in range(4)]
+
+
+@pytest.mark.slow
+def test_the_page_lists_a_labelers_options_and_labels_with_them(tiny_florence2, images, tmp_path):
+    """In Chromium: choosing florence2 lists its declared options; a local model, a task
+    and max tokens typed there give the captions transformers generates for that task."""
+    from test_browser import ARGS, CHROMIUM, until
+    from ui_helpers import Server
+
+    from lorakit.api import get_registries
+    from lorakit.app import describe_options
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"chromium not found at {CHROMIUM}")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+
+    (images / "metadata.csv").unlink()
+    declared = describe_options(get_registries().labelers.get("florence2"))
+    server = Server(tmp_path / "runs")
+    try:
+        server.wait()
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{server.url}/?token={server.token}")
+            page.goto(f"{server.url}/label?data_dir={images}")
+            page.select_option("#labeler", "florence2")
+            page.locator("[data-option=model]").wait_for()
+            shown = page.eval_on_selector_all(
+                "#labeler-options [data-option]",
+                "els => els.map(e => [e.dataset.option, e.dataset.default])",
+            )
+            assert shown == [[o["name"], o["default"]] for o in declared]
+            prompt = page.locator("[data-option=prompt]")
+            assert prompt.get_attribute("placeholder") == "<DETAILED_CAPTION>"  # as text
+            page.fill("[data-option=model]", str(tiny_florence2))
+            page.fill("[data-option=prompt]", TASK)
+            page.fill("[data-option=max_new_tokens]", "8")
+            page.fill("#prefix", "sks")
+            page.click("#label")
+            until(page, "document.querySelectorAll('#metadata tbody tr').length === 4", 120)
+            texts = page.eval_on_selector_all(
+                "#metadata tbody textarea", "els => els.map(e => e.value)"
+            )
+            assert page.inner_text("#label-error") == ""
+            browser.close()
+    finally:
+        server.stop()
+    names = [f"img_{i:03d}.png" for i in range(4)]
+    assert texts == generated(tiny_florence2, images, names, TASK)
