@@ -59,6 +59,7 @@ def test_every_route_checks_host_token_origin_and_content_type(app, runs_dir, ca
     routes = every_route(app)
     assert len(routes) >= 20
     assert {("POST", "/api/plan"), ("POST", "/api/dataset"), ("GET", "/api/browse")} <= set(routes)
+    assert {("GET", "/api/labelers"), ("POST", "/api/label")} <= set(routes)
     for method, path in routes:
         where = f"{method} {path}"
         answers = {

@@ -52,6 +52,7 @@ ROUTES = [
     Route("/api/save", api_config.api_save, methods=["POST"]),
     Route("/api/start", api_config.api_start, methods=["POST"]),
     Route("/api/label", api_labels.api_label, methods=["POST"]),
+    Route("/api/labelers", api_labels.api_labelers),
     Route("/api/metadata", api_labels.api_metadata, methods=["GET", "POST"]),
     Route("/api/image", api_labels.api_image),
     *api_try.ROUTES,
