@@ -12,6 +12,7 @@ test's temporary folder (``.../screenshots/``; pytest keeps the last three runs'
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,9 @@ def test_the_first_five_minutes_in_a_browser(browser, tiny_sd, images, tmp_path)
         page.click("#dataset-save")
         until(page, "document.querySelector('#dataset').dataset.saved === '1'")
         page.screenshot(path=str(shots / "4-dataset.png"))
+        # captioning with a labeler (a vision-language one too) is the label page on this folder
+        label = page.get_attribute("#dataset-label", "href") or ""
+        assert label == "/label?data_dir=" + urllib.parse.quote(str(images), safe="")
         _, rows = read_metadata(images / "metadata.csv")
         assert rows[1] == {
             "file_name": "img_001.png",

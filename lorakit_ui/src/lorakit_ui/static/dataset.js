@@ -30,6 +30,9 @@
     $("#dataset-source").textContent = r.source;
     r.warnings.forEach((w) => $("#dataset-warnings").append(el("li", {}, w)));
     $("#dataset-save").hidden = r.kind !== "images";
+    // the label page (any labeler, the vision-language ones included) on this folder
+    $("#dataset-label").hidden = r.kind !== "images";
+    $("#dataset-label").href = "/label?data_dir=" + encodeURIComponent(r.source);
     if (r.kind === "images") images(r); else texts(r);
     dialog.dataset.state = "shown";
   }
