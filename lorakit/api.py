@@ -22,6 +22,7 @@ from lorakit.backend import (
 from lorakit.backend_plugin import BackendPlugin, Chat, WeightedLora
 from lorakit.config.loader import load_config
 from lorakit.config.schema import Config
+from lorakit.data_report import DataReport, DataRow
 from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.export_view import AdapterExport, AdapterLayer, Exporter, Network
@@ -92,6 +93,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataError",
+    "DataReport",
+    "DataRow",
     "DatasetReaderSpec",
     "ExporterSpec",
     "FileKind",

@@ -27,6 +27,7 @@ from lorakit.errors import UsageError
 if TYPE_CHECKING:
     from lorakit.backend import Backend
     from lorakit.config.schema import Config
+    from lorakit.data_report import DataReport
     from lorakit.identify import FileKind, FileProbe
     from lorakit.planning.estimate import PlanModel
 
@@ -110,6 +111,11 @@ class BackendPlugin:
         (:class:`lorakit.planning.PlanModel`) for ``config`` (docs/will-it-fit.md)."""
         raise _unsupported(self, "plan")
 
+    def inspect_data(self, config: Config, limit: int) -> DataReport:
+        """``lorakit ui``'s dataset view: the training data of ``config`` as a run reads it
+        (at most ``limit`` rows; :class:`lorakit.api.DataReport`), with warnings."""
+        raise _unsupported(self, "inspect_data")
+
     def export(
         self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None
     ) -> list[Path]:
@@ -189,6 +195,7 @@ class BackendPlugin:
 VERBS = (
     "create",
     "plan",
+    "inspect_data",
     "export",
     "merge",
     "sample",

@@ -149,6 +149,52 @@ def validate_options(spec: LabelerSpec, options: Mapping[str, Any]) -> dict[str,
     return values
 
 
+def describe_options(spec: LabelerSpec) -> list[dict[str, Any]]:
+    """The options ``--option`` takes for this labeler, read from its ``options_model``
+    (the same declaration :func:`validate_options` checks), for a form.
+
+    One dict per option, the labeler's own options before the inherited ones: ``name``,
+    ``kind`` (``text``, ``integer``, ``number`` or ``choice``), ``default`` (as text, ``""``
+    for none), ``description``, ``choices`` (a ``choice``'s values; ``false``/``true`` for a
+    flag) and ``minimum``/``maximum`` where declared.
+    """
+    import typing
+
+    model = spec.options_model
+    fields: dict[str, Any] = getattr(model, "model_fields", {}) if model else {}
+    order = [
+        n for cls in getattr(model, "__mro__", ()) for n in vars(cls).get("__annotations__", {})
+    ]
+    described = []
+    for name in sorted(fields, key=lambda n: order.index(n) if n in order else len(order)):
+        info = fields[name]
+        kind, choices = "text", []
+        if info.annotation is bool:
+            kind, choices = "choice", ["false", "true"]
+        elif typing.get_origin(info.annotation) is Literal:
+            kind, choices = "choice", [str(c) for c in typing.get_args(info.annotation)]
+        elif info.annotation in (int, float):
+            kind = "integer" if info.annotation is int else "number"
+        default = info.get_default(call_default_factory=True)
+        item: dict[str, Any] = {
+            "name": name,
+            "kind": kind,
+            "default": ""
+            if default is None
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default),
+            "description": info.description or "",
+            "choices": choices,
+        }
+        for bound in info.metadata:
+            for key, attr in (("minimum", "ge"), ("maximum", "le")):
+                if getattr(bound, attr, None) is not None:
+                    item[key] = getattr(bound, attr)
+        described.append(item)
+    return described
+
+
 def create_labeler(
     name: str, options: Mapping[str, Any] | None = None, registries: Registries | None = None
 ) -> Labeler:

@@ -17,6 +17,7 @@ from lorakit.api import (
     BackendPlugin,
     Chat,
     Config,
+    DataReport,
     DatasetReaderSpec,
     ExporterSpec,
     FileKind,
@@ -102,6 +103,12 @@ class LLMBackend(BackendPlugin):
         from lorakit_llm.plan import planner
 
         return planner(config)
+
+    def inspect_data(self, config: Config, limit: int) -> DataReport:
+        from lorakit.api import get_registries
+        from lorakit_llm.inspect import inspect_text
+
+        return inspect_text(config, get_registries(), limit)
 
     def export(
         self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None

@@ -28,7 +28,7 @@ from lorakit.api import (
 )
 from lorakit_sd import families
 from lorakit_sd.config import SDSection
-from lorakit_sd.data.buckets import BucketBatchSampler, bucket_sizes
+from lorakit_sd.data.buckets import BucketBatchSampler
 from lorakit_sd.data.cache import build_latent_cache, build_text_cache
 from lorakit_sd.data.control import (
     caption_entries,
@@ -36,7 +36,7 @@ from lorakit_sd.data.control import (
     control_pictures,
     entry_caption,
 )
-from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint
+from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint, section_buckets
 from lorakit_sd.lorafiles.clients import warn_unsupported
 from lorakit_sd.lorafiles.export_view import adapter_export
 from lorakit_sd.lorafiles.names import LoraModule
@@ -89,15 +89,7 @@ class SDBackend(Backend):
 
     def _read_data(self, ctx: TrainContext) -> None:
 
-        sec = self.section
-        buckets = None
-        if sec.bucket:
-            buckets = bucket_sizes(
-                self.resolution,
-                sec.bucket_step,
-                sec.min_bucket_resolution,
-                sec.max_bucket_resolution,
-            )
+        buckets = section_buckets(self.section, self.resolution)
         self.items, self.index = build_items(
             self.config, ctx.registries, buckets, self.resolution, ctx.log
         )

@@ -17,7 +17,14 @@ import torch
 
 from lorakit.api import DataError
 from lorakit_sd import families
-from lorakit_sd.data.buckets import fit, load_pixels, nearest_bucket, no_upscale_bucket, random_crop
+from lorakit_sd.data.buckets import (
+    bucket_sizes,
+    fit,
+    load_pixels,
+    nearest_bucket,
+    no_upscale_bucket,
+    random_crop,
+)
 from lorakit_sd.data.control import check_counts, control_folder, control_pixels, find_controls
 from lorakit_sd.data.images import check_image, file_hash
 from lorakit_sd.data.masks import find_mask, load_mask, mask_size
@@ -156,6 +163,29 @@ def read_folder(folder: Folder, fmt: str, registries: Any) -> tuple[list[dict[st
     return records, name
 
 
+def section_buckets(section: Any, resolution: int) -> list[tuple[int, int]] | None:
+    """The buckets of a run at ``resolution`` (None when ``sd.bucket`` is off)."""
+    if not section.bucket:
+        return None
+    return bucket_sizes(
+        resolution,
+        section.bucket_step,
+        section.min_bucket_resolution,
+        section.max_bucket_resolution,
+    )
+
+
+def bucket_of(
+    size: tuple[int, int], buckets: list[tuple[int, int]] | None, resolution: int, section: Any
+) -> tuple[int, int]:
+    """The bucket an image of ``size`` trains at (``buckets`` None: bucketing is off)."""
+    if buckets and section.bucket_no_upscale:
+        return no_upscale_bucket(size, resolution, section.bucket_step)
+    if buckets:
+        return nearest_bucket(size, buckets)
+    return (resolution, resolution)
+
+
 def build_items(
     config: Any,
     registries: Any,
@@ -192,12 +222,7 @@ def build_items(
             if size is None:
                 problems.append(f"{record['image']}: {error}")
                 continue
-            if buckets and section.bucket_no_upscale:
-                bucket = no_upscale_bucket(size, resolution, section.bucket_step)
-            elif buckets:
-                bucket = nearest_bucket(size, buckets)
-            else:
-                bucket = (resolution, resolution)
+            bucket = bucket_of(size, buckets, resolution, section)
             mask, problem = item_mask(record["image"], size, folder, section.alpha_mask)
             control = record.get("control") or []
             if not control and controls_in is not None:
