@@ -416,3 +416,20 @@ def test_plan_counts_the_control_tokens(model, pairs, tmp_path):
     assert "with a control image each" in edit.model.per_step
     assert edit.estimate.trainable_params == plain.estimate.trainable_params
     assert edit.estimate.activations > 1.5 * plain.estimate.activations
+
+
+def test_a_bfl_file_trains_as_kontext_when_the_config_says_so(model, pairs, tmp_path):
+    """The BFL transformer file alone (FLUX.1's layout), ``sd.model_family: kontext``, the
+    other parts from the Kontext folder: an edit run (the control tokens reach it)."""
+    result, cap = train(
+        tmp_path,
+        model,
+        pairs,
+        cap=TransformerInputs(),
+        base_model=str(model.single_file),
+        max_steps=1,
+        export_formats=["diffusers"],
+        sd={"model_family": "kontext", "base_config": str(model.diffusers_dir)},
+    )
+    assert cap.backend.family == "kontext" and result.steps == 1
+    assert [c["hidden_states"].shape[1] for c in cap.calls] == [2 * TOKENS]
