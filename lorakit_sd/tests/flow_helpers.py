@@ -70,3 +70,47 @@ def transformer_output(pipe, transformer, latents, sigma, captions):
             return_dict=False,
         )[0]
         return pipe._unpack_latents(out, h, w, 1)
+
+
+def overfit(tmp, model, steps, **extra):
+    """A short run that overfits four images with previews at its last step; (result, cap)."""
+    from lorakit_sd.testing import write_tiny_images
+
+    data = write_tiny_images(tmp / "data", 4)
+    result, cap = train(
+        tmp,
+        model,
+        data,
+        max_steps=steps,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_alpha=8,
+        sample_prompts=["a red cat"],
+        sample_every_n_steps=steps,
+        **extra,
+    )
+    return data, result, cap
+
+
+def check_resume(tmp, model, **sd):
+    """A run resumed from its step-2 checkpoint ends bit-exactly where the whole run does."""
+    from lorakit_sd.testing import write_tiny_images
+    from safetensors.torch import load_file
+    from sd_helpers import first_losses
+
+    data = write_tiny_images(tmp / "data", 4, sizes=[(32, 32), (48, 32)])
+    common = {
+        "max_steps": 4,
+        "batch_size": 2,
+        "learning_rate": 1e-2,
+        "save_steps": 2,
+        "export_formats": ["diffusers"],
+        "sd": {"caption_dropout": 0.3, "flip_aug": True, **sd},
+    }
+    whole, _ = train(tmp, model, data, output_dir=tmp / "whole", **common)
+    step2 = str(whole.output_dir / "checkpoints" / "step-2")
+    resumed, _ = train(tmp, model, data, output_dir=tmp / "resumed", resume=step2, **common)
+    a = load_file(str(whole.output_dir / "whole.diffusers.safetensors"))
+    b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]

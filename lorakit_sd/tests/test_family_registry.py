@@ -51,6 +51,8 @@ def test_lorakit_sd_registers_its_own_families_through_the_hook():
         "sd1",
         "sdxl",
         "sd3",
+        "flux2_klein",
+        "flux2",
         "flux1",
     ]
     assert families.labels()["flux1"] == "FLUX.1"
@@ -71,7 +73,10 @@ def test_a_third_party_family_is_a_valid_model_family(tmp_path):
     }
     assert load_config(data=data, check_paths=False).section.model_family == "tiny-extra"
     _plugins()  # uninstalled: the name is refused, naming what is installed
-    with pytest.raises(ConfigError, match=r"sd.model_family.*choose auto, sd1, sdxl, sd3, flux1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sd.model_family.*choose auto, sd1, sdxl, sd3, flux2_klein, flux2, flux1",
+    ):
         load_config(data=data, check_paths=False)
 
 

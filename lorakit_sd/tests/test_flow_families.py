@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from flow_helpers import SD as FLOW_SD
-from flow_helpers import train, transformer_output
+from flow_helpers import check_resume, overfit, train, transformer_output
 from lorakit_sd.testing import write_tiny_images
 from sd_helpers import first_losses, lora_keys
 
@@ -35,19 +35,8 @@ def flow_models(tmp_path_factory):
 
 
 def _run(flow_models, tmp_path_factory, family, **extra):
-    tmp = tmp_path_factory.mktemp(family)
-    data = write_tiny_images(tmp / "data", 4)
-    result, cap = _train(
-        tmp,
-        flow_models[family],
-        data,
-        max_steps=STEPS,
-        batch_size=4,
-        learning_rate=1e-2,
-        lora_alpha=8,
-        sample_prompts=["a red cat"],
-        sample_every_n_steps=STEPS,
-        **extra,
+    data, result, cap = overfit(
+        tmp_path_factory.mktemp(family), flow_models[family], STEPS, **extra
     )
     return flow_models[family], data, result, cap
 
@@ -324,30 +313,7 @@ def test_ddpm_options_are_refused_for_flow_families(flow_models, tmp_path, key, 
 
 
 def test_flux_resume_continues_exactly(flow_models, tmp_path):
-    from safetensors.torch import load_file
-
-    data = write_tiny_images(tmp_path / "data", 4, sizes=[(32, 32), (48, 32)])
-    common = {
-        "max_steps": 4,
-        "batch_size": 2,
-        "learning_rate": 1e-2,
-        "save_steps": 2,
-        "export_formats": ["diffusers"],
-        "sd": {"caption_dropout": 0.3, "flip_aug": True},
-    }
-    whole, _ = _train(tmp_path, flow_models["flux1"], data, output_dir=tmp_path / "whole", **common)
-    resumed, _ = _train(
-        tmp_path,
-        flow_models["flux1"],
-        data,
-        output_dir=tmp_path / "resumed",
-        resume=str(whole.output_dir / "checkpoints" / "step-2"),
-        **common,
-    )
-    a = load_file(str(whole.output_dir / "whole.diffusers.safetensors"))
-    b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]
+    check_resume(tmp_path, flow_models["flux1"])
 
 
 def test_plan_traces_the_flux_transformer(flux_run, tmp_path):
