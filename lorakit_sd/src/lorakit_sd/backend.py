@@ -150,6 +150,10 @@ class SDBackend(Backend):
             checkpointing=t.gradient_checkpointing,
         )
 
+        if sec.group_offload:  # GPU only (refused above otherwise)
+            from lorakit_sd.step.offload import offload_blocks
+
+            offload_blocks(self.unet, self.device)
         warn_unsupported(self.unet, spec, ctx.log)
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
             self.unet.to(memory_format=torch.channels_last)
