@@ -50,9 +50,13 @@ def flow_rungs(train: Any, section: Any, spec: Any) -> tuple[tuple[dict[str, Any
     if not section.group_offload:
         rungs.append(
             (
-                {"sd.group_offload": True, "gradient_checkpointing": True},
-                "transformer blocks streamed from CPU memory one at a time (block-level group "
-                "offloading; needs a CUDA GPU, slower)",
+                {
+                    "sd.group_offload": True,
+                    "sd.base_quantization": None,
+                    "gradient_checkpointing": True,
+                },
+                "transformer blocks streamed from CPU memory one at a time, in the base's own "
+                "dtype (block-level group offloading; needs a CUDA GPU, slower)",
             )
         )
     return tuple(rungs)

@@ -66,16 +66,16 @@ def check_offload(sec: Any, label: str, transformer_family: bool) -> None:
         raise _not_for("sd.group_offload", label)
     if getattr(sec, "base_quantization", None):
         raise ConfigError(
-            "sd.group_offload streams the base's own weights; it does not combine with "
-            "sd.base_quantization (remove one)",
+            "streams the base's own weights; it does not combine with sd.base_quantization "
+            "(remove one)",
             key="sd.group_offload",
         )
     import torch
 
     if not torch.cuda.is_available():
         raise ConfigError(
-            "sd.group_offload: streams the transformer's blocks from CPU memory to a CUDA GPU "
-            "and this machine has none (remove it)",
+            "streams the transformer's blocks from CPU memory to a CUDA GPU and this machine "
+            "has none (remove it)",
             key="sd.group_offload",
         )
 

@@ -222,7 +222,12 @@ class Flux2(FlowFamily):
             img_ids=img_ids,
             return_dict=False,
         )[0]
-        return pipeline._unpack_latents_with_ids(out[:, : tokens.shape[1]], img_ids)
+        # klein's helper takes the size (dev's reads it from the ids: data-dependent, which
+        # ``lorakit plan``'s fake tensors cannot trace); both scatter by the same ids
+        from diffusers import Flux2KleinPipeline
+
+        h, w = noisy.shape[-2:]
+        return Flux2KleinPipeline._unpack_latents_with_ids(out[:, : tokens.shape[1]], img_ids, h, w)
 
     # -- files -------------------------------------------------------------------------------
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:

@@ -72,6 +72,9 @@ def load_split(family: Any, path: Path, config: str, local: bool) -> Any:
     path = Path(path)
     transformer = load_transformer(path, config, local)
     siblings = find_siblings(path)
+    for part in ("text_encoder", "vae"):
+        if part not in siblings and not _has_weights(config, part):
+            raise _missing(path, part.replace("_", " "), config)
     parts: dict[str, Any] = {"transformer": transformer}
     for part, file in siblings.items():
         what = part.replace("_", " ")
@@ -92,6 +95,14 @@ def load_split(family: Any, path: Path, config: str, local: bool) -> Any:
         if lost is not None:
             raise _missing(path, lost.replace("_", " "), config) from None
         raise
+
+
+def _has_weights(config: str, part: str) -> bool:
+    """Whether ``config`` holds ``part``'s weights (a hub id: left to ``from_pretrained``)."""
+    folder = Path(config).expanduser()
+    if not folder.is_dir():
+        return True
+    return any(any((folder / part).glob(pattern)) for pattern in ("*.safetensors", "*.bin"))
 
 
 def _missing(path: Path, part: str, config: str) -> UsageError:
