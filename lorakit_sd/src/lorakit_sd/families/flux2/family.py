@@ -101,9 +101,8 @@ class Flux2(FlowFamily):
     def claims_lora_keys(self, keys: Any) -> bool:
         """FLUX.2's own modules (diffusers or BFL names), told from FLUX.1's by them or by
         the single blocks' fused widths (``linear1``: 9 hidden wide, ``linear2``: 4 in)."""
-        names = list(keys)
-        own = (".to_qkv_mlp_proj.", ".ff.linear_in.", "double_stream_modulation", "_img_mlp_0")
-        if any(o in k for k in names for o in own if o != "_img_mlp_0"):
+        own = (".to_qkv_mlp_proj.", ".ff.linear_in.", "stream_modulation", "to_qkv_mlp_proj")
+        if any(o in k for k in keys for o in own):
             return True
         shapes = keys if isinstance(keys, dict) else {}
         for key, shape in shapes.items():
