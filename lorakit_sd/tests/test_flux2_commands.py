@@ -184,6 +184,28 @@ def test_merge_writes_the_bfl_file_diffusers_loads(model, split_run, tmp_path):
     assert (got - want).abs().max().item() < 2e-2 * want.abs().max().item()  # bf16 file
 
 
+def test_merge_into_a_diffusers_folder_keeps_its_names(model, split_run, tmp_path):
+    """A diffusers base gets the file its ``transformer/`` folder holds: the pipeline loads
+    it in place of the original and predicts what ``load_lora_weights`` gives."""
+    from diffusers import Flux2Pipeline
+    from lorakit_sd.commands.merge import merge_checkpoint
+
+    seed0, _ = model
+    _, result, _ = split_run
+    lora = result.output_dir / "run.diffusers.safetensors"
+    out = merge_checkpoint(str(seed0.diffusers_dir), [(str(lora), 1.0)], tmp_path / "m.safetensors")
+    folder = tmp_path / "merged"
+    shutil.copytree(seed0.diffusers_dir, folder)
+    [weights] = (folder / "transformer").glob("*.safetensors")
+    shutil.copy(out, weights)
+    merged = Flux2Pipeline.from_pretrained(folder)
+    pipe = seed0.load()
+    pipe.load_lora_weights(str(lora))
+    x = torch.randn(2, 128, 8, 8, generator=torch.Generator().manual_seed(6))
+    want = velocity(pipe, pipe.transformer, x, CAPTIONS)
+    assert (velocity(pipe, merged.transformer, x, CAPTIONS) - want).abs().max() < 1e-5
+
+
 def test_sample_renders_with_the_pipeline(model, split_run, tmp_path):
     import numpy as np
     from lorakit_sd.commands.sample import sample

@@ -32,6 +32,8 @@ class FlowFamily(ModelFamily):
     caption_encoders: ClassVar[str] = "T5 and CLIP"
     #: how a merged transformer file names its tensors (``lorakit merge``'s message)
     transformer_file_layout: ClassVar[str] = "diffusers' names"
+    #: whether ``lorakit merge`` keeps a diffusers base's names (else: always the file layout)
+    merge_keeps_base_layout: ClassVar[bool] = False
     #: class names in model_index.json
     pipeline_names: ClassVar[tuple[str, ...]] = ()
     transformer_names: ClassVar[tuple[str, ...]] = ()

@@ -67,6 +67,7 @@ class Flux2(FlowFamily):
     diffusers_text_prefixes: ClassVar[dict[str, str]] = {}
     latent_multiple = 2  # 2x2 patches
     transformer_file_layout = "BFL's layout"
+    merge_keeps_base_layout = True  # a diffusers base: its transformer/ file's names
     default_sequence_length = 512
     sequence_encoder = caption_encoders = "Mistral-3"
     pipeline_names = ("Flux2Pipeline",)
@@ -130,7 +131,8 @@ class Flux2(FlowFamily):
         return load_split(self, path, config, local)
 
     def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
-        """BFL's layout, as ``flux2-dev.safetensors`` is (ComfyUI loads it)."""
+        """BFL's layout, as ``flux2-dev.safetensors`` is (ComfyUI loads it): a merge into a
+        BFL file writes it; a merge into a diffusers folder keeps diffusers' names."""
         return diffusers_to_bfl(state)
 
     # -- conditioning ------------------------------------------------------------------------
