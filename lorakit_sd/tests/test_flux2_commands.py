@@ -87,6 +87,7 @@ def test_split_files_load_each_part_from_its_file(model, split_run):
     path, result, _ = split_run
     assert result.steps == 2
     loaded = load_base(str(path), base_config=str(seed1.diffusers_dir)).pipe
+    assert loaded.transformer.dtype == torch.bfloat16  # the file's dtype, never a float32 copy
     want = seed0.load()
     assert _same(loaded.text_encoder, want.text_encoder)  # the file beside, not base_config's
     assert _same(loaded.vae, want.vae)
@@ -95,6 +96,21 @@ def test_split_files_load_each_part_from_its_file(model, split_run):
     bf16 = {k: v.to(torch.bfloat16).float() for k, v in want.transformer.state_dict().items()}
     got = loaded.transformer.state_dict()
     assert all(torch.equal(got[k].float(), bf16[k]) for k in bf16)
+
+
+def test_a_bf16_folder_loads_in_bf16_and_trains(model, tmp_path):
+    """The 32B transformer and 24B encoder are never copied to float32 in CPU memory: a
+    folder stored in bf16 loads in bf16 (the run then casts to its own dtype)."""
+    from lorakit_sd.models import load_base
+
+    seed0, _ = model
+    folder = tmp_path / "bf16"
+    seed0.load().to(torch.bfloat16).save_pretrained(folder)
+    pipe = load_base(str(folder)).pipe
+    assert {pipe.transformer.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}
+    data = write_tiny_images(tmp_path / "data", 2)
+    result, _ = train(tmp_path, seed0, data, base_model=str(folder), max_steps=1)
+    assert result.steps == 1
 
 
 def test_an_fp8_scaled_file_is_dequantized_with_its_scales(model, tmp_path):

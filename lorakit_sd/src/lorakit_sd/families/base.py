@@ -108,6 +108,9 @@ class ModelFamily:
     default_targets: ClassVar[list[str]] = []
     #: clients that drop some of this family's adapted modules (the run warns per client)
     partial_clients: ClassVar[tuple[PartialClient, ...]] = ()
+    #: whether a diffusers base loads in the dtype its weights are stored in (bf16 for the
+    #: 20B+ models) rather than float32: the backend casts to the run's dtype afterwards
+    load_in_stored_dtype: ClassVar[bool] = False
 
     # -- detection -------------------------------------------------------------------------
     def claims_keys(self, keys: set[str]) -> bool:

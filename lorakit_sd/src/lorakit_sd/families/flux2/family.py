@@ -68,6 +68,7 @@ class Flux2(FlowFamily):
     latent_multiple = 2  # 2x2 patches
     transformer_file_layout = "BFL's layout"
     merge_keeps_base_layout = True  # a diffusers base: its transformer/ file's names
+    load_in_stored_dtype = True  # 32B + 24B: bf16 in CPU memory, never a float32 copy
     default_sequence_length = 512
     sequence_encoder = caption_encoders = "Mistral-3"
     pipeline_names = ("Flux2Pipeline",)

@@ -112,6 +112,14 @@ def dequantize(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def file_dtype(state: dict[str, Any]) -> Any:
+    """The dtype most of a state dict's floating tensors have (a mixed file's weights)."""
+    from collections import Counter
+
+    counts = Counter(v.dtype for v in state.values() if v.is_floating_point())
+    return counts.most_common(1)[0][0]
+
+
 def load_transformer(path: Path, config: str, local: bool) -> Any:
     """The FLUX.2 transformer of a BFL-layout ``.safetensors`` file, config from ``config``'s
     ``transformer`` folder (diffusers' own single-file conversion)."""
@@ -121,7 +129,11 @@ def load_transformer(path: Path, config: str, local: bool) -> Any:
     state = dequantize(strip_prefix(load_file(str(path))))
     try:
         return Flux2Transformer2DModel.from_single_file(
-            state, config=config, subfolder="transformer", local_files_only=local
+            state,
+            config=config,
+            subfolder="transformer",
+            local_files_only=local,
+            torch_dtype=file_dtype(state),  # the file's (never a float32 copy)
         )
     except (KeyError, ValueError, RuntimeError) as exc:
         if isinstance(exc, OSError):

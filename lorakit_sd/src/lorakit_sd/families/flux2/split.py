@@ -45,14 +45,21 @@ def _load_part(config: Any, file: Path, part: str) -> Any:
     from diffusers import AutoencoderKLFlux2
     from safetensors.torch import load_file
 
+    from lorakit_sd.families.flux2.single_file import file_dtype
+
     state = load_file(str(file))
     if isinstance(config, dict):
         module = AutoencoderKLFlux2.from_config(config)
         missing, unexpected = module.load_state_dict(state, strict=False)
+        module.to(file_dtype(state))
     else:
         cls = getattr(transformers, config.architectures[0])
         module, info = cls.from_pretrained(
-            None, config=config, state_dict=state, output_loading_info=True
+            None,
+            config=config,
+            state_dict=state,
+            output_loading_info=True,
+            dtype=file_dtype(state),
         )
         missing, unexpected = info["missing_keys"], info["unexpected_keys"]
     missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied to the embeddings
@@ -88,8 +95,11 @@ def load_split(family: Any, path: Path, config: str, local: bool) -> Any:
         except (OSError, ValueError):
             raise _missing(path, f"{what} configuration", config) from None
         parts[part] = _load_part(loaded, file, what).eval()
+    dtype = transformer.dtype  # the file's (bf16; fp8 files dequantize to bf16)
     try:
-        return family.pipeline_class().from_pretrained(config, local_files_only=local, **parts)
+        return family.pipeline_class().from_pretrained(
+            config, local_files_only=local, torch_dtype=dtype, **parts
+        )
     except (OSError, ValueError) as exc:
         lost = next((p for p in ("text_encoder", "vae", "tokenizer") if p in str(exc)), None)
         if lost is not None:
