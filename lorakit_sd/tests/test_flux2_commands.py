@@ -311,6 +311,23 @@ def test_group_offload_trains_exactly_from_parked_weights(model):
     assert len(onloaded) <= 1 < len(blocks)
 
 
+def test_group_offload_streams_the_caption_encoder(model):
+    """Forward only (the caption cache): the embeddings from parked (NaN) layers equal the
+    plain encoder's, and ``.to()`` leaves its layers parked."""
+    from lorakit_sd.step.offload import offload_blocks
+
+    seed0, _ = model
+    pipe = seed0.load()
+    want, _ = pipe.encode_prompt(CAPTIONS, max_sequence_length=16)
+    offload_blocks(
+        pipe.text_encoder, "cpu", lambda home: torch.full_like(home, torch.nan), checkpointing=False
+    )
+    pipe.text_encoder.to("cpu")
+    got, _ = pipe.encode_prompt(CAPTIONS, max_sequence_length=16)
+    assert torch.equal(got, want)
+    assert not pipe.text_encoder.is_gradient_checkpointing
+
+
 def test_group_offload_is_refused_on_cpu_before_the_model_loads(model, tmp_path, capsys):
     seed0, _ = model
     data = write_tiny_images(tmp_path / "data", 2)

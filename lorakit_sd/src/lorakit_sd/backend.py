@@ -210,6 +210,11 @@ class SDBackend(Backend):
                 )
                 vae.to("cpu")
             all_encoders = self.spec.all_text_encoders(self.model.pipe)
+            if sec.group_offload and not self.train_text:  # the 24B encoders stream too
+                from lorakit_sd.step.offload import offload_blocks
+
+                for encoder in all_encoders:
+                    offload_blocks(encoder, self.device, checkpointing=False)
             for encoder in all_encoders:
                 encoder.to(self.device)
             if self.text_cached:

@@ -17,7 +17,9 @@ block-level shape:
 - ``.to(device)`` (accelerate's ``prepare``, previews) moves the LoRA parameters and leaves
   the frozen weights parked, one block at a time, so the whole model is never on the GPU.
 
-The refusal on a machine without CUDA is :func:`lorakit_sd.step.quantize.check`'s.
+The frozen text encoders stream the same way (forward only) while the caption cache is
+built and for previews, so a 24B encoder never has to fit the card either. The refusal on a
+machine without CUDA is :func:`lorakit_sd.step.quantize.check`'s.
 """
 
 from __future__ import annotations
@@ -93,15 +95,21 @@ def _pinned(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def offload_blocks(
-    model: Any, device: Any, park: Callable[[Any], Any] | None = None
+    model: Any,
+    device: Any,
+    park: Callable[[Any], Any] | None = None,
+    *,
+    checkpointing: bool = True,
 ) -> list[BlockOffload]:
     """Offload ``model``'s repeated blocks' frozen weights to CPU memory (``park``: what a
-    parked weight is, its CPU copy by default), onloaded to ``device`` block by block; the
-    model's gradient checkpointing is switched on (its backward recomputes each block)."""
+    parked weight is, its CPU copy by default), onloaded to ``device`` block by block. With
+    ``checkpointing`` (a trained model) its gradient checkpointing is switched on, so its
+    backward recomputes each block; a model that only runs forward (a text encoder filling
+    the caption cache) needs none."""
     blocks = repeated_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no repeated blocks to offload")
-    if hasattr(model, "enable_gradient_checkpointing"):
+    if checkpointing:
         model.enable_gradient_checkpointing()
     active: list[BlockOffload] = []
     return [BlockOffload(b, device, park or (lambda home: home), active) for b in blocks]
