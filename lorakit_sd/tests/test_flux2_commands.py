@@ -367,7 +367,8 @@ def test_plan_ladder_offers_group_offload_and_counts_it(model, tmp_path):
                 sd={"max_sequence_length": 16, "group_offload": offload},
                 gradient_checkpointing=True,
             )
-            plans[offload] = make_plan(load_config(data=cfg, registries=plugins.registries))
+            config = load_config(data=cfg, registries=plugins.registries)
+            plans[offload] = make_plan(config, ladder=False, both=False)
     finally:
         set_plugins(None)
     rows = [changes for changes, _ in plans[False].model.rungs]
