@@ -162,6 +162,25 @@ def test_inspect_names_the_comfyui_layout(split_run, capsys):
     assert code == 0 and "diffusers" in out
 
 
+def test_flux1_files_are_not_described_as_flux2():
+    """Both families write ``lora_unet_double_blocks_*``: FLUX.1's files (attention only, or
+    sd-scripts' every layer with the modulations) stay FLUX.1's."""
+    from lorakit_sd.families.flux2 import describe_file
+
+    def names(*stems):
+        return [f"lora_unet_{s}.{t}" for s in stems for t in ("lora_down.weight", "alpha")]
+
+    attn = (
+        "double_blocks_0_img_attn_qkv",
+        "double_blocks_0_img_attn_proj",
+        "single_blocks_0_linear1",
+    )
+    assert describe_file(names(*attn)) is None
+    everything = (*attn, "single_blocks_0_linear2", "double_blocks_0_img_mod_lin")
+    assert describe_file(names(*everything)) is None
+    assert describe_file(names(*attn, "single_blocks_0_linear2")) is not None  # FLUX.2's attn
+
+
 def test_merge_writes_the_bfl_file_diffusers_loads(model, split_run, tmp_path):
     """The merged file is in the base's BFL layout, and ``from_single_file`` of it predicts
     what the base with the LoRA loaded by ``load_lora_weights`` predicts."""
