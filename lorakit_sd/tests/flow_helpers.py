@@ -79,6 +79,26 @@ def transformer_output(pipe, transformer, latents, sigma, captions):
         return pipe._unpack_latents(out, h, w, 1)
 
 
+def overfit(tmp, model, steps, **extra):
+    """A short run that overfits four images with previews at its last step; (result, cap)."""
+    from lorakit_sd.testing import write_tiny_images
+
+    data = write_tiny_images(tmp / "data", 4)
+    result, cap = train(
+        tmp,
+        model,
+        data,
+        max_steps=steps,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_alpha=8,
+        sample_prompts=["a red cat"],
+        sample_every_n_steps=steps,
+        **extra,
+    )
+    return data, result, cap
+
+
 def assert_resumes_exactly(tmp, model, **sd):
     """A run stopped at its step-2 checkpoint and resumed ends with the very LoRA (and the
     same last losses) as the run that did not stop (two bucket sizes, caption dropout and

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from flow_helpers import SD as FLOW_SD
-from flow_helpers import assert_resumes_exactly, train, transformer_output
+from flow_helpers import assert_resumes_exactly, overfit, train, transformer_output
 from lorakit_sd.testing import write_tiny_images
 from sd_helpers import first_losses, lora_keys
 
@@ -35,19 +35,8 @@ def flow_models(tmp_path_factory):
 
 
 def _run(flow_models, tmp_path_factory, family, **extra):
-    tmp = tmp_path_factory.mktemp(family)
-    data = write_tiny_images(tmp / "data", 4)
-    result, cap = _train(
-        tmp,
-        flow_models[family],
-        data,
-        max_steps=STEPS,
-        batch_size=4,
-        learning_rate=1e-2,
-        lora_alpha=8,
-        sample_prompts=["a red cat"],
-        sample_every_n_steps=STEPS,
-        **extra,
+    data, result, cap = overfit(
+        tmp_path_factory.mktemp(family), flow_models[family], STEPS, **extra
     )
     return flow_models[family], data, result, cap
 

@@ -150,6 +150,10 @@ class SDBackend(Backend):
             checkpointing=t.gradient_checkpointing,
         )
 
+        if sec.group_offload:  # GPU only (refused above otherwise)
+            from lorakit_sd.step.offload import offload_blocks
+
+            offload_blocks(self.unet, self.device)
         warn_unsupported(self.unet, spec, ctx.log)
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
             self.unet.to(memory_format=torch.channels_last)
@@ -207,6 +211,11 @@ class SDBackend(Backend):
                 )
                 vae.to("cpu")
             all_encoders = self.spec.all_text_encoders(self.model.pipe)
+            if sec.group_offload and not self.train_text:  # the 24B encoders stream too
+                from lorakit_sd.step.offload import offload_blocks
+
+                for encoder in all_encoders:
+                    offload_blocks(encoder, self.device, checkpointing=False)
             for encoder in all_encoders:
                 encoder.to(self.device)
             if self.text_cached:

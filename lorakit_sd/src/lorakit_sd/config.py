@@ -243,6 +243,13 @@ class SDSection(BaseModel):
         "(bitsandbytes 4-bit NF4); the LoRA trains in float32 on top. Needs a CUDA GPU and "
         "the library; null: the base's dtype.",
     )
+    group_offload: bool = Field(
+        False,
+        description="Transformer families: the frozen weights of the transformer's blocks "
+        "kept in CPU memory and brought to the GPU one block at a time (block-level group "
+        "offloading, as diffusers' apply_group_offloading; for 20B+ models). Switches "
+        "gradient checkpointing on. Needs a CUDA GPU; slower, not less exact.",
+    )
     # -- caches --------------------------------------------------------------------------
     cache_latents: bool | None = Field(
         None, description="Encode images with the VAE once; default on (null: auto)."

@@ -334,10 +334,20 @@ def load_folder(source: str, *, model_family: str = "auto", **_: Any) -> BaseMod
     path = Path(source).expanduser()
     family = _check_family(family_of_folder(path), model_family, str(path))
     with quiet_libraries():
-        pipe = pipeline_class(family).from_pretrained(
-            str(path), **families.get(family).pipeline_kwargs()
-        )
+        pipe = pipeline_class(family).from_pretrained(str(path), **_load_kwargs(family, path))
     return _finish(BaseModel(pipe, family, "diffusers", str(path)))
+
+
+def _load_kwargs(family: str, folder: Path) -> dict[str, Any]:
+    """``from_pretrained``'s arguments: the family's, and the stored dtype where the family
+    loads in it (``ModelFamily.load_in_stored_dtype``)."""
+    import torch
+
+    spec = families.get(family)
+    kwargs = dict(spec.pipeline_kwargs())
+    if spec.load_in_stored_dtype:
+        kwargs["torch_dtype"] = getattr(torch, stored_dtype(str(folder), {}))
+    return kwargs
 
 
 def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
@@ -351,7 +361,7 @@ def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     with quiet_libraries():
         try:
             pipe = pipeline_class(family).from_pretrained(
-                source, local_files_only=offline(), **families.get(family).pipeline_kwargs()
+                source, local_files_only=offline(), **_load_kwargs(family, folder)
             )
         except OSError as exc:
             raise UsageError(f"base_model {source}: cannot load ({exc})") from None
@@ -360,15 +370,17 @@ def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
 
 def _finish(model: BaseModel) -> BaseModel:
     """Attention through torch's SDPA; everything frozen; float32 (a quantized
-    transformer keeps its quantized weights)."""
+    transformer keeps its quantized weights, a family that loads in its stored dtype keeps
+    it: the backend casts to the run's dtype)."""
     import torch
 
     pipe = model.pipe
     model.spec.finish(pipe)
+    keep = model.spec.load_in_stored_dtype
     with quiet_libraries():
         for module in (model.denoiser, pipe.vae, *model.spec.all_text_encoders(pipe)):
             module.requires_grad_(False)
-            if not getattr(module, "is_quantized", False):  # GGUF keeps its own dtypes
+            if not keep and not getattr(module, "is_quantized", False):  # GGUF: its own dtypes
                 module.to(torch.float32)
             module.eval()
     return model

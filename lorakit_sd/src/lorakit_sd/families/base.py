@@ -121,6 +121,9 @@ class ModelFamily:
     #: the family whose files (single files, folders) this family's look like, or None: an
     #: edit model on its base's architecture loads from them when sd.model_family names it
     file_family: ClassVar[str | None] = None
+    #: whether a diffusers base loads in the dtype its weights are stored in (bf16 for the
+    #: 20B+ models) rather than float32: the backend casts to the run's dtype afterwards
+    load_in_stored_dtype: ClassVar[bool] = False
 
     # -- detection -------------------------------------------------------------------------
     def claims_keys(self, keys: set[str]) -> bool:

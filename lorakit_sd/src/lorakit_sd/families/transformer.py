@@ -32,6 +32,8 @@ class FlowFamily(ModelFamily):
     caption_encoders: ClassVar[str] = "T5 and CLIP"
     #: how a merged transformer file names its tensors (``lorakit merge``'s message)
     transformer_file_layout: ClassVar[str] = "diffusers' names"
+    #: whether ``lorakit merge`` keeps a diffusers base's names (else: always the file layout)
+    merge_keeps_base_layout: ClassVar[bool] = False
     #: class names in model_index.json
     pipeline_names: ClassVar[tuple[str, ...]] = ()
     transformer_names: ClassVar[tuple[str, ...]] = ()
@@ -138,6 +140,10 @@ class FlowFamily(ModelFamily):
     def latent_channels(self, vae_config: Any) -> int:
         """Channels of a latent, from the VAE's config."""
         return int(vae_config["latent_channels"])
+
+    def latent_layout(self, vae_config: Any, resolution: int) -> tuple[int, int]:
+        """(channels, side) of the latent the objective draws on, for ``lorakit plan``."""
+        return self.latent_channels(vae_config), resolution // self.vae_factor(vae_config)
 
     def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
         """Fake cached caption embeddings of a batch for ``lorakit plan`` (the sequence and

@@ -47,8 +47,7 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
     others = [p for p in text_parts if p not in clips]  # T5
     dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
     resolution = section.resolution or spec.default_resolution
-    side = resolution // spec.vae_factor(vae_config)
-    channels = spec.latent_channels(vae_config)
+    channels, side = spec.latent_layout(vae_config, resolution)
     tokens = int(section.max_sequence_length or spec.default_sequence_length)
     batch = train.batch_size
     guidance = section.guidance if t_config.get("guidance_embeds") else None

@@ -15,6 +15,7 @@ down and its rows of the up, which is exact too. Names follow ComfyUI's
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -169,13 +170,18 @@ def split(
     return out
 
 
-def to_bfl(modules: list[Any], transformer: Any, dtype: Any) -> dict[str, torch.Tensor]:
-    """kohya/BFL tensors of a FLUX.1 transformer LoRA (``component == "transformer"``)."""
+def to_bfl(
+    modules: list[Any], transformer: Any, dtype: Any, table: dict[str, list[str]] | None = None
+) -> dict[str, torch.Tensor]:
+    """kohya/BFL tensors of a FLUX.1 transformer LoRA (``component == "transformer"``);
+    ``table``: another BFL layout's stems (``lora_unet_<stem>`` -> diffusers paths)."""
     cfg = transformer.config
     by_path = {m.path: m for m in modules}
     out: dict[str, torch.Tensor] = {}
     done: set[str] = set()
-    for stem, paths in groups(cfg.num_layers, cfg.num_single_layers).items():
+    if table is None:
+        table = groups(cfg.num_layers, cfg.num_single_layers)
+    for stem, paths in table.items():
         present = [p for p in paths if p in by_path]
         if not present:
             continue
@@ -193,17 +199,20 @@ def to_bfl(modules: list[Any], transformer: Any, dtype: Any) -> dict[str, torch.
     return out
 
 
-def from_bfl(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def from_bfl(
+    entries: dict[str, dict[str, Any]], layout: Callable[[int, int], dict] | None = None
+) -> dict[str, dict[str, Any]]:
     """kohya/BFL entries (by stem) -> diffusers transformer entries (by module path).
 
     Part sizes come from the shapes: a fused layer's input width is the hidden size, q, k
     and v have that many rows each, and a single block's MLP rows are what is left.
+    ``layout(num_double, num_single)``: another BFL layout's stems (default FLUX.1's).
     """
     blocks = [
         int(m[2]) for s in entries if (m := re.match(r"lora_unet_(double|single)_blocks_(\d+)_", s))
     ]
     depth = max(blocks, default=-1) + 1
-    table = groups(depth, depth)
+    table = (layout or groups)(depth, depth)
     out: dict[str, dict[str, Any]] = {}
     for stem, entry in entries.items():
         if stem not in table:
