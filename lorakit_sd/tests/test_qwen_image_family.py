@@ -325,3 +325,38 @@ def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
         generator=torch.Generator("cpu").manual_seed(3),
     ).images[0]
     assert np.abs(ours - np.asarray(theirs, dtype=int)).max() <= 2
+
+
+# -- plan -------------------------------------------------------------------------------------
+
+
+def test_plan_traces_the_transformer_and_offers_fp8_and_nf4(model, run, tmp_path):
+    """``lorakit plan`` counts exactly the LoRA the run trained, with Qwen2.5-VL off the GPU
+    (cached captions), and its ladder offers the quantized bases a 24 / 16 GB card needs."""
+    import lorakit_sd.plugin
+    from lorakit_sd.testing import tiny_config
+
+    from lorakit.config import load_config
+    from lorakit.planning import make_plan
+    from lorakit.plugins import build_plugins, set_plugins
+
+    data, _, cap = run
+    plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
+    set_plugins(plugins)
+    try:
+        cfg = tiny_config(
+            model,
+            data,
+            tmp_path / "p",
+            sd={"max_sequence_length": 32},
+            gradient_checkpointing=True,
+        )
+        plan = make_plan(load_config(data=cfg, registries=plugins.registries), ladder=False)
+    finally:
+        set_plugins(None)
+    trained = sum(p.numel() for p in cap.unet.parameters() if p.requires_grad)
+    assert plan.estimate.trainable_params == trained and plan.estimate.activations > 0
+    assert plan.model.description.startswith("Qwen-Image transformer")
+    assert "Qwen2.5-VL off the GPU after caching" in plan.model.description
+    costs = [cost.split(" (")[0] for _, cost in plan.model.rungs]
+    assert costs == ["bf16 base weights", "fp8 base weights", "NF4 base weights"]

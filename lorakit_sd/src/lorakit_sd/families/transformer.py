@@ -135,6 +135,10 @@ class FlowFamily(ModelFamily):
         """How many pixels one latent pixel covers, from the VAE's config."""
         return int(2 ** (len(vae_config["block_out_channels"]) - 1))
 
+    def latent_channels(self, vae_config: Any) -> int:
+        """Channels of a latent, from the VAE's config."""
+        return int(vae_config["latent_channels"])
+
     def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
         """Fake cached caption embeddings of a batch for ``lorakit plan`` (the sequence and
         the pooled CLIP embedding the transformer reads)."""

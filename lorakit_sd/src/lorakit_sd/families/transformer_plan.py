@@ -47,7 +47,7 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
     dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
     resolution = section.resolution or spec.default_resolution
     side = resolution // spec.vae_factor(vae_config)
-    channels = int(vae_config["latent_channels"])
+    channels = spec.latent_channels(vae_config)
     tokens = int(section.max_sequence_length or spec.default_sequence_length)
     batch = train.batch_size
     guidance = section.guidance if t_config.get("guidance_embeds") else None

@@ -152,6 +152,9 @@ class QwenImage(FlowFamily):
     def vae_factor(self, vae_config: Any) -> int:
         return int(2 ** len(vae_config["temperal_downsample"]))
 
+    def latent_channels(self, vae_config: Any) -> int:
+        return int(vae_config["z_dim"])
+
     def pixel_multiple(self, pipe: Any) -> int:
         return self.vae_factor(pipe.vae.config) * self.latent_multiple
 
