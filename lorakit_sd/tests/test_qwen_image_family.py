@@ -360,3 +360,32 @@ def test_plan_traces_the_transformer_and_offers_fp8_and_nf4(model, run, tmp_path
     assert "Qwen2.5-VL off the GPU after caching" in plan.model.description
     costs = [cost.split(" (")[0] for _, cost in plan.model.rungs]
     assert costs == ["bf16 base weights", "fp8 base weights", "NF4 base weights"]
+
+
+# -- the template -----------------------------------------------------------------------------
+
+
+def test_template_trains_as_written_and_diffusers_loads_its_files(model, tmp_path, capsys):
+    """``config init --template qwen-image``, only paths, size and steps replaced, trains (bf16
+    autocast, diffusers' gradient checkpointing) and both files load in the pipeline with the
+    trained deltas."""
+    import yaml
+    from test_templates_sd import STEPS as TEMPLATE_STEPS
+    from test_templates_sd import _deltas, _train_template
+
+    template, cap, dtypes = _train_template(tmp_path, "qwen-image", model, capsys)
+    assert template["mixed_precision"] == "bf16" and template["gradient_checkpointing"] is True
+    assert torch.bfloat16 in dtypes and cap.unet.is_gradient_checkpointing
+    ran = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert ran["lora_rank"] == template["lora_rank"] == 16
+    assert len(first_losses(tmp_path / "out")) == TEMPLATE_STEPS
+    want = _deltas(cap.unet)
+    still = [k for k, d in want.items() if d.abs().max() == 0]
+    assert still == ["transformer_blocks.1.attn.add_q_proj", "transformer_blocks.1.attn.to_add_out"]
+    for name in ("out.safetensors", "out.diffusers.safetensors"):
+        pipe = model.load()
+        pipe.load_lora_weights(str(tmp_path / "out" / name))
+        got = _deltas(pipe.transformer)
+        assert set(got) == set(want), name
+        for key, delta in want.items():
+            assert (got[key] - delta).abs().max() <= 1e-5 * max(delta.abs().max(), 1e-12), key
