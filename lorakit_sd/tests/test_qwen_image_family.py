@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from family_checks import check_template, injected, inspect_files, plan_of, rendered
 from flow_helpers import assert_resumes_exactly, train
 from lorakit_sd.testing import write_tiny_images
 from sd_helpers import first_losses, lora_keys
@@ -70,10 +71,6 @@ def pipeline_output(pipe, transformer, latents, sigma, captions=CAPTIONS):
     return pipe._unpack_latents(out, h * 8, w * 8, 8)[:, :, 0]
 
 
-def _injected(transformer):
-    return sum(1 for name, _ in transformer.named_modules() if name.endswith(".lora_A"))
-
-
 # -- the step as the pipeline defines it -------------------------------------------------------
 
 
@@ -83,6 +80,9 @@ def test_training_step_calls_the_transformer_as_the_pipeline_does(model):
 
     family = families.get("qwen_image")
     pipe = model.load()
+    # the template's system prefix is what the pipeline drops, as for the real tokenizer
+    prefix = pipe.prompt_template_encode.split("{}")[0].rsplit("user\n", 1)[0] + "user\n"
+    assert len(pipe.tokenizer(prefix).input_ids) == pipe.prompt_template_encode_start_idx == 34
     hidden, mask = family.encode(pipe, CAPTIONS, 32)
     assert hidden.shape[1] == 32 and mask.sum(1).tolist()[0] < mask.sum(1).tolist()[1]
     x = _x()
@@ -168,7 +168,7 @@ def test_diffusers_file_reproduces_the_in_memory_transformer(model, run):
     assert all(k.startswith("transformer.") for k in keys)
     pipe.load_lora_weights(str(path))
     # diffusers drops keys it cannot place without a word: every module must arrive
-    assert _injected(pipe.transformer) == len(keys) // 2 == _injected(cap.unet)
+    assert injected(pipe.transformer) == len(keys) // 2 == injected(cap.unet)
     got = pipeline_output(pipe, pipe.transformer, _x(), 0.5)
     assert (got - want).abs().max().item() < 1e-5
     assert meta["modelspec.architecture"] == "Qwen-Image/lora"  # musubi-tuner's name
@@ -185,12 +185,12 @@ def test_comfyui_file_maps_by_comfyuis_rule_and_diffusers_reads_it(model, run):
     weights = {k.removesuffix(".weight") for k in cap.unet.state_dict() if k.endswith(".weight")}
     rule = {"lora_unet_" + w.replace(".base_layer", "").replace(".", "_") for w in weights}
     stems = {k.split(".", 1)[0] for k in keys}
-    assert stems <= rule and len(stems) == _injected(cap.unet)
+    assert stems <= rule and len(stems) == injected(cap.unet)
     assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in keys)
     assert meta["ss_network_module"] == "networks.lora_qwen_image"
     pipe = model.load()
     pipe.load_lora_weights(str(path))
-    assert _injected(pipe.transformer) == _injected(cap.unet)
+    assert injected(pipe.transformer) == injected(cap.unet)
     want = pipeline_output(pipe, cap.unet, _x(1), 0.3)
     got = pipeline_output(pipe, pipe.transformer, _x(1), 0.3)
     assert (got - want).abs().max().item() < 1e-5
@@ -228,21 +228,13 @@ def test_resume_continues_exactly(model, tmp_path):
 
 
 def test_inspect_names_the_layouts(model, run):
-    import lorakit_sd.plugin
-
-    from lorakit.diagnostics.inspect import inspect_path
-    from lorakit.plugins import build_plugins, set_plugins
-
     _, result, cap = run
-    set_plugins(build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)]))
-    try:
-        comfy = inspect_path(result.output_dir / "run.safetensors")
-        diff = inspect_path(result.output_dir / "run.diffusers.safetensors")
-    finally:
-        set_plugins(None)
+    comfy, diff = inspect_files(
+        result.output_dir / "run.safetensors", result.output_dir / "run.diffusers.safetensors"
+    )
     assert comfy.format == "kohya / ComfyUI Qwen-Image LoRA (musubi-tuner's layout)"
     assert comfy.base_model == diff.base_model == "qwen_image"
-    assert comfy.modules == diff.modules == _injected(cap.unet)
+    assert comfy.modules == diff.modules == injected(cap.unet)
     assert diff.ranks == [4] and diff.alphas == [8.0]
 
 
@@ -256,7 +248,7 @@ def test_export_converts_both_ways_exactly(model, run, tmp_path):
     diffusers = export(comfy, "diffusers", tmp_path / "a.diffusers.safetensors", base)[0]
     pipe = model.load()
     pipe.load_lora_weights(str(diffusers))
-    assert _injected(pipe.transformer) == _injected(cap.unet)
+    assert injected(pipe.transformer) == injected(cap.unet)
     want = pipeline_output(pipe, cap.unet, _x(2), 0.6)
     assert (pipeline_output(pipe, pipe.transformer, _x(2), 0.6) - want).abs().max() < 1e-5
     again = export(diffusers, "kohya", tmp_path / "a.safetensors", base)[0]
@@ -298,7 +290,6 @@ def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
     file: the same seed, steps and true CFG (against a blank negative prompt)."""
     import numpy as np
     from lorakit_sd.commands.sample import sample
-    from PIL import Image
 
     _, result, _ = run
     paths = sample(
@@ -311,8 +302,7 @@ def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
         width=32,
         height=32,
     )
-    with Image.open(next(p for p in paths if "sheet" not in p.name)) as im:
-        ours = np.asarray(im.convert("RGB"), dtype=int)
+    ours = rendered(paths)
     pipe = model.load()
     pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
     theirs = pipe(
@@ -333,27 +323,8 @@ def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
 def test_plan_traces_the_transformer_and_offers_fp8_and_nf4(model, run, tmp_path):
     """``lorakit plan`` counts exactly the LoRA the run trained, with Qwen2.5-VL off the GPU
     (cached captions), and its ladder offers the quantized bases a 24 / 16 GB card needs."""
-    import lorakit_sd.plugin
-    from lorakit_sd.testing import tiny_config
-
-    from lorakit.config import load_config
-    from lorakit.planning import make_plan
-    from lorakit.plugins import build_plugins, set_plugins
-
     data, _, cap = run
-    plugins = build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)])
-    set_plugins(plugins)
-    try:
-        cfg = tiny_config(
-            model,
-            data,
-            tmp_path / "p",
-            sd={"max_sequence_length": 32},
-            gradient_checkpointing=True,
-        )
-        plan = make_plan(load_config(data=cfg, registries=plugins.registries), ladder=False)
-    finally:
-        set_plugins(None)
+    plan = plan_of(model, data, tmp_path, max_sequence_length=32)
     trained = sum(p.numel() for p in cap.unet.parameters() if p.requires_grad)
     assert plan.estimate.trainable_params == trained and plan.estimate.activations > 0
     assert plan.model.description.startswith("Qwen-Image transformer")
@@ -369,23 +340,5 @@ def test_template_trains_as_written_and_diffusers_loads_its_files(model, tmp_pat
     """``config init --template qwen-image``, only paths, size and steps replaced, trains (bf16
     autocast, diffusers' gradient checkpointing) and both files load in the pipeline with the
     trained deltas."""
-    import yaml
-    from test_templates_sd import STEPS as TEMPLATE_STEPS
-    from test_templates_sd import _deltas, _train_template
-
-    template, cap, dtypes = _train_template(tmp_path, "qwen-image", model, capsys)
-    assert template["mixed_precision"] == "bf16" and template["gradient_checkpointing"] is True
-    assert torch.bfloat16 in dtypes and cap.unet.is_gradient_checkpointing
-    ran = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
-    assert ran["lora_rank"] == template["lora_rank"] == 16
-    assert len(first_losses(tmp_path / "out")) == TEMPLATE_STEPS
-    want = _deltas(cap.unet)
-    still = [k for k, d in want.items() if d.abs().max() == 0]
-    assert still == ["transformer_blocks.1.attn.add_q_proj", "transformer_blocks.1.attn.to_add_out"]
-    for name in ("out.safetensors", "out.diffusers.safetensors"):
-        pipe = model.load()
-        pipe.load_lora_weights(str(tmp_path / "out" / name))
-        got = _deltas(pipe.transformer)
-        assert set(got) == set(want), name
-        for key, delta in want.items():
-            assert (got[key] - delta).abs().max() <= 1e-5 * max(delta.abs().max(), 1e-12), key
+    last = ["transformer_blocks.1.attn.add_q_proj", "transformer_blocks.1.attn.to_add_out"]
+    check_template(tmp_path, "qwen-image", model, capsys, last)
