@@ -80,3 +80,64 @@ def rendered(path):
 
     with Image.open(next(p for p in path if "sheet" not in p.name)) as im:
         return np.asarray(im.convert("RGB"), dtype=int)
+
+
+def shared_run(model, tmp, steps):
+    """The run a family's tests share: four images, rank 4 with alpha 8 (a file that loses
+    alpha loads at the wrong strength), a preview at the end; (data, result, capture)."""
+    from flow_helpers import train
+    from lorakit_sd.testing import write_tiny_images
+
+    data = write_tiny_images(tmp / "data", 4)
+    result, cap = train(
+        tmp,
+        model,
+        data,
+        max_steps=steps,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_alpha=8,
+        sample_prompts=["a red cat"],
+        sample_every_n_steps=steps,
+        sd={"max_sequence_length": 32},
+    )
+    cap.unet.eval()
+    return data, result, cap
+
+
+def check_export_both_ways(model, run, tmp, output, x):
+    """The ComfyUI-layout file exported to diffusers' layout (``--base`` the model) loads in
+    the pipeline as the trained transformer (``output(pipe, transformer, x, σ)``), and back
+    gives the very tensors."""
+    from lorakit_sd.commands.export import export
+    from safetensors.torch import load_file
+
+    _, result, cap = run
+    comfy = result.output_dir / "run.safetensors"
+    base = str(model.diffusers_dir)
+    diffusers = export(comfy, "diffusers", tmp / "a.diffusers.safetensors", base)[0]
+    pipe = model.load()
+    pipe.load_lora_weights(str(diffusers))
+    assert injected(pipe.transformer) == injected(cap.unet)
+    want = output(pipe, cap.unet, x, 0.6)
+    assert (output(pipe, pipe.transformer, x, 0.6) - want).abs().max() < 1e-5
+    again = export(diffusers, "kohya", tmp / "a.safetensors", base)[0]
+    a, b = load_file(str(comfy)), load_file(str(again))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def check_lora_changes_the_image(model, result, steps):
+    """The run's preview sheet exists, and the pipeline's image changes with the LoRA."""
+    import numpy as np
+
+    assert (result.output_dir / "samples" / f"step-{steps:06d}.png").is_file()
+    pipe = model.load()
+
+    def render():
+        generator = torch.Generator().manual_seed(0)
+        image = pipe("a red cat", num_inference_steps=2, height=32, width=32, generator=generator)
+        return np.asarray(image.images[0], dtype=int)
+
+    before = render()
+    pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
+    assert np.abs(render() - before).max() > 0

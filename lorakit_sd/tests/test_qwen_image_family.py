@@ -13,9 +13,17 @@ import math
 
 import pytest
 import torch
-from family_checks import check_template, injected, inspect_files, plan_of, rendered
-from flow_helpers import assert_resumes_exactly, train
-from lorakit_sd.testing import write_tiny_images
+from family_checks import (
+    check_export_both_ways,
+    check_lora_changes_the_image,
+    check_template,
+    injected,
+    inspect_files,
+    plan_of,
+    rendered,
+    shared_run,
+)
+from flow_helpers import assert_resumes_exactly
 from sd_helpers import first_losses, lora_keys
 
 STEPS = 12
@@ -33,22 +41,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("qwen-run")
-    data = write_tiny_images(tmp / "data", 4)
-    result, cap = train(
-        tmp,
-        model,
-        data,
-        max_steps=STEPS,
-        batch_size=4,
-        learning_rate=1e-2,
-        lora_alpha=8,
-        sample_prompts=["a red cat"],
-        sample_every_n_steps=STEPS,
-        sd={"max_sequence_length": 32},
-    )
-    cap.unet.eval()
-    return data, result, cap
+    return shared_run(model, tmp_path_factory.mktemp("qwen-run"), STEPS)
 
 
 def _x(seed=0):
@@ -197,27 +190,7 @@ def test_comfyui_file_maps_by_comfyuis_rule_and_diffusers_reads_it(model, run):
 
 
 def test_previews_render_and_the_lora_changes_the_pipelines_image(model, run):
-    import numpy as np
-    from PIL import Image
-
-    _, result, _ = run
-    with Image.open(result.output_dir / "samples" / f"step-{STEPS:06d}.png") as im:
-        assert im.width >= 32 and im.getextrema() != ((0, 0), (0, 0), (0, 0))
-    pipe = model.load()
-
-    def render():
-        image = pipe(
-            "a red cat",
-            num_inference_steps=2,
-            height=32,
-            width=32,
-            generator=torch.Generator().manual_seed(0),
-        ).images[0]
-        return np.asarray(image, dtype=int)
-
-    before = render()
-    pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
-    assert np.abs(render() - before).max() > 0
+    check_lora_changes_the_image(model, run[1], STEPS)
 
 
 def test_resume_continues_exactly(model, tmp_path):
@@ -239,21 +212,7 @@ def test_inspect_names_the_layouts(model, run):
 
 
 def test_export_converts_both_ways_exactly(model, run, tmp_path):
-    from lorakit_sd.commands.export import export
-    from safetensors.torch import load_file
-
-    _, result, cap = run
-    comfy = result.output_dir / "run.safetensors"
-    base = str(model.diffusers_dir)
-    diffusers = export(comfy, "diffusers", tmp_path / "a.diffusers.safetensors", base)[0]
-    pipe = model.load()
-    pipe.load_lora_weights(str(diffusers))
-    assert injected(pipe.transformer) == injected(cap.unet)
-    want = pipeline_output(pipe, cap.unet, _x(2), 0.6)
-    assert (pipeline_output(pipe, pipe.transformer, _x(2), 0.6) - want).abs().max() < 1e-5
-    again = export(diffusers, "kohya", tmp_path / "a.safetensors", base)[0]
-    a, b = load_file(str(comfy)), load_file(str(again))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    check_export_both_ways(model, run, tmp_path, pipeline_output, _x(2))
 
 
 def test_merge_writes_the_transformer_file_comfyui_keeps(model, run, tmp_path):

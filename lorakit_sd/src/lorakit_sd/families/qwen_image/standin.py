@@ -16,10 +16,10 @@ is exactly 34 tokens, as it is for the real one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakit_sd.families.transformer_standin import TinyFolder
 from lorakit_sd.families.word_tokenizer import word_tokenizer
 
 #: QwenImagePipeline's prompt template (``prompt_template_encode``)
@@ -28,7 +28,6 @@ TEMPLATE = (
     "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"
     "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 )
-RESOLUTION = 32
 #: Qwen-Image's scheduler config (``Qwen/Qwen-Image``'s scheduler_config.json)
 SCHEDULER = {
     "base_image_seq_len": 256,
@@ -41,24 +40,6 @@ SCHEDULER = {
     "time_shift_type": "exponential",
     "use_dynamic_shifting": True,
 }
-
-
-@dataclass
-class TinyQwenImage:
-    """Where :func:`build_tiny_qwen_image` saved the model."""
-
-    diffusers_dir: Path
-    resolution: int = RESOLUTION
-    single_file: Path | None = None
-
-    @property
-    def config_dir(self) -> Path:
-        return self.diffusers_dir
-
-    def load(self) -> Any:
-        from diffusers import QwenImagePipeline
-
-        return QwenImagePipeline.from_pretrained(self.diffusers_dir)
 
 
 def tiny_tokenizer() -> Any:
@@ -143,8 +124,8 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
     )
 
 
-def build_tiny_qwen_image(directory: str | Path, seed: int = 0) -> TinyQwenImage:
+def build_tiny_qwen_image(directory: str | Path, seed: int = 0) -> TinyFolder:
     """Build the tiny model and save it as a diffusers folder under ``directory``."""
     out = Path(directory) / "diffusers"
     build_tiny_pipeline(seed).save_pretrained(out, safe_serialization=True)
-    return TinyQwenImage(out)
+    return TinyFolder(out)

@@ -1,0 +1,28 @@
+"""Z-Image: a 6B single-stream transformer, Qwen3 captions, flow matching."""
+
+from __future__ import annotations
+
+from lorakit.api import FileKind, lazy
+from lorakit_sd.families import FamilySpec
+
+
+def describe_file(names: list[str]) -> FileKind | None:
+    """What ``lorakit inspect`` says of a file in ComfyUI's Z-Image layout."""
+    if not any(k.startswith("diffusion_model.") and ".attention." in k for k in names):
+        return None
+    return FileKind(
+        "ComfyUI Z-Image LoRA (diffusers module names under diffusion_model.)",
+        groups={"diffusion_model.": "transformer"},
+        kohya_names=True,
+    )
+
+
+SPEC = FamilySpec(
+    name="zimage",
+    order=70,
+    label="Z-Image",
+    factory=lazy("lorakit_sd.families.zimage.family:ZImage"),
+    description="Z-Image / Z-Image Turbo 6B transformer (diffusers folders)",
+    describe=describe_file,
+    template=("z-image", "lorakit_sd", "families/zimage/z-image.yaml"),
+)
