@@ -141,3 +141,72 @@ def check_lora_changes_the_image(model, result, steps):
     before = render()
     pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
     assert np.abs(render() - before).max() > 0
+
+
+def load_split(path):
+    """``load_base`` of a transformer file with ComfyUI's ``models/`` layout around it."""
+    import lorakit_sd.plugin
+    from lorakit_sd.models import load_base
+
+    from lorakit.plugins import build_plugins, set_plugins
+
+    set_plugins(build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)]))
+    try:
+        return load_base(str(path), base_config=str(path.parents[1] / "configs"))
+    finally:
+        set_plugins(None)
+
+
+def check_parts_from_files(path, pipe, family, transformer_state):
+    """Every part of the loaded base is the file's: the VAE and text encoder exactly, the
+    transformer as ``transformer_state`` (diffusers' names) read back in float32 from the
+    bf16 or ComfyUI scaled-fp8 file (``w8 * scale_weight``)."""
+    from safetensors.torch import load_file
+
+    model = load_split(path)
+    assert model.family == family
+    for part in ("vae", "text_encoder"):
+        got, want = getattr(model.pipe, part).state_dict(), getattr(pipe, part).state_dict()
+        assert got.keys() >= want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    stored = load_file(str(path))
+    fp8 = {
+        k: stored[k].float() * stored[k.removesuffix(".weight") + ".scale_weight"]
+        for k in stored
+        if stored[k].dtype == torch.float8_e4m3fn and k != "scaled_fp8"
+    }
+    assert ("scaled_fp8" in stored) == bool(fp8)
+    kept = {k: v for k, v in stored.items() if k != "scaled_fp8" and "scale_weight" not in k}
+    expected = transformer_state({k: fp8.get(k, v.float()) for k, v in kept.items()})
+    got = model.pipe.transformer.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+    return model
+
+
+def check_missing_part(transformer_file, tmp, part, words):
+    """Without ``part``'s folder (and no weights in the configs folder) loading stops with
+    one line naming the part."""
+    import shutil
+
+    import pytest
+
+    from lorakit.api import UsageError
+
+    root = tmp / "models"
+    shutil.copytree(transformer_file.parents[1], root)
+    shutil.rmtree(root / part)
+    with pytest.raises(UsageError, match=f"no {words}.* holds no") as err:
+        load_split(root / "diffusion_models" / transformer_file.name)
+    assert "\n" not in str(err.value)
+
+
+def split_models(root, build_folder, build_pipeline, write_split_files):
+    """A seed-0 config folder, a seed-1 pipeline and its split files (bf16 and fp8)."""
+    from lorakit.testing import one_thread
+
+    with one_thread():
+        model = build_folder(root / "config")
+        pipe = build_pipeline(seed=1)
+        bf16 = write_split_files(pipe, root / "bf16", model.diffusers_dir)
+        fp8 = write_split_files(pipe, root / "fp8", model.diffusers_dir, fp8=True)
+    return model, pipe, {"bf16": bf16, "fp8": fp8}

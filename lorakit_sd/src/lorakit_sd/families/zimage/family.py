@@ -17,13 +17,18 @@ latents, Qwen3 captions, flow matching.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from lorakit_sd.families.llm_captions import LLMCaptionFamily, padded
 from lorakit_sd.families.transformer import traced
 from lorakit_sd.families.zimage import SPEC
 from lorakit_sd.families.zimage.comfy import PREFIX, from_comfy
-from lorakit_sd.families.zimage.single_file import diffusers_to_original, is_original
+from lorakit_sd.families.zimage.single_file import (
+    diffusers_to_original,
+    is_original,
+    load_pipeline,
+)
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 ALL_LINEAR = ATTN + ["feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "adaLN_modulation.0"]
@@ -62,14 +67,9 @@ class ZImage(LLMCaptionFamily):
         return is_original(keys)
 
     def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
-        """The transformer file in the original layout (diffusers' ``from_single_file``
-        converts it), the other parts from ``config`` (a diffusers Z-Image folder)."""
-        transformer = self.transformer_class().from_single_file(
-            str(path), config=config, subfolder="transformer", local_files_only=local
-        )
-        return self.pipeline_class().from_pretrained(
-            config, transformer=transformer, local_files_only=local
-        )
+        """The transformer file in the original layout, the other parts from ``config`` or
+        from ComfyUI's sibling files (:mod:`.single_file`)."""
+        return load_pipeline(self, Path(path), config, local)
 
     def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
         """The original layout, as ``z_image_turbo_bf16.safetensors`` (ComfyUI loads it)."""
