@@ -247,6 +247,17 @@ def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
     assert np.abs(rendered(paths) - np.asarray(theirs, dtype=int)).max() <= 2
 
 
+def test_training_the_text_encoder_is_refused_in_one_line(model, tmp_path):
+    from lorakit_sd.testing import write_tiny_images
+
+    from lorakit.api import ConfigError
+
+    data = write_tiny_images(tmp_path / "data", 1)
+    with pytest.raises(ConfigError, match="Z-Image's Qwen3 text encoder takes no LoRA") as err:
+        train(tmp_path, model, data, max_steps=1, sd={"train_text_encoder": True})
+    assert err.value.key == "sd.train_text_encoder" and not (tmp_path / "run").exists()
+
+
 # -- plan and template ------------------------------------------------------------------------
 
 

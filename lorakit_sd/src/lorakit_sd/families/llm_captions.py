@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from lorakit.api import ConfigError
 from lorakit_sd.families.base import Objective
 from lorakit_sd.families.flow import FlowMatchObjective
 from lorakit_sd.families.transformer import FlowFamily
@@ -29,6 +30,16 @@ class LLMCaptionFamily(FlowFamily):
     default_sequence_length = 512
     #: the transformer config's key for the caption embedding width (``lorakit plan``)
     caption_width_key: ClassVar[str] = "joint_attention_dim"
+
+    def check_section(self, sec: Any) -> None:
+        """Also refuse ``sd.train_text_encoder``: the LLM takes no LoRA."""
+        super().check_section(sec)
+        if sec.train_text_encoder:
+            raise ConfigError(
+                f"{self.label}'s {self.sequence_encoder} text encoder takes no LoRA: "
+                "sd.train_text_encoder does not apply (remove it)",
+                key="sd.train_text_encoder",
+            )
 
     def transformer_class(self) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
