@@ -197,6 +197,20 @@ def test_merge_writes_the_original_layout_diffusers_converts(model, run, tmp_pat
     assert (want - base).abs().max() > 1e-3 and (got - want).abs().max().item() < 1e-5
 
 
+def test_the_quantized_reload_gives_back_the_transformer(model):
+    """``sd.base_quantization`` (CUDA only) reloads the transformer from its own state dict
+    through ``from_single_file``, whose Z-Image converter renames keys: the reload (here
+    without a quantizer) must give back the very transformer."""
+    from diffusers import ZImageTransformer2DModel
+
+    pipe = model.load()
+    state = pipe.transformer.state_dict()
+    back = ZImageTransformer2DModel.from_single_file(
+        dict(state), config=str(model.diffusers_dir), subfolder="transformer"
+    ).state_dict()
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
 def test_the_original_transformer_file_trains_with_base_config(model, run, tmp_path):
     """The merged file is Z-Image's released layout: as ``base_model`` (configs from
     ``sd.base_config``) it loads as the merged transformer and trains."""
