@@ -210,3 +210,26 @@ def split_models(root, build_folder, build_pipeline, write_split_files):
         bf16 = write_split_files(pipe, root / "bf16", model.diffusers_dir)
         fp8 = write_split_files(pipe, root / "fp8", model.diffusers_dir, fp8=True)
     return model, pipe, {"bf16": bf16, "fp8": fp8}
+
+
+def check_cached_length(family_name, pipe, captions):
+    """The text cache keeps as many rows as the longest caption's embedding has (no row
+    cut, none wasted), at most ``sd.max_sequence_length``, saying which captions it cuts."""
+    from types import SimpleNamespace
+
+    from lorakit_sd.config import SDSection
+
+    from lorakit_sd import families
+
+    family = families.get(family_name)
+    items = [SimpleNamespace(caption=c, where=f"{i}.png", image="") for i, c in enumerate(captions)]
+    said: list[str] = []
+    n = family.max_tokens(items, pipe, SDSection(), said.append)
+    _, mask = family.encode(pipe, captions, n)
+    assert int(mask.sum(dim=1).max()) == n and not said  # the longest fills it exactly
+    assert (
+        family.max_tokens(items, pipe, SDSection(max_sequence_length=n - 1), said.append) == n - 1
+    )
+    assert (
+        said and "1 caption(s) are longer than" in said[0] and f"{len(captions) - 1}.png" in said[0]
+    )

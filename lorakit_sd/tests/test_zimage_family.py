@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from family_checks import (
+    check_cached_length,
     check_export_both_ways,
     check_lora_changes_the_image,
     check_template,
@@ -61,6 +62,10 @@ def pipeline_output(pipe, transformer, latents, sigma, captions=CAPTIONS):
 
 
 # -- the step as the pipeline defines it -------------------------------------------------------
+
+
+def test_the_text_cache_keeps_the_longest_captions_length(model):
+    check_cached_length("zimage", model.load(), CAPTIONS)
 
 
 def test_training_step_calls_the_transformer_as_the_pipeline_does(model):

@@ -41,6 +41,25 @@ class LLMCaptionFamily(FlowFamily):
                 key="sd.train_text_encoder",
             )
 
+    def caption_length(self, pipe: Any, caption: str) -> int:  # pragma: no cover - interface
+        """How many embedding rows the pipeline's ``encode_prompt`` gives ``caption``."""
+        raise NotImplementedError
+
+    def max_tokens(self, items: list[Any], pipe: Any, sec: Any, log: Any) -> int:
+        """The longest caption's embedding length (the empty caption's included), at most
+        ``sd.max_sequence_length`` (default 512): the cache keeps no rows nobody reads."""
+        limit = self.sequence_length(pipe, sec)
+        lengths = {
+            item.where or item.image: self.caption_length(pipe, item.caption) for item in items
+        }
+        cut = [where for where, n in lengths.items() if n > limit]
+        if cut:
+            log(
+                f"warning: {len(cut)} caption(s) are longer than {limit} {self.sequence_encoder} "
+                f"tokens and are cut (sd.max_sequence_length): {', '.join(cut[:3])}"
+            )
+        return min(limit, max([self.caption_length(pipe, ""), *lengths.values()]))
+
     def transformer_class(self) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -89,6 +89,11 @@ class QwenImage(LLMCaptionFamily):
         return QwenImageTransformer2DModel
 
     # -- conditioning --------------------------------------------------------------------
+    def caption_length(self, pipe: Any, caption: str) -> int:
+        """The templated caption's tokens less the system prompt the pipeline drops."""
+        text = pipe.prompt_template_encode.format(caption)
+        return len(pipe.tokenizer(text).input_ids) - pipe.prompt_template_encode_start_idx
+
     def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
         """(embeddings ``[B, max_tokens, D]``, mask ``[B, max_tokens]``) from the pipeline."""
         device = next(pipe.text_encoder.parameters()).device

@@ -86,6 +86,16 @@ class ZImage(LLMCaptionFamily):
         return ZImageTransformer2DModel
 
     # -- conditioning --------------------------------------------------------------------
+    def caption_length(self, pipe: Any, caption: str) -> int:
+        """The caption's tokens in Qwen3's chat template, as the pipeline templates it."""
+        text = pipe.tokenizer.apply_chat_template(
+            [{"role": "user", "content": caption}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=True,
+        )
+        return len(pipe.tokenizer(text).input_ids)
+
     def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
         """(embeddings ``[B, max_tokens, D]``, mask ``[B, max_tokens]``) from the pipeline."""
 
