@@ -2,9 +2,9 @@
 takes LoRA, captions of their own lengths cached padded with a mask, the transformer alone
 trained, and LoRA files in a kohya-style layout of diffusers' module paths.
 
-A caption's embedding has as many rows as it has tokens. The text cache keeps
-``sd.max_sequence_length`` rows per caption (zeros past its end) as ``hidden`` and its mask
-as the second cached tensor (``pooled``); the family's ``denoise`` hands the transformer each
+A caption's embedding has as many rows as it has tokens. The text cache keeps as many rows
+per caption as the dataset's longest caption has (at most ``sd.max_sequence_length``; zeros
+past a caption's end) as ``hidden`` and its mask as the second cached tensor (``pooled``); the family's ``denoise`` hands the transformer each
 caption as its pipeline does.
 """
 

@@ -3,8 +3,9 @@ captions, flow matching.
 
 - **Captions** go through ``QwenImagePipeline.encode_prompt``: the prompt template, Qwen2.5-VL's
   last hidden state, the template's 34 system tokens dropped. Each caption's embedding has
-  its own length; the text cache keeps it padded to ``sd.max_sequence_length`` (default 512)
-  with its mask as the second cached tensor, and a step cuts the batch to its longest caption
+  its own length; the text cache keeps it padded to the dataset's longest caption (at most
+  ``sd.max_sequence_length``, default 512) with its mask as the second cached tensor, and a
+  step cuts the batch to its longest caption
   (positions and mask unchanged: the pipeline's own padding to the longest prompt). The text
   encoder never takes LoRA.
 - **Latents**: ``AutoencoderKLQwenImage`` encodes a one-frame video (``[B, C, 1, H, W]``);

@@ -3,8 +3,8 @@ latents, Qwen3 captions, flow matching.
 
 - **Captions** go through ``ZImagePipeline.encode_prompt``: Qwen3's chat template, the
   second-to-last hidden state, each caption's tokens without padding. The text cache keeps
-  them padded to ``sd.max_sequence_length`` (default 512) with their mask as the second cached
-  tensor; a step hands the transformer each caption's own tokens again, as the pipeline does.
+  them padded to the dataset's longest caption (at most ``sd.max_sequence_length``, default
+  512) with their mask as the second cached tensor; a step hands the transformer each caption's own tokens again, as the pipeline does.
   Qwen3 never takes LoRA.
 - **Latents**: FLUX.1's autoencoder, ``(z - shift_factor) * scaling_factor``.
 - **Objective**: flow matching with the scheduler's fixed shift (3.0 for Z-Image Turbo). The
