@@ -233,3 +233,18 @@ def check_cached_length(family_name, pipe, captions):
     assert (
         said and "1 caption(s) are longer than" in said[0] and f"{len(captions) - 1}.png" in said[0]
     )
+
+
+def check_refused(model, tmp, sd, words):
+    """A run with these ``sd`` keys stops with one ConfigError line naming the first key."""
+    import pytest
+    from flow_helpers import train
+    from lorakit_sd.testing import write_tiny_images
+
+    from lorakit.api import ConfigError
+
+    data = write_tiny_images(tmp / "data", 1)
+    with pytest.raises(ConfigError, match=words) as err:
+        train(tmp, model, data, max_steps=1, sd=sd)
+    assert "\n" not in str(err.value) and err.value.key == f"sd.{next(iter(sd))}"
+    assert not (tmp / "run").exists()

@@ -17,6 +17,7 @@ from family_checks import (
     check_cached_length,
     check_export_both_ways,
     check_lora_changes_the_image,
+    check_refused,
     check_template,
     injected,
     inspect_files,
@@ -149,6 +150,11 @@ def test_draw_matches_diffusers_and_the_pipelines_shift(model, sampling):
     assert torch.allclose(draw.noisy, (1 - s) * x0 + s * noise, atol=1e-6)
     assert torch.equal(draw.target, noise - x0)
     assert torch.allclose(draw.weight, compute_loss_weighting_for_sd3("cosmap", s))
+
+
+def test_training_the_text_encoder_is_refused_in_one_line(model, tmp_path):
+    words = "Qwen-Image's Qwen2.5-VL text encoder takes no LoRA"
+    check_refused(model, tmp_path, {"train_text_encoder": True}, words)
 
 
 # -- training and files -----------------------------------------------------------------------
