@@ -248,3 +248,37 @@ def check_refused(model, tmp, sd, words):
         train(tmp, model, data, max_steps=1, sd=sd)
     assert "\n" not in str(err.value) and err.value.key == f"sd.{next(iter(sd))}"
     assert not (tmp / "run").exists()
+
+
+def check_export_without_base(family_name, pipeline_class, paths, tmp):
+    """A LoRA on the released model's shapes (no ``--base``: the family's standard structure,
+    built on the meta device) exported to the ComfyUI layout is read back by diffusers' own
+    converter (``pipeline_class.lora_state_dict``) to the same updates, alpha ≠ rank kept."""
+    from lorakit_sd.commands.export import export, standard_structure
+    from lorakit_sd.lorafiles.names import LoraModule, to_diffusers
+
+    from lorakit.api import save_safetensors
+
+    transformer, _ = standard_structure(family_name)
+    g = torch.Generator().manual_seed(0)
+    modules = []
+    for i, path in enumerate(paths):
+        out_f, in_f = transformer.get_submodule(path).weight.shape
+        down, up = torch.randn(2, in_f, generator=g), torch.randn(out_f, 2, generator=g)
+        modules.append(LoraModule("transformer", path, down * 0.1, up * 0.1, 1.0 + i))
+    tensors, meta = to_diffusers(modules, torch.float32)
+    source = tmp / "full.diffusers.safetensors"
+    save_safetensors(tensors, source, metadata=meta)
+    comfy = export(source, "kohya", tmp / "full.safetensors")[0]
+    read = pipeline_class.lora_state_dict(str(comfy))
+    read = read[0] if isinstance(read, tuple) else read
+    got = {
+        k.removeprefix("transformer.").removesuffix(".lora_A.weight"): (
+            read[k.replace("lora_A", "lora_B")].float() @ v.float()
+        )
+        for k, v in read.items()
+        if k.endswith(".lora_A.weight")
+    }
+    assert set(got) == set(paths)
+    for m in modules:  # diffusers folds alpha / rank into the tensors it returns
+        assert torch.allclose(got[m.path], m.delta(), atol=1e-6), m.path

@@ -16,6 +16,7 @@ import torch
 from family_checks import (
     check_cached_length,
     check_export_both_ways,
+    check_export_without_base,
     check_lora_changes_the_image,
     check_refused,
     check_template,
@@ -224,6 +225,31 @@ def test_inspect_names_the_layouts(model, run):
 
 def test_export_converts_both_ways_exactly(model, run, tmp_path):
     check_export_both_ways(model, run, tmp_path, pipeline_output, _x(2))
+
+
+def test_files_without_metadata_are_told_from_sd3_by_their_modules_and_blocks():
+    from lorakit_sd.lorafiles.read import file_family
+
+    def keys(paths):
+        return [f"transformer.{p}.lora_A.weight" for p in paths]
+
+    attn = [f"transformer_blocks.{i}.attn.to_q" for i in range(60)]
+    assert file_family(keys(attn), {}) == "qwen_image"
+    assert file_family(keys(["transformer_blocks.0.img_mlp.net.2"]), {}) == "qwen_image"
+    assert file_family(keys(attn[:24]), {}) == "sd3"  # SD3's shape: said in the docstring
+    assert file_family(["lora_unet_transformer_blocks_0_attn_to_q.alpha"], {}) == "qwen_image"
+
+
+def test_export_without_base_is_what_diffusers_reads_at_the_released_shapes(tmp_path):
+    from diffusers import QwenImagePipeline
+
+    paths = [
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.59.img_mlp.net.2",
+        "transformer_blocks.3.txt_mod.1",
+        "proj_out",
+    ]
+    check_export_without_base("qwen_image", QwenImagePipeline, paths, tmp_path)
 
 
 def test_merge_writes_the_transformer_file_comfyui_keeps(model, run, tmp_path):

@@ -15,6 +15,7 @@ import torch
 from family_checks import (
     check_cached_length,
     check_export_both_ways,
+    check_export_without_base,
     check_lora_changes_the_image,
     check_refused,
     check_template,
@@ -175,6 +176,18 @@ def test_inspect_names_the_layouts(run):
 
 def test_export_converts_both_ways_exactly(model, run, tmp_path):
     check_export_both_ways(model, run, tmp_path, pipeline_output, _x(2))
+
+
+def test_export_without_base_is_what_diffusers_reads_at_the_released_shapes(tmp_path):
+    from diffusers import ZImagePipeline
+
+    paths = [
+        "layers.0.attention.to_q",
+        "layers.29.feed_forward.w2",
+        "noise_refiner.1.attention.to_out.0",
+        "context_refiner.0.attention.to_k",
+    ]
+    check_export_without_base("zimage", ZImagePipeline, paths, tmp_path)
 
 
 def test_merge_writes_the_original_layout_diffusers_converts(model, run, tmp_path):

@@ -58,14 +58,25 @@ class QwenImage(LLMCaptionFamily):
     transformer_names: ClassVar[tuple[str, ...]] = ("QwenImageTransformer2DModel",)
     target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
     default_targets = ATTN
-    lora_key_priority = 20
+    lora_key_priority = 25  # before SD3, which claims any transformer. key
 
     # -- recognition and loading ---------------------------------------------------------
     def claims_lora_keys(self, keys: Any) -> bool:
+        """ComfyUI / musubi keys (``lora_unet_transformer_blocks_``), or diffusers keys with
+        Qwen-Image's own modules (``img_mlp``, ``txt_mod``...) or a block past SD3.5 Large's
+        38 (Qwen-Image has 60): an attention-only file on the first blocks alone, without
+        metadata, reads as SD3's."""
+        import re
+
         own = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
-        return any(k.startswith(PREFIX + "transformer_blocks_") for k in keys) or any(
-            k.startswith("transformer.transformer_blocks.") and any(o in k for o in own)
-            for k in keys
+        blocks = [re.match(r"transformer\.transformer_blocks\.(\d+)\.", k) for k in keys]
+        return (
+            any(k.startswith(PREFIX + "transformer_blocks_") for k in keys)
+            or any(
+                k.startswith("transformer.transformer_blocks.") and any(o in k for o in own)
+                for k in keys
+            )
+            or any(int(m[1]) >= 38 for m in blocks if m)
         )
 
     def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:

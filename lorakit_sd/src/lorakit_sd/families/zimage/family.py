@@ -50,7 +50,7 @@ class ZImage(LLMCaptionFamily):
     transformer_names: ClassVar[tuple[str, ...]] = ("ZImageTransformer2DModel",)
     target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
     default_targets = ATTN
-    lora_key_priority = 20
+    lora_key_priority = 25  # before SD3, which claims any transformer. key
 
     # -- recognition and loading ---------------------------------------------------------
     def claims_lora_keys(self, keys: Any) -> bool:
