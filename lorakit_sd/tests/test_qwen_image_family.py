@@ -237,6 +237,8 @@ def test_files_without_metadata_are_told_from_sd3_by_their_modules_and_blocks():
     assert file_family(keys(attn), {}) == "qwen_image"
     assert file_family(keys(["transformer_blocks.0.img_mlp.net.2"]), {}) == "qwen_image"
     assert file_family(keys(attn[:24]), {}) == "sd3"  # SD3's shape: said in the docstring
+    sana = [f"transformer_blocks.{i}.attn1.to_q" for i in range(60)]  # SANA 4.8B's 60 blocks
+    assert file_family(keys(sana), {}) != "qwen_image"
     assert file_family(["lora_unet_transformer_blocks_0_attn_to_q.alpha"], {}) == "qwen_image"
 
 

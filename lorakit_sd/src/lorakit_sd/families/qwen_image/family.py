@@ -63,13 +63,13 @@ class QwenImage(LLMCaptionFamily):
     # -- recognition and loading ---------------------------------------------------------
     def claims_lora_keys(self, keys: Any) -> bool:
         """ComfyUI / musubi keys (``lora_unet_transformer_blocks_``), or diffusers keys with
-        Qwen-Image's own modules (``img_mlp``, ``txt_mod``...) or a block past SD3.5 Large's
-        38 (Qwen-Image has 60): an attention-only file on the first blocks alone, without
+        Qwen-Image's own modules (``img_mlp``, ``txt_mod``...) or an ``attn.`` (not SANA's
+        ``attn1``) in a block past SD3.5 Large's 38 (Qwen-Image has 60): an attention-only file on the first blocks alone, without
         metadata, reads as SD3's."""
         import re
 
         own = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
-        blocks = [re.match(r"transformer\.transformer_blocks\.(\d+)\.", k) for k in keys]
+        blocks = [re.match(r"transformer\.transformer_blocks\.(\d+)\.attn\.", k) for k in keys]
         return (
             any(k.startswith(PREFIX + "transformer_blocks_") for k in keys)
             or any(
