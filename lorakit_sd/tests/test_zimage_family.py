@@ -190,6 +190,61 @@ def test_export_without_base_is_what_diffusers_reads_at_the_released_shapes(tmp_
     check_export_without_base("zimage", ZImagePipeline, paths, tmp_path)
 
 
+def _musubi_file(cap, path):
+    """The run's LoRA as musubi-tuner's ``networks.lora_zimage`` lays it out: the original
+    names as ``lora_unet_<name>``, q/k/v fused into one ``attention.qkv`` entry (exactly, with
+    ``fuse``'s block-diagonal up)."""
+    from lorakit_sd.families.fused_lora import fuse
+    from lorakit_sd.lorafiles.names import LoraModule
+    from safetensors.torch import save_file
+
+    modules = {}
+    for name, layer in cap.unet.named_modules():
+        if hasattr(layer, "lora_A") and "default" in layer.lora_A:
+            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            alpha = layer.scaling["default"] * a.shape[0]
+            modules[name] = LoraModule("transformer", name, a.detach(), b.detach(), alpha)
+    out = {}
+    for name in [n for n in modules if n.endswith(".attention.to_q")]:
+        block = name.removesuffix(".to_q")
+        parts = [modules.pop(f"{block}.to_{n}") for n in "qkv"]
+        down, up, alpha = fuse([(int(m.up.shape[0]), m) for m in parts])
+        stem = "lora_unet_" + f"{block}.qkv".replace(".", "_")
+        out |= {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up}
+        out[f"{stem}.alpha"] = torch.tensor(alpha)
+    for name, m in modules.items():  # to_out.0 is attention.out in the original names
+        stem = "lora_unet_" + name.replace(".to_out.0", ".out").replace(".", "_")
+        out |= {f"{stem}.lora_down.weight": m.down, f"{stem}.lora_up.weight": m.up}
+        out[f"{stem}.alpha"] = torch.tensor(m.alpha)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return path
+
+
+def test_musubi_tuner_files_with_fused_qkv_are_read_exactly(model, run, tmp_path):
+    """musubi-tuner's layout (what ComfyUI maps by its generic ``lora_unet_`` rule from the
+    original weight names) converts to diffusers' layout, which reproduces the trained
+    transformer in the pipeline."""
+    from lorakit_sd.commands.export import export
+    from lorakit_sd.families.zimage.single_file import diffusers_to_original
+
+    _, _, cap = run
+    musubi = _musubi_file(cap, tmp_path / "musubi.safetensors")
+    keys, _ = lora_keys(musubi)
+    pipe = model.load()
+    original = diffusers_to_original(dict(pipe.transformer.state_dict()))
+    rule = {"lora_unet_" + k.removesuffix(".weight").replace(".", "_") for k in original}
+    assert {k.split(".", 1)[0] for k in keys} <= rule  # ComfyUI's generic key map
+    [kind] = inspect_files(musubi)
+    assert kind.format.startswith("kohya / ComfyUI Z-Image LoRA (musubi-tuner's layout")
+    out = export(
+        musubi, "diffusers", tmp_path / "m.diffusers.safetensors", str(model.diffusers_dir)
+    )
+    pipe.load_lora_weights(str(out[0]))
+    assert injected(pipe.transformer) == injected(cap.unet)
+    want = pipeline_output(pipe, cap.unet, _x(4), 0.5)
+    assert (pipeline_output(pipe, pipe.transformer, _x(4), 0.5) - want).abs().max() < 1e-5
+
+
 def test_merge_writes_the_original_layout_diffusers_converts(model, run, tmp_path):
     from diffusers import ZImageTransformer2DModel
     from lorakit_sd.commands.merge import merge_checkpoint

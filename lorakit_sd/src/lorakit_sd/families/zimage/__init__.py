@@ -8,13 +8,20 @@ from lorakit_sd.families import FamilySpec
 
 def describe_file(names: list[str]) -> FileKind | None:
     """What ``lorakit inspect`` says of a file in ComfyUI's Z-Image layout."""
-    if not any(k.startswith("diffusion_model.") and ".attention." in k for k in names):
-        return None
-    return FileKind(
-        "ComfyUI Z-Image LoRA (diffusers module names under diffusion_model.)",
-        groups={"diffusion_model.": "transformer"},
-        kohya_names=True,
-    )
+    if any(k.startswith("diffusion_model.") and ".attention." in k for k in names):
+        return FileKind(
+            "ComfyUI Z-Image LoRA (diffusers module names under diffusion_model.)",
+            groups={"diffusion_model.": "transformer"},
+            kohya_names=True,
+        )
+    if any(k.startswith("lora_unet_layers_") and "_attention_" in k for k in names):
+        return FileKind(
+            "kohya / ComfyUI Z-Image LoRA (musubi-tuner's layout, original names)",
+            groups={"lora_unet_": "transformer"},
+            kohya_names=True,
+            notes=("q/k/v are one fused layer (attention.qkv) in this layout",),
+        )
+    return None
 
 
 SPEC = FamilySpec(

@@ -58,7 +58,7 @@ class ZImage(LLMCaptionFamily):
             k.startswith((PREFIX, "transformer."))
             and (".attention.to_" in k or ".feed_forward." in k)
             for k in keys
-        )
+        ) or any(k.startswith("lora_unet_layers_") and "_attention_" in k for k in keys)
 
     def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
         return from_comfy(entries)
