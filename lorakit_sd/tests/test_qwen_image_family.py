@@ -153,9 +153,15 @@ def test_draw_matches_diffusers_and_the_pipelines_shift(model, sampling):
     assert torch.allclose(draw.weight, compute_loss_weighting_for_sd3("cosmap", s))
 
 
-def test_training_the_text_encoder_is_refused_in_one_line(model, tmp_path):
-    words = "Qwen-Image's Qwen2.5-VL text encoder takes no LoRA"
-    check_refused(model, tmp_path, {"train_text_encoder": True}, words)
+@pytest.mark.parametrize(
+    "sd,words",
+    [
+        ({"train_text_encoder": True}, "Qwen-Image's Qwen2.5-VL text encoder takes no LoRA"),
+        ({"base_quantization": "fp8"}, "sd.base_quantization fp8: .* need a CUDA GPU"),
+    ],
+)
+def test_what_cannot_run_is_refused_in_one_line(model, tmp_path, sd, words):
+    check_refused(model, tmp_path, sd, words)
 
 
 # -- training and files -----------------------------------------------------------------------
