@@ -39,7 +39,7 @@ def test_registrations(sd_plugins):
         "demo",
         "selftest",
     }
-    assert set(spec.templates) == {"sd15", "sdxl", "flux1", "sd35"}
+    assert {"sd15", "sdxl", "flux1", "sd35", "qwen-image", "z-image"} <= set(spec.templates)
     assert registries.backend_for("image-generation", None).spec is spec
     for name in ("kohya", "diffusers"):
         assert registries.exporters.get(name).backends == ("sd",)
@@ -47,7 +47,7 @@ def test_registrations(sd_plugins):
     assert {"metadata_csv", "metadata_jsonl", "caption_files"} <= readers
 
 
-@pytest.mark.parametrize("template", ["sd15", "sdxl", "flux1", "sd35"])
+@pytest.mark.parametrize("template", ["sd15", "sdxl", "flux1", "sd35", "qwen-image", "z-image"])
 def test_templates_are_valid_configs(sd_plugins, template):
     from lorakit_sd.families import builtin_templates
 
