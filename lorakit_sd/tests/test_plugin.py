@@ -45,7 +45,7 @@ def test_registrations(sd_plugins):
 
     # every family folder's template, and no other
     assert set(spec.templates) == set(builtin_templates())
-    assert {"sd15", "sdxl", "flux1", "sd35", "flux2", "kontext", "qwen-image"} <= set(
+    assert {"sd15", "sdxl", "flux1", "sd35", "flux2", "kontext", "qwen-image", "z-image"} <= set(
         spec.templates
     )
     assert registries.backend_for("image-generation", None).spec is spec

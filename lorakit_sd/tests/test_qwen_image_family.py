@@ -13,8 +13,20 @@ import math
 
 import pytest
 import torch
-from flow_helpers import assert_resumes_exactly, train
-from lorakit_sd.testing import write_tiny_images
+from family_checks import (
+    check_cached_length,
+    check_export_both_ways,
+    check_export_without_base,
+    check_lora_changes_the_image,
+    check_refused,
+    check_template,
+    injected,
+    inspect_files,
+    plan_of,
+    rendered,
+    shared_run,
+)
+from flow_helpers import assert_resumes_exactly
 from sd_helpers import first_losses, lora_keys
 
 STEPS = 12
@@ -32,22 +44,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("qwen-run")
-    data = write_tiny_images(tmp / "data", 4)
-    result, cap = train(
-        tmp,
-        model,
-        data,
-        max_steps=STEPS,
-        batch_size=4,
-        learning_rate=1e-2,
-        lora_alpha=8,
-        sample_prompts=["a red cat"],
-        sample_every_n_steps=STEPS,
-        sd={"max_sequence_length": 32},
-    )
-    cap.unet.eval()
-    return data, result, cap
+    return shared_run(model, tmp_path_factory.mktemp("qwen-run"), STEPS)
 
 
 def _x(seed=0):
@@ -70,11 +67,11 @@ def pipeline_output(pipe, transformer, latents, sigma, captions=CAPTIONS):
     return pipe._unpack_latents(out, h * 8, w * 8, 8)[:, :, 0]
 
 
-def _injected(transformer):
-    return sum(1 for name, _ in transformer.named_modules() if name.endswith(".lora_A"))
-
-
 # -- the step as the pipeline defines it -------------------------------------------------------
+
+
+def test_the_text_cache_keeps_the_longest_captions_length(model):
+    check_cached_length("qwen_image", model.load(), CAPTIONS)
 
 
 def test_training_step_calls_the_transformer_as_the_pipeline_does(model):
@@ -83,6 +80,9 @@ def test_training_step_calls_the_transformer_as_the_pipeline_does(model):
 
     family = families.get("qwen_image")
     pipe = model.load()
+    # the template's system prefix is what the pipeline drops, as for the real tokenizer
+    prefix = pipe.prompt_template_encode.split("{}")[0].rsplit("user\n", 1)[0] + "user\n"
+    assert len(pipe.tokenizer(prefix).input_ids) == pipe.prompt_template_encode_start_idx == 34
     hidden, mask = family.encode(pipe, CAPTIONS, 32)
     assert hidden.shape[1] == 32 and mask.sum(1).tolist()[0] < mask.sum(1).tolist()[1]
     x = _x()
@@ -153,6 +153,17 @@ def test_draw_matches_diffusers_and_the_pipelines_shift(model, sampling):
     assert torch.allclose(draw.weight, compute_loss_weighting_for_sd3("cosmap", s))
 
 
+@pytest.mark.parametrize(
+    "sd,words",
+    [
+        ({"train_text_encoder": True}, "Qwen-Image's Qwen2.5-VL text encoder takes no LoRA"),
+        ({"base_quantization": "fp8"}, "sd.base_quantization fp8: .* need a CUDA GPU"),
+    ],
+)
+def test_what_cannot_run_is_refused_in_one_line(model, tmp_path, sd, words):
+    check_refused(model, tmp_path, sd, words)
+
+
 # -- training and files -----------------------------------------------------------------------
 
 
@@ -168,7 +179,7 @@ def test_diffusers_file_reproduces_the_in_memory_transformer(model, run):
     assert all(k.startswith("transformer.") for k in keys)
     pipe.load_lora_weights(str(path))
     # diffusers drops keys it cannot place without a word: every module must arrive
-    assert _injected(pipe.transformer) == len(keys) // 2 == _injected(cap.unet)
+    assert injected(pipe.transformer) == len(keys) // 2 == injected(cap.unet)
     got = pipeline_output(pipe, pipe.transformer, _x(), 0.5)
     assert (got - want).abs().max().item() < 1e-5
     assert meta["modelspec.architecture"] == "Qwen-Image/lora"  # musubi-tuner's name
@@ -185,39 +196,19 @@ def test_comfyui_file_maps_by_comfyuis_rule_and_diffusers_reads_it(model, run):
     weights = {k.removesuffix(".weight") for k in cap.unet.state_dict() if k.endswith(".weight")}
     rule = {"lora_unet_" + w.replace(".base_layer", "").replace(".", "_") for w in weights}
     stems = {k.split(".", 1)[0] for k in keys}
-    assert stems <= rule and len(stems) == _injected(cap.unet)
+    assert stems <= rule and len(stems) == injected(cap.unet)
     assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in keys)
     assert meta["ss_network_module"] == "networks.lora_qwen_image"
     pipe = model.load()
     pipe.load_lora_weights(str(path))
-    assert _injected(pipe.transformer) == _injected(cap.unet)
+    assert injected(pipe.transformer) == injected(cap.unet)
     want = pipeline_output(pipe, cap.unet, _x(1), 0.3)
     got = pipeline_output(pipe, pipe.transformer, _x(1), 0.3)
     assert (got - want).abs().max().item() < 1e-5
 
 
 def test_previews_render_and_the_lora_changes_the_pipelines_image(model, run):
-    import numpy as np
-    from PIL import Image
-
-    _, result, _ = run
-    with Image.open(result.output_dir / "samples" / f"step-{STEPS:06d}.png") as im:
-        assert im.width >= 32 and im.getextrema() != ((0, 0), (0, 0), (0, 0))
-    pipe = model.load()
-
-    def render():
-        image = pipe(
-            "a red cat",
-            num_inference_steps=2,
-            height=32,
-            width=32,
-            generator=torch.Generator().manual_seed(0),
-        ).images[0]
-        return np.asarray(image, dtype=int)
-
-    before = render()
-    pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
-    assert np.abs(render() - before).max() > 0
+    check_lora_changes_the_image(model, run[1], STEPS)
 
 
 def test_resume_continues_exactly(model, tmp_path):
@@ -228,40 +219,45 @@ def test_resume_continues_exactly(model, tmp_path):
 
 
 def test_inspect_names_the_layouts(model, run):
-    import lorakit_sd.plugin
-
-    from lorakit.diagnostics.inspect import inspect_path
-    from lorakit.plugins import build_plugins, set_plugins
-
     _, result, cap = run
-    set_plugins(build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)]))
-    try:
-        comfy = inspect_path(result.output_dir / "run.safetensors")
-        diff = inspect_path(result.output_dir / "run.diffusers.safetensors")
-    finally:
-        set_plugins(None)
+    comfy, diff = inspect_files(
+        result.output_dir / "run.safetensors", result.output_dir / "run.diffusers.safetensors"
+    )
     assert comfy.format == "kohya / ComfyUI Qwen-Image LoRA (musubi-tuner's layout)"
     assert comfy.base_model == diff.base_model == "qwen_image"
-    assert comfy.modules == diff.modules == _injected(cap.unet)
+    assert comfy.modules == diff.modules == injected(cap.unet)
     assert diff.ranks == [4] and diff.alphas == [8.0]
 
 
 def test_export_converts_both_ways_exactly(model, run, tmp_path):
-    from lorakit_sd.commands.export import export
-    from safetensors.torch import load_file
+    check_export_both_ways(model, run, tmp_path, pipeline_output, _x(2))
 
-    _, result, cap = run
-    comfy = result.output_dir / "run.safetensors"
-    base = str(model.diffusers_dir)
-    diffusers = export(comfy, "diffusers", tmp_path / "a.diffusers.safetensors", base)[0]
-    pipe = model.load()
-    pipe.load_lora_weights(str(diffusers))
-    assert _injected(pipe.transformer) == _injected(cap.unet)
-    want = pipeline_output(pipe, cap.unet, _x(2), 0.6)
-    assert (pipeline_output(pipe, pipe.transformer, _x(2), 0.6) - want).abs().max() < 1e-5
-    again = export(diffusers, "kohya", tmp_path / "a.safetensors", base)[0]
-    a, b = load_file(str(comfy)), load_file(str(again))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+def test_files_without_metadata_are_told_from_sd3_by_their_modules_and_blocks():
+    from lorakit_sd.lorafiles.read import file_family
+
+    def keys(paths):
+        return [f"transformer.{p}.lora_A.weight" for p in paths]
+
+    attn = [f"transformer_blocks.{i}.attn.to_q" for i in range(60)]
+    assert file_family(keys(attn), {}) == "qwen_image"
+    assert file_family(keys(["transformer_blocks.0.img_mlp.net.2"]), {}) == "qwen_image"
+    assert file_family(keys(attn[:24]), {}) == "sd3"  # SD3's shape: said in the docstring
+    sana = [f"transformer_blocks.{i}.attn1.to_q" for i in range(60)]  # SANA 4.8B's 60 blocks
+    assert file_family(keys(sana), {}) != "qwen_image"
+    assert file_family(["lora_unet_transformer_blocks_0_attn_to_q.alpha"], {}) == "qwen_image"
+
+
+def test_export_without_base_is_what_diffusers_reads_at_the_released_shapes(tmp_path):
+    from diffusers import QwenImagePipeline
+
+    paths = [
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.59.img_mlp.net.2",
+        "transformer_blocks.3.txt_mod.1",
+        "proj_out",
+    ]
+    check_export_without_base("qwen_image", QwenImagePipeline, paths, tmp_path)
 
 
 def test_merge_writes_the_transformer_file_comfyui_keeps(model, run, tmp_path):
@@ -298,7 +294,6 @@ def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
     file: the same seed, steps and true CFG (against a blank negative prompt)."""
     import numpy as np
     from lorakit_sd.commands.sample import sample
-    from PIL import Image
 
     _, result, _ = run
     paths = sample(
@@ -311,8 +306,7 @@ def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
         width=32,
         height=32,
     )
-    with Image.open(next(p for p in paths if "sheet" not in p.name)) as im:
-        ours = np.asarray(im.convert("RGB"), dtype=int)
+    ours = rendered(paths)
     pipe = model.load()
     pipe.load_lora_weights(str(result.output_dir / "run.diffusers.safetensors"))
     theirs = pipe(
@@ -325,3 +319,31 @@ def test_sample_renders_what_the_pipeline_renders(model, run, tmp_path):
         generator=torch.Generator("cpu").manual_seed(3),
     ).images[0]
     assert np.abs(ours - np.asarray(theirs, dtype=int)).max() <= 2
+
+
+# -- plan -------------------------------------------------------------------------------------
+
+
+def test_plan_traces_the_transformer_and_offers_fp8_and_nf4(model, run, tmp_path):
+    """``lorakit plan`` counts exactly the LoRA the run trained, with Qwen2.5-VL off the GPU
+    (cached captions), and its ladder offers the quantized bases a 24 / 16 GB card needs."""
+    data, _, cap = run
+    plan = plan_of(model, data, tmp_path, max_sequence_length=32)
+    trained = sum(p.numel() for p in cap.unet.parameters() if p.requires_grad)
+    assert plan.estimate.trainable_params == trained and plan.estimate.activations > 0
+    assert plan.model.description.startswith("Qwen-Image transformer")
+    assert "Qwen2.5-VL off the GPU after caching" in plan.model.description
+    costs = [cost.split(" (")[0] for _, cost in plan.model.rungs]
+    assert costs[:3] == ["bf16 base weights", "fp8 base weights", "NF4 base weights"]
+    assert len(costs) == 4 and costs[3].startswith("transformer blocks streamed from CPU memory")
+
+
+# -- the template -----------------------------------------------------------------------------
+
+
+def test_template_trains_as_written_and_diffusers_loads_its_files(model, tmp_path, capsys):
+    """``config init --template qwen-image``, only paths, size and steps replaced, trains (bf16
+    autocast, diffusers' gradient checkpointing) and both files load in the pipeline with the
+    trained deltas."""
+    last = ["transformer_blocks.1.attn.add_q_proj", "transformer_blocks.1.attn.to_add_out"]
+    check_template(tmp_path, "qwen-image", model, capsys, last)

@@ -9,14 +9,11 @@ weights removed, so every part must come from its file. diffusers' own
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
+from family_checks import check_missing_part, check_parts_from_files, split_models
 from flow_helpers import train
 from lorakit_sd.testing import write_tiny_images
-
-from lorakit.api import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -24,28 +21,8 @@ def files(tmp_path_factory):
     from lorakit_sd.families.qwen_image.standin import build_tiny_pipeline, build_tiny_qwen_image
     from lorakit_sd.families.qwen_image.standin_files import write_split_files
 
-    from lorakit.testing import one_thread
-
     root = tmp_path_factory.mktemp("qwen-files")
-    with one_thread():
-        model = build_tiny_qwen_image(root / "config")
-        pipe = build_tiny_pipeline(seed=1)
-        bf16 = write_split_files(pipe, root / "bf16", model.diffusers_dir)
-        fp8 = write_split_files(pipe, root / "fp8", model.diffusers_dir, fp8=True)
-    return model, pipe, {"bf16": bf16, "fp8": fp8}
-
-
-def _load(path):
-    import lorakit_sd.plugin
-    from lorakit_sd.models import load_base
-
-    from lorakit.plugins import build_plugins, set_plugins
-
-    set_plugins(build_plugins(entry_points=False, extra=[("sd", lorakit_sd.plugin)]))
-    try:
-        return load_base(str(path), base_config=str(path.parents[1] / "configs"))
-    finally:
-        set_plugins(None)
+    return split_models(root, build_tiny_qwen_image, build_tiny_pipeline, write_split_files)
 
 
 def test_the_vae_file_is_in_the_layout_diffusers_converts():
@@ -62,26 +39,8 @@ def test_the_vae_file_is_in_the_layout_diffusers_converts():
 
 @pytest.mark.parametrize("kind", ["bf16", "fp8"])
 def test_every_part_comes_from_its_file(files, kind):
-    from safetensors.torch import load_file
-
     _, pipe, paths = files
-    model = _load(paths[kind])
-    assert model.family == "qwen_image"
-    for part in ("vae", "text_encoder"):
-        got, want = getattr(model.pipe, part).state_dict(), getattr(pipe, part).state_dict()
-        assert got.keys() >= want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    stored = load_file(str(paths[kind]))
-    got = model.pipe.transformer.state_dict()
-    for key, value in pipe.transformer.state_dict().items():
-        if kind == "bf16":
-            expected = value.to(torch.bfloat16).float()
-        elif stored[key].dtype == torch.float8_e4m3fn:  # ComfyUI's scaled fp8: w8 * scale
-            scale = stored[key.removesuffix(".weight") + ".scale_weight"]
-            expected = stored[key].float() * scale
-            assert (expected - value).abs().max() <= value.abs().max() / 8  # fp8's precision
-        else:
-            expected = stored[key].float()
-        assert torch.equal(got[key], expected), key
+    check_parts_from_files(paths[kind], pipe, "qwen_image", lambda state: state)
 
 
 def test_a_run_trains_from_the_fp8_files(files, tmp_path):
@@ -108,10 +67,4 @@ def test_a_run_trains_from_the_fp8_files(files, tmp_path):
     "part,words", [("text_encoders", "Qwen2.5-VL text encoder"), ("vae", "Qwen-Image VAE")]
 )
 def test_a_missing_part_is_one_line_naming_it(files, tmp_path, part, words):
-    _, _, paths = files
-    root = tmp_path / "models"
-    shutil.copytree(paths["bf16"].parents[1], root)
-    shutil.rmtree(root / part)
-    with pytest.raises(UsageError, match=f"no {words}.* holds no") as err:
-        _load(root / "diffusion_models" / paths["bf16"].name)
-    assert "\n" not in str(err.value)
+    check_missing_part(files[2]["bf16"], tmp_path, part, words)

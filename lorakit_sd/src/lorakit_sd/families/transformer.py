@@ -21,6 +21,14 @@ from lorakit_sd.families.transformer_standin import build_tiny_flow
 from lorakit_sd.step.quantize import check
 
 
+def traced(tensor: Any) -> bool:
+    """Whether ``tensor`` is a fake (``lorakit plan``'s trace) or meta tensor, whose values
+    cannot be read: a step that depends on them (a caption's length) takes its longest form."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor) or tensor.device.type == "meta"
+
+
 class FlowFamily(ModelFamily):
     denoiser_attr = "transformer"
     denoiser_prefix = "transformer"

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from lorakit_sd.families.fused_lora import fuse, split
+
 #: double block: BFL stem -> diffusers module paths stacked in it (by rows)
 DOUBLE = {
     "img_attn_qkv": ["attn.to_q", "attn.to_k", "attn.to_v"],
@@ -115,59 +117,6 @@ def _swap_halves(up: torch.Tensor) -> torch.Tensor:
 def part_rows(transformer: Any, paths: list[str]) -> list[int]:
     """Output rows of each diffusers module stacked into one BFL layer."""
     return [int(transformer.get_submodule(p).weight.shape[0]) for p in paths]
-
-
-def fuse(
-    parts: list[tuple[int, Any]],
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(down, up, alpha) of one fused layer from ``(rows, LoraModule or None)`` per part.
-
-    The fused rank is the sum of the parts' ranks; alpha is chosen so ``alpha / rank`` is
-    the first trained part's scale, and any other part's scale ratio is folded into its
-    block of the up: the fused update equals the parts' updates stacked, exactly.
-    """
-    trained = [m for _, m in parts if m is not None]
-    rank = sum(m.rank for m in trained)
-    scale = trained[0].alpha / trained[0].rank
-    downs, blocks, col = [], [], 0
-    up = torch.zeros(sum(rows for rows, _ in parts), rank, dtype=trained[0].up.dtype)
-    row = 0
-    for rows, m in parts:
-        if m is not None:
-            ratio = (m.alpha / m.rank) / scale
-            up[row : row + rows, col : col + m.rank] = m.up.detach().cpu() * ratio
-            downs.append(m.down.detach().cpu())
-            col += m.rank
-        row += rows
-        blocks.append(rows)
-    return torch.cat(downs, dim=0), up, scale * rank
-
-
-def split(
-    down: torch.Tensor, up: torch.Tensor, alpha: float, rows: list[int]
-) -> list[tuple[torch.Tensor, torch.Tensor, float] | None]:
-    """The parts of a fused entry: (down, up, alpha) per part, None for an all-zero part."""
-    rank = down.shape[0]
-    scale = alpha / rank
-    starts = [sum(rows[:j]) for j in range(len(rows))]
-    used = []
-    for start, n in zip(starts, rows, strict=True):
-        block = up[start : start + n]
-        used.append(torch.nonzero(block.abs().sum(dim=0)).flatten().tolist())
-    flat = [c for cols in used for c in cols]
-    disjoint = len(flat) == len(set(flat))
-    out: list[tuple[torch.Tensor, torch.Tensor, float] | None] = []
-    for start, n, cols in zip(starts, rows, used, strict=True):
-        if not cols:
-            out.append(None)
-            continue
-        block = up[start : start + n]
-        if disjoint:  # block-diagonal: the part's own columns
-            idx = torch.tensor(cols)
-            out.append((down[idx], block[:, idx], scale * len(cols)))
-        else:  # a dense LoRA on the fused layer: every part keeps the whole down
-            out.append((down, block, alpha))
-    return out
 
 
 def to_bfl(

@@ -3,8 +3,9 @@ captions, flow matching.
 
 - **Captions** go through ``QwenImagePipeline.encode_prompt``: the prompt template, Qwen2.5-VL's
   last hidden state, the template's 34 system tokens dropped. Each caption's embedding has
-  its own length; the text cache keeps it padded to ``sd.max_sequence_length`` (default 512)
-  with its mask as the second cached tensor, and a step cuts the batch to its longest caption
+  its own length; the text cache keeps it padded to the dataset's longest caption (at most
+  ``sd.max_sequence_length``, default 512) with its mask as the second cached tensor, and a
+  step cuts the batch to its longest caption
   (positions and mask unchanged: the pipeline's own padding to the longest prompt). The text
   encoder never takes LoRA.
 - **Latents**: ``AutoencoderKLQwenImage`` encodes a one-frame video (``[B, C, 1, H, W]``);
@@ -26,12 +27,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lorakit_sd.families.base import Objective
-from lorakit_sd.families.flow import FlowMatchObjective
+from lorakit_sd.families.llm_captions import LLMCaptionFamily, padded
 from lorakit_sd.families.qwen_image import SPEC
-from lorakit_sd.families.qwen_image.kohya import PREFIX, from_comfy, to_comfy
+from lorakit_sd.families.qwen_image.kohya import PREFIX, flat, from_comfy
 from lorakit_sd.families.qwen_image.split_files import is_transformer, load_pipeline
-from lorakit_sd.families.transformer import FlowFamily
+from lorakit_sd.families.transformer import traced
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 ALL_LINEAR = ATTN + [
@@ -44,7 +44,7 @@ ALL_LINEAR = ATTN + [
 ]
 
 
-class QwenImage(FlowFamily):
+class QwenImage(LLMCaptionFamily):
     name = SPEC.name
     label = SPEC.label
     default_resolution = 1024
@@ -53,23 +53,30 @@ class QwenImage(FlowFamily):
     architecture = "Qwen-Image/lora"
     implementation = "https://github.com/QwenLM/Qwen-Image"
     network_module = "networks.lora_qwen_image"
-    kohya_text_prefixes: ClassVar[dict[str, str]] = {}
-    diffusers_text_prefixes: ClassVar[dict[str, str]] = {}
-    latent_multiple = 2  # 2x2 packing
-    default_sequence_length = 512
     sequence_encoder = caption_encoders = "Qwen2.5-VL"
     pipeline_names: ClassVar[tuple[str, ...]] = ("QwenImagePipeline",)
     transformer_names: ClassVar[tuple[str, ...]] = ("QwenImageTransformer2DModel",)
     target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
     default_targets = ATTN
-    lora_key_priority = 20
+    lora_key_priority = 25  # before SD3, which claims any transformer. key
 
     # -- recognition and loading ---------------------------------------------------------
     def claims_lora_keys(self, keys: Any) -> bool:
+        """ComfyUI / musubi keys (``lora_unet_transformer_blocks_``), or diffusers keys with
+        Qwen-Image's own modules (``img_mlp``, ``txt_mod``...) or an ``attn.`` (not SANA's
+        ``attn1``) in a block past SD3.5 Large's 38 (Qwen-Image has 60): an attention-only file on the first blocks alone, without
+        metadata, reads as SD3's."""
+        import re
+
         own = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
-        return any(k.startswith(PREFIX + "transformer_blocks_") for k in keys) or any(
-            k.startswith("transformer.transformer_blocks.") and any(o in k for o in own)
-            for k in keys
+        blocks = [re.match(r"transformer\.transformer_blocks\.(\d+)\.attn\.", k) for k in keys]
+        return (
+            any(k.startswith(PREFIX + "transformer_blocks_") for k in keys)
+            or any(
+                k.startswith("transformer.transformer_blocks.") and any(o in k for o in own)
+                for k in keys
+            )
+            or any(int(m[1]) >= 38 for m in blocks if m)
         )
 
     def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
@@ -93,43 +100,18 @@ class QwenImage(FlowFamily):
 
         return QwenImageTransformer2DModel
 
-    def standard_structure(self) -> tuple[Any, list[Any]]:
-        """Qwen-Image's transformer at its real size (the class's defaults), on meta."""
-        import torch
-
-        with torch.device("meta"):
-            return self.transformer_class()(), []
-
     # -- conditioning --------------------------------------------------------------------
-    def text_encoders(self, pipe: Any) -> list[Any]:
-        return []  # Qwen2.5-VL takes no LoRA
-
-    def tokenizers(self, pipe: Any) -> list[Any]:
-        return [pipe.tokenizer]
-
-    def t5(self, pipe: Any) -> tuple[Any, Any]:
-        return pipe.tokenizer, pipe.text_encoder
+    def caption_length(self, pipe: Any, caption: str) -> int:
+        """The templated caption's tokens less the system prompt the pipeline drops."""
+        text = pipe.prompt_template_encode.format(caption)
+        return len(pipe.tokenizer(text).input_ids) - pipe.prompt_template_encode_start_idx
 
     def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
         """(embeddings ``[B, max_tokens, D]``, mask ``[B, max_tokens]``) from the pipeline."""
-        import torch
-
         device = next(pipe.text_encoder.parameters()).device
         hidden, mask = pipe.encode_prompt(captions, device=device, max_sequence_length=max_tokens)
-        b, n, d = hidden.shape
-        if mask is None:
-            mask = torch.ones(b, n, dtype=torch.long, device=hidden.device)
-        padded = hidden.new_zeros(b, max_tokens, d)
-        padded[:, :n] = hidden
-        full = torch.zeros(b, max_tokens, device=hidden.device)
-        full[:, :n] = mask.float()
-        return padded, full
-
-    def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
-        import torch
-
-        width = int(t_config["joint_attention_dim"])
-        return {"hidden": torch.randn(batch, tokens, width), "pooled": torch.ones(batch, tokens)}
+        lengths = [hidden.shape[1]] * len(hidden) if mask is None else mask.sum(dim=1).tolist()
+        return padded([h[: int(n)] for h, n in zip(hidden, lengths, strict=True)], max_tokens)
 
     # -- latents -------------------------------------------------------------------------
     def encode_moments(self, vae: Any, pixels: Any) -> Any:
@@ -159,9 +141,6 @@ class QwenImage(FlowFamily):
         return self.vae_factor(pipe.vae.config) * self.latent_multiple
 
     # -- objective and the transformer's call ----------------------------------------------
-    def objective(self, pipe: Any, sec: Any) -> Objective:
-        return FlowMatchObjective(pipe, sec, tokens_per_latent=0.25)
-
     def image_tokens(self, latents: Any, control: Any = None) -> tuple[Any, list[Any]]:
         """``(packed tokens, img_shapes entry)`` of ``[B, C, H, W]`` latents, packed by the
         pipeline's own ``_pack_latents``."""
@@ -211,17 +190,16 @@ class QwenImage(FlowFamily):
         return build_tiny_qwen_image(directory, seed)
 
     # -- files ---------------------------------------------------------------------------
-    def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
-        return to_comfy(modules, dtype)
+    def kohya_stem(self, path: str) -> str:
+        return flat(path)
 
 
 def trim(hidden: Any, mask: Any) -> tuple[Any, Any]:
     """Cached embeddings cut to the batch's longest caption; the mask None where every token
     is a caption's (as ``encode_prompt`` returns them). Traced (fake) tensors stay whole."""
     import torch
-    from torch._subclasses.fake_tensor import FakeTensor
 
-    if mask is None or isinstance(mask, FakeTensor) or mask.device.type == "meta":
+    if mask is None or traced(mask):
         return hidden, mask
     keep = mask.bool()
     n = max(int(keep.sum(dim=1).max()), 1)

@@ -64,21 +64,6 @@ def module_path(stem: str) -> str | None:
     return f"transformer_blocks.{m[1]}.{_BLOCK[m[2]]}"
 
 
-def to_comfy(modules: list[Any], dtype: Any) -> dict[str, Any]:
-    """``lora_unet_<path>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` per module."""
-    import torch
-
-    out: dict[str, Any] = {}
-    for m in modules:
-        if m.component != "transformer":
-            raise ValueError(f"Qwen-Image files adapt the transformer only, not {m.component}")
-        stem = flat(m.path)
-        out[f"{stem}.lora_down.weight"] = m.down.detach().to("cpu", dtype).contiguous()
-        out[f"{stem}.lora_up.weight"] = m.up.detach().to("cpu", dtype).contiguous()
-        out[f"{stem}.alpha"] = torch.tensor(float(m.alpha), dtype=dtype)
-    return out
-
-
 def from_comfy(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """kohya-named entries -> ``transformer.<path>`` entries (unknown stems kept, refused by
     the caller)."""

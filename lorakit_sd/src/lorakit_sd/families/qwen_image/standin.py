@@ -9,19 +9,18 @@ encoder has one) and Qwen-Image's own flow-matching scheduler config (dynamic sh
 ``max_shift`` 0.9 at 8192 tokens).
 
 The pipeline drops the first 34 tokens of its prompt template (the system prompt,
-``prompt_template_encode_start_idx``): the tokenizer here is word-level over the template's
-and the test corpus's words, keeping ``\\n`` as a token as Qwen2's tokenizer does, so the
-template's prefix is exactly 34 tokens, as it is for the real one.
+``prompt_template_encode_start_idx``): the word-level tokenizer of
+:mod:`lorakit_sd.families.word_tokenizer` splits the template as Qwen2's does, so its prefix
+is exactly 34 tokens, as it is for the real one.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit_sd.testing import CORPUS
+from lorakit_sd.families.transformer_standin import TinyFolder
+from lorakit_sd.families.word_tokenizer import word_tokenizer
 
 #: QwenImagePipeline's prompt template (``prompt_template_encode``)
 TEMPLATE = (
@@ -29,8 +28,6 @@ TEMPLATE = (
     "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"
     "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 )
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
-RESOLUTION = 32
 #: Qwen-Image's scheduler config (``Qwen/Qwen-Image``'s scheduler_config.json)
 SCHEDULER = {
     "base_image_seq_len": 256,
@@ -45,60 +42,9 @@ SCHEDULER = {
 }
 
 
-@dataclass
-class TinyQwenImage:
-    """Where :func:`build_tiny_qwen_image` saved the model."""
-
-    diffusers_dir: Path
-    resolution: int = RESOLUTION
-    single_file: Path | None = None
-
-    @property
-    def config_dir(self) -> Path:
-        return self.diffusers_dir
-
-    def load(self) -> Any:
-        from diffusers import QwenImagePipeline
-
-        return QwenImagePipeline.from_pretrained(self.diffusers_dir)
-
-
-def words(texts: list[str]) -> list[str]:
-    """The word-level pieces of ``texts`` (words, punctuation, newlines), first seen first."""
-    seen: dict[str, None] = {}
-    for text in texts:
-        for special in SPECIALS:
-            text = text.replace(special, " ")
-        for piece in re.findall(r"\w+|[^\w\s]|\n", text):
-            seen.setdefault(piece, None)
-    return list(seen)
-
-
-def tiny_tokenizer(template: str = TEMPLATE, extra: tuple[str, ...] = ()) -> Any:
-    """A word-level fast tokenizer whose pieces split as Qwen2's do on the template."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {s: i for i, s in enumerate(SPECIALS)}
-    for piece in words([*CORPUS, template.replace("{}", ""), *extra]):
-        vocab.setdefault(piece, len(vocab))
-    for char in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab.setdefault(char, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"[ \t]+"), "removed"),
-            pre_tokenizers.Split(Regex(r"\n"), "isolated"),
-            pre_tokenizers.Punctuation("isolated"),
-        ]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
+def tiny_tokenizer() -> Any:
+    """The word-level tokenizer over the template's words (:mod:`..word_tokenizer`)."""
+    return word_tokenizer((TEMPLATE.replace("{}", ""),))
 
 
 def tiny_qwen_vl(vocab_size: int, width: int, seed: int) -> Any:
@@ -180,8 +126,8 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
     )
 
 
-def build_tiny_qwen_image(directory: str | Path, seed: int = 0) -> TinyQwenImage:
+def build_tiny_qwen_image(directory: str | Path, seed: int = 0) -> TinyFolder:
     """Build the tiny model and save it as a diffusers folder under ``directory``."""
     out = Path(directory) / "diffusers"
     build_tiny_pipeline(seed).save_pretrained(out, safe_serialization=True)
-    return TinyQwenImage(out)
+    return TinyFolder(out)

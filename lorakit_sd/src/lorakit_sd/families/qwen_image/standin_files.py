@@ -10,9 +10,10 @@ names) and ``vae/`` (Wan 2.1's original layout: :func:`vae_to_wan`, the inverse 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
+
+from lorakit_sd.families.split_standin import transformer_file, write_comfy_folders
 
 _RESNET = {
     "norm1.gamma": "residual.0.gamma",
@@ -67,42 +68,15 @@ def text_encoder_v4(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def scaled_fp8(state: dict[str, Any]) -> dict[str, Any]:
-    """ComfyUI's "scaled" fp8: 2-D weights as ``float8_e4m3fn`` times a per-tensor
-    ``.scale_weight``, the rest bf16, and the ``scaled_fp8`` marker."""
-    import torch
-
-    out: dict[str, Any] = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
-    for key, value in state.items():
-        if key.endswith(".weight") and value.ndim == 2:
-            scale = value.abs().max().float().clamp(min=1e-12) / 448.0
-            out[key] = (value.float() / scale).to(torch.float8_e4m3fn)
-            out[key.removesuffix(".weight") + ".scale_weight"] = scale.reshape(1)
-        else:
-            out[key] = value.to(torch.bfloat16)
-    return out
-
-
 def write_split_files(pipe: Any, root: Path, config_dir: Path, fp8: bool = False) -> Path:
     """ComfyUI's ``models/`` folders under ``root`` and a configs-only copy of
     ``config_dir`` at ``root/configs``; returns the transformer file."""
-    import torch
-    from safetensors.torch import save_file
-
     state = {k: v.contiguous() for k, v in pipe.transformer.state_dict().items()}
-    name = "qwen_image_fp8_scaled.safetensors" if fp8 else "qwen_image_bf16.safetensors"
-    state = scaled_fp8(state) if fp8 else {k: v.to(torch.bfloat16) for k, v in state.items()}
     parts = {
-        "diffusion_models": (name, state),
         "text_encoders": (
             "qwen_2.5_vl_7b.safetensors",
             text_encoder_v4(pipe.text_encoder.state_dict()),
         ),
         "vae": ("qwen_image_vae.safetensors", vae_to_wan(pipe.vae.state_dict())),
     }
-    for folder, (file, tensors) in parts.items():
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(root / folder / file))
-    configs = root / "configs"
-    shutil.copytree(config_dir, configs, ignore=shutil.ignore_patterns("*.safetensors"))
-    return root / "diffusion_models" / name
+    return write_comfy_folders(root, config_dir, transformer_file(state, fp8, "qwen_image"), parts)

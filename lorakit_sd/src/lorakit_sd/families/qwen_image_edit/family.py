@@ -80,6 +80,12 @@ class QwenImageEdit(QwenImage):
                 key="sd.caption_dropout",
             )
 
+    def max_tokens(self, items: list[Any], pipe: Any, sec: Any, log: Any) -> int:
+        """``sd.max_sequence_length`` (default 512): an instruction's embedding also holds its
+        control image's vision tokens, which the caption's own tokens do not count, so the
+        cache keeps the whole window (each step still cuts a batch to its longest mask)."""
+        return self.sequence_length(pipe, sec)
+
     def encode_captions(
         self,
         pipe: Any,

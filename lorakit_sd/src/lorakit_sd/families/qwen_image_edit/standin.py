@@ -16,12 +16,12 @@ from typing import Any
 
 from lorakit_sd.families.qwen_image.standin import (
     SCHEDULER,
-    TinyQwenImage,
     tiny_qwen_vl,
-    tiny_tokenizer,
     tiny_transformer,
     tiny_vae,
 )
+from lorakit_sd.families.transformer_standin import TinyFolder
+from lorakit_sd.families.word_tokenizer import word_tokenizer
 
 #: QwenImageEditPipeline's prompt template (``prompt_template_encode``)
 TEMPLATE = (
@@ -37,7 +37,7 @@ VISION = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]
 VISION_SIDE = 56
 
 
-class TinyQwenImageEdit(TinyQwenImage):
+class TinyQwenImageEdit(TinyFolder):
     """Where :func:`build_tiny_qwen_image_edit` saved the model."""
 
     def load(self) -> Any:
@@ -53,7 +53,7 @@ def edit_tokenizer() -> Any:
     template = TEMPLATE
     for token in VISION:
         template = template.replace(token, "")
-    tokenizer = tiny_tokenizer(template)
+    tokenizer = word_tokenizer((template.replace("{}", ""),))
     tokenizer.add_special_tokens(
         {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", *VISION]}
     )
