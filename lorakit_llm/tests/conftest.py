@@ -47,7 +47,8 @@ def _plugins(llm_plugins: Any) -> Any:
     from lorakit.plugins import set_plugins
 
     set_plugins(llm_plugins)
-    return llm_plugins
+    yield llm_plugins
+    set_plugins(None)  # the next file's tests (same worker) see the installed plugins
 
 
 @pytest.fixture(scope="session")

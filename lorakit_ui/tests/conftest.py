@@ -19,6 +19,17 @@ os.environ.setdefault("LORAKIT_NO_UPDATE_CHECK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _installed_plugins() -> Any:
+    """The page serves what is installed, whatever a test file run before in this worker
+    left as the process's plugin manager."""
+    from lorakit.plugins import set_plugins
+
+    set_plugins(None)
+    yield
+    set_plugins(None)
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"

@@ -154,12 +154,15 @@ def test_one_request_at_a_time_and_a_full_queue_is_one_line(server):
         assert after["started_at"] >= before["finished_at"]
 
 
-def test_the_worker_is_stopped_at_the_time_limit():
+def test_the_worker_is_stopped_at_the_time_limit(finished_runs):
     from lorakit_ui.tryout import TryQueue
 
     tryout = TryQueue(timeout=0.2, capacity=1)
+    # a real render: loading torch and the model alone takes far longer than the limit
+    render = {"prompt": "a red circle", "weight": 1.0, "seed": 1, "steps": 2}
+    run = str(finished_runs["runs"] / "sd-a")
     try:
-        job = tryout.submit("x", {"kind": "sample", "run": "/nonexistent", "folder": ""})
+        job = tryout.submit("x", {"kind": "sample", "run": run, "folder": "", **render})
         with pytest.raises(Exception, match=r"^busy: 1 requests ahead"):
             tryout.submit("x", {})
         deadline = time.monotonic() + 30
