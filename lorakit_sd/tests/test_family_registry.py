@@ -52,6 +52,7 @@ def test_lorakit_sd_registers_its_own_families_through_the_hook():
         "sdxl",
         "sd3",
         "flux1",
+        "wan",
     ]
     assert families.labels()["flux1"] == "FLUX.1"
     assert families.get("sdxl").default_resolution == 1024

@@ -61,7 +61,9 @@ def render_and_save(
 ) -> list[Path]:
     """Render ``prompts`` into ``directory/<stem>-NN.png`` plus the sheet ``<stem>.png``.
 
-    ``progress``: diffusers' progress bar over each prompt's denoising steps (stderr).
+    A video family's clips are written as ``<stem>-NN.mp4`` and ``<stem>-NN.webp``; the
+    sheet shows their first frames. ``progress``: diffusers' progress bar over each prompt's
+    denoising steps (stderr).
     """
 
     images = families.get(family).render(
@@ -78,8 +80,20 @@ def render_and_save(
         max_tokens=max_tokens,
         clip_skip=clip_skip,
         progress=progress,
+        frames=min(sec.video.frames),
     )
     directory.mkdir(parents=True, exist_ok=True)
+    if images and isinstance(images[0], list):  # clips: lists of frames
+        from lorakit_sd.clipfiles import DEFAULT_FPS, write_mp4, write_webp
+
+        fps = sec.video.fps or DEFAULT_FPS
+        paths = []
+        for i, clip in enumerate(images):
+            paths.append(write_mp4(clip, directory / f"{stem}-{i:02d}.mp4", fps))
+            paths.append(write_webp(clip, directory / f"{stem}-{i:02d}.webp", fps))
+        firsts = [clip[0] for clip in images]
+        paths.append(save_png(contact_sheet(firsts, prompts), directory / f"{stem}.png"))
+        return paths
     paths = [save_png(im, directory / f"{stem}-{i:02d}.png") for i, im in enumerate(images)]
     paths.append(save_png(contact_sheet(images, prompts), directory / f"{stem}.png"))
     return paths

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from lorakit.api import save_safetensors
-from lorakit_sd.data.buckets import load_pixels
 from lorakit_sd.data.dataset import pixel_mask
 from lorakit_sd.data.masks import to_latent
+from lorakit_sd.data.video import item_pixels
 
 CACHE_VERSION = 2  # 2: keys cover every encoder weight
 
@@ -128,21 +128,22 @@ def build_latent_cache(
             flip,
             vae_id,
             *([f"mask:{it.mask_hash}"] if masked else []),
+            *([f"frames:{list(it.frames)}"] if it.frames else []),
         )
         for it in items
     ]
     todo = [i for i in range(len(items)) if not store.lookup(i, keys[i])]
     if store.hits:
         log(f"latent cache: {store.hits} of {len(items)} images found in {directory}")
-    by_bucket: dict[tuple[int, int], list[int]] = {}
+    by_bucket: dict[tuple[int, ...], list[int]] = {}
     for i in todo:
-        by_bucket.setdefault(items[i].bucket, []).append(i)
+        by_bucket.setdefault(items[i].group, []).append(i)
     done = 0
     for bucket in sorted(by_bucket):
         group = by_bucket[bucket]
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            pixels = torch.stack([load_pixels(items[i].image, bucket) for i in chunk])
+            pixels = torch.stack([item_pixels(items[i]) for i in chunk])
             moments = encode(vae, pixels)
             flipped = encode(vae, pixels.flip(-1)) if flip else None
             for j, i in enumerate(chunk):

@@ -25,6 +25,7 @@ from lorakit.api import (
     read_table,
     read_text,
 )
+from lorakit_sd.data.video import VIDEO_EXTENSIONS, is_clip_name
 
 Record = dict[str, Any]
 
@@ -33,11 +34,16 @@ def _record(image: Path | str, caption: str | None, where: str, error: str | Non
     return {"image": str(image), "caption": caption, "where": where, "error": error}
 
 
+def is_media_name(path: Path) -> bool:
+    """Whether ``path`` names an image or a video clip (video families train on both)."""
+    return is_image_name(path) or is_clip_name(path)
+
+
 def image_files(root: Path) -> list[Path]:
-    """Images directly in ``root`` (not in subfolders), sorted by name."""
+    """Images and clips directly in ``root`` (not in subfolders), sorted by name."""
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    return sorted(p for p in root.iterdir() if is_image_name(p) and p.is_file())
+    return sorted(p for p in root.iterdir() if is_media_name(p) and p.is_file())
 
 
 def resolve_inside(root: Path, name: str) -> tuple[Path | None, str | None]:
@@ -160,7 +166,8 @@ def read_caption_files(
     root = Path(path)
     images = image_files(root)
     if not images:
-        raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        kinds = ", ".join(dict.fromkeys(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS))
+        raise DataError(f"{root}: no images or clips ({kinds})")
     ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
     extensions = [ext] + [e for e in SIDECAR_EXTENSIONS if e != ext]
     records = []

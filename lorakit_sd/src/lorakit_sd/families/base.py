@@ -97,6 +97,9 @@ class ModelFamily:
     refused_options: ClassVar[tuple[str, ...]] = ()
     #: bucket sides must be a multiple of this many latent pixels' worth of pixels
     latent_multiple: ClassVar[int] = 1
+    #: video families: the VAE compresses this many frames into one, so clips are cut to
+    #: ``k · frame_multiple + 1`` frames (``sd.video``); 0: an image family
+    frame_multiple: ClassVar[int] = 0
     #: whether kohya keys name the UNet by its original (SGM) module paths (SDXL)
     kohya_unet_original_names: ClassVar[bool] = False
     #: whether the denoiser takes the pooled text embedding and size ids (SDXL)

@@ -98,7 +98,7 @@ class FlowFamily(ModelFamily):
         self, pipe: Any, captions: list[str], max_tokens: int, clip_skip: int = 1
     ) -> dict[str, Any]:
         hidden, pooled = self.encode(pipe, captions, max_tokens)
-        return {"hidden": hidden, "pooled": pooled}
+        return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
 
     def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
         raise NotImplementedError  # pragma: no cover - interface
@@ -106,7 +106,16 @@ class FlowFamily(ModelFamily):
     def denoise(
         self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
     ) -> Any:
-        raise NotImplementedError  # pragma: no cover - interface
+        """The transformer's prediction, by keyword as the pipelines call it (the pooled
+        embedding only where the family has one)."""
+        extra = {} if pooled is None else {"pooled_projections": pooled}
+        return transformer(
+            hidden_states=noisy,
+            timestep=timesteps.to(noisy.dtype),
+            encoder_hidden_states=hidden,
+            return_dict=False,
+            **extra,
+        )[0]
 
     def train_module(self, backend: Any, encoders: list[Any] | None) -> Any:
         guidance = backend.section.guidance if self.uses_guidance(backend.unet) else None

@@ -46,7 +46,8 @@ class FlowTrainModule(torch.nn.Module):
             with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):
                 hidden, pooled = self.family.encode(self.pipe[0], captions, self.max_tokens)
             dtype = noisy.dtype
-            hidden, pooled = hidden.to(dtype), pooled.to(dtype)
+            hidden = hidden.to(dtype)
+            pooled = pooled.to(dtype) if pooled is not None else None
         guidance = None
         if self.guidance is not None:
             guidance = torch.full((noisy.shape[0],), self.guidance, device=noisy.device)

@@ -1,0 +1,185 @@
+"""Wan 2.1 / 2.2 as a lorakit-sd family.
+
+- **Recognised** by a diffusers folder's ``model_index.json`` (``WanPipeline``,
+  ``WanImageToVideoPipeline`` or a ``WanTransformer3DModel``).
+- **Conditioning**: captions through ``WanPipeline.encode_prompt`` (UMT5's last hidden state,
+  zeroed past each caption's tokens, padded to ``sd.max_sequence_length``, default 512, as
+  inference reads them); cached once.
+- **Latents**: ``AutoencoderKLWan`` (8x space, 4x time: clips of ``4k + 1`` frames), its
+  posterior cached once per sample; normalised as the pipeline undoes it before decoding,
+  ``(z - latents_mean) / latents_std``.
+- **Objective**: flow matching (velocity ``ε - x0``), σ drawn by ``sd.timestep_sampling`` and
+  shifted by the scheduler's ``flow_shift`` (UniPC in flow-prediction mode; 3.0 for 480p),
+  timesteps ``σ · 1000`` as the pipeline passes them.
+- **Files**: diffusers/PEFT keys with the adapter metadata (``WanPipeline.load_lora_weights``)
+  and ComfyUI's layout (:mod:`lorakit_sd.families.wan.comfy`).
+- **Previews**: the pipeline's own sampler, written as an mp4 and an animated webp.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from lorakit_sd.families.base import Objective
+from lorakit_sd.families.flow import FlowMatchObjective
+from lorakit_sd.families.transformer import FlowFamily
+from lorakit_sd.families.wan import SPEC
+from lorakit_sd.families.wan.comfy import comfy_tensors, from_original
+
+ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
+ALL_LINEAR = [*ATTN, "add_k_proj", "add_v_proj", "ffn.net.0.proj", "ffn.net.2"]
+
+
+class WanObjective(FlowMatchObjective):
+    """Flow matching with the Wan scheduler's fixed ``flow_shift`` (``sd.flow_shift`` wins)."""
+
+    def __init__(self, pipe: Any, sec: Any) -> None:
+        super().__init__(pipe, sec)
+        config = pipe.scheduler.config
+        shift = config.get("flow_shift", config.get("shift", 1.0))
+        self.shift = float(sec.flow_shift if sec.flow_shift is not None else shift)
+        self.dynamic = False
+
+
+class Wan(FlowFamily):
+    name = SPEC.name
+    label = SPEC.label
+    default_resolution = 640  # 832x480 (480p) is about 640² pixels
+    default_config_repo = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    base_model_version = "wan"
+    architecture = "wan-2.1/lora"
+    implementation = "https://github.com/Wan-Video/Wan2.1"
+    network_module = "networks.lora_wan"
+    kohya_text_prefixes: ClassVar[dict[str, str]] = {}
+    diffusers_text_prefixes: ClassVar[dict[str, str]] = {}
+    frame_multiple = 4
+    default_sequence_length = 512
+    sequence_encoder = caption_encoders = "UMT5"
+    transformer_file_layout = "diffusers' names"
+    pipeline_names = ("WanPipeline", "WanImageToVideoPipeline")
+    transformer_names = ("WanTransformer3DModel",)
+    target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
+    default_targets = ATTN
+    lora_key_priority = 35
+
+    # -- recognition and loading ---------------------------------------------------------
+    def claims_lora_metadata(self, version: str, architecture: str) -> bool:
+        return version == self.base_model_version or architecture.startswith("wan-")
+
+    def claims_lora_keys(self, keys: Any) -> bool:
+        return any(k.startswith("diffusion_model.blocks.") for k in keys) or any(
+            k.startswith("transformer.blocks.") and ".attn1." in k for k in keys
+        )
+
+    def pipeline_class(self) -> Any:
+        from diffusers import WanPipeline
+
+        return WanPipeline
+
+    def transformer_class(self) -> Any:
+        from diffusers import WanTransformer3DModel
+
+        return WanTransformer3DModel
+
+    def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
+        from lorakit.api import UsageError
+
+        raise UsageError(f"{path}: Wan trains from a diffusers folder or hub id")
+
+    # -- conditioning --------------------------------------------------------------------
+    def text_encoders(self, pipe: Any) -> list[Any]:
+        return []  # UMT5 takes no LoRA
+
+    def tokenizers(self, pipe: Any) -> list[Any]:
+        return [pipe.tokenizer]
+
+    def t5(self, pipe: Any) -> tuple[Any, Any]:
+        return pipe.tokenizer, pipe.text_encoder
+
+    def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
+        device = next(pipe.text_encoder.parameters()).device
+        hidden, _ = pipe.encode_prompt(
+            captions,
+            do_classifier_free_guidance=False,
+            max_sequence_length=max_tokens,
+            device=device,
+        )
+        return hidden, None
+
+    # -- latents -------------------------------------------------------------------------
+    def objective(self, pipe: Any, sec: Any) -> Objective:
+        return WanObjective(pipe, sec)
+
+    def normalize(self, latents: Any, vae_config: Any) -> Any:
+        import torch
+
+        shape = (1, int(vae_config.z_dim), 1, 1, 1)
+        mean = torch.tensor(vae_config.latents_mean).view(shape).to(latents)
+        std = torch.tensor(vae_config.latents_std).view(shape).to(latents)
+        return (latents - mean) / std
+
+    def vae_factor(self, vae_config: Any) -> int:
+        return int(2 ** len(vae_config["temperal_downsample"]))
+
+    def pixel_multiple(self, pipe: Any) -> int:
+        return self.vae_factor(pipe.vae.config) * int(pipe.transformer.config.patch_size[1])
+
+    # -- files ---------------------------------------------------------------------------
+    def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
+        """ComfyUI's layout (``diffusion_model.<original Wan module>``)."""
+        return comfy_tensors(modules, dtype)
+
+    def kohya_file_entries(self, entries: dict[str, Any], layout: Any) -> dict[str, Any]:
+        """A ComfyUI-layout file's entries under diffusers' module names."""
+        out = {}
+        for stem, entry in entries.items():
+            path = from_original(stem.removeprefix("diffusion_model."))
+            out[f"transformer.{path}" if path else stem] = entry
+        return out
+
+    def run_metadata(self, sec: Any, denoiser: Any) -> dict[str, str]:
+        video = sec.video
+        return {
+            "ss_frame_buckets": ",".join(map(str, video.frames)),
+            "ss_fps": "source" if video.fps is None else f"{video.fps:g}",
+        }
+
+    # -- previews ------------------------------------------------------------------------
+    def render(self, pipe: Any, prompts: list[str], **kwargs: Any) -> list[Any]:
+        """The pipeline's sampler; each prompt gives a clip (a list of PIL frames)."""
+        import torch
+        from PIL import Image
+
+        device = next(self.denoiser(pipe).parameters()).device
+        sampler = type(pipe)(**pipe.components)
+        sampler.set_progress_bar_config(disable=not kwargs.get("progress"))
+        length = kwargs.get("max_tokens") or self.default_sequence_length
+        clips = []
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            for i, prompt in enumerate(prompts):
+                generator = torch.Generator("cpu").manual_seed(kwargs["seed"] + i)
+                frames = sampler(
+                    prompt=prompt,
+                    negative_prompt=kwargs.get("negative") or None,
+                    num_inference_steps=kwargs["steps"],
+                    guidance_scale=kwargs["guidance"],
+                    width=kwargs["width"],
+                    height=kwargs["height"],
+                    num_frames=kwargs.get("frames") or 17,
+                    generator=generator,
+                    max_sequence_length=length,
+                    output_type="np",
+                ).frames[0]
+                clips.append([Image.fromarray((f * 255).round().astype("uint8")) for f in frames])
+        return clips
+
+    def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
+        import torch
+
+        return {"hidden": torch.randn(batch, tokens, int(t_config["text_dim"]))}
+
+    def standin(self, directory: Any, seed: int = 0) -> Any:
+        from lorakit_sd.families.wan.standin import build_tiny_wan
+
+        return build_tiny_wan(directory, seed)

@@ -1,0 +1,89 @@
+"""A tiny random Wan 2.1 text-to-video model with the real configs' shapes, scaled down.
+
+Wan2.1-T2V-1.3B has 12 heads of 128 (width 1536), an FFN 5.8 times as wide, patch (1, 2, 2),
+RMS q/k norm across heads and a 256-wide timestep embedding, reading UMT5-XXL (width 4096)
+captions; its VAE compresses 8x in space and 4x in time into 16 channels; its scheduler is
+UniPC in flow-prediction mode with shift 3. The stand-in keeps every structural choice at
+2 heads of 16, two blocks, a 32-wide two-layer UMT5 and an 8-channel VAE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lorakit_sd.families.transformer_standin import TinyFlowModel
+
+#: the stand-in's training side (pixels) and the frame counts it is tested with
+TINY_RESOLUTION = 32
+
+
+def build_tiny_wan_pipeline(seed: int = 0) -> Any:
+    import torch
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from lorakit_sd.families.transformer_standin import tiny_t5_tokenizer
+
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+    torch.manual_seed(seed + 1)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=192,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    config = UMT5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = UMT5EncoderModel(config).eval()
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+
+
+def build_tiny_wan(directory: str | Path, seed: int = 0) -> TinyFlowModel:
+    """Build the stand-in and save it as a diffusers folder under ``directory/diffusers``."""
+    directory = Path(directory)
+    pipe = build_tiny_wan_pipeline(seed)
+    target = directory / "diffusers"
+    pipe.save_pretrained(target, safe_serialization=True)
+    return TinyFlowModel("wan", target, resolution=TINY_RESOLUTION)
