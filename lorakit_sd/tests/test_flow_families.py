@@ -16,7 +16,7 @@ import torch
 from flow_helpers import SD as FLOW_SD
 from flow_helpers import train, transformer_output
 from lorakit_sd.testing import write_tiny_images
-from sd_helpers import first_losses, lora_keys
+from sd_helpers import first_losses, lora_keys, resumed_equals_whole
 
 STEPS = 20
 SD = FLOW_SD
@@ -324,7 +324,6 @@ def test_ddpm_options_are_refused_for_flow_families(flow_models, tmp_path, key, 
 
 
 def test_flux_resume_continues_exactly(flow_models, tmp_path):
-    from safetensors.torch import load_file
 
     data = write_tiny_images(tmp_path / "data", 4, sizes=[(32, 32), (48, 32)])
     common = {
@@ -335,19 +334,7 @@ def test_flux_resume_continues_exactly(flow_models, tmp_path):
         "export_formats": ["diffusers"],
         "sd": {"caption_dropout": 0.3, "flip_aug": True},
     }
-    whole, _ = _train(tmp_path, flow_models["flux1"], data, output_dir=tmp_path / "whole", **common)
-    resumed, _ = _train(
-        tmp_path,
-        flow_models["flux1"],
-        data,
-        output_dir=tmp_path / "resumed",
-        resume=str(whole.output_dir / "checkpoints" / "step-2"),
-        **common,
-    )
-    a = load_file(str(whole.output_dir / "whole.diffusers.safetensors"))
-    b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]
+    resumed_equals_whole(_train, tmp_path, flow_models["flux1"], data, common)
 
 
 def test_plan_traces_the_flux_transformer(flux_run, tmp_path):

@@ -66,7 +66,9 @@ def render_and_save(
     denoising steps (stderr).
     """
 
-    images = families.get(family).render(
+    spec = families.get(family)
+    video = {"frames": min(sec.video.frames)} if spec.frame_multiple else {}
+    images = spec.render(
         pipe,
         prompts,
         prediction_type=prediction_type,
@@ -80,7 +82,7 @@ def render_and_save(
         max_tokens=max_tokens,
         clip_skip=clip_skip,
         progress=progress,
-        frames=min(sec.video.frames),
+        **video,
     )
     directory.mkdir(parents=True, exist_ok=True)
     if images and isinstance(images[0], list):  # clips: lists of frames

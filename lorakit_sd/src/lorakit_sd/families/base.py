@@ -286,6 +286,12 @@ class ModelFamily:
         return entries
 
     # -- files -----------------------------------------------------------------------------
+    def standard_structure(self, entries: dict[str, Any]) -> tuple[Any, list[Any]] | None:
+        """The denoiser (and LoRA-taking text encoders) a LoRA file with these entries was
+        made for, on the meta device, when ``export`` has no ``--base``; None: the standard
+        model of ``data/standard_models.json``."""
+        return None
+
     def kohya_prefix(self, component: str) -> str:
         prefix = self.kohya_text_prefixes.get(component)
         if prefix is None:

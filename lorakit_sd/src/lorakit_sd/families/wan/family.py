@@ -28,6 +28,9 @@ from lorakit_sd.families.wan.comfy import comfy_tensors, from_original
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 ALL_LINEAR = [*ATTN, "add_k_proj", "add_v_proj", "ffn.net.0.proj", "ffn.net.2"]
+#: width -> (heads of 128, blocks, FFN width, latent channels) of the released transformers:
+#: Wan2.1 1.3B, Wan2.2 TI2V-5B, Wan2.1 / 2.2 14B
+RELEASED = {1536: (12, 30, 8960, 16), 3072: (24, 30, 14336, 48), 5120: (40, 40, 13824, 16)}
 
 
 class WanObjective(FlowMatchObjective):
@@ -136,6 +139,37 @@ class Wan(FlowFamily):
             path = from_original(stem.removeprefix("diffusion_model."))
             out[f"transformer.{path}" if path else stem] = entry
         return out
+
+    def standard_structure(self, entries: dict[str, Any]) -> tuple[Any, list[Any]] | None:
+        """The released Wan transformer of the file's width (1.3B, TI2V-5B or 14B), on the
+        meta device; another width needs ``--base``."""
+        import torch
+
+        from lorakit.api import UsageError
+
+        key = next((k for k in entries if k.endswith(".attn1.to_q")), None)
+        width = int(entries[key]["down"].shape[1]) if key else 0
+        if width not in RELEASED:
+            raise UsageError(
+                f"a Wan LoRA of width {width or 'unknown'} (not 1.3B, 5B or 14B): "
+                "pass --base with its model"
+            )
+        heads, layers, ffn, channels = RELEASED[width]
+        image = {}
+        if any(".add_k_proj" in k for k in entries):  # Wan2.1 I2V: CLIP image tokens
+            image = {"image_dim": 1280, "added_kv_proj_dim": width, "in_channels": 36}
+        with torch.device("meta"):
+            transformer = self.transformer_class()(
+                **{
+                    "num_attention_heads": heads,
+                    "num_layers": layers,
+                    "ffn_dim": ffn,
+                    "in_channels": channels,
+                    "out_channels": channels,
+                    **image,
+                }
+            )
+        return transformer, []
 
     def run_metadata(self, sec: Any, denoiser: Any) -> dict[str, str]:
         video = sec.video
