@@ -305,6 +305,11 @@ class ModelFamily:
 
         return kohya_name(component, path, self.name, layout)
 
+    def file_parts(self, modules: list[Any]) -> list[tuple[str, list[Any]]]:
+        """``(file name suffix, modules)`` of each file a LoRA is written as (a model with
+        several denoisers: one file each); default one file."""
+        return [("", modules)]
+
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """The kohya-format tensors of a LoRA, or None where the family has no such layout."""
         return None

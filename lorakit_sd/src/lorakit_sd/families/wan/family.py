@@ -25,6 +25,7 @@ from lorakit_sd.families.flow import FlowMatchObjective
 from lorakit_sd.families.transformer import FlowFamily
 from lorakit_sd.families.wan import SPEC
 from lorakit_sd.families.wan.comfy import comfy_tensors, from_original
+from lorakit_sd.families.wan.experts import Experts, expert_sigmas, split_modules
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 ALL_LINEAR = [*ATTN, "add_k_proj", "add_v_proj", "ffn.net.0.proj", "ffn.net.2"]
@@ -34,14 +35,27 @@ RELEASED = {1536: (12, 30, 8960, 16), 3072: (24, 30, 14336, 48), 5120: (40, 40, 
 
 
 class WanObjective(FlowMatchObjective):
-    """Flow matching with the Wan scheduler's fixed ``flow_shift`` (``sd.flow_shift`` wins)."""
+    """Flow matching with the Wan scheduler's fixed ``flow_shift`` (``sd.flow_shift`` wins);
+    on a two-expert model, σ on the trained experts' side of the boundary."""
 
-    def __init__(self, pipe: Any, sec: Any) -> None:
+    def __init__(self, pipe: Any, sec: Any, which: str = "both", boundary: float = 0.0) -> None:
         super().__init__(pipe, sec)
         config = pipe.scheduler.config
         shift = config.get("flow_shift", config.get("shift", 1.0))
         self.shift = float(sec.flow_shift if sec.flow_shift is not None else shift)
         self.dynamic = False
+        self.which = which
+        self.boundary = boundary
+
+    def shift_sigmas(self, u: Any, latents: Any) -> Any:
+        return expert_sigmas(super().shift_sigmas(u, latents), self.which, self.boundary)
+
+    def metadata(self) -> dict[str, str]:
+        meta = super().metadata()
+        if self.boundary:
+            meta["ss_wan_experts"] = self.which
+            meta["ss_timestep_boundary"] = f"{self.boundary:g}"
+        return meta
 
 
 class Wan(FlowFamily):
@@ -65,7 +79,31 @@ class Wan(FlowFamily):
     default_targets = ATTN
     lora_key_priority = 35
 
+    #: ``sd.video.experts`` of the run being set up (check_section), taken by the next
+    #: two-expert denoiser built (then back to both: sample and merge use every expert)
+    which: str = "both"
+
     # -- recognition and loading ---------------------------------------------------------
+    def check_section(self, sec: Any) -> None:
+        super().check_section(sec)
+        self.which = sec.video.experts
+
+    def two_experts(self, pipe: Any) -> bool:
+        return getattr(pipe, "transformer_2", None) is not None and bool(
+            pipe.config.get("boundary_ratio")
+        )
+
+    def denoiser(self, pipe: Any) -> Any:
+        """The transformer; a two-expert model's trained experts as one :class:`Experts`
+        (built once per pipeline)."""
+        if not self.two_experts(pipe):
+            return pipe.transformer
+        made = getattr(pipe, "_lorakit_experts", None)
+        if made is None:
+            made = pipe._lorakit_experts = Experts(pipe, self.which)
+            self.which = "both"
+        return made
+
     def claims_lora_metadata(self, version: str, architecture: str) -> bool:
         return version == self.base_model_version or architecture.startswith("wan-")
 
@@ -111,7 +149,18 @@ class Wan(FlowFamily):
 
     # -- latents -------------------------------------------------------------------------
     def objective(self, pipe: Any, sec: Any) -> Objective:
-        return WanObjective(pipe, sec)
+        if sec.video.experts != "both" and not self.two_experts(pipe):
+            from lorakit.api import ConfigError
+
+            raise ConfigError(
+                f"sd.video.experts {sec.video.experts}: this model has one transformer "
+                "(experts are Wan 2.2 A14B's)",
+                key="sd.video.experts",
+            )
+        if not self.two_experts(pipe):
+            return WanObjective(pipe, sec)
+        boundary = float(pipe.config.boundary_ratio)
+        return WanObjective(pipe, sec, sec.video.experts, boundary)
 
     def normalize(self, latents: Any, vae_config: Any) -> Any:
         import torch
@@ -128,6 +177,11 @@ class Wan(FlowFamily):
         return self.vae_factor(pipe.vae.config) * int(pipe.transformer.config.patch_size[1])
 
     # -- files ---------------------------------------------------------------------------
+    def file_parts(self, modules: list[Any]) -> list[tuple[str, list[Any]]]:
+        """One file per expert of a two-expert model (``<name>_high_noise``, ``_low_noise``),
+        as ComfyUI users load them, one per model; else one file."""
+        return split_modules(modules)
+
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """ComfyUI's layout (``diffusion_model.<original Wan module>``)."""
         return comfy_tensors(modules, dtype)

@@ -18,29 +18,12 @@ from lorakit_sd.families.transformer_standin import TinyFlowModel
 TINY_RESOLUTION = 32
 
 
-def build_tiny_wan_pipeline(seed: int = 0) -> Any:
+def tiny_transformer(seed: int) -> Any:
     import torch
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
-    from transformers import UMT5Config, UMT5EncoderModel
+    from diffusers import WanTransformer3DModel
 
-    from lorakit_sd.families.transformer_standin import tiny_t5_tokenizer
-
-    tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(
-        base_dim=8,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    )
-    torch.manual_seed(seed + 1)
-    transformer = WanTransformer3DModel(
+    return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=16,
@@ -54,6 +37,27 @@ def build_tiny_wan_pipeline(seed: int = 0) -> Any:
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     )
+
+
+def build_tiny_wan_pipeline(seed: int = 0, experts: bool = False) -> Any:
+    """Wan 2.1 T2V's shape; ``experts``: Wan 2.2 A14B's, a high-noise ``transformer`` and a
+    low-noise ``transformer_2`` switched at ``boundary_ratio`` 0.875."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from lorakit_sd.families.transformer_standin import tiny_t5_tokenizer
+
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+    transformer = tiny_transformer(seed + 1)
     config = UMT5Config(
         vocab_size=len(tokenizer),
         d_model=32,
@@ -71,19 +75,22 @@ def build_tiny_wan_pipeline(seed: int = 0) -> Any:
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
+    two = {"transformer_2": tiny_transformer(seed + 3), "boundary_ratio": 0.875} if experts else {}
     return WanPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
         transformer=transformer,
         scheduler=scheduler,
+        **two,
     )
 
 
-def build_tiny_wan(directory: str | Path, seed: int = 0) -> TinyFlowModel:
-    """Build the stand-in and save it as a diffusers folder under ``directory/diffusers``."""
+def build_tiny_wan(directory: str | Path, seed: int = 0, experts: bool = False) -> TinyFlowModel:
+    """Build the stand-in (``experts``: two, as Wan 2.2 A14B) and save it as a diffusers
+    folder under ``directory/diffusers``."""
     directory = Path(directory)
-    pipe = build_tiny_wan_pipeline(seed)
+    pipe = build_tiny_wan_pipeline(seed, experts)
     target = directory / "diffusers"
     pipe.save_pretrained(target, safe_serialization=True)
     return TinyFlowModel("wan", target, resolution=TINY_RESOLUTION)
