@@ -70,6 +70,11 @@ class VideoSection(BaseModel):
         description="Windows per clip: spread evenly from the first frame to the last "
         "(default 1: the first frames); with frame_stride, at most this many.",
     )
+    sample_image: str | None = Field(
+        None,
+        description="Image-to-video models: the first frame previews start from (an image "
+        "file); needed for previews of such a model.",
+    )
     experts: Literal["both", "high_noise", "low_noise"] = Field(
         "both",
         description="Two-expert models (a high-noise and a low-noise transformer): which to "

@@ -67,7 +67,9 @@ def render_and_save(
     """
 
     spec = families.get(family)
-    video = {"frames": min(sec.video.frames)} if spec.frame_multiple else {}
+    video = {}
+    if spec.frame_multiple:
+        video = {"frames": min(sec.video.frames), "image": sec.video.sample_image}
     images = spec.render(
         pipe,
         prompts,

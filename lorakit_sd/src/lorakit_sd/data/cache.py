@@ -101,6 +101,12 @@ def encode_moments(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
         )
 
 
+def as_entries(encoded: Any) -> dict[str, torch.Tensor]:
+    """What a family's ``encode_moments`` gave, by cache key: the moments, and whatever else
+    the family keeps per sample (a first-frame condition)."""
+    return dict(encoded) if isinstance(encoded, dict) else {"moments": encoded}
+
+
 def build_latent_cache(
     items: list[Any],
     vae: Any,
@@ -144,15 +150,15 @@ def build_latent_cache(
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
             pixels = torch.stack([item_pixels(items[i]) for i in chunk])
-            moments = encode(vae, pixels)
-            flipped = encode(vae, pixels.flip(-1)) if flip else None
+            encoded = as_entries(encode(vae, pixels))
+            flipped = as_entries(encode(vae, pixels.flip(-1))) if flip else {}
+            moments = encoded["moments"]
             for j, i in enumerate(chunk):
-                entry = {"moments": moments[j]}
+                entry = {name: value[j] for name, value in encoded.items()}
                 if masked:
                     mask = pixel_mask(items[i])[None]
                     entry["mask"] = to_latent(mask, tuple(moments.shape[-2:]))[0]
-                if flipped is not None:
-                    entry["moments_flip"] = flipped[j]
+                entry.update({f"{name}_flip": value[j] for name, value in flipped.items()})
                 store.put(i, keys[i], entry)
             done += len(chunk)
     if done:

@@ -62,19 +62,23 @@ class Experts(torch.nn.Module):
     ) -> tuple[torch.Tensor]:
         """Each sample through the expert of its timestep (as the pipeline chooses)."""
         high = timestep >= self.boundary
-        out = torch.empty_like(hidden_states)
+        out: torch.Tensor | None = None
         for name, rows in (("high_noise", high), ("low_noise", ~high)):
             if not bool(rows.any()):
                 continue
             if name not in self.names:
                 raise RuntimeError(f"a timestep for the untrained {name} expert was drawn")
-            out[rows] = getattr(self, name)(
+            pred = getattr(self, name)(
                 hidden_states=hidden_states[rows],
                 timestep=timestep[rows],
                 encoder_hidden_states=encoder_hidden_states[rows],
                 return_dict=False,
                 **kwargs,
             )[0]
+            if out is None:  # the prediction has the latents' channels, not the input's
+                out = pred.new_empty((hidden_states.shape[0], *pred.shape[1:]))
+            out[rows] = pred
+        assert out is not None
         return (out,)
 
 

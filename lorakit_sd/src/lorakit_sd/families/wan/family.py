@@ -26,6 +26,7 @@ from lorakit_sd.families.transformer import FlowFamily
 from lorakit_sd.families.wan import SPEC
 from lorakit_sd.families.wan.comfy import comfy_tensors, from_original
 from lorakit_sd.families.wan.experts import Experts, expert_sigmas, split_modules
+from lorakit_sd.families.wan.i2v import first_frame_condition, normalised
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 ALL_LINEAR = [*ATTN, "add_k_proj", "add_v_proj", "ffn.net.0.proj", "ffn.net.2"]
@@ -113,9 +114,28 @@ class Wan(FlowFamily):
         )
 
     def pipeline_class(self) -> Any:
-        from diffusers import WanPipeline
+        """``DiffusionPipeline``: a folder's ``model_index.json`` picks ``WanPipeline`` or
+        ``WanImageToVideoPipeline``."""
+        from diffusers import DiffusionPipeline
 
-        return WanPipeline
+        return DiffusionPipeline
+
+    def i2v(self, pipe: Any) -> bool:
+        """Whether the model generates from a first frame (its transformer reads the noisy
+        latents and the 20-channel condition)."""
+        return type(pipe).__name__ == "WanImageToVideoPipeline"
+
+    def finish(self, pipe: Any) -> None:
+        """The VAE of an image-to-video model also encodes each sample's first frame."""
+        if self.i2v(pipe):
+            if pipe.transformer.config.image_dim is not None or pipe.config.expand_timesteps:
+                from lorakit.api import UsageError
+
+                raise UsageError(
+                    "Wan image-to-video with a CLIP image encoder (2.1 I2V) or per-token "
+                    "timesteps (2.2 TI2V-5B) is not trained yet; Wan 2.2 I2V A14B is"
+                )
+            pipe.vae.first_frame_condition = True
 
     def transformer_class(self) -> Any:
         from diffusers import WanTransformer3DModel
@@ -163,12 +183,46 @@ class Wan(FlowFamily):
         return WanObjective(pipe, sec, sec.video.experts, boundary)
 
     def normalize(self, latents: Any, vae_config: Any) -> Any:
+        return normalised(latents, vae_config)
+
+    def encode_moments(self, vae: Any, pixels: Any) -> Any:
+        """The posterior's parameters; for an image-to-video model also the first-frame
+        condition (:mod:`lorakit_sd.families.wan.i2v`)."""
+        moments = super().encode_moments(vae, pixels)
+        if not getattr(vae, "first_frame_condition", False):
+            return moments
+        return {"moments": moments, "condition": first_frame_condition(vae, pixels)}
+
+    def extra_inputs(self, batch: dict[str, Any], flip: Any, device: Any, dtype: Any) -> dict:
+        """An image-to-video sample's cached condition (its mirror where flipped)."""
         import torch
 
-        shape = (1, int(vae_config.z_dim), 1, 1, 1)
-        mean = torch.tensor(vae_config.latents_mean).view(shape).to(latents)
-        std = torch.tensor(vae_config.latents_std).view(shape).to(latents)
-        return (latents - mean) / std
+        if "condition" not in batch:
+            return {}
+        condition = batch["condition"]
+        if flip is not None:
+            rows = flip.view(-1, *([1] * (condition.ndim - 1)))
+            condition = torch.where(rows, batch["condition_flip"], condition)
+        return {"condition": condition.to(device, dtype)}
+
+    def train_module(self, backend: Any, encoders: list[Any] | None) -> Any:
+        pipe, sec = backend.model.pipe, backend.section
+        if self.i2v(pipe):
+            from lorakit.api import ConfigError
+
+            if not backend.latents_cached:
+                raise ConfigError(
+                    "Wan image-to-video trains from cached latents (remove "
+                    "sd.cache_latents: false / sd.random_crop)",
+                    key="sd.cache_latents",
+                )
+            if backend.config.train.sample_prompts and not sec.video.sample_image:
+                raise ConfigError(
+                    "previews of an image-to-video model start from an image: set "
+                    "sd.video.sample_image",
+                    key="sd.video.sample_image",
+                )
+        return super().train_module(backend, encoders)
 
     def vae_factor(self, vae_config: Any) -> int:
         return int(2 ** len(vae_config["temperal_downsample"]))
@@ -248,6 +302,7 @@ class Wan(FlowFamily):
             for i, prompt in enumerate(prompts):
                 generator = torch.Generator("cpu").manual_seed(kwargs["seed"] + i)
                 frames = sampler(
+                    **self.first_frame(pipe, kwargs),
                     prompt=prompt,
                     negative_prompt=kwargs.get("negative") or None,
                     num_inference_steps=kwargs["steps"],
@@ -261,6 +316,19 @@ class Wan(FlowFamily):
                 ).frames[0]
                 clips.append([Image.fromarray((f * 255).round().astype("uint8")) for f in frames])
         return clips
+
+    def first_frame(self, pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """An image-to-video pipeline's ``image`` (``sd.video.sample_image``, fitted)."""
+        if not self.i2v(pipe):
+            return {}
+        from lorakit.api import UsageError
+        from lorakit_sd.data.buckets import fit_image
+        from lorakit_sd.data.images import open_rgb
+
+        path = kwargs.get("image")
+        if not path:
+            raise UsageError("an image-to-video model's clips start from sd.video.sample_image")
+        return {"image": fit_image(open_rgb(path), (kwargs["width"], kwargs["height"]))}
 
     def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
         import torch

@@ -18,7 +18,7 @@ from lorakit_sd.families.transformer_standin import TinyFlowModel
 TINY_RESOLUTION = 32
 
 
-def tiny_transformer(seed: int) -> Any:
+def tiny_transformer(seed: int, in_channels: int = 16) -> Any:
     import torch
     from diffusers import WanTransformer3DModel
 
@@ -27,7 +27,7 @@ def tiny_transformer(seed: int) -> Any:
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=16,
-        in_channels=16,
+        in_channels=in_channels,
         out_channels=16,
         text_dim=32,
         freq_dim=256,
@@ -39,11 +39,18 @@ def tiny_transformer(seed: int) -> Any:
     )
 
 
-def build_tiny_wan_pipeline(seed: int = 0, experts: bool = False) -> Any:
+def build_tiny_wan_pipeline(seed: int = 0, experts: bool = False, i2v: bool = False) -> Any:
     """Wan 2.1 T2V's shape; ``experts``: Wan 2.2 A14B's, a high-noise ``transformer`` and a
-    low-noise ``transformer_2`` switched at ``boundary_ratio`` 0.875."""
+    low-noise ``transformer_2`` switched at ``boundary_ratio`` (0.875; image-to-video 0.9);
+    ``i2v``: Wan 2.2 I2V A14B's (36 input channels: the noisy latents, the first-frame mask
+    and its latents; no CLIP image encoder)."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+    )
     from transformers import UMT5Config, UMT5EncoderModel
 
     from lorakit_sd.families.transformer_standin import tiny_t5_tokenizer
@@ -57,7 +64,8 @@ def build_tiny_wan_pipeline(seed: int = 0, experts: bool = False) -> Any:
         num_res_blocks=1,
         temperal_downsample=[False, True, True],
     )
-    transformer = tiny_transformer(seed + 1)
+    channels = 36 if i2v else 16
+    transformer = tiny_transformer(seed + 1, channels)
     config = UMT5Config(
         vocab_size=len(tokenizer),
         d_model=32,
@@ -75,22 +83,22 @@ def build_tiny_wan_pipeline(seed: int = 0, experts: bool = False) -> Any:
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
-    two = {"transformer_2": tiny_transformer(seed + 3), "boundary_ratio": 0.875} if experts else {}
-    return WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformer,
-        scheduler=scheduler,
-        **two,
-    )
+    two: dict[str, Any] = {}
+    if experts:
+        two = {"transformer_2": tiny_transformer(seed + 3, channels)}
+        two["boundary_ratio"] = 0.9 if i2v else 0.875
+    parts = {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae}
+    parts.update(transformer=transformer, scheduler=scheduler, **two)
+    return WanImageToVideoPipeline(**parts) if i2v else WanPipeline(**parts)
 
 
-def build_tiny_wan(directory: str | Path, seed: int = 0, experts: bool = False) -> TinyFlowModel:
-    """Build the stand-in (``experts``: two, as Wan 2.2 A14B) and save it as a diffusers
-    folder under ``directory/diffusers``."""
+def build_tiny_wan(
+    directory: str | Path, seed: int = 0, experts: bool = False, i2v: bool = False
+) -> TinyFlowModel:
+    """Build the stand-in (``experts``: two, as Wan 2.2 A14B; ``i2v``: image-to-video) and
+    save it as a diffusers folder under ``directory/diffusers``."""
     directory = Path(directory)
-    pipe = build_tiny_wan_pipeline(seed, experts)
+    pipe = build_tiny_wan_pipeline(seed, experts, i2v)
     target = directory / "diffusers"
     pipe.save_pretrained(target, safe_serialization=True)
     return TinyFlowModel("wan", target, resolution=TINY_RESOLUTION)
