@@ -30,9 +30,8 @@ def family_words() -> set[str]:
         words.update(part.strip() for part in family.label.split("/"))
         words.add(family.base_model_version.split("_base")[0])
         words.add(family.architecture.removesuffix("/lora").removesuffix("-base"))
-        template = families.spec(family.name).template
-        if template is not None:
-            words.update((template[0], Path(template[2]).stem))
+        for name, (_, path) in families.spec(family.name).templates().items():
+            words.update((name, Path(path).stem))
     return {w.lower() for w in words if len(w) >= 3}
 
 

@@ -39,7 +39,7 @@ def test_registrations(sd_plugins):
         "demo",
         "selftest",
     }
-    assert set(spec.templates) == {"sd15", "sdxl", "flux1", "sd35"}
+    assert set(spec.templates) == {"sd15", "sdxl", "flux1", "sd35", "wan21-t2v", "wan22-i2v"}
     assert registries.backend_for("image-generation", None).spec is spec
     for name in ("kohya", "diffusers"):
         assert registries.exporters.get(name).backends == ("sd",)
@@ -47,7 +47,7 @@ def test_registrations(sd_plugins):
     assert {"metadata_csv", "metadata_jsonl", "caption_files"} <= readers
 
 
-@pytest.mark.parametrize("template", ["sd15", "sdxl", "flux1", "sd35"])
+@pytest.mark.parametrize("template", ["sd15", "sdxl", "flux1", "sd35", "wan21-t2v", "wan22-i2v"])
 def test_templates_are_valid_configs(sd_plugins, template):
     from lorakit_sd.families import builtin_templates
 
@@ -59,7 +59,7 @@ def test_templates_are_valid_configs(sd_plugins, template):
     config = load_config(data=data, registries=sd_plugins.registries, check_paths=False)
     assert config.backend == "sd"
     assert config.train.gradient_checkpointing and config.train.mixed_precision == "bf16"
-    assert config.section.cache_latents and config.section.resolution in (512, 1024)
+    assert config.section.cache_latents and config.section.resolution in (512, 640, 1024)
     assert "#" in text  # commented
 
 

@@ -28,4 +28,5 @@ SPEC = FamilySpec(
     "image-to-video, two-expert A14B",
     describe=describe_file,
     template=("wan21-t2v", "lorakit_sd", "families/wan/wan21-t2v.yaml"),
+    more_templates=(("wan22-i2v", "lorakit_sd", "families/wan/wan22-i2v.yaml"),),
 )
