@@ -285,3 +285,30 @@ def test_resume_continues_exactly(wan, tmp_path):
         "sd": {"video": VIDEO, "caption_dropout": 0.3, "flip_aug": True},
     }
     resumed_equals_whole(train, tmp_path, model, data, common)
+
+
+def test_plan_traces_the_video_step_and_offers_fewer_frames(wan, tmp_path, sd_plugins):
+    """``lorakit plan`` counts exactly the LoRA the run trained, on a clip batch of the
+    longest frame bucket; its ladder tries fewer frames, which need fewer activations."""
+    from lorakit_sd.testing import tiny_config
+
+    from lorakit.config import load_config
+    from lorakit.planning import make_plan
+
+    model, data, _, cap = wan
+
+    def plan(frames):
+        sd = {"max_sequence_length": 16, "bucket_step": 16, "video": {"frames": frames}}
+        cfg = tiny_config(model, data, tmp_path / "p", sd=sd, gradient_checkpointing=True)
+        config = load_config(data=cfg, registries=sd_plugins.registries)
+        return make_plan(config, None, both=False)
+
+    full = plan([5, 9, 17])
+    trained = sum(p.numel() for p in cap.unet.parameters() if p.requires_grad)
+    assert full.estimate.trainable_params == trained
+    assert full.model.per_step == "2 clips of 17 frames at 32×32"
+    assert [changes for changes, _ in full.model.rungs][-2:] == [
+        {"sd.video.frames": [5, 9]},
+        {"sd.video.frames": [5]},
+    ]
+    assert plan([5, 9]).estimate.activations < full.estimate.activations

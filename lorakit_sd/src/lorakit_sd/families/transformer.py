@@ -152,6 +152,25 @@ class FlowFamily(ModelFamily):
             "pooled": torch.randn(batch, int(t_config["pooled_projection_dim"])),
         }
 
+    def latent_channels(self, vae_config: Any) -> int:
+        return int(vae_config["latent_channels"])
+
+    def plan_latents(self, batch: int, channels: int, side: int, section: Any) -> Any:
+        """A fake batch of latents for ``lorakit plan`` (a video family's have frames)."""
+        return torch.randn(batch, channels, side, side)
+
+    def plan_step(self, batch: int, resolution: int, section: Any) -> str:
+        """What one step trains on, in words."""
+        return f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}"
+
+    def plan_multiple(self, t_config: Any, vae_config: Any) -> int:
+        """Sides the ladder's smaller resolutions must be multiples of."""
+        return 1
+
+    def plan_rungs(self, section: Any) -> tuple[tuple[dict[str, Any], str], ...]:
+        """The family's own ladder rows (after the shared ones)."""
+        return ()
+
     def planner(self, config: Any, folder: Any, section: Any) -> Any:
 
         return flow_planner(config, folder, self, section)

@@ -47,7 +47,7 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
     dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
     resolution = section.resolution or spec.default_resolution
     side = resolution // spec.vae_factor(vae_config)
-    channels = int(vae_config["latent_channels"])
+    channels = spec.latent_channels(vae_config)
     tokens = int(section.max_sequence_length or spec.default_sequence_length)
     batch = train.batch_size
     guidance = section.guidance if t_config.get("guidance_embeds") else None
@@ -64,7 +64,7 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
 
     def fake_batch() -> dict[str, Any]:
         return {
-            "latents": torch.randn(batch, channels, side, side),
+            "latents": spec.plan_latents(batch, channels, side, section),
             "inputs": spec.plan_text_inputs(t_config, batch, tokens),
         }
 
@@ -86,13 +86,15 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
         batch=fake_batch,
         loss=plan_loss(plan_objective(folder, spec, section), dtype),
         description=f"{spec.label} transformer, {stored} weights {where}",
-        per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}",
+        per_step=spec.plan_step(batch, resolution, section),
         autocast_dtype=dtype if train.mixed_precision != "no" else None,
         caches=caches,
         items=count_images(config, section),
         resolution_key="sd.resolution",
-        rungs=flow_rungs(train, section, spec),
+        rungs=flow_rungs(train, section, spec) + spec.plan_rungs(section),
         **quantized(section, cls, t_config, dtype.itemsize),
         resolution=resolution,
-        resolution_steps=_smaller(resolution),
+        resolution_steps=tuple(
+            v for v in _smaller(resolution) if v % spec.plan_multiple(t_config, vae_config) == 0
+        ),
     )

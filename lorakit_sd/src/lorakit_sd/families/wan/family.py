@@ -225,7 +225,7 @@ class Wan(FlowFamily):
         return super().train_module(backend, encoders)
 
     def vae_factor(self, vae_config: Any) -> int:
-        return int(2 ** len(vae_config["temperal_downsample"]))
+        return int(vae_config.get("scale_factor_spatial") or 8)  # 8; Wan 2.2's 5B VAE: 16
 
     def pixel_multiple(self, pipe: Any) -> int:
         return self.vae_factor(pipe.vae.config) * int(pipe.transformer.config.patch_size[1])
@@ -329,6 +329,37 @@ class Wan(FlowFamily):
         if not path:
             raise UsageError("an image-to-video model's clips start from sd.video.sample_image")
         return {"image": fit_image(open_rgb(path), (kwargs["width"], kwargs["height"]))}
+
+    def latent_channels(self, vae_config: Any) -> int:
+        return int(vae_config["z_dim"])
+
+    def latent_frames(self, frames: int) -> int:
+        return (frames - 1) // self.frame_multiple + 1
+
+    def plan_latents(self, batch: int, channels: int, side: int, section: Any) -> Any:
+        """The longest frame bucket's latents (``(F - 1) / 4 + 1`` latent frames)."""
+        import torch
+
+        frames = self.latent_frames(max(section.video.frames))
+        return torch.randn(batch, channels, frames, side, side)
+
+    def plan_step(self, batch: int, resolution: int, section: Any) -> str:
+        frames = max(section.video.frames)
+        clips = f"{batch} clip{'s' if batch > 1 else ''}"
+        return f"{clips} of {frames} frames at {resolution}×{resolution}"
+
+    def plan_multiple(self, t_config: Any, vae_config: Any) -> int:
+        return self.vae_factor(vae_config) * int(t_config["patch_size"][1])
+
+    def plan_rungs(self, section: Any) -> tuple[tuple[dict[str, Any], str], ...]:
+        """Fewer frames: without the longest frame bucket, then the next (three rows at
+        most)."""
+        buckets = sorted(section.video.frames)
+        rows = []
+        for end in range(len(buckets) - 1, max(0, len(buckets) - 4), -1):
+            kept = buckets[:end]
+            rows.append(({"sd.video.frames": kept}, f"clips of at most {kept[-1]} frames"))
+        return tuple(rows)
 
     def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
         import torch
