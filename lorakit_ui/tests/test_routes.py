@@ -252,6 +252,24 @@ def test_a_run_page_serves_new_metrics_samples_with_prompts_and_downloads(client
     assert "loss-chart" in page and 'data-run="done"' in page
 
 
+def test_preview_clips_are_shown_as_video(client, runs_dir):
+    """A video model's previews: each clip once, as video (not its animated webp twin, nor
+    the sheet of first frames), served inline as video/mp4."""
+    out = fake_run(runs_dir, "clips", "finished", [1.0])
+    for name in ("step-000001-00.mp4", "step-000001-00.webp", "step-000001-01.mp4"):
+        (out / "samples" / name).write_bytes(b"\x00\x00\x00\x18ftypisom")
+    (out / "samples" / "step-000001-01.webp").write_bytes(b"RIFF")
+    (out / "samples" / "step-000001.png").write_bytes(b"\x89PNG sheet")
+    samples = client.get("/api/runs/clips").json()["samples"]
+    assert sorted((s["kind"], s["path"], s["prompt"]) for s in samples) == [
+        ("video", "samples/step-000001-00.mp4", "a red circle"),
+        ("video", "samples/step-000001-01.mp4", "a blue square"),
+    ]
+    got = client.get("/runs/clips/files/samples/step-000001-00.mp4")
+    assert got.headers["content-type"] == "video/mp4"
+    assert "attachment" not in got.headers.get("content-disposition", "")
+
+
 def test_one_training_at_a_time_unless_parallel(runs_dir, tiny_sd, images, tmp_path):
     from lorakit_ui.runs import Job, RunManager
 
