@@ -188,7 +188,9 @@ def test_export_converts_between_the_layouts_and_inspect_names_them(wan, tmp_pat
     assert (output(pipe, pipe.transformer, _x(2), 0.7) - want).abs().max().item() < 1e-5
 
 
-def test_merge_bakes_the_lora_into_the_transformer(wan, tmp_path):
+def test_merge_bakes_the_lora_into_an_original_layout_transformer(wan, tmp_path):
+    """The merged file is the transformer in the original layout, read by diffusers' own
+    converter (``from_single_file``), and equals the in-memory LoRA transformer."""
     from diffusers import WanTransformer3DModel
     from lorakit_sd.commands.merge import merge_checkpoint
     from safetensors.torch import load_file
@@ -199,10 +201,10 @@ def test_merge_bakes_the_lora_into_the_transformer(wan, tmp_path):
         [(str(result.output_dir / "run.safetensors"), 1.0)],
         tmp_path / "m.safetensors",
     )
-    merged = WanTransformer3DModel.from_config(
-        WanTransformer3DModel.load_config(model.diffusers_dir / "transformer")
+    assert "blocks.0.self_attn.q.weight" in load_file(str(out))  # the original (ComfyUI) layout
+    merged = WanTransformer3DModel.from_single_file(
+        str(out), config=str(model.diffusers_dir), subfolder="transformer", local_files_only=True
     )
-    merged.load_state_dict(load_file(str(out)))
     pipe = model.load()
     want = output(pipe, cap.unet, _x(3), 0.5)
     assert (output(pipe, merged.eval(), _x(3), 0.5) - want).abs().max().item() < 1e-5
@@ -312,3 +314,22 @@ def test_plan_traces_the_video_step_and_offers_fewer_frames(wan, tmp_path, sd_pl
         {"sd.video.frames": [5]},
     ]
     assert plan([5, 9]).estimate.activations < full.estimate.activations
+
+
+def test_training_from_the_original_layout_file(wan, tmp_path):
+    """``base_model``: the transformer alone in the original (ComfyUI) layout, the other parts
+    from ``sd.base_config``: lorakit loads the folder's transformer exactly, and trains it."""
+    from lorakit_sd.models import load_base
+
+    model, data, _, _ = wan
+    base = load_base(str(model.single_file), base_config=str(model.diffusers_dir))
+    assert base.family == "wan" and base.source == "single_file"
+    want = model.load().transformer.state_dict()
+    got = base.denoiser.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    result, cap = train(
+        tmp_path, model, data, max_steps=2, batch_size=2, single_file=True, sd={"video": VIDEO}
+    )
+    pipe = model.load()
+    pipe.load_lora_weights(str(result.output_dir / "run.safetensors"))
+    assert _injected(pipe.transformer) == _injected(cap.unet) > 0

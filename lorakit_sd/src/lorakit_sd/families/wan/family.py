@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from lorakit_sd.families.base import Objective
 from lorakit_sd.families.flow import FlowMatchObjective
 from lorakit_sd.families.transformer import FlowFamily
-from lorakit_sd.families.wan import SPEC
+from lorakit_sd.families.wan import SPEC, single_file
 from lorakit_sd.families.wan.comfy import comfy_tensors, from_original
 from lorakit_sd.families.wan.experts import Experts, expert_sigmas, split_modules
 from lorakit_sd.families.wan.i2v import first_frame_condition, normalised
@@ -73,7 +73,7 @@ class Wan(FlowFamily):
     frame_multiple = 4
     default_sequence_length = 512
     sequence_encoder = caption_encoders = "UMT5"
-    transformer_file_layout = "diffusers' names"
+    transformer_file_layout = "the original Wan layout (ComfyUI's)"
     pipeline_names = ("WanPipeline", "WanImageToVideoPipeline")
     transformer_names = ("WanTransformer3DModel",)
     target_presets = {"attn": ATTN, "all-linear": ALL_LINEAR}
@@ -142,10 +142,17 @@ class Wan(FlowFamily):
 
         return WanTransformer3DModel
 
-    def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
-        from lorakit.api import UsageError
+    def claims_keys(self, keys: set[str]) -> bool:
+        return single_file.claims(keys)
 
-        raise UsageError(f"{path}: Wan trains from a diffusers folder or hub id")
+    def load_single_file(self, path: Any, keys: list[str], config: str, local: bool) -> Any:
+        """A transformer file in the original layout (ComfyUI's), the other parts from
+        ``config`` (a diffusers Wan folder or hub id)."""
+        return single_file.load(path, config, local)
+
+    def transformer_file_state(self, state: dict[str, Any], config: Any) -> dict[str, Any]:
+        """The original layout, as ComfyUI's diffusion-model files are."""
+        return single_file.to_original(state)
 
     # -- conditioning --------------------------------------------------------------------
     def text_encoders(self, pipe: Any) -> list[Any]:

@@ -96,9 +96,23 @@ def build_tiny_wan(
     directory: str | Path, seed: int = 0, experts: bool = False, i2v: bool = False
 ) -> TinyFlowModel:
     """Build the stand-in (``experts``: two, as Wan 2.2 A14B; ``i2v``: image-to-video) and
-    save it as a diffusers folder under ``directory/diffusers``."""
+    save it as a diffusers folder under ``directory/diffusers``, and its transformer in the
+    original layout as ``directory/wan-tiny.safetensors``."""
     directory = Path(directory)
     pipe = build_tiny_wan_pipeline(seed, experts, i2v)
     target = directory / "diffusers"
     pipe.save_pretrained(target, safe_serialization=True)
-    return TinyFlowModel("wan", target, resolution=TINY_RESOLUTION)
+    single = directory / "wan-tiny.safetensors"
+    write_original_transformer(pipe.transformer, single)
+    return TinyFlowModel("wan", target, single, resolution=TINY_RESOLUTION)
+
+
+def write_original_transformer(transformer: Any, path: Path) -> Path:
+    """The transformer alone in the original layout (as ComfyUI's diffusion-model files)."""
+    from safetensors.torch import save_file
+
+    from lorakit_sd.families.wan.single_file import to_original
+
+    state = to_original(transformer.state_dict())
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path))
+    return path
