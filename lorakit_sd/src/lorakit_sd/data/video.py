@@ -31,8 +31,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-#: Extensions (lower case) of the files read as clips by a video family.
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif")
+from lorakit.api import VIDEO_EXTENSIONS as CLIP_EXTENSIONS
+
+#: Extensions (lower case) of the files read as clips by a video family (an animated GIF is
+#: a clip there; for image families and labeling it is an image, its first frame).
+VIDEO_EXTENSIONS = (*CLIP_EXTENSIONS, ".gif")
 #: Frames decoded from one file at most (a header may claim anything).
 MAX_CLIP_FRAMES = 10_000
 
@@ -78,7 +81,7 @@ def probe(path: str | Path) -> ClipInfo:
     av = pyav()
 
     from lorakit.api import UsageError
-    from lorakit.images import check_pixels
+    from lorakit.api import check_image_pixels as check_pixels
 
     try:
         with av.open(str(path)) as container:
