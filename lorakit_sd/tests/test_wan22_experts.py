@@ -128,3 +128,40 @@ def test_experts_on_a_one_transformer_model_is_refused(tmp_path, a14b):
     data = write_clips(tmp_path / "data")
     with pytest.raises(ConfigError, match="sd.video.experts high_noise: this model has one"):
         train(tmp_path, model, data, max_steps=1, sd={"video": {**VIDEO, "experts": "high_noise"}})
+
+
+def test_ti2v_5b_trains_text_to_video_as_its_pipeline_denoises(tmp_path):
+    """Wan 2.2 TI2V-5B (48-channel latents of the 16x VAE) as text-to-video: its pipeline
+    passes one timestep per token (``expand_timesteps``), all equal; the step's single
+    timestep per sample gives the same prediction, and the file loads whole in diffusers."""
+    from lorakit_sd.families.wan.standin import build_tiny_wan
+    from sd_helpers import lora_keys
+
+    model = build_tiny_wan(tmp_path / "5b", five_b=True)
+    data = write_clips(tmp_path / "data")
+    result, cap = train(
+        tmp_path,
+        model,
+        data,
+        max_steps=2,
+        batch_size=2,
+        learning_rate=1e-2,
+        sd={"video": VIDEO, "resolution": 64, "bucket_step": 32},
+    )
+    pipe = model.load()
+    assert pipe.config.expand_timesteps and pipe.vae.config.z_dim == 48
+    path = result.output_dir / "run.diffusers.safetensors"
+    pipe.load_lora_weights(str(path))
+    keys, _ = lora_keys(path)
+    assert _injected(pipe.transformer) == len(keys) // 2 == _injected(cap.unet)
+    x = torch.randn(2, 48, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    hidden = pipe.encode_prompt(
+        ["a", "b"], do_classifier_free_guidance=False, max_sequence_length=16
+    )[0]
+    t = 600.0
+    # WanPipeline with expand_timesteps: (mask[0][0][:, ::2, ::2] * t).flatten() per sample
+    tokens = (torch.ones(3, 4, 4)[:, ::2, ::2] * t).flatten().unsqueeze(0).expand(2, -1)
+    with torch.no_grad():
+        theirs = pipe.transformer(x, tokens, hidden, return_dict=False)[0]
+        ours = cap.unet.eval()(x, torch.full((2,), t), hidden, return_dict=False)[0]
+    assert (ours - theirs).abs().max().item() < 1e-5

@@ -132,8 +132,9 @@ class Wan(FlowFamily):
                 from lorakit.api import UsageError
 
                 raise UsageError(
-                    "Wan image-to-video with a CLIP image encoder (2.1 I2V) or per-token "
-                    "timesteps (2.2 TI2V-5B) is not trained yet; Wan 2.2 I2V A14B is"
+                    "Wan image-to-video with a CLIP image encoder (2.1 I2V) or with the "
+                    "first frame in the latents (2.2 TI2V-5B) is not trained yet; Wan 2.2 "
+                    "I2V A14B is, and TI2V-5B trains as text-to-video (WanPipeline)"
                 )
             pipe.vae.first_frame_condition = True
 

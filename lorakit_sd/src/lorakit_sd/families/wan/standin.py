@@ -18,7 +18,7 @@ from lorakit_sd.families.transformer_standin import TinyFlowModel
 TINY_RESOLUTION = 32
 
 
-def tiny_transformer(seed: int, in_channels: int = 16) -> Any:
+def tiny_transformer(seed: int, in_channels: int = 16, out_channels: int = 16) -> Any:
     import torch
     from diffusers import WanTransformer3DModel
 
@@ -28,7 +28,7 @@ def tiny_transformer(seed: int, in_channels: int = 16) -> Any:
         num_attention_heads=2,
         attention_head_dim=16,
         in_channels=in_channels,
-        out_channels=16,
+        out_channels=out_channels,
         text_dim=32,
         freq_dim=256,
         ffn_dim=192,
@@ -39,33 +39,46 @@ def tiny_transformer(seed: int, in_channels: int = 16) -> Any:
     )
 
 
-def build_tiny_wan_pipeline(seed: int = 0, experts: bool = False, i2v: bool = False) -> Any:
+def tiny_vae(seed: int, five_b: bool) -> Any:
+    """Wan 2.1's VAE (16 channels, 8x space); ``five_b``: Wan 2.2's (48 channels, 16x space:
+    2x2 pixel patches, residual blocks)."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    five: dict[str, Any] = {}
+    if five_b:
+        five = {"in_channels": 12, "out_channels": 12, "is_residual": True, "patch_size": 2}
+        five.update(scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+    return AutoencoderKLWan(
+        base_dim=8,
+        z_dim=48 if five_b else 16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        **five,
+    )
+
+
+def build_tiny_wan_pipeline(
+    seed: int = 0, experts: bool = False, i2v: bool = False, five_b: bool = False
+) -> Any:
     """Wan 2.1 T2V's shape; ``experts``: Wan 2.2 A14B's, a high-noise ``transformer`` and a
     low-noise ``transformer_2`` switched at ``boundary_ratio`` (0.875; image-to-video 0.9);
     ``i2v``: Wan 2.2 I2V A14B's (36 input channels: the noisy latents, the first-frame mask
-    and its latents; no CLIP image encoder)."""
+    and its latents; no CLIP image encoder); ``five_b``: Wan 2.2 TI2V-5B's (48-channel latents
+    of the 16x VAE, per-token timesteps) used for text-to-video."""
     import torch
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanImageToVideoPipeline,
-        WanPipeline,
-    )
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
     from lorakit_sd.families.transformer_standin import tiny_t5_tokenizer
 
     tokenizer = tiny_t5_tokenizer()
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(
-        base_dim=8,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    )
-    channels = 36 if i2v else 16
-    transformer = tiny_transformer(seed + 1, channels)
+    vae = tiny_vae(seed, five_b)
+    latent = 48 if five_b else 16
+    channels = 36 if i2v else latent
+    transformer = tiny_transformer(seed + 1, channels, latent)
     config = UMT5Config(
         vocab_size=len(tokenizer),
         d_model=32,
@@ -89,17 +102,23 @@ def build_tiny_wan_pipeline(seed: int = 0, experts: bool = False, i2v: bool = Fa
         two["boundary_ratio"] = 0.9 if i2v else 0.875
     parts = {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae}
     parts.update(transformer=transformer, scheduler=scheduler, **two)
+    if five_b:
+        parts["expand_timesteps"] = True
     return WanImageToVideoPipeline(**parts) if i2v else WanPipeline(**parts)
 
 
 def build_tiny_wan(
-    directory: str | Path, seed: int = 0, experts: bool = False, i2v: bool = False
+    directory: str | Path,
+    seed: int = 0,
+    experts: bool = False,
+    i2v: bool = False,
+    five_b: bool = False,
 ) -> TinyFlowModel:
     """Build the stand-in (``experts``: two, as Wan 2.2 A14B; ``i2v``: image-to-video) and
     save it as a diffusers folder under ``directory/diffusers``, and its transformer in the
     original layout as ``directory/wan-tiny.safetensors``."""
     directory = Path(directory)
-    pipe = build_tiny_wan_pipeline(seed, experts, i2v)
+    pipe = build_tiny_wan_pipeline(seed, experts, i2v, five_b)
     target = directory / "diffusers"
     pipe.save_pretrained(target, safe_serialization=True)
     single = directory / "wan-tiny.safetensors"
