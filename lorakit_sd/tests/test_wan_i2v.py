@@ -115,3 +115,78 @@ def test_previews_without_a_first_frame_are_refused(i2v, tmp_path):
     model, data, _, _ = i2v
     with pytest.raises(ConfigError, match="set sd.video.sample_image"):
         train(tmp_path, model, data, max_steps=1, sample_prompts=["a"], sd={"video": VIDEO})
+
+
+@pytest.fixture(scope="module")
+def i2v21(tmp_path_factory):
+    """Wan 2.1 I2V: one transformer that also reads the first frame's CLIP image tokens; the
+    LoRA on every linear layer (add_k_proj / add_v_proj: ComfyUI's k_img / v_img)."""
+    from lorakit_sd.families.wan.standin import build_tiny_wan
+
+    tmp = tmp_path_factory.mktemp("i2v21")
+    model = build_tiny_wan(tmp / "model", i2v=True, clip=True)
+    data = write_clips(tmp / "data")
+    result, cap = train(
+        tmp,
+        model,
+        data,
+        max_steps=4,
+        batch_size=2,
+        learning_rate=1e-2,
+        lora_alpha=8,
+        target_modules=["all-linear"],
+        sd={"video": VIDEO, "flip_aug": True},
+    )
+    cap.unet.eval()
+    return model, data, result, cap
+
+
+def test_wan21_caches_the_clip_image_tokens_the_pipeline_encodes(i2v21):
+    from lorakit_sd.data.video import load_clip
+
+    from lorakit_sd import families
+
+    model, data, _, _ = i2v21
+    pipe = model.load()
+    families.get("wan").finish(pipe)
+    clip = load_clip(data / "blue.mov", tuple(range(9)), (32, 32))[None]
+    ours = families.get("wan").encode_moments(pipe.vae, clip)["image"]
+    first = Image.fromarray(((clip[0, :, 0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+    with torch.no_grad():
+        theirs = pipe.encode_image(first, torch.device("cpu"))
+    assert ours.shape == theirs.shape and (ours - theirs).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["run.safetensors", "run.diffusers.safetensors"])
+def test_wan21_files_load_whole_and_read_the_image_tokens_as_the_pipeline(i2v21, layout):
+    from lorakit_sd.families.transformer_module import FlowTrainModule
+
+    from lorakit_sd import families
+
+    model, _, result, cap = i2v21
+    pipe = model.load()
+    pipe.load_lora_weights(str(result.output_dir / layout))
+    injected = [n for n, _ in pipe.transformer.named_modules() if n.endswith(".lora_A")]
+    assert any(".attn2.add_k_proj" in n for n in injected)  # k_img in ComfyUI's names
+    assert len(injected) == len([n for n, _ in cap.unet.named_modules() if n.endswith(".lora_A")])
+    hidden = pipe.encode_prompt(
+        ["a", "b"], do_classifier_free_guidance=False, max_sequence_length=16
+    )[0]
+    g = torch.Generator().manual_seed(1)
+    noisy, condition = (
+        torch.randn(2, 16, 3, 4, 4, generator=g),
+        torch.randn(2, 20, 3, 4, 4, generator=g),
+    )
+    image = torch.randn(2, 17, 32, generator=g)  # CLIP tokens: 16 patches and the class token
+    module = FlowTrainModule(families.get("wan"), pipe, cap.unet, None, False, 16, None)
+    t = torch.full((2,), 700.0)
+    with torch.no_grad():
+        mine = module(noisy, t, hidden=hidden, pooled=image, condition=condition)
+        want = pipe.transformer(
+            hidden_states=torch.cat([noisy, condition], dim=1),
+            timestep=t,
+            encoder_hidden_states=hidden,
+            encoder_hidden_states_image=image,
+            return_dict=False,
+        )[0]
+    assert (mine - want).abs().max().item() < 1e-5

@@ -68,12 +68,13 @@ class Experts(torch.nn.Module):
                 continue
             if name not in self.names:
                 raise RuntimeError(f"a timestep for the untrained {name} expert was drawn")
+            extra = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
             pred = getattr(self, name)(
                 hidden_states=hidden_states[rows],
                 timestep=timestep[rows],
                 encoder_hidden_states=encoder_hidden_states[rows],
                 return_dict=False,
-                **kwargs,
+                **extra,
             )[0]
             if out is None:  # the prediction has the latents' channels, not the input's
                 out = pred.new_empty((hidden_states.shape[0], *pred.shape[1:]))

@@ -26,7 +26,7 @@ from lorakit_sd.families.transformer import FlowFamily
 from lorakit_sd.families.wan import SPEC, single_file
 from lorakit_sd.families.wan.comfy import comfy_tensors, from_original
 from lorakit_sd.families.wan.experts import Experts, expert_sigmas, split_modules
-from lorakit_sd.families.wan.i2v import first_frame_condition, normalised
+from lorakit_sd.families.wan.i2v import first_frame_condition, image_tokens, normalised
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 ALL_LINEAR = [*ATTN, "add_k_proj", "add_v_proj", "ffn.net.0.proj", "ffn.net.2"]
@@ -128,15 +128,17 @@ class Wan(FlowFamily):
     def finish(self, pipe: Any) -> None:
         """The VAE of an image-to-video model also encodes each sample's first frame."""
         if self.i2v(pipe):
-            if pipe.transformer.config.image_dim is not None or pipe.config.expand_timesteps:
+            if pipe.config.expand_timesteps:
                 from lorakit.api import UsageError
 
                 raise UsageError(
-                    "Wan image-to-video with a CLIP image encoder (2.1 I2V) or with the "
-                    "first frame in the latents (2.2 TI2V-5B) is not trained yet; Wan 2.2 "
-                    "I2V A14B is, and TI2V-5B trains as text-to-video (WanPipeline)"
+                    "Wan 2.2 TI2V-5B's image-to-video (the first frame in the latents) is not "
+                    "trained yet; it trains as text-to-video (WanPipeline)"
                 )
             pipe.vae.first_frame_condition = True
+            if pipe.transformer.config.image_dim is not None:  # Wan 2.1 I2V: CLIP tokens
+                # kept outside the VAE's modules (not its weights, not moved with it)
+                pipe.vae.__dict__["image_encoder"] = (pipe.image_processor, pipe.image_encoder)
 
     def transformer_class(self) -> Any:
         from diffusers import WanTransformer3DModel
@@ -199,19 +201,39 @@ class Wan(FlowFamily):
         moments = super().encode_moments(vae, pixels)
         if not getattr(vae, "first_frame_condition", False):
             return moments
-        return {"moments": moments, "condition": first_frame_condition(vae, pixels)}
+        out = {"moments": moments, "condition": first_frame_condition(vae, pixels)}
+        encoder = vae.__dict__.get("image_encoder")
+        if encoder is not None:
+            out["image"] = image_tokens(encoder, pixels)
+        return out
 
     def extra_inputs(self, batch: dict[str, Any], flip: Any, device: Any, dtype: Any) -> dict:
-        """An image-to-video sample's cached condition (its mirror where flipped)."""
+        """An image-to-video sample's cached condition and CLIP image tokens (their mirror
+        where flipped)."""
         import torch
 
-        if "condition" not in batch:
-            return {}
-        condition = batch["condition"]
-        if flip is not None:
-            rows = flip.view(-1, *([1] * (condition.ndim - 1)))
-            condition = torch.where(rows, batch["condition_flip"], condition)
-        return {"condition": condition.to(device, dtype)}
+        out = {}
+        for key, name in (("condition", "condition"), ("image", "pooled")):
+            if key not in batch:
+                continue
+            value = batch[key]
+            if flip is not None:
+                rows = flip.view(-1, *([1] * (value.ndim - 1)))
+                value = torch.where(rows, batch[f"{key}_flip"], value)
+            out[name] = value.to(device, dtype)  # CLIP image tokens travel as "pooled"
+        return out
+
+    def denoise(
+        self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
+    ) -> Any:
+        """As the pipelines call it; ``pooled``: Wan 2.1 I2V's CLIP image tokens."""
+        return transformer(
+            hidden_states=noisy,
+            timestep=timesteps.to(noisy.dtype),
+            encoder_hidden_states=hidden,
+            encoder_hidden_states_image=pooled,
+            return_dict=False,
+        )[0]
 
     def train_module(self, backend: Any, encoders: list[Any] | None) -> Any:
         pipe, sec = backend.model.pipe, backend.section

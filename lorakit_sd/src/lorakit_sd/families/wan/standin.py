@@ -18,7 +18,9 @@ from lorakit_sd.families.transformer_standin import TinyFlowModel
 TINY_RESOLUTION = 32
 
 
-def tiny_transformer(seed: int, in_channels: int = 16, out_channels: int = 16) -> Any:
+def tiny_transformer(
+    seed: int, in_channels: int = 16, out_channels: int = 16, image_dim: int | None = None
+) -> Any:
     import torch
     from diffusers import WanTransformer3DModel
 
@@ -36,6 +38,8 @@ def tiny_transformer(seed: int, in_channels: int = 16, out_channels: int = 16) -
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
+        image_dim=image_dim,
+        added_kv_proj_dim=32 if image_dim else None,
     )
 
 
@@ -60,14 +64,41 @@ def tiny_vae(seed: int, five_b: bool) -> Any:
     )
 
 
+def tiny_image_encoder(seed: int) -> dict[str, Any]:
+    """Wan 2.1 I2V's CLIP image encoder (ViT-H: 1280 wide, read at its penultimate layer)
+    and processor, at 32 wide on 32-pixel images."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return {"image_encoder": CLIPVisionModel(config).eval(), "image_processor": processor}
+
+
 def build_tiny_wan_pipeline(
-    seed: int = 0, experts: bool = False, i2v: bool = False, five_b: bool = False
+    seed: int = 0,
+    experts: bool = False,
+    i2v: bool = False,
+    five_b: bool = False,
+    clip: bool = False,
 ) -> Any:
     """Wan 2.1 T2V's shape; ``experts``: Wan 2.2 A14B's, a high-noise ``transformer`` and a
     low-noise ``transformer_2`` switched at ``boundary_ratio`` (0.875; image-to-video 0.9);
     ``i2v``: Wan 2.2 I2V A14B's (36 input channels: the noisy latents, the first-frame mask
     and its latents; no CLIP image encoder); ``five_b``: Wan 2.2 TI2V-5B's (48-channel latents
-    of the 16x VAE, per-token timesteps) used for text-to-video."""
+    of the 16x VAE, per-token timesteps) used for text-to-video; ``clip`` (with ``i2v``): Wan
+    2.1 I2V's, whose transformer also reads the first frame's CLIP image tokens."""
     import torch
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
@@ -78,7 +109,7 @@ def build_tiny_wan_pipeline(
     vae = tiny_vae(seed, five_b)
     latent = 48 if five_b else 16
     channels = 36 if i2v else latent
-    transformer = tiny_transformer(seed + 1, channels, latent)
+    transformer = tiny_transformer(seed + 1, channels, latent, 32 if clip else None)
     config = UMT5Config(
         vocab_size=len(tokenizer),
         d_model=32,
@@ -104,6 +135,8 @@ def build_tiny_wan_pipeline(
     parts.update(transformer=transformer, scheduler=scheduler, **two)
     if five_b:
         parts["expand_timesteps"] = True
+    if clip:
+        parts.update(tiny_image_encoder(seed + 4))
     return WanImageToVideoPipeline(**parts) if i2v else WanPipeline(**parts)
 
 
@@ -113,12 +146,13 @@ def build_tiny_wan(
     experts: bool = False,
     i2v: bool = False,
     five_b: bool = False,
+    clip: bool = False,
 ) -> TinyFlowModel:
     """Build the stand-in (``experts``: two, as Wan 2.2 A14B; ``i2v``: image-to-video) and
     save it as a diffusers folder under ``directory/diffusers``, and its transformer in the
     original layout as ``directory/wan-tiny.safetensors``."""
     directory = Path(directory)
-    pipe = build_tiny_wan_pipeline(seed, experts, i2v, five_b)
+    pipe = build_tiny_wan_pipeline(seed, experts, i2v, five_b, clip)
     target = directory / "diffusers"
     pipe.save_pretrained(target, safe_serialization=True)
     single = directory / "wan-tiny.safetensors"
