@@ -13,6 +13,37 @@ from video_helpers import moving_square
 VIDEO = {"frames": [5, 9]}
 
 
+def _lora_count(module):
+    return len([n for n, _ in module.named_modules() if n.endswith(".lora_A")])
+
+
+def predictions(pipe, trained, transformer, t, image=None):
+    """(the trained module's prediction, the pipeline's call of ``transformer``) on random
+    noisy latents and condition: ``latent_model_input = cat([latents, condition], dim=1)``."""
+    from lorakit_sd.families.transformer_module import FlowTrainModule
+
+    from lorakit_sd import families
+
+    hidden = pipe.encode_prompt(
+        ["a", "b"], do_classifier_free_guidance=False, max_sequence_length=16
+    )[0]
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(2, 16, 3, 4, 4, generator=g)
+    condition = torch.randn(2, 20, 3, 4, 4, generator=g)
+    module = FlowTrainModule(families.get("wan"), pipe, trained, None, False, 16, None)
+    steps = torch.full((2,), t)
+    with torch.no_grad():
+        mine = module(noisy, steps, hidden=hidden, pooled=image, condition=condition)
+        want = transformer(
+            hidden_states=torch.cat([noisy, condition], dim=1),
+            timestep=steps,
+            encoder_hidden_states=hidden,
+            encoder_hidden_states_image=image,
+            return_dict=False,
+        )[0]
+    return mine, want
+
+
 @pytest.fixture(scope="module")
 def i2v(tmp_path_factory):
     from lorakit_sd.families.wan.standin import build_tiny_wan
@@ -69,34 +100,9 @@ def test_the_experts_load_in_diffusers_and_read_the_condition_as_the_pipeline_jo
         (pipe.transformer, cap.unet.high_noise),
         (pipe.transformer_2, cap.unet.low_noise),
     ):
-        injected = [n for n, _ in theirs.named_modules() if n.endswith(".lora_A")]
-        assert (
-            len(injected) == len([n for n, _ in mine.named_modules() if n.endswith(".lora_A")]) > 0
-        )
-    hidden = pipe.encode_prompt(
-        ["a", "b"], do_classifier_free_guidance=False, max_sequence_length=16
-    )[0]
-    g = torch.Generator().manual_seed(0)
-    noisy, condition = (
-        torch.randn(2, 16, 3, 4, 4, generator=g),
-        torch.randn(2, 20, 3, 4, 4, generator=g),
-    )
-    from lorakit_sd.families.transformer_module import FlowTrainModule
-
-    from lorakit_sd import families
-
-    module = FlowTrainModule(families.get("wan"), pipe, cap.unet, None, False, 16, None)
+        assert _lora_count(theirs) == _lora_count(mine) > 0
     for sigma, theirs in ((0.95, pipe.transformer), (0.5, pipe.transformer_2)):
-        t = torch.full((2,), sigma * 1000.0)
-        with torch.no_grad():
-            mine = module(noisy, t, hidden=hidden, condition=condition)
-            # WanImageToVideoPipeline: latent_model_input = cat([latents, condition], dim=1)
-            want = theirs(
-                hidden_states=torch.cat([noisy, condition], dim=1),
-                timestep=t,
-                encoder_hidden_states=hidden,
-                return_dict=False,
-            )[0]
+        mine, want = predictions(pipe, cap.unet, theirs, sigma * 1000.0)
         assert (mine - want).abs().max().item() < 1e-5
 
 
@@ -159,34 +165,13 @@ def test_wan21_caches_the_clip_image_tokens_the_pipeline_encodes(i2v21):
 
 @pytest.mark.parametrize("layout", ["run.safetensors", "run.diffusers.safetensors"])
 def test_wan21_files_load_whole_and_read_the_image_tokens_as_the_pipeline(i2v21, layout):
-    from lorakit_sd.families.transformer_module import FlowTrainModule
-
-    from lorakit_sd import families
-
     model, _, result, cap = i2v21
     pipe = model.load()
     pipe.load_lora_weights(str(result.output_dir / layout))
     injected = [n for n, _ in pipe.transformer.named_modules() if n.endswith(".lora_A")]
     assert any(".attn2.add_k_proj" in n for n in injected)  # k_img in ComfyUI's names
-    assert len(injected) == len([n for n, _ in cap.unet.named_modules() if n.endswith(".lora_A")])
-    hidden = pipe.encode_prompt(
-        ["a", "b"], do_classifier_free_guidance=False, max_sequence_length=16
-    )[0]
+    assert len(injected) == _lora_count(cap.unet)
     g = torch.Generator().manual_seed(1)
-    noisy, condition = (
-        torch.randn(2, 16, 3, 4, 4, generator=g),
-        torch.randn(2, 20, 3, 4, 4, generator=g),
-    )
     image = torch.randn(2, 17, 32, generator=g)  # CLIP tokens: 16 patches and the class token
-    module = FlowTrainModule(families.get("wan"), pipe, cap.unet, None, False, 16, None)
-    t = torch.full((2,), 700.0)
-    with torch.no_grad():
-        mine = module(noisy, t, hidden=hidden, pooled=image, condition=condition)
-        want = pipe.transformer(
-            hidden_states=torch.cat([noisy, condition], dim=1),
-            timestep=t,
-            encoder_hidden_states=hidden,
-            encoder_hidden_states_image=image,
-            return_dict=False,
-        )[0]
+    mine, want = predictions(pipe, cap.unet, pipe.transformer, 700.0, image)
     assert (mine - want).abs().max().item() < 1e-5
