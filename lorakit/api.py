@@ -19,10 +19,11 @@ from lorakit.backend import (
     half_dtype,
     trainable_state_dict,
 )
-from lorakit.backend_plugin import BackendPlugin, WeightedLora
+from lorakit.backend_plugin import BackendPlugin, Chat, WeightedLora
 from lorakit.clips import VIDEO_EXTENSIONS, is_clip_name
 from lorakit.config.loader import load_config
 from lorakit.config.schema import Config
+from lorakit.data_report import DataReport, DataRow
 from lorakit.env import env_flag
 from lorakit.errors import ConfigError, DataError, LorakitError, PluginError, RunError, UsageError
 from lorakit.export_view import AdapterExport, AdapterLayer, Exporter, Network
@@ -48,7 +49,15 @@ from lorakit.labeling import (
     label_folder,
     make_caption,
 )
-from lorakit.metadata_csv import FILE_COLUMNS, TEXT_COLUMNS, read_table, read_text
+from lorakit.metadata_csv import (
+    CONTROL_COLUMNS,
+    CONTROL_SEPARATOR,
+    FILE_COLUMNS,
+    TEXT_COLUMNS,
+    read_table,
+    read_text,
+    split_control,
+)
 from lorakit.planning.estimate import PlanModel
 from lorakit.plugins import PluginInfo, get_registries, lazy, plugin_registrations
 from lorakit.registry import (
@@ -73,6 +82,8 @@ __all__ = [
     "AdapterLayer",
     "Exporter",
     "Network",
+    "CONTROL_COLUMNS",
+    "CONTROL_SEPARATOR",
     "FILE_COLUMNS",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
@@ -80,9 +91,12 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "Backend",
     "BackendPlugin",
+    "Chat",
     "Config",
     "ConfigError",
     "DataError",
+    "DataReport",
+    "DataRow",
     "DatasetReaderSpec",
     "ExporterSpec",
     "FileKind",
@@ -137,6 +151,7 @@ __all__ = [
     "read_text",
     "read_safetensors_header",
     "save_safetensors",
+    "split_control",
     "trainable_state_dict",
     "unsafe_pickle_allowed",
     "write_bytes",

@@ -20,18 +20,35 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from lorakit.errors import UsageError
 
 if TYPE_CHECKING:
     from lorakit.backend import Backend
     from lorakit.config.schema import Config
+    from lorakit.data_report import DataReport
     from lorakit.identify import FileKind, FileProbe
     from lorakit.planning.estimate import PlanModel
 
 #: A LoRA to apply and its weight, as ``--lora PATH[:WEIGHT]`` gives it.
 WeightedLora = tuple[str, float]
+
+
+class Chat(Protocol):
+    """A conversation with a base model and its adapters (``lorakit chat``, the page's chat
+    panel): ``active`` is the adapter answering (``"base"``: adapters off), ``history`` the
+    turns so far (``{"role", "content"}``), ``max_new_tokens`` the longest answer."""
+
+    active: str
+    history: list[dict[str, str]]
+    max_new_tokens: int
+
+    def use(self, name: str) -> None:
+        """Answer with adapter ``name`` from now on (``"base"``: the base model alone)."""
+
+    def ask(self, prompt: str) -> str:
+        """The answer to ``prompt`` after ``history``, which it then extends."""
 
 
 class BackendPlugin:
@@ -94,6 +111,11 @@ class BackendPlugin:
         (:class:`lorakit.planning.PlanModel`) for ``config`` (docs/will-it-fit.md)."""
         raise _unsupported(self, "plan")
 
+    def inspect_data(self, config: Config, limit: int) -> DataReport:
+        """``lorakit ui``'s dataset view: the training data of ``config`` as a run reads it
+        (at most ``limit`` rows; :class:`lorakit.api.DataReport`), with warnings."""
+        raise _unsupported(self, "inspect_data")
+
     def export(
         self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None
     ) -> list[Path]:
@@ -132,6 +154,20 @@ class BackendPlugin:
         ``width``/``height`` (images) None: the LoRA's training resolution. The files written."""
         raise _unsupported(self, "sample")
 
+    def chat(
+        self,
+        base: str,
+        loras: list[WeightedLora],
+        dtype: str,
+        chat_template: str | None,
+        system: str | None,
+        max_new_tokens: int,
+    ) -> Chat:
+        """``lorakit chat`` and the page's chat panel: ``base`` with ``loras`` loaded (the
+        first one answering), each prompted as it was trained unless ``chat_template`` or
+        ``system`` say otherwise; ``dtype`` ``auto``, ``float32``, ``bfloat16``."""
+        raise _unsupported(self, "chat")
+
     def demo(self, folder: Path) -> Path:
         """``lorakit demo`` / ``lorakit selftest``: build a tiny stand-in base model, data and a
         config in ``folder``; the config's path."""
@@ -156,7 +192,18 @@ class BackendPlugin:
 
 
 #: The methods of :class:`BackendPlugin` a backend may leave unsupported.
-VERBS = ("create", "plan", "export", "merge", "sample", "demo", "demo_score", "selftest")
+VERBS = (
+    "create",
+    "plan",
+    "inspect_data",
+    "export",
+    "merge",
+    "sample",
+    "chat",
+    "demo",
+    "demo_score",
+    "selftest",
+)
 
 
 def _unsupported(backend: BackendPlugin, verb: str) -> UsageError:

@@ -30,11 +30,13 @@ from lorakit.errors import DataError, LorakitError, RunError, UsageError
 from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
 from lorakit.metadata_csv import (
     COLUMNS,
+    CONTROL_COLUMNS,
     FILE_COLUMNS,
     METADATA_NAME,
     TEXT_COLUMNS,
     format_metadata,
     read_metadata,
+    split_control,
 )
 from lorakit.progress import Bar
 
@@ -146,6 +148,52 @@ def validate_options(spec: LabelerSpec, options: Mapping[str, Any]) -> dict[str,
         raise UsageError(f"labeler {spec.name}: option {where}: {error['msg']}{got}") from None
     values: dict[str, Any] = validated.model_dump()
     return values
+
+
+def describe_options(spec: LabelerSpec) -> list[dict[str, Any]]:
+    """The options ``--option`` takes for this labeler, read from its ``options_model``
+    (the same declaration :func:`validate_options` checks), for a form.
+
+    One dict per option, the labeler's own options before the inherited ones: ``name``,
+    ``kind`` (``text``, ``integer``, ``number`` or ``choice``), ``default`` (as text, ``""``
+    for none), ``description``, ``choices`` (a ``choice``'s values; ``false``/``true`` for a
+    flag) and ``minimum``/``maximum`` where declared.
+    """
+    import typing
+
+    model = spec.options_model
+    fields: dict[str, Any] = getattr(model, "model_fields", {}) if model else {}
+    order = [
+        n for cls in getattr(model, "__mro__", ()) for n in vars(cls).get("__annotations__", {})
+    ]
+    described = []
+    for name in sorted(fields, key=lambda n: order.index(n) if n in order else len(order)):
+        info = fields[name]
+        kind, choices = "text", []
+        if info.annotation is bool:
+            kind, choices = "choice", ["false", "true"]
+        elif typing.get_origin(info.annotation) is Literal:
+            kind, choices = "choice", [str(c) for c in typing.get_args(info.annotation)]
+        elif info.annotation in (int, float):
+            kind = "integer" if info.annotation is int else "number"
+        default = info.get_default(call_default_factory=True)
+        item: dict[str, Any] = {
+            "name": name,
+            "kind": kind,
+            "default": ""
+            if default is None
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default),
+            "description": info.description or "",
+            "choices": choices,
+        }
+        for bound in info.metadata:
+            for key, attr in (("minimum", "ge"), ("maximum", "le")):
+                if getattr(bound, attr, None) is not None:
+                    item[key] = getattr(bound, attr)
+        described.append(item)
+    return described
 
 
 def create_labeler(
@@ -371,6 +419,9 @@ def label_folder(
         kinds = ", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
         raise DataError(f"no images in {data_dir} (looked for {kinds})")
     listed = {row.get(file_column, "") for row in existing}
+    control_column = next((c for c in CONTROL_COLUMNS if c in columns), None)
+    if control_column is not None:  # an edit dataset's control images are no targets
+        listed |= {name for row in existing for name in split_control(row[control_column])}
     todo = [f for f in images if f not in listed]
     report.kept = len(images) - len(todo)
     report.columns = columns

@@ -12,6 +12,10 @@ The rule (documented in ``docs/datasets.md``):
   a row with more fields than the header is accepted only when the caption is the last
   column (an unquoted caption with commas: the rest of the line is the caption), else it is
   an error naming the line.
+- **Control images** (edit models: the images an instruction edits): an optional column, the
+  first of ``control``, ``control_image``, ``control_file`` present, holding one file name or
+  several separated by ``|`` (``a.png|b.png``; a character no Windows file name holds).
+  :func:`split_control` splits a value.
 
 The same file thus means the same thing to ``lorakit train``, ``lorakit label --append``
 and the web page. Standard library only.
@@ -34,6 +38,10 @@ METADATA_NAME = "metadata.csv"
 FILE_COLUMNS = ("file_name", "image", "file")
 #: Accepted names of the caption column, in order of preference.
 TEXT_COLUMNS = ("text", "caption")
+#: Accepted names of the control-image column (edit datasets), in order of preference.
+CONTROL_COLUMNS = ("control", "control_image", "control_file")
+#: What separates several control images in one cell (``a.png|b.png``).
+CONTROL_SEPARATOR = "|"
 #: Columns of a new ``metadata.csv``.
 COLUMNS = ("file_name", "text")
 
@@ -57,6 +65,13 @@ class MetadataTable:
     text_column: str | None = None
     #: ``UTF-8`` or ``UTF-16``.
     encoding: str = "UTF-8"
+    #: The control-image column's name, or None when the header has none.
+    control_column: str | None = None
+
+
+def split_control(value: str) -> list[str]:
+    """The control-image file names of one cell (``a.png|b.png``), blanks dropped."""
+    return [part.strip() for part in value.split(CONTROL_SEPARATOR) if part.strip()]
 
 
 def read_text(path: str | Path) -> tuple[str, str]:
@@ -125,6 +140,7 @@ def read_table(path: str | Path, *, need_text: bool = False) -> MetadataTable:
         if file_column is None or (need_text and text_column is None):
             raise _header_error(path, header_line, columns)
         table = MetadataTable(path, columns, file_column=file_column, text_column=text_column)
+        table.control_column = next((c for c in CONTROL_COLUMNS if c in columns), None)
         table.encoding = encoding
         last = text_column is not None and columns.index(text_column) == len(columns) - 1
         start = reader.line_num + 1

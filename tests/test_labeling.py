@@ -184,6 +184,16 @@ def test_append_labels_only_new_images_and_keeps_rows(data, capsys):
     assert (data / "metadata.csv").read_bytes() == before
 
 
+def test_append_keeps_an_edit_datasets_control_column_and_images(data):
+    """The control images an edit dataset's rows name are not new images to label, and the
+    control column is written back as it was."""
+    (data / "metadata.csv").write_text("file_name,control,text\nimg2.png,img1.PNG|img10.png,x\n")
+    labeling.label_folder(data, StubLabeler("c", None, None), mode="append", progress=False)
+    assert rows(data / "metadata.csv") == [
+        {"file_name": "img2.png", "control": "img1.PNG|img10.png", "text": "x"}
+    ]
+
+
 def test_append_fills_an_existing_caption_column(data):
     (data / "metadata.csv").write_text("file_name,caption\nimg2.png,x\n")
     labeling.label_folder(data, StubLabeler("c", None, None), mode="append", progress=False)

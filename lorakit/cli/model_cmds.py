@@ -12,6 +12,7 @@ KEY=VALUE`` overrides a key, and ``--base-config DIR`` is short for ``--set
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -199,6 +200,14 @@ def _add_sample(app: typer.Typer) -> None:
         height: Annotated[
             int | None, typer.Option("--height", help="Image height (sd; default: the LoRA's).")
         ] = None,
+        control: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--control",
+                help="Edit models: the input image (a.png|b.png for several); once for every "
+                "prompt or once per prompt; --set <backend>.sample_control.",
+            ),
+        ] = None,
         set_: SetOpt = None,
         base_config: BaseConfigOption = None,
         allow_unsafe_pickle: AllowPickleOpt = False,
@@ -220,6 +229,8 @@ def _add_sample(app: typer.Typer) -> None:
         if not prompt:
             raise UsageError("sample: pass --prompt (or a --config with sample_prompts)")
         name, commands = pick_backend(backend, [p for p, _ in loras], "sample")
+        if control:
+            set_ = [*(set_ or []), f"{name}.sample_control={json.dumps(control)}"]
         cfg = command_config(name, config, set_, base_config) or cfg
         for path in commands.sample(base, loras, prompt, output, seed, steps, cfg, width, height):
             print(f"wrote {path}")

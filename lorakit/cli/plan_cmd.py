@@ -81,39 +81,6 @@ def render(plan: Any, console: Any) -> None:
     console.print(ladder)
 
 
-def as_dict(plan: Any) -> dict[str, Any]:
-    e = plan.estimate
-    return {
-        "backend": plan.backend,
-        "model": plan.model.description,
-        "per_micro_batch": plan.model.per_step,
-        "caveat": plan.model.caveat or None,
-        "steps": plan.steps,
-        "bytes": {
-            "frozen_weights": e.frozen,
-            "lora": e.lora,
-            "gradients": e.grads,
-            "optimizer": e.optimizer,
-            "activations": e.activations,
-            "caches": e.caches,
-            "total": e.total,
-            "activations_other_checkpointing": e.other_activations,
-        },
-        "gradient_checkpointing": e.checkpointing,
-        "card": None if plan.card is None else {"name": plan.card.name, "gib": plan.card.gib},
-        "fits": plan.fits,
-        "ladder": [
-            {
-                "set": row.changes,
-                "flags": row.flags(),
-                "total": row.estimate.total,
-                "cost": row.cost,
-            }
-            for row in plan.ladder
-        ],
-    }
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def plan(
@@ -137,7 +104,7 @@ def register(app: typer.Typer) -> None:
             card = local_card()
         result = make_plan(cfg, card)
         if as_json:
-            print(json.dumps(as_dict(result), indent=2))
+            print(json.dumps(result.as_dict(), indent=2))
             return
         render(result, Console(highlight=False))
 

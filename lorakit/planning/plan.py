@@ -49,6 +49,8 @@ class Row:
 
 
 def _yaml(value: Any) -> str:
+    if value is None:
+        return "null"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -69,6 +71,39 @@ class Plan:
     @property
     def fits(self) -> bool | None:
         return None if self.card is None else self.estimate.total <= self.card.usable_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``lorakit plan --json`` prints (and ``lorakit ui`` shows beside the form)."""
+        e = self.estimate
+        return {
+            "backend": self.backend,
+            "model": self.model.description,
+            "per_micro_batch": self.model.per_step,
+            "caveat": self.model.caveat or None,
+            "steps": self.steps,
+            "bytes": {
+                "frozen_weights": e.frozen,
+                "lora": e.lora,
+                "gradients": e.grads,
+                "optimizer": e.optimizer,
+                "activations": e.activations,
+                "caches": e.caches,
+                "total": e.total,
+                "activations_other_checkpointing": e.other_activations,
+            },
+            "gradient_checkpointing": e.checkpointing,
+            "card": None if self.card is None else {"name": self.card.name, "gib": self.card.gib},
+            "fits": self.fits,
+            "ladder": [
+                {
+                    "set": row.changes,
+                    "flags": row.flags(),
+                    "total": row.estimate.total,
+                    "cost": row.cost,
+                }
+                for row in self.ladder
+            ],
+        }
 
     def summary(self) -> str:
         """One line: the peak, what holds it, and the verdict when a card is known."""

@@ -139,7 +139,7 @@ def test_blip_prompt_starts_each_caption(tiny_blip, images, cli):
     assert not (images / "metadata.csv").exists()
 
 
-@pytest.mark.parametrize("labeler", ["clip", "blip"])
+@pytest.mark.parametrize("labeler", ["clip", "blip", "florence2", "qwen-vl"])
 def test_missing_model_offline_is_one_line(labeler, images, cli, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = cli("label", images, "-l", labeler, "-o", "model=nobody/no-such-model")

@@ -101,6 +101,6 @@ def test_plugin_module_is_light_and_registers_through_its_entry_point():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     entries, heavy = json.loads(out.stdout)
-    for name in ("clip", "blip", "filename", "sidecar"):
+    for name in ("clip", "blip", "florence2", "qwen-vl", "filename", "sidecar"):
         assert entries[name] == "lorakit-labelers"
     assert heavy == []

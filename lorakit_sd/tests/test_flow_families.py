@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 from flow_helpers import SD as FLOW_SD
-from flow_helpers import train, transformer_output
+from flow_helpers import assert_resumes_exactly, overfit, train, transformer_output
 from lorakit_sd.testing import write_tiny_images
-from sd_helpers import first_losses, lora_keys, resumed_equals_whole
+from sd_helpers import first_losses, lora_keys
 
 STEPS = 20
 SD = FLOW_SD
@@ -35,19 +35,8 @@ def flow_models(tmp_path_factory):
 
 
 def _run(flow_models, tmp_path_factory, family, **extra):
-    tmp = tmp_path_factory.mktemp(family)
-    data = write_tiny_images(tmp / "data", 4)
-    result, cap = _train(
-        tmp,
-        flow_models[family],
-        data,
-        max_steps=STEPS,
-        batch_size=4,
-        learning_rate=1e-2,
-        lora_alpha=8,
-        sample_prompts=["a red cat"],
-        sample_every_n_steps=STEPS,
-        **extra,
+    data, result, cap = overfit(
+        tmp_path_factory.mktemp(family), flow_models[family], STEPS, **extra
     )
     return flow_models[family], data, result, cap
 
@@ -324,17 +313,7 @@ def test_ddpm_options_are_refused_for_flow_families(flow_models, tmp_path, key, 
 
 
 def test_flux_resume_continues_exactly(flow_models, tmp_path):
-
-    data = write_tiny_images(tmp_path / "data", 4, sizes=[(32, 32), (48, 32)])
-    common = {
-        "max_steps": 4,
-        "batch_size": 2,
-        "learning_rate": 1e-2,
-        "save_steps": 2,
-        "export_formats": ["diffusers"],
-        "sd": {"caption_dropout": 0.3, "flip_aug": True},
-    }
-    resumed_equals_whole(_train, tmp_path, flow_models["flux1"], data, common)
+    assert_resumes_exactly(tmp_path, flow_models["flux1"])
 
 
 def test_plan_traces_the_flux_transformer(flux_run, tmp_path):

@@ -8,6 +8,7 @@ from importlib import resources
 
 import pytest
 import yaml
+from lorakit_sd.families import builtin_templates
 
 from lorakit.errors import ConfigError
 
@@ -33,13 +34,28 @@ def test_registrations(sd_plugins):
     assert {v for v in VERBS if spec.supports(v)} == {
         "create",
         "plan",
+        "inspect_data",
         "export",
         "merge",
         "sample",
         "demo",
         "selftest",
     }
-    assert set(spec.templates) == {"sd15", "sdxl", "flux1", "sd35", "wan21-t2v", "wan22-i2v"}
+    from lorakit_sd.families import builtin_templates
+
+    # every family folder's template, and no other
+    assert set(spec.templates) == set(builtin_templates())
+    assert {
+        "sd15",
+        "sdxl",
+        "flux1",
+        "sd35",
+        "flux2",
+        "kontext",
+        "qwen-image",
+        "z-image",
+        "wan21-t2v",
+    } <= set(spec.templates)
     assert registries.backend_for("image-generation", None).spec is spec
     for name in ("kohya", "diffusers"):
         assert registries.exporters.get(name).backends == ("sd",)
@@ -47,9 +63,8 @@ def test_registrations(sd_plugins):
     assert {"metadata_csv", "metadata_jsonl", "caption_files"} <= readers
 
 
-@pytest.mark.parametrize("template", ["sd15", "sdxl", "flux1", "sd35", "wan21-t2v", "wan22-i2v"])
+@pytest.mark.parametrize("template", sorted(builtin_templates()))
 def test_templates_are_valid_configs(sd_plugins, template):
-    from lorakit_sd.families import builtin_templates
 
     from lorakit.config import load_config
 
@@ -59,7 +74,8 @@ def test_templates_are_valid_configs(sd_plugins, template):
     config = load_config(data=data, registries=sd_plugins.registries, check_paths=False)
     assert config.backend == "sd"
     assert config.train.gradient_checkpointing and config.train.mixed_precision == "bf16"
-    assert config.section.cache_latents and config.section.resolution in (512, 640, 1024)
+    resolution = config.section.resolution
+    assert config.section.cache_latents and 256 <= resolution <= 1024 and resolution % 16 == 0
     assert "#" in text  # commented
 
 

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from ui_helpers import ORIGIN, TOKEN, Server
 
-PARAMS = {"name": "x", "rel": "y"}
+PARAMS = {"name": "x", "rel": "y", "job": "1"}
 COOKIE = "lorakit_ui_token_7860"
 NEEDED = {
     "content-security-policy",
@@ -57,7 +57,9 @@ def send(app, method, path, *, host="127.0.0.1:7860", cookie=TOKEN, query="", **
 
 def test_every_route_checks_host_token_origin_and_content_type(app, runs_dir, capfd):
     routes = every_route(app)
-    assert len(routes) >= 17
+    assert len(routes) >= 20
+    assert {("POST", "/api/plan"), ("POST", "/api/dataset"), ("GET", "/api/browse")} <= set(routes)
+    assert {("GET", "/api/labelers"), ("POST", "/api/label")} <= set(routes)
     for method, path in routes:
         where = f"{method} {path}"
         answers = {

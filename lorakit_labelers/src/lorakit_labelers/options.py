@@ -60,6 +60,66 @@ class BlipOptions(_ModelOptions):
     num_beams: int = Field(3, ge=1, le=16, description="beam search width (1: greedy)")
 
 
+#: Florence-2 tasks whose answer is plain text (the others answer with boxes).
+FLORENCE2_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OCR>")
+
+
+#: What ``qwen-vl`` asks about each image unless told otherwise.
+QWEN_VL_PROMPT = (
+    "Describe this image in one paragraph: the main subject, its appearance, the setting "
+    "and the style."
+)
+
+
+class _GenerateOptions(_ModelOptions):
+    max_new_tokens: int = Field(256, ge=1, le=4096, description="longest caption, in tokens")
+    num_beams: int = Field(1, ge=1, le=16, description="beam search width (1: greedy)")
+
+
+class Florence2Options(_GenerateOptions):
+    """Options of the ``florence2`` captioner."""
+
+    model: str = Field(
+        "florence-community/Florence-2-base",
+        description="hub id or folder of a Florence-2 model in transformers' layout",
+    )
+    prompt: str = Field(
+        "<DETAILED_CAPTION>", description="task token (<CAPTION>, <MORE_DETAILED_CAPTION>...)"
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError(f"must not be empty (e.g. {FLORENCE2_TASKS[1]})")
+        if value.startswith("<") and value not in FLORENCE2_TASKS:
+            raise ValueError(f"a caption task is one of {', '.join(FLORENCE2_TASKS)}")
+        return value
+
+
+class QwenVlOptions(_GenerateOptions):
+    """Options of the ``qwen-vl`` captioner."""
+
+    model: str = Field(
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        description="hub id or folder of a Qwen2-VL, Qwen2.5-VL or Qwen3-VL chat model",
+    )
+    prompt: str = Field(QWEN_VL_PROMPT, description="what the model is asked about each image")
+    max_pixels: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="larger images are scaled down to this many pixels for the model",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _asked(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
 class FilenameOptions(_Options):
     """Options of the ``filename`` labeler."""
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lorakit.api import LabelerSpec, hookimpl, lazy
-from lorakit_labelers.options import BlipOptions, ClipOptions, FilenameOptions, SidecarOptions
+from lorakit_labelers.options import (
+    BlipOptions,
+    ClipOptions,
+    FilenameOptions,
+    Florence2Options,
+    QwenVlOptions,
+    SidecarOptions,
+)
 
 LORAKIT_PLUGIN_API = 2
 
@@ -26,6 +33,22 @@ def register_labelers(register: Callable[[LabelerSpec], None]) -> None:
             factory=lazy("lorakit_labelers.blip:BlipCaptioner"),
             description="One-sentence captions from a BLIP captioning model",
             options_model=BlipOptions,
+        )
+    )
+    register(
+        LabelerSpec(
+            name="florence2",
+            factory=lazy("lorakit_labelers.florence2:Florence2Captioner"),
+            description="Captions from Florence-2, asked a task such as <DETAILED_CAPTION>",
+            options_model=Florence2Options,
+        )
+    )
+    register(
+        LabelerSpec(
+            name="qwen-vl",
+            factory=lazy("lorakit_labelers.qwen_vl:QwenVlCaptioner"),
+            description="Captions from a Qwen2-VL/2.5-VL/3-VL chat model, asked a prompt",
+            options_model=QwenVlOptions,
         )
     )
     register(

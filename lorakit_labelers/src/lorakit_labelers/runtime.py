@@ -24,12 +24,18 @@ def pick_device(labeler: str, device: str) -> str:
     return device
 
 
-def pick_dtype(device: str, dtype: str) -> Any:
-    """``auto`` is float16 on a GPU and float32 on the CPU."""
+def pick_dtype(device: str, dtype: str, gpu: str = "float16") -> Any:
+    """``auto`` is ``gpu`` (float16 unless said otherwise) on a GPU and float32 on the CPU;
+    a bfloat16 ``gpu`` falls back to float16 on a GPU without bfloat16."""
     import torch
 
     if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
+        if not device.startswith("cuda"):
+            dtype = "float32"
+        elif gpu == "bfloat16" and not torch.cuda.is_bf16_supported():
+            dtype = "float16"
+        else:
+            dtype = gpu
     return getattr(torch, dtype)
 
 
@@ -85,3 +91,47 @@ def load(labeler: str, loader: Any, model: str, **kwargs: Any) -> Any:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def load_model(labeler: str, loader: Any, model: str, dtype: Any) -> Any:
+    """:func:`load` for weights: a checkpoint that leaves some of the model's weights
+    unset (another layout, such as a remote-code repository) is refused in one line
+    instead of captioning with random weights."""
+    loaded, info = load(labeler, loader, model, dtype=dtype, output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise UsageError(
+            f"labeler {labeler}: {model} does not hold the weights {loader.__name__} needs "
+            f"({len(missing)} missing, e.g. {missing[0]}): is it a model in transformers' "
+            "own layout?"
+        )
+    return loaded
+
+
+def load_processor(labeler: str, model: str) -> Any:
+    """``AutoProcessor.from_pretrained(model)``; without torchvision, the processor without
+    its video part.
+
+    The processors of video-capable models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) carry a video
+    processor that needs torchvision even when only images are processed; their image
+    processors have a PIL version that transformers picks when torchvision is missing.
+    Without torchvision the processor is built from its image processor, tokenizer and
+    chat template alone: images work, videos do not (and are never asked for here).
+    """
+    from transformers import AutoConfig, AutoProcessor
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return load(labeler, AutoProcessor, model)
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    base: Any
+    try:
+        base = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(model))]
+    except KeyError:
+        return load(labeler, AutoProcessor, model)
+    parts = [a for a in base.get_attributes() if a != "video_processor"]
+    if len(parts) == len(base.get_attributes()):
+        return load(labeler, base, model)
+    images_only = type(base.__name__, (base,), {"get_attributes": classmethod(lambda _: parts)})
+    return load(labeler, images_only, model)

@@ -15,7 +15,9 @@ from typing import Any
 from lorakit.api import (
     Backend,
     BackendPlugin,
+    Chat,
     Config,
+    DataReport,
     DatasetReaderSpec,
     ExporterSpec,
     FileKind,
@@ -102,6 +104,12 @@ class LLMBackend(BackendPlugin):
 
         return planner(config)
 
+    def inspect_data(self, config: Config, limit: int) -> DataReport:
+        from lorakit.api import get_registries
+        from lorakit_llm.inspect import inspect_text
+
+        return inspect_text(config, get_registries(), limit)
+
     def export(
         self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None
     ) -> list[Path]:
@@ -120,6 +128,26 @@ class LLMBackend(BackendPlugin):
         from lorakit_llm.export import merge_command
 
         return merge_command(base, loras, output, dtype)
+
+    def chat(
+        self,
+        base: str,
+        loras: list[WeightedLora],
+        dtype: str,
+        chat_template: str | None,
+        system: str | None,
+        max_new_tokens: int,
+    ) -> Chat:
+        from lorakit_llm.chat_session import ChatSession
+
+        return ChatSession.open(
+            base,
+            loras,
+            dtype=dtype,
+            chat_template=chat_template,
+            system=system,
+            max_new_tokens=max_new_tokens,
+        )
 
     def sample(
         self,

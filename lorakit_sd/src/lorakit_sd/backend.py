@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lorakit.api import (
+    CONTROL_SEPARATOR,
     Backend,
     ConfigError,
     LossOutput,
@@ -27,9 +28,15 @@ from lorakit.api import (
 )
 from lorakit_sd import families
 from lorakit_sd.config import SDSection
-from lorakit_sd.data.buckets import BucketBatchSampler, bucket_sizes
+from lorakit_sd.data.buckets import BucketBatchSampler
 from lorakit_sd.data.cache import build_latent_cache, build_text_cache
-from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint
+from lorakit_sd.data.control import (
+    caption_entries,
+    check_family,
+    control_pictures,
+    entry_caption,
+)
+from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint, section_buckets
 from lorakit_sd.data.video import check_frames
 from lorakit_sd.lorafiles.clients import warn_unsupported
 from lorakit_sd.lorafiles.export_view import adapter_export
@@ -85,6 +92,7 @@ class SDBackend(Backend):
             self._check_family(families.get(family))
             self.resolution = sec.resolution or families.get(family).default_resolution
             self._read_data(ctx)
+            check_family(self.items, families.get(family), families.all_families())
 
     def _check_family(self, spec: Any) -> None:
         """The family's refusals of sd.* keys; for a video family its frame counts."""
@@ -95,15 +103,7 @@ class SDBackend(Backend):
 
     def _read_data(self, ctx: TrainContext) -> None:
 
-        sec = self.section
-        buckets = None
-        if sec.bucket:
-            buckets = bucket_sizes(
-                self.resolution,
-                sec.bucket_step,
-                sec.min_bucket_resolution,
-                sec.max_bucket_resolution,
-            )
+        buckets = section_buckets(self.section, self.resolution)
         self.items, self.index = build_items(
             self.config, ctx.registries, buckets, self.resolution, ctx.log, self.video
         )
@@ -164,6 +164,10 @@ class SDBackend(Backend):
             checkpointing=t.gradient_checkpointing,
         )
 
+        if sec.group_offload:  # GPU only (refused above otherwise)
+            from lorakit_sd.step.offload import offload_blocks
+
+            offload_blocks(self.unet, self.device)
         warn_unsupported(self.unet, spec, ctx.log)
         if use_channels_last(sec.channels_last, self.device, spec.denoiser_attr == "unet"):
             self.unet.to(memory_format=torch.channels_last)
@@ -197,6 +201,7 @@ class SDBackend(Backend):
         sec = self.section
         if not self.items:
             self._read_data(ctx)
+        check_family(self.items, self.spec, families.all_families())
         self.max_tokens = self.spec.max_tokens(self.items, self.model.pipe, sec, ctx.log)
         if sec.random_crop and sec.cache_latents is None:
             ctx.log("note: sd.random_crop encodes every image each step (no latent cache)")
@@ -220,24 +225,24 @@ class SDBackend(Backend):
                 )
                 vae.to("cpu")
             all_encoders = self.spec.all_text_encoders(self.model.pipe)
+            if sec.group_offload and not self.train_text:  # the 24B encoders stream too
+                from lorakit_sd.step.offload import offload_blocks
+
+                for encoder in all_encoders:
+                    offload_blocks(encoder, self.device, checkpointing=False)
             for encoder in all_encoders:
                 encoder.to(self.device)
             if self.text_cached:
-                positions: dict[str, int] = {}
-                for item in self.items:
-                    caption_ids.append(positions.setdefault(item.caption, len(positions)))
-                captions = list(positions) + [""]
-                pipe, spec, max_tokens = self.model.pipe, self.spec, self.max_tokens
+                with_control = self.spec.captions_see_control
+                captions, caption_ids = caption_entries(self.items, with_control)
                 text = build_text_cache(
                     captions,
                     self.model.tokenizers,
                     all_encoders,
                     self.family,
-                    max_tokens=max_tokens,
+                    max_tokens=self.max_tokens,
                     clip_skip=self.clip_skip,
-                    encode=lambda chunk: spec.encode_captions(
-                        pipe, chunk, max_tokens, self.clip_skip
-                    ),
+                    encode=self._caption_encoder(captions, caption_ids),
                     batch_size=sec.vae_batch_size * 4,
                     directory=root / "text" if root else None,
                     log=ctx.log,
@@ -257,6 +262,21 @@ class SDBackend(Backend):
             reg_weight=sec.prior_loss_weight,
             random_crop=sec.random_crop,
         )
+
+    def _caption_encoder(self, entries: list[str], ids: list[int]) -> Any:
+        """The text cache's encoder of a chunk of entries: the family's ``encode_captions``,
+        with each entry's control images for a family whose captions see them."""
+        pipe, spec, max_tokens = self.model.pipe, self.spec, self.max_tokens
+        if not spec.captions_see_control:
+            return lambda chunk: spec.encode_captions(pipe, chunk, max_tokens, self.clip_skip)
+        first = {entries[i]: item for item, i in zip(self.items, ids, strict=True)}
+
+        def encode(chunk: list[str]) -> dict[str, Any]:
+            texts = [entry_caption(entry) for entry in chunk]
+            images = [control_pictures(first[e]) if e in first else [] for e in chunk]
+            return spec.encode_captions(pipe, texts, max_tokens, self.clip_skip, controls=images)
+
+        return encode
 
     def batch_sampler(self, dataset: Any, batch_size: int, seed: int) -> Any:
 
@@ -293,8 +313,30 @@ class SDBackend(Backend):
         latents = self.spec.latents_from_moments(moments)
         latents = self.spec.normalize(latents, self.model.pipe.vae.config)
         kwargs.update(self.spec.extra_inputs(batch, flip, dev, wd))
+        control = self._control(batch, flip)
+        if control is not None:
+            kwargs["control"] = control.to(dev, wd)
         per_sample = denoising_loss(module, self.objective, latents, kwargs, wd, batch, flip)
         return LossOutput(per_sample.sum(), samples=n)
+
+    def _control(self, batch: Any, flip: torch.Tensor | None) -> torch.Tensor | None:
+        """The batch's control latents (``[B, K, C, h, w]``), mirrored with their targets."""
+        if "control_moments" in batch:
+            moments = batch["control_moments"]
+            if flip is not None:
+                where = flip[:, None, None, None, None]
+                moments = torch.where(where, batch["control_moments_flip"], moments)
+        elif "control_pixels" in batch:
+            pixels = batch["control_pixels"]
+            if flip is not None:
+                pixels = torch.where(flip[:, None, None, None, None], pixels.flip(-1), pixels)
+            vae = self.model.pipe.vae
+            moments = self.spec.encode_moments(vae, pixels.flatten(0, 1))
+            moments = moments.unflatten(0, tuple(pixels.shape[:2]))
+        else:
+            return None
+        moments = moments.to(self.device, torch.float32).contiguous()
+        return self.spec.control_latents(moments, self.model.pipe.vae.config)
 
     # -- previews ------------------------------------------------------------------------
     def sample(self, ctx: TrainContext, step: int, directory: Path) -> list[Path]:
@@ -325,11 +367,20 @@ class SDBackend(Backend):
                 dtype=self.weight_dtype,
                 max_tokens=sec.max_token_length,
                 clip_skip=self.clip_skip,
+                control=self._preview_control(),
             )
         finally:
             self.unet.train(was_training)
             for module in parked:
                 module.to("cpu")
+
+    def _preview_control(self) -> list[str]:
+        """Edit models' preview inputs: ``sd.sample_control``, else the first training
+        image's control images."""
+        if self.section.sample_control or not self.spec.takes_control:
+            return list(self.section.sample_control)
+        first = next((item for item in self.items if item.control), None)
+        return [CONTROL_SEPARATOR.join(first.control)] if first is not None else []
 
     # -- export --------------------------------------------------------------------------
     @property

@@ -8,7 +8,7 @@ top-level; only what the image backend alone understands lives here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -41,6 +41,9 @@ class Subset(BaseModel):
     caption_extension: str = Field(".txt", description="Extension of caption sidecar files.")
     conditioning_data_dir: str | None = Field(
         None, description="Masks of this folder's images (see sd.conditioning_data_dir)."
+    )
+    control_dir: str | None = Field(
+        None, description="Control images of this folder's images (see sd.control_dir)."
     )
 
 
@@ -185,6 +188,13 @@ class SDSection(BaseModel):
         "with its stem (and subfolder), as kohya's conditioning_data_dir; the red channel "
         "weights the loss (white: learn, black: ignore).",
     )
+    control_dir: str | None = Field(
+        None,
+        description="Edit models: a folder of control images (the images each instruction "
+        "edits), one per training image with its stem (cat.png: control/cat.jpg), or several "
+        "numbered (cat_0.png, cat_1.png); default train_data_dir/control when it exists. A "
+        "control column in metadata.csv (a.png|b.png) names them instead.",
+    )
     alpha_mask: bool = Field(
         False,
         description="Masked loss: weight the loss by each image's own alpha channel "
@@ -283,6 +293,13 @@ class SDSection(BaseModel):
         description="Video families: how clips are sampled (frames, fps, frame_stride, "
         "clips_per_video) and which experts train.",
     )
+    group_offload: bool = Field(
+        False,
+        description="Transformer families: the frozen weights of the transformer's blocks "
+        "kept in CPU memory and brought to the GPU one block at a time (block-level group "
+        "offloading, as diffusers' apply_group_offloading; for 20B+ models). Switches "
+        "gradient checkpointing on. Needs a CUDA GPU; slower, not less exact.",
+    )
     # -- caches --------------------------------------------------------------------------
     cache_latents: bool | None = Field(
         None, description="Encode images with the VAE once; default on (null: auto)."
@@ -358,6 +375,11 @@ class SDSection(BaseModel):
     sample_width: int | None = Field(None, gt=0, description="Preview width; default resolution.")
     sample_height: int | None = Field(None, gt=0, description="Preview height; default resolution.")
     sample_seed: int | None = Field(None, description="Seed of every preview; default seed.")
+    sample_control: list[str] = Field(
+        default_factory=list,
+        description="Edit models: the control image(s) of the previews, one for every prompt "
+        "or one per prompt (a.png|b.png for several); default the first training image's.",
+    )
 
     @field_validator("allow_unsafe_pickle")
     @classmethod
@@ -369,6 +391,11 @@ class SDSection(BaseModel):
                 "command (or set LORAKIT_ALLOW_UNSAFE_PICKLE=1) if you trust the file"
             )
         return value
+
+    @field_validator("sample_control", mode="before")
+    @classmethod
+    def _one_control(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("model_family")
     @classmethod

@@ -148,8 +148,7 @@ def peek_family(base_model: str, model_family: str = "auto") -> str | None:
         family = family_of_folder(path)
     else:
         return None if model_family == "auto" else model_family
-    _check_family(family, model_family, str(path))
-    return family
+    return _check_family(family, model_family, str(path))
 
 
 def _hub_folder(repo: str) -> Path:
@@ -168,12 +167,18 @@ def _hub_folder(repo: str) -> Path:
         raise UsageError(f"base_model {repo}: not found in {where}: {type(exc).__name__}") from None
 
 
-def _check_family(found: str, wanted: str, where: str) -> None:
+def _check_family(found: str, wanted: str, where: str) -> str:
+    """The family to load: ``found`` (from the files), or ``wanted`` (sd.model_family) when it
+    reads ``found``'s files (an edit model on its base's architecture, whose files look the
+    same); any other disagreement is one line naming both."""
+    if wanted not in ("auto", found) and families.get(wanted).file_family == found:
+        return wanted
     if wanted not in ("auto", found):
         raise ConfigError(
             f"{where} is {families.label(found)} but sd.model_family says {families.label(wanted)}",
             key="sd.model_family",
         )
+    return found
 
 
 def _unpickle_to_safetensors(path: Path, folder: Path) -> Path:
@@ -280,8 +285,8 @@ def check_single_file(source: str, section: Any = None) -> None:
     path = Path(source).expanduser()
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES or not path.is_file():
         return
-    family = family_of_keys(path, single_file_keys(path))
-    _check_family(family, getattr(section, "model_family", "auto"), str(path))
+    found = family_of_keys(path, single_file_keys(path))
+    family = _check_family(found, getattr(section, "model_family", "auto"), str(path))
     base_config = getattr(section, "base_config", None)
     if base_config:
         if Path(base_config).expanduser().is_dir():
@@ -308,8 +313,7 @@ def load_single_file(
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise UsageError(f"{path}: base_model must be a .safetensors or .gguf file, or a folder")
     keys = single_file_keys(path)
-    family = family_of_keys(path, keys)
-    _check_family(family, model_family, str(path))
+    family = _check_family(family_of_keys(path, keys), model_family, str(path))
     config = base_config or families.get(family).default_config_repo
     with quiet_libraries():
         try:
@@ -328,13 +332,22 @@ def load_single_file(
 def load_folder(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     """A diffusers pipeline folder (``model_index.json``)."""
     path = Path(source).expanduser()
-    family = family_of_folder(path)
-    _check_family(family, model_family, str(path))
+    family = _check_family(family_of_folder(path), model_family, str(path))
     with quiet_libraries():
-        pipe = pipeline_class(family).from_pretrained(
-            str(path), **families.get(family).pipeline_kwargs()
-        )
+        pipe = pipeline_class(family).from_pretrained(str(path), **_load_kwargs(family, path))
     return _finish(BaseModel(pipe, family, "diffusers", str(path)))
+
+
+def _load_kwargs(family: str, folder: Path) -> dict[str, Any]:
+    """``from_pretrained``'s arguments: the family's, and the stored dtype where the family
+    loads in it (``ModelFamily.load_in_stored_dtype``)."""
+    import torch
+
+    spec = families.get(family)
+    kwargs = dict(spec.pipeline_kwargs())
+    if spec.load_in_stored_dtype:
+        kwargs["torch_dtype"] = getattr(torch, stored_dtype(str(folder), {}))
+    return kwargs
 
 
 def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
@@ -344,12 +357,11 @@ def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
     ):
         raise UsageError(f"base_model: file or folder not found: {source}")
     folder = _hub_folder(source)
-    family = family_of_folder(folder)
-    _check_family(family, model_family, source)
+    family = _check_family(family_of_folder(folder), model_family, source)
     with quiet_libraries():
         try:
             pipe = pipeline_class(family).from_pretrained(
-                source, local_files_only=offline(), **families.get(family).pipeline_kwargs()
+                source, local_files_only=offline(), **_load_kwargs(family, folder)
             )
         except OSError as exc:
             raise UsageError(f"base_model {source}: cannot load ({exc})") from None
@@ -358,15 +370,17 @@ def load_hub(source: str, *, model_family: str = "auto", **_: Any) -> BaseModel:
 
 def _finish(model: BaseModel) -> BaseModel:
     """Attention through torch's SDPA; everything frozen; float32 (a quantized
-    transformer keeps its quantized weights)."""
+    transformer keeps its quantized weights, a family that loads in its stored dtype keeps
+    it: the backend casts to the run's dtype)."""
     import torch
 
     pipe = model.pipe
     model.spec.finish(pipe)
+    keep = model.spec.load_in_stored_dtype
     with quiet_libraries():
         for module in (model.denoiser, pipe.vae, *model.spec.all_text_encoders(pipe)):
             module.requires_grad_(False)
-            if not getattr(module, "is_quantized", False):  # GGUF keeps its own dtypes
+            if not keep and not getattr(module, "is_quantized", False):  # GGUF: its own dtypes
                 module.to(torch.float32)
             module.eval()
     return model

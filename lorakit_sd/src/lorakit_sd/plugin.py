@@ -17,6 +17,7 @@ from lorakit.api import (
     Backend,
     BackendPlugin,
     Config,
+    DataReport,
     DatasetReaderSpec,
     ExporterSpec,
     FileKind,
@@ -102,6 +103,12 @@ class SDBackend(BackendPlugin):
         from lorakit_sd.commands.plan import planner
 
         return planner(config)
+
+    def inspect_data(self, config: Config, limit: int) -> DataReport:
+        from lorakit.api import get_registries
+        from lorakit_sd.data.inspect import inspect_images
+
+        return inspect_images(config, get_registries(), limit)
 
     def export(
         self, source: Path, to: str, output: Path | None, base: str | None, config: Config | None

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lorakit.api import atomic_path
+from lorakit.api import UsageError, atomic_path, split_control
 from lorakit_sd import families
 
 
@@ -58,12 +58,15 @@ def render_and_save(
     max_tokens: int | None = None,
     clip_skip: int = 1,
     progress: bool = False,
+    control: list[str] | None = None,
 ) -> list[Path]:
     """Render ``prompts`` into ``directory/<stem>-NN.png`` plus the sheet ``<stem>.png``.
 
     A video family's clips are written as ``<stem>-NN.mp4`` and ``<stem>-NN.webp``; the
     sheet shows their first frames. ``progress``: diffusers' progress bar over each prompt's
     denoising steps (stderr).
+    ``control``: edit models' input images, one entry for every prompt or one per prompt
+    (``a.png|b.png`` for several).
     """
 
     spec = families.get(family)
@@ -85,6 +88,7 @@ def render_and_save(
         clip_skip=clip_skip,
         progress=progress,
         **video,
+        control=control_images(families.get(family), prompts, control or []),
     )
     directory.mkdir(parents=True, exist_ok=True)
     if images and isinstance(images[0], list):  # clips: lists of frames
@@ -101,3 +105,33 @@ def render_and_save(
     paths = [save_png(im, directory / f"{stem}-{i:02d}.png") for i, im in enumerate(images)]
     paths.append(save_png(contact_sheet(images, prompts), directory / f"{stem}.png"))
     return paths
+
+
+def control_images(family: Any, prompts: list[str], given: list[str]) -> list[list[Any]] | None:
+    """Each prompt's control images (PIL), from ``given`` (one entry for all prompts or one
+    per prompt); None when none are given. One line for a family that takes none, a count
+    that fits neither, or a file that cannot be read."""
+    from lorakit_sd.data.images import check_image, open_rgb
+
+    if not given:
+        return None
+    if not family.takes_control:
+        raise UsageError(f"{family.label} takes no control image (--control, sd.sample_control)")
+    if len(given) not in (1, len(prompts)):
+        raise UsageError(
+            f"{len(given)} control entries for {len(prompts)} prompts: give one for every "
+            "prompt or one per prompt (--control, sd.sample_control)"
+        )
+    out = []
+    for entry in given * len(prompts) if len(given) == 1 else given:
+        paths = split_control(entry)
+        if len(paths) > family.max_control_images:
+            raise UsageError(
+                f"{entry}: {family.label} takes at most {family.max_control_images} control "
+                "image(s) per prompt"
+            )
+        for path in paths:
+            if check_image(path)[0] is None:
+                raise UsageError(f"control image {path}: {check_image(path)[1]}")
+        out.append([open_rgb(p) for p in paths])
+    return out

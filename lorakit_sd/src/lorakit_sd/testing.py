@@ -177,6 +177,36 @@ def write_tiny_images(
     return directory
 
 
+def write_tiny_pairs(directory: str | Path, n: int = 4, *, layout: str = "column") -> Path:
+    """Write an edit dataset of ``n`` pairs: each target image is its control image turned
+    upside down, captioned with one instruction; return the folder.
+
+    ``layout``: ``column`` (``metadata.csv`` with a ``control`` column naming
+    ``control_NNN.png`` beside the targets) or ``folder`` (``control/img_NNN.png`` with the
+    target's name, ``metadata.csv`` with ``file_name,text``).
+    """
+    from PIL import ImageOps
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if layout == "folder":
+        (directory / "control").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = f"img_{i:03d}.png"
+        before = tiny_image(i)
+        ImageOps.flip(before).save(directory / name)
+        control = f"control_{i:03d}.png" if layout == "column" else f"control/{name}"
+        before.save(directory / control)
+        rows.append({"file_name": name, "control": control, "text": "a photo of a red cat"})
+    columns = ["file_name", "control", "text"] if layout == "column" else ["file_name", "text"]
+    with open(directory / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return directory
+
+
 def tiny_config(
     model: Any,
     data_dir: str | Path,

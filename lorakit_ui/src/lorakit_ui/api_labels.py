@@ -3,6 +3,7 @@ Labeling, scanning a folder and writing the file run off the event loop."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ from lorakit.api import (
     RunFolder,
     find_images,
     format_metadata,
+    get_registries,
     write_text,
 )
-from lorakit.app import read_metadata
+from lorakit.app import describe_options, parse_options, read_metadata, validate_options
 from lorakit_ui.errors import BadBody, error, json_body
 from lorakit_ui.files import handle_response
 
@@ -29,33 +31,96 @@ from lorakit_ui.files import handle_response
 IMAGE_LIMIT = 256 * 2**20
 
 
+#: Bounds on what a label request may carry (a prompt is the longest value).
+MAX_OPTIONS = 32
+MAX_KEY = 64
+MAX_VALUE = 4096
+MAX_TEXT = 4096
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+class BadLabel(ValueError):
+    """A label request refused before anything runs: one line."""
+
+
+def _text(body: dict[str, Any], key: str, limit: int = MAX_TEXT) -> str:
+    value = body.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise BadLabel(f"{key}: expected text")
+    text = str(value)
+    if len(text) > limit:
+        raise BadLabel(f"{key}: longer than {limit} characters")
+    if "\x00" in text:
+        raise BadLabel(f"{key}: contains a NUL character")
+    return text
+
+
+def _options(body: dict[str, Any]) -> list[str]:
+    """The request's ``options`` as ``KEY=VALUE`` pairs, as ``--option`` takes them; an
+    empty value is left out (the labeler's default)."""
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise BadLabel("options: expected an object of option names and values")
+    if len(options) > MAX_OPTIONS:
+        raise BadLabel(f"options: more than {MAX_OPTIONS}")
+    pairs = []
+    for key in options:
+        if len(key) > MAX_KEY or not KEY.fullmatch(key):
+            raise BadLabel(f"options: {key[:MAX_KEY]!r} is not an option name")
+        text = _text(options, key, MAX_VALUE)
+        if text != "":
+            pairs.append(f"{key}={text}")
+    return pairs
+
+
 def label_command(body: dict[str, Any]) -> list[str]:
-    """``lorakit label FOLDER ...``; the folder goes after ``--``, so a value that starts
-    with ``-`` is a folder name, never an option."""
-    command = [
-        sys.executable,
-        "-m",
-        "lorakit.cli",
-        "label",
-        "--labeler",
-        str(body.get("labeler") or ""),
-    ]
-    command.append("--no-progress")
-    if body.get("prefix"):
-        command += ["--prefix", str(body["prefix"])]
+    """``lorakit label ... -- FOLDER`` for a label request, checked first: a known labeler,
+    its options by the validation ``lorakit label --option`` runs (an unknown key or a bad
+    value is a :class:`BadLabel`, one line), bounded lengths. Every value travels inside
+    its own ``--name=value`` argument and the folder goes after ``--``, so a value that
+    starts with ``-`` stays a value."""
+    name = _text(body, "labeler", MAX_KEY)
+    pairs = _options(body)
+    try:
+        spec = get_registries().labelers.get(name)
+        validate_options(spec, parse_options(pairs))
+    except LorakitError as exc:
+        raise BadLabel(exc.format()) from None
+    command = [sys.executable, "-m", "lorakit.cli", "label", f"--labeler={name}", "--no-progress"]
+    command += [f"--option={pair}" for pair in pairs]
+    if prefix := _text(body, "prefix", MAX_KEY * 4):
+        command.append(f"--prefix={prefix}")
+    if batch := _text(body, "batch_size", 8):
+        if not batch.isdigit() or not 1 <= int(batch) <= 4096:
+            raise BadLabel(f"batch_size: expected a whole number from 1 to 4096 (got {batch!r})")
+        command.append(f"--batch-size={int(batch)}")
     if body.get("mode") in ("append", "overwrite"):
         command.append(f"--{body['mode']}")
-    return [*command, "--", str(body.get("data_dir") or "")]
+    return [*command, "--", _text(body, "data_dir")]
+
+
+async def api_labelers(request: Request) -> JSONResponse:
+    """Each installed labeler and its options, from the declaration ``--option`` checks."""
+    registries = get_registries()
+    labelers = []
+    for name in registries.labelers.names():
+        spec = registries.labelers.get(name)
+        labelers.append(
+            {"name": name, "description": spec.description, "options": describe_options(spec)}
+        )
+    return JSONResponse({"labelers": labelers})
 
 
 async def api_label(request: Request) -> JSONResponse:
     try:
-        body = await json_body(request)
-    except BadBody as exc:
+        command = label_command(await json_body(request))
+    except (BadBody, BadLabel) as exc:
         return error(exc)
     done = await run_in_threadpool(
         subprocess.run,
-        label_command(body),
+        command,
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

@@ -234,6 +234,7 @@ class Checked:
     key: str | None = None
     output_dir: str | None = None
     plan: str | None = None  # the `lorakit plan` line, when asked for
+    config: Any = None  # the loaded config, when it passed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -281,7 +282,8 @@ def check(
         return Checked(text, " ".join(message.split("\n")), key)
     except OSError as exc:
         return Checked(text, f"{path}: cannot write here ({exc.strerror})", "config_path")
-    return Checked(text, output_dir=cfg.train.output_dir, plan=plan_line(cfg) if plan else None)
+    line = plan_line(cfg) if plan else None
+    return Checked(text, output_dir=cfg.train.output_dir, plan=line, config=cfg)
 
 
 def save(values: dict[str, str], backend: str, path: Path, header: str = "") -> Checked:

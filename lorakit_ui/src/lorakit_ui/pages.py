@@ -13,27 +13,32 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from lorakit.api import LorakitError, get_registries
-from lorakit_ui import forms
+from lorakit_ui import forms, picker
+from lorakit_ui.api_plan import SIZES
 
-#: Keys shown first on the form; the rest are under "advanced".
+#: Keys shown first on the form; the rest are folded under "advanced".
 BASIC = (
     "base_model",
     "train_data_dir",
-    "metadata_path",
     "output_dir",
     "lora_rank",
-    "lora_alpha",
     "batch_size",
     "epochs",
     "max_steps",
     "learning_rate",
-    "save_steps",
-    "mixed_precision",
-    "sample_prompts",
     "sd.resolution",
-    "llm.max_length",
+    "llm.max_seq_len",
 )
-STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+#: Keys whose field gets a file browser.
+PATHS = ("base_model", "train_data_dir", "output_dir", "metadata_path", "sd.metadata_path")
+STATIC_TYPES = {
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+    "new.js": "text/javascript",
+    "dataset.js": "text/javascript",
+    "try.js": "text/javascript",
+    "compare.js": "text/javascript",
+}
 
 
 def _templates() -> Jinja2Templates:
@@ -127,6 +132,9 @@ def new_context(runs: Any, backend: str | None, template: str | None) -> dict[st
         "basic": _sections(basic),
         "advanced": _sections(advanced),
         "extra": forms.EXTRA,
+        "picker": picker.grouped(),
+        "paths": PATHS,
+        "sizes": SIZES,
     }
 
 

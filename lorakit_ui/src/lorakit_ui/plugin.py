@@ -48,6 +48,14 @@ def register_commands(app: Any) -> None:
             bool,
             typer.Option("--parallel", help="Allow several trainings at once (default: one)."),
         ] = False,
+        folder: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--folder",
+                help="A folder the page's file browser shows, besides your home and the runs "
+                "folder's parent; repeatable.",
+            ),
+        ] = None,
     ) -> None:
         """Serve a local web page to set up, run and watch trainings."""
         if not 0 < port < 65536:
@@ -61,5 +69,10 @@ def register_commands(app: Any) -> None:
         from lorakit_ui.server import serve
 
         serve(
-            runs_dir, host=host, port=port, allow_hosts=tuple(allow_host or ()), parallel=parallel
+            runs_dir,
+            host=host,
+            port=port,
+            allow_hosts=tuple(allow_host or ()),
+            parallel=parallel,
+            folders=tuple(folder or ()),
         )

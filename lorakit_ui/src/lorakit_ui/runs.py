@@ -109,6 +109,8 @@ class RunManager:
         self.jobs: dict[str, Job] = {}
         self.signalled: set[str] = set()  # runs of other processes this page asked to stop
         self._lock = threading.Lock()
+        #: Called before a training starts (the page's model worker frees its memory).
+        self.before_start: Callable[[], None] | None = None
 
     # -- names and places ------------------------------------------------------------------
 
@@ -263,6 +265,8 @@ class RunManager:
                 raise earlier_run(out)
             if write is not None:
                 write()
+            if self.before_start is not None:
+                self.before_start()
             log = self.log_of(name)
             log.parent.mkdir(parents=True, exist_ok=True)
             command = train_command(Path(config), resume)

@@ -1,7 +1,8 @@
 """The web app: the routes of each concern's module, behind the security middleware.
 
 Pages: ``/`` the runs, ``/new`` a new run from a template, ``/runs/NAME`` one run (live
-chart, samples, log, downloads), ``/label`` labeling a folder and editing its metadata.csv.
+chart, samples, log, downloads, the panel to try it), ``/label`` labeling a folder and
+editing its metadata.csv, ``/compare`` runs side by side.
 """
 
 from __future__ import annotations
@@ -19,9 +20,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from lorakit_ui import api_config, api_labels, api_runs, pages
+from lorakit_ui import (
+    api_browse,
+    api_compare,
+    api_config,
+    api_dataset,
+    api_labels,
+    api_plan,
+    api_runs,
+    api_try,
+    pages,
+)
+from lorakit_ui.planner import PlanWorker
 from lorakit_ui.runs import RunManager
 from lorakit_ui.security import BodyTooLarge, Guard, allowed_hosts
+from lorakit_ui.tryout import TryQueue
 
 ROUTES = [
     Route("/", pages.index),
@@ -39,8 +52,14 @@ ROUTES = [
     Route("/api/save", api_config.api_save, methods=["POST"]),
     Route("/api/start", api_config.api_start, methods=["POST"]),
     Route("/api/label", api_labels.api_label, methods=["POST"]),
+    Route("/api/labelers", api_labels.api_labelers),
     Route("/api/metadata", api_labels.api_metadata, methods=["GET", "POST"]),
     Route("/api/image", api_labels.api_image),
+    *api_try.ROUTES,
+    *api_compare.ROUTES,
+    Route("/api/plan", api_plan.api_plan, methods=["POST"]),
+    Route("/api/dataset", api_dataset.api_dataset, methods=["POST"]),
+    Route("/api/browse", api_browse.api_browse),
 ]
 
 
@@ -63,10 +82,15 @@ def create_app(
     port: int = 7860,
     allow_hosts: tuple[str, ...] = (),
     parallel: bool = False,
+    folders: tuple[str | Path, ...] = (),
 ) -> Starlette:
-    """The app for one runs folder; every request needs ``token`` (cookie or ``?token=``)."""
+    """The app for one runs folder; every request needs ``token`` (cookie or ``?token=``).
+    ``folders``: what the file browser shows besides home and the runs folder's parent."""
     runs = RunManager(runs_dir, parallel=parallel)
+    planner = PlanWorker()
     runs.runs_dir.mkdir(parents=True, exist_ok=True)
+    tryout = TryQueue()
+    runs.before_start = tryout.release  # a training gets the memory a loaded model held
     guard = Middleware(
         Guard,
         token=token,
@@ -78,7 +102,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         yield
+        tryout.shutdown()
         runs.shutdown()
+        planner.shutdown()
 
     app = Starlette(
         routes=ROUTES,
@@ -87,6 +113,9 @@ def create_app(
         exception_handlers={BodyTooLarge: _too_large},
     )
     app.state.runs = runs
+    app.state.tryout = tryout
+    app.state.planner = planner
+    app.state.roots = api_browse.roots_of(runs.runs_dir, folders)
     return app
 
 
@@ -104,13 +133,20 @@ def serve(
     port: int = 7860,
     allow_hosts: tuple[str, ...] = (),
     parallel: bool = False,
+    folders: tuple[str | Path, ...] = (),
 ) -> None:
     """Run the page with uvicorn until Ctrl-C (trainings it started stop with a checkpoint)."""
     import uvicorn
 
     token = secrets.token_urlsafe(24)
     app = create_app(
-        runs_dir, token=token, host=host, port=port, allow_hosts=allow_hosts, parallel=parallel
+        runs_dir,
+        token=token,
+        host=host,
+        port=port,
+        allow_hosts=allow_hosts,
+        parallel=parallel,
+        folders=folders,
     )
     url = f"http://{browsable(host)}:{port}/?token={quote(token)}"
     print(f"lorakit ui: {url} (runs in {Path(runs_dir).resolve()}); Ctrl-C to quit", flush=True)

@@ -31,6 +31,9 @@ def standard_structure(family: str) -> tuple[Any, list[Any]]:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    own = families.get(family).standard_structure()
+    if own is not None:
+        return own
     text = resources.files("lorakit_sd").joinpath("data/standard_models.json").read_text()
     spec = json.loads(text)[family]
     with torch.device("meta"):

@@ -80,4 +80,5 @@ def sample(
         max_tokens=section.max_token_length,
         clip_skip=section.clip_skip if model.spec.clip_skip_applies else 1,
         progress=True,
+        control=section.sample_control,
     )

@@ -102,9 +102,16 @@ def load_pixels(
 
     ``crop`` is the ``(left, top)`` offset in the resized image; default the center.
     """
+    return image_pixels(open_rgb(path), bucket, crop)
+
+
+def image_pixels(
+    image: Any, bucket: tuple[int, int], crop: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """A PIL image as :func:`load_pixels` makes a file's."""
     import numpy as np
 
-    image = fit_image(open_rgb(path), bucket, crop)
+    image = fit_image(image, bucket, crop)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 

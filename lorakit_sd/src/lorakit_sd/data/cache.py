@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from lorakit.api import save_safetensors
+from lorakit_sd.data.control import control_pixels
 from lorakit_sd.data.dataset import pixel_mask
 from lorakit_sd.data.masks import to_latent
 from lorakit_sd.data.video import item_pixels
@@ -118,7 +119,9 @@ def build_latent_cache(
     encode: Any = None,
 ) -> EntryStore:
     """Moments for every item (and its mirror image when ``flip``); with masked loss, each
-    item's mask at the latent's size too (the key names the mask)."""
+    item's mask at the latent's size too (the key names the mask); in an edit dataset, the
+    moments of its control images too (``control_moments``: ``[K, 2C, h, w]``, the key names
+    them)."""
 
     encode = encode or encode_moments  # the family's (``ModelFamily.encode_moments``)
     started = time.perf_counter()
@@ -135,6 +138,7 @@ def build_latent_cache(
             vae_id,
             *([f"mask:{it.mask_hash}"] if masked else []),
             *([f"frames:{list(it.frames)}"] if it.frames else []),
+            *([f"control:{it.control_hash}"] if it.control else []),
         )
         for it in items
     ]
@@ -159,11 +163,22 @@ def build_latent_cache(
                     mask = pixel_mask(items[i])[None]
                     entry["mask"] = to_latent(mask, tuple(moments.shape[-2:]))[0]
                 entry.update({f"{name}_flip": value[j] for name, value in flipped.items()})
+                if items[i].control:
+                    entry.update(_control_entry(items[i], vae, encode, flip))
                 store.put(i, keys[i], entry)
             done += len(chunk)
     if done:
         log(f"latent cache: encoded {done} images in {time.perf_counter() - started:.1f} s")
     return store
+
+
+def _control_entry(item: Any, vae: Any, encode: Any, flip: bool) -> dict[str, torch.Tensor]:
+    """The cached moments of an item's control images (and of their mirror images)."""
+    pixels = control_pixels(item)
+    entry = {"control_moments": encode(vae, pixels)}
+    if flip:
+        entry["control_moments_flip"] = encode(vae, pixels.flip(-1))
+    return entry
 
 
 def build_text_cache(

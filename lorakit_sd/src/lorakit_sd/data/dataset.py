@@ -17,7 +17,14 @@ import torch
 
 from lorakit.api import DataError, is_image_name
 from lorakit_sd import families
-from lorakit_sd.data.buckets import fit, nearest_bucket, no_upscale_bucket, random_crop
+from lorakit_sd.data.buckets import (
+    bucket_sizes,
+    fit,
+    nearest_bucket,
+    no_upscale_bucket,
+    random_crop,
+)
+from lorakit_sd.data.control import check_counts, control_folder, control_pixels, find_controls
 from lorakit_sd.data.images import check_image, file_hash
 from lorakit_sd.data.masks import find_mask, load_mask, mask_size
 from lorakit_sd.data.readers import (
@@ -50,6 +57,8 @@ class Item:
     mask_hash: str = ""  # what the mask is, for cache keys and the fingerprint
     #: video families: the source frames of this sample (a still image: ``(0,)``); images: ()
     frames: tuple[int, ...] = ()
+    control: tuple[str, ...] = ()  # edit datasets: the control images, in order
+    control_hash: str = ""  # what they are, for cache keys and the fingerprint
 
     @property
     def group(self) -> tuple[int, ...]:
@@ -66,6 +75,7 @@ class Folder:
     class_token: str | None = None  # kohya N_name folders: the caption of uncaptioned images
     reg: bool = False
     mask_dir: Path | None = None  # masked loss: the folder of this folder's masks
+    control_dir: Path | None = None  # edit datasets: sd.control_dir (default folder/control)
 
 
 def _has_data(folder: Folder) -> bool:
@@ -94,6 +104,7 @@ def _kohya(folder: Folder) -> list[Folder]:
             token,
             folder.reg,
             folder.mask_dir / sub.name if folder.mask_dir else None,
+            folder.control_dir / sub.name if folder.control_dir else None,
         )
         for sub, repeats, token in subs
     ]
@@ -113,6 +124,7 @@ def folders(config: Any) -> list[Folder]:
         section.repeats,
         section.caption_extension,
         mask_dir=_path(section.conditioning_data_dir),
+        control_dir=_path(section.control_dir),
     )
     out = []
     main_kohya = _kohya(main)
@@ -126,6 +138,7 @@ def folders(config: Any) -> list[Folder]:
                 sub.repeats,
                 sub.caption_extension,
                 mask_dir=_path(sub.conditioning_data_dir),
+                control_dir=_path(sub.control_dir),
             )
         )
     if section.reg_data_dir:
@@ -157,6 +170,29 @@ def read_folder(folder: Folder, fmt: str, registries: Any) -> tuple[list[dict[st
     return records, name
 
 
+def section_buckets(section: Any, resolution: int) -> list[tuple[int, int]] | None:
+    """The buckets of a run at ``resolution`` (None when ``sd.bucket`` is off)."""
+    if not section.bucket:
+        return None
+    return bucket_sizes(
+        resolution,
+        section.bucket_step,
+        section.min_bucket_resolution,
+        section.max_bucket_resolution,
+    )
+
+
+def bucket_of(
+    size: tuple[int, int], buckets: list[tuple[int, int]] | None, resolution: int, section: Any
+) -> tuple[int, int]:
+    """The bucket an image of ``size`` trains at (``buckets`` None: bucketing is off)."""
+    if buckets and section.bucket_no_upscale:
+        return no_upscale_bucket(size, resolution, section.bucket_step)
+    if buckets:
+        return nearest_bucket(size, buckets)
+    return (resolution, resolution)
+
+
 def build_items(
     config: Any,
     registries: Any,
@@ -181,6 +217,7 @@ def build_items(
         records, reader = read_folder(folder, section.dataset_format, registries)
         if folder.mask_dir is not None and not folder.mask_dir.is_dir():
             raise DataError(f"mask folder not found: {folder.mask_dir} (conditioning_data_dir)")
+        controls_in = None if folder.reg else control_folder(folder.path, folder.control_dir)
         if reader != "caption_files":
             extra = unlisted_images(folder.path, records)
             if extra:
@@ -198,13 +235,17 @@ def build_items(
             if size is None:
                 problems.append(problem)
                 continue
-            if buckets and section.bucket_no_upscale:
-                bucket = no_upscale_bucket(size, resolution, section.bucket_step)
-            elif buckets:
-                bucket = nearest_bucket(size, buckets)
-            else:
-                bucket = (resolution, resolution)
+            bucket = bucket_of(size, buckets, resolution, section)
             mask, problem = item_mask(record["image"], size, folder, section.alpha_mask)
+            control = record.get("control") or []
+            if not control and controls_in is not None:
+                control = find_controls(record["image"], folder.path, controls_in)
+                if not control:
+                    problem = problem or (
+                        f"{record['image']}: no control image with its name in {controls_in}"
+                    )
+            for path in control:
+                problem = problem or _control_problem(path)
             if problem:
                 problems.append(problem)
                 continue
@@ -227,6 +268,8 @@ def build_items(
                         mask=mask,
                         mask_hash=mask and ("alpha" if section.alpha_mask else file_hash(mask)),
                         frames=frames,
+                        control=tuple(control),
+                        control_hash="|".join(file_hash(p) for p in control),
                     )
                 )
                 (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)
@@ -239,6 +282,7 @@ def build_items(
         log(f"warning: skipping {len(problems)} image(s): {format_problems(problems, limit=10)}")
     if not index:
         raise DataError(f"no usable images in {', '.join(str(f.path) for f in folders(config))}")
+    check_counts(items)
     return items, index + balance_reg(reg_index, len(index), log)
 
 
@@ -256,6 +300,12 @@ def media_samples(
     if size is None:
         return None, [], f"{path}: {error}"
     return size, [(0,)] if video else [()], ""
+
+
+def _control_problem(path: str) -> str:
+    """Why a control image cannot be trained on (one line naming it), or ""."""
+    size, error = check_image(path)
+    return "" if size is not None else f"{path}: control image {error}"
 
 
 def item_mask(image: str, size: tuple[int, int], folder: Folder, alpha: bool) -> tuple[str, str]:
@@ -325,6 +375,7 @@ def fingerprint(items: list[Item], index: list[int]) -> str:
     for item in items:
         reg = "|reg" if item.reg else ""
         mask = f"|mask:{item.mask_hash}" if item.mask_hash else ""
+        mask += f"|control:{item.control_hash}" if item.control_hash else ""
         frames = f"|frames:{','.join(map(str, item.frames))}" if item.frames else ""
         line = f"{item.content_hash}|{item.caption}|{item.bucket}{reg}{mask}{frames}\n"
         digest.update(line.encode())
@@ -378,6 +429,8 @@ class SDDataset(torch.utils.data.Dataset):
             out["pixels"] = item_pixels(item, crop)
             if self.masked:
                 out["mask"] = pixel_mask(item, crop)
+            if item.control:
+                out["control_pixels"] = control_pixels(item, crop)
         if self.text is not None:
             out.update(self.text.get(self.caption_ids[k]))
         else:

@@ -25,10 +25,12 @@ from lorakit_sd.data.buckets import fit_image
 MASK_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def find_mask(image: str, folder: Path, mask_dir: Path) -> Path | None:
+def find_mask(image: str, folder: Path, mask_dir: Path, tail: str = "") -> Path | None:
     """The mask of ``image`` (inside ``folder``): the same relative path and stem under
-    ``mask_dir``, with any image extension."""
+    ``mask_dir``, with any image extension (``tail``: after the stem, ``cat_0.png``). Edit
+    datasets' control folders are laid out the same way."""
     relative = Path(image).resolve().relative_to(folder.resolve())
+    relative = relative.with_name(relative.stem + tail + relative.suffix)
     for suffix in MASK_SUFFIXES:
         for candidate in (relative.with_suffix(suffix), relative.with_suffix(suffix.upper())):
             if (mask_dir / candidate).is_file():

@@ -1,6 +1,8 @@
 """Image-folder dataset readers: ``metadata.csv``, ``metadata.jsonl``, ``.txt`` sidecars.
 
-Each reader turns a folder into records ``{"image", "caption", "where", "error"}``. A record
+Each reader turns a folder into records ``{"image", "caption", "where", "error", "control"}``
+(``control``: the control images of an edit dataset, from a ``control`` column or key, as
+paths; empty otherwise). A record
 whose ``error`` is set names what is wrong (file and line); the backend then fails with one
 line naming the files, or skips them when ``sd.skip_bad_images`` is on. Nothing is dropped
 silently. The readers import only the standard library.
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.api import (
+    CONTROL_COLUMNS,
     FILE_COLUMNS,
     IMAGE_EXTENSIONS,
     METADATA_NAME,
@@ -24,14 +27,27 @@ from lorakit.api import (
     is_image_name,
     read_table,
     read_text,
+    split_control,
 )
 from lorakit_sd.data.video import VIDEO_EXTENSIONS, is_clip_name
 
 Record = dict[str, Any]
 
 
-def _record(image: Path | str, caption: str | None, where: str, error: str | None) -> Record:
-    return {"image": str(image), "caption": caption, "where": where, "error": error}
+def _record(
+    image: Path | str,
+    caption: str | None,
+    where: str,
+    error: str | None,
+    control: list[str] | None = None,
+) -> Record:
+    return {
+        "image": str(image),
+        "caption": caption,
+        "where": where,
+        "error": error,
+        "control": control or [],
+    }
 
 
 def is_media_name(path: Path) -> bool:
@@ -75,11 +91,28 @@ def leaves_folder(root: Path, path: Path) -> str | None:
     return None
 
 
-def _finish(root: Path, rows: Iterator[tuple[str, str | None, str]], source: Path) -> list[Record]:
-    """Records from ``(file_name, text, where)`` rows: checks names, files and captions."""
+Row = tuple[str, str | None, str, list[str]]
+
+
+def _controls(root: Path, name: str, controls: list[str]) -> tuple[list[str], str | None]:
+    """The control images of a row as paths inside ``root``, or the first problem."""
+    paths = []
+    for control in controls:
+        path, error = resolve_inside(root, control)
+        if path is None:
+            return [], f"{name}: control image {error}"
+        if not path.is_file():
+            return [], f"{name}: control image not found: {control}"
+        paths.append(str(path))
+    return paths, None
+
+
+def _finish(root: Path, rows: Iterator[Row], source: Path) -> list[Record]:
+    """Records from ``(file_name, text, where, controls)`` rows: checks names, files and
+    captions, and that every control image is a file inside the folder."""
     records: list[Record] = []
     seen: dict[str, str] = {}
-    for name, text, where in rows:
+    for name, text, where, control_names in rows:
         path, error = resolve_inside(root, name)
         if path is None:
             records.append(_record(root / (name or "?"), None, where, error))
@@ -89,20 +122,24 @@ def _finish(root: Path, rows: Iterator[tuple[str, str | None, str]], source: Pat
             records.append(_record(path, None, where, f"{name}: listed twice (also {seen[key]})"))
             continue
         seen[key] = where
+        controls, control_error = _controls(root, name, control_names)
         if not path.is_file():
             records.append(_record(path, None, where, f"{name}: image not found"))
+        elif control_error:
+            records.append(_record(path, None, where, control_error))
         elif text is None or not text.strip():
             records.append(_record(path, None, where, f"{name}: missing caption"))
         else:
-            records.append(_record(path, text.strip(), where, None))
+            records.append(_record(path, text.strip(), where, None, controls))
     if not records:
         raise DataError(f"{source}: no images listed")
     return records
 
 
 def unlisted_images(root: Path, records: list[Record]) -> list[Path]:
-    """Images in ``root`` that no record mentions (reported, not trained on)."""
-    listed = {os.path.normpath(r["image"]) for r in records}
+    """Images in ``root`` that no record mentions as an image or a control image (reported,
+    not trained on)."""
+    listed = {os.path.normpath(p) for r in records for p in (r["image"], *r.get("control", []))}
     return [p for p in image_files(root) if os.path.normpath(p) not in listed]
 
 
@@ -116,9 +153,10 @@ def read_metadata_csv(path: str | Path, metadata_path: str | Path | None = None)
     table = read_table(meta, need_text=True)
     text_column = table.text_column or "text"
 
-    def rows() -> Iterator[tuple[str, str | None, str]]:
+    def rows() -> Iterator[Row]:
         for row, line in zip(table.rows, table.lines, strict=True):
-            yield row[table.file_column].strip(), row[text_column], f"{meta}:{line}"
+            control = split_control(row[table.control_column]) if table.control_column else []
+            yield row[table.file_column].strip(), row[text_column], f"{meta}:{line}", control
 
     return _finish(root, rows(), meta)
 
@@ -131,7 +169,7 @@ def read_metadata_jsonl(path: str | Path, metadata_path: str | Path | None = Non
         raise DataError(f"{meta}: captions file not found")
     lines = read_text(meta)[0].splitlines()
 
-    def rows() -> Iterator[tuple[str, str | None, str]]:
+    def rows() -> Iterator[Row]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -146,9 +184,26 @@ def read_metadata_jsonl(path: str | Path, metadata_path: str | Path | None = Non
             if not isinstance(name, str):
                 raise DataError(f"{where}: no file_name")
             caption = next((obj[c] for c in TEXT_COLUMNS if c in obj), None)
-            yield name.strip(), caption if isinstance(caption, str) else None, where
+            yield (
+                name.strip(),
+                caption if isinstance(caption, str) else None,
+                where,
+                _jsonl_control(obj, where),
+            )
 
     return _finish(root, rows(), meta)
+
+
+def _jsonl_control(obj: dict[str, Any], where: str) -> list[str]:
+    """A JSON line's control images: a ``control`` string (``a.png|b.png``) or list."""
+    value = next((obj[c] for c in CONTROL_COLUMNS if c in obj), None)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return split_control(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise DataError(f"{where}: control must be a file name or a list of file names")
 
 
 #: Caption sidecar extensions kohya users keep; the configured one is tried first.

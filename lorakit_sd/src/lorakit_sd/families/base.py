@@ -111,6 +111,22 @@ class ModelFamily:
     default_targets: ClassVar[list[str]] = []
     #: clients that drop some of this family's adapted modules (the run warns per client)
     partial_clients: ClassVar[tuple[PartialClient, ...]] = ()
+    #: edit models: whether the denoiser takes control images (the images an instruction
+    #: edits), and how many per sample at most. Their latents reach the train module as
+    #: ``control`` (``[B, K, C, h, w]``, normalised); a family that takes none refuses a
+    #: dataset that has them.
+    takes_control: ClassVar[bool] = False
+    max_control_images: ClassVar[int] = 0
+    #: whether the caption encoder reads the control images with the instruction (a
+    #: vision-language encoder): the text cache then keeps one entry per (caption, control
+    #: images) and :meth:`encode_captions` gets ``controls`` (PIL images per caption)
+    captions_see_control: ClassVar[bool] = False
+    #: the family whose files (single files, folders) this family's look like, or None: an
+    #: edit model on its base's architecture loads from them when sd.model_family names it
+    file_family: ClassVar[str | None] = None
+    #: whether a diffusers base loads in the dtype its weights are stored in (bf16 for the
+    #: 20B+ models) rather than float32: the backend casts to the run's dtype afterwards
+    load_in_stored_dtype: ClassVar[bool] = False
 
     # -- detection -------------------------------------------------------------------------
     def claims_keys(self, keys: set[str]) -> bool:
@@ -199,6 +215,15 @@ class ModelFamily:
 
         return DiagonalGaussianDistribution(moments).sample()
 
+    def control_latents(self, moments: Any, vae_config: Any) -> Any:
+        """Control images' latents from their moments (``[B, K, 2C, h, w]``): the posterior's
+        mode, normalised, as edit pipelines encode their input image (``argmax``)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        b, k = moments.shape[:2]
+        mode = DiagonalGaussianDistribution(moments.flatten(0, 1)).mode()
+        return self.normalize(mode, vae_config).unflatten(0, (b, k))
+
     def max_tokens(self, items: list[Any], pipe: Any, sec: Any, log: Any) -> int:
         """The caption length encoded (CLIP windows for SD1/SDXL, T5 tokens otherwise)."""
         from lorakit_sd.data.dataset import choose_max_tokens
@@ -286,10 +311,13 @@ class ModelFamily:
         return entries
 
     # -- files -----------------------------------------------------------------------------
-    def standard_structure(self, entries: dict[str, Any]) -> tuple[Any, list[Any]] | None:
-        """The denoiser (and LoRA-taking text encoders) a LoRA file with these entries was
-        made for, on the meta device, when ``export`` has no ``--base``; None: the standard
-        model of ``data/standard_models.json``."""
+    def standard_structure(
+        self, entries: dict[str, Any] | None = None
+    ) -> tuple[Any, list[Any]] | None:
+        """The released denoiser (and LoRA-taking text encoders) a LoRA file with these
+        entries was made for, on the meta device, when ``export`` has no ``--base`` (it checks
+        keys against it); None: the structure lorakit-sd keeps for the family in
+        ``data/standard_models.json``."""
         return None
 
     def kohya_prefix(self, component: str) -> str:

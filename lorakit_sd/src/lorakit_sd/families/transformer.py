@@ -21,6 +21,14 @@ from lorakit_sd.families.transformer_standin import build_tiny_flow
 from lorakit_sd.step.quantize import check
 
 
+def traced(tensor: Any) -> bool:
+    """Whether ``tensor`` is a fake (``lorakit plan``'s trace) or meta tensor, whose values
+    cannot be read: a step that depends on them (a caption's length) takes its longest form."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor) or tensor.device.type == "meta"
+
+
 class FlowFamily(ModelFamily):
     denoiser_attr = "transformer"
     denoiser_prefix = "transformer"
@@ -32,6 +40,8 @@ class FlowFamily(ModelFamily):
     caption_encoders: ClassVar[str] = "T5 and CLIP"
     #: how a merged transformer file names its tensors (``lorakit merge``'s message)
     transformer_file_layout: ClassVar[str] = "diffusers' names"
+    #: whether ``lorakit merge`` keeps a diffusers base's names (else: always the file layout)
+    merge_keeps_base_layout: ClassVar[bool] = False
     #: class names in model_index.json
     pipeline_names: ClassVar[tuple[str, ...]] = ()
     transformer_names: ClassVar[tuple[str, ...]] = ()
@@ -144,6 +154,14 @@ class FlowFamily(ModelFamily):
         """How many pixels one latent pixel covers, from the VAE's config."""
         return int(2 ** (len(vae_config["block_out_channels"]) - 1))
 
+    def latent_channels(self, vae_config: Any) -> int:
+        """Channels of a latent, from the VAE's config."""
+        return int(vae_config["latent_channels"])
+
+    def latent_layout(self, vae_config: Any, resolution: int) -> tuple[int, int]:
+        """(channels, side) of the latent the objective draws on, for ``lorakit plan``."""
+        return self.latent_channels(vae_config), resolution // self.vae_factor(vae_config)
+
     def plan_text_inputs(self, t_config: Any, batch: int, tokens: int) -> dict[str, Any]:
         """Fake cached caption embeddings of a batch for ``lorakit plan`` (the sequence and
         the pooled CLIP embedding the transformer reads)."""
@@ -151,9 +169,6 @@ class FlowFamily(ModelFamily):
             "hidden": torch.randn(batch, tokens, int(t_config["joint_attention_dim"])),
             "pooled": torch.randn(batch, int(t_config["pooled_projection_dim"])),
         }
-
-    def latent_channels(self, vae_config: Any) -> int:
-        return int(vae_config["latent_channels"])
 
     def plan_latents(self, batch: int, channels: int, side: int, section: Any) -> Any:
         """A fake batch of latents for ``lorakit plan`` (a video family's have frames)."""
@@ -192,15 +207,19 @@ class FlowFamily(ModelFamily):
                     sampler(
                         prompt=prompt,
                         num_inference_steps=kwargs["steps"],
-                        guidance_scale=kwargs["guidance"],
+                        **self.render_guidance(kwargs),
                         width=kwargs["width"],
                         height=kwargs["height"],
                         generator=generator,
                         max_sequence_length=length,
-                        **self.render_extras(kwargs),
+                        **self.render_extras({**kwargs, "prompt_index": i}),
                     ).images[0]
                 )
         return images
+
+    def render_guidance(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline's guidance arguments for ``sd.sample_guidance_scale``."""
+        return {"guidance_scale": kwargs["guidance"]}
 
     def render_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {}

@@ -58,9 +58,12 @@ def _check_loras(loras: list[tuple[str, float]], family: str) -> None:
             )
 
 
-def transformer_state(transformer: Any, family: str) -> dict[str, Any]:
-    """The merged transformer's tensors in the layout its family's files use."""
+def transformer_state(transformer: Any, family: str, source: str = "single_file") -> dict[str, Any]:
+    """The merged transformer's tensors in the layout its family's files use (a family that
+    keeps the base's layout: diffusers' names for a diffusers folder or hub id)."""
     state = {k: v.detach() for k, v in transformer.state_dict().items()}
+    if source != "single_file" and families.get(family).merge_keeps_base_layout:
+        return state
     return families.get(family).transformer_file_state(state, transformer.config)
 
 
@@ -87,7 +90,7 @@ def merge_transformer(
     target = getattr(torch, chosen)
     state = {
         k: (v.to(target) if v.is_floating_point() else v).contiguous()
-        for k, v in transformer_state(model.denoiser, family).items()
+        for k, v in transformer_state(model.denoiser, family, model.source).items()
     }
     spec = families.get(family).format_metadata_for(model.denoiser)
     merged = [
@@ -106,10 +109,13 @@ def merge_transformer(
     }
     save_safetensors(state, output, metadata=metadata)
     if log is not None:
-        layout = families.get(family).transformer_file_layout
+        owner = families.get(family)
+        layout = owner.transformer_file_layout
+        if model.source != "single_file" and owner.merge_keeps_base_layout:
+            layout = "diffusers' names, as the base"
         how = "as --dtype asked" if dtype else "the base's dtype"
         log(
             f"merged {len(merged)} LoRA(s) into {Path(base).name}'s "
-            f"{families.get(family).label} transformer: {chosen} ({how}), {layout}"
+            f"{owner.label} transformer: {chosen} ({how}), {layout}"
         )
     return output

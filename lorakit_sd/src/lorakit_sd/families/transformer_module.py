@@ -42,6 +42,7 @@ class FlowTrainModule(torch.nn.Module):
         pooled: torch.Tensor | None = None,
         captions: list[str] | None = None,
         condition: torch.Tensor | None = None,
+        control: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The denoiser's prediction; ``condition``: channels an image-conditioned model reads
         joined to the noisy latents (an image-to-video model's first frame)."""
@@ -56,4 +57,7 @@ class FlowTrainModule(torch.nn.Module):
         guidance = None
         if self.guidance is not None:
             guidance = torch.full((noisy.shape[0],), self.guidance, device=noisy.device)
-        return self.family.denoise(self.transformer, noisy, timesteps, hidden, pooled, guidance)
+        extra = {} if control is None else {"control": control.to(noisy.dtype)}
+        return self.family.denoise(
+            self.transformer, noisy, timesteps, hidden, pooled, guidance, **extra
+        )

@@ -7,7 +7,8 @@ are cached and T5 and CLIP leave the GPU once the cache is built; the cached emb
 a batch are. Without it (``sd.train_text_encoder``, ``sd.shuffle_tags``) the CLIP encoders
 are part of the trained module (with their LoRA when trained) and T5 stays on the device.
 A step is the backend's own :func:`~lorakit_sd.step.loss.denoising_loss` on the family's layout
-(FLUX.1 packs 2x2 latents) and the model's flow-matching scheduler.
+(FLUX.1 packs 2x2 latents) and the model's flow-matching scheduler. An edit model's batch
+carries one control image per sample at the training size (its tokens lengthen the sequence).
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
     others = [p for p in text_parts if p not in clips]  # T5
     dtype = getattr(torch, DTYPE_NAMES[train.mixed_precision])
     resolution = section.resolution or spec.default_resolution
-    side = resolution // spec.vae_factor(vae_config)
-    channels = spec.latent_channels(vae_config)
+    channels, side = spec.latent_layout(vae_config, resolution)
     tokens = int(section.max_sequence_length or spec.default_sequence_length)
     batch = train.batch_size
     guidance = section.guidance if t_config.get("guidance_embeds") else None
@@ -63,10 +63,10 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
         return traceable(module)
 
     def fake_batch() -> dict[str, Any]:
-        return {
-            "latents": spec.plan_latents(batch, channels, side, section),
-            "inputs": spec.plan_text_inputs(t_config, batch, tokens),
-        }
+        inputs = spec.plan_text_inputs(t_config, batch, tokens)
+        if spec.takes_control:  # one control image per sample, at the target's size
+            inputs["control"] = torch.randn(batch, 1, channels, side, side)
+        return {"latents": spec.plan_latents(batch, channels, side, section), "inputs": inputs}
 
     one = spec.plan_text_inputs(t_config, 1, tokens)
     cached = batch * sum(t.numel() for t in one.values()) * dtype.itemsize
@@ -86,7 +86,8 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
         batch=fake_batch,
         loss=plan_loss(plan_objective(folder, spec, section), dtype),
         description=f"{spec.label} transformer, {stored} weights {where}",
-        per_step=spec.plan_step(batch, resolution, section),
+        per_step=spec.plan_step(batch, resolution, section)
+        + (" with a control image each" if spec.takes_control else ""),
         autocast_dtype=dtype if train.mixed_precision != "no" else None,
         caches=caches,
         items=count_images(config, section),

@@ -1,10 +1,12 @@
-"""What ``lorakit plan`` adds for SD3 / FLUX.1 beyond the trace: the ladder's own rows.
+"""What ``lorakit plan`` adds for the transformer families beyond the trace: the ladder's rows.
 
 On a 24 GB card FLUX.1 (12B parameters) trains as users do it: captions cached so T5 and
 CLIP leave the GPU, the base in bf16 with gradient checkpointing, then its frozen weights
 in fp8 or NF4 (``sd.base_quantization``). The planner's trace holds the frozen weights at
 the run's dtype; a quantized base is counted here, from the transformer's Linear weights
 (what diffusers' bitsandbytes / torchao configs quantize), at 1 byte (fp8) or NF4's size.
+With ``sd.group_offload`` (the 20B+ models) every block's weights but one are in CPU memory,
+counted the same way at 0 bytes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,18 @@ def flow_rungs(train: Any, section: Any, spec: Any) -> tuple[tuple[dict[str, Any
                 "NF4 base weights (bitsandbytes through diffusers; needs a CUDA GPU)",
             )
         )
+    if not section.group_offload:
+        rungs.append(
+            (
+                {
+                    "sd.group_offload": True,
+                    "sd.base_quantization": None,
+                    "gradient_checkpointing": True,
+                },
+                "transformer blocks streamed from CPU memory one at a time, in the base's own "
+                "dtype (block-level group offloading; needs a CUDA GPU, slower)",
+            )
+        )
     return tuple(rungs)
 
 
@@ -63,9 +77,25 @@ def quantized(section: Any, cls: Any, config: dict[str, Any], itemsize: int) -> 
     The core subtracts ``params * (2 - quantized_bytes)`` from the traced weights (a
     2-byte trace); a trace at another dtype is corrected here."""
     kind = section.base_quantization
+    if getattr(section, "group_offload", False):
+        # all blocks' weights but one's leave the GPU (kept: 0 bytes each)
+        return {"quantized_params": offloaded_weights(cls, config), "quantized_bytes": 2 - itemsize}
     if kind is None:
         return {}
     return {
         "quantized_params": linear_weights(cls, config),
         "quantized_bytes": BYTES[kind] - (itemsize - 2),
     }
+
+
+def offloaded_weights(cls: Any, config: dict[str, Any]) -> int:
+    """Weights of the repeated blocks ``sd.group_offload`` keeps in CPU memory (all of them
+    but the largest block, which is on the GPU while it runs)."""
+    import torch
+
+    from lorakit_sd.step.offload import repeated_blocks
+
+    with torch.device("meta"), quiet_libraries():
+        model = cls.from_config(config)
+    sizes = [sum(p.numel() for p in block.parameters()) for block in repeated_blocks(model)]
+    return sum(sizes) - max(sizes, default=0)

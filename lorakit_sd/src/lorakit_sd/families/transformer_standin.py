@@ -179,6 +179,25 @@ class TinyFlowModel:
         return DiffusionPipeline.from_pretrained(self.diffusers_dir)
 
 
+@dataclass
+class TinyFolder:
+    """Where a tiny model was saved as a diffusers folder (the families without single files
+    of their own in the stand-in)."""
+
+    diffusers_dir: Path
+    resolution: int = TINY_RESOLUTION
+    single_file: Path | None = None
+
+    @property
+    def config_dir(self) -> Path:
+        return self.diffusers_dir
+
+    def load(self) -> Any:
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(self.diffusers_dir)
+
+
 def _cat(state: dict[str, Any], names: list[str]) -> Any:
     import torch
 

@@ -28,16 +28,22 @@ from lorakit_sd.lorafiles.names import (
     kohya_name,
 )
 
-#: Key prefixes of the files read like kohya's (``.lora_down`` / ``.lora_up`` / ``.alpha``).
-KOHYA_LIKE = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_", "diffusion_model.")
+KOHYA_PREFIXES = (
+    "lora_unet_",
+    "lora_te_",
+    "lora_te1_",
+    "lora_te2_",
+    "lycoris_",
+    "diffusion_model.",
+)
 
 
 def file_format(keys: Iterable[str]) -> str | None:
     """``kohya``, ``diffusers`` or None (not an SD LoRA) from tensor names."""
     keys = list(keys)
-    if keys and all(k.startswith(KOHYA_LIKE) for k in keys):
-        # lycoris_<diffusers path>: a transformer family's LyCORIS file; diffusion_model.
-        # <original module>: ComfyUI's names (the family's kohya_file_entries maps them)
+    if keys and all(k.startswith(KOHYA_PREFIXES) for k in keys):
+        # lycoris_<diffusers path>: a transformer family's LyCORIS file; diffusion_model.:
+        # kohya-style tensors under ComfyUI's names of a transformer family's modules
         return "kohya"
     if keys and all(
         k.startswith(("unet.", "transformer.", "text_encoder.", "text_encoder_2.")) for k in keys

@@ -33,7 +33,7 @@ def adapt_models(
     t, sec = config.train, section
     targets = spec.expand_targets(t.target_modules)
     conv = conv_targets(denoiser) if sec.conv_rank else []
-    paths = targets
+    paths = with_patterns(denoiser, targets)
     if conv:  # LoCon: full paths, so the 3x3 convolutions get their own rank and alpha
         paths = [p for p, _ in denoiser.named_modules() if _matches(p, targets)] + conv
     add_network(denoiser, paths, "target_modules", config, sec, conv=conv)
@@ -104,6 +104,24 @@ def text_encoder_targets(encoder: Any, names: list[str], *, skip_last: bool) -> 
             continue
         out.append(path)
     return out or names
+
+
+def with_patterns(model: Any, names: list[str]) -> list[str]:
+    """``names`` with each ``*`` pattern (``single_transformer_blocks.*.attn.to_out``)
+    replaced by the module paths it matches, whole (PEFT matches plain names as suffixes)."""
+    patterns = [n for n in names if "*" in n]
+    if not patterns:
+        return names
+    import fnmatch
+
+    found = [
+        path
+        for path, _ in model.named_modules()
+        if any(
+            fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, "*." + p) for p in patterns
+        )
+    ]
+    return [n for n in names if "*" not in n] + found
 
 
 def _matches(path: str, names: list[str]) -> bool:

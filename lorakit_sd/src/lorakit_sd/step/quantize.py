@@ -24,20 +24,15 @@ KINDS = {
 
 
 def check(sec: Any, label: str, transformer_family: bool) -> None:
-    """Refuse ``sd.base_quantization`` where it cannot run (one line, naming the key)."""
+    """Refuse ``sd.base_quantization`` and ``sd.group_offload`` where they cannot run (one
+    line, naming the key)."""
+    check_offload(sec, label, transformer_family)
     kind = getattr(sec, "base_quantization", None)
     if kind is None:
         return
     key = "sd.base_quantization"
     if not transformer_family:
-        from lorakit_sd import families
-
-        which = [f.label for f in families.all_families() if f.denoiser_attr == "transformer"]
-        raise ConfigError(
-            f"sd.base_quantization {kind} applies to the transformer families "
-            f"({', '.join(which)}), not {label}",
-            key=key,
-        )
+        raise _not_for(f"{key} {kind}", label)
     import torch
 
     if not torch.cuda.is_available():
@@ -50,6 +45,38 @@ def check(sec: Any, label: str, transformer_family: bool) -> None:
     if importlib.util.find_spec(module) is None:
         raise ConfigError(
             f"sd.base_quantization {kind}: {what} needs {pip} (pip install {pip})", key=key
+        )
+
+
+def _not_for(what: str, label: str) -> ConfigError:
+    from lorakit_sd import families
+
+    which = [f.label for f in families.all_families() if f.denoiser_attr == "transformer"]
+    return ConfigError(
+        f"{what} applies to the transformer families ({', '.join(which)}), not {label}",
+        key=what.split()[0],
+    )
+
+
+def check_offload(sec: Any, label: str, transformer_family: bool) -> None:
+    """``sd.group_offload``: a transformer family's, on a CUDA GPU."""
+    if not getattr(sec, "group_offload", False):
+        return
+    if not transformer_family:
+        raise _not_for("sd.group_offload", label)
+    if getattr(sec, "base_quantization", None):
+        raise ConfigError(
+            "streams the base's own weights; it does not combine with sd.base_quantization "
+            "(remove one)",
+            key="sd.group_offload",
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "streams the transformer's blocks from CPU memory to a CUDA GPU and this machine "
+            "has none (remove it)",
+            key="sd.group_offload",
         )
 
 

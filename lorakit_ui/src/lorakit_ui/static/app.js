@@ -32,6 +32,13 @@ const lk = (() => {
       : Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
   }
 
+  // The time left of a live run, from its steps so far.
+  function eta(r) {
+    const live = ["running", "starting", "stopping"].includes(r.status);
+    if (!live || !r.total_steps || !r.steps || !r.elapsed_s || r.steps >= r.total_steps) return "";
+    return ` <span class="eta">· ETA ${seconds(r.elapsed_s / r.steps * (r.total_steps - r.steps))}</span>`;
+  }
+
   // -- the runs list -----------------------------------------------------------------------
   function runsPage() {
     async function refresh() {
@@ -40,8 +47,8 @@ const lk = (() => {
         $("#runs tbody").innerHTML = data.runs.map((r) => `<tr data-run="${esc(r.name)}">
           <td><a href="/runs/${runPath(r.name)}">${esc(r.name)}</a></td>
           <td><span class="status ${esc(r.status)}">${esc(r.status)}</span></td>
-          <td>${esc(r.steps)}${r.total_steps ? " / " + esc(r.total_steps) : ""}</td>
-          <td>${fmt(r.loss)}</td><td>${seconds(r.elapsed_s)}</td>
+          <td>${r.total_steps ? `<progress max="${+r.total_steps}" value="${Math.min(+r.steps || 0, +r.total_steps)}"></progress> ` : ""}${esc(r.steps)}${r.total_steps ? " / " + esc(r.total_steps) : ""}</td>
+          <td>${fmt(r.loss)}</td><td>${seconds(r.elapsed_s)}${eta(r)}</td>
           <td>${esc((r.started_at || "").replace("T", " ").slice(0, 19))}</td>
           <td>${r.error ? `<span class="error">${esc(r.error)}</span>` : ""}</td></tr>`).join("")
           || `<tr><td colspan="7" class="muted">no runs yet: <a href="/new">start one</a></td></tr>`;
@@ -54,7 +61,7 @@ const lk = (() => {
   }
 
   // -- charts: inline SVG ------------------------------------------------------------------
-  function chart(svg, series) {
+  function chart(svg, series, xlabel) {
     const W = +svg.getAttribute("width"), H = +svg.getAttribute("height");
     const pad = { l: 56, r: 12, t: 10, b: 22 };
     const all = series.flatMap((s) => s.points);
@@ -70,8 +77,8 @@ const lk = (() => {
       <line x1="${pad.l}" y1="${pad.t}" x2="${pad.l}" y2="${H - pad.b}" class="axis"/>
       <text x="${pad.l - 4}" y="${pad.t + 8}" text-anchor="end" class="tick">${fmt(y1)}</text>
       <text x="${pad.l - 4}" y="${H - pad.b}" text-anchor="end" class="tick">${fmt(y0)}</text>
-      <text x="${pad.l}" y="${H - 6}" class="tick">${x0}</text>
-      <text x="${W - pad.r}" y="${H - 6}" text-anchor="end" class="tick">step ${x1}</text>`;
+      <text x="${pad.l}" y="${H - 6}" class="tick">${Math.round(x0)}</text>
+      <text x="${W - pad.r}" y="${H - 6}" text-anchor="end" class="tick">${esc(xlabel || "step")} ${Math.round(x1)}</text>`;
     series.forEach((s, i) => {
       if (!s.points.length) return;
       const d = s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ");
@@ -209,38 +216,100 @@ const lk = (() => {
   }
 
   // -- labeling ----------------------------------------------------------------------------
+  // Text from the folder, the table and the labelers goes in with textContent, never markup.
+  function el(tag, props, ...children) {
+    const node = Object.assign(document.createElement(tag), props || {});
+    node.append(...children);
+    return node;
+  }
+
   function labelPage() {
     let columns = [];
+    const labelers = {};
     $("#label-form").addEventListener("submit", (e) => e.preventDefault());
     const folder = () => $("#data_dir").value.trim();
+
+    // The chosen labeler's options, as /api/labelers lists them: the same declaration
+    // `lorakit label --option KEY=VALUE` is checked against. Empty means the default.
+    function optionField(opt) {
+      let input;
+      if (opt.kind === "choice") {
+        input = el("select", {}, ...opt.choices.map((c) =>
+          el("option", { value: c, textContent: c, selected: c === opt.default })));
+      } else if (opt.kind === "text") {
+        input = el("input", { size: 50, maxLength: 4096, placeholder: opt.default });
+      } else {
+        input = el("input", { type: "number", step: opt.kind === "integer" ? "1" : "any",
+          placeholder: opt.default });
+        if (opt.minimum != null) input.min = opt.minimum;
+        if (opt.maximum != null) input.max = opt.maximum;
+      }
+      input.dataset.option = opt.name;
+      input.dataset.default = opt.default;
+      return el("p", {}, el("label", {}, opt.name + " ", input,
+        el("span", { className: "help", textContent: " " + opt.description })));
+    }
+    function showOptions() {
+      const spec = labelers[$("#labeler").value];
+      const box = $("#labeler-options");
+      $$("p", box).forEach((p) => p.remove());
+      $("#labeler-about").textContent = spec ? spec.description : "";
+      box.hidden = !spec || !spec.options.length;
+      if (spec) box.append(...spec.options.map(optionField));
+    }
+    function options() {
+      const chosen = {};
+      $$("#labeler-options [data-option]").forEach((input) => {
+        if (input.value !== "" && input.value !== input.dataset.default) chosen[input.dataset.option] = input.value;
+      });
+      return chosen;
+    }
+    $("#labeler").onchange = showOptions;
+    fetch("/api/labelers").then((r) => r.json()).then((data) => {
+      (data.labelers || []).forEach((l) => { labelers[l.name] = l; });
+      showOptions();
+    });
+
     async function load() {
       $("#label-error").textContent = "";
       const r = await fetch("/api/metadata?data_dir=" + encodeURIComponent(folder()));
       const data = await r.json();
       if (data.ok === false) { $("#label-error").textContent = data.error; return; }
       columns = data.columns;
-      $("#metadata thead").innerHTML = "<tr><th>image</th>" + columns.map((c) => `<th>${esc(c)}</th>`).join("") + "</tr>";
-      $("#metadata tbody").innerHTML = data.rows.map((row) => "<tr><td>" +
-        `<img class="thumb" src="/api/image?data_dir=${encodeURIComponent(folder())}&name=${encodeURIComponent(row.file_name)}" alt=""></td>` +
-        columns.map((c) => c === "file_name" ? `<td data-col="file_name">${esc(row[c])}</td>`
-          : `<td><textarea data-col="${esc(c)}" rows="2" cols="50">${esc(row[c])}</textarea></td>`).join("") + "</tr>").join("");
+      $("#metadata thead").replaceChildren(el("tr", {}, el("th", { textContent: "image" }),
+        ...columns.map((c) => el("th", { textContent: c }))));
+      $("#metadata tbody").replaceChildren(...data.rows.map((row) => el("tr", {},
+        el("td", {}, el("img", { className: "thumb", alt: "", src: "/api/image?data_dir=" +
+          encodeURIComponent(folder()) + "&name=" + encodeURIComponent(row.file_name) })),
+        ...columns.map((c) => {
+          if (c === "file_name") {
+            const td = el("td", { textContent: row[c] });
+            td.dataset.col = c;
+            return td;
+          }
+          const area = el("textarea", { rows: 2, cols: 50, value: row[c] });
+          area.dataset.col = c;
+          return el("td", {}, area);
+        }))));
       $("#save-metadata").disabled = false;
     }
     $("#load").onclick = load;
     $("#label").onclick = async () => {
       $("#label-log").textContent = "labeling…";
+      $("#label-error").textContent = "";
       $("#label").disabled = true;
       const r = await post("/api/label", { data_dir: folder(), labeler: $("#labeler").value,
-        prefix: $("#prefix").value, mode: $("#mode").value });
+        prefix: $("#prefix").value, mode: $("#mode").value, batch_size: $("#batch_size").value,
+        options: options() });
       $("#label").disabled = false;
-      $("#label-log").textContent = r.output;
+      $("#label-log").textContent = r.output || "";
       if (!r.ok) { $("#label-error").textContent = r.error; return; }
       load();
     };
     $("#save-metadata").onclick = async () => {
       const rows = $$("#metadata tbody tr").map((tr) => {
         const row = {};
-        $$("[data-col]", tr).forEach((el) => { row[el.dataset.col] = el.tagName === "TEXTAREA" ? el.value : el.textContent; });
+        $$("[data-col]", tr).forEach((cell) => { row[cell.dataset.col] = cell.tagName === "TEXTAREA" ? cell.value : cell.textContent; });
         return row;
       });
       const r = await post("/api/metadata", { data_dir: folder(), columns, rows });
@@ -251,7 +320,7 @@ const lk = (() => {
   }
 
   const pages = { runs: runsPage, run: runPage, new: newPage, label: labelPage };
-  return { ...pages, chart, start: () => { const f = pages[document.body.dataset.page]; if (f) f(); } };
+  return { ...pages, chart, post, runPath, start: () => { const f = pages[document.body.dataset.page]; if (f) f(); } };
 })();
 // The page says which it is (<body data-page>): no inline script, the CSP forbids it.
 lk.start();

@@ -135,18 +135,31 @@ class Flux1(FlowFamily):
         )
         return hidden, pooled
 
+    def image_tokens(self, latents: Any, control: Any = None) -> tuple[Any, Any]:
+        """``(packed tokens, image ids)`` of ``[B, C, H, W]`` latents, through the pipeline's
+        own ``_pack_latents`` and ``_prepare_latent_image_ids``."""
+        pipeline = self.pipeline_class()
+        b, c, h, w = latents.shape
+        packed = pipeline._pack_latents(latents, b, c, h, w)
+        ids = pipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+        return packed, ids
+
     def denoise(
-        self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
+        self,
+        transformer: Any,
+        noisy: Any,
+        timesteps: Any,
+        hidden: Any,
+        pooled: Any,
+        guidance: Any,
+        control: Any = None,
     ) -> Any:
-        """Pack ``[B, C, H, W]`` into tokens, run the transformer, unpack its prediction."""
+        """Pack ``[B, C, H, W]`` into tokens (and an edit model's ``control`` latents after
+        them), run the transformer, unpack its prediction of the image's tokens."""
         import torch
-        from diffusers import FluxPipeline
 
         b, c, h, w = noisy.shape
-        packed = FluxPipeline._pack_latents(noisy, b, c, h, w)
-        img_ids = FluxPipeline._prepare_latent_image_ids(
-            b, h // 2, w // 2, noisy.device, noisy.dtype
-        )
+        packed, img_ids = self.image_tokens(noisy, control)
         txt_ids = torch.zeros(hidden.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
         out = transformer(
             hidden_states=packed,
@@ -158,7 +171,7 @@ class Flux1(FlowFamily):
             img_ids=img_ids,
             return_dict=False,
         )[0]
-        return FluxPipeline._unpack_latents(out, h, w, 1)
+        return self.pipeline_class()._unpack_latents(out[:, : (h // 2) * (w // 2)], h, w, 1)
 
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """sd-scripts' layout: BFL names, fused q/k/v written exactly (rank 3r), CLIP ``lora_te1_``."""

@@ -15,9 +15,12 @@ down and its rows of the up, which is exact too. Names follow ComfyUI's
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from lorakit_sd.families.fused_lora import fuse, split
 
 #: double block: BFL stem -> diffusers module paths stacked in it (by rows)
 DOUBLE = {
@@ -116,66 +119,18 @@ def part_rows(transformer: Any, paths: list[str]) -> list[int]:
     return [int(transformer.get_submodule(p).weight.shape[0]) for p in paths]
 
 
-def fuse(
-    parts: list[tuple[int, Any]],
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(down, up, alpha) of one fused layer from ``(rows, LoraModule or None)`` per part.
-
-    The fused rank is the sum of the parts' ranks; alpha is chosen so ``alpha / rank`` is
-    the first trained part's scale, and any other part's scale ratio is folded into its
-    block of the up: the fused update equals the parts' updates stacked, exactly.
-    """
-    trained = [m for _, m in parts if m is not None]
-    rank = sum(m.rank for m in trained)
-    scale = trained[0].alpha / trained[0].rank
-    downs, blocks, col = [], [], 0
-    up = torch.zeros(sum(rows for rows, _ in parts), rank, dtype=trained[0].up.dtype)
-    row = 0
-    for rows, m in parts:
-        if m is not None:
-            ratio = (m.alpha / m.rank) / scale
-            up[row : row + rows, col : col + m.rank] = m.up.detach().cpu() * ratio
-            downs.append(m.down.detach().cpu())
-            col += m.rank
-        row += rows
-        blocks.append(rows)
-    return torch.cat(downs, dim=0), up, scale * rank
-
-
-def split(
-    down: torch.Tensor, up: torch.Tensor, alpha: float, rows: list[int]
-) -> list[tuple[torch.Tensor, torch.Tensor, float] | None]:
-    """The parts of a fused entry: (down, up, alpha) per part, None for an all-zero part."""
-    rank = down.shape[0]
-    scale = alpha / rank
-    starts = [sum(rows[:j]) for j in range(len(rows))]
-    used = []
-    for start, n in zip(starts, rows, strict=True):
-        block = up[start : start + n]
-        used.append(torch.nonzero(block.abs().sum(dim=0)).flatten().tolist())
-    flat = [c for cols in used for c in cols]
-    disjoint = len(flat) == len(set(flat))
-    out: list[tuple[torch.Tensor, torch.Tensor, float] | None] = []
-    for start, n, cols in zip(starts, rows, used, strict=True):
-        if not cols:
-            out.append(None)
-            continue
-        block = up[start : start + n]
-        if disjoint:  # block-diagonal: the part's own columns
-            idx = torch.tensor(cols)
-            out.append((down[idx], block[:, idx], scale * len(cols)))
-        else:  # a dense LoRA on the fused layer: every part keeps the whole down
-            out.append((down, block, alpha))
-    return out
-
-
-def to_bfl(modules: list[Any], transformer: Any, dtype: Any) -> dict[str, torch.Tensor]:
-    """kohya/BFL tensors of a FLUX.1 transformer LoRA (``component == "transformer"``)."""
+def to_bfl(
+    modules: list[Any], transformer: Any, dtype: Any, table: dict[str, list[str]] | None = None
+) -> dict[str, torch.Tensor]:
+    """kohya/BFL tensors of a FLUX.1 transformer LoRA (``component == "transformer"``);
+    ``table``: another BFL layout's stems (``lora_unet_<stem>`` -> diffusers paths)."""
     cfg = transformer.config
     by_path = {m.path: m for m in modules}
     out: dict[str, torch.Tensor] = {}
     done: set[str] = set()
-    for stem, paths in groups(cfg.num_layers, cfg.num_single_layers).items():
+    if table is None:
+        table = groups(cfg.num_layers, cfg.num_single_layers)
+    for stem, paths in table.items():
         present = [p for p in paths if p in by_path]
         if not present:
             continue
@@ -193,17 +148,20 @@ def to_bfl(modules: list[Any], transformer: Any, dtype: Any) -> dict[str, torch.
     return out
 
 
-def from_bfl(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def from_bfl(
+    entries: dict[str, dict[str, Any]], layout: Callable[[int, int], dict] | None = None
+) -> dict[str, dict[str, Any]]:
     """kohya/BFL entries (by stem) -> diffusers transformer entries (by module path).
 
     Part sizes come from the shapes: a fused layer's input width is the hidden size, q, k
     and v have that many rows each, and a single block's MLP rows are what is left.
+    ``layout(num_double, num_single)``: another BFL layout's stems (default FLUX.1's).
     """
     blocks = [
         int(m[2]) for s in entries if (m := re.match(r"lora_unet_(double|single)_blocks_(\d+)_", s))
     ]
     depth = max(blocks, default=-1) + 1
-    table = groups(depth, depth)
+    table = (layout or groups)(depth, depth)
     out: dict[str, dict[str, Any]] = {}
     for stem, entry in entries.items():
         if stem not in table:

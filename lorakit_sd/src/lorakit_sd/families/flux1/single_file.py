@@ -85,19 +85,29 @@ def bfl_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def diffusers_to_bfl(state: dict[str, Any], num_double: int, num_single: int) -> dict[str, Any]:
-    """A diffusers FLUX.1 transformer state dict in BFL's layout (the inverse)."""
+def diffusers_to_bfl(
+    state: dict[str, Any],
+    num_double: int,
+    num_single: int,
+    *,
+    table: dict[str, list[str]] | None = None,
+    norm_table: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A diffusers FLUX.1 transformer state dict in BFL's layout (the inverse); ``table`` /
+    ``norm_table``: another BFL layout's (BFL name -> diffusers paths / norm names)."""
     import torch
 
+    if table is None:
+        table = layers(num_double, num_single)
     out: dict[str, Any] = {}
-    for name, paths in layers(num_double, num_single).items():
+    for name, paths in table.items():
         for kind in ("weight", "bias"):
             keys = [f"{p}.{kind}" for p in paths]
             if any(state.get(k) is None for k in keys):
                 continue
             tensor = torch.cat([state[k] for k in keys], dim=0)
             out[f"{name}.{kind}"] = _swap(tensor) if paths == [SWAPPED] else tensor
-    for bfl, ours in norms(num_double, num_single).items():
+    for bfl, ours in (norm_table or norms(num_double, num_single)).items():
         out[bfl] = state[ours]
     return out
 

@@ -133,6 +133,7 @@ class SD1(ModelFamily):
     def render(self, pipe: Any, prompts: list[str], **kwargs: Any) -> list[Any]:
 
         sampler = sampling_pipeline(pipe, self.name, kwargs.pop("prediction_type"))
+        kwargs.pop("control", None)  # takes none: sampling refuses control images before this
         if kwargs.pop("progress", False):
             sampler.set_progress_bar_config(disable=False, desc=f"{len(prompts)} prompt(s)")
         return render(sampler, prompts, **kwargs)

@@ -278,13 +278,16 @@ class Wan(FlowFamily):
             out[f"transformer.{path}" if path else stem] = entry
         return out
 
-    def standard_structure(self, entries: dict[str, Any]) -> tuple[Any, list[Any]] | None:
+    def standard_structure(
+        self, entries: dict[str, Any] | None = None
+    ) -> tuple[Any, list[Any]] | None:
         """The released Wan transformer of the file's width (1.3B, TI2V-5B or 14B), on the
         meta device; another width needs ``--base``."""
         import torch
 
         from lorakit.api import UsageError
 
+        entries = entries or {}
         key = next((k for k in entries if k.endswith(".attn1.to_q")), None)
         width = int(entries[key]["down"].shape[1]) if key else 0
         if width not in RELEASED:
