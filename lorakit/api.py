@@ -20,6 +20,7 @@ from lorakit.backend import (
     trainable_state_dict,
 )
 from lorakit.backend_plugin import BackendPlugin, Chat, WeightedLora
+from lorakit.clips import VIDEO_EXTENSIONS, is_clip_name
 from lorakit.config.loader import load_config
 from lorakit.config.schema import Config
 from lorakit.data_report import DataReport, DataRow
@@ -85,6 +86,7 @@ __all__ = [
     "CONTROL_SEPARATOR",
     "FILE_COLUMNS",
     "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
     "METADATA_NAME",
     "PLUGIN_API_VERSION",
     "Backend",
@@ -136,6 +138,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "is_image_name",
+    "is_clip_name",
     "label_folder",
     "lazy",
     "load_config",

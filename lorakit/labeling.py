@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from lorakit.clips import VIDEO_EXTENSIONS, clip_first_frame, is_clip_name
 from lorakit.errors import DataError, LorakitError, RunError, UsageError
 from lorakit.images import IMAGE_EXTENSIONS, decode_rgb, is_image_name
 from lorakit.metadata_csv import (
@@ -224,7 +225,7 @@ def _natural_key(name: str) -> tuple[list[tuple[int, int | str]], str]:
 
 
 def find_images(data_dir: str | Path, *, recursive: bool = False) -> list[str]:
-    """Image files under ``data_dir`` as POSIX paths relative to it, in natural order.
+    """Image and clip files under ``data_dir`` as POSIX paths relative to it, in natural order.
 
     Hidden files and folders (names starting with ``.``) are skipped.
     """
@@ -235,7 +236,7 @@ def find_images(data_dir: str | Path, *, recursive: bool = False) -> list[str]:
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if is_image_name(path) and path.is_file():
+        if (is_image_name(path) or is_clip_name(path)) and path.is_file():
             found.append(rel.as_posix())
     return sorted(found, key=_natural_key)
 
@@ -246,8 +247,11 @@ def read_image(path: str | Path) -> Image.Image:
     EXIF rotation is applied, wide modes (16-bit, float) are scaled, transparency is
     flattened onto white and an animation gives its first frame. Raises
     ``OSError``/``ValueError`` (and PIL's decompression-bomb error) for a file that is not a
-    readable image, including a truncated one.
+    readable image, including a truncated one. A clip (:mod:`lorakit.clips`) gives its first
+    frame, after every frame is decoded once.
     """
+    if is_clip_name(path):
+        return clip_first_frame(path)
     return decode_rgb(path)
 
 
@@ -412,7 +416,8 @@ def label_folder(
     images = find_images(data_dir, recursive=recursive)
     report.found = len(images)
     if not images:
-        raise DataError(f"no images in {data_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        kinds = ", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+        raise DataError(f"no images in {data_dir} (looked for {kinds})")
     listed = {row.get(file_column, "") for row in existing}
     control_column = next((c for c in CONTROL_COLUMNS if c in columns), None)
     if control_column is not None:  # an edit dataset's control images are no targets

@@ -370,3 +370,34 @@ def test_dry_run_works_when_metadata_csv_exists(data, capsys):
     assert code == 0, err
     assert "img10.png" in out and "nothing written" in err
     assert (data / "metadata.csv").read_text() == "file_name,text\nimg1.PNG,mine\n"
+
+
+def _clip(path: Path, colour: str, frames: int = 4) -> Path:
+    """A small lossless clip of one colour, written with PyAV."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("qtrle", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "rgb24"
+        for _ in range(frames):
+            frame = np.full((16, 16, 3), COLOURS[colour], np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_clips_are_labeled_by_their_first_frame_and_broken_ones_listed(data, capsys):
+    """A video family's folder: ``label --dry-run`` captions each clip by its first frame and
+    lists a clip that cannot be decoded (one line naming it) before any training."""
+    pytest.importorskip("av")
+    _clip(data / "walk.mov", "green")
+    (data / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 300)
+    code, out, err = run_cli(capsys, "label", data, "-l", "stub", "--dry-run")
+    assert code == 0, err
+    table = {r["file_name"]: r["text"] for r in csv.DictReader(io.StringIO(out))}
+    assert table["walk.mov"] == "colour green" and "broken.mp4" not in table
+    assert f"skipped {data / 'broken.mp4'}: cannot read it (cannot decode the clip" in err
+    assert not (data / "metadata.csv").exists()

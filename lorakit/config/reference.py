@@ -77,4 +77,9 @@ def reference(registries: Any = None) -> str:
             (doc[0] + "\n\n") if doc else "",
             table(model, f"{entry.spec.name}."),
         ]
+        for name, field in model.model_fields.items():  # nested sections: their own table
+            sub = field.default_factory() if field.default_factory is not None else None
+            if isinstance(sub, BaseModel):
+                prefix = f"{entry.spec.name}.{name}"
+                parts += [f"\n### `{prefix}:`\n", table(type(sub), prefix + ".")]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p)

@@ -128,3 +128,40 @@ def lora_keys(path: Path) -> tuple[list[str], dict[str, str]]:
 
     with safe_open(str(path), framework="pt") as f:
         return list(f.keys()), dict(f.metadata() or {})
+
+
+def cli(*args: object) -> int:
+    """``lorakit ARGS`` in-process with the installed entry points, as a user's shell runs it;
+    its exit code."""
+    from lorakit.cli import main
+    from lorakit.plugins import set_plugins
+
+    set_plugins(None)  # the installed entry points, as a user's shell sees them
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        set_plugins(None)
+    return 0
+
+
+def resumed_equals_whole(train: Any, tmp: Path, model: Any, data: Path, common: dict) -> None:
+    """Train ``common`` (which saves at step 2 of 4) whole, and again resumed from step 2:
+    the same diffusers file bit for bit, and the same last losses."""
+    import torch
+    from safetensors.torch import load_file
+
+    whole, _ = train(tmp, model, data, output_dir=tmp / "whole", **common)
+    resumed, _ = train(
+        tmp,
+        model,
+        data,
+        output_dir=tmp / "resumed",
+        resume=str(whole.output_dir / "checkpoints" / "step-2"),
+        **common,
+    )
+    a = load_file(str(whole.output_dir / "whole.diffusers.safetensors"))
+    b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]

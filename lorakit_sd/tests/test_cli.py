@@ -5,23 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from lorakit_sd.testing import tiny_config, write_tiny_images
-from sd_helpers import lora_keys, unet_output
+from sd_helpers import cli, lora_keys, unet_output
 
 from lorakit.testing import write_config
-
-
-def _cli(*args):
-    from lorakit.cli import main
-    from lorakit.plugins import set_plugins
-
-    set_plugins(None)  # the installed entry points, as a user's shell sees them
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return exc.code or 0
-    finally:
-        set_plugins(None)
-    return 0
 
 
 def _write_config(path, model, data, output, **overrides):
@@ -47,7 +33,7 @@ def sd1_cli_run(tiny_models, tmp_path_factory):
         learning_rate=1e-2,
         output_name="mascot",
     )
-    assert _cli("train", "--config", config, "--no-progress") == 0
+    assert cli("train", "--config", config, "--no-progress") == 0
     return model, tmp, config
 
 
@@ -63,9 +49,9 @@ def test_train_writes_both_formats(sd1_cli_run):
 @pytest.mark.parametrize("template", ["sd15", "sdxl"])
 def test_config_init_writes_a_template_that_validates(tmp_path, template):
     path = tmp_path / f"{template}.yaml"
-    assert _cli("config", "init", "--backend", "sd", "--template", template, "-o", path) == 0
+    assert cli("config", "init", "--backend", "sd", "--template", template, "-o", path) == 0
     assert "sd:" in path.read_text()
-    assert _cli("config", "validate", path, "--no-paths") == 0
+    assert cli("config", "validate", path, "--no-paths") == 0
 
 
 def test_export_round_trip_is_exact(sd1_cli_run, capsys):
@@ -76,12 +62,10 @@ def test_export_round_trip_is_exact(sd1_cli_run, capsys):
     as_diffusers = tmp / "exported.diffusers.safetensors"
     back = tmp / "exported.safetensors"
     assert (
-        _cli(
-            "export", kohya, "--to", "diffusers", "-o", as_diffusers, "--base", model.diffusers_dir
-        )
+        cli("export", kohya, "--to", "diffusers", "-o", as_diffusers, "--base", model.diffusers_dir)
         == 0
     )
-    assert _cli("export", as_diffusers, "--to", "kohya", "--base", model.diffusers_dir) == 0
+    assert cli("export", as_diffusers, "--to", "kohya", "--base", model.diffusers_dir) == 0
     assert back.is_file()
     original, again = load_file(str(kohya)), load_file(str(back))
     assert original.keys() == again.keys()
@@ -97,7 +81,7 @@ def test_export_round_trip_is_exact(sd1_cli_run, capsys):
     assert (got - want).abs().max().item() < 1e-6
     # without --base, keys are checked against the standard SD1.5 model: tiny shapes do not fit
     capsys.readouterr()
-    assert _cli("export", kohya, "--to", "diffusers", "-o", tmp / "x.safetensors") == 2
+    assert cli("export", kohya, "--to", "diffusers", "-o", tmp / "x.safetensors") == 2
     err = capsys.readouterr().err
     assert "lorakit: error:" in err and "do not fit the model's weight" in err and err[-1] == "\n"
 
@@ -110,7 +94,7 @@ def test_merge_bakes_the_lora_into_a_single_file(sd1_cli_run, form):
     kohya = tmp / "out" / "mascot.safetensors"
     merged = tmp / f"merged-{form}.safetensors"
     base = model.single_file if form == "single_file" else model.diffusers_dir
-    code = _cli(
+    code = cli(
         "merge",
         "--base",
         base,
@@ -140,7 +124,7 @@ def test_sample_with_two_loras_writes_images_and_a_sheet(sd1_cli_run):
 
     model, tmp, config = sd1_cli_run
     out = tmp / "out"
-    code = _cli(
+    code = cli(
         "sample",
         "--config",
         config,
@@ -179,7 +163,7 @@ def test_sample_refuses_keys_that_match_nothing(sd1_cli_run, capsys):
     bad = tmp / "bad.safetensors"
     save_file(tensors, str(bad))
     capsys.readouterr()
-    code = _cli("sample", "--config", config, "--lora", bad, "-p", "x", "-o", tmp / "s2")
+    code = cli("sample", "--config", config, "--lora", bad, "-p", "x", "-o", tmp / "s2")
     assert code == 2
     assert "lora_unet_not_a_module" in capsys.readouterr().err
 
@@ -190,7 +174,7 @@ def test_bad_data_and_pickles_are_one_line_errors(tiny_models, tmp_path, capsys)
     (data / "img_001.png").write_bytes(b"garbage")
     config = _write_config(tmp_path / "bad.yaml", model, data, tmp_path / "out")
     capsys.readouterr()
-    assert _cli("train", "--config", config, "--no-progress") == 2
+    assert cli("train", "--config", config, "--no-progress") == 2
     err = capsys.readouterr().err
     assert "img_001.png" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -198,7 +182,7 @@ def test_bad_data_and_pickles_are_one_line_errors(tiny_models, tmp_path, capsys)
     ckpt.write_bytes(b"pickle")
     good = write_tiny_images(tmp_path / "good", 2)
     config = _write_config(tmp_path / "ckpt.yaml", model, good, tmp_path / "out2")
-    assert _cli("train", "--config", config, "--set", f"base_model={ckpt}", "--no-progress") == 2
+    assert cli("train", "--config", config, "--set", f"base_model={ckpt}", "--no-progress") == 2
     assert "--allow-unsafe-pickle" in capsys.readouterr().err
 
 
@@ -219,13 +203,13 @@ def test_sdxl_from_a_single_file_trains_and_merges_with_both_text_encoders(tiny_
         lora_alpha=2,
         sd={"train_text_encoder": True},
     )
-    assert _cli("train", "--config", config, "--no-progress") == 0
+    assert cli("train", "--config", config, "--no-progress") == 0
     kohya = tmp_path / "out" / "out.safetensors"
     _, meta = lora_keys(kohya)
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
     merged = tmp_path / "merged.safetensors"
     assert (
-        _cli(
+        cli(
             "merge",
             "--base",
             model.single_file,

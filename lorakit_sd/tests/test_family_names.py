@@ -30,9 +30,8 @@ def family_words() -> set[str]:
         words.update(part.strip() for part in family.label.split("/"))
         words.add(family.base_model_version.split("_base")[0])
         words.add(family.architecture.removesuffix("/lora").removesuffix("-base"))
-        template = families.spec(family.name).template
-        if template is not None:
-            words.update((template[0], Path(template[2]).stem))
+        for name, (_, path) in families.spec(family.name).templates().items():
+            words.update((name, Path(path).stem))
     return {w.lower() for w in words if len(w) >= 3}
 
 
@@ -66,8 +65,16 @@ def code_words(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def word_pattern(word: str) -> str:
+    """A family word, any case; a short alphabetic one (``wan``) not followed by a lower-case
+    letter, so English words that start with it (``wanted``) are not names (``WanPipeline``,
+    ``wan_lora`` are)."""
+    escaped = f"(?i:{re.escape(word)})"
+    return escaped + "(?![a-z])" if word.isalpha() and len(word) <= 3 else escaped
+
+
 def offenders(words: set[str], root: Path = SRC) -> dict[str, list[str]]:
-    pattern = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)), re.I)
+    pattern = re.compile("|".join(word_pattern(w) for w in sorted(words, key=len, reverse=True)))
     out: dict[str, list[str]] = {}
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
@@ -109,4 +116,16 @@ def test_the_check_catches_a_family_switch(tmp_path):
     assert sorted(h.split(":", 2)[2] for h in found["backend.py"]) == [
         " 'FluxPipeline'",
         " 'sdxl'",
+    ]
+
+
+def test_a_short_family_name_is_a_name_not_a_word_prefix(tmp_path):
+    (tmp_path / "data.py").write_text(
+        'def f(wanted):\n    return wanted or "WanPipeline" or "wan_lora" or "WAN"\n'
+    )
+    found = offenders({"wan"}, tmp_path)
+    assert sorted(h.split(":", 2)[2] for h in found["data.py"]) == [
+        " 'WAN'",
+        " 'WanPipeline'",
+        " 'wan_lora'",
     ]

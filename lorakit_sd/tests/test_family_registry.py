@@ -49,7 +49,7 @@ def test_lorakit_sd_registers_its_own_families_through_the_hook():
     made = plugins.registrations("register_image_families")
     names = [spec.name for info, spec in made if info.name == "sd"]
     first = ["sd1", "sdxl", "sd3", "flux2_klein", "flux2", "kontext", "flux1"]
-    assert [n for n in names if n in first] == first and "qwen_image" in names
+    assert [n for n in names if n in first] == first and "qwen_image" in names and "wan" in names
     assert families.labels()["flux1"] == "FLUX.1"
     assert families.get("sdxl").default_resolution == 1024
 

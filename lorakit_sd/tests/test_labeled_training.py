@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sd_helpers import cli
 
 from lorakit.testing import write_config
 
@@ -25,21 +26,6 @@ LABELERS = {
     # Short greedy captions: quick, and well inside the 77 tokens the text encoder reads.
     "blip": ["-o", "max_new_tokens=8", "-o", "num_beams=1"],
 }
-
-
-def _cli(*args: object) -> int:
-    """``lorakit ARGS`` in-process with the installed plugins, as a user's shell runs it."""
-    from lorakit.cli import main
-    from lorakit.plugins import set_plugins
-
-    set_plugins(None)
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        set_plugins(None)
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +58,7 @@ def test_label_then_train(models, tmp_path, labeler):
 
     data = tmp_path / "data"
     images = write_sample_images(data, 4, size=40)
-    code = _cli(
+    code = cli(
         "label",
         data,
         "--labeler",
@@ -95,7 +81,7 @@ def test_label_then_train(models, tmp_path, labeler):
     config = write_config(
         tmp_path / "train.yaml", tiny_config(sd1, data, output, max_steps=4, output_name="labeled")
     )
-    assert _cli("train", "--config", config, "--no-progress") == 0
+    assert cli("train", "--config", config, "--no-progress") == 0
     record = json.loads((output / "run.json").read_text(encoding="utf-8"))
     assert record["status"] == "finished" and record["steps"] == 4
     assert math.isfinite(record["final_loss"])

@@ -45,9 +45,17 @@ def test_registrations(sd_plugins):
 
     # every family folder's template, and no other
     assert set(spec.templates) == set(builtin_templates())
-    assert {"sd15", "sdxl", "flux1", "sd35", "flux2", "kontext", "qwen-image", "z-image"} <= set(
-        spec.templates
-    )
+    assert {
+        "sd15",
+        "sdxl",
+        "flux1",
+        "sd35",
+        "flux2",
+        "kontext",
+        "qwen-image",
+        "z-image",
+        "wan21-t2v",
+    } <= set(spec.templates)
     assert registries.backend_for("image-generation", None).spec is spec
     for name in ("kohya", "diffusers"):
         assert registries.exporters.get(name).backends == ("sd",)

@@ -87,8 +87,10 @@ def test_the_form_has_every_schema_key_with_the_templates_values(client):
         if key != "distributed":
             assert f'data-key="{key}"' in page, key
             assert str(escape(info.description or "")) in page, key
-    for key in SDSection.model_fields:
-        assert f'data-key="sd.{key}"' in page, key
+    for key, info in SDSection.model_fields.items():
+        nested = getattr(info.annotation, "model_fields", None)  # sd.video: its keys
+        for full in [f"{key}.{sub}" for sub in nested] if nested else [key]:
+            assert f'data-key="sd.{full}"' in page, full
     assert 'data-key="distributed.strategy"' in page
     assert 'value="1e-4"' in page  # learning_rate as the template writes it
     assert "<option selected>bf16</option>" in page  # mixed_precision from the template
@@ -250,6 +252,37 @@ def test_a_run_page_serves_new_metrics_samples_with_prompts_and_downloads(client
     assert client.get("/runs/nothing-here").status_code == 404
     page = client.get("/runs/done").text
     assert "loss-chart" in page and 'data-run="done"' in page
+
+
+def test_a_nested_section_keeps_the_templates_values_and_round_trips(client):
+    """``sd.video`` of the Wan template: shown as ``sd.video.*`` fields with the template's
+    values, and written back as the nested mapping the config reads."""
+    from lorakit_ui.forms import template_values, to_config
+
+    values = template_values("sd", "wan21-t2v")
+    assert values["sd.video.frames"] == "[17, 33, 49, 81]" and values["sd.video.fps"] == "16"
+    data = to_config({**values, "sd.video.fps": "8"}, "sd")
+    assert data["sd"]["video"]["frames"] == [17, 33, 49, 81] and data["sd"]["video"]["fps"] == 8
+    page = client.get("/new?backend=sd&template=wan21-t2v").text
+    assert 'data-key="sd.video.frames"' in page and "[17, 33, 49, 81]" in page
+
+
+def test_preview_clips_are_shown_as_video(client, runs_dir):
+    """A video model's previews: each clip once, as video (not its animated webp twin, nor
+    the sheet of first frames), served inline as video/mp4."""
+    out = fake_run(runs_dir, "clips", "finished", [1.0])
+    for name in ("step-000001-00.mp4", "step-000001-00.webp", "step-000001-01.mp4"):
+        (out / "samples" / name).write_bytes(b"\x00\x00\x00\x18ftypisom")
+    (out / "samples" / "step-000001-01.webp").write_bytes(b"RIFF")
+    (out / "samples" / "step-000001.png").write_bytes(b"\x89PNG sheet")
+    samples = client.get("/api/runs/clips").json()["samples"]
+    assert sorted((s["kind"], s["path"], s["prompt"]) for s in samples) == [
+        ("video", "samples/step-000001-00.mp4", "a red circle"),
+        ("video", "samples/step-000001-01.mp4", "a blue square"),
+    ]
+    got = client.get("/runs/clips/files/samples/step-000001-00.mp4")
+    assert got.headers["content-type"] == "video/mp4"
+    assert "attachment" not in got.headers.get("content-disposition", "")
 
 
 def test_one_training_at_a_time_unless_parallel(runs_dir, tiny_sd, images, tmp_path):

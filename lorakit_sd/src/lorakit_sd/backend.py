@@ -37,6 +37,7 @@ from lorakit_sd.data.control import (
     entry_caption,
 )
 from lorakit_sd.data.dataset import SDDataset, build_items, fingerprint, section_buckets
+from lorakit_sd.data.video import check_frames
 from lorakit_sd.lorafiles.clients import warn_unsupported
 from lorakit_sd.lorafiles.export_view import adapter_export
 from lorakit_sd.lorafiles.names import LoraModule
@@ -60,6 +61,11 @@ def model_resolution(pipe: Any) -> int | None:
     return size * scale if isinstance(size, int) and isinstance(scale, int) else None
 
 
+def per_item(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``[B]`` flags shaped to broadcast over ``like``'s other dimensions (images or clips)."""
+    return flags.view(-1, *([1] * (like.ndim - 1)))
+
+
 class SDBackend(Backend):
     """Image-model LoRA training (SD1.x, SDXL, SD3 / SD3.5, FLUX.1)."""
 
@@ -73,6 +79,7 @@ class SDBackend(Backend):
         self.items: list[Any] = []
         self.index: list[int] = []
         self._module: Any = None
+        self.video = False  # a video family's (clips cut by sd.video), set once it is known
 
     # -- model ---------------------------------------------------------------------------
     def validate(self, ctx: TrainContext) -> None:
@@ -82,16 +89,23 @@ class SDBackend(Backend):
         ctx.registries.check_model("sd", t.base_model, sec, t.model_loader)
         family = peek_family(t.base_model, sec.model_family)
         if family is not None:
-            families.get(family).check_section(sec)
+            self._check_family(families.get(family))
             self.resolution = sec.resolution or families.get(family).default_resolution
             self._read_data(ctx)
             check_family(self.items, families.get(family), families.all_families())
+
+    def _check_family(self, spec: Any) -> None:
+        """The family's refusals of sd.* keys; for a video family its frame counts."""
+        spec.check_section(self.section)
+        self.video = spec.frame_multiple > 0
+        if self.video:
+            check_frames(self.section.video.frames, spec.frame_multiple, spec.label)
 
     def _read_data(self, ctx: TrainContext) -> None:
 
         buckets = section_buckets(self.section, self.resolution)
         self.items, self.index = build_items(
-            self.config, ctx.registries, buckets, self.resolution, ctx.log
+            self.config, ctx.registries, buckets, self.resolution, ctx.log, self.video
         )
 
     def setup(self, ctx: TrainContext) -> None:
@@ -110,7 +124,7 @@ class SDBackend(Backend):
             )
         self.family = self.model.family
         self.spec = spec = self.model.spec
-        spec.check_section(sec)
+        self._check_family(spec)
         if sec.base_quantization:  # GPU only (refused above otherwise)
             from lorakit_sd.step.quantize import quantize_transformer
 
@@ -287,11 +301,11 @@ class SDBackend(Backend):
         if self.latents_cached:
             moments = batch["moments"]
             if flip is not None:
-                moments = torch.where(flip[:, None, None, None], batch["moments_flip"], moments)
+                moments = torch.where(per_item(flip, moments), batch["moments_flip"], moments)
         else:
             pixels = batch["pixels"]
             if flip is not None:
-                pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+                pixels = torch.where(per_item(flip, pixels), pixels.flip(-1), pixels)
             moments = self.spec.encode_moments(self.model.pipe.vae, pixels)
         # contiguous: randn_like-style draws follow memory order, and the VAE's output may not
         # be in row-major order; explicit shapes keep cached and uncached runs identical.

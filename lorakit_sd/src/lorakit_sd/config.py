@@ -47,6 +47,51 @@ class Subset(BaseModel):
     )
 
 
+class VideoSection(BaseModel):
+    """How clips become samples for a video family (``sd.video``); see docs/video.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frames: list[int] = Field(
+        default_factory=lambda: [17, 33, 49, 65, 81],
+        description="Frame counts clips are cut to (the frame buckets): a clip takes the "
+        "largest that it holds at sd.video.fps; each must suit the family (k times its VAE's frame factor, plus 1). A still "
+        "image is one frame.",
+    )
+    fps: float | None = Field(
+        None, gt=0, description="Frame rate clips are sampled at; null: each clip's own."
+    )
+    frame_stride: int | None = Field(
+        None,
+        gt=0,
+        description="Cut a window every N frames (musubi-tuner's slide extraction); null: "
+        "clips_per_video windows spread evenly.",
+    )
+    clips_per_video: int | None = Field(
+        None,
+        gt=0,
+        description="Windows per clip: spread evenly from the first frame to the last "
+        "(default 1: the first frames); with frame_stride, at most this many.",
+    )
+    sample_image: str | None = Field(
+        None,
+        description="Image-to-video models: the first frame previews start from (an image "
+        "file); needed for previews of such a model.",
+    )
+    experts: Literal["both", "high_noise", "low_noise"] = Field(
+        "both",
+        description="Two-expert models (a high-noise and a low-noise transformer): which to "
+        "train; each expert's LoRA is its own file.",
+    )
+
+    @field_validator("frames")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(f < 1 for f in value):
+            raise ValueError("needs at least one frame count, each at least 1")
+        return sorted(set(value))
+
+
 class SDSection(BaseModel):
     """The ``sd:`` section of a lorakit config (every image model family)."""
 
@@ -242,6 +287,11 @@ class SDSection(BaseModel):
         "diffusers' quantization configs: fp8 (torchao float8 weight-only) or nf4 "
         "(bitsandbytes 4-bit NF4); the LoRA trains in float32 on top. Needs a CUDA GPU and "
         "the library; null: the base's dtype.",
+    )
+    video: VideoSection = Field(
+        default_factory=VideoSection,
+        description="Video families: how clips are sampled (frames, fps, frame_stride, "
+        "clips_per_video) and which experts train.",
     )
     group_offload: bool = Field(
         False,

@@ -63,7 +63,7 @@ class SDBackend(BackendPlugin):
         template is offered by ``lorakit config init --backend sd`` too."""
         from lorakit_sd import families
 
-        found = {s.template[0]: s.template[1:] for s in families.specs() if s.template}
+        found = {name: where for s in families.specs() for name, where in s.templates().items()}
         return {**self.templates, **found}
 
     def create(self, config: Config) -> Backend:

@@ -62,12 +62,18 @@ def render_and_save(
 ) -> list[Path]:
     """Render ``prompts`` into ``directory/<stem>-NN.png`` plus the sheet ``<stem>.png``.
 
-    ``progress``: diffusers' progress bar over each prompt's denoising steps (stderr).
+    A video family's clips are written as ``<stem>-NN.mp4`` and ``<stem>-NN.webp``; the
+    sheet shows their first frames. ``progress``: diffusers' progress bar over each prompt's
+    denoising steps (stderr).
     ``control``: edit models' input images, one entry for every prompt or one per prompt
     (``a.png|b.png`` for several).
     """
 
-    images = families.get(family).render(
+    spec = families.get(family)
+    video = {}
+    if spec.frame_multiple:
+        video = {"frames": min(sec.video.frames), "image": sec.video.sample_image}
+    images = spec.render(
         pipe,
         prompts,
         prediction_type=prediction_type,
@@ -81,9 +87,21 @@ def render_and_save(
         max_tokens=max_tokens,
         clip_skip=clip_skip,
         progress=progress,
+        **video,
         control=control_images(families.get(family), prompts, control or []),
     )
     directory.mkdir(parents=True, exist_ok=True)
+    if images and isinstance(images[0], list):  # clips: lists of frames
+        from lorakit_sd.clipfiles import DEFAULT_FPS, write_mp4, write_webp
+
+        fps = sec.video.fps or DEFAULT_FPS
+        paths = []
+        for i, clip in enumerate(images):
+            paths.append(write_mp4(clip, directory / f"{stem}-{i:02d}.mp4", fps))
+            paths.append(write_webp(clip, directory / f"{stem}-{i:02d}.webp", fps))
+        firsts = [clip[0] for clip in images]
+        paths.append(save_png(contact_sheet(firsts, prompts), directory / f"{stem}.png"))
+        return paths
     paths = [save_png(im, directory / f"{stem}-{i:02d}.png") for i, im in enumerate(images)]
     paths.append(save_png(contact_sheet(images, prompts), directory / f"{stem}.png"))
     return paths

@@ -20,7 +20,7 @@ from lorakit_ui.runs import RunManager, read_metrics
 #: The most a folder's zip holds (it is built in memory).
 ZIP_LIMIT = 4 * 2**30
 
-INLINE = (".png", ".jpg", ".jpeg", ".webp", ".txt")
+INLINE = (".png", ".jpg", ".jpeg", ".webp", ".txt", ".mp4", ".webm")
 
 
 async def api_runs(request: Request) -> JSONResponse:

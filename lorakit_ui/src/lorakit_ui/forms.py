@@ -116,14 +116,33 @@ def form_fields(backend: str) -> list[Field]:
     return found
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(
+    data: dict[str, Any], prefix: str = "", nested: set[str] | None = None
+) -> dict[str, Any]:
+    """Dotted keys of a config mapping: sections (``distributed``, a backend's, and sections
+    nested in those, ``sd.video``) become ``section.key``."""
+    sections = {"distributed", *_backend_names()} if nested is None else nested
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and key in ("distributed", *_backend_names()):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and f"{prefix}{key}" in sections:
+            flat.update(_flatten(value, f"{prefix}{key}.", sections | _nested(prefix + key)))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _nested(section: str) -> set[str]:
+    """The sections nested in a backend's section (``sd.video``), by dotted name."""
+    if section not in _backend_names():
+        return set()
+    model: Any = get_registries().backends.get(section).config_model
+    if model is None:
+        return set()
+    return {
+        f"{section}.{name}"
+        for name, info in model.model_fields.items()
+        if isinstance(info.annotation, type) and hasattr(info.annotation, "model_fields")
+    }
 
 
 def _backend_names() -> list[str]:
@@ -176,11 +195,11 @@ def to_config(values: dict[str, str], backend: str) -> dict[str, Any]:
             value = text
         else:  # read as `--set key=value` reads it
             value = parse_override(f"{key}={text}")[1]
-        head, _, rest = key.partition(".")
-        if rest:
-            data.setdefault(head, {})[rest] = value
-        else:
-            data[key] = value
+        *heads, last = key.split(".")
+        target = data
+        for head in heads:  # sd.video.frames -> data["sd"]["video"]["frames"]
+            target = target.setdefault(head, {})
+        target[last] = value
     extra = str(values.get(EXTRA) or "").strip()
     if extra:
         try:

@@ -31,6 +31,8 @@ ADAPTER = "adapter"
 #: Longest run name the page looks up (a name is a path below the runs folder).
 MAX_NAME = 1024
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: preview clips of video models (shown as video; their animated .webp twin is not listed)
+VIDEO_SUFFIXES = (".mp4", ".webm")
 #: The largest file a run page serves.
 LARGE_FILE = 64 * 2**30
 
@@ -329,7 +331,7 @@ class RunManager:
     # -- what a run page shows ---------------------------------------------------------------
 
     def samples(self, name: str, limit: int = 12) -> list[dict[str, Any]]:
-        """The newest sample images (with their prompt) and text samples."""
+        """The newest sample images and clips (with their prompt) and text samples."""
         out = self.path_of(name)
         run = RunFolder(out)
         if not run.is_dir(RunFolder.SAMPLES):
@@ -347,14 +349,19 @@ class RunManager:
         names = {p.name for p in files}
         found = []
         for path in files:
-            if f"{path.stem}-00{path.suffix}" in names:
-                continue  # a contact sheet of images listed one by one
+            if any(f"{path.stem}-00{s}" in names for s in (path.suffix, *VIDEO_SUFFIXES)):
+                continue  # a contact sheet of images (or clips) listed one by one
+            if path.suffix.lower() == ".webp" and any(
+                path.with_suffix(s).name in names for s in VIDEO_SUFFIXES
+            ):
+                continue  # the animated twin of a clip listed as video
             rel = path.as_posix()
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES):
+                kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
                 match = re.search(r"-(\d+)$", path.stem)
                 index = int(match.group(1)) if match else None
                 prompt = prompts[index] if index is not None and index < len(prompts) else ""
-                found.append({"kind": "image", "path": rel, "prompt": prompt})
+                found.append({"kind": kind, "path": rel, "prompt": prompt})
             elif path.suffix.lower() in (".txt", ".md", ".jsonl"):
                 found.append({"kind": "text", "path": rel, "text": run.tail(rel, 40)})
             if len(found) >= limit:

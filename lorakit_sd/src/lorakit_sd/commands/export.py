@@ -80,7 +80,8 @@ def export(
             raise UsageError(f"{source}: a {lora.family} LoRA, but --base is a {family} model")
     else:
         family = lora.family
-        unet, encoders = standard_structure(family)
+        own = families.get(family).standard_structure(lora.entries)
+        unet, encoders = own if own is not None else standard_structure(family)
     layout = (
         UnetLayout.from_config(unet.config) if hasattr(unet.config, "layers_per_block") else None
     )
@@ -108,8 +109,6 @@ def export(
     if "modelspec.resolution" in lora.metadata:
         metadata["modelspec.resolution"] = lora.metadata["modelspec.resolution"]
     if to == "kohya":
-        from lorakit_sd import families
-
         kohya = families.get(family).kohya_tensors(modules, unet, dtype)
         if kohya is None:
             raise UsageError(f"--to kohya: {family} LoRAs have one file layout, diffusers'")

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from lorakit.api import save_safetensors
-from lorakit_sd.data.buckets import load_pixels
 from lorakit_sd.data.control import control_pixels
 from lorakit_sd.data.dataset import pixel_mask
 from lorakit_sd.data.masks import to_latent
+from lorakit_sd.data.video import item_pixels
 
 CACHE_VERSION = 2  # 2: keys cover every encoder weight
 
@@ -102,6 +102,12 @@ def encode_moments(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
         )
 
 
+def as_entries(encoded: Any) -> dict[str, torch.Tensor]:
+    """What a family's ``encode_moments`` gave, by cache key: the moments, and whatever else
+    the family keeps per sample (a first-frame condition)."""
+    return dict(encoded) if isinstance(encoded, dict) else {"moments": encoded}
+
+
 def build_latent_cache(
     items: list[Any],
     vae: Any,
@@ -131,6 +137,7 @@ def build_latent_cache(
             flip,
             vae_id,
             *([f"mask:{it.mask_hash}"] if masked else []),
+            *([f"frames:{list(it.frames)}"] if it.frames else []),
             *([f"control:{it.control_hash}"] if it.control else []),
         )
         for it in items
@@ -138,24 +145,24 @@ def build_latent_cache(
     todo = [i for i in range(len(items)) if not store.lookup(i, keys[i])]
     if store.hits:
         log(f"latent cache: {store.hits} of {len(items)} images found in {directory}")
-    by_bucket: dict[tuple[int, int], list[int]] = {}
+    by_bucket: dict[tuple[int, ...], list[int]] = {}
     for i in todo:
-        by_bucket.setdefault(items[i].bucket, []).append(i)
+        by_bucket.setdefault(items[i].group, []).append(i)
     done = 0
     for bucket in sorted(by_bucket):
         group = by_bucket[bucket]
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            pixels = torch.stack([load_pixels(items[i].image, bucket) for i in chunk])
-            moments = encode(vae, pixels)
-            flipped = encode(vae, pixels.flip(-1)) if flip else None
+            pixels = torch.stack([item_pixels(items[i]) for i in chunk])
+            encoded = as_entries(encode(vae, pixels))
+            flipped = as_entries(encode(vae, pixels.flip(-1))) if flip else {}
+            moments = encoded["moments"]
             for j, i in enumerate(chunk):
-                entry = {"moments": moments[j]}
+                entry = {name: value[j] for name, value in encoded.items()}
                 if masked:
                     mask = pixel_mask(items[i])[None]
                     entry["mask"] = to_latent(mask, tuple(moments.shape[-2:]))[0]
-                if flipped is not None:
-                    entry["moments_flip"] = flipped[j]
+                entry.update({f"{name}_flip": value[j] for name, value in flipped.items()})
                 if items[i].control:
                     entry.update(_control_entry(items[i], vae, encode, flip))
                 store.put(i, keys[i], entry)

@@ -15,12 +15,11 @@ from typing import Any
 
 import torch
 
-from lorakit.api import DataError
+from lorakit.api import DataError, is_image_name
 from lorakit_sd import families
 from lorakit_sd.data.buckets import (
     bucket_sizes,
     fit,
-    load_pixels,
     nearest_bucket,
     no_upscale_bucket,
     random_crop,
@@ -35,6 +34,7 @@ from lorakit_sd.data.readers import (
     kohya_subfolders,
     unlisted_images,
 )
+from lorakit_sd.data.video import clip_samples, is_clip_name, item_pixels
 from lorakit_sd.families.clip import MAX_TOKEN_LENGTHS, token_count
 
 
@@ -55,8 +55,15 @@ class Item:
     repeats: int = 1  # its folder's repeats (kohya N_name, sd.repeats), before reg balancing
     mask: str = ""  # masked loss: a mask file, "alpha:<image>", or "" (none)
     mask_hash: str = ""  # what the mask is, for cache keys and the fingerprint
+    #: video families: the source frames of this sample (a still image: ``(0,)``); images: ()
+    frames: tuple[int, ...] = ()
     control: tuple[str, ...] = ()  # edit datasets: the control images, in order
     control_hash: str = ""  # what they are, for cache keys and the fingerprint
+
+    @property
+    def group(self) -> tuple[int, ...]:
+        """What a batch shares: the bucket, and for a video family the frame count too."""
+        return (len(self.frames), *self.bucket) if self.frames else self.bucket
 
 
 @dataclass
@@ -192,10 +199,16 @@ def build_items(
     buckets: list[tuple[int, int]] | None,
     resolution: int,
     log: Any = print,
+    video: bool = False,
 ) -> tuple[list[Item], list[int]]:
-    """Checked, bucketed items and the epoch index (item ids, each ``repeats`` times)."""
+    """Checked, bucketed items and the epoch index (item ids, each ``repeats`` times).
+
+    ``video``: a video family's data: clips are cut into samples (``sd.video``), a still image
+    is a one-frame sample; otherwise a clip is a problem (the family trains on images)."""
 
     section = config.section
+    if video and (section.alpha_mask or any(f.mask_dir for f in folders(config))):
+        raise DataError("masked loss (sd.conditioning_data_dir / sd.alpha_mask) is for images")
     items: list[Item] = []
     index: list[int] = []
     reg_index: list[int] = []
@@ -218,9 +231,9 @@ def build_items(
             if record["error"]:
                 problems.append(f"{record['where']}: {record['error']}")
                 continue
-            size, error = check_image(record["image"])
+            size, samples, problem = media_samples(record["image"], video, section)
             if size is None:
-                problems.append(f"{record['image']}: {error}")
+                problems.append(problem)
                 continue
             bucket = bucket_of(size, buckets, resolution, section)
             mask, problem = item_mask(record["image"], size, folder, section.alpha_mask)
@@ -237,26 +250,29 @@ def build_items(
                 problems.append(problem)
                 continue
             rw, rh, left, top = fit(size, bucket)
-            items.append(
-                Item(
-                    image=record["image"],
-                    caption=record["caption"],
-                    folder=str(folder.path),
-                    size=size,
-                    bucket=bucket,
-                    crop=(left, top),
-                    resized=(rw, rh),
-                    content_hash=file_hash(record["image"]),
-                    where=record["where"],
-                    reg=folder.reg,
-                    repeats=folder.repeats,
-                    mask=mask,
-                    mask_hash=mask and ("alpha" if section.alpha_mask else file_hash(mask)),
-                    control=tuple(control),
-                    control_hash="|".join(file_hash(p) for p in control),
+            content = file_hash(record["image"])
+            for frames in samples:
+                items.append(
+                    Item(
+                        image=record["image"],
+                        caption=record["caption"],
+                        folder=str(folder.path),
+                        size=size,
+                        bucket=bucket,
+                        crop=(left, top),
+                        resized=(rw, rh),
+                        content_hash=content,
+                        where=record["where"],
+                        reg=folder.reg,
+                        repeats=folder.repeats,
+                        mask=mask,
+                        mask_hash=mask and ("alpha" if section.alpha_mask else file_hash(mask)),
+                        frames=frames,
+                        control=tuple(control),
+                        control_hash="|".join(file_hash(p) for p in control),
+                    )
                 )
-            )
-            (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)
+                (reg_index if folder.reg else index).extend([len(items) - 1] * folder.repeats)
     if problems:
         if not section.skip_bad_images:
             raise DataError(
@@ -268,6 +284,22 @@ def build_items(
         raise DataError(f"no usable images in {', '.join(str(f.path) for f in folders(config))}")
     check_counts(items)
     return items, index + balance_reg(reg_index, len(index), log)
+
+
+def media_samples(
+    path: str, video: bool, section: Any
+) -> tuple[tuple[int, int] | None, list[tuple[int, ...]], str]:
+    """``(size, samples' frame indices, problem)`` of one listed file: an image is one sample
+    (of one frame in a video family); a clip is cut by ``sd.video`` (video families only)."""
+
+    if is_clip_name(path) and (video or not is_image_name(path)):
+        if not video:
+            return None, [], f"{path}: a video clip (this model family trains on images)"
+        return clip_samples(path, section.video)
+    size, error = check_image(path)
+    if size is None:
+        return None, [], f"{path}: {error}"
+    return size, [(0,)] if video else [()], ""
 
 
 def _control_problem(path: str) -> str:
@@ -344,7 +376,9 @@ def fingerprint(items: list[Item], index: list[int]) -> str:
         reg = "|reg" if item.reg else ""
         mask = f"|mask:{item.mask_hash}" if item.mask_hash else ""
         mask += f"|control:{item.control_hash}" if item.control_hash else ""
-        digest.update(f"{item.content_hash}|{item.caption}|{item.bucket}{reg}{mask}\n".encode())
+        frames = f"|frames:{','.join(map(str, item.frames))}" if item.frames else ""
+        line = f"{item.content_hash}|{item.caption}|{item.bucket}{reg}{mask}{frames}\n"
+        digest.update(line.encode())
     digest.update(str(len(index)).encode())
     return digest.hexdigest()[:16]
 
@@ -378,8 +412,8 @@ class SDDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def buckets(self) -> list[tuple[int, int]]:
-        return [self.items[k].bucket for k in self.index]
+    def buckets(self) -> list[tuple[int, ...]]:
+        return [self.items[k].group for k in self.index]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
 
@@ -392,7 +426,7 @@ class SDDataset(torch.utils.data.Dataset):
         else:
             if self.random_crop:
                 crop = random_crop(item.resized, item.bucket)
-            out["pixels"] = load_pixels(item.image, item.bucket, crop)
+            out["pixels"] = item_pixels(item, crop)
             if self.masked:
                 out["mask"] = pixel_mask(item, crop)
             if item.control:

@@ -29,6 +29,7 @@ from lorakit.api import (
     read_text,
     split_control,
 )
+from lorakit_sd.data.video import VIDEO_EXTENSIONS, is_clip_name
 
 Record = dict[str, Any]
 
@@ -49,11 +50,16 @@ def _record(
     }
 
 
+def is_media_name(path: Path) -> bool:
+    """Whether ``path`` names an image or a video clip (video families train on both)."""
+    return is_image_name(path) or is_clip_name(path)
+
+
 def image_files(root: Path) -> list[Path]:
-    """Images directly in ``root`` (not in subfolders), sorted by name."""
+    """Images and clips directly in ``root`` (not in subfolders), sorted by name."""
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    return sorted(p for p in root.iterdir() if is_image_name(p) and p.is_file())
+    return sorted(p for p in root.iterdir() if is_media_name(p) and p.is_file())
 
 
 def resolve_inside(root: Path, name: str) -> tuple[Path | None, str | None]:
@@ -215,7 +221,8 @@ def read_caption_files(
     root = Path(path)
     images = image_files(root)
     if not images:
-        raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        kinds = ", ".join(dict.fromkeys(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS))
+        raise DataError(f"{root}: no images or clips ({kinds})")
     ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
     extensions = [ext] + [e for e in SIDECAR_EXTENSIONS if e != ext]
     records = []

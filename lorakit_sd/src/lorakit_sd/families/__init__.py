@@ -41,10 +41,18 @@ class FamilySpec:
     describe: Callable[[list[str]], Any] | None = None
     #: its config template for ``lorakit config init``: ``(name, package, file)``, or None
     template: tuple[str, str, str] | None = None
+    #: more templates of the family, each ``(name, package, file)`` (a video family's
+    #: text-to-video and image-to-video runs)
+    more_templates: tuple[tuple[str, str, str], ...] = ()
     #: where it comes when a file is recognised (lower first; equal: by name). A family whose
     #: files another family would also claim (an edit model on a base model's architecture)
     #: goes first.
     order: int = 100
+
+    def templates(self) -> dict[str, tuple[str, str]]:
+        """Every template of the family: name -> (package, file)."""
+        found = [self.template] if self.template is not None else []
+        return {t[0]: t[1:] for t in (*found, *self.more_templates)}
 
 
 @dataclass
@@ -101,7 +109,7 @@ def builtin_specs() -> list[FamilySpec]:
 
 def builtin_templates() -> dict[str, tuple[str, str]]:
     """``lorakit config init`` templates of lorakit-sd's own families: name -> (package, file)."""
-    return {s.template[0]: s.template[1:] for s in builtin_specs() if s.template is not None}
+    return {name: where for s in builtin_specs() for name, where in s.templates().items()}
 
 
 def builtin_labels() -> str:

@@ -97,6 +97,9 @@ class ModelFamily:
     refused_options: ClassVar[tuple[str, ...]] = ()
     #: bucket sides must be a multiple of this many latent pixels' worth of pixels
     latent_multiple: ClassVar[int] = 1
+    #: video families: the VAE compresses this many frames into one, so clips are cut to
+    #: ``k · frame_multiple + 1`` frames (``sd.video``); 0: an image family
+    frame_multiple: ClassVar[int] = 0
     #: whether kohya keys name the UNet by its original (SGM) module paths (SDXL)
     kohya_unet_original_names: ClassVar[bool] = False
     #: whether the denoiser takes the pooled text embedding and size ids (SDXL)
@@ -279,12 +282,6 @@ class ModelFamily:
         demo): an object with ``diffusers_dir`` and ``resolution``."""
         raise NotImplementedError(f"{self.name} has no stand-in model")
 
-    def standard_structure(self) -> tuple[Any, list[Any]] | None:
-        """The family's released denoiser and LoRA-taking text encoders on the meta device
-        (``lorakit export`` without ``--base`` checks keys against it); None: the
-        structure lorakit-sd keeps for it in ``data/standard_models.json``."""
-        return None
-
     # -- plan ------------------------------------------------------------------------------
     def planner(self, config: Any, folder: Any, section: Any) -> Any:
         """The ``lorakit.api.PlanModel`` of a run on the model whose configs are in ``folder``
@@ -314,6 +311,15 @@ class ModelFamily:
         return entries
 
     # -- files -----------------------------------------------------------------------------
+    def standard_structure(
+        self, entries: dict[str, Any] | None = None
+    ) -> tuple[Any, list[Any]] | None:
+        """The released denoiser (and LoRA-taking text encoders) a LoRA file with these
+        entries was made for, on the meta device, when ``export`` has no ``--base`` (it checks
+        keys against it); None: the structure lorakit-sd keeps for the family in
+        ``data/standard_models.json``."""
+        return None
+
     def kohya_prefix(self, component: str) -> str:
         prefix = self.kohya_text_prefixes.get(component)
         if prefix is None:
@@ -326,6 +332,11 @@ class ModelFamily:
         from lorakit_sd.lorafiles.names import kohya_name
 
         return kohya_name(component, path, self.name, layout)
+
+    def file_parts(self, modules: list[Any]) -> list[tuple[str, list[Any]]]:
+        """``(file name suffix, modules)`` of each file a LoRA is written as (a model with
+        several denoisers: one file each); default one file."""
+        return [("", modules)]
 
     def kohya_tensors(self, modules: list[Any], denoiser: Any, dtype: Any) -> dict | None:
         """The kohya-format tensors of a LoRA, or None where the family has no such layout."""

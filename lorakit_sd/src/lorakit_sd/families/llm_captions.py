@@ -63,7 +63,7 @@ class LLMCaptionFamily(FlowFamily):
     def transformer_class(self) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def standard_structure(self) -> tuple[Any, list[Any]]:
+    def standard_structure(self, entries: dict[str, Any] | None = None) -> tuple[Any, list[Any]]:
         """The released transformer (its class's defaults), on the meta device."""
         import torch
 

@@ -108,7 +108,7 @@ class FlowFamily(ModelFamily):
         self, pipe: Any, captions: list[str], max_tokens: int, clip_skip: int = 1
     ) -> dict[str, Any]:
         hidden, pooled = self.encode(pipe, captions, max_tokens)
-        return {"hidden": hidden, "pooled": pooled}
+        return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
 
     def encode(self, pipe: Any, captions: list[str], max_tokens: int) -> tuple[Any, Any]:
         raise NotImplementedError  # pragma: no cover - interface
@@ -116,7 +116,16 @@ class FlowFamily(ModelFamily):
     def denoise(
         self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
     ) -> Any:
-        raise NotImplementedError  # pragma: no cover - interface
+        """The transformer's prediction, by keyword as the pipelines call it (the pooled
+        embedding only where the family has one)."""
+        extra = {} if pooled is None else {"pooled_projections": pooled}
+        return transformer(
+            hidden_states=noisy,
+            timestep=timesteps.to(noisy.dtype),
+            encoder_hidden_states=hidden,
+            return_dict=False,
+            **extra,
+        )[0]
 
     def train_module(self, backend: Any, encoders: list[Any] | None) -> Any:
         guidance = backend.section.guidance if self.uses_guidance(backend.unet) else None
@@ -160,6 +169,22 @@ class FlowFamily(ModelFamily):
             "hidden": torch.randn(batch, tokens, int(t_config["joint_attention_dim"])),
             "pooled": torch.randn(batch, int(t_config["pooled_projection_dim"])),
         }
+
+    def plan_latents(self, batch: int, channels: int, side: int, section: Any) -> Any:
+        """A fake batch of latents for ``lorakit plan`` (a video family's have frames)."""
+        return torch.randn(batch, channels, side, side)
+
+    def plan_step(self, batch: int, resolution: int, section: Any) -> str:
+        """What one step trains on, in words."""
+        return f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}"
+
+    def plan_multiple(self, t_config: Any, vae_config: Any) -> int:
+        """Sides the ladder's smaller resolutions must be multiples of."""
+        return 1
+
+    def plan_rungs(self, section: Any) -> tuple[tuple[dict[str, Any], str], ...]:
+        """The family's own ladder rows (after the shared ones)."""
+        return ()
 
     def planner(self, config: Any, folder: Any, section: Any) -> Any:
 

@@ -41,8 +41,13 @@ class FlowTrainModule(torch.nn.Module):
         hidden: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
         captions: list[str] | None = None,
+        condition: torch.Tensor | None = None,
         control: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The denoiser's prediction; ``condition``: channels an image-conditioned model reads
+        joined to the noisy latents (an image-to-video model's first frame)."""
+        if condition is not None:
+            noisy = torch.cat([noisy, condition.to(noisy.dtype)], dim=1)
         if captions is not None:
             with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):
                 hidden, pooled = self.family.encode(self.pipe[0], captions, self.max_tokens)

@@ -66,7 +66,7 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
         inputs = spec.plan_text_inputs(t_config, batch, tokens)
         if spec.takes_control:  # one control image per sample, at the target's size
             inputs["control"] = torch.randn(batch, 1, channels, side, side)
-        return {"latents": torch.randn(batch, channels, side, side), "inputs": inputs}
+        return {"latents": spec.plan_latents(batch, channels, side, section), "inputs": inputs}
 
     one = spec.plan_text_inputs(t_config, 1, tokens)
     cached = batch * sum(t.numel() for t in one.values()) * dtype.itemsize
@@ -86,14 +86,16 @@ def flow_planner(config: Config, folder: Path, spec: Any, section: Any) -> PlanM
         batch=fake_batch,
         loss=plan_loss(plan_objective(folder, spec, section), dtype),
         description=f"{spec.label} transformer, {stored} weights {where}",
-        per_step=f"{batch} image{'s' if batch > 1 else ''} of {resolution}×{resolution}"
+        per_step=spec.plan_step(batch, resolution, section)
         + (" with a control image each" if spec.takes_control else ""),
         autocast_dtype=dtype if train.mixed_precision != "no" else None,
         caches=caches,
         items=count_images(config, section),
         resolution_key="sd.resolution",
-        rungs=flow_rungs(train, section, spec),
+        rungs=flow_rungs(train, section, spec) + spec.plan_rungs(section),
         **quantized(section, cls, t_config, dtype.itemsize),
         resolution=resolution,
-        resolution_steps=_smaller(resolution),
+        resolution_steps=tuple(
+            v for v in _smaller(resolution) if v % spec.plan_multiple(t_config, vae_config) == 0
+        ),
     )

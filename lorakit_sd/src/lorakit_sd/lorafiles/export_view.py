@@ -48,9 +48,14 @@ def adapter_export(backend: Any, step: int) -> AdapterExport:
         resolution=backend.resolution,
         started_at=backend.started_at,
         save_dtype=sec.save_dtype,
-        model_config={**dict(denoiser.config), "_class_name": type(denoiser).__name__},
+        model_config={**dict(denoiser.config), "_class_name": class_name(denoiser)},
         metadata=run_metadata(backend, step),
     )
+
+
+def class_name(denoiser: Any) -> str:
+    """The diffusers class the denoiser's config builds (a wrapper of several says so)."""
+    return str(getattr(denoiser, "class_name", None) or type(denoiser).__name__)
 
 
 def layers(backend: Any) -> list[AdapterLayer]:

@@ -103,21 +103,29 @@ def export_kohya(
     denoiser = denoiser_structure(view.model_config)
     dtype = getattr(torch, view.save_dtype)
     plain = view.network.type in PLAIN
+    family = families.get(view.family)
     if plain:
-        tensors = families.get(view.family).kohya_tensors(lora_modules(view), denoiser, dtype)
+        parts = [
+            (suffix, family.kohya_tensors(modules, denoiser, dtype))
+            for suffix, modules in family.file_parts(lora_modules(view))
+        ]
     else:
         tensors = kohya_network_tensors(
             view.network.type, view.layers(), view.family, denoiser, dtype
         )
-    if tensors is None:  # SD3: diffusers' layout is the one its clients read
-        return []
-    meta = _header(view, name, metadata, denoiser)
-    if not plain:  # as sd-scripts records a lycoris.kohya run
-        meta["ss_network_module"] = "lycoris.kohya"
-    meta["sshs_model_hash"] = model_hash(tensors)
-    path = Path(directory) / f"{name}.safetensors"
-    save_safetensors(tensors, path, metadata=meta)
-    return [path]
+        parts = [("", tensors)]
+    written = []
+    for suffix, tensors in parts:
+        if tensors is None:  # SD3: diffusers' layout is the one its clients read
+            continue
+        meta = _header(view, name + suffix, metadata, denoiser)
+        if not plain:  # as sd-scripts records a lycoris.kohya run
+            meta["ss_network_module"] = "lycoris.kohya"
+        meta["sshs_model_hash"] = model_hash(tensors)
+        path = Path(directory) / f"{name}{suffix}.safetensors"
+        save_safetensors(tensors, path, metadata=meta)
+        written.append(path)
+    return written
 
 
 def export_diffusers(
@@ -128,9 +136,13 @@ def export_diffusers(
 
     if view.network.type not in (*PLAIN, "dora"):  # diffusers reads LoRA and DoRA only
         return []
-    tensors, format_meta = to_diffusers(lora_modules(view), getattr(torch, view.save_dtype))
-    meta = _header(view, name, metadata, denoiser_structure(view.model_config))
-    meta.update(format_meta)
-    path = Path(directory) / f"{name}.diffusers.safetensors"
-    save_safetensors(tensors, path, metadata=meta)
-    return [path]
+    denoiser = denoiser_structure(view.model_config)
+    written = []
+    for suffix, modules in families.get(view.family).file_parts(lora_modules(view)):
+        tensors, format_meta = to_diffusers(modules, getattr(torch, view.save_dtype))
+        meta = _header(view, name + suffix, metadata, denoiser)
+        meta.update(format_meta)
+        path = Path(directory) / f"{name}{suffix}.diffusers.safetensors"
+        save_safetensors(tensors, path, metadata=meta)
+        written.append(path)
+    return written

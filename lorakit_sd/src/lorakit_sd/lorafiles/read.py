@@ -70,7 +70,8 @@ def identify(probe: FileProbe) -> FileKind | None:
             kind = spec.describe(names) if spec.describe is not None else None
             if kind is not None:
                 return kind
-
+        if any(k.startswith("diffusion_model.") for k in names):
+            return None  # ComfyUI's names of a model no installed family describes
         return FileKind("kohya / A1111 LoRA", groups=KOHYA_GROUPS, kohya_names=True)
     if fmt == "diffusers":
         groups = {prefix: prefix.rstrip(".") for prefix in DIFFUSERS_PREFIXES.values()}

@@ -134,8 +134,11 @@ const lk = (() => {
           ? ` <a href="${file(f)}" target="_blank" rel="noopener" class="view">view</a>` : ""}</li>`;
       $("#downloads").innerHTML = data.downloads.map(link).join("")
         || `<li class="muted">nothing exported yet</li>`;
+      const caption = (s) => `<figcaption>${esc(s.prompt)} <span class="muted">${esc(s.path.split("/").pop())}</span></figcaption>`;
       $("#samples").innerHTML = data.samples.map((s) => s.kind === "image"
-        ? `<figure><img src="${file(s.path)}" alt="${esc(s.prompt)}"><figcaption>${esc(s.prompt)} <span class="muted">${esc(s.path.split("/").pop())}</span></figcaption></figure>`
+        ? `<figure><img src="${file(s.path)}" alt="${esc(s.prompt)}">${caption(s)}</figure>`
+        : s.kind === "video"
+        ? `<figure><video src="${file(s.path)}" controls loop muted playsinline></video>${caption(s)}</figure>`
         : `<figure class="text"><pre>${esc(s.text)}</pre><figcaption>${esc(s.path)}</figcaption></figure>`).join("")
         || `<p class="muted">no samples yet</p>`;
       const log = $("#log");

@@ -87,17 +87,6 @@ class SD3(FlowFamily):
         )
         return hidden, pooled
 
-    def denoise(
-        self, transformer: Any, noisy: Any, timesteps: Any, hidden: Any, pooled: Any, guidance: Any
-    ) -> Any:
-        return transformer(
-            hidden_states=noisy,
-            timestep=timesteps.to(noisy.dtype),
-            encoder_hidden_states=hidden,
-            pooled_projections=pooled,
-            return_dict=False,
-        )[0]
-
     def render_extras(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {"negative_prompt": kwargs.get("negative") or None}
 
