@@ -104,8 +104,7 @@ def assert_resumes_exactly(tmp, model, **sd):
     same last losses) as the run that did not stop (two bucket sizes, caption dropout and
     flips drawn each step; ``sd``: more sd.* keys)."""
     from lorakit_sd.testing import write_tiny_images
-    from safetensors.torch import load_file
-    from sd_helpers import first_losses
+    from sd_helpers import resumed_equals_whole
 
     data = write_tiny_images(tmp / "data", 4, sizes=[(32, 32), (48, 32)])
     common = {
@@ -116,20 +115,7 @@ def assert_resumes_exactly(tmp, model, **sd):
         "export_formats": ["diffusers"],
         "sd": {"caption_dropout": 0.3, "flip_aug": True, **sd},
     }
-
-    whole, _ = train(tmp, model, data, output_dir=tmp / "whole", **common)
-    resumed, _ = train(
-        tmp,
-        model,
-        data,
-        output_dir=tmp / "resumed",
-        resume=str(whole.output_dir / "checkpoints" / "step-2"),
-        **common,
-    )
-    a = load_file(str(whole.output_dir / "whole.diffusers.safetensors"))
-    b = load_file(str(resumed.output_dir / "resumed.diffusers.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert first_losses(whole.output_dir)[2:] == first_losses(resumed.output_dir)[-2:]
+    resumed_equals_whole(train, tmp, model, data, common)
 
 
 def assert_resumed_run_matches(tmp, model, data, whole, step, **common):
