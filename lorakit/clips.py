@@ -9,6 +9,8 @@ budget. PyAV (``av``) is imported inside the function: importing this module is 
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,15 @@ def is_clip_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
+def regular_file(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file (links followed): what a decoder may open without
+    blocking on a FIFO or a device."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def clip_first_frame(path: str | Path) -> Image.Image:
     """A clip's first frame as 8-bit RGB, after decoding every frame once.
 
@@ -38,6 +49,8 @@ def clip_first_frame(path: str | Path) -> Image.Image:
         import av
     except ImportError:
         raise ValueError("a video clip needs PyAV to read (pip install av)") from None
+    if not regular_file(path):  # a FIFO would block the decoder for ever
+        raise ValueError("not a regular file")
     first = None
     try:
         with av.open(str(path)) as container:

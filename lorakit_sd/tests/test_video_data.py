@@ -190,3 +190,26 @@ def test_an_image_family_names_a_clip_it_cannot_train(tmp_path, sd_plugins):
     config = load_config(data=cfg, registries=sd_plugins.registries, check_paths=False)
     with pytest.raises(DataError, match=f"{clip}: a video clip"):
         build_items(config, sd_plugins.registries, None, 32, print)
+
+
+def test_a_fifo_named_as_a_clip_is_refused_without_blocking(tmp_path):
+    """A clip a metadata file names may be a FIFO: the decoder would wait for a writer for
+    ever. Both readers (training's and labeling's) refuse it at once, in a subprocess that a
+    timeout would kill if either blocked."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    code = (
+        "import sys\n"
+        "from lorakit_sd.data.video import ClipError, probe\n"
+        "from lorakit.clips import clip_first_frame\n"
+        "try:\n    probe(sys.argv[1])\nexcept ClipError as e:\n    print('probe:', e)\n"
+        "try:\n    clip_first_frame(sys.argv[1])\nexcept ValueError as e:\n    print('label:', e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.splitlines() == ["probe: not a regular file", "label: not a regular file"]

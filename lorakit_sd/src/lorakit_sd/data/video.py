@@ -26,6 +26,8 @@ bucket as it is decoded, so memory holds one sample's frames at the bucket's siz
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -83,6 +85,12 @@ def probe(path: str | Path) -> ClipInfo:
     from lorakit.api import UsageError
     from lorakit.api import check_image_pixels as check_pixels
 
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        raise ClipError(f"cannot read ({exc.strerror or exc})") from None
+    if not regular:  # a FIFO would block the decoder for ever
+        raise ClipError("not a regular file")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
